@@ -1,0 +1,39 @@
+# `make demo` and `make test` work on a fresh clone: each creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DB := sqlite:///subscribers/demo.db
+DEMO_ISSUE := 2026-11-26-donnees-ouvertes
+
+.PHONY: demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## demo: the whole path on embedded defaults (SQLite + outbox): import the example list, send the example issue
+demo: $(STAMP)
+	rm -rf outbox/$(DEMO_ISSUE) subscribers/demo.db subscribers/demo.db-*
+	MAILER_DATABASE_URL=$(DEMO_DB) $(BIN)/mailer build $(DEMO_ISSUE)
+	MAILER_DATABASE_URL=$(DEMO_DB) $(BIN)/mailer subscribers import subscribers/example.csv
+	MAILER_DATABASE_URL=$(DEMO_DB) $(BIN)/mailer send $(DEMO_ISSUE) --yes
+	MAILER_DATABASE_URL=$(DEMO_DB) $(BIN)/mailer status $(DEMO_ISSUE)
+	@echo
+	@echo "One .eml per subscriber:"; ls -1 outbox/$(DEMO_ISSUE)/*.eml
+	@echo "Preview it: $(BIN)/mailer preview $(DEMO_ISSUE)"
+
+## test: the whole suite (PostgreSQL variants need MAILER_TEST_DATABASE_URL; browser tests need /usr/bin/chromium)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+bench: $(STAMP)
+	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf build outbox test-artifacts subscribers/demo.db subscribers/demo.db-* .pytest_cache

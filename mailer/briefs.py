@@ -1,0 +1,165 @@
+"""Parsing brief files into `Brief` objects, with file:line errors.
+
+Two formats live side by side in an issue folder, ordered by file name:
+
+* `*.txt` — the editors' arrow format: a line starting with `-->` starts a brief that runs to the
+  next such line or the end of the file; text before the first arrow is the issue's intro.
+  A brief whose first line is a Markdown heading (`--> # Titre`) takes it as its title.
+* `*.md` — one brief per file, with optional front matter between `---` lines
+  (`title`, `link`, `image`, `image_alt`); a leading `# Heading` is the title when none is given.
+
+Files are UTF-8 (a BOM is allowed), with LF or CRLF line endings.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SourceError
+
+ARROW = "-->"
+FRONT_MATTER_KEYS = ("title", "link", "image", "image_alt")
+BRIEF_SUFFIXES = (".txt", ".md")
+_HEADING = re.compile(r"^#{1,6}\s+(?P<title>.+?)\s*#*\s*$")
+_FRONT_LINE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_-]*)\s*:\s*(?P<value>.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class Brief:
+    """One news item. `body` is the editor's Markdown, untouched."""
+
+    body: str
+    path: Path
+    line: int
+    title: str | None = None
+    link: str | None = None
+    image: str | None = None
+    image_alt: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass(frozen=True)
+class BriefFile:
+    """What one file contributes: an optional intro and its briefs, in order."""
+
+    path: Path
+    intro: str | None
+    briefs: tuple[Brief, ...]
+
+
+def read_text(path: Path) -> str:
+    """Read a UTF-8 file (BOM allowed), normalise line endings to LF; decoding errors name the line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SourceError(path, f"not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8", line) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def parse_arrow_text(text: str, path: Path) -> BriefFile:
+    """Split arrow-format text into intro and briefs."""
+    lines = text.split("\n")
+    intro_lines: list[str] = []
+    chunks: list[tuple[int, list[str]]] = []
+    for number, line in enumerate(lines, start=1):
+        if line.startswith(ARROW):
+            chunks.append((number, [line[len(ARROW):]]))
+        elif chunks:
+            chunks[-1][1].append(line)
+        else:
+            intro_lines.append(line)
+
+    briefs = []
+    for number, chunk in chunks:
+        body = _dedent_first("\n".join(chunk)).strip()
+        if not body:
+            raise SourceError(path, "empty brief: a '-->' line with nothing after it", number)
+        title, body = _split_heading(body)
+        if not body and title:
+            raise SourceError(path, f"brief {title!r} has a title but no text", number)
+        briefs.append(Brief(body=body, path=path, line=number, title=title))
+    intro = "\n".join(intro_lines).strip() or None
+    return BriefFile(path=path, intro=intro, briefs=tuple(briefs))
+
+
+def parse_markdown_text(text: str, path: Path) -> BriefFile:
+    """One brief from a Markdown file with optional front matter."""
+    lines = text.split("\n")
+    meta: dict[str, str] = {}
+    body_start = 0
+    if lines and lines[0].strip() == "---":
+        for index in range(1, len(lines)):
+            line = lines[index]
+            if line.strip() == "---":
+                body_start = index + 1
+                break
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            match = _FRONT_LINE.match(line)
+            if not match:
+                raise SourceError(path, f"malformed front matter line {line.strip()!r} (expected 'key: value')", index + 1)
+            key = match["key"].lower()
+            if key not in FRONT_MATTER_KEYS:
+                raise SourceError(path, f"unknown front matter key {key!r} (allowed: {', '.join(FRONT_MATTER_KEYS)})", index + 1)
+            meta[key] = _unquote(match["value"])
+        else:
+            raise SourceError(path, "front matter opened with '---' is never closed", 1)
+
+    body_line = body_start + 1
+    while body_line <= len(lines) and not lines[body_line - 1].strip():
+        body_line += 1
+    body = "\n".join(lines[body_start:]).strip()
+    title = meta.get("title") or None
+    if title is None:
+        title, body = _split_heading(body)
+    if not body:
+        raise SourceError(path, "empty brief: the file has no text", min(body_line, max(len(lines), 1)))
+    for key in ("link", "image"):
+        value = meta.get(key)
+        if value and not re.match(r"^(https?://|mailto:)\S+$", value):
+            raise SourceError(path, f"{key} must be an absolute http(s) URL, not {value!r}", 1)
+    brief = Brief(body=body, path=path, line=body_line, title=title, link=meta.get("link") or None,
+                  image=meta.get("image") or None, image_alt=meta.get("image_alt"))
+    return BriefFile(path=path, intro=None, briefs=(brief,))
+
+
+def parse_file(path: Path) -> BriefFile:
+    text = read_text(path)
+    if path.suffix == ".md":
+        return parse_markdown_text(text, path)
+    return parse_arrow_text(text, path)
+
+
+def brief_files(folder: Path) -> list[Path]:
+    """The brief files of an issue folder, in the order their briefs appear (by file name)."""
+    return sorted(
+        (p for p in folder.iterdir()
+         if p.is_file() and p.suffix in BRIEF_SUFFIXES and not p.name.startswith((".", "_"))),
+        key=lambda p: p.name,
+    )
+
+
+def _split_heading(body: str) -> tuple[str | None, str]:
+    first, _, rest = body.partition("\n")
+    match = _HEADING.match(first.strip())
+    if match:
+        return match["title"], rest.strip()
+    return None, body
+
+
+def _dedent_first(text: str) -> str:
+    """`-->   text` keeps no leading blanks; later lines are left alone."""
+    return text.lstrip(" \t\u00a0")
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        return value[1:-1]
+    return value

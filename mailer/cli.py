@@ -1,0 +1,377 @@
+"""The `mailer` command: a thin layer over the library.
+
+Each command calls one library function and turns library errors into one line on stderr and a
+non-zero exit code (MailerError.exit_code). Long work shows a progress bar on a terminal and plain
+lines otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from datetime import date
+from functools import wraps
+from pathlib import Path
+from typing import Callable, Iterator
+
+import click
+
+from .config import Settings, load_settings
+from .errors import MailerError
+
+log = logging.getLogger("mailer")
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _store(settings: Settings):
+    from .store import open_store
+    return open_store(settings.database_url)
+
+
+def handle_errors(func: Callable) -> Callable:
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except MailerError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def _is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+@contextmanager
+def progress_display(label: str, total: int | None) -> Iterator[Callable[[int, str], None]]:
+    """Yields update(done, detail). A rich bar on a terminal; otherwise a plain line every 2 s."""
+    if _is_tty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[detail]}"), TimeRemainingColumn(), transient=False) as bar:
+            task = bar.add_task(label, total=total, detail="")
+            yield lambda done, detail="": bar.update(task, completed=done, detail=detail)
+        return
+    last = [0.0]
+
+    def update(done: int, detail: str = "") -> None:
+        now = time.monotonic()
+        if now - last[0] >= 2.0:
+            last[0] = now
+            of = f"/{total}" if total else ""
+            click.echo(f"{label}: {done}{of} {detail}".rstrip())
+
+    yield update
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log every decision.")
+@click.version_option(package_name="mailer")
+def main(verbose: bool) -> None:
+    """mailer: newsletters from brief files, sent exactly once to a managed list."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("alembic", "sqlalchemy", "apscheduler.executors", "uvicorn.access", "watchfiles"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ----- issues ------------------------------------------------------------------------------------
+@main.group()
+def issue() -> None:
+    """Issue folders."""
+
+
+@issue.command("new")
+@click.argument("slug")
+@click.option("--date", "issue_date", default=None, help="Issue date (YYYY-MM-DD), default today.")
+@handle_errors
+def issue_new(slug: str, issue_date: str | None) -> None:
+    """Scaffold issues/<date>-<slug>/ with issue.toml and briefs.txt."""
+    from .issue import scaffold_issue
+    settings = _settings()
+    folder = scaffold_issue(settings, slug, date.fromisoformat(issue_date) if issue_date else date.today())
+    click.echo(f"created {folder}")
+
+
+@main.command()
+@click.argument("issue_ref", metavar="ISSUE")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder (default build/<issue>).")
+@handle_errors
+def build(issue_ref: str, out_dir: Path | None) -> None:
+    """Write email.html, email.txt and email.eml (to a sample recipient)."""
+    from .preview import build_issue
+    settings = _settings()
+    result = build_issue(settings, issue_ref, out_dir)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"built {result.slug}: {len(result.html_bytes) / 1024:.1f} KB HTML, {len(result.briefs)} briefs "
+               f"-> {result.out_dir}")
+
+
+@main.command()
+@click.argument("issue_ref", metavar="ISSUE")
+@click.option("--port", default=8025, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@handle_errors
+def preview(issue_ref: str, port: int, host: str) -> None:
+    """Local preview: 600 px and 375 px, text part, headers, warnings; reloads on file change."""
+    from .preview import serve_preview
+    settings = _settings()
+    click.echo(f"preview of {issue_ref} on http://{host}:{port}/ (Ctrl-C to stop)")
+    serve_preview(settings, issue_ref, host=host, port=port)
+
+
+@main.command()
+@click.argument("issue_ref", metavar="ISSUE")
+@click.option("--test", "test_addresses", default=None, metavar="ADDR[,ADDR]",
+              help="Send a test to these addresses only; the ledger is not touched.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--retry-failed", is_flag=True, help="Queue failed deliveries again.")
+@click.option("--include-new", is_flag=True, help="Also send to subscribers who joined after the freeze.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@handle_errors
+def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bool, include_new: bool,
+         workers: int) -> None:
+    """Send ISSUE to every active subscriber (or a test to --test addresses)."""
+    from . import dispatch
+    settings = _settings()
+    if test_addresses:
+        results = dispatch.send_test(settings, issue_ref, test_addresses.split(","))
+        failed = [r for r in results if r.outcome != "sent"]
+        for result in results:
+            where = f" ({result.provider_message_id})" if result.provider_message_id else ""
+            status = "sent" if result.outcome == "sent" else f"NOT sent: {result.error}"
+            click.echo(f"test to {result.message.recipient.email}: {status}{where}")
+        sys.exit(1 if failed else 0)
+
+    store = _store(settings)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise MailerError("refusing to send without confirmation: add --yes")
+        from .subscribers import count_subscribers
+        active = count_subscribers(store, "active")
+        click.confirm(f"Send {issue_ref} through {settings.backend} to up to {active} active subscribers?",
+                      abort=True)
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    with progress_display("sending", None) as update:
+        def on_progress(progress: dispatch.Progress) -> None:
+            update(progress.done, f"sent {progress.sent}, failed {progress.failed}, {progress.rate:.0f}/s")
+
+        report = dispatch.send_issue(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
+                                     workers=workers, stop=stop, on_progress=on_progress)
+    counts = report.counts
+    click.echo(f"{report.issue}: sent {report.sent_now} now ({counts['sent']} in all), failed {counts['failed']}, "
+               f"skipped {counts['skipped']}, left {counts['queued'] + counts['sending']} "
+               f"in {report.elapsed:.1f}s via {settings.backend}")
+    if settings.backend == "outbox":
+        click.echo(f"messages are in {settings.outbox_dir / report.issue}")
+    if not report.complete:
+        click.echo("stopped before the end; run the same command again to resume", err=True)
+        sys.exit(5)
+
+
+@main.command()
+@click.argument("issue_ref", metavar="ISSUE")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def status(issue_ref: str, as_json: bool) -> None:
+    """Ledger counts by status for ISSUE."""
+    from .dispatch import issue_status
+    settings = _settings()
+    result = issue_status(settings, _store(settings), issue_ref)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    counts = result["counts"]
+    click.echo(f"{result['issue']}: {result['status']}" + (f" ({result['paused_reason']})" if result["paused_reason"] else ""))
+    for key in ("sent", "failed", "skipped", "queued", "sending"):
+        click.echo(f"  {key:<8} {counts[key]}")
+    click.echo(f"  {'total':<8} {result['total']}")
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Drain what is queued now, then exit.")
+@handle_errors
+def worker(once: bool) -> None:
+    """Claim and send queued deliveries of any issue (run as many as you like on PostgreSQL)."""
+    from .dispatch import work_queue
+    settings = _settings()
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    sent = work_queue(settings, _store(settings), stop=stop, once=once)
+    click.echo(f"worker stopped: {sent} sent")
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT: finish the batch in flight, record it, then stop (the ledger stays consistent)."""
+    def handler(signum, _frame) -> None:  # noqa: ANN001
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("signal %s: finishing the current batch, then stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+# ----- subscribers ----------------------------------------------------------------------------
+@main.group()
+def subscribers() -> None:
+    """The managed subscriber list."""
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--name", default="")
+@click.option("--language", default="")
+@click.option("--list", "lists", multiple=True, help="Add to this named list (repeatable).")
+@handle_errors
+def subscribers_add(email: str, name: str, language: str, lists: tuple[str, ...]) -> None:
+    """Add an active subscriber (the operator vouches for them)."""
+    from .subscribers import add_subscriber
+    settings = _settings()
+    _, created = add_subscriber(_store(settings), email, name=name, language=language, lists=lists, source="cli")
+    click.echo(f"{'added' if created else 'already subscribed, updated'}: {email.strip()}")
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@click.option("--purge", is_flag=True, help="Erase the person's data (an anonymous tombstone blocks re-import).")
+@handle_errors
+def subscribers_remove(email: str, purge: bool) -> None:
+    """Unsubscribe EMAIL (record and history stay, so no import can resurrect it)."""
+    from .subscribers import remove_subscriber
+    settings = _settings()
+    remove_subscriber(_store(settings), email, purge=purge)
+    click.echo(f"{'erased' if purge else 'unsubscribed'}: {email.strip()}")
+
+
+@subscribers.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
+@click.option("--resubscribe", is_flag=True, help="Re-activate unsubscribed addresses present in the file (never complained ones).")
+@click.option("--list", "lists", multiple=True, help="Also add every row to this named list.")
+@click.option("--max-errors", default=50, show_default=True, help="Rejected rows to print.")
+@handle_errors
+def subscribers_import(path: Path, dry_run: bool, resubscribe: bool, lists: tuple[str, ...], max_errors: int) -> None:
+    """Import a CSV (header detection; , ; or tab; UTF-8 with or without BOM)."""
+    from .subscribers import import_csv
+    settings = _settings()
+    with progress_display("importing", None) as update:
+        report = import_csv(_store(settings), path, dry_run=dry_run, resubscribe=resubscribe, lists=lists,
+                            progress=lambda rows: update(rows, ""))
+    for rejection in report.rejections[:max_errors]:
+        click.echo(f"{path}:{rejection.line}: rejected {rejection.value!r}: {rejection.reason}", err=True)
+    if len(report.rejections) > max_errors:
+        click.echo(f"… and {len(report.rejections) - max_errors} more rejected rows", err=True)
+    click.echo(report.summary())
+
+
+@subscribers.command("export")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--status", default=None)
+@handle_errors
+def subscribers_export(path: Path | None, status: str | None) -> None:
+    """Export the list as CSV to PATH (or stdout)."""
+    from .subscribers import export_csv
+    settings = _settings()
+    store = _store(settings)
+    if path is None:
+        export_csv(store, sys.stdout, status)
+        return
+    with path.open("w", encoding="utf-8", newline="") as out:
+        count = export_csv(store, out, status)
+    click.echo(f"exported {count} subscribers to {path}", err=True)
+
+
+@subscribers.command("list")
+@click.option("--status", default=None)
+@click.option("--format", "fmt", type=click.Choice(["plain", "csv", "json"]), default="plain", show_default=True)
+@handle_errors
+def subscribers_list(status: str | None, fmt: str) -> None:
+    """One address a line (or CSV / JSON lines)."""
+    from .subscribers import export_csv, iter_subscribers
+    settings = _settings()
+    store = _store(settings)
+    if fmt == "csv":
+        export_csv(store, sys.stdout, status)
+        return
+    for row, lists in iter_subscribers(store, status):
+        if fmt == "json":
+            click.echo(json.dumps({"email": row.email_given, "name": row.name, "language": row.language,
+                                   "status": row.status, "lists": lists, "attributes": row.attributes or {}},
+                                  ensure_ascii=False))
+        else:
+            click.echo(row.email_given)
+
+
+@subscribers.command("count")
+@click.option("--status", default=None)
+@handle_errors
+def subscribers_count(status: str | None) -> None:
+    """Print one integer."""
+    from .subscribers import count_subscribers
+    settings = _settings()
+    click.echo(str(count_subscribers(_store(settings), status)))
+
+
+@subscribers.command("show")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def subscribers_show(email: str, as_json: bool) -> None:
+    """Status, history of events and of deliveries."""
+    from .subscribers import show_subscriber
+    settings = _settings()
+    view = show_subscriber(_store(settings), email)
+    if as_json:
+        click.echo(json.dumps(view.__dict__, default=str, ensure_ascii=False))
+        return
+    click.echo(f"{view.email}  {view.status}" + (f"  ({view.name})" if view.name else ""))
+    click.echo(f"  language: {view.language or '-'}  source: {view.source or '-'}  lists: {', '.join(view.lists) or '-'}")
+    if view.attributes:
+        click.echo("  attributes: " + json.dumps(view.attributes, ensure_ascii=False))
+    click.echo("  history:")
+    for event in view.events:
+        change = f"{event['old_status'] or '∅'} → {event['new_status']}" if event["new_status"] else ""
+        click.echo(f"    {event['at']:%Y-%m-%d %H:%M:%S}  {event['kind']:<8} {change}  {event['source']}  {event['reason']}".rstrip())
+    click.echo("  deliveries:" + ("" if view.deliveries else " none"))
+    for delivery in view.deliveries:
+        when = f"{delivery['sent_at']:%Y-%m-%d %H:%M}" if delivery["sent_at"] else ""
+        error = f"  {delivery['last_error']}" if delivery["last_error"] else ""
+        click.echo(f"    {delivery['slug']}  {delivery['status']}  {when}{error}".rstrip())
+
+
+# ----- database --------------------------------------------------------------------------------
+@main.group()
+def db() -> None:
+    """The database."""
+
+
+@db.command("upgrade")
+@handle_errors
+def db_upgrade() -> None:
+    """Apply pending migrations (also done automatically on first use)."""
+    from .store import HEAD_REVISION, make_engine, upgrade
+    settings = _settings()
+    before = upgrade(make_engine(settings.database_url))
+    click.echo(f"database at revision {HEAD_REVISION}" + ("" if before == HEAD_REVISION else f" (was {before or 'empty'})"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

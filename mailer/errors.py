@@ -1,0 +1,54 @@
+"""The library's error types. The CLI turns each into one line and a non-zero exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MailerError(Exception):
+    """Base class: its message is what the user sees, on one line."""
+
+    exit_code = 1
+
+
+class ConfigError(MailerError):
+    """A setting is missing or invalid."""
+
+    exit_code = 2
+
+
+class SourceError(MailerError):
+    """Bad input in an editor's file; names the file and, when known, the line."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path | str, message: str, line: int | None = None) -> None:
+        self.path = Path(path)
+        self.line = line
+        self.reason = message
+        where = f"{self.path}:{line}" if line else f"{self.path}"
+        super().__init__(f"{where}: {message}")
+
+
+class RenderError(MailerError):
+    """The template or the MJML could not be turned into an email."""
+
+    exit_code = 3
+
+
+class NotFound(MailerError):
+    """An issue, subscriber or token that does not exist."""
+
+    exit_code = 4
+
+
+class InvalidAddress(MailerError):
+    """An email address that does not pass validation."""
+
+    exit_code = 2
+
+
+class SendAborted(MailerError):
+    """A send stopped before its end (too many failures in a row, interrupted); the ledger is consistent."""
+
+    exit_code = 5

@@ -1,0 +1,177 @@
+"""Loading an issue folder (`issue.toml` + brief files) into an `Issue`, with validation."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from .briefs import Brief, brief_files, parse_file, read_text
+from .errors import NotFound, SourceError
+
+ISSUE_FILE = "issue.toml"
+ISSUE_KEYS = ("subject", "preheader", "date", "send_at", "template", "intro", "list")
+DEFAULT_TEMPLATE = "weekly"
+_TOML_LINE = re.compile(r"at line (\d+)")
+
+
+@dataclass(frozen=True)
+class Issue:
+    slug: str
+    folder: Path
+    subject: str
+    preheader: str
+    date: date
+    briefs: tuple[Brief, ...]
+    intro: str | None = None
+    send_at: datetime | None = None
+    template: str = DEFAULT_TEMPLATE
+    list_name: str | None = None
+
+    def source_files(self) -> list[Path]:
+        """Every file whose change changes the email (the preview watches these)."""
+        return [self.folder / ISSUE_FILE, *brief_files(self.folder)]
+
+
+def find_issue_folder(ref: str | Path, issues_dir: Path) -> Path:
+    """ISSUE is a folder path, a folder name in `issues_dir`, or the unique suffix of one (`gaia-x`)."""
+    path = Path(ref)
+    if (path / ISSUE_FILE).is_file():
+        return path.resolve()
+    candidate = issues_dir / str(ref)
+    if (candidate / ISSUE_FILE).is_file():
+        return candidate.resolve()
+    if issues_dir.is_dir() and "/" not in str(ref):
+        matches = sorted(p for p in issues_dir.iterdir()
+                         if (p / ISSUE_FILE).is_file() and (p.name == ref or p.name.endswith(f"-{ref}")))
+        if len(matches) == 1:
+            return matches[0].resolve()
+        if len(matches) > 1:
+            names = ", ".join(p.name for p in matches)
+            raise NotFound(f"issue {ref!r} is ambiguous: {names}")
+    raise NotFound(f"no issue {ref!r}: expected a folder with {ISSUE_FILE} (looked in {issues_dir})")
+
+
+def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
+    """Read and validate an issue; every error names the file and line."""
+    folder = find_issue_folder(ref, issues_dir)
+    toml_path = folder / ISSUE_FILE
+    text = read_text(toml_path)
+    try:
+        meta = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = _TOML_LINE.search(str(exc))
+        raise SourceError(toml_path, f"malformed TOML: {exc}", int(found.group(1)) if found else None) from None
+
+    def line_of(key: str) -> int | None:
+        for number, line in enumerate(text.split("\n"), start=1):
+            if re.match(rf"^\s*{re.escape(key)}\s*=", line):
+                return number
+        return None
+
+    for key in meta:
+        if key not in ISSUE_KEYS:
+            raise SourceError(toml_path, f"unknown key {key!r} (allowed: {', '.join(ISSUE_KEYS)})", line_of(key))
+    for key in ("subject", "preheader", "template", "intro", "list"):
+        if key in meta and not isinstance(meta[key], str):
+            raise SourceError(toml_path, f"{key} must be a string", line_of(key))
+
+    subject = meta.get("subject", "").strip()
+    if not subject:
+        raise SourceError(toml_path, "missing subject (add: subject = \"…\")", line_of("subject"))
+    if "\n" in subject or "\r" in subject:
+        raise SourceError(toml_path, "subject must be one line", line_of("subject"))
+
+    issue_date = _parse_date(meta.get("date"), folder.name, toml_path, line_of("date"))
+    send_at = _parse_send_at(meta.get("send_at"), zone, toml_path, line_of("send_at"))
+
+    intros: list[str] = []
+    briefs: list[Brief] = []
+    for path in brief_files(folder):
+        parsed = parse_file(path)
+        if parsed.intro:
+            intros.append(parsed.intro)
+        briefs.extend(parsed.briefs)
+    if not briefs:
+        raise SourceError(folder, "no briefs: add a briefs.txt with '-->' lines or a .md file per brief")
+
+    intro = meta.get("intro", "").strip() or "\n\n".join(intros) or None
+    preheader = " ".join(meta.get("preheader", "").split())
+    return Issue(
+        slug=folder.name,
+        folder=folder,
+        subject=subject,
+        preheader=preheader,
+        date=issue_date,
+        briefs=tuple(briefs),
+        intro=intro,
+        send_at=send_at,
+        template=meta.get("template", DEFAULT_TEMPLATE).strip() or DEFAULT_TEMPLATE,
+        list_name=meta.get("list", "").strip() or None,
+    )
+
+
+def _parse_date(value: object, folder_name: str, path: Path, line: int | None) -> date:
+    if value is None:
+        # The folder name usually starts with the date (issues/2026-11-27-gaia-x).
+        try:
+            return date.fromisoformat(folder_name[:10])
+        except ValueError:
+            raise SourceError(path, "missing date (add: date = 2026-11-27)") from None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value.strip()[:10])
+        except ValueError:
+            pass
+    raise SourceError(path, f"date must be a date like 2026-11-27, not {value!r}", line)
+
+
+def _parse_send_at(value: object, zone: ZoneInfo, path: Path, line: int | None) -> datetime | None:
+    """send_at is a TOML date-time or an ISO string; without an offset it is read in MAILER_TIMEZONE."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise SourceError(path, f"send_at must be ISO 8601 like 2026-12-01T07:00:00+01:00, not {value!r}", line) from None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime.combine(value, time(0, 0))
+    if isinstance(value, time) or not isinstance(value, datetime):
+        raise SourceError(path, f"send_at must be a date and time, not {value!r}", line)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=zone)
+    return value
+
+
+def scaffold_issue(settings, slug: str, issue_date: date) -> Path:
+    """`mailer issue new`: a folder with an issue.toml and a briefs.txt showing the format."""
+    clean = re.sub(r"[^a-z0-9]+", "-", slug.lower()).strip("-")
+    if not clean:
+        raise SourceError(Path(slug), "the slug needs letters or digits")
+    folder = settings.issues_dir / f"{issue_date.isoformat()}-{clean}"
+    if folder.exists():
+        raise SourceError(folder, "already exists")
+    folder.mkdir(parents=True)
+    if settings.language == "fr":
+        subject, preheader = "Objet de la lettre", "Une phrase qui donne envie d'ouvrir."
+        briefs = ("Quelques mots d'introduction (facultatif), avant la première flèche.\n\n"
+                  "--> Première brève. Le Markdown en ligne est permis : [un lien](https://example.org), *italique*.\n"
+                  "--> Deuxième brève.\n")
+    else:
+        subject, preheader = "Subject of the issue", "One sentence that makes people open it."
+        briefs = ("A few words of introduction (optional), before the first arrow.\n\n"
+                  "--> First brief. Inline Markdown is allowed: [a link](https://example.org), *emphasis*.\n"
+                  "--> Second brief.\n")
+    (folder / ISSUE_FILE).write_text(
+        f'subject = "{subject}"\npreheader = "{preheader}"\ndate = {issue_date.isoformat()}\n'
+        f'# send_at = {issue_date.isoformat()}T07:00:00+01:00\n', encoding="utf-8")
+    (folder / "briefs.txt").write_text(briefs, encoding="utf-8")
+    return folder

@@ -1,0 +1,156 @@
+"""The editors' Markdown, rendered to email-safe HTML and to plain text from the same parse.
+
+One parser (markdown-it-py, CommonMark + linkify for bare URLs, raw HTML off so editor text can
+never break the MJML around it). French typography is applied to text tokens only (never to URLs or
+markup): an existing space before `; ! ?` becomes a narrow no-break space, before `:` and inside
+« guillemets » a no-break space, so punctuation never wraps alone onto a new line.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from functools import lru_cache
+from typing import Sequence
+
+from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
+from markdown_it.token import Token
+
+NBSP = "\u00a0"
+NNBSP = "\u202f"
+_BEFORE_TIGHT = re.compile(r"[ \u00a0]+([;!?])")
+_BEFORE_COLON = re.compile(r"[ \u00a0]+(:)(?=\s|$)")
+_AFTER_OPEN_QUOTE = re.compile(r"«[ \u00a0\u202f]*")
+_BEFORE_CLOSE_QUOTE = re.compile(r"[ \u00a0\u202f]*»")
+
+
+def french_typography(text: str) -> str:
+    """Bind French high punctuation to the preceding word; only replaces spaces the editor typed
+    (and the inside of guillemets, where a space is always due)."""
+    text = _BEFORE_TIGHT.sub(NNBSP + r"\1", text)
+    text = _BEFORE_COLON.sub(NBSP + r"\1", text)
+    text = _AFTER_OPEN_QUOTE.sub("«" + NBSP, text)
+    text = _BEFORE_CLOSE_QUOTE.sub(NBSP + "»", text)
+    return text
+
+
+def _typography_rule(state: StateCore) -> None:
+    for token in state.tokens:
+        if token.type == "inline" and token.children:
+            for child in token.children:
+                if child.type == "text":
+                    child.content = french_typography(child.content)
+
+
+@lru_cache(maxsize=4)
+def _parser(language: str) -> MarkdownIt:
+    md = MarkdownIt("commonmark", {"html": False, "linkify": True, "typographer": False})
+    md.enable(["linkify", "strikethrough"])
+    if language == "fr":
+        md.core.ruler.push("fr_typography", _typography_rule)
+    return md
+
+
+def to_html(source: str, language: str = "fr") -> str:
+    """Markdown → HTML fragment (escaped, no raw HTML)."""
+    md = _parser(language)
+    return md.renderer.render(md.parse(source), md.options, {}).strip()
+
+
+def to_inline_html(source: str, language: str = "fr") -> str:
+    """Markdown → HTML without the wrapping paragraph (titles, intro lines)."""
+    md = _parser(language)
+    return md.renderInline(source).strip()
+
+
+def to_text(source: str, language: str = "fr", width: int = 76) -> str:
+    """Markdown → readable plain text: links become `text (url)`, paragraphs wrapped at `width`
+    without ever breaking a URL or a no-break space."""
+    md = _parser(language)
+    return _TextRenderer(width).render(md.parse(source)).strip()
+
+
+def plain_inline(source: str, language: str = "fr") -> str:
+    """Markdown → one line of text without URLs (subjects, titles in the text part)."""
+    md = _parser(language)
+    tokens = md.parseInline(source)
+    return " ".join(_inline_text(tokens[0].children or [], with_urls=False).split()) if tokens else source
+
+
+def _inline_text(children: Sequence[Token], with_urls: bool = True) -> str:
+    out: list[str] = []
+    href_stack: list[tuple[str, int]] = []
+    for tok in children:
+        if tok.type in ("text", "code_inline"):
+            out.append(tok.content)
+        elif tok.type == "softbreak":
+            out.append(" ")
+        elif tok.type == "hardbreak":
+            out.append("\n")
+        elif tok.type == "link_open":
+            href_stack.append((str(tok.attrs.get("href", "")), len(out)))
+        elif tok.type == "link_close" and href_stack:
+            href, start = href_stack.pop()
+            label = "".join(out[start:]).strip()
+            shown = href[len("mailto:"):] if href.startswith("mailto:") else href
+            if with_urls and href and label not in (href, shown):
+                out.append(f" ({shown})")
+        elif tok.type == "image":
+            alt = "".join(c.content for c in tok.children or []) or tok.content
+            src = str(tok.attrs.get("src", ""))
+            out.append(f"[{alt}]" + (f" ({src})" if with_urls and src else ""))
+    return "".join(out)
+
+
+class _TextRenderer:
+    def __init__(self, width: int) -> None:
+        self.width = width
+
+    def render(self, tokens: Sequence[Token]) -> str:
+        blocks: list[str] = []
+        prefix_stack: list[str] = []
+        ordered_counters: list[int] = []
+        pending_item_prefix: str | None = None
+        for tok in tokens:
+            if tok.type == "bullet_list_open":
+                ordered_counters.append(0)
+            elif tok.type == "ordered_list_open":
+                ordered_counters.append(int(tok.attrs.get("start", 1) or 1))
+            elif tok.type in ("bullet_list_close", "ordered_list_close"):
+                ordered_counters.pop()
+            elif tok.type == "list_item_open":
+                counter = ordered_counters[-1] if ordered_counters else 0
+                if counter:
+                    pending_item_prefix = f"{counter}. "
+                    ordered_counters[-1] += 1
+                else:
+                    pending_item_prefix = "- "
+            elif tok.type == "blockquote_open":
+                prefix_stack.append("> ")
+            elif tok.type == "blockquote_close":
+                prefix_stack.pop()
+            elif tok.type in ("fence", "code_block"):
+                quote = "".join(prefix_stack)
+                blocks.append("\n".join(quote + "    " + line for line in tok.content.rstrip("\n").split("\n")))
+            elif tok.type == "hr":
+                blocks.append("-" * 20)
+            elif tok.type == "inline":
+                text = _inline_text(tok.children or [])
+                quote = "".join(prefix_stack)
+                first = quote + (pending_item_prefix or "")
+                rest = quote + (" " * len(pending_item_prefix) if pending_item_prefix else "")
+                blocks.append(self._wrap(text, first, rest))
+                pending_item_prefix = None
+        return "\n\n".join(b for b in blocks if b.strip())
+
+    def _wrap(self, text: str, first: str, rest: str) -> str:
+        lines = []
+        for index, hard_line in enumerate(text.split("\n")):
+            wrapped = textwrap.wrap(
+                hard_line, width=self.width,
+                initial_indent=first if index == 0 else rest, subsequent_indent=rest,
+                break_long_words=False, break_on_hyphens=False,
+            )
+            lines.extend(wrapped or [rest.rstrip()])
+        return "\n".join(lines)

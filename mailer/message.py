@@ -1,0 +1,156 @@
+"""The per-recipient message: headers (List-Unsubscribe, Message-ID, List-Id…) and MIME bytes.
+
+Building an `EmailMessage` per recipient costs ~7 ms for a 48 KB newsletter, far too slow for a
+large list. So `MessageFactory` serialises everything static ONCE — folded, RFC 2047-encoded
+headers and both parts quoted-printable-encoded — and keeps every per-recipient slot on a line of its
+own (a soft line break before and after it). Per recipient only the few slot values are encoded and
+the pieces joined: the result is byte-for-byte a valid RFC 5322 / MIME message with CRLF line
+endings and no line over 78 characters in the bodies (SMTP's 998-octet limit is never at risk,
+although MJML writes the HTML as one 45 KB line).
+"""
+
+from __future__ import annotations
+
+import binascii
+import secrets
+from dataclasses import dataclass
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate, make_msgid
+
+from .config import Settings
+from .errors import InvalidAddress
+from .render import Recipient, RenderedIssue, Template
+
+CRLF = b"\r\n"
+SOFT_BREAK = b"=\r\n"
+# Default folding rules (RFC 2047 encoded words stay <= 75 chars) but CRLF line ends; the long-line
+# variant only for headers that must not be encoded (List-Unsubscribe URLs).
+HEADER_POLICY = policy.SMTP
+ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+def clean_header_value(value: str) -> str:
+    """Neutralise CR/LF and other control characters: a value can never inject a header."""
+    return " ".join("".join(ch if ch >= " " or ch == "\t" else " " for ch in value).split())
+
+
+def _qp(data: str) -> bytes:
+    """Quoted-printable with CRLF line ends (b2a_qp keeps the input's CRLF)."""
+    return binascii.b2a_qp(data.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8"), istext=True)
+
+
+@dataclass(frozen=True)
+class EncodedPart:
+    """A QP-encoded body part with slots, each on its own soft-broken line."""
+
+    pieces: tuple[bytes | str, ...]  # bytes = encoded static piece, str = slot name
+
+    @classmethod
+    def encode(cls, template: Template) -> "EncodedPart":
+        pieces: list[bytes | str] = []
+        for index, piece in enumerate(template.pieces):
+            if index % 2:
+                pieces.append(piece)
+                continue
+            if not piece:
+                continue
+            encoded = _qp(piece)
+            is_last = index == len(template.pieces) - 1
+            if not is_last and not encoded.endswith(CRLF):
+                encoded += SOFT_BREAK
+            pieces.append(encoded)
+        return cls(tuple(pieces))
+
+    def fill(self, values: dict[str, str]) -> bytes:
+        out: list[bytes] = []
+        for piece in self.pieces:
+            if isinstance(piece, bytes):
+                out.append(piece)
+            else:
+                out.append(_qp(values[piece]) + SOFT_BREAK)
+        return b"".join(out)
+
+
+class MessageFactory:
+    """Everything static about one issue's messages, serialised once; `build()` per recipient."""
+
+    def __init__(self, rendered: RenderedIssue, *, subject_prefix: str = "", extra_headers: dict[str, str] | None = None) -> None:
+        settings = rendered.settings
+        self.rendered = rendered
+        self.settings = settings
+        self.domain = settings.sender_domain
+        self.subject = clean_header_value(subject_prefix + rendered.subject)
+        self.boundary = "=_mailer_" + secrets.token_hex(12)
+        self.html_part = EncodedPart.encode(rendered.html)
+        self.text_part = EncodedPart.encode(rendered.text)
+        static = EmailMessage(policy=HEADER_POLICY)
+        static["From"] = _address(settings.sender_name, settings.sender_email)
+        if settings.reply_to:
+            static["Reply-To"] = settings.reply_to
+        static["Subject"] = self.subject
+        static["List-Id"] = settings.effective_list_id
+        for name, value in (extra_headers or {}).items():
+            static[name] = clean_header_value(value)
+        self._static_headers = b"".join(HEADER_POLICY.fold_binary(k, v) for k, v in static.items())
+        self._mime_head = (
+            b"MIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/alternative; boundary="' + self.boundary.encode("ascii") + b'"\r\n'
+        )
+        delimiter = b"--" + self.boundary.encode("ascii")
+        self._text_head = (CRLF + delimiter + CRLF + b'Content-Type: text/plain; charset="utf-8"\r\n'
+                           b"Content-Transfer-Encoding: quoted-printable\r\n\r\n")
+        self._html_head = (CRLF + delimiter + CRLF + b'Content-Type: text/html; charset="utf-8"\r\n'
+                           b"Content-Transfer-Encoding: quoted-printable\r\n\r\n")
+        self._closing = CRLF + delimiter + b"--" + CRLF
+
+    # ----- per recipient ------------------------------------------------------------------------
+    def list_unsubscribe(self, recipient: Recipient) -> str:
+        mailto = self.settings.effective_unsubscribe_mailto
+        return f"<{recipient.unsubscribe_url}>, <mailto:{mailto}?subject=unsubscribe>"
+
+    def recipient_headers(self, recipient: Recipient, message_id: str | None = None) -> dict[str, str]:
+        """Headers that differ per recipient (also what SendGrid takes per personalization)."""
+        return {
+            "List-Unsubscribe": self.list_unsubscribe(recipient),
+            "List-Unsubscribe-Post": ONE_CLICK,
+            "Message-ID": message_id or make_msgid(domain=self.domain),
+        }
+
+    def build(self, recipient: Recipient, message_id: str | None = None, date: str | None = None) -> bytes:
+        """The complete message for one recipient, CRLF line endings, ready for SMTP or a .eml file."""
+        headers = self.recipient_headers(recipient, message_id)
+        to = _to_header(recipient)
+        values = self.rendered.slot_values(recipient)
+        return b"".join((
+            b"Date: " + (date or formatdate(localtime=False, usegmt=True)).encode("ascii") + CRLF,
+            self._static_headers,
+            to,
+            b"Message-ID: " + headers["Message-ID"].encode("ascii") + CRLF,
+            b"List-Unsubscribe: <" + recipient.unsubscribe_url.encode("ascii") + b">,\r\n <mailto:"
+            + self.settings.effective_unsubscribe_mailto.encode("ascii") + b"?subject=unsubscribe>" + CRLF,
+            b"List-Unsubscribe-Post: " + ONE_CLICK.encode("ascii") + CRLF,
+            self._mime_head,
+            self._text_head,
+            self.text_part.fill(values),
+            self._html_head,
+            self.html_part.fill(values),
+            self._closing,
+        ))
+
+
+def _address(name: str, email: str) -> Address:
+    local, _, domain = email.rpartition("@")
+    return Address(display_name=clean_header_value(name), username=local, domain=domain)
+
+
+def _to_header(recipient: Recipient) -> bytes:
+    email = recipient.email
+    if any(ch in email for ch in "\r\n<>,\"") or "@" not in email:
+        raise InvalidAddress(f"refusing to build a message to {email!r}: not a single plain address")
+    name = clean_header_value(recipient.name)
+    if name.isascii() and len(name) + len(email) < 60:
+        return b"To: " + formataddr((name, email)).encode("ascii") + CRLF
+    fold_policy = HEADER_POLICY if email.isascii() else policy.SMTPUTF8  # non-ASCII address: SMTPUTF8 anyway
+    return fold_policy.fold_binary("To", fold_policy.header_factory("To", _address(name, email)))

@@ -1,0 +1,315 @@
+"""The store: one SQLAlchemy engine over SQLite (default) or PostgreSQL, same code and migrations.
+
+Owns connections, migrations (applied automatically on first use) and the queries that keep the
+subscriber list and the delivery ledger consistent. Higher layers (`subscribers`, `dispatch`, the
+web app) call these functions and never write SQL of their own.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from .errors import ConfigError, MailerError, NotFound
+from .schema import (SUPPRESSED_STATUSES, deliveries, issues, list_members, metadata, subscriber_events,
+                     subscribers)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+HEAD_REVISION = "0001"
+_migrated: set[str] = set()
+_migrate_lock = threading.Lock()
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
+
+
+class Store:
+    """A handle on the database. Cheap to pass around; one per process is enough."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A write transaction (BEGIN IMMEDIATE on SQLite: one writer, no upgrade deadlocks)."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ----- subscribers ----------------------------------------------------------------------
+    def subscriber_by_email(self, conn: Connection, email_key: str) -> sa.Row | None:
+        return conn.execute(sa.select(subscribers).where(subscribers.c.email == email_key)).first()
+
+    def subscriber_by_id(self, conn: Connection, subscriber_id: int) -> sa.Row | None:
+        return conn.execute(sa.select(subscribers).where(subscribers.c.id == subscriber_id)).first()
+
+    def insert_subscriber(self, conn: Connection, *, email: str, email_given: str, status: str, name: str = "",
+                          language: str = "", source: str = "", attributes: dict | None = None,
+                          reason: str = "", lists: Sequence[str] = ()) -> int:
+        now = utcnow()
+        subscriber_id = conn.execute(subscribers.insert().values(
+            email=email, email_given=email_given, name=name, language=language, status=status, source=source,
+            attributes=attributes or {}, created_at=now, updated_at=now,
+            confirmed_at=now if status == "active" else None,
+        ).returning(subscribers.c.id)).scalar_one()
+        conn.execute(subscriber_events.insert().values(
+            subscriber_id=subscriber_id, at=now, kind="created", old_status=None, new_status=status,
+            source=source, reason=reason))
+        for list_name in lists:
+            conn.execute(list_members.insert().values(list_name=list_name, subscriber_id=subscriber_id))
+        return subscriber_id
+
+    def set_status(self, conn: Connection, subscriber_id: int, new_status: str, *, source: str, reason: str = "") -> bool:
+        """Change a subscriber's status and record why; False when it already had that status."""
+        row = conn.execute(sa.select(subscribers.c.status).where(subscribers.c.id == subscriber_id)).first()
+        if row is None:
+            raise NotFound(f"no subscriber with id {subscriber_id}")
+        if row.status == new_status:
+            return False
+        now = utcnow()
+        values: dict[str, Any] = {"status": new_status, "updated_at": now}
+        if new_status == "active":
+            values["confirmed_at"] = now
+            values["unsubscribed_at"] = None
+        elif new_status in SUPPRESSED_STATUSES:
+            values["unsubscribed_at"] = now
+        conn.execute(subscribers.update().where(subscribers.c.id == subscriber_id).values(**values))
+        conn.execute(subscriber_events.insert().values(
+            subscriber_id=subscriber_id, at=now, kind="status", old_status=row.status, new_status=new_status,
+            source=source, reason=reason))
+        return True
+
+    def count_subscribers(self, conn: Connection, status: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(subscribers)
+        if status:
+            query = query.where(subscribers.c.status == status)
+        return conn.execute(query).scalar_one()
+
+    # ----- issues -----------------------------------------------------------------------------
+    def issue_row(self, conn: Connection, slug: str) -> sa.Row | None:
+        return conn.execute(sa.select(issues).where(issues.c.slug == slug)).first()
+
+    def ensure_issue(self, conn: Connection, *, slug: str, subject: str, list_name: str | None,
+                     web_html: str | None, issue_date: str | None) -> sa.Row:
+        row = self.issue_row(conn, slug)
+        if row is None:
+            conn.execute(issues.insert().values(slug=slug, subject=subject, list_name=list_name, status="draft",
+                                                web_html=web_html, issue_date=issue_date))
+        elif row.status == "draft":
+            conn.execute(issues.update().where(issues.c.id == row.id).values(
+                subject=subject, list_name=list_name, web_html=web_html, issue_date=issue_date))
+        return self.issue_row(conn, slug)  # type: ignore[return-value]
+
+    def update_issue(self, conn: Connection, issue_id: int, **values: Any) -> None:
+        conn.execute(issues.update().where(issues.c.id == issue_id).values(**values))
+
+    # ----- the delivery ledger ----------------------------------------------------------------
+    def freeze_recipients(self, conn: Connection, issue_id: int, list_name: str | None) -> int:
+        """Write one queued delivery per active subscriber (of `list_name`) not yet in the ledger.
+
+        Called once when a send starts (the freeze) and again only with `--include-new`.
+        """
+        now = utcnow()
+        candidates = sa.select(
+            sa.literal(issue_id), subscribers.c.id, sa.literal("queued"), sa.literal(0), sa.literal(now), sa.literal(now),
+        ).where(subscribers.c.status == "active").where(~sa.exists().where(
+            (deliveries.c.issue_id == issue_id) & (deliveries.c.subscriber_id == subscribers.c.id)))
+        if list_name:
+            candidates = candidates.where(sa.exists().where(
+                (list_members.c.subscriber_id == subscribers.c.id) & (list_members.c.list_name == list_name)))
+        result = conn.execute(deliveries.insert().from_select(
+            ["issue_id", "subscriber_id", "status", "attempts", "created_at", "updated_at"], candidates))
+        return result.rowcount or 0
+
+    def claim_deliveries(self, conn: Connection, issue_id: int, worker: str, limit: int) -> list[sa.Row]:
+        """Move up to `limit` queued rows to `sending` for `worker` and return them with their subscriber.
+
+        One statement: `FOR UPDATE SKIP LOCKED` on PostgreSQL lets many workers claim disjoint
+        batches; SQLite's single writer serialises it.
+        """
+        now = utcnow()
+        picked = (sa.select(deliveries.c.id)
+                  .where(deliveries.c.issue_id == issue_id, deliveries.c.status == "queued")
+                  .order_by(deliveries.c.id).limit(limit)
+                  .with_for_update(skip_locked=True))
+        claimed = conn.execute(
+            deliveries.update().where(deliveries.c.id.in_(picked.scalar_subquery()))
+            .values(status="sending", claimed_by=worker, claimed_at=now, updated_at=now,
+                    attempts=deliveries.c.attempts + 1)
+            .returning(deliveries.c.id)
+        ).scalars().all()
+        if not claimed:
+            return []
+        return list(conn.execute(
+            sa.select(deliveries.c.id.label("delivery_id"), deliveries.c.attempts, subscribers.c.id.label("subscriber_id"),
+                      subscribers.c.email_given, subscribers.c.name, subscribers.c.status.label("subscriber_status"))
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+            .where(deliveries.c.id.in_(claimed)).order_by(deliveries.c.id)
+        ).all())
+
+    def finish_deliveries(self, conn: Connection, worker: str, rows: Sequence[dict]) -> None:
+        """Record outcomes in bulk: each dict has id, status and optional provider_message_id / last_error.
+
+        Only rows still claimed by `worker` change, so a batch that another process took over after a
+        stale claim can never be recorded twice.
+        """
+        if not rows:
+            return
+        now = utcnow()
+        stmt = (deliveries.update()
+                .where(deliveries.c.id == sa.bindparam("b_id"), deliveries.c.claimed_by == worker,
+                       deliveries.c.status == "sending")
+                .values(status=sa.bindparam("b_status"), provider_message_id=sa.bindparam("b_provider_id"),
+                        last_error=sa.bindparam("b_error"), sent_at=sa.bindparam("b_sent_at"), updated_at=now))
+        conn.execute(stmt, [{
+            "b_id": row["id"], "b_status": row["status"], "b_provider_id": row.get("provider_message_id"),
+            "b_error": row.get("last_error"), "b_sent_at": now if row["status"] == "sent" else None,
+        } for row in rows])
+
+    def requeue(self, conn: Connection, issue_id: int, *, statuses: Sequence[str], claimed_by: Sequence[str] | None = None,
+                claimed_before: datetime | None = None) -> int:
+        """Put rows back in the queue (a crashed worker's `sending` rows, or `failed` ones on --retry-failed)."""
+        query = deliveries.update().where(deliveries.c.issue_id == issue_id, deliveries.c.status.in_(statuses))
+        if claimed_by is not None:
+            query = query.where(deliveries.c.claimed_by.in_(claimed_by))
+        if claimed_before is not None:
+            query = query.where(deliveries.c.claimed_at < claimed_before)
+        result = conn.execute(query.values(status="queued", claimed_by=None, claimed_at=None, updated_at=utcnow()))
+        return result.rowcount or 0
+
+    def requeue_ids(self, conn: Connection, worker: str, rows: Sequence[tuple[int, str | None]]) -> None:
+        """Give specific claimed rows back to the queue after a transient refusal, keeping the reason."""
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id == sa.bindparam("b_id"), deliveries.c.claimed_by == worker,
+                   deliveries.c.status == "sending")
+            .values(status="queued", claimed_by=None, claimed_at=None, last_error=sa.bindparam("b_error"),
+                    updated_at=utcnow()),
+            [{"b_id": delivery_id, "b_error": (error or "")[:2000]} for delivery_id, error in rows])
+
+    def reset_attempts(self, conn: Connection, issue_id: int) -> None:
+        conn.execute(deliveries.update().where(deliveries.c.issue_id == issue_id, deliveries.c.status == "queued")
+                     .values(attempts=0))
+
+    def max_subscriber_id(self, conn: Connection) -> int:
+        return conn.execute(sa.select(sa.func.coalesce(sa.func.max(subscribers.c.id), 0))).scalar_one()
+
+    def issues_with_queue(self, conn: Connection) -> list[tuple[str, int]]:
+        """(slug, id) of issues being sent that still have queued deliveries, oldest first."""
+        has_queue = sa.exists().where(deliveries.c.issue_id == issues.c.id, deliveries.c.status == "queued")
+        return [(slug, issue_id) for slug, issue_id in conn.execute(
+            sa.select(issues.c.slug, issues.c.id).where(issues.c.status == "sending", has_queue).order_by(issues.c.id))]
+
+    def delivery_counts(self, conn: Connection, issue_id: int) -> dict[str, int]:
+        counts = {status: 0 for status in ("queued", "sending", "sent", "failed", "skipped")}
+        for status, count in conn.execute(
+                sa.select(deliveries.c.status, sa.func.count()).where(deliveries.c.issue_id == issue_id)
+                .group_by(deliveries.c.status)):
+            counts[status] = count
+        return counts
+
+    def claimants(self, conn: Connection, issue_id: int) -> list[tuple[str, datetime]]:
+        """Workers holding `sending` rows of an issue, with their oldest claim."""
+        return [(worker, as_utc(claimed_at)) for worker, claimed_at in conn.execute(
+            sa.select(deliveries.c.claimed_by, sa.func.min(deliveries.c.claimed_at))
+            .where(deliveries.c.issue_id == issue_id, deliveries.c.status == "sending")
+            .group_by(deliveries.c.claimed_by))]
+
+
+# ----- opening and migrating -------------------------------------------------------------------
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    try:
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    except (ImportError, sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
+        raise ConfigError(f"MAILER_DATABASE_URL {url.split('@')[-1]!r}: {exc} (for PostgreSQL: pip install 'mailer[postgres]')") from None
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def upgrade(engine: Engine) -> str | None:
+    """Apply pending migrations; returns the revision the database was at before."""
+    from alembic import command
+    from alembic.config import Config
+
+    before = current_revision(engine)
+    if before == HEAD_REVISION:
+        return before
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+    return before
+
+
+def open_store(url: str, *, migrate: bool = True) -> Store:
+    """Open the database, creating and migrating it on first use."""
+    engine = make_engine(url)
+    if migrate and url not in _migrated:
+        with _migrate_lock:
+            try:
+                upgrade(engine)
+            except sa.exc.OperationalError as exc:
+                raise MailerError(f"cannot open the database {_safe_url(url)}: {exc.orig}") from None
+            _migrated.add(url)
+    return Store(engine)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
+
+
+__all__ = ["Store", "open_store", "upgrade", "metadata", "utcnow", "HEAD_REVISION"]

@@ -1,0 +1,111 @@
+"""Shared fixtures: a throw-away project folder, settings, and a real store on SQLite or PostgreSQL.
+
+PostgreSQL variants use MAILER_TEST_DATABASE_URL (`.ci/run` always sets it) and a fresh schema per
+test, so parallel or repeated runs never collide; without it they are skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import sqlalchemy as sa
+
+from mailer.config import Settings, load_settings
+from mailer.store import Store, open_store
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_ISSUE = "2026-11-26-donnees-ouvertes"
+PG_URL = os.environ.get("MAILER_TEST_DATABASE_URL", "")
+ARTIFACTS = REPO / "test-artifacts"
+
+BASE_ENV = {
+    "MAILER_NAME": "Le Fil du jeudi",
+    "MAILER_LANGUAGE": "fr",
+    "MAILER_FROM": "Le Fil du jeudi <lettre@example.org>",
+    "MAILER_BASE_URL": "https://lettre.example.org",
+    "MAILER_POSTAL_ADDRESS": "12 rue des Exemples, 75011 Paris",
+    "MAILER_SECRET_KEY": "test-secret-key-0123456789",
+    "MAILER_TIMEZONE": "Europe/Paris",
+}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project folder with the shipped templates and example issue (no mailer.toml)."""
+    shutil.copytree(REPO / "templates", tmp_path / "templates")
+    shutil.copytree(REPO / "issues" / EXAMPLE_ISSUE, tmp_path / "issues" / EXAMPLE_ISSUE)
+    shutil.copytree(REPO / "subscribers", tmp_path / "subscribers",
+                    ignore=shutil.ignore_patterns("*.db", "*.db-*", ".secret_key"))
+    return tmp_path
+
+
+@pytest.fixture
+def make_settings(project: Path):
+    def factory(**overrides) -> Settings:
+        env = {**BASE_ENV, **{k: v for k, v in overrides.items() if k.isupper()}}
+        return load_settings(project, env=env, **{k: v for k, v in overrides.items() if not k.isupper()})
+    return factory
+
+
+@pytest.fixture
+def settings(make_settings) -> Settings:
+    return make_settings()
+
+
+def _pg_schema_url(schema: str) -> str:
+    separator = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{separator}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path):
+    """A database URL for an empty database: a SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'subscribers.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("MAILER_TEST_DATABASE_URL is unset: PostgreSQL variant skipped (.ci/run sets it)")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield _pg_schema_url(schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def store(db_url: str) -> Store:
+    handle = open_store(db_url)
+    yield handle
+    handle.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Store:
+    handle = open_store(f"sqlite:///{tmp_path / 'subscribers.db'}")
+    yield handle
+    handle.close()
+
+
+def write_issue(root: Path, slug: str, files: dict[str, str | bytes], toml: str | None = None) -> Path:
+    """Create issues/<slug>/ with an issue.toml (default subject) and the given files."""
+    folder = root / "issues" / slug
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "issue.toml").write_text(toml if toml is not None else 'subject = "Sujet"\ndate = 2026-11-26\n',
+                                       encoding="utf-8")
+    for name, content in files.items():
+        path = folder / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+    return folder
