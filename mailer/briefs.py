@@ -95,6 +95,8 @@ def parse_markdown_text(text: str, path: Path) -> BriefFile:
     meta: dict[str, str] = {}
     body_start = 0
     if lines and lines[0].strip() == "---":
+        if not any(line.strip() == "---" for line in lines[1:]):
+            raise SourceError(path, "front matter opened with '---' is never closed (add a '---' line after it)", 1)
         for index in range(1, len(lines)):
             line = lines[index]
             if line.strip() == "---":
@@ -109,8 +111,6 @@ def parse_markdown_text(text: str, path: Path) -> BriefFile:
             if key not in FRONT_MATTER_KEYS:
                 raise SourceError(path, f"unknown front matter key {key!r} (allowed: {', '.join(FRONT_MATTER_KEYS)})", index + 1)
             meta[key] = _unquote(match["value"])
-        else:
-            raise SourceError(path, "front matter opened with '---' is never closed", 1)
 
     body_line = body_start + 1
     while body_line <= len(lines) and not lines[body_line - 1].strip():

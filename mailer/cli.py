@@ -229,6 +229,39 @@ def _install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+# ----- web and scheduler -----------------------------------------------------------------------
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@handle_errors
+def serve(host: str, port: int) -> None:
+    """Run the web app: unsubscribe, subscribe + confirm, webhooks, archive."""
+    from .web import serve as serve_web
+    serve_web(_settings(), host=host, port=port)
+
+
+@main.group()
+def schedule() -> None:
+    """Sending at the right time, by itself."""
+
+
+@schedule.command("run")
+@handle_errors
+def schedule_run() -> None:
+    """Long-lived scheduler: sends each issue at its send_at and on the cadence; stops cleanly on SIGTERM."""
+    from .scheduler import run_scheduler
+    run_scheduler(_settings())
+
+
+@schedule.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def schedule_list(as_json: bool) -> None:
+    """What is due, when (local zone and UTC), and what was missed."""
+    from .scheduler import describe_schedule
+    click.echo(describe_schedule(_settings(), as_json=as_json))
+
+
 # ----- subscribers ----------------------------------------------------------------------------
 @main.group()
 def subscribers() -> None:

@@ -37,8 +37,10 @@ def clean_header_value(value: str) -> str:
 
 
 def _qp(data: str) -> bytes:
-    """Quoted-printable with CRLF line ends (b2a_qp keeps the input's CRLF)."""
-    return binascii.b2a_qp(data.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8"), istext=True)
+    """Quoted-printable with CRLF line ends, soft breaks included (b2a_qp uses LF for a value
+    that has no line break of its own)."""
+    encoded = binascii.b2a_qp(data.replace("\r\n", "\n").encode("utf-8"), istext=True)
+    return encoded.replace(b"\n", b"\r\n")
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,8 @@ def _to_header(recipient: Recipient) -> bytes:
     email = recipient.email
     if any(ch in email for ch in "\r\n<>,\"") or "@" not in email:
         raise InvalidAddress(f"refusing to build a message to {email!r}: not a single plain address")
-    name = clean_header_value(recipient.name)
-    if name.isascii() and len(name) + len(email) < 60:
+    name = clean_header_value(recipient.name).replace("=?", "= ?")  # never read as an RFC 2047 encoded word
+    if name.isascii() and "=?" not in name and len(name) + len(email) < 60:
         return b"To: " + formataddr((name, email)).encode("ascii") + CRLF
     fold_policy = HEADER_POLICY if email.isascii() else policy.SMTPUTF8  # non-ASCII address: SMTPUTF8 anyway
     return fold_policy.fold_binary("To", fold_policy.header_factory("To", _address(name, email)))

@@ -42,6 +42,18 @@ def slot(name: str) -> str:
     return f"{SLOT_PREFIX}{name}{SLOT_SUFFIX}"
 
 
+class _SlotMarker(Markup):
+    """A slot marker placed by the template (the only kind `_neutralise_markers` lets through)."""
+
+
+def _neutralise_markers(value: object) -> object:
+    """Jinja `finalize`: a value from editors, settings or subscribers can never read as a slot
+    marker (a zero-width space splits any `%%`), so only the template decides where slots are."""
+    if isinstance(value, _SlotMarker) or not isinstance(value, str) or "%%" not in value:
+        return value
+    return value.replace("%%", "%\u200b%")
+
+
 @dataclass(frozen=True)
 class Recipient:
     """Who a message goes to. `unsubscribe_url` is built by the caller (it holds a signed token)."""
@@ -96,6 +108,11 @@ class RenderedIssue:
     def subject(self) -> str:
         return self.issue.subject
 
+    @property
+    def key(self) -> str:
+        """Names this email's outbox folder and provider category."""
+        return self.issue.slug
+
     def slot_values(self, recipient: Recipient) -> dict[str, str]:
         """Every slot's value for one recipient; subscriber-provided values are HTML-escaped in `.html` slots."""
         strings = i18n.strings(self.settings.language)
@@ -116,6 +133,7 @@ def jinja_environment(templates_dir: Path, *, autoescape: bool) -> jinja2.Enviro
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir)),
         autoescape=autoescape,
+        finalize=_neutralise_markers,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -194,7 +212,7 @@ def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
         "archive_url": f"{settings.base_url}/archive",
         "postal_address": settings.postal_address,
         "why_received": strings["why_received"].format(name=settings.name),
-        "slot": {name: Markup(slot(name)) for name in (*TEXT_SLOTS, *HTML_SLOTS)},
+        "slot": {name: _SlotMarker(slot(name)) for name in (*TEXT_SLOTS, *HTML_SLOTS)},
     }
 
 
@@ -238,7 +256,7 @@ def build_warnings(rendered: RenderedIssue) -> Iterable[str]:
         for alt_match in re.finditer(r"!\[([^\]]*)\]\(([^)\s]+)", brief.body):
             if not alt_match.group(1).strip():
                 yield f"{brief.where}: image {alt_match.group(2)} has no alt text"
-        plain = markup.to_text(brief.body, rendered.settings.language)
+        plain = re.sub(r"\(?(https?|mailto):\S+|[\[\]()]", "", markup.to_text(brief.body, rendered.settings.language))
         if len(plain.strip()) < 3:
             yield f"{brief.where}: brief has no readable text"
     for img in _IMG_RE.findall(sample):

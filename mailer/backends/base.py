@@ -52,7 +52,7 @@ class Batch:
 
     @property
     def slug(self) -> str:
-        return self.factory.rendered.issue.slug
+        return self.factory.rendered.key
 
 
 @dataclass(frozen=True)

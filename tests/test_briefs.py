@@ -1,0 +1,165 @@
+"""Brief files and issue folders: what editors write, and the errors they get."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from mailer.briefs import parse_arrow_text, parse_file
+from mailer.errors import NotFound, SourceError
+from mailer.issue import find_issue_folder, load_issue, scaffold_issue
+
+from .conftest import write_issue
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def test_arrow_format_splits_intro_and_briefs(tmp_path):
+    text = "Bonjour à tous,\nvoici la lettre.\n\n--> Première brève\nsur deux lignes.\n--> Deuxième brève.\n"
+    parsed = parse_arrow_text(text, tmp_path / "briefs.txt")
+    assert parsed.intro == "Bonjour à tous,\nvoici la lettre."
+    assert [b.body for b in parsed.briefs] == ["Première brève\nsur deux lignes.", "Deuxième brève."]
+    assert [b.line for b in parsed.briefs] == [4, 6]
+
+
+def test_no_intro_and_a_single_brief(tmp_path):
+    parsed = parse_arrow_text("--> Seule brève.", tmp_path / "b.txt")
+    assert parsed.intro is None
+    assert len(parsed.briefs) == 1
+
+
+def test_arrow_not_at_line_start_does_not_split(tmp_path):
+    text = "--> Une brève qui cite une flèche --> au milieu\n  --> et une ligne indentée.\n"
+    parsed = parse_arrow_text(text, tmp_path / "b.txt")
+    assert len(parsed.briefs) == 1
+    assert "--> au milieu" in parsed.briefs[0].body and "--> et une ligne indentée." in parsed.briefs[0].body
+
+
+def test_empty_brief_is_an_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "briefs.txt"
+    with pytest.raises(SourceError) as info:
+        parse_arrow_text("--> Une brève.\n-->   \n--> Une autre.\n", path)
+    assert info.value.line == 2
+    assert str(info.value).startswith(f"{path}:2: empty brief")
+
+
+def test_crlf_and_bom_are_read_like_plain_utf8(tmp_path):
+    content = "Intro\r\n--> Brève « guillemets » et espace\u00a0insécable ;\r\n--> Deuxième\r\n"
+    path = tmp_path / "briefs.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + content.encode("utf-8"))
+    parsed = parse_file(path)
+    assert parsed.intro == "Intro"
+    assert parsed.briefs[0].body == "Brève « guillemets » et espace\u00a0insécable ;"
+    assert "\r" not in parsed.briefs[1].body and "\ufeff" not in (parsed.intro or "")
+
+
+def test_invalid_utf8_names_the_line(tmp_path):
+    path = tmp_path / "briefs.txt"
+    path.write_bytes("--> Première\n--> Deuxi".encode() + b"\xe8me en latin-1\n")
+    with pytest.raises(SourceError) as info:
+        parse_file(path)
+    assert info.value.line == 2 and "UTF-8" in str(info.value)
+
+
+def test_heading_on_the_arrow_line_becomes_the_title(tmp_path):
+    parsed = parse_arrow_text("--> # Le titre\nLe texte de la brève.\n", tmp_path / "b.txt")
+    assert parsed.briefs[0].title == "Le titre"
+    assert parsed.briefs[0].body == "Le texte de la brève."
+
+
+def test_markdown_brief_with_front_matter(tmp_path):
+    path = tmp_path / "02-outil.md"
+    path.write_text("---\ntitle: \"Un outil : enfin\"\nlink: https://example.org/outil\nimage: https://example.org/i.png\n"
+                    "image_alt: Capture d'écran\n---\n\nLe corps *en Markdown*.\n", encoding="utf-8")
+    brief = parse_file(path).briefs[0]
+    assert (brief.title, brief.link, brief.image, brief.image_alt) == (
+        "Un outil : enfin", "https://example.org/outil", "https://example.org/i.png", "Capture d'écran")
+    assert brief.body == "Le corps *en Markdown*."
+    assert brief.line == 8
+
+
+@pytest.mark.parametrize("front, message, line", [
+    ("---\ntitle: x\nauthor: moi\n---\ntexte", "unknown front matter key 'author'", 3),
+    ("---\ntitle x\n---\ntexte", "malformed front matter line", 2),
+    ("---\ntitle: x\ntexte sans fin", "never closed", 1),
+    ("---\ntitle: Titre seul\n---\n\n", "empty brief", None),
+])
+def test_markdown_front_matter_errors(tmp_path, front, message, line):
+    path = tmp_path / "a.md"
+    path.write_text(front, encoding="utf-8")
+    with pytest.raises(SourceError) as info:
+        parse_file(path)
+    assert message in str(info.value)
+    if line is not None:
+        assert info.value.line == line
+
+
+def test_issue_orders_briefs_by_file_name_then_position(project):
+    write_issue(project, "2026-12-03-ordre", {
+        "b.txt": "--> B1\n--> B2\n",
+        "a.md": "Brève A",
+        "c.txt": "Intro de C\n--> C1\n",
+    })
+    issue = load_issue("ordre", project / "issues", PARIS)
+    assert [b.body for b in issue.briefs] == ["Brève A", "B1", "B2", "C1"]
+    assert issue.intro == "Intro de C"
+    assert issue.date == date(2026, 11, 26)
+
+
+def test_issue_toml_fields_and_send_at_zones(project):
+    write_issue(project, "2026-12-03-zones", {"briefs.txt": "--> Une brève.\n"},
+                toml='subject = "Sujet"\npreheader = "  Un   aperçu "\ndate = "2026-12-03"\n'
+                     'send_at = 2026-12-03T07:00:00+01:00\nlist = "premium"\n')
+    issue = load_issue("2026-12-03-zones", project / "issues", PARIS)
+    assert issue.send_at == datetime(2026, 12, 3, 6, 0, tzinfo=timezone.utc)
+    assert issue.preheader == "Un aperçu" and issue.list_name == "premium"
+    write_issue(project, "2026-12-04-naive", {"briefs.txt": "--> Une brève.\n"},
+                toml='subject = "Sujet"\nsend_at = "2026-12-04T07:00:00"\n')
+    naive = load_issue("naive", project / "issues", PARIS)
+    assert naive.send_at == datetime(2026, 12, 4, 7, 0, tzinfo=PARIS)
+    assert naive.date == date(2026, 12, 4)  # from the folder name
+
+
+@pytest.mark.parametrize("toml, message, line", [
+    ('preheader = "x"\n', "missing subject", None),
+    ('subject = "x"\nsubjet = "y"\n', "unknown key 'subjet'", 2),
+    ('subject = "x\n', "malformed TOML", 1),
+    ('subject = "x"\nsend_at = "demain"\n', "send_at must be ISO 8601", 2),
+    ('subject = "x"\ntemplate = 3\n', "template must be a string", 2),
+])
+def test_issue_toml_errors_name_file_and_line(project, toml, message, line):
+    folder = write_issue(project, "2026-12-03-faute", {"briefs.txt": "--> Une brève.\n"}, toml=toml)
+    with pytest.raises(SourceError) as info:
+        load_issue(folder, project / "issues", PARIS)
+    assert message in str(info.value)
+    assert info.value.path == folder / "issue.toml"
+    assert info.value.line == line
+
+
+def test_issue_without_briefs_is_an_error(project):
+    folder = write_issue(project, "2026-12-03-vide", {"notes.odt": "pas une brève"})
+    with pytest.raises(SourceError, match="no briefs"):
+        load_issue(folder, project / "issues", PARIS)
+
+
+def test_issue_reference_by_path_name_or_suffix(project):
+    issues = project / "issues"
+    full = find_issue_folder("2026-11-26-donnees-ouvertes", issues)
+    assert find_issue_folder("donnees-ouvertes", issues) == full
+    assert find_issue_folder(str(full), issues) == full
+    write_issue(project, "2026-12-10-donnees-ouvertes", {"b.txt": "--> x\n"})
+    with pytest.raises(NotFound, match="ambiguous"):
+        find_issue_folder("donnees-ouvertes", issues)
+    with pytest.raises(NotFound, match="no issue 'absent'"):
+        find_issue_folder("absent", issues)
+
+
+def test_scaffolded_issue_loads(settings):
+    folder = scaffold_issue(settings, "Mon Sujet !", date(2026, 12, 10))
+    assert folder.name == "2026-12-10-mon-sujet"
+    issue = load_issue(folder, settings.issues_dir, settings.zone)
+    assert len(issue.briefs) == 2 and issue.intro
+    with pytest.raises(SourceError, match="already exists"):
+        scaffold_issue(settings, "mon sujet", date(2026, 12, 10))

@@ -1,0 +1,161 @@
+"""Rendering: compiled once per issue, personalised per recipient, French typography, warnings."""
+
+from __future__ import annotations
+
+import mjml
+import pytest
+
+import mailer.render as render_module
+from mailer.errors import RenderError, SourceError
+from mailer.issue import load_issue
+from mailer.markup import NBSP, NNBSP, to_html, to_text
+from mailer.render import Recipient, render_issue
+
+from .conftest import EXAMPLE_ISSUE, write_issue
+
+
+def _render(settings, ref=EXAMPLE_ISSUE):
+    return render_issue(load_issue(ref, settings.issues_dir, settings.zone), settings)
+
+
+def test_mjml_is_compiled_once_for_many_recipients(settings, monkeypatch):
+    calls = []
+    real = mjml.mjml2html
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(render_module.mjml, "mjml2html", counting)
+    rendered = _render(settings)
+    outputs = [rendered.personalise(Recipient(email=f"r{i}@example.org", name=f"Lecteur {i}",
+                                              unsubscribe_url=f"https://lettre.example.org/u/tok{i}"))
+               for i in range(200)]
+    assert len(calls) == 1
+    for i, (html, text) in enumerate(outputs):
+        assert f'href="https://lettre.example.org/u/tok{i}"' in html
+        assert f"https://lettre.example.org/u/tok{i}" in text
+        assert f"Bonjour Lecteur {i}," in html and f"Bonjour Lecteur {i}," in text
+        assert "%%mailer:" not in html and "%%mailer:" not in text
+        other = (i + 1) % 200
+        assert f"/u/tok{other}\"" not in html
+
+
+def test_subscriber_values_are_escaped_in_html_only(settings):
+    rendered = _render(settings)
+    html, text = rendered.personalise(Recipient(email="x@example.org", name='<script>alert("x")</script> & Cie',
+                                                unsubscribe_url="https://lettre.example.org/u/abc"))
+    assert "<script>alert" not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; Cie" in html
+    assert 'Bonjour <script>alert("x")</script> & Cie,' in text
+
+
+def test_greeting_without_a_name(settings):
+    html, text = _render(settings).personalise(Recipient(email="x@example.org", unsubscribe_url="https://e.org/u/a"))
+    assert "Bonjour," in html and "Bonjour," in text and "Bonjour ," not in text
+
+
+def test_every_brief_title_link_and_footer_in_both_parts(settings):
+    rendered = _render(settings)
+    html, text = rendered.personalise(Recipient(email="x@example.org", unsubscribe_url="https://e.org/u/a"))
+    issue = rendered.issue
+    flat_text = " ".join(text.replace(NBSP, " ").replace(NNBSP, " ").split())
+    for brief in issue.briefs:
+        first_words = " ".join(brief.body.split()[:3]).replace("[", "").replace("*", "")
+        assert first_words in flat_text
+    assert "Le coup de cœur de la rédaction" in html and "Le coup de cœur de la rédaction" in text
+    assert 'href="https://transport.data.gouv.fr"' in html
+    assert "portail national des transports (https://transport.data.gouv.fr)" in " ".join(text.split())
+    assert 'href="https://example.org/forum-communs"' in html  # bare URL became a link
+    assert "12 rue des Exemples, 75011 Paris" in html and "12 rue des Exemples, 75011 Paris" in text
+    web_url = f"https://lettre.example.org/issues/{issue.slug}"
+    assert f'href="{web_url}"' in html and web_url in text
+    assert "Se désabonner" in html
+    assert issue.preheader in html  # mj-preview
+    assert rendered.html.slot_names.count("unsubscribe_url.html") >= 1
+
+
+def test_english_strings(make_settings):
+    rendered = _render(make_settings(MAILER_LANGUAGE="en"))
+    html, text = rendered.personalise(Recipient(email="x@example.org", name="Jo", unsubscribe_url="https://e.org/u/a"))
+    assert "Unsubscribe" in html and "Hello Jo," in text and "Thursday 26 November 2026" in text
+
+
+def test_french_typography_binds_punctuation_without_touching_urls():
+    html = to_html("Question ? Oui : « super » ; voir https://example.org/a:b?c=d !", "fr")
+    assert f"Question{NNBSP}?" in html and f"Oui{NBSP}:" in html and f"«{NBSP}super{NBSP}»" in html
+    assert f"{NNBSP};" in html and f"{NNBSP}!" in html
+    assert 'href="https://example.org/a:b?c=d"' in html
+    assert "Question ?" in to_html("Question ?", "en")
+
+
+def test_markdown_is_escaped_and_cannot_break_mjml():
+    html = to_html("Un <b>gras</b> et </mj-text> et [lien](javascript:alert(1))", "fr")
+    assert "<b>" not in html and "&lt;/mj-text&gt;" in html
+    assert "javascript:" not in html.split("href=")[-1] if "href=" in html else True
+    assert 'href="javascript' not in html
+
+
+def test_text_part_wraps_without_breaking_urls_or_nbsp():
+    long_url = "https://example.org/" + "a" * 120
+    text = to_text(f"Un texte assez long pour être replié plusieurs fois, avec un lien {long_url} au milieu ; et fin.", "fr")
+    assert long_url in text.replace("\n", " ")
+    assert all(len(line) <= 76 or long_url in line for line in text.split("\n"))
+    assert f"{NNBSP};" in text
+
+
+def test_editor_markdown_cannot_inject_slots_or_break_the_email(project, settings):
+    write_issue(project, "2026-12-03-piege", {"briefs.txt": "--> Texte avec %%mailer:email%% et </mj-column></mj-section>.\n"})
+    rendered = _render(settings, "piege")
+    html, text = rendered.personalise(Recipient(email="secret@example.org", unsubscribe_url="https://e.org/u/a"))
+    assert "secret@example.org" not in html and "secret@example.org" not in text.split("Se désabonner")[0]
+    assert "Texte avec %\u200b%mailer:email%\u200b% et" in text
+    assert "&lt;/mj-column&gt;" in html
+
+
+def test_unknown_template_is_a_source_error(project, settings):
+    write_issue(project, "2026-12-03-gabarit", {"briefs.txt": "--> x\n"}, toml='subject = "S"\ntemplate = "absent"\n')
+    with pytest.raises(SourceError, match="unknown template 'absent'"):
+        _render(settings, "gabarit")
+
+
+def test_broken_template_is_a_render_error(project, settings):
+    (project / "templates" / "cassé.mjml.j2").write_text("<mjml><mj-body>{{ oops( }}</mj-body></mjml>", encoding="utf-8")
+    (project / "templates" / "cassé.txt.j2").write_text("{{ slot['unsubscribe_url'] }}", encoding="utf-8")
+    write_issue(project, "2026-12-03-casse", {"briefs.txt": "--> x\n"}, toml='subject = "S"\ntemplate = "cassé"\n')
+    with pytest.raises(RenderError, match="template syntax error"):
+        _render(settings, "casse")
+
+
+def test_template_without_unsubscribe_link_is_refused(project, settings):
+    (project / "templates" / "nu.mjml.j2").write_text(
+        "<mjml><mj-body><mj-section><mj-column><mj-text>Rien</mj-text></mj-column></mj-section></mj-body></mjml>",
+        encoding="utf-8")
+    (project / "templates" / "nu.txt.j2").write_text("{{ slot['unsubscribe_url'] }}", encoding="utf-8")
+    write_issue(project, "2026-12-03-nu", {"briefs.txt": "--> x\n"}, toml='subject = "S"\ntemplate = "nu"\n')
+    with pytest.raises(RenderError, match="no visible unsubscribe link"):
+        _render(settings, "nu")
+
+
+def test_warnings_for_size_alt_text_http_links_and_empty_text(project, make_settings):
+    settings = make_settings(MAILER_BASE_URL="http://localhost:8000")
+    big = "\n".join(f"--> Brève numéro {i} : " + "du texte qui prend de la place " * 40 for i in range(80))
+    write_issue(project, "2026-12-03-lourd", {
+        "briefs.txt": big + "\n--> Lien en clair http://example.org/non-securise\n--> ![](https://example.org/x.png)\n",
+        "z-image.md": "---\nimage: https://example.org/photo.jpg\n---\nUne photo sans texte alternatif.\n",
+    })
+    warnings = _render(settings, "lourd").warnings
+    joined = "\n".join(warnings)
+    assert "Gmail clips messages over 102 KB" in joined
+    assert "image https://example.org/photo.jpg has no alt text" in joined
+    assert "image https://example.org/x.png has no alt text" in joined
+    assert "insecure link (http://): http://example.org/non-securise" in joined
+    assert "MAILER_BASE_URL is http://localhost:8000" in joined
+    assert "brief has no readable text" in joined
+
+
+def test_example_issue_builds_without_warnings(settings):
+    rendered = _render(settings)
+    assert rendered.warnings == ()
+    html, _ = rendered.personalise(Recipient(email="x@example.org", unsubscribe_url="https://e.org/u/a"))
+    assert len(html.encode()) < 102 * 1024
