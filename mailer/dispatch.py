@@ -150,7 +150,7 @@ class Sender:
         self.stop = stop or threading.Event()
         self.progress = progress or Progress(rendered.issue.slug, 0)
         self.on_progress = on_progress
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _record holds it while calling _abort
         self.consecutive_failures = 0
         self.abort_reason: str | None = None
 
@@ -168,7 +168,8 @@ class Sender:
         """Claim and send batches until the queue is empty, a stop is asked, or the send aborts."""
         backend = self.backend_factory()
         try:
-            backend.open()
+            if not self._open(backend):
+                return
             size = min(batch_size, backend.max_batch)
             while not self.halted:
                 with self.store.begin() as conn:
@@ -180,6 +181,21 @@ class Sender:
             self._abort(f"{backend.name}: {exc}")
         finally:
             backend.close()
+
+    def _open(self, backend: Backend) -> bool:
+        """Connect, retrying transient failures with backoff; False when halted or given up."""
+        for attempt in range(1, MAX_BATCH_RETRIES + 1):
+            try:
+                backend.open()
+                return True
+            except TransientError as exc:
+                if attempt == MAX_BATCH_RETRIES:
+                    self._abort(f"{backend.name}: cannot connect: {exc}")
+                    return False
+                log.warning("%s: cannot connect (%s); retry %d/%d", backend.name, exc, attempt, MAX_BATCH_RETRIES)
+                if self._sleep(backoff(attempt, exc.retry_after)):
+                    return False
+        return False
 
     def _process(self, backend: Backend, worker: str, rows: Sequence) -> None:
         skipped = [{"id": r.delivery_id, "status": "skipped", "last_error": f"subscriber is {r.subscriber_status}"}
@@ -196,12 +212,19 @@ class Sender:
             self._count(skipped=len(skipped))
         if not messages:
             return
-        results = self._send_with_retries(backend, worker, messages)
+        try:
+            results = self._send_with_retries(backend, worker, messages)
+        except BaseException:
+            self._hand_back(worker)  # an unexpected error: nothing recorded as sent, so all of it goes back
+            raise
         if results is None:  # stopped or aborted while retrying: hand the batch back untouched
-            with self.store.begin() as conn:
-                self.store.requeue(conn, self.issue_id, statuses=("sending",), claimed_by=[worker])
+            self._hand_back(worker)
             return
         self._record(worker, results, attempts)
+
+    def _hand_back(self, worker: str) -> None:
+        with self.store.begin() as conn:
+            self.store.requeue(conn, self.issue_id, statuses=("sending",), claimed_by=[worker])
 
     def _send_with_retries(self, backend: Backend, worker: str,
                            messages: list[OutgoingMessage]) -> list[RecipientResult] | None:
@@ -210,6 +233,9 @@ class Sender:
             self.rate_limiter.acquire(len(messages))
             try:
                 results = backend.send_batch(Batch(self.factory, tuple(messages), self.issue_id, batch_date))
+            except PermanentError as exc:  # nothing will be accepted: pause, hand the batch back untouched
+                self._abort(f"{backend.name}: {exc}")
+                return None
             except TransientError as exc:
                 delay = backoff(attempt, exc.retry_after)
                 log.warning("%s: batch of %d not accepted (%s); retry %d/%d in %.1fs", self.rendered.issue.slug,

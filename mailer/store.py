@@ -277,12 +277,12 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine) -> str | None:
     """Apply pending migrations; returns the revision the database was at before."""
-    from alembic import command
-    from alembic.config import Config
-
     before = current_revision(engine)
     if before == HEAD_REVISION:
         return before
+    from alembic import command  # only when there is something to migrate: ~100 ms of imports
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as conn:

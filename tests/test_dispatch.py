@@ -1,0 +1,269 @@
+"""The send loop's guarantees on SQLite and PostgreSQL: freeze, skip, resume, retry, pause.
+
+Fault injection here uses `ScriptedProvider`, a provider stand-in that obeys the backend contract
+and answers as scripted (real SMTP and SendGrid servers are exercised in test_smtp / test_sendgrid).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+import mailer.dispatch as dispatch
+from mailer.backends import Backend, Batch, PermanentError, RecipientResult, TransientError
+from mailer.errors import SendAborted
+from mailer.schema import deliveries
+from mailer.subscribers import add_subscriber, import_csv, remove_subscriber, show_subscriber
+
+from .conftest import EXAMPLE_ISSUE
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch):
+    monkeypatch.setattr(dispatch, "BACKOFF_BASE", 0.01)
+    monkeypatch.setattr(dispatch, "BACKOFF_CAP", 0.05)
+
+
+class ScriptedProvider(Backend):
+    """Accepts messages and counts them per address; `script` decides per call / per address."""
+
+    name = "scripted"
+
+    def __init__(self, max_batch: int = 1000) -> None:
+        self.max_batch = max_batch
+        self.received: collections.Counter[str] = collections.Counter()
+        self.batch_errors: list[Exception] = []          # raised on the next calls, in order
+        self.refuse: dict[str, str] = {}                  # address -> "transient" | "permanent" | "bounce"
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def factory(self):
+        return lambda: self
+
+    def send_batch(self, batch: Batch) -> list[RecipientResult]:
+        with self.lock:
+            self.calls += 1
+            if self.batch_errors:
+                raise self.batch_errors.pop(0)
+            results = []
+            for message in batch.messages:
+                address = message.recipient.email
+                verdict = self.refuse.get(address)
+                if verdict == "transient":
+                    results.append(RecipientResult(message, "transient", error="450 mailbox busy"))
+                elif verdict in ("permanent", "bounce"):
+                    results.append(RecipientResult(message, "permanent", error="550 no such user",
+                                                   hard_bounce=verdict == "bounce"))
+                else:
+                    self.received[address] += 1
+                    data = batch.factory.build(message.recipient, message.message_id, batch.date)
+                    assert message.recipient.unsubscribe_url.encode() in data
+                    results.append(RecipientResult(message, "sent", provider_message_id=message.message_id))
+            return results
+
+
+def _populate(store, tmp_path, count: int) -> list[str]:
+    path = tmp_path / "liste.csv"
+    addresses = [f"lecteur{i:05d}@example.org" for i in range(count)]
+    path.write_text("email,name\n" + "".join(f"{a},Lecteur {i}\n" for i, a in enumerate(addresses)), encoding="utf-8")
+    assert import_csv(store, path).added == count
+    return addresses
+
+
+def _counts(store, slug=EXAMPLE_ISSUE):
+    with store.engine.connect() as conn:
+        return store.delivery_counts(conn, store.issue_row(conn, slug).id)
+
+
+def test_everyone_once_in_batches(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url, batch_size=7)
+    addresses = _populate(store, tmp_path, 50)
+    provider = ScriptedProvider()
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert report.sent_now == 50 and report.complete
+    assert provider.received == collections.Counter(addresses)
+    assert provider.calls == 8  # ceil(50 / 7)
+    again = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert again.sent_now == 0 and sum(provider.received.values()) == 50
+
+
+def test_freeze_excludes_later_subscribers_unless_include_new(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url)
+    _populate(store, tmp_path, 3)
+    provider = ScriptedProvider()
+    dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    add_subscriber(store, "tardif@example.org")
+    assert dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory()).sent_now == 0
+    assert "tardif@example.org" not in provider.received
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, include_new=True, backend_factory=provider.factory())
+    assert report.sent_now == 1 and provider.received["tardif@example.org"] == 1
+    assert sum(provider.received.values()) == 4
+
+
+def test_unsubscribed_after_the_freeze_is_skipped_never_sent(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url)
+    addresses = _populate(store, tmp_path, 5)
+    dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)  # freeze only
+    remove_subscriber(store, addresses[2])
+    provider = ScriptedProvider()
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert addresses[2] not in provider.received and report.sent_now == 4 and report.skipped_now == 1
+    assert _counts(store)["skipped"] == 1
+
+
+def test_pending_and_suppressed_are_never_frozen(store, make_settings, db_url):
+    settings = make_settings(database_url=db_url)
+    add_subscriber(store, "actif@example.org")
+    add_subscriber(store, "attente@example.org", status="pending")
+    add_subscriber(store, "parti@example.org")
+    remove_subscriber(store, "parti@example.org")
+    provider = ScriptedProvider()
+    dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert list(provider.received) == ["actif@example.org"]
+
+
+def test_transient_batch_errors_are_retried_nothing_lost_nothing_doubled(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url, batch_size=10)
+    addresses = _populate(store, tmp_path, 30)
+    provider = ScriptedProvider()
+    provider.batch_errors = [TransientError("429 too many requests", retry_after=0.01), TransientError("503"),
+                             TransientError("connection reset")]
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert report.complete and provider.received == collections.Counter(addresses)
+
+
+def test_transient_recipient_refusal_is_retried_then_delivered(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url, batch_size=5)
+    addresses = _populate(store, tmp_path, 10)
+    provider = ScriptedProvider()
+    provider.refuse[addresses[3]] = "transient"
+    calls_before_release = []
+
+    original = provider.send_batch
+
+    def release_after_two_refusals(batch):
+        if provider.calls >= 3:
+            provider.refuse.pop(addresses[3], None)
+            calls_before_release.append(provider.calls)
+        return original(batch)
+
+    provider.send_batch = release_after_two_refusals  # the mailbox frees up after a while
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert report.complete and provider.received == collections.Counter(addresses)
+
+
+def test_transient_refusal_gives_up_after_max_attempts(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url)
+    addresses = _populate(store, tmp_path, 4)
+    provider = ScriptedProvider()
+    provider.refuse[addresses[0]] = "transient"
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert report.complete and _counts(store)["failed"] == 1 and _counts(store)["sent"] == 3
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(deliveries.c.attempts, deliveries.c.last_error)
+                           .where(deliveries.c.status == "failed")).one()
+    assert row.attempts == dispatch.MAX_ATTEMPTS and "450" in row.last_error
+
+
+def test_one_permanent_failure_does_not_block_the_rest_and_retry_failed_requeues(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url)
+    addresses = _populate(store, tmp_path, 6)
+    provider = ScriptedProvider()
+    provider.refuse[addresses[1]] = "bounce"
+    provider.refuse[addresses[4]] = "permanent"
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert report.sent_now == 4 and report.failed_now == 2
+    assert show_subscriber(store, addresses[1]).status == "bounced"
+    assert show_subscriber(store, addresses[4]).status == "active"
+    provider.refuse.clear()
+    retried = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, retry_failed=True, backend_factory=provider.factory())
+    # the bounced subscriber is skipped (suppressed), the other failure goes out once
+    assert retried.sent_now == 1 and retried.skipped_now == 1
+    assert provider.received[addresses[4]] == 1 and addresses[1] not in provider.received
+
+
+def test_consecutive_failures_pause_the_send_with_a_clear_message(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url, batch_size=2)
+    addresses = _populate(store, tmp_path, 20)
+    provider = ScriptedProvider()
+    for address in addresses:
+        provider.refuse[address] = "permanent"
+    with pytest.raises(SendAborted, match="batches in a row were not accepted .*550 no such user"):
+        dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    counts = _counts(store)
+    assert counts["failed"] == 2 * dispatch.MAX_CONSECUTIVE_FAILURES and counts["queued"] == 20 - counts["failed"]
+    assert counts["sending"] == 0
+    with store.engine.connect() as conn:
+        assert store.issue_row(conn, EXAMPLE_ISSUE).status == "paused"
+    provider.refuse.clear()
+    resumed = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert resumed.sent_now == counts["queued"] and resumed.complete
+
+
+def test_permanent_provider_error_pauses_and_keeps_rows_queued(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url)
+    _populate(store, tmp_path, 5)
+    provider = ScriptedProvider()
+    provider.batch_errors = [PermanentError("401 invalid API key")]
+    with pytest.raises(SendAborted, match="401 invalid API key"):
+        dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    counts = _counts(store)
+    assert counts["queued"] == 5 and counts["failed"] == 0 and counts["sending"] == 0
+
+
+def test_stop_request_finishes_the_batch_and_leaves_a_consistent_ledger(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url, batch_size=10)
+    addresses = _populate(store, tmp_path, 50)
+    provider = ScriptedProvider()
+    stop = threading.Event()
+    original = provider.send_batch
+
+    def stop_after_two(batch):
+        result = original(batch)
+        if provider.calls == 2:
+            stop.set()
+        return result
+
+    provider.send_batch = stop_after_two
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, stop=stop, backend_factory=provider.factory())
+    assert report.sent_now == 20 and not report.complete
+    counts = _counts(store)
+    assert (counts["sent"], counts["queued"], counts["sending"]) == (20, 30, 0)
+    provider.send_batch = original
+    dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert provider.received == collections.Counter(addresses)
+
+
+def test_rows_left_sending_by_a_dead_process_are_resumed(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url)
+    addresses = _populate(store, tmp_path, 12)
+    prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
+    with store.begin() as conn:  # a worker of a process that no longer exists claimed 5 rows
+        store.claim_deliveries(conn, prepared.issue_id, "localhost-gone:999999999:abcdef", 5)
+    import socket
+    dead_here = f"{socket.gethostname()}:999999999:abcdef"
+    with store.begin() as conn:
+        conn.execute(deliveries.update().where(deliveries.c.status == "sending").values(claimed_by=dead_here))
+    provider = ScriptedProvider()
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert report.requeued_stale == 5 and report.complete
+    assert provider.received == collections.Counter(addresses)
+
+
+def test_threads_share_the_queue_without_duplicates(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url, batch_size=9)
+    addresses = _populate(store, tmp_path, 200)
+    provider = ScriptedProvider()
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, workers=4, backend_factory=provider.factory())
+    assert report.complete and provider.received == collections.Counter(addresses)
+
+
+def test_rate_limit_is_respected(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url, rate_limit=200.0, batch_size=10)
+    _populate(store, tmp_path, 60)
+    provider = ScriptedProvider()
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, workers=2, backend_factory=provider.factory())
+    assert report.elapsed >= (60 - 10) / 200.0  # the first batch may go at once
