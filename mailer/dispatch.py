@@ -42,7 +42,8 @@ log = logging.getLogger("mailer.dispatch")
 
 MAX_ATTEMPTS = 5            # per recipient, across runs, for transient failures
 MAX_BATCH_RETRIES = 6       # a whole batch failing transiently, within one run
-MAX_CONSECUTIVE_FAILURES = 5  # batches in a row where nothing was accepted → pause the send
+MAX_CONSECUTIVE_FAILURES = 5  # steps (requests, batches) in a row where nothing was accepted…
+MAX_CONSECUTIVE_FAILED = 50     # …covering at least this many messages → pause the send
 CLAIM_LEASE = timedelta(minutes=15)  # a claim older than this, from another host, is presumed dead
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0
@@ -152,6 +153,7 @@ class Sender:
         self.on_progress = on_progress
         self._lock = threading.RLock()  # _record holds it while calling _abort
         self.consecutive_failures = 0
+        self.consecutive_failed_messages = 0
         self.abort_reason: str | None = None
 
     # ----- per recipient --------------------------------------------------------------------------
@@ -210,17 +212,20 @@ class Sender:
             with self.store.begin() as conn:
                 self.store.finish_deliveries(conn, worker, skipped)
             self._count(skipped=len(skipped))
-        if not messages:
-            return
-        try:
-            results = self._send_with_retries(backend, worker, messages)
-        except BaseException:
-            self._hand_back(worker)  # an unexpected error: nothing recorded as sent, so all of it goes back
-            raise
-        if results is None:  # stopped or aborted while retrying: hand the batch back untouched
-            self._hand_back(worker)
-            return
-        self._record(worker, results, attempts)
+        step = backend.ledger_step or len(messages)
+        for start in range(0, len(messages), step):
+            if start and self.halted:  # stop asked between steps: what is not sent goes back to the queue
+                self._hand_back(worker)
+                return
+            try:
+                results = self._send_with_retries(backend, worker, messages[start:start + step])
+            except BaseException:
+                self._hand_back(worker)  # an unexpected error: what is not recorded as sent goes back
+                raise
+            if results is None:  # stopped or aborted while retrying: hand the rest back untouched
+                self._hand_back(worker)
+                return
+            self._record(worker, results, attempts)
 
     def _hand_back(self, worker: str) -> None:
         with self.store.begin() as conn:
@@ -272,11 +277,14 @@ class Sender:
         with self._lock:
             if sent == 0 and results:
                 self.consecutive_failures += 1
-                if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                self.consecutive_failed_messages += len(results)
+                if (self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES
+                        and self.consecutive_failed_messages >= MAX_CONSECUTIVE_FAILED):
                     example = next((r.error for r in results if r.error), "unknown error")
-                    self._abort(f"{self.consecutive_failures} batches in a row were not accepted (last: {example})")
+                    self._abort(f"{self.consecutive_failed_messages} messages in a row were not accepted "
+                                f"(last: {example})")
             else:
-                self.consecutive_failures = 0
+                self.consecutive_failures = self.consecutive_failed_messages = 0
         if requeue_ids:
             # transient per-recipient refusals: give the provider a moment before they are claimed again
             self._sleep(backoff(min(attempts.get(requeue_ids[0][0], 1), 6), None))

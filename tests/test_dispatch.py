@@ -186,15 +186,15 @@ def test_one_permanent_failure_does_not_block_the_rest_and_retry_failed_requeues
 
 
 def test_consecutive_failures_pause_the_send_with_a_clear_message(store, make_settings, tmp_path, db_url):
-    settings = make_settings(database_url=db_url, batch_size=2)
-    addresses = _populate(store, tmp_path, 20)
+    settings = make_settings(database_url=db_url, batch_size=10)
+    addresses = _populate(store, tmp_path, 120)
     provider = ScriptedProvider()
     for address in addresses:
         provider.refuse[address] = "permanent"
-    with pytest.raises(SendAborted, match="batches in a row were not accepted .*550 no such user"):
+    with pytest.raises(SendAborted, match="50 messages in a row were not accepted .*550 no such user"):
         dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
     counts = _counts(store)
-    assert counts["failed"] == 2 * dispatch.MAX_CONSECUTIVE_FAILURES and counts["queued"] == 20 - counts["failed"]
+    assert counts["failed"] == dispatch.MAX_CONSECUTIVE_FAILED and counts["queued"] == 120 - counts["failed"]
     assert counts["sending"] == 0
     with store.engine.connect() as conn:
         assert store.issue_row(conn, EXAMPLE_ISSUE).status == "paused"
@@ -251,6 +251,34 @@ def test_rows_left_sending_by_a_dead_process_are_resumed(store, make_settings, t
     report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
     assert report.requeued_stale == 5 and report.complete
     assert provider.received == collections.Counter(addresses)
+
+
+def test_a_few_bad_addresses_in_a_row_do_not_pause(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url, batch_size=3)
+    addresses = _populate(store, tmp_path, 40)
+    provider = ScriptedProvider()
+    for address in addresses[:30]:  # 10 failing batches, but only 30 messages
+        provider.refuse[address] = "permanent"
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert report.complete and report.failed_now == 30 and report.sent_now == 10
+
+
+def test_per_message_backend_records_each_message_as_it_goes(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url, batch_size=50)
+    _populate(store, tmp_path, 20)
+    provider = ScriptedProvider()
+    provider.ledger_step = 1
+    seen_sent_counts = []
+    original = provider.send_batch
+
+    def observe(batch):
+        assert len(batch.messages) == 1
+        seen_sent_counts.append(_counts(store)["sent"])  # what the ledger holds before this message
+        return original(batch)
+
+    provider.send_batch = observe
+    dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert seen_sent_counts == list(range(20))
 
 
 def test_threads_share_the_queue_without_duplicates(store, make_settings, tmp_path, db_url):

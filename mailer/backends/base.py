@@ -70,6 +70,10 @@ class Backend(ABC):
 
     name: str = "backend"
     max_batch: int = 1000
+    # Messages handed over per send_batch call, i.e. between two ledger writes. A backend that
+    # delivers message by message (SMTP) sets 1, so a crash can duplicate only the message in
+    # flight; a request-based one (SendGrid) keeps its whole request.
+    ledger_step: int | None = None
 
     def open(self) -> None:
         """Connect / check credentials; raise ConfigError or TransientError."""
