@@ -55,23 +55,26 @@ def _is_tty() -> bool:
 
 
 @contextmanager
-def progress_display(label: str, total: int | None) -> Iterator[Callable[[int, str], None]]:
-    """Yields update(done, detail). A rich bar on a terminal; otherwise a plain line every 2 s."""
+def progress_display(label: str, total: int | None) -> Iterator[Callable[..., None]]:
+    """Yields update(done, detail, total=None). A rich bar on a terminal; otherwise a plain line every 2 s."""
     if _is_tty():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[detail]}"), TimeRemainingColumn(), transient=False) as bar:
             task = bar.add_task(label, total=total, detail="")
-            yield lambda done, detail="": bar.update(task, completed=done, detail=detail)
+            yield lambda done, detail="", total=None: bar.update(task, completed=done, detail=detail,
+                                                                  **({"total": total} if total else {}))
         return
     last = [0.0]
+    known_total = [total]
 
-    def update(done: int, detail: str = "") -> None:
+    def update(done: int, detail: str = "", total: int | None = None) -> None:
+        known_total[0] = total or known_total[0]
         now = time.monotonic()
         if now - last[0] >= 2.0:
             last[0] = now
-            of = f"/{total}" if total else ""
+            of = f"/{known_total[0]}" if known_total[0] else ""
             click.echo(f"{label}: {done}{of} {detail}".rstrip())
 
     yield update
@@ -170,7 +173,8 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
     _install_stop_handlers(stop)
     with progress_display("sending", None) as update:
         def on_progress(progress: dispatch.Progress) -> None:
-            update(progress.done, f"sent {progress.sent}, failed {progress.failed}, {progress.rate:.0f}/s")
+            update(progress.done, f"sent {progress.sent}, failed {progress.failed}, {progress.rate:.0f}/s",
+                   total=progress.total or None)
 
         report = dispatch.send_issue(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
                                      workers=workers, stop=stop, on_progress=on_progress)
