@@ -87,7 +87,7 @@ def main(verbose: bool) -> None:
     """mailer: newsletters from brief files, sent exactly once to a managed list."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("alembic", "sqlalchemy", "apscheduler.executors", "uvicorn.access", "watchfiles"):
+    for noisy in ("alembic", "sqlalchemy", "apscheduler.executors", "apscheduler.scheduler", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -55,10 +55,13 @@ ENV_VARS: dict[str, str] = {
     "MAILER_BATCH_SIZE": "batch_size",
     "MAILER_SCHEDULE_CRON": "schedule_cron",
     "MAILER_SCHEDULE_GRACE": "schedule_grace",
+    "MAILER_SCHEDULE_TIMEZONE": "schedule_timezone",
+    "MAILER_SCHEDULE_RESCAN": "schedule_rescan",
 }
 
 # Keys of the optional [schedule] table in mailer.toml.
-SCHEDULE_KEYS = {"cron": "schedule_cron", "timezone": "schedule_timezone", "grace": "schedule_grace"}
+SCHEDULE_KEYS = {"cron": "schedule_cron", "timezone": "schedule_timezone", "grace": "schedule_grace",
+                 "rescan": "schedule_rescan"}
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class Settings:
     schedule_cron: str = ""
     schedule_timezone: str = ""
     schedule_grace: int = 6 * 3600
+    schedule_rescan: float = 30.0  # seconds between scans of the issue folders by `schedule run`
 
     # ----- derived values -------------------------------------------------------------------
     @property
@@ -256,6 +260,10 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"{label} contains a line break; header values must be one line")
     if settings.rate_limit < 0:
         raise ConfigError("MAILER_RATE_LIMIT must be >= 0 (messages per second, 0 = unlimited)")
+    if settings.schedule_grace < 1:
+        raise ConfigError("[schedule].grace (MAILER_SCHEDULE_GRACE) must be at least 1 second")
+    if settings.schedule_rescan <= 0:
+        raise ConfigError("[schedule].rescan (MAILER_SCHEDULE_RESCAN) must be a positive number of seconds")
     if settings.batch_size < 1 or settings.batch_size > 1000:
         raise ConfigError("MAILER_BATCH_SIZE must be between 1 and 1000")
 
