@@ -23,11 +23,14 @@ _BEFORE_TIGHT = re.compile(r"[ \u00a0]+([;!?])")
 _BEFORE_COLON = re.compile(r"[ \u00a0]+(:)(?=\s|$)")
 _AFTER_OPEN_QUOTE = re.compile(r"«[ \u00a0\u202f]*")
 _BEFORE_CLOSE_QUOTE = re.compile(r"[ \u00a0\u202f]*»")
+_APOSTROPHE = re.compile(r"(?<=\w)'(?=\w)")
 
 
 def french_typography(text: str) -> str:
     """Bind French high punctuation to the preceding word; only replaces spaces the editor typed
-    (and the inside of guillemets, where a space is always due)."""
+    (and the inside of guillemets, where a space is always due). A straight apostrophe between
+    letters becomes the typographic one (l’école)."""
+    text = _APOSTROPHE.sub("\u2019", text)
     text = _BEFORE_TIGHT.sub(NNBSP + r"\1", text)
     text = _BEFORE_COLON.sub(NBSP + r"\1", text)
     text = _AFTER_OPEN_QUOTE.sub("«" + NBSP, text)

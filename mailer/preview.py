@@ -97,7 +97,8 @@ def create_preview_app(settings: Settings, issue_ref: str):
     async def index(request):  # noqa: ANN001
         result = current()
         if isinstance(result, MailerError):
-            return HTMLResponse(page.render(error=str(result), version=cache["version"], issue_ref=issue_ref), status_code=200)
+            return HTMLResponse(page.render(error=str(result), result=None, headers=[], html_kb=0,
+                                            version=cache["version"], issue_ref=issue_ref))
         message = message_from_bytes(result.eml, policy=policy.default)
         headers = [(k, str(v)) for k, v in message.items()]
         return HTMLResponse(page.render(error=None, result=result, headers=headers, version=cache["version"],
