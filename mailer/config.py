@@ -12,6 +12,7 @@ import os
 import secrets
 import tomllib
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, Mapping
@@ -96,27 +97,28 @@ class Settings:
     smtp_password: str = ""
     smtp_tls: str = "starttls"
     smtp_pool: int = 4
-    batch_size: int = 500
+    batch_size: int = 0  # deliveries claimed at once; 0 = the backend's own batch (SendGrid 1000)
     schedule_cron: str = ""
     schedule_timezone: str = ""
     schedule_grace: int = 6 * 3600
     schedule_rescan: float = 30.0  # seconds between scans of the issue folders by `schedule run`
 
     # ----- derived values -------------------------------------------------------------------
-    @property
+    # cached: read per recipient on hot paths (a frozen dataclass without slots allows it)
+    @cached_property
     def sender_email(self) -> str:
         return parseaddr(self.from_address)[1]
 
-    @property
+    @cached_property
     def sender_name(self) -> str:
         return parseaddr(self.from_address)[0] or self.name
 
-    @property
+    @cached_property
     def sender_domain(self) -> str:
         address = self.sender_email
         return address.rpartition("@")[2] if "@" in address else "localhost"
 
-    @property
+    @cached_property
     def effective_list_id(self) -> str:
         """RFC 2919 List-Id: `Name <slug.domain>`."""
         if self.list_id:
@@ -124,7 +126,7 @@ class Settings:
         slug = "".join(c if c.isalnum() else "-" for c in self.name.lower()).strip("-") or "newsletter"
         return f"{self.name} <{slug}.{self.sender_domain}>"
 
-    @property
+    @cached_property
     def effective_unsubscribe_mailto(self) -> str:
         if self.unsubscribe_mailto:
             return self.unsubscribe_mailto
@@ -264,8 +266,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[schedule].grace (MAILER_SCHEDULE_GRACE) must be at least 1 second")
     if settings.schedule_rescan <= 0:
         raise ConfigError("[schedule].rescan (MAILER_SCHEDULE_RESCAN) must be a positive number of seconds")
-    if settings.batch_size < 1 or settings.batch_size > 1000:
-        raise ConfigError("MAILER_BATCH_SIZE must be between 1 and 1000")
+    if settings.batch_size < 0 or settings.batch_size > 1000:
+        raise ConfigError("MAILER_BATCH_SIZE must be between 1 and 1000 (0: the backend's own)")
 
 
 def secret_key_for(settings: Settings) -> bytes:

@@ -172,7 +172,7 @@ class Sender:
         try:
             if not self._open(backend):
                 return
-            size = min(batch_size, backend.max_batch)
+            size = min(batch_size or backend.max_batch, backend.max_batch)
             while not self.halted:
                 with self.store.begin() as conn:
                     rows = self.store.claim_deliveries(conn, self.issue_id, name, size)

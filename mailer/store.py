@@ -171,21 +171,25 @@ class Store:
     def finish_deliveries(self, conn: Connection, worker: str, rows: Sequence[dict]) -> None:
         """Record outcomes in bulk: each dict has id, status and optional provider_message_id / last_error.
 
+        One UPDATE per distinct outcome (typically one per batch: all sent, same provider id).
         Only rows still claimed by `worker` change, so a batch that another process took over after a
         stale claim can never be recorded twice.
         """
         if not rows:
             return
         now = utcnow()
-        stmt = (deliveries.update()
-                .where(deliveries.c.id == sa.bindparam("b_id"), deliveries.c.claimed_by == worker,
-                       deliveries.c.status == "sending")
-                .values(status=sa.bindparam("b_status"), provider_message_id=sa.bindparam("b_provider_id"),
-                        last_error=sa.bindparam("b_error"), sent_at=sa.bindparam("b_sent_at"), updated_at=now))
-        conn.execute(stmt, [{
-            "b_id": row["id"], "b_status": row["status"], "b_provider_id": row.get("provider_message_id"),
-            "b_error": row.get("last_error"), "b_sent_at": now if row["status"] == "sent" else None,
-        } for row in rows])
+        groups: dict[tuple, list[int]] = {}
+        for row in rows:
+            key = (row["status"], row.get("provider_message_id"), row.get("last_error"))
+            groups.setdefault(key, []).append(row["id"])
+        for (status, provider_id, error), ids in groups.items():
+            for start in range(0, len(ids), 1000):
+                conn.execute(
+                    deliveries.update()
+                    .where(deliveries.c.id.in_(ids[start:start + 1000]), deliveries.c.claimed_by == worker,
+                           deliveries.c.status == "sending")
+                    .values(status=status, provider_message_id=provider_id, last_error=error,
+                            sent_at=now if status == "sent" else None, updated_at=now))
 
     def requeue(self, conn: Connection, issue_id: int, *, statuses: Sequence[str], claimed_by: Sequence[str] | None = None,
                 claimed_before: datetime | None = None) -> int:

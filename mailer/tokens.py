@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ class TokenData:
 
 
 def _tag(key: bytes, purpose: str, payload: bytes) -> bytes:
-    return hmac.new(key, purpose.encode("ascii") + b"\0" + payload, hashlib.sha256).digest()[:TAG_BYTES]
+    return hmac.digest(key, purpose.encode("ascii") + b"\0" + payload, "sha256")[:TAG_BYTES]
 
 
 def make_token(key: bytes, purpose: str, subscriber_id: int, issue_id: int | None = None) -> str:
@@ -66,5 +65,5 @@ def read_token(key: bytes, purpose: str, token: str) -> TokenData:
 def message_id(key: bytes, issue_slug: str, subscriber_id: int, domain: str) -> str:
     """A Message-ID that is the same for every attempt at one delivery, so a receiving server that
     deduplicates by Message-ID drops a copy resent after a crash; opaque (no ids visible)."""
-    digest = hmac.new(key, f"msgid\0{issue_slug}\0{subscriber_id}".encode("utf-8"), hashlib.sha256).hexdigest()[:24]
+    digest = hmac.digest(key, f"msgid\0{issue_slug}\0{subscriber_id}".encode("utf-8"), "sha256").hex()[:24]
     return f"<{digest}@{domain}>"

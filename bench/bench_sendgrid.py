@@ -1,0 +1,326 @@
+"""SendGrid backend benchmark: prints figures (not a timed test).
+
+    .venv/bin/python bench/bench_sendgrid.py [--subscribers N] [--workers N] [--profile] [--keep DIR]
+
+A million active subscribers in a fresh SQLite database (bulk SQL insert, not timed as part of the
+send), then `mailer.dispatch.send_issue` end to end with the sendgrid backend — freeze, claim,
+build one request per 1000 recipients, post with the official client, record the outcomes — against
+`tests/sendgrid_server.py --cheap` running in its own process (it parses the JSON and counts, so it
+does not compete for this process's GIL). Prints recipients/s, requests/s, the time of each phase and
+the peak RSS of this process. Targets: <= 30 s and <= 250 MB for 1,000,000 recipients.
+
+`--profile` runs the send under cProfile and prints where the time goes, grouped by module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import sqlalchemy as sa  # noqa: E402
+
+from mailer import dispatch  # noqa: E402
+from mailer.config import load_settings  # noqa: E402
+from mailer.store import open_store  # noqa: E402
+
+ISSUE = "2026-11-26-donnees-ouvertes"
+TARGET_SECONDS = 30.0
+TARGET_RSS_MB = 250.0
+ENV = {
+    "MAILER_NAME": "Le Fil du jeudi",
+    "MAILER_LANGUAGE": "fr",
+    "MAILER_FROM": "Le Fil du jeudi <lettre@example.org>",
+    "MAILER_BASE_URL": "https://lettre.example.org",
+    "MAILER_POSTAL_ADDRESS": "12 rue des Exemples, 75011 Paris",
+    "MAILER_SECRET_KEY": "bench-secret-key-0123456789",
+    "MAILER_TIMEZONE": "Europe/Paris",
+    "MAILER_BACKEND": "sendgrid",
+    "SENDGRID_API_KEY": "SG.bench",
+    "MAILER_BATCH_SIZE": "1000",
+}
+
+
+def apply_proposed_fixes() -> list[str]:
+    """Measurement only (`--proposed-fixes`): the changes proposed for files this benchmark does not own,
+    applied in memory so their effect can be measured. Each keeps the behaviour byte for byte.
+
+    1. mailer/config.py: `Settings.sender_email` / `sender_domain` / `effective_unsubscribe_mailto`
+       re-parse MAILER_FROM with `email.utils.parseaddr` on every access, and
+       `dispatch.Sender.recipient_for` reads `settings.sender_domain` once per recipient (≈10-30 µs
+       each). `functools.cached_property` works on the frozen dataclass.
+    2. mailer/store.py: `Store.finish_deliveries` runs one UPDATE per row (executemany); a batch's rows
+       share status/provider id/error, so one `UPDATE … WHERE id IN (…)` per distinct outcome does the
+       same with the same guards (claimed_by = worker, status = 'sending').
+    3. mailer/tokens.py: `hmac.new(...).digest()` → the one-shot C `hmac.digest(key, msg, "sha256")`
+       (same bytes), twice per recipient.
+    """
+    import functools
+    import hashlib
+    import hmac
+
+    import mailer.tokens as tokens
+    from mailer.config import Settings
+    from mailer.schema import deliveries
+    from mailer.store import Store, utcnow
+
+    applied = []
+    for name in ("sender_email", "sender_name", "sender_domain", "effective_unsubscribe_mailto"):
+        prop = Settings.__dict__[name]
+        cached = functools.cached_property(prop.fget)
+        cached.__set_name__(Settings, name)
+        setattr(Settings, name, cached)
+    applied.append("config.Settings sender_* cached")
+
+    def finish_deliveries(self, conn, worker, rows):
+        if not rows:
+            return
+        now = utcnow()
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for row in rows:
+            groups[(row["status"], row.get("provider_message_id"), row.get("last_error"))].append(row["id"])
+        for (status, provider_id, error), ids in groups.items():
+            for start in range(0, len(ids), 1000):
+                conn.execute(deliveries.update()
+                             .where(deliveries.c.id.in_(ids[start:start + 1000]), deliveries.c.claimed_by == worker,
+                                    deliveries.c.status == "sending")
+                             .values(status=status, provider_message_id=provider_id, last_error=error,
+                                     sent_at=now if status == "sent" else None, updated_at=now))
+    Store.finish_deliveries = finish_deliveries
+    applied.append("store.finish_deliveries grouped by outcome")
+
+    def _tag(key, purpose, payload):
+        return hmac.digest(key, purpose.encode("ascii") + b"\0" + payload, "sha256")[:tokens.TAG_BYTES]
+
+    def message_id(key, issue_slug, subscriber_id, domain):
+        digest = hmac.digest(key, f"msgid\0{issue_slug}\0{subscriber_id}".encode("utf-8"), "sha256").hex()[:24]
+        return f"<{digest}@{domain}>"
+    assert _tag(b"k", "unsubscribe", b"12345678") == hmac.new(b"k", b"unsubscribe\x0012345678",
+                                                               hashlib.sha256).digest()[:tokens.TAG_BYTES]
+    assert message_id(b"k", "s", 1, "d") == tokens.message_id(b"k", "s", 1, "d")
+    tokens._tag, tokens.message_id = _tag, message_id
+    applied.append("tokens: one-shot hmac.digest")
+    return applied
+
+
+class Breakdown:
+    """Wall and CPU time (this thread) spent in the send loop's steps, by wrapping them in memory."""
+
+    STEPS = (("mailer.store", "Store", ("claim_deliveries", "finish_deliveries", "requeue_ids")),
+             ("mailer.dispatch", "Sender", ("_process", "_record", "_send_with_retries")),
+             ("mailer.backends.sendgrid", "SendGridBackend", ("send_batch", "_post")),
+             ("python_http_client.client", "Client", ("_make_request",)))
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        import importlib
+        for module_name, class_name, methods in self.STEPS:
+            cls = getattr(importlib.import_module(module_name), class_name)
+            for method in methods:
+                self._wrap(cls, method, f"{class_name}.{method}")
+        # per recipient steps: counted in bulk through their batch-level callers
+        import json as json_module
+        self._wrap(json_module, "dumps", "json.dumps (inside the sendgrid library)")
+
+    def _wrap(self, owner, name: str, label: str) -> None:
+        import functools
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.wall[label] += time.perf_counter() - wall
+                self.cpu[label] += time.thread_time() - cpu
+                self.calls[label] += 1
+        setattr(owner, name, timed)
+
+    def print(self, batches: int) -> None:
+        print("\nwhere the time goes (wall / CPU of the calling thread, ms per 1000-recipient batch):")
+        for label in sorted(self.wall, key=lambda k: -self.wall[k]):
+            print(f"  {1000 * self.wall[label] / batches:7.1f} / {1000 * self.cpu[label] / batches:6.1f} ms  "
+                  f"{self.calls[label]:>6,} calls  {label}")
+        derived = {
+            "building personalizations + static part (send_batch - _post)":
+                self.wall["SendGridBackend.send_batch"] - self.wall["SendGridBackend._post"],
+            "dispatch: recipients (tokens, Message-IDs) and bookkeeping (_process - send - record)":
+                self.wall["Sender._process"] - self.wall["Sender._send_with_retries"] - self.wall["Sender._record"],
+            "HTTP exchange incl. server time (_make_request)": self.wall["Client._make_request"],
+        }
+        for label, seconds in derived.items():
+            print(f"  {1000 * seconds / batches:7.1f} ms  {label}")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def make_project(root: Path) -> None:
+    shutil.copytree(REPO / "templates", root / "templates")
+    shutil.copytree(REPO / "issues" / ISSUE, root / "issues" / ISSUE)
+
+
+def bulk_subscribers(store, count: int) -> float:
+    """`count` active subscribers with one INSERT … SELECT (recursive CTE): seconds taken."""
+    started = time.perf_counter()
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with store.begin() as conn:
+        conn.execute(sa.text(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count) "
+            "INSERT INTO subscribers (email, email_given, name, language, status, source, attributes, "
+            "created_at, updated_at, confirmed_at) "
+            "SELECT 'reader' || i || '@example.net', 'Reader' || i || '@example.net', "
+            "CASE i % 3 WHEN 0 THEN 'Lecteur ' || i WHEN 1 THEN 'Zoé Ça-Va ' || i ELSE '' END, "
+            "'fr', 'active', 'bench', '{}', :now, :now, :now FROM n"), {"count": count, "now": now})
+    return time.perf_counter() - started
+
+
+def start_server() -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen([sys.executable, str(REPO / "tests" / "sendgrid_server.py"), "--cheap",
+                                "--api-key", ENV["SENDGRID_API_KEY"]],
+                               stdout=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    if not line.startswith("PORT "):
+        process.kill()
+        raise SystemExit(f"the SendGrid test server did not start: {line!r}")
+    return process, f"http://127.0.0.1:{int(line.split()[1])}"
+
+
+def server_stats(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/_stats", timeout=5) as response:
+        return json.load(response)
+
+
+def profile_summary(profile: cProfile.Profile, top: int = 25) -> None:
+    stats = pstats.Stats(profile)
+    by_module: dict[str, float] = defaultdict(float)
+    for (filename, _line, _name), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():
+        if "/mailer/" in filename:
+            key = "mailer/" + filename.split("/mailer/", 1)[1]
+        elif "sqlalchemy" in filename:
+            key = "sqlalchemy (all)"
+        elif "json" in filename:
+            key = "json"
+        elif filename.startswith("~") or filename == "~":
+            key = "builtins / C"
+        else:
+            key = Path(filename).name
+        by_module[key] += tottime
+    total = sum(by_module.values())
+    print("\nself time by module (cProfile, inflated by profiling overhead):")
+    for key, seconds in sorted(by_module.items(), key=lambda kv: -kv[1])[:15]:
+        print(f"  {seconds:7.2f} s  {100 * seconds / total:5.1f} %  {key}")
+    print("\ncumulative time of the send loop's steps:")
+    wanted = ("claim_deliveries", "finish_deliveries", "recipient_for", "send_batch", "personalization",
+              "_post", "_process", "_record", "freeze_recipients", "prepare_send", "make_token", "message_id",
+              "slot_values", "static_part", "dumps", "requeue_ids")
+    for (filename, _line, name), (_cc, calls, _tt, cumtime, _callers) in sorted(
+            stats.stats.items(), key=lambda kv: -kv[1][3]):
+        if name in wanted and ("/mailer/" in filename or name == "dumps"):
+            print(f"  {cumtime:7.2f} s  {calls:>9,} calls  {name}  ({Path(filename).name})")
+    print()
+    stats.sort_stats("tottime").print_stats(top)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--breakdown", action="store_true", help="time each step of the send loop")
+    parser.add_argument("--proposed-fixes", action="store_true",
+                        help="measure with the changes proposed for mailer/config.py applied in memory")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    args = parser.parse_args()
+
+    if args.proposed_fixes:
+        print("with proposed fixes (in memory, for measurement): " + "; ".join(apply_proposed_fixes()))
+    root = args.keep or Path(tempfile.mkdtemp(prefix="bench-sendgrid-"))
+    root.mkdir(parents=True, exist_ok=True)
+    db = root / "subscribers" / "bench.db"
+    for leftover in db.parent.glob("bench.db*"):
+        leftover.unlink()
+    make_project(root)
+    process, url = start_server()
+    try:
+        settings = load_settings(root, env={**ENV, "MAILER_SENDGRID_API_URL": url,
+                                            "MAILER_DATABASE_URL": f"sqlite:///{db}"})
+        store = open_store(settings.database_url)
+        insert_seconds = bulk_subscribers(store, args.subscribers)
+        print(f"{args.subscribers:,} subscribers inserted in {insert_seconds:.1f} s (bulk SQL, not part of the send)")
+        print(f"python {sys.version.split()[0]}, sqlite {sa.__version__ and __import__('sqlite3').sqlite_version}, "
+              f"{os.cpu_count()} CPUs, workers={args.workers}, server: separate process (--cheap)")
+
+        rss_before = peak_rss_mb()
+        started = time.perf_counter()
+        prepared = dispatch.prepare_send(settings, store, ISSUE)  # render + freeze (timed apart)
+        freeze_seconds = time.perf_counter() - started
+        breakdown = Breakdown() if args.breakdown else None
+        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+        profile = cProfile.Profile() if args.profile else None
+        send_started = time.perf_counter()
+        if profile:
+            profile.enable()
+        report = dispatch.send_issue(settings, store, ISSUE, workers=args.workers)
+        if profile:
+            profile.disable()
+        send_seconds = time.perf_counter() - send_started
+        cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_seconds = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+        total = time.perf_counter() - started
+        stats = server_stats(url)
+
+        with store.engine.connect() as conn:
+            counts = store.delivery_counts(conn, prepared.issue_id)
+        ok = counts["sent"] == args.subscribers == stats["recipients"]
+        print(f"frozen: {prepared.frozen:,} deliveries in {freeze_seconds:.2f} s (render + freeze)")
+        print(f"sent:   {report.sent_now:,} in {send_seconds:.2f} s (claim, build, post, record)")
+        print(f"total:  {total:.2f} s end to end  -> {args.subscribers / total:,.0f} recipients/s, "
+              f"{stats['requests'] / total:,.1f} requests/s "
+              f"(send loop alone: {report.sent_now / send_seconds:,.0f} recipients/s, "
+              f"{stats['requests'] / send_seconds:,.1f} requests/s)")
+        print(f"CPU of this process during the send: {cpu_seconds:.2f} s "
+              f"({1000 * cpu_seconds / max(1, stats['requests']):.1f} ms per request; the machine's load average "
+              f"was {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+        print(f"server: {stats['requests']:,} requests accepted, {stats['recipients']:,} recipients")
+        print(f"ledger: {counts}")
+        print(f"peak RSS: {peak_rss_mb():.0f} MB (before the send: {rss_before:.0f} MB)")
+        target_seconds = TARGET_SECONDS * args.subscribers / 1_000_000  # the target scales with the list
+        verdict_time = "OK" if total <= target_seconds else "MISSED"
+        verdict_rss = "OK" if peak_rss_mb() <= TARGET_RSS_MB else "MISSED"
+        print(f"targets: <= {target_seconds:.1f} s {verdict_time}; <= {TARGET_RSS_MB:.0f} MB {verdict_rss}; "
+              f"every recipient once: {'OK' if ok else 'NO'}")
+        if breakdown:
+            breakdown.print(max(1, stats["requests"]))
+        if profile:
+            profile_summary(profile)
+        store.close()
+    finally:
+        process.terminate()
+        process.wait(10)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,501 @@
+"""The sendgrid backend against a real local HTTP server that enforces SendGrid's documented limits.
+
+The official `sendgrid` client posts real requests to `tests/sendgrid_server.py`; nothing of ours is
+mocked. The server records what it accepted, so each recipient's message can be rebuilt (its
+substitutions applied to the body sent once) and compared with what the outbox/SMTP path renders.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import replace
+
+import pytest
+import sendgrid
+import sqlalchemy as sa
+
+import mailer.dispatch as dispatch
+from mailer.backends import make_backend
+from mailer.backends.base import Batch, OutgoingMessage, PermanentError, TransientError
+from mailer.backends.sendgrid import (MAX_ARGS_BYTES, RESERVED_HEADERS, SendGridBackend, api_host, category_for,
+                                      recipient_name, retry_after_from)
+from mailer.errors import ConfigError, SendAborted
+from mailer.issue import load_issue
+from mailer.message import MessageFactory
+from mailer.render import Recipient, render_issue
+from mailer.schema import deliveries, subscribers
+from mailer.subscribers import add_subscriber, import_csv
+
+from .conftest import EXAMPLE_ISSUE
+from .sendgrid_server import Fault, SendGridServer, validate
+
+KEY = "SG.test-key"
+
+
+# ----- fixtures -----------------------------------------------------------------------------------
+@pytest.fixture
+def server():
+    with SendGridServer(KEY) as srv:
+        yield srv
+
+
+@pytest.fixture
+def sg_settings(make_settings, server):
+    def factory(**overrides):
+        env = {"MAILER_BACKEND": "sendgrid", "SENDGRID_API_KEY": KEY, "MAILER_SENDGRID_API_URL": server.url,
+               "MAILER_BATCH_SIZE": "1000", **overrides}
+        return make_settings(**env)
+    return factory
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch):
+    """Dispatch's backoff constants are configuration: keep retries quick (Retry-After still wins)."""
+    monkeypatch.setattr(dispatch, "BACKOFF_BASE", 0.01)
+
+
+def _factory(settings) -> MessageFactory:
+    return MessageFactory(render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings))
+
+
+def _message(i: int, name: str = "", email: str | None = None, base: str = "https://lettre.example.org") -> OutgoingMessage:
+    recipient = Recipient(email=email or f"reader{i}@example.com", name=name, subscriber_id=1000 + i,
+                          unsubscribe_url=f"{base}/u/tok{i:06d}")
+    return OutgoingMessage(recipient, f"<m{i}@example.org>", delivery_id=5000 + i)
+
+
+def _populate(store, tmp_path, count: int, *, bad: tuple[str, ...] = ()) -> None:
+    """`count` active subscribers through the real CSV import (plus `bad` addresses)."""
+    csv_path = tmp_path / "subscribers.csv"
+    with open(csv_path, "w", encoding="utf-8") as handle:
+        handle.write("email,name\n")
+        for i in range(count):
+            handle.write(f"person{i:05d}@example.net,Lecteur {i} Élodie\n")
+        for address in bad:
+            handle.write(f"{address},Bad\n")
+    report = import_csv(store, csv_path)
+    assert report.added == count + len(bad), report.rejections[:3]
+
+
+def _ledger(store) -> list:
+    with store.engine.connect() as conn:
+        return conn.execute(
+            sa.select(deliveries.c.id, deliveries.c.status, deliveries.c.provider_message_id, deliveries.c.last_error,
+                      deliveries.c.attempts, subscribers.c.email_given, subscribers.c.status.label("sub_status"))
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id).order_by(deliveries.c.id)).all()
+
+
+def _assert_each_once(server, store, count: int) -> None:
+    counts = server.count_by_recipient()
+    rows = _ledger(store)
+    assert len(rows) == count
+    assert {r.status for r in rows} == {"sent"}
+    assert set(counts) == {r.email_given for r in rows}
+    assert set(counts.values()) == {1}, [a for a, n in counts.items() if n > 1][:5]
+
+
+# ----- the request ------------------------------------------------------------------------------------
+def test_batch_of_1000_is_one_request_with_the_body_once_and_per_recipient_values(sg_settings, server):
+    settings = sg_settings(MAILER_REPLY_TO="Rédaction <redaction@example.org>")
+    factory = _factory(settings)
+    names = ["", "Zoé Ça-Va", "<script>alert(1)</script> & \"Ô\"", "Dupont, Jean; Marie", "Line\r\nBcc: evil@x.org"]
+    messages = tuple(_message(i, names[i % len(names)]) for i in range(1000))
+    backend = SendGridBackend.from_settings(settings)
+    with backend:
+        results = backend.send_batch(Batch(factory, messages, issue_id=42))
+
+    assert len(server.accepted) == 1 and backend.requests_sent == 1
+    request = server.accepted[0]
+    body = request.body
+    assert request.headers["Authorization"] == f"Bearer {KEY}"
+    assert [r.outcome for r in results] == ["sent"] * 1000
+    assert {r.provider_message_id for r in results} == {request.message_id}
+
+    # the body goes once, as raw templates with their slot markers, text/plain first
+    assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
+    assert body["content"][0]["value"] == factory.rendered.text.raw
+    assert body["content"][1]["value"] == factory.rendered.html.raw
+    assert "%%mailer:unsubscribe_url.html%%" in body["content"][1]["value"]
+    assert body["from"] == {"email": "lettre@example.org", "name": "Le Fil du jeudi"}
+    assert body["reply_to"] == {"email": "redaction@example.org", "name": "Rédaction"}
+    assert body["subject"] == factory.subject
+    assert body["headers"] == {"List-Id": settings.effective_list_id}
+    assert body["categories"] == [category_for(EXAMPLE_ISSUE)] and body["categories"][0].isascii()
+    assert "mail_settings" not in body
+    assert len(body["personalizations"]) == 1000
+    assert request.size < 2_000_000  # ≈600 bytes a recipient beyond the body
+
+    for i in (0, 1, 2, 3, 4, 999):
+        p = body["personalizations"][i]
+        message = messages[i]
+        recipient = message.recipient
+        assert p["to"][0]["email"] == recipient.email
+        assert set(p["substitutions"]) <= {f"%%mailer:{n}%%" for n in
+                                           ("greeting", "email", "unsubscribe_url", "greeting.html", "email.html",
+                                            "unsubscribe_url.html")}
+        assert "%%mailer:unsubscribe_url.html%%" in p["substitutions"]
+        assert p["headers"] == factory.recipient_headers(recipient, message.message_id)
+        assert p["headers"]["List-Unsubscribe"].startswith(f"<{recipient.unsubscribe_url}>, <mailto:")
+        assert p["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert p["headers"]["Message-ID"] == f"<m{i}@example.org>"
+        assert not {k.lower() for k in p["headers"]} & RESERVED_HEADERS
+        assert p["custom_args"] == {"mailer_issue": "42", "mailer_subscriber": str(1000 + i),
+                                    "mailer_delivery": str(5000 + i)}
+
+        # what this person receives = what the other backends render for them, byte for byte
+        delivered = server.delivered_to(recipient.email)
+        assert len(delivered) == 1
+        html, text = factory.rendered.personalise(recipient)
+        assert delivered[0].html == html and delivered[0].text == text
+        assert "%%mailer:" not in delivered[0].html + delivered[0].text
+        assert f'href="{recipient.unsubscribe_url}"' in delivered[0].html
+        assert recipient.unsubscribe_url in delivered[0].text
+        assert delivered[0].headers["List-Id"] == settings.effective_list_id
+
+    # subscriber-provided values are escaped in HTML, plain in text; names are one clean line
+    evil = server.delivered_to("reader2@example.com")[0]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;Ô&quot;" in evil.html
+    assert "<script>alert(1)</script>" not in evil.html
+    assert "<script>alert(1)</script> & \"Ô\"" in evil.text
+    assert server.delivered_to("reader1@example.com")[0].name == "Zoé Ça-Va"
+    assert server.delivered_to("reader3@example.com")[0].name == "Dupont Jean Marie"
+    assert server.delivered_to("reader4@example.com")[0].name == "Line Bcc: evil@x.org"
+    assert "name" not in body["personalizations"][0]["to"][0]  # no empty names
+
+
+def test_from_name_is_one_line_and_sandbox_mode_is_passed(sg_settings, server):
+    settings = replace(sg_settings(), from_address="Le Fil\r\nBcc: evil@example.com <lettre@example.org>",
+                       sendgrid_sandbox=True)
+    backend = SendGridBackend.from_settings(settings)
+    results = backend.send_batch(Batch(_factory(settings), (_message(1), _message(2)), issue_id=1))
+    body = server.accepted[0].body
+    assert "\r" not in body["from"]["name"] and "\n" not in body["from"]["name"]
+    assert body["mail_settings"] == {"sandbox_mode": {"enable": True}}
+    assert server.statuses() == [200]  # sandbox: valid, not queued
+    assert [r.outcome for r in results] == ["sent", "sent"]
+
+
+def test_test_sends_carry_no_ledger_ids(sg_settings, server):
+    settings = sg_settings()
+    recipient = Recipient(email="editor@example.org", unsubscribe_url="https://lettre.example.org/u/x")
+    backend = make_backend(settings)
+    results = backend.send_batch(Batch(_factory(settings), (OutgoingMessage(recipient, "<t@example.org>"),)))
+    assert results[0].outcome == "sent"
+    assert "custom_args" not in server.accepted[0].personalizations[0]
+
+
+def test_settings_are_checked_before_anything_is_sent(sg_settings):
+    with pytest.raises(ConfigError, match="SENDGRID_API_KEY"):
+        SendGridBackend.from_settings(replace(sg_settings(), sendgrid_api_key=""))
+    with pytest.raises(ConfigError, match="MAILER_SENDGRID_API_URL"):
+        SendGridBackend.from_settings(replace(sg_settings(), sendgrid_api_url="api.sendgrid.com"))
+    assert api_host("https://api.sendgrid.com/v3/") == "https://api.sendgrid.com"
+
+
+def test_helpers():
+    assert recipient_name("Zoé\u00a0 Dupont,\tJean;") == "Zoé Dupont Jean"
+    assert recipient_name("Jean Dupont") == "Jean Dupont"
+    assert category_for("2026-11-26-données ouvertes!") == "2026-11-26-donnees-ouvertes"
+    assert retry_after_from({"Retry-After": "3"}) == 3
+    assert retry_after_from({"X-RateLimit-Reset": "1010"}, now=1000.0) == 10
+    assert retry_after_from({"X-RateLimit-Reset": "990"}, now=1000.0) == 0
+    assert retry_after_from({"Retry-After": "Thu, 01 Jan 1970 00:16:50 GMT"}, now=1000.0) == 10
+    assert retry_after_from({}) is None
+
+
+def test_more_than_1000_messages_or_a_repeated_address_are_split(sg_settings, server):
+    settings = sg_settings()
+    messages = [_message(i) for i in range(1500)] + [_message(9999, email="READER3@example.com")]
+    results = SendGridBackend.from_settings(settings).send_batch(Batch(_factory(settings), tuple(messages), 1))
+    assert [len(r.personalizations) for r in server.accepted] == [1000, 501]
+    for request in server.accepted:
+        addresses = [p["to"][0]["email"].lower() for p in request.personalizations]
+        assert len(addresses) == len(set(addresses))
+    assert [r.outcome for r in results] == ["sent"] * 1501
+    assert results[0].provider_message_id != results[-1].provider_message_id
+
+
+# ----- errors -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fault, expected_retry_after", [
+    (Fault("status", 429, {"Retry-After": "1", "X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0"}), 1),
+    (Fault("status", 500), None),
+    (Fault("status", 502), None),
+    (Fault("status", 503, {"Retry-After": "2"}), 2),
+    (Fault("reset"), None),
+    (Fault("close"), None),
+    (Fault("hang", seconds=10), None),
+], ids=["429", "500", "502", "503", "reset", "close", "hang"])
+def test_transient_failures_raise_transient_error(sg_settings, server, fault, expected_retry_after):
+    settings = sg_settings()
+    server.script(fault)
+    backend = SendGridBackend.from_settings(settings, timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(TransientError) as info:
+        backend.send_batch(Batch(_factory(settings), (_message(1), _message(2)), 1))
+    assert time.monotonic() - started < 5
+    assert info.value.retry_after == expected_retry_after
+    assert server.accepted == []
+    # the next attempt goes through
+    assert [r.outcome for r in backend.send_batch(Batch(_factory(settings), (_message(1),), 1))] == ["sent"]
+
+
+def test_429_with_only_x_ratelimit_reset(sg_settings, server):
+    settings = sg_settings()
+    server.rate_limit_next(retry_after=None, reset_in=3)
+    with pytest.raises(TransientError) as info:
+        SendGridBackend.from_settings(settings).send_batch(Batch(_factory(settings), (_message(1),), 1))
+    assert 1.5 <= info.value.retry_after <= 3
+
+
+def test_connection_refused_is_transient(sg_settings):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = sg_settings(MAILER_SENDGRID_API_URL=f"http://127.0.0.1:{port}")
+    with pytest.raises(TransientError, match="unreachable"):
+        SendGridBackend.from_settings(settings).send_batch(Batch(_factory(settings), (_message(1),), 1))
+
+
+@pytest.mark.parametrize("case", ["wrong key", "forbidden", "too large", "not found"])
+def test_permanent_failures(sg_settings, server, case):
+    settings = sg_settings()
+    if case == "wrong key":
+        settings = replace(settings, sendgrid_api_key="SG.revoked")
+        expected = r"refused the API key \(401.*SENDGRID_API_KEY"
+    elif case == "forbidden":
+        server.forbidden_keys.add(KEY)
+        expected = r"\(403.*Mail Send permission"
+    elif case == "too large":
+        server.max_body_bytes = 10_000
+        expected = r"too large \(413.*30 MB"
+    else:
+        settings = replace(settings, sendgrid_api_url=server.url + "/nowhere")
+        expected = r"404.*MAILER_SENDGRID_API_URL"
+    with pytest.raises(PermanentError, match=expected):
+        SendGridBackend.from_settings(settings).send_batch(Batch(_factory(settings), (_message(1),), 1))
+    assert server.accepted == []
+
+
+def test_one_invalid_address_fails_alone_and_the_rest_is_resent_at_once(sg_settings, server):
+    settings = sg_settings()
+    server.reject_addresses("bad")
+    server.reject_addresses("blocked", message="The recipient is on a list we will not send to.")
+    messages = tuple(_message(i) for i in range(10)) + (_message(10, email="bad.person@example.com"),
+                                                       _message(11, email="blocked@example.com"))
+    results = SendGridBackend.from_settings(settings).send_batch(Batch(_factory(settings), messages, 1))
+    assert server.statuses() == [400, 202]
+    assert [len(e.recipients) for e in server.log] == [12, 10]
+    assert [r.outcome for r in results] == ["sent"] * 10 + ["permanent", "permanent"]
+    assert results[10].hard_bounce is True and "valid address" in results[10].error
+    assert results[11].hard_bounce is False and "will not send" in results[11].error
+    assert "bad.person@example.com" not in server.count_by_recipient()
+
+
+def test_a_400_naming_no_recipient_is_permanent(sg_settings, server):
+    settings = sg_settings()
+    server.script(Fault("status", 400, body={"errors": [
+        {"message": "The from email does not contain a valid address.", "field": "from.email", "help": None}]}))
+    with pytest.raises(PermanentError, match="from.email"):
+        SendGridBackend.from_settings(settings).send_batch(Batch(_factory(settings), (_message(1), _message(2)), 1))
+
+
+def test_a_400_blaming_every_recipient_for_a_non_address_field_is_our_bug(sg_settings, server):
+    settings = sg_settings()
+    server.script(Fault("status", 400, body={"errors": [
+        {"message": "Invalid type.", "field": f"personalizations.{n}.custom_args.x"} for n in range(3)]}))
+    with pytest.raises(PermanentError, match="custom_args"):
+        SendGridBackend.from_settings(settings).send_batch(
+            Batch(_factory(settings), tuple(_message(i) for i in range(3)), 1))
+
+
+def test_personal_values_over_10000_bytes_fail_that_recipient_only(sg_settings, server):
+    settings = sg_settings()
+    huge = _message(1, name="É" * 2600)  # greeting + greeting.html: > 10,000 bytes in UTF-8
+    results = SendGridBackend.from_settings(settings).send_batch(Batch(_factory(settings), (huge, _message(2)), 1))
+    assert [r.outcome for r in results] == ["permanent", "sent"]
+    assert f"{MAX_ARGS_BYTES:,}" in results[0].error
+    assert server.statuses() == [202]
+
+
+# ----- the server enforces SendGrid's documented limits ------------------------------------------------
+def _valid_body(n: int = 1) -> dict:
+    return {"from": {"email": "a@example.org"}, "subject": "s",
+            "content": [{"type": "text/plain", "value": "t"}, {"type": "text/html", "value": "<p>h</p>"}],
+            "personalizations": [{"to": [{"email": f"p{i}@example.org"}]} for i in range(n)]}
+
+
+def _fields(body: dict) -> set:
+    return {e["field"] for e in validate(body)}
+
+
+def test_server_validation_rules():
+    assert validate(_valid_body(1000)) == []
+    assert "personalizations" in _fields(_valid_body(1001))
+    many = _valid_body(2)
+    many["personalizations"][0]["bcc"] = [{"email": f"b{i}@example.org"} for i in range(999)]
+    assert "personalizations" in _fields(many)  # 1001 recipients across to + bcc
+    body = _valid_body(2)
+    body["headers"] = {"X-Mailer": "ok", "To": "x"}
+    body["personalizations"][1]["headers"] = {"DKIM-Signature": "x", "List-Unsubscribe": "<https://x>"}
+    assert _fields(body) == {"headers.To", "personalizations.1.headers.DKIM-Signature"}
+    body = _valid_body(1)
+    body["personalizations"][0]["custom_args"] = {"n": 1}
+    assert _fields(body) == {"personalizations.0.custom_args.n"}
+    body = _valid_body(1)
+    body["personalizations"][0]["substitutions"] = {"%%k%%": "x" * 9000}
+    body["personalizations"][0]["custom_args"] = {"a": "y" * 1000}
+    assert _fields(body) == {"personalizations.0.custom_args"}
+    body = _valid_body(1)
+    body["content"].reverse()
+    assert _fields(body) == {"content"}
+    body = _valid_body(2)
+    body["personalizations"][1]["to"][0]["email"] = "P0@example.org"
+    assert _fields(body) == {"personalizations.1.to.0.email"}
+    body = _valid_body(1)
+    body["personalizations"][0]["to"][0]["name"] = "Dupont, Jean"
+    assert _fields(body) == {"personalizations.0.to.0.name"}
+    body = _valid_body(1)
+    del body["subject"]
+    assert _fields(body) == {"subject"}
+
+
+def test_server_over_http_auth_and_json(server):
+    client = sendgrid.SendGridAPIClient(api_key="SG.wrong", host=server.url)
+    with pytest.raises(Exception) as info:
+        client.client.mail.send.post(request_body=_valid_body())
+    assert info.value.status_code == 401
+    client = sendgrid.SendGridAPIClient(api_key=KEY, host=server.url)
+    with pytest.raises(Exception) as info:
+        client.client.mail.send.post(request_body={**_valid_body(), "headers": {"Subject": "x"}})
+    assert info.value.status_code == 400 and json.loads(info.value.body)["errors"][0]["field"] == "headers.Subject"
+    response = client.client.mail.send.post(request_body=_valid_body(3))
+    assert response.status_code == 202 and response.headers["X-Message-Id"]
+    assert server.count_by_recipient() == {"p0@example.org": 1, "p1@example.org": 1, "p2@example.org": 1}
+
+
+# ----- through the dispatcher and the ledger -------------------------------------------------------------
+def test_send_issue_2500_in_three_requests_each_subscriber_once(sg_settings, server, store, tmp_path):
+    settings = sg_settings()
+    _populate(store, tmp_path, 2500)
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    assert report.complete and report.sent_now == 2500
+    assert [len(r.personalizations) for r in server.accepted] == [1000, 1000, 500]
+    _assert_each_once(server, store, 2500)
+    rows = _ledger(store)
+    assert {r.provider_message_id for r in rows} == {r.message_id for r in server.accepted}
+    # custom_args name the very ledger rows (webhook correlation)
+    by_email = {r.email_given: r for r in rows}
+    delivered = server.delivered_to("person01234@example.net")[0]
+    assert delivered.custom_args["mailer_delivery"] == str(by_email["person01234@example.net"].id)
+    assert delivered.custom_args["mailer_issue"].isdigit()
+    assert delivered.headers["Message-ID"].endswith("@example.org>")
+    assert "Lecteur 1234 Élodie" in delivered.text
+    # running again sends nothing more
+    dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    assert len(server.accepted) == 3
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "503", "reset", "close", "hang"])
+def test_transient_faults_lose_nothing_and_double_nothing(sg_settings, server, store, tmp_path, fast_backoff, fault):
+    settings = sg_settings(MAILER_BATCH_SIZE="400")  # two requests: the first one meets the fault
+    _populate(store, tmp_path, 600)
+    if fault == "429":
+        server.rate_limit_next(retry_after=1)
+    elif fault == "hang":
+        server.hang_next(seconds=10)
+    elif fault in ("reset", "close"):
+        server.script(Fault(fault))
+    else:
+        server.fail_next(int(fault), times=2)
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE,
+                                 backend_factory=lambda: SendGridBackend.from_settings(settings, timeout=0.5))
+    assert report.complete
+    _assert_each_once(server, store, 600)
+    statuses = server.statuses()
+    assert statuses.count(202) == 2 and len(statuses) == (4 if fault in ("500", "503") else 3)
+    if fault == "429":  # Retry-After honoured
+        assert server.log[1].at - server.log[0].at >= 0.9
+
+
+def test_response_lost_after_acceptance_duplicates_at_most_that_request(sg_settings, server, store, tmp_path,
+                                                                        fast_backoff):
+    """The documented ambiguous window: SendGrid accepted, the answer never came back."""
+    settings = sg_settings(MAILER_BATCH_SIZE="400")
+    _populate(store, tmp_path, 1000)
+    server.reset_next(after_accept=True)
+    dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    counts = server.count_by_recipient()
+    assert len(counts) == 1000
+    doubled = [a for a, n in counts.items() if n == 2]
+    assert len(doubled) == 400 and max(counts.values()) == 2  # one request's recipients, never a whole run
+    first, second = server.accepted[0], server.accepted[1]
+    assert [p["headers"]["Message-ID"] for p in first.personalizations] == \
+        [p["headers"]["Message-ID"] for p in second.personalizations]  # same Message-IDs: receivers can dedupe
+
+
+def test_bad_api_key_pauses_the_send_and_fails_nobody(sg_settings, server, store, tmp_path, fast_backoff):
+    settings = sg_settings(SENDGRID_API_KEY="SG.revoked", MAILER_BATCH_SIZE="400")
+    _populate(store, tmp_path, 1000)
+    with pytest.raises(SendAborted, match=r"send paused: sendgrid: SendGrid refused the API key \(401.*SENDGRID_API_KEY"):
+        dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    rows = _ledger(store)
+    assert {r.status for r in rows} == {"queued"} and len(rows) == 1000  # nobody failed, nothing left in flight
+    assert server.accepted == [] and server.statuses() == [401]
+    with store.engine.connect() as conn:
+        assert store.issue_row(conn, EXAMPLE_ISSUE).status == "paused"
+
+
+def test_resume_in_the_same_process_after_fixing_the_key(sg_settings, server, sqlite_store, tmp_path, fast_backoff):
+    """The scheduler and `mailer worker` are long-lived: a paused send must resume without a restart."""
+    _populate(sqlite_store, tmp_path, 600)
+    with pytest.raises(SendAborted):
+        dispatch.send_issue(sg_settings(SENDGRID_API_KEY="SG.revoked", MAILER_BATCH_SIZE="400"), sqlite_store,
+                            EXAMPLE_ISSUE)
+    assert {r.status for r in _ledger(sqlite_store)} == {"queued"}  # paused, nothing in flight
+    report = dispatch.send_issue(sg_settings(MAILER_BATCH_SIZE="400"), sqlite_store, EXAMPLE_ISSUE)
+    assert report.complete
+    _assert_each_once(server, sqlite_store, 600)
+
+
+def test_one_bad_recipient_fails_alone_and_the_rest_of_its_batch_is_sent(sg_settings, server, store, tmp_path,
+                                                                          fast_backoff):
+    settings = sg_settings()
+    _populate(store, tmp_path, 40, bad=("bad.address@example.net",))
+    server.reject_addresses("bad")
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    assert report.complete and report.sent_now == 40 and report.failed_now == 1
+    rows = {r.email_given: r for r in _ledger(store)}
+    bad = rows.pop("bad.address@example.net")
+    assert bad.status == "failed" and "Does not contain a valid address" in bad.last_error
+    assert bad.sub_status == "bounced"  # an invalid address is a hard bounce: never mailed again
+    assert {r.status for r in rows.values()} == {"sent"}
+    assert server.statuses() == [400, 202]
+    counts = server.count_by_recipient()
+    assert set(counts) == set(rows) and set(counts.values()) == {1}
+
+
+def test_add_subscriber_path_with_non_ascii_names(sg_settings, server, store):
+    settings = sg_settings()
+    add_subscriber(store, "zoe@example.net", name="Zoé Ça-Va <b>")
+    add_subscriber(store, "Jean.Dupont@example.net", name="Dupont, Jean")
+    dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    zoe = server.delivered_to("zoe@example.net")[0]
+    assert zoe.name == "Zoé Ça-Va <b>"
+    assert "Zoé Ça-Va &lt;b&gt;" in zoe.html and "Zoé Ça-Va <b>" in zoe.text
+    jean = server.delivered_to("Jean.Dupont@example.net")[0]
+    assert jean.name == "Dupont Jean" and "Dupont, Jean" in jean.text
+
+
+def test_a_split_batch_never_raises_once_part_of_it_was_accepted(sg_settings, server):
+    """More than 1000 messages means several requests: once one is accepted, a later failure is reported
+    per recipient (raising would make the dispatcher resend what SendGrid already took)."""
+    settings = sg_settings()
+    server.script(Fault("ok"), Fault("status", 503))
+    results = SendGridBackend.from_settings(settings).send_batch(
+        Batch(_factory(settings), tuple(_message(i) for i in range(2500)), 1))
+    assert [e.personalizations for e in server.log] == [1000, 1000]  # the third request is not even tried
+    assert [r.outcome for r in results[:1000]] == ["sent"] * 1000
+    assert {r.outcome for r in results[1000:]} == {"transient"} and "503" in results[1500].error
+    assert len(server.accepted) == 1
