@@ -19,7 +19,6 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
 
-from .config import Settings
 from .errors import InvalidAddress
 from .render import Recipient, RenderedIssue, Template
 

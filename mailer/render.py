@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -42,14 +42,19 @@ def slot(name: str) -> str:
     return f"{SLOT_PREFIX}{name}{SLOT_SUFFIX}"
 
 
-class _SlotMarker(Markup):
+class SlotMarker(Markup):
     """A slot marker placed by the template (the only kind `_neutralise_markers` lets through)."""
+
+
+def slot_marker(name: str) -> SlotMarker:
+    """What a template context gets for slot `name` (templates of issues and of notices alike)."""
+    return SlotMarker(slot(name))
 
 
 def _neutralise_markers(value: object) -> object:
     """Jinja `finalize`: a value from editors, settings or subscribers can never read as a slot
     marker (a zero-width space splits any `%%`), so only the template decides where slots are."""
-    if isinstance(value, _SlotMarker) or not isinstance(value, str) or "%%" not in value:
+    if isinstance(value, SlotMarker) or not isinstance(value, str) or "%%" not in value:
         return value
     return value.replace("%%", "%\u200b%")
 
@@ -212,7 +217,7 @@ def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
         "archive_url": f"{settings.base_url}/archive",
         "postal_address": settings.postal_address,
         "why_received": strings["why_received"].format(name=settings.name),
-        "slot": {name: _SlotMarker(slot(name)) for name in (*TEXT_SLOTS, *HTML_SLOTS)},
+        "slot": {name: slot_marker(name) for name in (*TEXT_SLOTS, *HTML_SLOTS)},
     }
 
 

@@ -38,6 +38,34 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=timezone.utc)
 
 
+@dataclass(frozen=True)
+class StatusChange:
+    subscriber_id: int
+    old: str
+    new: str
+    source: str
+    reason: str = ""
+
+
+def _status_kind(status: str) -> str:
+    return "suppressed" if status in SUPPRESSED_STATUSES else status
+
+
+_STATUS_OF = sa.select(subscribers.c.status).where(subscribers.c.id == sa.bindparam("p_id"))
+_GUARD = (subscribers.c.id == sa.bindparam("p_id"), subscribers.c.status == sa.bindparam("p_old"))
+_STATUS_UPDATES = {
+    "active": subscribers.update().where(*_GUARD).values(
+        status=sa.bindparam("p_new"), updated_at=sa.bindparam("p_now"), confirmed_at=sa.bindparam("p_now"),
+        unsubscribed_at=None),
+    "pending": subscribers.update().where(*_GUARD).values(status=sa.bindparam("p_new"), updated_at=sa.bindparam("p_now")),
+    "suppressed": subscribers.update().where(*_GUARD).values(
+        status=sa.bindparam("p_new"), updated_at=sa.bindparam("p_now"), unsubscribed_at=sa.bindparam("p_now")),
+}
+_STATUS_EVENT = subscriber_events.insert().values(
+    subscriber_id=sa.bindparam("p_id"), at=sa.bindparam("p_now"), kind="status", old_status=sa.bindparam("p_old"),
+    new_status=sa.bindparam("p_new"), source=sa.bindparam("p_source"), reason=sa.bindparam("p_reason"))
+
+
 class Store:
     """A handle on the database. Cheap to pass around; one per process is enough."""
 
@@ -82,23 +110,26 @@ class Store:
 
     def set_status(self, conn: Connection, subscriber_id: int, new_status: str, *, source: str, reason: str = "") -> bool:
         """Change a subscriber's status and record why; False when it already had that status."""
-        row = conn.execute(sa.select(subscribers.c.status).where(subscribers.c.id == subscriber_id)).first()
+        row = conn.execute(_STATUS_OF, {"p_id": subscriber_id}).first()
         if row is None:
             raise NotFound(f"no subscriber with id {subscriber_id}")
         if row.status == new_status:
             return False
+        return bool(self.apply_status_changes(conn, [StatusChange(subscriber_id, row.status, new_status, source, reason)]))
+
+    def apply_status_changes(self, conn: Connection, changes: Sequence["StatusChange"]) -> list["StatusChange"]:
+        """Apply each change only if the subscriber still has its `old` status (so two concurrent
+        requests cannot both apply it), set the timestamps the new status implies, and record one
+        event per applied change. Statements are built once: this is the one-click and webhook hot path."""
         now = utcnow()
-        values: dict[str, Any] = {"status": new_status, "updated_at": now}
-        if new_status == "active":
-            values["confirmed_at"] = now
-            values["unsubscribed_at"] = None
-        elif new_status in SUPPRESSED_STATUSES:
-            values["unsubscribed_at"] = now
-        conn.execute(subscribers.update().where(subscribers.c.id == subscriber_id).values(**values))
-        conn.execute(subscriber_events.insert().values(
-            subscriber_id=subscriber_id, at=now, kind="status", old_status=row.status, new_status=new_status,
-            source=source, reason=reason))
-        return True
+        applied = [change for change in changes
+                   if conn.execute(_STATUS_UPDATES[_status_kind(change.new)],
+                                   {"p_id": change.subscriber_id, "p_old": change.old, "p_new": change.new,
+                                    "p_now": now}).rowcount == 1]
+        if applied:
+            conn.execute(_STATUS_EVENT, [{"p_id": c.subscriber_id, "p_now": now, "p_old": c.old, "p_new": c.new,
+                                          "p_source": c.source, "p_reason": c.reason[:2000]} for c in applied])
+        return applied
 
     def count_subscribers(self, conn: Connection, status: str | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(subscribers)
@@ -316,4 +347,4 @@ def _safe_url(url: str) -> str:
         return url
 
 
-__all__ = ["Store", "open_store", "upgrade", "metadata", "utcnow", "HEAD_REVISION"]
+__all__ = ["Store", "StatusChange", "open_store", "upgrade", "metadata", "utcnow", "HEAD_REVISION"]

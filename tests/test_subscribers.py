@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from mailer.errors import InvalidAddress, MailerError, NotFound
-from mailer.schema import metadata, subscribers
+from mailer.schema import metadata
 from mailer.store import HEAD_REVISION, current_revision
 from mailer.subscribers import (add_subscriber, count_subscribers, export_csv, import_csv, iter_subscribers,
                                 remove_subscriber, set_subscriber_status, show_subscriber)

@@ -1,0 +1,773 @@
+"""The public web app (Starlette): unsubscribe, subscribe + confirm, SendGrid webhooks, archive.
+
+Routes
+  GET  /u/TOKEN                page naming the newsletter with an "Unsubscribe me" button (a form);
+                               a GET never changes anything, so link scanners unsubscribe no one
+  POST /u/TOKEN                unsubscribes at once (RFC 8058 `List-Unsubscribe=One-Click` or the
+                               page's form), 200, idempotent
+  POST /u/TOKEN/resubscribe    the person's own choice: active again (even after a bounce or a
+                               complaint — a human click on a POST-only button is consent)
+  GET  /subscribe              form (no JavaScript), honeypot, per-IP rate limit on POST
+  POST /subscribe              pending + confirmation email; the same answer whatever the address's state
+  GET  /confirm/TOKEN          pending → active (+ welcome email); a suppressed person who asked
+  POST /confirm/TOKEN          to come back must press the button (POST): a scanner never undoes an unsubscribe
+  POST /webhooks/sendgrid      signed events → provider_events (idempotent) → suppressions
+  GET  /archive, /issues/SLUG  sent issues and their web versions
+
+Tokens are opaque and signed (`tokens.py`): no email address is ever in a URL. A malformed or
+tampered token gets 400, a well-formed one naming nobody 404, and nothing changes. Subscriber id 0
+is the one test sends and previews use: its links lead to a "this was a test message" page.
+
+Pages are Jinja templates in `templates/web/` (autoescape on), in MAILER_LANGUAGE, without
+JavaScript, under a strict Content-Security-Policy and `Referrer-Policy: no-referrer` (a token in the
+address bar never leaks to another site). Database work runs in worker threads (anyio's pool; on
+SQLite two threads and an in-process lock, since SQLite has one writer anyway); one `Store` per app.
+
+Decisions (see also the templates' comments):
+* one-click and the page's button are both a POST; any POST to /u/TOKEN unsubscribes (the token is
+  the capability), the event's source says "one-click" for the RFC 8058 body and "web" otherwise;
+* GET /confirm/TOKEN confirms a *pending* person (DESIGN's contract: one click from the email; the
+  risk that a mail scanner confirms a sign-up someone else made is bounded by the honeypot, the rate
+  limits and the one-click unsubscribe in the welcome email); HEAD confirms no one;
+* the subscribe form never reveals whether an address is known: same page, same status, email sent
+  after the answer (a background task); nothing at all for an active address; a suppressed person
+  gets a confirmation email and comes back only by pressing its button (their own choice);
+* confirmation emails: at most one a minute and five a day per address, whoever asks;
+* SendGrid webhook: verified when MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is set (403 for a bad or
+  missing signature and a timestamp more than MAILER_WEBHOOK_MAX_AGE seconds away); without a key
+  events are accepted and a warning is logged once — set the key in production, as anyone could
+  otherwise suppress any address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections import deque
+from contextlib import asynccontextmanager, contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+from urllib.parse import parse_qsl
+
+import anyio.to_thread
+import jinja2
+import sqlalchemy as sa
+from anyio import CapacityLimiter
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from . import i18n, tokens
+from .addresses import parse_address
+from .config import Settings, secret_key_for
+from .errors import ConfigError, InvalidAddress
+from .notices import Notifier
+from .schema import SUPPRESSED_STATUSES, deliveries, issues, provider_events, subscriber_events, subscribers
+from .store import StatusChange, Store, as_utc, open_store, utcnow
+
+log = logging.getLogger("mailer.web")
+
+SUBSCRIBE_RATE = 5            # POST /subscribe per client address…
+SUBSCRIBE_WINDOW = 60.0       # …per this many seconds
+CONFIRM_RESEND_INTERVAL = timedelta(seconds=60)   # at most one confirmation email a minute per address…
+CONFIRM_MAX_PER_DAY = 5                           # …and five a day, whoever asks
+COMEBACK_VALID = timedelta(days=7)                # a suppressed person's re-subscription request
+FORM_MAX_BYTES = 16 * 1024
+UNSUBSCRIBE_MAX_BYTES = 16 * 1024
+WEBHOOK_MAX_BYTES = 8 * 1024 * 1024               # SendGrid posts batches of up to ~1000 events
+WEBHOOK_MAX_EVENTS = 10_000
+SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
+TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
+HONEYPOT_FIELD = "website"
+SQLITE_THREADS = 2             # worker threads for blocking work on SQLite (one writer anyway)
+ERASED_PREFIX = "erased:"
+
+# Suppressions never go "down": a complaint outranks a bounce, which outranks an unsubscribe.
+_RANK = {"pending": 0, "active": 0, "unsubscribed": 1, "bounced": 2, "complained": 3}
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ONE_CLICK_MULTIPART = re.compile(rb'name="?List-Unsubscribe"?\r?\n(?:[^\r\n]+\r?\n)*\r?\nOne-Click\r?\n', re.IGNORECASE)
+
+PAGE_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
+            "frame-ancestors 'none'; base-uri 'none'")
+# Web versions of issues: the email's own images and styles from anywhere, never a script.
+ISSUE_CSP = ("default-src 'none'; img-src * data:; style-src 'unsafe-inline' *; font-src * data:; "
+             "frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
+COMMON_HEADERS = {"Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
+
+
+# ----- small pieces ---------------------------------------------------------------------------------
+class RateLimiter:
+    """A sliding-window counter per key (the client address), in memory, thread-safe."""
+
+    def __init__(self, limit: int, window: float, max_keys: int = 100_000) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_keys = max_keys
+        self._hits: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, key: str) -> float:
+        """Count one request; 0 when allowed, else the seconds to wait."""
+        now = time.monotonic()
+        with self._lock:
+            queue = self._hits.get(key)
+            if queue is None:
+                if len(self._hits) >= self.max_keys:
+                    self._prune(now)
+                queue = self._hits[key] = deque()
+            while queue and queue[0] <= now - self.window:
+                queue.popleft()
+            if len(queue) >= self.limit:
+                return max(queue[0] + self.window - now, 0.001)
+            queue.append(now)
+            return 0.0
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k, q in self._hits.items() if not q or q[-1] <= now - self.window]:
+            del self._hits[key]
+        if len(self._hits) >= self.max_keys:  # a flood of distinct addresses: forget rather than grow
+            self._hits.clear()
+
+
+class _Page(Exception):
+    """Raised inside handlers to answer with a page (errors mostly)."""
+
+    def __init__(self, status: int, template: str, **context: Any) -> None:
+        super().__init__(template)
+        self.status = status
+        self.template = template
+        self.context = context
+
+
+def _clean_name(value: str) -> str:
+    """One line, printable, at most 200 characters (names end up in headers and pages)."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in value or "").split())[:200]
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value < 2 ** 63 else None
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 19:
+        return int(value.strip())
+    return None
+
+
+def _email_key(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        return ""
+    try:
+        return parse_address(value).key
+    except InvalidAddress:
+        return value.strip().lower()[:320]
+
+
+@dataclass(frozen=True)
+class Classified:
+    kind: str                 # normalised kind stored in provider_events
+    suppress: str | None      # the status it implies, if any
+
+
+def classify_sendgrid_event(event: dict) -> Classified:
+    """SendGrid event → normalised kind and the suppression it implies.
+
+    Only a real bounce (`type` "bounce", or no type) is a hard bounce; "blocked" is a temporary
+    refusal by the receiving server. A dropped message suppresses only when the reason names the
+    address (Bounced Address, Spam Reporting Address, Unsubscribed Address); "Spam Content" is about
+    the message, not the person, and suppresses no one.
+    """
+    name = str(event.get("event") or "").strip().lower()
+    if name == "bounce":
+        bounce_type = str(event.get("type") or "bounce").strip().lower()
+        if bounce_type == "blocked":
+            return Classified("blocked", None)
+        return Classified("bounced", "bounced")
+    if name == "spamreport":
+        return Classified("complained", "complained")
+    if name in ("unsubscribe", "group_unsubscribe"):
+        return Classified("unsubscribed", "unsubscribed")
+    if name == "dropped":
+        reason = str(event.get("reason") or "").lower()
+        if "bounce" in reason:
+            return Classified("dropped", "bounced")
+        if "spam report" in reason or ("spam" in reason and "address" in reason):
+            return Classified("dropped", "complained")
+        if "unsubscribe" in reason:
+            return Classified("dropped", "unsubscribed")
+        return Classified("dropped", None)
+    # group_resubscribe is recorded but re-activates no one: our list, not SendGrid's, decides who gets mail
+    normalised = {"open": "opened", "click": "clicked", "group_resubscribe": "resubscribed"}.get(name, name)
+    return Classified((re.sub(r"[^a-z0-9_]", "_", normalised) or "unknown")[:32], None)
+
+
+def _custom_arg(event: dict, name: str) -> Any:
+    """SendGrid flattens custom_args into the event; older payloads nest them (unique_args)."""
+    if name in event:
+        return event[name]
+    for nested in ("custom_args", "unique_args"):
+        value = event.get(nested)
+        if isinstance(value, dict) and name in value:
+            return value[name]
+    return None
+
+
+def _event_time(event: dict) -> datetime | None:
+    stamp = event.get("timestamp")
+    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and 0 < stamp < 2 ** 33:
+        return datetime.fromtimestamp(stamp, timezone.utc)
+    return None
+
+
+def _event_id(event: dict) -> str:
+    given = event.get("sg_event_id")
+    if isinstance(given, str) and given.strip():
+        return given.strip()[:200]
+    # No id (older payloads): the event's own content names it, so a replay is still a duplicate.
+    canonical = json.dumps(event, sort_keys=True, ensure_ascii=False, default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# The unsubscribe page's read, built once (SQLAlchemy then reuses its compiled form).
+_PERSON_BY_ID = sa.select(subscribers.c.id, subscribers.c.email, subscribers.c.email_given, subscribers.c.name,
+                          subscribers.c.status, subscribers.c.unsubscribed_at).where(subscribers.c.id == sa.bindparam("p_id"))
+
+
+# ----- the application state -------------------------------------------------------------------------
+class WebApp:
+    """Everything the handlers share; the `do_*` methods are synchronous (run in the threadpool)."""
+
+    def __init__(self, settings: Settings, store: Store, notifier: Notifier, *, subscribe_rate: int,
+                 subscribe_window: float) -> None:
+        self.settings = settings
+        self.store = store
+        self.notifier = notifier
+        self.key = secret_key_for(settings)
+        self.strings = i18n.strings(settings.language)
+        self.limiter = RateLimiter(subscribe_rate, subscribe_window)
+        self.verifier = None
+        if settings.sendgrid_webhook_public_key:
+            from sendgrid.helpers.eventwebhook import EventWebhook
+            try:
+                self.verifier = EventWebhook(settings.sendgrid_webhook_public_key.strip())
+            except Exception as exc:  # noqa: BLE001 - whatever the key parser raises
+                raise ConfigError(f"MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is not a valid public key "
+                                  f"(paste the base64 key from SendGrid's Mail Settings): {exc}") from None
+        self._warned_unsigned = False
+        # SQLite has one writer: queue this process's write transactions on a lock rather than in
+        # SQLite's busy handler, whose growing sleeps (up to 100 ms each) would make the latency tail.
+        self._write_lock = threading.Lock() if store.is_sqlite else None
+        self._threads = CapacityLimiter(SQLITE_THREADS) if store.is_sqlite else None  # None: anyio's default (40)
+        web_dir = settings.templates_dir / "web"
+        fallback = Path(__file__).resolve().parent.parent / "templates" / "web"
+        self.jinja = jinja2.Environment(
+            loader=jinja2.FileSystemLoader([str(web_dir), str(fallback)]),
+            autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        self.jinja.globals.update(t=self.strings, name=settings.name, language=settings.language,
+                                  postal_address=settings.postal_address)
+        for template in ("unsubscribe.html.j2", "subscribe.html.j2", "subscribed.html.j2", "confirm.html.j2",
+                         "archive.html.j2", "message.html.j2"):
+            self.jinja.get_template(template)  # fail at start-up, not on the first visitor
+        notifier.template("confirm")  # the subscribe form is useless without its email: check it now
+
+    async def in_thread(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run blocking work (database, templates) in a worker thread. On SQLite, whose transactions
+        are serialised anyway, a few threads suffice: more would only queue on the write lock."""
+        return await anyio.to_thread.run_sync(partial(func, *args, **kwargs), limiter=self._threads)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """A transaction, serialised in-process on SQLite (where every transaction is BEGIN IMMEDIATE)."""
+        with self._write_lock or nullcontext(), self.store.begin() as conn:
+            yield conn
+
+    # ----- responses ----------------------------------------------------------------------------
+    def page(self, template: str, status: int = 200, *, root: str = "", cache: str = "no-store",
+             background: BackgroundTask | None = None, headers: dict[str, str] | None = None,
+             **context: Any) -> HTMLResponse:
+        body = self.jinja.get_template(template).render(root=root, **context)
+        all_headers = {**COMMON_HEADERS, "Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY",
+                       "Cache-Control": cache, **(headers or {})}
+        return HTMLResponse(body, status_code=status, headers=all_headers, background=background)
+
+    def message(self, status: int, key: str, *, root: str = "", **fmt: str) -> HTMLResponse:
+        """A page with a title and one paragraph, both from i18n (`web_<key>_title`, `web_<key>_body`)."""
+        strings = self.strings
+        return self.page("message.html.j2", status, root=root, state=key,
+                         title=strings[f"web_{key}_title"], body=strings[f"web_{key}_body"].format(**fmt))
+
+    def read_token(self, purpose: str, token: str) -> tokens.TokenData:
+        # Only the base64url alphabet: the decoder would otherwise skip stray characters, and one
+        # token would have many spellings.
+        if not _TOKEN_SHAPE.fullmatch(token):
+            raise _Page(400, "message", key="invalid_link")
+        try:
+            return tokens.read_token(self.key, purpose, token)
+        except tokens.InvalidToken:
+            raise _Page(400, "message", key="invalid_link") from None
+
+    def _person(self, conn: sa.Connection, subscriber_id: int, *, lock: bool = False) -> sa.Row:
+        """The person a token names (404 when gone); `lock`: FOR UPDATE on PostgreSQL, so two
+        concurrent clicks cannot both apply a change."""
+        query = _PERSON_BY_ID.with_for_update() if lock else _PERSON_BY_ID
+        row = conn.execute(query, {"p_id": subscriber_id}).first()
+        if row is None or row.email.startswith(ERASED_PREFIX):
+            raise _Page(404, "message", key="unknown_link")
+        return row
+
+    # ----- unsubscribe ----------------------------------------------------------------------------
+    def do_unsubscribe_page(self, token: str, root: str) -> Response:
+        data = self.read_token("unsubscribe", token)
+        if data.subscriber_id == 0:
+            return self.message(200, "test", root=root)
+        with self.transaction() as conn:
+            row = self._person(conn, data.subscriber_id)
+        state = "ask" if row.status in ("active", "pending") else row.status
+        return self._unsubscribe_view(row, state, token, root)
+
+    def do_unsubscribe(self, token: str, source: str, root: str) -> Response:
+        data = self.read_token("unsubscribe", token)
+        if data.subscriber_id == 0:
+            return self.message(200, "test", root=root)
+        reason = "one-click unsubscribe (RFC 8058)" if source == "one-click" else "unsubscribe page"
+        if data.issue_id is not None:
+            reason += f", issue {data.issue_id}"
+        with self.transaction() as conn:
+            row = self._person(conn, data.subscriber_id)
+            state = row.status  # already suppressed: nothing changes (idempotent)
+            if row.status in ("active", "pending"):
+                # conditional on the status just read: two concurrent POSTs record one event
+                self.store.apply_status_changes(conn, [StatusChange(row.id, row.status, "unsubscribed", source, reason)])
+                state = "unsubscribed"
+        return self._unsubscribe_view(row, state, token, root)
+
+    def do_resubscribe(self, token: str, root: str) -> Response:
+        data = self.read_token("unsubscribe", token)
+        if data.subscriber_id == 0:
+            return self.message(200, "test", root=root)
+        with self.transaction() as conn:
+            row = self._person(conn, data.subscriber_id, lock=True)
+            if row.status != "active":
+                self.store.set_status(conn, row.id, "active", source="web",
+                                      reason=f"resubscribed from the unsubscribe page (was {row.status})")
+        return self._unsubscribe_view(row, "resubscribed", token, root)
+
+    def _unsubscribe_view(self, row: sa.Row, state: str, token: str, root: str) -> Response:
+        return self.page("unsubscribe.html.j2", root=root, state=state, token=token, email=row.email_given,
+                         person=row.name)
+
+    # ----- subscribe and confirm --------------------------------------------------------------------
+    def do_subscribe(self, email: str, person: str, honeypot: str, root: str) -> Response:
+        if honeypot.strip():
+            log.info("subscribe form: honeypot filled, pretending success")
+            return self.page("subscribed.html.j2", root=root, email=email.strip()[:320])
+        try:
+            address = parse_address(email)
+        except InvalidAddress:
+            return self.page("subscribe.html.j2", 400, root=root, error=True, email=email[:320],
+                             person=person[:200])
+        send: tuple[int, str, str] | None = None
+        try:
+            with self.transaction() as conn:
+                send = self._subscribe(conn, address.key, address.given, _clean_name(person))
+        except sa.exc.IntegrityError:
+            send = None  # the same address arrived twice at once: the other request sends the email
+        background = BackgroundTask(self.notifier.send_quietly, "confirm", *send) if send else None
+        return self.page("subscribed.html.j2", root=root, email=address.given, background=background)
+
+    def _subscribe(self, conn: sa.Connection, key: str, given: str, person: str) -> tuple[int, str, str] | None:
+        """Record the request; returns who gets a confirmation email (None: nobody, silently)."""
+        row = self.store.subscriber_by_email(conn, key)
+        now = utcnow()
+        if row is None:
+            subscriber_id = self.store.insert_subscriber(conn, email=key, email_given=given, status="pending",
+                                                         name=person, source="web", reason="subscribe form")
+            self._event(conn, subscriber_id, "confirm_sent", now)
+            return subscriber_id, given, person
+        if row.status == "active":
+            return None  # nothing to do, and nothing visible: no enumeration
+        if row.status in SUPPRESSED_STATUSES:
+            # Their own choice may bring them back, but only through the emailed link (proof that the
+            # mailbox's owner asked), and only by pressing the button on the confirm page.
+            self._event(conn, row.id, "resubscribe_requested", now, reason=f"subscribe form (is {row.status})")
+        if not self._may_send_confirmation(conn, row.id, now):
+            return None
+        self._event(conn, row.id, "confirm_sent", now)
+        return row.id, row.email_given, row.name
+
+    def _event(self, conn: sa.Connection, subscriber_id: int, kind: str, at: datetime, reason: str = "") -> None:
+        conn.execute(subscriber_events.insert().values(subscriber_id=subscriber_id, at=at, kind=kind, source="web",
+                                                       reason=reason))
+
+    def _may_send_confirmation(self, conn: sa.Connection, subscriber_id: int, now: datetime) -> bool:
+        last, count = conn.execute(
+            sa.select(sa.func.max(subscriber_events.c.at), sa.func.count())
+            .where(subscriber_events.c.subscriber_id == subscriber_id, subscriber_events.c.kind == "confirm_sent",
+                   subscriber_events.c.at > now - timedelta(days=1))).one()
+        last = as_utc(last)
+        return not (count >= CONFIRM_MAX_PER_DAY or (last is not None and now - last < CONFIRM_RESEND_INTERVAL))
+
+    def do_confirm(self, token: str, *, pressed: bool, root: str) -> Response:
+        data = self.read_token("confirm", token)
+        if data.subscriber_id == 0:
+            raise _Page(404, "message", key="unknown_link")
+        welcome: tuple[int, str, str] | None = None
+        with self.transaction() as conn:
+            row = self._person(conn, data.subscriber_id, lock=True)
+            if row.status == "active":
+                state = "confirmed"
+            elif row.status == "pending":
+                self.store.set_status(conn, row.id, "active", source="web", reason="confirmed by email link (double opt-in)")
+                state, welcome = "confirmed", (row.id, row.email_given, row.name)
+            elif not self._asked_to_come_back(conn, row):
+                state = "stale"
+            elif not pressed:
+                state = "ask"
+            else:
+                self.store.set_status(conn, row.id, "active", source="web",
+                                      reason=f"re-subscribed by email link (was {row.status})")
+                state, welcome = "confirmed", (row.id, row.email_given, row.name)
+        background = None
+        if welcome and self.notifier.has("welcome"):
+            background = BackgroundTask(self.notifier.send_quietly, "welcome", *welcome)
+        return self.page("confirm.html.j2", root=root, state=state, token=token, email=row.email_given,
+                         background=background)
+
+    def _asked_to_come_back(self, conn: sa.Connection, row: sa.Row) -> bool:
+        """A suppressed person asked (subscribe form) after their suppression, and recently."""
+        since = as_utc(row.unsubscribed_at) or datetime.min.replace(tzinfo=timezone.utc)
+        since = max(since, utcnow() - COMEBACK_VALID)
+        asked = conn.execute(sa.select(sa.func.max(subscriber_events.c.at)).where(
+            subscriber_events.c.subscriber_id == row.id,
+            subscriber_events.c.kind == "resubscribe_requested")).scalar()
+        return asked is not None and as_utc(asked) >= since
+
+    # ----- archive ----------------------------------------------------------------------------------
+    def _published(self) -> sa.ColumnElement[bool]:
+        has_sent = sa.exists().where(deliveries.c.issue_id == issues.c.id, deliveries.c.status == "sent")
+        return sa.and_(issues.c.web_html.is_not(None), sa.or_(issues.c.status == "sent", has_sent))
+
+    def do_archive(self, root: str) -> Response:
+        with self.transaction() as conn:
+            rows = conn.execute(
+                sa.select(issues.c.slug, issues.c.subject, issues.c.issue_date)
+                .where(self._published())
+                .order_by(sa.func.coalesce(issues.c.issue_date, "").desc(), issues.c.id.desc())).all()
+        entries = []
+        for row in rows:
+            try:
+                when = i18n.long_date(date.fromisoformat(row.issue_date), self.settings.language) if row.issue_date else ""
+            except ValueError:
+                when = row.issue_date
+            entries.append({"slug": row.slug, "subject": row.subject, "date": when, "iso": row.issue_date or ""})
+        return self.page("archive.html.j2", root=root, entries=entries, cache="public, max-age=300")
+
+    def do_issue(self, slug: str) -> Response:
+        with self.transaction() as conn:
+            web_html = conn.execute(sa.select(issues.c.web_html).where(issues.c.slug == slug, self._published())).scalar()
+        if web_html is None:
+            raise _Page(404, "message", key="not_found")
+        return HTMLResponse(web_html, headers={**COMMON_HEADERS, "Content-Security-Policy": ISSUE_CSP,
+                                               "Cache-Control": "public, max-age=300"})
+
+    # ----- SendGrid event webhook ---------------------------------------------------------------------
+    def check_signature(self, body: bytes, signature: str | None, timestamp: str | None) -> int | None:
+        """None when the request may be processed, else the HTTP status to answer."""
+        if self.verifier is None:
+            if not self._warned_unsigned:
+                self._warned_unsigned = True
+                log.warning("SendGrid webhook accepted WITHOUT signature verification: set "
+                            "MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY (Mail Settings → Signed Event Webhook)")
+            return None
+        if not signature or not timestamp:
+            return 403
+        try:
+            stamp = int(timestamp.strip())
+        except ValueError:
+            return 403
+        if abs(time.time() - stamp) > self.settings.webhook_max_age:
+            return 403
+        try:
+            payload = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return 400
+        try:
+            valid = self.verifier.verify_signature(payload, signature.strip(), timestamp.strip())
+        except Exception:  # noqa: BLE001 - malformed base64 or DER raises instead of returning False
+            valid = False
+        return None if valid else 403
+
+    def do_record_events(self, events: list[dict]) -> dict[str, int]:
+        """Store every event (idempotent by sg_event_id) and apply the suppressions of new ones."""
+        now = utcnow()
+        rows: list[dict[str, Any]] = []
+        meta: list[tuple[Classified, int | None, str, datetime | None]] = []
+        seen: set[str] = set()
+        for event in events:
+            event_id = _event_id(event)
+            if event_id in seen:
+                continue
+            seen.add(event_id)
+            classified = classify_sendgrid_event(event)
+            given_id = _as_int(_custom_arg(event, "mailer_subscriber"))
+            email_key = _email_key(event.get("email"))
+            occurred = _event_time(event)
+            reason = event.get("reason") or event.get("response") or event.get("type") or ""
+            rows.append({"provider": "sendgrid", "provider_event_id": event_id, "kind": classified.kind,
+                         "email": email_key, "subscriber_id": None,
+                         "issue_id": _as_int(_custom_arg(event, "mailer_issue")),
+                         "occurred_at": occurred, "received_at": now, "reason": str(reason)[:2000], "payload": event})
+            meta.append((classified, given_id, email_key, occurred))
+        if not rows:
+            return {"received": len(events), "new": 0, "suppressed": 0}
+        with self.transaction() as conn:
+            people = self._correlate(conn, meta)
+            for row, person in zip(rows, people):
+                row["subscriber_id"] = person
+            inserted = self._insert_events(conn, rows)
+            todo = [(row, classified, occurred) for row, (classified, _, _, occurred) in zip(rows, meta)
+                    if row["provider_event_id"] in inserted and classified.suppress and row["subscriber_id"]]
+            current: dict[int, tuple[str, datetime | None]] = {}
+            for chunk in _chunks(sorted({row["subscriber_id"] for row, _, _ in todo}), 500):
+                current.update((r.id, (r.status, as_utc(r.confirmed_at))) for r in conn.execute(
+                    sa.select(subscribers.c.id, subscribers.c.status, subscribers.c.confirmed_at)
+                    .where(subscribers.c.id.in_(chunk))))
+            changes: list[StatusChange] = []
+            for row, classified, occurred in todo:
+                person = row["subscriber_id"]
+                if person not in current:
+                    continue
+                status, confirmed_at = current[person]
+                if _RANK[classified.suppress] <= _RANK.get(status, 0):
+                    continue  # already as suppressed, or more
+                if occurred is not None and confirmed_at is not None and occurred < confirmed_at.replace(microsecond=0):
+                    continue  # an old event (whole seconds) about an earlier subscription: they came back since
+                current[person] = (classified.suppress, confirmed_at)
+                changes.append(StatusChange(person, status, classified.suppress, "webhook",
+                                            f"sendgrid {row['payload'].get('event')}: {row['reason']}"[:500]))
+            suppressed = len(self.store.apply_status_changes(conn, changes))
+        return {"received": len(events), "new": len(inserted), "suppressed": suppressed}
+
+    def _correlate(self, conn: sa.Connection, meta: list[tuple[Classified, int | None, str, datetime | None]]) -> list[int | None]:
+        """Subscriber of each event: the custom_args id when it names the event's address, else the address."""
+        ids = {given_id for _, given_id, _, _ in meta if given_id}
+        keys = {key for _, _, key, _ in meta if key}
+        by_id: dict[int, str] = {}
+        by_email: dict[str, int] = {}
+        for chunk in _chunks(sorted(ids), 500):
+            by_id.update((r.id, r.email) for r in conn.execute(
+                sa.select(subscribers.c.id, subscribers.c.email).where(subscribers.c.id.in_(chunk))))
+        for chunk in _chunks(sorted(keys), 500):
+            by_email.update((r.email, r.id) for r in conn.execute(
+                sa.select(subscribers.c.email, subscribers.c.id).where(subscribers.c.email.in_(chunk))))
+        people: list[int | None] = []
+        for _, given_id, key, _ in meta:
+            if given_id and given_id in by_id and (not key or by_id[given_id] == key):
+                people.append(given_id)
+            else:
+                people.append(by_email.get(key) if key else None)
+        return people
+
+    def _insert_events(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> set[str]:
+        """INSERT … ON CONFLICT DO NOTHING; returns the ids that were new."""
+        if self.store.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        statement = (insert(provider_events).on_conflict_do_nothing(
+            index_elements=[provider_events.c.provider, provider_events.c.provider_event_id])
+            .returning(provider_events.c.provider_event_id))
+        inserted: set[str] = set()
+        for chunk in _chunks(rows, 500):
+            inserted.update(conn.execute(statement, chunk).scalars())
+        return inserted
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# ----- HTTP layer -------------------------------------------------------------------------------------
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing more than `limit` bytes (kept on the request so `form()` can parse it)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # noqa: SLF001 - Starlette's own cache of the body, read by form()
+    return body
+
+
+def _root(request: Request) -> str:
+    return request.scope.get("root_path", "").rstrip("/")
+
+
+def _is_one_click(body: bytes, content_type: str) -> bool:
+    if content_type.startswith("multipart/form-data"):
+        return _ONE_CLICK_MULTIPART.search(body) is not None
+    try:
+        pairs = parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    except ValueError:
+        return False
+    return ("List-Unsubscribe", "One-Click") in pairs
+
+
+def create_app(settings: Settings, store: Store | None = None, *, notifier: Notifier | None = None,
+               subscribe_rate: int = SUBSCRIBE_RATE, subscribe_window: float = SUBSCRIBE_WINDOW) -> Starlette:
+    """The ASGI app. Without `store`, opens one on settings.database_url and closes it on shutdown."""
+    own_store = store is None
+    store = store or open_store(settings.database_url)
+    web = WebApp(settings, store, notifier or Notifier(settings), subscribe_rate=subscribe_rate,
+                 subscribe_window=subscribe_window)
+
+    def guarded(handler: Callable) -> Callable:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except _Page as answer:
+                return _answer(answer, _root(request))
+            except _TooLarge:
+                return JSONResponse({"error": "request body too large"}, status_code=413, headers=COMMON_HEADERS)
+        return endpoint
+
+    def _answer(answer: _Page, root: str) -> Response:
+        if answer.template == "message":
+            return web.message(answer.status, answer.context["key"], root=root)
+        return web.page(answer.template, answer.status, root=root, **answer.context)
+
+    async def unsubscribe_page(request: Request) -> Response:
+        return await web.in_thread(web.do_unsubscribe_page, request.path_params["token"], _root(request))
+
+    async def unsubscribe(request: Request) -> Response:
+        body = await _read_body(request, UNSUBSCRIBE_MAX_BYTES)
+        source = "one-click" if _is_one_click(body, request.headers.get("content-type", "")) else "web"
+        return await web.in_thread(web.do_unsubscribe, request.path_params["token"], source, _root(request))
+
+    async def resubscribe(request: Request) -> Response:
+        await _read_body(request, UNSUBSCRIBE_MAX_BYTES)
+        return await web.in_thread(web.do_resubscribe, request.path_params["token"], _root(request))
+
+    async def subscribe_form(request: Request) -> Response:
+        return web.page("subscribe.html.j2", root=_root(request), error=False, email="", person="",
+                        cache="public, max-age=300")
+
+    async def subscribe(request: Request) -> Response:
+        client = request.client.host if request.client else "unknown"
+        wait = web.limiter.hit(client)
+        if wait:
+            retry = str(int(wait) + 1)
+            return web.page("message.html.j2", 429, root=_root(request), state="rate_limited",
+                            title=web.strings["web_rate_limited_title"], body=web.strings["web_rate_limited_body"],
+                            headers={"Retry-After": retry})
+        await _read_body(request, FORM_MAX_BYTES)
+        form = await request.form()
+
+        def field(name: str) -> str:
+            value = form.get(name)
+            return value if isinstance(value, str) else ""
+
+        return await web.in_thread(web.do_subscribe, field("email"), field("name"), field(HONEYPOT_FIELD),
+                                       _root(request))
+
+    async def confirm_page(request: Request) -> Response:
+        if request.method == "HEAD":  # a prefetcher's HEAD confirms no one
+            web.read_token("confirm", request.path_params["token"])
+            return Response(status_code=200, headers=COMMON_HEADERS, media_type="text/html")
+        return await web.in_thread(web.do_confirm, request.path_params["token"], pressed=False, root=_root(request))
+
+    async def confirm(request: Request) -> Response:
+        await _read_body(request, FORM_MAX_BYTES)
+        return await web.in_thread(web.do_confirm, request.path_params["token"], pressed=True, root=_root(request))
+
+    async def archive(request: Request) -> Response:
+        return await web.in_thread(web.do_archive, _root(request))
+
+    async def issue_page(request: Request) -> Response:
+        return await web.in_thread(web.do_issue, request.path_params["slug"])
+
+    async def sendgrid_webhook(request: Request) -> Response:
+        body = await _read_body(request, WEBHOOK_MAX_BYTES)
+        refusal = web.check_signature(body, request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER))
+        if refusal:
+            return JSONResponse({"error": "bad signature" if refusal == 403 else "bad request"}, status_code=refusal,
+                                headers=COMMON_HEADERS)
+        try:
+            events = json.loads(body)
+        except ValueError:
+            return JSONResponse({"error": "body is not JSON"}, status_code=400, headers=COMMON_HEADERS)
+        if isinstance(events, dict):
+            events = [events]
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            return JSONResponse({"error": "expected a JSON array of event objects"}, status_code=400,
+                                headers=COMMON_HEADERS)
+        if len(events) > WEBHOOK_MAX_EVENTS:
+            return JSONResponse({"error": f"more than {WEBHOOK_MAX_EVENTS} events"}, status_code=413,
+                                headers=COMMON_HEADERS)
+        result = await web.in_thread(web.do_record_events, events)
+        return JSONResponse(result, headers=COMMON_HEADERS)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        key = {404: "not_found"}.get(exc.status_code, "error")
+        response = web.message(exc.status_code, key, root=_root(request))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("error on %s %s", request.method, request.url.path, exc_info=exc)
+        return web.message(500, "error", root=_root(request))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        if own_store:
+            store.close()
+
+    routes = [
+        Route("/u/{token}", guarded(unsubscribe_page), methods=["GET"]),
+        Route("/u/{token}", guarded(unsubscribe), methods=["POST"]),
+        Route("/u/{token}/resubscribe", guarded(resubscribe), methods=["POST"]),
+        Route("/subscribe", guarded(subscribe_form), methods=["GET"]),
+        Route("/subscribe", guarded(subscribe), methods=["POST"]),
+        Route("/confirm/{token}", guarded(confirm_page), methods=["GET"]),
+        Route("/confirm/{token}", guarded(confirm), methods=["POST"]),
+        Route("/webhooks/sendgrid", guarded(sendgrid_webhook), methods=["POST"]),
+        Route("/archive", guarded(archive), methods=["GET"]),
+        Route("/issues/{slug}", guarded(issue_page), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error, Exception: server_error})
+    app.state.web = web
+    return app
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """`mailer serve`: uvicorn in front of the app. Behind a reverse proxy on the same machine, the
+    client address (rate limit) comes from X-Forwarded-For (uvicorn trusts 127.0.0.1 by default;
+    FORWARDED_ALLOW_IPS widens that)."""
+    import uvicorn
+
+    app = create_app(settings)
+    log.info("serving %s on http://%s:%d (public URL %s)", settings.name, host, port, settings.base_url)
+    uvicorn.run(app, host=host, port=port, proxy_headers=True, server_header=False, log_level="info")
