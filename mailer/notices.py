@@ -13,22 +13,19 @@ Templates: `templates/confirm.mjml.j2` + `confirm.txt.j2` (required by the subsc
 
 from __future__ import annotations
 
-import html
 import logging
 import threading
 from dataclasses import dataclass, field
 from email.utils import formatdate, make_msgid
 from typing import Callable
 
-import jinja2
-import mjml
 
 from . import i18n, tokens
 from .backends import Backend, Batch, OutgoingMessage, RecipientResult, make_backend
 from .config import Settings, secret_key_for
 from .errors import MailerError, RenderError
 from .message import MessageFactory
-from .render import Recipient, Template, jinja_environment, slot_marker
+from .render import Recipient, Template, compile_email, personal_values, slot_marker
 
 log = logging.getLogger("mailer.notices")
 
@@ -72,13 +69,7 @@ class Notice:
         return self.template.text
 
     def slot_values(self, recipient: Recipient) -> dict[str, str]:
-        strings = i18n.strings(self.settings.language)
-        name = " ".join(recipient.name.split())
-        greeting = strings["hello"].format(name=name) if name else strings["hello"].format(name="").replace(" ,", ",")
-        values = {"greeting": greeting, "email": recipient.email, "unsubscribe_url": recipient.unsubscribe_url,
-                  "confirm_url": "", **self.values}
-        values.update({f"{key}.html": html.escape(value, quote=True) for key, value in list(values.items())})
-        return values
+        return personal_values(self.settings, recipient, {"confirm_url": "", **self.values})
 
     def personalise(self, recipient: Recipient) -> tuple[str, str]:
         values = self.slot_values(recipient)
@@ -105,36 +96,10 @@ def compile_notice(settings: Settings, kind: str) -> NoticeTemplate:
         "archive_url": f"{settings.base_url}/archive",
         "slot": {name: slot_marker(name) for name in _ALL_SLOTS},
     }
-    try:
-        mjml_source = jinja_environment(settings.templates_dir, autoescape=True).get_template(f"{kind}.mjml.j2").render(context)
-        text_source = jinja_environment(settings.templates_dir, autoescape=False).get_template(f"{kind}.txt.j2").render(context)
-    except jinja2.TemplateError as exc:
-        raise RenderError(f"template {kind!r}: {exc}") from None
-    try:
-        compiled = mjml.mjml2html(mjml_source, disable_comments=True)
-    except ValueError as exc:
-        raise RenderError(f"template {kind!r} produced invalid MJML: {exc}") from None
-    html_template = Template.parse(compiled)
-    text_template = Template.parse(_tidy(text_source))
-    for label, tpl in (("HTML", html_template), ("text", text_template)):
-        unknown = sorted(set(tpl.slot_names) - set(_ALL_SLOTS))
-        if unknown:
-            raise RenderError(f"template {kind!r}: unknown slot(s) in the {label} part: {', '.join(unknown)}")
-    if kind == "confirm" and ("confirm_url.html" not in html_template.slot_names
-                              or "confirm_url" not in text_template.slot_names):
-        raise RenderError("template 'confirm': both parts must carry the confirmation link (slot confirm_url)")
+    compiled = compile_email(settings, kind, context, slots=NOTICE_SLOTS,
+                             required=("confirm_url",) if kind == "confirm" else ("unsubscribe_url",))
     subject = strings[f"{kind}_subject"].format(name=settings.name)
-    return NoticeTemplate(kind=kind, subject=subject, html=html_template, text=text_template)
-
-
-def _tidy(text: str) -> str:
-    lines = [line.rstrip() for line in text.split("\n")]
-    out: list[str] = []
-    for line in lines:
-        if not line and (not out or not out[-1]):
-            continue
-        out.append(line)
-    return "\n".join(out).strip("\n") + "\n"
+    return NoticeTemplate(kind=kind, subject=subject, html=compiled.html, text=compiled.text)
 
 
 class Notifier:

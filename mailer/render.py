@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import jinja2
 import mjml
@@ -119,18 +119,69 @@ class RenderedIssue:
         return self.issue.slug
 
     def slot_values(self, recipient: Recipient) -> dict[str, str]:
-        """Every slot's value for one recipient; subscriber-provided values are HTML-escaped in `.html` slots."""
-        strings = i18n.strings(self.settings.language)
-        name = " ".join(recipient.name.split())
-        greeting = strings["hello"].format(name=name) if name else strings["hello"].format(name="").replace(" ,", ",")
-        values = {"greeting": greeting, "email": recipient.email, "unsubscribe_url": recipient.unsubscribe_url}
-        values.update({f"{key}.html": html.escape(value, quote=True) for key, value in list(values.items())})
-        return values
+        return personal_values(self.settings, recipient)
 
     def personalise(self, recipient: Recipient) -> tuple[str, str]:
         """(html, text) for one recipient: substitution only, no template or MJML work."""
         values = self.slot_values(recipient)
         return self.html.fill(values), self.text.fill(values)
+
+
+def personal_values(settings: Settings, recipient: Recipient, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Every slot's value for one recipient (plus `extra` slots); each also as `NAME.html`, HTML-escaped,
+    since subscriber-provided values must never become markup."""
+    strings = i18n.strings(settings.language)
+    name = " ".join(recipient.name.split())
+    greeting = strings["hello"].format(name=name) if name else strings["hello"].format(name="").replace(" ,", ",")
+    values = {"greeting": greeting, "email": recipient.email, "unsubscribe_url": recipient.unsubscribe_url,
+              **(extra or {})}
+    values.update({f"{key}.html": html.escape(value, quote=True) for key, value in list(values.items())})
+    return values
+
+
+@dataclass(frozen=True)
+class CompiledEmail:
+    mjml_source: str
+    html: Template
+    text: Template
+    compile_seconds: float
+
+
+def compile_email(settings: Settings, name: str, context: dict, *, slots: Sequence[str], required: Sequence[str],
+                  text_context: dict | None = None) -> CompiledEmail:
+    """`templates/NAME.mjml.j2` → MJML → HTML (mjml-python, once) and `NAME.txt.j2` → text.
+
+    Only `slots` may appear (each part its own variant: `x` in text, `x.html` in HTML); every slot of
+    `required` must be in both parts (an email without its unsubscribe link is refused)."""
+    try:
+        mjml_source = jinja_environment(settings.templates_dir, autoescape=True).get_template(f"{name}.mjml.j2").render(context)
+        text_source = jinja_environment(settings.templates_dir, autoescape=False).get_template(f"{name}.txt.j2").render(
+            {**context, **(text_context or {})})
+    except jinja2.TemplateSyntaxError as exc:
+        raise RenderError(f"{exc.filename or exc.name}:{exc.lineno}: template syntax error: {exc.message}") from None
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"template {name!r}: {exc.message}") from None
+
+    started = time.perf_counter()
+    try:
+        compiled = mjml.mjml2html(mjml_source, disable_comments=False)
+    except ValueError as exc:
+        raise RenderError(f"template {name!r} produced invalid MJML: {exc}") from None
+    compile_seconds = time.perf_counter() - started
+
+    html_template = Template.parse(compiled)
+    text_template = Template.parse(_normalise_text(text_source))
+    html_slots = tuple(f"{slot_name}.html" for slot_name in slots)
+    for label, tpl, allowed in (("HTML", html_template, html_slots), ("text", text_template, slots)):
+        unknown = sorted(set(tpl.slot_names) - set(allowed))
+        if unknown:
+            raise RenderError(f"template {name!r}: unknown slot(s) in the {label} part: {', '.join(unknown)}")
+    for slot_name in required:
+        if f"{slot_name}.html" not in html_template.slot_names:
+            raise RenderError(f"template {name!r}: the HTML part has no visible {slot_name.replace('_url', '')} link")
+        if slot_name not in text_template.slot_names:
+            raise RenderError(f"template {name!r}: the text part has no {slot_name.replace('_url', '')} link")
+    return CompiledEmail(mjml_source, html_template, text_template, compile_seconds)
 
 
 def jinja_environment(templates_dir: Path, *, autoescape: bool) -> jinja2.Environment:
@@ -155,37 +206,10 @@ def render_issue(issue: Issue, settings: Settings) -> RenderedIssue:
             raise SourceError(issue.folder / "issue.toml",
                               f"unknown template {issue.template!r}: {settings.templates_dir / name} does not exist")
     web_url = f"{settings.base_url}/issues/{issue.slug}"
-    context = _context(issue, settings, web_url)
-
-    try:
-        mjml_source = jinja_environment(settings.templates_dir, autoescape=True).get_template(template_names[0]).render(context)
-        text_source = jinja_environment(settings.templates_dir, autoescape=False).get_template(template_names[1]).render(
-            {**context, **_text_context(issue, language)})
-    except jinja2.TemplateSyntaxError as exc:
-        raise RenderError(f"{exc.filename or exc.name}:{exc.lineno}: template syntax error: {exc.message}") from None
-    except jinja2.UndefinedError as exc:
-        raise RenderError(f"template {issue.template!r}: {exc.message}") from None
-
-    started = time.perf_counter()
-    try:
-        compiled = mjml.mjml2html(mjml_source, disable_comments=False)
-    except ValueError as exc:
-        raise RenderError(f"template {issue.template!r} produced invalid MJML: {exc}") from None
-    compile_seconds = time.perf_counter() - started
-
-    html_template = Template.parse(compiled)
-    text_template = Template.parse(_normalise_text(text_source))
-    for label, tpl, allowed in (("HTML", html_template, HTML_SLOTS), ("text", text_template, TEXT_SLOTS)):
-        unknown = sorted(set(tpl.slot_names) - set(allowed))
-        if unknown:
-            raise RenderError(f"template {issue.template!r}: unknown slot(s) in the {label} part: {', '.join(unknown)}")
-    if "unsubscribe_url.html" not in html_template.slot_names:
-        raise RenderError(f"template {issue.template!r}: the HTML part has no visible unsubscribe link")
-    if "unsubscribe_url" not in text_template.slot_names:
-        raise RenderError(f"template {issue.template!r}: the text part has no unsubscribe link")
-
-    rendered = RenderedIssue(issue=issue, settings=settings, mjml_source=mjml_source, html=html_template,
-                             text=text_template, web_url=web_url, compile_seconds=compile_seconds)
+    compiled = compile_email(settings, issue.template, _context(issue, settings, web_url), slots=TEXT_SLOTS,
+                             required=("unsubscribe_url",), text_context=_text_context(issue, language))
+    rendered = RenderedIssue(issue=issue, settings=settings, mjml_source=compiled.mjml_source, html=compiled.html,
+                             text=compiled.text, web_url=web_url, compile_seconds=compiled.compile_seconds)
     return RenderedIssue(**{**rendered.__dict__, "warnings": tuple(build_warnings(rendered))})
 
 
