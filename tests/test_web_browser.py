@@ -7,7 +7,6 @@ Skipped without /usr/bin/chromium unless MAILER_REQUIRE_BROWSER=1. Screenshots: 
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from email import message_from_bytes, policy
@@ -19,7 +18,7 @@ import sqlalchemy as sa
 from mailer.dispatch import send_issue
 from mailer.schema import subscribers
 from mailer.web import create_app
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, LAYOUT_JS, ThreadedServer, require_chromium
+from tests.browser_support import LAYOUT_JS, ThreadedServer, launched_chromium
 from tests.conftest import ARTIFACTS, EXAMPLE_ISSUE
 
 pytestmark = pytest.mark.browser
@@ -27,15 +26,8 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def browser():
-    require_chromium()
-    if os.environ.get("MAILER_REQUIRE_BROWSER") == "1":
-        from playwright import sync_api
-    else:
-        sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with launched_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture
