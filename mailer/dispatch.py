@@ -149,6 +149,7 @@ class Sender:
         self.factory = MessageFactory(rendered)
         self.backend_factory = backend_factory
         self.key = secret_key_for(settings)
+        self.base_url, self.slug, self.domain = settings.base_url, rendered.issue.slug, settings.sender_domain
         self.rate_limiter = rate_limiter or RateLimiter(settings.rate_limit)
         self.stop = stop or threading.Event()
         self.progress = progress or Progress(rendered.issue.slug, 0)
@@ -159,13 +160,12 @@ class Sender:
         self.abort_reason: str | None = None
 
     # ----- per recipient --------------------------------------------------------------------------
-    def recipient_for(self, subscriber_id: int, email: str, name: str) -> OutgoingMessage:
+    def recipient_for(self, subscriber_id: int, email: str, name: str, delivery_id: int | None = None) -> OutgoingMessage:
         token = tokens.make_token(self.key, "unsubscribe", subscriber_id)
         recipient = Recipient(email=email, name=name, subscriber_id=subscriber_id,
-                              unsubscribe_url=f"{self.settings.base_url}/u/{token}")
-        return OutgoingMessage(recipient=recipient, delivery_id=None,
-                               message_id=tokens.message_id(self.key, self.rendered.issue.slug, subscriber_id,
-                                                            self.settings.sender_domain))
+                              unsubscribe_url=f"{self.base_url}/u/{token}")
+        return OutgoingMessage(recipient=recipient, delivery_id=delivery_id,
+                               message_id=tokens.message_id(self.key, self.slug, subscriber_id, self.domain))
 
     # ----- the worker loop ------------------------------------------------------------------------
     def run_worker(self, name: str, batch_size: int) -> None:
@@ -207,11 +207,8 @@ class Sender:
     def _process(self, conn: Connection, backend: Backend, worker: str, rows: Sequence) -> None:
         skipped = [{"id": r.delivery_id, "status": "skipped", "last_error": f"subscriber is {r.subscriber_status}"}
                    for r in rows if r.subscriber_status != "active"]
-        messages = []
-        for row in rows:
-            if row.subscriber_status == "active":
-                outgoing = self.recipient_for(row.subscriber_id, row.email_given, row.name)
-                messages.append(OutgoingMessage(outgoing.recipient, outgoing.message_id, row.delivery_id))
+        messages = [self.recipient_for(row.subscriber_id, row.email_given, row.name, row.delivery_id)
+                    for row in rows if row.subscriber_status == "active"]
         attempts = {r.delivery_id: r.attempts for r in rows}
         if skipped:
             with conn.begin():
