@@ -11,6 +11,7 @@ although MJML writes the HTML as one 45 KB line).
 
 from __future__ import annotations
 
+import base64
 import binascii
 import secrets
 from dataclasses import dataclass
@@ -153,5 +154,22 @@ def _to_header(recipient: Recipient) -> bytes:
     name = clean_header_value(recipient.name).replace("=?", "= ?")  # never read as an RFC 2047 encoded word
     if email.isascii() and name.isascii() and "=?" not in name and len(name) + len(email) < 60:
         return b"To: " + formataddr((name, email)).encode("ascii") + CRLF
+    if email.isascii() and not name.isascii():
+        # The email package's folding costs ~200 µs here; RFC 2047 B-words by hand cost ~3 µs.
+        return b"To: " + b"\r\n ".join(_encoded_words(name)) + b" <" + email.encode("ascii") + b">" + CRLF
     fold_policy = HEADER_POLICY if email.isascii() else policy.SMTPUTF8  # non-ASCII address: SMTPUTF8 anyway
     return fold_policy.fold_binary("To", fold_policy.header_factory("To", _address(name, email)))
+
+
+def _encoded_words(text: str) -> list[bytes]:
+    """RFC 2047 `=?utf-8?b?…?=` words of at most 75 characters, never splitting a character."""
+    words, chunk, size = [], [], 0
+    for char in text:
+        length = len(char.encode("utf-8"))
+        if size + length > 45:  # 45 bytes → 60 base64 characters → a 72-character word
+            words.append("".join(chunk))
+            chunk, size = [], 0
+        chunk.append(char)
+        size += length
+    words.append("".join(chunk))
+    return [b"=?utf-8?b?" + base64.b64encode(word.encode("utf-8")) + b"?=" for word in words]
