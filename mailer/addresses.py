@@ -18,10 +18,12 @@ import email_validator
 from .errors import InvalidAddress
 
 _FAST = re.compile(
-    r"(?P<local>[A-Za-z0-9](?:[A-Za-z0-9_+-]|\.(?=[A-Za-z0-9_+-]))*)"
-    r"@(?P<domain>(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63})"
+    r"([A-Za-z0-9](?:[A-Za-z0-9_+-]|\.(?=[A-Za-z0-9_+-]))*)"
+    r"@((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63})"
 )
-_SPECIAL_USE_TLDS = frozenset(email_validator.SPECIAL_USE_DOMAIN_NAMES)
+_FAST_MATCH = _FAST.fullmatch
+# The validator refuses these names and every name under them (`.local`, `.onion`, `.test`…).
+_SPECIAL_USE_SUFFIXES = tuple("." + name.lower() for name in email_validator.SPECIAL_USE_DOMAIN_NAMES)
 
 
 @dataclass(frozen=True)
@@ -30,17 +32,31 @@ class Address:
     given: str  # trimmed, domain normalised; what we send to and show
 
 
-def _fast_path(text: str) -> Address | None:
+def _fast_path(text: str) -> tuple[str, str] | None:
+    """(key, given) when `text` is of a shape the validator provably accepts unchanged, else None."""
     if len(text) > 254:
         return None
-    match = _FAST.fullmatch(text)
+    match = _FAST_MATCH(text)
     if match is None:
         return None
-    local, domain = match["local"], match["domain"].lower()
-    if len(local) > 64 or "--" in domain or domain.rpartition(".")[2] in _SPECIAL_USE_TLDS:
+    local, domain = match.group(1, 2)
+    domain = domain.lower()
+    if len(local) > 64 or "--" in domain or ("." + domain).endswith(_SPECIAL_USE_SUFFIXES):
         return None
     given = f"{local}@{domain}"
-    return Address(key=given.lower(), given=given)
+    return given.lower(), given
+
+
+def address_parts(raw: str) -> tuple[str, str]:
+    """`parse_address` as a (key, given) pair, without building an `Address` (the import's hot loop)."""
+    text = raw.strip() if raw else ""
+    if not text:
+        raise InvalidAddress("empty address")
+    fast = _fast_path(text)
+    if fast is not None:
+        return fast
+    address = _validate_slow(text)
+    return address.key, address.given
 
 
 def parse_address(raw: str) -> Address:
@@ -50,7 +66,7 @@ def parse_address(raw: str) -> Address:
         raise InvalidAddress("empty address")
     fast = _fast_path(text)
     if fast is not None:
-        return fast
+        return Address(key=fast[0], given=fast[1])
     return _validate_slow(text)
 
 

@@ -314,8 +314,8 @@ def subscribers_import(path: Path, dry_run: bool, resubscribe: bool, lists: tupl
                             progress=lambda rows: update(rows, ""))
     for rejection in report.rejections[:max_errors]:
         click.echo(f"{path}:{rejection.line}: rejected {rejection.value!r}: {rejection.reason}", err=True)
-    if len(report.rejections) > max_errors:
-        click.echo(f"… and {len(report.rejections) - max_errors} more rejected rows", err=True)
+    if report.rejected > max_errors:
+        click.echo(f"… and {report.rejected - max_errors} more rejected rows", err=True)
     click.echo(report.summary())
 
 

@@ -7,6 +7,7 @@ import io
 import pytest
 import sqlalchemy as sa
 
+import mailer.subscribers as subscribers_module
 from mailer.errors import InvalidAddress, MailerError, NotFound
 from mailer.schema import metadata
 from mailer.store import HEAD_REVISION, current_revision
@@ -98,7 +99,15 @@ MESSY_CSV = (
 )
 
 
-def test_messy_real_world_csv(store, tmp_path):
+@pytest.fixture(params=["in-process", "helper-process"])
+def import_path(request, monkeypatch):
+    """Big files are parsed by a helper process: run the import tests through both paths."""
+    if request.param == "helper-process":
+        monkeypatch.setattr(subscribers_module, "PARALLEL_MIN_BYTES", 0)
+    return request.param
+
+
+def test_messy_real_world_csv(store, tmp_path, import_path):
     add_subscriber(store, "parti@example.org", name="Ancien nom")
     remove_subscriber(store, "parti@example.org")
     path = tmp_path / "messy.csv"
@@ -129,7 +138,7 @@ def test_messy_real_world_csv(store, tmp_path):
     assert (again.added, again.updated, again.unchanged) == (0, 0, 6)
 
 
-def test_resubscribe_flag_reactivates_unsubscribed_but_never_complained(store, tmp_path):
+def test_resubscribe_flag_reactivates_unsubscribed_but_never_complained(store, tmp_path, import_path):
     for address, status in (("parti@example.org", "unsubscribed"), ("plainte@example.org", "complained"),
                             ("rebond@example.org", "bounced")):
         add_subscriber(store, address)
@@ -155,7 +164,7 @@ def test_delimiters_and_headerless_files(store, tmp_path):
     assert (deux.name, deux.language) == ("Deux, Trois", "en")
 
 
-def test_not_utf8_is_a_clear_error_and_writes_nothing(store, tmp_path):
+def test_not_utf8_is_a_clear_error_and_writes_nothing(store, tmp_path, import_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes("email,name\nun@example.org,Hélène\n".encode("latin-1"))
     with pytest.raises(MailerError, match=r"latin1.csv:2: not valid UTF-8"):
