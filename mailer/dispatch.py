@@ -116,23 +116,35 @@ def _worker_is_dead(claimant: str | None, claimed_at, now) -> bool:
 
 
 class RateLimiter:
-    """Token bucket shared by the threads of one process (messages per second; 0 = unlimited)."""
+    """The send's rate limit (messages per second; 0 = unlimited), shared by every worker of the
+    issue in every process and on every machine: the schedule lives in the issue's row.
 
-    def __init__(self, per_second: float) -> None:
+    Each caller books `count` messages by moving `issues.rate_next_at` forward in one atomic UPDATE
+    (PostgreSQL serialises it on the row, SQLite on its single writer) and sleeps until the start of
+    its slot. Clocks are wall clocks, so machines should keep them in sync (NTP).
+    """
+
+    def __init__(self, per_second: float, store: Store | None = None, issue_id: int | None = None) -> None:
         self.per_second = per_second
+        self.store = store
+        self.issue_id = issue_id
         self._lock = threading.Lock()
-        self._next = time.monotonic()
+        self._next = time.time()
 
-    def acquire(self, count: int = 1) -> None:
+    def acquire(self, count: int = 1, wait: Callable[[float], object] = time.sleep) -> None:
         if self.per_second <= 0:
             return
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + count / self.per_second
-        delay = start - now
-        if delay > 0:
-            time.sleep(delay)
+        cost = count / self.per_second
+        now = time.time()
+        if self.store is None or self.issue_id is None:
+            with self._lock:
+                start = max(now, self._next)
+                self._next = start + cost
+        else:
+            with self.store.begin() as conn:
+                start = self.store.book_rate_slot(conn, self.issue_id, now, cost) - cost
+        if start > now:
+            wait(start - now)
 
 
 class Sender:
@@ -150,7 +162,7 @@ class Sender:
         self.backend_factory = backend_factory
         self.key = secret_key_for(settings)
         self.base_url, self.slug, self.domain = settings.base_url, rendered.issue.slug, settings.sender_domain
-        self.rate_limiter = rate_limiter or RateLimiter(settings.rate_limit)
+        self.rate_limiter = rate_limiter or RateLimiter(settings.rate_limit, store, issue_id)
         self.stop = stop or threading.Event()
         self.progress = progress or Progress(rendered.issue.slug, 0)
         self.on_progress = on_progress
@@ -216,11 +228,14 @@ class Sender:
             self._count(skipped=len(skipped))
         step = backend.ledger_step or len(messages)
         for start in range(0, len(messages), step):
-            if start and self.halted:  # stop asked between steps: what is not sent goes back to the queue
-                self._hand_back(conn, worker)
+            step_messages = messages[start:start + step]
+            if not self.halted:
+                self.rate_limiter.acquire(len(step_messages), self._sleep)
+            if self.halted:  # stop asked before this step went out: the rest goes back, not counted as tried
+                self._hand_back(conn, worker, untried=True)
                 return
             try:
-                results = self._send_with_retries(backend, worker, messages[start:start + step])
+                results = self._send_with_retries(backend, worker, step_messages)
             except BaseException:
                 self._hand_back(conn, worker)  # an unexpected error: what is not recorded as sent goes back
                 raise
@@ -229,17 +244,18 @@ class Sender:
                 return
             self._record(conn, worker, results, attempts)
 
-    def _hand_back(self, conn: Connection, worker: str) -> None:
+    def _hand_back(self, conn: Connection, worker: str, untried: bool = False) -> None:
+        """Put this worker's claimed rows back in the queue (`untried`: they never reached the provider,
+        so their claim does not count as an attempt)."""
         if conn.in_transaction():  # interrupted inside a ledger write: that write did not happen
             conn.rollback()
         with conn.begin():
-            self.store.requeue(conn, self.issue_id, statuses=("sending",), claimed_by=[worker])
+            self.store.requeue(conn, self.issue_id, statuses=("sending",), claimed_by=[worker], untried=untried)
 
     def _send_with_retries(self, backend: Backend, worker: str,
                            messages: list[OutgoingMessage]) -> list[RecipientResult] | None:
         batch_date = formatdate(usegmt=True)
         for attempt in range(1, MAX_BATCH_RETRIES + 1):
-            self.rate_limiter.acquire(len(messages))
             try:
                 results = backend.send_batch(Batch(self.factory, tuple(messages), self.issue_id, batch_date))
             except PermanentError as exc:  # nothing will be accepted: pause, hand the batch back untouched

@@ -6,7 +6,7 @@ checks the two never drift apart.
 
 from __future__ import annotations
 
-from sqlalchemy import (JSON, BigInteger, Column, DateTime, ForeignKey, Index, Integer, MetaData,
+from sqlalchemy import (JSON, BigInteger, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData,
                         String, Table, Text, UniqueConstraint)
 
 # BIGINT on PostgreSQL, but INTEGER on SQLite so the column is a rowid alias (autoincrement).
@@ -77,6 +77,7 @@ issues = Table(
     Column("paused_reason", Text, nullable=True),
     Column("web_html", Text, nullable=True, doc="the web version, without personal values"),
     Column("issue_date", String(10), nullable=True),
+    Column("rate_next_at", Float, nullable=True, doc="the rate limit's schedule, shared by every worker (epoch s)"),
 )
 
 deliveries = Table(

@@ -22,7 +22,7 @@ from .schema import (SUPPRESSED_STATUSES, deliveries, issues, list_members, meta
                      subscribers)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
 
@@ -159,6 +159,15 @@ class Store:
                 subject=subject, list_name=list_name, web_html=web_html, issue_date=issue_date))
         return self.issue_row(conn, slug)  # type: ignore[return-value]
 
+    def book_rate_slot(self, conn: Connection, issue_id: int, now: float, cost: float) -> float:
+        """Move the issue's rate schedule forward by `cost` seconds from max(schedule, now); returns
+        the end of the booked slot (epoch seconds). One atomic statement, whoever calls."""
+        current = sa.func.coalesce(issues.c.rate_next_at, now)
+        return conn.execute(
+            issues.update().where(issues.c.id == issue_id)
+            .values(rate_next_at=sa.case((current > now, current), else_=now) + cost)
+            .returning(issues.c.rate_next_at)).scalar_one()
+
     def update_issue(self, conn: Connection, issue_id: int, **values: Any) -> None:
         conn.execute(issues.update().where(issues.c.id == issue_id).values(**values))
 
@@ -238,14 +247,18 @@ class Store:
             conn.execute(_FINISH_ONE, singles)
 
     def requeue(self, conn: Connection, issue_id: int, *, statuses: Sequence[str], claimed_by: Sequence[str] | None = None,
-                claimed_before: datetime | None = None) -> int:
-        """Put rows back in the queue (a crashed worker's `sending` rows, or `failed` ones on --retry-failed)."""
+                claimed_before: datetime | None = None, untried: bool = False) -> int:
+        """Put rows back in the queue (a crashed worker's `sending` rows, or `failed` ones on --retry-failed);
+        `untried`: the claim's attempt is taken back (the rows never reached the provider)."""
         query = deliveries.update().where(deliveries.c.issue_id == issue_id, deliveries.c.status.in_(statuses))
         if claimed_by is not None:
             query = query.where(deliveries.c.claimed_by.in_(claimed_by))
         if claimed_before is not None:
             query = query.where(deliveries.c.claimed_at < claimed_before)
-        result = conn.execute(query.values(status="queued", claimed_by=None, claimed_at=None, updated_at=utcnow()))
+        values: dict[str, Any] = {"status": "queued", "claimed_by": None, "claimed_at": None, "updated_at": utcnow()}
+        if untried:
+            values["attempts"] = deliveries.c.attempts - 1
+        result = conn.execute(query.values(**values))
         return result.rowcount or 0
 
     def requeue_ids(self, conn: Connection, worker: str, rows: Sequence[tuple[int, str | None]]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -295,3 +296,22 @@ def test_rate_limit_is_respected(store, make_settings, tmp_path, db_url):
     provider = ScriptedProvider()
     report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, workers=2, backend_factory=provider.factory())
     assert report.elapsed >= (60 - 10) / 200.0  # the first batch may go at once
+
+
+def test_rate_limit_holds_across_independent_senders(store, make_settings, tmp_path, db_url):
+    """Two senders that share nothing but the database (as two `mailer worker` processes would)."""
+    settings = make_settings(database_url=db_url, rate_limit=100.0, batch_size=5)
+    addresses = _populate(store, tmp_path, 40)
+    prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
+    provider = ScriptedProvider()
+    senders = [dispatch.Sender(settings, store, prepared.rendered, prepared.issue_id, provider.factory())
+               for _ in range(2)]
+    started = time.monotonic()
+    threads = [threading.Thread(target=s.run_worker, args=(dispatch.worker_id(f"-{i}"), 5)) for i, s in enumerate(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    assert provider.received == collections.Counter(addresses)
+    assert elapsed >= (40 - 5) / 100.0  # one shared schedule: two senders do not double the rate
