@@ -115,6 +115,24 @@ def _worker_is_dead(claimant: str | None, claimed_at, now) -> bool:
     return claimed_at is not None and now - claimed_at > CLAIM_LEASE
 
 
+def requeue_dead_claims(store: Store, conn: Connection, issue_id: int) -> int:
+    """Rows left `sending` by workers that are gone go back to the queue (a crash's leftovers)."""
+    now = utcnow()
+    stale = [w for w, claimed_at in store.claimants(conn, issue_id) if _worker_is_dead(w, claimed_at, now)]
+    return store.requeue(conn, issue_id, statuses=("sending",), claimed_by=stale) if stale else 0
+
+
+def settle_issue(store: Store, issue_id: int, abort_reason: str | None) -> dict[str, int]:
+    """After a run: the issue is paused (with why), sent (nothing left), or still sending; returns the counts."""
+    with store.begin() as conn:
+        counts = store.delivery_counts(conn, issue_id)
+        if abort_reason:
+            store.update_issue(conn, issue_id, status="paused", paused_reason=abort_reason)
+        elif counts["queued"] == 0 and counts["sending"] == 0:
+            store.update_issue(conn, issue_id, status="sent", finished_at=utcnow())
+    return counts
+
+
 class RateLimiter:
     """The send's rate limit (messages per second; 0 = unlimited), shared by every worker of the
     issue in every process and on every machine: the schedule lives in the issue's row.
@@ -380,8 +398,7 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
         if retry_failed:
             store.requeue(conn, row.id, statuses=("failed",))
             store.reset_attempts(conn, row.id)
-        stale = [w for w, claimed_at in store.claimants(conn, row.id) if _worker_is_dead(w, claimed_at, now)]
-        requeued = store.requeue(conn, row.id, statuses=("sending",), claimed_by=stale) if stale else 0
+        requeued = requeue_dead_claims(store, conn, row.id)
         store.update_issue(conn, row.id, status="sending", started_at=row.started_at or now, paused_reason=None)
     if requeued:
         log.info("%s: %d deliveries left in flight by a stopped run are queued again", issue.slug, requeued)
@@ -402,12 +419,7 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
                     backend_factory or (lambda: make_backend(settings)),
                     stop=stop, progress=progress, on_progress=on_progress)
     run_workers(sender, workers, settings.batch_size)
-    with store.begin() as conn:
-        counts = store.delivery_counts(conn, prepared.issue_id)
-        if sender.abort_reason:
-            store.update_issue(conn, prepared.issue_id, status="paused", paused_reason=sender.abort_reason)
-        elif counts["queued"] == 0 and counts["sending"] == 0:
-            store.update_issue(conn, prepared.issue_id, status="sent", finished_at=utcnow())
+    counts = settle_issue(store, prepared.issue_id, sender.abort_reason)
     report = SendReport(prepared.issue.slug, counts, progress.sent, progress.failed, progress.skipped,
                         time.monotonic() - started, prepared.requeued_stale, prepared.frozen)
     if sender.abort_reason:
@@ -467,23 +479,17 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
                                 progress=Progress(slug, 0), on_progress=on_progress)
                 senders[slug] = sender
             with store.begin() as conn:
-                now = utcnow()
-                stale = [w for w, at in store.claimants(conn, issue_id) if _worker_is_dead(w, at, now)]
-                if stale:
-                    store.requeue(conn, issue_id, statuses=("sending",), claimed_by=stale)
+                requeue_dead_claims(store, conn, issue_id)
             before = sender.progress.sent
             sender.run_worker(worker_id(), settings.batch_size)
             sent += sender.progress.sent - before
-            with store.begin() as conn:
-                counts = store.delivery_counts(conn, issue_id)
-                if sender.abort_reason:
-                    store.update_issue(conn, issue_id, status="paused", paused_reason=sender.abort_reason)
-                    log.error("%s: paused: %s", slug, sender.abort_reason)
-                    senders.pop(slug)
-                elif counts["queued"] == 0 and counts["sending"] == 0:
-                    store.update_issue(conn, issue_id, status="sent", finished_at=utcnow())
-                    log.info("%s: finished (%d sent, %d failed, %d skipped)", slug, counts["sent"], counts["failed"],
-                             counts["skipped"])
+            counts = settle_issue(store, issue_id, sender.abort_reason)
+            if sender.abort_reason:
+                log.error("%s: paused: %s", slug, sender.abort_reason)
+                senders.pop(slug)
+            elif counts["queued"] == 0 and counts["sending"] == 0:
+                log.info("%s: finished (%d sent, %d failed, %d skipped)", slug, counts["sent"], counts["failed"],
+                         counts["skipped"])
         if once:
             break
         stop.wait(poll_seconds)
