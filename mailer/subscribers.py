@@ -48,9 +48,12 @@ LISTS_HEADERS = ("lists", "listes", "list")
 EXPORT_COLUMNS = ("email", "name", "language", "status", "source", "created_at", "confirmed_at", "unsubscribed_at")
 
 
+TOMBSTONE_PREFIX = "erased:"
+
+
 def tombstone_key(key: str) -> str:
     """The anonymous stand-in for an erased address (stored in place of the email)."""
-    return "erased:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return TOMBSTONE_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ def add_subscriber(store: Store, email: str, *, name: str = "", language: str = 
     if status not in ("active", "pending"):
         raise ValueError(f"new subscribers are active or pending, not {status!r}")
     address = parse_address(email)
-    name = _clean_text(name, 200)
+    name = clean_text(name, 200)
     with store.begin() as conn:
         row = store.subscriber_by_email(conn, address.key)
         if row is None and store.subscriber_by_email(conn, tombstone_key(address.key)) is not None:
@@ -170,7 +173,7 @@ def iter_subscribers(store: Store, status: str | None = None, batch: int = 5000)
     """Every subscriber (tombstones excluded) in id order, fetched in keyset pages: flat memory."""
     last_id = 0
     while True:
-        query = (sa.select(subscribers).where(subscribers.c.id > last_id, ~subscribers.c.email.startswith("erased:"))
+        query = (sa.select(subscribers).where(subscribers.c.id > last_id, ~subscribers.c.email.startswith(TOMBSTONE_PREFIX))
                  .order_by(subscribers.c.id).limit(batch))
         if status:
             query = query.where(subscribers.c.status == status)
@@ -219,7 +222,7 @@ def _attribute_names(store: Store, status: str | None) -> list[str]:
         else:
             query = (sa.select(sa.func.json_object_keys(subscribers.c.attributes))
                      .where(sa.func.json_typeof(subscribers.c.attributes) == "object"))
-        query = query.where(~subscribers.c.email.startswith("erased:")).distinct()
+        query = query.where(~subscribers.c.email.startswith(TOMBSTONE_PREFIX)).distinct()
         if status:
             query = query.where(subscribers.c.status == status)
         with store.engine.connect() as conn:
@@ -493,7 +496,7 @@ def _parse_rows(rows: Iterable[tuple[int, list[str]]], layout: CsvLayout, extra_
             continue
         name = cells[name_i].strip() if name_i is not None and name_i < count else ""
         if name:
-            name = " ".join(name.split())[:200] if name.isprintable() else _clean_text(name, 200)
+            name = " ".join(name.split())[:200] if name.isprintable() else clean_text(name, 200)
         language = cells[language_i].strip().lower()[:16] if language_i is not None and language_i < count else ""
         language = languages.setdefault(language, language)  # a handful of distinct values: share them
         attributes = {}
@@ -959,7 +962,7 @@ def _add_to_lists(conn: sa.Connection, subscriber_id: int, lists: Iterable[str],
         conn.execute(list_members.insert(), new)
 
 
-def _clean_text(value: str, limit: int) -> str:
+def clean_text(value: str, limit: int = 200) -> str:
     """One line, no control characters (names end up in headers and pages)."""
     return " ".join("".join(ch if ch.isprintable() else " " for ch in value or "").split())[:limit]
 

@@ -74,6 +74,7 @@ from .errors import ConfigError, InvalidAddress
 from .notices import Notifier
 from .schema import SUPPRESSED_STATUSES, deliveries, issues, provider_events, subscriber_events, subscribers
 from .store import StatusChange, Store, as_utc, open_store, utcnow
+from .subscribers import TOMBSTONE_PREFIX, clean_text
 
 log = logging.getLogger("mailer.web")
 
@@ -90,7 +91,6 @@ SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 HONEYPOT_FIELD = "website"
 SQLITE_THREADS = 2             # worker threads for blocking work on SQLite (one writer anyway)
-ERASED_PREFIX = "erased:"
 
 # Suppressions never go "down": a complaint outranks a bounce, which outranks an unsubscribe.
 _RANK = {"pending": 0, "active": 0, "unsubscribed": 1, "bounced": 2, "complained": 3}
@@ -146,11 +146,6 @@ class _Page(Exception):
         self.status = status
         self.template = template
         self.context = context
-
-
-def _clean_name(value: str) -> str:
-    """One line, printable, at most 200 characters (names end up in headers and pages)."""
-    return " ".join("".join(ch if ch.isprintable() else " " for ch in value or "").split())[:200]
 
 
 def _as_int(value: Any) -> int | None:
@@ -316,7 +311,7 @@ class WebApp:
         concurrent clicks cannot both apply a change."""
         query = _PERSON_BY_ID.with_for_update() if lock else _PERSON_BY_ID
         row = conn.execute(query, {"p_id": subscriber_id}).first()
-        if row is None or row.email.startswith(ERASED_PREFIX):
+        if row is None or row.email.startswith(TOMBSTONE_PREFIX):
             raise _Page(404, "message", key="unknown_link")
         return row
 
@@ -374,7 +369,7 @@ class WebApp:
         send: tuple[int, str, str] | None = None
         try:
             with self.transaction() as conn:
-                send = self._subscribe(conn, address.key, address.given, _clean_name(person))
+                send = self._subscribe(conn, address.key, address.given, clean_text(person))
         except sa.exc.IntegrityError:
             send = None  # the same address arrived twice at once: the other request sends the email
         background = BackgroundTask(self.notifier.send_quietly, "confirm", *send) if send else None
