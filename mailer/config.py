@@ -432,6 +432,11 @@ _URL_UNSAFE = set(' <>"{}|\\^`')
 PRIVATE_TLDS = frozenset({*email_validator.SPECIAL_USE_DOMAIN_NAMES, "example", "internal", "intranet",
                           "lan", "home", "corp", "localdomain", "private", "priv", "alt"})
 _NUMERIC_LABEL = re.compile(r"\d+|0[xX][0-9A-Fa-f]*")
+# Not globally reachable per IANA's special-purpose registries, yet `is_global` in Python 3.11 says
+# it is: IETF protocol assignments (RFC 6890; only .9 and .10 are global) and the 2024 IPv6
+# documentation block (RFC 9637).
+_NOT_GLOBAL_EXTRA = tuple(ipaddress.ip_network(net) for net in ("192.0.0.0/24", "3fff::/20"))
+_GLOBAL_EXCEPTIONS = frozenset(ipaddress.ip_address(ip) for ip in ("192.0.0.9", "192.0.0.10"))
 
 
 def normalise_base_url(value: str) -> str:
@@ -441,7 +446,7 @@ def normalise_base_url(value: str) -> str:
     user name or password, a missing or invalid host or port, a query or fragment (paths such as
     `/u/TOKEN` are appended to it).
     """
-    text = value.strip()
+    text = value.strip(" ")
     bad = next((ch for ch in text if ch.isspace() or ch in _URL_UNSAFE), None)
     if bad is not None:
         raise ValueError(f"contains {'a space' if bad.isspace() else repr(bad)}, which a URL cannot hold")
@@ -493,7 +498,8 @@ def base_url_problem(url: str) -> str | None:
     if address is not None:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
-        if not address.is_global or address.is_multicast or address.is_reserved:
+        extra = address not in _GLOBAL_EXCEPTIONS and any(address in net for net in _NOT_GLOBAL_EXTRA)
+        if not address.is_global or address.is_multicast or address.is_reserved or extra:
             return f"points to a non-public address ({host})"
         return None
     labels = host.split(".")
@@ -525,7 +531,7 @@ def _validate(settings: Settings, where: Callable[[str], str]) -> Settings:
         try:
             normalised = normalise_base_url(url)
         except ValueError as exc:
-            raise ConfigError(f"{where(attr)} {url.strip()!r} {exc}") from None
+            raise ConfigError(f"{where(attr)} {url.strip(' ')!r} {exc}") from None
         settings = replace(settings, **{attr: normalised})
     for attr in ("name", "from_address", "reply_to", "list_id"):
         if "=?" in getattr(settings, attr):

@@ -167,7 +167,7 @@ def list_id_header(settings, *, fold: bool = True) -> str:
     separator = "\r\n " if fold else " "
     words = [word.decode("ascii") for word in _encoded_words(phrase, max_bytes=39)]
     last_line = len(words[-1]) + (len("List-Id: ") if len(words) == 1 else 1)
-    joint = " " if not fold or last_line + 1 + len(ident) <= 78 else separator
+    joint = " " if not fold or last_line + 1 + len(ident) <= 76 else separator
     return separator.join(words) + joint + ident
 
 
@@ -192,18 +192,27 @@ def _mailbox_header(field: str, name: str, email: str) -> bytes:
     """`Field: name <email>` + CRLF for an ASCII address (From, Reply-To, To).
 
     The name is cleaned (`clean_header_value`) and `=?` defused, so it is never read as an RFC 2047
-    word. A plain ASCII name is written as is or quoted (`formataddr`); a non-ASCII one as B encoded
-    words cut on character boundaries: the email package's folder can split or glue the words of a
-    long non-ASCII name (cpython#92081) and costs ~200 µs where this costs ~3 µs. Every line holding
-    an encoded word stays within RFC 2047's 76 characters.
+    word. An ASCII name is written as is or quoted (`formataddr`), folded at its spaces; a non-ASCII
+    one as B encoded words cut on character boundaries: the email package's folder can split or glue the
+    words of a long non-ASCII name (cpython#92081) and costs ~200 µs where this costs ~3 µs. Every
+    line holding an encoded word stays within RFC 2047's 76 characters.
     """
     name = clean_header_value(name).replace("=?", "= ?")
     head = field.encode("ascii") + b": "
-    if name.isascii():
-        line = formataddr((name, email))
-        if len(head) + len(line) <= 78:
-            return head + line.encode("ascii") + CRLF
-        return HEADER_POLICY.fold_binary(field, HEADER_POLICY.header_factory(field, _address(name, email)))
+    if not name:
+        return head + email.encode("ascii") + CRLF
+    if name.isascii():  # atoms or a quoted-string, folded at its spaces (an unbroken word may pass 78)
+        phrase = formataddr((name, email)).rpartition(" <")[0]
+        lines, column = [], len(head)
+        for word in phrase.split(" "):
+            if lines and column + 1 + len(word) > 78:
+                lines.append("\r\n " + word)
+                column = 1 + len(word)
+            else:
+                lines.append(" " + word if lines else word)
+                column += len(word) + (1 if len(lines) > 1 else 0)
+        tail = f" <{email}>" if column + 2 + len(email) + 1 <= 78 else f"\r\n <{email}>"
+        return head + "".join(lines).encode("ascii") + tail.encode("ascii") + CRLF
     words = _encoded_words(name, max_bytes=45 if len(head) + 72 <= 76 else 39)
     tail = b"<" + email.encode("ascii") + b">"
     last_line = (len(head) if len(words) == 1 else 1) + len(words[-1])
@@ -214,13 +223,25 @@ def _mailbox_header(field: str, name: str, email: str) -> bytes:
 def _encoded_words(text: str, max_bytes: int = 45) -> list[bytes]:
     """RFC 2047 `=?utf-8?b?…?=` words of at most 75 characters, never splitting a character.
 
-    `max_bytes` of UTF-8 per word: 45 → 60 base64 characters → a 72-character word; 39 → 64."""
-    words, chunk, size = [], [], 0
+    `max_bytes` of UTF-8 per word: 45 → 60 base64 characters → a 72-character word; 39 → 64.
+    A word ends after a space when one is in its second half: RFC 2047 decoders drop the blank
+    between two encoded words, but Python's address parser keeps it (so a cut inside a word
+    reads back as `Zo é` there, a cut after a space only as a double space)."""
+    words: list[str] = []
+    chunk: list[str] = []
+    size = 0
     for char in text:
         length = len(char.encode("utf-8"))
         if size + length > max_bytes:
-            words.append("".join(chunk))
-            chunk, size = [], 0
+            cut = max((i + 1 for i, c in enumerate(chunk) if c == " "), default=0)
+            if cut * 2 < len(chunk):
+                cut = len(chunk)
+            words.append("".join(chunk[:cut]))
+            chunk = chunk[cut:]
+            size = len("".join(chunk).encode("utf-8"))
+            if size + length > max_bytes:
+                words.append("".join(chunk))
+                chunk, size = [], 0
         chunk.append(char)
         size += length
     words.append("".join(chunk))
