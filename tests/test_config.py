@@ -255,6 +255,7 @@ def run(project: Path):
             assert result.returncode == check_exit, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
         return result
 
+    invoke.project = project
     return invoke
 
 
@@ -291,12 +292,12 @@ def odd_name(rng: random.Random) -> str:
 
 
 def test_odd_but_valid_names_never_add_a_header_and_round_trip(project, settings):
-    """300 generated names, display names and List-Id phrases through a real build, parsed back."""
+    """200 generated names, display names and List-Id phrases through a real build, parsed back."""
     rng = random.Random(2919)
     rendered = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
     recipient = Recipient(email="lecteur@example.org", name=odd_name(rng),
                           unsubscribe_url=f"{settings.base_url}/u/abc")
-    for _ in range(300):
+    for _ in range(200):
         name, sender, editor, phrase = (odd_name(rng) for _ in range(4))
         env = {**BASE_ENV, "MAILER_NAME": name,
                "MAILER_FROM": f'"{sender.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}" '
@@ -678,18 +679,35 @@ def test_weak_keys_are_refused_and_generated_keys_accepted():
     assert refused == []  # 0 of 20,000 generated keys refused
 
 
-def test_weak_or_missing_key_stops_every_real_backend_in_one_line_without_echoing_it(run):
+WEAK_EXAMPLES = ["Le-Fil-du-jeudi-Le-Fil-du-jeudi-", "test-secret-key-0123456789", "changeme" * 4, ""]
+REAL_BACKENDS = [{"MAILER_BACKEND": "smtp", "MAILER_SMTP_HOST": "127.0.0.1"},
+                 {"MAILER_BACKEND": "sendgrid", "SENDGRID_API_KEY": "SG.x"}]
+
+
+def test_weak_or_missing_key_stops_every_real_backend_without_echoing_it(project):
+    for backend in REAL_BACKENDS:
+        for key in WEAK_EXAMPLES:
+            settings = load_settings(project, env={**BASE_ENV, **backend, "MAILER_SECRET_KEY": key})
+            for check in (settings.require_for_send, lambda: secret_key_for(settings), lambda: require_secret_key(settings)):
+                with pytest.raises(ConfigError) as caught:
+                    check()
+                assert "MAILER_SECRET_KEY" in str(caught.value) and (not key or key not in str(caught.value))
+
+
+def test_weak_key_on_the_command_line_is_one_line_for_send_test_worker_and_serve(run):
     run("subscribers", "add", "a@example.org")
-    weak = "Le-Fil-du-jeudi-Le-Fil-du-jeudi-"  # 32 characters, a repeated pattern
-    for backend in ({"MAILER_BACKEND": "smtp", "MAILER_SMTP_HOST": "127.0.0.1"},
-                    {"MAILER_BACKEND": "sendgrid", "SENDGRID_API_KEY": "SG.x"}):
-        for key in (weak, "test-secret-key-0123456789", "changeme" * 4, ""):
-            for args in (("send", EXAMPLE_ISSUE, "--yes"), ("send", EXAMPLE_ISSUE, "--test", "moi@example.org"),
-                         ("worker", "--once")):
-                result = run(*args, env={**backend, "MAILER_SECRET_KEY": key}, check_exit=2)
-                lines = result.stderr.strip().splitlines()
-                assert len(lines) == 1 and "MAILER_SECRET_KEY" in lines[0] and "token_urlsafe" in lines[0], result.stderr
-                assert not key or key not in result.stderr
+    commands = [("send", EXAMPLE_ISSUE, "--yes"), ("send", EXAMPLE_ISSUE, "--test", "moi@example.org"),
+                ("worker", "--once"), ("schedule", "run")]
+    for index, args in enumerate(commands):
+        key = WEAK_EXAMPLES[index % len(WEAK_EXAMPLES)]
+        result = run(*args, env={**REAL_BACKENDS[index % 2], "MAILER_SECRET_KEY": key}, check_exit=2)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "MAILER_SECRET_KEY" in lines[0] and "token_urlsafe" in lines[0], result.stderr
+        assert not key or key not in result.stderr
+    for key in ("", "changeme" * 4):  # serve: whatever the backend, even with a leftover demo key file
+        (Path(run.project) / "subscribers" / ".secret_key").write_text("demo-file-key\n", encoding="ascii")
+        result = run("serve", "--port", "9", env={"MAILER_SECRET_KEY": key, "MAILER_BACKEND": "outbox"}, check_exit=2)
+        assert len(result.stderr.strip().splitlines()) == 1 and "MAILER_SECRET_KEY" in result.stderr
     assert "never been sent" in run("status", EXAMPLE_ISSUE, check_exit=4).stderr
 
 
