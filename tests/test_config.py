@@ -724,3 +724,37 @@ def test_the_outbox_key_file_is_for_the_outbox_only(project, make_settings):
         require_secret_key(outbox)  # what `serve` calls: links people follow need the real key
     strong = make_settings(MAILER_BACKEND="sendgrid", SENDGRID_API_KEY="SG.x")
     assert secret_key_for(strong) == require_secret_key(strong) == BASE_ENV["MAILER_SECRET_KEY"].encode()
+
+
+@pytest.mark.parametrize("value, url", [
+    ("mailto:Stop+News@Médiathèque-exemple.fr", "mailto:Stop+News@xn--mdiathque-exemple-xsbn.fr?subject=unsubscribe"),
+    ("stop?now@example.org", "mailto:stop%3Fnow@example.org?subject=unsubscribe"),
+    ("a%b#c&d=e@example.org", "mailto:a%25b%23c%26d%3De@example.org?subject=unsubscribe"),
+])
+def test_the_unsubscribe_mailbox_is_an_ascii_rfc_6068_uri(project, value, url):
+    """RFC 6068 §2: `?`, `%`, `#`, `&`, `=` in the address are percent-encoded; the domain is IDNA."""
+    settings = load_settings(project, env={**BASE_ENV, "MAILER_UNSUBSCRIBE_MAILTO": value})
+    assert settings.unsubscribe_mailto_url == url
+    message = parse(build_issue(settings, EXAMPLE_ISSUE, write=False).eml)
+    assert str(message["List-Unsubscribe"]).endswith(f", <{url}>")
+    address = unquote(url[len("mailto:"):].partition("?")[0])
+    assert address.rpartition("@")[0] == value.removeprefix("mailto:").rpartition("@")[0]
+
+
+@pytest.mark.parametrize("url", ["http://lettre.example.org", "https://192.168.1.10", "https://localhost:8000"])
+def test_build_warns_about_a_base_url_recipients_cannot_open(make_settings, url):
+    settings = make_settings(MAILER_BASE_URL=url)
+    warnings = build_issue(settings, EXAMPLE_ISSUE, write=False).warnings
+    assert any(w.startswith(f"MAILER_BASE_URL is {url}: it {base_url_problem(url)}") for w in warnings), warnings
+    assert not build_issue(make_settings(), EXAMPLE_ISSUE, write=False).warnings
+
+
+def test_errors_from_mailer_toml_name_the_file_line_and_key(project):
+    (project / "mailer.toml").write_text('name = "Le Fil"\n\n[schedule]\ntimezone = "Europe/Pariss"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"mailer\.toml:4: \[schedule\]\.timezone: unknown time zone"):
+        load_settings(project, env=env_without("MAILER_TIMEZONE"))
+    (project / "mailer.toml").write_text('backend = "smtp"\nbase_url = "http://localhost:8000"\n'
+                                         'allow_private_base_url = true\nsmtp_host = "127.0.0.1"\n', encoding="utf-8")
+    settings = load_settings(project, env=env_without("MAILER_BASE_URL"))
+    assert settings.allow_private_base_url and settings.base_url_problem == "is not https"
+    settings.require_for_send()  # the override, from the file
