@@ -20,6 +20,7 @@ import json
 import os
 import pstats
 import resource
+import secrets
 import shutil
 import subprocess
 import sys
@@ -48,7 +49,7 @@ ENV = {
     "MAILER_FROM": "Le Fil du jeudi <lettre@example.org>",
     "MAILER_BASE_URL": "https://lettre.example.org",
     "MAILER_POSTAL_ADDRESS": "12 rue des Exemples, 75011 Paris",
-    "MAILER_SECRET_KEY": "bench-secret-key-0123456789",
+    "MAILER_SECRET_KEY": secrets.token_urlsafe(32),  # mailer refuses weak or published keys
     "MAILER_TIMEZONE": "Europe/Paris",
     "MAILER_BACKEND": "sendgrid",
     "SENDGRID_API_KEY": "SG.bench",

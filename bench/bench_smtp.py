@@ -38,6 +38,7 @@ import asyncio
 import csv
 import itertools
 import os
+import secrets
 import shutil
 import signal
 import smtplib
@@ -59,7 +60,7 @@ ENV = {
     "MAILER_FROM": f"Le Fil du jeudi <{SENDER}>",
     "MAILER_BASE_URL": "https://lettre.example.org",
     "MAILER_POSTAL_ADDRESS": "12 rue des Exemples, 75011 Paris",
-    "MAILER_SECRET_KEY": "bench-secret-key-0123456789",
+    "MAILER_SECRET_KEY": secrets.token_urlsafe(32),  # mailer refuses weak or published keys
     "MAILER_TIMEZONE": "Europe/Paris",
     "MAILER_BACKEND": "smtp",
     "MAILER_SMTP_HOST": "127.0.0.1",

@@ -22,6 +22,7 @@ import base64
 import json
 import os
 import platform
+import secrets
 import socket
 import statistics
 import subprocess
@@ -34,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 TARGET_ONE_CLICK_RPS = 500.0
-SECRET = "bench-secret-key"
+SECRET = secrets.token_urlsafe(32)  # mailer refuses weak or published keys with real backends and serve
 
 
 def settings_env(db_url: str, outbox: Path, public_key: str) -> dict[str, str]:

@@ -5,6 +5,11 @@ million, so `parse_address` first tries a *fast path* that only ever ACCEPTS, an
 shape the validator provably accepts unchanged: a plain ASCII dot-atom local part and an ASCII
 LDH domain with a letters-only TLD that is not special-use. Everything else goes to the validator.
 `tests/test_addresses.py` checks the fast path's verdicts against the validator's on hostile inputs.
+
+Configured sender-side addresses (From, Reply-To, the unsubscribe mailbox) go through
+`parse_mailbox` / `header_address`: the same validator, but they must be writable in a header and an
+SMTP envelope without SMTPUTF8 (RFC 6531), so the domain is given in its IDNA A-label form
+(`idna`, UTS #46 mapping) and a non-ASCII local part is refused.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import email_validator
+import idna
 
 from .errors import InvalidAddress
 
@@ -86,3 +92,62 @@ def validator_verdict(text: str) -> Address | None:
         return _validate_slow.__wrapped__(text.strip())
     except InvalidAddress:
         return None
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """A configured `Name <address>`: display name as written, address in its ASCII form."""
+
+    display_name: str
+    address: str  # local@a-label.domain: what headers and the SMTP envelope carry
+
+
+def ascii_domain(domain: str) -> str:
+    """A domain name in IDNA 2008 A-label form (`médiathèque.fr` → `xn--mdiathque-d1a.fr`).
+
+    UTS #46 mapping (case folding, width and compatibility forms), STD3 host-name rules (letters,
+    digits, hyphens). Raises InvalidAddress with the reason when the name cannot be converted.
+    """
+    try:
+        return idna.encode(domain, uts46=True, std3_rules=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise InvalidAddress(f"{domain!r} is not a valid domain name ({exc})") from None
+
+
+def header_address(raw: str) -> str:
+    """Validate an address that we put in headers and the SMTP envelope; return its ASCII form.
+
+    The domain is converted to IDNA (`lettre@médiathèque-exemple.fr` →
+    `lettre@xn--mdiathque-exemple-xsbn.fr`). A non-ASCII local part (`élodie@…`) could only be sent
+    with the SMTPUTF8 extension (RFC 6531), which mailer does not use: InvalidAddress says so.
+    """
+    text = raw.strip() if raw else ""
+    if not text:
+        raise InvalidAddress("empty address")
+    try:
+        result = email_validator.validate_email(text, check_deliverability=False, allow_smtputf8=True)
+    except email_validator.EmailNotValidError as exc:
+        raise InvalidAddress(f"{text!r}: {exc}") from None
+    if result.ascii_email is None:
+        raise InvalidAddress(f"{text!r}: the part before @ is not ASCII, which needs SMTPUTF8 (RFC 6531); "
+                             f"mailer sends without it: use an ASCII address")
+    return result.ascii_email
+
+
+def parse_mailbox(raw: str) -> Mailbox:
+    """`Name <address>`, `"Name, with comma" <address>` or a bare `address` → Mailbox.
+
+    The display name is everything before the last `<`, as written (surrounding double quotes and
+    their backslash escapes removed); the header writer quotes or RFC 2047-encodes it as needed.
+    Raises InvalidAddress (see `header_address`).
+    """
+    text = raw.strip() if raw else ""
+    name, address = "", text
+    if text.endswith(">") and "<" in text:
+        name, _, address = text[:-1].rpartition("<")
+        name = name.strip()
+        if len(name) >= 2 and name[0] == name[-1] == '"':
+            name = re.sub(r"\\(.)", r"\1", name[1:-1])
+    elif "<" in text or ">" in text:
+        raise InvalidAddress(f"{text!r}: write it as Name <address> or a bare address")
+    return Mailbox(display_name=" ".join(name.split()), address=header_address(address))

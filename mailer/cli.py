@@ -240,8 +240,11 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 @handle_errors
 def serve(host: str, port: int) -> None:
     """Run the web app: unsubscribe, subscribe + confirm, webhooks, archive."""
+    from .config import require_secret_key
     from .web import serve as serve_web
-    serve_web(_settings(), host=host, port=port)
+    settings = _settings()
+    require_secret_key(settings)  # the links people follow were signed with the real key, never a demo file
+    serve_web(settings, host=host, port=port)
 
 
 @main.group()

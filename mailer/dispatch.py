@@ -459,6 +459,7 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
     Any number of workers on any machines can run this against PostgreSQL; SKIP LOCKED hands each
     a disjoint batch. Returns the number of messages this worker sent.
     """
+    settings.require_for_send()  # the same checks as `send`: a worker never sends half-configured
     stop = stop or threading.Event()
     sent = 0
     senders: dict[str, Sender] = {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 from dataclasses import dataclass
 from email import policy
@@ -88,14 +89,17 @@ class MessageFactory:
         self.html_part = EncodedPart.encode(rendered.html)
         self.text_part = EncodedPart.encode(rendered.text)
         static = EmailMessage(policy=HEADER_POLICY)
-        static["From"] = _address(settings.sender_name, settings.sender_email)
-        if settings.reply_to:
-            static["Reply-To"] = settings.reply_to
         static["Subject"] = self.subject
-        static["List-Id"] = settings.effective_list_id
         for name, value in (extra_headers or {}).items():
             static[name] = clean_header_value(value)
-        self._static_headers = b"".join(HEADER_POLICY.fold_binary(k, v) for k, v in static.items())
+        # From, Reply-To and List-Id hold configured values and are written by hand (see their helpers)
+        reply_to = settings.reply_to_mailbox
+        self._static_headers = b"".join((
+            _mailbox_header("From", settings.sender_name, settings.sender_email),
+            _mailbox_header("Reply-To", reply_to.display_name, reply_to.address) if reply_to else b"",
+            *(HEADER_POLICY.fold_binary(k, v) for k, v in static.items()),
+            b"List-Id: " + list_id_header(settings).encode("ascii") + CRLF,
+        ))
         self._mime_head = (
             b"MIME-Version: 1.0\r\n"
             b'Content-Type: multipart/alternative; boundary="' + self.boundary.encode("ascii") + b'"\r\n'
@@ -109,8 +113,7 @@ class MessageFactory:
 
     # ----- per recipient ------------------------------------------------------------------------
     def list_unsubscribe(self, recipient: Recipient) -> str:
-        mailto = self.settings.effective_unsubscribe_mailto
-        return f"<{recipient.unsubscribe_url}>, <mailto:{mailto}?subject=unsubscribe>"
+        return f"<{recipient.unsubscribe_url}>, <{self.settings.unsubscribe_mailto_url}>"
 
     def recipient_headers(self, recipient: Recipient, message_id: str | None = None) -> dict[str, str]:
         """Headers that differ per recipient (also what SendGrid takes per personalization)."""
@@ -130,8 +133,8 @@ class MessageFactory:
             self._static_headers,
             to,
             b"Message-ID: " + headers["Message-ID"].encode("ascii") + CRLF,
-            b"List-Unsubscribe: <" + recipient.unsubscribe_url.encode("ascii") + b">,\r\n <mailto:"
-            + self.settings.effective_unsubscribe_mailto.encode("ascii") + b"?subject=unsubscribe>" + CRLF,
+            b"List-Unsubscribe: <" + recipient.unsubscribe_url.encode("ascii") + b">,\r\n <"
+            + self.settings.unsubscribe_mailto_url.encode("ascii") + b">" + CRLF,
             b"List-Unsubscribe-Post: " + ONE_CLICK.encode("ascii") + CRLF,
             self._mime_head,
             self._text_head,
@@ -142,33 +145,103 @@ class MessageFactory:
         ))
 
 
+# RFC 5322 atext words separated by single spaces: a phrase that needs neither quoting nor encoding
+_ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+def list_id_header(settings, *, fold: bool = True) -> str:
+    """The List-Id value (RFC 2919 §3): `phrase <list-id>`, ASCII only.
+
+    The phrase (`settings.list_id_phrase`) stays as written when it is plain atoms and short;
+    otherwise it becomes RFC 2047 B encoded words of at most 64 characters, so that each line holding
+    them stays within RFC 2047's 76 (`List-Id: ` included). The id (`settings.list_id_value`, an
+    ASCII dot-atom) is never encoded. `fold=False` joins with spaces instead of CRLF+space (for APIs
+    that fold themselves, such as SendGrid's `headers`).
+    """
+    ident = f"<{settings.list_id_value}>"
+    phrase = " ".join(settings.list_id_phrase.split())
+    if not phrase:
+        return ident
+    if _ATOM_PHRASE.fullmatch(phrase) and "=?" not in phrase and len("List-Id: ") + len(phrase) + 1 + len(ident) <= 78:
+        return f"{phrase} {ident}"
+    separator = "\r\n " if fold else " "
+    words = [word.decode("ascii") for word in _encoded_words(phrase, max_bytes=39)]
+    last_line = len(words[-1]) + (len("List-Id: ") if len(words) == 1 else 1)
+    joint = " " if not fold or last_line + 1 + len(ident) <= 76 else separator
+    return separator.join(words) + joint + ident
+
+
 def _address(name: str, email: str) -> Address:
     local, _, domain = email.rpartition("@")
-    return Address(display_name=clean_header_value(name), username=local, domain=domain)
+    # "=?" would be decoded as an RFC 2047 word when the email package parses the header back,
+    # letting an encoded CR LF out as a real line break (a header injection): never an encoded word
+    return Address(display_name=clean_header_value(name).replace("=?", "= ?"), username=local, domain=domain)
 
 
 def _to_header(recipient: Recipient) -> bytes:
     email = recipient.email
     if any(ch in email for ch in "\r\n<>,\"") or "@" not in email:
         raise InvalidAddress(f"refusing to build a message to {email!r}: not a single plain address")
-    name = clean_header_value(recipient.name).replace("=?", "= ?")  # never read as an RFC 2047 encoded word
-    if email.isascii() and name.isascii() and "=?" not in name and len(name) + len(email) < 60:
-        return b"To: " + formataddr((name, email)).encode("ascii") + CRLF
-    if email.isascii() and not name.isascii():
-        # The email package's folding costs ~200 µs here; RFC 2047 B-words by hand cost ~3 µs.
-        return b"To: " + b"\r\n ".join(_encoded_words(name)) + b" <" + email.encode("ascii") + b">" + CRLF
-    fold_policy = HEADER_POLICY if email.isascii() else policy.SMTPUTF8  # non-ASCII address: SMTPUTF8 anyway
-    return fold_policy.fold_binary("To", fold_policy.header_factory("To", _address(name, email)))
+    if email.isascii():
+        return _mailbox_header("To", recipient.name, email)
+    name = clean_header_value(recipient.name)  # non-ASCII address: SMTPUTF8 anyway
+    return policy.SMTPUTF8.fold_binary("To", policy.SMTPUTF8.header_factory("To", _address(name, email)))
 
 
-def _encoded_words(text: str) -> list[bytes]:
-    """RFC 2047 `=?utf-8?b?…?=` words of at most 75 characters, never splitting a character."""
-    words, chunk, size = [], [], 0
+def _mailbox_header(field: str, name: str, email: str) -> bytes:
+    """`Field: name <email>` + CRLF for an ASCII address (From, Reply-To, To).
+
+    The name is cleaned (`clean_header_value`) and `=?` defused, so it is never read as an RFC 2047
+    word. An ASCII name is written as is or quoted (`formataddr`), folded at its spaces; a non-ASCII
+    one as B encoded words cut on character boundaries: the email package's folder can split or glue the
+    words of a long non-ASCII name (cpython#92081) and costs ~200 µs where this costs ~3 µs. Every
+    line holding an encoded word stays within RFC 2047's 76 characters.
+    """
+    name = clean_header_value(name).replace("=?", "= ?")
+    head = field.encode("ascii") + b": "
+    if not name:
+        return head + email.encode("ascii") + CRLF
+    if name.isascii():  # atoms or a quoted-string, folded at its spaces (an unbroken word may pass 78)
+        phrase = formataddr((name, email)).rpartition(" <")[0]
+        lines, column = [], len(head)
+        for word in phrase.split(" "):
+            if lines and column + 1 + len(word) > 78:
+                lines.append("\r\n " + word)
+                column = 1 + len(word)
+            else:
+                lines.append(" " + word if lines else word)
+                column += len(word) + (1 if len(lines) > 1 else 0)
+        tail = f" <{email}>" if column + 2 + len(email) + 1 <= 78 else f"\r\n <{email}>"
+        return head + "".join(lines).encode("ascii") + tail.encode("ascii") + CRLF
+    words = _encoded_words(name, max_bytes=45 if len(head) + 72 <= 76 else 39)
+    tail = b"<" + email.encode("ascii") + b">"
+    last_line = (len(head) if len(words) == 1 else 1) + len(words[-1])
+    joint = b" " if last_line + 1 + len(tail) <= 76 else b"\r\n "
+    return head + b"\r\n ".join(words) + joint + tail + CRLF
+
+
+def _encoded_words(text: str, max_bytes: int = 45) -> list[bytes]:
+    """RFC 2047 `=?utf-8?b?…?=` words of at most 75 characters, never splitting a character.
+
+    `max_bytes` of UTF-8 per word: 45 → 60 base64 characters → a 72-character word; 39 → 64.
+    A word ends after a space when one is in its second half: RFC 2047 decoders drop the blank
+    between two encoded words, but Python's address parser keeps it (so a cut inside a word
+    reads back as `Zo é` there, a cut after a space only as a double space)."""
+    words: list[str] = []
+    chunk: list[str] = []
+    size = 0
     for char in text:
         length = len(char.encode("utf-8"))
-        if size + length > 45:  # 45 bytes → 60 base64 characters → a 72-character word
-            words.append("".join(chunk))
-            chunk, size = [], 0
+        if size + length > max_bytes:
+            cut = max((i + 1 for i, c in enumerate(chunk) if c == " "), default=0)
+            if cut * 2 < len(chunk):
+                cut = len(chunk)
+            words.append("".join(chunk[:cut]))
+            chunk = chunk[cut:]
+            size = len("".join(chunk).encode("utf-8"))
+            if size + length > max_bytes:
+                words.append("".join(chunk))
+                chunk, size = [], 0
         chunk.append(char)
         size += length
     words.append("".join(chunk))

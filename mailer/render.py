@@ -293,8 +293,9 @@ def build_warnings(rendered: RenderedIssue) -> Iterable[str]:
         if alt is None:
             yield f"an image has no alt attribute: {img[:80]}"
     base_url = rendered.settings.base_url
-    if base_url.startswith("http://"):
-        yield f"MAILER_BASE_URL is {base_url}: unsubscribe and web-version links are not https"
+    if rendered.settings.base_url_problem:
+        yield (f"MAILER_BASE_URL is {base_url}: it {rendered.settings.base_url_problem}, so unsubscribe and "
+               f"web-version links would not work for recipients (send refuses it with a real backend)")
     seen: set[str] = set()
     for href in _HREF_RE.findall(sample):
         href = html.unescape(href)

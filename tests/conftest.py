@@ -7,6 +7,7 @@ test, so parallel or repeated runs never collide; without it they are skipped wi
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import uuid
 from pathlib import Path
@@ -29,7 +30,9 @@ BASE_ENV = {
     "MAILER_FROM": "Le Fil du jeudi <lettre@example.org>",
     "MAILER_BASE_URL": "https://lettre.example.org",
     "MAILER_POSTAL_ADDRESS": "12 rue des Exemples, 75011 Paris",
-    "MAILER_SECRET_KEY": "test-secret-key-0123456789",
+    # A strong key made afresh for each test session: no key usable with a real backend is published
+    # in the repository (mailer refuses published example keys). Subprocesses get it through BASE_ENV.
+    "MAILER_SECRET_KEY": secrets.token_urlsafe(32),
     "MAILER_TIMEZONE": "Europe/Paris",
 }
 

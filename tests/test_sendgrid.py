@@ -11,6 +11,7 @@ import json
 import socket
 import time
 from dataclasses import replace
+from email.header import decode_header, make_header
 
 import pytest
 import sendgrid
@@ -175,6 +176,20 @@ def test_from_name_is_one_line_and_sandbox_mode_is_passed(sg_settings, server):
     assert body["mail_settings"] == {"sandbox_mode": {"enable": True}}
     assert server.statuses() == [200]  # sandbox: valid, not queued
     assert [r.outcome for r in results] == ["sent", "sent"]
+
+
+def test_idn_sender_and_accented_list_name_reach_the_api_in_ascii(sg_settings, server):
+    settings = sg_settings(MAILER_NAME="Les Actualités", MAILER_FROM="Médiathèque <lettre@médiathèque-exemple.fr>",
+                           MAILER_REPLY_TO="Rédaction <redaction@médiathèque-exemple.fr>")
+    SendGridBackend.from_settings(settings).send_batch(Batch(_factory(settings), (_message(1),), issue_id=1))
+    body = server.accepted[0].body
+    domain = "xn--mdiathque-exemple-xsbn.fr"
+    assert body["from"] == {"email": f"lettre@{domain}", "name": "Médiathèque"}
+    assert body["reply_to"] == {"email": f"redaction@{domain}", "name": "Rédaction"}
+    list_id = body["headers"]["List-Id"]
+    phrase, _, ident = list_id.rpartition(" <")
+    assert list_id.isascii() and ident == f"les-actualites.{domain}>"
+    assert str(make_header(decode_header(phrase))) == "Les Actualités"
 
 
 def test_test_sends_carry_no_ledger_ids(sg_settings, server):

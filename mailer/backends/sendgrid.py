@@ -46,7 +46,7 @@ import sendgrid
 
 from ..config import Settings
 from ..errors import ConfigError
-from ..message import MessageFactory, clean_header_value
+from ..message import MessageFactory, clean_header_value, list_id_header
 from ..render import Recipient, slot
 from .base import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError
 
@@ -208,13 +208,13 @@ class SendGridBackend(Backend):
             # text/plain first, then text/html (SendGrid's rule); bodies once, with their slot markers
             "content": [{"type": "text/plain", "value": factory.rendered.text.raw},
                         {"type": "text/html", "value": factory.rendered.html.raw}],
-            "headers": {"List-Id": clean_header_value(settings.effective_list_id)},
+            "headers": {"List-Id": list_id_header(settings, fold=False)},
             "categories": [category_for(slug)],
         }
-        if settings.reply_to:
-            name, address = email.utils.parseaddr(settings.reply_to)
-            if address:
-                static["reply_to"] = {"email": address, **({"name": clean_header_value(name)} if name else {})}
+        reply_to = settings.reply_to_mailbox
+        if reply_to:
+            static["reply_to"] = {"email": reply_to.address,
+                                  **({"name": clean_header_value(reply_to.display_name)} if reply_to.display_name else {})}
         if self.sandbox:
             static["mail_settings"] = {"sandbox_mode": {"enable": True}}
         self._prepare(factory)
