@@ -274,16 +274,17 @@ def secret_key_for(settings: Settings) -> bytes:
     """The HMAC key for tokens.
 
     With the outbox backend (local use, demos) a missing key is generated once and kept in
-    `subscribers/.secret_key` so links stay valid across runs; real backends demand an explicit key
-    (checked by `require_for_send`).
+    `subscribers/.secret_key` so links stay valid across runs; that file is read with the outbox
+    backend only, so real backends demand an explicit key (checked by `require_for_send`), and
+    `mailer serve` demands one whatever the backend (`web.serve`).
     """
     if settings.secret_key:
         return settings.secret_key.encode("utf-8")
+    if settings.backend != "outbox":  # a leftover demo key file must never sign real links
+        raise ConfigError(f"MAILER_SECRET_KEY is missing (required with the {settings.backend} backend)")
     key_file = settings.root / "subscribers" / ".secret_key"
     if key_file.is_file():
         return key_file.read_text(encoding="ascii").strip().encode("ascii")
-    if settings.backend != "outbox":
-        raise ConfigError(f"MAILER_SECRET_KEY is missing (required with the {settings.backend} backend)")
     key_file.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(32)
     key_file.write_text(key + "\n", encoding="ascii")
