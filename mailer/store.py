@@ -253,7 +253,9 @@ class Store:
         hooks = conn.execute(
             sa.select(provider_events.c.id, provider_events.c.reason, provider_events.c.payload)
             .where(sa.or_(provider_events.c.subscriber_id == subscriber_id,
-                          provider_events.c.email.in_([*email_keys, tombstone])))).all()
+                          provider_events.c.email.in_([*email_keys, tombstone]),
+                          # an `email` field that was not a bare address ("Name <address>") is stored as given
+                          *(provider_events.c.email.contains(key.lower(), autoescape=True) for key in email_keys)))).all()
         if hooks:
             conn.execute(provider_events.update().where(provider_events.c.id == sa.bindparam("b_id")).values(
                 email="", subscriber_id=subscriber_id, reason=sa.bindparam("b_reason"),

@@ -26,7 +26,9 @@ Pages are Jinja templates in `templates/web/` (autoescape on), in MAILER_LANGUAG
 JavaScript, under a strict Content-Security-Policy and `Referrer-Policy: no-referrer` (a token in the
 address bar never leaks to another site). Database work runs in worker threads (anyio's pool; on
 SQLite two threads and an in-process lock, since SQLite has one writer anyway); one `Store` per app;
-every query is a `Store` method.
+every query is a `Store` method; reading SendGrid's events is `backends/sendgrid_events.py`. The
+module is longer than most because every route shares one state (`WebApp`: store, limiter, keys,
+templates) and splitting the routes from it would only add indirection.
 
 Decisions (see also the templates' comments):
 * one-click and the page's button are both a POST; any POST to /u/TOKEN unsubscribes (the token is
@@ -40,22 +42,18 @@ Decisions (see also the templates' comments):
 * SendGrid webhook: only with a verification key (ECDSA over the raw body, timestamp at most
   MAILER_WEBHOOK_MAX_AGE seconds away); an event acts only on the subscriber it names whose address
   is the event's own (an id alone, or an id with another address, changes nobody); events about an
-  erased person are stored anonymised; the body must be a JSON array of flat objects (nesting,
-  NaN, NUL and lone surrogates are refused or neutralised: 400, never a 500).
+  erased person are stored anonymised; the body must be a JSON array of objects (deep nesting and
+  NaN are refused with 400, NUL and lone surrogates neutralised: never a 500).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import logging
 import re
 import threading
 import time
 from collections import deque
 from contextlib import asynccontextmanager, contextmanager, nullcontext
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
@@ -66,9 +64,6 @@ import anyio.to_thread
 import jinja2
 import sqlalchemy as sa
 from anyio import CapacityLimiter
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ec import ECDSA
-from cryptography.hazmat.primitives.hashes import SHA256
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
@@ -78,6 +73,8 @@ from starlette.routing import Route
 
 from . import i18n, tokens
 from .addresses import parse_address
+from .backends import sendgrid_events
+from .backends.sendgrid_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, ReadEvent, read_event
 from .config import Settings, secret_key_for
 from .errors import ConfigError, InvalidAddress
 from .notices import Notifier
@@ -96,8 +93,6 @@ FORM_MAX_BYTES = 16 * 1024
 UNSUBSCRIBE_MAX_BYTES = 16 * 1024
 WEBHOOK_MAX_BYTES = 8 * 1024 * 1024               # SendGrid posts batches of up to ~1000 events
 WEBHOOK_MAX_EVENTS = 10_000
-SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
-TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 HONEYPOT_FIELD = "website"
 SQLITE_THREADS = 2             # worker threads for blocking work on SQLite (one writer anyway)
 
@@ -157,141 +152,6 @@ class _Page(Exception):
         self.context = context
 
 
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 0 <= value < 2 ** 63 else None
-    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 19:
-        return int(value.strip())
-    return None
-
-
-def _email_key(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        return ""
-    try:
-        return parse_address(value).key
-    except InvalidAddress:
-        return value.strip().lower()[:320]
-
-
-@dataclass(frozen=True)
-class Classified:
-    kind: str                 # normalised kind stored in provider_events
-    suppress: str | None      # the status it implies, if any
-
-
-def classify_sendgrid_event(event: dict) -> Classified:
-    """SendGrid event → normalised kind and the suppression it implies.
-
-    Only a real bounce (`type` "bounce", or no type) is a hard bounce; "blocked" is a temporary
-    refusal by the receiving server. A dropped message suppresses only when the reason names the
-    address (Bounced Address, Spam Reporting Address, Unsubscribed Address); "Spam Content" is about
-    the message, not the person, and suppresses no one.
-    """
-    name = str(event.get("event") or "").strip().lower()
-    if name == "bounce":
-        bounce_type = str(event.get("type") or "bounce").strip().lower()
-        if bounce_type == "blocked":
-            return Classified("blocked", None)
-        return Classified("bounced", "bounced")
-    if name == "spamreport":
-        return Classified("complained", "complained")
-    if name in ("unsubscribe", "group_unsubscribe"):
-        return Classified("unsubscribed", "unsubscribed")
-    if name == "dropped":
-        reason = str(event.get("reason") or "").lower()
-        if "bounce" in reason:
-            return Classified("dropped", "bounced")
-        if "spam report" in reason or ("spam" in reason and "address" in reason):
-            return Classified("dropped", "complained")
-        if "unsubscribe" in reason:
-            return Classified("dropped", "unsubscribed")
-        return Classified("dropped", None)
-    # group_resubscribe is recorded but re-activates no one: our list, not SendGrid's, decides who gets mail
-    normalised = {"open": "opened", "click": "clicked", "group_resubscribe": "resubscribed"}.get(name, name)
-    return Classified((re.sub(r"[^a-z0-9_]", "_", normalised) or "unknown")[:32], None)
-
-
-def _custom_arg(event: dict, name: str) -> Any:
-    """SendGrid flattens custom_args into the event; older payloads nest them (unique_args)."""
-    if name in event:
-        return event[name]
-    for nested in ("custom_args", "unique_args"):
-        value = event.get(nested)
-        if isinstance(value, dict) and name in value:
-            return value[name]
-    return None
-
-
-def _event_time(event: dict) -> datetime | None:
-    stamp = event.get("timestamp")
-    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and 0 < stamp < 2 ** 33:
-        return datetime.fromtimestamp(stamp, timezone.utc)
-    return None
-
-
-def _event_id(event: dict) -> str:
-    given = event.get("sg_event_id")
-    if isinstance(given, str) and given.strip():
-        return given.strip()[:200]
-    # No id (older payloads): the event's own content names it, so a replay is still a duplicate.
-    canonical = json.dumps(event, sort_keys=True, ensure_ascii=False, default=str)
-    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-MAX_JSON_DEPTH = 8   # SendGrid events are flat objects, custom_args/unique_args one level down
-
-
-class BadPayload(ValueError):
-    """A webhook body that is not what SendGrid sends: the one-line reason is the 400's message."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise BadPayload(f"{name} is not JSON")
-
-
-def parse_events(body: bytes) -> list[dict]:
-    """The webhook body → a list of events, or BadPayload naming what is wrong.
-
-    Accepted: UTF-8 JSON, a top-level array of objects, nesting at most MAX_JSON_DEPTH levels,
-    numbers finite (no NaN/Infinity, no integers over Python's 4,300-digit limit). Strings are made
-    storable on both databases: NUL and lone surrogates become U+FFFD.
-    """
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadPayload(f"body is not UTF-8 (byte {exc.start})") from None
-    try:
-        events = json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise BadPayload(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
-    except ValueError as exc:  # JSONDecodeError, BadPayload, too many digits
-        raise BadPayload(str(exc) if isinstance(exc, BadPayload) else f"body is not JSON: {exc}") from None
-    if not isinstance(events, list):
-        raise BadPayload(f"expected a JSON array of event objects, got a JSON {type(events).__name__}")
-    for index, event in enumerate(events):
-        if not isinstance(event, dict):
-            raise BadPayload(f"event {index} is a JSON {type(event).__name__}, not an object")
-    return [_storable(event, 1) for event in events]
-
-
-_UNSTORABLE = re.compile("[\0\ud800-\udfff]")  # NUL (PostgreSQL text refuses it) and lone surrogates (not UTF-8)
-
-
-def _storable(value: Any, depth: int) -> Any:
-    if isinstance(value, str):
-        return _UNSTORABLE.sub("\ufffd", value)
-    if isinstance(value, (dict, list)):
-        if depth > MAX_JSON_DEPTH:
-            raise BadPayload(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-        if isinstance(value, dict):
-            return {_storable(k, depth): _storable(v, depth + 1) for k, v in value.items()}
-        return [_storable(item, depth + 1) for item in value]
-    return value
-
-
 # ----- the application state -------------------------------------------------------------------------
 class WebApp:
     """Everything the handlers share; the `do_*` methods are synchronous (run in the threadpool)."""
@@ -304,14 +164,9 @@ class WebApp:
         self.key = secret_key_for(settings)
         self.strings = i18n.strings(settings.language, settings.name)
         self.limiter = RateLimiter(subscribe_rate, subscribe_window)
-        self.verifier = None
+        self.webhook_key = None
         if settings.sendgrid_webhook_public_key:
-            from sendgrid.helpers.eventwebhook import EventWebhook
-            try:
-                self.verifier = EventWebhook(settings.sendgrid_webhook_public_key.strip())
-            except Exception as exc:  # noqa: BLE001 - whatever the key parser raises
-                raise ConfigError(f"MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is not a valid public key "
-                                  f"(paste the base64 key from SendGrid's Mail Settings): {exc}") from None
+            self.webhook_key = sendgrid_events.load_public_key(settings.sendgrid_webhook_public_key)
         elif settings.backend == "sendgrid":
             log.warning("SendGrid webhook disabled: MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is unset, so bounces and "
                         "spam reports from SendGrid suppress no one (Mail Settings → Signed Event Webhook)")
@@ -524,25 +379,11 @@ class WebApp:
     # ----- SendGrid event webhook ---------------------------------------------------------------------
     def check_signature(self, body: bytes, signature: str | None, timestamp: str | None) -> str | None:
         """None when the request may be processed, else why it is refused (answered with 403)."""
-        if self.verifier is None:
+        if self.webhook_key is None:
             return ("webhook disabled: MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is not set on this server, "
                     "and unsigned events are never accepted")
-        if not signature or not timestamp:
-            return f"missing {SIGNATURE_HEADER} or {TIMESTAMP_HEADER}"
-        try:
-            stamp = int(timestamp.strip())
-        except ValueError:
-            return f"{TIMESTAMP_HEADER} is not a number"
-        if abs(time.time() - stamp) > self.settings.webhook_max_age:
-            return f"{TIMESTAMP_HEADER} is more than {self.settings.webhook_max_age} s away from now"
-        # SendGrid's scheme (what EventWebhook.verify_signature does, but over the raw bytes exactly as
-        # received rather than a str re-encoded): ECDSA P-256 / SHA-256 of timestamp + body.
-        try:
-            self.verifier.public_key.verify(base64.b64decode(signature.strip(), validate=True),
-                                            timestamp.strip().encode("ascii") + body, ECDSA(SHA256()))
-        except (InvalidSignature, ValueError, TypeError):  # bad base64 or DER too
-            return "bad signature"
-        return None
+        return sendgrid_events.check_signature(self.webhook_key, body, signature, timestamp,
+                                               self.settings.webhook_max_age)
 
     def do_record_events(self, events: list[dict]) -> dict[str, int]:
         """Store every event (idempotent by sg_event_id) and apply the suppressions of new ones.
@@ -555,28 +396,24 @@ class WebApp:
         """
         now = utcnow()
         rows: list[dict[str, Any]] = []
-        meta: list[tuple[Classified, int | None, str, datetime | None]] = []
+        meta: list[ReadEvent] = []
         seen: set[str] = set()
         for event in events:
-            event_id = _event_id(event)
-            if event_id in seen:
+            read = read_event(event)
+            if read.event_id in seen:
                 continue
-            seen.add(event_id)
-            classified = classify_sendgrid_event(event)
-            occurred = _event_time(event)
-            reason = event.get("reason") or event.get("response") or event.get("type") or ""
-            rows.append({"provider": "sendgrid", "provider_event_id": event_id, "kind": classified.kind,
-                         "email": _email_key(event.get("email")), "subscriber_id": None,
-                         "issue_id": _as_int(_custom_arg(event, "mailer_issue")),
-                         "occurred_at": occurred, "received_at": now, "reason": str(reason)[:2000], "payload": event})
-            meta.append((classified, _as_int(_custom_arg(event, "mailer_subscriber")), rows[-1]["email"], occurred))
+            seen.add(read.event_id)
+            rows.append({"provider": "sendgrid", "provider_event_id": read.event_id, "kind": read.classified.kind,
+                         "email": read.email_key, "subscriber_id": None, "issue_id": read.issue_id,
+                         "occurred_at": read.occurred, "received_at": now, "reason": read.reason, "payload": event})
+            meta.append(read)
         if not rows:
             return {"received": len(events), "new": 0, "suppressed": 0, "ignored": 0}
         with self.transaction() as conn:
             people, ignored = self._correlate(conn, rows, meta)
             inserted = self.store.insert_provider_events(conn, rows)
-            todo = [(row, classified, occurred) for row, (classified, _, _, occurred) in zip(rows, meta)
-                    if row["provider_event_id"] in inserted and classified.suppress and row["subscriber_id"]
+            todo = [(row, read.classified, read.occurred) for row, read in zip(rows, meta)
+                    if row["provider_event_id"] in inserted and read.classified.suppress and row["subscriber_id"]
                     and row["subscriber_id"] in people]
             current = {person.id: (person.status, as_utc(person.confirmed_at)) for person in people.values()}
             changes: list[StatusChange] = []
@@ -597,16 +434,17 @@ class WebApp:
         return {"received": len(events), "new": len(inserted), "suppressed": suppressed, "ignored": ignored}
 
     def _correlate(self, conn: sa.Connection, rows: list[dict[str, Any]],
-                   meta: list[tuple[Classified, int | None, str, datetime | None]]) -> tuple[dict[int, sa.Row], int]:
+                   meta: list[ReadEvent]) -> tuple[dict[int, sa.Row], int]:
         """Set each row's subscriber_id (see `do_record_events`); returns the people events may act
         on (id -> row with status, confirmed_at) and how many suppressing events were ignored."""
-        named = self.store.people_by_ids(conn, [given for _, given, _, _ in meta if given])
-        keys = {key for _, _, key, _ in meta if key}
+        named = self.store.people_by_ids(conn, [read.subscriber_id for read in meta if read.subscriber_id])
+        keys = {read.email_key for read in meta if read.email_key}
         by_email = self.store.ids_by_emails(conn, [*keys, *(tombstone_key(key) for key in keys)])
         living: dict[int, sa.Row] = {}
         erased: set[int] = set()
         ignored = 0
-        for row, (classified, given, key, _) in zip(rows, meta):
+        for row, read in zip(rows, meta):
+            given, key = read.subscriber_id, read.email_key
             person: int | None = None
             if key and given and given in named:
                 if named[given].email == key:
@@ -619,7 +457,7 @@ class WebApp:
                 if person is None and tombstone_key(key) in by_email:
                     person = by_email[tombstone_key(key)]
                     erased.add(person)
-            if person is None and classified.suppress:
+            if person is None and read.classified.suppress:
                 ignored += 1
             row["subscriber_id"] = person
             if person in erased:  # nothing about who they were: what happened and when
@@ -745,8 +583,8 @@ def create_app(settings: Settings, store: Store | None = None, *, notifier: Noti
         if refusal:
             return JSONResponse({"error": refusal}, status_code=403, headers=COMMON_HEADERS)
         try:
-            events = parse_events(body)
-        except BadPayload as exc:
+            events = sendgrid_events.parse_events(body)
+        except sendgrid_events.BadPayload as exc:
             return JSONResponse({"error": str(exc)[:300]}, status_code=400, headers=COMMON_HEADERS)
         if len(events) > WEBHOOK_MAX_EVENTS:
             return JSONResponse({"error": f"more than {WEBHOOK_MAX_EVENTS} events"}, status_code=413,

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from mailer import dispatch, tokens
+from mailer import tokens
 from mailer.config import secret_key_for
 from mailer.dispatch import send_issue, send_test
 from mailer.errors import ConfigError, MailerError, NotFound
-from mailer.schema import metadata, subscriber_events, subscribers
+from mailer.schema import subscriber_events, subscribers
 from mailer.subscribers import (add_subscriber, import_csv, remove_subscriber, restore_subscriber,
                                 set_subscriber_status, show_subscriber)
 from mailer.web import create_app
@@ -109,14 +109,15 @@ def people(make_settings, store, db_url, ec_keys):  # noqa: F811
                        useragent="Mozilla/5.0 Zabulon-Browser"),
               sg_event("click", KEY, 3, mailer_subscriber=str(sid), url=f"https://example.org/?who={KEY}"),
               sg_event("spamreport", KEY, 4, mailer_subscriber=str(keep)),
-              sg_event("delivered", KEEP.lower(), 5, mailer_subscriber=str(keep), ip="198.51.100.7")]
+              sg_event("delivered", KEEP.lower(), 5, mailer_subscriber=str(keep), ip="198.51.100.7"),
+              sg_event("deferred", f"Erin <{STORED_GIVEN}>", 6)]  # not a bare address: stored as given
     raw = json.dumps(events).encode()
     stamp = str(now)
     with client:
         answer = client.post("/webhooks/sendgrid", content=raw,
                              headers={"X-Twilio-Email-Event-Webhook-Timestamp": stamp,
                                       "X-Twilio-Email-Event-Webhook-Signature": sign(private, raw, stamp)})
-        assert answer.status_code == 200 and answer.json()["new"] == 5
+        assert answer.status_code == 200 and answer.json()["new"] == 6
     # an SMTP send of a second issue: the relay refuses the address (550 quoting it), the ledger keeps the error
     server = start_server()
     try:
@@ -147,7 +148,7 @@ def test_purge_leaves_no_copy_of_the_address_in_the_database_or_the_outbox(peopl
     assert len(list(settings.outbox_dir.rglob(f"*{STORED_GIVEN}*"))) == 4  # confirm, welcome, issue, test send
 
     report = remove_subscriber(store, GIVEN, purge=True, outbox_dir=settings.outbox_dir)
-    assert (report.provider_events, report.files, report.deliveries) == (4, 4, 2) and report.compacted
+    assert (report.provider_events, report.files, report.deliveries) == (5, 4, 2) and report.compacted
 
     after_db, after_outbox = database_bytes(store, db_url), outbox_bytes(settings.outbox_dir)
     assert found_in(after_db, needles) == []
@@ -163,7 +164,6 @@ def test_purge_leaves_no_copy_of_the_address_in_the_database_or_the_outbox(peopl
     assert kinds[-1] == "erased" and "status" in kinds
     with pytest.raises(MailerError, match="asked to be erased"):
         add_subscriber(store, GIVEN)
-    import io
     csv_path = settings.root / "again.csv"
     csv_path.write_text(f"email,name\n{GIVEN},{NAME}\n", encoding="utf-8")
     assert import_csv(store, csv_path).added == 0

@@ -19,11 +19,12 @@ import pytest
 import sqlalchemy as sa
 
 from mailer import tokens
+from mailer.backends.sendgrid_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, classify_sendgrid_event
 from mailer.config import secret_key_for
 from mailer.schema import issues, provider_events, subscriber_events, subscribers
 from mailer.store import utcnow
 from mailer.subscribers import add_subscriber, set_subscriber_status
-from mailer.web import SIGNATURE_HEADER, TIMESTAMP_HEADER, classify_sendgrid_event, create_app
+from mailer.web import create_app
 
 from .conftest import EXAMPLE_ISSUE
 
