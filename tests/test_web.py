@@ -332,6 +332,18 @@ def test_the_subscribe_form_relays_no_strangers_text(web1, typed, distinctive):
     assert distinctive not in web1.client.get(f"/u/{unsub_token(web1, sid)}").text
 
 
+def test_a_confirmation_never_carries_a_name_whoever_sends_it(web1):
+    """The rule lives in `Notifier`, not only in the form: any caller passing a name gets a neutral email."""
+    from mailer.notices import Notifier
+    sid, _ = add_subscriber(web1.store, "direct@example.org", status="pending", source="web")
+    result = Notifier(web1.settings).send("confirm", sid, "direct@example.org", name="Zorglub Spam")
+    assert result.outcome == "sent"
+    (path,) = notice_files(web1.outbox, "confirm", "direct@example.org")
+    assert b"Zorglub" not in path.read_bytes() and read_eml(path)["To"].addresses[0].display_name == ""
+    Notifier(web1.settings).send("welcome", sid, "direct@example.org", name="Zorglub")  # confirmed: named
+    assert read_eml(notice_files(web1.outbox, "welcome", "direct@example.org")[0])["To"].addresses[0].display_name == "Zorglub"
+
+
 def test_the_confirmation_text_part_gives_the_link_not_a_button(make_settings, sqlite_store):
     for language, expected in (("fr", "en ouvrant ce lien"), ("en", "by opening this link")):
         ns = make_web(make_settings(MAILER_LANGUAGE=language), sqlite_store)
