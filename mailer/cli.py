@@ -240,11 +240,8 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 @handle_errors
 def serve(host: str, port: int) -> None:
     """Run the web app: unsubscribe, subscribe + confirm, webhooks, archive."""
-    from .config import require_secret_key
     from .web import serve as serve_web
-    settings = _settings()
-    require_secret_key(settings)  # the links people follow were signed with the real key, never a demo file
-    serve_web(settings, host=host, port=port)
+    serve_web(_settings(), host=host, port=port)
 
 
 @main.group()
@@ -291,14 +288,39 @@ def subscribers_add(email: str, name: str, language: str, lists: tuple[str, ...]
 
 @subscribers.command("remove")
 @click.argument("email")
-@click.option("--purge", is_flag=True, help="Erase the person's data (an anonymous tombstone blocks re-import).")
+@click.option("--purge", is_flag=True,
+              help="Erase the person's data everywhere mailer keeps it (database, webhook events, outbox files); "
+                   "an anonymous tombstone blocks re-import.")
 @handle_errors
 def subscribers_remove(email: str, purge: bool) -> None:
     """Unsubscribe EMAIL (record and history stay, so no import can resurrect it)."""
     from .subscribers import remove_subscriber
     settings = _settings()
-    remove_subscriber(_store(settings), email, purge=purge)
-    click.echo(f"{'erased' if purge else 'unsubscribed'}: {email.strip()}")
+    report = remove_subscriber(_store(settings), email, purge=purge, outbox_dir=settings.outbox_dir)
+    click.echo(report.summary() if report is not None else f"unsubscribed: {email.strip()}")
+
+
+@subscribers.command("restore")
+@click.argument("emails", metavar="EMAIL...", nargs=-1, required=True)
+@click.option("--reason", required=True, help="Why (recorded in each person's history).")
+@click.option("--force", is_flag=True,
+              help="Also restore people who unsubscribed themselves, or who were suppressed from the start.")
+@handle_errors
+def subscribers_restore(emails: tuple[str, ...], reason: str, force: bool) -> None:
+    """Undo a wrong suppression: each EMAIL gets back the status it had before its last bounce,
+    complaint or unsubscribe (e.g. after forged webhook events)."""
+    from .subscribers import restore_subscriber
+    settings = _settings()
+    store = _store(settings)
+    exit_code = 0
+    for email in emails:  # each one decided on its own: one refusal does not stop the others
+        try:
+            click.echo(restore_subscriber(store, email, reason=reason, force=force).summary())
+        except MailerError as exc:
+            click.echo(f"error: {exc}", err=True)
+            exit_code = max(exit_code, exc.exit_code)
+    if exit_code:
+        sys.exit(exit_code)
 
 
 @subscribers.command("import")

@@ -634,7 +634,7 @@ def secret_key_for(settings: Settings) -> bytes:
     Real backends (smtp, sendgrid): the configured key, which must pass `require_secret_key`.
     The outbox backend (local use, demos) takes MAILER_SECRET_KEY as it is, or else a key generated
     once and kept in `subscribers/.secret_key` so links stay valid across runs; that file is never
-    used with any other backend.
+    used with any other backend; `mailer serve` demands an explicit key whatever the backend.
     """
     if settings.backend != "outbox":
         return require_secret_key(settings)

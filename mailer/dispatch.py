@@ -37,7 +37,7 @@ from .config import Settings, secret_key_for
 from .errors import MailerError, NotFound, SendAborted
 from .issue import Issue, load_issue
 from .message import MessageFactory
-from .render import Recipient, RenderedIssue, render_issue
+from .render import Recipient, RenderedIssue, render_issue, render_web_edition
 from .store import Store, utcnow
 
 log = logging.getLogger("mailer.dispatch")
@@ -364,9 +364,8 @@ def backoff(attempt: int, retry_after: float | None) -> float:
 
 
 def web_version_html(rendered: RenderedIssue) -> str:
-    """The archive's copy: no personal values (a neutral greeting, the subscribe page instead of an unsubscribe link)."""
-    html, _ = rendered.personalise(Recipient(email="", name="", unsubscribe_url=f"{rendered.settings.base_url}/subscribe"))
-    return html
+    """The archive's copy: the web edition, without the email's personal parts (`render.render_web_edition`)."""
+    return render_web_edition(rendered)
 
 
 @dataclass
@@ -389,7 +388,8 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
     now = utcnow()
     with store.begin() as conn:
         row = store.ensure_issue(conn, slug=issue.slug, subject=issue.subject, list_name=issue.list_name,
-                                 web_html=web_version_html(rendered), issue_date=issue.date.isoformat())
+                                 web_html=web_version_html(rendered), issue_date=issue.date.isoformat(),
+                                 public=issue.public)
         frozen = 0
         if row.frozen_at is None or include_new:
             frozen = store.freeze_recipients(conn, row.id, issue.list_name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 
 STRINGS: dict[str, dict[str, str]] = {
@@ -9,7 +10,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "unsubscribe": "Se désabonner",
         "view_online": "Voir la version en ligne",
         "read_more": "Lire la suite",
-        "why_received": "Vous recevez cette lettre parce que vous êtes abonné·e à « {name} ».",
+        "why_received": "Vous recevez cette lettre parce que vous êtes abonné·e {a_name}.",
         "hello": "Bonjour {name},",
         "in_this_issue": "Au sommaire",
         "archive": "Archives",
@@ -17,8 +18,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "unsubscribe_text": "Se désabonner en un clic :",
         "view_online_text": "Version en ligne :",
         "test_prefix": "[TEST] ",
-        "confirm_subject": "Confirmez votre abonnement à {name}",
-        "welcome_subject": "Bienvenue dans {name}",
+        "confirm_subject": "Confirmez votre abonnement {a_name}",
+        "welcome_subject": "Bienvenue {a_name}",
         # ----- web pages and notices (mailer/web.py, mailer/notices.py) -----
         "web_unsubscribe_title": "Se désabonner de la lettre «\u00a0{name}\u00a0»",
         "web_unsubscribe_question": "Ne plus recevoir «\u00a0{name}\u00a0» à l’adresse {email}\u00a0?",
@@ -51,12 +52,15 @@ STRINGS: dict[str, dict[str, str]] = {
         "web_rate_limited_body": "Patientez une minute avant de réessayer.",
         "web_confirmed_title": "Abonnement confirmé",
         "web_confirmed_body": "Merci\u00a0! {email} recevra désormais «\u00a0{name}\u00a0».",
+        "web_confirm_title": "Confirmer votre abonnement",
+        "web_confirm_body": "Recevoir «\u00a0{name}\u00a0» à l’adresse {email}\u00a0? Confirmez d’un clic sur le bouton.",
         "web_confirm_again_title": "Confirmer votre réabonnement",
         "web_confirm_again_body": "Vous vous étiez désabonné·e de la lettre «\u00a0{name}\u00a0». Confirmez pour recevoir de nouveau la lettre à {email}.",
         "web_confirm_button": "Confirmer mon abonnement",
         "web_confirm_stale_title": "Lien expiré",
         "web_confirm_stale_body": "Ce lien de confirmation n’est plus valable. Abonnez-vous de nouveau pour en recevoir un autre.",
         "web_subscribe_link": "S’abonner",
+        "web_edition_invite": "Recevez les prochaines lettres par email\u00a0:",
         "web_archive_title": "Archives — {name}",
         "web_archive_empty": "Aucune lettre n’a encore été envoyée.",
         "web_not_found_title": "Page introuvable",
@@ -64,6 +68,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "web_error_title": "Une erreur est survenue",
         "web_error_body": "Réessayez dans quelques instants.",
         "notice_confirm_intro": "Pour recevoir «\u00a0{name}\u00a0», confirmez votre adresse en cliquant sur le bouton ci-dessous.",
+        "notice_confirm_intro_text": "Pour recevoir «\u00a0{name}\u00a0», confirmez votre adresse en ouvrant ce lien\u00a0:",
         "notice_confirm_button": "Confirmer mon abonnement",
         "notice_confirm_text": "Confirmez votre abonnement\u00a0:",
         "notice_confirm_ignore": "Vous n’avez rien demandé\u00a0? Ignorez ce message\u00a0: vous ne recevrez rien d’autre.",
@@ -119,12 +124,15 @@ STRINGS: dict[str, dict[str, str]] = {
         "web_rate_limited_body": "Please wait a minute before trying again.",
         "web_confirmed_title": "Subscription confirmed",
         "web_confirmed_body": "Thank you! {email} will now receive {name}.",
+        "web_confirm_title": "Confirm your subscription",
+        "web_confirm_body": "Receive {name} at {email}? Press the button to confirm.",
         "web_confirm_again_title": "Confirm your new subscription",
         "web_confirm_again_body": "You had unsubscribed from {name}. Confirm to receive it again at {email}.",
         "web_confirm_button": "Confirm my subscription",
         "web_confirm_stale_title": "Link expired",
         "web_confirm_stale_body": "This confirmation link is no longer valid. Subscribe again to get a new one.",
         "web_subscribe_link": "Subscribe",
+        "web_edition_invite": "Get the next issues by email:",
         "web_archive_title": "{name} archive",
         "web_archive_empty": "No issue has been sent yet.",
         "web_not_found_title": "Page not found",
@@ -132,6 +140,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "web_error_title": "Something went wrong",
         "web_error_body": "Please try again in a moment.",
         "notice_confirm_intro": "To receive {name}, please confirm your address with the button below.",
+        "notice_confirm_intro_text": "To receive {name}, please confirm your address by opening this link:",
         "notice_confirm_button": "Confirm my subscription",
         "notice_confirm_text": "Confirm your subscription:",
         "notice_confirm_ignore": "Didn't ask for this? Ignore this email: you will not hear from us again.",
@@ -151,8 +160,40 @@ _EN_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "A
 _EN_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
-def strings(language: str) -> dict[str, str]:
-    return STRINGS[language]
+_FR_ARTICLE = re.compile(r"(le|la|les)\s+(?=\S)|(l['’])(?=\w)", re.IGNORECASE)
+_FR_A = {"le": "au ", "la": "à la ", "les": "aux "}
+
+
+def french_a(name: str) -> str:
+    """« à » followed by a title, contracted as French grammar requires: « au Fil du jeudi »,
+    « à la Croix », « aux Échos », « à l’Équipe », « à Mediapart ». Only a leading article that is a
+    word of its own counts (« Lesbos Hebdo » stays « à Lesbos Hebdo »); the article itself is written
+    in lower case, as inside a sentence (in capitals when the whole title is: « AU FIL »; « LA Weekly »
+    is an acronym and stays « à LA Weekly »). (Grevisse, Le Bon Usage § 580: the article of a title
+    contracts with à and de.)"""
+    match = _FR_ARTICLE.match(name)
+    if match is None:
+        return f"à {name}"
+    article, rest = match.group(1) or match.group(2), name[match.end():]
+    shouting = article.isupper() and rest.isupper()
+    if match.group(1) and article.isupper() and not shouting:
+        return f"à {name}"  # « LA Weekly »: an acronym, not an article
+    if match.group(2):
+        contracted = "à " + article.lower()
+    else:
+        contracted = _FR_A[article.lower()].rstrip()
+    return f"{contracted.upper() if shouting else contracted}{'' if match.group(2) else ' '}{rest}"
+
+
+def strings(language: str, name: str | None = None) -> dict[str, str]:
+    """The fixed strings of `language`. With the newsletter's `name`, the strings that need a
+    grammatical form of it (`{a_name}`: « au Fil du jeudi ») have it filled in, so every string
+    is then formatted with `name` alone."""
+    table = STRINGS[language]
+    if name is None:
+        return table
+    a_name = (french_a(name) if language == "fr" else f"to {name}").replace("{", "{{").replace("}", "}}")
+    return {key: value.replace("{a_name}", a_name) for key, value in table.items()}
 
 
 def long_date(value: date, language: str) -> str:

@@ -13,7 +13,7 @@ from .briefs import Brief, brief_files, parse_file, read_text
 from .errors import NotFound, SourceError
 
 ISSUE_FILE = "issue.toml"
-ISSUE_KEYS = ("subject", "preheader", "date", "send_at", "template", "intro", "list")
+ISSUE_KEYS = ("subject", "preheader", "date", "send_at", "template", "intro", "list", "archive")
 DEFAULT_TEMPLATE = "weekly"
 _TOML_LINE = re.compile(r"at line (\d+)")
 
@@ -30,6 +30,15 @@ class Issue:
     send_at: datetime | None = None
     template: str = DEFAULT_TEMPLATE
     list_name: str | None = None
+    archive: bool | None = None  # issue.toml `archive`: True lists it, False hides it, None: the rule below
+
+    @property
+    def public(self) -> bool:
+        """Whether /archive lists the issue and /issues/SLUG serves it to anyone: `archive` when set,
+        else only an issue sent to everyone (an issue for a named list or a segment stays private)."""
+        if self.archive is not None:
+            return self.archive
+        return self.list_name is None and not getattr(self, "segment", None)
 
     def source_files(self) -> list[Path]:
         """Every file whose change changes the email (the preview watches these)."""
@@ -79,6 +88,9 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
         if key in meta and not isinstance(meta[key], str):
             raise SourceError(toml_path, f"{key} must be a string", line_of(key))
 
+    if "archive" in meta and not isinstance(meta["archive"], bool):
+        raise SourceError(toml_path, f"archive must be true or false, not {meta['archive']!r}", line_of("archive"))
+
     subject = meta.get("subject", "").strip()
     if not subject:
         raise SourceError(toml_path, "missing subject (add: subject = \"…\")", line_of("subject"))
@@ -111,6 +123,7 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
         send_at=send_at,
         template=meta.get("template", DEFAULT_TEMPLATE).strip() or DEFAULT_TEMPLATE,
         list_name=meta.get("list", "").strip() or None,
+        archive=meta.get("archive"),
     )
 
 

@@ -5,7 +5,7 @@ They go out through the configured backend with the same contract as an issue (`
 `key` (the outbox folder / provider category: `confirm`, `welcome`), `html` and `text` templates
 with slots, `slot_values(recipient)` and `settings`. The MJML is compiled ONCE per kind (a
 `NoticeTemplate`); per person only the slots are filled (greeting, email, unsubscribe and
-confirmation links).
+confirmation links). The confirmation email is neutral: no name (see `Notifier.build`).
 
 Templates: `templates/confirm.mjml.j2` + `confirm.txt.j2` (required by the subscribe form) and
 `templates/welcome.mjml.j2` + `welcome.txt.j2` (optional: delete them and no welcome email is sent).
@@ -30,6 +30,7 @@ from .render import Recipient, Template, compile_email, personal_values, slot_ma
 log = logging.getLogger("mailer.notices")
 
 NOTICE_KINDS = ("confirm", "welcome")
+UNCONFIRMED_KINDS = ("confirm",)  # sent before the address is confirmed: nothing the form's sender typed
 NOTICE_SLOTS = ("greeting", "email", "unsubscribe_url", "confirm_url")
 _ALL_SLOTS = (*NOTICE_SLOTS, *(f"{name}.html" for name in NOTICE_SLOTS))
 
@@ -75,6 +76,11 @@ class Notice:
         values = self.slot_values(recipient)
         return self.html.fill(values), self.text.fill(values)
 
+    @property
+    def notice_kind(self) -> str:
+        """Marks a notice for backends that file messages (the outbox names notices by kind and time)."""
+        return self.template.kind
+
 
 def notice_available(settings: Settings, kind: str) -> bool:
     return all((settings.templates_dir / f"{kind}.{ext}.j2").is_file() for ext in ("mjml", "txt"))
@@ -86,7 +92,7 @@ def compile_notice(settings: Settings, kind: str) -> NoticeTemplate:
         raise ValueError(f"unknown notice {kind!r}")
     if not notice_available(settings, kind):
         raise RenderError(f"{settings.templates_dir / (kind + '.mjml.j2')} (and .txt.j2) are needed for the {kind} email")
-    strings = i18n.strings(settings.language)
+    strings = i18n.strings(settings.language, settings.name)
     context = {
         "name": settings.name,
         "language": settings.language,
@@ -131,7 +137,12 @@ class Notifier:
         return f"{self.settings.base_url}/u/{tokens.make_token(self.key, 'unsubscribe', subscriber_id)}"
 
     def build(self, kind: str, subscriber_id: int, email: str, name: str = "") -> tuple[Notice, Recipient]:
+        """The notice and its recipient. A confirmation goes to an address nobody has confirmed yet,
+        whoever typed it into the form: it carries no text they submitted (no name in the To header
+        or the greeting), so the form cannot relay a stranger's words to anyone."""
         values = {"confirm_url": self.confirm_url(subscriber_id)} if kind == "confirm" else {}
+        if kind in UNCONFIRMED_KINDS:
+            name = ""
         notice = Notice(self.template(kind), self.settings, values)
         recipient = Recipient(email=email, name=name, subscriber_id=subscriber_id,
                               unsubscribe_url=self.unsubscribe_url(subscriber_id))

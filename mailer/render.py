@@ -20,8 +20,8 @@ import jinja2
 import mjml
 from markupsafe import Markup
 
-from . import i18n, markup
-from .config import Settings
+from . import i18n, markup, tokens
+from .config import Settings, secret_key_for
 from .errors import RenderError, SourceError
 from .issue import Issue
 
@@ -205,7 +205,7 @@ def render_issue(issue: Issue, settings: Settings) -> RenderedIssue:
         if not (settings.templates_dir / name).is_file():
             raise SourceError(issue.folder / "issue.toml",
                               f"unknown template {issue.template!r}: {settings.templates_dir / name} does not exist")
-    web_url = f"{settings.base_url}/issues/{issue.slug}"
+    web_url = web_edition_url(settings, issue)
     compiled = compile_email(settings, issue.template, _context(issue, settings, web_url), slots=TEXT_SLOTS,
                              required=("unsubscribe_url",), text_context=_text_context(issue, language))
     rendered = RenderedIssue(issue=issue, settings=settings, mjml_source=compiled.mjml_source, html=compiled.html,
@@ -213,9 +213,33 @@ def render_issue(issue: Issue, settings: Settings) -> RenderedIssue:
     return RenderedIssue(**{**rendered.__dict__, "warnings": tuple(build_warnings(rendered))})
 
 
+def web_edition_url(settings: Settings, issue: Issue) -> str:
+    """Where an issue's web edition lives: `/issues/SLUG` for a public issue; for a private one
+    (sent to a list or a segment, or `archive = false`) the same address with a key only its
+    recipients have (`?k=`, `tokens.web_edition_key`), so the email's "view online" link works
+    while the archive does not show it."""
+    url = f"{settings.base_url}/issues/{issue.slug}"
+    if issue.public:
+        return url
+    return f"{url}?k={tokens.web_edition_key(secret_key_for(settings), issue.slug)}"
+
+
+def render_web_edition(rendered: RenderedIssue) -> str:
+    """The issue's web edition (the page at its `web_url`): the same template rendered with
+    `web_edition = true`, which leaves out the personal parts (greeting, "you receive this because",
+    unsubscribe link) and offers the subscribe page instead. A template that ignores the flag still
+    gets no personal value: its slots are filled with a neutral greeting and the subscribe page."""
+    issue, settings = rendered.issue, rendered.settings
+    context = {**_context(issue, settings, rendered.web_url), "web_edition": True}
+    compiled = compile_email(settings, issue.template, context, slots=TEXT_SLOTS, required=(),
+                             text_context=_text_context(issue, settings.language))
+    neutral = Recipient(email="", name="", unsubscribe_url=f"{settings.base_url}/subscribe")
+    return compiled.html.fill(personal_values(settings, neutral))
+
+
 def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
     language = settings.language
-    strings = i18n.strings(language)
+    strings = i18n.strings(language, settings.name)
     briefs = []
     for index, brief in enumerate(issue.briefs, start=1):
         briefs.append({
@@ -238,6 +262,8 @@ def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
         "intro_html": Markup(markup.to_html(issue.intro, language)) if issue.intro else None,
         "briefs": briefs,
         "web_url": web_url,
+        "web_edition": False,  # True when rendering the web page (render_web_edition): no personal parts
+        "subscribe_url": f"{settings.base_url}/subscribe",
         "archive_url": f"{settings.base_url}/archive",
         "postal_address": settings.postal_address,
         "why_received": strings["why_received"].format(name=settings.name),

@@ -6,8 +6,8 @@ checks the two never drift apart.
 
 from __future__ import annotations
 
-from sqlalchemy import (JSON, BigInteger, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData,
-                        String, Table, Text, UniqueConstraint)
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData,
+                        String, Table, Text, UniqueConstraint, true)
 
 # BIGINT on PostgreSQL, but INTEGER on SQLite so the column is a rowid alias (autoincrement).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -24,6 +24,7 @@ SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complain
 SUPPRESSED_STATUSES = ("unsubscribed", "bounced", "complained")
 DELIVERY_STATUSES = ("queued", "sending", "sent", "failed", "skipped")
 ISSUE_STATUSES = ("draft", "sending", "paused", "sent")
+TOMBSTONE_PREFIX = "erased:"  # subscribers.email of an erased person: this prefix + SHA-256 of the address
 
 subscribers = Table(
     "subscribers", metadata,
@@ -78,6 +79,8 @@ issues = Table(
     Column("web_html", Text, nullable=True, doc="the web version, without personal values"),
     Column("issue_date", String(10), nullable=True),
     Column("rate_next_at", Float, nullable=True, doc="the rate limit's schedule, shared by every worker (epoch s)"),
+    Column("public", Boolean, nullable=False, server_default=true(),
+           doc="listed in /archive and served at /issues/SLUG (issue.toml `archive`, else: not sent to a list)"),
 )
 
 deliveries = Table(

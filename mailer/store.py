@@ -12,17 +12,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .errors import ConfigError, MailerError, NotFound
-from .schema import (SUPPRESSED_STATUSES, deliveries, issues, list_members, metadata, subscriber_events,
-                     subscribers)
+from .schema import (SUPPRESSED_STATUSES, TOMBSTONE_PREFIX, deliveries, issues, list_members, metadata, provider_events,
+                     subscriber_events, subscribers)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
 
@@ -64,6 +64,21 @@ _STATUS_UPDATES = {
 _STATUS_EVENT = subscriber_events.insert().values(
     subscriber_id=sa.bindparam("p_id"), at=sa.bindparam("p_now"), kind="status", old_status=sa.bindparam("p_old"),
     new_status=sa.bindparam("p_new"), source=sa.bindparam("p_source"), reason=sa.bindparam("p_reason"))
+
+
+_PERSON_COLUMNS = (subscribers.c.id, subscribers.c.email, subscribers.c.email_given, subscribers.c.name,
+                   subscribers.c.status, subscribers.c.unsubscribed_at)
+_PERSON = sa.select(*_PERSON_COLUMNS).where(subscribers.c.id == sa.bindparam("p_id"))
+_PERSON_FOR_UPDATE = _PERSON.with_for_update()
+# An issue has a public page once sent (or partly sent) and given a web edition.
+_SENT_WITH_WEB_EDITION = sa.and_(issues.c.web_html.is_not(None), sa.or_(
+    issues.c.status == "sent",
+    sa.exists().where(deliveries.c.issue_id == issues.c.id, deliveries.c.status == "sent")))
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 _FINISH_ONE = deliveries.update().where(
@@ -138,8 +153,148 @@ class Store:
                                           "p_source": c.source, "p_reason": c.reason[:2000]} for c in applied])
         return applied
 
+    # ----- people: links, the web app and the operator's person operations ------------------
+    def person_for_link(self, conn: Connection, subscriber_id: int, *, lock: bool = False) -> sa.Row | None:
+        """(id, email, email_given, name, status, unsubscribed_at) of the person a link names;
+        `lock`: FOR UPDATE on PostgreSQL, so two concurrent clicks cannot both apply a change."""
+        return conn.execute(_PERSON_FOR_UPDATE if lock else _PERSON, {"p_id": subscriber_id}).first()
+
+    def people_by_ids(self, conn: Connection, ids: Sequence[int]) -> dict[int, sa.Row]:
+        """id -> (id, email, status, confirmed_at), for the ids that exist."""
+        found: dict[int, sa.Row] = {}
+        for chunk in _chunks(sorted(set(ids)), 500):
+            found.update((row.id, row) for row in conn.execute(
+                sa.select(subscribers.c.id, subscribers.c.email, subscribers.c.status, subscribers.c.confirmed_at)
+                .where(subscribers.c.id.in_(chunk))))
+        return found
+
+    def ids_by_emails(self, conn: Connection, keys: Sequence[str]) -> dict[str, int]:
+        """Normalised address (or tombstone) -> subscriber id, for those in the table."""
+        found: dict[str, int] = {}
+        for chunk in _chunks(sorted(set(keys)), 500):
+            found.update((email, sid) for email, sid in conn.execute(
+                sa.select(subscribers.c.email, subscribers.c.id).where(subscribers.c.email.in_(chunk))))
+        return found
+
+    def record_event(self, conn: Connection, subscriber_id: int, kind: str, *, source: str, reason: str = "",
+                     at: datetime | None = None) -> None:
+        """One line of a person's history that is not a status change (confirm_sent, erased…)."""
+        conn.execute(subscriber_events.insert().values(subscriber_id=subscriber_id, at=at or utcnow(), kind=kind,
+                                                       source=source, reason=reason[:2000]))
+
+    def events_since(self, conn: Connection, subscriber_id: int, kind: str, since: datetime) -> tuple[datetime | None, int]:
+        """(latest time, count) of a person's events of `kind` after `since`."""
+        last, count = conn.execute(
+            sa.select(sa.func.max(subscriber_events.c.at), sa.func.count())
+            .where(subscriber_events.c.subscriber_id == subscriber_id, subscriber_events.c.kind == kind,
+                   subscriber_events.c.at > since)).one()
+        return as_utc(last), count
+
+    def last_event_at(self, conn: Connection, subscriber_id: int, kind: str) -> datetime | None:
+        return as_utc(conn.execute(sa.select(sa.func.max(subscriber_events.c.at)).where(
+            subscriber_events.c.subscriber_id == subscriber_id, subscriber_events.c.kind == kind)).scalar())
+
+    def status_history(self, conn: Connection, subscriber_id: int) -> list[sa.Row]:
+        """A person's events that set a status (creation included), oldest first:
+        (id, at, kind, old_status, new_status, source, reason)."""
+        return list(conn.execute(
+            sa.select(subscriber_events.c.id, subscriber_events.c.at, subscriber_events.c.kind,
+                      subscriber_events.c.old_status, subscriber_events.c.new_status, subscriber_events.c.source,
+                      subscriber_events.c.reason)
+            .where(subscriber_events.c.subscriber_id == subscriber_id, subscriber_events.c.new_status.is_not(None))
+            .order_by(subscriber_events.c.id)))
+
+    def insert_provider_events(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
+        """INSERT … ON CONFLICT (provider, provider_event_id) DO NOTHING; returns the event ids that were new."""
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        statement = (insert(provider_events).on_conflict_do_nothing(
+            index_elements=[provider_events.c.provider, provider_events.c.provider_event_id])
+            .returning(provider_events.c.provider_event_id))
+        inserted: set[str] = set()
+        for chunk in _chunks(list(rows), 500):
+            inserted.update(conn.execute(statement, chunk).scalars())
+        return inserted
+
+    def erase_person(self, conn: Connection, subscriber_id: int, *, email_keys: Sequence[str], tombstone: str,
+                     redact: Callable[[str], str], anonymise: Callable[[dict], dict], source: str,
+                     reason: str) -> dict[str, Any]:
+        """Erase a person's data in every table, keeping an anonymous tombstone row (the same id,
+        `tombstone` in place of the address) and the shape of their history.
+
+        `email_keys`: the normalised forms of the address (webhook events are found by these too);
+        `redact(text)`: the text with any address replaced; `anonymise(payload)`: a provider event's
+        raw payload without its personal fields. Returns counts and `paths`: the deliveries'
+        provider ids as they were before redaction (for the outbox backend, the files written).
+        """
+        people = [subscriber_id]
+        conn.execute(list_members.delete().where(list_members.c.subscriber_id == subscriber_id))
+        conn.execute(subscribers.update().where(subscribers.c.id == subscriber_id).values(
+            email=tombstone, email_given=tombstone, name="", language="", attributes={}, import_digest=None,
+            source="", updated_at=utcnow()))
+        events = conn.execute(sa.select(subscriber_events.c.id, subscriber_events.c.reason)
+                              .where(subscriber_events.c.subscriber_id.in_(people))).all()
+        changed = [{"b_id": row.id, "b_reason": redact(row.reason or "")} for row in events
+                   if redact(row.reason or "") != (row.reason or "")]
+        if changed:
+            conn.execute(subscriber_events.update().where(subscriber_events.c.id == sa.bindparam("b_id"))
+                         .values(reason=sa.bindparam("b_reason")), changed)
+        sent = conn.execute(sa.select(deliveries.c.id, deliveries.c.provider_message_id, deliveries.c.last_error)
+                            .where(deliveries.c.subscriber_id == subscriber_id)).all()
+        paths = [row.provider_message_id for row in sent if row.provider_message_id]
+        if sent:
+            conn.execute(deliveries.update().where(deliveries.c.id == sa.bindparam("b_id")).values(
+                provider_message_id=sa.bindparam("b_provider"), last_error=sa.bindparam("b_error")), [
+                {"b_id": row.id,
+                 "b_provider": redact(row.provider_message_id) if row.provider_message_id else None,
+                 "b_error": redact(row.last_error) if row.last_error else None} for row in sent])
+        hooks = conn.execute(
+            sa.select(provider_events.c.id, provider_events.c.reason, provider_events.c.payload)
+            .where(sa.or_(provider_events.c.subscriber_id == subscriber_id,
+                          provider_events.c.email.in_([*email_keys, tombstone]),
+                          # an `email` field that was not a bare address ("Name <address>") is stored as given
+                          *(provider_events.c.email.contains(key.lower(), autoescape=True) for key in email_keys)))).all()
+        if hooks:
+            conn.execute(provider_events.update().where(provider_events.c.id == sa.bindparam("b_id")).values(
+                email="", subscriber_id=subscriber_id, reason=sa.bindparam("b_reason"),
+                payload=sa.bindparam("b_payload")), [
+                {"b_id": row.id, "b_reason": redact(row.reason or ""),
+                 "b_payload": anonymise(row.payload if isinstance(row.payload, dict) else {})} for row in hooks])
+        self.record_event(conn, subscriber_id, "erased", source=source, reason=reason)
+        return {"events": len(events), "deliveries": len(sent), "provider_events": len(hooks), "paths": paths}
+
+    def compact(self) -> bool:
+        """After an erasure, leave no copy of deleted data in the database files: on SQLite, VACUUM
+        (rewrites the file from live rows only; freed pages and old record images go) and truncate the
+        write-ahead log; False when another connection kept the log busy. PostgreSQL: nothing here
+        (dead row versions stay in the table files until (auto)vacuum reuses them)."""
+        if not self.is_sqlite:
+            return True
+        with self.engine.connect() as conn:
+            dbapi = conn.connection.driver_connection
+            dbapi.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            dbapi.execute("VACUUM")
+            busy = dbapi.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        return busy == 0
+
+    # ----- issues' public pages ------------------------------------------------------------------
+    def published_issues(self, conn: Connection) -> list[sa.Row]:
+        """(slug, subject, issue_date) of the issues the archive lists, newest first."""
+        return list(conn.execute(
+            sa.select(issues.c.slug, issues.c.subject, issues.c.issue_date)
+            .where(_SENT_WITH_WEB_EDITION, issues.c.public.is_(True))
+            .order_by(sa.func.coalesce(issues.c.issue_date, "").desc(), issues.c.id.desc())))
+
+    def web_edition(self, conn: Connection, slug: str) -> sa.Row | None:
+        """(web_html, public) of a sent issue, None for unknown or unsent ones."""
+        return conn.execute(sa.select(issues.c.web_html, issues.c.public)
+                            .where(issues.c.slug == slug, _SENT_WITH_WEB_EDITION)).first()
+
     def count_subscribers(self, conn: Connection, status: str | None = None) -> int:
-        query = sa.select(sa.func.count()).select_from(subscribers)
+        """People on the list (with `status`); erased people's tombstones are nobody."""
+        query = sa.select(sa.func.count()).select_from(subscribers).where(~subscribers.c.email.startswith(TOMBSTONE_PREFIX))
         if status:
             query = query.where(subscribers.c.status == status)
         return conn.execute(query).scalar_one()
@@ -149,14 +304,18 @@ class Store:
         return conn.execute(sa.select(issues).where(issues.c.slug == slug)).first()
 
     def ensure_issue(self, conn: Connection, *, slug: str, subject: str, list_name: str | None,
-                     web_html: str | None, issue_date: str | None) -> sa.Row:
+                     web_html: str | None, issue_date: str | None, public: bool = True) -> sa.Row:
+        """The issue's row, created or (while a draft) refreshed; `public` (whether the archive shows
+        it) is a publication setting, not content: it follows issue.toml at every send, even a resumed one."""
         row = self.issue_row(conn, slug)
         if row is None:
             conn.execute(issues.insert().values(slug=slug, subject=subject, list_name=list_name, status="draft",
-                                                web_html=web_html, issue_date=issue_date))
+                                                web_html=web_html, issue_date=issue_date, public=public))
         elif row.status == "draft":
             conn.execute(issues.update().where(issues.c.id == row.id).values(
-                subject=subject, list_name=list_name, web_html=web_html, issue_date=issue_date))
+                subject=subject, list_name=list_name, web_html=web_html, issue_date=issue_date, public=public))
+        elif row.public != public:
+            conn.execute(issues.update().where(issues.c.id == row.id).values(public=public))
         return self.issue_row(conn, slug)  # type: ignore[return-value]
 
     def book_rate_slot(self, conn: Connection, issue_id: int, now: float, cost: float) -> float:

@@ -1,9 +1,26 @@
-"""Signed, opaque tokens for unsubscribe and confirmation links.
+"""Opaque, authenticated tokens for unsubscribe and confirmation links, and keys for unlisted web editions.
 
-A token carries a subscriber id (and optionally an issue id) and an HMAC-SHA256 tag keyed with the
-secret key and the token's purpose, so an unsubscribe token can never confirm a subscription and a
-changed byte is always caught. No email address is ever in a URL. Tokens do not expire: an
-unsubscribe link must keep working in a years-old email.
+Token shape (since 0.2, "v2"): base64url without padding of
+
+    0x02 | AES-SIV(key, associated data = [b"mailer-token", version, purpose], plaintext = id(s))
+
+where the plaintext is the subscriber id (8 bytes, big-endian), optionally followed by an issue id
+(4 bytes). AES-SIV (RFC 5297, `cryptography`'s `AESSIV`) is a deterministic authenticated
+encryption: the id is unreadable without the key, any changed byte is refused, and the purpose is
+bound (an unsubscribe token never confirms anything). Deterministic on purpose: one person's link is
+the same in every email, so nothing has to be stored to recognise it. 34 characters (39 with an issue).
+
+The AES-SIV key is derived from MAILER_SECRET_KEY with HMAC-SHA512 (a 512-bit key = AES-256-SIV), so
+any key text works; `config.secret_key_for` decides which keys are acceptable.
+
+Legacy tokens ("v1", before 0.2): base64url of id(s) followed by a 12-byte HMAC-SHA256 tag (27 or 32
+characters). They showed the subscriber id in clear, so none is made any more; `read_token` still
+accepts them, because unsubscribe links already in people's inboxes must never stop working (and a
+confirmation link sent just before an upgrade should still confirm). The two shapes never collide:
+their decoded lengths differ (20/24 bytes against 25/29).
+
+Every token has exactly one spelling (canonical base64url, no padding, no other characters), so a
+token cannot be varied to dodge a cache or a log filter. Tokens do not expire.
 """
 
 from __future__ import annotations
@@ -12,13 +29,24 @@ import base64
 import binascii
 import hmac
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from .errors import MailerError
 
-TAG_BYTES = 12
+VERSION = 2
+_VERSION_BYTE = bytes([VERSION])
+LEGACY_TAG_BYTES = 12
+TAG_BYTES = LEGACY_TAG_BYTES  # kept for callers of the old name
 _SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PURPOSES = ("unsubscribe", "confirm")
+_SIV_BYTES = 16
+_V2_LENGTHS = {1 + _SIV_BYTES + 8: False, 1 + _SIV_BYTES + 12: True}        # decoded length -> has issue id
+_LEGACY_LENGTHS = {8 + LEGACY_TAG_BYTES: False, 12 + LEGACY_TAG_BYTES: True}
+WEB_KEY_BYTES = 12
 
 
 class InvalidToken(MailerError):
@@ -32,36 +60,85 @@ class TokenData:
     purpose: str
     subscriber_id: int
     issue_id: int | None = None
+    legacy: bool = field(default=False, compare=False)  # the pre-0.2 shape: still honoured, never made
 
 
-def _tag(key: bytes, purpose: str, payload: bytes) -> bytes:
-    return hmac.digest(key, purpose.encode("ascii") + b"\0" + payload, "sha256")[:TAG_BYTES]
+@lru_cache(maxsize=8)
+def _siv(key: bytes) -> AESSIV:
+    return AESSIV(hmac.digest(key, b"mailer token encryption key v2", "sha512"))
 
 
-def make_token(key: bytes, purpose: str, subscriber_id: int, issue_id: int | None = None) -> str:
-    if purpose not in PURPOSES:
-        raise ValueError(f"unknown token purpose {purpose!r}")
-    payload = subscriber_id.to_bytes(8, "big")
-    if issue_id is not None:
-        payload += issue_id.to_bytes(4, "big")
-    return base64.urlsafe_b64encode(payload + _tag(key, purpose, payload)).rstrip(b"=").decode("ascii")
+def _associated(purpose: str) -> list[bytes]:
+    return [b"mailer-token", _VERSION_BYTE, purpose.encode("ascii")]
 
 
-def read_token(key: bytes, purpose: str, token: str) -> TokenData:
-    """Verify and decode; raises InvalidToken for anything forged, truncated or malformed."""
-    if not _SHAPE.fullmatch(token or ""):  # base64url only: one token, one spelling
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _unb64(token: str) -> bytes:
+    """Decode canonical unpadded base64url; raises InvalidToken for anything else."""
+    if not _SHAPE.fullmatch(token or ""):
         raise InvalidToken("invalid link")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         raise InvalidToken("invalid link") from None
-    if len(raw) not in (8 + TAG_BYTES, 12 + TAG_BYTES):
+    if _b64(raw) != token:  # unused low bits set: a second spelling of some token
         raise InvalidToken("invalid link")
-    payload, tag = raw[:-TAG_BYTES], raw[-TAG_BYTES:]
-    if not hmac.compare_digest(tag, _tag(key, purpose, payload)):
+    return raw
+
+
+def make_token(key: bytes, purpose: str, subscriber_id: int, issue_id: int | None = None) -> str:
+    """A v2 token (34 characters; 39 with `issue_id`). Raises ValueError for an unknown purpose or
+    ids out of range (subscriber id < 2**63, issue id < 2**32)."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown token purpose {purpose!r}")
+    plain = subscriber_id.to_bytes(8, "big")
+    if issue_id is not None:
+        plain += issue_id.to_bytes(4, "big")
+    return _b64(_VERSION_BYTE + _siv(key).encrypt(plain, _associated(purpose)))
+
+
+def read_token(key: bytes, purpose: str, token: str) -> TokenData:
+    """Verify and decode a v2 or legacy token; raises InvalidToken for anything forged, truncated,
+    malformed, made with another key or for another purpose."""
+    raw = _unb64(token)
+    if len(raw) in _V2_LENGTHS and raw[:1] == _VERSION_BYTE:
+        try:
+            plain = _siv(key).decrypt(raw[1:], _associated(purpose))
+        except InvalidTag:
+            raise InvalidToken("invalid link") from None
+        legacy = False
+    elif len(raw) in _LEGACY_LENGTHS:
+        plain, tag = raw[:-LEGACY_TAG_BYTES], raw[-LEGACY_TAG_BYTES:]
+        if not hmac.compare_digest(tag, _legacy_tag(key, purpose, plain)):
+            raise InvalidToken("invalid link")
+        legacy = True
+    else:
         raise InvalidToken("invalid link")
-    issue_id = int.from_bytes(payload[8:12], "big") if len(payload) == 12 else None
-    return TokenData(purpose=purpose, subscriber_id=int.from_bytes(payload[:8], "big"), issue_id=issue_id)
+    issue_id = int.from_bytes(plain[8:12], "big") if len(plain) == 12 else None
+    return TokenData(purpose=purpose, subscriber_id=int.from_bytes(plain[:8], "big"), issue_id=issue_id, legacy=legacy)
+
+
+def _legacy_tag(key: bytes, purpose: str, payload: bytes) -> bytes:
+    return hmac.digest(key, purpose.encode("ascii") + b"\0" + payload, "sha256")[:LEGACY_TAG_BYTES]
+
+
+def make_legacy_token(key: bytes, purpose: str, subscriber_id: int, issue_id: int | None = None) -> str:
+    """The pre-0.2 shape, exactly as it was made (for tests of the compatibility reader only)."""
+    payload = subscriber_id.to_bytes(8, "big") + (issue_id.to_bytes(4, "big") if issue_id is not None else b"")
+    return _b64(payload + _legacy_tag(key, purpose, payload))
+
+
+def web_edition_key(key: bytes, slug: str) -> str:
+    """The `k` parameter that opens an unlisted issue's web edition (`/issues/SLUG?k=…`): an
+    HMAC-SHA256 of the slug, 16 characters. Only people who got the email have it."""
+    return _b64(hmac.digest(key, b"mailer web edition\0" + slug.encode("utf-8"), "sha256")[:WEB_KEY_BYTES])
+
+
+def check_web_edition_key(key: bytes, slug: str, given: str) -> bool:
+    return hmac.compare_digest(web_edition_key(key, slug).encode("ascii"), (given or "").encode("utf-8", "replace"))
 
 
 def message_id(key: bytes, issue_slug: str, subscriber_id: int, domain: str) -> str:

@@ -1,6 +1,7 @@
 """The public web app (Starlette): unsubscribe, subscribe + confirm, SendGrid webhooks, archive.
 
 Routes
+  GET  /                       307 to /archive
   GET  /u/TOKEN                page naming the newsletter with an "Unsubscribe me" button (a form);
                                a GET never changes anything, so link scanners unsubscribe no one
   POST /u/TOKEN                unsubscribes at once (RFC 8058 `List-Unsubscribe=One-Click` or the
@@ -9,51 +10,54 @@ Routes
                                complaint — a human click on a POST-only button is consent)
   GET  /subscribe              form (no JavaScript), honeypot, per-IP rate limit on POST
   POST /subscribe              pending + confirmation email; the same answer whatever the address's state
-  GET  /confirm/TOKEN          pending → active (+ welcome email); a suppressed person who asked
-  POST /confirm/TOKEN          to come back must press the button (POST): a scanner never undoes an unsubscribe
-  POST /webhooks/sendgrid      signed events → provider_events (idempotent) → suppressions
-  GET  /archive, /issues/SLUG  sent issues and their web versions
+  GET  /confirm/TOKEN          a page with a "confirm" button; a GET (or HEAD) confirms no one, since
+                               mail scanners (Outlook SafeLinks, corporate gateways) follow links
+  POST /confirm/TOKEN          pending → active (+ welcome email), idempotent
+  POST /webhooks/sendgrid      signed events → provider_events (idempotent) → suppressions; refused
+                               (403, with the reason) while MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is unset
+  GET  /archive, /issues/SLUG  public sent issues and their web editions; a private issue's web
+                               edition only with its key (`?k=`, in the email's "view online" link)
 
-Tokens are opaque and signed (`tokens.py`): no email address is ever in a URL. A malformed or
-tampered token gets 400, a well-formed one naming nobody 404, and nothing changes. Subscriber id 0
-is the one test sends and previews use: its links lead to a "this was a test message" page.
+Tokens are opaque (`tokens.py`: encrypted and authenticated, no id or address readable). A malformed
+or tampered token gets 400, a well-formed one naming nobody 404, and nothing changes. Subscriber id
+0 is the one test sends and previews use: its links lead to a "this was a test message" page.
 
 Pages are Jinja templates in `templates/web/` (autoescape on), in MAILER_LANGUAGE, without
 JavaScript, under a strict Content-Security-Policy and `Referrer-Policy: no-referrer` (a token in the
 address bar never leaks to another site). Database work runs in worker threads (anyio's pool; on
-SQLite two threads and an in-process lock, since SQLite has one writer anyway); one `Store` per app.
+SQLite two threads and an in-process lock, since SQLite has one writer anyway); one `Store` per app;
+every query is a `Store` method; reading SendGrid's events is `backends/sendgrid_events.py`. The
+module is longer than most because every route shares one state (`WebApp`: store, limiter, keys,
+templates) and splitting the routes from it would only add indirection.
 
 Decisions (see also the templates' comments):
 * one-click and the page's button are both a POST; any POST to /u/TOKEN unsubscribes (the token is
   the capability), the event's source says "one-click" for the RFC 8058 body and "web" otherwise;
-* GET /confirm/TOKEN confirms a *pending* person (DESIGN's contract: one click from the email; the
-  risk that a mail scanner confirms a sign-up someone else made is bounded by the honeypot, the rate
-  limits and the one-click unsubscribe in the welcome email); HEAD confirms no one;
 * the subscribe form never reveals whether an address is known: same page, same status, email sent
   after the answer (a background task); nothing at all for an active address; a suppressed person
   gets a confirmation email and comes back only by pressing its button (their own choice);
+* until an address is confirmed nothing its submitter typed is shown or sent: the confirmation email
+  is neutral (`notices`), the unsubscribe page of a pending person greets no one;
 * confirmation emails: at most one a minute and five a day per address, whoever asks;
-* SendGrid webhook: verified when MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is set (403 for a bad or
-  missing signature and a timestamp more than MAILER_WEBHOOK_MAX_AGE seconds away); without a key
-  events are accepted and a warning is logged once — set the key in production, as anyone could
-  otherwise suppress any address.
+* SendGrid webhook: only with a verification key (ECDSA over the raw body, timestamp at most
+  MAILER_WEBHOOK_MAX_AGE seconds away); an event acts only on the subscriber it names whose address
+  is the event's own (an id alone, or an id with another address, changes nobody); events about an
+  erased person are stored anonymised; the body must be a JSON array of objects (deep nesting and
+  NaN are refused with 400, NUL and lone surrogates neutralised: never a 500).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 import threading
 import time
 from collections import deque
 from contextlib import asynccontextmanager, contextmanager, nullcontext
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import parse_qsl
 
 import anyio.to_thread
@@ -64,17 +68,19 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from . import i18n, tokens
 from .addresses import parse_address
-from .config import Settings, secret_key_for
+from .backends import sendgrid_events
+from .backends.sendgrid_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, ReadEvent, read_event
+from .config import Settings, require_secret_key, secret_key_for
 from .errors import ConfigError, InvalidAddress
 from .notices import Notifier
-from .schema import SUPPRESSED_STATUSES, deliveries, issues, provider_events, subscriber_events, subscribers
+from .schema import SUPPRESSED_STATUSES
 from .store import StatusChange, Store, as_utc, open_store, utcnow
-from .subscribers import TOMBSTONE_PREFIX, clean_text
+from .subscribers import TOMBSTONE_PREFIX, anonymised_payload, clean_text, redact_addresses, tombstone_key
 
 log = logging.getLogger("mailer.web")
 
@@ -87,8 +93,6 @@ FORM_MAX_BYTES = 16 * 1024
 UNSUBSCRIBE_MAX_BYTES = 16 * 1024
 WEBHOOK_MAX_BYTES = 8 * 1024 * 1024               # SendGrid posts batches of up to ~1000 events
 WEBHOOK_MAX_EVENTS = 10_000
-SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
-TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 HONEYPOT_FIELD = "website"
 SQLITE_THREADS = 2             # worker threads for blocking work on SQLite (one writer anyway)
 
@@ -148,95 +152,6 @@ class _Page(Exception):
         self.context = context
 
 
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 0 <= value < 2 ** 63 else None
-    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 19:
-        return int(value.strip())
-    return None
-
-
-def _email_key(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        return ""
-    try:
-        return parse_address(value).key
-    except InvalidAddress:
-        return value.strip().lower()[:320]
-
-
-@dataclass(frozen=True)
-class Classified:
-    kind: str                 # normalised kind stored in provider_events
-    suppress: str | None      # the status it implies, if any
-
-
-def classify_sendgrid_event(event: dict) -> Classified:
-    """SendGrid event → normalised kind and the suppression it implies.
-
-    Only a real bounce (`type` "bounce", or no type) is a hard bounce; "blocked" is a temporary
-    refusal by the receiving server. A dropped message suppresses only when the reason names the
-    address (Bounced Address, Spam Reporting Address, Unsubscribed Address); "Spam Content" is about
-    the message, not the person, and suppresses no one.
-    """
-    name = str(event.get("event") or "").strip().lower()
-    if name == "bounce":
-        bounce_type = str(event.get("type") or "bounce").strip().lower()
-        if bounce_type == "blocked":
-            return Classified("blocked", None)
-        return Classified("bounced", "bounced")
-    if name == "spamreport":
-        return Classified("complained", "complained")
-    if name in ("unsubscribe", "group_unsubscribe"):
-        return Classified("unsubscribed", "unsubscribed")
-    if name == "dropped":
-        reason = str(event.get("reason") or "").lower()
-        if "bounce" in reason:
-            return Classified("dropped", "bounced")
-        if "spam report" in reason or ("spam" in reason and "address" in reason):
-            return Classified("dropped", "complained")
-        if "unsubscribe" in reason:
-            return Classified("dropped", "unsubscribed")
-        return Classified("dropped", None)
-    # group_resubscribe is recorded but re-activates no one: our list, not SendGrid's, decides who gets mail
-    normalised = {"open": "opened", "click": "clicked", "group_resubscribe": "resubscribed"}.get(name, name)
-    return Classified((re.sub(r"[^a-z0-9_]", "_", normalised) or "unknown")[:32], None)
-
-
-def _custom_arg(event: dict, name: str) -> Any:
-    """SendGrid flattens custom_args into the event; older payloads nest them (unique_args)."""
-    if name in event:
-        return event[name]
-    for nested in ("custom_args", "unique_args"):
-        value = event.get(nested)
-        if isinstance(value, dict) and name in value:
-            return value[name]
-    return None
-
-
-def _event_time(event: dict) -> datetime | None:
-    stamp = event.get("timestamp")
-    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and 0 < stamp < 2 ** 33:
-        return datetime.fromtimestamp(stamp, timezone.utc)
-    return None
-
-
-def _event_id(event: dict) -> str:
-    given = event.get("sg_event_id")
-    if isinstance(given, str) and given.strip():
-        return given.strip()[:200]
-    # No id (older payloads): the event's own content names it, so a replay is still a duplicate.
-    canonical = json.dumps(event, sort_keys=True, ensure_ascii=False, default=str)
-    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-# The unsubscribe page's read, built once (SQLAlchemy then reuses its compiled form).
-_PERSON_BY_ID = sa.select(subscribers.c.id, subscribers.c.email, subscribers.c.email_given, subscribers.c.name,
-                          subscribers.c.status, subscribers.c.unsubscribed_at).where(subscribers.c.id == sa.bindparam("p_id"))
-
-
 # ----- the application state -------------------------------------------------------------------------
 class WebApp:
     """Everything the handlers share; the `do_*` methods are synchronous (run in the threadpool)."""
@@ -247,17 +162,14 @@ class WebApp:
         self.store = store
         self.notifier = notifier
         self.key = secret_key_for(settings)
-        self.strings = i18n.strings(settings.language)
+        self.strings = i18n.strings(settings.language, settings.name)
         self.limiter = RateLimiter(subscribe_rate, subscribe_window)
-        self.verifier = None
+        self.webhook_key = None
         if settings.sendgrid_webhook_public_key:
-            from sendgrid.helpers.eventwebhook import EventWebhook
-            try:
-                self.verifier = EventWebhook(settings.sendgrid_webhook_public_key.strip())
-            except Exception as exc:  # noqa: BLE001 - whatever the key parser raises
-                raise ConfigError(f"MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is not a valid public key "
-                                  f"(paste the base64 key from SendGrid's Mail Settings): {exc}") from None
-        self._warned_unsigned = False
+            self.webhook_key = sendgrid_events.load_public_key(settings.sendgrid_webhook_public_key)
+        elif settings.backend == "sendgrid":
+            log.warning("SendGrid webhook disabled: MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is unset, so bounces and "
+                        "spam reports from SendGrid suppress no one (Mail Settings → Signed Event Webhook)")
         # SQLite has one writer: queue this process's write transactions on a lock rather than in
         # SQLite's busy handler, whose growing sleeps (up to 100 ms each) would make the latency tail.
         self._write_lock = threading.Lock() if store.is_sqlite else None
@@ -307,10 +219,8 @@ class WebApp:
             raise _Page(400, "message", key="invalid_link") from None
 
     def _person(self, conn: sa.Connection, subscriber_id: int, *, lock: bool = False) -> sa.Row:
-        """The person a token names (404 when gone); `lock`: FOR UPDATE on PostgreSQL, so two
-        concurrent clicks cannot both apply a change."""
-        query = _PERSON_BY_ID.with_for_update() if lock else _PERSON_BY_ID
-        row = conn.execute(query, {"p_id": subscriber_id}).first()
+        """The person a token names (404 when gone or erased)."""
+        row = self.store.person_for_link(conn, subscriber_id, lock=lock)
         if row is None or row.email.startswith(TOMBSTONE_PREFIX):
             raise _Page(404, "message", key="unknown_link")
         return row
@@ -353,8 +263,10 @@ class WebApp:
         return self._unsubscribe_view(row, "resubscribed", token, root)
 
     def _unsubscribe_view(self, row: sa.Row, state: str, token: str, root: str) -> Response:
+        # a pending person's name was typed by whoever filled the form: never shown back
+        person = "" if row.status == "pending" else row.name
         return self.page("unsubscribe.html.j2", root=root, state=state, token=token, email=row.email_given,
-                         person=row.name)
+                         person=person)
 
     # ----- subscribe and confirm --------------------------------------------------------------------
     def do_subscribe(self, email: str, person: str, honeypot: str, root: str) -> Response:
@@ -366,7 +278,7 @@ class WebApp:
         except InvalidAddress:
             return self.page("subscribe.html.j2", 400, root=root, error=True, email=email[:320],
                              person=person[:200])
-        send: tuple[int, str, str] | None = None
+        send: tuple[int, str] | None = None
         try:
             with self.transaction() as conn:
                 send = self._subscribe(conn, address.key, address.given, clean_text(person))
@@ -375,50 +287,48 @@ class WebApp:
         background = BackgroundTask(self.notifier.send_quietly, "confirm", *send) if send else None
         return self.page("subscribed.html.j2", root=root, email=address.given, background=background)
 
-    def _subscribe(self, conn: sa.Connection, key: str, given: str, person: str) -> tuple[int, str, str] | None:
-        """Record the request; returns who gets a confirmation email (None: nobody, silently)."""
+    def _subscribe(self, conn: sa.Connection, key: str, given: str, person: str) -> tuple[int, str] | None:
+        """Record the request; returns (id, address) to send a confirmation email to (None: nobody, silently)."""
         row = self.store.subscriber_by_email(conn, key)
         now = utcnow()
         if row is None:
             subscriber_id = self.store.insert_subscriber(conn, email=key, email_given=given, status="pending",
                                                          name=person, source="web", reason="subscribe form")
-            self._event(conn, subscriber_id, "confirm_sent", now)
-            return subscriber_id, given, person
+            self.store.record_event(conn, subscriber_id, "confirm_sent", source="web", at=now)
+            return subscriber_id, given
         if row.status == "active":
             return None  # nothing to do, and nothing visible: no enumeration
         if row.status in SUPPRESSED_STATUSES:
             # Their own choice may bring them back, but only through the emailed link (proof that the
             # mailbox's owner asked), and only by pressing the button on the confirm page.
-            self._event(conn, row.id, "resubscribe_requested", now, reason=f"subscribe form (is {row.status})")
+            self.store.record_event(conn, row.id, "resubscribe_requested", source="web", at=now,
+                                    reason=f"subscribe form (is {row.status})")
         if not self._may_send_confirmation(conn, row.id, now):
             return None
-        self._event(conn, row.id, "confirm_sent", now)
-        return row.id, row.email_given, row.name
-
-    def _event(self, conn: sa.Connection, subscriber_id: int, kind: str, at: datetime, reason: str = "") -> None:
-        conn.execute(subscriber_events.insert().values(subscriber_id=subscriber_id, at=at, kind=kind, source="web",
-                                                       reason=reason))
+        self.store.record_event(conn, row.id, "confirm_sent", source="web", at=now)
+        return row.id, row.email_given
 
     def _may_send_confirmation(self, conn: sa.Connection, subscriber_id: int, now: datetime) -> bool:
-        last, count = conn.execute(
-            sa.select(sa.func.max(subscriber_events.c.at), sa.func.count())
-            .where(subscriber_events.c.subscriber_id == subscriber_id, subscriber_events.c.kind == "confirm_sent",
-                   subscriber_events.c.at > now - timedelta(days=1))).one()
-        last = as_utc(last)
+        last, count = self.store.events_since(conn, subscriber_id, "confirm_sent", now - timedelta(days=1))
         return not (count >= CONFIRM_MAX_PER_DAY or (last is not None and now - last < CONFIRM_RESEND_INTERVAL))
 
     def do_confirm(self, token: str, *, pressed: bool, root: str) -> Response:
+        """GET (`pressed` False) shows the button and changes nothing; POST confirms, once."""
         data = self.read_token("confirm", token)
         if data.subscriber_id == 0:
             raise _Page(404, "message", key="unknown_link")
         welcome: tuple[int, str, str] | None = None
         with self.transaction() as conn:
-            row = self._person(conn, data.subscriber_id, lock=True)
+            row = self._person(conn, data.subscriber_id, lock=pressed)
             if row.status == "active":
                 state = "confirmed"
             elif row.status == "pending":
-                self.store.set_status(conn, row.id, "active", source="web", reason="confirmed by email link (double opt-in)")
-                state, welcome = "confirmed", (row.id, row.email_given, row.name)
+                if not pressed:
+                    state = "ask_pending"
+                else:
+                    self.store.set_status(conn, row.id, "active", source="web",
+                                          reason="confirmed by email link (double opt-in)")
+                    state, welcome = "confirmed", (row.id, row.email_given, row.name)
             elif not self._asked_to_come_back(conn, row):
                 state = "stale"
             elif not pressed:
@@ -437,22 +347,13 @@ class WebApp:
         """A suppressed person asked (subscribe form) after their suppression, and recently."""
         since = as_utc(row.unsubscribed_at) or datetime.min.replace(tzinfo=timezone.utc)
         since = max(since, utcnow() - COMEBACK_VALID)
-        asked = conn.execute(sa.select(sa.func.max(subscriber_events.c.at)).where(
-            subscriber_events.c.subscriber_id == row.id,
-            subscriber_events.c.kind == "resubscribe_requested")).scalar()
-        return asked is not None and as_utc(asked) >= since
+        asked = self.store.last_event_at(conn, row.id, "resubscribe_requested")
+        return asked is not None and asked >= since
 
     # ----- archive ----------------------------------------------------------------------------------
-    def _published(self) -> sa.ColumnElement[bool]:
-        has_sent = sa.exists().where(deliveries.c.issue_id == issues.c.id, deliveries.c.status == "sent")
-        return sa.and_(issues.c.web_html.is_not(None), sa.or_(issues.c.status == "sent", has_sent))
-
     def do_archive(self, root: str) -> Response:
         with self.transaction() as conn:
-            rows = conn.execute(
-                sa.select(issues.c.slug, issues.c.subject, issues.c.issue_date)
-                .where(self._published())
-                .order_by(sa.func.coalesce(issues.c.issue_date, "").desc(), issues.c.id.desc())).all()
+            rows = self.store.published_issues(conn)
         entries = []
         for row in rows:
             try:
@@ -462,81 +363,62 @@ class WebApp:
             entries.append({"slug": row.slug, "subject": row.subject, "date": when, "iso": row.issue_date or ""})
         return self.page("archive.html.j2", root=root, entries=entries, cache="public, max-age=300")
 
-    def do_issue(self, slug: str) -> Response:
+    def do_issue(self, slug: str, key: str | None) -> Response:
+        """A sent issue's web edition: public ones for anyone, private ones (list-only, segment-only,
+        `archive = false`) only with the key their emails link with; otherwise 404, as for an unknown slug."""
         with self.transaction() as conn:
-            web_html = conn.execute(sa.select(issues.c.web_html).where(issues.c.slug == slug, self._published())).scalar()
-        if web_html is None:
+            row = self.store.web_edition(conn, slug)
+        if row is None or not (row.public or (key and tokens.check_web_edition_key(self.key, slug, key))):
             raise _Page(404, "message", key="not_found")
-        return HTMLResponse(web_html, headers={**COMMON_HEADERS, "Content-Security-Policy": ISSUE_CSP,
-                                               "Cache-Control": "public, max-age=300"})
+        headers = {**COMMON_HEADERS, "Content-Security-Policy": ISSUE_CSP,
+                   "Cache-Control": "public, max-age=300" if row.public else "private, max-age=300"}
+        if not row.public:
+            headers["X-Robots-Tag"] = "noindex, nofollow"
+        return HTMLResponse(row.web_html, headers=headers)
 
     # ----- SendGrid event webhook ---------------------------------------------------------------------
-    def check_signature(self, body: bytes, signature: str | None, timestamp: str | None) -> int | None:
-        """None when the request may be processed, else the HTTP status to answer."""
-        if self.verifier is None:
-            if not self._warned_unsigned:
-                self._warned_unsigned = True
-                log.warning("SendGrid webhook accepted WITHOUT signature verification: set "
-                            "MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY (Mail Settings → Signed Event Webhook)")
-            return None
-        if not signature or not timestamp:
-            return 403
-        try:
-            stamp = int(timestamp.strip())
-        except ValueError:
-            return 403
-        if abs(time.time() - stamp) > self.settings.webhook_max_age:
-            return 403
-        try:
-            payload = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return 400
-        try:
-            valid = self.verifier.verify_signature(payload, signature.strip(), timestamp.strip())
-        except Exception:  # noqa: BLE001 - malformed base64 or DER raises instead of returning False
-            valid = False
-        return None if valid else 403
+    def check_signature(self, body: bytes, signature: str | None, timestamp: str | None) -> str | None:
+        """None when the request may be processed, else why it is refused (answered with 403)."""
+        if self.webhook_key is None:
+            return ("webhook disabled: MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is not set on this server, "
+                    "and unsigned events are never accepted")
+        return sendgrid_events.check_signature(self.webhook_key, body, signature, timestamp,
+                                               self.settings.webhook_max_age)
 
     def do_record_events(self, events: list[dict]) -> dict[str, int]:
-        """Store every event (idempotent by sg_event_id) and apply the suppressions of new ones."""
+        """Store every event (idempotent by sg_event_id) and apply the suppressions of new ones.
+
+        An event acts on a subscriber only when its `email` is that subscriber's address: the
+        subscriber named by `custom_args.mailer_subscriber` when present (and only if the addresses
+        match), else the one with that address. Events without an address, or naming a subscriber
+        whose address is another, are stored and change no one (`ignored` in the answer). Events
+        about an erased person are stored anonymised, on their tombstone.
+        """
         now = utcnow()
         rows: list[dict[str, Any]] = []
-        meta: list[tuple[Classified, int | None, str, datetime | None]] = []
+        meta: list[ReadEvent] = []
         seen: set[str] = set()
         for event in events:
-            event_id = _event_id(event)
-            if event_id in seen:
+            read = read_event(event)
+            if read.event_id in seen:
                 continue
-            seen.add(event_id)
-            classified = classify_sendgrid_event(event)
-            given_id = _as_int(_custom_arg(event, "mailer_subscriber"))
-            email_key = _email_key(event.get("email"))
-            occurred = _event_time(event)
-            reason = event.get("reason") or event.get("response") or event.get("type") or ""
-            rows.append({"provider": "sendgrid", "provider_event_id": event_id, "kind": classified.kind,
-                         "email": email_key, "subscriber_id": None,
-                         "issue_id": _as_int(_custom_arg(event, "mailer_issue")),
-                         "occurred_at": occurred, "received_at": now, "reason": str(reason)[:2000], "payload": event})
-            meta.append((classified, given_id, email_key, occurred))
+            seen.add(read.event_id)
+            rows.append({"provider": "sendgrid", "provider_event_id": read.event_id, "kind": read.classified.kind,
+                         "email": read.email_key, "subscriber_id": None, "issue_id": read.issue_id,
+                         "occurred_at": read.occurred, "received_at": now, "reason": read.reason, "payload": event})
+            meta.append(read)
         if not rows:
-            return {"received": len(events), "new": 0, "suppressed": 0}
+            return {"received": len(events), "new": 0, "suppressed": 0, "ignored": 0}
         with self.transaction() as conn:
-            people = self._correlate(conn, meta)
-            for row, person in zip(rows, people):
-                row["subscriber_id"] = person
-            inserted = self._insert_events(conn, rows)
-            todo = [(row, classified, occurred) for row, (classified, _, _, occurred) in zip(rows, meta)
-                    if row["provider_event_id"] in inserted and classified.suppress and row["subscriber_id"]]
-            current: dict[int, tuple[str, datetime | None]] = {}
-            for chunk in _chunks(sorted({row["subscriber_id"] for row, _, _ in todo}), 500):
-                current.update((r.id, (r.status, as_utc(r.confirmed_at))) for r in conn.execute(
-                    sa.select(subscribers.c.id, subscribers.c.status, subscribers.c.confirmed_at)
-                    .where(subscribers.c.id.in_(chunk))))
+            people, ignored = self._correlate(conn, rows, meta)
+            inserted = self.store.insert_provider_events(conn, rows)
+            todo = [(row, read.classified, read.occurred) for row, read in zip(rows, meta)
+                    if row["provider_event_id"] in inserted and read.classified.suppress and row["subscriber_id"]
+                    and row["subscriber_id"] in people]
+            current = {person.id: (person.status, as_utc(person.confirmed_at)) for person in people.values()}
             changes: list[StatusChange] = []
             for row, classified, occurred in todo:
                 person = row["subscriber_id"]
-                if person not in current:
-                    continue
                 status, confirmed_at = current[person]
                 if _RANK[classified.suppress] <= _RANK.get(status, 0):
                     continue  # already as suppressed, or more
@@ -546,46 +428,45 @@ class WebApp:
                 changes.append(StatusChange(person, status, classified.suppress, "webhook",
                                             f"sendgrid {row['payload'].get('event')}: {row['reason']}"[:500]))
             suppressed = len(self.store.apply_status_changes(conn, changes))
-        return {"received": len(events), "new": len(inserted), "suppressed": suppressed}
+        if ignored:
+            log.warning("SendGrid webhook: %d event(s) changed no one: no address, or an address that is not the "
+                        "subscriber's their custom_args name", ignored)
+        return {"received": len(events), "new": len(inserted), "suppressed": suppressed, "ignored": ignored}
 
-    def _correlate(self, conn: sa.Connection, meta: list[tuple[Classified, int | None, str, datetime | None]]) -> list[int | None]:
-        """Subscriber of each event: the custom_args id when it names the event's address, else the address."""
-        ids = {given_id for _, given_id, _, _ in meta if given_id}
-        keys = {key for _, _, key, _ in meta if key}
-        by_id: dict[int, str] = {}
-        by_email: dict[str, int] = {}
-        for chunk in _chunks(sorted(ids), 500):
-            by_id.update((r.id, r.email) for r in conn.execute(
-                sa.select(subscribers.c.id, subscribers.c.email).where(subscribers.c.id.in_(chunk))))
-        for chunk in _chunks(sorted(keys), 500):
-            by_email.update((r.email, r.id) for r in conn.execute(
-                sa.select(subscribers.c.email, subscribers.c.id).where(subscribers.c.email.in_(chunk))))
-        people: list[int | None] = []
-        for _, given_id, key, _ in meta:
-            if given_id and given_id in by_id and (not key or by_id[given_id] == key):
-                people.append(given_id)
-            else:
-                people.append(by_email.get(key) if key else None)
-        return people
-
-    def _insert_events(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> set[str]:
-        """INSERT … ON CONFLICT DO NOTHING; returns the ids that were new."""
-        if self.store.is_sqlite:
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-        statement = (insert(provider_events).on_conflict_do_nothing(
-            index_elements=[provider_events.c.provider, provider_events.c.provider_event_id])
-            .returning(provider_events.c.provider_event_id))
-        inserted: set[str] = set()
-        for chunk in _chunks(rows, 500):
-            inserted.update(conn.execute(statement, chunk).scalars())
-        return inserted
-
-
-def _chunks(items: list, size: int) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+    def _correlate(self, conn: sa.Connection, rows: list[dict[str, Any]],
+                   meta: list[ReadEvent]) -> tuple[dict[int, sa.Row], int]:
+        """Set each row's subscriber_id (see `do_record_events`); returns the people events may act
+        on (id -> row with status, confirmed_at) and how many suppressing events were ignored."""
+        named = self.store.people_by_ids(conn, [read.subscriber_id for read in meta if read.subscriber_id])
+        keys = {read.email_key for read in meta if read.email_key}
+        by_email = self.store.ids_by_emails(conn, [*keys, *(tombstone_key(key) for key in keys)])
+        living: dict[int, sa.Row] = {}
+        erased: set[int] = set()
+        ignored = 0
+        for row, read in zip(rows, meta):
+            given, key = read.subscriber_id, read.email_key
+            person: int | None = None
+            if key and given and given in named:
+                if named[given].email == key:
+                    person = given
+                elif named[given].email == tombstone_key(key):
+                    person = given
+                    erased.add(given)
+            elif key and not given:
+                person = by_email.get(key)
+                if person is None and tombstone_key(key) in by_email:
+                    person = by_email[tombstone_key(key)]
+                    erased.add(person)
+            if person is None and read.classified.suppress:
+                ignored += 1
+            row["subscriber_id"] = person
+            if person in erased:  # nothing about who they were: what happened and when
+                row.update(email="", reason=redact_addresses(row["reason"]), payload=anonymised_payload(row["payload"]))
+            elif person is not None:
+                living[person] = named.get(person)  # type: ignore[assignment]
+        missing = [pid for pid, found in living.items() if found is None]
+        living.update(self.store.people_by_ids(conn, missing))
+        return {pid: found for pid, found in living.items() if found is not None}, ignored
 
 
 # ----- HTTP layer -------------------------------------------------------------------------------------
@@ -680,10 +561,7 @@ def create_app(settings: Settings, store: Store | None = None, *, notifier: Noti
         return await web.in_thread(web.do_subscribe, field("email"), field("name"), field(HONEYPOT_FIELD),
                                        _root(request))
 
-    async def confirm_page(request: Request) -> Response:
-        if request.method == "HEAD":  # a prefetcher's HEAD confirms no one
-            web.read_token("confirm", request.path_params["token"])
-            return Response(status_code=200, headers=COMMON_HEADERS, media_type="text/html")
+    async def confirm_page(request: Request) -> Response:  # GET and HEAD: a page, never a change
         return await web.in_thread(web.do_confirm, request.path_params["token"], pressed=False, root=_root(request))
 
     async def confirm(request: Request) -> Response:
@@ -694,23 +572,20 @@ def create_app(settings: Settings, store: Store | None = None, *, notifier: Noti
         return await web.in_thread(web.do_archive, _root(request))
 
     async def issue_page(request: Request) -> Response:
-        return await web.in_thread(web.do_issue, request.path_params["slug"])
+        return await web.in_thread(web.do_issue, request.path_params["slug"], request.query_params.get("k"))
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse(f"{_root(request)}/archive", status_code=307, headers=COMMON_HEADERS)
 
     async def sendgrid_webhook(request: Request) -> Response:
         body = await _read_body(request, WEBHOOK_MAX_BYTES)
         refusal = web.check_signature(body, request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER))
         if refusal:
-            return JSONResponse({"error": "bad signature" if refusal == 403 else "bad request"}, status_code=refusal,
-                                headers=COMMON_HEADERS)
+            return JSONResponse({"error": refusal}, status_code=403, headers=COMMON_HEADERS)
         try:
-            events = json.loads(body)
-        except ValueError:
-            return JSONResponse({"error": "body is not JSON"}, status_code=400, headers=COMMON_HEADERS)
-        if isinstance(events, dict):
-            events = [events]
-        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-            return JSONResponse({"error": "expected a JSON array of event objects"}, status_code=400,
-                                headers=COMMON_HEADERS)
+            events = sendgrid_events.parse_events(body)
+        except sendgrid_events.BadPayload as exc:
+            return JSONResponse({"error": str(exc)[:300]}, status_code=400, headers=COMMON_HEADERS)
         if len(events) > WEBHOOK_MAX_EVENTS:
             return JSONResponse({"error": f"more than {WEBHOOK_MAX_EVENTS} events"}, status_code=413,
                                 headers=COMMON_HEADERS)
@@ -735,6 +610,7 @@ def create_app(settings: Settings, store: Store | None = None, *, notifier: Noti
             store.close()
 
     routes = [
+        Route("/", guarded(home), methods=["GET"]),
         Route("/u/{token}", guarded(unsubscribe_page), methods=["GET"]),
         Route("/u/{token}", guarded(unsubscribe), methods=["POST"]),
         Route("/u/{token}/resubscribe", guarded(resubscribe), methods=["POST"]),
@@ -753,11 +629,13 @@ def create_app(settings: Settings, store: Store | None = None, *, notifier: Noti
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """`mailer serve`: uvicorn in front of the app. Behind a reverse proxy on the same machine, the
+    """`mailer serve`: uvicorn in front of the app; raises ConfigError unless MAILER_SECRET_KEY is set and strong
+    (whatever the backend: `subscribers/.secret_key` is for local outbox demos only). Behind a reverse proxy on the same machine, the
     client address (rate limit) comes from X-Forwarded-For (uvicorn trusts 127.0.0.1 by default;
     FORWARDED_ALLOW_IPS widens that)."""
     import uvicorn
 
+    require_secret_key(settings)  # a demo key file would sign links no real email carries
     app = create_app(settings)
     log.info("serving %s on http://%s:%d (public URL %s)", settings.name, host, port, settings.base_url)
     uvicorn.run(app, host=host, port=port, proxy_headers=True, server_header=False, log_level="info")

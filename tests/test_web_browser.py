@@ -1,5 +1,6 @@
 """The public pages in a real browser (Playwright driving the Debian Chromium) against the app served
-by uvicorn on loopback: subscribe → confirmation email (read from the outbox) → confirm link → active;
+by uvicorn on loopback: subscribe → confirmation email (read from the outbox) → confirm link → its
+button → active;
 unsubscribe page → button → unsubscribed → resubscribe; the archive lists a sent issue.
 
 Skipped without /usr/bin/chromium unless MAILER_REQUIRE_BROWSER=1. Screenshots: test-artifacts/web-*.png.
@@ -59,13 +60,14 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"web-{name}.png"), full_page=True)
 
 
-def wait_for_file(path: Path, timeout: float = 10.0) -> Path:
-    """The confirmation email is sent after the answer (a background task): give it a moment."""
+def wait_for_notice(outbox: Path, kind: str, email: str, timeout: float = 10.0) -> Path:
+    """Notices are sent after the answer (a background task): give it a moment.
+    They are filed as outbox/<kind>/<UTC time>-<address>.eml."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
+    while not (found := sorted((outbox / kind).glob(f"*-{email}.eml"))):
+        assert time.monotonic() < deadline, f"no {kind} email to {email} in {outbox}"
         time.sleep(0.05)
-    return path
+    return found[-1]
 
 
 def status_of(store, email: str) -> str:
@@ -92,16 +94,23 @@ def test_subscribe_confirm_unsubscribe_resubscribe_in_a_browser(site, page):
     shot(page, "check-inbox")
     assert status_of(store, "camille@example.org") == "pending"
 
-    message = message_from_bytes(wait_for_file(settings.outbox_dir / "confirm" / "test-Camille@example.org.eml")
+    message = message_from_bytes(wait_for_notice(settings.outbox_dir, "confirm", "Camille@example.org")
                                  .read_bytes(), policy=policy.default)
+    assert message["To"].addresses[0].display_name == ""  # not confirmed yet: nothing the form's sender typed
+    assert "Camille <Exemple>" not in message.get_body(preferencelist=("plain",)).get_content()
     html = message.get_body(preferencelist=("html",)).get_content()
     link = re.search(r'href="(' + re.escape(server.url) + r'/confirm/[A-Za-z0-9_-]+)"', html).group(1)
-    page.goto(link)
+    page.goto(link)  # opening the link (what a scanner does too) shows a button and changes nothing
+    page.get_by_role("heading", name="Confirmer votre abonnement").wait_for()
+    assert_fits_phone(page, "confirm page")
+    shot(page, "confirm")
+    assert status_of(store, "camille@example.org") == "pending"
+    page.get_by_role("button", name="Confirmer mon abonnement").click()
     page.get_by_role("heading", name="Abonnement confirmé").wait_for()
     shot(page, "confirmed")
     assert status_of(store, "camille@example.org") == "active"
 
-    welcome = message_from_bytes(wait_for_file(settings.outbox_dir / "welcome" / "test-Camille@example.org.eml")
+    welcome = message_from_bytes(wait_for_notice(settings.outbox_dir, "welcome", "Camille@example.org")
                                  .read_bytes(), policy=policy.default)
     unsubscribe_url = re.search(r"<(http[^>]+/u/[^>]+)>", str(welcome["List-Unsubscribe"])).group(1)
     page.goto(unsubscribe_url)
@@ -133,5 +142,10 @@ def test_archive_lists_a_sent_issue_and_opens_it(site, page):
     links.click()
     page.wait_for_url(f"{server.url}/issues/{EXAMPLE_ISSUE}")
     assert page.title() == subject
-    assert "reader@example.org" not in page.content()
+    text = page.locator("body").inner_text()
+    assert "reader@example.org" not in text and "Reader" not in text
+    assert "Bonjour" not in text and "Se désabonner" not in text  # the web edition: no personal parts
+    assert_fits_phone(page, "web edition")
     shot(page, "issue")
+    page.goto(server.url)  # the site's root leads to the archive
+    page.wait_for_url(f"{server.url}/archive")
