@@ -1,8 +1,8 @@
 """The per-recipient message: headers (List-Unsubscribe, Message-ID, List-Id…) and MIME bytes.
 
 Building an `EmailMessage` per recipient costs ~7 ms for a 48 KB newsletter, far too slow for a
-large list. So `MessageFactory` serialises everything static ONCE — folded, RFC 2047-encoded
-headers and both parts quoted-printable-encoded — and keeps every per-recipient slot on a line of its
+large list. So `MessageFactory` serialises everything static ONCE — headers folded and RFC 2047-encoded
+by `headers` (which any standard parser reads back exactly) and both parts quoted-printable-encoded — and keeps every per-recipient slot on a line of its
 own (a soft line break before and after it). Per recipient only the few slot values are encoded and
 the pieces joined: the result is byte-for-byte a valid RFC 5322 / MIME message with CRLF line
 endings and no line over 78 characters in the bodies (SMTP's 998-octet limit is never at risk,
@@ -11,29 +11,19 @@ although MJML writes the HTML as one 45 KB line).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import secrets
 from dataclasses import dataclass
-from email import policy
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import formataddr, formatdate, make_msgid
+from email.utils import formatdate, getaddresses, make_msgid
 
 from .errors import InvalidAddress
+from .headers import CRLF, clean_header_value, mailboxes, phrase_and_tail, unstructured
 from .render import Recipient, RenderedIssue, Template
 
-CRLF = b"\r\n"
+__all__ = ["MessageFactory", "EncodedPart", "clean_header_value", "ONE_CLICK"]
+
 SOFT_BREAK = b"=\r\n"
-# Default folding rules (RFC 2047 encoded words stay <= 75 chars) but CRLF line ends; the long-line
-# variant only for headers that must not be encoded (List-Unsubscribe URLs).
-HEADER_POLICY = policy.SMTP
 ONE_CLICK = "List-Unsubscribe=One-Click"
-
-
-def clean_header_value(value: str) -> str:
-    """Neutralise CR/LF and other control characters: a value can never inject a header."""
-    return " ".join("".join(ch if ch >= " " or ch == "\t" else " " for ch in value).split())
 
 
 def _qp(data: str) -> bytes:
@@ -87,18 +77,20 @@ class MessageFactory:
         self.boundary = "=_mailer_" + secrets.token_hex(12)
         self.html_part = EncodedPart.encode(rendered.html)
         self.text_part = EncodedPart.encode(rendered.text)
-        static = EmailMessage(policy=HEADER_POLICY)
-        static["From"] = _address(settings.sender_name, settings.sender_email)
+        static = [phrase_and_tail("From", settings.sender_name, f"<{settings.sender_email}>")]
         if settings.reply_to:
-            static["Reply-To"] = settings.reply_to
-        static["Subject"] = self.subject
-        static["List-Id"] = settings.effective_list_id
+            static.append(mailboxes("Reply-To", [(name, f"<{address}>")
+                                                 for name, address in getaddresses([settings.reply_to]) if address]))
+        static.append(unstructured("Subject", self.subject))
+        list_phrase, bracket, list_id = settings.effective_list_id.rpartition("<")
+        static.append(phrase_and_tail("List-Id", list_phrase, bracket + list_id) if bracket
+                      else unstructured("List-Id", list_id))
         for name, value in (extra_headers or {}).items():
-            static[name] = clean_header_value(value)
-        self._static_headers = b"".join(HEADER_POLICY.fold_binary(k, v) for k, v in static.items())
+            static.append(unstructured(name, value))
+        self._static_headers = b"".join(static)
         self._mime_head = (
             b"MIME-Version: 1.0\r\n"
-            b'Content-Type: multipart/alternative; boundary="' + self.boundary.encode("ascii") + b'"\r\n'
+            b'Content-Type: multipart/alternative;\r\n boundary="' + self.boundary.encode("ascii") + b'"\r\n'
         )
         delimiter = b"--" + self.boundary.encode("ascii")
         self._text_head = (CRLF + delimiter + CRLF + b'Content-Type: text/plain; charset="utf-8"\r\n'
@@ -142,34 +134,10 @@ class MessageFactory:
         ))
 
 
-def _address(name: str, email: str) -> Address:
-    local, _, domain = email.rpartition("@")
-    return Address(display_name=clean_header_value(name), username=local, domain=domain)
-
-
 def _to_header(recipient: Recipient) -> bytes:
     email = recipient.email
-    if any(ch in email for ch in "\r\n<>,\"") or "@" not in email:
+    if any(ch in email for ch in "\r\n<>,\" ") or "@" not in email:
         raise InvalidAddress(f"refusing to build a message to {email!r}: not a single plain address")
-    name = clean_header_value(recipient.name).replace("=?", "= ?")  # never read as an RFC 2047 encoded word
-    if email.isascii() and name.isascii() and "=?" not in name and len(name) + len(email) < 60:
-        return b"To: " + formataddr((name, email)).encode("ascii") + CRLF
-    if email.isascii() and not name.isascii():
-        # The email package's folding costs ~200 µs here; RFC 2047 B-words by hand cost ~3 µs.
-        return b"To: " + b"\r\n ".join(_encoded_words(name)) + b" <" + email.encode("ascii") + b">" + CRLF
-    fold_policy = HEADER_POLICY if email.isascii() else policy.SMTPUTF8  # non-ASCII address: SMTPUTF8 anyway
-    return fold_policy.fold_binary("To", fold_policy.header_factory("To", _address(name, email)))
-
-
-def _encoded_words(text: str) -> list[bytes]:
-    """RFC 2047 `=?utf-8?b?…?=` words of at most 75 characters, never splitting a character."""
-    words, chunk, size = [], [], 0
-    for char in text:
-        length = len(char.encode("utf-8"))
-        if size + length > 45:  # 45 bytes → 60 base64 characters → a 72-character word
-            words.append("".join(chunk))
-            chunk, size = [], 0
-        chunk.append(char)
-        size += length
-    words.append("".join(chunk))
-    return [b"=?utf-8?b?" + base64.b64encode(word.encode("utf-8")) + b"?=" for word in words]
+    if not recipient.name:
+        return b"To: " + email.encode("utf-8") + CRLF
+    return phrase_and_tail("To", recipient.name, f"<{email}>")
