@@ -246,17 +246,21 @@ def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
 
 
 def _text_context(issue: Issue, language: str) -> dict:
-    return {
-        "intro_text": markup.to_text(issue.intro, language) if issue.intro else None,
-        "briefs_text": [
-            {
-                "title": markup.plain_inline(brief.title, language) if brief.title else None,
-                "text": markup.to_text(brief.body, language),
-                "link": brief.link,
-            }
-            for brief in issue.briefs
-        ],
-    }
+    briefs = []
+    for brief in issue.briefs:
+        text = markup.to_text(brief.body, language)
+        briefs.append({
+            "title": markup.plain_inline(brief.title, language) if brief.title else None,
+            "text": text,
+            # the brief's link once: not again under a text that already shows it
+            "link": brief.link if brief.link and not _shows_url(text, brief.link) else None,
+        })
+    return {"intro_text": markup.to_text(issue.intro, language) if issue.intro else None, "briefs_text": briefs}
+
+
+def _shows_url(text: str, url: str) -> bool:
+    """`url` appears whole in `text` (not as the start of a longer URL)."""
+    return re.search(r"(?:^|[\s(<])" + re.escape(url) + r"(?=$|[\s)>.,;:!?])", text) is not None
 
 
 def _normalise_text(text: str) -> str:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import html as html_module
+import random
+import re
+import shutil
+from pathlib import Path
+
 import mjml
 import pytest
+from markdown_it.common.normalize_url import normalizeLinkText
 
 import mailer.render as render_module
 from mailer.errors import RenderError, SourceError
@@ -12,6 +19,8 @@ from mailer.markup import NBSP, NNBSP, to_html, to_text
 from mailer.render import Recipient, render_issue
 
 from .conftest import EXAMPLE_ISSUE, write_issue
+
+CASES = Path(__file__).parent / "cases"
 
 
 def _render(settings, ref=EXAMPLE_ISSUE):
@@ -159,3 +168,77 @@ def test_example_issue_builds_without_warnings(settings):
     assert rendered.warnings == ()
     html, _ = rendered.personalise(Recipient(email="x@example.org", unsubscribe_url="https://e.org/u/a"))
     assert len(html.encode()) < 102 * 1024
+
+
+# ----- each link of the HTML part once in the text part (issue 10.4) ------------------------------
+_HREF = re.compile(r'<a\b[^>]*\bhref="([^"]*)"', re.IGNORECASE)
+
+
+def _link_kinds(n: int) -> list[str]:
+    """Markdown for the same kinds of link editors write, each with a URL of its own (`n`)."""
+    return [
+        f"https://example.org/plain-{n}",
+        f"https://fr.wikipedia.org/wiki/%C3%89t%C3%A9_{n}",
+        f"https://exämple-{n}.org/page",
+        f"https://example.org/recherche?q=trains&page={n}&tri=date",
+        f"https://en.wikipedia.org/wiki/Foo_(bar)_{n}",
+        f"https://example.org/fin-{n}.",
+        f"(voir https://example.org/parenthese-{n})",
+        f"https://example.org/question-{n} ?",
+        f"www.example-{n}.org/chemin",
+        f"<https://exämple-auto-{n}.org/é>",
+        f"<https://example.org/auto-{n}>",
+        f"[https://example.org/meme-{n}](https://example.org/meme-{n})",
+        f"[https://example.org/slash-{n}](https://example.org/slash-{n}/)",
+        f"[example.org/sans-schema-{n}](https://example.org/sans-schema-{n})",
+        f"[https://fr.wikipedia.org/wiki/Été_lien_{n}](https://fr.wikipedia.org/wiki/%C3%89t%C3%A9_lien_{n})",
+        f"[https://exämple-lien-{n}.org](https://exämple-lien-{n}.org/)",
+        f"[le portail](https://example.org/portail-{n}?a=1&b=2)",
+        f"[un *lien* emphatique](https://example.org/emph-{n})",
+        f"[écrivez-nous](mailto:redaction-{n}@example.org)",
+        f"courriel-{n}@example.org",
+        f"[https://example.org/autre-{n}](https://example.org/cible-differente-{n})",
+    ]
+
+
+def _count_url(text: str, url: str) -> int:
+    return len(re.findall(r"(?<![\w/%.-])" + re.escape(url) + r"(?![\w/%-])", text))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_link_of_the_html_shows_once_in_the_text(project, settings, seed):
+    rng = random.Random(seed)
+    kinds = _link_kinds(seed)
+    rng.shuffle(kinds)
+    lines = []
+    for start in range(0, len(kinds), 4):
+        words = []
+        for kind in kinds[start:start + 4]:
+            words += [rng.choice(["Voir", "et", "puis", "lire :", "—", "ici"]), kind]
+        lines.append("--> " + " ".join(words) + " " + rng.choice([".", "!", ""]))
+    link_md = "---\nlink: https://example.org/lien-de-la-breve\n---\nUne brève qui cite https://example.org/lien-de-la-breve aussi.\n"
+    write_issue(project, "2026-12-03-liens", {"briefs.txt": "\n".join(lines) + "\n", "z.md": link_md})
+    html, text = _render(settings, "liens").personalise(
+        Recipient(email="x@example.org", unsubscribe_url="https://lettre.example.org/u/abc"))
+    hrefs = {html_module.unescape(href) for href in _HREF.findall(html)}
+    assert len(hrefs) >= len(kinds) + 3
+    for href in hrefs:
+        shown = href.removeprefix("mailto:")
+        assert _count_url(text, shown) == 1, (href, text)
+        decoded = normalizeLinkText(href).removeprefix("mailto:")
+        if decoded != shown:  # never the decoded form as well
+            assert _count_url(text, decoded) == 0, (href, text)
+
+
+def test_the_text_url_twice_case(project, settings):
+    shutil.copytree(CASES / "text-url-twice" / "issue", project / "issues" / "2026-12-03-urls")
+    _, text = _render(settings, "urls").personalise(Recipient(email="x@example.org", unsubscribe_url="https://e.org/u/a"))
+    assert ("Voir https://fr.wikipedia.org/wiki/%C3%89t%C3%A9 et https://xn--exmple-cua.org/page et "
+            "https://example.org/page") in " ".join(text.split())
+    assert "Été" not in text and "exämple" not in text
+
+
+def test_typography_never_touches_a_url_shown_as_text():
+    html = to_html("Voir https://example.org/l'avis:x et [https://example.org/d'accord](https://example.org/d'accord) !", "fr")
+    assert ">https://example.org/l'avis:x</a>" in html and ">https://example.org/d'accord</a>" in html
+    assert f"{NNBSP}!" in html
