@@ -9,7 +9,7 @@ from datetime import date, datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from .briefs import Brief, brief_files, parse_file, read_text
+from .briefs import Brief, brief_files, control_character, describe_character, parse_file, read_text
 from .errors import NotFound, SourceError
 
 ISSUE_FILE = "issue.toml"
@@ -78,6 +78,14 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
     for key in ("subject", "preheader", "template", "intro", "list"):
         if key in meta and not isinstance(meta[key], str):
             raise SourceError(toml_path, f"{key} must be a string", line_of(key))
+    for key, value in meta.items():
+        # TOML escapes (`\f`, `\u0000`) put control characters in a value that the file's text lacks
+        found = control_character(value, markdown=key == "intro") if isinstance(value, str) else None
+        if found:
+            index, char, written = found
+            how = f"character reference {written} is " if written else "an escape gives "
+            raise SourceError(toml_path, f"{key}: {how}control character {describe_character(char)} "
+                                         f"at character {index + 1}: delete it", line_of(key))
 
     subject = meta.get("subject", "").strip()
     if not subject:

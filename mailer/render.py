@@ -21,6 +21,7 @@ import mjml
 from markupsafe import Markup
 
 from . import i18n, markup
+from .briefs import control_character, describe_character
 from .config import Settings
 from .errors import RenderError, SourceError
 from .issue import Issue
@@ -166,7 +167,7 @@ def compile_email(settings: Settings, name: str, context: dict, *, slots: Sequen
     try:
         compiled = mjml.mjml2html(mjml_source, disable_comments=False)
     except ValueError as exc:
-        raise RenderError(f"template {name!r} produced invalid MJML: {exc}") from None
+        raise RenderError(f"template {name!r} produced invalid MJML: {exc}{_control_hint(mjml_source)}") from None
     compile_seconds = time.perf_counter() - started
 
     html_template = Template.parse(compiled)
@@ -182,6 +183,17 @@ def compile_email(settings: Settings, name: str, context: dict, *, slots: Sequen
         if slot_name not in text_template.slot_names:
             raise RenderError(f"template {name!r}: the text part has no {slot_name.replace('_url', '')} link")
     return CompiledEmail(mjml_source, html_template, text_template, compile_seconds)
+
+
+def _control_hint(mjml_source: str) -> str:
+    """Editors' files are checked for control characters when read; one that still reaches the MJML
+    came from a template or a setting: say where in the rendered MJML."""
+    found = control_character(mjml_source)
+    if found is None:
+        return ""
+    index, char, _ = found
+    return (f" (control character {describe_character(char)} at line {mjml_source.count(chr(10), 0, index) + 1}"
+            " of the rendered MJML: it comes from the template or a setting such as MAILER_POSTAL_ADDRESS)")
 
 
 def jinja_environment(templates_dir: Path, *, autoescape: bool) -> jinja2.Environment:

@@ -139,3 +139,14 @@ def test_issue_new_then_build(run, project):
 def test_db_upgrade_is_idempotent(run):
     assert "database at revision" in run("db", "upgrade").stdout
     assert "database at revision" in run("db", "upgrade").stdout
+
+
+@pytest.mark.parametrize("char", ["\x0c", "\x0b", "\x1b", "\x00", "\x7f", "\x85", "\u2028"])
+def test_a_control_character_in_a_brief_is_one_line_error_before_rendering(run, project, char):
+    write_issue(project, "2026-12-03-ctrl", {"briefs.txt": f"--> Bien.\n--> Une brève{char} collée.\n"})
+    result = run("build", "ctrl", check_exit=3)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MJML" not in lines[0]
+    assert f"2026-12-03-ctrl/briefs.txt:2: control character U+{ord(char):04X} (" in lines[0]
+    assert "at column 14" in lines[0]  # after "--> Une brève"
+    assert not (project / "build").exists()

@@ -242,3 +242,23 @@ def test_typography_never_touches_a_url_shown_as_text():
     html = to_html("Voir https://example.org/l'avis:x et [https://example.org/d'accord](https://example.org/d'accord) !", "fr")
     assert ">https://example.org/l'avis:x</a>" in html and ">https://example.org/d'accord</a>" in html
     assert f"{NNBSP}!" in html
+
+
+def test_a_control_character_from_a_template_is_located_in_the_mjml_error(project, settings):
+    source = (project / "templates" / "weekly.mjml.j2").read_text(encoding="utf-8")
+    (project / "templates" / "weekly.mjml.j2").write_text(source.replace("{{ date_long }}", "{{ date_long }}\x0c"),
+                                                           encoding="utf-8")
+    with pytest.raises(RenderError) as info:
+        _render(settings)
+    message = str(info.value)
+    assert "produced invalid MJML" in message and "control character U+000C (FORM FEED) at line" in message
+    line = int(message.split("at line ")[1].split()[0])
+    assert "\x0c" in _rendered_mjml_line(project, settings, line)
+
+
+def _rendered_mjml_line(project, settings, line):
+    from mailer.render import _context, jinja_environment
+    issue = load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone)
+    mjml_source = jinja_environment(settings.templates_dir, autoescape=True).get_template("weekly.mjml.j2").render(
+        _context(issue, settings, "https://lettre.example.org/issues/x"))
+    return mjml_source.split("\n")[line - 1]
