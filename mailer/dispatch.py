@@ -388,7 +388,7 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
     secret_key_for(settings)
     now = utcnow()
     with store.begin() as conn:
-        row = store.ensure_issue(conn, slug=issue.slug, subject=issue.subject, list_name=issue.list_name,
+        row = store.ensure_issue(conn, slug=issue.slug, subject=rendered.subject, list_name=issue.list_name,
                                  web_html=web_version_html(rendered), issue_date=issue.date.isoformat())
         frozen = 0
         if row.frozen_at is None or include_new:

@@ -39,6 +39,11 @@ def french_typography(text: str) -> str:
     return text
 
 
+def typeset(text: str, language: str) -> str:
+    """Plain text (a subject, a preheader) with the body's typography: French rules in French."""
+    return french_typography(text) if language == "fr" else text
+
+
 def _typography_rule(state: StateCore) -> None:
     """Typography on text tokens, except the text of a link that shows its own URL (a bare URL, an
     autolink, `[https://…](https://…)`): a URL is never retouched."""

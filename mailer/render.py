@@ -112,7 +112,12 @@ class RenderedIssue:
 
     @property
     def subject(self) -> str:
-        return self.issue.subject
+        """The subject as sent: with the body's typography (narrow no-break spaces in French…)."""
+        return markup.typeset(self.issue.subject, self.settings.language)
+
+    @property
+    def preheader(self) -> str:
+        return markup.typeset(self.issue.preheader, self.settings.language)
 
     @property
     def key(self) -> str:
@@ -246,7 +251,8 @@ def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
         "language": language,
         "t": strings,
         "date_long": i18n.long_date(issue.date, language),
-        "preheader": issue.preheader,
+        "subject": markup.typeset(issue.subject, language),
+        "preheader": markup.typeset(issue.preheader, language),
         "intro_html": Markup(markup.to_html(issue.intro, language)) if issue.intro else None,
         "briefs": briefs,
         "web_url": web_url,
