@@ -13,7 +13,7 @@ from .briefs import Brief, brief_files, control_character, describe_character, p
 from .errors import NotFound, SourceError
 
 ISSUE_FILE = "issue.toml"
-ISSUE_KEYS = ("subject", "preheader", "date", "send_at", "template", "intro", "list")
+ISSUE_KEYS = ("subject", "preheader", "date", "send_at", "template", "intro", "list", "greeting", "draft")
 DEFAULT_TEMPLATE = "weekly"
 _TOML_LINE = re.compile(r"at line (\d+)")
 
@@ -30,6 +30,8 @@ class Issue:
     send_at: datetime | None = None
     template: str = DEFAULT_TEMPLATE
     list_name: str | None = None
+    greeting: bool | str = True  # issue.toml `greeting`: false, or a pattern like "Salut {name} !"
+    draft: bool = False  # issue.toml `draft = true` (a fresh scaffold): never ready for the scheduler
 
     def source_files(self) -> list[Path]:
         """Every file whose change changes the email (the preview watches these)."""
@@ -87,6 +89,20 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
             raise SourceError(toml_path, f"{key}: {how}control character {describe_character(char)} "
                                          f"at character {index + 1}: delete it", line_of(key))
 
+    greeting = meta.get("greeting", True)
+    if isinstance(greeting, str):
+        greeting = " ".join(greeting.split())
+        unknown = sorted(set(re.findall(r"\{[^{}]*\}", greeting)) - {"{name}"})
+        if unknown or greeting.count("{") != greeting.count("}"):
+            raise SourceError(toml_path, f"greeting may hold {{name}} (the reader's first name) and nothing else "
+                                         f"between braces, not {', '.join(unknown) or greeting!r}", line_of("greeting"))
+        greeting = greeting or False
+    elif not isinstance(greeting, bool):
+        raise SourceError(toml_path, 'greeting must be true, false or a text like "Salut {name} !"', line_of("greeting"))
+    if not isinstance(meta.get("draft", False), bool):
+        raise SourceError(toml_path, "draft must be true or false (remove the line when the issue is ready)",
+                          line_of("draft"))
+
     subject = meta.get("subject", "").strip()
     if not subject:
         raise SourceError(toml_path, "missing subject (add: subject = \"…\")", line_of("subject"))
@@ -119,6 +135,8 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
         send_at=send_at,
         template=meta.get("template", DEFAULT_TEMPLATE).strip() or DEFAULT_TEMPLATE,
         list_name=meta.get("list", "").strip() or None,
+        greeting=greeting,
+        draft=meta.get("draft", False),
     )
 
 

@@ -38,7 +38,7 @@ def test_build_writes_three_files_and_reports(run, project):
     message = email.message_from_bytes((project / "sortie" / "email.eml").read_bytes(), policy=policy.default)
     assert message.is_multipart() and message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert (project / "sortie" / "email.html").stat().st_size > 10_000
-    assert "Bonjour Camille Exemple," in (project / "sortie" / "email.txt").read_text(encoding="utf-8")
+    assert "Bonjour Camille," in (project / "sortie" / "email.txt").read_text(encoding="utf-8")
 
 
 def test_bad_brief_is_one_line_error_naming_file_and_line(run, project):

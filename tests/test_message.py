@@ -123,7 +123,7 @@ def test_build_writes_html_text_and_a_complete_eml(settings, tmp_path):
     assert message["Message-ID"].endswith("@example.org>")
     unsubscribe = message["List-Unsubscribe"].split(">")[0].lstrip("<")
     assert unsubscribe in html and unsubscribe in text
-    assert "Bonjour Camille Exemple," in text
+    assert "Bonjour Camille," in text  # the first name of the sample reader "Camille Exemple"
     assert result.warnings == ()
 
 
