@@ -9,6 +9,8 @@ from datetime import date, datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from slugify import slugify
+
 from .briefs import Brief, brief_files, control_character, describe_character, parse_file, read_text
 from .errors import NotFound, SourceError
 
@@ -177,27 +179,63 @@ def _parse_send_at(value: object, zone: ZoneInfo, path: Path, line: int | None) 
     return value
 
 
+# What `mailer issue new` writes, per language: a build warns while any of it is left as is.
+SCAFFOLD_TEXT = {
+    "fr": {
+        "subject": "Objet de la lettre",
+        "preheader": "Une phrase qui donne envie d'ouvrir.",
+        "intro": "Quelques mots d'introduction (facultatif), avant la première flèche.",
+        "briefs": ("Première brève. Le Markdown en ligne est permis : [un lien](https://example.org), *italique*.",
+                   "Deuxième brève."),
+        "draft": "# à retirer quand la lettre est prête : tant qu'elle est en brouillon, l'envoi planifié l'ignore",
+    },
+    "en": {
+        "subject": "Subject of the issue",
+        "preheader": "One sentence that makes people open it.",
+        "intro": "A few words of introduction (optional), before the first arrow.",
+        "briefs": ("First brief. Inline Markdown is allowed: [a link](https://example.org), *emphasis*.",
+                   "Second brief."),
+        "draft": "# remove when the issue is ready: the scheduler skips drafts",
+    },
+}
+
+
+def scaffold_warnings(issue: Issue) -> list[str]:
+    """What a build should point out in an issue still holding `mailer issue new`'s placeholders."""
+    toml_path = issue.folder / ISSUE_FILE
+    warnings = []
+    for texts in SCAFFOLD_TEXT.values():
+        for key in ("subject", "preheader"):
+            if getattr(issue, key) == texts[key]:
+                warnings.append(f"{toml_path}: {key} is still the placeholder {texts[key]!r}: write the real one")
+        if issue.intro == texts["intro"]:
+            warnings.append(f"{toml_path.parent}: the intro is still the placeholder {texts['intro']!r}")
+        warnings.extend(f"{brief.where}: brief is still the placeholder {brief.body!r}"
+                        for brief in issue.briefs if brief.body in texts["briefs"])
+    if issue.draft:
+        warnings.append(f"{toml_path}: draft = true: the scheduler will not send this issue; "
+                        "remove the line when it is ready")
+    return warnings
+
+
 def scaffold_issue(settings, slug: str, issue_date: date) -> Path:
-    """`mailer issue new`: a folder with an issue.toml and a briefs.txt showing the format."""
-    clean = re.sub(r"[^a-z0-9]+", "-", slug.lower()).strip("-")
+    """`mailer issue new`: `issues/<date>-<slug>/` with an issue.toml (`draft = true`) and a
+    briefs.txt showing the format. The slug is transliterated to ASCII (python-slugify:
+    `trains-et-vélos` → `trains-et-velos`, `李小龙` → `li-xiao-long`); SourceError when nothing is left."""
+    clean = slugify(slug, max_length=60, word_boundary=True, replacements=[["’", "'"]])  # both apostrophes alike
+    if clean.startswith(f"{issue_date.isoformat()}-"):  # `mailer issue new 2026-12-03-trains`
+        clean = clean[len(issue_date.isoformat()) + 1:]
     if not clean:
         raise SourceError(Path(slug), "the slug needs letters or digits")
     folder = settings.issues_dir / f"{issue_date.isoformat()}-{clean}"
     if folder.exists():
         raise SourceError(folder, "already exists")
     folder.mkdir(parents=True)
-    if settings.language == "fr":
-        subject, preheader = "Objet de la lettre", "Une phrase qui donne envie d'ouvrir."
-        briefs = ("Quelques mots d'introduction (facultatif), avant la première flèche.\n\n"
-                  "--> Première brève. Le Markdown en ligne est permis : [un lien](https://example.org), *italique*.\n"
-                  "--> Deuxième brève.\n")
-    else:
-        subject, preheader = "Subject of the issue", "One sentence that makes people open it."
-        briefs = ("A few words of introduction (optional), before the first arrow.\n\n"
-                  "--> First brief. Inline Markdown is allowed: [a link](https://example.org), *emphasis*.\n"
-                  "--> Second brief.\n")
+    texts = SCAFFOLD_TEXT[settings.language]
+    briefs = f"{texts['intro']}\n\n" + "".join(f"--> {body}\n" for body in texts["briefs"])
     (folder / ISSUE_FILE).write_text(
-        f'subject = "{subject}"\npreheader = "{preheader}"\ndate = {issue_date.isoformat()}\n'
+        f'subject = "{texts["subject"]}"\npreheader = "{texts["preheader"]}"\ndate = {issue_date.isoformat()}\n'
+        f'{texts["draft"]}\ndraft = true\n'
         f'# send_at = {issue_date.isoformat()}T07:00:00+01:00\n', encoding="utf-8")
     (folder / "briefs.txt").write_text(briefs, encoding="utf-8")
     return folder

@@ -25,7 +25,7 @@ from .briefs import control_character, describe_character
 from .config import Settings
 from .errors import RenderError, SourceError
 from .headers import clean_display_name
-from .issue import Issue
+from .issue import Issue, scaffold_warnings
 
 GMAIL_CLIP_BYTES = 102 * 1024
 SLOT_PREFIX = "%%mailer:"
@@ -386,6 +386,7 @@ def build_warnings(rendered: RenderedIssue) -> Iterable[str]:
         if alt is None:
             yield f"an image has no alt attribute: {img[:80]}"
     issue = rendered.issue
+    yield from scaffold_warnings(issue)
     if isinstance(issue.greeting, str) and starts_with_greeting(issue.intro):
         yield (f"{issue.folder / 'issue.toml'}: greeting is set and the intro starts with a greeting too: "
                "readers get two (remove one)")

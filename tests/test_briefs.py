@@ -160,9 +160,54 @@ def test_scaffolded_issue_loads(settings):
     folder = scaffold_issue(settings, "Mon Sujet !", date(2026, 12, 10))
     assert folder.name == "2026-12-10-mon-sujet"
     issue = load_issue(folder, settings.issues_dir, settings.zone)
-    assert len(issue.briefs) == 2 and issue.intro
+    assert len(issue.briefs) == 2 and issue.intro and issue.draft is True
     with pytest.raises(SourceError, match="already exists"):
         scaffold_issue(settings, "mon sujet", date(2026, 12, 10))
+
+
+@pytest.mark.parametrize("slug,folder", [
+    ("trains-et-vélos", "trains-et-velos"), ("Été 2026 : bilan !", "ete-2026-bilan"), ("Straße", "strasse"),
+    ("Œuvre de Noël", "oeuvre-de-noel"), ("李小龙", "li-xiao-long"), ("l’école", "l-ecole"), ("l'école", "l-ecole"),
+    ("2026-12-10-déjà-daté", "deja-date"), ("  --x--  ", "x"), ("a " * 50, ("a-" * 30)[:-1]),
+])
+def test_scaffold_slugs_are_transliterated(settings, slug, folder):
+    assert scaffold_issue(settings, slug, date(2026, 12, 10)).name == f"2026-12-10-{folder}"
+
+
+@pytest.mark.parametrize("slug", ["🚆🎉", "!!!", ""])
+def test_a_slug_without_letters_is_refused(settings, slug):
+    with pytest.raises(SourceError, match="the slug needs letters or digits"):
+        scaffold_issue(settings, slug, date(2026, 12, 10))
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
+def test_a_scaffold_warns_until_every_placeholder_is_replaced(make_settings, language):
+    from mailer.render import render_issue
+
+    settings = make_settings(MAILER_LANGUAGE=language)
+    folder = scaffold_issue(settings, "brouillon", date(2026, 12, 10))
+    warnings = render_issue(load_issue(folder, settings.issues_dir, settings.zone), settings).warnings
+    joined = "\n".join(warnings)
+    assert f"{folder / 'issue.toml'}: subject is still the placeholder" in joined
+    assert f"{folder / 'issue.toml'}: preheader is still the placeholder" in joined
+    assert "the intro is still the placeholder" in joined
+    assert f"{folder / 'briefs.txt'}:3: brief is still the placeholder" in joined
+    assert f"{folder / 'briefs.txt'}:4: brief is still the placeholder" in joined
+    assert f"{folder / 'issue.toml'}: draft = true: the scheduler will not send this issue" in joined
+    toml = (folder / "issue.toml").read_text(encoding="utf-8")
+    toml = "\n".join(line for line in toml.split("\n") if not line.startswith(("draft", "subject", "preheader")))
+    (folder / "issue.toml").write_text('subject = "Le vrai sujet"\npreheader = "Pour de vrai"\n' + toml, encoding="utf-8")
+    (folder / "briefs.txt").write_text("--> Une vraie brève, écrite.\n", encoding="utf-8")
+    issue = load_issue(folder, settings.issues_dir, settings.zone)
+    assert issue.draft is False
+    assert render_issue(issue, settings).warnings == ()
+
+
+def test_draft_must_be_a_boolean(project):
+    write_issue(project, "2026-12-03-brouillon", {"b.txt": "--> x\n"}, toml='subject = "S"\ndate = 2026-12-03\ndraft = "oui"\n')
+    with pytest.raises(SourceError, match="draft must be true or false") as info:
+        load_issue("brouillon", project / "issues", PARIS)
+    assert info.value.line == 3
 
 
 # ----- control characters (issue 9.15) -------------------------------------------------------------

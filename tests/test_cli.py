@@ -150,3 +150,13 @@ def test_a_control_character_in_a_brief_is_one_line_error_before_rendering(run, 
     assert f"2026-12-03-ctrl/briefs.txt:2: control character U+{ord(char):04X} (" in lines[0]
     assert "at column 14" in lines[0]  # after "--> Une brève"
     assert not (project / "build").exists()
+
+
+def test_issue_new_transliterates_and_build_warns_about_placeholders(run, project):
+    result = run("issue", "new", "trains-et-vélos", "--date", "2026-12-10")
+    folder = project / "issues" / "2026-12-10-trains-et-velos"
+    assert result.stdout.strip() == f"created {folder}"
+    assert "draft = true" in (folder / "issue.toml").read_text(encoding="utf-8")
+    built = run("build", "trains-et-velos")
+    assert "warning: " in built.stderr and "subject is still the placeholder 'Objet de la lettre'" in built.stderr
+    assert "draft = true: the scheduler will not send this issue" in built.stderr
