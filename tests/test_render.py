@@ -374,3 +374,12 @@ def test_a_send_greets_each_subscriber_by_the_first_name_attribute_or_the_derive
     assert "Bonjour Jean," in texts["jean@example.org"][0]
     assert "Bonjour <b>Ève</b>," in texts["eve@example.org"][0]
     assert "Bonjour &lt;b&gt;Ève&lt;/b&gt;," in texts["eve@example.org"][1]
+
+
+def test_control_characters_in_a_subscriber_name_never_reach_the_email(settings):
+    rendered = _render(settings)
+    html, text = rendered.personalise(Recipient(email="x@example.org", name="\x1bZo\x00é\u2028 Martin\x7f",
+                                                unsubscribe_url="https://e.org/u/a"))
+    assert "Bonjour Zo," in text and "Bonjour Zo," in html  # a control character separates like a space
+    for char in "\x1b\x00\u2028\x7f":
+        assert char not in html and char not in text
