@@ -8,12 +8,17 @@ Two formats live side by side in an issue folder, ordered by file name:
 * `*.md` — one brief per file, with optional front matter between `---` lines
   (`title`, `link`, `image`, `image_alt`); a leading `# Heading` is the title when none is given.
 
-Files are UTF-8 (a BOM is allowed), with LF or CRLF line endings.
+Files are UTF-8 (a BOM is allowed), with LF or CRLF line endings. Control characters are refused
+with the file, line, column and code point (`control_character`): C0 controls other than TAB, LF
+and CR, DEL, C1 controls, U+2028 and U+2029, typed or written as a character reference (`&#12;`).
+They are invisible in most editors, and none means anything in an email: a form feed or an escape
+pasted from another program would otherwise break the MJML or show as garbage.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,16 @@ FRONT_MATTER_KEYS = ("title", "link", "image", "image_alt")
 BRIEF_SUFFIXES = (".txt", ".md")
 _HEADING = re.compile(r"^#{1,6}\s+(?P<title>.+?)\s*#*\s*$")
 _FRONT_LINE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_-]*)\s*:\s*(?P<value>.*?)\s*$")
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+_CHARACTER_REFERENCE = re.compile(r"&#(?:[xX]([0-9a-fA-F]{1,8})|([0-9]{1,10}));")
+# Unicode's name aliases of the C0 controls (unicodedata.name() has none for them).
+_C0_NAMES = ("NULL", "START OF HEADING", "START OF TEXT", "END OF TEXT", "END OF TRANSMISSION", "ENQUIRY",
+             "ACKNOWLEDGE", "BELL", "BACKSPACE", "CHARACTER TABULATION", "LINE FEED", "LINE TABULATION",
+             "FORM FEED", "CARRIAGE RETURN", "SHIFT OUT", "SHIFT IN", "DATA LINK ESCAPE", "DEVICE CONTROL ONE",
+             "DEVICE CONTROL TWO", "DEVICE CONTROL THREE", "DEVICE CONTROL FOUR", "NEGATIVE ACKNOWLEDGE",
+             "SYNCHRONOUS IDLE", "END OF TRANSMISSION BLOCK", "CANCEL", "END OF MEDIUM", "SUBSTITUTE", "ESCAPE",
+             "INFORMATION SEPARATOR FOUR", "INFORMATION SEPARATOR THREE", "INFORMATION SEPARATOR TWO",
+             "INFORMATION SEPARATOR ONE")
 
 
 @dataclass(frozen=True)
@@ -52,15 +67,60 @@ class BriefFile:
     briefs: tuple[Brief, ...]
 
 
-def read_text(path: Path) -> str:
-    """Read a UTF-8 file (BOM allowed), normalise line endings to LF; decoding errors name the line."""
+def describe_character(char: str) -> str:
+    """`U+000C (FORM FEED)`: the code point and its name (or alias, for C0 controls)."""
+    code = ord(char)
+    if code < 0x20:
+        name = _C0_NAMES[code]
+    elif code == 0x7F:
+        name = "DELETE"
+    elif 0x80 <= code <= 0x9F:
+        name = "C1 CONTROL"
+    else:
+        name = unicodedata.name(char, "unnamed")
+    return f"U+{code:04X} ({name})"
+
+
+def control_character(text: str, *, markdown: bool = False) -> tuple[int, str, str] | None:
+    """The first control character of `text` (see the module docstring), also as a character
+    reference when `markdown`: (index in text, the character, how it was written), or None."""
+    found = CONTROL_CHARACTERS.search(text)
+    first = (found.start(), found.group(), "") if found else None
+    if markdown and "&#" in text:
+        for ref in _CHARACTER_REFERENCE.finditer(text):
+            if first and ref.start() > first[0]:
+                break
+            code = int(ref.group(1), 16) if ref.group(1) else int(ref.group(2))
+            if code < 0x110000 and CONTROL_CHARACTERS.fullmatch(chr(code)):
+                return ref.start(), chr(code), ref.group()
+    return first
+
+
+def refuse_control_characters(text: str, path: Path, *, markdown: bool = False) -> None:
+    """SourceError naming `path:line`, the column and the character when `text` holds one."""
+    found = control_character(text, markdown=markdown)
+    if found is None:
+        return
+    index, char, written = found
+    line = text.count("\n", 0, index) + 1
+    column = index - (text.rfind("\n", 0, index) + 1) + 1
+    how = f"character reference {written} is " if written else ""
+    raise SourceError(path, f"{how}control character {describe_character(char)} at column {column}: "
+                            "delete it (most editors do not show it)", line)
+
+
+def read_text(path: Path, *, markdown: bool = False) -> str:
+    """Read a UTF-8 file (BOM allowed), normalise line endings to LF; decoding errors and control
+    characters name the line (`markdown`: character references to them too)."""
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise SourceError(path, f"not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8", line) from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    refuse_control_characters(text, path, markdown=markdown)
+    return text
 
 
 def parse_arrow_text(text: str, path: Path) -> BriefFile:
@@ -131,7 +191,7 @@ def parse_markdown_text(text: str, path: Path) -> BriefFile:
 
 
 def parse_file(path: Path) -> BriefFile:
-    text = read_text(path)
+    text = read_text(path, markdown=True)
     if path.suffix == ".md":
         return parse_markdown_text(text, path)
     return parse_arrow_text(text, path)

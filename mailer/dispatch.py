@@ -190,9 +190,10 @@ class Sender:
         self.abort_reason: str | None = None
 
     # ----- per recipient --------------------------------------------------------------------------
-    def recipient_for(self, subscriber_id: int, email: str, name: str, delivery_id: int | None = None) -> OutgoingMessage:
+    def recipient_for(self, subscriber_id: int, email: str, name: str, delivery_id: int | None = None,
+                      first_name: str | None = None) -> OutgoingMessage:
         token = tokens.make_token(self.key, "unsubscribe", subscriber_id)
-        recipient = Recipient(email=email, name=name, subscriber_id=subscriber_id,
+        recipient = Recipient(email=email, name=name, subscriber_id=subscriber_id, first_name=str(first_name or ""),
                               unsubscribe_url=f"{self.base_url}/u/{token}")
         return OutgoingMessage(recipient=recipient, delivery_id=delivery_id,
                                message_id=tokens.message_id(self.key, self.slug, subscriber_id, self.domain))
@@ -237,7 +238,7 @@ class Sender:
     def _process(self, conn: Connection, backend: Backend, worker: str, rows: Sequence) -> None:
         skipped = [{"id": r.delivery_id, "status": "skipped", "last_error": f"subscriber is {r.subscriber_status}"}
                    for r in rows if r.subscriber_status != "active"]
-        messages = [self.recipient_for(row.subscriber_id, row.email_given, row.name, row.delivery_id)
+        messages = [self.recipient_for(row.subscriber_id, row.email_given, row.name, row.delivery_id, row.first_name)
                     for row in rows if row.subscriber_status == "active"]
         attempts = {r.delivery_id: r.attempts for r in rows}
         if skipped:
@@ -387,7 +388,7 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
     secret_key_for(settings)
     now = utcnow()
     with store.begin() as conn:
-        row = store.ensure_issue(conn, slug=issue.slug, subject=issue.subject, list_name=issue.list_name,
+        row = store.ensure_issue(conn, slug=issue.slug, subject=rendered.subject, list_name=issue.list_name,
                                  web_html=web_version_html(rendered), issue_date=issue.date.isoformat(),
                                  public=issue.public)
         frozen = 0

@@ -15,8 +15,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "in_this_issue": "Au sommaire",
         "archive": "Archives",
         "issue_of": "Lettre du {date}",
-        "unsubscribe_text": "Se désabonner en un clic :",
-        "view_online_text": "Version en ligne :",
+        "unsubscribe_text": "Se désabonner en un clic\u00a0:",
+        "view_online_text": "Version en ligne\u00a0:",
+        "archive_text": "Lettres précédentes\u00a0:",
         "test_prefix": "[TEST] ",
         "confirm_subject": "Confirmez votre abonnement {a_name}",
         "welcome_subject": "Bienvenue {a_name}",
@@ -77,6 +78,23 @@ STRINGS: dict[str, dict[str, str]] = {
         "notice_welcome_archive": "En attendant, les lettres précédentes sont en ligne\u00a0:",
         "notice_welcome_archive_text": "Les lettres précédentes\u00a0: {url}",
         "notice_unsubscribe_text": "Se désabonner en un clic\u00a0:",
+        # ----- the editor's preview (mailer/preview.py, templates/preview.html.j2) -----
+        "preview_title": "Aperçu",
+        "preview_briefs_one": "{count}\u00a0brève",
+        "preview_briefs_many": "{count}\u00a0brèves",
+        "preview_html_size": "{size}\u00a0Ko de HTML",
+        "preview_preheader": "pré-en-tête\u00a0:",
+        "preview_reloads": "se met à jour à chaque enregistrement d’un fichier",
+        "preview_cannot_build": "Impossible de construire cette lettre\u00a0:",
+        "preview_warnings": "Avertissements",
+        "preview_no_warning": "Aucun.",
+        "preview_desktop": "Ordinateur · 600\u00a0px",
+        "preview_mobile": "Mobile · 375\u00a0px",
+        "preview_desktop_frame": "Aperçu sur ordinateur",
+        "preview_mobile_frame": "Aperçu sur mobile",
+        "preview_text_part": "Version texte",
+        "preview_headers": "En-têtes",
+        "preview_download_eml": "Télécharger le fichier .eml",
     },
     "en": {
         "unsubscribe": "Unsubscribe",
@@ -89,6 +107,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "issue_of": "Issue of {date}",
         "unsubscribe_text": "Unsubscribe in one click:",
         "view_online_text": "Web version:",
+        "archive_text": "Past issues:",
         "test_prefix": "[TEST] ",
         "confirm_subject": "Confirm your subscription to {name}",
         "welcome_subject": "Welcome to {name}",
@@ -149,6 +168,23 @@ STRINGS: dict[str, dict[str, str]] = {
         "notice_welcome_archive": "Meanwhile, past issues are online:",
         "notice_welcome_archive_text": "Past issues: {url}",
         "notice_unsubscribe_text": "Unsubscribe in one click:",
+        # ----- the editor's preview (mailer/preview.py, templates/preview.html.j2) -----
+        "preview_title": "Preview",
+        "preview_briefs_one": "{count} brief",
+        "preview_briefs_many": "{count} briefs",
+        "preview_html_size": "{size} KB HTML",
+        "preview_preheader": "preheader:",
+        "preview_reloads": "reloads when a file changes",
+        "preview_cannot_build": "Cannot build this issue:",
+        "preview_warnings": "Build warnings",
+        "preview_no_warning": "None.",
+        "preview_desktop": "Desktop · 600 px",
+        "preview_mobile": "Mobile · 375 px",
+        "preview_desktop_frame": "Desktop preview",
+        "preview_mobile_frame": "Mobile preview",
+        "preview_text_part": "Text part",
+        "preview_headers": "Headers",
+        "preview_download_eml": "Download the .eml",
     },
 }
 
@@ -194,6 +230,12 @@ def strings(language: str, name: str | None = None) -> dict[str, str]:
         return table
     a_name = (french_a(name) if language == "fr" else f"to {name}").replace("{", "{{").replace("}", "}}")
     return {key: value.replace("{a_name}", a_name) for key, value in table.items()}
+
+
+def decimal(value: float, language: str, digits: int = 1) -> str:
+    """`23,1` in French, `23.1` in English (no locale dependency)."""
+    text = f"{value:.{digits}f}"
+    return text.replace(".", ",") if language == "fr" else text
 
 
 def long_date(value: date, language: str) -> str:

@@ -9,11 +9,13 @@ from datetime import date, datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from .briefs import Brief, brief_files, parse_file, read_text
+from slugify import slugify
+
+from .briefs import Brief, brief_files, control_character, describe_character, parse_file, read_text
 from .errors import NotFound, SourceError
 
 ISSUE_FILE = "issue.toml"
-ISSUE_KEYS = ("subject", "preheader", "date", "send_at", "template", "intro", "list", "archive")
+ISSUE_KEYS = ("subject", "preheader", "date", "send_at", "template", "intro", "list", "archive", "greeting", "draft")
 DEFAULT_TEMPLATE = "weekly"
 _TOML_LINE = re.compile(r"at line (\d+)")
 
@@ -39,6 +41,8 @@ class Issue:
         if self.archive is not None:
             return self.archive
         return self.list_name is None and not getattr(self, "segment", None)
+    greeting: bool | str = True  # issue.toml `greeting`: false, or a pattern like "Salut {name} !"
+    draft: bool = False  # issue.toml `draft = true` (a fresh scaffold): never ready for the scheduler
 
     def source_files(self) -> list[Path]:
         """Every file whose change changes the email (the preview watches these)."""
@@ -87,6 +91,28 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
     for key in ("subject", "preheader", "template", "intro", "list"):
         if key in meta and not isinstance(meta[key], str):
             raise SourceError(toml_path, f"{key} must be a string", line_of(key))
+    for key, value in meta.items():
+        # TOML escapes (`\f`, `\u0000`) put control characters in a value that the file's text lacks
+        found = control_character(value, markdown=key == "intro") if isinstance(value, str) else None
+        if found:
+            index, char, written = found
+            how = f"character reference {written} is " if written else "an escape gives "
+            raise SourceError(toml_path, f"{key}: {how}control character {describe_character(char)} "
+                                         f"at character {index + 1}: delete it", line_of(key))
+
+    greeting = meta.get("greeting", True)
+    if isinstance(greeting, str):
+        greeting = " ".join(greeting.split())
+        unknown = sorted(set(re.findall(r"\{[^{}]*\}", greeting)) - {"{name}"})
+        if unknown or greeting.count("{") != greeting.count("}"):
+            raise SourceError(toml_path, f"greeting may hold {{name}} (the reader's first name) and nothing else "
+                                         f"between braces, not {', '.join(unknown) or greeting!r}", line_of("greeting"))
+        greeting = greeting or False
+    elif not isinstance(greeting, bool):
+        raise SourceError(toml_path, 'greeting must be true, false or a text like "Salut {name} !"', line_of("greeting"))
+    if not isinstance(meta.get("draft", False), bool):
+        raise SourceError(toml_path, "draft must be true or false (remove the line when the issue is ready)",
+                          line_of("draft"))
 
     if "archive" in meta and not isinstance(meta["archive"], bool):
         raise SourceError(toml_path, f"archive must be true or false, not {meta['archive']!r}", line_of("archive"))
@@ -124,6 +150,8 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
         template=meta.get("template", DEFAULT_TEMPLATE).strip() or DEFAULT_TEMPLATE,
         list_name=meta.get("list", "").strip() or None,
         archive=meta.get("archive"),
+        greeting=greeting,
+        draft=meta.get("draft", False),
     )
 
 
@@ -164,27 +192,63 @@ def _parse_send_at(value: object, zone: ZoneInfo, path: Path, line: int | None) 
     return value
 
 
+# What `mailer issue new` writes, per language: a build warns while any of it is left as is.
+SCAFFOLD_TEXT = {
+    "fr": {
+        "subject": "Objet de la lettre",
+        "preheader": "Une phrase qui donne envie d'ouvrir.",
+        "intro": "Quelques mots d'introduction (facultatif), avant la première flèche.",
+        "briefs": ("Première brève. Le Markdown en ligne est permis : [un lien](https://example.org), *italique*.",
+                   "Deuxième brève."),
+        "draft": "# à retirer quand la lettre est prête : tant qu'elle est en brouillon, l'envoi planifié l'ignore",
+    },
+    "en": {
+        "subject": "Subject of the issue",
+        "preheader": "One sentence that makes people open it.",
+        "intro": "A few words of introduction (optional), before the first arrow.",
+        "briefs": ("First brief. Inline Markdown is allowed: [a link](https://example.org), *emphasis*.",
+                   "Second brief."),
+        "draft": "# remove when the issue is ready: the scheduler skips drafts",
+    },
+}
+
+
+def scaffold_warnings(issue: Issue) -> list[str]:
+    """What a build should point out in an issue still holding `mailer issue new`'s placeholders."""
+    toml_path = issue.folder / ISSUE_FILE
+    warnings = []
+    for texts in SCAFFOLD_TEXT.values():
+        for key in ("subject", "preheader"):
+            if getattr(issue, key) == texts[key]:
+                warnings.append(f"{toml_path}: {key} is still the placeholder {texts[key]!r}: write the real one")
+        if issue.intro == texts["intro"]:
+            warnings.append(f"{toml_path.parent}: the intro is still the placeholder {texts['intro']!r}")
+        warnings.extend(f"{brief.where}: brief is still the placeholder {brief.body!r}"
+                        for brief in issue.briefs if brief.body in texts["briefs"])
+    if issue.draft:
+        warnings.append(f"{toml_path}: draft = true: the scheduler will not send this issue; "
+                        "remove the line when it is ready")
+    return warnings
+
+
 def scaffold_issue(settings, slug: str, issue_date: date) -> Path:
-    """`mailer issue new`: a folder with an issue.toml and a briefs.txt showing the format."""
-    clean = re.sub(r"[^a-z0-9]+", "-", slug.lower()).strip("-")
+    """`mailer issue new`: `issues/<date>-<slug>/` with an issue.toml (`draft = true`) and a
+    briefs.txt showing the format. The slug is transliterated to ASCII (python-slugify:
+    `trains-et-vélos` → `trains-et-velos`, `李小龙` → `li-xiao-long`); SourceError when nothing is left."""
+    clean = slugify(slug, max_length=60, word_boundary=True, replacements=[["’", "'"]])  # both apostrophes alike
+    if clean.startswith(f"{issue_date.isoformat()}-"):  # `mailer issue new 2026-12-03-trains`
+        clean = clean[len(issue_date.isoformat()) + 1:]
     if not clean:
         raise SourceError(Path(slug), "the slug needs letters or digits")
     folder = settings.issues_dir / f"{issue_date.isoformat()}-{clean}"
     if folder.exists():
         raise SourceError(folder, "already exists")
     folder.mkdir(parents=True)
-    if settings.language == "fr":
-        subject, preheader = "Objet de la lettre", "Une phrase qui donne envie d'ouvrir."
-        briefs = ("Quelques mots d'introduction (facultatif), avant la première flèche.\n\n"
-                  "--> Première brève. Le Markdown en ligne est permis : [un lien](https://example.org), *italique*.\n"
-                  "--> Deuxième brève.\n")
-    else:
-        subject, preheader = "Subject of the issue", "One sentence that makes people open it."
-        briefs = ("A few words of introduction (optional), before the first arrow.\n\n"
-                  "--> First brief. Inline Markdown is allowed: [a link](https://example.org), *emphasis*.\n"
-                  "--> Second brief.\n")
+    texts = SCAFFOLD_TEXT[settings.language]
+    briefs = f"{texts['intro']}\n\n" + "".join(f"--> {body}\n" for body in texts["briefs"])
     (folder / ISSUE_FILE).write_text(
-        f'subject = "{subject}"\npreheader = "{preheader}"\ndate = {issue_date.isoformat()}\n'
+        f'subject = "{texts["subject"]}"\npreheader = "{texts["preheader"]}"\ndate = {issue_date.isoformat()}\n'
+        f'{texts["draft"]}\ndraft = true\n'
         f'# send_at = {issue_date.isoformat()}T07:00:00+01:00\n', encoding="utf-8")
     (folder / "briefs.txt").write_text(briefs, encoding="utf-8")
     return folder

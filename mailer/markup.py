@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Sequence
 
 from markdown_it import MarkdownIt
+from markdown_it.common.normalize_url import normalizeLinkText
 from markdown_it.rules_core import StateCore
 from markdown_it.token import Token
 
@@ -38,12 +39,43 @@ def french_typography(text: str) -> str:
     return text
 
 
+def typeset(text: str, language: str) -> str:
+    """Plain text (a subject, a preheader) with the body's typography: French rules in French."""
+    return french_typography(text) if language == "fr" else text
+
+
 def _typography_rule(state: StateCore) -> None:
+    """Typography on text tokens, except the text of a link that shows its own URL (a bare URL, an
+    autolink, `[https://…](https://…)`): a URL is never retouched."""
     for token in state.tokens:
         if token.type == "inline" and token.children:
+            href: str | None = None
             for child in token.children:
-                if child.type == "text":
+                if child.type == "link_open":
+                    href = str(child.attrs.get("href", ""))
+                elif child.type == "link_close":
+                    href = None
+                elif child.type == "text" and not (href is not None and shows_its_url(child.content, href)):
                     child.content = french_typography(child.content)
+
+
+_SCHEME = re.compile(r"^(?:https?://|mailto:)", re.IGNORECASE)
+
+
+def _comparable(url: str) -> str:
+    """A URL as a reader would compare it: decoded (percent-escapes, punycode), without the scheme,
+    the case of the host, or a trailing slash."""
+    text = _SCHEME.sub("", normalizeLinkText(url.strip()))
+    host, slash, rest = text.partition("/")
+    return (host.lower() + slash + rest).rstrip("/")
+
+
+def shows_its_url(label: str, href: str) -> bool:
+    """True when a link's visible text is its own target, written another way: the same URL
+    decoded or encoded (percent-escapes, IDN), with or without `https://`, `mailto:` or a
+    trailing slash (`[example.org](https://example.org/)`, a bare URL, an autolink)."""
+    label = label.strip()
+    return bool(label) and " " not in label and _comparable(label) == _comparable(href)
 
 
 @lru_cache(maxsize=4)
@@ -68,8 +100,10 @@ def to_inline_html(source: str, language: str = "fr") -> str:
 
 
 def to_text(source: str, language: str = "fr", width: int = 76) -> str:
-    """Markdown → readable plain text: links become `text (url)`, paragraphs wrapped at `width`
-    without ever breaking a URL or a no-break space."""
+    """Markdown → readable plain text: links become `text (url)`, or just `url` when the text is
+    the URL itself (bare URLs, autolinks, `[example.org](https://example.org/)`): every link of the
+    HTML shows once, as its href. Paragraphs are wrapped at `width` without ever breaking a URL or
+    a no-break space."""
     md = _parser(language)
     return _TextRenderer(width).render(md.parse(source)).strip()
 
@@ -97,8 +131,11 @@ def _inline_text(children: Sequence[Token], with_urls: bool = True) -> str:
             href, start = href_stack.pop()
             label = "".join(out[start:]).strip()
             shown = href[len("mailto:"):] if href.startswith("mailto:") else href
-            if with_urls and href and label not in (href, shown):
-                out.append(f" ({shown})")
+            if with_urls and href:
+                if shows_its_url(label, href):
+                    out[start:] = [shown]  # once, as it works when clicked (encoded, punycode)
+                else:
+                    out.append(f" ({shown})")
         elif tok.type == "image":
             alt = "".join(c.content for c in tok.children or []) or tok.content
             src = str(tok.attrs.get("src", ""))

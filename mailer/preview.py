@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from email import message_from_bytes, policy
 from pathlib import Path
 
-from . import tokens
+from . import i18n, tokens
 from .config import Settings, secret_key_for
 from .errors import MailerError
 from .issue import find_issue_folder, load_issue
@@ -93,16 +93,18 @@ def create_preview_app(settings: Settings, issue_ref: str):
         return cache["result"]  # type: ignore[return-value]
 
     page = jinja_environment(settings.templates_dir, autoescape=True).get_template("preview.html.j2")
+    language = settings.language
+    strings = i18n.strings(language)  # the page speaks the newsletter's language (MAILER_LANGUAGE)
 
     async def index(request):  # noqa: ANN001
         result = current()
+        common = {"t": strings, "language": language, "version": cache["version"], "issue_ref": issue_ref}
         if isinstance(result, MailerError):
-            return HTMLResponse(page.render(error=str(result), result=None, headers=[], html_kb=0,
-                                            version=cache["version"], issue_ref=issue_ref))
+            return HTMLResponse(page.render(error=str(result), result=None, headers=[], html_size="", **common))
         message = message_from_bytes(result.eml, policy=policy.default)
         headers = [(k, str(v)) for k, v in message.items()]
-        return HTMLResponse(page.render(error=None, result=result, headers=headers, version=cache["version"],
-                                        issue_ref=issue_ref, html_kb=len(result.html_bytes) / 1024))
+        return HTMLResponse(page.render(error=None, result=result, headers=headers,
+                                        html_size=i18n.decimal(len(result.html_bytes) / 1024, language), **common))
 
     async def email_html(request):  # noqa: ANN001
         result = current()

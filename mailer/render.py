@@ -21,9 +21,11 @@ import mjml
 from markupsafe import Markup
 
 from . import i18n, markup, tokens
+from .briefs import control_character, describe_character
 from .config import Settings, secret_key_for
 from .errors import RenderError, SourceError
-from .issue import Issue
+from .headers import clean_display_name
+from .issue import Issue, scaffold_warnings
 
 GMAIL_CLIP_BYTES = 102 * 1024
 SLOT_PREFIX = "%%mailer:"
@@ -61,12 +63,14 @@ def _neutralise_markers(value: object) -> object:
 
 @dataclass(frozen=True)
 class Recipient:
-    """Who a message goes to. `unsubscribe_url` is built by the caller (it holds a signed token)."""
+    """Who a message goes to. `unsubscribe_url` is built by the caller (it holds a signed token).
+    `first_name` (the subscriber's `first_name` attribute) greets them; without it, `first_name_of(name)`."""
 
     email: str
     unsubscribe_url: str
     name: str = ""
     subscriber_id: int | None = None
+    first_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,10 +112,18 @@ class RenderedIssue:
     web_url: str
     warnings: tuple[str, ...] = ()
     compile_seconds: float = 0.0
+    # The greeting's pattern, resolved once by `issue_greeting` ("" = none): `greeting` in
+    # issue.toml, else the language's "Bonjour {name}," — unless the intro starts with a greeting.
+    greeting: str = ""
 
     @property
     def subject(self) -> str:
-        return self.issue.subject
+        """The subject as sent: with the body's typography (narrow no-break spaces in French…)."""
+        return markup.typeset(self.issue.subject, self.settings.language)
+
+    @property
+    def preheader(self) -> str:
+        return markup.typeset(self.issue.preheader, self.settings.language)
 
     @property
     def key(self) -> str:
@@ -119,7 +131,7 @@ class RenderedIssue:
         return self.issue.slug
 
     def slot_values(self, recipient: Recipient) -> dict[str, str]:
-        return personal_values(self.settings, recipient)
+        return personal_values(self.settings, recipient, greeting=self.greeting)
 
     def personalise(self, recipient: Recipient) -> tuple[str, str]:
         """(html, text) for one recipient: substitution only, no template or MJML work."""
@@ -127,16 +139,79 @@ class RenderedIssue:
         return self.html.fill(values), self.text.fill(values)
 
 
-def personal_values(settings: Settings, recipient: Recipient, extra: dict[str, str] | None = None) -> dict[str, str]:
+def personal_values(settings: Settings, recipient: Recipient, extra: dict[str, str] | None = None, *,
+                    greeting: str | None = None) -> dict[str, str]:
     """Every slot's value for one recipient (plus `extra` slots); each also as `NAME.html`, HTML-escaped,
-    since subscriber-provided values must never become markup."""
-    strings = i18n.strings(settings.language)
-    name = " ".join(recipient.name.split())
-    greeting = strings["hello"].format(name=name) if name else strings["hello"].format(name="").replace(" ,", ",")
+    since subscriber-provided values must never become markup. `greeting` is a pattern with
+    `{name}` (None: the language's "Bonjour {name},"; "": no greeting)."""
+    if greeting is None:
+        greeting = i18n.strings(settings.language)["hello"]
+    if greeting:
+        greeting = fill_greeting(greeting, clean_display_name(recipient.first_name) or first_name_of(recipient.name))
     values = {"greeting": greeting, "email": recipient.email, "unsubscribe_url": recipient.unsubscribe_url,
               **(extra or {})}
     values.update({f"{key}.html": html.escape(value, quote=True) for key, value in list(values.items())})
     return values
+
+
+# ----- the greeting ------------------------------------------------------------------------------
+# Words that open a greeting (an intro starting with one gets no automatic greeting above it).
+_GREETING_START = re.compile(
+    r"^\W*(bonjour|bonsoir|salut|coucou|hello|hi|hey|hallo|hola|dear|greetings|good (morning|afternoon|evening)"
+    r"|chers?|ch[èe]res?|bienvenue|welcome)\b", re.IGNORECASE)
+# Titles and initials: a name starting with one is used whole ("Bonjour Dr Martin,").
+_INITIALS = re.compile(r"(?:\w[.-]{1,2}){1,3}|\w")
+_TITLES = frozenset("m mme mmes mlle mlles mm me pr dr mr mrs ms mx prof sir madame monsieur mademoiselle".split())
+
+
+def first_name_of(name: str) -> str:
+    """The part of a full name to greet someone with, when no `first_name` attribute says it.
+
+    "Last, First" → First; "First Last" → First; "DUPONT Jean" (family name in capitals first) →
+    Jean; a name opening with a title or an initial ("Dr Martin", "J. Smith") stays whole; a text
+    that is an address greets nobody (""). Shapes: str → str, never raises."""
+    name = clean_display_name(name)
+    if not name or "@" in name:
+        return ""
+    if "," in name:
+        last, _, first = (part.strip() for part in name.partition(","))
+        name = first or last
+    words = name.split(" ")
+    head = words[0]
+    if len(words) == 1 or head.lower().rstrip(".") in _TITLES or _INITIALS.fullmatch(head):
+        return name
+    if head.isupper() and len(head) > 1:  # "DUPONT Jean": the first word not in capitals
+        for word in words[1:]:
+            if not word.isupper():
+                return word
+    return head
+
+
+def fill_greeting(pattern: str, first_name: str) -> str:
+    """`pattern` with `{name}` replaced; without a name, `{name}` and the space before it go
+    ("Bonjour {name}," → "Bonjour,", "{name}, bonjour" → "Bonjour")."""
+    if "{name}" not in pattern:
+        return pattern
+    if first_name:
+        return pattern.replace("{name}", first_name)
+    text = re.sub(r"\s*\{name\}", "", pattern).lstrip(" ,")
+    return text[:1].upper() + text[1:]
+
+
+def starts_with_greeting(text: str | None) -> bool:
+    """Whether an intro opens with a greeting of its own (Bonjour, Hello, Chers lecteurs…)."""
+    return bool(text) and _GREETING_START.match(markup.plain_inline(text.strip().split("\n")[0])) is not None
+
+
+def issue_greeting(issue: Issue, language: str) -> str:
+    """The greeting pattern an issue asks for ("" = none): see `RenderedIssue.greeting`."""
+    if issue.greeting is False:
+        return ""
+    if isinstance(issue.greeting, str):
+        return markup.typeset(issue.greeting, language)
+    if starts_with_greeting(issue.intro):
+        return ""
+    return i18n.strings(language)["hello"]
 
 
 @dataclass(frozen=True)
@@ -166,7 +241,7 @@ def compile_email(settings: Settings, name: str, context: dict, *, slots: Sequen
     try:
         compiled = mjml.mjml2html(mjml_source, disable_comments=False)
     except ValueError as exc:
-        raise RenderError(f"template {name!r} produced invalid MJML: {exc}") from None
+        raise RenderError(f"template {name!r} produced invalid MJML: {exc}{_control_hint(mjml_source)}") from None
     compile_seconds = time.perf_counter() - started
 
     html_template = Template.parse(compiled)
@@ -182,6 +257,17 @@ def compile_email(settings: Settings, name: str, context: dict, *, slots: Sequen
         if slot_name not in text_template.slot_names:
             raise RenderError(f"template {name!r}: the text part has no {slot_name.replace('_url', '')} link")
     return CompiledEmail(mjml_source, html_template, text_template, compile_seconds)
+
+
+def _control_hint(mjml_source: str) -> str:
+    """Editors' files are checked for control characters when read; one that still reaches the MJML
+    came from a template or a setting: say where in the rendered MJML."""
+    found = control_character(mjml_source)
+    if found is None:
+        return ""
+    index, char, _ = found
+    return (f" (control character {describe_character(char)} at line {mjml_source.count(chr(10), 0, index) + 1}"
+            " of the rendered MJML: it comes from the template or a setting such as MAILER_POSTAL_ADDRESS)")
 
 
 def jinja_environment(templates_dir: Path, *, autoescape: bool) -> jinja2.Environment:
@@ -209,6 +295,7 @@ def render_issue(issue: Issue, settings: Settings) -> RenderedIssue:
     compiled = compile_email(settings, issue.template, _context(issue, settings, web_url), slots=TEXT_SLOTS,
                              required=("unsubscribe_url",), text_context=_text_context(issue, language))
     rendered = RenderedIssue(issue=issue, settings=settings, mjml_source=compiled.mjml_source, html=compiled.html,
+                             greeting=issue_greeting(issue, language),
                              text=compiled.text, web_url=web_url, compile_seconds=compiled.compile_seconds)
     return RenderedIssue(**{**rendered.__dict__, "warnings": tuple(build_warnings(rendered))})
 
@@ -230,7 +317,7 @@ def render_web_edition(rendered: RenderedIssue) -> str:
     unsubscribe link) and offers the subscribe page instead. A template that ignores the flag still
     gets no personal value: its slots are filled with a neutral greeting and the subscribe page."""
     issue, settings = rendered.issue, rendered.settings
-    context = {**_context(issue, settings, rendered.web_url), "web_edition": True}
+    context = {**_context(issue, settings, rendered.web_url), "web_edition": True, "show_greeting": False}
     compiled = compile_email(settings, issue.template, context, slots=TEXT_SLOTS, required=(),
                              text_context=_text_context(issue, settings.language))
     neutral = Recipient(email="", name="", unsubscribe_url=f"{settings.base_url}/subscribe")
@@ -258,7 +345,9 @@ def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
         "language": language,
         "t": strings,
         "date_long": i18n.long_date(issue.date, language),
-        "preheader": issue.preheader,
+        "subject": markup.typeset(issue.subject, language),
+        "show_greeting": bool(issue_greeting(issue, language)),
+        "preheader": markup.typeset(issue.preheader, language),
         "intro_html": Markup(markup.to_html(issue.intro, language)) if issue.intro else None,
         "briefs": briefs,
         "web_url": web_url,
@@ -272,17 +361,21 @@ def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
 
 
 def _text_context(issue: Issue, language: str) -> dict:
-    return {
-        "intro_text": markup.to_text(issue.intro, language) if issue.intro else None,
-        "briefs_text": [
-            {
-                "title": markup.plain_inline(brief.title, language) if brief.title else None,
-                "text": markup.to_text(brief.body, language),
-                "link": brief.link,
-            }
-            for brief in issue.briefs
-        ],
-    }
+    briefs = []
+    for brief in issue.briefs:
+        text = markup.to_text(brief.body, language)
+        briefs.append({
+            "title": markup.plain_inline(brief.title, language) if brief.title else None,
+            "text": text,
+            # the brief's link once: not again under a text that already shows it
+            "link": brief.link if brief.link and not _shows_url(text, brief.link) else None,
+        })
+    return {"intro_text": markup.to_text(issue.intro, language) if issue.intro else None, "briefs_text": briefs}
+
+
+def _shows_url(text: str, url: str) -> bool:
+    """`url` appears whole in `text` (not as the start of a longer URL)."""
+    return re.search(r"(?:^|[\s(<])" + re.escape(url) + r"(?=$|[\s)>.,;:!?])", text) is not None
 
 
 def _normalise_text(text: str) -> str:
@@ -318,6 +411,11 @@ def build_warnings(rendered: RenderedIssue) -> Iterable[str]:
         alt = _ALT_RE.search(img)
         if alt is None:
             yield f"an image has no alt attribute: {img[:80]}"
+    issue = rendered.issue
+    yield from scaffold_warnings(issue)
+    if isinstance(issue.greeting, str) and starts_with_greeting(issue.intro):
+        yield (f"{issue.folder / 'issue.toml'}: greeting is set and the intro starts with a greeting too: "
+               "readers get two (remove one)")
     base_url = rendered.settings.base_url
     if rendered.settings.base_url_problem:
         yield (f"MAILER_BASE_URL is {base_url}: it {rendered.settings.base_url_problem}, so unsubscribe and "

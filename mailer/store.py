@@ -369,7 +369,8 @@ class Store:
             return []
         return list(conn.execute(
             sa.select(deliveries.c.id.label("delivery_id"), deliveries.c.attempts, subscribers.c.id.label("subscriber_id"),
-                      subscribers.c.email_given, subscribers.c.name, subscribers.c.status.label("subscriber_status"))
+                      subscribers.c.email_given, subscribers.c.name, subscribers.c.status.label("subscriber_status"),
+                      subscribers.c.attributes["first_name"].as_string().label("first_name"))
             .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
             .where(deliveries.c.id.in_(claimed)).order_by(deliveries.c.id)
         ).all())

@@ -160,6 +160,147 @@ def test_scaffolded_issue_loads(settings):
     folder = scaffold_issue(settings, "Mon Sujet !", date(2026, 12, 10))
     assert folder.name == "2026-12-10-mon-sujet"
     issue = load_issue(folder, settings.issues_dir, settings.zone)
-    assert len(issue.briefs) == 2 and issue.intro
+    assert len(issue.briefs) == 2 and issue.intro and issue.draft is True
     with pytest.raises(SourceError, match="already exists"):
         scaffold_issue(settings, "mon sujet", date(2026, 12, 10))
+
+
+@pytest.mark.parametrize("slug,folder", [
+    ("trains-et-vélos", "trains-et-velos"), ("Été 2026 : bilan !", "ete-2026-bilan"), ("Straße", "strasse"),
+    ("Œuvre de Noël", "oeuvre-de-noel"), ("李小龙", "li-xiao-long"), ("l’école", "l-ecole"), ("l'école", "l-ecole"),
+    ("2026-12-10-déjà-daté", "deja-date"), ("  --x--  ", "x"), ("a " * 50, ("a-" * 30)[:-1]),
+])
+def test_scaffold_slugs_are_transliterated(settings, slug, folder):
+    assert scaffold_issue(settings, slug, date(2026, 12, 10)).name == f"2026-12-10-{folder}"
+
+
+@pytest.mark.parametrize("slug", ["🚆🎉", "!!!", ""])
+def test_a_slug_without_letters_is_refused(settings, slug):
+    with pytest.raises(SourceError, match="the slug needs letters or digits"):
+        scaffold_issue(settings, slug, date(2026, 12, 10))
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
+def test_a_scaffold_warns_until_every_placeholder_is_replaced(make_settings, language):
+    from mailer.render import render_issue
+
+    settings = make_settings(MAILER_LANGUAGE=language)
+    folder = scaffold_issue(settings, "brouillon", date(2026, 12, 10))
+    warnings = render_issue(load_issue(folder, settings.issues_dir, settings.zone), settings).warnings
+    joined = "\n".join(warnings)
+    assert f"{folder / 'issue.toml'}: subject is still the placeholder" in joined
+    assert f"{folder / 'issue.toml'}: preheader is still the placeholder" in joined
+    assert "the intro is still the placeholder" in joined
+    assert f"{folder / 'briefs.txt'}:3: brief is still the placeholder" in joined
+    assert f"{folder / 'briefs.txt'}:4: brief is still the placeholder" in joined
+    assert f"{folder / 'issue.toml'}: draft = true: the scheduler will not send this issue" in joined
+    toml = (folder / "issue.toml").read_text(encoding="utf-8")
+    toml = "\n".join(line for line in toml.split("\n") if not line.startswith(("draft", "subject", "preheader")))
+    (folder / "issue.toml").write_text('subject = "Le vrai sujet"\npreheader = "Pour de vrai"\n' + toml, encoding="utf-8")
+    (folder / "briefs.txt").write_text("--> Une vraie brève, écrite.\n", encoding="utf-8")
+    issue = load_issue(folder, settings.issues_dir, settings.zone)
+    assert issue.draft is False
+    assert render_issue(issue, settings).warnings == ()
+
+
+def test_draft_must_be_a_boolean(project):
+    write_issue(project, "2026-12-03-brouillon", {"b.txt": "--> x\n"}, toml='subject = "S"\ndate = 2026-12-03\ndraft = "oui"\n')
+    with pytest.raises(SourceError, match="draft must be true or false") as info:
+        load_issue("brouillon", project / "issues", PARIS)
+    assert info.value.line == 3
+
+
+# ----- control characters (issue 9.15) -------------------------------------------------------------
+CONTROLS = [chr(c) for c in [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F, *range(0x80, 0xA0),
+                             0x2028, 0x2029]]
+
+# (file name, content with X where the character goes): the error names X's line and column
+RAW_POSITIONS = [
+    ("briefs.txt", "--> Une brève.\n--> Une autre avec un X caractère.\n"),
+    ("briefs.txt", "Intro X ici.\n\n--> Une brève.\n"),
+    ("a.md", "---\ntitle: Un titre X\nlink: https://example.org\n---\nLe texte.\n"),
+    ("a.md", "# Titre\n\nLe texte X ici.\n"),
+    ("issue.toml", 'subject = "Un sujet X"\ndate = 2026-12-03\n'),
+    ("issue.toml", '# un commentaire X\nsubject = "Sujet"\n'),
+]
+REFERENCE_POSITIONS = [  # the character written as a Markdown/HTML character reference
+    ("briefs.txt", "--> Une brève avec X.\n"),
+    ("a.md", "---\ntitle: Titre X\n---\nTexte.\n"),
+]
+
+
+def _line_column(content):
+    before = content[:content.index("X")]
+    return before.count("\n") + 1, len(before) - before.rfind("\n")
+TOML_ESCAPES = ["subject", "preheader", "intro", "list", "template"]
+
+
+def _issue_with(project, name, content):
+    files = {"briefs.txt": "--> Une brève.\n"} if name != "briefs.txt" else {}
+    if name == "issue.toml":
+        return write_issue(project, "2026-12-03-ctrl", files, toml=content)
+    return write_issue(project, "2026-12-03-ctrl", {**files, name: content})
+
+
+def _load(project):
+    return load_issue("ctrl", project / "issues", PARIS)
+
+
+@pytest.mark.parametrize("name,content", RAW_POSITIONS)
+def test_every_control_character_typed_in_a_file_is_refused_with_file_line_and_code_point(project, name, content):
+    line, column = _line_column(content)
+    for char in CONTROLS:
+        folder = _issue_with(project, name, content.replace("X", char))
+        with pytest.raises(SourceError) as info:
+            _load(project)
+        message = str(info.value)
+        assert message.startswith(f"{folder / name}:{line}: control character U+{ord(char):04X} ("), message
+        assert f"at column {column}" in message
+
+
+@pytest.mark.parametrize("name,content", REFERENCE_POSITIONS)
+def test_a_control_character_written_as_a_reference_is_refused(project, name, content):
+    line, column = _line_column(content)
+    for char in CONTROLS:
+        for reference in (f"&#{ord(char)};", f"&#x{ord(char):X};"):
+            folder = _issue_with(project, name, content.replace("X", reference))
+            with pytest.raises(SourceError) as info:
+                _load(project)
+            assert str(info.value).startswith(
+                f"{folder / name}:{line}: character reference {reference} is control character U+{ord(char):04X} ("
+            ), str(info.value)
+            assert f"at column {column}" in str(info.value)
+
+
+@pytest.mark.parametrize("key", TOML_ESCAPES)
+def test_a_control_character_from_a_toml_escape_is_refused_naming_the_key(project, key):
+    for char in CONTROLS:
+        subject_line = "" if key == "subject" else 'subject = "Sujet"\n'
+        toml = f'date = 2026-12-03\n{subject_line}{key} = "ab\\u{ord(char):04X}c"\n'
+        folder = _issue_with(project, "issue.toml", toml)
+        with pytest.raises(SourceError) as info:
+            _load(project)
+        assert str(info.value) == (f"{folder / 'issue.toml'}:{2 if key == 'subject' else 3}: {key}: an escape gives "
+                                   f"control character U+{ord(char):04X} ({_name(char)}) at character 3: delete it")
+
+
+def _name(char):
+    from mailer.briefs import describe_character
+    return describe_character(char)[len("U+0000 ("):-1]
+
+
+def test_tab_lf_cr_and_ordinary_unicode_spaces_are_fine(project):
+    write_issue(project, "2026-12-03-ctrl", {"briefs.txt": "--> Une\tbrève\u00a0;\r\nsur deux lignes\u202f!\r\n"},
+                toml='subject = "Sujet\\tavec tabulation"\ndate = 2026-12-03\n')
+    issue = _load(project)
+    assert issue.briefs[0].body == "Une\tbrève\u00a0;\nsur deux lignes\u202f!"
+
+
+def test_describe_character_names_each_kind():
+    from mailer.briefs import describe_character
+    assert describe_character("\x00") == "U+0000 (NULL)"
+    assert describe_character("\x0c") == "U+000C (FORM FEED)"
+    assert describe_character("\x1b") == "U+001B (ESCAPE)"
+    assert describe_character("\x7f") == "U+007F (DELETE)"
+    assert describe_character("\x85") == "U+0085 (C1 CONTROL)"
+    assert describe_character("\u2028") == "U+2028 (LINE SEPARATOR)"

@@ -15,6 +15,7 @@ import pytest
 
 from mailer import i18n, markup
 from mailer.preview import SAMPLE_NAME, build_issue, create_preview_app, sample_recipient
+from mailer.render import first_name_of
 from tests.browser_support import (ELEMENTS_HOLDING_TEXT_JS, LAYOUT_JS, LINKS_JS, ThreadedServer, distinctive_words,
                                    launched_chromium, visible_blocks)
 from tests.conftest import ARTIFACTS, EXAMPLE_ISSUE, write_issue
@@ -110,7 +111,7 @@ def test_email_reads_well_at_phone_and_desktop_widths(project, settings, new_pag
         for label, words in brief_word_sets(result.briefs):
             body_sizes[label] = assert_shown(page, words, width, label)["fontSize"]
         body_sizes["intro"] = assert_shown(page, distinctive_words(result.rendered.issue.intro), width, "intro")["fontSize"]
-        body_sizes["greeting"] = assert_shown(page, [strings["hello"].format(name=SAMPLE_NAME).lower()], width,
+        body_sizes["greeting"] = assert_shown(page, [strings["hello"].format(name=first_name_of(SAMPLE_NAME)).lower()], width,
                                               "greeting")["fontSize"]
         titles = {label: size for label, size in body_sizes.items() if label.startswith("title of")}
         texts = {label: size for label, size in body_sizes.items() if label not in titles}
@@ -183,7 +184,7 @@ def test_preview_shows_both_widths_text_headers_and_follows_edits(project, setti
 
     expected = build_issue(settings, EXAMPLE_ISSUE, write=False)
     unsubscribe_url = sample_recipient(settings).unsubscribe_url
-    greeting = i18n.strings(settings.language)["hello"].format(name=SAMPLE_NAME)
+    greeting = i18n.strings(settings.language)["hello"].format(name=first_name_of(SAMPLE_NAME))
     briefs_file = project / "issues" / EXAMPLE_ISSUE / "briefs.txt"
 
     with ThreadedServer(create_preview_app(settings, EXAMPLE_ISSUE)) as server:

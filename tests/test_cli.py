@@ -38,7 +38,7 @@ def test_build_writes_three_files_and_reports(run, project):
     message = email.message_from_bytes((project / "sortie" / "email.eml").read_bytes(), policy=policy.default)
     assert message.is_multipart() and message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert (project / "sortie" / "email.html").stat().st_size > 10_000
-    assert "Bonjour Camille Exemple," in (project / "sortie" / "email.txt").read_text(encoding="utf-8")
+    assert "Bonjour Camille," in (project / "sortie" / "email.txt").read_text(encoding="utf-8")
 
 
 def test_bad_brief_is_one_line_error_naming_file_and_line(run, project):
@@ -139,3 +139,24 @@ def test_issue_new_then_build(run, project):
 def test_db_upgrade_is_idempotent(run):
     assert "database at revision" in run("db", "upgrade").stdout
     assert "database at revision" in run("db", "upgrade").stdout
+
+
+@pytest.mark.parametrize("char", ["\x0c", "\x0b", "\x1b", "\x00", "\x7f", "\x85", "\u2028"])
+def test_a_control_character_in_a_brief_is_one_line_error_before_rendering(run, project, char):
+    write_issue(project, "2026-12-03-ctrl", {"briefs.txt": f"--> Bien.\n--> Une brève{char} collée.\n"})
+    result = run("build", "ctrl", check_exit=3)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MJML" not in lines[0]
+    assert f"2026-12-03-ctrl/briefs.txt:2: control character U+{ord(char):04X} (" in lines[0]
+    assert "at column 14" in lines[0]  # after "--> Une brève"
+    assert not (project / "build").exists()
+
+
+def test_issue_new_transliterates_and_build_warns_about_placeholders(run, project):
+    result = run("issue", "new", "trains-et-vélos", "--date", "2026-12-10")
+    folder = project / "issues" / "2026-12-10-trains-et-velos"
+    assert result.stdout.strip() == f"created {folder}"
+    assert "draft = true" in (folder / "issue.toml").read_text(encoding="utf-8")
+    built = run("build", "trains-et-velos")
+    assert "warning: " in built.stderr and "subject is still the placeholder 'Objet de la lettre'" in built.stderr
+    assert "draft = true: the scheduler will not send this issue" in built.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 import email
 import re
 from email import policy
+from email.header import decode_header, make_header
+from html import unescape as html_unescape
 
 import pytest
 
@@ -12,6 +14,7 @@ from mailer import tokens
 from mailer.config import load_settings
 from mailer.errors import ConfigError, InvalidAddress
 from mailer.issue import load_issue
+from mailer.markup import french_typography
 from mailer.message import MessageFactory
 from mailer.preview import SAMPLE_EMAIL, build_issue
 from mailer.render import Recipient, render_issue
@@ -38,7 +41,7 @@ def test_message_parses_back_with_both_parts_and_every_header(settings):
     text_part, html_part = message.iter_parts()
     assert (text_part.get_content_type(), html_part.get_content_type()) == ("text/plain", "text/html")
     assert text_part.get_content_charset() == html_part.get_content_charset() == "utf-8"
-    assert message["Subject"] == "Données ouvertes, trains de nuit et « petits » modèles"
+    assert message["Subject"] == "Données ouvertes, trains de nuit et «\u00a0petits\u00a0» modèles"  # typeset
     assert message["From"].addresses[0].addr_spec == "lettre@example.org"
     assert message["To"].addresses[0].display_name == "Camille Martin"
     assert message["List-Unsubscribe"] == f"<{LONG_TOKEN_URL}>, <mailto:unsubscribe@example.org?subject=unsubscribe>"
@@ -72,7 +75,7 @@ def test_any_name_survives_quoted_printable_slots(settings, name):
     expected_html, expected_text = factory.rendered.personalise(recipient)
     assert text_part.get_content().replace("\r\n", "\n") == expected_text
     assert html_part.get_content().replace("\r\n", "\n") == expected_html
-    assert message["To"].addresses[0].display_name == " ".join(name.split()).replace("=?", "= ?")
+    assert message["To"].addresses[0].display_name == " ".join(name.split())  # `=?` included, read back as typed
 
 
 def test_crlf_in_a_name_cannot_inject_headers(settings):
@@ -101,7 +104,7 @@ def test_long_non_ascii_subject_is_folded_in_short_encoded_words(project, settin
     data = _factory(settings, "long").build(Recipient(email="x@example.org", unsubscribe_url=LONG_TOKEN_URL))
     header_block = data.partition(b"\r\n\r\n")[0]
     assert all(len(w) <= 75 for w in re.findall(rb"=\?utf-8\?[qb]\?[^?]*\?=", header_block))
-    assert _parse(data)["Subject"] == subject
+    assert _parse(data)["Subject"] == french_typography(subject)
 
 
 def test_test_subject_prefix(settings):
@@ -120,7 +123,7 @@ def test_build_writes_html_text_and_a_complete_eml(settings, tmp_path):
     assert message["Message-ID"].endswith("@example.org>")
     unsubscribe = message["List-Unsubscribe"].split(">")[0].lstrip("<")
     assert unsubscribe in html and unsubscribe in text
-    assert "Bonjour Camille Exemple," in text
+    assert "Bonjour Camille," in text  # the first name of the sample reader "Camille Exemple"
     assert result.warnings == ()
 
 
@@ -148,3 +151,23 @@ def test_message_id_is_stable_per_delivery_and_on_the_sender_domain():
     assert first == tokens.message_id(key, "2026-11-26-x", 5, "example.org")
     assert first != tokens.message_id(key, "2026-11-26-x", 6, "example.org")
     assert re.fullmatch(r"<[0-9a-f]{24}@example\.org>", first)
+
+
+@pytest.mark.parametrize("language,subject,expected", [
+    ("fr", "Question ? « Oui » : l'école ; enfin !", "Question\u202f? «\u00a0Oui\u00a0»\u00a0: l’école\u202f; enfin\u202f!"),
+    ("fr", "Trains de nuit : « complet » !" * 3, ("Trains de nuit\u00a0: «\u00a0complet\u00a0»\u202f!" * 3)),
+    ("en", "Question ? « Oui » : l'école !", "Question ? « Oui » : l'école !"),
+])
+def test_subject_and_preheader_get_the_body_typography_and_still_read_back(project, make_settings, language,
+                                                                           subject, expected):
+    settings = make_settings(MAILER_LANGUAGE=language)
+    write_issue(project, "2026-12-03-typo", {"b.txt": "--> Texte : oui !\n"},
+                toml=f'subject = "{subject}"\npreheader = "{subject}"\ndate = 2026-12-03\n')
+    factory = _factory(settings, "typo")
+    data = factory.build(Recipient(email="x@example.org", unsubscribe_url=LONG_TOKEN_URL))
+    assert _parse(data)["Subject"] == expected
+    compat = email.message_from_bytes(data, policy=policy.compat32)["Subject"]
+    assert str(make_header(decode_header(re.sub(r"\r\n(?=[ \t])", "", compat)))) == expected
+    html, _ = factory.rendered.personalise(Recipient(email="x@example.org", unsubscribe_url=LONG_TOKEN_URL))
+    assert html_unescape(re.search(r"<title>(.*?)</title>", html).group(1)) == expected
+    assert expected in html_unescape(html.split("<body")[1][:3000])  # the preheader (mj-preview)

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import html as html_module
+import random
+import re
+import shutil
+from pathlib import Path
+
 import mjml
 import pytest
+from markdown_it.common.normalize_url import normalizeLinkText
 
 import mailer.render as render_module
 from mailer.errors import RenderError, SourceError
 from mailer.issue import load_issue
 from mailer.markup import NBSP, NNBSP, to_html, to_text
-from mailer.render import Recipient, render_issue
+from mailer.render import Recipient, first_name_of, render_issue
 
 from .conftest import EXAMPLE_ISSUE, write_issue
+
+CASES = Path(__file__).parent / "cases"
 
 
 def _render(settings, ref=EXAMPLE_ISSUE):
@@ -28,14 +37,14 @@ def test_mjml_is_compiled_once_for_many_recipients(settings, monkeypatch):
 
     monkeypatch.setattr(render_module.mjml, "mjml2html", counting)
     rendered = _render(settings)
-    outputs = [rendered.personalise(Recipient(email=f"r{i}@example.org", name=f"Lecteur {i}",
+    outputs = [rendered.personalise(Recipient(email=f"r{i}@example.org", name=f"Lecteur{i} Martin",
                                               unsubscribe_url=f"https://lettre.example.org/u/tok{i}"))
                for i in range(200)]
     assert len(calls) == 1
     for i, (html, text) in enumerate(outputs):
         assert f'href="https://lettre.example.org/u/tok{i}"' in html
         assert f"https://lettre.example.org/u/tok{i}" in text
-        assert f"Bonjour Lecteur {i}," in html and f"Bonjour Lecteur {i}," in text
+        assert f"Bonjour Lecteur{i}," in html and f"Bonjour Lecteur{i}," in text
         assert "%%mailer:" not in html and "%%mailer:" not in text
         other = (i + 1) % 200
         assert f"/u/tok{other}\"" not in html
@@ -43,11 +52,15 @@ def test_mjml_is_compiled_once_for_many_recipients(settings, monkeypatch):
 
 def test_subscriber_values_are_escaped_in_html_only(settings):
     rendered = _render(settings)
-    html, text = rendered.personalise(Recipient(email="x@example.org", name='<script>alert("x")</script> & Cie',
-                                                unsubscribe_url="https://lettre.example.org/u/abc"))
-    assert "<script>alert" not in html
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; Cie" in html
-    assert 'Bonjour <script>alert("x")</script> & Cie,' in text
+    for name, first in (('<script>alert("x")</script>&Cie', '<script>alert("x")</script>&Cie'),
+                        ('Durand, <b onclick="x()">Zoé</b>', '<b'), ("", "")):
+        for first_name in ("", '<i>"Lou"</i> & Co'):
+            html, text = rendered.personalise(Recipient(email="x@example.org", name=name, first_name=first_name,
+                                                        unsubscribe_url="https://lettre.example.org/u/abc"))
+            shown = first_name or first
+            assert "<script>alert" not in html and "<i>" not in html and "<b " not in html
+            assert f"Bonjour {html_module.escape(shown, quote=True)}," in html if shown else "Bonjour," in html
+            assert f"Bonjour {shown}," in text if shown else "Bonjour," in text
 
 
 def test_greeting_without_a_name(settings):
@@ -71,7 +84,7 @@ def test_every_brief_title_link_and_footer_in_both_parts(settings):
     web_url = f"https://lettre.example.org/issues/{issue.slug}"
     assert f'href="{web_url}"' in html and web_url in text
     assert "Se désabonner" in html
-    assert issue.preheader in html  # mj-preview
+    assert rendered.preheader in html_module.unescape(html)  # mj-preview, typeset
     assert rendered.html.slot_names.count("unsubscribe_url.html") >= 1
 
 
@@ -159,3 +172,214 @@ def test_example_issue_builds_without_warnings(settings):
     assert rendered.warnings == ()
     html, _ = rendered.personalise(Recipient(email="x@example.org", unsubscribe_url="https://e.org/u/a"))
     assert len(html.encode()) < 102 * 1024
+
+
+# ----- each link of the HTML part once in the text part (issue 10.4) ------------------------------
+_HREF = re.compile(r'<a\b[^>]*\bhref="([^"]*)"', re.IGNORECASE)
+
+
+def _link_kinds(n: int) -> list[str]:
+    """Markdown for the same kinds of link editors write, each with a URL of its own (`n`)."""
+    return [
+        f"https://example.org/plain-{n}",
+        f"https://fr.wikipedia.org/wiki/%C3%89t%C3%A9_{n}",
+        f"https://exämple-{n}.org/page",
+        f"https://example.org/recherche?q=trains&page={n}&tri=date",
+        f"https://en.wikipedia.org/wiki/Foo_(bar)_{n}",
+        f"https://example.org/fin-{n}.",
+        f"(voir https://example.org/parenthese-{n})",
+        f"https://example.org/question-{n} ?",
+        f"www.example-{n}.org/chemin",
+        f"<https://exämple-auto-{n}.org/é>",
+        f"<https://example.org/auto-{n}>",
+        f"[https://example.org/meme-{n}](https://example.org/meme-{n})",
+        f"[https://example.org/slash-{n}](https://example.org/slash-{n}/)",
+        f"[example.org/sans-schema-{n}](https://example.org/sans-schema-{n})",
+        f"[https://fr.wikipedia.org/wiki/Été_lien_{n}](https://fr.wikipedia.org/wiki/%C3%89t%C3%A9_lien_{n})",
+        f"[https://exämple-lien-{n}.org](https://exämple-lien-{n}.org/)",
+        f"[le portail](https://example.org/portail-{n}?a=1&b=2)",
+        f"[un *lien* emphatique](https://example.org/emph-{n})",
+        f"[écrivez-nous](mailto:redaction-{n}@example.org)",
+        f"courriel-{n}@example.org",
+        f"[https://example.org/autre-{n}](https://example.org/cible-differente-{n})",
+    ]
+
+
+def _count_url(text: str, url: str) -> int:
+    return len(re.findall(r"(?<![\w/%.-])" + re.escape(url) + r"(?![\w/%-])", text))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_link_of_the_html_shows_once_in_the_text(project, settings, seed):
+    rng = random.Random(seed)
+    kinds = _link_kinds(seed)
+    rng.shuffle(kinds)
+    lines = []
+    for start in range(0, len(kinds), 4):
+        words = []
+        for kind in kinds[start:start + 4]:
+            words += [rng.choice(["Voir", "et", "puis", "lire :", "—", "ici"]), kind]
+        lines.append("--> " + " ".join(words) + " " + rng.choice([".", "!", ""]))
+    link_md = "---\nlink: https://example.org/lien-de-la-breve\n---\nUne brève qui cite https://example.org/lien-de-la-breve aussi.\n"
+    write_issue(project, "2026-12-03-liens", {"briefs.txt": "\n".join(lines) + "\n", "z.md": link_md})
+    html, text = _render(settings, "liens").personalise(
+        Recipient(email="x@example.org", unsubscribe_url="https://lettre.example.org/u/abc"))
+    hrefs = {html_module.unescape(href) for href in _HREF.findall(html)}
+    assert len(hrefs) >= len(kinds) + 3
+    for href in hrefs:
+        shown = href.removeprefix("mailto:")
+        assert _count_url(text, shown) == 1, (href, text)
+        decoded = normalizeLinkText(href).removeprefix("mailto:")
+        if decoded != shown:  # never the decoded form as well
+            assert _count_url(text, decoded) == 0, (href, text)
+
+
+def test_the_text_url_twice_case(project, settings):
+    shutil.copytree(CASES / "text-url-twice" / "issue", project / "issues" / "2026-12-03-urls")
+    _, text = _render(settings, "urls").personalise(Recipient(email="x@example.org", unsubscribe_url="https://e.org/u/a"))
+    assert ("Voir https://fr.wikipedia.org/wiki/%C3%89t%C3%A9 et https://xn--exmple-cua.org/page et "
+            "https://example.org/page") in " ".join(text.split())
+    assert "Été" not in text and "exämple" not in text
+
+
+def test_typography_never_touches_a_url_shown_as_text():
+    html = to_html("Voir https://example.org/l'avis:x et [https://example.org/d'accord](https://example.org/d'accord) !", "fr")
+    assert ">https://example.org/l'avis:x</a>" in html and ">https://example.org/d'accord</a>" in html
+    assert f"{NNBSP}!" in html
+
+
+def test_a_control_character_from_a_template_is_located_in_the_mjml_error(project, settings):
+    source = (project / "templates" / "weekly.mjml.j2").read_text(encoding="utf-8")
+    (project / "templates" / "weekly.mjml.j2").write_text(source.replace("{{ date_long }}", "{{ date_long }}\x0c"),
+                                                           encoding="utf-8")
+    with pytest.raises(RenderError) as info:
+        _render(settings)
+    message = str(info.value)
+    assert "produced invalid MJML" in message and "control character U+000C (FORM FEED) at line" in message
+    line = int(message.split("at line ")[1].split()[0])
+    assert "\x0c" in _rendered_mjml_line(project, settings, line)
+
+
+def _rendered_mjml_line(project, settings, line):
+    from mailer.render import _context, jinja_environment
+    issue = load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone)
+    mjml_source = jinja_environment(settings.templates_dir, autoescape=True).get_template("weekly.mjml.j2").render(
+        _context(issue, settings, "https://lettre.example.org/issues/x"))
+    return mjml_source.split("\n")[line - 1]
+
+
+# ----- the greeting ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,first", [
+    ("Bernard, Hugo", "Hugo"), ("Hugo Bernard", "Hugo"), ("Smith, Jo A.", "Jo"), ("DUPONT Jean-Pierre", "Jean-Pierre"),
+    ("Marie-Claire Lefèvre", "Marie-Claire"), ("  Zoé\t ", "Zoé"), ("李小龙", "李小龙"), ("Dr Jo Smith", "Dr Jo Smith"),
+    ("Mme Dupont", "Mme Dupont"), ("J. Smith", "J. Smith"), ("J.-P. Sartre", "J.-P. Sartre"),
+    ("jo@example.org", ""), ("", ""), (",", ""), ("Bernard,", "Bernard"),
+])
+def test_first_name_of(name, first):
+    assert first_name_of(name) == first
+
+
+def _greeting_issue(project, settings, toml_extra="", intro=""):
+    write_issue(project, "2026-12-03-salut", {"briefs.txt": intro + "--> Une brève.\n"},
+                toml=f'subject = "Sujet"\ndate = 2026-12-03\n{toml_extra}')
+    return _render(settings, "salut")
+
+
+def _greetings(rendered, **recipient):
+    html, text = rendered.personalise(Recipient(email="x@example.org", unsubscribe_url="https://e.org/u/a", **recipient))
+    body_text = text.split("\n\n", 1)[1]  # after the masthead
+    return html_module.unescape(html), body_text
+
+
+def test_the_greeting_uses_the_first_name_or_the_attribute(project, settings):
+    rendered = _greeting_issue(project, settings)
+    html, text = _greetings(rendered, name="Bernard, Hugo")
+    assert "Bonjour Hugo," in html and text.startswith("Bonjour Hugo,\n")
+    html, text = _greetings(rendered, name="Bernard, Hugo", first_name="Hugues")
+    assert "Bonjour Hugues," in html and text.startswith("Bonjour Hugues,\n")
+    html, text = _greetings(rendered)
+    assert text.startswith("Bonjour,\n")
+
+
+@pytest.mark.parametrize("greeting,with_name,without_name", [
+    ('"Salut {name} !"', "Salut Hugo\u202f!", "Salut\u202f!"),
+    ('"Chères lectrices, chers lecteurs,"', "Chères lectrices, chers lecteurs,", "Chères lectrices, chers lecteurs,"),
+    ('"{name}, bonjour !"', "Hugo, bonjour\u202f!", "Bonjour\u202f!"),
+])
+def test_a_custom_greeting_from_issue_toml(project, settings, greeting, with_name, without_name):
+    rendered = _greeting_issue(project, settings, f"greeting = {greeting}\n")
+    html, text = _greetings(rendered, name="Hugo Bernard")
+    assert with_name in html and text.startswith(with_name + "\n")
+    assert _greetings(rendered)[1].startswith(without_name + "\n")
+
+
+def test_greeting_false_means_no_greeting_and_no_slot(project, settings):
+    rendered = _greeting_issue(project, settings, "greeting = false\n", intro="Chers amis du rail,\n\n")
+    assert "greeting" not in rendered.text.slot_names and "greeting.html" not in rendered.html.slot_names
+    html, text = _greetings(rendered, name="Hugo Bernard")
+    assert "Bonjour" not in html and "Hugo" not in html and text.startswith("Chers amis du rail,")
+
+
+@pytest.mark.parametrize("intro", ["Bonjour à toutes et à tous,", "*Chères lectrices*, chers lecteurs,", "Hello everyone!",
+                                   "Salut la compagnie !", "Hi,", "Bonsoir,"])
+def test_no_automatic_greeting_above_an_intro_that_has_one(project, settings, intro):
+    rendered = _greeting_issue(project, settings, intro=intro + "\n\n")
+    html, text = _greetings(rendered, name="Hugo Bernard")
+    assert "Bonjour Hugo" not in html and "Hugo" not in text
+    assert rendered.warnings == ()
+
+
+def test_an_intro_without_greeting_keeps_the_automatic_one(project, settings):
+    rendered = _greeting_issue(project, settings, intro="Cette semaine, des trains.\n\n")
+    assert _greetings(rendered, name="Hugo Bernard")[1].startswith("Bonjour Hugo,\n\nCette semaine")
+
+
+def test_an_explicit_greeting_over_a_greeting_intro_is_kept_with_a_warning(project, settings):
+    rendered = _greeting_issue(project, settings, 'greeting = "Salut {name} !"\n', intro="Bonjour à tous,\n\n")
+    assert _greetings(rendered, name="Hugo Bernard")[1].startswith("Salut Hugo\u202f!\n\nBonjour à tous,")
+    assert any("the intro starts with a greeting too" in w for w in rendered.warnings)
+
+
+@pytest.mark.parametrize("line,message", [
+    ('greeting = "Salut {prenom} !"', "greeting may hold {name}"),
+    ('greeting = "Salut {name !"', "greeting may hold {name}"),
+    ("greeting = 3", "greeting must be true, false or a text"),
+])
+def test_a_bad_greeting_is_an_error_naming_the_line(project, settings, line, message):
+    write_issue(project, "2026-12-03-salut", {"briefs.txt": "--> Une brève.\n"},
+                toml=f'subject = "Sujet"\ndate = 2026-12-03\n{line}\n')
+    with pytest.raises(SourceError, match=re.escape(message)) as info:
+        _render(settings, "salut")
+    assert info.value.line == 3
+
+
+def test_a_send_greets_each_subscriber_by_the_first_name_attribute_or_the_derived_one(store, make_settings, db_url):
+    from email import message_from_bytes, policy
+
+    from mailer import dispatch
+    from mailer.subscribers import add_subscriber
+
+    settings = make_settings(database_url=db_url)
+    add_subscriber(store, "hugo@example.org", name="Bernard, Hugo", attributes={"first_name": "Hugues"})
+    add_subscriber(store, "jean@example.org", name="DUPONT Jean")
+    add_subscriber(store, "eve@example.org", name='<b>Ève</b> "la" Pirate')
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    assert report.sent_now == 3
+    texts = {}
+    for path in (settings.outbox_dir / EXAMPLE_ISSUE).glob("*.eml"):
+        message = message_from_bytes(path.read_bytes(), policy=policy.default)
+        text_part, html_part = message.iter_parts()
+        texts[message["To"].addresses[0].addr_spec] = (text_part.get_content(), html_part.get_content())
+    assert "Bonjour Hugues," in texts["hugo@example.org"][0] and "Bonjour Hugues," in texts["hugo@example.org"][1]
+    assert "Bonjour Jean," in texts["jean@example.org"][0]
+    assert "Bonjour <b>Ève</b>," in texts["eve@example.org"][0]
+    assert "Bonjour &lt;b&gt;Ève&lt;/b&gt;," in texts["eve@example.org"][1]
+
+
+def test_control_characters_in_a_subscriber_name_never_reach_the_email(settings):
+    rendered = _render(settings)
+    html, text = rendered.personalise(Recipient(email="x@example.org", name="\x1bZo\x00é\u2028 Martin\x7f",
+                                                unsubscribe_url="https://e.org/u/a"))
+    assert "Bonjour Zo," in text and "Bonjour Zo," in html  # a control character separates like a space
+    for char in "\x1b\x00\u2028\x7f":
+        assert char not in html and char not in text
