@@ -280,14 +280,16 @@ _STATUS_CHOICE = click.Choice(SUBSCRIBER_STATUSES, case_sensitive=False)
 @subscribers.command("add")
 @click.argument("email")
 @click.option("--name", default="")
-@click.option("--language", default="", type=click.Choice(("", *LANGUAGES)), help="The person's language.")
+@click.option("--language", default=None, type=click.Choice(LANGUAGES, case_sensitive=False),
+              help="The person's language.")
 @click.option("--list", "lists", multiple=True, help="Add to this named list (repeatable).")
 @handle_errors
-def subscribers_add(email: str, name: str, language: str, lists: tuple[str, ...]) -> None:
+def subscribers_add(email: str, name: str, language: str | None, lists: tuple[str, ...]) -> None:
     """Add an active subscriber (the operator vouches for them)."""
     from .subscribers import add_subscriber
     settings = _settings()
-    _, created = add_subscriber(_store(settings), email, name=name, language=language, lists=lists, source="cli")
+    _, created = add_subscriber(_store(settings), email, name=name, language=(language or "").lower(), lists=lists,
+                                source="cli")
     click.echo(f"{'added' if created else 'already subscribed, updated'}: {email.strip()}")
 
 

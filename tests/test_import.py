@@ -205,6 +205,7 @@ ENCODED_NAMES = ["Zoé Lefèvre", "Hélène Noël", "Jérôme Œuvray", "Franço
     ("utf-8-sig", ";", "\r\n", "€ œ ’"),         # Excel "CSV UTF-8"
     ("utf-16", "\t", "\r\n", "€ œ ’"),           # Excel "Unicode text": UTF-16 LE with BOM, tabs
     ("utf-16-be-bom", "\t", "\r\n", "€ œ ’"),
+    ("utf-16-le", "\t", "\r\n", "€ œ ’"),        # UTF-16 without a byte-order mark
     ("cp1252", ";", "\r\n", "€ œ ’"),            # French Excel on Windows
     ("latin-1", ",", "\n", ""),
     ("mac_roman", ",", "\r", "€ œ ’"),           # old Mac Excel: CR line ends
@@ -235,7 +236,7 @@ def test_each_encoding_reads_back_the_names_that_were_written(store, tmp_path, c
     assert (report.added, report.rejected) == (len(writable), 0)
     assert names(store) == expected
     label = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8 with BOM", "utf-16": "UTF-16 LE", "utf-16-be-bom": "UTF-16 BE",
-             "cp1252": "Windows-1252", "latin-1": "Windows-1252", "mac_roman": "Mac Roman", "cp850": "cp850",
+             "utf-16-le": "UTF-16 LE (no byte-order mark)", "cp1252": "Windows-1252", "latin-1": "Windows-1252", "mac_roman": "Mac Roman", "cp850": "cp850",
              "iso8859_15": "ISO-8859-15"}[codec]
     assert label in report.encoding
 
@@ -515,3 +516,13 @@ def test_the_summary_counts_every_kind_of_row_once(store, tmp_path):
     assert report.counts_line() == ("added 1, updated 1, unchanged 1, rejected 2; 1 more left unsubscribed "
                                     "(an import never re-activates anyone)")
     assert report.rows == 6
+
+
+def test_an_empty_cell_wipes_nothing(store, tmp_path):
+    add_subscriber(store, "a@example.org", name="Zoé Lefèvre", language="fr", attributes={"ville": "Lyon"})
+    path = tmp_path / "maj.csv"
+    path.write_text("email,name,language,ville,club\na@example.org,,,,échecs\n", encoding="utf-8")
+    report = import_csv(store, path)
+    zoe = show_subscriber(store, "a@example.org")
+    assert report.updated == 1
+    assert (zoe.name, zoe.language, zoe.attributes) == ("Zoé Lefèvre", "fr", {"ville": "Lyon", "club": "échecs"})

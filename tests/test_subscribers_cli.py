@@ -110,3 +110,9 @@ def test_ctrl_c_during_an_import_stops_after_a_batch_and_says_what_was_written(r
     assert "Run the same import again to finish" in stderr
     again = run("subscribers", "import", "grande.csv")
     assert again.stdout.startswith(f"added {250_000 - written}, updated 0, unchanged {written}, rejected 0")
+
+
+def test_add_help_lists_the_languages_and_takes_them_in_any_case(run):
+    assert "--language [fr|en]" in run("subscribers", "add", "--help").stdout
+    run("subscribers", "add", "a@example.org", "--language", "FR")
+    assert '"language": "fr"' in run("subscribers", "list", "--format", "json").stdout

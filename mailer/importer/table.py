@@ -99,7 +99,7 @@ class CsvRows:
             exhausted = bool(record) and record[-1] is None
             if exhausted:
                 record.pop()
-            broken = self._unterminated(record, exhausted)
+            broken = self._unterminated(record, exhausted or failure is not None)
             if broken is None:
                 if failure is not None:
                     raise MailerError(f"{self.path}:{line}: malformed CSV ({failure})")
@@ -110,8 +110,12 @@ class CsvRows:
                     return
                 continue
             opened, swallowed = broken
-            reason = (f"the quoted field runs into line {line + swallowed}, which is a row of its own"
-                      if swallowed else "the file ends before the quote is closed")
+            if swallowed:
+                reason = f"the quoted field runs into line {line + swallowed}, which is a row of its own"
+            elif failure is not None:
+                reason = f"the quoted field runs on for {len(record) - opened} lines ({failure})"
+            else:
+                reason = "the file ends before the quote is closed"
             rest = record[opened + 1:]
             text = "".join(record[:opened + 1]).rstrip("\r\n")
             start = line
