@@ -285,7 +285,7 @@ def verify(url: str | None) -> None:
     sys.path.insert(0, str(REPO))
     import sqlalchemy as sa
 
-    import mailer.importer.engine as engine
+    import mailer.importer.parse as parse
     from mailer.importer import import_csv
     from mailer.schema import list_members, subscriber_events, subscribers
     from mailer.store import open_store
@@ -302,7 +302,7 @@ def verify(url: str | None) -> None:
     print(f"[verify] in process vs helper process, on {source.name} then {variant.name} (twice)")
     dumps = []
     for parallel in (False, True):
-        engine.PARALLEL_MIN_BYTES = 0 if parallel else 1 << 60
+        parse.PARALLEL_MIN_BYTES = 0 if parallel else 1 << 60
         db = FreshDatabase(url, f"verify-{parallel}")
         try:
             store = open_store(db.url)

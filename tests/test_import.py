@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import mailer.importer.engine as engine
+import mailer.importer.parse as parse
 from mailer.errors import MailerError
 from mailer.importer import ImportStopped, import_csv
 from mailer.importer.encoding import guess_code_page
@@ -49,7 +49,7 @@ def statuses(store) -> dict[str, str]:
 def both_paths(request, monkeypatch):
     """Big files are parsed by a helper process: run through both paths."""
     if request.param == "helper-process":
-        monkeypatch.setattr(engine, "PARALLEL_MIN_BYTES", 0)
+        monkeypatch.setattr(parse, "PARALLEL_MIN_BYTES", 0)
     return request.param
 
 
@@ -283,7 +283,7 @@ def test_a_stop_half_way_says_what_was_written_and_a_rerun_finishes(store, tmp_p
     with pytest.raises(ImportStopped) as caught:
         import_csv(store, path, progress=interrupt)
     written = count_subscribers(store)
-    assert written == engine.IMPORT_BATCH
+    assert written == parse.IMPORT_BATCH
     assert f"written before that: added {written}, " in str(caught.value)
     assert caught.value.exit_code == 130
     again = import_csv(store, path)

@@ -7,7 +7,7 @@ import io
 import pytest
 import sqlalchemy as sa
 
-import mailer.importer.engine as import_engine
+import mailer.importer.parse as import_parse
 from mailer.errors import InvalidAddress, MailerError, NotFound
 from mailer.schema import metadata
 from mailer.store import HEAD_REVISION, current_revision
@@ -103,7 +103,7 @@ MESSY_CSV = (
 def import_path(request, monkeypatch):
     """Big files are parsed by a helper process: run the import tests through both paths."""
     if request.param == "helper-process":
-        monkeypatch.setattr(import_engine, "PARALLEL_MIN_BYTES", 0)
+        monkeypatch.setattr(import_parse, "PARALLEL_MIN_BYTES", 0)
     return request.param
 
 

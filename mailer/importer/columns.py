@@ -1,48 +1,22 @@
-"""What each column of an imported file means: header names, `--map`, and the export formats of other tools.
+"""What each column of an imported file means: header names, `--map`, and the layout of a file.
 
-Header names are compared normalised (`normalise_name`: case, accents, spaces, dashes and
+Header names are compared normalised (`values.normalise_name`: case, accents, spaces, dashes and
 underscores do not matter: `E-mail`, `Adresse e-mail`, `EMAIL_ADDRESS` all match), and columns that
 are no field of ours are kept as attributes under their normalised name (`Ville` → `ville`); the
 import's summary lists them. `--map SOURCE=TARGET` sends a column to a field or to an attribute of
-another name (`--map Ville=city`), or drops it (`--map Notes=`).
-
-Exports of other newsletter tools are recognised by their headers (`EXPORT_FORMATS`), so that the
-people they list keep their status, their name and their time zone. Column names and status values
-as these tools document or write them:
-
-* Mailchimp audience exports (`subscribed_…`, `unsubscribed_…`, `cleaned_…`, `nonsubscribed_members_export`):
-  "Email Address", "First Name", "Last Name", MEMBER_RATING, OPTIN_TIME, CONFIRM_TIME, TIMEZONE, …;
-  the unsubscribed file adds UNSUB_TIME, UNSUB_REASON…, the cleaned one CLEAN_TIME…. Which file it is
-  decides the status: unsubscribed (complained when UNSUB_REASON names abuse or spam), cleaned →
-  bounced, non-subscribed (never opted in) → pending. Times are read as UTC.
-* Substack subscriber exports: email, active_subscription, expiry, email_disabled, created_at (and
-  name, type, stripe_connected_customer_id in some versions); email_disabled = true → unsubscribed.
-* Buttondown subscriber exports (API vocabulary, docs.buttondown.com): email or email_address,
-  subscriber_type or type, creation_date, notes, metadata, tags; the unsubscribers export has
-  unsubscription_date. Types: regular, premium, trialed, unpaid, gifted, churning, paused, past_due →
-  active; unactivated → pending; unsubscribed, removed → unsubscribed; undeliverable, spammy,
-  malformed, disposable, blocked → bounced; complained → complained.
-* listmonk (`subscribers.csv` of its admin): uuid, email, name, attributes (a JSON object),
-  status (enabled → active; disabled, blocklisted → unsubscribed), created_at, updated_at.
-* Ghost members exports (`members-csv`): id, email, name, note, subscribed_to_emails,
-  complimentary_plan, stripe_customer_id, created_at, deleted_at, labels, tiers/products;
-  subscribed_to_emails = false → unsubscribed.
-* mailer's own `subscribers export`: its status and dates are used, `source` is ignored.
+another name (`--map Ville=city`), or drops it (`--map Notes=`). A recognised export of another tool
+(`formats`) decides its own columns first.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import unicodedata
-import zoneinfo
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from functools import lru_cache
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from ..errors import MailerError
 from ..schema import SUBSCRIBER_STATUSES
+from .formats import EXPORT_FORMATS, USED, StatusRule
+from .values import normalise_name
 
 FIELDS = ("email", "name", "first_name", "last_name", "language", "lists", "status", "created_at", "timezone")
 
@@ -73,237 +47,6 @@ STATUS_WORDS = {
     "cleaned": "bounced", "undeliverable": "bounced", "hard_bounce": "bounced", "rebond": "bounced",
     "spam": "complained", "abuse": "complained", "spam_complaint": "complained", "plainte": "complained",
 }
-_TRUE = frozenset(("true", "yes", "y", "1", "oui", "vrai", "t"))
-_FALSE = frozenset(("false", "no", "n", "0", "non", "faux", "f", ""))
-
-# Language names an export may hold instead of a code (normalised), for the common European languages.
-_LANGUAGE_NAMES = {
-    "french": "fr", "francais": "fr", "english": "en", "anglais": "en", "german": "de", "deutsch": "de",
-    "allemand": "de", "spanish": "es", "espanol": "es", "espagnol": "es", "italian": "it", "italiano": "it",
-    "italien": "it", "dutch": "nl", "nederlands": "nl", "neerlandais": "nl", "portuguese": "pt",
-    "portugues": "pt", "portugais": "pt",
-}
-_LANGUAGE_TAG = re.compile(r"([a-z]{2,3})(?:_[a-z0-9]{1,8})*")
-
-
-def normalise_name(text: str) -> str:
-    """A header or attribute name as compared and stored: case-folded, accents dropped, every run
-    of spaces, dashes, dots or underscores one `_` (`Adresse e-mail` → `adresse_e_mail`)."""
-    decomposed = unicodedata.normalize("NFKD", text.strip())
-    bare = "".join(char for char in decomposed if not unicodedata.combining(char))
-    return re.sub(r"[\W_]+", "_", bare.casefold()).strip("_")
-
-
-def normalise_language(raw: str) -> str | None:
-    """A language value as stored: its ISO 639 code (`fr-FR`, `French`, `Français` → `fr`); "" for
-    an empty cell; None when it is no language we can read."""
-    key = normalise_name(raw)
-    if not key:
-        return ""
-    if key in _LANGUAGE_NAMES:
-        return _LANGUAGE_NAMES[key]
-    match = _LANGUAGE_TAG.fullmatch(key)
-    return match.group(1) if match else None
-
-
-@lru_cache(maxsize=1)
-def _zones() -> dict[str, str]:
-    return {name.lower(): name for name in zoneinfo.available_timezones()}
-
-
-def normalise_timezone(raw: str) -> str | None:
-    """The IANA name of a time zone (`europe/paris` → `Europe/Paris`), "" for an empty cell, None
-    when it is none (the tz database of this machine decides)."""
-    text = raw.strip()
-    if not text:
-        return ""
-    return _zones().get(text.lower())
-
-
-def parse_timestamp(raw: str) -> datetime | None:
-    """ISO 8601 (`T` or space, `Z` or an offset; naive is UTC), a date, or Go's `time.String()` as
-    listmonk writes it (`2024-05-06 07:08:09.123456 +0000 UTC`), as a UTC datetime (what the store
-    keeps); None when it is none of those."""
-    text = raw.strip()
-    if not text:
-        return None
-    go = _GO_TIME.fullmatch(text)
-    if go:
-        text = f"{go.group(1)}T{go.group(2)}{(go.group(3) or '')[:7]}{go.group(4)}"
-    else:
-        text = _LONG_FRACTION.sub(lambda m: m.group(0)[:7], text)
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
-_GO_TIME = re.compile(r"(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d)(\.\d+)? ([+-]\d{4})(?: \S+)?(?: m=\S+)?")
-_LONG_FRACTION = re.compile(r"\.\d{7,}")
-
-
-def truthy(raw: str) -> bool | None:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    return None
-
-
-# ----- the export formats of other tools --------------------------------------------------------------
-StatusRule = Callable[[list[str]], str | None]  # cells → status (None: none said); ValueError: reject the row
-USED = "(used)"  # a column a format reads for the status or its date: neither a field nor an attribute
-
-
-@dataclass(frozen=True)
-class ExportFormat:
-    key: str
-    label: str
-    detect: Callable[[frozenset[str], str], str | None]  # (normalised headers, file name) → variant or None
-    columns: dict[str, str]                              # normalised header → field, USED, or "" to ignore
-    status: Callable[[dict[str, int], str], StatusRule | None] | None = None  # (column indexes, variant) → rule
-    status_at: Callable[[str], dict[str, str]] | None = None  # variant → {"active"|"suppressed": column}
-    json_attributes: tuple[str, ...] = ()                # columns holding a JSON object of attributes
-
-
-def _cell(cells: list[str], index: int | None) -> str:
-    return cells[index].strip() if index is not None and index < len(cells) else ""
-
-
-def _mailchimp_variant(headers: frozenset[str], filename: str) -> str | None:
-    if "email_address" not in headers or not headers & {"member_rating", "optin_time", "leid", "euid", "confirm_time"}:
-        return None
-    if "unsub_time" in headers:
-        return "unsubscribed"
-    if "clean_time" in headers:
-        return "cleaned"
-    if normalise_name(filename).startswith(("nonsubscribed", "non_subscribed")):
-        return "non-subscribed"
-    return "subscribed"
-
-
-_ABUSE = re.compile(r"abuse|spam|complain", re.IGNORECASE)
-
-
-def _mailchimp_status(index: dict[str, int], variant: str) -> StatusRule:
-    constant = {"subscribed": "active", "cleaned": "bounced", "non-subscribed": "pending"}.get(variant)
-    if constant:
-        return lambda cells: constant
-    reason = index.get("unsub_reason")
-    return lambda cells: "complained" if _ABUSE.search(_cell(cells, reason)) else "unsubscribed"
-
-
-def _substack_variant(headers: frozenset[str], filename: str) -> str | None:
-    if "email" in headers and "email_disabled" in headers and headers & {
-            "active_subscription", "expiry", "stripe_connected_customer_id", "first_payment_at", "plan"}:
-        return ""
-    return None
-
-
-def _boolean_status(column: str, when_true: str, when_false: str, also_suppressed_when_set: str = ""):
-    def rule_for(index: dict[str, int], variant: str) -> StatusRule:
-        position, deleted = index.get(column), index.get(also_suppressed_when_set)
-
-        def rule(cells: list[str]) -> str | None:
-            if deleted is not None and _cell(cells, deleted):
-                return "unsubscribed"
-            flag = truthy(_cell(cells, position))
-            if flag is None:
-                raise ValueError(f"{column} is {_cell(cells, position)!r}, not true or false")
-            return when_true if flag else when_false
-        return rule
-    return rule_for
-
-
-BUTTONDOWN_TYPES = {
-    **dict.fromkeys(("regular", "premium", "trialed", "unpaid", "gifted", "churning", "paused", "past_due"), "active"),
-    "unactivated": "pending", "unsubscribed": "unsubscribed", "removed": "unsubscribed",
-    **dict.fromkeys(("undeliverable", "spammy", "malformed", "disposable", "blocked"), "bounced"),
-    "complained": "complained",
-}
-
-
-def _buttondown_variant(headers: frozenset[str], filename: str) -> str | None:
-    if not headers & {"email", "email_address"}:
-        return None
-    if "unsubscription_date" in headers:
-        return "unsubscribers"
-    if "subscriber_type" in headers or ("creation_date" in headers and headers & {"type", "metadata", "notes"}):
-        return "subscribers"
-    return None
-
-
-def _buttondown_status(index: dict[str, int], variant: str) -> StatusRule | None:
-    if variant == "unsubscribers":
-        return lambda cells: "unsubscribed"
-    column = index.get("subscriber_type", index.get("type"))
-    if column is None:
-        return None
-
-    def rule(cells: list[str]) -> str | None:
-        kind = normalise_name(_cell(cells, column))
-        if not kind:
-            return None
-        if kind not in BUTTONDOWN_TYPES:
-            raise ValueError(f"unknown Buttondown subscriber type {kind!r}")
-        return BUTTONDOWN_TYPES[kind]
-    return rule
-
-
-LISTMONK_STATUSES = {"enabled": "active", "disabled": "unsubscribed", "blocklisted": "unsubscribed"}
-
-
-def _listmonk_status(index: dict[str, int], variant: str) -> StatusRule:
-    column = index["status"]
-
-    def rule(cells: list[str]) -> str | None:
-        value = _cell(cells, column).lower()
-        if value not in LISTMONK_STATUSES:
-            raise ValueError(f"unknown listmonk status {value!r} (enabled, disabled or blocklisted)")
-        return LISTMONK_STATUSES[value]
-    return rule
-
-
-def _own_variant(headers: frozenset[str], filename: str) -> str | None:
-    return "" if {"email", "status", "source", "confirmed_at", "unsubscribed_at"} <= headers else None
-
-
-EXPORT_FORMATS: tuple[ExportFormat, ...] = (
-    ExportFormat(
-        "mailchimp", "Mailchimp", _mailchimp_variant,
-        {"email_address": "email", "first_name": "first_name", "last_name": "last_name", "timezone": "timezone",
-         "optin_time": "created_at", "confirm_time": USED, "unsub_time": USED, "clean_time": USED},
-        status=_mailchimp_status,
-        status_at=lambda variant: {"unsubscribed": {"suppressed": "unsub_time"},
-                                   "cleaned": {"suppressed": "clean_time"}}.get(variant, {"active": "confirm_time"})),
-    ExportFormat(
-        "substack", "Substack", _substack_variant,
-        {"email": "email", "name": "name", "created_at": "created_at", "email_disabled": USED},
-        status=_boolean_status("email_disabled", "unsubscribed", "active")),
-    ExportFormat(
-        "buttondown", "Buttondown", _buttondown_variant,
-        {"email": "email", "email_address": "email", "creation_date": "created_at", "subscriber_type": USED,
-         "type": USED, "unsubscription_date": USED},
-        status=_buttondown_status, status_at=lambda variant: {"suppressed": "unsubscription_date"},
-        json_attributes=("metadata",)),
-    ExportFormat(
-        "listmonk", "listmonk",
-        lambda headers, filename: "" if {"uuid", "email", "name", "attributes", "status"} <= headers else None,
-        {"email": "email", "name": "name", "status": USED, "created_at": "created_at", "uuid": "", "updated_at": ""},
-        status=_listmonk_status, json_attributes=("attributes",)),
-    ExportFormat(
-        "ghost", "Ghost",
-        lambda headers, filename: "" if {"email", "subscribed_to_emails"} <= headers else None,
-        {"email": "email", "name": "name", "created_at": "created_at", "subscribed_to_emails": USED,
-         "deleted_at": USED},
-        status=_boolean_status("subscribed_to_emails", "active", "unsubscribed", "deleted_at")),
-    ExportFormat(
-        "mailer", "mailer export", _own_variant,
-        {"source": "", "confirmed_at": USED, "unsubscribed_at": USED},
-        status_at=lambda variant: {"active": "confirmed_at", "suppressed": "unsubscribed_at"}),
-)
 
 
 # ----- the layout: which column holds what ----------------------------------------------------------------
@@ -413,8 +156,8 @@ def build_layout(header: Sequence[str], filename: str = "", mapping: dict[str, s
             continue
         for index, name in enumerate(names):
             if index not in taken and name in synonyms:
-                if field_name == "name" and name == "nom" and ("first_name" in layout.fields or "prenom" in present) \
-                        and "last_name" not in layout.fields:
+                if field_name == "name" and name == "nom" and "last_name" not in layout.fields and (
+                        "first_name" in layout.fields or present & set(SYNONYMS["first_name"])):
                     continue  # "Prénom" + "Nom": Nom is the family name (below)
                 assign(field_name, index)
                 break
@@ -447,24 +190,3 @@ def merged_attributes(current: dict, new: dict) -> dict:
     import's `Ville` by this one's `ville`)."""
     replaced = set(new)
     return {**{key: value for key, value in current.items() if normalise_name(key) not in replaced}, **new}
-
-
-def json_object_cells(raw: str) -> dict[str, str]:
-    """The string and number values of a JSON object cell (listmonk attributes, Buttondown metadata),
-    keyed by normalised name; anything else is kept as JSON text."""
-    text = raw.strip()
-    if not text or text in ("{}", "null"):
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {"": text}
-    if not isinstance(value, dict):
-        return {"": text}
-    out: dict[str, str] = {}
-    for key, item in value.items():
-        name = normalise_name(str(key))
-        if not name or item in (None, ""):
-            continue
-        out[name] = item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)
-    return out

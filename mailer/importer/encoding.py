@@ -119,7 +119,7 @@ def plan_decoding(path: Path, forced: str | None = None) -> Decoding:
         _check_whole_file(path, decoding)
         return decoding
     if bom:
-        decoding = Decoding(bom[1], f"{bom[2]} (byte-order mark)")
+        decoding = Decoding(bom[1], bom[2])
         _check_whole_file(path, decoding)
         return decoding
     if b"\0" in head:
