@@ -169,7 +169,8 @@ def child(args: argparse.Namespace) -> None:
     result: dict = {}
     if args.op == "import":
         report = import_csv(store, Path(args.csv))
-        result.update(rows=report.rows, summary=report.summary(), rejections=len(report.rejections),
+        summary = report.counts_line() if hasattr(report, "counts_line") else report.summary()
+        result.update(rows=report.rows, summary=summary, rejections=len(report.rejections),
                       first_rejections=[f"{r.line}: {r.value!r}: {r.reason}" for r in report.rejections[:3]])
     else:
         with open(args.out, "w", encoding="utf-8", newline="") as out:
