@@ -300,6 +300,7 @@ def test_the_mailchimp_unsubscribed_and_cleaned_exports(store, tmp_path):
     assert (jo.status, jo.name) == ("unsubscribed", "Jo Smith")
     assert (old.status, old.name) == ("bounced", "Old Address")
     assert jo.unsubscribed_at.isoformat() == "2024-06-01T09:00:00+00:00"  # UNSUB_TIME, not the import date
+    assert jo.events[0]["reason"] == "import of Mailchimp unsubscribed export line 2"
     assert "Mailchimp (unsubscribed export)" in unsubscribed.summary()
     assert "Mailchimp (cleaned export)" in cleaned.summary()
     assert unsubscribed.counts_line().startswith("added 1 (1 as unsubscribed)")
@@ -405,7 +406,7 @@ def test_buttondown_subscribers_and_unsubscribers_exports(store, tmp_path):
     assert report.rejections[0].reason == "unknown Buttondown subscriber type 'martian'"
     regular = show_subscriber(store, "regular@example.org")
     assert regular.name == "Rémi" and regular.attributes["city"] == "Lyon"
-    assert "Buttondown (subscribers export)" in report.summary()
+    assert "Buttondown (subscribers export)" in report.summary() and "columns ignored: source" in report.summary()
     later = import_csv(store, unsubscribers)
     assert statuses(store)["regular@example.org"] == "unsubscribed"
     assert later.counts_line().startswith("added 0, updated 1 (1 now unsubscribed)")

@@ -82,8 +82,8 @@ def import_csv(store: Store, path: Path, *, dry_run: bool = False, resubscribe: 
                     report.format_label, report.delimiter = item.format_label, item.delimiter
                     report.attributes, report.ignored = item.attributes, item.ignored
                     report.has_header = item.has_header
-                    if item.format_label:
-                        reason = f"import of a {item.format_label}"
+                    if item.format_label:  # events read "import of Mailchimp unsubscribed export line 4"
+                        reason = "import of " + item.format_label.replace(" (", " ").replace(")", "")
                 elif isinstance(item, ParseStats):
                     report.warnings.extend(item.warnings())
     except KeyboardInterrupt:

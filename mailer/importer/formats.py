@@ -163,7 +163,7 @@ EXPORT_FORMATS: tuple[ExportFormat, ...] = (
     ExportFormat(
         "buttondown", "Buttondown", _buttondown_variant,
         {"email": "email", "email_address": "email", "creation_date": "created_at", "subscriber_type": USED,
-         "type": USED, "unsubscription_date": USED},
+         "type": USED, "unsubscription_date": USED, "source": ""},
         status=_buttondown_status, status_at=lambda variant: {"suppressed": "unsubscription_date"},
         json_attributes=("metadata",)),
     ExportFormat(
