@@ -147,18 +147,14 @@ def _vm_hwm_kb() -> int:
 
 
 def child(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(REPO))
+    # --implementation: the root of another checkout (e.g. `git archive HEAD~3 | tar -x -C /tmp/before`),
+    # whose `mailer` package is measured instead of this one (its parser helper follows it).
+    sys.path.insert(0, str(Path(args.implementation).resolve() if args.implementation else REPO))
     from mailer.store import open_store
-    from mailer.subscribers import export_csv, import_csv
-
-    if args.implementation:  # another version of mailer/subscribers.py, e.g. `git show HEAD:mailer/subscribers.py`
-        import importlib.util
-        spec = importlib.util.spec_from_file_location("mailer._bench_subscribers", args.implementation)
-        module = importlib.util.module_from_spec(spec)
-        module.__package__ = "mailer"
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        import_csv, export_csv = module.import_csv, module.export_csv
+    try:
+        from mailer.importer import export_csv, import_csv
+    except ImportError:  # versions before the import engine had its own package
+        from mailer.subscribers import export_csv, import_csv
 
     store = open_store(args.url)
     base_kb = _vm_hwm_kb()
@@ -173,7 +169,8 @@ def child(args: argparse.Namespace) -> None:
     result: dict = {}
     if args.op == "import":
         report = import_csv(store, Path(args.csv))
-        result.update(rows=report.rows, summary=report.summary(), rejections=len(report.rejections),
+        summary = report.counts_line() if hasattr(report, "counts_line") else report.summary()
+        result.update(rows=report.rows, summary=summary, rejections=len(report.rejections),
                       first_rejections=[f"{r.line}: {r.value!r}: {r.reason}" for r in report.rejections[:3]])
     else:
         with open(args.out, "w", encoding="utf-8", newline="") as out:
@@ -289,7 +286,8 @@ def verify(url: str | None) -> None:
     sys.path.insert(0, str(REPO))
     import sqlalchemy as sa
 
-    import mailer.subscribers as subs
+    import mailer.importer.parse as parse
+    from mailer.importer import import_csv
     from mailer.schema import list_members, subscriber_events, subscribers
     from mailer.store import open_store
 
@@ -305,13 +303,13 @@ def verify(url: str | None) -> None:
     print(f"[verify] in process vs helper process, on {source.name} then {variant.name} (twice)")
     dumps = []
     for parallel in (False, True):
-        subs.PARALLEL_MIN_BYTES = 0 if parallel else 1 << 60
+        parse.PARALLEL_MIN_BYTES = 0 if parallel else 1 << 60
         db = FreshDatabase(url, f"verify-{parallel}")
         try:
             store = open_store(db.url)
             reports = []
             for path, kwargs in ((source, {}), (variant, {"lists": ("vip",)}), (variant, {"resubscribe": True})):
-                report = subs.import_csv(store, path, **kwargs)
+                report = import_csv(store, path, **kwargs)
                 reports.append((report.summary(), [(r.line, r.value, r.reason) for r in report.rejections]))
             with store.engine.connect() as conn:
                 rows = [tuple(v for k, v in r._mapping.items() if k not in ("updated_at", "confirmed_at", "unsubscribed_at")
@@ -369,9 +367,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the databases in bench/.cache")
     parser.add_argument("--verify", action="store_true",
                         help="check that the helper-process and in-process paths give the same result, then exit")
-    parser.add_argument("--implementation", metavar="FILE",
-                        help="measure another version of mailer/subscribers.py instead "
-                             "(e.g. git show HEAD:mailer/subscribers.py > /tmp/before.py)")
+    parser.add_argument("--implementation", metavar="DIR",
+                        help="measure the mailer package of another checkout instead "
+                             "(e.g. mkdir /tmp/before && git archive HEAD~1 | tar -x -C /tmp/before)")
     parser.add_argument("--child", choices=("import", "export"), help=argparse.SUPPRESS)
     parser.add_argument("--label", default="", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)

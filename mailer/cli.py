@@ -21,8 +21,9 @@ from typing import Callable, Iterator
 
 import click
 
-from .config import Settings, load_settings
+from .config import LANGUAGES, Settings, load_settings
 from .errors import MailerError
+from .statuses import SUBSCRIBER_STATUSES
 
 log = logging.getLogger("mailer")
 
@@ -56,7 +57,8 @@ def _is_tty() -> bool:
 
 @contextmanager
 def progress_display(label: str, total: int | None) -> Iterator[Callable[..., None]]:
-    """Yields update(done, detail, total=None). A rich bar on a terminal; otherwise a plain line every 2 s."""
+    """Yields update(done, detail, total=None). A rich bar on a terminal; otherwise a plain line every 2 s
+    on stderr (stdout is the command's result, for scripts)."""
     if _is_tty():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -75,7 +77,7 @@ def progress_display(label: str, total: int | None) -> Iterator[Callable[..., No
         if now - last[0] >= 2.0:
             last[0] = now
             of = f"/{known_total[0]}" if known_total[0] else ""
-            click.echo(f"{label}: {done}{of} {detail}".rstrip())
+            click.echo(f"{label}: {done}{of} {detail}".rstrip(), err=True)  # stdout stays the result
 
     yield update
 
@@ -272,17 +274,22 @@ def subscribers() -> None:
     """The managed subscriber list."""
 
 
+_STATUS_CHOICE = click.Choice(SUBSCRIBER_STATUSES, case_sensitive=False)
+
+
 @subscribers.command("add")
 @click.argument("email")
 @click.option("--name", default="")
-@click.option("--language", default="")
+@click.option("--language", default=None, type=click.Choice(LANGUAGES, case_sensitive=False),
+              help="The person's language.")
 @click.option("--list", "lists", multiple=True, help="Add to this named list (repeatable).")
 @handle_errors
-def subscribers_add(email: str, name: str, language: str, lists: tuple[str, ...]) -> None:
+def subscribers_add(email: str, name: str, language: str | None, lists: tuple[str, ...]) -> None:
     """Add an active subscriber (the operator vouches for them)."""
     from .subscribers import add_subscriber
     settings = _settings()
-    _, created = add_subscriber(_store(settings), email, name=name, language=language, lists=lists, source="cli")
+    _, created = add_subscriber(_store(settings), email, name=name, language=(language or "").lower(), lists=lists,
+                                source="cli")
     click.echo(f"{'added' if created else 'already subscribed, updated'}: {email.strip()}")
 
 
@@ -326,17 +333,24 @@ def subscribers_restore(emails: tuple[str, ...], reason: str, force: bool) -> No
 @subscribers.command("import")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
-@click.option("--resubscribe", is_flag=True, help="Re-activate unsubscribed addresses present in the file (never complained ones).")
+@click.option("--resubscribe", is_flag=True, help="Re-activate unsubscribed addresses present in the file (never bounced or complained ones).")
 @click.option("--list", "lists", multiple=True, help="Also add every row to this named list.")
+@click.option("--encoding", default=None, metavar="CODEC",
+              help="The file's encoding (utf-8, cp1252, latin-1, mac_roman, utf-16…); default: detected.")
+@click.option("--map", "column_map", multiple=True, metavar="COLUMN=FIELD",
+              help="Read COLUMN as FIELD (email, name, first_name, last_name, language, lists, status, created_at, "
+                   "timezone) or as the attribute FIELD; COLUMN= ignores it. Repeatable.")
 @click.option("--max-errors", default=50, show_default=True, help="Rejected rows to print.")
 @handle_errors
-def subscribers_import(path: Path, dry_run: bool, resubscribe: bool, lists: tuple[str, ...], max_errors: int) -> None:
-    """Import a CSV (header detection; , ; or tab; UTF-8 with or without BOM)."""
-    from .subscribers import import_csv
+def subscribers_import(path: Path, dry_run: bool, resubscribe: bool, lists: tuple[str, ...], encoding: str | None,
+                       column_map: tuple[str, ...], max_errors: int) -> None:
+    """Import a CSV: any header names (case and accents ignored), , ; | or TAB, any common encoding;
+    Mailchimp, Substack, Buttondown, listmonk and Ghost exports keep their statuses."""
+    from .importer import import_csv
     settings = _settings()
     with progress_display("importing", None) as update:
         report = import_csv(_store(settings), path, dry_run=dry_run, resubscribe=resubscribe, lists=lists,
-                            progress=lambda rows: update(rows, ""))
+                            encoding=encoding, column_map=column_map, progress=lambda rows: update(rows, ""))
     for rejection in report.rejections[:max_errors]:
         click.echo(f"{path}:{rejection.line}: rejected {rejection.value!r}: {rejection.reason}", err=True)
     if report.rejected > max_errors:
@@ -345,31 +359,43 @@ def subscribers_import(path: Path, dry_run: bool, resubscribe: bool, lists: tupl
 
 
 @subscribers.command("export")
-@click.argument("path", required=False, type=click.Path(path_type=Path))
-@click.option("--status", default=None)
+@click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--status", default=None, type=_STATUS_CHOICE, help="Only people with this status.")
+@click.option("--force", is_flag=True, help="Replace PATH if it exists.")
 @handle_errors
-def subscribers_export(path: Path | None, status: str | None) -> None:
-    """Export the list as CSV to PATH (or stdout)."""
-    from .subscribers import export_csv
+def subscribers_export(path: Path | None, status: str | None, force: bool) -> None:
+    """Export the list as CSV to PATH (or stdout); an existing PATH is kept unless --force (or you confirm)."""
+    from .importer import export_csv
     settings = _settings()
     store = _store(settings)
     if path is None:
-        export_csv(store, sys.stdout, status)
+        export_csv(store, sys.stdout, status and status.lower())
         return
-    with path.open("w", encoding="utf-8", newline="") as out:
-        count = export_csv(store, out, status)
+    if path.exists() and not force:
+        if not (sys.stdin.isatty() and _is_tty()):
+            raise MailerError(f"{path} exists: add --force to replace it")
+        click.confirm(f"{path} exists. Replace it?", abort=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as out:
+            count = export_csv(store, out, status and status.lower())
+        partial.replace(path)  # the old file stays whole until the new one is
+    finally:
+        partial.unlink(missing_ok=True)
     click.echo(f"exported {count} subscribers to {path}", err=True)
 
 
 @subscribers.command("list")
-@click.option("--status", default=None)
+@click.option("--status", default=None, type=_STATUS_CHOICE, help="Only people with this status.")
 @click.option("--format", "fmt", type=click.Choice(["plain", "csv", "json"]), default="plain", show_default=True)
 @handle_errors
 def subscribers_list(status: str | None, fmt: str) -> None:
-    """One address a line (or CSV / JSON lines)."""
-    from .subscribers import export_csv, iter_subscribers
+    """One address a line (or CSV / JSON lines); the same people `count` counts."""
+    from .importer import export_csv
+    from .subscribers import iter_subscribers
     settings = _settings()
     store = _store(settings)
+    status = status and status.lower()
     if fmt == "csv":
         export_csv(store, sys.stdout, status)
         return
@@ -383,13 +409,13 @@ def subscribers_list(status: str | None, fmt: str) -> None:
 
 
 @subscribers.command("count")
-@click.option("--status", default=None)
+@click.option("--status", default=None, type=_STATUS_CHOICE, help="Only people with this status.")
 @handle_errors
 def subscribers_count(status: str | None) -> None:
-    """Print one integer."""
+    """Print one integer: the people `list` lists (erased people are not counted)."""
     from .subscribers import count_subscribers
     settings = _settings()
-    click.echo(str(count_subscribers(_store(settings), status)))
+    click.echo(str(count_subscribers(_store(settings), status and status.lower())))
 
 
 @subscribers.command("show")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData,
                         String, Table, Text, UniqueConstraint, true)
 
+from .statuses import SUBSCRIBER_STATUSES, SUPPRESSED_STATUSES, SUPPRESSION_RANK, TOMBSTONE_PREFIX  # noqa: F401
+
 # BIGINT on PostgreSQL, but INTEGER on SQLite so the column is a rowid alias (autoincrement).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -20,11 +22,8 @@ metadata = MetaData(naming_convention={
     "pk": "pk_%(table_name)s",
 })
 
-SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
-SUPPRESSED_STATUSES = ("unsubscribed", "bounced", "complained")
 DELIVERY_STATUSES = ("queued", "sending", "sent", "failed", "skipped")
 ISSUE_STATUSES = ("draft", "sending", "paused", "sent")
-TOMBSTONE_PREFIX = "erased:"  # subscribers.email of an erased person: this prefix + SHA-256 of the address
 
 subscribers = Table(
     "subscribers", metadata,

@@ -78,7 +78,7 @@ from .backends.sendgrid_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, ReadEv
 from .config import Settings, require_secret_key, secret_key_for
 from .errors import ConfigError, InvalidAddress
 from .notices import Notifier
-from .schema import SUPPRESSED_STATUSES
+from .statuses import SUPPRESSED_STATUSES, SUPPRESSION_RANK
 from .store import StatusChange, Store, as_utc, open_store, utcnow
 from .subscribers import TOMBSTONE_PREFIX, anonymised_payload, clean_text, redact_addresses, tombstone_key
 
@@ -97,7 +97,6 @@ HONEYPOT_FIELD = "website"
 SQLITE_THREADS = 2             # worker threads for blocking work on SQLite (one writer anyway)
 
 # Suppressions never go "down": a complaint outranks a bounce, which outranks an unsubscribe.
-_RANK = {"pending": 0, "active": 0, "unsubscribed": 1, "bounced": 2, "complained": 3}
 _ONE_CLICK_MULTIPART = re.compile(rb'name="?List-Unsubscribe"?\r?\n(?:[^\r\n]+\r?\n)*\r?\nOne-Click\r?\n', re.IGNORECASE)
 
 PAGE_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
@@ -420,7 +419,7 @@ class WebApp:
             for row, classified, occurred in todo:
                 person = row["subscriber_id"]
                 status, confirmed_at = current[person]
-                if _RANK[classified.suppress] <= _RANK.get(status, 0):
+                if SUPPRESSION_RANK[classified.suppress] <= SUPPRESSION_RANK.get(status, 0):
                     continue  # already as suppressed, or more
                 if occurred is not None and confirmed_at is not None and occurred < confirmed_at.replace(microsecond=0):
                     continue  # an old event (whole seconds) about an earlier subscription: they came back since

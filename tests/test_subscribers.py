@@ -7,7 +7,7 @@ import io
 import pytest
 import sqlalchemy as sa
 
-import mailer.subscribers as subscribers_module
+import mailer.importer.parse as import_parse
 from mailer.errors import InvalidAddress, MailerError, NotFound
 from mailer.schema import metadata
 from mailer.store import HEAD_REVISION, current_revision
@@ -103,7 +103,7 @@ MESSY_CSV = (
 def import_path(request, monkeypatch):
     """Big files are parsed by a helper process: run the import tests through both paths."""
     if request.param == "helper-process":
-        monkeypatch.setattr(subscribers_module, "PARALLEL_MIN_BYTES", 0)
+        monkeypatch.setattr(import_parse, "PARALLEL_MIN_BYTES", 0)
     return request.param
 
 
@@ -118,8 +118,8 @@ def test_messy_real_world_csv(store, tmp_path, import_path):
     assert count_subscribers(store) == 1  # dry run wrote nothing
 
     report = import_csv(store, path)
-    assert (report.added, report.updated, report.rejected) == (5, 1, 3)
-    assert report.suppressed_kept == 1
+    assert (report.added, report.updated, report.rejected) == (5, 0, 3)
+    assert report.kept == {"unsubscribed": 1}
     rejected = {(r.line, r.reason.split(" ")[0]) for r in report.rejections}
     assert (4, "duplicate") in rejected
     assert any(line == 6 for line, _ in rejected)      # bad syntax, with its line number
@@ -128,14 +128,14 @@ def test_messy_real_world_csv(store, tmp_path, import_path):
     assert statuses["parti@example.org"] == "unsubscribed"  # never resurrected
     assert statuses["jo.smith@example.com"] == "active"
     hugo = show_subscriber(store, "hugo.bernard@example.org")
-    assert hugo.name == "Bernard; Hugo" and hugo.attributes == {"Ville": "Paris", "Notes": "a dit « oui »"}
-    assert show_subscriber(store, "jo.smith@example.com").attributes["Notes"] == "multi\r\nligne"
+    assert hugo.name == "Bernard; Hugo" and hugo.attributes == {"ville": "Paris", "notes": "a dit « oui »"}
+    assert show_subscriber(store, "jo.smith@example.com").attributes["notes"] == "multi\r\nligne"
     assert show_subscriber(store, "ines@exämple.fr").status == "active"
-    assert show_subscriber(store, "parti@example.org").name == "Parti Depuis"  # names still update
-    assert "added 5, updated 1, unchanged 0, rejected 3" in report.summary()
+    assert show_subscriber(store, "parti@example.org").name == "Ancien nom"  # a suppressed person is left alone
+    assert report.summary().startswith("added 5, updated 0, unchanged 0, rejected 3; 1 more left unsubscribed")
 
     again = import_csv(store, path)
-    assert (again.added, again.updated, again.unchanged) == (0, 0, 6)
+    assert (again.added, again.updated, again.unchanged, again.suppressed_kept) == (0, 0, 5, 1)
 
 
 def test_resubscribe_flag_reactivates_unsubscribed_but_never_complained(store, tmp_path, import_path):
@@ -164,12 +164,12 @@ def test_delimiters_and_headerless_files(store, tmp_path):
     assert (deux.name, deux.language) == ("Deux, Trois", "en")
 
 
-def test_not_utf8_is_a_clear_error_and_writes_nothing(store, tmp_path, import_path):
+def test_not_utf8_is_read_in_its_encoding_and_said(store, tmp_path, import_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes("email,name\nun@example.org,Hélène\n".encode("latin-1"))
-    with pytest.raises(MailerError, match=r"latin1.csv:2: not valid UTF-8"):
-        import_csv(store, path)
-    assert count_subscribers(store) == 0
+    report = import_csv(store, path)
+    assert show_subscriber(store, "un@example.org").name == "Hélène"
+    assert "Windows-1252 (detected: the file is not UTF-8)" in report.summary()
 
 
 def test_imported_suppression_list_applies(store, tmp_path):

@@ -1,0 +1,117 @@
+"""`mailer subscribers …` as an operator meets it: choices checked, counts that agree, files not clobbered,
+imports that say what they did — through the real command in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from .conftest import BASE_ENV
+from .test_cli import MAILER, run  # noqa: F401 - the `run` fixture
+
+
+def test_count_and_list_agree_after_remove_and_purge(run):
+    for address in ("a@example.org", "b@example.org", "c@example.org"):
+        run("subscribers", "add", address)
+    run("subscribers", "remove", "b@example.org")
+    run("subscribers", "remove", "c@example.org", "--purge")
+    for status in (None, "active", "unsubscribed"):
+        options = ("--status", status) if status else ()
+        listed = run("subscribers", "list", *options).stdout.split()
+        assert run("subscribers", "count", *options).stdout == f"{len(listed)}\n", status
+    assert run("subscribers", "list").stdout.split() == ["a@example.org", "b@example.org"]
+    assert run("subscribers", "count", "--status", "unsubscribed").stdout == "1\n"
+
+
+@pytest.mark.parametrize("command", [("list", "--status", "actif"), ("count", "--status", "actif"),
+                                     ("export", "--status", "actif"),
+                                     ("add", "x@example.org", "--language", "english")])
+def test_unknown_choices_are_refused_and_the_choices_listed(run, command):
+    result = run("subscribers", *command, check_exit=2)
+    assert "Invalid value" in result.stderr
+    assert ("'pending', 'active', 'unsubscribed', 'bounced', 'complained'" in result.stderr
+            if "--status" in command else "'fr', 'en'" in result.stderr)
+    assert run("subscribers", "count").stdout == "0\n"
+
+
+@pytest.mark.parametrize("command", ["list", "count", "export"])
+def test_help_lists_the_statuses(run, command):
+    assert "[pending|active|unsubscribed|bounced|complained]" in run("subscribers", command, "--help").stdout
+
+
+def test_uppercase_status_is_accepted(run):
+    run("subscribers", "add", "a@example.org")
+    assert run("subscribers", "count", "--status", "ACTIVE").stdout == "1\n"
+
+
+def test_export_keeps_an_existing_file_unless_forced(run, project):
+    run("subscribers", "add", "a@example.org")
+    target = project / "liste.csv"
+    target.write_text("précieux\n", encoding="utf-8")
+    refused = run("subscribers", "export", "liste.csv", check_exit=1)
+    assert refused.stderr.strip() == "error: liste.csv exists: add --force to replace it"
+    assert target.read_text(encoding="utf-8") == "précieux\n"
+    run("subscribers", "export", "liste.csv", "--force")
+    assert target.read_text(encoding="utf-8").splitlines()[1].startswith("a@example.org,")
+    assert sorted(p.name for p in project.glob("*liste.csv*")) == ["liste.csv"]  # no partial file left
+
+
+def test_import_prints_rejections_where_they_are_and_how_the_file_was_read(run, project):
+    (project / "liste.csv").write_bytes(
+        'email;name\r\nun@example.org;"Zoé\r\ndeux@example.org;Noël\r\n'.encode("cp1252"))
+    result = run("subscribers", "import", "liste.csv")
+    assert any(line.startswith("liste.csv:2: rejected 'un@example.org;\"Zoé': unterminated quote")
+               for line in result.stderr.splitlines())
+    lines = result.stdout.splitlines()
+    assert lines[0] == "added 1, updated 0, unchanged 0, rejected 1"
+    assert lines[1] == "read as generic CSV, Windows-1252 (detected: the file is not UTF-8), delimiter ';'"
+    assert lines[2].startswith("warning: the file is not UTF-8: read as Windows-1252")
+    assert run("subscribers", "list", "--format", "json").stdout.count("Noël") == 1
+
+
+def test_import_of_binary_data_is_one_line_and_writes_nothing(run, project):
+    (project / "liste.csv").write_bytes(b"email,name\na@example.org,A\n" + b"\x00\x01\x02garbage\xff" * 50)
+    result = run("subscribers", "import", "liste.csv", check_exit=1)
+    assert result.stderr.startswith("error: liste.csv:3: binary data") and result.stderr.count("\n") == 1
+    assert "nothing imported" in result.stderr
+    assert run("subscribers", "count").stdout == "0\n"
+
+
+def test_ctrl_c_during_an_import_stops_after_a_batch_and_says_what_was_written(run, project):
+    rows = "".join(f"reader{i:06d}@example.org,Reader {i},Lyon\n" for i in range(250_000))
+    (project / "grande.csv").write_text("email,name,city\n" + rows, encoding="utf-8")
+    run("subscribers", "count")  # creates the database
+    database = project / "subscribers" / "subscribers.db"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}, **BASE_ENV}
+    process = subprocess.Popen([*MAILER, "subscribers", "import", "grande.csv"], cwd=project, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with sqlite3.connect(database) as conn:
+                if conn.execute("SELECT count(*) FROM subscribers").fetchone()[0] > 0:
+                    break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    with sqlite3.connect(database) as conn:
+        written = conn.execute("SELECT count(*) FROM subscribers").fetchone()[0]
+    assert process.returncode == 130, stderr
+    assert 0 < written < 250_000
+    assert f"written before that: added {written}, updated 0" in stderr
+    assert "Run the same import again to finish" in stderr
+    again = run("subscribers", "import", "grande.csv")
+    assert again.stdout.startswith(f"added {250_000 - written}, updated 0, unchanged {written}, rejected 0")
+
+
+def test_add_help_lists_the_languages_and_takes_them_in_any_case(run):
+    assert "--language [fr|en]" in run("subscribers", "add", "--help").stdout
+    run("subscribers", "add", "a@example.org", "--language", "FR")
+    assert '"language": "fr"' in run("subscribers", "list", "--format", "json").stdout
