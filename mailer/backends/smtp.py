@@ -53,10 +53,13 @@ from typing import Callable
 from ..config import Settings
 from ..errors import ConfigError, InvalidAddress
 from .base import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError
+from .deadline import Guard, Watchdog
 
 log = logging.getLogger("mailer.smtp")
 
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+DEFAULT_TIMEOUT = 60.0  # seconds: total per message (its reconnection included) and per connection attempt
+CLOSE_TIMEOUT = 5.0     # seconds for QUIT when closing: a stalled server must not hold a stop
 HARD_BOUNCE_CODES = frozenset({550, 551, 553})  # at RCPT: "no such user", "user not local", "bad mailbox name"
 SYSTEMATIC_REFUSALS = 3  # MAIL/DATA refused (5xx) this many times with nothing accepted → the batch can't go
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -82,6 +85,17 @@ class _ClientMixin:
     """
 
     last_data_reply: tuple[int, bytes] | None = None
+    guard: Guard | None = None  # set by the backend: the deadline and stop of the operation in progress
+
+    def _get_socket(self, host, port, timeout):  # noqa: ANN001, ANN202 - smtplib's signature
+        """Resolve and connect under the guard (DNS and a blackholed SYN obey the deadline and the stop);
+        implicit TLS is negotiated on the guarded socket, against the configured host name."""
+        if self.guard is None:
+            return super()._get_socket(host, port, timeout)
+        sock = self.guard.open_connection(host, port, timeout)
+        if isinstance(self, smtplib.SMTP_SSL):
+            sock = self.context.wrap_socket(sock, server_hostname=self._host)
+        return sock
 
     def mail(self, sender, options=()):  # noqa: ANN001, ANN201 - smtplib's signature
         optionlist = ""
@@ -192,6 +206,24 @@ def is_hard_bounce(code: int, resp: bytes | str, stage: str) -> bool:
     return stage == "RCPT" and code in HARD_BOUNCE_CODES
 
 
+def is_path_refusal(code: int, resp: bytes | str, stage: str) -> bool:
+    """Is this 4xx about the server or the session rather than the recipient (so it must not count
+    against them)? RFC 5321 4.2 / RFC 3463: 421 anywhere (service closing); any 4xx to MAIL (about the
+    sender); at RCPT 452 (insufficient storage, too many recipients) and enhanced 4.3.x (mail system)
+    or 4.5.x (protocol); at DATA (one recipient per transaction here) anything but 4.2.x (mailbox) and
+    4.7.x (greylisting, policy). Everything else at RCPT (450/451 greylisting, 4.2.x mailbox busy or
+    full, 4.1.x, 4.4.x routing to that domain) is the recipient's."""
+    if not 400 <= code < 500:
+        return False
+    if code == 421 or stage == "MAIL":
+        return True
+    enhanced = _ENHANCED.match(_text(resp))
+    subject = int(enhanced.group(2)) if enhanced else None
+    if stage == "DATA":
+        return subject not in (2, 7)
+    return code == 452 or subject in (3, 5)
+
+
 def queue_id(resp: bytes | str) -> str | None:
     """The server's queue id, when its 250 reply to DATA names one (Postfix, Exim, SendGrid…)."""
     match = _QUEUE_ID.search(_text(resp))
@@ -212,7 +244,7 @@ class SmtpBackend(Backend):
 
     def __init__(self, host: str, port: int | None = None, *, tls: str = "starttls", username: str = "",
                  password: str = "", sender: str, local_hostname: str = "localhost", pool: int = 1,
-                 timeout: float = 60.0, ssl_context: ssl.SSLContext | None = None, cafile: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, ssl_context: ssl.SSLContext | None = None, cafile: str | None = None,
                  max_batch: int | None = None, ledger_step: int | None = None) -> None:
         if not host:
             raise ConfigError("MAILER_SMTP_HOST is missing for the smtp backend")
@@ -230,7 +262,10 @@ class SmtpBackend(Backend):
         self.sender = sender
         self.local_hostname = _ascii_hostname(local_hostname or "localhost")
         self.pool = max(1, int(pool))
-        self.timeout = timeout
+        if not timeout or timeout <= 0:
+            raise ConfigError(f"MAILER_SMTP_TIMEOUT must be a positive number of seconds, not {timeout!r}")
+        self.timeout = float(timeout)  # total per message and per connection attempt (module docstring)
+        self._watchdog = Watchdog("mailer-smtp-deadlines")
         if max_batch is not None:
             self.max_batch = max_batch
         if ledger_step is not None:
@@ -250,7 +285,8 @@ class SmtpBackend(Backend):
             raise ConfigError("MAILER_SMTP_HOST is missing for the smtp backend")
         options = dict(port=settings.smtp_port or None, tls=settings.smtp_tls, username=settings.smtp_username,
                        password=settings.smtp_password, sender=settings.sender_email,
-                       local_hostname=settings.sender_domain, pool=settings.smtp_pool)
+                       local_hostname=settings.sender_domain, pool=settings.smtp_pool,
+                       timeout=settings.smtp_timeout)
         options.update(overrides)
         return cls(settings.smtp_host, **options)
 
@@ -270,7 +306,8 @@ class SmtpBackend(Backend):
         Raises `PermanentError` (credentials, certificate, no STARTTLS/AUTH) or `TransientError`
         (unreachable, 4xx greeting), which dispatch retries with backoff before claiming anything.
         """
-        self._connect(self._lanes[0])
+        with self._watchdog.guard(self.timeout) as guard:
+            self._connect(self._lanes[0], guard)
 
     def close(self) -> None:
         if self._executor is not None:
@@ -280,25 +317,39 @@ class SmtpBackend(Backend):
             client = lane.client
             if client is None:
                 continue
-            try:
-                client.quit()
-            except (smtplib.SMTPException, OSError):
-                pass
+            if not self._watchdog.aborted:
+                with self._watchdog.guard(min(CLOSE_TIMEOUT, self.timeout)) as guard:
+                    guard.attach(client.sock)
+                    try:
+                        client.quit()
+                    except (smtplib.SMTPException, OSError):
+                        pass
             lane.drop()
+        self._watchdog.close()
+
+    def abort(self) -> None:
+        """Cut every connection now (from any thread): the message in flight comes back `deferred`
+        (it stays queued), and nothing more is sent by this backend."""
+        self._watchdog.abort()
 
     # ----- connecting --------------------------------------------------------------------------
-    def _connect(self, lane: _Lane) -> smtplib.SMTP:
-        """Open (or return) the lane's connection: connect, EHLO, STARTTLS, AUTH."""
+    def _connect(self, lane: _Lane, guard: Guard) -> smtplib.SMTP:
+        """Open (or return) the lane's connection: connect, EHLO, STARTTLS, AUTH, all within `guard`."""
         if lane.client is not None:
             return lane.client
         client: smtplib.SMTP | None = None
         try:
+            guard.check()
             if self.tls == "ssl":
-                client = _SSLClient(self.host, self.port, local_hostname=self.local_hostname,
-                                    timeout=self.timeout, context=self.ssl_context)
+                client = _SSLClient(local_hostname=self.local_hostname, timeout=self.timeout, context=self.ssl_context)
             else:
-                client = _Client(self.host, self.port, local_hostname=self.local_hostname, timeout=self.timeout)
+                client = _Client(local_hostname=self.local_hostname, timeout=self.timeout)
+            client._host = self.host  # what TLS verifies (smtplib sets it only when connecting in __init__)
+            client.guard = guard
+            code, greeting = client.connect(self.host, self.port)
             lane.connections += 1
+            if code != 220:  # what smtplib.SMTP(host) checks when it connects in __init__
+                raise smtplib.SMTPConnectError(code, greeting)
             if client.sock is not None:
                 client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.ehlo()
@@ -336,7 +387,7 @@ class SmtpBackend(Backend):
             raise TransientError(message) from None
         except (smtplib.SMTPException, OSError) as exc:
             _close_quietly(client)
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
+            reason = guard.why() if guard.cut else _os_reason(exc)
             raise TransientError(f"cannot connect to {self.where}: {reason}") from None
         lane.client = client
         return client
@@ -365,13 +416,15 @@ class SmtpBackend(Backend):
             # the whole batch instead of failing recipients for what is the server's or the setup's fault.
             if state.stop_reason:
                 raise PermanentError(state.stop_reason)
-            decided = any(r is not None and r.outcome != "transient" for r in state.results)
-            if not decided and state.permanent_reason:
+            answered = any(r is not None and r.outcome != "deferred" for r in state.results)
+            if not answered and state.permanent_reason:
                 raise PermanentError(state.permanent_reason)
-            if not decided and state.down_reasons and all(r is None for r in state.results):
-                raise TransientError(state.down_reasons[0])
+            if not answered:
+                reasons = state.down_reasons + [r.error for r in state.results if r is not None and r.error]
+                if reasons:
+                    raise TransientError(reasons[0])
         reason = state.stop_reason or (state.down_reasons[0] if state.down_reasons else "not sent")
-        return [r if r is not None else RecipientResult(m, "transient", error=reason)
+        return [r if r is not None else RecipientResult(m, "deferred", error=reason)
                 for m, r in zip(state.messages, state.results)]
 
     def _run_lane(self, lane: _Lane, batch: Batch, state: _BatchState) -> None:
@@ -403,16 +456,23 @@ class SmtpBackend(Backend):
                     log.exception("%s: on_result callback failed", self.where)
 
     def _deliver(self, lane: _Lane, batch: Batch, message: OutgoingMessage, state: _BatchState) -> RecipientResult:
-        """Send one message on the lane, reconnecting once if the connection is lost."""
+        """Send one message on the lane, reconnecting once if the connection is lost; the whole of it
+        (reconnection included) within `timeout` seconds, and cut at once by `abort()`."""
+        with self._watchdog.guard(self.timeout) as guard:
+            return self._deliver_guarded(lane, batch, message, state, guard)
+
+    def _deliver_guarded(self, lane: _Lane, batch: Batch, message: OutgoingMessage, state: _BatchState,
+                         guard: Guard) -> RecipientResult:
         recipient = message.recipient.email
         options = self._mail_options(recipient, lane)
         data: bytes | None = None
         lost: str | None = None
         for attempt in (1, 2):
             try:
-                client = self._connect(lane)
+                client = self._connect(lane, guard)
             except (TransientError, PermanentError) as exc:
                 raise _LaneDown(str(exc), permanent=isinstance(exc, PermanentError)) from None
+            guard.attach(client.sock)
             if options is None:
                 options = self._mail_options(recipient, lane)
             if isinstance(options, str):  # the address cannot be sent to through this server
@@ -442,8 +502,7 @@ class SmtpBackend(Backend):
             except smtplib.SMTPNotSupportedError as exc:
                 return RecipientResult(message, "permanent", error=f"{self.where}: {exc}")
             except (smtplib.SMTPException, OSError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
-                lost = f"connection lost: {reason}"
+                lost = f"connection lost: {guard.why() if guard.cut else _os_reason(exc)}"
             else:
                 reply = getattr(client, "last_data_reply", None)
                 provider_id = (queue_id(reply[1]) if reply else None) or message.message_id
@@ -452,6 +511,9 @@ class SmtpBackend(Backend):
                     self._streak.clear()
                 return RecipientResult(message, "sent", provider_message_id=provider_id)
             lane.drop()
+            if guard.cut:  # the deadline passed or a stop came: no second try within this message
+                log.warning("%s: %s; lane %d stops for this batch", self.where, lost, lane.index)
+                raise _LaneDown(f"{self.where}: {lost}")
             if attempt == 1:
                 log.info("%s: %s; reconnecting (lane %d)", self.where, lost, lane.index)
         log.warning("%s: %s again after reconnecting; lane %d stops for this batch", self.where, lost, lane.index)
@@ -487,7 +549,7 @@ class SmtpBackend(Backend):
                 if state.stop_reason is None:
                     state.stop_reason = (f"{len(self._streak)} messages in a row {what} (last: {error}); "
                                          f"check the sender address and the message")
-                return RecipientResult(message, "transient", error=error)
+                return RecipientResult(message, "deferred", error=error)
         return RecipientResult(message, "permanent", error=error)
 
     def _unbuildable(self, message: OutgoingMessage, exc: Exception, state: _BatchState) -> RecipientResult:
@@ -501,12 +563,19 @@ class SmtpBackend(Backend):
                  state: _BatchState) -> RecipientResult:
         error = f"{stage} {_reply(code, resp)}"
         if code < 500:
-            return RecipientResult(message, "transient", error=error)
+            return RecipientResult(message, "deferred" if is_path_refusal(code, resp, stage) else "transient",
+                                   error=error)
         if stage in ("MAIL", "DATA"):
             result = self._systematic(message, error, state, f"were refused by {self.where} at {stage}")
-            if result.outcome == "transient":
+            if result.outcome == "deferred":
                 return result
         return RecipientResult(message, "permanent", error=error, hard_bounce=is_hard_bounce(code, resp, stage))
+
+
+def _os_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def _close_quietly(client: smtplib.SMTP | None) -> None:
