@@ -388,8 +388,7 @@ class Sender:
                     continue
                 else:
                     streak.permanent = True
-                if delivery_id not in streak.forgivable:
-                    streak.forgivable.append(delivery_id)
+                streak.forgivable[delivery_id] = streak.forgivable.get(delivery_id, 0) + 1
                 if delivery_id in failed_ids:
                     streak.failed += 1
             distinct = len(streak.forgivable)
@@ -413,7 +412,7 @@ class Sender:
             self.progress.failed = max(0, self.progress.failed - streak.failed)
         with conn.begin():
             forgiven = self.store.forgive(conn, self.issue_id, streak.forgivable)
-        return f"; {forgiven} recipient(s) refused before it are queued again, their attempts not counted"
+        return f"; the {forgiven} recipient(s) refused meanwhile are queued again, not counted against them"
 
     # ----- whole-path failures, stops, heartbeat ---------------------------------------------------
     def _path_failed(self, reason: str, retry_after: float | None) -> bool:
@@ -490,7 +489,7 @@ class _Streak:
     steps: int = 0
     messages: int = 0
     transient: set[int] = field(default_factory=set)
-    forgivable: list[int] = field(default_factory=list)
+    forgivable: dict[int, int] = field(default_factory=dict)  # delivery id → attempts the streak spent on it
     repeated: bool = False
     permanent: bool = False
     failed: int = 0  # of `forgivable`, how many were recorded `failed` (and counted in the progress)

@@ -193,7 +193,7 @@ def test_consecutive_failures_pause_the_send_with_a_clear_message(store, make_se
     for address in addresses:
         provider.refuse[address] = "permanent"
     with pytest.raises(SendAborted, match="50 messages in a row were not accepted .*550 no such user"
-                                          ".*50 recipient.s. queued again"):
+                                          ".*the 50 recipient.s. refused meanwhile are queued again"):
         dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
     counts = _counts(store)
     # everyone refused, nothing accepted: the path's fault, not theirs; nobody failed, no attempt spent
@@ -318,3 +318,76 @@ def test_rate_limit_holds_across_independent_senders(store, make_settings, tmp_p
     elapsed = time.monotonic() - started
     assert provider.received == collections.Counter(addresses)
     assert elapsed >= (40 - 5) / 100.0  # one shared schedule: two senders do not double the rate
+
+
+# ----- whose failure is it: the path's failures count against nobody --------------------------------
+def _max_unsent_attempts(store) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.coalesce(sa.func.max(deliveries.c.attempts), 0))
+                            .where(deliveries.c.status != "sent")).scalar()
+
+
+def test_an_outage_pauses_after_the_window_without_spending_attempts_then_resumes(store, make_settings, tmp_path,
+                                                                                  db_url):
+    settings = make_settings(database_url=db_url, batch_size=4, pause_after=0.4)
+    addresses = _populate(store, tmp_path, 10)
+    provider = ScriptedProvider()
+    provider.batch_errors = [TransientError("connection refused")] * 10_000
+    started = time.monotonic()
+    with pytest.raises(SendAborted, match="connection refused.*nothing went through for 0 s.*nobody's attempts"):
+        dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert 0.35 < time.monotonic() - started < 5
+    counts = _counts(store)
+    assert (counts["queued"], counts["failed"], counts["sending"]) == (10, 0, 0) and _max_unsent_attempts(store) == 0
+    provider.batch_errors = []
+    assert dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory()).complete
+    assert provider.received == collections.Counter(addresses)
+
+
+def test_the_providers_retry_after_is_waited_out(store, make_settings, tmp_path, db_url):
+    settings = make_settings(database_url=db_url, pause_after=30)
+    addresses = _populate(store, tmp_path, 3)
+    provider = ScriptedProvider()
+    provider.batch_errors = [TransientError("429", retry_after=0.3), TransientError("429", retry_after=0.3)]
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert report.complete and report.elapsed >= 0.6 and provider.received == collections.Counter(addresses)
+    assert _max_unsent_attempts(store) == 0
+
+
+def test_a_transient_refusal_of_everyone_is_the_paths_fault_not_theirs(store, make_settings, tmp_path, db_url):
+    """Three subscribers, every one refused 4xx, nothing accepted: before, each spent its five attempts
+    and ended `failed`; now the pattern (the same refusal coming round again) is the path's: forgiven."""
+    settings = make_settings(database_url=db_url, pause_after=0.3)
+    addresses = _populate(store, tmp_path, 3)
+    provider = ScriptedProvider()
+    for address in addresses:
+        provider.refuse[address] = "transient"
+    with pytest.raises(SendAborted, match="messages in a row were not accepted .*450 mailbox busy"):
+        dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    counts = _counts(store)
+    assert (counts["queued"], counts["failed"]) == (3, 0) and _max_unsent_attempts(store) == 0
+    provider.refuse.clear()
+    assert dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory()).complete
+    assert provider.received == collections.Counter(addresses)
+
+
+def test_deferred_messages_go_back_to_the_queue_without_an_attempt(store, make_settings, tmp_path, db_url):
+    """A backend that got half a batch through before its path failed: the rest is `deferred`."""
+    settings = make_settings(database_url=db_url, batch_size=6)
+    addresses = _populate(store, tmp_path, 6)
+    provider = ScriptedProvider()
+    original = provider.send_batch
+    calls = []
+
+    def half_then_path_down(batch):
+        calls.append(len(batch.messages))
+        if len(calls) == 1:
+            first = original(Batch(batch.factory, batch.messages[:3], batch.issue_id, batch.date))
+            return first + [RecipientResult(m, "deferred", error="connection lost") for m in batch.messages[3:]]
+        return original(batch)
+
+    provider.send_batch = half_then_path_down
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert report.complete and calls == [6, 3] and provider.received == collections.Counter(addresses)
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.max(deliveries.c.attempts))).scalar() == 1  # the one answer each

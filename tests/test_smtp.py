@@ -492,8 +492,8 @@ def test_a_systematic_refusal_pauses_the_send_and_nothing_is_lost(servers, make_
     settings = smtp_settings(make_settings, server.port, f"sqlite:///{tmp_path / 'subscribers.db'}")
     everyone = [f"reader{i}@example.net" for i in range(6)]
     add_people(sqlite_store, everyone)
-    with pytest.raises(SendAborted, match="3 messages in a row were refused .* at DATA.*2 recipient.s. refused "
-                                          "before it are queued again"):
+    with pytest.raises(SendAborted, match="3 messages in a row were refused .* at DATA.*the 2 recipient.s. "
+                                          "refused meanwhile are queued again"):
         dispatch.send_issue(settings, sqlite_store, EXAMPLE_ISSUE)
     counts = dispatch.issue_status(settings, sqlite_store, EXAMPLE_ISSUE)["counts"]
     # the third refusal paused the send, and showed the first two were the relay's doing, not the
