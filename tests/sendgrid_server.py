@@ -60,8 +60,9 @@ INVALID_ADDRESS = "Does not contain a valid address."
 
 @dataclass
 class Fault:
-    """One scripted response. kind: status | hang | reset | close | ok (handled normally: lets the
-    requests before a fault through).
+    """One scripted response. kind: status | hang | trickle | reset | close | ok (handled normally: lets
+    the requests before a fault through). `trickle` starts a 202 answer and then sends one header byte
+    every `interval` seconds for `seconds` (each read succeeds: only a total deadline stops it).
 
     `after_accept`: the request is validated and recorded as accepted first, then the fault hits (the
     response is lost: the ambiguous window of a real provider call).
@@ -73,6 +74,7 @@ class Fault:
     body: Any = None
     seconds: float = 30.0
     after_accept: bool = False
+    interval: float = 0.5
 
 
 @dataclass
@@ -400,6 +402,9 @@ class SendGridServer:
     def hang_next(self, seconds: float = 30.0, after_accept: bool = False) -> None:
         self.script(Fault("hang", seconds=seconds, after_accept=after_accept))
 
+    def trickle_next(self, seconds: float = 60.0, interval: float = 0.5, after_accept: bool = False) -> None:
+        self.script(Fault("trickle", seconds=seconds, interval=interval, after_accept=after_accept))
+
     def reset_next(self, after_accept: bool = False) -> None:
         self.script(Fault("reset", after_accept=after_accept))
 
@@ -550,6 +555,17 @@ class SendGridServer:
             handler._reply(fault.status, fault.body, headers)
         elif fault.kind == "hang":
             self._stop.wait(fault.seconds)
+            handler._drop()
+        elif fault.kind == "trickle":
+            try:
+                handler.wfile.write(b"HTTP/1.1 202 Accepted\r\nX-Still-Thinking: ")
+                handler.wfile.flush()
+                deadline = time.monotonic() + fault.seconds
+                while time.monotonic() < deadline and not self._stop.wait(fault.interval):
+                    handler.wfile.write(b".")
+                    handler.wfile.flush()
+            except OSError:
+                pass
             handler._drop()
         elif fault.kind == "reset":
             handler._reset()

@@ -79,6 +79,13 @@ class Guard:
         if self.cut is not None:
             raise Cut(errno.ETIMEDOUT if self.cut == "deadline" else errno.ECANCELED, self.why())
 
+    def interrupted(self) -> str | None:
+        """Why the operation failed, if it was this guard's doing: "stopped", "deadline" (cut by the
+        watchdog, or a socket timeout that fired at the deadline), else None (the network's own failure)."""
+        if self.cut is None and self.remaining() <= POLL:
+            self.cut = "deadline"
+        return self.cut
+
     def why(self) -> str:
         if self.cut == "stopped":
             return "cut by a stop request"

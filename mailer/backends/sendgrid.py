@@ -481,13 +481,15 @@ class SendGridBackend(Backend):
             try:
                 guard.check()
                 response = self._send.post(request_body=body)
+                if guard.cut:  # an answer cut short (a trickle): its status line alone is no answer
+                    raise http.client.IncompleteRead(b"")
             except python_http_client.exceptions.HTTPError as exc:
                 self.requests_sent += 1
                 raise self._translate(exc) from None
             except (OSError, http.client.HTTPException) as exc:
                 # URLError (refused, DNS), TimeoutError, ConnectionResetError, RemoteDisconnected, IncompleteRead…
                 self.requests_sent += 1
-                if guard.cut:
+                if guard.interrupted():
                     raise TransientError(f"SendGrid at {self.shown_url}: {guard.why()}") from None
                 reason = getattr(exc, "reason", None) or exc
                 raise TransientError(strip_credentials(

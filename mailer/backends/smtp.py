@@ -352,45 +352,44 @@ class SmtpBackend(Backend):
                 raise smtplib.SMTPConnectError(code, greeting)
             if client.sock is not None:
                 client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client.ehlo()
+            _ehlo(client)
             if self.tls == "starttls":
                 if not client.has_extn("starttls"):
                     raise PermanentError(f"{self.where} does not offer STARTTLS; refusing to send in clear "
                                          f"(MAILER_SMTP_TLS=ssl for implicit TLS, or none for a trusted relay)")
                 client.starttls(context=self.ssl_context)
-                client.ehlo()
+                _ehlo(client)
             if self.username:
                 client.login(self.username, self.password)
+            guard.check()  # a reply cut short by the deadline or a stop is no session
         except PermanentError:
             _close_quietly(client)
             raise
-        except smtplib.SMTPAuthenticationError as exc:
-            _close_quietly(client)
-            message = (f"{self.where} refused the login of {self.username!r}: {_reply(exc.smtp_code, exc.smtp_error)} "
-                       f"(check MAILER_SMTP_USERNAME / MAILER_SMTP_PASSWORD)")
-            if 400 <= exc.smtp_code < 500:
-                raise TransientError(message) from None
-            raise PermanentError(message) from None
-        except smtplib.SMTPNotSupportedError as exc:
-            _close_quietly(client)
-            raise PermanentError(f"{self.where}: {exc} (MAILER_SMTP_USERNAME is set, but the server offers "
-                                 f"no AUTH on this connection; does it want TLS?)") from None
-        except ssl.SSLCertVerificationError as exc:
-            _close_quietly(client)
-            raise PermanentError(f"{self.where}: TLS certificate not trusted ({exc.verify_message or exc}); "
-                                 f"install the CA or fix the host name") from None
-        except (smtplib.SMTPConnectError, smtplib.SMTPHeloError, smtplib.SMTPResponseException) as exc:
-            _close_quietly(client)
-            message = f"{self.where} refused the session: {_reply(exc.smtp_code, exc.smtp_error)}"
-            if exc.smtp_code >= 500:
-                raise PermanentError(message) from None
-            raise TransientError(message) from None
         except (smtplib.SMTPException, OSError) as exc:
             _close_quietly(client)
-            reason = guard.why() if guard.cut else _os_reason(exc)
-            raise TransientError(f"cannot connect to {self.where}: {reason}") from None
+            if guard.interrupted():  # cut by the deadline or a stop: whatever smtplib parsed is no answer
+                raise TransientError(f"cannot connect to {self.where}: {guard.why()}") from None
+            raise self._session_error(exc) from None
         lane.client = client
         return client
+
+    def _session_error(self, exc: Exception) -> TransientError | PermanentError:
+        """What a failure to open a session means: bad credentials, TLS or a 5xx are for a human to fix
+        (permanent); the rest may pass (transient)."""
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            message = (f"{self.where} refused the login of {self.username!r}: {_reply(exc.smtp_code, exc.smtp_error)} "
+                       f"(check MAILER_SMTP_USERNAME / MAILER_SMTP_PASSWORD)")
+            return TransientError(message) if 400 <= exc.smtp_code < 500 else PermanentError(message)
+        if isinstance(exc, smtplib.SMTPNotSupportedError):
+            return PermanentError(f"{self.where}: {exc} (MAILER_SMTP_USERNAME is set, but the server offers "
+                                  f"no AUTH on this connection; does it want TLS?)")
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return PermanentError(f"{self.where}: TLS certificate not trusted ({exc.verify_message or exc}); "
+                                  f"install the CA or fix the host name")
+        if isinstance(exc, smtplib.SMTPResponseException):  # SMTPConnectError, SMTPHeloError included
+            message = f"{self.where} refused the session: {_reply(exc.smtp_code, exc.smtp_error)}"
+            return PermanentError(message) if exc.smtp_code >= 500 else TransientError(message)
+        return TransientError(f"cannot connect to {self.where}: {_os_reason(exc)}")
 
     # ----- sending -----------------------------------------------------------------------------
     def send_batch(self, batch: Batch) -> list[RecipientResult]:
@@ -485,24 +484,14 @@ class SmtpBackend(Backend):
             envelope_to = options[1]
             try:
                 client.sendmail(self.sender, [envelope_to], data, mail_options=options[0])
-            except smtplib.SMTPRecipientsRefused as exc:
-                code, resp = next(iter(exc.recipients.values()), (0, b""))
-                if code != 421:
-                    return self._refused(message, code, resp, "RCPT", state)
-                lost = f"RCPT {_reply(code, resp)}"
-            except smtplib.SMTPSenderRefused as exc:
-                if exc.smtp_code != 421:
-                    return self._refused(message, exc.smtp_code, exc.smtp_error, "MAIL", state)
-                lost = f"MAIL {_reply(exc.smtp_code, exc.smtp_error)}"
-            except smtplib.SMTPDataError as exc:
-                if exc.smtp_code != 421:
-                    _reset(lane)
-                    return self._refused(message, exc.smtp_code, exc.smtp_error, "DATA", state)
-                lost = f"DATA {_reply(exc.smtp_code, exc.smtp_error)}"
-            except smtplib.SMTPNotSupportedError as exc:
-                return RecipientResult(message, "permanent", error=f"{self.where}: {exc}")
             except (smtplib.SMTPException, OSError) as exc:
-                lost = f"connection lost: {guard.why() if guard.cut else _os_reason(exc)}"
+                if guard.interrupted():  # cut mid-reply: whatever smtplib parsed is not the server's answer
+                    lost = f"connection lost: {guard.why()}"
+                else:
+                    outcome = self._answer(lane, message, exc, state)
+                    if isinstance(outcome, RecipientResult):
+                        return outcome
+                    lost = outcome
             else:
                 reply = getattr(client, "last_data_reply", None)
                 provider_id = (queue_id(reply[1]) if reply else None) or message.message_id
@@ -511,13 +500,34 @@ class SmtpBackend(Backend):
                     self._streak.clear()
                 return RecipientResult(message, "sent", provider_message_id=provider_id)
             lane.drop()
-            if guard.cut:  # the deadline passed or a stop came: no second try within this message
+            if guard.interrupted():  # the deadline passed or a stop came: no second try within this message
                 log.warning("%s: %s; lane %d stops for this batch", self.where, lost, lane.index)
                 raise _LaneDown(f"{self.where}: {lost}")
             if attempt == 1:
                 log.info("%s: %s; reconnecting (lane %d)", self.where, lost, lane.index)
         log.warning("%s: %s again after reconnecting; lane %d stops for this batch", self.where, lost, lane.index)
         raise _LaneDown(f"{self.where}: {lost}")
+
+    def _answer(self, lane: _Lane, message: OutgoingMessage, exc: Exception,
+                state: _BatchState) -> RecipientResult | str:
+        """The server's refusal as this recipient's result, or (a str) why the connection is lost."""
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            code, resp = next(iter(exc.recipients.values()), (0, b""))
+            if code != 421:
+                return self._refused(message, code, resp, "RCPT", state)
+            return f"RCPT {_reply(code, resp)}"
+        if isinstance(exc, smtplib.SMTPSenderRefused):
+            if exc.smtp_code != 421:
+                return self._refused(message, exc.smtp_code, exc.smtp_error, "MAIL", state)
+            return f"MAIL {_reply(exc.smtp_code, exc.smtp_error)}"
+        if isinstance(exc, smtplib.SMTPDataError):
+            if exc.smtp_code != 421:
+                _reset(lane)
+                return self._refused(message, exc.smtp_code, exc.smtp_error, "DATA", state)
+            return f"DATA {_reply(exc.smtp_code, exc.smtp_error)}"
+        if isinstance(exc, smtplib.SMTPNotSupportedError):
+            return RecipientResult(message, "permanent", error=f"{self.where}: {exc}")
+        return f"connection lost: {_os_reason(exc)}"
 
     def _mail_options(self, recipient: str, lane: _Lane) -> tuple[list[str], str] | str | None:
         """(MAIL options, envelope recipient), an error text, or None until connected (needs EHLO)."""
@@ -576,6 +586,16 @@ def _os_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def _ehlo(client: smtplib.SMTP) -> None:
+    """EHLO, insisting on a 2xx (smtplib returns any other code silently; a reply cut short by the
+    deadline parses as one)."""
+    code, reply = client.ehlo()
+    if code >= 500:  # a server without ESMTP (RFC 5321 3.2): HELO
+        code, reply = client.helo()
+    if not 200 <= code < 300:
+        raise smtplib.SMTPHeloError(code, reply)
 
 
 def _close_quietly(client: smtplib.SMTP | None) -> None:
