@@ -331,8 +331,11 @@ class SendGridServer:
     """The fake SendGrid: `start()` it (or use it as a context manager), point the backend at `.url`."""
 
     def __init__(self, api_key: str = "SG.test", *, host: str = "127.0.0.1", port: int = 0, cheap: bool = False,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, latency: float = 0.0) -> None:
         self.api_key = api_key
+        # seconds between accepting a request and answering it (a real API's latency): the window in
+        # which a crash of the client leaves an accepted request unrecorded
+        self.latency = latency
         self.forbidden_keys: set[str] = set()  # keys without the Mail Send permission → 403
         self.cheap = cheap
         self.max_body_bytes = max_body_bytes
@@ -523,6 +526,8 @@ class SendGridServer:
                 self.accepted.append(Accepted(message_id, body, dict(handler.headers.items()), len(raw), time.time(),
                                               sandbox))
         self._record_log(200 if sandbox else 202, body)
+        if self.latency:
+            self._stop.wait(self.latency)
         if fault is not None:  # accepted, then the response is lost
             self._apply_fault(handler, fault, body, logged=True)
             return
