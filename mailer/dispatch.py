@@ -272,6 +272,8 @@ class Sender:
             with conn.begin():
                 self.store.finish_deliveries(conn, worker, skipped)
             self._count(skipped=len(skipped))
+        if not messages:  # the whole batch unsubscribed since the freeze
+            return
         step = backend.ledger_step or len(messages)
         for start in range(0, len(messages), step):
             step_messages = messages[start:start + step]

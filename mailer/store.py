@@ -201,8 +201,9 @@ class Store:
                 (list_members.c.subscriber_id == subscribers.c.id) & (list_members.c.list_name == list_name)))
         result = conn.execute(self._insert(deliveries).from_select(
             ["issue_id", "subscriber_id", "status", "attempts", "created_at", "updated_at"], candidates)
-            .on_conflict_do_nothing(index_elements=[deliveries.c.issue_id, deliveries.c.subscriber_id]))
-        return result.rowcount or 0
+            .on_conflict_do_nothing(index_elements=[deliveries.c.issue_id, deliveries.c.subscriber_id])
+            .execution_options(preserve_rowcount=True))  # else -1 on PostgreSQL (SQLAlchemy 2: INSERT rowcount)
+        return max(result.rowcount, 0)
 
     def audience(self, conn: Connection, list_name: str | None) -> dict[str, int]:
         """Subscribers by status: of the named list, or everyone (what a freeze would draw from)."""
