@@ -91,7 +91,8 @@ def main(verbose: bool) -> None:
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("alembic", "sqlalchemy", "apscheduler.executors", "apscheduler.scheduler", "uvicorn.access"):
+    for noisy in ("alembic", "sqlalchemy", "apscheduler.executors", "apscheduler.scheduler", "uvicorn.access",
+                  "markdown_it"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # HTTP clients log credentials and whole payloads (every address) at DEBUG: never, even with -v
     quiet_http_loggers()

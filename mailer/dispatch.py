@@ -355,6 +355,8 @@ class Sender:
         for delivery_id, _ in refused:
             attempts[delivery_id] = attempts.get(delivery_id, 0) + 1
         sent = sum(1 for f in finished if f["status"] == "sent")
+        log.debug("%s: %s recorded %d sent, %d failed, %d refused for now, %d deferred", self.slug, worker, sent,
+                  len(finished) - sent, len(refused), len(deferred))
         self._count(sent=sent, failed=len(finished) - sent)
         if sent:
             with self._lock:

@@ -17,7 +17,7 @@ import re
 
 # scheme://userinfo@ — userinfo without "/", "@" or whitespace (RFC 3986 3.2.1)
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/@:]*)(?P<password>:[^\s/@]*)?@")
-_BEARER = re.compile(r"(?P<kind>\b(?:Bearer|Basic|token)\s+)[A-Za-z0-9._~+/=\-]{6,}", re.IGNORECASE)
+_BEARER = re.compile(r"(?P<kind>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=\-]{6,}", re.IGNORECASE)
 _SENDGRID_KEY = re.compile(r"\bSG\.[A-Za-z0-9_\-]{6,}\.[A-Za-z0-9_\-]{6,}")
 
 HTTP_LOGGERS = ("python_http_client", "sendgrid", "urllib3", "httpx", "httpcore", "hpack", "requests")
@@ -35,9 +35,10 @@ def strip_credentials(text: str) -> str:
         return text
     if "@" in text and "://" in text:
         text = _URL_USERINFO.sub(_userinfo, text)
+    text = _BEARER.sub(lambda m: f"{m.group('kind')}***", text)
     if "SG." in text:
         text = _SENDGRID_KEY.sub("SG.***", text)
-    return _BEARER.sub(lambda m: f"{m.group('kind')}***", text)
+    return text
 
 
 def quiet_http_loggers(level: int = logging.WARNING) -> None:

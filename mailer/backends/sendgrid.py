@@ -40,6 +40,7 @@ import re
 import ssl
 import time
 import unicodedata
+import urllib.parse
 import urllib.request
 from typing import Any, Sequence
 
@@ -240,6 +241,10 @@ class SendGridBackend(Backend):
         if not settings.sendgrid_api_url.startswith(("http://", "https://")):
             raise ConfigError(f"MAILER_SENDGRID_API_URL must start with http:// or https://, "
                               f"not {strip_credentials(settings.sendgrid_api_url)!r}")
+        if "@" in urllib.parse.urlsplit(settings.sendgrid_api_url).netloc:
+            raise ConfigError(f"MAILER_SENDGRID_API_URL must not carry credentials "
+                              f"({strip_credentials(settings.sendgrid_api_url)}): SendGrid authenticates with "
+                              f"SENDGRID_API_KEY")
         kwargs.setdefault("timeout", settings.sendgrid_timeout)  # MAILER_SENDGRID_TIMEOUT
         return cls(settings.sendgrid_api_key, settings=settings, **kwargs)
 
