@@ -597,3 +597,15 @@ def test_a_path_level_4xx_to_everyone_counts_against_nobody(servers, make_settin
     handler.on_rcpt = None
     assert dispatch.send_issue(settings, store, EXAMPLE_ISSUE).counts["sent"] == 4
     assert handler.per_recipient() == {a: 1 for a in people}
+
+
+def test_rerunning_a_finished_issue_with_the_relay_down_changes_nothing(servers, make_settings, store, db_url):
+    server = servers()
+    settings = smtp_settings(make_settings, server.port, db_url, MAILER_PAUSE_AFTER="0.5")
+    add_people(store, ["a@example.net", "b@example.net"])
+    assert dispatch.send_issue(settings, store, EXAMPLE_ISSUE).complete
+    server.stop()  # the relay is down now
+    again = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    assert again.already_finished and again.counts["sent"] == 2
+    status = dispatch.issue_status(settings, store, EXAMPLE_ISSUE)
+    assert status["status"] == "sent" and status["paused_reason"] is None

@@ -16,6 +16,8 @@ Outcomes (the contract of `base.Backend`):
 * 429 → `TransientError` with `retry_after` from `Retry-After` or `X-RateLimit-Reset` (epoch s);
 * 5xx, timeouts, refused or reset connections → `TransientError` (nothing was accepted — except
   when the connection died after SendGrid accepted the request: the one ambiguous window, resent);
+  each request must be answered within `timeout` seconds in total (MAILER_SENDGRID_TIMEOUT, 30 s:
+  DNS, connection, upload and answer, see deadline.py), and `abort()` cuts it at once;
 * 401/403 (bad key, missing Mail Send permission), 413, other 4xx → `PermanentError`: the send
   pauses, nobody is marked failed;
 * 400 naming personalizations → those recipients "permanent" (`hard_bounce` when the address is

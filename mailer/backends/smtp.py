@@ -22,10 +22,16 @@ How messages go out:
 
 Outcomes, per message: 2xx → sent (provider id = the server's queue id when its reply names one,
 else the Message-ID); 5xx → permanent (`hard_bounce` for a refused mailbox: 550/551/553 at RCPT or an
-enhanced status 5.1.x / 5.2.1, never 5.7.x policy refusals); 4xx → transient. A 421 or a dropped
+enhanced status 5.1.x / 5.2.1, never 5.7.x policy refusals); a 4xx about the recipient → transient,
+a 4xx about the relay (`is_path_refusal`: 421, MAIL 4xx, 452, 4.3.x…) → deferred. A 421 or a dropped
 connection reconnects once and resends that message; when that fails too, the lane stops and what
-it had not sent comes back transient — messages already accepted stay `sent`, whatever happens
-afterwards. A call in which nothing was accepted or refused because no connection could be had
+it had not sent comes back `deferred` (counted against nobody) — messages already accepted stay
+`sent`, whatever happens afterwards.
+
+Deadlines (deadline.py): each message, its reconnection included, and each connection attempt
+(DNS, TCP, greeting, EHLO, STARTTLS, AUTH) must finish within `timeout` seconds in total
+(MAILER_SMTP_TIMEOUT, 60 s), however slowly the server trickles its replies; `abort()` cuts every
+connection at once (dispatch calls it a few seconds after a stop). A call in which nothing was accepted or refused because no connection could be had
 raises `TransientError`; bad credentials (535), an untrusted certificate, a server without STARTTLS
 (never a silent fall-back to clear text) or without AUTH raise `PermanentError` (from `open()`,
 before dispatch claims anything). Refusals that are about the issue rather than the recipient (MAIL
