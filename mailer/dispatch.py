@@ -59,6 +59,7 @@ MAX_ATTEMPTS = 5                # recipient-specific refusals of one recipient b
 MAX_CONSECUTIVE_FAILURES = 5    # steps (requests, messages) in a row where recipients were refused…
 MAX_CONSECUTIVE_FAILED = 50     # …covering at least this many messages, nothing accepted: the path's fault
 STOP_GRACE = 3.0                # seconds a stop lets in-flight work finish before it is cut
+SUPPRESSION_FRESH = 0.2         # seconds a suppression check stays good: re-read before a message leaves after that
 BACKOFF_BASE = 1.0              # seconds: first wait after a whole-path failure, doubled each time…
 BACKOFF_CAP = 60.0              # …up to this (a provider's Retry-After may ask for longer)
 CLAIM_LEASE = claimant.LEASE    # a claim not renewed for this long is presumed dead (any host)
@@ -274,6 +275,8 @@ class Sender:
             self._count(skipped=len(skipped))
         if not messages:  # the whole batch unsubscribed since the freeze
             return
+        self._local.batch_ids, self._local.checked = [m.delivery_id for m in messages], time.monotonic()
+        self._local.skipped = set()
         step = backend.ledger_step or len(messages)
         for start in range(0, len(messages), step):
             step_messages = messages[start:start + step]
@@ -302,14 +305,30 @@ class Sender:
 
     def _drop_suppressed(self, conn: Connection, worker: str,
                          messages: list[OutgoingMessage]) -> list[OutgoingMessage]:
-        """Right before messages leave: skip those whose subscriber is no longer active (one statement)."""
+        """Right before messages leave: skip those whose subscriber is no longer active.
+
+        The claim read every status; after SUPPRESSION_FRESH seconds (a rate-limit wait, a retry, or
+        simply time passing) one indexed read covers what this worker still holds of its batch, so a
+        message never leaves on a status older than that, at one query per SUPPRESSION_FRESH seconds
+        instead of one per message."""
+        local = self._local
+        now = time.monotonic()
+        if now - local.checked < SUPPRESSION_FRESH:
+            return [m for m in messages if m.delivery_id not in local.skipped] if local.skipped else messages
         with conn.begin():
-            skipped = self.store.skip_suppressed(conn, worker, [m.delivery_id for m in messages])
-        if not skipped:
-            return messages
-        log.info("%s: %d recipient(s) unsubscribed or suppressed since the claim: skipped", self.slug, len(skipped))
-        self._count(skipped=len(skipped))
-        return [m for m in messages if m.delivery_id not in skipped]
+            suppressed = self.store.suppressed_among(conn, worker, local.batch_ids)
+            if suppressed:
+                self.store.finish_deliveries(conn, worker, [
+                    {"id": delivery_id, "status": "skipped", "last_error": f"subscriber is {status}"}
+                    for delivery_id, status in suppressed.items()])
+        local.checked = now
+        if suppressed:
+            local.skipped.update(suppressed)
+            local.batch_ids = [i for i in local.batch_ids if i not in suppressed]
+            log.info("%s: %d recipient(s) unsubscribed or suppressed since the claim: skipped", self.slug,
+                     len(suppressed))
+            self._count(skipped=len(suppressed))
+        return [m for m in messages if m.delivery_id not in local.skipped] if local.skipped else messages
 
     def _send_with_retries(self, conn: Connection, backend: Backend, worker: str,
                            messages: list[OutgoingMessage]) -> list[RecipientResult] | None:

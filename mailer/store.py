@@ -75,6 +75,12 @@ _FINISH_ONE = deliveries.update().where(
     attempts=deliveries.c.attempts + sa.bindparam("p_inc"))
 # a recipient's answer (sent, refused) is an attempt; a skip is not
 _ANSWERED = frozenset({"sent", "failed"})
+_SUPPRESSED_AMONG = (
+    sa.select(deliveries.c.id, subscribers.c.status)
+    .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+    .where(deliveries.c.id.in_(sa.bindparam("p_ids", expanding=True)),
+           deliveries.c.claimed_by == sa.bindparam("p_worker"), deliveries.c.status == "sending",
+           subscribers.c.status != "active"))
 
 
 class Store:
@@ -334,21 +340,13 @@ class Store:
                 ).rowcount or 0
         return total
 
-    def skip_suppressed(self, conn: Connection, worker: str, delivery_ids: Sequence[int]) -> dict[int, str]:
-        """Mark `skipped` those of `worker`'s claimed rows whose subscriber is no longer active (unsubscribed,
-        bounced or complained a moment ago); returns {delivery id: the subscriber's status}. One indexed
-        statement: dispatch runs it right before each message or request leaves."""
+    def suppressed_among(self, conn: Connection, worker: str, delivery_ids: Sequence[int]) -> dict[int, str]:
+        """{delivery id: subscriber status} for those of `worker`'s claimed rows whose subscriber is no
+        longer active (unsubscribed, bounced or complained a moment ago). One indexed read, prebuilt:
+        dispatch runs it right before messages leave; `finish_deliveries` then records them `skipped`."""
         if not delivery_ids:
             return {}
-        status = (sa.select(subscribers.c.status).where(subscribers.c.id == deliveries.c.subscriber_id)
-                  .scalar_subquery())
-        rows = conn.execute(
-            deliveries.update()
-            .where(deliveries.c.id.in_(delivery_ids), deliveries.c.claimed_by == worker,
-                   deliveries.c.status == "sending", status != "active")
-            .values(status="skipped", last_error=sa.literal("subscriber is ") + status, updated_at=utcnow())
-            .returning(deliveries.c.id, deliveries.c.last_error)).all()
-        return {delivery_id: error.removeprefix("subscriber is ") for delivery_id, error in rows}
+        return dict(conn.execute(_SUPPRESSED_AMONG, {"p_ids": list(delivery_ids), "p_worker": worker}).all())
 
     def renew_claims(self, conn: Connection, worker: str) -> int:
         """The worker's heartbeat: its `sending` rows get a fresh `claimed_at`, so no lease expires under it."""
