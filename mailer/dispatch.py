@@ -237,6 +237,9 @@ class Sender:
                     self._process(conn, backend, name, rows)
             except PermanentError as exc:
                 self._abort(f"{backend.name}: {exc}")
+            except BaseException:  # a second Ctrl-C, a bug: no polite QUIT to a server that may be stalled
+                backend.abort()
+                raise
             finally:
                 self._local.conn = None
                 claimant.release(name)

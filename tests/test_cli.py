@@ -223,3 +223,22 @@ def test_credentials_in_urls_never_reach_messages(run, project):
                             "MAILER_SENDGRID_API_URL": "https://mailer:hunter2@api.sendgrid.com"})
     assert "must not carry credentials" in result.stderr and "hunter2" not in result.stderr
     assert "https://mailer:***@api.sendgrid.com" in result.stderr
+
+
+def test_a_send_that_cannot_build_its_messages_never_leaves_the_issue_half_started(run, project):
+    """An internationalised sender domain (a real-world case): whatever the message builder makes of it
+    — punycode, or a refusal — `send` either completes or refuses in one line with the issue untouched,
+    never a traceback and never an issue stuck in `sending`."""
+    run("subscribers", "add", "a@example.org")
+    env = {"MAILER_FROM": "Médiathèque <lettre@médiathèque-exemple.fr>",
+           "MAILER_BASE_URL": "https://lettres.médiathèque-exemple.fr"}
+    result = run("send", EXAMPLE_ISSUE, "--yes", extra_env=env, check_exit=None)
+    assert "Traceback" not in result.stderr
+    status = run("status", EXAMPLE_ISSUE, "--json", check_exit=None)
+    if result.returncode == 0:
+        assert json.loads(status.stdout)["status"] == "sent"
+    else:
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:")
+        assert status.returncode == 4  # never started: no ledger
+        fixed = run("send", EXAMPLE_ISSUE, "--yes")  # with a plain domain it goes
+        assert "sent 1 now" in fixed.stdout
