@@ -323,3 +323,27 @@ def test_two_first_sends_at_once_freeze_once_and_deliver_each_once(store, db_url
             counts = store.delivery_counts(conn, issue.id)
         assert issue.status == "sent" and counts["sent"] == len(people)
     assert smtp_sink.handler.per_recipient() == Counter({a: 5 for a in people})
+
+
+def test_a_claimant_out_of_sight_on_the_same_host_obeys_the_lease():
+    """Seen from inside a fresh pid namespace (a restarted container), a claim made in another namespace
+    cannot be checked against the kernel: it is alive while its lease runs, dead after it."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                                                         capture_output=True).returncode != 0:
+        pytest.skip("cannot create a pid namespace here")
+    script = """
+import datetime as dt
+from mailer import claimant
+me = claimant.me()
+assert me.pid == 1 and me.pidns != claimant.INITIAL_PID_NAMESPACE, me
+now = dt.datetime.now(dt.timezone.utc)
+other = f"{me.host}:1:12345:{me.boot}:4026531836:abcdef"   # PID 1 of the host namespace, another start time
+gone_ns = f"{me.host}:1:12345:{me.boot}:4026599999:abcdef"  # a namespace we cannot see
+print(claimant.is_alive(gone_ns, now - dt.timedelta(seconds=30), now),
+      claimant.is_alive(gone_ns, now - claimant.LEASE - dt.timedelta(seconds=1), now),
+      claimant.is_alive(other, now - dt.timedelta(seconds=30), now))
+"""
+    result = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", script],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False", "True"]
