@@ -26,8 +26,8 @@ Outcomes (the contract of `base.Backend`):
   `PermanentError`.
 
 A batch is never raised on once part of it was accepted (which only happens when it must be split:
-more than 1000 messages, or one address twice): the rest is reported per recipient instead, so
-nothing accepted is ever sent again.
+more than 1000 messages, or one address twice): the rest is reported per recipient instead, as
+`deferred` (the failure was SendGrid's, not theirs), so nothing accepted is ever sent again.
 
 The library is used the fast way: a plain dict posted with `client.mail.send.post(request_body=…)`
 (≈8 ms for 1000 personalizations, against ≈51 ms with the helper classes).
@@ -395,7 +395,7 @@ class SendGridBackend(Backend):
                 # reported per recipient, and not tried again in this call
                 retry_after = failure.retry_after if isinstance(failure, TransientError) else None
                 for index, _ in chunk:
-                    results.setdefault(index, RecipientResult(batch.messages[index], "transient", error=str(failure),
+                    results.setdefault(index, RecipientResult(batch.messages[index], "deferred", error=str(failure),
                                                               retry_after=retry_after))
                 continue
             for index, result in chunk_results.items():
@@ -425,7 +425,7 @@ class SendGridBackend(Backend):
                     error = PermanentError(f"SendGrid refused the request (400): {_error_lines(bad.errors)}")
                     if results:  # some recipients already settled: report the rest as transient
                         for index, _ in pending:
-                            results[index] = RecipientResult(batch.messages[index], "transient", error=str(error))
+                            results[index] = RecipientResult(batch.messages[index], "deferred", error=str(error))
                         return results
                     raise error from None
                 for position, (reason, hard) in rejected.items():
@@ -441,7 +441,7 @@ class SendGridBackend(Backend):
                 if not results:
                     raise
                 for index, _ in pending:  # a follow-up failed: the refused ones stay settled
-                    results[index] = RecipientResult(batch.messages[index], "transient", error=str(exc),
+                    results[index] = RecipientResult(batch.messages[index], "deferred", error=str(exc),
                                                      retry_after=exc.retry_after)
                 return results
             provider_id = response.headers.get("X-Message-Id") if response.headers is not None else None
