@@ -43,7 +43,8 @@ def handle_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except MailerError as exc:
-            click.echo(f"error: {exc}", err=True)
+            from .redact import strip_credentials
+            click.echo(f"error: {strip_credentials(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -86,11 +87,19 @@ def progress_display(label: str, total: int | None) -> Iterator[Callable[..., No
 @click.option("-v", "--verbose", is_flag=True, help="Log every decision.")
 @click.version_option(package_name="mailer")
 def main(verbose: bool) -> None:
-    """mailer: newsletters from brief files, sent exactly once to a managed list."""
+    """mailer: newsletters from brief files to a managed list; nobody skipped, each person's message
+    recorded once accepted (see the README for what a crash may repeat)."""
+    from .redact import RedactingFilter, quiet_http_loggers
+
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("alembic", "sqlalchemy", "apscheduler.executors", "apscheduler.scheduler", "uvicorn.access"):
+    for noisy in ("alembic", "sqlalchemy", "apscheduler.executors", "apscheduler.scheduler", "uvicorn.access",
+                  "markdown_it"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # HTTP clients log credentials and whole payloads (every address) at DEBUG: never, even with -v
+    quiet_http_loggers()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
 
 
 # ----- issues ------------------------------------------------------------------------------------
@@ -167,10 +176,9 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
     if not yes:
         if not sys.stdin.isatty():
             raise MailerError("refusing to send without confirmation: add --yes")
-        from .subscribers import count_subscribers
-        active = count_subscribers(store, "active")
-        click.confirm(f"Send {issue_ref} through {settings.backend} to up to {active} active subscribers?",
-                      abort=True)
+        plan = dispatch.plan_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed)
+        if plan.recipients:  # nobody to send to (finished, empty audience): send_issue says why, unasked
+            click.confirm(plan.describe(settings.backend), abort=True)
     stop = threading.Event()
     _install_stop_handlers(stop)
     with progress_display("sending", None) as update:
@@ -181,13 +189,21 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
         report = dispatch.send_issue(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
                                      workers=workers, stop=stop, on_progress=on_progress)
     counts = report.counts
+    if report.already_finished:
+        click.echo(f"{report.issue}: already sent ({counts['sent']} sent, {counts['failed']} failed, "
+                   f"{counts['skipped']} skipped); nothing to do (--retry-failed, --include-new)")
+        return
     click.echo(f"{report.issue}: sent {report.sent_now} now ({counts['sent']} in all), failed {counts['failed']}, "
                f"skipped {counts['skipped']}, left {counts['queued'] + counts['sending']} "
                f"in {report.elapsed:.1f}s via {settings.backend}")
-    if settings.backend == "outbox":
+    if settings.backend == "outbox" and report.sent_now:
         click.echo(f"messages are in {settings.outbox_dir / report.issue}")
     if not report.complete:
-        click.echo("stopped before the end; run the same command again to resume", err=True)
+        if report.held_by:
+            click.echo(f"{counts['sending']} deliveries are still held by another sender of this issue "
+                       f"({', '.join(report.held_by)}); run the same command again to wait for it", err=True)
+        else:
+            click.echo("stopped before the end; run the same command again to resume", err=True)
         sys.exit(5)
 
 
@@ -224,11 +240,13 @@ def worker(once: bool) -> None:
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
-    """SIGTERM/SIGINT: finish the batch in flight, record it, then stop (the ledger stays consistent)."""
+    """SIGTERM/SIGINT: the message or request in flight finishes and is recorded, then the run stops;
+    what is still in flight a few seconds later (a stalled server) is cut and stays queued. A second
+    signal stops at once (rows in flight go back to the queue)."""
     def handler(signum, _frame) -> None:  # noqa: ANN001
         if stop.is_set():
             raise KeyboardInterrupt
-        log.warning("signal %s: finishing the current batch, then stopping", signal.Signals(signum).name)
+        log.warning("signal %s: finishing what is in flight, then stopping", signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)

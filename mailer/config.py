@@ -70,6 +70,9 @@ ENV_VARS: dict[str, str] = {
     "MAILER_SMTP_TLS": "smtp_tls",
     "MAILER_SMTP_POOL": "smtp_pool",
     "MAILER_BATCH_SIZE": "batch_size",
+    "MAILER_PAUSE_AFTER": "pause_after",
+    "MAILER_SMTP_TIMEOUT": "smtp_timeout",
+    "MAILER_SENDGRID_TIMEOUT": "sendgrid_timeout",
     "MAILER_SCHEDULE_CRON": "schedule_cron",
     "MAILER_SCHEDULE_GRACE": "schedule_grace",
     "MAILER_SCHEDULE_TIMEZONE": "schedule_timezone",
@@ -116,6 +119,9 @@ class Settings:
     smtp_tls: str = "starttls"
     smtp_pool: int = 4
     batch_size: int = 0  # deliveries claimed at once; 0 = the backend's own batch (SendGrid 1000)
+    pause_after: float = 300.0  # seconds a whole-path failure (outage, full disk) is retried before the send pauses
+    smtp_timeout: float = 60.0  # seconds, in total, per SMTP message and per connection attempt
+    sendgrid_timeout: float = 30.0  # seconds, in total, per SendGrid request
     schedule_cron: str = ""
     schedule_timezone: str = ""
     schedule_grace: int = 6 * 3600
@@ -559,6 +565,10 @@ def _validate(settings: Settings, where: Callable[[str], str]) -> Settings:
         raise ConfigError("[schedule].rescan (MAILER_SCHEDULE_RESCAN) must be a positive number of seconds")
     if settings.batch_size < 0 or settings.batch_size > 1000:
         raise ConfigError(f"{where('batch_size')} must be between 1 and 1000 (0: the backend's own)")
+    for label, seconds in (("MAILER_PAUSE_AFTER", settings.pause_after), ("MAILER_SMTP_TIMEOUT", settings.smtp_timeout),
+                           ("MAILER_SENDGRID_TIMEOUT", settings.sendgrid_timeout)):
+        if not seconds > 0:
+            raise ConfigError(f"{label} must be a positive number of seconds, not {seconds!r}")
     return settings
 
 

@@ -1,54 +1,68 @@
-"""The send loop: freeze recipients, claim batches, build, send, record, retry, resume.
+"""The send loop: freeze recipients, claim batches, build, send, record, retry, pause, resume.
 
 A pipeline with an honest checkpoint (as listmonk's campaign manager), except that the checkpoint —
 a ledger row going from `sending` to `sent` — moves only after the provider accepted the message:
 
-1. `prepare_send` renders the issue once and freezes the recipient set: one `queued` delivery row
-   per active subscriber, unique on (issue, subscriber), so re-running never adds a second row.
-2. Workers claim batches (`queued` → `sending`, tagged with the worker's id) in one statement
-   (`FOR UPDATE SKIP LOCKED` on PostgreSQL), build the messages from pre-serialised bytes, hand
-   them to the backend, and record each outcome in bulk.
-3. A crash leaves rows in `sending`. A later run puts back rows whose worker is gone (same host
-   and dead pid, or a claim older than the lease) and sends them. The one ambiguous case is a batch
-   interrupted inside the provider call: it is sent again (at most one batch per worker; the stable
-   Message-ID lets receivers that deduplicate drop the copy).
-
-Subscribers who unsubscribe after the freeze are skipped at claim time, never sent.
+1. `prepare_send` checks everything that can fail (settings, the issue, its rendering, one sample
+   message) BEFORE it touches the ledger, then freezes the recipient set under a lock on the issue's
+   row: one `queued` delivery row per active subscriber, unique on (issue, subscriber). An empty
+   audience is refused (`EmptyAudience`) and leaves the issue as it was; a finished issue stays
+   finished; a second first send racing the first waits for its freeze and joins it.
+2. Workers claim batches (`queued` → `sending`, tagged with a claimant id, see `claimant.py`) in one
+   statement (`FOR UPDATE SKIP LOCKED` on PostgreSQL), re-check suppression right before each
+   message or request leaves (someone who unsubscribed a second ago is `skipped`), hand the messages
+   to the backend, and record each outcome.
+3. Failures are classified by whose failure it is (backends/base.py). A recipient's refusal counts
+   against that recipient (`attempts`; `failed` after MAX_ATTEMPTS or at once when permanent). A
+   failure of the whole path (connection refused, DNS, timeouts, 5xx/429 for every request, disk
+   full) counts against nobody: it is retried with exponential backoff honouring Retry-After, and
+   after `MAILER_PAUSE_AFTER` seconds without anything accepted the send pauses (`SendAborted`);
+   the same command resumes it. Refusals of everyone in a row with nothing accepted are the path's
+   too: they are forgiven (queued again, attempts taken back) when the pattern shows.
+4. A graceful stop (SIGTERM, Ctrl-C) lets the message or request in flight finish and be recorded,
+   hands the rest back and repeats nobody; what a stalled server still holds after STOP_GRACE
+   seconds is cut and stays queued (the one case where a stop can repeat a message: a server that
+   withholds its answer to a message it accepted). A crash (SIGKILL, power loss) may repeat exactly
+   what was in flight and unrecorded: over SMTP the message(s) in flight, over SendGrid the
+   recipients of the request(s) in flight (≤ 1,000 each). Nobody is ever skipped. A later run puts
+   back rows whose claimant is dead (`claimant.is_alive`); the stable Message-ID lets receivers that
+   deduplicate drop a repeated copy.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import random
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from email.utils import formatdate
 from typing import Callable, Sequence
 
 from sqlalchemy.engine import Connection
 
-from . import tokens
+from . import claimant, tokens
 from .backends import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError, make_backend
 from .config import Settings, secret_key_for
-from .errors import MailerError, NotFound, SendAborted
+from .errors import EmptyAudience, MailerError, NotFound, RenderError, SendAborted
 from .issue import Issue, load_issue
 from .message import MessageFactory
+from .redact import strip_credentials
 from .render import Recipient, RenderedIssue, render_issue, render_web_edition
 from .store import Store, utcnow
 
 log = logging.getLogger("mailer.dispatch")
 
-MAX_ATTEMPTS = 5            # per recipient, across runs, for transient failures
-MAX_BATCH_RETRIES = 6       # a whole batch failing transiently, within one run
-MAX_CONSECUTIVE_FAILURES = 5  # steps (requests, batches) in a row where nothing was accepted…
-MAX_CONSECUTIVE_FAILED = 50     # …covering at least this many messages → pause the send
-CLAIM_LEASE = timedelta(minutes=15)  # a claim older than this, from another host, is presumed dead
-BACKOFF_BASE = 1.0
-BACKOFF_CAP = 300.0
+MAX_ATTEMPTS = 5                # recipient-specific refusals of one recipient before it is `failed`
+MAX_CONSECUTIVE_FAILURES = 5    # steps (requests, messages) in a row where recipients were refused…
+MAX_CONSECUTIVE_FAILED = 50     # …covering at least this many messages, nothing accepted: the path's fault
+STOP_GRACE = 3.0                # seconds a stop lets in-flight work finish before it is cut
+SUPPRESSION_FRESH = 0.2         # seconds a suppression check stays good: re-read before a message leaves after that
+BACKOFF_BASE = 1.0              # seconds: first wait after a whole-path failure, doubled each time…
+BACKOFF_CAP = 60.0              # …up to this (a provider's Retry-After may ask for longer)
+CLAIM_LEASE = claimant.LEASE    # a claim not renewed for this long is presumed dead (any host)
 
 
 @dataclass
@@ -85,6 +99,8 @@ class SendReport:
     elapsed: float
     requeued_stale: int = 0
     frozen: int = 0
+    already_finished: bool = False  # the issue was sent before this run; nothing was done
+    held_by: tuple[str, ...] = ()   # live claimants still holding rows (another sender of the same issue)
 
     @property
     def complete(self) -> bool:
@@ -92,45 +108,43 @@ class SendReport:
 
 
 def worker_id(suffix: str = "") -> str:
-    """host:pid:random — the pid lets a later run on the same host tell a dead worker from a live one."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}{suffix}"
+    """A claimant id for one worker of this process (see claimant.py)."""
+    return claimant.new_id(suffix)
 
 
-def _worker_is_dead(claimant: str | None, claimed_at, now) -> bool:
-    if not claimant:
-        return True
-    host, _, rest = claimant.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host == socket.gethostname() and pid_text.isdigit():
-        pid = int(pid_text)
-        if pid == os.getpid():
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-    return claimed_at is not None and now - claimed_at > CLAIM_LEASE
+def live_claimants(store: Store, conn: Connection, issue_id: int) -> tuple[list[str], list[str]]:
+    """(dead, alive): the claimants holding `sending` rows of the issue, judged by `claimant.is_alive`."""
+    now = utcnow()
+    dead, alive = [], []
+    for worker, claimed_at in store.claimants(conn, issue_id):
+        (alive if claimant.is_alive(worker, claimed_at, now) else dead).append(worker)
+    return dead, alive
 
 
 def requeue_dead_claims(store: Store, conn: Connection, issue_id: int) -> int:
-    """Rows left `sending` by workers that are gone go back to the queue (a crash's leftovers)."""
-    now = utcnow()
-    stale = [w for w, claimed_at in store.claimants(conn, issue_id) if _worker_is_dead(w, claimed_at, now)]
-    return store.requeue(conn, issue_id, statuses=("sending",), claimed_by=stale) if stale else 0
+    """Rows left `sending` by claimants that are gone go back to the queue (a crash's leftovers)."""
+    dead, _ = live_claimants(store, conn, issue_id)
+    return store.requeue(conn, issue_id, statuses=("sending",), claimed_by=dead) if dead else 0
 
 
-def settle_issue(store: Store, issue_id: int, abort_reason: str | None) -> dict[str, int]:
-    """After a run: the issue is paused (with why), sent (nothing left), or still sending; returns the counts."""
+def settle_issue(store: Store, issue_id: int, abort_reason: str | None) -> tuple[dict[str, int], str | None]:
+    """After a run: the issue is paused (with why), sent (nothing left, someone reached), or still
+    sending. A finished issue is never un-finished, and an issue that reached nobody is never `sent`:
+    it is paused with the reason. Returns the counts and the pause reason (None when not paused)."""
     with store.begin() as conn:
         counts = store.delivery_counts(conn, issue_id)
         if abort_reason:
-            store.update_issue(conn, issue_id, status="paused", paused_reason=abort_reason)
-        elif counts["queued"] == 0 and counts["sending"] == 0:
-            store.update_issue(conn, issue_id, status="sent", finished_at=utcnow())
-    return counts
+            store.update_issue(conn, issue_id, status="paused", paused_reason=strip_credentials(abort_reason))
+            return counts, abort_reason
+        if counts["queued"] == 0 and counts["sending"] == 0:
+            if counts["sent"] == 0:
+                reason = (f"it reached nobody: of {sum(counts.values())} frozen recipients {counts['skipped']} were "
+                          f"skipped (no longer active) and {counts['failed']} failed; "
+                          f"`--include-new` adds today's subscribers, `--retry-failed` retries failures")
+                store.update_issue(conn, issue_id, status="paused", paused_reason=reason)
+                return counts, reason
+            store.update_issue(conn, issue_id, status="sent", finished_at=utcnow(), paused_reason=None)
+    return counts, None
 
 
 class RateLimiter:
@@ -171,12 +185,12 @@ class Sender:
     def __init__(self, settings: Settings, store: Store, rendered: RenderedIssue, issue_id: int,
                  backend_factory: Callable[[], Backend], *, rate_limiter: RateLimiter | None = None,
                  stop: threading.Event | None = None, progress: Progress | None = None,
-                 on_progress: ProgressCallback | None = None) -> None:
+                 on_progress: ProgressCallback | None = None, factory: MessageFactory | None = None) -> None:
         self.settings = settings
         self.store = store
         self.rendered = rendered
         self.issue_id = issue_id
-        self.factory = MessageFactory(rendered)
+        self.factory = factory or MessageFactory(rendered)
         self.backend_factory = backend_factory
         self.key = secret_key_for(settings)
         self.base_url, self.slug, self.domain = settings.base_url, rendered.issue.slug, settings.sender_domain
@@ -184,27 +198,33 @@ class Sender:
         self.stop = stop or threading.Event()
         self.progress = progress or Progress(rendered.issue.slug, 0)
         self.on_progress = on_progress
+        self.pause_after = settings.pause_after
         self._lock = threading.RLock()  # _record holds it while calling _abort
-        self.consecutive_failures = 0
-        self.consecutive_failed_messages = 0
         self.abort_reason: str | None = None
+        self._backends: set[Backend] = set()
+        self._local = threading.local()  # per worker thread: its connection and claimant id (heartbeat)
+        # a whole-path outage: since when nothing went through, and how many tries so far
+        self._outage_since: float | None = None
+        self._outage_tries = 0
+        # recipients refused in a row with nothing accepted in between (see _judge_streak)
+        self._streak = _Streak()
 
     # ----- per recipient --------------------------------------------------------------------------
     def recipient_for(self, subscriber_id: int, email: str, name: str, delivery_id: int | None = None,
                       first_name: str | None = None) -> OutgoingMessage:
-        token = tokens.make_token(self.key, "unsubscribe", subscriber_id)
-        recipient = Recipient(email=email, name=name, subscriber_id=subscriber_id, first_name=str(first_name or ""),
-                              unsubscribe_url=f"{self.base_url}/u/{token}")
-        return OutgoingMessage(recipient=recipient, delivery_id=delivery_id,
-                               message_id=tokens.message_id(self.key, self.slug, subscriber_id, self.domain))
+        return outgoing_message(self.key, self.base_url, self.slug, self.domain, subscriber_id, email, name,
+                                delivery_id, first_name)
 
     # ----- the worker loop ------------------------------------------------------------------------
     def run_worker(self, name: str, batch_size: int) -> None:
-        """Claim and send batches until the queue is empty, a stop is asked, or the send aborts."""
+        """Claim and send batches until the queue is empty, a stop is asked, or the send pauses."""
         backend = self.backend_factory()
+        with self._lock:
+            self._backends.add(backend)
         # One connection for this worker's whole run: a transaction per ledger write without a pool
         # round trip each time (per message over SMTP, that is a third of the ledger's cost).
         with self.store.engine.connect() as conn:
+            self._local.conn, self._local.worker, self._local.renewed = conn, name, time.monotonic()
             try:
                 if not self._open(backend):
                     return
@@ -214,28 +234,40 @@ class Sender:
                         rows = self.store.claim_deliveries(conn, self.issue_id, name, size)
                     if not rows:
                         return
+                    self._local.renewed = time.monotonic()
                     self._process(conn, backend, name, rows)
             except PermanentError as exc:
                 self._abort(f"{backend.name}: {exc}")
+            except BaseException:  # a second Ctrl-C, a bug: no polite QUIT to a server that may be stalled
+                backend.abort()
+                raise
             finally:
+                self._local.conn = None
+                claimant.release(name)
+                with self._lock:
+                    self._backends.discard(backend)
                 backend.close()
 
+    def abort_in_flight(self) -> None:
+        """Cut what every backend of this sender has in flight (a stop that must take effect now)."""
+        with self._lock:
+            backends = list(self._backends)
+        for backend in backends:
+            backend.abort()
+
     def _open(self, backend: Backend) -> bool:
-        """Connect, retrying transient failures with backoff; False when halted or given up."""
-        for attempt in range(1, MAX_BATCH_RETRIES + 1):
+        """Connect, retrying a whole-path failure with backoff; False when halted or paused."""
+        while not self.halted:
             try:
                 backend.open()
                 return True
             except TransientError as exc:
-                if attempt == MAX_BATCH_RETRIES:
-                    self._abort(f"{backend.name}: cannot connect: {exc}")
-                    return False
-                log.warning("%s: cannot connect (%s); retry %d/%d", backend.name, exc, attempt, MAX_BATCH_RETRIES)
-                if self._sleep(backoff(attempt, exc.retry_after)):
+                if not self._path_failed(f"{backend.name}: {exc}", exc.retry_after):
                     return False
         return False
 
     def _process(self, conn: Connection, backend: Backend, worker: str, rows: Sequence) -> None:
+        # the claim read each subscriber's status: those suppressed since the freeze are skipped for free
         skipped = [{"id": r.delivery_id, "status": "skipped", "last_error": f"subscriber is {r.subscriber_status}"}
                    for r in rows if r.subscriber_status != "active"]
         messages = [self.recipient_for(row.subscriber_id, row.email_given, row.name, row.delivery_id, row.first_name)
@@ -245,107 +277,228 @@ class Sender:
             with conn.begin():
                 self.store.finish_deliveries(conn, worker, skipped)
             self._count(skipped=len(skipped))
+        if not messages:  # the whole batch unsubscribed since the freeze
+            return
+        self._local.batch_ids, self._local.checked = [m.delivery_id for m in messages], time.monotonic()
+        self._local.skipped = set()
         step = backend.ledger_step or len(messages)
         for start in range(0, len(messages), step):
             step_messages = messages[start:start + step]
+            self._heartbeat()
             if not self.halted:
                 self.rate_limiter.acquire(len(step_messages), self._sleep)
-            if self.halted:  # stop asked before this step went out: the rest goes back, not counted as tried
-                self._hand_back(conn, worker, untried=True)
+            if self.halted:  # stop asked before this step went out: the rest goes back
+                self._hand_back(conn, worker)
                 return
             try:
-                results = self._send_with_retries(backend, worker, step_messages)
+                results = self._send_with_retries(conn, backend, worker, step_messages)
             except BaseException:
-                self._hand_back(conn, worker)  # an unexpected error: what is not recorded as sent goes back
+                self._hand_back(conn, worker)  # an unexpected error: what is not recorded goes back
                 raise
-            if results is None:  # stopped or aborted while retrying: hand the rest back untouched
+            if results is None:  # stopped or paused while retrying: hand the rest back untouched
                 self._hand_back(conn, worker)
                 return
             self._record(conn, worker, results, attempts)
 
-    def _hand_back(self, conn: Connection, worker: str, untried: bool = False) -> None:
-        """Put this worker's claimed rows back in the queue (`untried`: they never reached the provider,
-        so their claim does not count as an attempt)."""
+    def _hand_back(self, conn: Connection, worker: str) -> None:
+        """Put this worker's claimed rows back in the queue (no attempt is counted: nobody refused them)."""
         if conn.in_transaction():  # interrupted inside a ledger write: that write did not happen
             conn.rollback()
         with conn.begin():
-            self.store.requeue(conn, self.issue_id, statuses=("sending",), claimed_by=[worker], untried=untried)
+            self.store.requeue(conn, self.issue_id, statuses=("sending",), claimed_by=[worker])
 
-    def _send_with_retries(self, backend: Backend, worker: str,
+    def _drop_suppressed(self, conn: Connection, worker: str,
+                         messages: list[OutgoingMessage]) -> list[OutgoingMessage]:
+        """Right before messages leave: skip those whose subscriber is no longer active.
+
+        The claim read every status; after SUPPRESSION_FRESH seconds (a rate-limit wait, a retry, or
+        simply time passing) one indexed read covers what this worker still holds of its batch, so a
+        message never leaves on a status older than that, at one query per SUPPRESSION_FRESH seconds
+        instead of one per message."""
+        local = self._local
+        now = time.monotonic()
+        if now - local.checked < SUPPRESSION_FRESH:
+            return [m for m in messages if m.delivery_id not in local.skipped] if local.skipped else messages
+        with conn.begin():
+            suppressed = self.store.suppressed_among(conn, worker, local.batch_ids)
+            if suppressed:
+                self.store.finish_deliveries(conn, worker, [
+                    {"id": delivery_id, "status": "skipped", "last_error": f"subscriber is {status}"}
+                    for delivery_id, status in suppressed.items()])
+        local.checked = now
+        if suppressed:
+            local.skipped.update(suppressed)
+            local.batch_ids = [i for i in local.batch_ids if i not in suppressed]
+            log.info("%s: %d recipient(s) unsubscribed or suppressed since the claim: skipped", self.slug,
+                     len(suppressed))
+            self._count(skipped=len(suppressed))
+        return [m for m in messages if m.delivery_id not in local.skipped] if local.skipped else messages
+
+    def _send_with_retries(self, conn: Connection, backend: Backend, worker: str,
                            messages: list[OutgoingMessage]) -> list[RecipientResult] | None:
+        """Send one step; a whole-path failure is retried (same messages) until it passes or the send
+        pauses. None when halted."""
         batch_date = formatdate(usegmt=True)
-        for attempt in range(1, MAX_BATCH_RETRIES + 1):
+        while True:
+            messages = self._drop_suppressed(conn, worker, messages)
+            if not messages:
+                return []
             try:
-                results = backend.send_batch(Batch(self.factory, tuple(messages), self.issue_id, batch_date))
+                return backend.send_batch(Batch(self.factory, tuple(messages), self.issue_id, batch_date))
             except PermanentError as exc:  # nothing will be accepted: pause, hand the batch back untouched
-                self._abort(f"{backend.name}: {exc}")
+                self._abort(f"{backend.name}: {exc}" + self._forgive_streak(conn))
                 return None
             except TransientError as exc:
-                delay = backoff(attempt, exc.retry_after)
-                log.warning("%s: batch of %d not accepted (%s); retry %d/%d in %.1fs", self.rendered.issue.slug,
-                            len(messages), exc, attempt, MAX_BATCH_RETRIES, delay)
-                if attempt == MAX_BATCH_RETRIES:
-                    return [RecipientResult(m, "transient", error=str(exc)) for m in messages]
-                if self._sleep(delay):
+                if self.halted or not self._path_failed(f"{backend.name}: {exc}", exc.retry_after):
                     return None
-                continue
-            return results
-        return None
 
     def _record(self, conn: Connection, worker: str, results: list[RecipientResult], attempts: dict[int, int]) -> None:
-        finished, requeue_ids, bounced = [], [], []
+        finished, refused, deferred, bounced, failed_ids = [], [], [], [], set()
         for result in results:
             delivery_id = result.message.delivery_id
-            if result.outcome == "sent":
+            outcome = result.outcome
+            if outcome == "sent":
                 finished.append({"id": delivery_id, "status": "sent", "provider_message_id": result.provider_message_id})
-            elif result.outcome == "permanent" or attempts.get(delivery_id, 0) >= MAX_ATTEMPTS:
-                finished.append({"id": delivery_id, "status": "failed", "last_error": (result.error or "")[:2000]})
+            elif outcome == "permanent" or (outcome == "transient" and attempts.get(delivery_id, 0) + 1 >= MAX_ATTEMPTS):
+                finished.append({"id": delivery_id, "status": "failed",
+                                 "last_error": strip_credentials(result.error or "")[:2000]})
+                failed_ids.add(delivery_id)
                 if result.hard_bounce and result.message.recipient.subscriber_id is not None:
                     bounced.append((result.message.recipient.subscriber_id, result.error or "hard bounce"))
-            else:
-                requeue_ids.append((delivery_id, result.error))
+            elif outcome == "transient":
+                refused.append((delivery_id, strip_credentials(result.error or "")))
+            else:  # deferred: the path failed before this recipient was tried
+                deferred.append((delivery_id, strip_credentials(result.error or "")))
         with conn.begin():
             self.store.finish_deliveries(conn, worker, finished)
-            if requeue_ids:
-                self.store.requeue_ids(conn, worker, requeue_ids)
+            self.store.requeue_ids(conn, worker, refused, count_attempt=True)
+            self.store.requeue_ids(conn, worker, deferred, count_attempt=False)
             for subscriber_id, reason in bounced:
                 self.store.set_status(conn, subscriber_id, "bounced", source="send", reason=reason[:500])
+        for delivery_id, _ in refused:
+            attempts[delivery_id] = attempts.get(delivery_id, 0) + 1
         sent = sum(1 for f in finished if f["status"] == "sent")
-        failed = len(finished) - sent
-        self._count(sent=sent, failed=failed)
-        with self._lock:
-            if sent == 0 and results:
-                self.consecutive_failures += 1
-                self.consecutive_failed_messages += len(results)
-                if (self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES
-                        and self.consecutive_failed_messages >= MAX_CONSECUTIVE_FAILED):
-                    example = next((r.error for r in results if r.error), "unknown error")
-                    self._abort(f"{self.consecutive_failed_messages} messages in a row were not accepted "
-                                f"(last: {example})")
-            else:
-                self.consecutive_failures = self.consecutive_failed_messages = 0
-        if requeue_ids:
+        log.debug("%s: %s recorded %d sent, %d failed, %d refused for now, %d deferred", self.slug, worker, sent,
+                  len(finished) - sent, len(refused), len(deferred))
+        self._count(sent=sent, failed=len(finished) - sent)
+        if sent:
+            with self._lock:
+                self._outage_since, self._outage_tries = None, 0
+                self._streak = _Streak()
+            return
+        answered = [r for r in results if r.outcome != "deferred"]
+        if answered:
+            self._judge_streak(conn, answered, failed_ids)
+        elif deferred and not self.halted:
+            self._path_failed(f"nothing accepted ({deferred[0][1]})", None)
+        if refused and not self.halted:
             # transient per-recipient refusals: give the provider a moment before they are claimed again
-            self._sleep(backoff(min(attempts.get(requeue_ids[0][0], 1), 6), None))
+            self._sleep(backoff(min(attempts.get(refused[0][0], 1), 6), None))
+
+    def _judge_streak(self, conn: Connection, answered: list[RecipientResult], failed_ids: set[int]) -> None:
+        """Recipients refused with nothing accepted in between: when the pattern says the path, not the
+        people, is refusing (the same transient refusal coming round again among several recipients,
+        or MAX_CONSECUTIVE_FAILED refusals over MAX_CONSECUTIVE_FAILURES steps), their refusals are
+        forgiven (queued again, attempts taken back). Permanent refusals pause the send at once; only
+        transient ones are waited out like an outage. Hard bounces stay bounced."""
+        with self._lock:
+            streak = self._streak
+            streak.steps += 1
+            for result in answered:
+                delivery_id = result.message.delivery_id
+                streak.messages += 1
+                streak.last_error = result.error or streak.last_error
+                if result.outcome == "transient":
+                    streak.repeated = streak.repeated or delivery_id in streak.transient
+                    streak.transient.add(delivery_id)
+                elif result.hard_bounce:
+                    continue
+                else:
+                    streak.permanent = True
+                streak.forgivable[delivery_id] = streak.forgivable.get(delivery_id, 0) + 1
+                if delivery_id in failed_ids:
+                    streak.failed += 1
+            distinct = len(streak.forgivable)
+            path_fault = ((streak.repeated and distinct >= 2)
+                          or (streak.steps >= MAX_CONSECUTIVE_FAILURES and streak.messages >= MAX_CONSECUTIVE_FAILED))
+            if not path_fault:
+                return
+        reason = f"{streak.messages} messages in a row were not accepted (last: {streak.last_error})"
+        reason += self._forgive_streak(conn)
+        if streak.permanent:
+            self._abort(reason)
+        else:
+            self._path_failed(reason, None)
+
+    def _forgive_streak(self, conn: Connection) -> str:
+        """Forgive the refusals of the current streak (see _judge_streak); returns what to add to the reason."""
+        with self._lock:
+            streak, self._streak = self._streak, _Streak()
+            if not streak.forgivable:
+                return ""
+            self.progress.failed = max(0, self.progress.failed - streak.failed)
+        with conn.begin():
+            forgiven = self.store.forgive(conn, self.issue_id, streak.forgivable)
+        return f"; the {forgiven} recipient(s) refused meanwhile are queued again, not counted against them"
+
+    # ----- whole-path failures, stops, heartbeat ---------------------------------------------------
+    def _path_failed(self, reason: str, retry_after: float | None) -> bool:
+        """A failure of the whole path: wait (exponential backoff with jitter, at least the provider's
+        Retry-After), or pause the send once nothing has gone through for `pause_after` seconds.
+        True to try again; False when halted or paused."""
+        reason = strip_credentials(reason)
+        with self._lock:
+            now = time.monotonic()
+            if self._outage_since is None:
+                self._outage_since, self._outage_tries = now, 0
+            self._outage_tries += 1
+            tries, since = self._outage_tries, self._outage_since
+        elapsed = now - since
+        left = self.pause_after - elapsed
+        if retry_after is not None and retry_after > left:
+            self._abort(f"{reason}; the provider asks to wait {retry_after:.0f} s, longer than the "
+                        f"{left:.0f} s MAILER_PAUSE_AFTER leaves; nobody's attempts were spent")
+            return False
+        if left <= 0:
+            self._abort(f"{reason} (nothing went through for {elapsed:.0f} s, {tries} tries; "
+                        f"nobody's attempts were spent)")
+            return False
+        delay = min(backoff(tries, retry_after), left)
+        log.warning("%s: %s; try %d again in %.1f s (the send pauses after %.0f s more)", self.slug, reason,
+                    tries + 1, delay, left)
+        return not self._sleep(delay)
 
     @property
     def halted(self) -> bool:
         return self.stop.is_set() or self.abort_reason is not None
 
     def _sleep(self, seconds: float) -> bool:
-        """Wait, waking early on a stop or an abort; True when halted."""
+        """Wait, waking early on a stop or a pause (renewing this worker's claims meanwhile); True when halted."""
         deadline = time.monotonic() + seconds
         while not self.halted:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             self.stop.wait(min(remaining, 0.2))
+            self._heartbeat()
         return True
+
+    def _heartbeat(self) -> None:
+        """Renew this worker's claims every HEARTBEAT, so the lease never expires under a live worker."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or time.monotonic() - local.renewed < claimant.HEARTBEAT.total_seconds():
+            return
+        if conn.in_transaction():
+            return
+        with conn.begin():
+            self.store.renew_claims(conn, local.worker)
+        local.renewed = time.monotonic()
 
     def _abort(self, reason: str) -> None:
         with self._lock:
             if self.abort_reason is None:
-                self.abort_reason = reason
+                self.abort_reason = strip_credentials(reason)
 
     def _count(self, sent: int = 0, failed: int = 0, skipped: int = 0) -> None:
         with self._lock:
@@ -356,11 +509,38 @@ class Sender:
             self.on_progress(self.progress)
 
 
+@dataclass
+class _Streak:
+    """Refusals since the last accepted message (see Sender._judge_streak)."""
+
+    steps: int = 0
+    messages: int = 0
+    transient: set[int] = field(default_factory=set)
+    forgivable: dict[int, int] = field(default_factory=dict)  # delivery id → attempts the streak spent on it
+    repeated: bool = False
+    permanent: bool = False
+    failed: int = 0  # of `forgivable`, how many were recorded `failed` (and counted in the progress)
+    last_error: str = ""
+
+
+def outgoing_message(key: bytes, base_url: str, slug: str, domain: str, subscriber_id: int, email: str, name: str,
+                     delivery_id: int | None = None, first_name: str | None = None) -> OutgoingMessage:
+    """One recipient's message: their unsubscribe link and the stable per-delivery Message-ID;
+    `first_name` (the subscriber's attribute, if any) is what the greeting uses."""
+    token = tokens.make_token(key, "unsubscribe", subscriber_id)
+    recipient = Recipient(email=email, name=name, subscriber_id=subscriber_id, first_name=str(first_name or ""),
+                          unsubscribe_url=f"{base_url}/u/{token}")
+    return OutgoingMessage(recipient=recipient, delivery_id=delivery_id,
+                           message_id=tokens.message_id(key, slug, subscriber_id, domain))
+
+
 def backoff(attempt: int, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter; a provider's Retry-After wins when it asks for longer."""
-    delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
+    """Exponential backoff with jitter (between half and all of BACKOFF_BASE·2^(attempt-1), capped at
+    BACKOFF_CAP); a provider's Retry-After wins when it asks for longer."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
+    delay = random.uniform(ceiling / 2, ceiling)
     if retry_after is not None:
-        delay = max(delay, min(retry_after, BACKOFF_CAP * 4))
+        delay = max(delay, retry_after)
     return delay
 
 
@@ -376,81 +556,176 @@ class PreparedSend:
     issue_id: int
     frozen: int
     requeued_stale: int
+    factory: MessageFactory | None = None
+    already_finished: bool = False
+
+
+def check_buildable(settings: Settings, rendered: RenderedIssue) -> MessageFactory:
+    """Build one real message (a sample recipient, the real Message-ID and unsubscribe link) before the
+    ledger is touched, so a problem in the content or the settings stops the send with one line and
+    leaves the issue as it was. Raises RenderError."""
+    try:
+        factory = MessageFactory(rendered)
+        sample = outgoing_message(secret_key_for(settings), settings.base_url, rendered.issue.slug,
+                                  settings.sender_domain, 0, "lecteur@example.org", "Lecteur")
+        factory.build(sample.recipient, sample.message_id, formatdate(usegmt=True))
+    except MailerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever it is, it would fail every message
+        raise RenderError(f"{rendered.issue.slug}: cannot build a message ({type(exc).__name__}: {exc}); "
+                          f"nothing was sent and the issue is unchanged") from None
+    return factory
+
+
+def empty_audience_reason(store: Store, conn: Connection, issue: Issue) -> str:
+    """Why a freeze found nobody, in the editor's terms (list name, statuses, a near miss)."""
+    by_status = store.audience(conn, issue.list_name)
+    where = f"{issue.folder / 'issue.toml'}"
+    breakdown = ", ".join(f"{count} {status}" for status, count in sorted(by_status.items()))
+    if issue.list_name:
+        if not by_status:
+            names = store.list_names(conn)
+            near = difflib.get_close_matches(issue.list_name, names, n=1)
+            hint = (f"did you mean {near[0]!r}? " if near else "") + (
+                f"lists with members: {', '.join(names)}" if names else "no list has members yet")
+            return f"list {issue.list_name!r} ({where}) has no members; {hint}"
+        return f"list {issue.list_name!r} ({where}) has no active subscriber ({breakdown})"
+    if not by_status:
+        return "there are no subscribers yet (`mailer subscribers add` or `import`)"
+    return f"there is no active subscriber ({breakdown})"
 
 
 def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
                  retry_failed: bool = False) -> PreparedSend:
-    """Everything that must hold before the first message goes: config, issue, render, freeze."""
+    """Everything that must hold before the first message goes: config, issue, render, one sample
+    message — then, in one transaction holding the issue's row, the freeze.
+
+    Raises ConfigError / SourceError / RenderError (nothing touched), EmptyAudience (nobody to send to:
+    nothing touched either). A finished issue is left as it is (`already_finished`) unless
+    `retry_failed` or `include_new` find someone to send to.
+    """
     settings.require_for_send()
     issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
     rendered = render_issue(issue, settings)
     make_backend(settings)  # constructing checks the backend's own settings
-    secret_key_for(settings)
+    factory = check_buildable(settings, rendered)
+    web_html = web_version_html(rendered)
     now = utcnow()
     with store.begin() as conn:
         row = store.ensure_issue(conn, slug=issue.slug, subject=rendered.subject, list_name=issue.list_name,
-                                 web_html=web_version_html(rendered), issue_date=issue.date.isoformat(),
-                                 public=issue.public)
+                                 web_html=web_html, issue_date=issue.date.isoformat(), public=issue.public)
         frozen = 0
         if row.frozen_at is None or include_new:
             frozen = store.freeze_recipients(conn, row.id, issue.list_name)
+            if row.frozen_at is None and frozen == 0:
+                raise EmptyAudience(f"refusing to send {issue.slug}: {empty_audience_reason(store, conn, issue)}; "
+                                    f"nothing was sent and the issue is unchanged")
             max_id = store.max_subscriber_id(conn)
             store.update_issue(conn, row.id, frozen_at=row.frozen_at or now, max_subscriber_id=max_id)
         if retry_failed:
             store.requeue(conn, row.id, statuses=("failed",))
             store.reset_attempts(conn, row.id)
         requeued = requeue_dead_claims(store, conn, row.id)
-        store.update_issue(conn, row.id, status="sending", started_at=row.started_at or now, paused_reason=None)
+        counts = store.delivery_counts(conn, row.id)
+        finished = row.status == "sent" and counts["queued"] == 0 and counts["sending"] == 0
+        if not finished:
+            store.update_issue(conn, row.id, status="sending", started_at=row.started_at or now, paused_reason=None)
     if requeued:
         log.info("%s: %d deliveries left in flight by a stopped run are queued again", issue.slug, requeued)
-    return PreparedSend(issue, rendered, row.id, frozen, requeued)
+    return PreparedSend(issue, rendered, row.id, frozen, requeued, factory, finished)
 
 
 def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
                retry_failed: bool = False, workers: int = 1, stop: threading.Event | None = None,
                on_progress: ProgressCallback | None = None,
                backend_factory: Callable[[], Backend] | None = None) -> SendReport:
-    """Send an issue to its frozen recipient set, resuming whatever a previous run left."""
+    """Send an issue to its frozen recipient set, resuming whatever a previous run left, until every
+    delivery is settled (also those another live sender of the same issue holds), a stop, or a pause.
+
+    Raises what `prepare_send` raises, and SendAborted when the send paused (the ledger is
+    consistent; the same call resumes it)."""
     started = time.monotonic()
+    stop = stop or threading.Event()
     prepared = prepare_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed)
+    slug = prepared.issue.slug
     with store.engine.connect() as conn:
         counts = store.delivery_counts(conn, prepared.issue_id)
-    progress = Progress(prepared.issue.slug, total=counts["queued"] + counts["sending"])
+    if prepared.already_finished:
+        return SendReport(slug, counts, 0, 0, 0, time.monotonic() - started, already_finished=True)
+    progress = Progress(slug, total=counts["queued"] + counts["sending"])
     sender = Sender(settings, store, prepared.rendered, prepared.issue_id,
                     backend_factory or (lambda: make_backend(settings)),
-                    stop=stop, progress=progress, on_progress=on_progress)
-    run_workers(sender, workers, settings.batch_size)
-    counts = settle_issue(store, prepared.issue_id, sender.abort_reason)
-    report = SendReport(prepared.issue.slug, counts, progress.sent, progress.failed, progress.skipped,
-                        time.monotonic() - started, prepared.requeued_stale, prepared.frozen)
-    if sender.abort_reason:
-        raise SendAborted(f"{prepared.issue.slug}: send paused: {sender.abort_reason}; "
-                          f"fix the cause and run `mailer send {prepared.issue.slug}` again to resume "
-                          f"({counts['sent']} sent, {counts['queued'] + counts['sending']} left)")
+                    stop=stop, progress=progress, on_progress=on_progress, factory=prepared.factory)
+    held: list[str] = []
+    try:
+        while True:
+            if counts["queued"]:
+                run_workers(sender, workers, settings.batch_size)
+            with store.begin() as conn:
+                requeue_dead_claims(store, conn, prepared.issue_id)
+                counts = store.delivery_counts(conn, prepared.issue_id)
+                _, held = live_claimants(store, conn, prepared.issue_id)
+            if sender.halted or (not counts["queued"] and not counts["sending"]):
+                break
+            if not counts["queued"]:
+                # another live sender of this issue holds the rest (two sends at once): wait for it,
+                # and take over its rows if it dies
+                sender._sleep(1.0)
+    except KeyboardInterrupt:
+        settle_issue(store, prepared.issue_id, None)
+        raise
+    except BaseException as exc:
+        settle_issue(store, prepared.issue_id, f"interrupted by an unexpected error: {type(exc).__name__}: {exc}")
+        raise
+    counts, paused = settle_issue(store, prepared.issue_id, sender.abort_reason)
+    report = SendReport(slug, counts, progress.sent, progress.failed, progress.skipped,
+                        time.monotonic() - started, prepared.requeued_stale, prepared.frozen,
+                        held_by=tuple(held) if counts["sending"] else ())
+    if paused:
+        raise SendAborted(f"{slug}: send paused: {paused}; fix the cause and run `mailer send {slug}` again to "
+                          f"resume ({counts['sent']} sent, {counts['queued'] + counts['sending']} left)")
     return report
 
 
 def run_workers(sender: Sender, workers: int, batch_size: int) -> None:
-    """`workers` threads claiming batches of the same issue (I/O-bound: threads overlap network waits)."""
-    if workers <= 1:
-        sender.run_worker(worker_id(), batch_size)
+    """`workers` threads claiming batches of the same issue (I/O-bound: threads overlap network waits).
+    A stop cuts what is still in flight STOP_GRACE seconds after it was asked."""
+    done = threading.Event()
+    watcher = threading.Thread(target=_cut_after_grace, args=(sender, done), name="mailer-stop-watch", daemon=True)
+    watcher.start()
+    try:
+        if workers <= 1:
+            sender.run_worker(worker_id(), batch_size)
+            return
+        errors: list[BaseException] = []
+
+        def target(index: int) -> None:
+            try:
+                sender.run_worker(worker_id(f"-{index}"), batch_size)
+            except BaseException as exc:  # noqa: BLE001 - surfaced below
+                errors.append(exc)
+                sender._abort(f"worker {index} crashed: {exc}")
+
+        threads = [threading.Thread(target=target, args=(i,), name=f"mailer-worker-{i}") for i in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+    finally:
+        done.set()
+
+
+def _cut_after_grace(sender: Sender, done: threading.Event) -> None:
+    while not done.is_set():
+        if sender.stop.wait(0.2):
+            break
+    if done.is_set() or done.wait(STOP_GRACE):
         return
-    errors: list[BaseException] = []
-
-    def target(index: int) -> None:
-        try:
-            sender.run_worker(worker_id(f"-{index}"), batch_size)
-        except BaseException as exc:  # noqa: BLE001 - surfaced below
-            errors.append(exc)
-            sender._abort(f"worker {index} crashed: {exc}")
-
-    threads = [threading.Thread(target=target, args=(i,), name=f"mailer-worker-{i}") for i in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    log.warning("%s: still busy %.0f s after the stop: cutting the connection; what was in flight stays queued",
+                sender.slug, STOP_GRACE)
+    sender.abort_in_flight()
 
 
 def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None = None, once: bool = False,
@@ -474,20 +749,21 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
             if sender is None:
                 try:
                     rendered = render_issue(load_issue(slug, settings.issues_dir, settings.zone), settings)
+                    factory = check_buildable(settings, rendered)
                 except MailerError as exc:
                     log.error("%s: cannot render here (%s); leaving it to another worker", slug, exc)
                     continue
                 sender = Sender(settings, store, rendered, issue_id, lambda: make_backend(settings), stop=stop,
-                                progress=Progress(slug, 0), on_progress=on_progress)
+                                progress=Progress(slug, 0), on_progress=on_progress, factory=factory)
                 senders[slug] = sender
             with store.begin() as conn:
                 requeue_dead_claims(store, conn, issue_id)
             before = sender.progress.sent
-            sender.run_worker(worker_id(), settings.batch_size)
+            run_workers(sender, 1, settings.batch_size)
             sent += sender.progress.sent - before
-            counts = settle_issue(store, issue_id, sender.abort_reason)
-            if sender.abort_reason:
-                log.error("%s: paused: %s", slug, sender.abort_reason)
+            counts, paused = settle_issue(store, issue_id, sender.abort_reason)
+            if paused:
+                log.error("%s: paused: %s", slug, paused)
                 senders.pop(slug)
             elif counts["queued"] == 0 and counts["sending"] == 0:
                 log.info("%s: finished (%d sent, %d failed, %d skipped)", slug, counts["sent"], counts["failed"],
@@ -517,6 +793,43 @@ def send_test(settings: Settings, issue_ref: str, addresses: Sequence[str]) -> l
     with make_backend(settings) as backend:
         results = backend.send_batch(Batch(factory, messages, None, formatdate(usegmt=True)))
     return results
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    """What `mailer send ISSUE` is about to do, for the confirmation prompt."""
+
+    slug: str
+    subject: str
+    list_name: str | None
+    status: str          # none (never sent) | draft | sending | paused | sent
+    recipients: int      # deliveries this run would send (new freeze, queue, failures retried, newcomers)
+    total: int           # ledger rows so far (0 before the first freeze)
+
+    def describe(self, backend: str) -> str:
+        audience = f"{self.recipients} subscriber(s)" + (f" of list {self.list_name!r}" if self.list_name else "")
+        if self.status in ("none", "draft"):
+            return f"Send {self.slug} \u201c{self.subject}\u201d through {backend} to {audience}?"
+        return (f"Resume {self.slug} \u201c{self.subject}\u201d ({self.status}) through {backend}: "
+                f"{audience} left of {self.total}?")
+
+
+def plan_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
+              retry_failed: bool = False) -> SendPlan:
+    """Read-only: who a send of `issue_ref` would reach now (nothing is frozen or sent)."""
+    issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
+    with store.engine.connect() as conn:
+        row = store.issue_row(conn, issue.slug)
+        if row is None or row.frozen_at is None:
+            recipients = store.count_unfrozen(conn, None, issue.list_name)
+            return SendPlan(issue.slug, issue.subject, issue.list_name, row.status if row else "none", recipients, 0)
+        counts = store.delivery_counts(conn, row.id)
+        recipients = counts["queued"] + counts["sending"]
+        if retry_failed:
+            recipients += counts["failed"]
+        if include_new:
+            recipients += store.count_unfrozen(conn, row.id, issue.list_name)
+        return SendPlan(issue.slug, row.subject, row.list_name, row.status, recipients, sum(counts.values()))
 
 
 def issue_status(settings: Settings, store: Store, issue_ref: str) -> dict:

@@ -52,3 +52,9 @@ class SendAborted(MailerError):
     """A send stopped before its end (too many failures in a row, interrupted); the ledger is consistent."""
 
     exit_code = 5
+
+
+class EmptyAudience(MailerError):
+    """A send whose audience is empty (no subscriber, nobody active, an unknown list): refused, nothing touched."""
+
+    exit_code = 6

@@ -1,4 +1,4 @@
-"""`mailer schedule run` / `schedule list`: issues go out on time, by themselves, exactly once.
+"""`mailer schedule run` / `schedule list`: issues go out on time, by themselves, once per cadence run.
 
 One long-lived APScheduler 3.11 `BackgroundScheduler` whose jobs live in the project's own database
 (`SQLAlchemyJobStore`, table `scheduler_jobs`, sharing the store's engine: same WAL/busy-timeout
@@ -28,7 +28,7 @@ Decisions (each one logged at INFO to ``mailer.scheduler``):
 - **due** — `send_at <= now <= send_at + grace` and not sent: sent now. This covers a send missed
   while the scheduler was down (the persisted job fires at start-up, or the rescan finds it), an
   issue folder that appeared with a `send_at` a little in the past, and a send interrupted by a
-  stop or a crash (the ledger resumes it: nobody is skipped, nobody gets two copies).
+  stop or a crash (the ledger resumes it: nobody is skipped; see dispatch for what a crash may repeat).
 - **missed** — `now > send_at + grace` and not (fully) sent: NOT sent, reported once per run in the
   log and shown as MISSED by `mailer schedule list`. Send it by hand if it still makes sense.
 - **ready** (the cadence) — the oldest issue folder (by `date`, then folder name) whose `date` is on
@@ -40,7 +40,7 @@ Decisions (each one logged at INFO to ``mailer.scheduler``):
 SIGTERM/SIGINT: the stop event handed to every `dispatch.send_issue` is set (the batch in flight
 finishes and is recorded; the ledger stays consistent), job processing is paused, running sends
 are awaited, the scheduler shuts down and `run_scheduler` returns (exit 0). A second signal exits
-at once; rows left in `sending` are put back in the queue by the next run (dead pid).
+at once; rows left in `sending` are put back in the queue by the next run (dead claimant).
 
 DST. Cron fields are wall-clock times in the schedule zone: `0 7 * * MON` fires at 07:00 local on
 either side of a change. On the autumn day a wall time that occurs twice (02:30 in Europe/Paris on

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from .errors import ConfigError, MailerError, NotFound
@@ -90,7 +91,16 @@ _FINISH_ONE = deliveries.update().where(
     deliveries.c.id == sa.bindparam("p_id"), deliveries.c.claimed_by == sa.bindparam("p_worker"),
     deliveries.c.status == "sending").values(
     status=sa.bindparam("p_status"), provider_message_id=sa.bindparam("p_provider_id"),
-    last_error=sa.bindparam("p_error"), sent_at=sa.bindparam("p_sent_at"), updated_at=sa.bindparam("p_now"))
+    last_error=sa.bindparam("p_error"), sent_at=sa.bindparam("p_sent_at"), updated_at=sa.bindparam("p_now"),
+    attempts=deliveries.c.attempts + sa.bindparam("p_inc"))
+# a recipient's answer (sent, refused) is an attempt; a skip is not
+_ANSWERED = frozenset({"sent", "failed"})
+_SUPPRESSED_AMONG = (
+    sa.select(deliveries.c.id, subscribers.c.status)
+    .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+    .where(deliveries.c.id.in_(sa.bindparam("p_ids", expanding=True)),
+           deliveries.c.claimed_by == sa.bindparam("p_worker"), deliveries.c.status == "sending",
+           subscribers.c.status != "active"))
 
 
 class Store:
@@ -309,20 +319,31 @@ class Store:
     def issue_row(self, conn: Connection, slug: str) -> sa.Row | None:
         return conn.execute(sa.select(issues).where(issues.c.slug == slug)).first()
 
+    def _insert(self, table: sa.Table):
+        """INSERT with the dialect's ON CONFLICT support (both dialects have it)."""
+        return (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
+
     def ensure_issue(self, conn: Connection, *, slug: str, subject: str, list_name: str | None,
                      web_html: str | None, issue_date: str | None, public: bool = True) -> sa.Row:
-        """The issue's row, created or (while a draft) refreshed; `public` (whether the archive shows
-        it) is a publication setting, not content: it follows issue.toml at every send, even a resumed one."""
-        row = self.issue_row(conn, slug)
-        if row is None:
-            conn.execute(issues.insert().values(slug=slug, subject=subject, list_name=list_name, status="draft",
-                                                web_html=web_html, issue_date=issue_date, public=public))
-        elif row.status == "draft":
+        """The issue's row, created as a draft if missing, and LOCKED for the rest of the transaction.
+
+        Two first sends racing: the INSERT of the second waits for the first's (ON CONFLICT DO NOTHING,
+        no duplicate-key error) and its `FOR UPDATE` waits for the first's commit, so the second sees
+        the first's freeze and joins it (SQLite's single writer serialises the same way). While a draft
+        the row is refreshed; `public` (whether the archive shows it) is a publication setting, not
+        content: it follows issue.toml at every send, even a resumed one."""
+        conn.execute(self._insert(issues).values(slug=slug, subject=subject, list_name=list_name, status="draft",
+                                                 web_html=web_html, issue_date=issue_date, public=public)
+                     .on_conflict_do_nothing(index_elements=[issues.c.slug]))
+        row = conn.execute(sa.select(issues).where(issues.c.slug == slug).with_for_update()).one()
+        if row.status == "draft":
             conn.execute(issues.update().where(issues.c.id == row.id).values(
                 subject=subject, list_name=list_name, web_html=web_html, issue_date=issue_date, public=public))
+            row = self.issue_row(conn, slug)
         elif row.public != public:
             conn.execute(issues.update().where(issues.c.id == row.id).values(public=public))
-        return self.issue_row(conn, slug)  # type: ignore[return-value]
+            row = self.issue_row(conn, slug)
+        return row  # type: ignore[return-value]
 
     def book_rate_slot(self, conn: Connection, issue_id: int, now: float, cost: float) -> float:
         """Move the issue's rate schedule forward by `cost` seconds from max(schedule, now); returns
@@ -350,9 +371,35 @@ class Store:
         if list_name:
             candidates = candidates.where(sa.exists().where(
                 (list_members.c.subscriber_id == subscribers.c.id) & (list_members.c.list_name == list_name)))
-        result = conn.execute(deliveries.insert().from_select(
-            ["issue_id", "subscriber_id", "status", "attempts", "created_at", "updated_at"], candidates))
-        return result.rowcount or 0
+        result = conn.execute(self._insert(deliveries).from_select(
+            ["issue_id", "subscriber_id", "status", "attempts", "created_at", "updated_at"], candidates)
+            .on_conflict_do_nothing(index_elements=[deliveries.c.issue_id, deliveries.c.subscriber_id])
+            .execution_options(preserve_rowcount=True))  # else -1 on PostgreSQL (SQLAlchemy 2: INSERT rowcount)
+        return max(result.rowcount, 0)
+
+    def audience(self, conn: Connection, list_name: str | None) -> dict[str, int]:
+        """Subscribers by status: of the named list, or everyone (what a freeze would draw from)."""
+        query = sa.select(subscribers.c.status, sa.func.count()).group_by(subscribers.c.status)
+        if list_name:
+            query = query.join(list_members, list_members.c.subscriber_id == subscribers.c.id).where(
+                list_members.c.list_name == list_name)
+        return {status: count for status, count in conn.execute(query)}
+
+    def list_names(self, conn: Connection) -> list[str]:
+        """Every named list with at least one member, sorted."""
+        return list(conn.execute(sa.select(list_members.c.list_name).distinct().order_by(list_members.c.list_name))
+                    .scalars())
+
+    def count_unfrozen(self, conn: Connection, issue_id: int | None, list_name: str | None) -> int:
+        """Active subscribers (of `list_name`) a freeze of `issue_id` would add now."""
+        query = sa.select(sa.func.count()).select_from(subscribers).where(subscribers.c.status == "active")
+        if issue_id is not None:
+            query = query.where(~sa.exists().where(
+                (deliveries.c.issue_id == issue_id) & (deliveries.c.subscriber_id == subscribers.c.id)))
+        if list_name:
+            query = query.where(sa.exists().where(
+                (list_members.c.subscriber_id == subscribers.c.id) & (list_members.c.list_name == list_name)))
+        return conn.execute(query).scalar_one()
 
     def claim_deliveries(self, conn: Connection, issue_id: int, worker: str, limit: int) -> list[sa.Row]:
         """Move up to `limit` queued rows to `sending` for `worker` and return them with their subscriber.
@@ -367,8 +414,7 @@ class Store:
                   .with_for_update(skip_locked=True))
         claimed = conn.execute(
             deliveries.update().where(deliveries.c.id.in_(picked.scalar_subquery()))
-            .values(status="sending", claimed_by=worker, claimed_at=now, updated_at=now,
-                    attempts=deliveries.c.attempts + 1)
+            .values(status="sending", claimed_by=worker, claimed_at=now, updated_at=now)
             .returning(deliveries.c.id)
         ).scalars().all()
         if not claimed:
@@ -383,6 +429,7 @@ class Store:
 
     def finish_deliveries(self, conn: Connection, worker: str, rows: Sequence[dict]) -> None:
         """Record outcomes in bulk: each dict has id, status and optional provider_message_id / last_error.
+        `sent` and `failed` count one attempt (the recipient's provider answered); `skipped` does not.
 
         Rows sharing an outcome (a SendGrid request: all sent, one provider id) go in one
         `UPDATE … WHERE id IN (…)`; the others (SMTP: a queue id each) through one prebuilt
@@ -398,9 +445,11 @@ class Store:
             groups.setdefault(key, []).append(row["id"])
         singles = []
         for (status, provider_id, error), ids in groups.items():
+            increment = 1 if status in _ANSWERED else 0
             if len(ids) == 1:
                 singles.append({"p_id": ids[0], "p_status": status, "p_provider_id": provider_id, "p_error": error,
-                                "p_sent_at": now if status == "sent" else None, "p_now": now, "p_worker": worker})
+                                "p_sent_at": now if status == "sent" else None, "p_now": now, "p_worker": worker,
+                                "p_inc": increment})
                 continue
             for start in range(0, len(ids), 1000):
                 conn.execute(
@@ -408,34 +457,69 @@ class Store:
                     .where(deliveries.c.id.in_(ids[start:start + 1000]), deliveries.c.claimed_by == worker,
                            deliveries.c.status == "sending")
                     .values(status=status, provider_message_id=provider_id, last_error=error,
-                            sent_at=now if status == "sent" else None, updated_at=now))
+                            sent_at=now if status == "sent" else None, updated_at=now,
+                            attempts=deliveries.c.attempts + increment))
         if singles:
             conn.execute(_FINISH_ONE, singles)
 
     def requeue(self, conn: Connection, issue_id: int, *, statuses: Sequence[str], claimed_by: Sequence[str] | None = None,
-                claimed_before: datetime | None = None, untried: bool = False) -> int:
-        """Put rows back in the queue (a crashed worker's `sending` rows, or `failed` ones on --retry-failed);
-        `untried`: the claim's attempt is taken back (the rows never reached the provider)."""
+                claimed_before: datetime | None = None) -> int:
+        """Put rows back in the queue (a stopped or crashed worker's `sending` rows, or `failed` ones on
+        --retry-failed). Attempts are untouched: they count the recipients' answers only."""
         query = deliveries.update().where(deliveries.c.issue_id == issue_id, deliveries.c.status.in_(statuses))
         if claimed_by is not None:
             query = query.where(deliveries.c.claimed_by.in_(claimed_by))
         if claimed_before is not None:
             query = query.where(deliveries.c.claimed_at < claimed_before)
-        values: dict[str, Any] = {"status": "queued", "claimed_by": None, "claimed_at": None, "updated_at": utcnow()}
-        if untried:
-            values["attempts"] = deliveries.c.attempts - 1
-        result = conn.execute(query.values(**values))
+        result = conn.execute(query.values(status="queued", claimed_by=None, claimed_at=None, updated_at=utcnow()))
         return result.rowcount or 0
 
-    def requeue_ids(self, conn: Connection, worker: str, rows: Sequence[tuple[int, str | None]]) -> None:
-        """Give specific claimed rows back to the queue after a transient refusal, keeping the reason."""
+    def requeue_ids(self, conn: Connection, worker: str, rows: Sequence[tuple[int, str | None]], *,
+                    count_attempt: bool = True) -> None:
+        """Give specific claimed rows back to the queue, keeping the reason: after a transient refusal of
+        the recipient (`count_attempt`), or when the path failed before they were tried (not counted)."""
+        if not rows:
+            return
         conn.execute(
             deliveries.update()
             .where(deliveries.c.id == sa.bindparam("b_id"), deliveries.c.claimed_by == worker,
                    deliveries.c.status == "sending")
             .values(status="queued", claimed_by=None, claimed_at=None, last_error=sa.bindparam("b_error"),
-                    updated_at=utcnow()),
+                    updated_at=utcnow(), attempts=deliveries.c.attempts + (1 if count_attempt else 0)),
             [{"b_id": delivery_id, "b_error": (error or "")[:2000]} for delivery_id, error in rows])
+
+    def forgive(self, conn: Connection, issue_id: int, spent: dict[int, int]) -> int:
+        """Take back the attempts `spent` ({delivery id: attempts}) and queue the failed rows again: their
+        refusals turned out to be the path's fault (nothing accepted around them), not the recipients'.
+        Rows already sent, skipped or being sent by someone are left alone. Returns the rows changed."""
+        by_count: dict[int, list[int]] = {}
+        for delivery_id, count in spent.items():
+            by_count.setdefault(count, []).append(delivery_id)
+        total = 0
+        for count, ids in by_count.items():
+            for start in range(0, len(ids), 1000):
+                total += conn.execute(
+                    deliveries.update()
+                    .where(deliveries.c.issue_id == issue_id, deliveries.c.id.in_(ids[start:start + 1000]),
+                           deliveries.c.status.in_(("queued", "failed")))
+                    .values(status="queued", claimed_by=None, claimed_at=None, updated_at=utcnow(),
+                            attempts=sa.case((deliveries.c.attempts > count, deliveries.c.attempts - count), else_=0))
+                ).rowcount or 0
+        return total
+
+    def suppressed_among(self, conn: Connection, worker: str, delivery_ids: Sequence[int]) -> dict[int, str]:
+        """{delivery id: subscriber status} for those of `worker`'s claimed rows whose subscriber is no
+        longer active (unsubscribed, bounced or complained a moment ago). One indexed read, prebuilt:
+        dispatch runs it right before messages leave; `finish_deliveries` then records them `skipped`."""
+        if not delivery_ids:
+            return {}
+        return dict(conn.execute(_SUPPRESSED_AMONG, {"p_ids": list(delivery_ids), "p_worker": worker}).all())
+
+    def renew_claims(self, conn: Connection, worker: str) -> int:
+        """The worker's heartbeat: its `sending` rows get a fresh `claimed_at`, so no lease expires under it."""
+        return conn.execute(deliveries.update().where(deliveries.c.claimed_by == worker,
+                                                      deliveries.c.status == "sending")
+                            .values(claimed_at=utcnow())).rowcount or 0
 
     def reset_attempts(self, conn: Connection, issue_id: int) -> None:
         conn.execute(deliveries.update().where(deliveries.c.issue_id == issue_id, deliveries.c.status == "queued")

@@ -60,8 +60,9 @@ INVALID_ADDRESS = "Does not contain a valid address."
 
 @dataclass
 class Fault:
-    """One scripted response. kind: status | hang | reset | close | ok (handled normally: lets the
-    requests before a fault through).
+    """One scripted response. kind: status | hang | trickle | reset | close | ok (handled normally: lets
+    the requests before a fault through). `trickle` starts a 202 answer and then sends one header byte
+    every `interval` seconds for `seconds` (each read succeeds: only a total deadline stops it).
 
     `after_accept`: the request is validated and recorded as accepted first, then the fault hits (the
     response is lost: the ambiguous window of a real provider call).
@@ -73,6 +74,7 @@ class Fault:
     body: Any = None
     seconds: float = 30.0
     after_accept: bool = False
+    interval: float = 0.5
 
 
 @dataclass
@@ -329,8 +331,11 @@ class SendGridServer:
     """The fake SendGrid: `start()` it (or use it as a context manager), point the backend at `.url`."""
 
     def __init__(self, api_key: str = "SG.test", *, host: str = "127.0.0.1", port: int = 0, cheap: bool = False,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, latency: float = 0.0) -> None:
         self.api_key = api_key
+        # seconds between accepting a request and answering it (a real API's latency): the window in
+        # which a crash of the client leaves an accepted request unrecorded
+        self.latency = latency
         self.forbidden_keys: set[str] = set()  # keys without the Mail Send permission → 403
         self.cheap = cheap
         self.max_body_bytes = max_body_bytes
@@ -399,6 +404,9 @@ class SendGridServer:
 
     def hang_next(self, seconds: float = 30.0, after_accept: bool = False) -> None:
         self.script(Fault("hang", seconds=seconds, after_accept=after_accept))
+
+    def trickle_next(self, seconds: float = 60.0, interval: float = 0.5, after_accept: bool = False) -> None:
+        self.script(Fault("trickle", seconds=seconds, interval=interval, after_accept=after_accept))
 
     def reset_next(self, after_accept: bool = False) -> None:
         self.script(Fault("reset", after_accept=after_accept))
@@ -518,6 +526,8 @@ class SendGridServer:
                 self.accepted.append(Accepted(message_id, body, dict(handler.headers.items()), len(raw), time.time(),
                                               sandbox))
         self._record_log(200 if sandbox else 202, body)
+        if self.latency:
+            self._stop.wait(self.latency)
         if fault is not None:  # accepted, then the response is lost
             self._apply_fault(handler, fault, body, logged=True)
             return
@@ -550,6 +560,17 @@ class SendGridServer:
             handler._reply(fault.status, fault.body, headers)
         elif fault.kind == "hang":
             self._stop.wait(fault.seconds)
+            handler._drop()
+        elif fault.kind == "trickle":
+            try:
+                handler.wfile.write(b"HTTP/1.1 202 Accepted\r\nX-Still-Thinking: ")
+                handler.wfile.flush()
+                deadline = time.monotonic() + fault.seconds
+                while time.monotonic() < deadline and not self._stop.wait(fault.interval):
+                    handler.wfile.write(b".")
+                    handler.wfile.flush()
+            except OSError:
+                pass
             handler._drop()
         elif fault.kind == "reset":
             handler._reset()

@@ -259,3 +259,125 @@ def _with_openssl(paths: Certificates) -> None:
         "-out", str(csr), "-subj", "/CN=localhost")
     run("x509", "-req", "-in", str(csr), "-CA", str(paths.ca), "-CAkey", str(ca_key), "-CAcreateserial",
         "-out", str(paths.cert), "-days", "2", "-extfile", str(ext))
+
+
+# ----- misbehaving servers (raw sockets): greetings that refuse, replies that stall or trickle -------
+class MisbehavingServer:
+    """A TCP server on 127.0.0.1 speaking just enough SMTP to misbehave at one chosen point.
+
+    `mode`:
+    - `greet-421`: answers the connection with `421 4.3.2 …` and closes (a relay that is down);
+    - `stall-greeting`: accepts the connection and never says anything;
+    - `trickle-ehlo`: greets, then answers EHLO with `250-` continuation lines, one every `interval`
+      seconds, forever (a "still thinking" server: each read succeeds, so a per-read timeout never fires);
+    - `trickle-bytes`: greets, then answers EHLO one byte every `interval` seconds, never ending the line;
+    - `stall-after-data`: a normal session until the final dot of DATA, then silence (the message may or
+      may not have been accepted: the ambiguous window).
+
+    `connections` counts accepted connections; `data_ends` counts messages whose final dot arrived.
+    """
+
+    def __init__(self, mode: str, *, interval: float = 0.5, port: int | None = None) -> None:
+        self.mode = mode
+        self.interval = interval
+        self.connections = 0
+        self.data_ends = 0
+        self._stop = threading.Event()
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", port or 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept, name=f"misbehaving-{mode}", daemon=True)
+        self._accepter.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._accepter.join(5)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(0.2)
+        reader = _LineReader(conn, self._stop)
+        try:
+            if self.mode == "greet-421":
+                conn.sendall(b"421 4.3.2 mx.test.invalid Service not available, try again later\r\n")
+                return
+            if self.mode == "stall-greeting":
+                self._stop.wait(3600)
+                return
+            conn.sendall(b"220 mx.test.invalid ESMTP\r\n")
+            in_data = False
+            while not self._stop.is_set():
+                line = reader.readline()
+                if line is None:
+                    return
+                if in_data:
+                    if line == b".\r\n":
+                        in_data = False
+                        self.data_ends += 1
+                        self._stop.wait(3600)  # stall-after-data: never answer the final dot
+                        return
+                    continue
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    if self.mode == "trickle-ehlo":
+                        n = 0
+                        while not self._stop.wait(self.interval):
+                            n += 1
+                            conn.sendall(f"250-still thinking {n}\r\n".encode())
+                        return
+                    if self.mode == "trickle-bytes":
+                        while not self._stop.wait(self.interval):
+                            conn.sendall(b"2")
+                        return
+                    conn.sendall(b"250-mx.test.invalid\r\n250 8BITMIME\r\n")
+                elif verb == b"DATA":
+                    in_data = True
+                    conn.sendall(b"354 go ahead\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 OK\r\n")
+        except OSError:
+            return
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+
+class _LineReader:
+    def __init__(self, conn: socket.socket, stop: threading.Event) -> None:
+        self.conn = conn
+        self.stop = stop
+        self.buffer = b""
+
+    def readline(self) -> bytes | None:
+        while b"\n" not in self.buffer:
+            if self.stop.is_set():
+                return None
+            try:
+                chunk = self.conn.recv(65536)
+            except socket.timeout:
+                continue
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line + b"\n"

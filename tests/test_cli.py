@@ -93,7 +93,7 @@ def test_send_then_status_then_resend_sends_nothing_twice(run, project):
     status = json.loads(run("status", "donnees-ouvertes", "--json").stdout)
     assert status["counts"]["sent"] == 5 and status["status"] == "sent"
     again = run("send", EXAMPLE_ISSUE, "--yes")
-    assert "sent 0 now (5 in all)" in again.stdout
+    assert "already sent (5 sent" in again.stdout
     assert sorted((project / "outbox" / EXAMPLE_ISSUE).glob("*.eml")) == files
 
 
@@ -160,3 +160,106 @@ def test_issue_new_transliterates_and_build_warns_about_placeholders(run, projec
     built = run("build", "trains-et-velos")
     assert "warning: " in built.stderr and "subject is still the placeholder 'Objet de la lettre'" in built.stderr
     assert "draft = true: the scheduler will not send this issue" in built.stderr
+
+
+# ----- sends that cannot go wrong quietly ---------------------------------------------------------------
+def test_a_send_to_nobody_is_refused_with_the_reason(run, project):
+    refused = run("send", EXAMPLE_ISSUE, "--yes", check_exit=6)
+    assert refused.stderr.startswith("error: refusing to send") and "no subscribers yet" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and refused.stdout == ""
+    run("subscribers", "add", "a@example.org", "--list", "premium")
+    toml = project / "issues" / EXAMPLE_ISSUE / "issue.toml"
+    toml.write_text(toml.read_text(encoding="utf-8") + '\nlist = "premuim"\n', encoding="utf-8")
+    typo = run("send", EXAMPLE_ISSUE, "--yes", check_exit=6)
+    assert "list 'premuim'" in typo.stderr and "did you mean 'premium'?" in typo.stderr
+    assert "never been sent" in run("status", EXAMPLE_ISSUE, check_exit=4).stderr
+    assert not (project / "outbox").exists()
+
+
+def test_a_rerun_of_a_finished_issue_says_so_and_writes_nothing(run, project):
+    run("subscribers", "add", "a@example.org")
+    first = run("send", EXAMPLE_ISSUE, "--yes")
+    assert "messages are in" in first.stdout
+    again = run("send", EXAMPLE_ISSUE, "--yes")
+    assert "already sent (1 sent, 0 failed, 0 skipped); nothing to do" in again.stdout
+    assert "messages are in" not in again.stdout  # none were written
+
+
+def test_the_confirmation_names_the_issue_its_subject_and_its_audience(run, project):
+    """On a terminal, `mailer send ISSUE` asks about the issue it resolved, not the argument typed."""
+    import pty
+    import select
+
+    for i in range(3):
+        run("subscribers", "add", f"r{i}@example.org")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
+    env.update(BASE_ENV)
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([*MAILER, "send", "donnees-ouvertes"], cwd=project, env=env, stdin=terminal,
+                               stdout=terminal, stderr=terminal, close_fds=True)
+    os.close(terminal)
+    seen = b""
+    try:
+        while b"[y/N]" not in seen:
+            ready, _, _ = select.select([controller], [], [], 30)
+            assert ready, seen
+            seen += os.read(controller, 4096)
+        os.write(controller, b"n\n")
+        process.wait(30)
+    finally:
+        process.kill()
+        os.close(controller)
+    prompt = seen.decode("utf-8", "replace")
+    assert f"Send {EXAMPLE_ISSUE} " in prompt and "Données ouvertes, trains de nuit" in prompt
+    assert "through outbox to 3 subscriber(s)?" in prompt
+    assert process.returncode != 0 and not (project / "outbox").exists()
+
+
+# ----- secrets stay out of what people read -------------------------------------------------------------
+def test_verbose_output_never_shows_the_api_key_or_the_subscribers(run, project):
+    from .sendgrid_server import SendGridServer
+
+    key = "SG.k3yS3cr3t-abcdefgh.ijklmnopqrstuv0123456789"
+    people = [f"lecteur{i}@example.org" for i in range(5)]
+    for address in people:
+        run("subscribers", "add", address, "--name", f"Lecteur {address[7]}")
+    with SendGridServer(key) as server:
+        env = {"MAILER_BACKEND": "sendgrid", "SENDGRID_API_KEY": key, "MAILER_SENDGRID_API_URL": server.url}
+        result = run("-v", "send", EXAMPLE_ISSUE, "--yes", extra_env=env)
+        assert len(server.recipients()) == 5
+    output = result.stdout + result.stderr
+    assert "DEBUG" in result.stderr  # -v is on
+    for secret in (key, key[3:], key.split(".")[1], key.split(".")[2]):
+        assert secret not in output
+    assert "Authorization" not in output and "Bearer" not in output
+    for address in people:
+        assert address not in output
+    assert "/u/" not in output  # no personal unsubscribe link either
+
+
+def test_credentials_in_urls_never_reach_messages(run, project):
+    run("subscribers", "add", "a@example.org")
+    result = run("send", EXAMPLE_ISSUE, "--yes", check_exit=2,
+                 extra_env={"MAILER_BACKEND": "sendgrid", "SENDGRID_API_KEY": "SG.x",
+                            "MAILER_SENDGRID_API_URL": "https://mailer:hunter2@api.sendgrid.com"})
+    assert "must not carry credentials" in result.stderr and "hunter2" not in result.stderr
+    assert "https://mailer:***@api.sendgrid.com" in result.stderr
+
+
+def test_a_send_that_cannot_build_its_messages_never_leaves_the_issue_half_started(run, project):
+    """An internationalised sender domain (a real-world case): whatever the message builder makes of it
+    — punycode, or a refusal — `send` either completes or refuses in one line with the issue untouched,
+    never a traceback and never an issue stuck in `sending`."""
+    run("subscribers", "add", "a@example.org")
+    env = {"MAILER_FROM": "Médiathèque <lettre@médiathèque-exemple.fr>",
+           "MAILER_BASE_URL": "https://lettres.médiathèque-exemple.fr"}
+    result = run("send", EXAMPLE_ISSUE, "--yes", extra_env=env, check_exit=None)
+    assert "Traceback" not in result.stderr
+    status = run("status", EXAMPLE_ISSUE, "--json", check_exit=None)
+    if result.returncode == 0:
+        assert json.loads(status.stdout)["status"] == "sent"
+    else:
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:")
+        assert status.returncode == 4  # never started: no ledger
+        fixed = run("send", EXAMPLE_ISSUE, "--yes")  # with a plain domain it goes
+        assert "sent 1 now" in fixed.stdout

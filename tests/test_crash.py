@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,10 +17,11 @@ import pytest
 
 from mailer import dispatch
 from mailer.config import load_settings
-from mailer.subscribers import import_csv
+from mailer.subscribers import add_subscriber, import_csv
 
 from .conftest import BASE_ENV, EXAMPLE_ISSUE
-from .smtp_server import ScriptedHandler, start_server
+from .sendgrid_server import SendGridServer
+from .smtp_server import MisbehavingServer, ScriptedHandler, start_server
 
 SUBSCRIBERS = 600
 
@@ -54,6 +56,13 @@ def _populate(store, project: Path) -> list[str]:
     path.write_text("email,name\n" + "".join(f"{a},Abonné {i}\n" for i, a in enumerate(addresses)), encoding="utf-8")
     assert import_csv(store, path).added == SUBSCRIBERS
     return addresses
+
+
+def _people(store, count: int) -> list[str]:
+    people = [f"lecteur{i}@example.org" for i in range(count)]
+    for address in people:
+        add_subscriber(store, address)
+    return people
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
@@ -119,3 +128,222 @@ def test_two_worker_processes_share_the_queue_without_duplicates(store, db_url, 
         assert all(n > 0 for n in sent_by), f"one worker did everything: {sent_by}"
     assert smtp_sink.handler.per_recipient() == Counter(addresses)
     assert _counts(store)["sent"] == SUBSCRIBERS
+
+
+# ----- what the README promises, in its words -------------------------------------------------------------
+def _sendgrid_env(db_url: str, url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
+    env.update(BASE_ENV)
+    env.update({"MAILER_DATABASE_URL": db_url, "MAILER_BACKEND": "sendgrid", "SENDGRID_API_KEY": "SG.test",
+                "MAILER_SENDGRID_API_URL": url, "MAILER_BATCH_SIZE": "100"})
+    env.update(extra)
+    return env
+
+
+SEND = [sys.executable, "-m", "mailer.cli", "send", EXAMPLE_ISSUE, "--yes"]
+
+
+@pytest.mark.slow
+def test_a_graceful_stop_lets_what_is_in_flight_finish_and_be_recorded_so_it_repeats_nobody_smtp(
+        store, db_url, project, smtp_sink):
+    addresses = _populate(store, project)
+    env = _env(db_url, smtp_sink.port)
+    victim = subprocess.Popen(SEND, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: len(smtp_sink.handler.messages) >= SUBSCRIBERS // 3, 60, "a third of the messages")
+    victim.send_signal(signal.SIGTERM)
+    _, stderr = victim.communicate(timeout=10)
+    assert victim.returncode == 5 and "Traceback" not in stderr, stderr
+    received = len(smtp_sink.handler.messages)
+    stopped = _counts(store)
+    assert stopped["sent"] == received and stopped["sending"] == 0  # what was in flight finished AND was recorded
+    resumed = subprocess.run(SEND, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert smtp_sink.handler.per_recipient() == Counter(addresses)  # nobody skipped, nobody twice
+
+
+@pytest.mark.slow
+def test_a_graceful_stop_lets_what_is_in_flight_finish_and_be_recorded_so_it_repeats_nobody_sendgrid(
+        store, db_url, project):
+    addresses = _populate(store, project)
+    with SendGridServer(latency=0.3) as server:  # each request answered 0.3 s after it was accepted
+        env = _sendgrid_env(db_url, server.url)
+        victim = subprocess.Popen(SEND, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: server.accepted_count >= 2, 60, "two requests")
+        victim.send_signal(signal.SIGTERM)  # most likely inside the third request's 0.3 s
+        _, stderr = victim.communicate(timeout=10)
+        assert victim.returncode == 5 and "Traceback" not in stderr, stderr
+        stopped = _counts(store)
+        assert stopped["sent"] == server.accepted_recipients and stopped["sending"] == 0
+        resumed = subprocess.run(SEND, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+        assert server.count_by_recipient() == Counter(addresses)
+
+
+@pytest.mark.slow
+def test_a_crash_may_repeat_exactly_the_recipients_of_the_sendgrid_request_in_flight(store, db_url, project):
+    """SIGKILL after SendGrid accepted a request and before its answer arrived: on resume, that request's
+    recipients (≤ MAILER_BATCH_SIZE, here 100; ≤ 1,000 at most) get a second copy with the same
+    Message-ID, and nobody else does; nobody is skipped."""
+    addresses = _populate(store, project)
+    with SendGridServer(latency=1.0) as server:
+        env = _sendgrid_env(db_url, server.url)
+        victim = subprocess.Popen(SEND, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _wait_for(lambda: server.accepted_count >= 3, 60, "three accepted requests")
+        finally:
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+        in_flight = {p["to"][0]["email"] for p in server.accepted[-1].personalizations}
+        resumed = subprocess.run(SEND, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+        counts = server.count_by_recipient()
+        assert set(counts) == set(addresses), "someone was skipped"
+        twice = {a for a, n in counts.items() if n > 1}
+        assert twice == in_flight and len(twice) <= 100 and max(counts.values()) == 2
+        for address in list(twice)[:5]:
+            copies = server.delivered_to(address)
+            assert len({c.headers["Message-ID"] for c in copies}) == 1
+
+
+def _stop_within_seconds(victim: subprocess.Popen) -> None:
+    """SIGTERM: the process ends a few seconds later (the stop grace, then the cut), paused, no traceback."""
+    signalled = time.monotonic()
+    victim.send_signal(signal.SIGTERM)
+    _, stderr = victim.communicate(timeout=30)
+    took = time.monotonic() - signalled
+    assert took < dispatch.STOP_GRACE + 3, f"the stop took {took:.1f}s"
+    assert victim.returncode == 5 and "Traceback" not in stderr, stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["stall-after-data", "trickle-ehlo"])
+def test_a_stop_takes_effect_within_seconds_against_a_stalled_smtp_server(store, db_url, project, mode):
+    """The relay goes silent after the final dot (or trickles "250-" lines forever): SIGTERM ends the
+    send within a few seconds, the message stays queued, and a resume delivers it once."""
+    people = _people(store, 3)
+    stalled = MisbehavingServer(mode, interval=0.3)
+    try:
+        env = _env(db_url, stalled.port)
+        victim = subprocess.Popen(SEND, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if mode == "stall-after-data":
+            _wait_for(lambda: stalled.data_ends >= 1, 30, "the first message's final dot")
+        else:
+            _wait_for(lambda: stalled.connections >= 1, 30, "a connection")
+            time.sleep(1.0)
+        _stop_within_seconds(victim)
+        stopped = _counts(store)
+        assert stopped["queued"] == 3 and stopped["sent"] == stopped["failed"] == stopped["sending"] == 0
+    finally:
+        stalled.stop()
+    good = start_server(ScriptedHandler())
+    try:
+        resumed = subprocess.run(SEND, cwd=project, env=_env(db_url, good.port), capture_output=True, text=True,
+                                 timeout=60)
+        assert resumed.returncode == 0, resumed.stderr
+        assert good.handler.per_recipient() == Counter(people)
+    finally:
+        good.stop()
+
+
+@pytest.mark.slow
+def test_a_stop_takes_effect_within_seconds_against_a_stalled_sendgrid(store, db_url, project):
+    people = _populate(store, project)
+    with SendGridServer() as server:
+        server.hang_next(seconds=120)
+        env = _sendgrid_env(db_url, server.url)
+        victim = subprocess.Popen(SEND, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: "hang" in server.statuses(), 30, "a request in flight")
+        _stop_within_seconds(victim)
+        assert _counts(store)["queued"] == SUBSCRIBERS
+        resumed = subprocess.run(SEND, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+        assert server.count_by_recipient() == Counter(people)
+
+
+# ----- a claimant that was PID 1 (any container) -----------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+            return [int(p) for p in handle.read().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.slow
+def test_a_sender_killed_as_pid_1_leaves_no_claim_behind(store, db_url, project, smtp_sink):
+    """`unshare --pid --fork --mount-proc`: the sender is PID 1 of its own namespace, like in a
+    container; SIGKILL it mid-send. PID 1 exists forever in every namespace, so "does the pid exist"
+    would keep its claims; its start time and namespace say it is gone: a later send resumes at once."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a pid namespace here: {probe.stderr.decode().strip()}")
+    addresses = _populate(store, project)
+    env = _env(db_url, smtp_sink.port)
+    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", *SEND], cwd=project, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:  # mid-batch (batches of 50): the killed sender holds claimed rows
+        _wait_for(lambda: len(smtp_sink.handler.messages) >= SUBSCRIBERS // 3 + 25, 60, "a third of the messages")
+    finally:
+        for child in _children(outer.pid):  # the sender: PID 1 inside, `child` outside
+            os.kill(child, signal.SIGKILL)
+        outer.wait(10)
+    with store.engine.connect() as conn:
+        holders = {c for c, _ in store.claimants(conn, store.issue_row(conn, EXAMPLE_ISSUE).id)}
+    assert holders and all(h.split(":")[1] == "1" for h in holders), holders  # claimed as PID 1
+    started = time.monotonic()
+    resumed = subprocess.run(SEND, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert time.monotonic() - started < 60  # no lease to wait out
+    per_recipient = smtp_sink.handler.per_recipient()
+    assert set(per_recipient) == set(addresses)
+    assert sum(n - 1 for n in per_recipient.values()) <= 1  # at most the message in flight
+    final = _counts(store)
+    assert final["sent"] == SUBSCRIBERS and final["queued"] == final["sending"] == 0
+
+
+# ----- two first sends at once (the loser joins the winner's freeze) ---------------------------------------
+@pytest.mark.slow
+def test_two_first_sends_at_once_freeze_once_and_deliver_each_once(store, db_url, project, smtp_sink):
+    people = _people(store, 40)
+    env = _env(db_url, smtp_sink.port)
+    source = project / "issues" / EXAMPLE_ISSUE
+    for round_number in range(5):
+        slug = f"2026-12-0{round_number + 1}-course"
+        shutil.copytree(source, project / "issues" / slug)
+        command = [sys.executable, "-m", "mailer.cli", "send", slug, "--yes"]
+        racers = [subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True) for _ in range(2)]
+        outputs = [r.communicate(timeout=120) for r in racers]
+        for racer, (out, err) in zip(racers, outputs):
+            assert racer.returncode == 0 and "Traceback" not in err, (round_number, out, err)
+        with store.engine.connect() as conn:
+            issue = store.issue_row(conn, slug)
+            counts = store.delivery_counts(conn, issue.id)
+        assert issue.status == "sent" and counts["sent"] == len(people)
+    assert smtp_sink.handler.per_recipient() == Counter({a: 5 for a in people})
+
+
+def test_a_claimant_out_of_sight_on_the_same_host_obeys_the_lease():
+    """Seen from inside a fresh pid namespace (a restarted container), a claim made in another namespace
+    cannot be checked against the kernel: it is alive while its lease runs, dead after it."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                                                         capture_output=True).returncode != 0:
+        pytest.skip("cannot create a pid namespace here")
+    script = """
+import datetime as dt
+from mailer import claimant
+me = claimant.me()
+assert me.pid == 1 and me.pidns != claimant.INITIAL_PID_NAMESPACE, me
+now = dt.datetime.now(dt.timezone.utc)
+other = f"{me.host}:1:12345:{me.boot}:4026531836:abcdef"   # PID 1 of the host namespace, another start time
+gone_ns = f"{me.host}:1:12345:{me.boot}:4026599999:abcdef"  # a namespace we cannot see
+print(claimant.is_alive(gone_ns, now - dt.timedelta(seconds=30), now),
+      claimant.is_alive(gone_ns, now - claimant.LEASE - dt.timedelta(seconds=1), now),
+      claimant.is_alive(other, now - dt.timedelta(seconds=30), now))
+"""
+    result = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", script],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False", "True"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from dataclasses import replace
 from email.header import decode_header, make_header
@@ -512,5 +513,39 @@ def test_a_split_batch_never_raises_once_part_of_it_was_accepted(sg_settings, se
         Batch(_factory(settings), tuple(_message(i) for i in range(2500)), 1))
     assert [e.personalizations for e in server.log] == [1000, 1000]  # the third request is not even tried
     assert [r.outcome for r in results[:1000]] == ["sent"] * 1000
-    assert {r.outcome for r in results[1000:]} == {"transient"} and "503" in results[1500].error
+    # the 503 was SendGrid's, not theirs: the rest is deferred (queued again, counted against nobody)
+    assert {r.outcome for r in results[1000:]} == {"deferred"} and "503" in results[1500].error
     assert len(server.accepted) == 1
+
+
+# ----- total deadline and the stop -----------------------------------------------------------------------
+@pytest.mark.parametrize("fault", ["hang", "trickle"])
+def test_a_stalled_or_trickling_answer_is_cut_at_the_total_deadline(sg_settings, server, fault):
+    """A 202 status line then one header byte every 0.2 s: every read succeeds, only a total deadline ends it."""
+    settings = sg_settings()
+    if fault == "hang":
+        server.hang_next(seconds=60)
+    else:
+        server.trickle_next(seconds=60, interval=0.2)
+    backend = SendGridBackend.from_settings(settings, timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(TransientError, match="no complete answer within 1 s"):
+        backend.send_batch(Batch(_factory(settings), (_message(1), _message(2)), 1))
+    assert 0.9 < time.monotonic() - started < 2.5
+    assert server.accepted == []
+
+
+def test_the_timeout_setting_bounds_each_request(sg_settings, server):
+    backend = SendGridBackend.from_settings(sg_settings(MAILER_SENDGRID_TIMEOUT="1.5"))
+    assert backend.timeout == 1.5
+
+
+def test_abort_cuts_a_request_in_flight_at_once(sg_settings, server):
+    settings = sg_settings()
+    server.trickle_next(seconds=60, interval=0.2)
+    backend = SendGridBackend.from_settings(settings, timeout=60)
+    threading.Timer(0.5, backend.abort).start()
+    started = time.monotonic()
+    with pytest.raises(TransientError, match="cut by a stop request"):
+        backend.send_batch(Batch(_factory(settings), (_message(1),), 1))
+    assert time.monotonic() - started < 1.5

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+import threading
+import time
 from email.utils import formatdate
 
 import pytest
@@ -17,7 +19,7 @@ import sqlalchemy as sa
 from mailer import dispatch
 from mailer.backends import make_backend
 from mailer.backends.base import Batch, OutgoingMessage, PermanentError, TransientError
-from mailer.backends.smtp import SmtpBackend, is_hard_bounce, queue_id
+from mailer.backends.smtp import SmtpBackend, is_hard_bounce, is_path_refusal, queue_id
 from mailer.config import load_settings
 from mailer.errors import ConfigError, SendAborted
 from mailer.issue import load_issue
@@ -27,7 +29,7 @@ from mailer.schema import deliveries, subscribers
 from mailer.subscribers import add_subscriber, remove_subscriber
 
 from .conftest import BASE_ENV, EXAMPLE_ISSUE
-from .smtp_server import ScriptedHandler, free_port, make_certificates, start_server
+from .smtp_server import MisbehavingServer, ScriptedHandler, free_port, make_certificates, start_server
 
 SENDER = "lettre@example.org"
 
@@ -217,10 +219,12 @@ def test_unreachable_server_is_transient(factory):
 
 
 def test_send_issue_waits_for_an_unreachable_server_then_pauses(make_settings, store, db_url):
-    settings = smtp_settings(make_settings, free_port(), db_url)
+    settings = smtp_settings(make_settings, free_port(), db_url, MAILER_PAUSE_AFTER="0.5")
     add_people(store, ["a@example.net", "b@example.net"])
-    with pytest.raises(SendAborted, match="cannot connect"):
+    started = time.monotonic()
+    with pytest.raises(SendAborted, match="cannot connect.*nobody's attempts were spent"):
         dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    assert 0.4 < time.monotonic() - started < 5
     counts = dispatch.issue_status(settings, store, EXAMPLE_ISSUE)["counts"]
     assert counts["queued"] == 2 and counts["failed"] == 0
 
@@ -264,7 +268,8 @@ def test_server_that_keeps_dropping_keeps_what_was_accepted(servers, factory):
     addresses = [f"reader{i}@example.net" for i in range(6)]
     with backend_for(server) as backend:
         results = backend.send_batch(make_batch(factory, addresses))
-    assert [r.outcome for r in results] == ["sent"] * 3 + ["transient"] * 3
+    # the server's fault, not the recipients': the rest comes back deferred (queued, no attempt counted)
+    assert [r.outcome for r in results] == ["sent"] * 3 + ["deferred"] * 3
     assert all("421" in r.error for r in results[3:])
     assert handler.per_recipient() == {a: 1 for a in addresses[:3]}
 
@@ -488,13 +493,119 @@ def test_a_systematic_refusal_pauses_the_send_and_nothing_is_lost(servers, make_
     settings = smtp_settings(make_settings, server.port, f"sqlite:///{tmp_path / 'subscribers.db'}")
     everyone = [f"reader{i}@example.net" for i in range(6)]
     add_people(sqlite_store, everyone)
-    with pytest.raises(SendAborted, match="3 messages in a row were refused .* at DATA"):
+    with pytest.raises(SendAborted, match="3 messages in a row were refused .* at DATA.*the 2 recipient.s. "
+                                          "refused meanwhile are queued again"):
         dispatch.send_issue(settings, sqlite_store, EXAMPLE_ISSUE)
     counts = dispatch.issue_status(settings, sqlite_store, EXAMPLE_ISSUE)["counts"]
-    assert (counts["failed"], counts["queued"], counts["sent"]) == (2, 4, 0)  # the third one paused the send
+    # the third refusal paused the send, and showed the first two were the relay's doing, not the
+    # recipients': nobody failed, nobody's attempts were spent
+    assert (counts["failed"], counts["queued"], counts["sent"]) == (0, 6, 0)
 
     report = dispatch.send_issue(settings, sqlite_store, EXAMPLE_ISSUE)  # fixed on the relay's side: resume
-    assert report.counts["sent"] == 4
-    report = dispatch.send_issue(settings, sqlite_store, EXAMPLE_ISSUE, retry_failed=True)
     assert report.counts["sent"] == 6 and report.counts["failed"] == 0
     assert handler.per_recipient() == {a: 1 for a in everyone}
+
+
+# ----- total deadlines and the stop (a per-read timeout is not enough) -----------------------------------
+@pytest.mark.parametrize("mode", ["stall-greeting", "trickle-ehlo", "trickle-bytes"])
+def test_a_stalling_or_trickling_server_cannot_hold_a_connection_attempt(mode):
+    """"250-still thinking" every 0.2 s (or one byte of it): every read succeeds, only a total deadline ends it."""
+    server = MisbehavingServer(mode, interval=0.2)
+    backend = SmtpBackend("127.0.0.1", server.port, tls="none", sender=SENDER, local_hostname="example.org",
+                          timeout=1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientError, match="no complete answer within 1 s"):
+            backend.open()
+        assert 0.9 < time.monotonic() - started < 2.5
+    finally:
+        backend.close()
+        server.stop()
+
+
+def test_a_server_silent_after_the_final_dot_holds_a_message_no_longer_than_the_deadline(factory):
+    server = MisbehavingServer("stall-after-data")
+    backend = SmtpBackend("127.0.0.1", server.port, tls="none", sender=SENDER, local_hostname="example.org",
+                          timeout=1.0)
+    try:
+        backend.open()
+        started = time.monotonic()
+        with pytest.raises(TransientError, match="no complete answer within 1 s"):
+            backend.send_batch(make_batch(factory, ["a@example.net", "b@example.net"]))
+        assert time.monotonic() - started < 2.5
+        assert server.data_ends == 1  # the first message reached the final dot, the second never started
+    finally:
+        backend.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("mode", ["stall-after-data", "trickle-ehlo"])
+def test_abort_cuts_what_is_in_flight_at_once(factory, mode):
+    """What dispatch calls a few seconds after SIGTERM: the message in flight comes back unsent."""
+    server = MisbehavingServer(mode, interval=0.2)
+    backend = SmtpBackend("127.0.0.1", server.port, tls="none", sender=SENDER, local_hostname="example.org",
+                          timeout=60.0)
+    try:
+        if mode == "stall-after-data":
+            backend.open()
+        timer = threading.Timer(0.5, backend.abort)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(TransientError, match="cut by a stop request"):
+            backend.send_batch(make_batch(factory, ["a@example.net"]))
+        assert time.monotonic() - started < 1.5
+    finally:
+        backend.close()
+        server.stop()
+
+
+def test_host_names_are_resolved_under_the_deadline(servers, factory):
+    server = servers()
+    with SmtpBackend("localhost", server.port, tls="none", sender=SENDER, local_hostname="example.org",
+                     timeout=5.0) as backend:
+        assert [r.outcome for r in backend.send_batch(make_batch(factory, ["a@example.net"]))] == ["sent"]
+    assert server.handler.per_recipient() == {"a@example.net": 1}
+
+
+@pytest.mark.parametrize("reply, stage, path", [
+    ("450 4.2.1 mailbox busy", "RCPT", False), ("451 4.7.1 greylisted, try later", "RCPT", False),
+    ("450 too many connections from your host", "RCPT", False), ("452 4.3.1 insufficient system storage", "RCPT", True),
+    ("451 4.3.0 temporary lookup failure", "RCPT", True), ("452 too many recipients", "RCPT", True),
+    ("421 4.3.2 shutting down", "RCPT", True), ("451 4.3.0 local error", "MAIL", True),
+    ("450 4.1.8 sender domain not found", "MAIL", True), ("451 local error in processing", "DATA", True),
+    ("451 4.7.1 greylisted at DATA", "DATA", False), ("452 4.2.2 mailbox full", "DATA", False),
+    ("550 5.1.1 user unknown", "RCPT", False),
+])
+def test_whose_fault_a_4xx_is(reply, stage, path):
+    code, _, text = reply.partition(" ")
+    assert is_path_refusal(int(code), text, stage) is path
+
+
+def test_a_path_level_4xx_to_everyone_counts_against_nobody(servers, make_settings, store, db_url):
+    """452 4.3.1 (the relay's disk is full) to every RCPT: the send pauses, nobody failed, no attempt spent."""
+    handler = ScriptedHandler(on_rcpt=lambda address: "452 4.3.1 insufficient system storage")
+    server = servers(handler)
+    settings = smtp_settings(make_settings, server.port, db_url, MAILER_PAUSE_AFTER="0.5")
+    people = [f"reader{i}@example.net" for i in range(4)]
+    add_people(store, people)
+    with pytest.raises(SendAborted, match="452 4.3.1"):
+        dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    rows = ledger(store, EXAMPLE_ISSUE)
+    assert {status for status, _, _ in rows.values()} == {"queued"}
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.max(deliveries.c.attempts))).scalar() == 0
+    handler.on_rcpt = None
+    assert dispatch.send_issue(settings, store, EXAMPLE_ISSUE).counts["sent"] == 4
+    assert handler.per_recipient() == {a: 1 for a in people}
+
+
+def test_rerunning_a_finished_issue_with_the_relay_down_changes_nothing(servers, make_settings, store, db_url):
+    server = servers()
+    settings = smtp_settings(make_settings, server.port, db_url, MAILER_PAUSE_AFTER="0.5")
+    add_people(store, ["a@example.net", "b@example.net"])
+    assert dispatch.send_issue(settings, store, EXAMPLE_ISSUE).complete
+    server.stop()  # the relay is down now
+    again = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    assert again.already_finished and again.counts["sent"] == 2
+    status = dispatch.issue_status(settings, store, EXAMPLE_ISSUE)
+    assert status["status"] == "sent" and status["paused_reason"] is None

@@ -1,10 +1,17 @@
 """The one contract every backend obeys, so `dispatch` never knows which one it drives.
 
 A backend takes a `Batch` (one issue's `MessageFactory` and up to `max_batch` messages) and returns a
-`RecipientResult` per message: sent (with the provider's id), transient (try again later) or
-permanent (never retry; `hard_bounce` when the address itself is bad). A failure of the whole batch
-raises `TransientError` (nothing was accepted: 429, 5xx, timeout, connection refused) or
-`PermanentError` (nothing will ever be accepted: bad credentials, malformed request).
+`RecipientResult` per message. Failures are classified by **whose** failure it is:
+
+- about the recipient: `transient` (this recipient was refused for now: greylisting, mailbox busy;
+  counts against them) or `permanent` (never retry; `hard_bounce` when the address itself is bad);
+- about the path: `deferred` (the message could not be handed over because the connection, the
+  server or the disk failed, or a stop cut it; it goes back to the queue and counts against nobody).
+
+A failure of the whole batch raises `TransientError` (nothing was accepted and trying later may
+work: 429, 5xx, timeout, connection refused, DNS, disk full) or `PermanentError` (nothing will be
+accepted until someone fixes something: bad credentials, a read-only folder, a malformed request).
+Neither counts against any recipient: dispatch retries with backoff, then pauses the send.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from ..errors import MailerError
 from ..message import MessageFactory
 from ..render import Recipient
 
-Outcome = Literal["sent", "transient", "permanent"]
+Outcome = Literal["sent", "transient", "permanent", "deferred"]
 
 
 class BackendError(MailerError):
@@ -80,6 +87,10 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release connections."""
+
+    def abort(self) -> None:
+        """Cut whatever is in flight now; called from another thread when a stop must take effect within
+        seconds. The interrupted call returns (`deferred` results) or raises `TransientError` promptly."""
 
     @abstractmethod
     def send_batch(self, batch: Batch) -> list[RecipientResult]:

@@ -4,18 +4,34 @@
 Needs nothing, so `make demo` and editors' test sends work anywhere. One file per recipient and
 issue, written atomically (temporary file + rename): a message resent after a crash replaces its
 own file, never adds a second copy.
+
+Nothing here is about a recipient: a failure to write is the folder's (the whole path's). A full
+disk or quota (ENOSPC, EDQUOT) or an I/O error is `TransientError` (dispatch retries with backoff,
+then pauses); a read-only or forbidden folder (EROFS, EACCES, EPERM) is `PermanentError` (the send
+pauses at once). Either way nobody's attempts are spent; once part of a batch is written, the rest
+comes back `deferred` instead, so what was written is recorded as sent.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .base import Backend, Batch, RecipientResult, TransientError
+from .base import Backend, Batch, PermanentError, RecipientResult, TransientError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._+-]")
+_NEEDS_A_FIX = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR})
+
+
+def folder_error(path: Path, exc: OSError) -> TransientError | PermanentError:
+    """The batch-level error for a failed write under `path` (see the module docstring)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _NEEDS_A_FIX:
+        return PermanentError(f"cannot write to the outbox {path}: {reason} (MAILER_OUTBOX_DIR)")
+    return TransientError(f"cannot write to the outbox {path}: {reason}")
 
 
 def safe_filename(text: str) -> str:
@@ -30,7 +46,10 @@ class OutboxBackend(Backend):
         self.directory = directory
 
     def open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise folder_error(self.directory, exc) from None
 
     def path_for(self, slug: str, email: str, subscriber_id: int | None, *, notice: bool = False) -> Path:
         """`<slug>/<subscriber id>-<address>.eml` for an issue's delivery, `<slug>/test-<address>.eml`
@@ -47,8 +66,12 @@ class OutboxBackend(Backend):
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise TransientError(f"cannot create {folder}: {exc.strerror}") from None
+            raise folder_error(folder, exc) from None
+        failure: TransientError | PermanentError | None = None
         for message in batch.messages:
+            if failure is not None:
+                results.append(RecipientResult(message, "deferred", error=str(failure)))
+                continue
             recipient = message.recipient
             path = self.path_for(batch.slug, recipient.email,
                                  recipient.subscriber_id if message.delivery_id is not None else None,
@@ -60,7 +83,14 @@ class OutboxBackend(Backend):
                     handle.write(data)
                 os.replace(tmp, path)
             except OSError as exc:
-                results.append(RecipientResult(message, "transient", error=f"{path}: {exc.strerror}"))
+                try:
+                    tmp.unlink(missing_ok=True)  # a half-written file must not stay behind
+                except OSError:
+                    pass
+                failure = folder_error(folder, exc)
+                if not results:  # nothing written yet: the whole batch failed
+                    raise failure from None
+                results.append(RecipientResult(message, "deferred", error=str(failure)))
                 continue
             results.append(RecipientResult(message, "sent", provider_message_id=str(path)))
         return results

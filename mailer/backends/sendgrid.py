@@ -16,6 +16,8 @@ Outcomes (the contract of `base.Backend`):
 * 429 → `TransientError` with `retry_after` from `Retry-After` or `X-RateLimit-Reset` (epoch s);
 * 5xx, timeouts, refused or reset connections → `TransientError` (nothing was accepted — except
   when the connection died after SendGrid accepted the request: the one ambiguous window, resent);
+  each request must be answered within `timeout` seconds in total (MAILER_SENDGRID_TIMEOUT, 30 s:
+  DNS, connection, upload and answer, see deadline.py), and `abort()` cuts it at once;
 * 401/403 (bad key, missing Mail Send permission), 413, other 4xx → `PermanentError`: the send
   pauses, nobody is marked failed;
 * 400 naming personalizations → those recipients "permanent" (`hard_bounce` when the address is
@@ -24,8 +26,8 @@ Outcomes (the contract of `base.Backend`):
   `PermanentError`.
 
 A batch is never raised on once part of it was accepted (which only happens when it must be split:
-more than 1000 messages, or one address twice): the rest is reported per recipient instead, so
-nothing accepted is ever sent again.
+more than 1000 messages, or one address twice): the rest is reported per recipient instead, as
+`deferred` (the failure was SendGrid's, not theirs), so nothing accepted is ever sent again.
 
 The library is used the fast way: a plain dict posted with `client.mail.send.post(request_body=…)`
 (≈8 ms for 1000 personalizations, against ≈51 ms with the helper classes).
@@ -37,8 +39,11 @@ import email.utils
 import http.client
 import json
 import re
+import ssl
 import time
 import unicodedata
+import urllib.parse
+import urllib.request
 from typing import Any, Sequence
 
 import python_http_client
@@ -47,10 +52,14 @@ import sendgrid
 from ..config import Settings
 from ..errors import ConfigError
 from ..message import MessageFactory, clean_header_value, list_id_header
+from ..redact import quiet_http_loggers, strip_credentials
 from ..render import Recipient, slot
 from .base import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError
+from .deadline import Guard, Watchdog
 
-DEFAULT_TIMEOUT = 30.0          # seconds per request: a hung server cannot hang a send
+quiet_http_loggers()  # python_http_client logs the Authorization header and whole payloads at DEBUG
+
+DEFAULT_TIMEOUT = 30.0          # seconds per request, in total (connection, upload, answer): see deadline.py
 MAX_PERSONALIZATIONS = 1000     # per request (also the total of to + cc + bcc)
 MAX_ARGS_BYTES = 10_000         # custom_args + substitutions, per personalization
 MAX_BAD_REQUEST_ROUNDS = 20     # follow-up requests after 400s naming recipients, per request
@@ -64,6 +73,59 @@ _ADDRESS_FIELD = re.compile(r"^personalizations\.\d+\.(?:to|cc|bcc)\.\d+\.email$
 _INVALID_ADDRESS = re.compile(r"valid", re.IGNORECASE)
 _NAME_FORBIDDEN = re.compile(r"[,;]")
 _CATEGORY_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class _GuardedHTTPConnection(http.client.HTTPConnection):
+    """Connects through the request's guard, so the deadline and a stop cover DNS and connect too."""
+
+    def __init__(self, *args: Any, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = lambda address, timeout, source=None: guard.open_connection(
+            address[0], address[1], timeout if isinstance(timeout, (int, float)) else None)
+
+
+class _GuardedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = lambda address, timeout, source=None: guard.open_connection(
+            address[0], address[1], timeout if isinstance(timeout, (int, float)) else None)
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, guard: Guard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def http_open(self, req):  # noqa: ANN001, ANN201 - urllib's signature
+        return self.do_open(_GuardedHTTPConnection, req, guard=self.guard)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, guard: Guard, context: ssl.SSLContext) -> None:
+        super().__init__(context=context)
+        self.guard = guard
+
+    def https_open(self, req):  # noqa: ANN001, ANN201
+        return self.do_open(_GuardedHTTPSConnection, req, guard=self.guard, context=self._context)
+
+
+class _GuardedClient(python_http_client.Client):
+    """The library's client for `/v3/mail/send`, whose requests go through guarded connections.
+
+    `_make_request` is the library's documented seam for the transport ("separated into its own
+    function"); the URL, headers, JSON encoding and the HTTPError subclasses stay the library's.
+    """
+
+    guard: Guard | None = None
+    ssl_context: ssl.SSLContext | None = None
+
+    def _make_request(self, opener, request, timeout=None):  # noqa: ANN001, ANN201 - the library's signature
+        if self.guard is not None:
+            if self.ssl_context is None:
+                self.ssl_context = ssl.create_default_context()
+            opener = urllib.request.build_opener(_GuardedHTTPHandler(self.guard),
+                                                 _GuardedHTTPSHandler(self.guard, self.ssl_context))
+        return super()._make_request(opener, request, timeout)
 
 
 class _BadRequest(Exception):
@@ -161,10 +223,15 @@ class SendGridBackend(Backend):
         self.settings = settings
         self.api_key = api_key
         self.api_url = api_host(api_url or settings.sendgrid_api_url)
+        self.shown_url = strip_credentials(self.api_url)  # what messages and the ledger may show
         self.sandbox = settings.sendgrid_sandbox if sandbox is None else sandbox
-        self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+        if self.timeout <= 0:
+            raise ConfigError(f"MAILER_SENDGRID_TIMEOUT must be a positive number of seconds, not {timeout!r}")
         self.requests_sent = 0
         self._client: sendgrid.SendGridAPIClient | None = None
+        self._send: _GuardedClient | None = None
+        self._watchdog = Watchdog("mailer-sendgrid-deadlines")
         self._static_for: MessageFactory | None = None
         self._static: dict[str, Any] = {}
         self._marker_items: tuple[tuple[str, str], ...] = ()
@@ -175,22 +242,35 @@ class SendGridBackend(Backend):
             raise ConfigError("SENDGRID_API_KEY is missing for the sendgrid backend")
         if not settings.sendgrid_api_url.startswith(("http://", "https://")):
             raise ConfigError(f"MAILER_SENDGRID_API_URL must start with http:// or https://, "
-                              f"not {settings.sendgrid_api_url!r}")
-        timeout = getattr(settings, "sendgrid_timeout", None)  # MAILER_SENDGRID_TIMEOUT, once config has it
-        if timeout and "timeout" not in kwargs:
-            kwargs["timeout"] = float(timeout)
+                              f"not {strip_credentials(settings.sendgrid_api_url)!r}")
+        if "@" in urllib.parse.urlsplit(settings.sendgrid_api_url).netloc:
+            raise ConfigError(f"MAILER_SENDGRID_API_URL must not carry credentials "
+                              f"({strip_credentials(settings.sendgrid_api_url)}): SendGrid authenticates with "
+                              f"SENDGRID_API_KEY")
+        kwargs.setdefault("timeout", settings.sendgrid_timeout)  # MAILER_SENDGRID_TIMEOUT
         return cls(settings.sendgrid_api_key, settings=settings, **kwargs)
 
     # ----- lifecycle ------------------------------------------------------------------------------
     def open(self) -> None:
         if self._client is None:
             client = sendgrid.SendGridAPIClient(api_key=self.api_key, host=self.api_url)
-            client.client.timeout = self.timeout  # propagated to every derived python_http_client.Client
+            client.client.timeout = self.timeout  # per socket operation; the guard bounds the whole request
+            base = client.client
+            self._send = _GuardedClient(host=base.host, request_headers=base.request_headers, version=3,
+                                        url_path=["mail", "send"], append_slash=base.append_slash,
+                                        timeout=self.timeout)
             self._client = client
 
     def close(self) -> None:
         self._client = None
+        self._send = None
         self._static_for = None
+        self._watchdog.close()
+
+    def abort(self) -> None:
+        """Cut the request in flight now (from any thread); it raises `TransientError` at once and its
+        recipients stay queued. Later requests of this backend fail at once."""
+        self._watchdog.abort()
 
     # ----- building -------------------------------------------------------------------------------
     def static_part(self, factory: MessageFactory, slug: str) -> dict[str, Any]:
@@ -315,7 +395,7 @@ class SendGridBackend(Backend):
                 # reported per recipient, and not tried again in this call
                 retry_after = failure.retry_after if isinstance(failure, TransientError) else None
                 for index, _ in chunk:
-                    results.setdefault(index, RecipientResult(batch.messages[index], "transient", error=str(failure),
+                    results.setdefault(index, RecipientResult(batch.messages[index], "deferred", error=str(failure),
                                                               retry_after=retry_after))
                 continue
             for index, result in chunk_results.items():
@@ -345,7 +425,7 @@ class SendGridBackend(Backend):
                     error = PermanentError(f"SendGrid refused the request (400): {_error_lines(bad.errors)}")
                     if results:  # some recipients already settled: report the rest as transient
                         for index, _ in pending:
-                            results[index] = RecipientResult(batch.messages[index], "transient", error=str(error))
+                            results[index] = RecipientResult(batch.messages[index], "deferred", error=str(error))
                         return results
                     raise error from None
                 for position, (reason, hard) in rejected.items():
@@ -361,7 +441,7 @@ class SendGridBackend(Backend):
                 if not results:
                     raise
                 for index, _ in pending:  # a follow-up failed: the refused ones stay settled
-                    results[index] = RecipientResult(batch.messages[index], "transient", error=str(exc),
+                    results[index] = RecipientResult(batch.messages[index], "deferred", error=str(exc),
                                                      retry_after=exc.retry_after)
                 return results
             provider_id = response.headers.get("X-Message-Id") if response.headers is not None else None
@@ -402,17 +482,27 @@ class SendGridBackend(Backend):
         return rejected
 
     def _post(self, body: dict[str, Any]):
-        assert self._client is not None
-        try:
-            response = self._client.client.mail.send.post(request_body=body)
-        except python_http_client.exceptions.HTTPError as exc:
-            self.requests_sent += 1
-            raise self._translate(exc) from None
-        except (OSError, http.client.HTTPException) as exc:
-            # URLError (refused, DNS), TimeoutError, ConnectionResetError, RemoteDisconnected, IncompleteRead…
-            self.requests_sent += 1
-            reason = getattr(exc, "reason", None) or exc
-            raise TransientError(f"SendGrid at {self.api_url} unreachable: {type(exc).__name__}: {reason}") from None
+        assert self._send is not None
+        with self._watchdog.guard(self.timeout) as guard:
+            self._send.guard = guard
+            try:
+                guard.check()
+                response = self._send.post(request_body=body)
+                if guard.cut:  # an answer cut short (a trickle): its status line alone is no answer
+                    raise http.client.IncompleteRead(b"")
+            except python_http_client.exceptions.HTTPError as exc:
+                self.requests_sent += 1
+                raise self._translate(exc) from None
+            except (OSError, http.client.HTTPException) as exc:
+                # URLError (refused, DNS), TimeoutError, ConnectionResetError, RemoteDisconnected, IncompleteRead…
+                self.requests_sent += 1
+                if guard.interrupted():
+                    raise TransientError(f"SendGrid at {self.shown_url}: {guard.why()}") from None
+                reason = getattr(exc, "reason", None) or exc
+                raise TransientError(strip_credentials(
+                    f"SendGrid at {self.shown_url} unreachable: {type(exc).__name__}: {reason}")) from None
+            finally:
+                self._send.guard = None
         self.requests_sent += 1
         return response
 
@@ -436,4 +526,4 @@ class SendGridBackend(Backend):
             return TransientError(f"SendGrid error {status}" + (f": {detail}" if detail else ""),
                                   retry_after=retry_after_from(getattr(exc, "headers", None)))
         return PermanentError(f"SendGrid answered {status}" + (f": {detail}" if detail else "")
-                              + f" (is MAILER_SENDGRID_API_URL={self.api_url} right?)")
+                              + f" (is MAILER_SENDGRID_API_URL={self.shown_url} right?)")

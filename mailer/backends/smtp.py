@@ -22,10 +22,16 @@ How messages go out:
 
 Outcomes, per message: 2xx → sent (provider id = the server's queue id when its reply names one,
 else the Message-ID); 5xx → permanent (`hard_bounce` for a refused mailbox: 550/551/553 at RCPT or an
-enhanced status 5.1.x / 5.2.1, never 5.7.x policy refusals); 4xx → transient. A 421 or a dropped
+enhanced status 5.1.x / 5.2.1, never 5.7.x policy refusals); a 4xx about the recipient → transient,
+a 4xx about the relay (`is_path_refusal`: 421, MAIL 4xx, 452, 4.3.x…) → deferred. A 421 or a dropped
 connection reconnects once and resends that message; when that fails too, the lane stops and what
-it had not sent comes back transient — messages already accepted stay `sent`, whatever happens
-afterwards. A call in which nothing was accepted or refused because no connection could be had
+it had not sent comes back `deferred` (counted against nobody) — messages already accepted stay
+`sent`, whatever happens afterwards.
+
+Deadlines (deadline.py): each message, its reconnection included, and each connection attempt
+(DNS, TCP, greeting, EHLO, STARTTLS, AUTH) must finish within `timeout` seconds in total
+(MAILER_SMTP_TIMEOUT, 60 s), however slowly the server trickles its replies; `abort()` cuts every
+connection at once (dispatch calls it a few seconds after a stop). A call in which nothing was accepted or refused because no connection could be had
 raises `TransientError`; bad credentials (535), an untrusted certificate, a server without STARTTLS
 (never a silent fall-back to clear text) or without AUTH raise `PermanentError` (from `open()`,
 before dispatch claims anything). Refusals that are about the issue rather than the recipient (MAIL
@@ -53,10 +59,13 @@ from typing import Callable
 from ..config import Settings
 from ..errors import ConfigError, InvalidAddress
 from .base import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError
+from .deadline import Guard, Watchdog
 
 log = logging.getLogger("mailer.smtp")
 
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+DEFAULT_TIMEOUT = 60.0  # seconds: total per message (its reconnection included) and per connection attempt
+CLOSE_TIMEOUT = 5.0     # seconds for QUIT when closing: a stalled server must not hold a stop
 HARD_BOUNCE_CODES = frozenset({550, 551, 553})  # at RCPT: "no such user", "user not local", "bad mailbox name"
 SYSTEMATIC_REFUSALS = 3  # MAIL/DATA refused (5xx) this many times with nothing accepted → the batch can't go
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -82,6 +91,17 @@ class _ClientMixin:
     """
 
     last_data_reply: tuple[int, bytes] | None = None
+    guard: Guard | None = None  # set by the backend: the deadline and stop of the operation in progress
+
+    def _get_socket(self, host, port, timeout):  # noqa: ANN001, ANN202 - smtplib's signature
+        """Resolve and connect under the guard (DNS and a blackholed SYN obey the deadline and the stop);
+        implicit TLS is negotiated on the guarded socket, against the configured host name."""
+        if self.guard is None:
+            return super()._get_socket(host, port, timeout)
+        sock = self.guard.open_connection(host, port, timeout)
+        if isinstance(self, smtplib.SMTP_SSL):
+            sock = self.context.wrap_socket(sock, server_hostname=self._host)
+        return sock
 
     def mail(self, sender, options=()):  # noqa: ANN001, ANN201 - smtplib's signature
         optionlist = ""
@@ -192,6 +212,24 @@ def is_hard_bounce(code: int, resp: bytes | str, stage: str) -> bool:
     return stage == "RCPT" and code in HARD_BOUNCE_CODES
 
 
+def is_path_refusal(code: int, resp: bytes | str, stage: str) -> bool:
+    """Is this 4xx about the server or the session rather than the recipient (so it must not count
+    against them)? RFC 5321 4.2 / RFC 3463: 421 anywhere (service closing); any 4xx to MAIL (about the
+    sender); at RCPT 452 (insufficient storage, too many recipients) and enhanced 4.3.x (mail system)
+    or 4.5.x (protocol); at DATA (one recipient per transaction here) anything but 4.2.x (mailbox) and
+    4.7.x (greylisting, policy). Everything else at RCPT (450/451 greylisting, 4.2.x mailbox busy or
+    full, 4.1.x, 4.4.x routing to that domain) is the recipient's."""
+    if not 400 <= code < 500:
+        return False
+    if code == 421 or stage == "MAIL":
+        return True
+    enhanced = _ENHANCED.match(_text(resp))
+    subject = int(enhanced.group(2)) if enhanced else None
+    if stage == "DATA":
+        return subject not in (2, 7)
+    return code == 452 or subject in (3, 5)
+
+
 def queue_id(resp: bytes | str) -> str | None:
     """The server's queue id, when its 250 reply to DATA names one (Postfix, Exim, SendGrid…)."""
     match = _QUEUE_ID.search(_text(resp))
@@ -212,7 +250,7 @@ class SmtpBackend(Backend):
 
     def __init__(self, host: str, port: int | None = None, *, tls: str = "starttls", username: str = "",
                  password: str = "", sender: str, local_hostname: str = "localhost", pool: int = 1,
-                 timeout: float = 60.0, ssl_context: ssl.SSLContext | None = None, cafile: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, ssl_context: ssl.SSLContext | None = None, cafile: str | None = None,
                  max_batch: int | None = None, ledger_step: int | None = None) -> None:
         if not host:
             raise ConfigError("MAILER_SMTP_HOST is missing for the smtp backend")
@@ -230,7 +268,10 @@ class SmtpBackend(Backend):
         self.sender = sender
         self.local_hostname = _ascii_hostname(local_hostname or "localhost")
         self.pool = max(1, int(pool))
-        self.timeout = timeout
+        if not timeout or timeout <= 0:
+            raise ConfigError(f"MAILER_SMTP_TIMEOUT must be a positive number of seconds, not {timeout!r}")
+        self.timeout = float(timeout)  # total per message and per connection attempt (module docstring)
+        self._watchdog = Watchdog("mailer-smtp-deadlines")
         if max_batch is not None:
             self.max_batch = max_batch
         if ledger_step is not None:
@@ -250,7 +291,8 @@ class SmtpBackend(Backend):
             raise ConfigError("MAILER_SMTP_HOST is missing for the smtp backend")
         options = dict(port=settings.smtp_port or None, tls=settings.smtp_tls, username=settings.smtp_username,
                        password=settings.smtp_password, sender=settings.sender_email,
-                       local_hostname=settings.sender_domain, pool=settings.smtp_pool)
+                       local_hostname=settings.sender_domain, pool=settings.smtp_pool,
+                       timeout=settings.smtp_timeout)
         options.update(overrides)
         return cls(settings.smtp_host, **options)
 
@@ -270,7 +312,8 @@ class SmtpBackend(Backend):
         Raises `PermanentError` (credentials, certificate, no STARTTLS/AUTH) or `TransientError`
         (unreachable, 4xx greeting), which dispatch retries with backoff before claiming anything.
         """
-        self._connect(self._lanes[0])
+        with self._watchdog.guard(self.timeout) as guard:
+            self._connect(self._lanes[0], guard)
 
     def close(self) -> None:
         if self._executor is not None:
@@ -280,66 +323,79 @@ class SmtpBackend(Backend):
             client = lane.client
             if client is None:
                 continue
-            try:
-                client.quit()
-            except (smtplib.SMTPException, OSError):
-                pass
+            if not self._watchdog.aborted:
+                with self._watchdog.guard(min(CLOSE_TIMEOUT, self.timeout)) as guard:
+                    guard.attach(client.sock)
+                    try:
+                        client.quit()
+                    except (smtplib.SMTPException, OSError):
+                        pass
             lane.drop()
+        self._watchdog.close()
+
+    def abort(self) -> None:
+        """Cut every connection now (from any thread): the message in flight comes back `deferred`
+        (it stays queued), and nothing more is sent by this backend."""
+        self._watchdog.abort()
 
     # ----- connecting --------------------------------------------------------------------------
-    def _connect(self, lane: _Lane) -> smtplib.SMTP:
-        """Open (or return) the lane's connection: connect, EHLO, STARTTLS, AUTH."""
+    def _connect(self, lane: _Lane, guard: Guard) -> smtplib.SMTP:
+        """Open (or return) the lane's connection: connect, EHLO, STARTTLS, AUTH, all within `guard`."""
         if lane.client is not None:
             return lane.client
         client: smtplib.SMTP | None = None
         try:
+            guard.check()
             if self.tls == "ssl":
-                client = _SSLClient(self.host, self.port, local_hostname=self.local_hostname,
-                                    timeout=self.timeout, context=self.ssl_context)
+                client = _SSLClient(local_hostname=self.local_hostname, timeout=self.timeout, context=self.ssl_context)
             else:
-                client = _Client(self.host, self.port, local_hostname=self.local_hostname, timeout=self.timeout)
+                client = _Client(local_hostname=self.local_hostname, timeout=self.timeout)
+            client._host = self.host  # what TLS verifies (smtplib sets it only when connecting in __init__)
+            client.guard = guard
+            code, greeting = client.connect(self.host, self.port)
             lane.connections += 1
+            if code != 220:  # what smtplib.SMTP(host) checks when it connects in __init__
+                raise smtplib.SMTPConnectError(code, greeting)
             if client.sock is not None:
                 client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client.ehlo()
+            _ehlo(client)
             if self.tls == "starttls":
                 if not client.has_extn("starttls"):
                     raise PermanentError(f"{self.where} does not offer STARTTLS; refusing to send in clear "
                                          f"(MAILER_SMTP_TLS=ssl for implicit TLS, or none for a trusted relay)")
                 client.starttls(context=self.ssl_context)
-                client.ehlo()
+                _ehlo(client)
             if self.username:
                 client.login(self.username, self.password)
+            guard.check()  # a reply cut short by the deadline or a stop is no session
         except PermanentError:
             _close_quietly(client)
             raise
-        except smtplib.SMTPAuthenticationError as exc:
-            _close_quietly(client)
-            message = (f"{self.where} refused the login of {self.username!r}: {_reply(exc.smtp_code, exc.smtp_error)} "
-                       f"(check MAILER_SMTP_USERNAME / MAILER_SMTP_PASSWORD)")
-            if 400 <= exc.smtp_code < 500:
-                raise TransientError(message) from None
-            raise PermanentError(message) from None
-        except smtplib.SMTPNotSupportedError as exc:
-            _close_quietly(client)
-            raise PermanentError(f"{self.where}: {exc} (MAILER_SMTP_USERNAME is set, but the server offers "
-                                 f"no AUTH on this connection; does it want TLS?)") from None
-        except ssl.SSLCertVerificationError as exc:
-            _close_quietly(client)
-            raise PermanentError(f"{self.where}: TLS certificate not trusted ({exc.verify_message or exc}); "
-                                 f"install the CA or fix the host name") from None
-        except (smtplib.SMTPConnectError, smtplib.SMTPHeloError, smtplib.SMTPResponseException) as exc:
-            _close_quietly(client)
-            message = f"{self.where} refused the session: {_reply(exc.smtp_code, exc.smtp_error)}"
-            if exc.smtp_code >= 500:
-                raise PermanentError(message) from None
-            raise TransientError(message) from None
         except (smtplib.SMTPException, OSError) as exc:
             _close_quietly(client)
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
-            raise TransientError(f"cannot connect to {self.where}: {reason}") from None
+            if guard.interrupted():  # cut by the deadline or a stop: whatever smtplib parsed is no answer
+                raise TransientError(f"cannot connect to {self.where}: {guard.why()}") from None
+            raise self._session_error(exc) from None
         lane.client = client
         return client
+
+    def _session_error(self, exc: Exception) -> TransientError | PermanentError:
+        """What a failure to open a session means: bad credentials, TLS or a 5xx are for a human to fix
+        (permanent); the rest may pass (transient)."""
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            message = (f"{self.where} refused the login of {self.username!r}: {_reply(exc.smtp_code, exc.smtp_error)} "
+                       f"(check MAILER_SMTP_USERNAME / MAILER_SMTP_PASSWORD)")
+            return TransientError(message) if 400 <= exc.smtp_code < 500 else PermanentError(message)
+        if isinstance(exc, smtplib.SMTPNotSupportedError):
+            return PermanentError(f"{self.where}: {exc} (MAILER_SMTP_USERNAME is set, but the server offers "
+                                  f"no AUTH on this connection; does it want TLS?)")
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return PermanentError(f"{self.where}: TLS certificate not trusted ({exc.verify_message or exc}); "
+                                  f"install the CA or fix the host name")
+        if isinstance(exc, smtplib.SMTPResponseException):  # SMTPConnectError, SMTPHeloError included
+            message = f"{self.where} refused the session: {_reply(exc.smtp_code, exc.smtp_error)}"
+            return PermanentError(message) if exc.smtp_code >= 500 else TransientError(message)
+        return TransientError(f"cannot connect to {self.where}: {_os_reason(exc)}")
 
     # ----- sending -----------------------------------------------------------------------------
     def send_batch(self, batch: Batch) -> list[RecipientResult]:
@@ -365,13 +421,15 @@ class SmtpBackend(Backend):
             # the whole batch instead of failing recipients for what is the server's or the setup's fault.
             if state.stop_reason:
                 raise PermanentError(state.stop_reason)
-            decided = any(r is not None and r.outcome != "transient" for r in state.results)
-            if not decided and state.permanent_reason:
+            answered = any(r is not None and r.outcome != "deferred" for r in state.results)
+            if not answered and state.permanent_reason:
                 raise PermanentError(state.permanent_reason)
-            if not decided and state.down_reasons and all(r is None for r in state.results):
-                raise TransientError(state.down_reasons[0])
+            if not answered:
+                reasons = state.down_reasons + [r.error for r in state.results if r is not None and r.error]
+                if reasons:
+                    raise TransientError(reasons[0])
         reason = state.stop_reason or (state.down_reasons[0] if state.down_reasons else "not sent")
-        return [r if r is not None else RecipientResult(m, "transient", error=reason)
+        return [r if r is not None else RecipientResult(m, "deferred", error=reason)
                 for m, r in zip(state.messages, state.results)]
 
     def _run_lane(self, lane: _Lane, batch: Batch, state: _BatchState) -> None:
@@ -403,16 +461,23 @@ class SmtpBackend(Backend):
                     log.exception("%s: on_result callback failed", self.where)
 
     def _deliver(self, lane: _Lane, batch: Batch, message: OutgoingMessage, state: _BatchState) -> RecipientResult:
-        """Send one message on the lane, reconnecting once if the connection is lost."""
+        """Send one message on the lane, reconnecting once if the connection is lost; the whole of it
+        (reconnection included) within `timeout` seconds, and cut at once by `abort()`."""
+        with self._watchdog.guard(self.timeout) as guard:
+            return self._deliver_guarded(lane, batch, message, state, guard)
+
+    def _deliver_guarded(self, lane: _Lane, batch: Batch, message: OutgoingMessage, state: _BatchState,
+                         guard: Guard) -> RecipientResult:
         recipient = message.recipient.email
         options = self._mail_options(recipient, lane)
         data: bytes | None = None
         lost: str | None = None
         for attempt in (1, 2):
             try:
-                client = self._connect(lane)
+                client = self._connect(lane, guard)
             except (TransientError, PermanentError) as exc:
                 raise _LaneDown(str(exc), permanent=isinstance(exc, PermanentError)) from None
+            guard.attach(client.sock)
             if options is None:
                 options = self._mail_options(recipient, lane)
             if isinstance(options, str):  # the address cannot be sent to through this server
@@ -425,25 +490,14 @@ class SmtpBackend(Backend):
             envelope_to = options[1]
             try:
                 client.sendmail(self.sender, [envelope_to], data, mail_options=options[0])
-            except smtplib.SMTPRecipientsRefused as exc:
-                code, resp = next(iter(exc.recipients.values()), (0, b""))
-                if code != 421:
-                    return self._refused(message, code, resp, "RCPT", state)
-                lost = f"RCPT {_reply(code, resp)}"
-            except smtplib.SMTPSenderRefused as exc:
-                if exc.smtp_code != 421:
-                    return self._refused(message, exc.smtp_code, exc.smtp_error, "MAIL", state)
-                lost = f"MAIL {_reply(exc.smtp_code, exc.smtp_error)}"
-            except smtplib.SMTPDataError as exc:
-                if exc.smtp_code != 421:
-                    _reset(lane)
-                    return self._refused(message, exc.smtp_code, exc.smtp_error, "DATA", state)
-                lost = f"DATA {_reply(exc.smtp_code, exc.smtp_error)}"
-            except smtplib.SMTPNotSupportedError as exc:
-                return RecipientResult(message, "permanent", error=f"{self.where}: {exc}")
             except (smtplib.SMTPException, OSError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
-                lost = f"connection lost: {reason}"
+                if guard.interrupted():  # cut mid-reply: whatever smtplib parsed is not the server's answer
+                    lost = f"connection lost: {guard.why()}"
+                else:
+                    outcome = self._answer(lane, message, exc, state)
+                    if isinstance(outcome, RecipientResult):
+                        return outcome
+                    lost = outcome
             else:
                 reply = getattr(client, "last_data_reply", None)
                 provider_id = (queue_id(reply[1]) if reply else None) or message.message_id
@@ -452,10 +506,34 @@ class SmtpBackend(Backend):
                     self._streak.clear()
                 return RecipientResult(message, "sent", provider_message_id=provider_id)
             lane.drop()
+            if guard.interrupted():  # the deadline passed or a stop came: no second try within this message
+                log.warning("%s: %s; lane %d stops for this batch", self.where, lost, lane.index)
+                raise _LaneDown(f"{self.where}: {lost}")
             if attempt == 1:
                 log.info("%s: %s; reconnecting (lane %d)", self.where, lost, lane.index)
         log.warning("%s: %s again after reconnecting; lane %d stops for this batch", self.where, lost, lane.index)
         raise _LaneDown(f"{self.where}: {lost}")
+
+    def _answer(self, lane: _Lane, message: OutgoingMessage, exc: Exception,
+                state: _BatchState) -> RecipientResult | str:
+        """The server's refusal as this recipient's result, or (a str) why the connection is lost."""
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            code, resp = next(iter(exc.recipients.values()), (0, b""))
+            if code != 421:
+                return self._refused(message, code, resp, "RCPT", state)
+            return f"RCPT {_reply(code, resp)}"
+        if isinstance(exc, smtplib.SMTPSenderRefused):
+            if exc.smtp_code != 421:
+                return self._refused(message, exc.smtp_code, exc.smtp_error, "MAIL", state)
+            return f"MAIL {_reply(exc.smtp_code, exc.smtp_error)}"
+        if isinstance(exc, smtplib.SMTPDataError):
+            if exc.smtp_code != 421:
+                _reset(lane)
+                return self._refused(message, exc.smtp_code, exc.smtp_error, "DATA", state)
+            return f"DATA {_reply(exc.smtp_code, exc.smtp_error)}"
+        if isinstance(exc, smtplib.SMTPNotSupportedError):
+            return RecipientResult(message, "permanent", error=f"{self.where}: {exc}")
+        return f"connection lost: {_os_reason(exc)}"
 
     def _mail_options(self, recipient: str, lane: _Lane) -> tuple[list[str], str] | str | None:
         """(MAIL options, envelope recipient), an error text, or None until connected (needs EHLO)."""
@@ -487,7 +565,7 @@ class SmtpBackend(Backend):
                 if state.stop_reason is None:
                     state.stop_reason = (f"{len(self._streak)} messages in a row {what} (last: {error}); "
                                          f"check the sender address and the message")
-                return RecipientResult(message, "transient", error=error)
+                return RecipientResult(message, "deferred", error=error)
         return RecipientResult(message, "permanent", error=error)
 
     def _unbuildable(self, message: OutgoingMessage, exc: Exception, state: _BatchState) -> RecipientResult:
@@ -501,12 +579,29 @@ class SmtpBackend(Backend):
                  state: _BatchState) -> RecipientResult:
         error = f"{stage} {_reply(code, resp)}"
         if code < 500:
-            return RecipientResult(message, "transient", error=error)
+            return RecipientResult(message, "deferred" if is_path_refusal(code, resp, stage) else "transient",
+                                   error=error)
         if stage in ("MAIL", "DATA"):
             result = self._systematic(message, error, state, f"were refused by {self.where} at {stage}")
-            if result.outcome == "transient":
+            if result.outcome == "deferred":
                 return result
         return RecipientResult(message, "permanent", error=error, hard_bounce=is_hard_bounce(code, resp, stage))
+
+
+def _os_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _ehlo(client: smtplib.SMTP) -> None:
+    """EHLO, insisting on a 2xx (smtplib returns any other code silently; a reply cut short by the
+    deadline parses as one)."""
+    code, reply = client.ehlo()
+    if code >= 500:  # a server without ESMTP (RFC 5321 3.2): HELO
+        code, reply = client.helo()
+    if not 200 <= code < 300:
+        raise smtplib.SMTPHeloError(code, reply)
 
 
 def _close_quietly(client: smtplib.SMTP | None) -> None:
