@@ -19,7 +19,7 @@ demo: $(STAMP)
 	rm -rf outbox/$(DEMO_ISSUE) subscribers/demo.db subscribers/demo.db-*
 	MAILER_DATABASE_URL=$(DEMO_DB) $(BIN)/mailer build $(DEMO_ISSUE)
 	MAILER_DATABASE_URL=$(DEMO_DB) $(BIN)/mailer subscribers import subscribers/example.csv
-	MAILER_DATABASE_URL=$(DEMO_DB) $(BIN)/mailer send $(DEMO_ISSUE) --yes
+	MAILER_DATABASE_URL=$(DEMO_DB) $(BIN)/mailer send $(DEMO_ISSUE) --yes --allow-draft  # the example is a draft
 	MAILER_DATABASE_URL=$(DEMO_DB) $(BIN)/mailer status $(DEMO_ISSUE)
 	@echo
 	@echo "One .eml per subscriber:"; ls -1 outbox/$(DEMO_ISSUE)/*.eml

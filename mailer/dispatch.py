@@ -35,7 +35,7 @@ from . import tokens
 from .backends import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError, make_backend
 from .config import Settings, secret_key_for
 from .errors import MailerError, NotFound, SendAborted
-from .issue import Issue, load_issue
+from .issue import Issue, draft_refusal, load_issue, placeholder_warning
 from .message import MessageFactory
 from .render import Recipient, RenderedIssue, render_issue
 from .store import Store, utcnow
@@ -379,10 +379,22 @@ class PreparedSend:
 
 
 def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
-                 retry_failed: bool = False) -> PreparedSend:
-    """Everything that must hold before the first message goes: config, issue, render, freeze."""
+                 retry_failed: bool = False, allow_draft: bool = False) -> PreparedSend:
+    """Everything that must hold before the first message goes: config, issue, render, freeze.
+
+    Raises DraftIssue for an issue marked `draft = true` whose edition is not frozen yet (a send
+    already started resumes), unless `allow_draft`.
+    """
     settings.require_for_send()
     issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
+    if issue.draft and not allow_draft:
+        with store.engine.connect() as conn:
+            existing = store.issue_row(conn, issue.slug)
+        if existing is None or existing.frozen_at is None:
+            raise draft_refusal(issue)
+    warning = placeholder_warning(issue)
+    if warning:
+        log.warning("%s", warning)
     rendered = render_issue(issue, settings)
     make_backend(settings)  # constructing checks the backend's own settings
     secret_key_for(settings)
@@ -408,10 +420,11 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
 def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
                retry_failed: bool = False, workers: int = 1, stop: threading.Event | None = None,
                on_progress: ProgressCallback | None = None,
-               backend_factory: Callable[[], Backend] | None = None) -> SendReport:
-    """Send an issue to its frozen recipient set, resuming whatever a previous run left."""
+               backend_factory: Callable[[], Backend] | None = None, allow_draft: bool = False) -> SendReport:
+    """Send an issue to its frozen recipient set, resuming whatever a previous run left (drafts: see prepare_send)."""
     started = time.monotonic()
-    prepared = prepare_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed)
+    prepared = prepare_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
+                            allow_draft=allow_draft)
     with store.engine.connect() as conn:
         counts = store.delivery_counts(conn, prepared.issue_id)
     progress = Progress(prepared.issue.slug, total=counts["queued"] + counts["sending"])

@@ -23,7 +23,7 @@ from markupsafe import Markup
 from . import i18n, markup
 from .config import Settings
 from .errors import RenderError, SourceError
-from .issue import Issue
+from .issue import Issue, holds
 
 GMAIL_CLIP_BYTES = 102 * 1024
 SLOT_PREFIX = "%%mailer:"
@@ -271,7 +271,10 @@ def _normalise_text(text: str) -> str:
 
 
 def build_warnings(rendered: RenderedIssue) -> Iterable[str]:
-    """What an editor should fix before sending; nothing here blocks a send."""
+    """What an editor should fix before sending; nothing here blocks a send (a draft is refused by
+    `mailer send` itself, see issue.holds)."""
+    for _reason, line in holds(rendered.issue):
+        yield line
     sample = rendered.html.fill(rendered.slot_values(Recipient(
         email="sample.reader@example.org", name="Sample Reader",
         unsubscribe_url=f"{rendered.settings.base_url}/u/{'x' * 43}")))

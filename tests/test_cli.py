@@ -49,6 +49,7 @@ def test_bad_brief_is_one_line_error_naming_file_and_line(run, project):
     assert lines[0].startswith("error: ") and "2026-12-03-casse/briefs.txt:2: empty brief" in lines[0]
 
 
+@pytest.mark.slow  # > 2 s: several CLI processes
 def test_subscriber_commands(run):
     run("subscribers", "add", "Camille@Example.org", "--name", "Camille")
     run("subscribers", "add", "b@example.org")
@@ -84,6 +85,7 @@ def test_export_to_file_and_stdout(run, project):
     assert len(exported.strip().splitlines()) == 6
 
 
+@pytest.mark.slow  # > 2 s: several CLI processes
 def test_send_then_status_then_resend_sends_nothing_twice(run, project):
     run("subscribers", "import", "subscribers/example.csv")
     first = run("send", EXAMPLE_ISSUE, "--yes")
