@@ -29,8 +29,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+## test-fast: under 30 s: no browser, no slow test (wall-clock scheduler runs, whole-year DST sweeps, CLI tests
+## over 2 s), spread over the machine's cores (pytest-xdist)
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not browser"
+	$(BIN)/python -m pytest -q -m "not slow and not browser" -n auto
 
 bench: $(STAMP)
 	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

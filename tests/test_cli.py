@@ -76,6 +76,7 @@ def test_import_reports_rejected_lines_and_summary(run, project):
     assert "liste.csv:4: rejected 'un@example.org': duplicate" in result.stderr
 
 
+@pytest.mark.slow  # > 2 s: several CLI processes
 def test_export_to_file_and_stdout(run, project):
     run("subscribers", "import", "subscribers/example.csv")
     run("subscribers", "export", "out.csv")
@@ -104,6 +105,7 @@ def test_send_refuses_without_confirmation_when_not_interactive(run):
     assert "add --yes" in result.stderr
 
 
+@pytest.mark.slow  # > 2 s: several CLI processes
 def test_missing_settings_stop_the_send_before_anything(run, project):
     run("subscribers", "add", "a@example.org")
     result = run("send", EXAMPLE_ISSUE, "--yes", extra_env={"MAILER_BACKEND": "smtp", "MAILER_POSTAL_ADDRESS": ""},
@@ -120,6 +122,7 @@ def test_invalid_setting_value_is_named(run):
     assert "MAILER_RATE_LIMIT" in result.stderr and "'vite'" in result.stderr
 
 
+@pytest.mark.slow  # > 2 s: several CLI processes
 def test_test_send_does_not_touch_the_ledger(run, project):
     run("subscribers", "add", "a@example.org")
     result = run("send", EXAMPLE_ISSUE, "--test", "moi@example.org,collegue@example.org")
