@@ -266,7 +266,7 @@ def schedule_run() -> None:
 @click.option("--now", "now_text", default=None, metavar="ISO",
               help="Show the schedule as of this moment (ISO 8601, e.g. 2027-03-29T00:00:00+02:00; "
                    "without an offset, in MAILER_TIMEZONE) instead of the current time.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object (shape below).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (shape above).")
 @handle_errors
 def schedule_list(now_text: str | None, as_json: bool) -> None:
     """What is due, ready, held or missed, when (local zone and UTC), and the cadence's next 5 runs.
