@@ -19,7 +19,7 @@ demo: $(STAMP)
 	rm -rf outbox/$(DEMO_ISSUE) subscribers/demo.db subscribers/demo.db-*
 	MAILER_DATABASE_URL=$(DEMO_DB) $(BIN)/mailer build $(DEMO_ISSUE)
 	MAILER_DATABASE_URL=$(DEMO_DB) $(BIN)/mailer subscribers import subscribers/example.csv
-	MAILER_DATABASE_URL=$(DEMO_DB) $(BIN)/mailer send $(DEMO_ISSUE) --yes
+	MAILER_DATABASE_URL=$(DEMO_DB) $(BIN)/mailer send $(DEMO_ISSUE) --yes --allow-draft  # the example is a draft
 	MAILER_DATABASE_URL=$(DEMO_DB) $(BIN)/mailer status $(DEMO_ISSUE)
 	@echo
 	@echo "One .eml per subscriber:"; ls -1 outbox/$(DEMO_ISSUE)/*.eml
@@ -29,8 +29,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+## test-fast: under 30 s: no browser, no slow test (wall-clock scheduler runs, whole-year DST sweeps, CLI tests
+## over 2 s), spread over the machine's cores (pytest-xdist)
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not browser"
+	$(BIN)/python -m pytest -q -m "not slow and not browser" -n auto
 
 bench: $(STAMP)
 	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

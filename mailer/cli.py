@@ -157,10 +157,15 @@ def preview(issue_ref: str, port: int, host: str) -> None:
 @click.option("--retry-failed", is_flag=True, help="Queue failed deliveries again.")
 @click.option("--include-new", is_flag=True, help="Also send to subscribers who joined after the freeze.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--allow-draft", is_flag=True, help="Send it even though its issue.toml says draft = true.")
 @handle_errors
 def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bool, include_new: bool,
-         workers: int) -> None:
-    """Send ISSUE to every active subscriber (or a test to --test addresses)."""
+         workers: int, allow_draft: bool) -> None:
+    """Send ISSUE to every active subscriber (or a test to --test addresses).
+
+    An issue whose issue.toml says draft = true is refused (remove the line when it is ready, or
+    pass --allow-draft); --test works on drafts.
+    """
     from . import dispatch
     settings = _settings()
     if test_addresses:
@@ -187,7 +192,7 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
                    total=progress.total or None)
 
         report = dispatch.send_issue(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
-                                     workers=workers, stop=stop, on_progress=on_progress)
+                                     workers=workers, stop=stop, on_progress=on_progress, allow_draft=allow_draft)
     counts = report.counts
     if report.already_finished:
         click.echo(f"{report.issue}: already sent ({counts['sent']} sent, {counts['failed']} failed, "
@@ -278,12 +283,31 @@ def schedule_run() -> None:
 
 
 @schedule.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--now", "now_text", default=None, metavar="ISO",
+              help="Show the schedule as of this moment (ISO 8601, e.g. 2027-03-29T00:00:00+02:00; "
+                   "without an offset, in MAILER_TIMEZONE) instead of the current time.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (shape above).")
 @handle_errors
-def schedule_list(as_json: bool) -> None:
-    """What is due, when (local zone and UTC), and what was missed."""
-    from .scheduler import describe_schedule
-    click.echo(describe_schedule(_settings(), as_json=as_json))
+def schedule_list(now_text: str | None, as_json: bool) -> None:
+    """What is due, ready, held or missed, when (local zone and UTC), and the cadence's next 5 runs.
+
+    \b
+    --json prints one object:
+      now, now_local        the moment shown (ISO 8601, UTC and MAILER_TIMEZONE)
+      timezone, grace_seconds
+      issues[]              slug, date, send_at, send_at_local, send_at_utc,
+                            state (sent|paused|draft|placeholder|error|scheduled|due|missed|unscheduled),
+                            due, missed, draft, ready, not_ready, cadence_run, warnings[],
+                            ledger {status, sent, total, left, counts, paused_reason, text}, job, error
+      cadence               null, or cron, timezone, next_runs[] {at, at_utc, issue},
+                            next_fire_local, next_fire_utc, next_issue, stored_run, stored_run_state
+      cadence_in_flight[]   slug, started, ledger, resumable
+    Times with an offset are ISO 8601 with the zone's offset (2027-03-29T00:00:00+02:00).
+    """
+    from .plan import describe_schedule, parse_moment
+    settings = _settings()
+    now = parse_moment(now_text, settings.zone) if now_text is not None else None
+    click.echo(describe_schedule(settings, as_json=as_json, now=now))
 
 
 # ----- subscribers ----------------------------------------------------------------------------

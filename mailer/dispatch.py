@@ -47,7 +47,7 @@ from . import claimant, tokens
 from .backends import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError, make_backend
 from .config import Settings, secret_key_for
 from .errors import EmptyAudience, MailerError, NotFound, RenderError, SendAborted
-from .issue import Issue, load_issue
+from .issue import Issue, draft_refusal, load_issue, placeholder_warning
 from .message import MessageFactory
 from .redact import strip_credentials
 from .render import Recipient, RenderedIssue, render_issue, render_web_edition
@@ -596,16 +596,25 @@ def empty_audience_reason(store: Store, conn: Connection, issue: Issue) -> str:
 
 
 def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
-                 retry_failed: bool = False) -> PreparedSend:
+                 retry_failed: bool = False, allow_draft: bool = False) -> PreparedSend:
     """Everything that must hold before the first message goes: config, issue, render, one sample
     message — then, in one transaction holding the issue's row, the freeze.
 
     Raises ConfigError / SourceError / RenderError (nothing touched), EmptyAudience (nobody to send to:
-    nothing touched either). A finished issue is left as it is (`already_finished`) unless
-    `retry_failed` or `include_new` find someone to send to.
+    nothing touched either), DraftIssue for an issue marked `draft = true` whose edition is not frozen
+    yet (a send already started resumes), unless `allow_draft`. A finished issue is left as it is
+    (`already_finished`) unless `retry_failed` or `include_new` find someone to send to.
     """
     settings.require_for_send()
     issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
+    if issue.draft and not allow_draft:
+        with store.engine.connect() as conn:
+            existing = store.issue_row(conn, issue.slug)
+        if existing is None or existing.frozen_at is None:
+            raise draft_refusal(issue)
+    warning = placeholder_warning(issue)
+    if warning:
+        log.warning("%s", warning)
     rendered = render_issue(issue, settings)
     make_backend(settings)  # constructing checks the backend's own settings
     factory = check_buildable(settings, rendered)
@@ -638,15 +647,16 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
 def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
                retry_failed: bool = False, workers: int = 1, stop: threading.Event | None = None,
                on_progress: ProgressCallback | None = None,
-               backend_factory: Callable[[], Backend] | None = None) -> SendReport:
+               backend_factory: Callable[[], Backend] | None = None, allow_draft: bool = False) -> SendReport:
     """Send an issue to its frozen recipient set, resuming whatever a previous run left, until every
     delivery is settled (also those another live sender of the same issue holds), a stop, or a pause.
 
-    Raises what `prepare_send` raises, and SendAborted when the send paused (the ledger is
-    consistent; the same call resumes it)."""
+    Raises what `prepare_send` raises (drafts: see there), and SendAborted when the send paused (the
+    ledger is consistent; the same call resumes it)."""
     started = time.monotonic()
     stop = stop or threading.Event()
-    prepared = prepare_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed)
+    prepared = prepare_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
+                            allow_draft=allow_draft)
     slug = prepared.issue.slug
     with store.engine.connect() as conn:
         counts = store.delivery_counts(conn, prepared.issue_id)

@@ -30,6 +30,12 @@ class SourceError(MailerError):
         super().__init__(f"{where}: {message}")
 
 
+class DraftIssue(MailerError):
+    """A real send of an issue whose issue.toml says `draft = true` (names the file and line)."""
+
+    exit_code = 3
+
+
 class RenderError(MailerError):
     """The template or the MJML could not be turned into an email."""
 

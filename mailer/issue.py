@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
@@ -12,7 +13,7 @@ from zoneinfo import ZoneInfo
 from slugify import slugify
 
 from .briefs import Brief, brief_files, control_character, describe_character, parse_file, read_text
-from .errors import NotFound, SourceError
+from .errors import DraftIssue, MailerError, NotFound, SourceError
 
 ISSUE_FILE = "issue.toml"
 ISSUE_KEYS = ("subject", "preheader", "date", "send_at", "template", "intro", "list", "archive", "greeting", "draft")
@@ -33,6 +34,8 @@ class Issue:
     template: str = DEFAULT_TEMPLATE
     list_name: str | None = None
     archive: bool | None = None  # issue.toml `archive`: True lists it, False hides it, None: the rule below
+    greeting: bool | str = True  # issue.toml `greeting`: false, or a pattern like "Salut {name} !"
+    draft: bool = False  # issue.toml `draft = true` (a fresh scaffold): never ready for the scheduler
 
     @property
     def public(self) -> bool:
@@ -41,8 +44,6 @@ class Issue:
         if self.archive is not None:
             return self.archive
         return self.list_name is None and not getattr(self, "segment", None)
-    greeting: bool | str = True  # issue.toml `greeting`: false, or a pattern like "Salut {name} !"
-    draft: bool = False  # issue.toml `draft = true` (a fresh scaffold): never ready for the scheduler
 
     def source_files(self) -> list[Path]:
         """Every file whose change changes the email (the preview watches these)."""
@@ -80,10 +81,7 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
         raise SourceError(toml_path, f"malformed TOML: {exc}", int(found.group(1)) if found else None) from None
 
     def line_of(key: str) -> int | None:
-        for number, line in enumerate(text.split("\n"), start=1):
-            if re.match(rf"^\s*{re.escape(key)}\s*=", line):
-                return number
-        return None
+        return key_line(text, key)
 
     for key in meta:
         if key not in ISSUE_KEYS:
@@ -155,6 +153,70 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
     )
 
 
+def key_line(toml_text: str, key: str) -> int | None:
+    """The line (1-based) of `key = …` in an issue.toml's text, for messages; None if absent."""
+    for number, line in enumerate(toml_text.split("\n"), start=1):
+        if re.match(rf"^\s*{re.escape(key)}\s*=", line):
+            return number
+    return None
+
+
+def where(issue: Issue, key: str) -> str:
+    """`issues/<slug>/issue.toml:LINE` of `key` (without `:LINE` when the key is absent), for messages."""
+    path = issue.folder / ISSUE_FILE
+    line = key_line(read_text(path), key)
+    return f"{path}:{line}" if line else str(path)
+
+
+def draft_refusal(issue: Issue) -> MailerError:
+    """The error that stops a send of a draft from starting, pointing at its `draft = true` line."""
+    return DraftIssue(f"{where(issue, 'draft')}: draft = true: this issue is a draft and is not sent; remove that "
+                      "line when it is ready, or send it as it is with --allow-draft (test sends with --test work "
+                      "on drafts)")
+
+
+# Subjects that say nobody has written one yet: what `mailer issue new` writes (fr, en) and the usual
+# stand-ins. Compared without case, accents, punctuation or spacing ("[Sujet]", "TODO: objet").
+PLACEHOLDER_SUBJECTS = ("Objet de la lettre", "Subject of the issue", "Sujet", "Objet", "Subject", "Titre", "Title",
+                        "Sans titre", "Untitled", "Test", "À compléter", "To do", "TODO", "TBD", "TBA", "FIXME", "XXX")
+_PLACEHOLDER_PREFIXES = ("todo ", "tbd ", "fixme ", "xxx ", "lorem ipsum")
+
+
+def _comparable(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
+    letters = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+    return " ".join(re.sub(r"[\W_]+", " ", letters).split())
+
+
+_PLACEHOLDER_KEYS = frozenset(_comparable(s) for s in PLACEHOLDER_SUBJECTS)
+
+
+def is_placeholder_subject(subject: str) -> bool:
+    """True for a subject nobody wrote: the scaffold's, or a stand-in such as "TODO", "[Sujet]", "Lorem ipsum…"."""
+    key = _comparable(subject)
+    return key in _PLACEHOLDER_KEYS or f"{key} ".startswith(_PLACEHOLDER_PREFIXES)
+
+
+def placeholder_warning(issue: Issue) -> str | None:
+    """One line for `build`, `send` and the scheduler when the subject is a placeholder; else None."""
+    if not is_placeholder_subject(issue.subject):
+        return None
+    return f"{where(issue, 'subject')}: the subject {issue.subject!r} is a placeholder: write the real one"
+
+
+def holds(issue: Issue) -> list[tuple[str, str]]:
+    """What keeps the scheduler from starting this issue, as (reason, line naming file:line):
+    ("draft", …) for `draft = true`, ("placeholder subject", …). Empty when nothing does."""
+    found = []
+    if issue.draft:
+        found.append(("draft", f"{where(issue, 'draft')}: draft = true: the scheduler holds it and `mailer send` "
+                               "refuses it; remove the line when the issue is ready"))
+    warning = placeholder_warning(issue)
+    if warning:
+        found.append(("placeholder subject", warning))
+    return found
+
+
 def _parse_date(value: object, folder_name: str, path: Path, line: int | None) -> date:
     if value is None:
         # The folder name usually starts with the date (issues/2026-11-27-gaia-x).
@@ -175,7 +237,8 @@ def _parse_date(value: object, folder_name: str, path: Path, line: int | None) -
 
 
 def _parse_send_at(value: object, zone: ZoneInfo, path: Path, line: int | None) -> datetime | None:
-    """send_at is a TOML date-time or an ISO string; without an offset it is read in MAILER_TIMEZONE."""
+    """send_at is a TOML date-time or an ISO string; without an offset it is read in MAILER_TIMEZONE
+    (a wall time the spring change skips means the instant of the jump; a repeated one, its first)."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -188,7 +251,8 @@ def _parse_send_at(value: object, zone: ZoneInfo, path: Path, line: int | None) 
     if isinstance(value, time) or not isinstance(value, datetime):
         raise SourceError(path, f"send_at must be a date and time, not {value!r}", line)
     if value.tzinfo is None:
-        value = value.replace(tzinfo=zone)
+        from .cadence import localize  # the one rule for wall times a DST change skips or repeats
+        value = localize(value, zone)
     return value
 
 
@@ -214,20 +278,17 @@ SCAFFOLD_TEXT = {
 
 
 def scaffold_warnings(issue: Issue) -> list[str]:
-    """What a build should point out in an issue still holding `mailer issue new`'s placeholders."""
+    """What a build should point out in an issue still holding `mailer issue new`'s placeholder
+    preheader, intro or briefs (a placeholder subject and `draft = true` are in `holds`)."""
     toml_path = issue.folder / ISSUE_FILE
     warnings = []
-    for texts in SCAFFOLD_TEXT.values():
-        for key in ("subject", "preheader"):
-            if getattr(issue, key) == texts[key]:
-                warnings.append(f"{toml_path}: {key} is still the placeholder {texts[key]!r}: write the real one")
+    for texts in SCAFFOLD_TEXT.values():  # the subject and `draft` are `holds`'s (they hold a send)
+        if issue.preheader == texts["preheader"]:
+            warnings.append(f"{toml_path}: preheader is still the placeholder {texts['preheader']!r}: write the real one")
         if issue.intro == texts["intro"]:
             warnings.append(f"{toml_path.parent}: the intro is still the placeholder {texts['intro']!r}")
         warnings.extend(f"{brief.where}: brief is still the placeholder {brief.body!r}"
                         for brief in issue.briefs if brief.body in texts["briefs"])
-    if issue.draft:
-        warnings.append(f"{toml_path}: draft = true: the scheduler will not send this issue; "
-                        "remove the line when it is ready")
     return warnings
 
 

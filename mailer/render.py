@@ -25,7 +25,7 @@ from .briefs import control_character, describe_character
 from .config import Settings, secret_key_for
 from .errors import RenderError, SourceError
 from .headers import clean_display_name
-from .issue import Issue, scaffold_warnings
+from .issue import Issue, holds, scaffold_warnings
 
 GMAIL_CLIP_BYTES = 102 * 1024
 SLOT_PREFIX = "%%mailer:"
@@ -390,7 +390,10 @@ def _normalise_text(text: str) -> str:
 
 
 def build_warnings(rendered: RenderedIssue) -> Iterable[str]:
-    """What an editor should fix before sending; nothing here blocks a send."""
+    """What an editor should fix before sending; nothing here blocks a send (a draft is refused by
+    `mailer send` itself, see issue.holds)."""
+    for _reason, line in holds(rendered.issue):
+        yield line
     sample = rendered.html.fill(rendered.slot_values(Recipient(
         email="sample.reader@example.org", name="Sample Reader",
         unsubscribe_url=f"{rendered.settings.base_url}/u/{'x' * 43}")))

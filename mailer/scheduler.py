@@ -1,4 +1,8 @@
-"""`mailer schedule run` / `schedule list`: issues go out on time, by themselves, once per cadence run.
+"""`mailer schedule run`: issues go out on time, by themselves, once per cadence run (the ledger decides who is sent).
+
+(Over 400 lines because the job store's reconciliation, the sends and the stop on a signal share
+one runtime object and its locks; what the schedule *is* lives in `mailer.plan`, the cadence's
+DST rule in `mailer.cadence`.)
 
 One long-lived APScheduler 3.11 `BackgroundScheduler` whose jobs live in the project's own database
 (`SQLAlchemyJobStore`, table `scheduler_jobs`, sharing the store's engine: same WAL/busy-timeout
@@ -31,311 +35,71 @@ Decisions (each one logged at INFO to ``mailer.scheduler``):
   stop or a crash (the ledger resumes it: nobody is skipped; see dispatch for what a crash may repeat).
 - **missed** — `now > send_at + grace` and not (fully) sent: NOT sent, reported once per run in the
   log and shown as MISSED by `mailer schedule list`. Send it by hand if it still makes sense.
+- **held** — an issue whose `issue.toml` says `draft = true`, or whose subject is a placeholder
+  (`issue.is_placeholder_subject`: the scaffold's, "TODO", "[Sujet]"…), is never *started* by the
+  scheduler, by its `send_at` or by the cadence: its job is dropped and a WARNING says why (once per
+  folder version). Removing the line (or writing the subject) makes it schedulable again; a send
+  already started (edition frozen) resumes as usual.
 - **ready** (the cadence) — the oldest issue folder (by `date`, then folder name) whose `date` is on
   or before today (in the schedule zone), that has no `send_at` of its own, that loads without
-  error, and whose ledger is not complete and not paused. One issue per cadence run; none ready →
-  "skipped: nothing ready" is logged. Keep already-published issues that never went through
-  `mailer` out of `issues/` (or the cadence will consider them unsent).
+  error, is not held, and whose ledger is not complete and not paused. One issue per cadence run;
+  none ready → "skipped: nothing ready" is logged, naming the held ones. Keep already-published
+  issues that never went through `mailer` out of `issues/` (or the cadence will consider them unsent).
 
 SIGTERM/SIGINT: the stop event handed to every `dispatch.send_issue` is set (the batch in flight
 finishes and is recorded; the ledger stays consistent), job processing is paused, running sends
 are awaited, the scheduler shuts down and `run_scheduler` returns (exit 0). A second signal exits
 at once; rows left in `sending` are put back in the queue by the next run (dead claimant).
 
-DST. Cron fields are wall-clock times in the schedule zone: `0 7 * * MON` fires at 07:00 local on
-either side of a change. On the autumn day a wall time that occurs twice (02:30 in Europe/Paris on
-2026-10-25) fires ONCE, at its first occurrence (02:30 CEST = 00:30 UTC): plain APScheduler fires
-it twice, and a second cadence run would send the *next* ready issue. On the spring day a wall time
-that does not exist (02:30 on 2027-03-28) fires once, an hour later on the clock (03:30 CEST =
-01:30 UTC, i.e. 02:30 in the old offset). Day-of-week numbers follow crontab (0 and 7 = Sunday,
-1 = Monday…), unlike APScheduler 3's `from_crontab` (0 = Monday); names (MON…SUN) are safest.
-When both day-of-month and day-of-week are restricted, both must match (APScheduler semantics;
-crontab ORs them).
+DST. Cron fields are wall-clock times in the schedule zone, and `mailer.cadence.CadenceTrigger`
+fires each wall time once: `0 7 * * MON` at 07:00 local on either side of a change; a wall time the
+autumn change repeats at its first occurrence; one the spring change skips at the instant the clocks
+jump (02:30 on 2027-03-28 in Europe/Paris → 03:00 CEST). Plain APScheduler loses whole runs in the
+midnight hour around a spring change (apscheduler#606) and fires a repeated wall time twice — a
+second cadence run would send the *next* ready issue. The rules and why they are ours: cadence.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import pickle
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
+from datetime import datetime, timedelta, timezone
 from typing import Any
-from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 
+# CadenceTrigger is imported here too: job stores written before it moved to mailer.cadence
+# reference it as mailer.scheduler.CadenceTrigger.
+from .cadence import CadenceTrigger  # noqa: F401
 from .config import Settings
-from .errors import ConfigError, MailerError, SendAborted
-from .issue import ISSUE_FILE, find_issue_folder, load_issue
+from .errors import MailerError, SendAborted
+from .issue import find_issue_folder, holds, load_issue
+from .plan import (CADENCE_JOB, ISSUE_PREFIX, JOBS_TABLE, MARKER_PREFIX, IssueEntry, cadence_trigger, classify,
+                   folder_fingerprint, grace_seconds, next_ready_issue, read_ledger, scan_issues)
+from .plan import format_moment as _fmt
+from .plan import format_span as _span
 from .store import Store, as_utc, open_store, utcnow
 
 log = logging.getLogger("mailer.scheduler")
 
-JOBS_TABLE = "scheduler_jobs"
-CADENCE_JOB = "cadence"
-ISSUE_PREFIX = "issue:"
-MARKER_PREFIX = "cadence:"
 RESUME_PREFIX = "cadence-resume:"
 SEND_FUNC = "mailer.scheduler:send_due_issue"
 CADENCE_FUNC = "mailer.scheduler:run_cadence"
 EXECUTOR_THREADS = 4
 
 
-# ----- the cadence trigger -------------------------------------------------------------------------
-_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbering: 0 = Sunday
-
-
-def _wall_time_exists(moment: datetime) -> bool:
-    """True when this wall-clock reading (with its fold) really occurs in its zone."""
-    back = moment.astimezone(timezone.utc).astimezone(moment.tzinfo)
-    return back.replace(tzinfo=None) == moment.replace(tzinfo=None)
-
-
-def is_repeated_wall_time(moment: datetime) -> bool:
-    """The second occurrence of a wall time the autumn change repeats (02:30 CET after 02:30 CEST)."""
-    if moment.tzinfo is None:
-        return False
-    first, second = moment.replace(fold=0), moment.replace(fold=1)
-    if first.utcoffset() == second.utcoffset():
-        return False
-    if not (_wall_time_exists(first) and _wall_time_exists(second)):
-        return False  # a spring gap, not a repetition
-    return moment.utcoffset() == second.utcoffset()
-
-
-class CadenceTrigger(CronTrigger):
-    """A `CronTrigger` that fires a wall time repeated by a DST change once, not twice."""
-
-    def get_next_fire_time(self, previous_fire_time, now):  # noqa: ANN001 - APScheduler's signature
-        candidate = super().get_next_fire_time(previous_fire_time, now)
-        while candidate is not None and is_repeated_wall_time(candidate):
-            candidate = super().get_next_fire_time(candidate, candidate)
-        return candidate
-
-
-def _day_number(text: str, expr: str) -> int:
-    text = text.strip().lower()
-    if text.isdigit():
-        value = int(text)
-        if 0 <= value <= 7:
-            return value
-    elif len(text) >= 3 and text[:3] in _DAY_NAMES:
-        return _DAY_NAMES.index(text[:3])
-    raise ConfigError(f"schedule cron {expr!r}: {text!r} is not a day of the week (0-7 or MON…SUN)")
-
-
-def crontab_weekdays(field_text: str, expr: str = "") -> str:
-    """A crontab day-of-week field (0/7 = Sunday, names, ranges, steps) as APScheduler day names."""
-    field_text = field_text.strip().lower()
-    if field_text in ("*", "?"):
-        return "*"
-    days: set[int] = set()
-    for part in field_text.split(","):
-        span, _, step_text = part.partition("/")
-        try:
-            step = int(step_text) if step_text else 1
-        except ValueError:
-            raise ConfigError(f"schedule cron {expr!r}: bad step in {part!r}") from None
-        if step < 1:
-            raise ConfigError(f"schedule cron {expr!r}: bad step in {part!r}")
-        if span in ("*", "?"):
-            low, high = 0, 6
-        elif "-" in span:
-            start, end = span.split("-", 1)
-            low, high = _day_number(start, expr), _day_number(end, expr)
-            if high < low:
-                raise ConfigError(f"schedule cron {expr!r}: range {span!r} runs backwards")
-        else:
-            low = _day_number(span, expr)
-            high = 6 if step_text else low
-        days.update(day % 7 for day in range(low, high + 1, step))
-    if len(days) == 7:
-        return "*"
-    return ",".join(_DAY_NAMES[day] for day in (1, 2, 3, 4, 5, 6, 0) if day in days)
-
-
-def build_cadence_trigger(cron: str, zone: ZoneInfo) -> CadenceTrigger:
-    """`minute hour day month day-of-week`, read as crontab reads it, in `zone`."""
-    parts = cron.split()
-    if len(parts) != 5:
-        raise ConfigError(f"schedule cron {cron!r}: expected 5 fields (minute hour day month weekday), "
-                          f"e.g. '0 7 * * MON'")
-    minute, hour, day, month, weekday = parts
-    try:
-        return CadenceTrigger(minute=minute, hour=hour, day=day, month=month,
-                              day_of_week=crontab_weekdays(weekday, cron), timezone=zone)
-    except ValueError as exc:
-        raise ConfigError(f"schedule cron {cron!r}: {exc}") from None
-
-
-def cadence_trigger(settings: Settings) -> CadenceTrigger | None:
-    if not settings.schedule_cron.strip():
-        return None
-    return build_cadence_trigger(settings.schedule_cron, settings.schedule_zone)
-
-
-def grace_seconds(settings: Settings) -> int:
-    return settings.schedule_grace
-
-
 def rescan_seconds(settings: Settings) -> float:
     """How often issue folders are rescanned ([schedule].rescan / MAILER_SCHEDULE_RESCAN, default 30 s)."""
     return settings.schedule_rescan
-
-
-# ----- what the folders and the ledger say ----------------------------------------------------------
-@dataclass(frozen=True)
-class IssueEntry:
-    slug: str
-    folder: Path
-    date: date | None
-    send_at: datetime | None
-    fingerprint: tuple
-    error: str | None = None
-
-
-def folder_fingerprint(folder: Path) -> tuple:
-    """Changes whenever a file of the folder changes (an edited issue deserves a new attempt)."""
-    try:
-        return tuple(sorted((entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
-                            for entry in os.scandir(folder) if entry.is_file()))
-    except OSError:
-        return ()
-
-
-def scan_issues(settings: Settings) -> list[IssueEntry]:
-    """Every issue folder, sorted by name; unreadable ones carry their error instead of a send_at."""
-    entries: list[IssueEntry] = []
-    if not settings.issues_dir.is_dir():
-        return entries
-    for folder in sorted(p for p in settings.issues_dir.iterdir() if (p / ISSUE_FILE).is_file()):
-        fingerprint = folder_fingerprint(folder)
-        try:
-            issue = load_issue(folder, settings.issues_dir, settings.zone)
-        except MailerError as exc:
-            try:
-                folder_date = date.fromisoformat(folder.name[:10])
-            except ValueError:
-                folder_date = None
-            entries.append(IssueEntry(folder.name, folder, folder_date, None, fingerprint, str(exc)))
-            continue
-        entries.append(IssueEntry(issue.slug, issue.folder, issue.date, issue.send_at, fingerprint))
-    return entries
-
-
-@dataclass
-class Ledger:
-    status: str = "none"  # none (never started) | draft | sending | paused | sent
-    counts: dict[str, int] = field(default_factory=dict)
-    paused_reason: str | None = None
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def sent(self) -> int:
-        return self.counts.get("sent", 0)
-
-    @property
-    def left(self) -> int:
-        return self.counts.get("queued", 0) + self.counts.get("sending", 0)
-
-    @property
-    def done(self) -> bool:
-        return self.status == "sent"
-
-    @property
-    def started(self) -> bool:
-        return self.total > 0
-
-    def text(self) -> str:
-        if self.status == "sent":
-            extra = [f"{self.counts[k]} {k}" for k in ("failed", "skipped") if self.counts.get(k)]
-            return f"sent {self.sent}/{self.total}" + (f" ({', '.join(extra)})" if extra else "")
-        if self.status == "paused":
-            return f"paused {self.sent}/{self.total}" + (f": {self.paused_reason}" if self.paused_reason else "")
-        if self.status == "sending":
-            return f"sending {self.sent}/{self.total}"
-        return "not sent"
-
-    def as_dict(self) -> dict:
-        return {"status": self.status, "sent": self.sent, "total": self.total, "left": self.left,
-                "counts": dict(self.counts), "paused_reason": self.paused_reason, "text": self.text()}
-
-
-def read_ledger(store: Store, slug: str) -> Ledger:
-    with store.engine.connect() as conn:
-        row = store.issue_row(conn, slug)
-        if row is None:
-            return Ledger()
-        return Ledger(row.status, store.delivery_counts(conn, row.id), row.paused_reason)
-
-
-def classify(send_at: datetime | None, ledger: Ledger, now: datetime, grace: timedelta) -> str:
-    """sent | paused | unscheduled (no send_at) | scheduled (future) | due (within grace) | missed."""
-    if ledger.done:
-        return "sent"
-    if ledger.status == "paused":
-        return "paused"
-    if send_at is None:
-        return "unscheduled"
-    if send_at > now:
-        return "scheduled"
-    if now - send_at <= grace:
-        return "due"
-    return "missed"
-
-
-def next_ready_issue(settings: Settings, store: Store, today: date,
-                     entries: list[IssueEntry] | None = None) -> IssueEntry | None:
-    """The issue the cadence sends next (see "ready" in the module docstring)."""
-    candidates = sorted((e for e in (entries if entries is not None else scan_issues(settings))
-                         if e.error is None and e.send_at is None and e.date is not None and e.date <= today),
-                        key=lambda e: (e.date, e.slug))
-    for entry in candidates:
-        ledger = read_ledger(store, entry.slug)
-        if not ledger.done and ledger.status != "paused":
-            return entry
-    return None
-
-
-# ----- formatting -----------------------------------------------------------------------------------
-def _fmt(moment: datetime | None, zone: ZoneInfo) -> str:
-    if moment is None:
-        return "-"
-    local = moment.astimezone(zone)
-    utc = moment.astimezone(timezone.utc)
-    clock = "%Y-%m-%d %H:%M:%S" if local.second or local.microsecond else "%Y-%m-%d %H:%M"
-    return f"{local.strftime(clock)} {local.tzname()} ({utc.strftime(clock)} UTC)"
-
-
-def _span(delta: timedelta) -> str:
-    seconds = int(abs(delta.total_seconds()))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{seconds:02d}s"
-    return f"{seconds}s"
 
 
 # ----- the running scheduler ------------------------------------------------------------------------
@@ -486,6 +250,15 @@ class SchedulerRuntime:
             if next_run is not None and next_run <= utcnow():
                 log.info("scheduled: cadence %r (%s): the run due at %s was missed while stopped; "
                          "it runs now if within grace", self.settings.schedule_cron, zone.key, _fmt(next_run, zone))
+                return
+            # a future run stored by an older version (APScheduler's own trigger lost runs around DST
+            # changes) is the first run from now, or it is wrong: put the right one in its place
+            expected = trigger.get_next_fire_time(None, datetime.now(zone))
+            stored = next_run.astimezone(timezone.utc) if next_run is not None else None
+            if expected is not None and stored != expected.astimezone(timezone.utc):
+                self.scheduler.modify_job(CADENCE_JOB, next_run_time=expected)
+                log.info("scheduled: cadence %r (%s), next run %s (the stored %s was wrong)", self.settings.schedule_cron,
+                         zone.key, _fmt(expected, zone), _fmt(next_run, zone))
             else:
                 log.info("scheduled: cadence %r (%s), next run %s", self.settings.schedule_cron, zone.key,
                          _fmt(next_run, zone))
@@ -541,7 +314,15 @@ class SchedulerRuntime:
                            "skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger.text(), slug,
                            level=logging.WARNING)
             return
-        same = job is not None and getattr(job.trigger, "run_date", None) == send_at
+        if entry.hold is not None and not ledger.started:
+            if job is not None:
+                self.remove(job.id)
+            self.note_once(("held", slug, entry.fingerprint), "skipped: %s is held, its send_at %s ignored: %s",
+                           slug, when, entry.hold[1], level=logging.WARNING)
+            return
+        stored_at = getattr(job.trigger, "run_date", None) if job is not None else None
+        # compared in UTC: `==` across zones is False for a repeated wall time (PEP 495)
+        same = stored_at is not None and stored_at.astimezone(timezone.utc) == send_at.astimezone(timezone.utc)
         key = ("send_at", slug, send_at.isoformat(), entry.fingerprint)
         if state == "missed":
             if job is not None:
@@ -636,6 +417,10 @@ class SchedulerRuntime:
             if ledger.status == "paused":
                 log.warning("skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger.text(), slug)
                 return
+            held = holds(issue)
+            if held and not ledger.started:
+                log.warning("skipped: %s is held: %s", slug, held[0][1])
+                return
             if origin == "send_at":
                 if issue.send_at is None:
                     log.info("skipped: %s no longer has a send_at", slug)
@@ -700,13 +485,21 @@ class SchedulerRuntime:
             return
         now = datetime.now(zone)
         try:
-            entry = next_ready_issue(self.settings, self.store, now.date())
+            entries = scan_issues(self.settings)
+            entry = next_ready_issue(self.settings, self.store, now.date(), entries)
+            # held issues the run would have picked otherwise: say why they were passed over
+            held = [e for e in entries
+                    if e.hold is not None and e.send_at is None and e.date is not None and e.date <= now.date()
+                    and (entry is None or (e.date, e.slug) < (entry.date, entry.slug))
+                    and not read_ledger(self.store, e.slug).done]
         except Exception:  # noqa: BLE001
             log.exception("failed: cadence run: cannot list the issues")
             return
+        for item in held:
+            log.warning("cadence: passed over %s (held): %s", item.slug, item.hold[1])
         if entry is None:
             log.info("skipped: cadence run at %s: nothing ready (no issue dated on or before %s without its own "
-                     "send_at that is not sent yet)", _fmt(now, zone), now.date().isoformat())
+                     "send_at, not held, that is not sent yet)", _fmt(now, zone), now.date().isoformat())
             return
         log.info("cadence: run at %s picked %s (dated %s, the oldest ready issue)", _fmt(now, zone), entry.slug,
                  entry.date)
@@ -785,126 +578,3 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
         store.close()
 
 
-def _stored_jobs(store: Store) -> dict[str, dict]:
-    """The job store's rows, read without starting a scheduler: id → job state (trigger, args…)."""
-    with store.engine.connect() as conn:
-        if not sa.inspect(conn).has_table(JOBS_TABLE):
-            return {}
-        table = sa.table(JOBS_TABLE, sa.column("id"), sa.column("next_run_time"), sa.column("job_state"))
-        rows = conn.execute(sa.select(table.c.id, table.c.job_state)).all()
-    jobs = {}
-    for job_id, blob in rows:
-        try:
-            jobs[job_id] = pickle.loads(blob)
-        except Exception:  # noqa: BLE001 - a job this version cannot read
-            jobs[job_id] = {}
-    return jobs
-
-
-def describe_schedule(settings: Settings, as_json: bool = False) -> str:
-    """`mailer schedule list`: every issue's send_at (local and UTC), ledger, due/missed; the cadence."""
-    store = open_store(settings.database_url)
-    try:
-        return _describe(settings, store, as_json)
-    finally:
-        store.close()
-
-
-def _describe(settings: Settings, store: Store, as_json: bool) -> str:
-    now = utcnow()
-    grace = timedelta(seconds=grace_seconds(settings))
-    zone, schedule_zone = settings.zone, settings.schedule_zone
-    jobs = _stored_jobs(store)
-    entries = scan_issues(settings)
-    rows = []
-    for entry in entries:
-        ledger = read_ledger(store, entry.slug)
-        state = "error" if entry.error else classify(entry.send_at, ledger, now, grace)
-        stored = jobs.get(ISSUE_PREFIX + entry.slug)
-        rows.append({
-            "slug": entry.slug,
-            "date": entry.date.isoformat() if entry.date else None,
-            "send_at": entry.send_at.isoformat() if entry.send_at else None,
-            "send_at_local": entry.send_at.astimezone(zone).isoformat() if entry.send_at else None,
-            "send_at_utc": entry.send_at.astimezone(timezone.utc).isoformat() if entry.send_at else None,
-            "ledger": ledger.as_dict(),
-            "state": state,
-            "due": state == "due",
-            "missed": state == "missed",
-            "job": bool(stored),
-            "error": entry.error,
-        })
-    cadence = None
-    trigger = cadence_trigger(settings)
-    stored_cadence = jobs.get(CADENCE_JOB)
-    if trigger is not None:
-        next_fire = trigger.get_next_fire_time(None, now.astimezone(schedule_zone))
-        stored_next = stored_cadence.get("next_run_time") if stored_cadence else None
-        overdue = None
-        if stored_next is not None and stored_next <= now:
-            overdue = "missed" if now - stored_next > grace else "due"
-        ready = next_ready_issue(settings, store, now.astimezone(schedule_zone).date(), entries)
-        cadence = {
-            "cron": settings.schedule_cron, "timezone": schedule_zone.key,
-            "next_fire_local": next_fire.isoformat() if next_fire else None,
-            "next_fire_utc": next_fire.astimezone(timezone.utc).isoformat() if next_fire else None,
-            "stored_run": stored_next.astimezone(timezone.utc).isoformat() if stored_next else None,
-            "stored_run_state": overdue,
-            "next_issue": ready.slug if ready else None,
-        }
-    in_flight = []
-    for job_id, state in jobs.items():
-        if job_id.startswith(MARKER_PREFIX) and state.get("trigger") is not None:
-            slug = job_id[len(MARKER_PREFIX):]
-            started = state["trigger"].run_date
-            in_flight.append({"slug": slug, "started": started.astimezone(timezone.utc).isoformat(),
-                              "ledger": read_ledger(store, slug).as_dict(),
-                              "resumable": now - started <= grace})
-    data = {"now": now.isoformat(), "timezone": zone.key, "grace_seconds": int(grace.total_seconds()),
-            "issues": rows, "cadence": cadence, "cadence_in_flight": in_flight}
-    if as_json:
-        return json.dumps(data, ensure_ascii=False, indent=2)
-
-    lines = [f"now {_fmt(now, zone)}; grace {_span(grace)}"]
-    scheduled = [r for r, e in zip(rows, entries) if e.send_at is not None or e.error]
-    if not scheduled:
-        lines.append("no issue has a send_at")
-    for row, entry in zip(rows, entries):
-        if entry.send_at is None and not entry.error:
-            continue
-        if entry.error:
-            lines.append(f"{row['slug']}  ERROR: {entry.error}")
-            continue
-        assert entry.send_at is not None
-        state = row["state"]
-        if state == "scheduled":
-            note = f"scheduled, in {_span(entry.send_at - now)}" + ("" if row["job"] else " (picked up by `schedule run`)")
-        elif state == "due":
-            note = (f"DUE since {_span(now - entry.send_at)} (within grace for {_span(entry.send_at + grace - now)} more): "
-                    "sent by `mailer schedule run`")
-        elif state == "missed":
-            note = (f"MISSED: due {_span(now - entry.send_at)} ago, beyond the grace of {_span(grace)}; "
-                    f"not sent automatically (`mailer send {row['slug']}` to send it anyway)")
-        elif state == "paused":
-            note = f"PAUSED: resume with `mailer send {row['slug']}`"
-        else:
-            note = ""
-        lines.append(f"{row['slug']}  send_at {_fmt(entry.send_at, zone)}  {row['ledger']['text']}  {note}".rstrip())
-    if cadence is None:
-        lines.append("cadence: none (set [schedule] cron in mailer.toml, e.g. cron = \"0 7 * * MON\")")
-    else:
-        next_fire = datetime.fromisoformat(cadence["next_fire_utc"]) if cadence["next_fire_utc"] else None
-        lines.append(f"cadence: {cadence['cron']!r} ({cadence['timezone']}), next run {_fmt(next_fire, schedule_zone)}"
-                     f" → {cadence['next_issue'] or 'nothing ready yet'}")
-        if cadence["stored_run_state"] == "missed":
-            lines.append(f"cadence: MISSED the run due {_fmt(datetime.fromisoformat(cadence['stored_run']), schedule_zone)}"
-                         " (the scheduler was not running; beyond grace, it will not run)")
-        elif cadence["stored_run_state"] == "due":
-            lines.append(f"cadence: the run due {_fmt(datetime.fromisoformat(cadence['stored_run']), schedule_zone)}"
-                         " has not happened yet (within grace: it runs when `mailer schedule run` starts)")
-    for item in in_flight:
-        started = datetime.fromisoformat(item["started"])
-        what = "resumed at the next start" if item["resumable"] else "MISSED: beyond grace, finish it with `mailer send`"
-        lines.append(f"cadence send of {item['slug']} started {_fmt(started, schedule_zone)}: "
-                     f"{item['ledger']['text']}, {what}")
-    return "\n".join(lines)

@@ -7,6 +7,7 @@ test, so parallel or repeated runs never collide; without it they are skipped wi
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import uuid
@@ -39,9 +40,13 @@ BASE_ENV = {
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A project folder with the shipped templates and example issue (no mailer.toml)."""
+    """A project folder with the shipped templates and example issue, ready to send (no mailer.toml)."""
     shutil.copytree(REPO / "templates", tmp_path / "templates")
     shutil.copytree(REPO / "issues" / EXAMPLE_ISSUE, tmp_path / "issues" / EXAMPLE_ISSUE)
+    # the shipped example is a draft (so that no scheduler sends it to a real list): tests send it
+    # as an editor would once it is ready, without its `draft = true` line
+    example = tmp_path / "issues" / EXAMPLE_ISSUE / "issue.toml"
+    example.write_text(re.sub(r"(?m)^draft = true.*\n", "", example.read_text(encoding="utf-8")), encoding="utf-8")
     shutil.copytree(REPO / "subscribers", tmp_path / "subscribers",
                     ignore=shutil.ignore_patterns("*.db", "*.db-*", ".secret_key"))
     return tmp_path

@@ -49,6 +49,7 @@ def test_bad_brief_is_one_line_error_naming_file_and_line(run, project):
     assert lines[0].startswith("error: ") and "2026-12-03-casse/briefs.txt:2: empty brief" in lines[0]
 
 
+@pytest.mark.slow  # > 2 s: several CLI processes
 def test_subscriber_commands(run):
     run("subscribers", "add", "Camille@Example.org", "--name", "Camille")
     run("subscribers", "add", "b@example.org")
@@ -75,6 +76,7 @@ def test_import_reports_rejected_lines_and_summary(run, project):
     assert "liste.csv:4: rejected 'un@example.org': duplicate" in result.stderr
 
 
+@pytest.mark.slow  # > 2 s: several CLI processes
 def test_export_to_file_and_stdout(run, project):
     run("subscribers", "import", "subscribers/example.csv")
     run("subscribers", "export", "out.csv")
@@ -84,6 +86,7 @@ def test_export_to_file_and_stdout(run, project):
     assert len(exported.strip().splitlines()) == 6
 
 
+@pytest.mark.slow  # > 2 s: several CLI processes
 def test_send_then_status_then_resend_sends_nothing_twice(run, project):
     run("subscribers", "import", "subscribers/example.csv")
     first = run("send", EXAMPLE_ISSUE, "--yes")
@@ -102,6 +105,7 @@ def test_send_refuses_without_confirmation_when_not_interactive(run):
     assert "add --yes" in result.stderr
 
 
+@pytest.mark.slow  # > 2 s: several CLI processes
 def test_missing_settings_stop_the_send_before_anything(run, project):
     run("subscribers", "add", "a@example.org")
     result = run("send", EXAMPLE_ISSUE, "--yes", extra_env={"MAILER_BACKEND": "smtp", "MAILER_POSTAL_ADDRESS": ""},
@@ -118,6 +122,7 @@ def test_invalid_setting_value_is_named(run):
     assert "MAILER_RATE_LIMIT" in result.stderr and "'vite'" in result.stderr
 
 
+@pytest.mark.slow  # > 2 s: several CLI processes
 def test_test_send_does_not_touch_the_ledger(run, project):
     run("subscribers", "add", "a@example.org")
     result = run("send", EXAMPLE_ISSUE, "--test", "moi@example.org,collegue@example.org")
@@ -158,8 +163,8 @@ def test_issue_new_transliterates_and_build_warns_about_placeholders(run, projec
     assert result.stdout.strip() == f"created {folder}"
     assert "draft = true" in (folder / "issue.toml").read_text(encoding="utf-8")
     built = run("build", "trains-et-velos")
-    assert "warning: " in built.stderr and "subject is still the placeholder 'Objet de la lettre'" in built.stderr
-    assert "draft = true: the scheduler will not send this issue" in built.stderr
+    assert "warning: " in built.stderr and "the subject 'Objet de la lettre' is a placeholder" in built.stderr
+    assert "draft = true: the scheduler holds it" in built.stderr
 
 
 # ----- sends that cannot go wrong quietly ---------------------------------------------------------------

@@ -107,6 +107,7 @@ def import_path(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.slow  # > 2 s with the helper process
 def test_messy_real_world_csv(store, tmp_path, import_path):
     add_subscriber(store, "parti@example.org", name="Ancien nom")
     remove_subscriber(store, "parti@example.org")
