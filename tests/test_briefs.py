@@ -188,12 +188,12 @@ def test_a_scaffold_warns_until_every_placeholder_is_replaced(make_settings, lan
     folder = scaffold_issue(settings, "brouillon", date(2026, 12, 10))
     warnings = render_issue(load_issue(folder, settings.issues_dir, settings.zone), settings).warnings
     joined = "\n".join(warnings)
-    assert f"{folder / 'issue.toml'}: subject is still the placeholder" in joined
+    assert f"{folder / 'issue.toml'}:1: the subject " in joined and "is a placeholder: write the real one" in joined
     assert f"{folder / 'issue.toml'}: preheader is still the placeholder" in joined
     assert "the intro is still the placeholder" in joined
     assert f"{folder / 'briefs.txt'}:3: brief is still the placeholder" in joined
     assert f"{folder / 'briefs.txt'}:4: brief is still the placeholder" in joined
-    assert f"{folder / 'issue.toml'}: draft = true: the scheduler will not send this issue" in joined
+    assert f"{folder / 'issue.toml'}:5: draft = true: the scheduler holds it" in joined
     toml = (folder / "issue.toml").read_text(encoding="utf-8")
     toml = "\n".join(line for line in toml.split("\n") if not line.startswith(("draft", "subject", "preheader")))
     (folder / "issue.toml").write_text('subject = "Le vrai sujet"\npreheader = "Pour de vrai"\n' + toml, encoding="utf-8")

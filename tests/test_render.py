@@ -281,7 +281,7 @@ def test_first_name_of(name, first):
 
 def _greeting_issue(project, settings, toml_extra="", intro=""):
     write_issue(project, "2026-12-03-salut", {"briefs.txt": intro + "--> Une brève.\n"},
-                toml=f'subject = "Sujet"\ndate = 2026-12-03\n{toml_extra}')
+                toml=f'subject = "Trains de nuit"\ndate = 2026-12-03\n{toml_extra}')
     return _render(settings, "salut")
 
 
