@@ -334,8 +334,8 @@ def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
             "title": Markup(markup.to_inline_html(brief.title, language)) if brief.title else None,
             "title_text": markup.plain_inline(brief.title, language) if brief.title else None,
             "html": Markup(markup.to_html(brief.body, language)),
-            "link": brief.link,
-            "image": brief.image,
+            "link": markup.link_href(brief.link) if brief.link else None,
+            "image": markup.link_href(brief.image) if brief.image else None,
             "image_alt": brief.image_alt,
             "where": brief.where,
         })
@@ -364,11 +364,12 @@ def _text_context(issue: Issue, language: str) -> dict:
     briefs = []
     for brief in issue.briefs:
         text = markup.to_text(brief.body, language)
+        link = markup.link_href(brief.link) if brief.link else None
         briefs.append({
             "title": markup.plain_inline(brief.title, language) if brief.title else None,
             "text": text,
             # the brief's link once: not again under a text that already shows it
-            "link": brief.link if brief.link and not _shows_url(text, brief.link) else None,
+            "link": link if link and not _shows_url(text, link) else None,
         })
     return {"intro_text": markup.to_text(issue.intro, language) if issue.intro else None, "briefs_text": briefs}
 

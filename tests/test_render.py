@@ -6,7 +6,9 @@ import html as html_module
 import random
 import re
 import shutil
+import unicodedata
 from pathlib import Path
+from urllib.parse import unquote
 
 import mjml
 import pytest
@@ -224,14 +226,92 @@ def test_every_link_of_the_html_shows_once_in_the_text(project, settings, seed):
     write_issue(project, "2026-12-03-liens", {"briefs.txt": "\n".join(lines) + "\n", "z.md": link_md})
     html, text = _render(settings, "liens").personalise(
         Recipient(email="x@example.org", unsubscribe_url="https://lettre.example.org/u/abc"))
-    hrefs = {html_module.unescape(href) for href in _HREF.findall(html)}
+    hrefs = _check_each_href_once(html, text)
     assert len(hrefs) >= len(kinds) + 3
-    for href in hrefs:
+
+
+_LINK_TEXT = re.compile(r'<a\b[^>]*\bhref="([^"]*)"[^>]*>(.*?)</a>', re.IGNORECASE | re.DOTALL)
+
+
+def _check_each_href_once(html, text, bare=""):
+    """Each href of the HTML once in the text, never also decoded. Links whose href holds `bare`
+    (bare URLs and autolinks of the brief): each one's visible text is its href decoded faithfully, with nothing invisible
+    or misleading in it (WHATWG URL Standard §4.8)."""
+    links = [(html_module.unescape(h), html_module.unescape(label)) for h, label in _LINK_TEXT.findall(html)]
+    for href, label in links:
         shown = href.removeprefix("mailto:")
         assert _count_url(text, shown) == 1, (href, text)
         decoded = normalizeLinkText(href).removeprefix("mailto:")
-        if decoded != shown:  # never the decoded form as well
+        if decoded != shown:
             assert _count_url(text, decoded) == 0, (href, text)
+        if bare and bare in href:
+            path, href_path = label.split("/", 3)[3:], href.split("/", 3)[3:]  # after the host
+            assert [unquote(x, errors="surrogateescape") for x in path] == \
+                [unquote(x, errors="surrogateescape") for x in href_path], (href, label)
+            assert not any(unicodedata.category(c)[0] in "CZ" for c in label), (href, label)
+    return {href for href, _ in links}
+
+
+@pytest.mark.parametrize("where", ["/chemin/a{}b", "/p?q=a{}b&r=1", "/p#a{}b"])
+def test_every_percent_escape_in_a_url_shows_once_in_the_text(project, settings, where):
+    """Issue 10.4 again: `%20` (and every escape of a byte 0x00–0xFF, in a path, a query or a
+    fragment), as a bare URL and as an autolink."""
+    lines = []
+    for byte in range(256):
+        escape = f"%{byte:02X}" if byte % 2 else f"%{byte:02x}"  # both cases of hex digits
+        url = f"https://example.org/b{byte}" + where.format(escape)
+        lines.append(f"--> Voir {url} ici.\nEt <{url.replace('example.org', 'auto.example.org')}> aussi.")
+    write_issue(project, "2026-12-03-escapes", {"briefs.txt": "\n".join(lines) + "\n"})
+    html, text = _render(settings, "escapes").personalise(
+        Recipient(email="x@example.org", unsubscribe_url="https://lettre.example.org/u/abc"))
+    hrefs = _check_each_href_once(html, text, bare="example.org/b")
+    assert len([h for h in hrefs if "example.org/b" in h]) == 512
+    assert "https://example.org/b32/" + where.format("%20")[1:] in text  # the reported case
+    assert "a b" not in text
+
+
+def test_a_space_escape_written_as_a_space_in_the_link_text_shows_once():
+    text = to_text("[https://example.org/a b](https://example.org/a%20b) et <https://example.org/c%20d>", "fr")
+    assert text == "https://example.org/a%20b et https://example.org/c%20d"
+
+
+_IDN_LABELS = ["médiathèque-exemple", "été", "çà-et-là", "ñandú", "пример", "москва-музей", "例子", "東京",
+               "straße", "größe", "i̇stanbul", "ıspanak", "ärger", "ŝanĝo"]
+
+
+def _mixed_case(rng, label):
+    return "".join(c.upper() if rng.random() < 0.5 else c for c in label)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_idn_hosts_in_any_case_become_their_uts46_a_label(project, settings, seed):
+    """`https://MÉDIATHÈQUE-exemple.fr/` → `xn--mdiathque-exemple-xsbn.fr`, as the base URL is
+    converted: oracle `idna.encode(host, uts46=True)`, for bare URLs, autolinks, Markdown links,
+    mailto and a brief's `link:`."""
+    import idna
+
+    rng = random.Random(seed)
+    hosts = [f"{_mixed_case(rng, label)}.{rng.choice(['fr', 'ORG', 'De', 'com'])}" for label in _IDN_LABELS]
+    hosts.append("MÉDIATHÈQUE-exemple.fr")
+    hosts.append(_mixed_case(rng, "xn--mdiathque-exemple-xsbn") + ".FR")  # an A-label in capitals
+    expected = {host: idna.encode(host, uts46=True).decode("ascii") for host in hosts}
+    lines = []
+    for n, host in enumerate(hosts):
+        lines.append(f"--> Voir https://{host}/nu-{n} et <https://{host}/auto-{n}> et [le site](https://{host}/md-{n}) "
+                     f"et [écrire](mailto:moi-{n}@{host}).")
+    link_md = f"---\nlink: https://{hosts[0]}/lien\n---\nUne brève.\n"
+    write_issue(project, "2026-12-03-idn", {"briefs.txt": "\n".join(lines) + "\n", "z.md": link_md})
+    html, text = _render(settings, "idn").personalise(
+        Recipient(email="x@example.org", unsubscribe_url="https://lettre.example.org/u/abc"))
+    hrefs = _check_each_href_once(html, text)
+    for n, host in enumerate(hosts):
+        ascii_host = expected[host]
+        for path in (f"nu-{n}", f"auto-{n}", f"md-{n}"):
+            assert f"https://{ascii_host}/{path}" in hrefs, (host, path)
+        assert f"mailto:moi-{n}@{ascii_host}" in hrefs
+    assert f"https://{expected[hosts[0]]}/lien" in hrefs
+    assert "https://xn--mdiathque-exemple-xsbn.fr/nu-" in text
+    assert not any(h.split("/")[2] != h.split("/")[2].lower() for h in hrefs if h.startswith("https://"))
 
 
 def test_the_text_url_twice_case(project, settings):
