@@ -351,12 +351,70 @@ def _rendered_mjml_line(project, settings, line):
 # ----- the greeting ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,first", [
     ("Bernard, Hugo", "Hugo"), ("Hugo Bernard", "Hugo"), ("Smith, Jo A.", "Jo"), ("DUPONT Jean-Pierre", "Jean-Pierre"),
-    ("Marie-Claire Lefèvre", "Marie-Claire"), ("  Zoé\t ", "Zoé"), ("李小龙", "李小龙"), ("Dr Jo Smith", "Dr Jo Smith"),
-    ("Mme Dupont", "Mme Dupont"), ("J. Smith", "J. Smith"), ("J.-P. Sartre", "J.-P. Sartre"),
+    ("Marie-Claire Lefèvre", "Marie-Claire"), ("  Zoé\t ", "Zoé"), ("李小龙", "李小龙"), ("Dr Jo Smith", "Jo"),
+    ("Mme Dupont", ""), ("J. Smith", "J. Smith"), ("J.-P. Sartre", "J.-P. Sartre"),
     ("jo@example.org", ""), ("", ""), (",", ""), ("Bernard,", "Bernard"),
 ])
 def test_first_name_of(name, first):
     assert first_name_of(name) == first
+
+
+_GIVEN = ["Jean", "Jean-Pierre", "Éloïse", "Zoé", "Marie-Claire", "Hugo", "Anaïs", "Noël"]
+_FAMILY = ["Dupont", "Lefèvre", "Martin", "Le Goff", "Smith"]
+_TITLES_WITH_FAMILY_NAME = ["M.", "M", "Mme", "Mlle", "Dr", "Dr.", "Pr", "Me", "Maître", "Mr", "Mr.", "Mrs", "Ms",
+                            "Prof.", "Madame", "Monsieur", "Docteur", "Sir", "Miss"]
+_TITLES_WITH_GIVEN_NAME = ["Sœur", "Soeur", "Frère", "Père", "Abbé"]
+_FILLERS = ["N/A", "n/a", "-", "?", "none", "null", "unknown", "inconnu", "xxx", "test", "NULL", " N/A ", "#N/A", "--",
+            "Non renseigné", "Unknown.", "..."]
+
+
+def _first_name_table(rng):
+    """(name as an export writes it, first name a reader expects), built from known parts."""
+    rows = []
+    for given in _GIVEN:
+        family = rng.choice(_FAMILY)
+        title = rng.choice(_TITLES_WITH_FAMILY_NAME)
+        title = rng.choice([title, title.upper(), title.lower()]) if title not in ("M.", "M") else title
+        rows += [
+            (f"{given} {family}", given), (f"{family}, {given}", given), (f"{family.upper()} {given}", given),
+            (f"{given.lower()} {family.lower()}", given), (f"{given.upper()} {family.upper()}", given),
+            (f"{title} {given} {family}", given), (f"{family}, {title} {given}", given),
+            (f"{title} {family}", ""), (title, ""), (f"{title} {family.upper()} {given}", given),
+            (f"{rng.choice(_TITLES_WITH_GIVEN_NAME)} {given}", given),
+            (f"{title} et {rng.choice(_TITLES_WITH_FAMILY_NAME)} {family}", ""),
+            (f"  {given}\t{family} ", given), (given.lower(), given),
+        ]
+    rows += [(filler, "") for filler in _FILLERS]
+    rows += [("Maître Dupond", ""), ("Sœur Marie", "Marie"), ("M. Jean Dupont", "Jean"), ("jean dupont", "Jean"),
+             ("D'ARC jeanne", "Jeanne"), ("d'arc", "d'Arc"), ("O'BRIEN", "O'Brien"), ("İSMAİL YILMAZ", "İsmail"),
+             ("McDonald", "McDonald"), ("Dr J. Smith", ""), ("Mr & Mrs Smith", "")]
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_first_names_from_a_generated_table_of_export_names(seed):
+    for name, first in _first_name_table(random.Random(seed)):
+        assert first_name_of(name) == first, name
+
+
+@pytest.mark.parametrize("attribute,expected", [
+    ("N/A", "Hugo"), ("null", "Hugo"), ("-", "Hugo"), ("Mme", "Hugo"), ("jean-pierre", "Jean-Pierre"),
+    ("ÉLOÏSE", "Éloïse"), ("Hugues", "Hugues"), ("DeShawn", "DeShawn"),
+])
+def test_the_first_name_attribute_is_capitalised_and_a_filler_falls_back_to_the_name(project, settings, attribute,
+                                                                                     expected):
+    rendered = _greeting_issue(project, settings)
+    html, text = _greetings(rendered, name="Bernard, Hugo", first_name=attribute)
+    assert text.startswith(f"Bonjour {expected},\n") and f"Bonjour {expected}," in html
+
+
+@pytest.mark.parametrize("name,greeting", [
+    ("M. Jean Dupont", "Bonjour Jean,"), ("Maître Dupond", "Bonjour,"), ("Sœur Marie", "Bonjour Marie,"),
+    ("jean dupont", "Bonjour Jean,"), ("N/A", "Bonjour,"), ("Mme", "Bonjour,"),
+])
+def test_an_honorific_or_a_filler_is_never_greeted_alone(project, settings, name, greeting):
+    html, text = _greetings(_greeting_issue(project, settings), name=name)
+    assert text.startswith(greeting + "\n") and greeting in html
 
 
 def _greeting_issue(project, settings, toml_extra="", intro=""):
@@ -401,7 +459,11 @@ def test_greeting_false_means_no_greeting_and_no_slot(project, settings):
 
 
 @pytest.mark.parametrize("intro", ["Bonjour à toutes et à tous,", "*Chères lectrices*, chers lecteurs,", "Hello everyone!",
-                                   "Salut la compagnie !", "Hi,", "Bonsoir,"])
+                                   "Salut la compagnie !", "Hi,", "Bonsoir,", "Madame, Monsieur,",
+                                   "Mesdames, Messieurs,", "Madame ou Monsieur,", "Mesdames et Messieurs,",
+                                   "Chère Madame,", "Dear all,", "Good morning!", "Coucou !", "Hey,", "Greetings,",
+                                   "Re-bonjour à tous,", "Rebonjour,", "Bien le bonjour !", "**Bonjour**,",
+                                   "Ladies and gentlemen,", "Cher·e·s abonné·e·s,"])
 def test_no_automatic_greeting_above_an_intro_that_has_one(project, settings, intro):
     rendered = _greeting_issue(project, settings, intro=intro + "\n\n")
     html, text = _greetings(rendered, name="Hugo Bernard")
@@ -409,9 +471,11 @@ def test_no_automatic_greeting_above_an_intro_that_has_one(project, settings, in
     assert rendered.warnings == ()
 
 
-def test_an_intro_without_greeting_keeps_the_automatic_one(project, settings):
-    rendered = _greeting_issue(project, settings, intro="Cette semaine, des trains.\n\n")
-    assert _greetings(rendered, name="Hugo Bernard")[1].startswith("Bonjour Hugo,\n\nCette semaine")
+@pytest.mark.parametrize("intro", ["Cette semaine, des trains.", "Madame la ministre a inauguré la ligne.",
+                                   "Hi-fi et trains de nuit.", "Monsieur Hulot prend le train."])
+def test_an_intro_without_greeting_keeps_the_automatic_one(project, settings, intro):
+    rendered = _greeting_issue(project, settings, intro=intro + "\n\n")
+    assert _greetings(rendered, name="Hugo Bernard")[1].startswith("Bonjour Hugo,\n\n" + intro.split()[0])
 
 
 def test_an_explicit_greeting_over_a_greeting_intro_is_kept_with_a_warning(project, settings):
