@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import re
 import textwrap
+import unicodedata
+from contextlib import suppress
 from functools import lru_cache
 from typing import Sequence
+from urllib.parse import quote
 
+import mdurl
 from markdown_it import MarkdownIt
-from markdown_it.common.normalize_url import normalizeLinkText
+from markdown_it.common.normalize_url import RECODE_HOSTNAME_FOR, normalizeLinkText
 from markdown_it.rules_core import StateCore
 from markdown_it.token import Token
+
+from .addresses import ascii_domain
+from .errors import InvalidAddress
 
 NBSP = "\u00a0"
 NNBSP = "\u202f"
@@ -62,26 +69,76 @@ def _typography_rule(state: StateCore) -> None:
 _SCHEME = re.compile(r"^(?:https?://|mailto:)", re.IGNORECASE)
 
 
+def link_href(url: str) -> str:
+    """A link target as it goes into `href`: percent-encoded (markdown-it's rules) with its host in
+    ASCII by `addresses.ascii_domain` (UTS #46: `https://MÉDIATHÈQUE.fr/` →
+    `https://xn--mdiathque-d1a.fr/`). A host IDNA refuses (`a_b.example.org`) is kept as written.
+    Shapes: str → str, never raises."""
+    parsed = mdurl.parse(url, slashes_denote_host=True)
+    host = parsed.hostname
+    if host and ":" not in host and (not parsed.protocol or parsed.protocol.lower() in RECODE_HOSTNAME_FOR):
+        with suppress(InvalidAddress):
+            parsed = parsed._replace(hostname=ascii_domain(host))
+    return mdurl.encode(mdurl.format(parsed))
+
+
+def _hidden(char: str) -> bool:
+    """A code point a reader cannot see or would misread in a URL (WHATWG URL Standard §4.8):
+    spaces and other separators, controls, format characters (bidi, zero-width), unassigned, and
+    the lone bytes of an escape that is not UTF-8 (decoded as surrogates)."""
+    return unicodedata.category(char)[0] in "CZ"
+
+
+_ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+_KEEP_ENCODED = frozenset(";/?:@&=+$,#%")  # reserved: decoding them would change the URL
+
+
+def _decode_escapes(match: re.Match[str]) -> str:
+    raw = match.group()
+    data = bytes.fromhex(raw.replace("%", ""))
+    out, offset = [], 0
+    for char in data.decode("utf-8", errors="surrogateescape"):
+        size = len(char.encode("utf-8", errors="surrogateescape"))
+        out.append(raw[3 * offset:3 * (offset + size)] if char in _KEEP_ENCODED or _hidden(char) else char)
+        offset += size
+    return "".join(out)
+
+
+def link_text(url: str) -> str:
+    """A URL as shown to readers (a bare URL's or an autolink's text): Unicode host (markdown-it's
+    punycode decoding) and UTF-8 percent-escapes decoded, except escapes of reserved characters
+    (`%2F`, `%25`…), of `_hidden` characters (`%20`, `%0A`, `%E2%80%AE`…) and of bytes that are not
+    UTF-8 (`%E9`), which stay as written; a `_hidden` character written raw is escaped.
+    Shapes: str → str, never raises."""
+    shown = normalizeLinkText(url.replace("%", "%25")).replace("%25", "%")  # host only
+    shown = _ESCAPES.sub(_decode_escapes, shown)
+    return "".join(quote(char, safe="") if _hidden(char) else char for char in shown)
+
+
 def _comparable(url: str) -> str:
-    """A URL as a reader would compare it: decoded (percent-escapes, punycode), without the scheme,
-    the case of the host, or a trailing slash."""
-    text = _SCHEME.sub("", normalizeLinkText(url.strip()))
+    """A URL as a reader would compare it: shown as `link_text` does (decoded percent-escapes and
+    punycode), without the scheme, the case of the host, or a trailing slash."""
+    text = _SCHEME.sub("", link_text(url.strip()))
+    text = _ESCAPES.sub(lambda m: m.group().upper(), text)
     host, slash, rest = text.partition("/")
     return (host.lower() + slash + rest).rstrip("/")
 
 
 def shows_its_url(label: str, href: str) -> bool:
     """True when a link's visible text is its own target, written another way: the same URL
-    decoded or encoded (percent-escapes, IDN), with or without `https://`, `mailto:` or a
-    trailing slash (`[example.org](https://example.org/)`, a bare URL, an autolink)."""
+    decoded or encoded (percent-escapes, including `%20` written as a space, IDN), with or without
+    `https://`, `mailto:` or a trailing slash (`[example.org](https://example.org/)`, a bare URL,
+    an autolink)."""
     label = label.strip()
-    return bool(label) and " " not in label and _comparable(label) == _comparable(href)
+    return bool(label) and _comparable(label) == _comparable(href)
 
 
 @lru_cache(maxsize=4)
 def _parser(language: str) -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": False, "linkify": True, "typographer": False})
     md.enable(["linkify", "strikethrough"])
+    md.normalizeLink = link_href  # type: ignore[method-assign]
+    md.normalizeLinkText = link_text  # type: ignore[method-assign]
     if language == "fr":
         md.core.ruler.push("fr_typography", _typography_rule)
     return md

@@ -147,7 +147,7 @@ def personal_values(settings: Settings, recipient: Recipient, extra: dict[str, s
     if greeting is None:
         greeting = i18n.strings(settings.language)["hello"]
     if greeting:
-        greeting = fill_greeting(greeting, clean_display_name(recipient.first_name) or first_name_of(recipient.name))
+        greeting = fill_greeting(greeting, given_name(recipient.first_name) or first_name_of(recipient.name))
     values = {"greeting": greeting, "email": recipient.email, "unsubscribe_url": recipient.unsubscribe_url,
               **(extra or {})}
     values.update({f"{key}.html": html.escape(value, quote=True) for key, value in list(values.items())})
@@ -156,35 +156,109 @@ def personal_values(settings: Settings, recipient: Recipient, extra: dict[str, s
 
 # ----- the greeting ------------------------------------------------------------------------------
 # Words that open a greeting (an intro starting with one gets no automatic greeting above it).
+# Forms of address (Madame, Messieurs…) count only as a vocative: followed by a comma, `!`, or
+# another form joined by et/and/&// ("Madame, Monsieur,"; not "Madame la ministre a dit…").
+_ADDRESS_FORMS = r"(?:madame|monsieur|mademoiselle|mesdames|messieurs|mesdemoiselles|madam|sir|ladies|gentlemen)"
 _GREETING_START = re.compile(
-    r"^\W*(bonjour|bonsoir|salut|coucou|hello|hi|hey|hallo|hola|dear|greetings|good (morning|afternoon|evening)"
-    r"|chers?|ch[èe]res?|bienvenue|welcome)\b", re.IGNORECASE)
-# Titles and initials: a name starting with one is used whole ("Bonjour Dr Martin,").
+    r"^\W*(?:(?:re-?|bien le )?bonjour|bonsoir|salut|salutations|coucou|hello|hi|hiya|hey|howdy|hallo|hola"
+    r"|dear(?:est)?|greetings|good (?:morning|afternoon|evening|day)|chers?|ch[èe]res?|bienvenue|welcome"
+    r"|to whom it may concern"
+    rf"|{_ADDRESS_FORMS}(?:\s*(?:,|et|and|ou|or|&|/)\s*{_ADDRESS_FORMS})*\s*[,!])(?![\w'’-])", re.IGNORECASE)
+# Honorifics (French and English, with or without the abbreviation's dot): never greeted alone.
+_HONORIFICS = frozenset(
+    "m mm mme mmes mlle mlles me maître maitre dr docteur docteure pr professeur professeure prof mr mrs ms mx"
+    " miss messrs sir dame madame monsieur mademoiselle mesdames messieurs lord lady rev revd père mère frère"
+    " sœur soeur abbé fr sr".split())
+# Religious honorifics are followed by a given name ("Sœur Marie"); the others, alone with one
+# more word, by a family name ("Maître Dupond", "Mme Martin"): no name then.
+_GIVEN_NAME_HONORIFICS = frozenset("sœur soeur frère père mère abbé fr sr".split())
+_COUPLE = frozenset("et and & + /".split())
+# Particles opening a family name ("Mme Le Goff", "Dr Van Dijk"): after a title, no given name follows.
+_PARTICLES = frozenset("le la les de du des d' l' van von der den da di del della dos das mac st saint sainte".split())
 _INITIALS = re.compile(r"(?:\w[.-]{1,2}){1,3}|\w")
-_TITLES = frozenset("m mme mmes mlle mlles mm me pr dr mr mrs ms mx prof sir madame monsieur mademoiselle".split())
+# What exports write where no name is known (compared casefolded, without the punctuation around).
+FILLER_NAMES = frozenset(
+    "n/a na n.a. #n/a - -- --- ? ?? ... . x xx xxx xxxx none null nil nan undefined unknown inconnu inconnue"
+    " anonyme anonymous aucun aucune néant neant test tbd n.c. nc non-renseigné firstname prénom prenom name"
+    " nom".split() + ["non renseigné", "sans nom", "no name", "first name", "not available"])
+
+
+def _is_filler(text: str) -> bool:
+    key = text.casefold().strip(" .,;:")
+    return not key.strip("-?.x#/ ") or key in FILLER_NAMES
+
+
+def _honorific(word: str) -> bool:
+    return word.casefold().rstrip(".") in _HONORIFICS
+
+
+def _capitalised(word: str) -> str:
+    """A name written all in lowercase or all in capitals, capitalised as names are: each part
+    after a hyphen or an apostrophe (`jean-pierre` → Jean-Pierre, `O'BRIEN` → O'Brien), a French
+    elided particle kept lowercase (`D'ARC` → d'Arc). Mixed case (McDonald, DeShawn) is kept."""
+    if not (word.islower() or word.isupper()):
+        return word
+    parts = re.split(r"([-'’])", word)
+    out = []
+    for index, part in enumerate(parts):
+        rest = part[1:].lower().replace("i\u0307", "i")  # İ lowercases to i + combining dot: plain i
+        following = parts[index + 1] if index + 1 < len(parts) else ""
+        if following in ("'", "’") and part.lower() in ("d", "l") and index + 2 < len(parts):
+            out.append(part.lower())  # d'Arc, l'Hermite
+        else:  # a capital kept as written (İsmail), a lowercase one raised
+            out.append((part[:1] if part[:1].isupper() else part[:1].title()) + rest)
+    return "".join(out)
+
+
+def given_name(first_name: str) -> str:
+    """A `first_name` attribute as a greeting uses it: "" for what an export writes for "unknown"
+    (`FILLER_NAMES`: N/A, -, ?, null, inconnu…) or an honorific alone, capitalised when written all
+    in one case (`jean` → Jean, `ÉLOÏSE` → Éloïse). Shapes: str → str, never raises."""
+    name = clean_display_name(first_name)
+    if not name or _is_filler(name) or all(_honorific(word) or word.casefold() in _COUPLE for word in name.split()):
+        return ""
+    return " ".join(_capitalised(word) for word in name.split(" "))
 
 
 def first_name_of(name: str) -> str:
     """The part of a full name to greet someone with, when no `first_name` attribute says it.
 
     "Last, First" → First; "First Last" → First; "DUPONT Jean" (family name in capitals first) →
-    Jean; a name opening with a title or an initial ("Dr Martin", "J. Smith") stays whole; a text
-    that is an address greets nobody (""). Shapes: str → str, never raises."""
+    Jean; after honorifics the given name that follows ("M. Jean Dupont" → Jean, "Sœur Marie" →
+    Marie), or no name when only a family name follows ("Maître Dupond", "Mme Martin") or the name
+    is a couple ("M. et Mme Dupont"); a name opening with an initial stays whole ("J. Smith");
+    fillers (N/A, inconnu…) and addresses greet nobody (""). A first name written all in one case
+    is capitalised (`jean dupont` → Jean). Shapes: str → str, never raises."""
     name = clean_display_name(name)
-    if not name or "@" in name:
+    if not name or "@" in name or _is_filler(name):
         return ""
+    given_follows = False
     if "," in name:
         last, _, first = (part.strip() for part in name.partition(","))
         name = first or last
-    words = name.split(" ")
+        given_follows = bool(first)  # "Dupont, M. Jean": after the comma, given names
+    words = [word for word in name.split(" ") if word]
+    titled = False
+    while words and (_honorific(words[0]) or (titled and words[0].casefold() in _COUPLE)):
+        if words[0].casefold() in _COUPLE:
+            return ""  # "M. et Mme Dupont": two people, no one first name
+        titled = True
+        given_follows = given_follows or words[0].casefold().rstrip(".") in _GIVEN_NAME_HONORIFICS
+        words = words[1:]
+    if not words or (titled and not given_follows and len(words) == 1):
+        return ""
     head = words[0]
-    if len(words) == 1 or head.lower().rstrip(".") in _TITLES or _INITIALS.fullmatch(head):
-        return name
-    if head.isupper() and len(head) > 1:  # "DUPONT Jean": the first word not in capitals
-        for word in words[1:]:
-            if not word.isupper():
-                return word
-    return head
+    if len(words) == 1:
+        first = head
+    elif _INITIALS.fullmatch(head):
+        return "" if titled else " ".join(words)  # "J. Smith" whole; "Dr J. Smith": no given name
+    elif head.isupper() and len(head) > 1 and not all(word.isupper() for word in words):
+        first = next(word for word in words[1:] if not word.isupper())  # "DUPONT Jean"
+    elif titled and not given_follows and head.casefold() in _PARTICLES:
+        return ""  # "Mme Le Goff": a family name
+    else:
+        first = head
+    return "" if _is_filler(first) else _capitalised(first)
 
 
 def fill_greeting(pattern: str, first_name: str) -> str:
@@ -334,8 +408,8 @@ def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
             "title": Markup(markup.to_inline_html(brief.title, language)) if brief.title else None,
             "title_text": markup.plain_inline(brief.title, language) if brief.title else None,
             "html": Markup(markup.to_html(brief.body, language)),
-            "link": brief.link,
-            "image": brief.image,
+            "link": markup.link_href(brief.link) if brief.link else None,
+            "image": markup.link_href(brief.image) if brief.image else None,
             "image_alt": brief.image_alt,
             "where": brief.where,
         })
@@ -364,11 +438,12 @@ def _text_context(issue: Issue, language: str) -> dict:
     briefs = []
     for brief in issue.briefs:
         text = markup.to_text(brief.body, language)
+        link = markup.link_href(brief.link) if brief.link else None
         briefs.append({
             "title": markup.plain_inline(brief.title, language) if brief.title else None,
             "text": text,
             # the brief's link once: not again under a text that already shows it
-            "link": brief.link if brief.link and not _shows_url(text, brief.link) else None,
+            "link": link if link and not _shows_url(text, link) else None,
         })
     return {"intro_text": markup.to_text(issue.intro, language) if issue.intro else None, "briefs_text": briefs}
 

@@ -6,7 +6,9 @@ import html as html_module
 import random
 import re
 import shutil
+import unicodedata
 from pathlib import Path
+from urllib.parse import unquote
 
 import mjml
 import pytest
@@ -224,14 +226,92 @@ def test_every_link_of_the_html_shows_once_in_the_text(project, settings, seed):
     write_issue(project, "2026-12-03-liens", {"briefs.txt": "\n".join(lines) + "\n", "z.md": link_md})
     html, text = _render(settings, "liens").personalise(
         Recipient(email="x@example.org", unsubscribe_url="https://lettre.example.org/u/abc"))
-    hrefs = {html_module.unescape(href) for href in _HREF.findall(html)}
+    hrefs = _check_each_href_once(html, text)
     assert len(hrefs) >= len(kinds) + 3
-    for href in hrefs:
+
+
+_LINK_TEXT = re.compile(r'<a\b[^>]*\bhref="([^"]*)"[^>]*>(.*?)</a>', re.IGNORECASE | re.DOTALL)
+
+
+def _check_each_href_once(html, text, bare=""):
+    """Each href of the HTML once in the text, never also decoded. Links whose href holds `bare`
+    (bare URLs and autolinks of the brief): each one's visible text is its href decoded faithfully, with nothing invisible
+    or misleading in it (WHATWG URL Standard §4.8)."""
+    links = [(html_module.unescape(h), html_module.unescape(label)) for h, label in _LINK_TEXT.findall(html)]
+    for href, label in links:
         shown = href.removeprefix("mailto:")
         assert _count_url(text, shown) == 1, (href, text)
         decoded = normalizeLinkText(href).removeprefix("mailto:")
-        if decoded != shown:  # never the decoded form as well
+        if decoded != shown:
             assert _count_url(text, decoded) == 0, (href, text)
+        if bare and bare in href:
+            path, href_path = label.split("/", 3)[3:], href.split("/", 3)[3:]  # after the host
+            assert [unquote(x, errors="surrogateescape") for x in path] == \
+                [unquote(x, errors="surrogateescape") for x in href_path], (href, label)
+            assert not any(unicodedata.category(c)[0] in "CZ" for c in label), (href, label)
+    return {href for href, _ in links}
+
+
+@pytest.mark.parametrize("where", ["/chemin/a{}b", "/p?q=a{}b&r=1", "/p#a{}b"])
+def test_every_percent_escape_in_a_url_shows_once_in_the_text(project, settings, where):
+    """Issue 10.4 again: `%20` (and every escape of a byte 0x00–0xFF, in a path, a query or a
+    fragment), as a bare URL and as an autolink."""
+    lines = []
+    for byte in range(256):
+        escape = f"%{byte:02X}" if byte % 2 else f"%{byte:02x}"  # both cases of hex digits
+        url = f"https://example.org/b{byte}" + where.format(escape)
+        lines.append(f"--> Voir {url} ici.\nEt <{url.replace('example.org', 'auto.example.org')}> aussi.")
+    write_issue(project, "2026-12-03-escapes", {"briefs.txt": "\n".join(lines) + "\n"})
+    html, text = _render(settings, "escapes").personalise(
+        Recipient(email="x@example.org", unsubscribe_url="https://lettre.example.org/u/abc"))
+    hrefs = _check_each_href_once(html, text, bare="example.org/b")
+    assert len([h for h in hrefs if "example.org/b" in h]) == 512
+    assert "https://example.org/b32/" + where.format("%20")[1:] in text  # the reported case
+    assert "a b" not in text
+
+
+def test_a_space_escape_written_as_a_space_in_the_link_text_shows_once():
+    text = to_text("[https://example.org/a b](https://example.org/a%20b) et <https://example.org/c%20d>", "fr")
+    assert text == "https://example.org/a%20b et https://example.org/c%20d"
+
+
+_IDN_LABELS = ["médiathèque-exemple", "été", "çà-et-là", "ñandú", "пример", "москва-музей", "例子", "東京",
+               "straße", "größe", "i̇stanbul", "ıspanak", "ärger", "ŝanĝo"]
+
+
+def _mixed_case(rng, label):
+    return "".join(c.upper() if rng.random() < 0.5 else c for c in label)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_idn_hosts_in_any_case_become_their_uts46_a_label(project, settings, seed):
+    """`https://MÉDIATHÈQUE-exemple.fr/` → `xn--mdiathque-exemple-xsbn.fr`, as the base URL is
+    converted: oracle `idna.encode(host, uts46=True)`, for bare URLs, autolinks, Markdown links,
+    mailto and a brief's `link:`."""
+    import idna
+
+    rng = random.Random(seed)
+    hosts = [f"{_mixed_case(rng, label)}.{rng.choice(['fr', 'ORG', 'De', 'com'])}" for label in _IDN_LABELS]
+    hosts.append("MÉDIATHÈQUE-exemple.fr")
+    hosts.append(_mixed_case(rng, "xn--mdiathque-exemple-xsbn") + ".FR")  # an A-label in capitals
+    expected = {host: idna.encode(host, uts46=True).decode("ascii") for host in hosts}
+    lines = []
+    for n, host in enumerate(hosts):
+        lines.append(f"--> Voir https://{host}/nu-{n} et <https://{host}/auto-{n}> et [le site](https://{host}/md-{n}) "
+                     f"et [écrire](mailto:moi-{n}@{host}).")
+    link_md = f"---\nlink: https://{hosts[0]}/lien\n---\nUne brève.\n"
+    write_issue(project, "2026-12-03-idn", {"briefs.txt": "\n".join(lines) + "\n", "z.md": link_md})
+    html, text = _render(settings, "idn").personalise(
+        Recipient(email="x@example.org", unsubscribe_url="https://lettre.example.org/u/abc"))
+    hrefs = _check_each_href_once(html, text)
+    for n, host in enumerate(hosts):
+        ascii_host = expected[host]
+        for path in (f"nu-{n}", f"auto-{n}", f"md-{n}"):
+            assert f"https://{ascii_host}/{path}" in hrefs, (host, path)
+        assert f"mailto:moi-{n}@{ascii_host}" in hrefs
+    assert f"https://{expected[hosts[0]]}/lien" in hrefs
+    assert "https://xn--mdiathque-exemple-xsbn.fr/nu-" in text
+    assert not any(h.split("/")[2] != h.split("/")[2].lower() for h in hrefs if h.startswith("https://"))
 
 
 def test_the_text_url_twice_case(project, settings):
@@ -271,12 +351,70 @@ def _rendered_mjml_line(project, settings, line):
 # ----- the greeting ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,first", [
     ("Bernard, Hugo", "Hugo"), ("Hugo Bernard", "Hugo"), ("Smith, Jo A.", "Jo"), ("DUPONT Jean-Pierre", "Jean-Pierre"),
-    ("Marie-Claire Lefèvre", "Marie-Claire"), ("  Zoé\t ", "Zoé"), ("李小龙", "李小龙"), ("Dr Jo Smith", "Dr Jo Smith"),
-    ("Mme Dupont", "Mme Dupont"), ("J. Smith", "J. Smith"), ("J.-P. Sartre", "J.-P. Sartre"),
+    ("Marie-Claire Lefèvre", "Marie-Claire"), ("  Zoé\t ", "Zoé"), ("李小龙", "李小龙"), ("Dr Jo Smith", "Jo"),
+    ("Mme Dupont", ""), ("J. Smith", "J. Smith"), ("J.-P. Sartre", "J.-P. Sartre"),
     ("jo@example.org", ""), ("", ""), (",", ""), ("Bernard,", "Bernard"),
 ])
 def test_first_name_of(name, first):
     assert first_name_of(name) == first
+
+
+_GIVEN = ["Jean", "Jean-Pierre", "Éloïse", "Zoé", "Marie-Claire", "Hugo", "Anaïs", "Noël"]
+_FAMILY = ["Dupont", "Lefèvre", "Martin", "Le Goff", "Smith"]
+_TITLES_WITH_FAMILY_NAME = ["M.", "M", "Mme", "Mlle", "Dr", "Dr.", "Pr", "Me", "Maître", "Mr", "Mr.", "Mrs", "Ms",
+                            "Prof.", "Madame", "Monsieur", "Docteur", "Sir", "Miss"]
+_TITLES_WITH_GIVEN_NAME = ["Sœur", "Soeur", "Frère", "Père", "Abbé"]
+_FILLERS = ["N/A", "n/a", "-", "?", "none", "null", "unknown", "inconnu", "xxx", "test", "NULL", " N/A ", "#N/A", "--",
+            "Non renseigné", "Unknown.", "..."]
+
+
+def _first_name_table(rng):
+    """(name as an export writes it, first name a reader expects), built from known parts."""
+    rows = []
+    for given in _GIVEN:
+        family = rng.choice(_FAMILY)
+        title = rng.choice(_TITLES_WITH_FAMILY_NAME)
+        title = rng.choice([title, title.upper(), title.lower()]) if title not in ("M.", "M") else title
+        rows += [
+            (f"{given} {family}", given), (f"{family}, {given}", given), (f"{family.upper()} {given}", given),
+            (f"{given.lower()} {family.lower()}", given), (f"{given.upper()} {family.upper()}", given),
+            (f"{title} {given} {family}", given), (f"{family}, {title} {given}", given),
+            (f"{title} {family}", ""), (title, ""), (f"{title} {family.upper()} {given}", given),
+            (f"{rng.choice(_TITLES_WITH_GIVEN_NAME)} {given}", given),
+            (f"{title} et {rng.choice(_TITLES_WITH_FAMILY_NAME)} {family}", ""),
+            (f"  {given}\t{family} ", given), (given.lower(), given),
+        ]
+    rows += [(filler, "") for filler in _FILLERS]
+    rows += [("Maître Dupond", ""), ("Sœur Marie", "Marie"), ("M. Jean Dupont", "Jean"), ("jean dupont", "Jean"),
+             ("D'ARC jeanne", "Jeanne"), ("d'arc", "d'Arc"), ("O'BRIEN", "O'Brien"), ("İSMAİL YILMAZ", "İsmail"),
+             ("McDonald", "McDonald"), ("Dr J. Smith", ""), ("Mr & Mrs Smith", "")]
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_first_names_from_a_generated_table_of_export_names(seed):
+    for name, first in _first_name_table(random.Random(seed)):
+        assert first_name_of(name) == first, name
+
+
+@pytest.mark.parametrize("attribute,expected", [
+    ("N/A", "Hugo"), ("null", "Hugo"), ("-", "Hugo"), ("Mme", "Hugo"), ("jean-pierre", "Jean-Pierre"),
+    ("ÉLOÏSE", "Éloïse"), ("Hugues", "Hugues"), ("DeShawn", "DeShawn"),
+])
+def test_the_first_name_attribute_is_capitalised_and_a_filler_falls_back_to_the_name(project, settings, attribute,
+                                                                                     expected):
+    rendered = _greeting_issue(project, settings)
+    html, text = _greetings(rendered, name="Bernard, Hugo", first_name=attribute)
+    assert text.startswith(f"Bonjour {expected},\n") and f"Bonjour {expected}," in html
+
+
+@pytest.mark.parametrize("name,greeting", [
+    ("M. Jean Dupont", "Bonjour Jean,"), ("Maître Dupond", "Bonjour,"), ("Sœur Marie", "Bonjour Marie,"),
+    ("jean dupont", "Bonjour Jean,"), ("N/A", "Bonjour,"), ("Mme", "Bonjour,"),
+])
+def test_an_honorific_or_a_filler_is_never_greeted_alone(project, settings, name, greeting):
+    html, text = _greetings(_greeting_issue(project, settings), name=name)
+    assert text.startswith(greeting + "\n") and greeting in html
 
 
 def _greeting_issue(project, settings, toml_extra="", intro=""):
@@ -321,7 +459,11 @@ def test_greeting_false_means_no_greeting_and_no_slot(project, settings):
 
 
 @pytest.mark.parametrize("intro", ["Bonjour à toutes et à tous,", "*Chères lectrices*, chers lecteurs,", "Hello everyone!",
-                                   "Salut la compagnie !", "Hi,", "Bonsoir,"])
+                                   "Salut la compagnie !", "Hi,", "Bonsoir,", "Madame, Monsieur,",
+                                   "Mesdames, Messieurs,", "Madame ou Monsieur,", "Mesdames et Messieurs,",
+                                   "Chère Madame,", "Dear all,", "Good morning!", "Coucou !", "Hey,", "Greetings,",
+                                   "Re-bonjour à tous,", "Rebonjour,", "Bien le bonjour !", "**Bonjour**,",
+                                   "Ladies and gentlemen,", "Cher·e·s abonné·e·s,"])
 def test_no_automatic_greeting_above_an_intro_that_has_one(project, settings, intro):
     rendered = _greeting_issue(project, settings, intro=intro + "\n\n")
     html, text = _greetings(rendered, name="Hugo Bernard")
@@ -329,9 +471,11 @@ def test_no_automatic_greeting_above_an_intro_that_has_one(project, settings, in
     assert rendered.warnings == ()
 
 
-def test_an_intro_without_greeting_keeps_the_automatic_one(project, settings):
-    rendered = _greeting_issue(project, settings, intro="Cette semaine, des trains.\n\n")
-    assert _greetings(rendered, name="Hugo Bernard")[1].startswith("Bonjour Hugo,\n\nCette semaine")
+@pytest.mark.parametrize("intro", ["Cette semaine, des trains.", "Madame la ministre a inauguré la ligne.",
+                                   "Hi-fi et trains de nuit.", "Monsieur Hulot prend le train."])
+def test_an_intro_without_greeting_keeps_the_automatic_one(project, settings, intro):
+    rendered = _greeting_issue(project, settings, intro=intro + "\n\n")
+    assert _greetings(rendered, name="Hugo Bernard")[1].startswith("Bonjour Hugo,\n\n" + intro.split()[0])
 
 
 def test_an_explicit_greeting_over_a_greeting_intro_is_kept_with_a_warning(project, settings):
