@@ -374,6 +374,8 @@ class Sender:
             self.store.finish_deliveries(conn, worker, sent_rows)
             self.store.requeue_ids(conn, worker, deferred, count_attempt=False)
         self._count(sent=len(sent_rows))
+        log.debug("%s: %s recorded %d sent, %d deferred, %d refused (held until the path shows it works)", self.slug,
+                  worker, len(sent_rows), len(deferred), len(refusals))
         held = self._held()
         if sent_rows:
             with self._lock:
