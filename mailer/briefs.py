@@ -10,9 +10,15 @@ Two formats live side by side in an issue folder, ordered by file name:
 
 Files are UTF-8 (a BOM is allowed), with LF or CRLF line endings. Control characters are refused
 with the file, line, column and code point (`control_character`): C0 controls other than TAB, LF
-and CR, DEL, C1 controls, U+2028 and U+2029, typed or written as a character reference (`&#12;`).
+and CR, DEL, C1 controls, U+2028 and U+2029, Unicode's 66 noncharacters (U+FDD0–U+FDEF and the
+last two code points of every plane, U+FFFE/U+FFFF … U+10FFFE/U+10FFFF; Unicode 15 §23.7) and
+surrogates (only reachable as a reference), typed or written as a character reference (`&#12;`).
 They are invisible in most editors, and none means anything in an email: a form feed or an escape
-pasted from another program would otherwise break the MJML or show as garbage.
+pasted from another program would otherwise break the MJML or show as garbage (an XML parser
+refuses U+FFFE/U+FFFF and surrogates, XML 1.0 §2.2). In a subject or preheader (`header=True`) the
+bidirectional embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069, Unicode UAX #9) are
+refused too: there they can disguise what the subject says (a reversed file name, a fake sender);
+in a brief's text they are left alone, as right-to-left writing legitimately uses them.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ FRONT_MATTER_KEYS = ("title", "link", "image", "image_alt")
 BRIEF_SUFFIXES = (".txt", ".md")
 _HEADING = re.compile(r"^#{1,6}\s+(?P<title>.+?)\s*#*\s*$")
 _FRONT_LINE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_-]*)\s*:\s*(?P<value>.*?)\s*$")
-CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+_NONCHARACTERS = "\ufdd0-\ufdef" + "".join(f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17))
+CONTROL_CHARACTERS = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff{_NONCHARACTERS}]")
+BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")  # refused in subjects and preheaders only
 _CHARACTER_REFERENCE = re.compile(r"&#(?:[xX]([0-9a-fA-F]{1,8})|([0-9]{1,10}));")
 # Unicode's name aliases of the C0 controls (unicodedata.name() has none for them).
 _C0_NAMES = ("NULL", "START OF HEADING", "START OF TEXT", "END OF TEXT", "END OF TRANSMISSION", "ENQUIRY",
@@ -76,22 +84,32 @@ def describe_character(char: str) -> str:
         name = "DELETE"
     elif 0x80 <= code <= 0x9F:
         name = "C1 CONTROL"
+    elif 0xD800 <= code <= 0xDFFF:
+        name = "SURROGATE"
+    elif 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE:
+        name = "NONCHARACTER"
     else:
         name = unicodedata.name(char, "unnamed")
     return f"U+{code:04X} ({name})"
 
 
-def control_character(text: str, *, markdown: bool = False) -> tuple[int, str, str] | None:
-    """The first control character of `text` (see the module docstring), also as a character
-    reference when `markdown`: (index in text, the character, how it was written), or None."""
+def control_character(text: str, *, markdown: bool = False, header: bool = False) -> tuple[int, str, str] | None:
+    """The first control character of `text` (see the module docstring; `header`: bidirectional
+    controls too), also as a character reference when `markdown`: (index in text, the character,
+    how it was written), or None."""
     found = CONTROL_CHARACTERS.search(text)
+    if header:
+        bidi = BIDI_CONTROLS.search(text)
+        if bidi and (found is None or bidi.start() < found.start()):
+            found = bidi
     first = (found.start(), found.group(), "") if found else None
     if markdown and "&#" in text:
         for ref in _CHARACTER_REFERENCE.finditer(text):
             if first and ref.start() > first[0]:
                 break
             code = int(ref.group(1), 16) if ref.group(1) else int(ref.group(2))
-            if code < 0x110000 and CONTROL_CHARACTERS.fullmatch(chr(code)):
+            if code < 0x110000 and (CONTROL_CHARACTERS.fullmatch(chr(code))
+                                    or (header and BIDI_CONTROLS.fullmatch(chr(code)))):
                 return ref.start(), chr(code), ref.group()
     return first
 

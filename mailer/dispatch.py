@@ -17,8 +17,11 @@ a ledger row going from `sending` to `sent` — moves only after the provider ac
    failure of the whole path (connection refused, DNS, timeouts, 5xx/429 for every request, disk
    full) counts against nobody: it is retried with exponential backoff honouring Retry-After, and
    after `MAILER_PAUSE_AFTER` seconds without anything accepted the send pauses (`SendAborted`);
-   the same command resumes it. Refusals of everyone in a row with nothing accepted are the path's
-   too: they are forgiven (queued again, attempts taken back) when the pattern shows.
+   the same command resumes it. A refusal is final (attempt spent, `failed`, subscriber `bounced`)
+   only once the path has shown it works: something of this send accepted in the same step or
+   after it. Until then it is provisional (the row stays `sending`); STREAK_LIMIT refusals in a row
+   with nothing accepted — or everyone left, when fewer remain and nobody was delivered yet — are the
+   path's: they go back to the queue untouched and the send pauses.
 4. A graceful stop (SIGTERM, Ctrl-C) lets the message or request in flight finish and be recorded,
    hands the rest back and repeats nobody; what a stalled server still holds after STOP_GRACE
    seconds is cut and stays queued (the one case where a stop can repeat a message: a server that
@@ -56,8 +59,7 @@ from .store import Store, utcnow
 log = logging.getLogger("mailer.dispatch")
 
 MAX_ATTEMPTS = 5                # recipient-specific refusals of one recipient before it is `failed`
-MAX_CONSECUTIVE_FAILURES = 5    # steps (requests, messages) in a row where recipients were refused…
-MAX_CONSECUTIVE_FAILED = 50     # …covering at least this many messages, nothing accepted: the path's fault
+STREAK_LIMIT = 10               # recipients refused in a row with nothing accepted: the path's fault (see _hold)
 STOP_GRACE = 3.0                # seconds a stop lets in-flight work finish before it is cut
 SUPPRESSION_FRESH = 0.2         # seconds a suppression check stays good: re-read before a message leaves after that
 BACKOFF_BASE = 1.0              # seconds: first wait after a whole-path failure, doubled each time…
@@ -206,8 +208,9 @@ class Sender:
         # a whole-path outage: since when nothing went through, and how many tries so far
         self._outage_since: float | None = None
         self._outage_tries = 0
-        # recipients refused in a row with nothing accepted in between (see _judge_streak)
+        # recipients refused since the last acceptance (see _hold), and how many steps were accepted so far
         self._streak = _Streak()
+        self._accepted = 0
 
     # ----- per recipient --------------------------------------------------------------------------
     def recipient_for(self, subscriber_id: int, email: str, name: str, delivery_id: int | None = None,
@@ -233,9 +236,12 @@ class Sender:
                     with conn.begin():
                         rows = self.store.claim_deliveries(conn, self.issue_id, name, size)
                     if not rows:
+                        self._settle_held(conn, name, {}, queue_empty=True)
                         return
                     self._local.renewed = time.monotonic()
                     self._process(conn, backend, name, rows)
+                if self._held():  # halted: provisional refusals go back untouched
+                    self._hand_back(conn, name)
             except PermanentError as exc:
                 self._abort(f"{backend.name}: {exc}")
             except BaseException:  # a second Ctrl-C, a bug: no polite QUIT to a server that may be stalled
@@ -298,10 +304,13 @@ class Sender:
             if results is None:  # stopped or paused while retrying: hand the rest back untouched
                 self._hand_back(conn, worker)
                 return
-            self._record(conn, worker, results, attempts)
+            if self._record(conn, worker, results, attempts):
+                return  # a streak of refusals handed this worker's claims back
 
     def _hand_back(self, conn: Connection, worker: str) -> None:
-        """Put this worker's claimed rows back in the queue (no attempt is counted: nobody refused them)."""
+        """Put this worker's claimed rows back in the queue (no attempt is counted: nobody refused them, or
+        their refusals were provisional)."""
+        self._held().clear()
         if conn.in_transaction():  # interrupted inside a ledger write: that write did not happen
             conn.rollback()
         with conn.begin():
@@ -346,100 +355,139 @@ class Sender:
             try:
                 return backend.send_batch(Batch(self.factory, tuple(messages), self.issue_id, batch_date))
             except PermanentError as exc:  # nothing will be accepted: pause, hand the batch back untouched
-                self._abort(f"{backend.name}: {exc}" + self._forgive_streak(conn))
+                self._abort(f"{backend.name}: {exc}")
                 return None
             except TransientError as exc:
                 if self.halted or not self._path_failed(f"{backend.name}: {exc}", exc.retry_after):
                     return None
 
-    def _record(self, conn: Connection, worker: str, results: list[RecipientResult], attempts: dict[int, int]) -> None:
-        finished, refused, deferred, bounced, failed_ids = [], [], [], [], set()
-        for result in results:
+    def _record(self, conn: Connection, worker: str, results: list[RecipientResult], attempts: dict[int, int]) -> bool:
+        """Record one step's outcomes. Accepted and deferred rows are written at once; refusals only
+        once they are final — when something of this send was accepted in the same step or after them
+        (see `_settle_held`). Until then they stay `sending`, held by this worker (`_hold`). True when a
+        streak of refusals handed this worker's claims back (the rest of its batch must not be sent)."""
+        sent_rows = [{"id": r.message.delivery_id, "status": "sent", "provider_message_id": r.provider_message_id}
+                     for r in results if r.outcome == "sent"]
+        deferred = [(r.message.delivery_id, strip_credentials(r.error or "")) for r in results if r.outcome == "deferred"]
+        refusals = [(r, attempts.get(r.message.delivery_id, 0)) for r in results if r.outcome in ("transient", "permanent")]
+        with conn.begin():
+            self.store.finish_deliveries(conn, worker, sent_rows)
+            self.store.requeue_ids(conn, worker, deferred, count_attempt=False)
+        self._count(sent=len(sent_rows))
+        log.debug("%s: %s recorded %d sent, %d deferred, %d refused (held until the path shows it works)", self.slug,
+                  worker, len(sent_rows), len(deferred), len(refusals))
+        held = self._held()
+        if sent_rows:
+            with self._lock:
+                self._outage_since, self._outage_tries = None, 0
+                self._accepted += 1
+                self._streak = _Streak()
+            held.extend((result, spent, -1) for result, spent in refusals)
+            self._settle_held(conn, worker, attempts)
+            return False
+        if refusals:
+            return self._hold(conn, worker, refusals, attempts)
+        if deferred and not self.halted:
+            self._path_failed(f"nothing accepted ({deferred[0][1]})", None)
+        return False
+
+    def _held(self) -> list:
+        held = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = []
+        return held
+
+    def _hold(self, conn: Connection, worker: str, refusals: list[tuple[RecipientResult, int]],
+              attempts: dict[int, int]) -> bool:
+        """Refusals with nothing of this send accepted since the last acceptance: provisional. They stay
+        `sending` (no attempt spent, nobody marked bounced) until an acceptance makes them final. When
+        STREAK_LIMIT recipients in a row were refused with nothing accepted, the path is refusing,
+        not the people: what this worker holds goes back to the queue untouched and the send pauses
+        (permanent refusals) or is waited out like an outage (all transient: 4xx). True when handed back."""
+        self._settle_held(conn, worker, attempts)  # what another worker's acceptance made final meanwhile
+        held = self._held()
+        with self._lock:
+            epoch = self._accepted
+            streak = self._streak
+            for result, spent in refusals:
+                streak.count += 1
+                streak.transient_only = streak.transient_only and result.outcome == "transient"
+                streak.last_error = result.error or streak.last_error
+            count, limit_reached = streak.count, streak.count >= STREAK_LIMIT
+        held.extend((result, spent, epoch) for result, spent in refusals)
+        if limit_reached:
+            self._path_refused(conn, worker, count, streak)
+        return limit_reached
+
+    def _path_refused(self, conn: Connection, worker: str, count: int, streak: "_Streak") -> None:
+        """A streak of refusals judged the path's: hand back what this worker holds, then pause or wait."""
+        with self._lock:
+            if self._streak is streak:
+                self._streak = _Streak()
+        self._hand_back(conn, worker)
+        who = "the relay" if self.settings.backend == "smtp" else f"the provider ({self.settings.backend})"
+        reason = (f"{who} refused all of the last {count} recipients ({streak.last_error}): this looks like "
+                  f"{who}, not the addresses; nothing was marked bounced and nobody's attempts were spent")
+        if streak.transient_only:
+            if not self.halted:
+                self._path_failed(reason, None)
+        else:
+            self._abort(reason)
+
+    def _settle_held(self, conn: Connection, worker: str, attempts: dict[int, int], *, queue_empty: bool = False) -> None:
+        """Make final the refusals this worker holds that an acceptance followed (in any worker of this
+        send). At the end of the queue, refusals nothing followed are final too when this send has
+        delivered to someone before (the path was shown to work); when it has not, everyone left was
+        refused — the path's fault, as for a streak of STREAK_LIMIT."""
+        held = self._held()
+        if not held:
+            return
+        with self._lock:
+            epoch = self._accepted
+        final = [(r, spent) for r, spent, at in held if at < epoch]
+        pending = [(r, spent, at) for r, spent, at in held if at >= epoch]
+        if pending and queue_empty:
+            with conn.begin():
+                delivered = self.store.delivery_counts(conn, self.issue_id)["sent"]
+            if delivered:
+                final += [(r, spent) for r, spent, _ in pending]
+                pending = []
+        held[:] = pending
+        if final:
+            self._finalize(conn, worker, final, attempts)
+        if pending and queue_empty:
+            with self._lock:
+                streak = self._streak
+            if not streak.count:
+                streak = _Streak(len(pending), all(r.outcome == "transient" for r, _, _ in pending),
+                                 pending[-1][0].error or "")
+            self._path_refused(conn, worker, len(pending), streak)
+
+    def _finalize(self, conn: Connection, worker: str, refusals: list[tuple[RecipientResult, int]],
+                  attempts: dict[int, int]) -> None:
+        """Final refusals: permanent ones (and a transient one reaching MAX_ATTEMPTS) fail, a hard bounce
+        marks its subscriber `bounced`; other transient ones go back to the queue, one attempt spent."""
+        finished, refused, bounced = [], [], []
+        for result, spent in refusals:
             delivery_id = result.message.delivery_id
-            outcome = result.outcome
-            if outcome == "sent":
-                finished.append({"id": delivery_id, "status": "sent", "provider_message_id": result.provider_message_id})
-            elif outcome == "permanent" or (outcome == "transient" and attempts.get(delivery_id, 0) + 1 >= MAX_ATTEMPTS):
-                finished.append({"id": delivery_id, "status": "failed",
-                                 "last_error": strip_credentials(result.error or "")[:2000]})
-                failed_ids.add(delivery_id)
+            error = strip_credentials(result.error or "")
+            if result.outcome == "permanent" or spent + 1 >= MAX_ATTEMPTS:
+                finished.append({"id": delivery_id, "status": "failed", "last_error": error[:2000]})
                 if result.hard_bounce and result.message.recipient.subscriber_id is not None:
                     bounced.append((result.message.recipient.subscriber_id, result.error or "hard bounce"))
-            elif outcome == "transient":
-                refused.append((delivery_id, strip_credentials(result.error or "")))
-            else:  # deferred: the path failed before this recipient was tried
-                deferred.append((delivery_id, strip_credentials(result.error or "")))
+            else:
+                refused.append((delivery_id, error))
         with conn.begin():
             self.store.finish_deliveries(conn, worker, finished)
             self.store.requeue_ids(conn, worker, refused, count_attempt=True)
-            self.store.requeue_ids(conn, worker, deferred, count_attempt=False)
             for subscriber_id, reason in bounced:
                 self.store.set_status(conn, subscriber_id, "bounced", source="send", reason=reason[:500])
         for delivery_id, _ in refused:
             attempts[delivery_id] = attempts.get(delivery_id, 0) + 1
-        sent = sum(1 for f in finished if f["status"] == "sent")
-        log.debug("%s: %s recorded %d sent, %d failed, %d refused for now, %d deferred", self.slug, worker, sent,
-                  len(finished) - sent, len(refused), len(deferred))
-        self._count(sent=sent, failed=len(finished) - sent)
-        if sent:
-            with self._lock:
-                self._outage_since, self._outage_tries = None, 0
-                self._streak = _Streak()
-            return
-        answered = [r for r in results if r.outcome != "deferred"]
-        if answered:
-            self._judge_streak(conn, answered, failed_ids)
-        elif deferred and not self.halted:
-            self._path_failed(f"nothing accepted ({deferred[0][1]})", None)
+        self._count(failed=len(finished))
         if refused and not self.halted:
             # transient per-recipient refusals: give the provider a moment before they are claimed again
             self._sleep(backoff(min(attempts.get(refused[0][0], 1), 6), None))
-
-    def _judge_streak(self, conn: Connection, answered: list[RecipientResult], failed_ids: set[int]) -> None:
-        """Recipients refused with nothing accepted in between: when the pattern says the path, not the
-        people, is refusing (the same transient refusal coming round again among several recipients,
-        or MAX_CONSECUTIVE_FAILED refusals over MAX_CONSECUTIVE_FAILURES steps), their refusals are
-        forgiven (queued again, attempts taken back). Permanent refusals pause the send at once; only
-        transient ones are waited out like an outage. Hard bounces stay bounced."""
-        with self._lock:
-            streak = self._streak
-            streak.steps += 1
-            for result in answered:
-                delivery_id = result.message.delivery_id
-                streak.messages += 1
-                streak.last_error = result.error or streak.last_error
-                if result.outcome == "transient":
-                    streak.repeated = streak.repeated or delivery_id in streak.transient
-                    streak.transient.add(delivery_id)
-                elif result.hard_bounce:
-                    continue
-                else:
-                    streak.permanent = True
-                streak.forgivable[delivery_id] = streak.forgivable.get(delivery_id, 0) + 1
-                if delivery_id in failed_ids:
-                    streak.failed += 1
-            distinct = len(streak.forgivable)
-            path_fault = ((streak.repeated and distinct >= 2)
-                          or (streak.steps >= MAX_CONSECUTIVE_FAILURES and streak.messages >= MAX_CONSECUTIVE_FAILED))
-            if not path_fault:
-                return
-        reason = f"{streak.messages} messages in a row were not accepted (last: {streak.last_error})"
-        reason += self._forgive_streak(conn)
-        if streak.permanent:
-            self._abort(reason)
-        else:
-            self._path_failed(reason, None)
-
-    def _forgive_streak(self, conn: Connection) -> str:
-        """Forgive the refusals of the current streak (see _judge_streak); returns what to add to the reason."""
-        with self._lock:
-            streak, self._streak = self._streak, _Streak()
-            if not streak.forgivable:
-                return ""
-            self.progress.failed = max(0, self.progress.failed - streak.failed)
-        with conn.begin():
-            forgiven = self.store.forgive(conn, self.issue_id, streak.forgivable)
-        return f"; the {forgiven} recipient(s) refused meanwhile are queued again, not counted against them"
 
     # ----- whole-path failures, stops, heartbeat ---------------------------------------------------
     def _path_failed(self, reason: str, retry_after: float | None) -> bool:
@@ -511,15 +559,10 @@ class Sender:
 
 @dataclass
 class _Streak:
-    """Refusals since the last accepted message (see Sender._judge_streak)."""
+    """Recipients refused since the last accepted message, in every worker of the send (see Sender._hold)."""
 
-    steps: int = 0
-    messages: int = 0
-    transient: set[int] = field(default_factory=set)
-    forgivable: dict[int, int] = field(default_factory=dict)  # delivery id → attempts the streak spent on it
-    repeated: bool = False
-    permanent: bool = False
-    failed: int = 0  # of `forgivable`, how many were recorded `failed` (and counted in the progress)
+    count: int = 0
+    transient_only: bool = True  # every refusal was a 4xx: waited out like an outage rather than a pause
     last_error: str = ""
 
 
@@ -692,8 +735,12 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
                         time.monotonic() - started, prepared.requeued_stale, prepared.frozen,
                         held_by=tuple(held) if counts["sending"] else ())
     if paused:
-        raise SendAborted(f"{slug}: send paused: {paused}; fix the cause and run `mailer send {slug}` again to "
-                          f"resume ({counts['sent']} sent, {counts['queued'] + counts['sending']} left)")
+        left = counts["queued"] + counts["sending"]
+        if left:
+            raise SendAborted(f"{slug}: send paused: {paused}; fix the cause and run the same command "
+                              f"(`mailer send {slug}`) again to resume "
+                              f"({counts['sent']} sent, {left} left)")
+        raise SendAborted(f"{slug}: send paused: {paused}")
     return report
 
 

@@ -91,10 +91,12 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
             raise SourceError(toml_path, f"{key} must be a string", line_of(key))
     for key, value in meta.items():
         # TOML escapes (`\f`, `\u0000`) put control characters in a value that the file's text lacks
-        found = control_character(value, markdown=key == "intro") if isinstance(value, str) else None
+        found = (control_character(value, markdown=key == "intro", header=key in ("subject", "preheader"))
+                 if isinstance(value, str) else None)
         if found:
             index, char, written = found
-            how = f"character reference {written} is " if written else "an escape gives "
+            how = (f"character reference {written} is " if written
+                   else "" if char in text else "an escape gives ")
             raise SourceError(toml_path, f"{key}: {how}control character {describe_character(char)} "
                                          f"at character {index + 1}: delete it", line_of(key))
 

@@ -488,25 +488,6 @@ class Store:
                     updated_at=utcnow(), attempts=deliveries.c.attempts + (1 if count_attempt else 0)),
             [{"b_id": delivery_id, "b_error": (error or "")[:2000]} for delivery_id, error in rows])
 
-    def forgive(self, conn: Connection, issue_id: int, spent: dict[int, int]) -> int:
-        """Take back the attempts `spent` ({delivery id: attempts}) and queue the failed rows again: their
-        refusals turned out to be the path's fault (nothing accepted around them), not the recipients'.
-        Rows already sent, skipped or being sent by someone are left alone. Returns the rows changed."""
-        by_count: dict[int, list[int]] = {}
-        for delivery_id, count in spent.items():
-            by_count.setdefault(count, []).append(delivery_id)
-        total = 0
-        for count, ids in by_count.items():
-            for start in range(0, len(ids), 1000):
-                total += conn.execute(
-                    deliveries.update()
-                    .where(deliveries.c.issue_id == issue_id, deliveries.c.id.in_(ids[start:start + 1000]),
-                           deliveries.c.status.in_(("queued", "failed")))
-                    .values(status="queued", claimed_by=None, claimed_at=None, updated_at=utcnow(),
-                            attempts=sa.case((deliveries.c.attempts > count, deliveries.c.attempts - count), else_=0))
-                ).rowcount or 0
-        return total
-
     def suppressed_among(self, conn: Connection, worker: str, delivery_ids: Sequence[int]) -> dict[int, str]:
         """{delivery id: subscriber status} for those of `worker`'s claimed rows whose subscriber is no
         longer active (unsubscribed, bounced or complained a moment ago). One indexed read, prebuilt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import date, datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -213,6 +214,12 @@ def test_draft_must_be_a_boolean(project):
 # ----- control characters (issue 9.15) -------------------------------------------------------------
 CONTROLS = [chr(c) for c in [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F, *range(0x80, 0xA0),
                              0x2028, 0x2029]]
+# Unicode's 66 noncharacters (Unicode 15 §23.7): U+FDD0–U+FDEF and U+nFFFE/U+nFFFF in all 17 planes
+NONCHARACTERS = [chr(c) for c in [*range(0xFDD0, 0xFDF0), *(p << 16 | low for p in range(17) for low in (0xFFFE, 0xFFFF))]]
+assert len(NONCHARACTERS) == 66 and all(unicodedata.category(c) == "Cn" for c in NONCHARACTERS)
+CONTROLS = CONTROLS + NONCHARACTERS
+SURROGATES = [0xD800, 0xDBFF, 0xDC00, 0xDFFF]  # a UTF-8 file cannot hold one; a reference can
+BIDI = [chr(c) for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]]
 
 # (file name, content with X where the character goes): the error names X's line and column
 RAW_POSITIONS = [
@@ -276,7 +283,8 @@ def test_a_control_character_written_as_a_reference_is_refused(project, name, co
 def test_a_control_character_from_a_toml_escape_is_refused_naming_the_key(project, key):
     for char in CONTROLS:
         subject_line = "" if key == "subject" else 'subject = "Sujet"\n'
-        toml = f'date = 2026-12-03\n{subject_line}{key} = "ab\\u{ord(char):04X}c"\n'
+        escape = f"\\u{ord(char):04X}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08X}"
+        toml = f'date = 2026-12-03\n{subject_line}{key} = "ab{escape}c"\n'
         folder = _issue_with(project, "issue.toml", toml)
         with pytest.raises(SourceError) as info:
             _load(project)
@@ -284,9 +292,41 @@ def test_a_control_character_from_a_toml_escape_is_refused_naming_the_key(projec
                                    f"control character U+{ord(char):04X} ({_name(char)}) at character 3: delete it")
 
 
+def test_a_lone_surrogate_written_as_a_reference_is_refused(project):
+    for name, content in REFERENCE_POSITIONS:
+        line, column = _line_column(content)
+        for code in SURROGATES:
+            reference = f"&#x{code:X};"
+            folder = _issue_with(project, name, content.replace("X", reference))
+            with pytest.raises(SourceError) as info:
+                _load(project)
+            assert str(info.value).startswith(f"{folder / name}:{line}: character reference {reference} is control "
+                                              f"character U+{code:04X} (SURROGATE) at column {column}"), str(info.value)
+
+
+@pytest.mark.parametrize("key", ["subject", "preheader"])
+def test_a_bidirectional_control_in_the_subject_or_preheader_is_refused_typed_or_escaped(project, key):
+    """They can make a subject read differently from what it is (a reversed extension, a fake name)."""
+    for char in BIDI:
+        subject_line = "" if key == "subject" else 'subject = "Sujet"\n'
+        line = 2 if key == "subject" else 3
+        for written, how in ((char, ""), (f"\\u{ord(char):04X}", "an escape gives ")):
+            folder = _issue_with(project, "issue.toml", f'date = 2026-12-03\n{subject_line}{key} = "ab{written}c"\n')
+            with pytest.raises(SourceError) as info:
+                _load(project)
+            assert str(info.value) == (f"{folder / 'issue.toml'}:{line}: {key}: {how}control character "
+                                       f"U+{ord(char):04X} ({unicodedata.name(char)}) at character 3: delete it")
+
+
+def test_bidirectional_controls_in_a_brief_are_kept_for_right_to_left_text(project):
+    body = "\u202bשלום עולם\u202c et \u2067مرحبا\u2069 !"
+    write_issue(project, "2026-12-03-ctrl", {"briefs.txt": f"--> {body}\n"}, toml='subject = "Sujet"\ndate = 2026-12-03\n')
+    assert _load(project).briefs[0].body == body
+
+
 def _name(char):
     from mailer.briefs import describe_character
-    return describe_character(char)[len("U+0000 ("):-1]
+    return describe_character(char).partition(" (")[2][:-1]
 
 
 def test_tab_lf_cr_and_ordinary_unicode_spaces_are_fine(project):

@@ -192,8 +192,9 @@ def test_consecutive_failures_pause_the_send_with_a_clear_message(store, make_se
     provider = ScriptedProvider()
     for address in addresses:
         provider.refuse[address] = "permanent"
-    with pytest.raises(SendAborted, match="50 messages in a row were not accepted .*550 no such user"
-                                          ".*the 50 recipient.s. refused meanwhile are queued again"):
+    # changed with the streak rule: it pauses at STREAK_LIMIT (10) refusals, not after 50 over 5 steps
+    with pytest.raises(SendAborted, match="refused all of the last 10 recipients .550 no such user.: .*nothing was "
+                                          "marked bounced.*run the same command .*again to resume .0 sent, 120 left"):
         dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
     counts = _counts(store)
     # everyone refused, nothing accepted: the path's fault, not theirs; nobody failed, no attempt spent
@@ -261,10 +262,13 @@ def test_a_few_bad_addresses_in_a_row_do_not_pause(store, make_settings, tmp_pat
     settings = make_settings(database_url=db_url, batch_size=3)
     addresses = _populate(store, tmp_path, 40)
     provider = ScriptedProvider()
-    for address in addresses[:30]:  # 10 failing batches, but only 30 messages
+    # changed with the streak rule (30 refusals in a row now pause: see the test above): runs of bad
+    # addresses shorter than STREAK_LIMIT, across batches, with accepted ones in between
+    bad = addresses[:9] + addresses[12:21] + addresses[30:39]
+    for address in bad:
         provider.refuse[address] = "permanent"
     report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
-    assert report.complete and report.failed_now == 30 and report.sent_now == 10
+    assert report.complete and report.failed_now == 27 and report.sent_now == 13
 
 
 def test_per_message_backend_records_each_message_as_it_goes(store, make_settings, tmp_path, db_url):
@@ -362,7 +366,7 @@ def test_a_transient_refusal_of_everyone_is_the_paths_fault_not_theirs(store, ma
     provider = ScriptedProvider()
     for address in addresses:
         provider.refuse[address] = "transient"
-    with pytest.raises(SendAborted, match="messages in a row were not accepted .*450 mailbox busy"):
+    with pytest.raises(SendAborted, match="refused all of the last 3 recipients .*450 mailbox busy"):
         dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
     counts = _counts(store)
     assert (counts["queued"], counts["failed"]) == (3, 0) and _max_unsent_attempts(store) == 0

@@ -335,3 +335,110 @@ def test_an_unsubscribe_during_a_slow_send_is_honoured_before_the_message_leaves
             smtp.stop()
         if sendgrid:
             sendgrid.stop()
+
+
+# ----- a relay or provider refusing every recipient is the path, not the people -----------------------------
+# A misconfigured Postfix answers `550 5.1.1 User unknown` (or a 5.7.1 relay refusal) to every RCPT;
+# SendGrid answers 400 naming every personalization. Nothing of the send was accepted, so no refusal
+# is final: after STREAK_LIMIT (10) refusals in a row — or everyone, for a smaller list — the send
+# pauses, nobody is failed or bounced, no attempt is spent; the same command then delivers everyone once.
+EVERYONE_REFUSED = {
+    "550 5.1.1": "550 5.1.1 <{a}>: Recipient address rejected: User unknown in local recipient table",
+    "554 5.7.1": "554 5.7.1 <{a}>: Relay access denied",
+    "550 5.7.1": "550 5.7.1 Relaying denied",
+    "530 5.7.0": "530 5.7.0 Authentication required",
+}
+
+
+def subscriber_statuses(store) -> collections.Counter:
+    with store.engine.connect() as conn:
+        return collections.Counter(conn.execute(sa.select(subscribers.c.status)).scalars())
+
+
+def assert_paused_untouched(store, size: int) -> None:
+    counts, attempts, status = ledger(store)
+    assert status == "paused" and attempts == 0, (status, attempts)
+    assert (counts["queued"], counts["failed"], counts["sending"], counts["sent"]) == (size, 0, 0, 0), counts
+    assert subscriber_statuses(store) == collections.Counter({"active": size}), "somebody was marked bounced"
+
+
+@pytest.mark.parametrize("size", [5, 30, 200])
+@pytest.mark.parametrize("reply", list(EVERYONE_REFUSED))
+def test_a_relay_refusing_every_recipient_pauses_marks_nobody_and_the_same_command_delivers_everyone(
+        reply, size, store, make_settings, db_url):
+    if size == 200 and reply != "550 5.1.1" and not db_url.startswith("postgresql"):
+        pytest.skip("the 200 list runs once per database with the commonest misconfiguration")
+    server = start_server(ScriptedHandler())
+    try:
+        server.handler.on_rcpt = lambda address: EVERYONE_REFUSED[reply].format(a=address)
+        settings = make_settings(database_url=db_url, MAILER_BACKEND="smtp", MAILER_SMTP_HOST="127.0.0.1",
+                                 MAILER_SMTP_PORT=str(server.port), MAILER_SMTP_TLS="none")
+        people = store_people(store, size)
+        started = time.monotonic()
+        with pytest.raises(dispatch.SendAborted) as paused:
+            dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+        message = str(paused.value)
+        shown = min(size, dispatch.STREAK_LIMIT)
+        assert f"the relay refused all of the last {shown} recipients ({'RCPT ' + reply}" in message, message
+        assert "nothing was marked bounced" in message
+        assert f"run the same command (`mailer send {EXAMPLE_ISSUE}`) again to resume (0 sent, {size} left)" in message
+        assert time.monotonic() - started < 10
+        assert sum(server.handler.attempts.values()) == shown  # it stopped asking after the streak
+        assert_paused_untouched(store, size)
+
+        server.handler.on_rcpt = None  # the relay is fixed
+        report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+        assert report.complete and report.sent_now == size and report.failed_now == 0
+        assert server.handler.per_recipient() == collections.Counter(people), "somebody missing or served twice"
+        assert subscriber_statuses(store) == collections.Counter({"active": size})
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("size", [5, 30, 80])
+def test_sendgrid_refusing_every_recipient_with_a_400_pauses_and_marks_nobody(size, store, make_settings, db_url):
+    with SendGridServer() as server:
+        server.reject_addresses(lambda address: True, "Does not contain a valid address.")
+        settings = make_settings(database_url=db_url, MAILER_BACKEND="sendgrid", SENDGRID_API_KEY="SG.test",
+                                 MAILER_SENDGRID_API_URL=server.url)
+        people = store_people(store, size)
+        with pytest.raises(dispatch.SendAborted, match=rf"the provider \(sendgrid\) refused all of the last {size} "
+                                                       r"recipients .*nothing was marked bounced"):
+            dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+        assert_paused_untouched(store, size)
+        server.clear()
+        report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+        assert report.complete and report.sent_now == size
+        assert server.count_by_recipient() == collections.Counter(people)
+        assert subscriber_statuses(store) == collections.Counter({"active": size})
+
+
+@pytest.mark.parametrize("backend", ["smtp", "sendgrid"])
+def test_bad_addresses_before_the_first_accepted_one_still_bounce_once_the_path_works(backend, store, make_settings,
+                                                                                     db_url):
+    """The first three addresses do not exist, the rest do: their refusals are held until the fourth is
+    accepted, then final — failed and bounced — and everyone else is sent, nobody paused."""
+    people = store_people(store, 12)
+    bad = set(people[:3])
+    if backend == "smtp":
+        server = start_server(ScriptedHandler())
+        server.handler.on_rcpt = lambda a: f"550 5.1.1 <{a}>: User unknown" if a in bad else None
+        env = {"MAILER_BACKEND": "smtp", "MAILER_SMTP_HOST": "127.0.0.1", "MAILER_SMTP_PORT": str(server.port),
+               "MAILER_SMTP_TLS": "none"}
+        received = server.handler.per_recipient
+    else:
+        server = SendGridServer().start()
+        server.reject_addresses(lambda a: a in bad, "Does not contain a valid address.")
+        env = {"MAILER_BACKEND": "sendgrid", "SENDGRID_API_KEY": "SG.test", "MAILER_SENDGRID_API_URL": server.url,
+               "MAILER_BATCH_SIZE": "4"}
+        received = server.count_by_recipient
+    try:
+        report = dispatch.send_issue(make_settings(database_url=db_url, **env), store, EXAMPLE_ISSUE)
+        assert report.complete and report.sent_now == 9 and report.failed_now == 3
+        assert received() == collections.Counter(people[3:])
+        assert subscriber_statuses(store) == collections.Counter({"active": 9, "bounced": 3})
+        with store.engine.connect() as conn:
+            bounced = set(conn.execute(sa.select(subscribers.c.email).where(subscribers.c.status == "bounced")).scalars())
+        assert bounced == bad
+    finally:
+        server.stop()
