@@ -50,6 +50,7 @@ class StatusChange:
     new: str
     source: str
     reason: str = ""
+    at: datetime | None = None  # when the change happened, if known (an export's UNSUB_TIME); default: now
 
 
 def _status_kind(status: str) -> str:
@@ -60,11 +61,11 @@ _STATUS_OF = sa.select(subscribers.c.status).where(subscribers.c.id == sa.bindpa
 _GUARD = (subscribers.c.id == sa.bindparam("p_id"), subscribers.c.status == sa.bindparam("p_old"))
 _STATUS_UPDATES = {
     "active": subscribers.update().where(*_GUARD).values(
-        status=sa.bindparam("p_new"), updated_at=sa.bindparam("p_now"), confirmed_at=sa.bindparam("p_now"),
+        status=sa.bindparam("p_new"), updated_at=sa.bindparam("p_now"), confirmed_at=sa.bindparam("p_at"),
         unsubscribed_at=None),
     "pending": subscribers.update().where(*_GUARD).values(status=sa.bindparam("p_new"), updated_at=sa.bindparam("p_now")),
     "suppressed": subscribers.update().where(*_GUARD).values(
-        status=sa.bindparam("p_new"), updated_at=sa.bindparam("p_now"), unsubscribed_at=sa.bindparam("p_now")),
+        status=sa.bindparam("p_new"), updated_at=sa.bindparam("p_now"), unsubscribed_at=sa.bindparam("p_at")),
 }
 _STATUS_EVENT = subscriber_events.insert().values(
     subscriber_id=sa.bindparam("p_id"), at=sa.bindparam("p_now"), kind="status", old_status=sa.bindparam("p_old"),
@@ -157,12 +158,15 @@ class Store:
     def apply_status_changes(self, conn: Connection, changes: Sequence["StatusChange"]) -> list["StatusChange"]:
         """Apply each change only if the subscriber still has its `old` status (so two concurrent
         requests cannot both apply it), set the timestamps the new status implies, and record one
-        event per applied change. Statements are built once: this is the one-click and webhook hot path."""
+        event per applied change (`confirmed_at` / `unsubscribed_at` are the change's `at` when it has
+        one, as an export's UNSUB_TIME). Statements are built once: this is the one-click and webhook
+        hot path."""
         now = utcnow()
         applied = [change for change in changes
                    if conn.execute(_STATUS_UPDATES[_status_kind(change.new)],
                                    {"p_id": change.subscriber_id, "p_old": change.old, "p_new": change.new,
-                                    "p_now": now}).rowcount == 1]
+                                    "p_now": now, **({} if change.new == "pending" else {"p_at": change.at or now})}
+                                   ).rowcount == 1]
         if applied:
             conn.execute(_STATUS_EVENT, [{"p_id": c.subscriber_id, "p_now": now, "p_old": c.old, "p_new": c.new,
                                           "p_source": c.source, "p_reason": c.reason[:2000]} for c in applied])

@@ -160,18 +160,89 @@ def test_where_the_windows_1252_line_is_does_not_change_the_outcome(store, tmp_p
     assert "Windows-1252" in report.encoding
 
 
-@pytest.mark.parametrize("position", ["line 2", "middle", "last line"])
-def test_a_file_pasted_from_utf8_and_windows_1252_reads_each_line_right(store, tmp_path, position):
-    rows = [f"u{i}@example.org,Zoé Lefèvre {i}".encode("utf-8") for i in range(2000)]
-    at = {"line 2": 0, "middle": 1000, "last line": 2000}[position]
-    rows.insert(at, "rene.leger@example.org,René Léger – l’œuvre".encode("cp1252"))
-    path = tmp_path / "colle.csv"
-    path.write_bytes(b"email,name\n" + b"\n".join(rows) + b"\n")
+# Ways a UTF-8 line goes bad: a stray byte, a line pasted from a Windows-1252 file, a cut sequence.
+_BAD_BYTES = [b"\xff", b"\xfe", b"\x80", b"\xc3", b"\xe9t\xe9", b"\xf0\x9f", b"\xc0\xaf"]
+
+
+def _utf8_file_with_bad_lines(folder: Path, count: int, bad_at: list[int], seed: int, plain_rest: bool = False):
+    """A UTF-8 file of `count` rows whose data rows at indexes `bad_at` hold a byte that is not
+    UTF-8, somewhere in the name; (path, the names a correct import stores, {line: (byte, column)})."""
+    rng = random.Random(seed)
+    lines, expected, bad = [b"email,name"], {}, {}
+    for index, (address, name) in enumerate(people(count, seed)):
+        if plain_rest and index not in bad_at:
+            name = f"Reader {index}"
+        data = f"{address},{name}".encode()
+        if index in bad_at:
+            cut = rng.randrange(len(address) + 2, len(data) + 1)
+            while cut < len(data) and 0x80 <= data[cut] < 0xC0:
+                cut += 1  # not inside a character
+            data = data[:cut] + rng.choice(_BAD_BYTES) + data[cut:]
+            text = data.decode("utf-8", "surrogateescape")
+            column = next(i for i, c in enumerate(text) if "\udc80" <= c <= "\udcff") + 1
+            bad[len(lines) + 1] = (ord(text[column - 1]) - 0xDC00, column)
+        else:
+            expected[address] = name
+        lines.append(data)
+    path = folder / "liste.csv"
+    path.write_bytes(b"\r\n".join(lines) + b"\r\n")
+    return path, expected, bad
+
+
+@pytest.mark.parametrize("where", ["line 2", "middle", "last line", "several lines", "every 50th line"])
+def test_a_utf8_file_with_bytes_that_are_not_utf8_rejects_exactly_those_rows(store, tmp_path, where, both_paths):
+    count = 3000
+    bad_at = {"line 2": [0], "middle": [1500], "last line": [count - 1], "several lines": [4, 7, 10, 2222, 2999],
+              "every 50th line": list(range(3, count, 50))}[where]
+    path, expected, bad = _utf8_file_with_bad_lines(tmp_path, count, bad_at, seed=len(where))
+
     report = import_csv(store, path)
-    assert report.added == 2001
-    assert show_subscriber(store, "rene.leger@example.org").name == "René Léger – l’œuvre"
-    assert show_subscriber(store, "u7@example.org").name == "Zoé Lefèvre 7"
-    assert any(f"lines {at + 2} are not UTF-8" in warning for warning in report.warnings)
+
+    assert names(store) == expected  # the rows that are valid UTF-8, exactly as written; nothing garbled
+    assert (report.added, report.rejected) == (count - len(bad_at), len(bad_at))
+    assert {r.line: r.reason for r in report.rejections} == {
+        line: f"not valid UTF-8 (byte 0x{byte:02X} at column {column})" for line, (byte, column) in bad.items()}
+    assert report.encoding == f"UTF-8 ({len(bad_at)} line{'s' if len(bad_at) > 1 else ''} not valid UTF-8: rejected)"
+    shown = sorted(bad)[:5]
+    named = (f"line {shown[0]} is" if len(bad) == 1 else
+             f"lines {', '.join(map(str, shown))} and {len(bad) - 5} more are" if len(bad) > 5 else
+             f"lines {', '.join(map(str, shown[:-1]))} and {shown[-1]} are")
+    assert report.warnings[0].startswith(f"{named} not valid UTF-8")
+    assert f"rejected {len(bad_at)}" in report.summary()
+
+
+@pytest.mark.parametrize("line", [6, 8002])
+def test_one_stray_byte_on_a_line_of_utf8_accents_in_an_otherwise_ascii_file(store, tmp_path, line):
+    """The review's case: the only non-ASCII line is UTF-8 with a stray 0xFF. Once read as
+    iso8859-13 ("LoĆÆc LefĆØvre") or Windows-1252 ("ZoÃ« GarÃ§on") depending on the line."""
+    rows = [f"reader{i}@example.org,Reader {i}" for i in range(9999)]
+    rows.insert(line - 2, "zoe@example.org,Zoë Garçon")
+    data = ("email,name\n" + "\n".join(rows) + "\n").encode().replace("Garçon".encode(), "Garçon".encode() + b"\xff")
+    path = tmp_path / "liste.csv"
+    path.write_bytes(data)
+    report = import_csv(store, path)
+    assert (report.added, report.rejected) == (9999, 1)
+    assert report.rejections[0].line == line
+    assert report.rejections[0].reason == "not valid UTF-8 (byte 0xFF at column 27)"
+    assert report.rejections[0].value == "zoe@example.org"
+    assert all("Ã" not in name and "Ć" not in name for name in names(store).values())
+
+
+def test_a_header_that_is_not_utf8_in_a_utf8_file_imports_nobody(store, tmp_path):
+    path = tmp_path / "liste.csv"
+    path.write_bytes(b"email,Pr\xe9nom\nzoe@example.org,Zo\xc3\xab\n")
+    with pytest.raises(MailerError, match=r"liste.csv:1: the header is not valid UTF-8 \(byte 0xE9\)"):
+        import_csv(store, path)
+    assert count_subscribers(store) == 0
+
+
+def test_a_multi_line_row_names_the_line_of_its_bad_byte(store, tmp_path):
+    path = tmp_path / "liste.csv"
+    path.write_bytes('email,name,notes\na@example.org,Zoë,"one\ntwo \xff"\nb@example.org,Noël,\n'
+                     .encode("utf-8", "surrogateescape").replace(b"\xc3\xbf", b"\xff"))
+    report = import_csv(store, path)
+    assert names(store) == {"b@example.org": "Noël"}
+    assert report.rejections[0].reason == "not valid UTF-8 (byte 0xFF at line 3, column 5)"
 
 
 @pytest.mark.parametrize("position", ["line 2", "middle", "last line"])
@@ -362,7 +433,7 @@ def test_mailchimp_exports_of_every_kind(store, tmp_path):
     assert ana.attributes["timezone"] == "America/Sao_Paulo" and ana.attributes["first_name"] == "Ana"
     assert show_subscriber(store, "bo@example.org").attributes["timezone"] == "Europe/Paris"
     assert "timezone" not in show_subscriber(store, "cy@example.org").attributes
-    assert any("time zone not understood on 1 row(s) (first: line 4, 'Mars/Olympus')" in w for w in first.warnings)
+    assert any("time zone not understood on 1 row (first: line 4, 'Mars/Olympus')" in w for w in first.warnings)
     assert show_subscriber(store, "deja.actif@example.org").name == "Déjà Actif"
     assert "Mailchimp (subscribed export)" in first.summary()
 
@@ -475,7 +546,7 @@ def test_headers_are_compared_without_case_accents_or_separators(store, tmp_path
     assert show_subscriber(store, "b@example.org").language == "en"
     assert show_subscriber(store, "c@example.org").language == ""
     assert "other columns kept as attributes: ville, code_postal" in report.summary()
-    assert any("language not understood on 1 row(s) (first: line 4, 'klingon')" in w for w in report.warnings)
+    assert any("language not understood on 1 row (first: line 4, 'klingon')" in w for w in report.warnings)
 
 
 def test_map_joins_two_spellings_of_one_attribute_and_can_drop_a_column(store, tmp_path):
@@ -527,3 +598,119 @@ def test_an_empty_cell_wipes_nothing(store, tmp_path):
     zoe = show_subscriber(store, "a@example.org")
     assert report.updated == 1
     assert (zoe.name, zoe.language, zoe.attributes) == ("Zoé Lefèvre", "fr", {"ville": "Lyon", "club": "échecs"})
+
+
+# ----- statuses said by a true/false column, and Mailchimp files the columns cannot tell apart ----------
+def test_an_older_ghost_export_with_subscribed_keeps_unsubscribed_people_unsubscribed(store, tmp_path):
+    path = tmp_path / "members.csv"
+    path.write_text(
+        "id,email,name,note,subscribed,complimentary_plan,stripe_customer_id,created_at,deleted_at,labels\n"
+        "5e1a,oui@example.org,Oui,,true,false,,2019-04-06T07:42:08.000Z,,\n"
+        "5e1b,non@example.org,Non,,false,false,,2019-04-06T07:42:08.000Z,,\n"
+        "5e1c,parti@example.org,Parti,,true,false,,2019-04-06T07:42:08.000Z,2020-01-01T00:00:00.000Z,\n",
+        encoding="utf-8")
+    report = import_csv(store, path)
+    assert statuses(store) == {"oui@example.org": "active", "non@example.org": "unsubscribed",
+                               "parti@example.org": "unsubscribed"}
+    assert "Ghost export" in report.summary()
+    assert "subscribed" not in show_subscriber(store, "oui@example.org").attributes
+
+
+# (header as written, what "true" means, what "false" means)
+SUBSCRIPTION_COLUMNS = [("subscribed", "active", "unsubscribed"), ("Opted In", "active", "unsubscribed"),
+                        ("is_subscribed", "active", "unsubscribed"), ("optin", "active", "unsubscribed"),
+                        ("Abonné", "active", "unsubscribed"), ("Accepts Email Marketing", "active", "unsubscribed"),
+                        ("unsubscribed", "unsubscribed", "active"), ("Email Opt Out", "unsubscribed", "active"),
+                        ("Désabonné", "unsubscribed", "active"), ("opted_out", "unsubscribed", "active")]
+TRUE_WORDS, FALSE_WORDS = ["true", "TRUE", "yes", "1", "oui", "Y"], ["false", "FALSE", "no", "0", "non", "N", ""]
+
+
+@pytest.mark.parametrize("header, when_true, when_false", SUBSCRIPTION_COLUMNS)
+def test_a_subscription_column_of_a_generic_csv_gives_the_status(store, tmp_path, header, when_true, when_false):
+    rng = random.Random(header)
+    rows, expected = [], {}
+    for index, (address, name) in enumerate(people(60, seed=len(header))):
+        flag = rng.choice([True, False])
+        word = rng.choice(TRUE_WORDS if flag else FALSE_WORDS)
+        rows.append([address, name, word, "Paris"])
+        expected[address] = when_true if flag else when_false
+    rows.append(["odd@example.org", "Odd", "maybe", ""])
+    path = tmp_path / "liste.csv"
+    with path.open("w", encoding="utf-8", newline="") as out:
+        csv.writer(out).writerows([["email", "name", header, "ville"], *rows])
+
+    report = import_csv(store, path)
+
+    assert statuses(store) == expected  # nobody who says false/no/0 is active
+    assert report.rejections[0].line == 62 and "'maybe', not true or false" in report.rejections[0].reason
+    assert f"status from column {header!r}: true, yes or 1 → {when_true}; false, no, 0 or empty → {when_false}" \
+        in report.summary()
+    assert "other columns kept as attributes: ville" in report.summary()
+
+
+def test_a_renamed_mailchimp_export_never_makes_people_active_by_guess(store, tmp_path):
+    add_subscriber(store, "deja@example.org", name="Déjà")
+    for index, (name, expected) in enumerate([
+            ("mc-nonsubscribed.csv", "pending"), ("export.csv", "pending"), ("audience.csv", "pending"),
+            ("unsubscribed.csv", "pending"), ("nonsubscribed_members_export_9.csv", "pending"),
+            ("subscribed_members_export_1.csv", "active"), ("Subscribed Members Export.csv", "active")]):
+        client = f"client{index}@example.org"
+        source = _mailchimp_file(tmp_path, "nonsubscribed", [{"Email Address": client},
+                                                              {"Email Address": "deja@example.org"}])
+        path = tmp_path / name
+        source.rename(path)
+        report = import_csv(store, path)
+        assert statuses(store)[client] == expected, name
+        assert statuses(store)["deja@example.org"] == "active"  # a pending file demotes nobody
+        unsure = name in ("export.csv", "audience.csv", "unsubscribed.csv")
+        assert ("Mailchimp (subscribed or non-subscribed export)" in report.summary()) == unsure, name
+        assert ("new people added as pending (not mailed)" in report.summary()) == unsure, name
+
+
+# ----- the date a suppression happened, for new and existing people --------------------------------------
+@pytest.mark.parametrize("kind", ["Mailchimp unsubscribed", "Mailchimp abuse", "Mailchimp cleaned",
+                                  "Buttondown unsubscribers", "mailer export"])
+def test_the_date_a_file_gives_a_suppression_is_kept_for_new_and_existing_people(store, tmp_path, kind):
+    add_subscriber(store, "existing@example.org", name="Existing")
+    when, stamp = "2024-06-01 09:00:00", "2024-06-01T09:00:00+00:00"
+    rows = [{"Email Address": address} for address in ("existing@example.org", "new@example.org")]
+    if kind.startswith("Mailchimp"):
+        variant = "cleaned" if kind.endswith("cleaned") else "unsubscribed"
+        column = "CLEAN_TIME" if variant == "cleaned" else "UNSUB_TIME"
+        extra = {"UNSUB_REASON": "Abuse complaint"} if kind.endswith("abuse") else {}
+        path = _mailchimp_file(tmp_path, variant, [{**row, column: when, **extra} for row in rows])
+    elif kind.startswith("Buttondown"):
+        path = tmp_path / "unsubscribers.csv"
+        path.write_text("email,unsubscription_date,unsubscription_reason\n"
+                        + "".join(f"{row['Email Address']},2024-06-01T09:00:00Z,\n" for row in rows), encoding="utf-8")
+    else:
+        path = tmp_path / "export.csv"
+        path.write_text("email,name,status,source,confirmed_at,unsubscribed_at\n"
+                        + "".join(f"{row['Email Address']},,unsubscribed,cli,,{when}\n" for row in rows),
+                        encoding="utf-8")
+    import_csv(store, path)
+    for address in ("existing@example.org", "new@example.org"):
+        person = show_subscriber(store, address)
+        assert person.status != "active"
+        assert person.unsubscribed_at.isoformat() == stamp, (address, person.unsubscribed_at)
+
+
+# ----- columns that are empty on every row --------------------------------------------------------------
+def test_columns_empty_on_every_row_are_named_and_store_nothing(store, tmp_path):
+    path = _mailchimp_file(tmp_path, "subscribed", [
+        {"Email Address": f"p{i}@example.org", "First Name": "Ana", "NOTES": "vip" if i == 3 else ""}
+        for i in range(5)])
+    report = import_csv(store, path)
+    summary = report.summary()
+    assert "empty columns, not stored: address, phone_number, birthday" in summary
+    kept = summary.split("other columns kept as attributes: ")[1].split("\n")[0].split(", ")
+    assert "notes" in kept and "member_rating" in kept and not {"address", "phone_number", "birthday"} & set(kept)
+    assert set(store.attribute_names()) & {"address", "phone_number", "birthday"} == set()
+
+
+def test_counts_in_messages_agree_with_their_noun():
+    from mailer.importer.encoding import line_list
+    assert line_list([6]) == ("line 6", "is")
+    assert line_list([6, 9]) == ("lines 6 and 9", "are")
+    assert line_list([6, 9, 12]) == ("lines 6, 9 and 12", "are")
+    assert line_list([1, 2, 3, 4, 5], 12) == ("lines 1, 2, 3, 4, 5 and 7 more", "are")

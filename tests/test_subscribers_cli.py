@@ -74,6 +74,23 @@ def test_import_prints_rejections_where_they_are_and_how_the_file_was_read(run, 
     assert run("subscribers", "list", "--format", "json").stdout.count("Noël") == 1
 
 
+def test_import_of_utf8_with_stray_bytes_rejects_those_rows_and_says_so(run, project):
+    rows = [f"r{i}@example.org,Zoë {i}".encode() for i in range(14)]
+    for index in (4, 7, 10):
+        rows[index] += b"\xff"
+    (project / "liste.csv").write_bytes(b"email,name\n" + b"\n".join(rows) + b"\n")
+    result = run("subscribers", "import", "liste.csv")  # exit 0: the other rows are in
+    rejected = [line for line in result.stderr.splitlines() if ": rejected " in line]
+    assert rejected == [f"liste.csv:{line}: rejected 'r{line - 2}@example.org': not valid UTF-8 (byte 0xFF at column "
+                        f"{len(f'r{line - 2}@example.org,Zoë {line - 2}') + 1})" for line in (6, 9, 12)]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "added 11, updated 0, unchanged 0, rejected 3"
+    assert lines[1] == "read as generic CSV, UTF-8 (3 lines not valid UTF-8: rejected), delimiter ','"
+    assert lines[2].startswith("warning: lines 6, 9 and 12 are not valid UTF-8 like the rest of the file: "
+                               "their rows are rejected")
+    assert run("subscribers", "count").stdout == "11\n"
+
+
 def test_import_of_binary_data_is_one_line_and_writes_nothing(run, project):
     (project / "liste.csv").write_bytes(b"email,name\na@example.org,A\n" + b"\x00\x01\x02garbage\xff" * 50)
     result = run("subscribers", "import", "liste.csv", check_exit=1)

@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 from ..errors import MailerError
 from ..schema import SUBSCRIBER_STATUSES
-from .formats import EXPORT_FORMATS, USED, StatusRule
+from .formats import EXPORT_FORMATS, SUBSCRIPTION_FLAGS, UNSURE, UNSURE_NOTE, USED, StatusRule, boolean_status
 from .values import normalise_name
 
 FIELDS = ("email", "name", "first_name", "last_name", "language", "lists", "status", "created_at", "timezone")
@@ -63,6 +63,7 @@ class Layout:
     status_rule: StatusRule | None = None
     status_at: dict[str, int] = field(default_factory=dict)           # "active" / "suppressed" → column
     has_header: bool = True
+    status_note: str = ""                                             # how statuses were decided, for the summary
 
     def index(self, name: str) -> int | None:
         return self.fields.get(name)
@@ -164,6 +165,15 @@ def build_layout(header: Sequence[str], filename: str = "", mapping: dict[str, s
     if "last_name" not in layout.fields and "first_name" in layout.fields and "nom" in first_index \
             and first_index["nom"] not in taken:
         assign("last_name", first_index["nom"])
+    if export_format is None and "status" not in layout.fields:
+        for index, name in enumerate(names):  # a true/false subscription column gives the status
+            if index not in taken and name in SUBSCRIPTION_FLAGS and first_index[name] == index:
+                when_true, when_false = SUBSCRIPTION_FLAGS[name]
+                layout.status_rule = boolean_status((name,), when_true, when_false)(first_index, "")
+                layout.status_note = (f"status from column {header[index].strip()!r}: true, yes or 1 → {when_true}; "
+                                      f"false, no, 0 or empty → {when_false}")
+                taken.add(index)
+                break
     if "email" not in layout.fields:
         raise MailerError(f"no email column in the header ({', '.join(h.strip() for h in header)}); name it "
                           f"'email' or map it with --map COLUMN=email")
@@ -179,6 +189,8 @@ def build_layout(header: Sequence[str], filename: str = "", mapping: dict[str, s
     index_of = dict(first_index)
     if export_format is not None and export_format.status is not None:
         layout.status_rule = export_format.status(index_of, variant or "")
+    if variant == UNSURE:
+        layout.status_note = UNSURE_NOTE
     if export_format is not None and export_format.status_at is not None:
         layout.status_at = {kind: first_index[column] for kind, column in export_format.status_at(variant or "").items()
                             if column in first_index}

@@ -8,14 +8,22 @@ two of those. The decision, in order (`plan_decoding`):
 2. A byte-order mark: UTF-8, UTF-16 LE/BE or UTF-32 LE/BE. UTF-16 without a BOM is recognised by
    its pattern of NUL bytes.
 3. The whole file is valid UTF-8: UTF-8.
-4. Otherwise the lines that are not UTF-8 are given to `charset-normalizer`, whose mess detector keeps
-   the code pages that decode them cleanly, and `_plausibility` picks among those. When other lines
-   hold UTF-8 multi-byte text (a file pasted together from two sources), each line is read as UTF-8
-   when it is valid UTF-8 and in the guessed code page otherwise; the summary names those lines.
-
-Whatever the way, the whole file is decoded once before the first write: a byte that no reading
-explains, or a NUL (binary data), stops the import with its line number and nothing written —
-wherever it is in the file (`MailerError`).
+4. Otherwise the file holds bytes that are not UTF-8. Which kind of file is it, decided on the whole
+   file (so never by where the bad bytes are)? `utf8_sequences` counts its valid multi-byte UTF-8
+   sequences, `bad_bytes` its bytes that are part of none:
+   * fewer sequences than bad bytes (none at all, or the few a legacy code page forms by accident:
+     Mac Roman "L’É" is the valid UTF-8 pair D5 83): a legacy file. Its lines that are not UTF-8
+     are given to `charset-normalizer`, whose mess detector keeps the code pages that decode them
+     cleanly, and `_plausibility` picks among those: ONE code page for the whole file;
+   * otherwise (a UTF-8 file with a stray byte, or lines pasted from another source): UTF-8, and
+     each row whose line is not valid UTF-8 is rejected ("not valid UTF-8 (byte 0xFF at column
+     12)"), so nothing garbled is written. No code page is ever guessed for a single line: a guess
+     on one short line depends on what that line holds (measured: one stray 0xFF made its line
+     iso8859-13 at line 6 and Windows-1252 at line 8002).
+Whatever the way, the file is checked once before the first write: a byte that no reading explains
+(with `--encoding`, a BOM or a legacy code page), or binary data (a NUL, or control characters on a
+line that is not UTF-8), stops the import with its line number and nothing written — wherever it is
+in the file (`MailerError`).
 
 Why some of our own code: charset-normalizer cannot choose between 8-bit code pages that decode a
 short sample equally cleanly (measured with 3.5: it answers cp1250 for French Windows-1252 text,
@@ -31,6 +39,7 @@ from __future__ import annotations
 import codecs
 import io
 import json
+import re
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,28 +65,31 @@ _LABELS = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8 with BOM", "cp1252": "Windows-1
 
 @dataclass(frozen=True)
 class Decoding:
-    """How to read a file: `codec` for every line, or — when `fallback` is set — UTF-8 for the lines
-    that are valid UTF-8 and `fallback` for the others (`fallback_lines` are the first of those,
-    `fallback_count` how many)."""
+    """How to read a file: `codec` for every line. With `reject_invalid` (a UTF-8 file holding some
+    bytes that are not UTF-8), lines are read as UTF-8 with the bad bytes kept as lone surrogates
+    (`surrogateescape`) so that the parser rejects their rows; `invalid_lines` are the first of
+    those lines, `invalid_count` how many."""
 
     codec: str
     label: str
-    fallback: str | None = None
-    fallback_lines: tuple[int, ...] = ()
-    fallback_count: int = 0
+    reject_invalid: bool = False
+    invalid_lines: tuple[int, ...] = ()
+    invalid_count: int = 0
     guessed: bool = False
 
     def describe(self) -> str:
         """For the summary: which encoding was used and how it was decided."""
-        if self.fallback:
-            return f"UTF-8, and {label_of(self.fallback)} for {self.fallback_count} line(s) that are not UTF-8"
+        if self.reject_invalid:
+            return f"UTF-8 ({plural(self.invalid_count, 'line')} not valid UTF-8: rejected)"
         return self.label + (" (detected: the file is not UTF-8)" if self.guessed else "")
 
     def warnings(self) -> list[str]:
-        if self.fallback:
-            lines = ", ".join(map(str, self.fallback_lines)) + (", …" if self.fallback_count > len(self.fallback_lines) else "")
-            return [f"lines {lines} are not UTF-8 like the rest of the file: read as {label_of(self.fallback)}; "
-                    f"check their accents, or force one reading with --encoding"]
+        if self.reject_invalid:
+            lines, verb = line_list(self.invalid_lines, self.invalid_count)
+            their = "its row is" if self.invalid_count == 1 else "their rows are"
+            return [f"{lines} {verb} not valid UTF-8 like the rest of the file: {their} rejected, nothing of "
+                    f"{'it' if self.invalid_count == 1 else 'them'} written; fix the bytes, or if the whole file "
+                    f"is in one other encoding, name it with --encoding"]
         if self.guessed:
             return [f"the file is not UTF-8: read as {self.label}; if accents look wrong, name the encoding "
                     f"with --encoding (e.g. --encoding cp1252, mac_roman, latin-1)"]
@@ -89,8 +101,25 @@ class Decoding:
     @classmethod
     def from_json(cls, text: str) -> "Decoding":
         data = json.loads(text)
-        data["fallback_lines"] = tuple(data["fallback_lines"])
+        data["invalid_lines"] = tuple(data["invalid_lines"])
         return cls(**data)
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 line`, `3 lines`."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def line_list(lines: tuple[int, ...] | list[int], count: int | None = None) -> tuple[str, str]:
+    """(`line 6`, `is`), (`lines 6, 9 and 12`, `are`), (`lines 6, 9, 12, 15, 18 and 7 more`, `are`):
+    the first `lines` of `count` (default: as many as given) and the verb that agrees."""
+    count = len(lines) if count is None else count
+    shown = [str(line) for line in lines]
+    if count == 1:
+        return f"line {shown[0]}", "is"
+    if count > len(shown):
+        return f"lines {', '.join(shown)} and {count - len(shown)} more", "are"
+    return f"lines {', '.join(shown[:-1])} and {shown[-1]}", "are"
 
 
 def label_of(codec: str) -> str:
@@ -135,19 +164,29 @@ def plan_decoding(path: Path, forced: str | None = None) -> Decoding:
 
 def text_lines(path: Path, decoding: Decoding) -> Iterator[str]:
     """The file's physical lines, decoded, each with its line break (`\\n`, `\\r\\n` or `\\r`): what
-    `csv.reader` wants. Only call with a `plan_decoding` result (the file was checked)."""
-    if decoding.fallback is None:
-        with io.TextIOWrapper(path.open("rb"), encoding=decoding.codec, errors="strict", newline="") as text:
-            yield from text
-        return
-    fallback = decoding.fallback
-    with path.open("rb") as raw:
-        for chunk in whole_lines(raw):
-            for line in chunk.splitlines(keepends=True):
-                try:
-                    yield line.decode("utf-8")
-                except UnicodeDecodeError:
-                    yield line.decode(fallback)
+    `csv.reader` wants. Only call with a `plan_decoding` result (the file was checked). With
+    `decoding.reject_invalid`, a byte that is not UTF-8 comes through as a lone surrogate
+    (U+DC80–U+DCFF): see `undecodable`."""
+    errors = "surrogateescape" if decoding.reject_invalid else "strict"
+    with io.TextIOWrapper(path.open("rb"), encoding=decoding.codec, errors=errors, newline="") as text:
+        yield from text
+
+
+_ESCAPED = re.compile("[\udc80-\udcff]")
+
+
+def undecodable(text: str) -> tuple[int, int] | None:
+    """(byte, 1-based column) of the first byte of `text` (read with `surrogateescape`) that was not
+    UTF-8, or None."""
+    found = _ESCAPED.search(text)
+    if found is None:
+        return None
+    return ord(found.group()) - 0xDC00, found.start() + 1
+
+
+def readable(text: str) -> str:
+    """`text` with each byte that was not UTF-8 shown as U+FFFD (for messages)."""
+    return _ESCAPED.sub("\ufffd", text)
 
 
 def whole_lines(raw: io.BufferedIOBase, size: int = BLOCK) -> Iterator[bytes]:
@@ -216,8 +255,14 @@ def _check_whole_file(path: Path, decoding: Decoding) -> None:
                 return
 
 
+_MULTI_BYTE = re.compile("[^\x00-\x7f\udc80-\udcff]")   # a character UTF-8 writes in several bytes
+_LEAD_BYTES = bytes(range(0xC0, 0x100))  # in valid UTF-8, each starts one multi-byte sequence
+_CONTROLS = re.compile(rb"[\x01-\x08\x0b\x0c\x0e-\x1f]")  # never in text, whatever its code page
+
+
 def _plan_without_bom(path: Path) -> Decoding:
-    """Steps 3 and 4 of the module doc: UTF-8 if every line is, else a guessed code page.
+    """Steps 3 and 4 of the module doc: UTF-8 if every line is; else a code page guessed for the
+    whole file, or UTF-8 with its bad lines rejected.
 
     The common case (valid UTF-8) costs one pass of C-speed checks; lines are only counted once a
     line that is not UTF-8 turns up.
@@ -225,7 +270,8 @@ def _plan_without_bom(path: Path) -> Decoding:
     invalid: list[int] = []       # the first non-UTF-8 lines
     invalid_count = 0
     sample = bytearray()
-    utf8_text = False             # some line holds valid multi-byte UTF-8
+    utf8_sequences = 0            # valid multi-byte UTF-8 sequences (their lead bytes)
+    bad_bytes = 0                 # bytes that are in no valid UTF-8 sequence
     offset = 0                    # bytes before the current chunk
     line: int | None = None       # the line number at `offset`, once needed
     with path.open("rb") as raw:
@@ -237,7 +283,8 @@ def _plan_without_bom(path: Path) -> Decoding:
             if not plain:
                 try:
                     chunk.decode("utf-8")
-                    utf8_text = plain = True
+                    utf8_sequences += len(chunk) - len(chunk.translate(None, _LEAD_BYTES))
+                    plain = True
                 except UnicodeDecodeError:
                     pass
             if plain:
@@ -251,8 +298,14 @@ def _plan_without_bom(path: Path) -> Decoding:
                 if not piece.isascii():
                     try:
                         piece.decode("utf-8")
-                        utf8_text = True
+                        utf8_sequences += len(piece) - len(piece.translate(None, _LEAD_BYTES))
                     except UnicodeDecodeError:
+                        if _CONTROLS.search(piece):
+                            raise MailerError(f"{path}:{line}: binary data (control characters), not a CSV text "
+                                              f"file; nothing imported") from None
+                        text = piece.decode("utf-8", "surrogateescape")  # "Zoë Garçon\xff": 2 sequences, 1 bad byte
+                        utf8_sequences += len(_MULTI_BYTE.findall(text))
+                        bad_bytes += len(_ESCAPED.findall(text))
                         invalid_count += 1
                         if len(invalid) < SHOWN_LINES:
                             invalid.append(line)
@@ -262,16 +315,15 @@ def _plan_without_bom(path: Path) -> Decoding:
             offset += len(chunk)
     if not invalid_count:
         return Decoding("utf-8", "UTF-8")
+    if utf8_sequences >= bad_bytes:
+        return Decoding("utf-8", "UTF-8", reject_invalid=True, invalid_lines=tuple(invalid),
+                        invalid_count=invalid_count)
     guess = guess_code_page(bytes(sample))
     if guess is None:
         raise MailerError(f"{path}:{invalid[0]}: neither UTF-8 nor text in a code page we recognise (binary data?); "
                           f"save it as UTF-8 CSV, or name its encoding with --encoding; nothing imported")
-    if not utf8_text:
-        decoding = Decoding(guess, label_of(guess), guessed=True)
-        _check_whole_file(path, decoding)
-        return decoding
-    decoding = Decoding("utf-8", "UTF-8", fallback=guess, fallback_lines=tuple(invalid), fallback_count=invalid_count)
-    _check_fallback_lines(path, guess)
+    decoding = Decoding(guess, label_of(guess), guessed=True)
+    _check_whole_file(path, decoding)
     return decoding
 
 
@@ -285,25 +337,6 @@ def line_at(path: Path, offset: int) -> int:
             line += line_breaks(chunk)
             position += len(chunk)
     return line
-
-
-def _check_fallback_lines(path: Path, codec: str) -> None:
-    """In a mixed file, every line that is not UTF-8 must read in `codec`."""
-    line = 1
-    with path.open("rb") as raw:
-        for chunk in whole_lines(raw):
-            for piece in chunk.splitlines(keepends=True):
-                if not piece.isascii():
-                    try:
-                        piece.decode("utf-8")
-                    except UnicodeDecodeError:
-                        try:
-                            piece.decode(codec)
-                        except UnicodeDecodeError as exc:
-                            raise MailerError(f"{path}:{line}: neither UTF-8 nor {label_of(codec)} (byte "
-                                              f"0x{piece[exc.start:exc.start + 1].hex()}); name the encoding with "
-                                              f"--encoding; nothing imported") from None
-                line += 1
 
 
 def guess_code_page(sample: bytes) -> str | None:

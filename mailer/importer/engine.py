@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from ..errors import MailerError, NotFound
 from ..schema import SUPPRESSED_STATUSES, SUPPRESSION_RANK
 from ..store import (IMPORT_ATTRIBUTES, IMPORT_DIGEST, IMPORT_GIVEN, IMPORT_KEY, IMPORT_LANGUAGE, IMPORT_LINE,
-                     IMPORT_LISTS, IMPORT_NAME, IMPORT_STATUS, StatusChange, Store, utcnow)
+                     IMPORT_LISTS, IMPORT_NAME, IMPORT_STATUS, IMPORT_STATUS_AT, StatusChange, Store, utcnow)
 from ..subscribers import tombstone_key
 from .columns import merged_attributes, parse_map
 from .encoding import plan_decoding
@@ -82,10 +82,13 @@ def import_csv(store: Store, path: Path, *, dry_run: bool = False, resubscribe: 
                     report.format_label, report.delimiter = item.format_label, item.delimiter
                     report.attributes, report.ignored = item.attributes, item.ignored
                     report.has_header = item.has_header
+                    report.status_note = item.status_note
                     if item.format_label:  # events read "import of Mailchimp unsubscribed export line 4"
                         reason = "import of " + item.format_label.replace(" (", " ").replace(")", "")
                 elif isinstance(item, ParseStats):
                     report.warnings.extend(item.warnings())
+                    report.empty_columns = item.empty_attributes
+                    report.attributes = [name for name in report.attributes if name not in item.empty_attributes]
     except KeyboardInterrupt:
         raise _stopped(path, report, written_through, "interrupted", 130) from None
     except (MailerError, sa.exc.SQLAlchemyError, OSError) as exc:
@@ -175,14 +178,17 @@ def _write_batch(store: Store, conn: sa.Connection, batch: list[tuple], total: I
                     report.updated += 1
                     updates.append((row, current.id))
                 elif wanted in SUPPRESSED_STATUSES and rank[wanted] > rank[current.status]:
-                    changes.append(StatusChange(current.id, current.status, wanted, source, at_line))
+                    changes.append(StatusChange(current.id, current.status, wanted, source, at_line,
+                                                row[IMPORT_STATUS_AT]))
                     report.suppressed_now[wanted] += 1
                     report.updated += 1
                 else:
                     report.kept[current.status] += 1  # name, attributes and status stay as they are
                 continue
             if wanted in SUPPRESSED_STATUSES:  # the file suppresses them: their status changes, nothing else
-                changes.append(StatusChange(current.id, current.status, wanted, source, at_line))
+                # ... as of the date the file gives (UNSUB_TIME, CLEAN_TIME, unsubscription_date), if any
+                changes.append(StatusChange(current.id, current.status, wanted, source, at_line,
+                                            row[IMPORT_STATUS_AT]))
                 report.suppressed_now[wanted] += 1
                 report.updated += 1
             elif current.import_digest == row[IMPORT_DIGEST]:

@@ -28,9 +28,9 @@ from ..errors import InvalidAddress, MailerError
 from ..schema import SUBSCRIBER_STATUSES, SUPPRESSED_STATUSES
 from ..subscribers import clean_text
 from .columns import STATUS_WORDS, Layout, build_layout, headerless_layout, looks_like_header
-from .encoding import Decoding, text_lines
+from .encoding import Decoding, readable, text_lines, undecodable
 from .report import LayoutInfo, ParseStats, Rejection
-from .table import CsvRows
+from .table import BrokenRow, CsvRows
 from .values import json_object_cells, normalise_language, normalise_name, normalise_timezone, parse_timestamp
 
 IMPORT_BATCH = 5000                   # rows written per transaction (and parsed per message)
@@ -109,6 +109,8 @@ def parse_rows(rows: Iterable[tuple[int, list[str]]], layout: Layout, extra_list
     zones: dict[str, str | None] = {}
     status_words: dict[str, str | None] = {}
     reasons: dict[str, str] = {}
+    unfilled = {attribute for _, attribute in attribute_columns}  # attribute columns no row has filled yet
+    valid = False
     for line, cells in rows:
         if type(cells) is not list:  # a BrokenRow (unterminated quote)
             yield Rejection(line, cells.text[:120], cells.reason)
@@ -218,7 +220,12 @@ def parse_rows(rows: Iterable[tuple[int, list[str]]], layout: Layout, extra_list
             continue
         if given == key:
             given = key  # one string object for both: less memory, smaller pickles
+        if unfilled and attributes:
+            unfilled.difference_update(attributes)
+        valid = True
         yield (line, key, given, name, language, attributes_json, row_lists, digest, status, created_at, status_date)
+    if valid:
+        stats.empty_attributes = [attribute for _, attribute in attribute_columns if attribute in unfilled]
 
 
 @dataclass
@@ -249,6 +256,11 @@ def parsed_items(path: Path, options: ParseOptions) -> Iterator[LayoutInfo | lis
             raise MailerError(f"{path}:{line}: {cells.reason} — in the first row, so the columns are unknown")
         if not any(c.strip() for c in cells):
             continue
+        if options.decoding.reject_invalid and looks_like_header(cells):
+            bad = undecodable("\0".join(cells))
+            if bad is not None:
+                raise MailerError(f"{path}:{line}: the header is not valid UTF-8 (byte 0x{bad[0]:02X}), so the "
+                                  f"columns are unknown; fix it, or name the file's encoding with --encoding")
         if looks_like_header(cells):
             layout = build_layout(cells, path.name, options.mapping)
         else:
@@ -264,11 +276,13 @@ def parsed_items(path: Path, options: ParseOptions) -> Iterator[LayoutInfo | lis
         return
     table.shape = (layout.width, layout.fields["email"])
     yield LayoutInfo(layout.format_label, table.delimiter, [name for _, name in layout.attributes], layout.ignored,
-                     layout.has_header)
+                     layout.has_header, layout.status_note)
     chunk: list = []
     valid = 0
     batch = options.batch
     seen = _SeenKeys(_estimated_rows(path))
+    if options.decoding.reject_invalid:
+        rows = _rejecting_undecodable(rows, layout.fields["email"])
     for item in parse_rows(rows, layout, options.lists, seen, stats):
         chunk.append(item)
         if type(item) is tuple:
@@ -279,6 +293,28 @@ def parsed_items(path: Path, options: ParseOptions) -> Iterator[LayoutInfo | lis
     if chunk:
         yield chunk
     yield stats
+
+
+def _rejecting_undecodable(rows: Iterator[tuple[int, list[str] | BrokenRow]], email: int
+                           ) -> Iterator[tuple[int, list[str] | BrokenRow]]:
+    """`rows` of a file read with `surrogateescape`, where a row holding a byte that is not UTF-8
+    becomes a `BrokenRow` "not valid UTF-8 (byte 0xFF at column 12)": rejected, nothing of it
+    written. A row spanning lines names the line of the byte."""
+    for line, cells in rows:
+        text = cells.text if type(cells) is BrokenRow else cells[email] if email < len(cells) else ""
+        joined = cells.text if type(cells) is BrokenRow else "\0".join(cells)
+        bad = undecodable(joined)
+        if bad is None:
+            yield line, cells
+            continue
+        byte = bad[0]
+        # The cells joined by one character stand for the line: the column is exact unless a quoted
+        # cell comes before the byte (its quotes are not counted).
+        before = joined[:bad[1] - 1]
+        extra_lines = before.count("\n") + before.count("\r") - before.count("\r\n")
+        column = bad[1] - max(before.rfind("\n"), before.rfind("\r")) - 1
+        where = f"column {column}" if not extra_lines else f"line {line + extra_lines}, column {column}"
+        yield line, BrokenRow(f"not valid UTF-8 (byte 0x{byte:02X} at {where})", readable(text.strip())[:120])
 
 
 def _estimated_rows(path: Path) -> int:

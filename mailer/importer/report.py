@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..errors import MailerError
+from .encoding import plural
 
 MAX_KEPT_REJECTIONS = 10_000
 
@@ -34,6 +35,7 @@ class LayoutInfo:
     attributes: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     has_header: bool = True
+    status_note: str = ""
 
 
 @dataclass
@@ -42,6 +44,7 @@ class ParseStats:
 
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, tuple[int, str]] = field(default_factory=dict)
+    empty_attributes: list[str] = field(default_factory=list)  # attribute columns with no value on any row
 
     def note(self, kind: str, line: int, value: str) -> None:
         self.counts[kind] += 1
@@ -55,7 +58,8 @@ class ParseStats:
         for kind, count in sorted(self.counts.items()):
             label, consequence = what[kind]
             line, value = self.examples[kind]
-            out.append(f"{label} not understood on {count} row(s) (first: line {line}, {value!r}): {consequence}")
+            out.append(f"{label} not understood on {plural(count, 'row')} (first: line {line}, {value!r}): "
+                       f"{consequence}")
         return out
 
 
@@ -76,6 +80,8 @@ class ImportReport:
     delimiter: str = ","
     attributes: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    empty_columns: list[str] = field(default_factory=list)
+    status_note: str = ""
     warnings: list[str] = field(default_factory=list)
     written_batches: int = 0
     has_header: bool = False
@@ -128,12 +134,18 @@ class ImportReport:
         return text + (" — dry run: nothing written" if self.dry_run else "")
 
     def summary(self) -> str:
-        """The counts line, then how the file was read, the attributes it filled and any warnings."""
+        """The counts line, then how the file was read, how statuses were decided when a column or
+        the file's kind said so, the attribute columns it filled (and those empty on every row, which
+        store nothing) and any warnings."""
         lines = [self.counts_line()]
         read_as = [self.format_label or "generic CSV", self.encoding, f"delimiter {self.delimiter!r}"]
         lines.append("read as " + ", ".join(part for part in read_as if part))
+        if self.status_note:
+            lines.append(self.status_note)
         if self.attributes:
             lines.append("other columns kept as attributes: " + ", ".join(self.attributes))
+        if self.empty_columns:
+            lines.append("empty columns, not stored: " + ", ".join(self.empty_columns))
         if self.ignored:
             lines.append("columns ignored: " + ", ".join(self.ignored))
         lines.extend(f"warning: {warning}" for warning in self.warnings)
