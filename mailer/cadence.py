@@ -24,13 +24,15 @@ Matching wall times (which dates, hours and minutes the expression names) is lef
 own field code, run on a copy of the trigger in UTC, where no clock ever jumps: that part is not
 affected by DST. The expression is crontab's: `minute hour day month day-of-week`; day-of-week
 numbers follow crontab (0 and 7 = Sunday, 1 = Monday…), unlike APScheduler 3's `from_crontab`
-(0 = Monday); names (MON…SUN) are safest. When both day-of-month and day-of-week are restricted,
-both must match (APScheduler's rule; crontab ORs them). APScheduler's day extensions work too
-(`last`, `last fri`, `2nd mon`).
+(0 = Monday); names (MON…SUN) are safest. An expression restricting both day-of-month and
+day-of-week is refused (crontab ORs them, APScheduler ANDs them: the same text would run on other
+days than its author may expect); APScheduler's day extensions say "a weekday of the month"
+explicitly (`last`, `last fri`, `1st mon`, `2nd mon`, written in the day field, space included).
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -186,20 +188,35 @@ def crontab_weekdays(field_text: str, expr: str = "") -> str:
     return ",".join(_DAY_NAMES[day] for day in (1, 2, 3, 4, 5, 6, 0) if day in days)
 
 
+_NTH_WEEKDAY = re.compile(r"(?i)\b(1st|2nd|3rd|4th|5th|last)\s+(mon|tue|wed|thu|fri|sat|sun)\b")
+
+
 def build_cadence_trigger(cron: str, zone: ZoneInfo) -> CadenceTrigger:
     """`minute hour day month day-of-week`, read as crontab reads it, in `zone`.
 
-    Raises ConfigError naming the expression for a wrong field count, a bad field, or an expression
-    that names no date at all (`0 7 31 2 *`).
+    Raises ConfigError naming the expression for a wrong field count, a bad field, an expression
+    that names no date at all (`0 7 31 2 *`), or one that restricts both the day of the month and
+    the day of the week (`0 7 1 * MON`): crontab ORs those two fields (POSIX crontab, Vixie cron) and
+    APScheduler ANDs them, so such an expression means different days to different readers; the
+    error shows the unambiguous spellings (`1st mon`, `last fri` in the day field; one field alone).
     """
-    parts = cron.split()
+    # APScheduler's "xth weekday" / "last weekday" day expressions hold a space: one field
+    parts = _NTH_WEEKDAY.sub(lambda m: f"{m.group(1)}\0{m.group(2)}", cron.strip()).split()
+    parts = [part.replace("\0", " ") for part in parts]
     if len(parts) != 5:
         raise ConfigError(f"schedule cron {cron!r}: expected 5 fields (minute hour day month weekday), "
                           f"e.g. '0 7 * * MON'")
     minute, hour, day, month, weekday = parts
+    weekdays = crontab_weekdays(weekday, cron)
+    if day not in ("*", "?") and weekdays != "*":
+        raise ConfigError(
+            f"schedule cron {cron!r} restricts both the day of the month ({day}) and the day of the week "
+            f"({weekday}): crontab runs on days matching either, mailer (APScheduler) only on days matching both; "
+            f"say which you mean: a weekday of the month in the day field ('{minute} {hour} 1st mon {month} *', "
+            f"'last fri'), or one of the two ('{minute} {hour} {day} {month} *', '{minute} {hour} * {month} {weekday}')")
     try:
-        trigger = CadenceTrigger(minute=minute, hour=hour, day=day, month=month,
-                                 day_of_week=crontab_weekdays(weekday, cron), timezone=zone)
+        trigger = CadenceTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=weekdays,
+                                 timezone=zone)
     except ValueError as exc:
         raise ConfigError(f"schedule cron {cron!r}: {exc}") from None
     if trigger.next_wall_time(datetime(2000, 1, 1)) is None:

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Callable, Iterator
@@ -157,14 +157,16 @@ def preview(issue_ref: str, port: int, host: str) -> None:
 @click.option("--retry-failed", is_flag=True, help="Queue failed deliveries again.")
 @click.option("--include-new", is_flag=True, help="Also send to subscribers who joined after the freeze.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
-@click.option("--allow-draft", is_flag=True, help="Send it even though its issue.toml says draft = true.")
+@click.option("--allow-draft", is_flag=True,
+              help="Send it as it is, even though it is a draft or still holds placeholders of `mailer issue new`.")
 @handle_errors
 def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bool, include_new: bool,
          workers: int, allow_draft: bool) -> None:
     """Send ISSUE to every active subscriber (or a test to --test addresses).
 
-    An issue whose issue.toml says draft = true is refused (remove the line when it is ready, or
-    pass --allow-draft); --test works on drafts.
+    Every build warning is printed first. An issue whose issue.toml says draft = true, or that still
+    holds a placeholder of `mailer issue new` (subject, preheader, intro, brief), is refused with the
+    file:line (remove the line or write the text, or pass --allow-draft); --test works on both.
     """
     from . import dispatch
     settings = _settings()
@@ -178,9 +180,11 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
         sys.exit(1 if failed else 0)
 
     store = _store(settings)
+    if not yes and not sys.stdin.isatty():
+        raise MailerError("refusing to send without confirmation: add --yes")
+    for warning in dispatch.send_warnings(settings, store, issue_ref, allow_draft=allow_draft):
+        click.echo(f"warning: {warning}", err=True)
     if not yes:
-        if not sys.stdin.isatty():
-            raise MailerError("refusing to send without confirmation: add --yes")
         plan = dispatch.plan_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed)
         if plan.recipients:  # nobody to send to (finished, empty audience): send_issue says why, unasked
             click.confirm(plan.describe(settings.backend), abort=True)
@@ -213,16 +217,43 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
 
 
 @main.command()
-@click.argument("issue_ref", metavar="ISSUE")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.argument("issue_ref", metavar="[ISSUE]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (without ISSUE: a list).")
 @handle_errors
-def status(issue_ref: str, as_json: bool) -> None:
-    """Ledger counts by status for ISSUE."""
-    from .dispatch import issue_status
+def status(issue_ref: str | None, as_json: bool) -> None:
+    """Ledger counts by status for ISSUE; without ISSUE, one line per issue sent or being sent, newest first.
+
+    \b
+    --json prints one object per issue (a list of them without ISSUE):
+      issue, subject, status (draft|sending|paused|sent), paused_reason,
+      counts {queued, sending, sent, failed, skipped}, total,
+      frozen_at, started_at, finished_at, when (ISO 8601 UTC or null; when = the last of them)
+    """
+    from .dispatch import issue_status, ledger_overview
     settings = _settings()
-    result = issue_status(settings, _store(settings), issue_ref)
+    store = _store(settings)
+    if issue_ref is None:
+        overview = ledger_overview(store)
+        if as_json:
+            click.echo(json.dumps(overview, ensure_ascii=False))
+            return
+        if not overview:
+            click.echo("no issue sent yet (no ledger); `mailer schedule list` shows the issue folders")
+            return
+        from .plan import format_moment
+        width = max(len(item["issue"]) for item in overview)
+        for item in overview:
+            counts = item["counts"]
+            when = item["when"] and format_moment(datetime.fromisoformat(item["when"]), settings.zone)
+            in_flight = f" ({counts['sending']} in flight)" if counts["sending"] else ""
+            paused = f" ({item['paused_reason']})" if item["paused_reason"] else ""
+            click.echo(f"{item['issue']:<{width}}  {item['status']:<7}  sent {counts['sent']}  failed {counts['failed']}  "
+                       f"skipped {counts['skipped']}  queued {counts['queued'] + counts['sending']}{in_flight}  "
+                       f"of {item['total']}  {when or '-'}{paused}")
+        return
+    result = issue_status(settings, store, issue_ref)
     if as_json:
-        click.echo(json.dumps(result))
+        click.echo(json.dumps(result, ensure_ascii=False))
         return
     counts = result["counts"]
     click.echo(f"{result['issue']}: {result['status']}" + (f" ({result['paused_reason']})" if result["paused_reason"] else ""))
@@ -296,7 +327,8 @@ def schedule_list(now_text: str | None, as_json: bool) -> None:
       now, now_local        the moment shown (ISO 8601, UTC and MAILER_TIMEZONE)
       timezone, grace_seconds
       issues[]              slug, date, send_at, send_at_local, send_at_utc,
-                            state (sent|paused|draft|placeholder|error|scheduled|due|missed|unscheduled),
+                            state (sent|paused|draft|placeholder|unbuildable|error|scheduled|
+                                   due|missed|unscheduled),
                             due, missed, draft, ready, not_ready, cadence_run, warnings[],
                             ledger {status, sent, total, left, counts, paused_reason, text}, job, error
       cadence               null, or cron, timezone, next_runs[] {at, at_utc, issue},

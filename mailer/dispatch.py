@@ -50,11 +50,11 @@ from . import claimant, tokens
 from .backends import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError, make_backend
 from .config import Settings, secret_key_for
 from .errors import EmptyAudience, MailerError, NotFound, RenderError, SendAborted
-from .issue import Issue, draft_refusal, load_issue, placeholder_warning
+from .issue import Issue, hold_refusal, load_issue
 from .message import MessageFactory
 from .redact import strip_credentials
 from .render import Recipient, RenderedIssue, render_issue, render_web_edition
-from .store import Store, utcnow
+from .store import Store, as_utc, utcnow
 
 log = logging.getLogger("mailer.dispatch")
 
@@ -638,26 +638,42 @@ def empty_audience_reason(store: Store, conn: Connection, issue: Issue) -> str:
     return f"there is no active subscriber ({breakdown})"
 
 
+def refuse_held(store: Store, issue: Issue, allow_draft: bool = False) -> None:
+    """Raise DraftIssue (one line naming file:line, see `issue.hold_refusal`) when `issue.holds` holds
+    the issue (`draft = true`, a placeholder `mailer issue new` wrote) and its edition is not frozen
+    yet; a send already started resumes, and `allow_draft` sends it as it is."""
+    refusal = None if allow_draft else hold_refusal(issue)
+    if refusal is None:
+        return
+    with store.engine.connect() as conn:
+        existing = store.issue_row(conn, issue.slug)
+    if existing is None or existing.frozen_at is None:
+        raise refusal
+
+
+def send_warnings(settings: Settings, store: Store, issue_ref: str, *, allow_draft: bool = False) -> tuple[str, ...]:
+    """What `mailer send` prints before its confirmation prompt: every build warning (`render.build_warnings`:
+    Gmail clipping, missing alt text, placeholders…), after the checks that refuse the send (read-only:
+    nothing is frozen). Raises what `prepare_send` raises before it touches the ledger."""
+    settings.require_for_send()
+    issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
+    refuse_held(store, issue, allow_draft)
+    return render_issue(issue, settings).warnings
+
+
 def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
                  retry_failed: bool = False, allow_draft: bool = False) -> PreparedSend:
     """Everything that must hold before the first message goes: config, issue, render, one sample
     message — then, in one transaction holding the issue's row, the freeze.
 
     Raises ConfigError / SourceError / RenderError (nothing touched), EmptyAudience (nobody to send to:
-    nothing touched either), DraftIssue for an issue marked `draft = true` whose edition is not frozen
-    yet (a send already started resumes), unless `allow_draft`. A finished issue is left as it is
+    nothing touched either), DraftIssue for an issue `issue.holds` holds (`draft = true`, a scaffold
+    placeholder) whose edition is not frozen yet (a send already started resumes), unless `allow_draft`. A finished issue is left as it is
     (`already_finished`) unless `retry_failed` or `include_new` find someone to send to.
     """
     settings.require_for_send()
     issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
-    if issue.draft and not allow_draft:
-        with store.engine.connect() as conn:
-            existing = store.issue_row(conn, issue.slug)
-        if existing is None or existing.frozen_at is None:
-            raise draft_refusal(issue)
-    warning = placeholder_warning(issue)
-    if warning:
-        log.warning("%s", warning)
+    refuse_held(store, issue, allow_draft)
     rendered = render_issue(issue, settings)
     make_backend(settings)  # constructing checks the backend's own settings
     factory = check_buildable(settings, rendered)
@@ -889,8 +905,21 @@ def plan_send(settings: Settings, store: Store, issue_ref: str, *, include_new: 
         return SendPlan(issue.slug, row.subject, row.list_name, row.status, recipients, sum(counts.values()))
 
 
+def _ledger_summary(row, counts: dict[str, int]) -> dict:  # noqa: ANN001 - an `issues` row
+    """One issue's ledger as `mailer status` shows it (`--json`): issue (slug), subject, status
+    (draft | sending | paused | sent), paused_reason, counts (queued, sending, sent, failed, skipped),
+    total, frozen_at, started_at, finished_at (ISO 8601 UTC or null), when (the last of those)."""
+    times = {key: as_utc(getattr(row, key)) for key in ("frozen_at", "started_at", "finished_at")}
+    when = times["finished_at"] or times["started_at"] or times["frozen_at"]
+    return {"issue": row.slug, "subject": row.subject, "status": row.status, "paused_reason": row.paused_reason,
+            "counts": counts, "total": sum(counts.values()),
+            **{key: value.isoformat() if value else None for key, value in times.items()},
+            "when": when.isoformat() if when else None}
+
+
 def issue_status(settings: Settings, store: Store, issue_ref: str) -> dict:
-    """Ledger counts by status, plus the issue's own state."""
+    """Ledger counts by status, plus the issue's own state (`_ledger_summary`'s shape). NotFound when
+    the issue has no ledger yet."""
     slug = issue_ref
     try:
         from .issue import find_issue_folder
@@ -902,5 +931,11 @@ def issue_status(settings: Settings, store: Store, issue_ref: str) -> dict:
         if row is None:
             raise NotFound(f"issue {issue_ref!r} has never been sent (no ledger yet)")
         counts = store.delivery_counts(conn, row.id)
-    return {"issue": slug, "status": row.status, "paused_reason": row.paused_reason, "counts": counts,
-            "total": sum(counts.values())}
+    return _ledger_summary(row, counts)
+
+
+def ledger_overview(store: Store) -> list[dict]:
+    """`mailer status` without ISSUE: every issue with a ledger, newest first (its last activity:
+    finished, else started, else frozen), each in `_ledger_summary`'s shape; [] before the first send."""
+    with store.engine.connect() as conn:
+        return [_ledger_summary(row, counts) for row, counts in store.ledger_overview(conn)]

@@ -170,18 +170,34 @@ def where(issue: Issue, key: str) -> str:
     return f"{path}:{line}" if line else str(path)
 
 
-def draft_refusal(issue: Issue) -> MailerError:
-    """The error that stops a send of a draft from starting, pointing at its `draft = true` line."""
-    return DraftIssue(f"{where(issue, 'draft')}: draft = true: this issue is a draft and is not sent; remove that "
-                      "line when it is ready, or send it as it is with --allow-draft (test sends with --test work "
-                      "on drafts)")
+def hold_refusal(issue: Issue) -> MailerError | None:
+    """The error that stops `mailer send` (not `--test`) from starting an issue `holds` holds, naming
+    the file:line of the first hold (and how many others there are); None when nothing holds it.
+    `--allow-draft` is the one way to send such an issue as it is."""
+    found = holds(issue)
+    if not found:
+        return None
+    reason, line = found[0]
+    more = f" (and {len(found) - 1} more: `mailer build` lists them)" if len(found) > 1 else ""
+    if reason == "draft":
+        return DraftIssue(f"{where(issue, 'draft')}: draft = true: this issue is a draft and is not sent{more}; "
+                          "remove that line when it is ready, or send it as it is with --allow-draft (test sends "
+                          "with --test work on drafts)")
+    return DraftIssue(f"{line}; an issue still holding `mailer issue new`'s placeholders is not sent{more}: write "
+                      "them, or send it as it is with --allow-draft (test sends with --test work)")
 
 
 # Subjects that say nobody has written one yet: what `mailer issue new` writes (fr, en) and the usual
-# stand-ins. Compared without case, accents, punctuation or spacing ("[Sujet]", "TODO: objet").
+# stand-ins. Compared without case, accents, punctuation or spacing ("[Sujet]", "TODO: objet",
+# "Newsletter #" = "newsletter", "Lettre n°" = "lettre n"); a subject that says more is never one.
 PLACEHOLDER_SUBJECTS = ("Objet de la lettre", "Subject of the issue", "Sujet", "Objet", "Subject", "Titre", "Title",
-                        "Sans titre", "Untitled", "Test", "À compléter", "To do", "TODO", "TBD", "TBA", "FIXME", "XXX")
+                        "Sans titre", "Untitled", "Test", "À compléter", "To do", "TODO", "TBD", "TBA", "FIXME", "XXX",
+                        "Your subject here", "Subject line", "Sujet de la lettre", "Titre de la lettre",
+                        "Objet du mail", "Nouvelle lettre", "New issue", "Untitled issue", "Newsletter #",
+                        "Lettre n°")
 _PLACEHOLDER_PREFIXES = ("todo ", "tbd ", "fixme ", "xxx ", "lorem ipsum")
+# what stands for a number still to write: "Newsletter #XX", "Lettre n° N", "Issue #…"
+_NUMBER_STAND_INS = frozenset({"x", "xx", "xxx", "n", "nn", "nnn"})
 
 
 def _comparable(text: str) -> str:
@@ -194,28 +210,67 @@ _PLACEHOLDER_KEYS = frozenset(_comparable(s) for s in PLACEHOLDER_SUBJECTS)
 
 
 def is_placeholder_subject(subject: str) -> bool:
-    """True for a subject nobody wrote: the scaffold's, or a stand-in such as "TODO", "[Sujet]", "Lorem ipsum…"."""
+    """True for a subject nobody wrote: the scaffold's, or a stand-in such as "TODO", "[Sujet]",
+    "Lorem ipsum…", "Newsletter #XX"; False for any subject that says something more."""
     key = _comparable(subject)
-    return key in _PLACEHOLDER_KEYS or f"{key} ".startswith(_PLACEHOLDER_PREFIXES)
+    if key in _PLACEHOLDER_KEYS or f"{key} ".startswith(_PLACEHOLDER_PREFIXES):
+        return True
+    head, _, last = key.rpartition(" ")
+    return last in _NUMBER_STAND_INS and head in _PLACEHOLDER_KEYS
 
 
-def placeholder_warning(issue: Issue) -> str | None:
-    """One line for `build`, `send` and the scheduler when the subject is a placeholder; else None."""
-    if not is_placeholder_subject(issue.subject):
+def _is_scaffold_text(text: str | None, key: str) -> str | None:
+    """The scaffold's text for `key` (any language) that `text` still is, compared as subjects are
+    (case, accents, punctuation, spacing), or a stand-in ("TODO…", "Lorem ipsum…"); else None."""
+    if not text:
         return None
-    return f"{where(issue, 'subject')}: the subject {issue.subject!r} is a placeholder: write the real one"
+    comparable = _comparable(text)
+    for texts in SCAFFOLD_TEXT.values():
+        for scaffold in (texts[key] if key == "briefs" else (texts[key],)):
+            if comparable == _comparable(scaffold):
+                return scaffold
+    if comparable in _PLACEHOLDER_KEYS or f"{comparable} ".startswith(_PLACEHOLDER_PREFIXES):
+        return text
+    return None
+
+
+def _intro_where(issue: Issue) -> str:
+    """`file:line` of the issue's intro: the `intro =` line of issue.toml, or the line of a brief file
+    (text before the first arrow) where it starts; the folder when no line holds it."""
+    first = (issue.intro or "").strip().split("\n", 1)[0].strip()
+    for path in (issue.folder / ISSUE_FILE, *brief_files(issue.folder)):
+        for number, line in enumerate(read_text(path).split("\n"), start=1):
+            if first and first in line:
+                return f"{path}:{number}"
+    return str(issue.folder)
+
+
+def placeholders(issue: Issue) -> list[str]:
+    """One line naming file:line for each text `mailer issue new` wrote (or a stand-in such as
+    "TODO", "Lorem ipsum") still in the issue: subject, preheader, intro, briefs. Empty when none."""
+    found = []
+    if is_placeholder_subject(issue.subject):
+        found.append(f"{where(issue, 'subject')}: the subject {issue.subject!r} is a placeholder: write the real one")
+    if _is_scaffold_text(issue.preheader, "preheader"):
+        found.append(f"{where(issue, 'preheader')}: preheader is still the placeholder {issue.preheader!r}: "
+                     "write the real one")
+    if _is_scaffold_text(issue.intro, "intro"):
+        found.append(f"{_intro_where(issue)}: the intro is still the placeholder {issue.intro!r}: write it or delete it")
+    found.extend(f"{brief.where}: brief is still the placeholder {brief.body!r}: write it or delete it"
+                 for brief in issue.briefs if _is_scaffold_text(brief.body, "briefs"))
+    return found
 
 
 def holds(issue: Issue) -> list[tuple[str, str]]:
-    """What keeps the scheduler from starting this issue, as (reason, line naming file:line):
-    ("draft", …) for `draft = true`, ("placeholder subject", …). Empty when nothing does."""
+    """What keeps the scheduler from starting this issue and `mailer send` (without --allow-draft)
+    from sending it, as (reason, line naming file:line): ("draft", …) for `draft = true`, then
+    ("placeholder", …) for each of `placeholders`. Empty when nothing does. `build` and `preview`
+    show every line as a warning."""
     found = []
     if issue.draft:
         found.append(("draft", f"{where(issue, 'draft')}: draft = true: the scheduler holds it and `mailer send` "
                                "refuses it; remove the line when the issue is ready"))
-    warning = placeholder_warning(issue)
-    if warning:
-        found.append(("placeholder subject", warning))
+    found.extend(("placeholder", line) for line in placeholders(issue))
     return found
 
 
@@ -258,7 +313,7 @@ def _parse_send_at(value: object, zone: ZoneInfo, path: Path, line: int | None) 
     return value
 
 
-# What `mailer issue new` writes, per language: a build warns while any of it is left as is.
+# What `mailer issue new` writes, per language: `holds` holds the issue while any of it is left as is.
 SCAFFOLD_TEXT = {
     "fr": {
         "subject": "Objet de la lettre",
@@ -277,21 +332,6 @@ SCAFFOLD_TEXT = {
         "draft": "# remove when the issue is ready: the scheduler skips drafts",
     },
 }
-
-
-def scaffold_warnings(issue: Issue) -> list[str]:
-    """What a build should point out in an issue still holding `mailer issue new`'s placeholder
-    preheader, intro or briefs (a placeholder subject and `draft = true` are in `holds`)."""
-    toml_path = issue.folder / ISSUE_FILE
-    warnings = []
-    for texts in SCAFFOLD_TEXT.values():  # the subject and `draft` are `holds`'s (they hold a send)
-        if issue.preheader == texts["preheader"]:
-            warnings.append(f"{toml_path}: preheader is still the placeholder {texts['preheader']!r}: write the real one")
-        if issue.intro == texts["intro"]:
-            warnings.append(f"{toml_path.parent}: the intro is still the placeholder {texts['intro']!r}")
-        warnings.extend(f"{brief.where}: brief is still the placeholder {brief.body!r}"
-                        for brief in issue.briefs if brief.body in texts["briefs"])
-    return warnings
 
 
 def scaffold_issue(settings, slug: str, issue_date: date) -> Path:

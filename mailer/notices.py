@@ -25,7 +25,7 @@ from .backends import Backend, Batch, OutgoingMessage, RecipientResult, make_bac
 from .config import Settings, secret_key_for
 from .errors import MailerError, RenderError
 from .message import MessageFactory
-from .render import Recipient, Template, compile_email, personal_values, slot_marker
+from .render import Recipient, Template, compile_email, missing_templates, personal_values, slot_marker
 
 log = logging.getLogger("mailer.notices")
 
@@ -83,15 +83,16 @@ class Notice:
 
 
 def notice_available(settings: Settings, kind: str) -> bool:
-    return all((settings.templates_dir / f"{kind}.{ext}.j2").is_file() for ext in ("mjml", "txt"))
+    return missing_templates(settings, kind) is None
 
 
 def compile_notice(settings: Settings, kind: str) -> NoticeTemplate:
     """Jinja → MJML → HTML once, and the text part; raises RenderError naming the template."""
     if kind not in NOTICE_KINDS:
         raise ValueError(f"unknown notice {kind!r}")
-    if not notice_available(settings, kind):
-        raise RenderError(f"{settings.templates_dir / (kind + '.mjml.j2')} (and .txt.j2) are needed for the {kind} email")
+    problem = missing_templates(settings, kind)
+    if problem is not None:
+        raise RenderError(f"{problem}: they are needed for the {kind} email")
     strings = i18n.strings(settings.language, settings.name)
     context = {
         "name": settings.name,

@@ -9,7 +9,7 @@ The vocabulary (due, missed, held, ready…) is defined in `mailer.scheduler`'s 
 - `now`, `now_local`: the moment shown (ISO 8601, UTC and MAILER_TIMEZONE); `timezone`; `grace_seconds`;
 - `issues`: one object per issue folder, sorted by folder name: `slug`, `date`, `send_at` (as
   written, resolved), `send_at_local`, `send_at_utc`, `state` (sent | paused | draft | placeholder |
-  error | scheduled | due | missed | unscheduled), `due`, `missed`, `draft`, `ready` (the cadence
+  unbuildable | error | scheduled | due | missed | unscheduled), `due`, `missed`, `draft`, `ready` (the cadence
   would send it), `not_ready` (why not, or null), `warnings` (lines naming file:line), `ledger`
   (status, sent, total, left, counts, paused_reason, text), `job` (a stored job exists), `error`;
 - `cadence`: null without `[schedule] cron`, else `cron`, `timezone`, `next_runs` (the next 5:
@@ -35,6 +35,7 @@ from .cadence import CadenceTrigger, build_cadence_trigger, localize
 from .config import Settings
 from .errors import MailerError
 from .issue import ISSUE_FILE, holds, load_issue
+from .render import template_problem
 from .store import Store, open_store, utcnow
 
 JOBS_TABLE = "scheduler_jobs"
@@ -64,11 +65,14 @@ class IssueEntry:
     send_at: datetime | None
     fingerprint: tuple
     error: str | None = None
-    hold: tuple[str, str] | None = None  # the first of issue.holds(): (reason, line naming file:line)
+    # what keeps the scheduler from starting it: ("unbuildable", why) when its template's files are
+    # missing (render.template_problem), then issue.holds(): (reason, line naming file:line)
+    hold: tuple[str, str] | None = None  # the first of them
+    hold_lines: tuple[str, ...] = ()  # every line
 
     @property
     def held(self) -> str | None:
-        """"draft" or "placeholder subject" when the scheduler must not start a send of it; else None."""
+        """"unbuildable", "draft" or "placeholder" when the scheduler must not start a send of it; else None."""
         return self.hold[0] if self.hold else None
 
 
@@ -98,8 +102,11 @@ def scan_issues(settings: Settings) -> list[IssueEntry]:
             entries.append(IssueEntry(folder.name, folder, folder_date, None, fingerprint, str(exc)))
             continue
         found = holds(issue)
+        problem = template_problem(settings, issue)
+        if problem is not None:  # it cannot render: the scheduler must not start it
+            found.insert(0, ("unbuildable", str(problem)))
         entries.append(IssueEntry(issue.slug, issue.folder, issue.date, issue.send_at, fingerprint,
-                                  hold=found[0] if found else None))
+                                  hold=found[0] if found else None, hold_lines=tuple(line for _, line in found)))
     return entries
 
 
@@ -301,7 +308,7 @@ def schedule_data(settings: Settings, store: Store, now: datetime) -> dict:
         if entry.error:
             state = "error"
         elif not ledger.done and ledger.status != "paused" and entry.held and not ledger.started:
-            state = "draft" if entry.held == "draft" else "placeholder"
+            state = entry.held  # draft | placeholder | unbuildable
         else:
             state = classify(entry.send_at, ledger, now, grace)
         reason = not_ready_reason(entry, today, ledger)
@@ -318,7 +325,7 @@ def schedule_data(settings: Settings, store: Store, now: datetime) -> dict:
             "ready": reason is None,
             "not_ready": reason,
             "cadence_run": picks.get(entry.slug),
-            "warnings": [entry.hold[1]] if entry.hold else [],
+            "warnings": list(entry.hold_lines),
             "ledger": ledger.as_dict(),
             "job": ISSUE_PREFIX + entry.slug in jobs,
             "error": entry.error,
@@ -388,8 +395,10 @@ def _note(row: dict, send_at: datetime | None, now: datetime, grace: timedelta, 
     slug, state = row["slug"], row["state"]
     if state == "error":
         return f"ERROR: {row['error']}"
-    if state in ("draft", "placeholder"):
-        return f"{state.upper()}: not sent by the scheduler: {row['warnings'][0]}"
+    if state in ("draft", "placeholder", "unbuildable"):
+        more = len(row["warnings"]) - 1
+        return (f"{state.upper()}: not sent by the scheduler: {row['warnings'][0]}"
+                + (f" (and {more} more: `mailer build {slug}` lists them)" if more else ""))
     if state == "paused":
         return f"PAUSED: resume with `mailer send {slug}`"
     if state == "scheduled" and send_at is not None:

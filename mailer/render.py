@@ -21,11 +21,11 @@ import mjml
 from markupsafe import Markup
 
 from . import i18n, markup, tokens
-from .briefs import control_character, describe_character
+from .briefs import control_character, describe_character, read_text
 from .config import Settings, secret_key_for
-from .errors import RenderError, SourceError
+from .errors import ConfigError, MailerError, RenderError, SourceError
 from .headers import clean_display_name
-from .issue import Issue, holds, scaffold_warnings
+from .issue import ISSUE_FILE, Issue, holds, key_line
 
 GMAIL_CLIP_BYTES = 102 * 1024
 SLOT_PREFIX = "%%mailer:"
@@ -357,14 +357,42 @@ def jinja_environment(templates_dir: Path, *, autoescape: bool) -> jinja2.Enviro
     )
 
 
+def missing_templates(settings: Settings, name: str) -> str | None:
+    """Why the templates folder cannot render template `name` (`NAME.mjml.j2` and `NAME.txt.j2`): a
+    phrase naming MAILER_TEMPLATES_DIR and its resolved path; None when both files are there."""
+    folder = settings.templates_dir
+    if not folder.is_dir():
+        return (f"the templates folder (MAILER_TEMPLATES_DIR, here {folder}) does not exist, so it has no "
+                f"{name}.mjml.j2: copy the templates/ folder of mailer's repository there, or set MAILER_TEMPLATES_DIR")
+    missing = [f"{name}.{ext}.j2" for ext in ("mjml", "txt") if not (folder / f"{name}.{ext}.j2").is_file()]
+    if not missing:
+        return None
+    return f"the templates folder (MAILER_TEMPLATES_DIR, here {folder}) has no {' and no '.join(missing)}"
+
+
+def template_problem(settings: Settings, issue: Issue) -> MailerError | None:
+    """The error that stops `issue` from rendering because its template's files are missing, or None:
+    SourceError at issue.toml's `template =` line when the issue names one (with the templates there),
+    ConfigError about the folder when it uses the default template."""
+    problem = missing_templates(settings, issue.template)
+    if problem is None:
+        return None
+    toml = issue.folder / ISSUE_FILE
+    line = key_line(read_text(toml), "template")
+    if line is None:
+        return ConfigError(f"{problem} (the default template {issue.template!r}: {toml} names none)")
+    folder = settings.templates_dir
+    names = sorted(p.name[:-len(".mjml.j2")] for p in folder.glob("*.mjml.j2")) if folder.is_dir() else []
+    return SourceError(toml, f"unknown template {issue.template!r}: {problem}"
+                             + (f" (templates there: {', '.join(names)})" if names else ""), line)
+
+
 def render_issue(issue: Issue, settings: Settings) -> RenderedIssue:
     """Compile the issue once: Jinja → MJML → HTML, and Jinja → text."""
     language = settings.language
-    template_names = (f"{issue.template}.mjml.j2", f"{issue.template}.txt.j2")
-    for name in template_names:
-        if not (settings.templates_dir / name).is_file():
-            raise SourceError(issue.folder / "issue.toml",
-                              f"unknown template {issue.template!r}: {settings.templates_dir / name} does not exist")
+    problem = template_problem(settings, issue)
+    if problem is not None:
+        raise problem
     web_url = web_edition_url(settings, issue)
     compiled = compile_email(settings, issue.template, _context(issue, settings, web_url), slots=TEXT_SLOTS,
                              required=("unsubscribe_url",), text_context=_text_context(issue, language))
@@ -465,8 +493,9 @@ def _normalise_text(text: str) -> str:
 
 
 def build_warnings(rendered: RenderedIssue) -> Iterable[str]:
-    """What an editor should fix before sending; nothing here blocks a send (a draft is refused by
-    `mailer send` itself, see issue.holds)."""
+    """What an editor should fix before sending, one line each (file:line where there is one). The
+    first ones are `issue.holds`'s (draft, scaffold placeholders): `mailer send` refuses those itself
+    (`dispatch.refuse_held`) and the scheduler holds them; the rest never block a send."""
     for _reason, line in holds(rendered.issue):
         yield line
     sample = rendered.html.fill(rendered.slot_values(Recipient(
@@ -490,7 +519,6 @@ def build_warnings(rendered: RenderedIssue) -> Iterable[str]:
         if alt is None:
             yield f"an image has no alt attribute: {img[:80]}"
     issue = rendered.issue
-    yield from scaffold_warnings(issue)
     if isinstance(issue.greeting, str) and starts_with_greeting(issue.intro):
         yield (f"{issue.folder / 'issue.toml'}: greeting is set and the intro starts with a greeting too: "
                "readers get two (remove one)")

@@ -35,10 +35,10 @@ Decisions (each one logged at INFO to ``mailer.scheduler``):
   stop or a crash (the ledger resumes it: nobody is skipped; see dispatch for what a crash may repeat).
 - **missed** — `now > send_at + grace` and not (fully) sent: NOT sent, reported once per run in the
   log and shown as MISSED by `mailer schedule list`. Send it by hand if it still makes sense.
-- **held** — an issue whose `issue.toml` says `draft = true`, or whose subject is a placeholder
-  (`issue.is_placeholder_subject`: the scaffold's, "TODO", "[Sujet]"…), is never *started* by the
+- **held** — an issue whose `issue.toml` says `draft = true`, or that still holds a placeholder
+  (`issue.holds`: the scaffold's subject, preheader, intro or briefs, "TODO", "[Sujet]"…), is never *started* by the
   scheduler, by its `send_at` or by the cadence: its job is dropped and a WARNING says why (once per
-  folder version). Removing the line (or writing the subject) makes it schedulable again; a send
+  folder version). Removing the line (or writing the text) makes it schedulable again; a send
   already started (edition frozen) resumes as usual.
 - **ready** (the cadence) — the oldest issue folder (by `date`, then folder name) whose `date` is on
   or before today (in the schedule zone), that has no `send_at` of its own, that loads without

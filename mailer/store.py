@@ -527,6 +527,22 @@ class Store:
             counts[status] = count
         return counts
 
+    def ledger_overview(self, conn: Connection) -> list[tuple[sa.Row, dict[str, int]]]:
+        """Every issue with a ledger, newest first (by its last activity: finished, else started, else
+        frozen; then the latest created), as (issues row, delivery counts by status like
+        `delivery_counts`). One grouped query, whatever the number of issues."""
+        statuses = ("queued", "sending", "sent", "failed", "skipped")
+        counted = (sa.select(deliveries.c.issue_id,
+                             *(sa.func.sum(sa.case((deliveries.c.status == status, 1), else_=0)).label(status)
+                               for status in statuses))
+                   .group_by(deliveries.c.issue_id).subquery())
+        last = sa.func.coalesce(issues.c.finished_at, issues.c.started_at, issues.c.frozen_at)
+        rows = conn.execute(
+            sa.select(issues, *(counted.c[status] for status in statuses))
+            .select_from(issues.outerjoin(counted, counted.c.issue_id == issues.c.id))
+            .order_by(last.is_(None), last.desc(), issues.c.id.desc())).all()
+        return [(row, {status: int(getattr(row, status) or 0) for status in statuses}) for row in rows]
+
     def claimants(self, conn: Connection, issue_id: int) -> list[tuple[str, datetime]]:
         """Workers holding `sending` rows of an issue, with their oldest claim."""
         return [(worker, as_utc(claimed_at)) for worker, claimed_at in conn.execute(

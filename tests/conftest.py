@@ -108,7 +108,7 @@ def write_issue(root: Path, slug: str, files: dict[str, str | bytes], toml: str 
     """Create issues/<slug>/ with an issue.toml (default subject) and the given files."""
     folder = root / "issues" / slug
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "issue.toml").write_text(toml if toml is not None else 'subject = "Sujet"\ndate = 2026-11-26\n',
+    (folder / "issue.toml").write_text(toml if toml is not None else 'subject = "Le Fil de la semaine"\ndate = 2026-11-26\n',
                                        encoding="utf-8")
     for name, content in files.items():
         path = folder / name

@@ -190,8 +190,8 @@ def test_a_scaffold_warns_until_every_placeholder_is_replaced(make_settings, lan
     warnings = render_issue(load_issue(folder, settings.issues_dir, settings.zone), settings).warnings
     joined = "\n".join(warnings)
     assert f"{folder / 'issue.toml'}:1: the subject " in joined and "is a placeholder: write the real one" in joined
-    assert f"{folder / 'issue.toml'}: preheader is still the placeholder" in joined
-    assert "the intro is still the placeholder" in joined
+    assert f"{folder / 'issue.toml'}:2: preheader is still the placeholder" in joined
+    assert f"{folder / 'briefs.txt'}:1: the intro is still the placeholder" in joined
     assert f"{folder / 'briefs.txt'}:3: brief is still the placeholder" in joined
     assert f"{folder / 'briefs.txt'}:4: brief is still the placeholder" in joined
     assert f"{folder / 'issue.toml'}:5: draft = true: the scheduler holds it" in joined
@@ -202,6 +202,49 @@ def test_a_scaffold_warns_until_every_placeholder_is_replaced(make_settings, lan
     issue = load_issue(folder, settings.issues_dir, settings.zone)
     assert issue.draft is False
     assert render_issue(issue, settings).warnings == ()
+
+
+def _spellings(text: str) -> list[str]:
+    """How an editor may leave a scaffold text: as is, re-cased, re-spaced, accents or the final dot dropped."""
+    return [text, text.upper(), f"  {text.replace(' ', '   ')}  ", text.rstrip("."),
+            unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()]
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
+@pytest.mark.parametrize("left", ["subject", "preheader", "intro", "intro in issue.toml", "brief 1", "brief 2"])
+def test_any_single_scaffold_placeholder_left_holds_the_issue_and_names_its_line(make_settings, language, left):
+    """Issue 10.12: everything written but one placeholder (in any spelling) → held, with file:line;
+    the written version of the same text → not held. Oracle: the line the test itself wrote it on."""
+    from mailer.issue import SCAFFOLD_TEXT, hold_refusal, holds
+
+    texts = SCAFFOLD_TEXT[language]
+    settings = make_settings(MAILER_LANGUAGE=language)
+    folder = scaffold_issue(settings, f"reste-{left.replace(' ', '-')}", date(2026, 12, 10))
+    for spelled in [*_spellings({"subject": texts["subject"], "preheader": texts["preheader"],
+                                 "brief 1": texts["briefs"][0], "brief 2": texts["briefs"][1]}.get(left, texts["intro"])),
+                    None]:
+        value = spelled if spelled is not None else "Un vrai texte, écrit par quelqu'un."
+        fields = {"subject": "Le vrai sujet", "preheader": "Pour de vrai", "intro": "Bonjour à toutes et à tous.",
+                  "brief 1": "Une vraie brève.", "brief 2": "Une autre vraie brève."}
+        fields[left.replace(" in issue.toml", "")] = value
+        toml_intro = f'intro = "{fields["intro"]}"\n' if left == "intro in issue.toml" else ""
+        (folder / "issue.toml").write_text(f'subject = "{fields["subject"]}"\npreheader = "{fields["preheader"]}"\n'
+                                           f'{toml_intro}date = 2026-12-10\n', encoding="utf-8")
+        intro = "" if toml_intro else f"{fields['intro']}\n\n"
+        (folder / "briefs.txt").write_text(f"{intro}--> {fields['brief 1']}\n--> {fields['brief 2']}\n", encoding="utf-8")
+        issue = load_issue(folder, settings.issues_dir, settings.zone)
+        found = holds(issue)
+        if spelled is None:
+            assert found == [] and hold_refusal(issue) is None, found
+            continue
+        expected_line = {"subject": f"{folder / 'issue.toml'}:1:", "preheader": f"{folder / 'issue.toml'}:2:",
+                         "intro in issue.toml": f"{folder / 'issue.toml'}:3:", "intro": f"{folder / 'briefs.txt'}:1:",
+                         "brief 1": f"{folder / 'briefs.txt'}:{1 if toml_intro else 3}:",
+                         "brief 2": f"{folder / 'briefs.txt'}:{2 if toml_intro else 4}:"}[left]
+        assert [reason for reason, _ in found] == ["placeholder"], (spelled, found)
+        assert found[0][1].startswith(expected_line), (spelled, found)
+        refusal = str(hold_refusal(issue))
+        assert refusal.startswith(expected_line) and "--allow-draft" in refusal and "\n" not in refusal
 
 
 def test_draft_must_be_a_boolean(project):

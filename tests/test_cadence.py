@@ -48,7 +48,7 @@ ZONES = {
 HAND_PICKED = (
     "0 0 * * *", "30 0 * * *", "30 1 * * *", "0 2 * * *", "30 2 * * *", "0 3 * * *", "59 23 * * *",
     "0 23 * * *", "30 23 * * SAT", "0 0 * * MON", "0 0 * * SUN", "0 7 * * MON", "15 2 * * 0", "0 0 * * 1-5",
-    "0 0 1 * *", "0 2 last * *", "0 0 1-7 * MON", "45 1 */2 * *", "0 0,12 * * *", "*/30 * * * *", "0 2,3 * * *",
+    "0 0 1 * *", "0 2 last * *", "0 0 1st mon * *", "30 2 last sun * *", "0 3 2nd sun * *", "45 1 */2 * *", "0 0,12 * * *", "*/30 * * * *", "0 2,3 * * *",
     "0 0 29 2 *", "1 0 * * *", "0 1 * * *", "30 3 * * *", "0 0 * 3,4,9,10 SAT,SUN",
 )
 
@@ -62,6 +62,8 @@ def generated_expressions(count: int, seed: int) -> list[str]:
         day = rng.choice(["*"] * 6 + ["1", "15", "last", "1-7", "*/10", "28-31", "8-14"])
         month = rng.choice(["*"] * 5 + ["3,4,9,10", "1-6", "*/2"])
         weekday = rng.choice(["*"] * 4 + ["MON", "SUN", "SAT", "1-5", "0", "7", "FRI,SAT", "sun-tue"])
+        if day != "*" and weekday != "*":  # refused (crontab ORs them, APScheduler ANDs): say it explicitly
+            day, weekday = f"{rng.choice(['1st', '2nd', '3rd', '4th', '5th', 'last'])} {rng.choice(('sun', 'mon', 'tue', 'wed', 'thu', 'fri', 'sat'))}", "*"
         out.append(f"{minute} {hour} {day} {month} {weekday}")
     return out
 
@@ -100,19 +102,31 @@ class Expression:
     text: str
 
     def __post_init__(self) -> None:
-        minute, hour, day, month, weekday = self.text.split()
+        minute, hour, *day_words, month, weekday = self.text.split()
+        day = " ".join(day_words)
         self.minutes = _values(minute, 0, 59)
         self.hours = _values(hour, 0, 23)
         self.last_day = day == "last"
-        self.days = set() if self.last_day else _values(day, 1, 31)
         self.months = _values(month, 1, 12, _MONTHS, first=1)
         self.weekdays = {d % 7 for d in _values(weekday, 0, 6, _DAYS)}
+        self.nth = None  # "2nd sun": the 8th to the 14th of the month, a Sunday; "last sun": the last 7 days
+        if len(day_words) == 2:
+            self.nth = day_words[0].lower()
+            self.weekdays = {_DAYS.index(day_words[1].lower()[:3])}
+            self.days = set()
+        else:
+            self.days = set() if self.last_day else _values(day, 1, 31)
 
     def names_date(self, day: date) -> bool:
         if day.month not in self.months or day.isoweekday() % 7 not in self.weekdays:
             return False
+        length = calendar.monthrange(day.year, day.month)[1]
+        if self.nth == "last":
+            return day.day > length - 7
+        if self.nth:
+            return (day.day - 1) // 7 + 1 == int(self.nth[0])
         if self.last_day:
-            return day.day == calendar.monthrange(day.year, day.month)[1]
+            return day.day == length
         return day.day in self.days
 
 
@@ -338,6 +352,22 @@ def test_a_bad_expression_is_a_one_line_error_naming_it(bad: str, says: str) -> 
     with pytest.raises(ConfigError) as caught:
         cadence.build_cadence_trigger(bad, PARIS)
     assert says in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("expression", ["0 7 1 * MON", "0 0 1-7 * MON", "0 7 1,15 * 1-5", "0 7 last * FRI",
+                                        "0 7 */10 * sun-tue", "0 7 2nd mon * MON"])
+def test_a_day_of_month_and_a_day_of_week_together_are_refused_with_the_explicit_spellings(expression) -> None:
+    """crontab (POSIX, Vixie) runs on days matching EITHER field, APScheduler on days matching BOTH:
+    the same text means other days to its author; mailer refuses it and says how to write each intent."""
+    minute, hour, *day, month, weekday = expression.split()
+    with pytest.raises(ConfigError) as caught:
+        cadence.build_cadence_trigger(expression, PARIS)
+    message = str(caught.value)
+    assert "\n" not in message and f"schedule cron {expression!r} restricts both" in message
+    assert f"'{minute} {hour} 1st mon {month} *'" in message
+    assert f"'{minute} {hour} {' '.join(day)} {month} *'" in message and f"'{minute} {hour} * {month} {weekday}'" in message
+    for alone in (f"{minute} {hour} {' '.join(day)} {month} *", f"{minute} {hour} * {month} {weekday}"):
+        cadence.build_cadence_trigger(alone, PARIS)  # each suggestion is accepted
 
 
 def test_the_trigger_survives_the_job_store_with_its_behaviour() -> None:

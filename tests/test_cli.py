@@ -190,17 +190,16 @@ def test_a_rerun_of_a_finished_issue_says_so_and_writes_nothing(run, project):
     assert "messages are in" not in again.stdout  # none were written
 
 
-def test_the_confirmation_names_the_issue_its_subject_and_its_audience(run, project):
-    """On a terminal, `mailer send ISSUE` asks about the issue it resolved, not the argument typed."""
+def _send_on_a_terminal(project: Path, *args: str, answer: bytes = b"n\n") -> tuple[str, int]:
+    """`mailer send ARGS` with a pseudo-terminal as stdin, stdout and stderr (what a person sees, in
+    order); answers the confirmation prompt with `answer`. Returns (the terminal's text, exit code)."""
     import pty
     import select
 
-    for i in range(3):
-        run("subscribers", "add", f"r{i}@example.org")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
     env.update(BASE_ENV)
     controller, terminal = pty.openpty()
-    process = subprocess.Popen([*MAILER, "send", "donnees-ouvertes"], cwd=project, env=env, stdin=terminal,
+    process = subprocess.Popen([*MAILER, "send", *args], cwd=project, env=env, stdin=terminal,
                                stdout=terminal, stderr=terminal, close_fds=True)
     os.close(terminal)
     seen = b""
@@ -209,15 +208,76 @@ def test_the_confirmation_names_the_issue_its_subject_and_its_audience(run, proj
             ready, _, _ = select.select([controller], [], [], 30)
             assert ready, seen
             seen += os.read(controller, 4096)
-        os.write(controller, b"n\n")
+        os.write(controller, answer)
         process.wait(30)
     finally:
         process.kill()
         os.close(controller)
-    prompt = seen.decode("utf-8", "replace")
+    return seen.decode("utf-8", "replace"), process.returncode
+
+
+def test_the_confirmation_names_the_issue_its_subject_and_its_audience(run, project):
+    """On a terminal, `mailer send ISSUE` asks about the issue it resolved, not the argument typed."""
+    for i in range(3):
+        run("subscribers", "add", f"r{i}@example.org")
+    prompt, code = _send_on_a_terminal(project, "donnees-ouvertes")
     assert f"Send {EXAMPLE_ISSUE} " in prompt and "Données ouvertes, trains de nuit" in prompt
     assert "through outbox to 3 subscriber(s)?" in prompt
-    assert process.returncode != 0 and not (project / "outbox").exists()
+    assert code != 0 and not (project / "outbox").exists()
+
+
+def test_send_prints_every_build_warning_before_its_confirmation_prompt(run, project):
+    """Gmail clipping, a missing alt text, an insecure link: `build` warns, and so does `send`, before
+    it asks (the same lines, in the same order); answering no sends nothing."""
+    run("subscribers", "add", "a@example.org")
+    long = " ".join(f"mot{i}" for i in range(20_000))
+    write_issue(project, "2026-12-03-lourde", {"briefs.txt": f"--> ![](https://example.org/a.png) Une image.\n"
+                                                             f"--> Voir [ici](http://example.net/page).\n--> {long}\n"},
+                toml='subject = "Une lettre bien lourde"\ndate = 2026-12-03\n')
+    built = [line for line in run("build", "lourde").stderr.splitlines() if line.startswith("warning: ")]
+    assert any("Gmail clips" in w for w in built) and any("no alt text" in w for w in built)
+    assert any("insecure link (http://): http://example.net/page" in w for w in built)
+    seen, code = _send_on_a_terminal(project, "lourde")
+    lines = seen.replace("\r\n", "\n").splitlines()
+    prompt_at = next(i for i, line in enumerate(lines) if "[y/N]" in line)
+    assert [line for line in lines[:prompt_at] if line.startswith("warning: ")] == built
+    assert code != 0 and not (project / "outbox").exists()
+    sent = run("send", "lourde", "--yes")  # without a prompt, the warnings still come first
+    assert [line for line in sent.stderr.splitlines() if line.startswith("warning: ")] == built
+    assert "sent 1 now" in sent.stdout
+
+
+def test_a_scaffold_with_only_its_subject_written_is_held_and_refused_until_allow_draft(run, project):
+    """Issue 10.12: `issue new`, the subject written and `draft = true` removed: the scheduler holds it
+    (PLACEHOLDER, with every reason) and `send` refuses it in one line naming file:line; --allow-draft
+    sends it as it is, after printing each placeholder as a warning."""
+    run("subscribers", "add", "a@example.org")
+    run("issue", "new", "rentree", "--date", "2026-12-10")
+    folder = project / "issues" / "2026-12-10-rentree"
+    toml = (folder / "issue.toml").read_text(encoding="utf-8").replace("Objet de la lettre", "La rentrée du rail")
+    (folder / "issue.toml").write_text("\n".join(line for line in toml.split("\n") if "draft" not in line),
+                                       encoding="utf-8")
+    expected = [f"{folder / 'issue.toml'}:2: preheader is still the placeholder",
+                f"{folder / 'briefs.txt'}:1: the intro is still the placeholder",
+                f"{folder / 'briefs.txt'}:3: brief is still the placeholder 'Première brève.",
+                f"{folder / 'briefs.txt'}:4: brief is still the placeholder 'Deuxième brève.'"]
+
+    row = next(r for r in json.loads(run("schedule", "list", "--json").stdout)["issues"] if r["slug"] == folder.name)
+    assert row["state"] == "placeholder" and row["ready"] is False and row["not_ready"] == "placeholder"
+    assert len(row["warnings"]) == 4 and all(w.startswith(e) for w, e in zip(row["warnings"], expected))
+    line = next(l for l in run("schedule", "list").stdout.splitlines() if l.startswith(folder.name))
+    assert f"PLACEHOLDER: not sent by the scheduler: {expected[0]}" in line and "(and 3 more" in line
+
+    refused = run("send", "rentree", "--yes", check_exit=3)
+    assert refused.stdout == "" and len(refused.stderr.strip().splitlines()) == 1
+    assert refused.stderr.startswith(f"error: {expected[0]}") and "(and 3 more" in refused.stderr
+    assert "--allow-draft" in refused.stderr and not (project / "outbox").exists()
+    assert "never been sent" in run("status", "rentree", check_exit=4).stderr  # nothing frozen
+
+    sent = run("send", "rentree", "--yes", "--allow-draft")
+    warnings = [line for line in sent.stderr.splitlines() if line.startswith("warning: ")]
+    assert [w for w in warnings if "placeholder" in w and any(e in w for e in expected)] == warnings
+    assert len(warnings) == 4 and "sent 1 now" in sent.stdout
 
 
 # ----- secrets stay out of what people read -------------------------------------------------------------
@@ -268,3 +328,121 @@ def test_a_send_that_cannot_build_its_messages_never_leaves_the_issue_half_start
         assert status.returncode == 4  # never started: no ledger
         fixed = run("send", EXAMPLE_ISSUE, "--yes")  # with a plain domain it goes
         assert "sent 1 now" in fixed.stdout
+
+
+# ----- `mailer status` without an issue: every ledger, newest first ------------------------------------
+def test_status_without_an_issue_lists_every_ledger_newest_first(project, db_url, monkeypatch):
+    """One line (and one JSON object) per issue with a ledger, ordered by its last activity; each
+    object is exactly what `status ISSUE --json` says of that issue (a second code path: the oracle)."""
+    import random
+    from datetime import datetime, timedelta, timezone
+
+    import sqlalchemy as sa
+    from click.testing import CliRunner
+
+    from mailer import dispatch
+    from mailer.cli import main
+    from mailer.config import load_settings
+    from mailer.schema import deliveries
+    from mailer.store import open_store
+
+    for name in [k for k in os.environ if k.startswith(("MAILER_", "SENDGRID_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(project)
+    env = {**BASE_ENV, "MAILER_DATABASE_URL": db_url}
+
+    def invoke(*args: str, code: int = 0):
+        result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result
+
+    assert invoke("status").output.startswith("no issue sent yet")
+    assert json.loads(invoke("status", "--json").output) == []
+    for i in range(4):
+        invoke("subscribers", "add", f"r{i}@example.org")
+    slugs = [f"2026-12-0{i}-lettre-{i}" for i in range(1, 5)]
+    for slug in slugs:
+        write_issue(project, slug, {"briefs.txt": "--> Une brève.\n"}, toml=f'subject = "Lettre {slug[-1]}"\n')
+    settings = load_settings(project, env=env)
+    store = open_store(db_url)
+    try:
+        for slug in slugs[:2]:
+            assert dispatch.send_issue(settings, store, slug).complete
+        dispatch.prepare_send(settings, store, slugs[2])  # frozen, all queued
+        dispatch.prepare_send(settings, store, slugs[3])
+        rng = random.Random(1012)
+        base = datetime(2026, 12, 1, 7, tzinfo=timezone.utc)
+        hours = rng.sample(range(100), 8)
+        expected_when = {}
+        with store.begin() as conn:
+            for index, slug in enumerate(slugs):
+                row = store.issue_row(conn, slug)
+                started, finished = base + timedelta(hours=hours[2 * index]), base + timedelta(hours=hours[2 * index + 1])
+                values = {"started_at": started, "finished_at": finished if index < 2 else None}
+                if index == 3:
+                    values.update(status="paused", paused_reason="too many failures in a row")
+                store.update_issue(conn, row.id, **values)
+                expected_when[slug] = values["finished_at"] or started
+            first_sent = store.issue_row(conn, slugs[0])
+            conn.execute(sa.update(deliveries).where(deliveries.c.issue_id == first_sent.id,
+                                                     deliveries.c.subscriber_id == 1).values(status="failed"))
+    finally:
+        store.close()
+    order = sorted(slugs, key=lambda slug: expected_when[slug], reverse=True)
+
+    overview = json.loads(invoke("status", "--json").output)
+    assert [item["issue"] for item in overview] == order
+    assert overview == [json.loads(invoke("status", slug, "--json").output) for slug in order]
+    assert [datetime.fromisoformat(item["when"]) for item in overview] == [expected_when[slug] for slug in order]
+
+    lines = invoke("status").output.splitlines()
+    assert [line.split()[0] for line in lines] == order
+    by_slug = {line.split()[0]: line for line in lines}
+    assert "  sent  " in by_slug[slugs[0]] and "sent 3  failed 1  skipped 0  queued 0  of 4" in by_slug[slugs[0]]
+    assert "sent 4  failed 0  skipped 0  queued 0  of 4" in by_slug[slugs[1]]
+    assert "sending" in by_slug[slugs[2]] and "queued 4  of 4" in by_slug[slugs[2]]
+    assert "paused" in by_slug[slugs[3]] and by_slug[slugs[3]].endswith("(too many failures in a row)")
+    local = expected_when[slugs[1]].astimezone(settings.zone)
+    assert f"{local:%Y-%m-%d %H:%M} {local.tzname()}" in by_slug[slugs[1]]
+    assert "never been sent" in CliRunner().invoke(main, ["status", "nope"], env=env).output
+
+
+# ----- a project folder without its templates -----------------------------------------------------------
+def test_missing_templates_name_the_templates_folder_and_hold_the_issue(run, project):
+    """No templates/ (a fresh project folder): every command that would render names MAILER_TEMPLATES_DIR
+    and its resolved path — not issue.toml, which names no template — and the scheduler shows the issue
+    as unbuildable instead of READY; a template the issue does name is its issue.toml line's error."""
+    import shutil
+
+    shutil.rmtree(project / "templates")
+    (project / "mailer.toml").write_text('[schedule]\ncron = "0 7 * * MON"\n', encoding="utf-8")
+    run("subscribers", "add", "a@example.org")
+    toml = project / "issues" / EXAMPLE_ISSUE / "issue.toml"
+    for env, folder in (({}, project / "templates"), ({"MAILER_TEMPLATES_DIR": "gabarits"}, project / "gabarits")):
+        built = run("build", EXAMPLE_ISSUE, extra_env=env, check_exit=2)
+        lines = built.stderr.strip().splitlines()
+        assert len(lines) == 1 and "unknown template" not in lines[0] and "issue.toml:" not in lines[0]
+        assert f"MAILER_TEMPLATES_DIR, here {folder})" in lines[0] and "weekly.mjml.j2" in lines[0]
+        refused = run("send", EXAMPLE_ISSUE, "--yes", extra_env=env, check_exit=2)
+        assert refused.stderr.strip().splitlines() == lines and refused.stdout == ""
+        info = json.loads(run("schedule", "list", "--json", extra_env=env).stdout)
+        row = next(r for r in info["issues"] if r["slug"] == EXAMPLE_ISSUE)
+        assert row["state"] == "unbuildable" and row["ready"] is False and row["not_ready"] == "unbuildable"
+        assert row["warnings"][0] == lines[0].removeprefix("error: ")
+        assert all(run_["issue"] is None for run_ in info["cadence"]["next_runs"])
+        text = run("schedule", "list", extra_env=env).stdout
+        line = next(l for l in text.splitlines() if l.startswith(EXAMPLE_ISSUE))
+        assert "UNBUILDABLE: not sent by the scheduler" in line and "READY" not in line
+    assert "never been sent" in run("status", EXAMPLE_ISSUE, check_exit=4).stderr  # nothing frozen
+
+    shutil.copytree(Path(__file__).resolve().parent.parent / "templates", project / "templates")
+    (project / "templates" / "weekly.txt.j2").unlink()  # half a template
+    half = run("build", EXAMPLE_ISSUE, check_exit=2).stderr
+    assert f"MAILER_TEMPLATES_DIR, here {project / 'templates'}) has no weekly.txt.j2" in half
+    assert "weekly.mjml.j2" not in half
+    toml.write_text(toml.read_text(encoding="utf-8") + 'template = "special"\n', encoding="utf-8")
+    line = len(toml.read_text(encoding="utf-8").splitlines())
+    named = run("build", EXAMPLE_ISSUE, check_exit=3).stderr.strip().splitlines()
+    assert len(named) == 1 and f"{toml}:{line}: unknown template 'special': " in named[0]
+    assert "has no special.mjml.j2 and no special.txt.j2" in named[0] and "(templates there: " in named[0]
+    assert "weekly" in named[0].split("(templates there: ")[1]
