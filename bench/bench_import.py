@@ -152,7 +152,7 @@ def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(args.implementation).resolve() if args.implementation else REPO))
     from mailer.store import open_store
     try:
-        from mailer.importer import export_csv, import_csv
+        from mailer.subscribers.importer import export_csv, import_csv
     except ImportError:  # versions before the import engine had its own package
         from mailer.subscribers import export_csv, import_csv
 
@@ -286,9 +286,9 @@ def verify(url: str | None) -> None:
     sys.path.insert(0, str(REPO))
     import sqlalchemy as sa
 
-    import mailer.importer.parse as parse
-    from mailer.importer import import_csv
-    from mailer.schema import list_members, subscriber_events, subscribers
+    import mailer.subscribers.importer.parse as parse
+    from mailer.subscribers.importer import import_csv
+    from mailer.store.schema import list_members, subscriber_events, subscribers
     from mailer.store import open_store
 
     source = csv_for(100_000)

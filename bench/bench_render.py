@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 import mjml  # noqa: E402
 
 from mailer.config import load_settings  # noqa: E402
-from mailer.issue import load_issue  # noqa: E402
-from mailer.message import MessageFactory  # noqa: E402
-from mailer.render import Recipient, render_issue  # noqa: E402
+from mailer.content.issue import load_issue  # noqa: E402
+from mailer.mime import MessageFactory  # noqa: E402
+from mailer.content.render import Recipient, render_issue  # noqa: E402
 
 ISSUE = "2026-11-26-donnees-ouvertes"
 CACHE = REPO / "bench" / ".cache"

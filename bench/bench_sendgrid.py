@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 import sqlalchemy as sa  # noqa: E402
 
-from mailer import dispatch  # noqa: E402
+from mailer.sending import dispatch  # noqa: E402
 from mailer.config import load_settings  # noqa: E402
 from mailer.store import open_store  # noqa: E402
 
@@ -61,8 +61,8 @@ class Breakdown:
     """Wall and CPU time (this thread) spent in the send loop's steps, by wrapping them in memory."""
 
     STEPS = (("mailer.store", "Store", ("claim_deliveries", "finish_deliveries", "requeue_ids")),
-             ("mailer.dispatch", "Sender", ("_process", "_record", "_send_with_retries")),
-             ("mailer.backends.sendgrid", "SendGridBackend", ("send_batch", "_post")),
+             ("mailer.sending.dispatch", "Sender", ("_process", "_record", "_send_with_retries")),
+             ("mailer.providers.sendgrid", "SendGridBackend", ("send_batch", "_post")),
              ("python_http_client.client", "Client", ("_make_request",)))
 
     def __init__(self) -> None:

@@ -215,9 +215,9 @@ def copy_db(source: Path, target: Path) -> None:
 def sample_message(project: Path, port: int) -> bytes:
     from email.utils import formatdate
 
-    from mailer.issue import load_issue
-    from mailer.message import MessageFactory
-    from mailer.render import Recipient, render_issue
+    from mailer.content.issue import load_issue
+    from mailer.mime import MessageFactory
+    from mailer.content.render import Recipient, render_issue
     settings = settings_for(project, project / "unused.db", port, 1)
     rendered = render_issue(load_issue(ISSUE, settings.issues_dir, settings.zone), settings)
     factory = MessageFactory(rendered)
@@ -254,9 +254,9 @@ def run_ceiling(port: int, data: bytes, count: int, connections: int) -> float:
 # ===== (b) mailer ====================================================================================
 def run_mailer(project: Path, template_db: Path, port: int, count: int, pool: int, tag: str,
                profile: bool = False) -> tuple[float, dict]:
-    from mailer import dispatch
+    from mailer.sending import dispatch
     from mailer.store import open_store
-    from mailer.backends.smtp import SmtpBackend
+    from mailer.providers.smtp import SmtpBackend
     db = project / f"send-{tag}.db"
     copy_db(template_db, db)
     # With one message per ledger step (as shipped) a send_batch call never spans lanes: several
@@ -310,9 +310,9 @@ def make_mailmerge_files(project: Path, port: int, count: int) -> tuple[Path, Pa
     """A template equivalent to our message: same headers, multipart/alternative, same text and HTML."""
     from email.utils import formataddr
 
-    from mailer.issue import load_issue
-    from mailer.message import MessageFactory
-    from mailer.render import Recipient, render_issue
+    from mailer.content.issue import load_issue
+    from mailer.mime import MessageFactory
+    from mailer.content.render import Recipient, render_issue
     from mailer import tokens
     settings = settings_for(project, project / "unused.db", port, 1)
     rendered = render_issue(load_issue(ISSUE, settings.issues_dir, settings.zone), settings)
@@ -376,7 +376,7 @@ def apply_proposed_patches() -> None:
     """
     import functools
 
-    from mailer import config, message
+    from mailer import config, mime as message
     for name in ("sender_email", "sender_domain"):
         current = config.Settings.__dict__[name]
         if isinstance(current, property):  # (already a cached_property in later versions of config.py)
@@ -473,7 +473,7 @@ def main() -> None:
 
         if args.patched:
             apply_proposed_patches()
-        from mailer.backends.smtp import SmtpBackend
+        from mailer.providers.smtp import SmtpBackend
         if args.batch:
             SmtpBackend.max_batch = args.batch
         if args.ledger_step is not None:

@@ -54,7 +54,7 @@ def serve(port: int, root: Path) -> None:
     import uvicorn
 
     from mailer.config import load_settings
-    from mailer.web import create_app
+    from mailer.web.app import create_app
 
     logging.getLogger("mailer").setLevel(logging.WARNING)
     settings = load_settings(root, env=os.environ)
@@ -169,7 +169,7 @@ def main() -> int:
     import sqlalchemy as sa
 
     from mailer import tokens
-    from mailer.schema import subscriber_events, subscribers
+    from mailer.store.schema import subscriber_events, subscribers
     from mailer.store import open_store, utcnow
 
     private = ec.generate_private_key(ec.SECP256R1())

@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from mailer.briefs import parse_arrow_text, parse_file
+from mailer.content.briefs import parse_arrow_text, parse_file
 from mailer.errors import NotFound, SourceError
-from mailer.issue import find_issue_folder, load_issue, scaffold_issue
+from mailer.content.issue import find_issue_folder, load_issue, scaffold_issue
 
 from .conftest import write_issue
 
@@ -183,7 +183,7 @@ def test_a_slug_without_letters_is_refused(settings, slug):
 
 @pytest.mark.parametrize("language", ["fr", "en"])
 def test_a_scaffold_warns_until_every_placeholder_is_replaced(make_settings, language):
-    from mailer.render import render_issue
+    from mailer.content.render import render_issue
 
     settings = make_settings(MAILER_LANGUAGE=language)
     folder = scaffold_issue(settings, "brouillon", date(2026, 12, 10))
@@ -215,7 +215,7 @@ def _spellings(text: str) -> list[str]:
 def test_any_single_scaffold_placeholder_left_holds_the_issue_and_names_its_line(make_settings, language, left):
     """Issue 10.12: everything written but one placeholder (in any spelling) → held, with file:line;
     the written version of the same text → not held. Oracle: the line the test itself wrote it on."""
-    from mailer.issue import SCAFFOLD_TEXT, hold_refusal, holds
+    from mailer.content.issue import SCAFFOLD_TEXT, hold_refusal, holds
 
     texts = SCAFFOLD_TEXT[language]
     settings = make_settings(MAILER_LANGUAGE=language)
@@ -368,7 +368,7 @@ def test_bidirectional_controls_in_a_brief_are_kept_for_right_to_left_text(proje
 
 
 def _name(char):
-    from mailer.briefs import describe_character
+    from mailer.content.briefs import describe_character
     return describe_character(char).partition(" (")[2][:-1]
 
 
@@ -380,7 +380,7 @@ def test_tab_lf_cr_and_ordinary_unicode_spaces_are_fine(project):
 
 
 def test_describe_character_names_each_kind():
-    from mailer.briefs import describe_character
+    from mailer.content.briefs import describe_character
     assert describe_character("\x00") == "U+0000 (NULL)"
     assert describe_character("\x0c") == "U+000C (FORM FEED)"
     assert describe_character("\x1b") == "U+001B (ESCAPE)"

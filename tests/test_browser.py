@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mailer import i18n, markup
-from mailer.preview import SAMPLE_NAME, build_issue, create_preview_app, sample_recipient
-from mailer.render import first_name_of
+from mailer.content import i18n, markup
+from mailer.web.preview import SAMPLE_NAME, build_issue, create_preview_app, sample_recipient
+from mailer.content.render import first_name_of
 from tests.browser_support import (ELEMENTS_HOLDING_TEXT_JS, LAYOUT_JS, LINKS_JS, ThreadedServer, distinctive_words,
                                    launched_chromium, visible_blocks)
 from tests.conftest import ARTIFACTS, EXAMPLE_ISSUE, write_issue

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from apscheduler.triggers.cron import CronTrigger
 
-from mailer import cadence
+from mailer.scheduling import cadence
 from mailer.errors import ConfigError
 
 UTC = timezone.utc
@@ -389,7 +389,7 @@ def test_the_trigger_survives_the_job_store_with_its_behaviour() -> None:
 ])
 @pytest.mark.parametrize("quoted", [True, False])  # an ISO string, or a TOML local date-time
 def test_a_send_at_without_an_offset_is_read_by_the_cadence_s_rule(make_settings, written, resolved, quoted) -> None:
-    from mailer.issue import load_issue
+    from mailer.content.issue import load_issue
     from tests.conftest import write_issue
 
     settings = make_settings()

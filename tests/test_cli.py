@@ -340,10 +340,10 @@ def test_status_without_an_issue_lists_every_ledger_newest_first(project, db_url
     import sqlalchemy as sa
     from click.testing import CliRunner
 
-    from mailer import dispatch
-    from mailer.cli import main
+    from mailer.sending import dispatch
+    from mailer.cli.main import main
     from mailer.config import load_settings
-    from mailer.schema import deliveries
+    from mailer.store.schema import deliveries
     from mailer.store import open_store
 
     for name in [k for k in os.environ if k.startswith(("MAILER_", "SENDGRID_"))]:

@@ -36,17 +36,17 @@ from email.header import decode_header, make_header
 import idna
 import pytest
 
-from mailer import dispatch
+from mailer.sending import dispatch
 from mailer.config import (
     ENV_VARS, PUBLISHED_KEYS, SCHEDULE_KEYS, Settings, base_url_problem, load_settings, normalise_base_url,
     require_secret_key, secret_key_for, secret_key_problem,
 )
 from mailer.errors import ConfigError
-from mailer.issue import load_issue
-from mailer.message import MessageFactory
-from mailer.preview import build_issue
-from mailer.render import Recipient, render_issue
-from mailer.scheduler import run_scheduler
+from mailer.content.issue import load_issue
+from mailer.mime import MessageFactory
+from mailer.web.preview import build_issue
+from mailer.content.render import Recipient, render_issue
+from mailer.scheduling.runtime import run_scheduler
 from mailer.store import open_store
 from mailer.subscribers import add_subscriber
 

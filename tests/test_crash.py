@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mailer import dispatch
+from mailer.sending import dispatch
 from mailer.config import load_settings
 from mailer.subscribers import add_subscriber, import_csv
 
@@ -333,7 +333,7 @@ def test_a_claimant_out_of_sight_on_the_same_host_obeys_the_lease():
         pytest.skip("cannot create a pid namespace here")
     script = """
 import datetime as dt
-from mailer import claimant
+from mailer.sending import claimant
 me = claimant.me()
 assert me.pid == 1 and me.pidns != claimant.INITIAL_PID_NAMESPACE, me
 now = dt.datetime.now(dt.timezone.utc)

@@ -13,10 +13,10 @@ import time
 import pytest
 import sqlalchemy as sa
 
-import mailer.dispatch as dispatch
-from mailer.backends import Backend, Batch, PermanentError, RecipientResult, TransientError
+import mailer.sending.dispatch as dispatch
+from mailer.providers import Backend, Batch, PermanentError, RecipientResult, TransientError
 from mailer.errors import ConfigError, EmptyAudience, SendAborted, SourceError
-from mailer.schema import deliveries
+from mailer.store.schema import deliveries
 from mailer.subscribers import add_subscriber, import_csv, remove_subscriber, show_subscriber
 
 from .conftest import EXAMPLE_ISSUE
@@ -406,7 +406,7 @@ def _with_list(project, list_name: str) -> None:
 def _archive(settings, store) -> str:
     from starlette.testclient import TestClient
 
-    from mailer.web import create_app
+    from mailer.web.app import create_app
     with TestClient(create_app(settings, store)) as client:
         return client.get("/archive").text
 
@@ -587,7 +587,7 @@ def test_a_claim_whose_pid_now_belongs_to_another_process_is_dead(store, make_se
     """The pid was reused (a restart, a container's PID 1): same pid, another start time → dead at once."""
     import subprocess
 
-    from mailer import claimant
+    from mailer.sending import claimant
     settings = make_settings(database_url=db_url)
     _populate(store, tmp_path, 6)
     prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
@@ -613,7 +613,7 @@ def test_claims_from_another_host_obey_the_lease_and_the_heartbeat_keeps_it(stor
                                                                             monkeypatch):
     from datetime import timedelta
 
-    from mailer import claimant
+    from mailer.sending import claimant
     from mailer.store import utcnow
     settings = make_settings(database_url=db_url)
     _populate(store, tmp_path, 6)

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from mailer import dispatch
+from mailer.sending import dispatch
 from mailer.config import load_settings
-from mailer.schema import deliveries, subscribers
+from mailer.store.schema import deliveries, subscribers
 from mailer.subscribers import import_csv, remove_subscriber
 
 from .conftest import BASE_ENV, EXAMPLE_ISSUE

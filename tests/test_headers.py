@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from mailer.headers import clean_display_name, clean_header_value, mailboxes, phrase_and_tail, unstructured
-from mailer.issue import load_issue
-from mailer.message import MessageFactory
-from mailer.preview import build_issue
-from mailer.render import Recipient, render_issue
+from mailer.content.issue import load_issue
+from mailer.mime import MessageFactory
+from mailer.web.preview import build_issue
+from mailer.content.render import Recipient, render_issue
 
 CASES = Path(__file__).parent / "cases"
 URL = "https://lettre.example.org/u/abc"

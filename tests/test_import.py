@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-import mailer.importer.parse as parse
+import mailer.subscribers.importer.parse as parse
 from mailer.errors import MailerError
-from mailer.importer import ImportStopped, import_csv
-from mailer.importer.encoding import guess_code_page
+from mailer.subscribers.importer import ImportStopped, import_csv
+from mailer.subscribers.importer.encoding import guess_code_page
 from mailer.subscribers import (add_subscriber, count_subscribers, iter_subscribers, remove_subscriber,
                                 set_subscriber_status, show_subscriber)
 
@@ -709,7 +709,7 @@ def test_columns_empty_on_every_row_are_named_and_store_nothing(store, tmp_path)
 
 
 def test_counts_in_messages_agree_with_their_noun():
-    from mailer.importer.encoding import line_list
+    from mailer.subscribers.importer.encoding import line_list
     assert line_list([6]) == ("line 6", "is")
     assert line_list([6, 9]) == ("lines 6 and 9", "are")
     assert line_list([6, 9, 12]) == ("lines 6, 9 and 12", "are")

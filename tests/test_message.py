@@ -13,11 +13,11 @@ import pytest
 from mailer import tokens
 from mailer.config import load_settings
 from mailer.errors import ConfigError, InvalidAddress
-from mailer.issue import load_issue
-from mailer.markup import french_typography
-from mailer.message import MessageFactory
-from mailer.preview import SAMPLE_EMAIL, build_issue
-from mailer.render import Recipient, render_issue
+from mailer.content.issue import load_issue
+from mailer.content.markup import french_typography
+from mailer.mime import MessageFactory
+from mailer.web.preview import SAMPLE_EMAIL, build_issue
+from mailer.content.render import Recipient, render_issue
 
 from .conftest import BASE_ENV, EXAMPLE_ISSUE, write_issue
 

@@ -6,8 +6,8 @@ import html
 import re
 
 import pytest
-from mailer import i18n
-from mailer.preview import create_preview_app
+from mailer.content import i18n
+from mailer.web.preview import create_preview_app
 
 from .conftest import EXAMPLE_ISSUE
 

@@ -17,12 +17,12 @@ import sqlalchemy as sa
 
 from mailer import tokens
 from mailer.config import secret_key_for
-from mailer.dispatch import send_issue, send_test
+from mailer.sending.dispatch import send_issue, send_test
 from mailer.errors import ConfigError, MailerError, NotFound
-from mailer.schema import subscriber_events, subscribers
+from mailer.store.schema import subscriber_events, subscribers
 from mailer.subscribers import (add_subscriber, import_csv, remove_subscriber, restore_subscriber,
                                 set_subscriber_status, show_subscriber)
-from mailer.web import create_app
+from mailer.web.app import create_app
 
 from .conftest import BASE_ENV, EXAMPLE_ISSUE, write_issue
 from .smtp_server import start_server

@@ -14,11 +14,11 @@ import mjml
 import pytest
 from markdown_it.common.normalize_url import normalizeLinkText
 
-import mailer.render as render_module
+import mailer.content.render as render_module
 from mailer.errors import RenderError, SourceError
-from mailer.issue import load_issue
-from mailer.markup import NBSP, NNBSP, to_html, to_text
-from mailer.render import Recipient, first_name_of, render_issue
+from mailer.content.issue import load_issue
+from mailer.content.markup import NBSP, NNBSP, to_html, to_text
+from mailer.content.render import Recipient, first_name_of, render_issue
 
 from .conftest import EXAMPLE_ISSUE, write_issue
 
@@ -341,7 +341,7 @@ def test_a_control_character_from_a_template_is_located_in_the_mjml_error(projec
 
 
 def _rendered_mjml_line(project, settings, line):
-    from mailer.render import _context, jinja_environment
+    from mailer.content.render import _context, jinja_environment
     issue = load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone)
     mjml_source = jinja_environment(settings.templates_dir, autoescape=True).get_template("weekly.mjml.j2").render(
         _context(issue, settings, "https://lettre.example.org/issues/x"))
@@ -500,7 +500,7 @@ def test_a_bad_greeting_is_an_error_naming_the_line(project, settings, line, mes
 def test_a_send_greets_each_subscriber_by_the_first_name_attribute_or_the_derived_one(store, make_settings, db_url):
     from email import message_from_bytes, policy
 
-    from mailer import dispatch
+    from mailer.sending import dispatch
     from mailer.subscribers import add_subscriber
 
     settings = make_settings(database_url=db_url)

@@ -23,7 +23,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from mailer import plan, scheduler
+from mailer.scheduling import plan, runtime as scheduler
+from mailer.scheduling.cadence import CadenceTrigger
 from mailer.errors import MailerError
 from mailer.store import open_store
 from mailer.subscribers import import_csv
@@ -415,7 +416,7 @@ def test_cadence_sends_the_oldest_ready_issue_once_per_run(cadence_project, capl
     runtime.start()
     try:
         runtime.sync_cadence()
-        assert runtime.scheduler.get_job("cadence").trigger.__class__ is scheduler.CadenceTrigger
+        assert runtime.scheduler.get_job("cadence").trigger.__class__ is CadenceTrigger
         runtime.cadence()
         assert ledger(settings.root, made["ancien"])["status"] == "sent"
         assert ledger(settings.root, made["recent"])["status"] is None
@@ -436,7 +437,7 @@ def test_cadence_sends_the_oldest_ready_issue_once_per_run(cadence_project, capl
 
 
 def test_an_interrupted_cadence_send_is_resumed_at_the_next_start(cadence_project, caplog) -> None:
-    from mailer.dispatch import prepare_send
+    from mailer.sending.dispatch import prepare_send
 
     settings, made = cadence_project
     caplog.set_level(logging.INFO, logger="mailer.scheduler")
@@ -557,7 +558,7 @@ def shipped_example(project: Path) -> str:
 
 
 def test_placeholder_subjects_are_recognised_in_any_spelling_and_real_subjects_are_not(make_settings) -> None:
-    from mailer.issue import PLACEHOLDER_SUBJECTS, is_placeholder_subject, load_issue, scaffold_issue
+    from mailer.content.issue import PLACEHOLDER_SUBJECTS, is_placeholder_subject, load_issue, scaffold_issue
 
     spellings = [lambda s: s, str.upper, str.lower, lambda s: f"[{s}]", lambda s: f"  {s} :", lambda s: f"« {s} »",
                  lambda s: s.replace(" ", "\u00a0"), lambda s: s.replace("é", "e").replace("À", "A"),
@@ -589,7 +590,7 @@ def test_placeholder_subjects_are_recognised_in_any_spelling_and_real_subjects_a
 
 
 def test_the_cadence_passes_over_drafts_scaffolds_and_the_shipped_example(cadence_project, caplog) -> None:
-    from mailer.issue import scaffold_issue
+    from mailer.content.issue import scaffold_issue
 
     settings, made = cadence_project
     caplog.set_level(logging.INFO, logger="mailer.scheduler")
@@ -668,7 +669,7 @@ def test_a_draft_with_a_due_send_at_is_held_until_its_line_is_removed(project: P
 def cli(project: Path, monkeypatch):
     """`mailer …` in this process (click's CliRunner), in the project folder, with BASE_ENV."""
     from click.testing import CliRunner
-    from mailer.cli import main
+    from mailer.cli.main import main
 
     for name in [k for k in os.environ if k.startswith(("MAILER_", "SENDGRID_"))]:
         monkeypatch.delenv(name)
@@ -701,7 +702,7 @@ def test_mailer_send_refuses_a_draft_freezes_nothing_and_sends_it_with_allow_dra
 
 
 def test_a_send_started_before_the_draft_line_was_added_resumes(project: Path, make_settings) -> None:
-    from mailer import dispatch
+    from mailer.sending import dispatch
     from mailer.errors import DraftIssue
     from tests.conftest import EXAMPLE_ISSUE
 
@@ -820,9 +821,9 @@ def test_a_send_at_on_a_repeated_wall_time_is_scheduled_once_not_at_every_scan(p
 def test_build_warns_and_send_refuses_a_placeholder_subject_unless_allow_draft(project, make_settings) -> None:
     """Issue 10.12: a placeholder subject used to be a mere warning for an explicit send; it now holds
     the send like a draft (refused, nothing frozen) until written, or sent as it is with allow_draft."""
-    from mailer import dispatch
+    from mailer.sending import dispatch
     from mailer.errors import DraftIssue
-    from mailer.preview import build_issue
+    from mailer.web.preview import build_issue
 
     settings = make_settings(database_url=f"sqlite:///{db_path(project)}")
     active = add_subscribers(project)

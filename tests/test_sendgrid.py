@@ -18,16 +18,16 @@ import pytest
 import sendgrid
 import sqlalchemy as sa
 
-import mailer.dispatch as dispatch
-from mailer.backends import make_backend
-from mailer.backends.base import Batch, OutgoingMessage, PermanentError, TransientError
-from mailer.backends.sendgrid import (MAX_ARGS_BYTES, RESERVED_HEADERS, SendGridBackend, api_host, category_for,
+import mailer.sending.dispatch as dispatch
+from mailer.providers import make_backend
+from mailer.providers.base import Batch, OutgoingMessage, PermanentError, TransientError
+from mailer.providers.sendgrid import (MAX_ARGS_BYTES, RESERVED_HEADERS, SendGridBackend, api_host, category_for,
                                       recipient_name, retry_after_from)
 from mailer.errors import ConfigError, SendAborted
-from mailer.issue import load_issue
-from mailer.message import MessageFactory
-from mailer.render import Recipient, render_issue
-from mailer.schema import deliveries, subscribers
+from mailer.content.issue import load_issue
+from mailer.mime import MessageFactory
+from mailer.content.render import Recipient, render_issue
+from mailer.store.schema import deliveries, subscribers
 from mailer.subscribers import add_subscriber, import_csv
 
 from .conftest import EXAMPLE_ISSUE

@@ -16,16 +16,16 @@ from email.utils import formatdate
 import pytest
 import sqlalchemy as sa
 
-from mailer import dispatch
-from mailer.backends import make_backend
-from mailer.backends.base import Batch, OutgoingMessage, PermanentError, TransientError
-from mailer.backends.smtp import SmtpBackend, is_hard_bounce, is_path_refusal, queue_id
+from mailer.sending import dispatch
+from mailer.providers import make_backend
+from mailer.providers.base import Batch, OutgoingMessage, PermanentError, TransientError
+from mailer.providers.smtp import SmtpBackend, is_hard_bounce, is_path_refusal, queue_id
 from mailer.config import load_settings
 from mailer.errors import ConfigError, SendAborted
-from mailer.issue import load_issue
-from mailer.message import MessageFactory
-from mailer.render import Recipient, render_issue
-from mailer.schema import deliveries, subscribers
+from mailer.content.issue import load_issue
+from mailer.mime import MessageFactory
+from mailer.content.render import Recipient, render_issue
+from mailer.store.schema import deliveries, subscribers
 from mailer.subscribers import add_subscriber, remove_subscriber
 
 from .conftest import BASE_ENV, EXAMPLE_ISSUE
@@ -454,7 +454,7 @@ def test_a_message_that_cannot_be_built_fails_alone(servers, factory):
 
 def test_dot_stuffing_and_envelope_quoting_round_trip(servers):
     """The backend's leaner smtplib client (bytes.replace dot-stuffing, no parseaddr) keeps the bytes exact."""
-    from mailer.backends.smtp import _Client
+    from mailer.providers.smtp import _Client
 
     server = servers()
     body = (b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nlone dot above\r\nmiddle . dot\r\n"

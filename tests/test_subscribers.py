@@ -7,9 +7,9 @@ import io
 import pytest
 import sqlalchemy as sa
 
-import mailer.importer.parse as import_parse
+import mailer.subscribers.importer.parse as import_parse
 from mailer.errors import InvalidAddress, MailerError, NotFound
-from mailer.schema import metadata
+from mailer.store.schema import metadata
 from mailer.store import HEAD_REVISION, current_revision
 from mailer.subscribers import (add_subscriber, count_subscribers, export_csv, import_csv, iter_subscribers,
                                 remove_subscriber, set_subscriber_status, show_subscriber)

@@ -19,12 +19,12 @@ import pytest
 import sqlalchemy as sa
 
 from mailer import tokens
-from mailer.backends.sendgrid_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, classify_sendgrid_event
+from mailer.providers.sendgrid_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, classify_sendgrid_event
 from mailer.config import secret_key_for
-from mailer.schema import issues, provider_events, subscriber_events, subscribers
+from mailer.store.schema import issues, provider_events, subscriber_events, subscribers
 from mailer.store import utcnow
 from mailer.subscribers import add_subscriber, set_subscriber_status
-from mailer.web import create_app
+from mailer.web.app import create_app
 
 from .conftest import EXAMPLE_ISSUE
 
@@ -334,7 +334,7 @@ def test_the_subscribe_form_relays_no_strangers_text(web1, typed, distinctive):
 
 def test_a_confirmation_never_carries_a_name_whoever_sends_it(web1):
     """The rule lives in `Notifier`, not only in the form: any caller passing a name gets a neutral email."""
-    from mailer.notices import Notifier
+    from mailer.sending.notices import Notifier
     sid, _ = add_subscriber(web1.store, "direct@example.org", status="pending", source="web")
     result = Notifier(web1.settings).send("confirm", sid, "direct@example.org", name="Zorglub Spam")
     assert result.outcome == "sent"
@@ -527,7 +527,7 @@ def test_names_and_subjects_are_escaped_everywhere(web1):
 
 # ----- archive -------------------------------------------------------------------------------------------
 def test_archive_lists_sent_issues_and_serves_their_web_version(web):
-    from mailer.dispatch import send_issue
+    from mailer.sending.dispatch import send_issue
     empty = web.client.get("/archive")
     assert empty.status_code == 200 and "Aucune lettre" in empty.text
     assert web.client.get(f"/issues/{EXAMPLE_ISSUE}").status_code == 404
@@ -557,7 +557,7 @@ def test_root_leads_to_the_archive(web1):
 
 
 def _send_to(web, slug: str, toml: str, lists=()) -> Path:
-    from mailer.dispatch import send_issue
+    from mailer.sending.dispatch import send_issue
     from .conftest import write_issue
     write_issue(web.settings.root, slug, {"briefs.txt": "Intro de la lettre.\n\n--> Une brève assez longue pour être lue.\n"},
                 toml=f'subject = "Sujet {slug}"\ndate = 2026-11-26\n{toml}')
@@ -605,7 +605,7 @@ def test_list_only_issues_stay_out_of_the_archive_unless_archive_is_true(web):
 
 
 def test_changing_archive_after_the_send_applies_when_the_send_runs_again(web):
-    from mailer.dispatch import send_issue
+    from mailer.sending.dispatch import send_issue
     add_subscriber(web.store, "all@example.org")
     folder = _send_to(web, "2026-11-26-retiree", "")
     assert web.client.get("/issues/2026-11-26-retiree").status_code == 200
@@ -619,7 +619,7 @@ def test_changing_archive_after_the_send_applies_when_the_send_runs_again(web):
 
 def test_an_issue_toml_archive_that_is_not_a_boolean_is_refused_with_its_line(web1):
     from mailer.errors import SourceError
-    from mailer.issue import load_issue
+    from mailer.content.issue import load_issue
     from .conftest import write_issue
     for value in ('"yes"', "1", '"false"'):
         write_issue(web1.settings.root, "2026-11-26-x", {"briefs.txt": "--> Brève.\n"},
@@ -885,7 +885,7 @@ def test_webhook_nesting_within_the_limit_is_accepted(hook1):
 
 @pytest.mark.parametrize("chunked", [False, True])
 def test_webhook_body_over_the_size_limit_is_413(hook1, chunked):
-    from mailer.web import WEBHOOK_MAX_BYTES
+    from mailer.web.app import WEBHOOK_MAX_BYTES
     raw = b"[" + b'{"event":"open"},' * (WEBHOOK_MAX_BYTES // 16) + b'{"event":"open"}]'
     assert len(raw) > WEBHOOK_MAX_BYTES
     if chunked:  # no Content-Length: the limit counts what arrives

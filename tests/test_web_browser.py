@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from mailer.dispatch import send_issue
-from mailer.schema import subscribers
-from mailer.web import create_app
+from mailer.sending.dispatch import send_issue
+from mailer.store.schema import subscribers
+from mailer.web.app import create_app
 from tests.browser_support import LAYOUT_JS, ThreadedServer, launched_chromium
 from tests.conftest import ARTIFACTS, EXAMPLE_ISSUE
 

@@ -1,0 +1,104 @@
+"""The one contract every backend obeys, so `dispatch` never knows which one it drives.
+
+A backend takes a `Batch` (one issue's `MessageFactory` and up to `max_batch` messages) and returns a
+`RecipientResult` per message. Failures are classified by **whose** failure it is:
+
+- about the recipient: `transient` (this recipient was refused for now: greylisting, mailbox busy;
+  counts against them) or `permanent` (never retry; `hard_bounce` when the address itself is bad);
+- about the path: `deferred` (the message could not be handed over because the connection, the
+  server or the disk failed, or a stop cut it; it goes back to the queue and counts against nobody).
+
+A failure of the whole batch raises `TransientError` (nothing was accepted and trying later may
+work: 429, 5xx, timeout, connection refused, DNS, disk full) or `PermanentError` (nothing will be
+accepted until someone fixes something: bad credentials, a read-only folder, a malformed request).
+Neither counts against any recipient: dispatch retries with backoff, then pauses the send.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import MailerError
+from ..mime import MessageFactory
+from ..content.render import Recipient
+
+Outcome = Literal["sent", "transient", "permanent", "deferred"]
+
+
+class BackendError(MailerError):
+    """Base of batch-level failures."""
+
+
+class TransientError(BackendError):
+    """Nothing in the batch was accepted, and trying again later may work."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(BackendError):
+    """Nothing in the batch was accepted, and retrying will not help (credentials, configuration)."""
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    recipient: Recipient
+    message_id: str
+    delivery_id: int | None = None  # None for test sends (no ledger)
+
+
+@dataclass(frozen=True)
+class Batch:
+    factory: MessageFactory
+    messages: tuple[OutgoingMessage, ...]
+    issue_id: int | None = None
+    date: str | None = None  # one Date header for the whole batch
+
+    @property
+    def slug(self) -> str:
+        return self.factory.rendered.key
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    message: OutgoingMessage
+    outcome: Outcome
+    provider_message_id: str | None = None
+    error: str | None = None
+    hard_bounce: bool = False
+    retry_after: float | None = None
+
+
+class Backend(ABC):
+    """Open once, send many batches, close. Backends are used by one thread at a time."""
+
+    name: str = "backend"
+    max_batch: int = 1000
+    # Messages handed over per send_batch call, i.e. between two ledger writes. A backend that
+    # delivers message by message (SMTP) sets 1, so a crash can duplicate only the message in
+    # flight; a request-based one (SendGrid) keeps its whole request.
+    ledger_step: int | None = None
+
+    def open(self) -> None:
+        """Connect / check credentials; raise ConfigError or TransientError."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def abort(self) -> None:
+        """Cut whatever is in flight now; called from another thread when a stop must take effect within
+        seconds. The interrupted call returns (`deferred` results) or raises `TransientError` promptly."""
+
+    @abstractmethod
+    def send_batch(self, batch: Batch) -> list[RecipientResult]:
+        """Send every message of the batch; one result per message, in order."""
+
+    def __enter__(self) -> "Backend":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,420 @@
+"""The schedule as data: what the issue folders and the ledger say, what is due, held, ready or
+missed, when the cadence runs next — and `mailer schedule list`, which shows it as of any moment.
+
+Read by the running scheduler (`mailer.scheduler`, which acts on it) and by `schedule list` (which
+only reads: the folders, the ledger and the job store's rows, without starting a scheduler).
+The vocabulary (due, missed, held, ready…) is defined in `mailer.scheduler`'s docstring.
+
+`schedule list --json` prints one object (README "Scheduler" shows an example):
+- `now`, `now_local`: the moment shown (ISO 8601, UTC and MAILER_TIMEZONE); `timezone`; `grace_seconds`;
+- `issues`: one object per issue folder, sorted by folder name: `slug`, `date`, `send_at` (as
+  written, resolved), `send_at_local`, `send_at_utc`, `state` (sent | paused | draft | placeholder |
+  unbuildable | error | scheduled | due | missed | unscheduled), `due`, `missed`, `draft`, `ready` (the cadence
+  would send it), `not_ready` (why not, or null), `warnings` (lines naming file:line), `ledger`
+  (status, sent, total, left, counts, paused_reason, text), `job` (a stored job exists), `error`;
+- `cadence`: null without `[schedule] cron`, else `cron`, `timezone`, `next_runs` (the next 5:
+  `at` with the zone's offset, `at_utc`, `issue` it would send if each run sends one, or null),
+  `next_fire_local`, `next_fire_utc`, `next_issue` (those of the first run), `stored_run`,
+  `stored_run_state` (null | due | missed: a stored run the scheduler has not made);
+- `cadence_in_flight`: cadence sends started and not finished (`slug`, `started`, `ledger`, `resumable`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from .cadence import CadenceTrigger, build_cadence_trigger, localize
+from ..config import Settings
+from ..errors import MailerError
+from ..content.issue import ISSUE_FILE, holds, load_issue
+from ..content.render import template_problem
+from ..store import Store, open_store, utcnow
+
+JOBS_TABLE = "scheduler_jobs"
+CADENCE_JOB = "cadence"
+ISSUE_PREFIX = "issue:"
+MARKER_PREFIX = "cadence:"
+NEXT_RUNS = 5  # cadence runs shown by `schedule list`
+RECENT = timedelta(days=7)  # sent issues older than this are counted, not listed, in the text output
+
+
+def cadence_trigger(settings: Settings) -> CadenceTrigger | None:
+    """The `[schedule] cron` of mailer.toml in its zone; None without one. ConfigError if it is bad."""
+    if not settings.schedule_cron.strip():
+        return None
+    return build_cadence_trigger(settings.schedule_cron, settings.schedule_zone)
+
+
+def grace_seconds(settings: Settings) -> int:
+    return settings.schedule_grace
+
+
+@dataclass(frozen=True)
+class IssueEntry:
+    slug: str
+    folder: Path
+    date: date | None
+    send_at: datetime | None
+    fingerprint: tuple
+    error: str | None = None
+    # what keeps the scheduler from starting it: ("unbuildable", why) when its template's files are
+    # missing (render.template_problem), then issue.holds(): (reason, line naming file:line)
+    hold: tuple[str, str] | None = None  # the first of them
+    hold_lines: tuple[str, ...] = ()  # every line
+
+    @property
+    def held(self) -> str | None:
+        """"unbuildable", "draft" or "placeholder" when the scheduler must not start a send of it; else None."""
+        return self.hold[0] if self.hold else None
+
+
+def folder_fingerprint(folder: Path) -> tuple:
+    """Changes whenever a file of the folder changes (an edited issue deserves a new attempt)."""
+    try:
+        return tuple(sorted((entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
+                            for entry in os.scandir(folder) if entry.is_file()))
+    except OSError:
+        return ()
+
+
+def scan_issues(settings: Settings) -> list[IssueEntry]:
+    """Every issue folder, sorted by name; unreadable ones carry their error instead of a send_at."""
+    entries: list[IssueEntry] = []
+    if not settings.issues_dir.is_dir():
+        return entries
+    for folder in sorted(p for p in settings.issues_dir.iterdir() if (p / ISSUE_FILE).is_file()):
+        fingerprint = folder_fingerprint(folder)
+        try:
+            issue = load_issue(folder, settings.issues_dir, settings.zone)
+        except MailerError as exc:
+            try:
+                folder_date = date.fromisoformat(folder.name[:10])
+            except ValueError:
+                folder_date = None
+            entries.append(IssueEntry(folder.name, folder, folder_date, None, fingerprint, str(exc)))
+            continue
+        found = holds(issue)
+        problem = template_problem(settings, issue)
+        if problem is not None:  # it cannot render: the scheduler must not start it
+            found.insert(0, ("unbuildable", str(problem)))
+        entries.append(IssueEntry(issue.slug, issue.folder, issue.date, issue.send_at, fingerprint,
+                                  hold=found[0] if found else None, hold_lines=tuple(line for _, line in found)))
+    return entries
+
+
+@dataclass
+class Ledger:
+    status: str = "none"  # none (never started) | draft | sending | paused | sent
+    counts: dict[str, int] = field(default_factory=dict)
+    paused_reason: str | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def sent(self) -> int:
+        return self.counts.get("sent", 0)
+
+    @property
+    def left(self) -> int:
+        return self.counts.get("queued", 0) + self.counts.get("sending", 0)
+
+    @property
+    def done(self) -> bool:
+        return self.status == "sent"
+
+    @property
+    def started(self) -> bool:
+        return self.total > 0
+
+    def text(self) -> str:
+        if self.status == "sent":
+            extra = [f"{self.counts[k]} {k}" for k in ("failed", "skipped") if self.counts.get(k)]
+            return f"sent {self.sent}/{self.total}" + (f" ({', '.join(extra)})" if extra else "")
+        if self.status == "paused":
+            return f"paused {self.sent}/{self.total}" + (f": {self.paused_reason}" if self.paused_reason else "")
+        if self.status == "sending":
+            return f"sending {self.sent}/{self.total}"
+        return "not sent"
+
+    def as_dict(self) -> dict:
+        return {"status": self.status, "sent": self.sent, "total": self.total, "left": self.left,
+                "counts": dict(self.counts), "paused_reason": self.paused_reason, "text": self.text()}
+
+
+def read_ledger(store: Store, slug: str) -> Ledger:
+    with store.engine.connect() as conn:
+        row = store.issue_row(conn, slug)
+        if row is None:
+            return Ledger()
+        return Ledger(row.status, store.delivery_counts(conn, row.id), row.paused_reason)
+
+
+def classify(send_at: datetime | None, ledger: Ledger, now: datetime, grace: timedelta) -> str:
+    """sent | paused | unscheduled (no send_at) | scheduled (future) | due (within grace) | missed."""
+    if ledger.done:
+        return "sent"
+    if ledger.status == "paused":
+        return "paused"
+    if send_at is None:
+        return "unscheduled"
+    if send_at > now:
+        return "scheduled"
+    if now - send_at <= grace:
+        return "due"
+    return "missed"
+
+
+def not_ready_reason(entry: IssueEntry, today: date, ledger: Ledger | None = None) -> str | None:
+    """Why the cadence would not send this issue on `today` (None: it is ready). See "ready" above;
+    without `ledger` only what the folder says is checked."""
+    if entry.error is not None:
+        return "cannot be read"
+    if entry.held is not None:
+        return entry.held
+    if entry.send_at is not None:
+        return "has its own send_at"
+    if entry.date is None or entry.date > today:
+        return "dated after today"
+    if ledger is not None and ledger.done:
+        return "already sent"
+    if ledger is not None and ledger.status == "paused":
+        return "paused"
+    return None
+
+
+def next_ready_issue(settings: Settings, store: Store, today: date,
+                     entries: list[IssueEntry] | None = None, exclude: frozenset[str] = frozenset()) -> IssueEntry | None:
+    """The issue the cadence sends next (see "ready" in the module docstring), skipping `exclude`."""
+    candidates = sorted((e for e in (entries if entries is not None else scan_issues(settings))
+                         if e.slug not in exclude and not_ready_reason(e, today) is None),
+                        key=lambda e: (e.date, e.slug))
+    for entry in candidates:
+        if not_ready_reason(entry, today, read_ledger(store, entry.slug)) is None:
+            return entry
+    return None
+
+
+# ----- formatting -----------------------------------------------------------------------------------
+def format_moment(moment: datetime | None, zone: ZoneInfo) -> str:
+    """`2026-12-01 07:00 CET (2026-12-01 06:00 UTC)`, for people; "-" for None."""
+    if moment is None:
+        return "-"
+    local = moment.astimezone(zone)
+    utc = moment.astimezone(timezone.utc)
+    clock = "%Y-%m-%d %H:%M:%S" if local.second or local.microsecond else "%Y-%m-%d %H:%M"
+    return f"{local.strftime(clock)} {local.tzname()} ({utc.strftime(clock)} UTC)"
+
+
+def format_span(delta: timedelta) -> str:
+    """`2d03h`, `4h05m`, `3m07s`, `12s`: a duration for people."""
+    seconds = int(abs(delta.total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{seconds:02d}s"
+    return f"{seconds}s"
+
+
+def _stored_jobs(store: Store) -> dict[str, dict]:
+    """The job store's rows, read without starting a scheduler: id → job state (trigger, args…)."""
+    with store.engine.connect() as conn:
+        if not sa.inspect(conn).has_table(JOBS_TABLE):
+            return {}
+        table = sa.table(JOBS_TABLE, sa.column("id"), sa.column("next_run_time"), sa.column("job_state"))
+        rows = conn.execute(sa.select(table.c.id, table.c.job_state)).all()
+    jobs = {}
+    for job_id, blob in rows:
+        try:
+            jobs[job_id] = pickle.loads(blob)
+        except Exception:  # noqa: BLE001 - a job this version cannot read
+            jobs[job_id] = {}
+    return jobs
+
+
+def parse_moment(text: str, zone: ZoneInfo) -> datetime:
+    """`--now`: ISO 8601 (`2027-03-29T00:00:00+02:00`, `…Z`, or a wall time read in `zone` by the
+    cadence's rule). Raises MailerError with one line."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise MailerError(f"--now {text!r}: not an ISO 8601 date-time (e.g. 2027-03-29T00:00:00+02:00)") from None
+    return moment if moment.tzinfo is not None else localize(moment, zone)
+
+
+def describe_schedule(settings: Settings, as_json: bool = False, now: datetime | None = None) -> str:
+    """`mailer schedule list [--now ISO] [--json]`: every issue's state as of `now` (default: the
+    current time), its send_at (local and UTC) and ledger; the cadence's next runs and what each sends."""
+    store = open_store(settings.database_url)
+    try:
+        data = schedule_data(settings, store, now or utcnow())
+    finally:
+        store.close()
+    return json.dumps(data, ensure_ascii=False, indent=2) if as_json else schedule_text(data, settings)
+
+
+def schedule_data(settings: Settings, store: Store, now: datetime) -> dict:
+    """The schedule as of `now` (aware), as the JSON object documented at the top of this module."""
+    now = now.astimezone(timezone.utc)
+    grace = timedelta(seconds=grace_seconds(settings))
+    zone, schedule_zone = settings.zone, settings.schedule_zone
+    today = now.astimezone(schedule_zone).date()
+    jobs = _stored_jobs(store)
+    entries = scan_issues(settings)
+
+    cadence = None
+    picks: dict[str, str] = {}  # slug → the cadence run (ISO) that sends it
+    trigger = cadence_trigger(settings)
+    if trigger is not None:
+        runs = []
+        for run in trigger.next_fire_times(now.astimezone(schedule_zone), NEXT_RUNS):
+            entry = next_ready_issue(settings, store, run.date(), entries, exclude=frozenset(picks))
+            if entry is not None:
+                picks[entry.slug] = run.isoformat()
+            runs.append({"at": run.isoformat(), "at_utc": run.astimezone(timezone.utc).isoformat(),
+                         "issue": entry.slug if entry else None})
+        stored = jobs.get(CADENCE_JOB)
+        stored_next = stored.get("next_run_time") if stored else None
+        overdue = None
+        if stored_next is not None and stored_next <= now:
+            overdue = "missed" if now - stored_next > grace else "due"
+        first = runs[0] if runs else None
+        cadence = {
+            "cron": settings.schedule_cron, "timezone": schedule_zone.key, "next_runs": runs,
+            "next_fire_local": first["at"] if first else None,
+            "next_fire_utc": first["at_utc"] if first else None,
+            "next_issue": first["issue"] if first else None,
+            "stored_run": stored_next.astimezone(timezone.utc).isoformat() if stored_next else None,
+            "stored_run_state": overdue,
+        }
+
+    rows = []
+    for entry in entries:
+        ledger = read_ledger(store, entry.slug)
+        if entry.error:
+            state = "error"
+        elif not ledger.done and ledger.status != "paused" and entry.held and not ledger.started:
+            state = entry.held  # draft | placeholder | unbuildable
+        else:
+            state = classify(entry.send_at, ledger, now, grace)
+        reason = not_ready_reason(entry, today, ledger)
+        rows.append({
+            "slug": entry.slug,
+            "date": entry.date.isoformat() if entry.date else None,
+            "send_at": entry.send_at.isoformat() if entry.send_at else None,
+            "send_at_local": entry.send_at.astimezone(zone).isoformat() if entry.send_at else None,
+            "send_at_utc": entry.send_at.astimezone(timezone.utc).isoformat() if entry.send_at else None,
+            "state": state,
+            "due": state == "due",
+            "missed": state == "missed",
+            "draft": entry.held == "draft",
+            "ready": reason is None,
+            "not_ready": reason,
+            "cadence_run": picks.get(entry.slug),
+            "warnings": list(entry.hold_lines),
+            "ledger": ledger.as_dict(),
+            "job": ISSUE_PREFIX + entry.slug in jobs,
+            "error": entry.error,
+        })
+
+    in_flight = []
+    for job_id, state in jobs.items():
+        if job_id.startswith(MARKER_PREFIX) and state.get("trigger") is not None:
+            slug = job_id[len(MARKER_PREFIX):]
+            started = state["trigger"].run_date
+            in_flight.append({"slug": slug, "started": started.astimezone(timezone.utc).isoformat(),
+                              "ledger": read_ledger(store, slug).as_dict(),
+                              "resumable": now - started <= grace})
+    return {"now": now.isoformat(), "now_local": now.astimezone(zone).isoformat(), "timezone": zone.key,
+            "grace_seconds": int(grace.total_seconds()), "issues": rows, "cadence": cadence,
+            "cadence_in_flight": in_flight}
+
+
+def schedule_text(data: dict, settings: Settings) -> str:
+    """`schedule_data` for people: one line per issue that matters now, then the cadence's runs."""
+    zone, schedule_zone = settings.zone, settings.schedule_zone
+    now = datetime.fromisoformat(data["now"])
+    grace = timedelta(seconds=data["grace_seconds"])
+    cadence = data["cadence"]
+    lines = [f"now {format_moment(now, zone)}; grace {format_span(grace)}"]
+    older_sent = 0
+    for row in data["issues"]:
+        slug, state = row["slug"], row["state"]
+        send_at = datetime.fromisoformat(row["send_at_utc"]) if row["send_at_utc"] else None
+        if state == "sent":
+            when = send_at or datetime.combine(date.fromisoformat(row["date"]), datetime.min.time(), timezone.utc)
+            if now - when > RECENT:
+                older_sent += 1
+                continue
+        where = f"send_at {format_moment(send_at, zone)}" if send_at else f"dated {row['date'] or '?'}"
+        lines.append(f"{slug}  {where}  {row['ledger']['text']}  {_note(row, send_at, now, grace, cadence)}".rstrip())
+    if older_sent:
+        lines.append(f"({older_sent} issue{'s' if older_sent > 1 else ''} sent more than {RECENT.days} days ago "
+                     f"not shown; --json lists every issue)")
+    if not data["issues"]:
+        lines.append(f"no issue folder in {settings.issues_dir}")
+    if cadence is None:
+        lines.append("cadence: none (set [schedule] cron in mailer.toml, e.g. cron = \"0 7 * * MON\")")
+    else:
+        first = datetime.fromisoformat(cadence["next_fire_utc"]) if cadence["next_fire_utc"] else None
+        lines.append(f"cadence: {cadence['cron']!r} ({cadence['timezone']}), next run "
+                     f"{format_moment(first, schedule_zone)} → {cadence['next_issue'] or 'nothing ready yet'}")
+        lines.append(f"next {len(cadence['next_runs'])} runs:")
+        for run in cadence["next_runs"]:
+            lines.append(f"  {run['at']}  → {run['issue'] or 'nothing ready yet'}")
+        stored = datetime.fromisoformat(cadence["stored_run"]) if cadence["stored_run"] else None
+        if cadence["stored_run_state"] == "missed":
+            lines.append(f"cadence: MISSED the run due {format_moment(stored, schedule_zone)}"
+                         " (the scheduler was not running; beyond grace, it will not run)")
+        elif cadence["stored_run_state"] == "due":
+            lines.append(f"cadence: the run due {format_moment(stored, schedule_zone)}"
+                         " has not happened yet (within grace: it runs when `mailer schedule run` starts)")
+    for item in data["cadence_in_flight"]:
+        started = datetime.fromisoformat(item["started"])
+        what = "resumed at the next start" if item["resumable"] else "MISSED: beyond grace, finish it with `mailer send`"
+        lines.append(f"cadence send of {item['slug']} started {format_moment(started, schedule_zone)}: "
+                     f"{item['ledger']['text']}, {what}")
+    return "\n".join(lines)
+
+
+def _note(row: dict, send_at: datetime | None, now: datetime, grace: timedelta, cadence: dict | None) -> str:
+    slug, state = row["slug"], row["state"]
+    if state == "error":
+        return f"ERROR: {row['error']}"
+    if state in ("draft", "placeholder", "unbuildable"):
+        more = len(row["warnings"]) - 1
+        return (f"{state.upper()}: not sent by the scheduler: {row['warnings'][0]}"
+                + (f" (and {more} more: `mailer build {slug}` lists them)" if more else ""))
+    if state == "paused":
+        return f"PAUSED: resume with `mailer send {slug}`"
+    if state == "scheduled" and send_at is not None:
+        return f"scheduled, in {format_span(send_at - now)}" + ("" if row["job"] else " (picked up by `schedule run`)")
+    if state == "due" and send_at is not None:
+        return (f"DUE since {format_span(now - send_at)} (within grace for {format_span(send_at + grace - now)} "
+                "more): sent by `mailer schedule run`")
+    if state == "missed" and send_at is not None:
+        return (f"MISSED: due {format_span(now - send_at)} ago, beyond the grace of {format_span(grace)}; "
+                f"not sent automatically (`mailer send {slug}` to send it anyway)")
+    if state != "unscheduled":
+        return ""
+    if cadence is None:
+        return f"no send_at and no cadence: send it with `mailer send {slug}`"
+    if row["cadence_run"]:
+        return f"READY: sent by the cadence run of {row['cadence_run']}"
+    if row["ready"]:
+        return f"READY: waits its turn (after the next {len(cadence['next_runs'])} cadence runs)"
+    return f"not ready for the cadence: {row['not_ready']}"

@@ -1,0 +1,942 @@
+"""The send loop: freeze recipients, claim batches, build, send, record, retry, pause, resume.
+
+A pipeline with an honest checkpoint (as listmonk's campaign manager), except that the checkpoint —
+a ledger row going from `sending` to `sent` — moves only after the provider accepted the message:
+
+1. `prepare_send` checks everything that can fail (settings, the issue, its rendering, one sample
+   message) BEFORE it touches the ledger, then freezes the recipient set under a lock on the issue's
+   row: one `queued` delivery row per active subscriber, unique on (issue, subscriber). An empty
+   audience is refused (`EmptyAudience`) and leaves the issue as it was; a finished issue stays
+   finished; a second first send racing the first waits for its freeze and joins it.
+2. Workers claim batches (`queued` → `sending`, tagged with a claimant id, see `claimant.py`) in one
+   statement (`FOR UPDATE SKIP LOCKED` on PostgreSQL), re-check suppression right before each
+   message or request leaves (someone who unsubscribed a second ago is `skipped`), hand the messages
+   to the backend, and record each outcome.
+3. Failures are classified by whose failure it is (backends/base.py). A recipient's refusal counts
+   against that recipient (`attempts`; `failed` after MAX_ATTEMPTS or at once when permanent). A
+   failure of the whole path (connection refused, DNS, timeouts, 5xx/429 for every request, disk
+   full) counts against nobody: it is retried with exponential backoff honouring Retry-After, and
+   after `MAILER_PAUSE_AFTER` seconds without anything accepted the send pauses (`SendAborted`);
+   the same command resumes it. A refusal is final (attempt spent, `failed`, subscriber `bounced`)
+   only once the path has shown it works: something of this send accepted in the same step or
+   after it. Until then it is provisional (the row stays `sending`); STREAK_LIMIT refusals in a row
+   with nothing accepted — or everyone left, when fewer remain and nobody was delivered yet — are the
+   path's: they go back to the queue untouched and the send pauses.
+4. A graceful stop (SIGTERM, Ctrl-C) lets the message or request in flight finish and be recorded,
+   hands the rest back and repeats nobody; what a stalled server still holds after STOP_GRACE
+   seconds is cut and stays queued (the one case where a stop can repeat a message: a server that
+   withholds its answer to a message it accepted). A crash (SIGKILL, power loss) may repeat exactly
+   what was in flight and unrecorded: over SMTP the message(s) in flight, over SendGrid the
+   recipients of the request(s) in flight (≤ 1,000 each). Nobody is ever skipped. A later run puts
+   back rows whose claimant is dead (`claimant.is_alive`); the stable Message-ID lets receivers that
+   deduplicate drop a repeated copy.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Callable, Sequence
+
+from sqlalchemy.engine import Connection
+
+from . import claimant
+from .. import tokens
+from ..providers import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError, make_backend
+from ..config import Settings, secret_key_for
+from ..errors import EmptyAudience, MailerError, NotFound, RenderError, SendAborted
+from ..content.issue import Issue, hold_refusal, load_issue
+from ..mime import MessageFactory
+from ..redact import strip_credentials
+from ..content.render import Recipient, RenderedIssue, render_issue, render_web_edition
+from ..store import Store, as_utc, utcnow
+
+log = logging.getLogger("mailer.dispatch")
+
+MAX_ATTEMPTS = 5                # recipient-specific refusals of one recipient before it is `failed`
+STREAK_LIMIT = 10               # recipients refused in a row with nothing accepted: the path's fault (see _hold)
+STOP_GRACE = 3.0                # seconds a stop lets in-flight work finish before it is cut
+SUPPRESSION_FRESH = 0.2         # seconds a suppression check stays good: re-read before a message leaves after that
+BACKOFF_BASE = 1.0              # seconds: first wait after a whole-path failure, doubled each time…
+BACKOFF_CAP = 60.0              # …up to this (a provider's Retry-After may ask for longer)
+CLAIM_LEASE = claimant.LEASE    # a claim not renewed for this long is presumed dead (any host)
+
+
+@dataclass
+class Progress:
+    """What a progress bar or a log line shows."""
+
+    issue: str
+    total: int
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> int:
+        return self.sent + self.failed + self.skipped
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class SendReport:
+    issue: str
+    counts: dict[str, int]
+    sent_now: int
+    failed_now: int
+    skipped_now: int
+    elapsed: float
+    requeued_stale: int = 0
+    frozen: int = 0
+    already_finished: bool = False  # the issue was sent before this run; nothing was done
+    held_by: tuple[str, ...] = ()   # live claimants still holding rows (another sender of the same issue)
+
+    @property
+    def complete(self) -> bool:
+        return self.counts.get("queued", 0) == 0 and self.counts.get("sending", 0) == 0
+
+
+def worker_id(suffix: str = "") -> str:
+    """A claimant id for one worker of this process (see claimant.py)."""
+    return claimant.new_id(suffix)
+
+
+def live_claimants(store: Store, conn: Connection, issue_id: int) -> tuple[list[str], list[str]]:
+    """(dead, alive): the claimants holding `sending` rows of the issue, judged by `claimant.is_alive`."""
+    now = utcnow()
+    dead, alive = [], []
+    for worker, claimed_at in store.claimants(conn, issue_id):
+        (alive if claimant.is_alive(worker, claimed_at, now) else dead).append(worker)
+    return dead, alive
+
+
+def requeue_dead_claims(store: Store, conn: Connection, issue_id: int) -> int:
+    """Rows left `sending` by claimants that are gone go back to the queue (a crash's leftovers)."""
+    dead, _ = live_claimants(store, conn, issue_id)
+    return store.requeue(conn, issue_id, statuses=("sending",), claimed_by=dead) if dead else 0
+
+
+def settle_issue(store: Store, issue_id: int, abort_reason: str | None) -> tuple[dict[str, int], str | None]:
+    """After a run: the issue is paused (with why), sent (nothing left, someone reached), or still
+    sending. A finished issue is never un-finished, and an issue that reached nobody is never `sent`:
+    it is paused with the reason. Returns the counts and the pause reason (None when not paused)."""
+    with store.begin() as conn:
+        counts = store.delivery_counts(conn, issue_id)
+        if abort_reason:
+            store.update_issue(conn, issue_id, status="paused", paused_reason=strip_credentials(abort_reason))
+            return counts, abort_reason
+        if counts["queued"] == 0 and counts["sending"] == 0:
+            if counts["sent"] == 0:
+                reason = (f"it reached nobody: of {sum(counts.values())} frozen recipients {counts['skipped']} were "
+                          f"skipped (no longer active) and {counts['failed']} failed; "
+                          f"`--include-new` adds today's subscribers, `--retry-failed` retries failures")
+                store.update_issue(conn, issue_id, status="paused", paused_reason=reason)
+                return counts, reason
+            store.update_issue(conn, issue_id, status="sent", finished_at=utcnow(), paused_reason=None)
+    return counts, None
+
+
+class RateLimiter:
+    """The send's rate limit (messages per second; 0 = unlimited), shared by every worker of the
+    issue in every process and on every machine: the schedule lives in the issue's row.
+
+    Each caller books `count` messages by moving `issues.rate_next_at` forward in one atomic UPDATE
+    (PostgreSQL serialises it on the row, SQLite on its single writer) and sleeps until the start of
+    its slot. Clocks are wall clocks, so machines should keep them in sync (NTP).
+    """
+
+    def __init__(self, per_second: float, store: Store | None = None, issue_id: int | None = None) -> None:
+        self.per_second = per_second
+        self.store = store
+        self.issue_id = issue_id
+        self._lock = threading.Lock()
+        self._next = time.time()
+
+    def acquire(self, count: int = 1, wait: Callable[[float], object] = time.sleep) -> None:
+        if self.per_second <= 0:
+            return
+        cost = count / self.per_second
+        now = time.time()
+        if self.store is None or self.issue_id is None:
+            with self._lock:
+                start = max(now, self._next)
+                self._next = start + cost
+        else:
+            with self.store.begin() as conn:
+                start = self.store.book_rate_slot(conn, self.issue_id, now, cost) - cost
+        if start > now:
+            wait(start - now)
+
+
+class Sender:
+    """One issue's send machinery: rendered once, shared by every worker thread of this process."""
+
+    def __init__(self, settings: Settings, store: Store, rendered: RenderedIssue, issue_id: int,
+                 backend_factory: Callable[[], Backend], *, rate_limiter: RateLimiter | None = None,
+                 stop: threading.Event | None = None, progress: Progress | None = None,
+                 on_progress: ProgressCallback | None = None, factory: MessageFactory | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.rendered = rendered
+        self.issue_id = issue_id
+        self.factory = factory or MessageFactory(rendered)
+        self.backend_factory = backend_factory
+        self.key = secret_key_for(settings)
+        self.base_url, self.slug, self.domain = settings.base_url, rendered.issue.slug, settings.sender_domain
+        self.rate_limiter = rate_limiter or RateLimiter(settings.rate_limit, store, issue_id)
+        self.stop = stop or threading.Event()
+        self.progress = progress or Progress(rendered.issue.slug, 0)
+        self.on_progress = on_progress
+        self.pause_after = settings.pause_after
+        self._lock = threading.RLock()  # _record holds it while calling _abort
+        self.abort_reason: str | None = None
+        self._backends: set[Backend] = set()
+        self._local = threading.local()  # per worker thread: its connection and claimant id (heartbeat)
+        # a whole-path outage: since when nothing went through, and how many tries so far
+        self._outage_since: float | None = None
+        self._outage_tries = 0
+        # recipients refused since the last acceptance (see _hold), and how many steps were accepted so far
+        self._streak = _Streak()
+        self._accepted = 0
+
+    # ----- per recipient --------------------------------------------------------------------------
+    def recipient_for(self, subscriber_id: int, email: str, name: str, delivery_id: int | None = None,
+                      first_name: str | None = None) -> OutgoingMessage:
+        return outgoing_message(self.key, self.base_url, self.slug, self.domain, subscriber_id, email, name,
+                                delivery_id, first_name)
+
+    # ----- the worker loop ------------------------------------------------------------------------
+    def run_worker(self, name: str, batch_size: int) -> None:
+        """Claim and send batches until the queue is empty, a stop is asked, or the send pauses."""
+        backend = self.backend_factory()
+        with self._lock:
+            self._backends.add(backend)
+        # One connection for this worker's whole run: a transaction per ledger write without a pool
+        # round trip each time (per message over SMTP, that is a third of the ledger's cost).
+        with self.store.engine.connect() as conn:
+            self._local.conn, self._local.worker, self._local.renewed = conn, name, time.monotonic()
+            try:
+                if not self._open(backend):
+                    return
+                size = min(batch_size or backend.max_batch, backend.max_batch)
+                while not self.halted:
+                    with conn.begin():
+                        rows = self.store.claim_deliveries(conn, self.issue_id, name, size)
+                    if not rows:
+                        self._settle_held(conn, name, {}, queue_empty=True)
+                        return
+                    self._local.renewed = time.monotonic()
+                    self._process(conn, backend, name, rows)
+                if self._held():  # halted: provisional refusals go back untouched
+                    self._hand_back(conn, name)
+            except PermanentError as exc:
+                self._abort(f"{backend.name}: {exc}")
+            except BaseException:  # a second Ctrl-C, a bug: no polite QUIT to a server that may be stalled
+                backend.abort()
+                raise
+            finally:
+                self._local.conn = None
+                claimant.release(name)
+                with self._lock:
+                    self._backends.discard(backend)
+                backend.close()
+
+    def abort_in_flight(self) -> None:
+        """Cut what every backend of this sender has in flight (a stop that must take effect now)."""
+        with self._lock:
+            backends = list(self._backends)
+        for backend in backends:
+            backend.abort()
+
+    def _open(self, backend: Backend) -> bool:
+        """Connect, retrying a whole-path failure with backoff; False when halted or paused."""
+        while not self.halted:
+            try:
+                backend.open()
+                return True
+            except TransientError as exc:
+                if not self._path_failed(f"{backend.name}: {exc}", exc.retry_after):
+                    return False
+        return False
+
+    def _process(self, conn: Connection, backend: Backend, worker: str, rows: Sequence) -> None:
+        # the claim read each subscriber's status: those suppressed since the freeze are skipped for free
+        skipped = [{"id": r.delivery_id, "status": "skipped", "last_error": f"subscriber is {r.subscriber_status}"}
+                   for r in rows if r.subscriber_status != "active"]
+        messages = [self.recipient_for(row.subscriber_id, row.email_given, row.name, row.delivery_id, row.first_name)
+                    for row in rows if row.subscriber_status == "active"]
+        attempts = {r.delivery_id: r.attempts for r in rows}
+        if skipped:
+            with conn.begin():
+                self.store.finish_deliveries(conn, worker, skipped)
+            self._count(skipped=len(skipped))
+        if not messages:  # the whole batch unsubscribed since the freeze
+            return
+        self._local.batch_ids, self._local.checked = [m.delivery_id for m in messages], time.monotonic()
+        self._local.skipped = set()
+        step = backend.ledger_step or len(messages)
+        for start in range(0, len(messages), step):
+            step_messages = messages[start:start + step]
+            self._heartbeat()
+            if not self.halted:
+                self.rate_limiter.acquire(len(step_messages), self._sleep)
+            if self.halted:  # stop asked before this step went out: the rest goes back
+                self._hand_back(conn, worker)
+                return
+            try:
+                results = self._send_with_retries(conn, backend, worker, step_messages)
+            except BaseException:
+                self._hand_back(conn, worker)  # an unexpected error: what is not recorded goes back
+                raise
+            if results is None:  # stopped or paused while retrying: hand the rest back untouched
+                self._hand_back(conn, worker)
+                return
+            if self._record(conn, worker, results, attempts):
+                return  # a streak of refusals handed this worker's claims back
+
+    def _hand_back(self, conn: Connection, worker: str) -> None:
+        """Put this worker's claimed rows back in the queue (no attempt is counted: nobody refused them, or
+        their refusals were provisional)."""
+        self._held().clear()
+        if conn.in_transaction():  # interrupted inside a ledger write: that write did not happen
+            conn.rollback()
+        with conn.begin():
+            self.store.requeue(conn, self.issue_id, statuses=("sending",), claimed_by=[worker])
+
+    def _drop_suppressed(self, conn: Connection, worker: str,
+                         messages: list[OutgoingMessage]) -> list[OutgoingMessage]:
+        """Right before messages leave: skip those whose subscriber is no longer active.
+
+        The claim read every status; after SUPPRESSION_FRESH seconds (a rate-limit wait, a retry, or
+        simply time passing) one indexed read covers what this worker still holds of its batch, so a
+        message never leaves on a status older than that, at one query per SUPPRESSION_FRESH seconds
+        instead of one per message."""
+        local = self._local
+        now = time.monotonic()
+        if now - local.checked < SUPPRESSION_FRESH:
+            return [m for m in messages if m.delivery_id not in local.skipped] if local.skipped else messages
+        with conn.begin():
+            suppressed = self.store.suppressed_among(conn, worker, local.batch_ids)
+            if suppressed:
+                self.store.finish_deliveries(conn, worker, [
+                    {"id": delivery_id, "status": "skipped", "last_error": f"subscriber is {status}"}
+                    for delivery_id, status in suppressed.items()])
+        local.checked = now
+        if suppressed:
+            local.skipped.update(suppressed)
+            local.batch_ids = [i for i in local.batch_ids if i not in suppressed]
+            log.info("%s: %d recipient(s) unsubscribed or suppressed since the claim: skipped", self.slug,
+                     len(suppressed))
+            self._count(skipped=len(suppressed))
+        return [m for m in messages if m.delivery_id not in local.skipped] if local.skipped else messages
+
+    def _send_with_retries(self, conn: Connection, backend: Backend, worker: str,
+                           messages: list[OutgoingMessage]) -> list[RecipientResult] | None:
+        """Send one step; a whole-path failure is retried (same messages) until it passes or the send
+        pauses. None when halted."""
+        batch_date = formatdate(usegmt=True)
+        while True:
+            messages = self._drop_suppressed(conn, worker, messages)
+            if not messages:
+                return []
+            try:
+                return backend.send_batch(Batch(self.factory, tuple(messages), self.issue_id, batch_date))
+            except PermanentError as exc:  # nothing will be accepted: pause, hand the batch back untouched
+                self._abort(f"{backend.name}: {exc}")
+                return None
+            except TransientError as exc:
+                if self.halted or not self._path_failed(f"{backend.name}: {exc}", exc.retry_after):
+                    return None
+
+    def _record(self, conn: Connection, worker: str, results: list[RecipientResult], attempts: dict[int, int]) -> bool:
+        """Record one step's outcomes. Accepted and deferred rows are written at once; refusals only
+        once they are final — when something of this send was accepted in the same step or after them
+        (see `_settle_held`). Until then they stay `sending`, held by this worker (`_hold`). True when a
+        streak of refusals handed this worker's claims back (the rest of its batch must not be sent)."""
+        sent_rows = [{"id": r.message.delivery_id, "status": "sent", "provider_message_id": r.provider_message_id}
+                     for r in results if r.outcome == "sent"]
+        deferred = [(r.message.delivery_id, strip_credentials(r.error or "")) for r in results if r.outcome == "deferred"]
+        refusals = [(r, attempts.get(r.message.delivery_id, 0)) for r in results if r.outcome in ("transient", "permanent")]
+        with conn.begin():
+            self.store.finish_deliveries(conn, worker, sent_rows)
+            self.store.requeue_ids(conn, worker, deferred, count_attempt=False)
+        self._count(sent=len(sent_rows))
+        log.debug("%s: %s recorded %d sent, %d deferred, %d refused (held until the path shows it works)", self.slug,
+                  worker, len(sent_rows), len(deferred), len(refusals))
+        held = self._held()
+        if sent_rows:
+            with self._lock:
+                self._outage_since, self._outage_tries = None, 0
+                self._accepted += 1
+                self._streak = _Streak()
+            held.extend((result, spent, -1) for result, spent in refusals)
+            self._settle_held(conn, worker, attempts)
+            return False
+        if refusals:
+            return self._hold(conn, worker, refusals, attempts)
+        if deferred and not self.halted:
+            self._path_failed(f"nothing accepted ({deferred[0][1]})", None)
+        return False
+
+    def _held(self) -> list:
+        held = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = []
+        return held
+
+    def _hold(self, conn: Connection, worker: str, refusals: list[tuple[RecipientResult, int]],
+              attempts: dict[int, int]) -> bool:
+        """Refusals with nothing of this send accepted since the last acceptance: provisional. They stay
+        `sending` (no attempt spent, nobody marked bounced) until an acceptance makes them final. When
+        STREAK_LIMIT recipients in a row were refused with nothing accepted, the path is refusing,
+        not the people: what this worker holds goes back to the queue untouched and the send pauses
+        (permanent refusals) or is waited out like an outage (all transient: 4xx). True when handed back."""
+        self._settle_held(conn, worker, attempts)  # what another worker's acceptance made final meanwhile
+        held = self._held()
+        with self._lock:
+            epoch = self._accepted
+            streak = self._streak
+            for result, spent in refusals:
+                streak.count += 1
+                streak.transient_only = streak.transient_only and result.outcome == "transient"
+                streak.last_error = result.error or streak.last_error
+            count, limit_reached = streak.count, streak.count >= STREAK_LIMIT
+        held.extend((result, spent, epoch) for result, spent in refusals)
+        if limit_reached:
+            self._path_refused(conn, worker, count, streak)
+        return limit_reached
+
+    def _path_refused(self, conn: Connection, worker: str, count: int, streak: "_Streak") -> None:
+        """A streak of refusals judged the path's: hand back what this worker holds, then pause or wait."""
+        with self._lock:
+            if self._streak is streak:
+                self._streak = _Streak()
+        self._hand_back(conn, worker)
+        who = "the relay" if self.settings.backend == "smtp" else f"the provider ({self.settings.backend})"
+        reason = (f"{who} refused all of the last {count} recipients ({streak.last_error}): this looks like "
+                  f"{who}, not the addresses; nothing was marked bounced and nobody's attempts were spent")
+        if streak.transient_only:
+            if not self.halted:
+                self._path_failed(reason, None)
+        else:
+            self._abort(reason)
+
+    def _settle_held(self, conn: Connection, worker: str, attempts: dict[int, int], *, queue_empty: bool = False) -> None:
+        """Make final the refusals this worker holds that an acceptance followed (in any worker of this
+        send). At the end of the queue, refusals nothing followed are final too when this send has
+        delivered to someone before (the path was shown to work); when it has not, everyone left was
+        refused — the path's fault, as for a streak of STREAK_LIMIT."""
+        held = self._held()
+        if not held:
+            return
+        with self._lock:
+            epoch = self._accepted
+        final = [(r, spent) for r, spent, at in held if at < epoch]
+        pending = [(r, spent, at) for r, spent, at in held if at >= epoch]
+        if pending and queue_empty:
+            with conn.begin():
+                delivered = self.store.delivery_counts(conn, self.issue_id)["sent"]
+            if delivered:
+                final += [(r, spent) for r, spent, _ in pending]
+                pending = []
+        held[:] = pending
+        if final:
+            self._finalize(conn, worker, final, attempts)
+        if pending and queue_empty:
+            with self._lock:
+                streak = self._streak
+            if not streak.count:
+                streak = _Streak(len(pending), all(r.outcome == "transient" for r, _, _ in pending),
+                                 pending[-1][0].error or "")
+            self._path_refused(conn, worker, len(pending), streak)
+
+    def _finalize(self, conn: Connection, worker: str, refusals: list[tuple[RecipientResult, int]],
+                  attempts: dict[int, int]) -> None:
+        """Final refusals: permanent ones (and a transient one reaching MAX_ATTEMPTS) fail, a hard bounce
+        marks its subscriber `bounced`; other transient ones go back to the queue, one attempt spent."""
+        finished, refused, bounced = [], [], []
+        for result, spent in refusals:
+            delivery_id = result.message.delivery_id
+            error = strip_credentials(result.error or "")
+            if result.outcome == "permanent" or spent + 1 >= MAX_ATTEMPTS:
+                finished.append({"id": delivery_id, "status": "failed", "last_error": error[:2000]})
+                if result.hard_bounce and result.message.recipient.subscriber_id is not None:
+                    bounced.append((result.message.recipient.subscriber_id, result.error or "hard bounce"))
+            else:
+                refused.append((delivery_id, error))
+        with conn.begin():
+            self.store.finish_deliveries(conn, worker, finished)
+            self.store.requeue_ids(conn, worker, refused, count_attempt=True)
+            for subscriber_id, reason in bounced:
+                self.store.set_status(conn, subscriber_id, "bounced", source="send", reason=reason[:500])
+        for delivery_id, _ in refused:
+            attempts[delivery_id] = attempts.get(delivery_id, 0) + 1
+        self._count(failed=len(finished))
+        if refused and not self.halted:
+            # transient per-recipient refusals: give the provider a moment before they are claimed again
+            self._sleep(backoff(min(attempts.get(refused[0][0], 1), 6), None))
+
+    # ----- whole-path failures, stops, heartbeat ---------------------------------------------------
+    def _path_failed(self, reason: str, retry_after: float | None) -> bool:
+        """A failure of the whole path: wait (exponential backoff with jitter, at least the provider's
+        Retry-After), or pause the send once nothing has gone through for `pause_after` seconds.
+        True to try again; False when halted or paused."""
+        reason = strip_credentials(reason)
+        with self._lock:
+            now = time.monotonic()
+            if self._outage_since is None:
+                self._outage_since, self._outage_tries = now, 0
+            self._outage_tries += 1
+            tries, since = self._outage_tries, self._outage_since
+        elapsed = now - since
+        left = self.pause_after - elapsed
+        if retry_after is not None and retry_after > left:
+            self._abort(f"{reason}; the provider asks to wait {retry_after:.0f} s, longer than the "
+                        f"{left:.0f} s MAILER_PAUSE_AFTER leaves; nobody's attempts were spent")
+            return False
+        if left <= 0:
+            self._abort(f"{reason} (nothing went through for {elapsed:.0f} s, {tries} tries; "
+                        f"nobody's attempts were spent)")
+            return False
+        delay = min(backoff(tries, retry_after), left)
+        log.warning("%s: %s; try %d again in %.1f s (the send pauses after %.0f s more)", self.slug, reason,
+                    tries + 1, delay, left)
+        return not self._sleep(delay)
+
+    @property
+    def halted(self) -> bool:
+        return self.stop.is_set() or self.abort_reason is not None
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait, waking early on a stop or a pause (renewing this worker's claims meanwhile); True when halted."""
+        deadline = time.monotonic() + seconds
+        while not self.halted:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.stop.wait(min(remaining, 0.2))
+            self._heartbeat()
+        return True
+
+    def _heartbeat(self) -> None:
+        """Renew this worker's claims every HEARTBEAT, so the lease never expires under a live worker."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or time.monotonic() - local.renewed < claimant.HEARTBEAT.total_seconds():
+            return
+        if conn.in_transaction():
+            return
+        with conn.begin():
+            self.store.renew_claims(conn, local.worker)
+        local.renewed = time.monotonic()
+
+    def _abort(self, reason: str) -> None:
+        with self._lock:
+            if self.abort_reason is None:
+                self.abort_reason = strip_credentials(reason)
+
+    def _count(self, sent: int = 0, failed: int = 0, skipped: int = 0) -> None:
+        with self._lock:
+            self.progress.sent += sent
+            self.progress.failed += failed
+            self.progress.skipped += skipped
+        if self.on_progress:
+            self.on_progress(self.progress)
+
+
+@dataclass
+class _Streak:
+    """Recipients refused since the last accepted message, in every worker of the send (see Sender._hold)."""
+
+    count: int = 0
+    transient_only: bool = True  # every refusal was a 4xx: waited out like an outage rather than a pause
+    last_error: str = ""
+
+
+def outgoing_message(key: bytes, base_url: str, slug: str, domain: str, subscriber_id: int, email: str, name: str,
+                     delivery_id: int | None = None, first_name: str | None = None) -> OutgoingMessage:
+    """One recipient's message: their unsubscribe link and the stable per-delivery Message-ID;
+    `first_name` (the subscriber's attribute, if any) is what the greeting uses."""
+    token = tokens.make_token(key, "unsubscribe", subscriber_id)
+    recipient = Recipient(email=email, name=name, subscriber_id=subscriber_id, first_name=str(first_name or ""),
+                          unsubscribe_url=f"{base_url}/u/{token}")
+    return OutgoingMessage(recipient=recipient, delivery_id=delivery_id,
+                           message_id=tokens.message_id(key, slug, subscriber_id, domain))
+
+
+def backoff(attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff with jitter (between half and all of BACKOFF_BASE·2^(attempt-1), capped at
+    BACKOFF_CAP); a provider's Retry-After wins when it asks for longer."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
+    delay = random.uniform(ceiling / 2, ceiling)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+def web_version_html(rendered: RenderedIssue) -> str:
+    """The archive's copy: the web edition, without the email's personal parts (`render.render_web_edition`)."""
+    return render_web_edition(rendered)
+
+
+@dataclass
+class PreparedSend:
+    issue: Issue
+    rendered: RenderedIssue
+    issue_id: int
+    frozen: int
+    requeued_stale: int
+    factory: MessageFactory | None = None
+    already_finished: bool = False
+
+
+def check_buildable(settings: Settings, rendered: RenderedIssue) -> MessageFactory:
+    """Build one real message (a sample recipient, the real Message-ID and unsubscribe link) before the
+    ledger is touched, so a problem in the content or the settings stops the send with one line and
+    leaves the issue as it was. Raises RenderError."""
+    try:
+        factory = MessageFactory(rendered)
+        sample = outgoing_message(secret_key_for(settings), settings.base_url, rendered.issue.slug,
+                                  settings.sender_domain, 0, "lecteur@example.org", "Lecteur")
+        factory.build(sample.recipient, sample.message_id, formatdate(usegmt=True))
+    except MailerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever it is, it would fail every message
+        raise RenderError(f"{rendered.issue.slug}: cannot build a message ({type(exc).__name__}: {exc}); "
+                          f"nothing was sent and the issue is unchanged") from None
+    return factory
+
+
+def empty_audience_reason(store: Store, conn: Connection, issue: Issue) -> str:
+    """Why a freeze found nobody, in the editor's terms (list name, statuses, a near miss)."""
+    by_status = store.audience(conn, issue.list_name)
+    where = f"{issue.folder / 'issue.toml'}"
+    breakdown = ", ".join(f"{count} {status}" for status, count in sorted(by_status.items()))
+    if issue.list_name:
+        if not by_status:
+            names = store.list_names(conn)
+            near = difflib.get_close_matches(issue.list_name, names, n=1)
+            hint = (f"did you mean {near[0]!r}? " if near else "") + (
+                f"lists with members: {', '.join(names)}" if names else "no list has members yet")
+            return f"list {issue.list_name!r} ({where}) has no members; {hint}"
+        return f"list {issue.list_name!r} ({where}) has no active subscriber ({breakdown})"
+    if not by_status:
+        return "there are no subscribers yet (`mailer subscribers add` or `import`)"
+    return f"there is no active subscriber ({breakdown})"
+
+
+def refuse_held(store: Store, issue: Issue, allow_draft: bool = False) -> None:
+    """Raise DraftIssue (one line naming file:line, see `issue.hold_refusal`) when `issue.holds` holds
+    the issue (`draft = true`, a placeholder `mailer issue new` wrote) and its edition is not frozen
+    yet; a send already started resumes, and `allow_draft` sends it as it is."""
+    refusal = None if allow_draft else hold_refusal(issue)
+    if refusal is None:
+        return
+    with store.engine.connect() as conn:
+        existing = store.issue_row(conn, issue.slug)
+    if existing is None or existing.frozen_at is None:
+        raise refusal
+
+
+def send_warnings(settings: Settings, store: Store, issue_ref: str, *, allow_draft: bool = False) -> tuple[str, ...]:
+    """What `mailer send` prints before its confirmation prompt: every build warning (`render.build_warnings`:
+    Gmail clipping, missing alt text, placeholders…), after the checks that refuse the send (read-only:
+    nothing is frozen). Raises what `prepare_send` raises before it touches the ledger."""
+    settings.require_for_send()
+    issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
+    refuse_held(store, issue, allow_draft)
+    return render_issue(issue, settings).warnings
+
+
+def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
+                 retry_failed: bool = False, allow_draft: bool = False) -> PreparedSend:
+    """Everything that must hold before the first message goes: config, issue, render, one sample
+    message — then, in one transaction holding the issue's row, the freeze.
+
+    Raises ConfigError / SourceError / RenderError (nothing touched), EmptyAudience (nobody to send to:
+    nothing touched either), DraftIssue for an issue `issue.holds` holds (`draft = true`, a scaffold
+    placeholder) whose edition is not frozen yet (a send already started resumes), unless `allow_draft`. A finished issue is left as it is
+    (`already_finished`) unless `retry_failed` or `include_new` find someone to send to.
+    """
+    settings.require_for_send()
+    issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
+    refuse_held(store, issue, allow_draft)
+    rendered = render_issue(issue, settings)
+    make_backend(settings)  # constructing checks the backend's own settings
+    factory = check_buildable(settings, rendered)
+    web_html = web_version_html(rendered)
+    now = utcnow()
+    with store.begin() as conn:
+        row = store.ensure_issue(conn, slug=issue.slug, subject=rendered.subject, list_name=issue.list_name,
+                                 web_html=web_html, issue_date=issue.date.isoformat(), public=issue.public)
+        frozen = 0
+        if row.frozen_at is None or include_new:
+            frozen = store.freeze_recipients(conn, row.id, issue.list_name)
+            if row.frozen_at is None and frozen == 0:
+                raise EmptyAudience(f"refusing to send {issue.slug}: {empty_audience_reason(store, conn, issue)}; "
+                                    f"nothing was sent and the issue is unchanged")
+            max_id = store.max_subscriber_id(conn)
+            store.update_issue(conn, row.id, frozen_at=row.frozen_at or now, max_subscriber_id=max_id)
+        if retry_failed:
+            store.requeue(conn, row.id, statuses=("failed",))
+            store.reset_attempts(conn, row.id)
+        requeued = requeue_dead_claims(store, conn, row.id)
+        counts = store.delivery_counts(conn, row.id)
+        finished = row.status == "sent" and counts["queued"] == 0 and counts["sending"] == 0
+        if not finished:
+            store.update_issue(conn, row.id, status="sending", started_at=row.started_at or now, paused_reason=None)
+    if requeued:
+        log.info("%s: %d deliveries left in flight by a stopped run are queued again", issue.slug, requeued)
+    return PreparedSend(issue, rendered, row.id, frozen, requeued, factory, finished)
+
+
+def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
+               retry_failed: bool = False, workers: int = 1, stop: threading.Event | None = None,
+               on_progress: ProgressCallback | None = None,
+               backend_factory: Callable[[], Backend] | None = None, allow_draft: bool = False) -> SendReport:
+    """Send an issue to its frozen recipient set, resuming whatever a previous run left, until every
+    delivery is settled (also those another live sender of the same issue holds), a stop, or a pause.
+
+    Raises what `prepare_send` raises (drafts: see there), and SendAborted when the send paused (the
+    ledger is consistent; the same call resumes it)."""
+    started = time.monotonic()
+    stop = stop or threading.Event()
+    prepared = prepare_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
+                            allow_draft=allow_draft)
+    slug = prepared.issue.slug
+    with store.engine.connect() as conn:
+        counts = store.delivery_counts(conn, prepared.issue_id)
+    if prepared.already_finished:
+        return SendReport(slug, counts, 0, 0, 0, time.monotonic() - started, already_finished=True)
+    progress = Progress(slug, total=counts["queued"] + counts["sending"])
+    sender = Sender(settings, store, prepared.rendered, prepared.issue_id,
+                    backend_factory or (lambda: make_backend(settings)),
+                    stop=stop, progress=progress, on_progress=on_progress, factory=prepared.factory)
+    held: list[str] = []
+    try:
+        while True:
+            if counts["queued"]:
+                run_workers(sender, workers, settings.batch_size)
+            with store.begin() as conn:
+                requeue_dead_claims(store, conn, prepared.issue_id)
+                counts = store.delivery_counts(conn, prepared.issue_id)
+                _, held = live_claimants(store, conn, prepared.issue_id)
+            if sender.halted or (not counts["queued"] and not counts["sending"]):
+                break
+            if not counts["queued"]:
+                # another live sender of this issue holds the rest (two sends at once): wait for it,
+                # and take over its rows if it dies
+                sender._sleep(1.0)
+    except KeyboardInterrupt:
+        settle_issue(store, prepared.issue_id, None)
+        raise
+    except BaseException as exc:
+        settle_issue(store, prepared.issue_id, f"interrupted by an unexpected error: {type(exc).__name__}: {exc}")
+        raise
+    counts, paused = settle_issue(store, prepared.issue_id, sender.abort_reason)
+    report = SendReport(slug, counts, progress.sent, progress.failed, progress.skipped,
+                        time.monotonic() - started, prepared.requeued_stale, prepared.frozen,
+                        held_by=tuple(held) if counts["sending"] else ())
+    if paused:
+        left = counts["queued"] + counts["sending"]
+        if left:
+            raise SendAborted(f"{slug}: send paused: {paused}; fix the cause and run the same command "
+                              f"(`mailer send {slug}`) again to resume "
+                              f"({counts['sent']} sent, {left} left)")
+        raise SendAborted(f"{slug}: send paused: {paused}")
+    return report
+
+
+def run_workers(sender: Sender, workers: int, batch_size: int) -> None:
+    """`workers` threads claiming batches of the same issue (I/O-bound: threads overlap network waits).
+    A stop cuts what is still in flight STOP_GRACE seconds after it was asked."""
+    done = threading.Event()
+    watcher = threading.Thread(target=_cut_after_grace, args=(sender, done), name="mailer-stop-watch", daemon=True)
+    watcher.start()
+    try:
+        if workers <= 1:
+            sender.run_worker(worker_id(), batch_size)
+            return
+        errors: list[BaseException] = []
+
+        def target(index: int) -> None:
+            try:
+                sender.run_worker(worker_id(f"-{index}"), batch_size)
+            except BaseException as exc:  # noqa: BLE001 - surfaced below
+                errors.append(exc)
+                sender._abort(f"worker {index} crashed: {exc}")
+
+        threads = [threading.Thread(target=target, args=(i,), name=f"mailer-worker-{i}") for i in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+    finally:
+        done.set()
+
+
+def _cut_after_grace(sender: Sender, done: threading.Event) -> None:
+    while not done.is_set():
+        if sender.stop.wait(0.2):
+            break
+    if done.is_set() or done.wait(STOP_GRACE):
+        return
+    log.warning("%s: still busy %.0f s after the stop: cutting the connection; what was in flight stays queued",
+                sender.slug, STOP_GRACE)
+    sender.abort_in_flight()
+
+
+def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None = None, once: bool = False,
+               poll_seconds: float = 5.0, on_progress: ProgressCallback | None = None) -> int:
+    """`mailer worker`: claim and send queued deliveries of any issue being sent, until stopped.
+
+    Any number of workers on any machines can run this against PostgreSQL; SKIP LOCKED hands each
+    a disjoint batch. Returns the number of messages this worker sent.
+    """
+    settings.require_for_send()  # the same checks as `send`: a worker never sends half-configured
+    stop = stop or threading.Event()
+    sent = 0
+    senders: dict[str, Sender] = {}
+    while not stop.is_set():
+        with store.engine.connect() as conn:
+            active = store.issues_with_queue(conn)
+        for slug, issue_id in active:
+            if stop.is_set():
+                break
+            sender = senders.get(slug)
+            if sender is None:
+                try:
+                    rendered = render_issue(load_issue(slug, settings.issues_dir, settings.zone), settings)
+                    factory = check_buildable(settings, rendered)
+                except MailerError as exc:
+                    log.error("%s: cannot render here (%s); leaving it to another worker", slug, exc)
+                    continue
+                sender = Sender(settings, store, rendered, issue_id, lambda: make_backend(settings), stop=stop,
+                                progress=Progress(slug, 0), on_progress=on_progress, factory=factory)
+                senders[slug] = sender
+            with store.begin() as conn:
+                requeue_dead_claims(store, conn, issue_id)
+            before = sender.progress.sent
+            run_workers(sender, 1, settings.batch_size)
+            sent += sender.progress.sent - before
+            counts, paused = settle_issue(store, issue_id, sender.abort_reason)
+            if paused:
+                log.error("%s: paused: %s", slug, paused)
+                senders.pop(slug)
+            elif counts["queued"] == 0 and counts["sending"] == 0:
+                log.info("%s: finished (%d sent, %d failed, %d skipped)", slug, counts["sent"], counts["failed"],
+                         counts["skipped"])
+        if once:
+            break
+        stop.wait(poll_seconds)
+    return sent
+
+
+def send_test(settings: Settings, issue_ref: str, addresses: Sequence[str]) -> list[RecipientResult]:
+    """Send the issue to a few addresses, `[TEST]` in the subject; the ledger is never touched."""
+    from ..addresses import parse_address
+
+    settings.require_for_send()
+    parsed = [parse_address(a) for a in addresses if a.strip()]
+    if not parsed:
+        raise MailerError("--test needs at least one address")
+    issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
+    rendered = render_issue(issue, settings)
+    factory = MessageFactory(rendered, subject_prefix="[TEST] ")
+    key = secret_key_for(settings)
+    messages = tuple(
+        OutgoingMessage(Recipient(email=a.given, unsubscribe_url=f"{settings.base_url}/u/{tokens.make_token(key, 'unsubscribe', 0)}"),
+                        message_id=f"<test.{os.urandom(8).hex()}@{settings.sender_domain}>")
+        for a in parsed)
+    with make_backend(settings) as backend:
+        results = backend.send_batch(Batch(factory, messages, None, formatdate(usegmt=True)))
+    return results
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    """What `mailer send ISSUE` is about to do, for the confirmation prompt."""
+
+    slug: str
+    subject: str
+    list_name: str | None
+    status: str          # none (never sent) | draft | sending | paused | sent
+    recipients: int      # deliveries this run would send (new freeze, queue, failures retried, newcomers)
+    total: int           # ledger rows so far (0 before the first freeze)
+
+    def describe(self, backend: str) -> str:
+        audience = f"{self.recipients} subscriber(s)" + (f" of list {self.list_name!r}" if self.list_name else "")
+        if self.status in ("none", "draft"):
+            return f"Send {self.slug} \u201c{self.subject}\u201d through {backend} to {audience}?"
+        return (f"Resume {self.slug} \u201c{self.subject}\u201d ({self.status}) through {backend}: "
+                f"{audience} left of {self.total}?")
+
+
+def plan_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
+              retry_failed: bool = False) -> SendPlan:
+    """Read-only: who a send of `issue_ref` would reach now (nothing is frozen or sent)."""
+    issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
+    with store.engine.connect() as conn:
+        row = store.issue_row(conn, issue.slug)
+        if row is None or row.frozen_at is None:
+            recipients = store.count_unfrozen(conn, None, issue.list_name)
+            return SendPlan(issue.slug, issue.subject, issue.list_name, row.status if row else "none", recipients, 0)
+        counts = store.delivery_counts(conn, row.id)
+        recipients = counts["queued"] + counts["sending"]
+        if retry_failed:
+            recipients += counts["failed"]
+        if include_new:
+            recipients += store.count_unfrozen(conn, row.id, issue.list_name)
+        return SendPlan(issue.slug, row.subject, row.list_name, row.status, recipients, sum(counts.values()))
+
+
+def _ledger_summary(row, counts: dict[str, int]) -> dict:  # noqa: ANN001 - an `issues` row
+    """One issue's ledger as `mailer status` shows it (`--json`): issue (slug), subject, status
+    (draft | sending | paused | sent), paused_reason, counts (queued, sending, sent, failed, skipped),
+    total, frozen_at, started_at, finished_at (ISO 8601 UTC or null), when (the last of those)."""
+    times = {key: as_utc(getattr(row, key)) for key in ("frozen_at", "started_at", "finished_at")}
+    when = times["finished_at"] or times["started_at"] or times["frozen_at"]
+    return {"issue": row.slug, "subject": row.subject, "status": row.status, "paused_reason": row.paused_reason,
+            "counts": counts, "total": sum(counts.values()),
+            **{key: value.isoformat() if value else None for key, value in times.items()},
+            "when": when.isoformat() if when else None}
+
+
+def issue_status(settings: Settings, store: Store, issue_ref: str) -> dict:
+    """Ledger counts by status, plus the issue's own state (`_ledger_summary`'s shape). NotFound when
+    the issue has no ledger yet."""
+    slug = issue_ref
+    try:
+        from ..content.issue import find_issue_folder
+        slug = find_issue_folder(issue_ref, settings.issues_dir).name
+    except NotFound:
+        pass
+    with store.engine.connect() as conn:
+        row = store.issue_row(conn, slug)
+        if row is None:
+            raise NotFound(f"issue {issue_ref!r} has never been sent (no ledger yet)")
+        counts = store.delivery_counts(conn, row.id)
+    return _ledger_summary(row, counts)
+
+
+def ledger_overview(store: Store) -> list[dict]:
+    """`mailer status` without ISSUE: every issue with a ledger, newest first (its last activity:
+    finished, else started, else frozen), each in `_ledger_summary`'s shape; [] before the first send."""
+    with store.engine.connect() as conn:
+        return [_ledger_summary(row, counts) for row, counts in store.ledger_overview(conn)]

@@ -1,0 +1,120 @@
+"""The database schema (SQLAlchemy Core), shared by SQLite and PostgreSQL.
+
+Migrations in `mailer/migrations/versions/` create exactly these tables; `tests/test_store.py`
+checks the two never drift apart.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData,
+                        String, Table, Text, UniqueConstraint, true)
+
+from ..statuses import SUBSCRIBER_STATUSES, SUPPRESSED_STATUSES, SUPPRESSION_RANK, TOMBSTONE_PREFIX  # noqa: F401
+
+# BIGINT on PostgreSQL, but INTEGER on SQLite so the column is a rowid alias (autoincrement).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+DELIVERY_STATUSES = ("queued", "sending", "sent", "failed", "skipped")
+ISSUE_STATUSES = ("draft", "sending", "paused", "sent")
+
+subscribers = Table(
+    "subscribers", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False, unique=True, doc="normalised: trimmed, lower-cased"),
+    Column("email_given", String(320), nullable=False, doc="as the person or the import gave it"),
+    Column("name", String(200), nullable=False, default=""),
+    Column("language", String(16), nullable=False, default=""),
+    Column("status", String(16), nullable=False),
+    Column("source", String(64), nullable=False, default=""),
+    Column("attributes", JSON, nullable=False, default=dict),
+    Column("import_digest", String(32), nullable=True, doc="digest of the last imported row, to skip unchanged rows"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("confirmed_at", DateTime(timezone=True), nullable=True),
+    Column("unsubscribed_at", DateTime(timezone=True), nullable=True),
+)
+Index("ix_subscribers_status_id", subscribers.c.status, subscribers.c.id)
+
+subscriber_events = Table(
+    "subscriber_events", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("subscriber_id", BigId, ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(32), nullable=False, doc="created, status, updated, imported, erased…"),
+    Column("old_status", String(16), nullable=True),
+    Column("new_status", String(16), nullable=True),
+    Column("source", String(64), nullable=False, default="", doc="cli, import, web, webhook, send…"),
+    Column("reason", Text, nullable=False, default=""),
+)
+Index("ix_subscriber_events_subscriber", subscriber_events.c.subscriber_id, subscriber_events.c.id)
+
+list_members = Table(
+    "list_members", metadata,
+    Column("list_name", String(100), primary_key=True),
+    Column("subscriber_id", BigId, ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
+)
+Index("ix_list_members_subscriber", list_members.c.subscriber_id)
+
+issues = Table(
+    "issues", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("slug", String(200), nullable=False, unique=True),
+    Column("subject", Text, nullable=False),
+    Column("list_name", String(100), nullable=True),
+    Column("status", String(16), nullable=False, default="draft"),
+    Column("frozen_at", DateTime(timezone=True), nullable=True),
+    Column("max_subscriber_id", BigInteger, nullable=True, doc="the freeze watermark (listmonk's max-id)"),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("paused_reason", Text, nullable=True),
+    Column("web_html", Text, nullable=True, doc="the web version, without personal values"),
+    Column("issue_date", String(10), nullable=True),
+    Column("rate_next_at", Float, nullable=True, doc="the rate limit's schedule, shared by every worker (epoch s)"),
+    Column("public", Boolean, nullable=False, server_default=true(),
+           doc="listed in /archive and served at /issues/SLUG (issue.toml `archive`, else: not sent to a list)"),
+)
+
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("issue_id", BigId, ForeignKey("issues.id", ondelete="CASCADE"), nullable=False),
+    Column("subscriber_id", BigId, ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False),
+    Column("status", String(16), nullable=False, default="queued"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("provider_message_id", String(200), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("claimed_by", String(120), nullable=True),
+    Column("claimed_at", DateTime(timezone=True), nullable=True),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("issue_id", "subscriber_id", name="uq_deliveries_issue_subscriber"),
+)
+Index("ix_deliveries_issue_status_id", deliveries.c.issue_id, deliveries.c.status, deliveries.c.id)
+Index("ix_deliveries_subscriber", deliveries.c.subscriber_id)
+
+provider_events = Table(
+    "provider_events", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("provider", String(32), nullable=False),
+    Column("provider_event_id", String(200), nullable=False),
+    Column("kind", String(32), nullable=False, doc="normalised: delivered, bounced, complained, unsubscribed, dropped, …"),
+    Column("email", String(320), nullable=False, default=""),
+    Column("subscriber_id", BigInteger, nullable=True),
+    Column("issue_id", BigInteger, nullable=True),
+    Column("occurred_at", DateTime(timezone=True), nullable=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("payload", JSON, nullable=False, doc="the raw event, as received"),
+    UniqueConstraint("provider", "provider_event_id", name="uq_provider_events_provider_event"),
+)
+Index("ix_provider_events_subscriber", provider_events.c.subscriber_id)
+

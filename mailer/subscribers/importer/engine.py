@@ -1,0 +1,224 @@
+"""The CSV import: upsert the parsed rows in batches, one transaction each, and report what was done.
+
+Rules it keeps (the README's "The subscriber list" states them):
+* nothing is written before the whole file has been decoded (`encoding.plan_decoding`): a file
+  that cannot be read imports nobody, wherever its bad byte is;
+* each physical row is accounted for — added, updated, unchanged, rejected with its line and reason,
+  or left as it was — and the summary says so even when the import stops half-way;
+* an import never re-activates a suppressed person (unsubscribed, bounced, complained, erased) and
+  never rewrites their name or attributes; only a stronger suppression from the file applies
+  (`--resubscribe` may re-activate unsubscribed people, never the others); an empty cell wipes nothing;
+* suppressions a file states (a status column, or a recognised export such as Mailchimp's
+  unsubscribed or cleaned files) apply to new and existing people alike.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Callable, Sequence
+
+import sqlalchemy as sa
+
+from ...errors import MailerError, NotFound
+from ...store.schema import SUPPRESSED_STATUSES, SUPPRESSION_RANK
+from ...store import (IMPORT_ATTRIBUTES, IMPORT_DIGEST, IMPORT_GIVEN, IMPORT_KEY, IMPORT_LANGUAGE, IMPORT_LINE,
+                     IMPORT_LISTS, IMPORT_NAME, IMPORT_STATUS, IMPORT_STATUS_AT, StatusChange, Store, utcnow)
+from ..service import tombstone_key
+from .columns import merged_attributes, parse_map
+from .encoding import plan_decoding
+from .parse import ParseOptions, parsed_source
+from .report import ImportReport, ImportStopped, LayoutInfo, ParseStats
+
+
+def import_csv(store: Store, path: Path, *, dry_run: bool = False, resubscribe: bool = False,
+               source: str = "import", lists: Sequence[str] = (), encoding: str | None = None,
+               column_map: Sequence[str] = (), progress: Callable[[int], None] | None = None) -> ImportReport:
+    """Upsert the rows of a CSV file (any of `,` `;` TAB `|`; see `encoding` for the encodings),
+    streaming in batches (memory flat in file size). Returns the `ImportReport`.
+
+    `encoding` forces a codec; `column_map` holds `--map COLUMN=FIELD` options; `lists` adds every
+    row to these named lists. Valid rows go in even when others are rejected; each rejection names
+    its line and reason. Rows unchanged since the last import are skipped without a write.
+
+    Raises NotFound (no file), MailerError (unreadable file, no email column, bad `--map`: nothing
+    written), ImportStopped (a failure or Ctrl-C after some batches were written: its message says
+    what was, and running the same import again finishes the job).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise MailerError(f"{path} is a folder, not a CSV file")
+    if not path.is_file():
+        raise NotFound(f"{path}: no such file")
+    options = ParseOptions(plan_decoding(path, encoding), tuple(lists), parse_map(column_map))
+    report = ImportReport(dry_run=dry_run, encoding=options.decoding.describe(),
+                          warnings=list(options.decoding.warnings()))
+    reason = "import"
+    written_through = 0  # the last line of the last batch committed
+    try:
+        with parsed_source(path, options) as items, store.import_connection() as conn, _StopRequest() as stop:
+            for item in items:
+                if type(item) is list:
+                    batch = []
+                    for row in item:
+                        if type(row) is tuple:
+                            batch.append(row)
+                        else:
+                            row.reason = sys.intern(row.reason)  # thousands of rejections share a few reasons
+                            report.reject(row)
+                    del item
+                    if batch:
+                        _write_batch(store, conn, batch, report, dry_run=dry_run, resubscribe=resubscribe,
+                                     source=source, reason=reason)
+                        written_through = batch[-1][IMPORT_LINE]
+                    if progress:
+                        progress(report.rows)
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                elif isinstance(item, LayoutInfo):
+                    report.format_label, report.delimiter = item.format_label, item.delimiter
+                    report.attributes, report.ignored = item.attributes, item.ignored
+                    report.has_header = item.has_header
+                    report.status_note = item.status_note
+                    if item.format_label:  # events read "import of Mailchimp unsubscribed export line 4"
+                        reason = "import of " + item.format_label.replace(" (", " ").replace(")", "")
+                elif isinstance(item, ParseStats):
+                    report.warnings.extend(item.warnings())
+                    report.empty_columns = item.empty_attributes
+                    report.attributes = [name for name in report.attributes if name not in item.empty_attributes]
+    except KeyboardInterrupt:
+        raise _stopped(path, report, written_through, "interrupted", 130) from None
+    except (MailerError, sa.exc.SQLAlchemyError, OSError) as exc:
+        if not report.written_batches:
+            if not isinstance(exc, MailerError):
+                raise MailerError(f"{path}: {_one_line(exc)}; nothing imported") from None
+            if "nothing imported" not in str(exc):
+                exc.args = (f"{exc}; nothing imported",)
+            raise
+        raise _stopped(path, report, written_through, _one_line(exc), getattr(exc, "exit_code", 1)) from None
+    if not report.rows:
+        report.warnings.append("the file has no data rows" + (" (only a header)" if report.has_header else ""))
+    if progress:
+        progress(report.rows)
+    return report
+
+
+class _StopRequest:
+    """While it lasts (in the main thread), a first Ctrl-C (SIGINT) or SIGTERM asks the import to
+    stop after the batch in flight is written, so the summary counts exactly what was committed;
+    a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._saved: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._saved[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _stopped(path: Path, report: ImportReport, line: int, cause: str, exit_code: int) -> ImportStopped:
+    return ImportStopped(f"{path}: stopped ({cause}) after the rows up to line {line} were written; written before "
+                         f"that: {report.counts_line()}. Run the same import again to finish: rows already written "
+                         f"are skipped", exit_code)
+
+
+def _write_batch(store: Store, conn: sa.Connection, batch: list[tuple], total: ImportReport, *, dry_run: bool,
+                 resubscribe: bool, source: str, reason: str) -> None:
+    """One transaction: look the batch's addresses up, then insert, update and change statuses. The
+    batch's counts join `total` only once it is committed (so a stop mid-batch reports what is written)."""
+    now = utcnow()
+    report = ImportReport()
+    with conn.begin() as transaction:
+        fast = store.import_fast_path(conn, source)
+        keys = [row[IMPORT_KEY] for row in batch]
+        existing = store.existing_for_import(conn, keys, fast)
+        missing = [key for key in keys if key not in existing]
+        erased = _erased(store, conn, missing, fast) if missing else set()
+        inserts: list[tuple] = []
+        updates: list[tuple[tuple, int]] = []
+        changes: list[StatusChange] = []
+        rank = SUPPRESSION_RANK
+        for row in batch:
+            current = existing.get(row[IMPORT_KEY])
+            wanted = row[IMPORT_STATUS]
+            if current is None:
+                if row[IMPORT_KEY] in erased:
+                    report.kept["erased"] += 1
+                else:
+                    inserts.append(row)
+                    report.added += 1
+                    if wanted not in (None, "active"):
+                        report.added_as[wanted] += 1
+                continue
+            at_line = f"{reason} line {row[IMPORT_LINE]}"
+            if current.status in SUPPRESSED_STATUSES:
+                if resubscribe and current.status == "unsubscribed" and wanted in (None, "active"):
+                    changes.append(StatusChange(current.id, current.status, "active", source, f"--resubscribe on {at_line}"))
+                    report.resubscribed += 1
+                    report.updated += 1
+                    updates.append((row, current.id))
+                elif wanted in SUPPRESSED_STATUSES and rank[wanted] > rank[current.status]:
+                    changes.append(StatusChange(current.id, current.status, wanted, source, at_line,
+                                                row[IMPORT_STATUS_AT]))
+                    report.suppressed_now[wanted] += 1
+                    report.updated += 1
+                else:
+                    report.kept[current.status] += 1  # name, attributes and status stay as they are
+                continue
+            if wanted in SUPPRESSED_STATUSES:  # the file suppresses them: their status changes, nothing else
+                # ... as of the date the file gives (UNSUB_TIME, CLEAN_TIME, unsubscription_date), if any
+                changes.append(StatusChange(current.id, current.status, wanted, source, at_line,
+                                            row[IMPORT_STATUS_AT]))
+                report.suppressed_now[wanted] += 1
+                report.updated += 1
+            elif current.import_digest == row[IMPORT_DIGEST]:
+                report.unchanged += 1
+            else:
+                report.updated += 1
+                updates.append((row, current.id))
+        if dry_run:
+            transaction.rollback()
+            total.add(report)
+            return
+        if inserts:
+            store.insert_imported(conn, inserts, source=source, reason=reason, now=now, fast=fast)
+        if updates:  # an empty cell keeps what is known: a file without names wipes no name
+            current = store.profiles_of(conn, [sid for _, sid in updates])
+            store.update_imported(conn, [{
+                "id": sid, "given": row[IMPORT_GIVEN], "name": row[IMPORT_NAME] or current[sid][0],
+                "language": row[IMPORT_LANGUAGE] or current[sid][1],
+                "attributes": merged_attributes(current[sid][2], json.loads(row[IMPORT_ATTRIBUTES])),
+                "digest": row[IMPORT_DIGEST], "lists": row[IMPORT_LISTS],
+            } for row, sid in updates], source=source, now=now)
+        if changes:
+            store.apply_status_changes(conn, changes)
+    total.add(report)
+    total.written_batches += 1
+
+
+def _erased(store: Store, conn: sa.Connection, keys: list[str], fast: str | None) -> set[str]:
+    """The keys among `keys` of people who were erased (their tombstone is in the table)."""
+    if not store.any_erased(conn):
+        return set()  # nobody was ever erased: one index probe instead of a hash and a lookup per row
+    tombstones = {tombstone_key(key): key for key in keys}
+    return {tombstones[found] for found in store.tombstones_among(conn, list(tombstones), fast)}

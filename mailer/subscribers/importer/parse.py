@@ -1,0 +1,414 @@
+"""Parsing a CSV file into rows ready to write: validated, normalised, de-duplicated, digested.
+
+Files of PARALLEL_MIN_BYTES or more are parsed in a helper process so parsing and writing run at
+once on two cores; smaller ones in process. Both ways run the same code (`parsed_items`) and give
+the same result (`bench/bench_import.py --verify` checks it). `parse_rows` is the hot loop of the
+import, written out for speed: one function per concern would cost a call per cell on a million rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from array import array
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import chain
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ...addresses import address_parts
+from ...errors import InvalidAddress, MailerError
+from ...store.schema import SUBSCRIBER_STATUSES, SUPPRESSED_STATUSES
+from ..service import clean_text
+from .columns import STATUS_WORDS, Layout, build_layout, headerless_layout, looks_like_header
+from .encoding import Decoding, readable, text_lines, undecodable
+from .report import LayoutInfo, ParseStats, Rejection
+from .table import BrokenRow, CsvRows
+from .values import json_object_cells, normalise_language, normalise_name, normalise_timezone, parse_timestamp
+
+IMPORT_BATCH = 5000                   # rows written per transaction (and parsed per message)
+PARALLEL_MIN_BYTES = 4 * 1024 * 1024  # ≈ 60,000 rows; below this a helper process costs more than it saves
+
+
+class _SeenKeys:
+    """The addresses already met in this file, for duplicate detection.
+
+    79-bit blake2b fingerprints (a false "duplicate" among 10 million addresses has odds of about
+    one in 10^10) in an open-addressing table of two arrays, at most 70 % full: 10 bytes a slot,
+    20 MB for a million rows where a set of 96-bit Python ints took about 80 MB.
+    """
+
+    def __init__(self, expected_rows: int = 0) -> None:
+        self._low = self._high = None
+        self._resize(max(1 << 12, 1 << (expected_rows * 10 // 7).bit_length()))
+
+    def _resize(self, size: int) -> None:
+        old_low, old_high = self._low, self._high
+        self._mask = size - 1
+        self._low = array("Q", [0]) * size  # no temporary buffer: a resize holds only the old and new arrays
+        self._high = array("H", [0]) * size
+        self._count = 0
+        if old_low is not None:
+            for low, high in zip(old_low, old_high):
+                if high:
+                    self.add(low, high)
+
+    def add(self, low: int, high: int) -> bool:
+        """Record a fingerprint (`high` != 0); False when it was already there."""
+        mask, lows, highs = self._mask, self._low, self._high
+        index = low & mask
+        while True:
+            stored = highs[index]
+            if not stored:
+                lows[index] = low
+                highs[index] = high
+                self._count += 1
+                if self._count * 10 > mask * 7:
+                    self._resize((mask + 1) * 2)
+                return True
+            if stored == high and lows[index] == low:
+                return False
+            index = (index + 1) & mask
+
+    def add_key(self, key: str) -> bool:
+        """Record an address key; False when it was already there."""
+        digest = hashlib.blake2b(key.encode(), digest_size=10).digest()
+        return self.add(int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little") | 1)
+
+
+def parse_rows(rows: Iterable[tuple[int, list[str]]], layout: Layout, extra_lists: tuple[str, ...],
+               seen: _SeenKeys | None, stats: ParseStats) -> Iterator[tuple | Rejection]:
+    """Rows → valid row tuples (`store.IMPORT_ROW_FIELDS`) and `Rejection`s, in file order (blank
+    rows vanish). With `seen`, a row whose address is already in it is a duplicate.
+
+    The hot loop of the import: column lookups are hoisted, the common cases (no attributes,
+    printable names, no status column) take no detour.
+    """
+    fields = layout.fields
+    email_i, name_i, language_i, lists_i = fields["email"], fields.get("name"), fields.get("language"), fields.get("lists")
+    first_i, last_i, tz_i = fields.get("first_name"), fields.get("last_name"), fields.get("timezone")
+    status_i, created_i = fields.get("status"), fields.get("created_at")
+    status_rule, status_at = layout.status_rule, layout.status_at
+    attribute_columns, json_columns = layout.attributes, layout.json_attributes
+    has_names = first_i is not None or last_i is not None
+    constant_lists = tuple(sorted(set(extra_lists)))
+    suppressed = frozenset(SUPPRESSED_STATUSES)
+    add_key = seen.add_key if seen is not None else None
+    parts, blake2b = address_parts, hashlib.blake2b
+    # JSON the way json.dumps writes it (the same C escaping functions), without its per-call setup:
+    # `ascii_text` for what the store keeps (json.dumps defaults), `text_json` for the digest.
+    ascii_text, text_json = json.encoder.encode_basestring_ascii, json.encoder.encode_basestring
+    languages: dict[str, str | None] = {}
+    zones: dict[str, str | None] = {}
+    status_words: dict[str, str | None] = {}
+    reasons: dict[str, str] = {}
+    unfilled = {attribute for _, attribute in attribute_columns}  # attribute columns no row has filled yet
+    valid = False
+    for line, cells in rows:
+        if type(cells) is not list:  # a BrokenRow (unterminated quote)
+            yield Rejection(line, cells.text[:120], cells.reason)
+            continue
+        count = len(cells)
+        raw = cells[email_i] if email_i < count else ""
+        text = raw.strip()
+        if not text:
+            if not any(c.strip() for c in cells):
+                continue  # blank line: not a row
+            yield Rejection(line, "", "empty email")
+            continue
+        try:
+            key, given = parts(raw)
+        except InvalidAddress as exc:
+            message = str(exc)
+            reason = message.partition(": ")[2] or message
+            if len(reasons) < 1000:
+                reason = reasons.setdefault(reason, reason)  # a few distinct reasons: shared, pickled once a chunk
+            yield Rejection(line, text, reason)
+            continue
+        name = cells[name_i].strip() if name_i is not None and name_i < count else ""
+        attributes = {}
+        if has_names:
+            first = clean_text(cells[first_i], 100) if first_i is not None and first_i < count else ""
+            last = clean_text(cells[last_i], 100) if last_i is not None and last_i < count else ""
+            if first:
+                attributes["first_name"] = first
+            if last:
+                attributes["last_name"] = last
+            if not name:
+                name = f"{first} {last}".strip()
+        if name:
+            name = " ".join(name.split())[:200] if name.isprintable() else clean_text(name, 200)
+        language = ""
+        if language_i is not None:
+            raw_language = cells[language_i] if language_i < count else ""
+            if raw_language not in languages:
+                languages[raw_language] = normalise_language(raw_language)
+            language = languages[raw_language]
+            if language is None:
+                stats.note("language", line, raw_language)
+                language = ""
+        if tz_i is not None and tz_i < count and cells[tz_i]:
+            raw_zone = cells[tz_i]
+            if raw_zone not in zones:
+                zones[raw_zone] = normalise_timezone(raw_zone)
+            zone = zones[raw_zone]
+            if zone:
+                attributes["timezone"] = zone
+            elif zone is None:
+                stats.note("timezone", line, raw_zone)
+        for index, attribute in attribute_columns:
+            if index < count:
+                value = cells[index].strip()
+                if value:
+                    attributes[attribute] = value
+        for index in json_columns:
+            if index < count:
+                for attribute, value in json_object_cells(cells[index]).items():
+                    attributes.setdefault(attribute or "attributes", value)
+                if not name and ("first_name" in attributes or "last_name" in attributes or "name" in attributes):
+                    name = clean_text(attributes.get("name") or
+                                      f"{attributes.get('first_name', '')} {attributes.get('last_name', '')}", 200)
+        if lists_i is None:
+            row_lists = constant_lists
+        else:
+            named = cells[lists_i].strip() if lists_i < count else ""
+            row_lists = tuple(sorted({*named.replace(",", " ").split(), *extra_lists})) if named else constant_lists
+        status = None
+        if status_rule is not None:
+            try:
+                status = status_rule(cells)
+            except ValueError as exc:
+                yield Rejection(line, text, str(exc))
+                continue
+        elif status_i is not None:
+            word = cells[status_i].strip() if status_i < count else ""
+            if word:
+                if word not in status_words:
+                    status_words[word] = STATUS_WORDS.get(normalise_name(word))
+                status = status_words[word]
+                if status is None:
+                    yield Rejection(line, text, f"unknown status {word!r} (one of {', '.join(SUBSCRIBER_STATUSES)})")
+                    continue
+        created_at = status_date = None
+        if created_i is not None and created_i < count and cells[created_i].strip():
+            created_at = parse_timestamp(cells[created_i])
+            if created_at is None:
+                stats.note("created_at", line, cells[created_i])
+        if status_at:
+            column = status_at.get("suppressed" if status in suppressed else "active")
+            if column is not None and column < count:
+                status_date = parse_timestamp(cells[column])
+        if attributes:
+            attributes_json = "{" + ", ".join([ascii_text(k) + ": " + ascii_text(v) for k, v in attributes.items()]) + "}"
+            sorted_json = ("{" + ", ".join([text_json(k) + ": " + text_json(attributes[k]) for k in sorted(attributes)])
+                           + "}")
+        else:
+            attributes_json = sorted_json = "{}"
+        # == json.dumps([given, name, language, attributes, row_lists, status], ensure_ascii=False, sort_keys=True)
+        digest = blake2b((f"[{text_json(given)}, {text_json(name)}, {text_json(language)}, {sorted_json}, "
+                          f"[{', '.join(map(text_json, row_lists))}], "
+                          f"{'null' if status is None else text_json(status)}]").encode(), digest_size=16).hexdigest()
+        if add_key is not None and not add_key(key):
+            yield Rejection(line, given, "duplicate of an earlier row in this file")
+            continue
+        if given == key:
+            given = key  # one string object for both: less memory, smaller pickles
+        if unfilled and attributes:
+            unfilled.difference_update(attributes)
+        valid = True
+        yield (line, key, given, name, language, attributes_json, row_lists, digest, status, created_at, status_date)
+    if valid:
+        stats.empty_attributes = [attribute for _, attribute in attribute_columns if attribute in unfilled]
+
+
+@dataclass
+class ParseOptions:
+    decoding: Decoding
+    lists: tuple[str, ...] = ()
+    mapping: dict[str, str] = field(default_factory=dict)
+    batch: int = IMPORT_BATCH
+
+    def to_json(self) -> str:
+        return json.dumps({"decoding": self.decoding.to_json(), "lists": list(self.lists), "mapping": self.mapping,
+                           "batch": self.batch})
+
+    @classmethod
+    def from_json(cls, text: str) -> "ParseOptions":
+        data = json.loads(text)
+        return cls(Decoding.from_json(data["decoding"]), tuple(data["lists"]), data["mapping"], data["batch"])
+
+
+def parsed_items(path: Path, options: ParseOptions) -> Iterator[LayoutInfo | list | ParseStats]:
+    """The whole file parsed: a `LayoutInfo`, then lists of up to `options.batch` valid rows with the
+    rejections interleaved in file order, then the `ParseStats`."""
+    table = CsvRows(text_lines(path, options.decoding), path)
+    rows: Iterator = iter(table)
+    layout: Layout | None = None
+    for line, cells in rows:  # the layout comes from the first non-blank row
+        if type(cells) is not list:
+            raise MailerError(f"{path}:{line}: {cells.reason} — in the first row, so the columns are unknown")
+        if not any(c.strip() for c in cells):
+            continue
+        if options.decoding.reject_invalid and looks_like_header(cells):
+            bad = undecodable("\0".join(cells))
+            if bad is not None:
+                raise MailerError(f"{path}:{line}: the header is not valid UTF-8 (byte 0x{bad[0]:02X}), so the "
+                                  f"columns are unknown; fix it, or name the file's encoding with --encoding")
+        if looks_like_header(cells):
+            layout = build_layout(cells, path.name, options.mapping)
+        else:
+            if options.mapping:
+                raise MailerError(f"{path}: --map needs a header row naming the columns")
+            layout = headerless_layout(len(cells))
+            rows = chain([(line, cells)], rows)
+        break
+    stats = ParseStats()
+    if layout is None:
+        yield LayoutInfo(delimiter=table.delimiter, has_header=False)
+        yield stats
+        return
+    table.shape = (layout.width, layout.fields["email"])
+    yield LayoutInfo(layout.format_label, table.delimiter, [name for _, name in layout.attributes], layout.ignored,
+                     layout.has_header, layout.status_note)
+    chunk: list = []
+    valid = 0
+    batch = options.batch
+    seen = _SeenKeys(_estimated_rows(path))
+    if options.decoding.reject_invalid:
+        rows = _rejecting_undecodable(rows, layout.fields["email"])
+    for item in parse_rows(rows, layout, options.lists, seen, stats):
+        chunk.append(item)
+        if type(item) is tuple:
+            valid += 1
+            if valid >= batch:
+                yield chunk
+                chunk, valid = [], 0
+    if chunk:
+        yield chunk
+    yield stats
+
+
+def _rejecting_undecodable(rows: Iterator[tuple[int, list[str] | BrokenRow]], email: int
+                           ) -> Iterator[tuple[int, list[str] | BrokenRow]]:
+    """`rows` of a file read with `surrogateescape`, where a row holding a byte that is not UTF-8
+    becomes a `BrokenRow` "not valid UTF-8 (byte 0xFF at column 12)": rejected, nothing of it
+    written. A row spanning lines names the line of the byte."""
+    for line, cells in rows:
+        text = cells.text if type(cells) is BrokenRow else cells[email] if email < len(cells) else ""
+        joined = cells.text if type(cells) is BrokenRow else "\0".join(cells)
+        bad = undecodable(joined)
+        if bad is None:
+            yield line, cells
+            continue
+        byte = bad[0]
+        # The cells joined by one character stand for the line: the column is exact unless a quoted
+        # cell comes before the byte (its quotes are not counted).
+        before = joined[:bad[1] - 1]
+        extra_lines = before.count("\n") + before.count("\r") - before.count("\r\n")
+        column = bad[1] - max(before.rfind("\n"), before.rfind("\r")) - 1
+        where = f"column {column}" if not extra_lines else f"line {line + extra_lines}, column {column}"
+        yield line, BrokenRow(f"not valid UTF-8 (byte 0x{byte:02X} at {where})", readable(text.strip())[:120])
+
+
+def _estimated_rows(path: Path) -> int:
+    """Rows in the file, from the size of its first lines (sizes the duplicate table once)."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        head = file.read(65536)
+    return int(size / (len(head) / max(1, head.count(b"\n")))) if head else 0
+
+
+_HELPER_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from mailer.importer.parse import _parser_main; _parser_main()"
+
+
+def _parser_main() -> None:
+    """The helper process (a fresh interpreter): parse the file named in argv, send each item
+    pickled down the pipe whose fd is in argv, then ("end", the error or None)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the importing process's to handle
+    sender = Connection(int(sys.argv[2]), readable=False)
+    error: BaseException | None = None
+    try:
+        for item in parsed_items(Path(sys.argv[3]), ParseOptions.from_json(sys.argv[4])):
+            data = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+            del item  # not alive while the next one is parsed
+            sender.send_bytes(data)
+            del data
+    except BrokenPipeError:
+        return  # the importer stopped listening (it failed or was interrupted): nothing left to tell
+    except BaseException as exc:  # noqa: BLE001 - every failure is the importer's to report
+        error = exc
+    try:
+        message = pickle.dumps(("end", error), pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - an unpicklable exception still gets its message across
+        message = pickle.dumps(("end", MailerError(f"{type(error).__name__}: {error}")), pickle.HIGHEST_PROTOCOL)
+    try:
+        sender.send_bytes(message)
+    except BrokenPipeError:
+        pass
+
+
+@contextmanager
+def parsed_source(path: Path, options: ParseOptions) -> Iterator[Iterator]:
+    """`parsed_items` of the file: from a helper process for a big file (so parsing and writing run
+    at once, on two cores), else in process.
+
+    The helper is a fresh interpreter rather than a fork: it holds none of this process's memory,
+    connections or threads (a fork would count this process's ~50 MB twice and inherit locks).
+    """
+    if (path.stat().st_size < PARALLEL_MIN_BYTES or os.name != "posix" or not sys.executable
+            or getattr(sys, "frozen", False)):
+        yield parsed_items(path, options)
+        return
+    read_fd, write_fd = os.pipe()
+    try:
+        process: subprocess.Popen | None = subprocess.Popen(
+            [sys.executable, "-c", _HELPER_CODE, str(Path(__file__).resolve().parents[2]), str(write_fd),
+             str(path), options.to_json()],
+            pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    except OSError:
+        process = None
+    finally:
+        os.close(write_fd)
+    if process is None:
+        os.close(read_fd)
+        yield parsed_items(path, options)
+        return
+    receiver = Connection(read_fd, writable=False)
+
+    def items() -> Iterator:
+        received = False
+        while True:
+            try:
+                data = receiver.recv_bytes()
+            except EOFError:
+                if received:
+                    raise MailerError(f"{path}: the CSV parser process stopped unexpectedly "
+                                      f"(exit code {process.wait()})") from None
+                # It could not even start (an interpreter that cannot import mailer?): nothing was
+                # written yet, so parse here instead.
+                yield from parsed_items(path, options)
+                return
+            received = True
+            message = pickle.loads(data)  # from our own helper process
+            if type(message) is tuple:
+                if message[1] is not None:
+                    raise message[1]
+                return
+            yield message
+
+    try:
+        yield items()
+    finally:
+        receiver.close()  # a helper still sending gets a broken pipe and stops
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,324 @@
+"""The managed subscriber list: add, remove, show, list (the CSV import and export are `mailer.subscribers.importer`).
+
+Rules every path here keeps:
+* one person, one row: addresses are unique case-insensitively (`addresses.parse_address`);
+* suppressed people (unsubscribed, bounced, complained) are never re-activated by an import or by
+  the operator — only by their own choice (web resubscribe) or, for unsubscribed ones only, an
+  explicit `--resubscribe`; complained is final;
+* every change of status is an event (who, when, why);
+* erasing a person (`remove --purge`) keeps an anonymous tombstone (a hash of the address) so no
+  later import brings them back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import sqlalchemy as sa
+
+from ..addresses import Address, parse_address
+from ..errors import MailerError, NotFound
+from ..store.schema import (SUBSCRIBER_STATUSES, SUPPRESSED_STATUSES, TOMBSTONE_PREFIX, deliveries, issues, list_members,
+                     subscriber_events, subscribers)
+from ..store import StatusChange, Store, as_utc, utcnow
+
+
+def tombstone_key(key: str) -> str:
+    """The anonymous stand-in for an erased address (stored in place of the email)."""
+    return TOMBSTONE_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class SubscriberView:
+    id: int
+    email: str
+    name: str
+    language: str
+    status: str
+    source: str
+    attributes: dict
+    created_at: object
+    confirmed_at: object
+    unsubscribed_at: object
+    lists: tuple[str, ...] = ()
+    events: tuple[dict, ...] = ()
+    deliveries: tuple[dict, ...] = ()
+
+
+# ----- single-person operations -------------------------------------------------------------------
+def _person(store: Store, conn: sa.Connection, address: Address) -> sa.Row:
+    """The subscriber with this address; NotFound names the address as given."""
+    row = store.subscriber_by_email(conn, address.key)
+    if row is None:
+        raise NotFound(f"no subscriber {address.given}")
+    return row
+
+
+def add_subscriber(store: Store, email: str, *, name: str = "", language: str = "", status: str = "active",
+                   source: str = "cli", attributes: dict | None = None, lists: Sequence[str] = (),
+                   reason: str = "") -> tuple[int, bool]:
+    """Add a person (active: the operator vouches; pending: web form). Returns (id, created).
+
+    An existing active/pending person gets their name/language updated; a suppressed one raises —
+    only they can come back (web resubscribe).
+    """
+    if status not in ("active", "pending"):
+        raise ValueError(f"new subscribers are active or pending, not {status!r}")
+    address = parse_address(email)
+    name = clean_text(name, 200)
+    with store.begin() as conn:
+        row = store.subscriber_by_email(conn, address.key)
+        if row is None and store.subscriber_by_email(conn, tombstone_key(address.key)) is not None:
+            raise MailerError(f"{address.given} asked to be erased; they can only come back through the subscribe form")
+        if row is None:
+            return store.insert_subscriber(conn, email=address.key, email_given=address.given, status=status,
+                                           name=name, language=language, source=source, attributes=attributes,
+                                           reason=reason, lists=lists), True
+        if row.status in SUPPRESSED_STATUSES:
+            raise MailerError(f"{row.email_given} is {row.status} since {_day(row.unsubscribed_at)}; "
+                              f"only they can resubscribe")
+        changes = {k: v for k, v in (("name", name), ("language", language)) if v and getattr(row, k) != v}
+        if attributes:
+            changes["attributes"] = {**(row.attributes or {}), **attributes}
+        if changes:
+            conn.execute(subscribers.update().where(subscribers.c.id == row.id).values(updated_at=utcnow(), **changes))
+            conn.execute(subscriber_events.insert().values(subscriber_id=row.id, at=utcnow(), kind="updated",
+                                                           source=source, reason=", ".join(sorted(changes))))
+        if status == "active" and row.status == "pending":
+            store.set_status(conn, row.id, "active", source=source, reason=reason or "added by the operator")
+        _add_to_lists(conn, row.id, lists)
+        return row.id, False
+
+
+def set_subscriber_status(store: Store, email: str, status: str, *, source: str, reason: str = "") -> bool:
+    """Change one person's status by address; returns False when nothing changed."""
+    if status not in SUBSCRIBER_STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    address = parse_address(email)
+    with store.begin() as conn:
+        row = _person(store, conn, address)
+        return store.set_status(conn, row.id, status, source=source, reason=reason)
+
+
+def remove_subscriber(store: Store, email: str, *, purge: bool = False, source: str = "cli", reason: str = "",
+                      outbox_dir: Path | None = None) -> "ErasureReport | None":
+    """Unsubscribe (the record and its history stay, so no import resurrects it); `purge` erases the
+    person (see `erase_subscriber`) and returns what it erased."""
+    if purge:
+        return erase_subscriber(store, email, source=source, reason=reason, outbox_dir=outbox_dir)
+    address = parse_address(email)
+    with store.begin() as conn:
+        row = _person(store, conn, address)
+        if row.status not in SUPPRESSED_STATUSES:
+            store.set_status(conn, row.id, "unsubscribed", source=source, reason=reason or "removed by the operator")
+    return None
+
+
+# ----- erasure (GDPR art. 17) ------------------------------------------------------------------------
+ERASED = "[erased]"
+# Anything shaped like an address (SMTP replies quote them, outbox paths and errors hold them).
+_ADDRESS_LIKE = re.compile(r"""[^\s<>"'(),;:/\[\]\\]+@[^\s<>"'(),;:/\[\]\\]+""")
+# What an erased person's provider events keep: what happened and when, nothing about who or where
+# (no address, IP, user agent, clicked URL, SMTP reply, message id).
+PROVIDER_EVENT_KEPT_FIELDS = ("event", "timestamp", "type", "sg_event_id", "mailer_issue", "mailer_subscriber",
+                              "asm_group_id", "bounce_classification")
+
+
+def redact_addresses(text: str) -> str:
+    """`text` with every address-like word replaced by `[erased]`."""
+    return _ADDRESS_LIKE.sub(ERASED, text) if "@" in text else text
+
+
+def anonymised_payload(payload: dict) -> dict:
+    """A provider event's raw payload reduced to PROVIDER_EVENT_KEPT_FIELDS (scalars only, addresses redacted)."""
+    kept: dict = {"erased": True}
+    for name in PROVIDER_EVENT_KEPT_FIELDS:
+        value = payload.get(name)
+        if isinstance(value, str):
+            kept[name] = redact_addresses(value)
+        elif isinstance(value, (int, float, bool)):
+            kept[name] = value
+    return kept
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    email: str
+    already_erased: bool
+    events: int            # history lines kept, address-like words redacted
+    deliveries: int        # ledger rows kept, paths and errors redacted
+    provider_events: int   # webhook events kept, anonymised
+    files: int             # outbox files deleted
+    compacted: bool        # database files rewritten without the freed data (SQLite)
+
+    def summary(self) -> str:
+        head = (f"{self.email} was already erased; checked again" if self.already_erased
+                else f"erased {self.email}")
+        text = (f"{head}: {self.events} history events and {self.deliveries} deliveries kept without the address, "
+                f"{self.provider_events} webhook events anonymised, {self.files} outbox files deleted; "
+                f"an anonymous tombstone keeps the address from being imported again")
+        if not self.compacted:
+            text += " (warning: another process held the database; run `mailer subscribers remove --purge` again later)"
+        return text
+
+
+def erase_subscriber(store: Store, email: str, *, source: str = "cli", reason: str = "",
+                     outbox_dir: Path | None = None) -> ErasureReport:
+    """Erase every copy of a person's data this product made, keeping an anonymous tombstone (a
+    SHA-256 of the normalised address in place of the address) so no import brings them back:
+
+    * the subscriber row: address, name, language, attributes, lists, source;
+    * their history (`subscriber_events`) and ledger rows (`deliveries`): kept for the counts, with
+      every address-like word in reasons, errors and outbox paths replaced by `[erased]`;
+    * webhook events (`provider_events`) naming them or their address: reduced to what happened and when;
+    * outbox files written for them (issues, test sends, confirmation and welcome emails);
+    * on SQLite, the freed pages and the write-ahead log (VACUUM, checkpoint), so the address is
+      not left in the database file's free space.
+
+    Idempotent: erasing an erased address checks everything again. Raises NotFound for an address
+    never seen. What stays elsewhere (provider logs, backups, delivered mail) is listed in the README.
+    """
+    from ..providers.outbox import person_files
+
+    address = parse_address(email)
+    erased = tombstone_key(address.key)
+    forms = sorted({address.key, address.given, email.strip()})
+    with store.begin() as conn:
+        row = store.subscriber_by_email(conn, address.key)
+        already = row is None
+        if row is None:
+            row = store.subscriber_by_email(conn, erased)
+            if row is None:
+                raise NotFound(f"no subscriber {address.given}")
+        if row.status not in SUPPRESSED_STATUSES:
+            store.set_status(conn, row.id, "unsubscribed", source=source, reason=reason or "erased on request")
+        forms = sorted({*forms, row.email, row.email_given} - {erased})
+        counts = store.erase_person(conn, row.id, email_keys=forms, tombstone=erased, redact=redact_addresses,
+                                    anonymise=anonymised_payload, source=source,
+                                    reason=redact_addresses(reason) or "erased on request")
+    files = 0
+    if outbox_dir is not None:
+        root = outbox_dir.resolve()
+        candidates = set(person_files(outbox_dir, row.id, forms))
+        for recorded in counts["paths"]:  # the ledger's own record of where the outbox put them
+            path = Path(recorded)
+            if path.suffix in (".eml", ".tmp") and path.resolve().is_relative_to(root):
+                candidates.add(path)
+        for path in candidates:
+            try:
+                path.unlink()
+                files += 1
+            except FileNotFoundError:
+                pass
+    compacted = store.compact()
+    return ErasureReport(email=address.given if already else row.email_given, already_erased=already, events=counts["events"],
+                         deliveries=counts["deliveries"], provider_events=counts["provider_events"], files=files,
+                         compacted=compacted)
+
+
+# ----- undoing a wrong suppression -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Restoration:
+    email: str
+    old: str            # the status before the restore
+    new: str            # the status restored (== old: nothing to do)
+    undone: str         # the event undone, as one line
+
+    @property
+    def changed(self) -> bool:
+        return self.old != self.new
+
+    def summary(self) -> str:
+        if not self.changed:
+            return f"{self.email} is {self.old}: nothing to restore"
+        return f"restored {self.email}: {self.old} → {self.new} (undid {self.undone})"
+
+
+
+def restore_subscriber(store: Store, email: str, *, reason: str, force: bool = False,
+                       source: str = "cli") -> Restoration:
+    """Undo the suppression that gave a person their current status (a bounce, a complaint or an
+    unsubscribe recorded in error — e.g. events forged before the webhook was verified): the status
+    they had just before it comes back, and the restore is a status event (`source`, "restored:
+    REASON (undoes …)").
+
+    Refuses (MailerError, one line) without `force` when the person unsubscribed themselves (an
+    unsubscribe from any source but the operator's `remove`: link, one-click, provider, import) or
+    when there is no earlier status (created suppressed, e.g. imported as unsubscribed; `force`
+    then makes them active). Not suppressed: nothing changes. Raises NotFound for an unknown address.
+    """
+    reason = clean_text(reason, 500)
+    if not reason:
+        raise MailerError("restore needs --reason (it is recorded in the person's history)")
+    address = parse_address(email)
+    with store.begin() as conn:
+        row = _person(store, conn, address)
+        if row.status not in SUPPRESSED_STATUSES:
+            return Restoration(row.email_given, row.status, row.status, "")
+        history = [event for event in store.status_history(conn, row.id) if event.new_status == row.status]
+        last = history[-1] if history else None
+        when = f"{as_utc(last.at):%Y-%m-%d %H:%M} UTC" if last is not None else "?"
+        undone = "?" if last is None else (
+            f"{last.old_status or 'created'} → {row.status} by {last.source or '?'} on {when}"
+            + (f", {last.reason.strip()!r}" if last.reason.strip() else ""))
+        previous = last.old_status if last is not None else None
+        if previous is None and not force:
+            raise MailerError(f"{row.email_given} was {row.status} from the start ({undone}); there is no earlier "
+                              f"status to restore (--force makes them active)")
+        if row.status == "unsubscribed" and (last is None or last.source != "cli") and not force:
+            raise MailerError(f"{row.email_given} unsubscribed themselves ({undone}); restore only with their "
+                              f"consent, using --force")
+        new = previous or "active"
+        store.apply_status_changes(conn, [StatusChange(row.id, row.status, new, source,
+                                                       f"restored: {reason} (undoes {undone})")])
+    return Restoration(row.email_given, row.status, new, undone)
+
+
+def show_subscriber(store: Store, email: str) -> SubscriberView:
+    address = parse_address(email)
+    with store.engine.connect() as conn:
+        row = _person(store, conn, address)
+        events = conn.execute(sa.select(subscriber_events).where(subscriber_events.c.subscriber_id == row.id)
+                              .order_by(subscriber_events.c.id)).mappings().all()
+        sent = conn.execute(
+            sa.select(issues.c.slug, deliveries.c.status, deliveries.c.attempts, deliveries.c.sent_at,
+                      deliveries.c.last_error, deliveries.c.provider_message_id)
+            .join(issues, issues.c.id == deliveries.c.issue_id)
+            .where(deliveries.c.subscriber_id == row.id).order_by(deliveries.c.id)).mappings().all()
+        lists = conn.execute(sa.select(list_members.c.list_name).where(list_members.c.subscriber_id == row.id)
+                             .order_by(list_members.c.list_name)).scalars().all()
+    return SubscriberView(
+        id=row.id, email=row.email_given, name=row.name, language=row.language, status=row.status,
+        source=row.source, attributes=row.attributes or {}, created_at=as_utc(row.created_at),
+        confirmed_at=as_utc(row.confirmed_at), unsubscribed_at=as_utc(row.unsubscribed_at), lists=tuple(lists),
+        events=tuple(dict(e) for e in events), deliveries=tuple(dict(d) for d in sent))
+
+
+def count_subscribers(store: Store, status: str | None = None) -> int:
+    with store.engine.connect() as conn:
+        return store.count_subscribers(conn, status)
+
+
+def iter_subscribers(store: Store, status: str | None = None, batch: int = 5000) -> Iterator[tuple[sa.Row, list[str]]]:
+    """Every subscriber (tombstones excluded) in id order with their sorted list names: flat memory."""
+    for page in store.subscriber_pages(status, batch):
+        yield from page
+
+
+def _add_to_lists(conn: sa.Connection, subscriber_id: int, lists: Iterable[str]) -> None:
+    Store.add_list_memberships(conn, subscriber_id, list(lists))
+
+
+def clean_text(value: str, limit: int = 200) -> str:
+    """One line, no control characters (names end up in headers and pages)."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in value or "").split())[:limit]
+
+
+def _day(value: object) -> str:
+    value = as_utc(value)  # type: ignore[arg-type]
+    return value.date().isoformat() if value else "?"
+

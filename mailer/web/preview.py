@@ -1,0 +1,141 @@
+"""What editors see before sending: `mailer build` files and the `mailer preview` local server.
+
+The preview re-renders when a file of the issue (or a template) changes; the page polls a cheap
+version endpoint (file sizes and mtimes) and reloads itself, so no browser extension is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from pathlib import Path
+
+from ..content import i18n
+from .. import tokens
+from ..config import Settings, secret_key_for
+from ..errors import MailerError
+from ..content.issue import find_issue_folder, load_issue
+from ..mime import MessageFactory
+from ..content.render import Recipient, RenderedIssue, jinja_environment, render_issue
+
+SAMPLE_NAME = "Camille Exemple"
+SAMPLE_EMAIL = "lecteur@example.org"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    slug: str
+    out_dir: Path | None
+    html_bytes: bytes
+    text: str
+    eml: bytes
+    warnings: tuple[str, ...]
+    briefs: tuple
+    rendered: RenderedIssue
+
+
+def sample_recipient(settings: Settings) -> Recipient:
+    token = tokens.make_token(secret_key_for(settings), "unsubscribe", 0)
+    return Recipient(email=SAMPLE_EMAIL, name=SAMPLE_NAME, unsubscribe_url=f"{settings.base_url}/u/{token}")
+
+
+def build_issue(settings: Settings, issue_ref: str, out_dir: Path | None = None, *, write: bool = True) -> BuildResult:
+    """Render once and produce the three files an editor checks (HTML, text, full .eml)."""
+    issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
+    rendered = render_issue(issue, settings)
+    recipient = sample_recipient(settings)
+    html_text, text = rendered.personalise(recipient)
+    eml = MessageFactory(rendered).build(recipient, tokens.message_id(secret_key_for(settings), issue.slug, 0,
+                                                                      settings.sender_domain))
+    target = None
+    if write:
+        target = out_dir or settings.root / "build" / issue.slug
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "email.html").write_text(html_text, encoding="utf-8")
+        (target / "email.txt").write_text(text, encoding="utf-8")
+        (target / "email.eml").write_bytes(eml)
+        (target / "email.mjml").write_text(rendered.mjml_source, encoding="utf-8")
+    return BuildResult(issue.slug, target, html_text.encode("utf-8"), text, eml, rendered.warnings, issue.briefs, rendered)
+
+
+def sources_version(settings: Settings, issue_ref: str) -> str:
+    """Changes whenever a file of the issue or a template changes (size or mtime)."""
+    digest = hashlib.sha1()
+    try:
+        folder = find_issue_folder(issue_ref, settings.issues_dir)
+    except MailerError as exc:
+        return "missing:" + str(exc)
+    for directory in (folder, settings.templates_dir):
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def create_preview_app(settings: Settings, issue_ref: str):
+    """The preview as an ASGI app (Starlette); re-renders at most once per change of the sources."""
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    cache: dict[str, object] = {}
+
+    def current() -> BuildResult | MailerError:
+        version = sources_version(settings, issue_ref)
+        if cache.get("version") != version:
+            try:
+                cache["result"] = build_issue(settings, issue_ref, write=False)
+            except MailerError as exc:
+                cache["result"] = exc
+            cache["version"] = version
+        return cache["result"]  # type: ignore[return-value]
+
+    page = jinja_environment(settings.templates_dir, autoescape=True).get_template("preview.html.j2")
+    language = settings.language
+    strings = i18n.strings(language)  # the page speaks the newsletter's language (MAILER_LANGUAGE)
+
+    async def index(request):  # noqa: ANN001
+        result = current()
+        common = {"t": strings, "language": language, "version": cache["version"], "issue_ref": issue_ref}
+        if isinstance(result, MailerError):
+            return HTMLResponse(page.render(error=str(result), result=None, headers=[], html_size="", **common))
+        message = message_from_bytes(result.eml, policy=policy.default)
+        headers = [(k, str(v)) for k, v in message.items()]
+        return HTMLResponse(page.render(error=None, result=result, headers=headers,
+                                        html_size=i18n.decimal(len(result.html_bytes) / 1024, language), **common))
+
+    async def email_html(request):  # noqa: ANN001
+        result = current()
+        if isinstance(result, MailerError):
+            return HTMLResponse(f"<pre>{html.escape(str(result))}</pre>", status_code=500)
+        return HTMLResponse(result.html_bytes)
+
+    async def email_text(request):  # noqa: ANN001
+        result = current()
+        if isinstance(result, MailerError):
+            return PlainTextResponse(str(result), status_code=500)
+        return PlainTextResponse(result.text)
+
+    async def email_eml(request):  # noqa: ANN001
+        result = current()
+        if isinstance(result, MailerError):
+            return PlainTextResponse(str(result), status_code=500)
+        return Response(result.eml, media_type="message/rfc822")
+
+    async def version(request):  # noqa: ANN001
+        return JSONResponse({"version": sources_version(settings, issue_ref)})
+
+    return Starlette(routes=[
+        Route("/", index), Route("/email.html", email_html), Route("/email.txt", email_text),
+        Route("/email.eml", email_eml), Route("/version", version),
+    ])
+
+
+def serve_preview(settings: Settings, issue_ref: str, *, host: str = "127.0.0.1", port: int = 8025) -> None:
+    import uvicorn
+
+    load_issue(issue_ref, settings.issues_dir, settings.zone)  # fail fast on a wrong ISSUE
+    uvicorn.run(create_preview_app(settings, issue_ref), host=host, port=port, log_level="warning")
