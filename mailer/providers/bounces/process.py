@@ -117,6 +117,24 @@ def process_source(store: Store, settings: Settings, source: str, *, ssl_context
         return process_mailbox(store, settings, mailbox)
 
 
+COMPLAINT_RATE_LIMIT = 0.003  # Gmail's and Yahoo's bulk-sender rule (2024): keep spam complaints under 0.3 %
+
+
+def deliverability(store: Store, issue_id: int | None = None) -> list[dict[str, Any]]:
+    """Per issue with a ledger (one with `issue_id`): {issue_id, slug, sent, hard_bounces, soft_bounces,
+    complaints, complaint_rate (complaints / sent, 0 when nothing was sent), over_limit (rate above
+    COMPLAINT_RATE_LIMIT)}; people counted once per issue, from every provider's reports."""
+    with store.engine.connect() as conn:
+        rows = store.deliverability(conn, issue_id)
+    report = []
+    for row in rows:
+        rate = row.complaints / row.sent if row.sent else 0.0
+        report.append({"issue_id": row.issue_id, "slug": row.slug, "sent": row.sent, "hard_bounces": row.hard_bounces,
+                       "soft_bounces": row.soft_bounces, "complaints": row.complaints, "complaint_rate": rate,
+                       "over_limit": rate > COMPLAINT_RATE_LIMIT})
+    return report
+
+
 def _record(store: Store, conn: Connection, settings: Settings, key: bytes, verp: Verp | None,
             reading: Reading, source_kind: str, summary: Summary) -> None:
     summary.processed += 1
@@ -234,4 +252,4 @@ def _reason(reading: Reading, failure: Failure | None) -> str:
     return f"not a bounce: {reading.subject}"
 
 
-__all__ = ["Summary", "process_mailbox", "process_source"]
+__all__ = ["COMPLAINT_RATE_LIMIT", "Summary", "deliverability", "process_mailbox", "process_source"]
