@@ -78,6 +78,12 @@ ENV_VARS: dict[str, str] = {
     "MAILER_SCHEDULE_TIMEZONE": "schedule_timezone",
     "MAILER_SCHEDULE_RESCAN": "schedule_rescan",
     "MAILER_ALLOW_PRIVATE_BASE_URL": "allow_private_base_url",
+    "MAILER_BOUNCE_ADDRESS": "bounce_address",
+    "MAILER_IMAP_PASSWORD": "imap_password",
+    "MAILER_BOUNCE_MAILBOX": "bounce_mailbox",
+    "MAILER_BOUNCE_POLL": "bounce_poll",
+    "MAILER_SOFT_BOUNCE_LIMIT": "soft_bounce_limit",
+    "MAILER_SOFT_BOUNCE_SENDS": "soft_bounce_sends",
 }
 ENV_NAMES: dict[str, str] = {attr: var for var, attr in ENV_VARS.items()}
 
@@ -127,6 +133,12 @@ class Settings:
     schedule_grace: int = 6 * 3600
     schedule_rescan: float = 30.0  # seconds between scans of the issue folders by `schedule run`
     allow_private_base_url: bool = False  # a deliberate intranet setup: real backends accept any base URL
+    bounce_address: str = ""  # VERP envelope sender bounces@domain (providers/bounces/verp.py)
+    imap_password: str = ""
+    bounce_mailbox: str = ""  # what `schedule run` polls: Maildir, mbox or imap:// URL
+    bounce_poll: float = 300.0  # seconds between two polls of bounce_mailbox
+    soft_bounce_limit: int = 3  # soft bounces …
+    soft_bounce_sends: int = 5  # … over a subscriber's last this many sends make them `bounced`
 
     # ----- derived values -------------------------------------------------------------------
     # cached: read per recipient on hot paths (a frozen dataclass without slots allows it)
@@ -563,6 +575,14 @@ def _validate(settings: Settings, where: Callable[[str], str]) -> Settings:
         raise ConfigError("[schedule].grace (MAILER_SCHEDULE_GRACE) must be at least 1 second")
     if settings.schedule_rescan <= 0:
         raise ConfigError("[schedule].rescan (MAILER_SCHEDULE_RESCAN) must be a positive number of seconds")
+    if settings.bounce_address.strip():
+        from .providers.bounces.verp import Verp
+        Verp.parse(settings.bounce_address.strip(), b"", where("bounce_address"))
+    if not settings.bounce_poll > 0:
+        raise ConfigError(f"{where('bounce_poll')} must be a positive number of seconds")
+    if not 1 <= settings.soft_bounce_limit <= settings.soft_bounce_sends:
+        raise ConfigError(f"{where('soft_bounce_limit')} must be between 1 and {where('soft_bounce_sends')} "
+                          f"({settings.soft_bounce_limit} over {settings.soft_bounce_sends} sends)")
     if settings.batch_size < 0 or settings.batch_size > 1000:
         raise ConfigError(f"{where('batch_size')} must be between 1 and 1000 (0: the backend's own)")
     for label, seconds in (("MAILER_PAUSE_AFTER", settings.pause_after), ("MAILER_SMTP_TIMEOUT", settings.smtp_timeout),

@@ -121,6 +121,41 @@ def read_token(key: bytes, purpose: str, token: str) -> TokenData:
     return TokenData(purpose=purpose, subscriber_id=int.from_bytes(plain[:8], "big"), issue_id=issue_id, legacy=legacy)
 
 
+def make_bounce_token(key: bytes, subscriber_id: int, issue_id: int) -> str:
+    """The VERP token naming one delivery (subscriber + issue), for `bounces+TOKEN@domain`: the same
+    AES-SIV v2 token (purpose "bounce") spelt in lower-case unpadded base32 (RFC 4648 §6), 47
+    characters, because mail systems may change the case of an address's local part (RFC 5321 §2.4
+    lets them compare it case-insensitively in practice). Local part `bounces+` + 47 = 55 ≤ 64."""
+    raw = _VERSION_BYTE + _siv(key).encrypt(subscriber_id.to_bytes(8, "big") + issue_id.to_bytes(4, "big"),
+                                            _associated("bounce"))
+    return base64.b32encode(raw).rstrip(b"=").decode("ascii").lower()
+
+
+_B32_SHAPE = re.compile(r"[a-z2-7]{47}")
+
+
+def read_bounce_token(key: bytes, token: str) -> TokenData:
+    """Verify and decode a `make_bounce_token` token (any letter case); raises InvalidToken for anything
+    forged, altered, truncated or made with another key."""
+    token = (token or "").lower()
+    if not _B32_SHAPE.fullmatch(token):
+        raise InvalidToken("invalid bounce token")
+    try:
+        raw = base64.b32decode(token.upper() + "=" * (-len(token) % 8))
+    except (binascii.Error, ValueError):
+        raise InvalidToken("invalid bounce token") from None
+    if len(raw) != 1 + _SIV_BYTES + 12 or raw[:1] != _VERSION_BYTE:
+        raise InvalidToken("invalid bounce token")
+    if base64.b32encode(raw).rstrip(b"=").decode("ascii").lower() != token:  # unused low bits set: a second spelling
+        raise InvalidToken("invalid bounce token")
+    try:
+        plain = _siv(key).decrypt(raw[1:], _associated("bounce"))
+    except InvalidTag:
+        raise InvalidToken("invalid bounce token") from None
+    return TokenData(purpose="bounce", subscriber_id=int.from_bytes(plain[:8], "big"),
+                     issue_id=int.from_bytes(plain[8:12], "big"))
+
+
 def _legacy_tag(key: bytes, purpose: str, payload: bytes) -> bytes:
     return hmac.digest(key, purpose.encode("ascii") + b"\0" + payload, "sha256")[:LEGACY_TAG_BYTES]
 

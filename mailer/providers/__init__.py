@@ -1,4 +1,5 @@
-"""Backends: where messages go. `make_backend` picks one from the settings."""
+"""Backends: where messages go. `make_backend` picks one from the settings. `bounces/`: what comes
+back by mail (bounce and complaint mailboxes)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from .base import Backend, Batch, OutgoingMessage, PermanentError, RecipientResu
 def make_backend(settings: Settings) -> Backend:
     """The configured backend, checked for its required settings (nothing is sent yet)."""
     if settings.backend == "outbox":
+        from ..providers.bounces.verp import Verp
         from .outbox import OutboxBackend
-        return OutboxBackend(settings.outbox_dir)
+        return OutboxBackend(settings.outbox_dir, Verp.from_settings(settings))
     if settings.backend == "smtp":
         from .smtp import SmtpBackend
         return SmtpBackend.from_settings(settings)

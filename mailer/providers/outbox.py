@@ -20,7 +20,12 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from .base import Backend, Batch, PermanentError, RecipientResult, TransientError
+
+if TYPE_CHECKING:
+    from .bounces.verp import Verp
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._+-]")
 _NEEDS_A_FIX = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR})
@@ -42,8 +47,9 @@ class OutboxBackend(Backend):
     name = "outbox"
     max_batch = 1000
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, verp: "Verp | None" = None) -> None:
         self.directory = directory
+        self.verp = verp  # with MAILER_BOUNCE_ADDRESS: a `Return-Path:` naming the delivery heads each file
 
     def open(self) -> None:
         try:
@@ -77,6 +83,10 @@ class OutboxBackend(Backend):
                                  recipient.subscriber_id if message.delivery_id is not None else None,
                                  notice=getattr(batch.factory.rendered, "notice_kind", None) is not None)
             data = batch.factory.build(recipient, message.message_id, batch.date)
+            if self.verp is not None:
+                sender = self.verp.sender(recipient.subscriber_id if message.delivery_id is not None else None,
+                                          batch.issue_id)
+                data = b"Return-Path: <" + sender.encode("ascii") + b">\r\n" + data
             tmp = path.with_name(path.name + ".tmp")
             try:
                 with open(tmp, "wb") as handle:

@@ -60,6 +60,7 @@ from ..config import Settings
 from ..errors import ConfigError, InvalidAddress
 from .base import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError
 from .deadline import Guard, Watchdog
+from .bounces.verp import Verp
 
 log = logging.getLogger("mailer.smtp")
 
@@ -251,7 +252,7 @@ class SmtpBackend(Backend):
     def __init__(self, host: str, port: int | None = None, *, tls: str = "starttls", username: str = "",
                  password: str = "", sender: str, local_hostname: str = "localhost", pool: int = 1,
                  timeout: float = DEFAULT_TIMEOUT, ssl_context: ssl.SSLContext | None = None, cafile: str | None = None,
-                 max_batch: int | None = None, ledger_step: int | None = None) -> None:
+                 max_batch: int | None = None, ledger_step: int | None = None, verp: "Verp | None" = None) -> None:
         if not host:
             raise ConfigError("MAILER_SMTP_HOST is missing for the smtp backend")
         if tls not in DEFAULT_PORTS:
@@ -266,6 +267,7 @@ class SmtpBackend(Backend):
         self.username = username
         self.password = password
         self.sender = sender
+        self.verp = verp  # envelope sender per delivery (providers/bounces/verp.py), else `sender`
         self.local_hostname = _ascii_hostname(local_hostname or "localhost")
         self.pool = max(1, int(pool))
         if not timeout or timeout <= 0:
@@ -292,9 +294,16 @@ class SmtpBackend(Backend):
         options = dict(port=settings.smtp_port or None, tls=settings.smtp_tls, username=settings.smtp_username,
                        password=settings.smtp_password, sender=settings.sender_email,
                        local_hostname=settings.sender_domain, pool=settings.smtp_pool,
-                       timeout=settings.smtp_timeout)
+                       timeout=settings.smtp_timeout, verp=Verp.from_settings(settings))
         options.update(overrides)
         return cls(settings.smtp_host, **options)
+
+    def envelope_sender(self, batch: Batch, message: OutgoingMessage) -> str:
+        """MAIL FROM: the delivery's VERP address when MAILER_BOUNCE_ADDRESS is set, else the From address."""
+        if self.verp is None:
+            return self.sender
+        return self.verp.sender(message.recipient.subscriber_id if message.delivery_id is not None else None,
+                                batch.issue_id)
 
     @property
     def where(self) -> str:
@@ -489,7 +498,7 @@ class SmtpBackend(Backend):
                     return self._unbuildable(message, exc, state)
             envelope_to = options[1]
             try:
-                client.sendmail(self.sender, [envelope_to], data, mail_options=options[0])
+                client.sendmail(self.envelope_sender(batch, message), [envelope_to], data, mail_options=options[0])
             except (smtplib.SMTPException, OSError) as exc:
                 if guard.interrupted():  # cut mid-reply: whatever smtplib parsed is not the server's answer
                     lost = f"connection lost: {guard.why()}"

@@ -92,6 +92,8 @@ RESUME_PREFIX = "cadence-resume:"
 # Textual job references resolve through `mailer/scheduler.py` (stable across moves; see there).
 SEND_FUNC = "mailer.scheduler:send_due_issue"
 CADENCE_FUNC = "mailer.scheduler:run_cadence"
+BOUNCE_FUNC = "mailer.scheduler:poll_bounce_mailbox"
+BOUNCE_JOB = "bounce-mailbox"
 EXECUTOR_THREADS = 4
 
 
@@ -265,6 +267,28 @@ class SchedulerRuntime:
                                      **self._job_options())
         log.info("scheduled: cadence %r (%s), next run %s", self.settings.schedule_cron, zone.key,
                  _fmt(trigger.get_next_fire_time(None, datetime.now(zone)), zone))
+
+    def sync_bounce_poll(self) -> None:
+        """An interval job polling MAILER_BOUNCE_MAILBOX every MAILER_BOUNCE_POLL seconds (none when unset)."""
+        from apscheduler.triggers.interval import IntervalTrigger
+        if not self.settings.bounce_mailbox.strip():
+            if self.scheduler.get_job(BOUNCE_JOB) is not None:
+                self.remove(BOUNCE_JOB)
+            return
+        self.scheduler.add_job(BOUNCE_FUNC, trigger=IntervalTrigger(seconds=self.settings.bounce_poll),
+                               id=BOUNCE_JOB, name="bounce mailbox", next_run_time=utcnow(),
+                               **{**self._job_options(), "misfire_grace_time": None})
+        log.info("scheduled: bounce mailbox %s every %gs", self.settings.bounce_mailbox, self.settings.bounce_poll)
+
+    def poll_bounces(self) -> None:
+        from ..providers.bounces.process import process_source
+        try:
+            summary = process_source(self.store, self.settings, self.settings.bounce_mailbox)
+        except MailerError as exc:
+            log.error("bounce mailbox: %s", exc)
+            return
+        if summary.processed or summary.unparseable:
+            log.info("bounce mailbox: %s", summary.line())
 
     def sync(self, initial: bool = False) -> None:
         """Reconcile the job store with the issue folders and the ledger."""
@@ -523,6 +547,15 @@ def run_cadence() -> None:
     runtime.cadence()
 
 
+def poll_bounce_mailbox() -> None:
+    """Job target: process MAILER_BOUNCE_MAILBOX once (providers/bounces)."""
+    runtime = _RUNTIME
+    if runtime is None:
+        log.error("failed: bounce mailbox poll: no scheduler runtime in this process")
+        return
+    runtime.poll_bounces()
+
+
 # ----- entry points ---------------------------------------------------------------------------------
 def _install_signal_handlers(stop: threading.Event) -> dict:
     if threading.current_thread() is not threading.main_thread():
@@ -548,6 +581,9 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     rescan = rescan_seconds(settings)
     settings.require_for_send()  # a scheduler that cannot send says so at start, not at 07:00
     cadence_trigger(settings)  # so does a bad cron
+    if settings.bounce_mailbox.strip():  # and a bounce mailbox that cannot be named or logged in to
+        from ..providers.bounces.sources import open_source
+        open_source(settings.bounce_mailbox, imap_password=settings.imap_password).check()
     store = open_store(settings.database_url)
     runtime = SchedulerRuntime(settings, store, stop)
     previous = _install_signal_handlers(stop)
@@ -555,6 +591,7 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
         runtime.start()
         try:
             runtime.sync_cadence()
+            runtime.sync_bounce_poll()
             runtime.sync(initial=True)
             runtime.resume()
             log.info("running: job store %s.%s, issues in %s, rescan every %gs, grace %s, times in %s; "

@@ -7,10 +7,10 @@
 
 from .core import (HEAD_REVISION, IMPORT_ATTRIBUTES, IMPORT_CREATED_AT, IMPORT_DIGEST, IMPORT_GIVEN, IMPORT_KEY,
                    IMPORT_LANGUAGE, IMPORT_LINE, IMPORT_LISTS, IMPORT_NAME, IMPORT_ROW_FIELDS, IMPORT_STATUS,
-                   IMPORT_STATUS_AT, MIGRATIONS_DIR, ImportExisting, StatusChange, Store, as_utc, current_revision,
+                   IMPORT_STATUS_AT, MAILBOX_PROVIDER, MIGRATIONS_DIR, ImportExisting, StatusChange, Store, as_utc, current_revision,
                    make_engine, open_store, upgrade, utcnow)
 
 __all__ = ["HEAD_REVISION", "IMPORT_ATTRIBUTES", "IMPORT_CREATED_AT", "IMPORT_DIGEST", "IMPORT_GIVEN", "IMPORT_KEY",
            "IMPORT_LANGUAGE", "IMPORT_LINE", "IMPORT_LISTS", "IMPORT_NAME", "IMPORT_ROW_FIELDS", "IMPORT_STATUS",
-           "IMPORT_STATUS_AT", "MIGRATIONS_DIR", "ImportExisting", "StatusChange", "Store", "as_utc",
+           "IMPORT_STATUS_AT", "MAILBOX_PROVIDER", "MIGRATIONS_DIR", "ImportExisting", "StatusChange", "Store", "as_utc",
            "current_revision", "make_engine", "open_store", "upgrade", "utcnow"]

@@ -28,6 +28,7 @@ from .schema import (SUPPRESSED_STATUSES, TOMBSTONE_PREFIX, deliveries, issues, 
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 HEAD_REVISION = "0003"
+MAILBOX_PROVIDER = "mailbox"  # provider_events.provider of what bounce mailboxes report
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
 
@@ -236,6 +237,71 @@ class Store:
         for chunk in _chunks(list(rows), 500):
             inserted.update(conn.execute(statement, chunk).scalars())
         return inserted
+
+    # ----- bounce mailboxes (providers/bounces) and deliverability per issue ----------------
+    def mailbox_seen(self, conn: Connection, digests: Sequence[str]) -> set[str]:
+        """The message digests a bounce mailbox run already recorded (event ids `DIGEST:0`)."""
+        ids = [f"{digest}:0" for digest in digests]
+        found: set[str] = set()
+        for chunk in _chunks(ids, 500):
+            found.update(event_id[:-2] for event_id in conn.execute(
+                sa.select(provider_events.c.provider_event_id)
+                .where(provider_events.c.provider == MAILBOX_PROVIDER, provider_events.c.provider_event_id.in_(chunk))
+            ).scalars())
+        return found
+
+    def delivery_facts(self, conn: Connection, issue_id: int, subscriber_id: int) -> sa.Row | None:
+        """(delivery_id, delivery_status, sent_at, slug, email, status, confirmed_at) of one delivery
+        and its person, or None when that issue never had that subscriber in its ledger."""
+        return conn.execute(
+            sa.select(deliveries.c.id.label("delivery_id"), deliveries.c.status.label("delivery_status"),
+                      deliveries.c.sent_at, issues.c.slug, subscribers.c.email, subscribers.c.status,
+                      subscribers.c.confirmed_at)
+            .join(issues, issues.c.id == deliveries.c.issue_id)
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+            .where(deliveries.c.issue_id == issue_id, deliveries.c.subscriber_id == subscriber_id)).first()
+
+    def delivered_issues(self, conn: Connection, subscriber_id: int) -> list[sa.Row]:
+        """(issue_id, slug) of every issue handed over for a person (sent or failed), newest first."""
+        return list(conn.execute(
+            sa.select(deliveries.c.issue_id, issues.c.slug).join(issues, issues.c.id == deliveries.c.issue_id)
+            .where(deliveries.c.subscriber_id == subscriber_id, deliveries.c.status.in_(("sent", "failed")))
+            .order_by(deliveries.c.id.desc())))
+
+    def soft_bounced_sends(self, conn: Connection, subscriber_id: int, last: int) -> int:
+        """Of a person's `last` sends (deliveries sent, newest first), how many came back as a soft
+        bounce (a `soft_bounced` provider event for that issue and person)."""
+        recent = (sa.select(deliveries.c.issue_id)
+                  .where(deliveries.c.subscriber_id == subscriber_id, deliveries.c.status == "sent")
+                  .order_by(deliveries.c.sent_at.desc(), deliveries.c.id.desc()).limit(last).subquery())
+        return conn.execute(
+            sa.select(sa.func.count(sa.distinct(provider_events.c.issue_id)))
+            .where(provider_events.c.subscriber_id == subscriber_id, provider_events.c.kind == "soft_bounced",
+                   provider_events.c.issue_id.in_(sa.select(recent.c.issue_id)))).scalar_one()
+
+    def deliverability(self, conn: Connection, issue_id: int | None = None) -> list[sa.Row]:
+        """Per issue that has a ledger (oldest first; one issue with `issue_id`): (issue_id, slug, sent,
+        hard_bounces, soft_bounces, complaints): deliveries sent, and distinct people with a hard bounce
+        (`bounced`), a soft one (`soft_bounced`, SendGrid's `blocked`) or a complaint (`complained`)
+        reported for that issue by any provider (webhook or bounce mailbox)."""
+        sent = (sa.select(deliveries.c.issue_id, sa.func.count().label("sent"))
+                .where(deliveries.c.status == "sent").group_by(deliveries.c.issue_id).subquery())
+
+        def people(*kinds: str) -> sa.ScalarSelect:
+            return (sa.select(sa.func.count(sa.distinct(provider_events.c.subscriber_id)))
+                    .where(provider_events.c.issue_id == issues.c.id, provider_events.c.kind.in_(kinds),
+                           provider_events.c.subscriber_id.is_not(None)).scalar_subquery())
+
+        query = (sa.select(issues.c.id.label("issue_id"), issues.c.slug, sa.func.coalesce(sent.c.sent, 0).label("sent"),
+                           people("bounced").label("hard_bounces"),
+                           people("soft_bounced", "blocked").label("soft_bounces"),
+                           people("complained").label("complaints"))
+                 .select_from(issues.outerjoin(sent, sent.c.issue_id == issues.c.id))
+                 .where(sa.exists().where(deliveries.c.issue_id == issues.c.id))
+                 .order_by(issues.c.id))
+        if issue_id is not None:
+            query = query.where(issues.c.id == issue_id)
+        return list(conn.execute(query))
 
     def erase_person(self, conn: Connection, subscriber_id: int, *, email_keys: Sequence[str], tombstone: str,
                      redact: Callable[[str], str], anonymise: Callable[[dict], dict], source: str,

@@ -1,0 +1,339 @@
+"""Reading one message of a bounce mailbox: a bounce (which recipients, hard or soft, the status code),
+a complaint (an ARF feedback report), something else, or not a message at all. No database here.
+
+Sources and rules:
+- Detection is GNU Mailman's `flufl.bounce` (`all_failures`: DSN first, then 16 heuristic detectors
+  for non-standard bounces: Exim, qmail, Postfix's old format, Exchange, Yahoo, AOL…).
+- RFC 3464 delivery status notifications (`multipart/report; report-type=delivery-status`) are read
+  here field by field (Action, Status, Final-Recipient, Original-Recipient, Diagnostic-Code,
+  Remote-MTA) for the status code, which `flufl.bounce` does not report. A non-DSN bounce gets the
+  first RFC 3463 enhanced code (`5.1.1`) found in its text, if any.
+- The status code decides, not the Action: `failed` with 5.x.x is a hard bounce; `failed` with 4.x.x
+  (given up after retries) is a soft one; `delayed` is a warning (the message is still queued), never
+  a bounce. RFC 3463 calls X.2.2 (mailbox full) "a persistent transient failure", and X.7.X
+  (security or policy: a block, a content filter) and X.3.4 (message too big) are about the message or
+  the sender, not the address: these 5.x.x codes count as soft bounces, so only a repeated refusal
+  suppresses the address (MAILER_SOFT_BOUNCE_LIMIT over MAILER_SOFT_BOUNCE_SENDS).
+- RFC 5965 feedback reports (`multipart/report; report-type=feedback-report`): Feedback-Type `abuse`
+  or `fraud` is a complaint; `not-spam`, `virus`, `auth-failure` (DMARC/SPF failure reports) and
+  others are not about the person and change no one.
+- The original message's identity, for matching (see `process`): every address of the form
+  `bounces+TOKEN@domain` in the bounce's envelope headers, in the returned original headers
+  (`message/rfc822` or `text/rfc822-headers`: Return-Path) and in the report's Original-Mail-From;
+  the original Message-ID; the List-Unsubscribe URLs.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+from email.parser import BytesHeaderParser, HeaderParser
+from email.utils import getaddresses, parseaddr, parsedate_to_datetime
+from datetime import datetime, timezone
+from typing import Literal
+
+Kind = Literal["bounce", "complaint", "other", "unparseable"]
+Severity = Literal["hard", "soft", "delayed"]
+
+COMPLAINT_FEEDBACK_TYPES = ("abuse", "fraud")
+_ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+# RFC 3463 codes that are not about the address: mailbox full (X.2.2, "persistent transient"),
+# message too big (X.2.3, X.3.4), mail system full (X.3.1), security or policy (X.7.X).
+_NOT_ABOUT_ADDRESS = re.compile(r"\d\.(2\.2|2\.3|3\.1|3\.4|7\.\d{1,3})$")
+_ENVELOPE_HEADERS = ("to", "delivered-to", "x-original-to", "envelope-to", "x-envelope-to", "x-rcpt-to",
+                     "x-failed-recipients-to", "received")
+_RETURNED_HEADERS = ("return-path", "from", "sender", "errors-to")
+_URL = re.compile(r"<(https?://[^>\s]+)>")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One recipient a bounce reports as failed or delayed."""
+
+    recipient: str                 # Final-Recipient (or what the detector found), lower-cased
+    severity: Severity
+    status: str = ""               # RFC 3463 enhanced code, "5.1.1", or ""
+    action: str = ""               # RFC 3464 Action, "" when not a DSN
+    diagnostic: str = ""           # Diagnostic-Code, or the detector's name
+    original_recipient: str = ""   # Original-Recipient, lower-cased
+    remote_mta: str = ""
+
+    @property
+    def reason(self) -> str:
+        text = " ".join(part for part in (self.status, self.diagnostic) if part)
+        return text or f"{self.severity} bounce"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one mailbox message says."""
+
+    kind: Kind
+    digest: str                                   # sha256 of the message (line endings normalised)
+    failures: tuple[Failure, ...] = ()
+    feedback_type: str = ""                       # ARF Feedback-Type, lower-cased
+    complaint_recipient: str = ""                 # ARF Original-Rcpt-To (often redacted), lower-cased
+    original_message_id: str = ""                 # the bounced/reported message's Message-ID, "<…>"
+    original_recipients: tuple[str, ...] = ()     # the returned headers' To, lower-cased
+    envelope_text: str = ""                       # header text where VERP addresses may appear
+    unsubscribe_urls: tuple[str, ...] = ()        # the returned List-Unsubscribe URLs
+    message_id: str = ""                          # the report's own Message-ID
+    subject: str = ""
+    occurred: datetime | None = None              # the report's Date
+    detector: str = ""                            # "dsn", "arf", or the flufl.bounce detector's answer
+    problem: str = ""                             # why unparseable
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        """Every address the report names for the failed delivery, most specific first."""
+        found: list[str] = []
+        for failure in self.failures:
+            found += [failure.recipient, failure.original_recipient]
+        found += [self.complaint_recipient, *self.original_recipients]
+        return tuple(dict.fromkeys(address for address in found if address and "@" in address))
+
+
+def digest_of(raw: bytes) -> str:
+    """The message's identity for idempotency: the same message read from Maildir (LF), IMAP (CRLF)
+    or an mbox gives the same digest."""
+    return hashlib.sha256(raw.replace(b"\r\n", b"\n").strip()).hexdigest()
+
+
+def classify(action: str, status: str) -> Severity | None:
+    """RFC 3464 Action + RFC 3463 status → hard, soft, delayed, or None (delivered, relayed, expanded).
+    See the module docstring for why some 5.x.x codes are soft."""
+    action = action.strip().lower()
+    if action.startswith("delayed"):
+        return "delayed"
+    if action and not action.startswith(("fail", "error")):
+        return None
+    if status.startswith("4") or (status.startswith("5") and _NOT_ABOUT_ADDRESS.search(status)):
+        return "soft"
+    return "hard"
+
+
+def read_message(raw: bytes) -> Reading:
+    """Read one message (bytes as stored). Never raises for bad input: `kind == "unparseable"` with a
+    `problem` instead (no header fields, a report whose report part cannot be read, a detector crash)."""
+    digest = digest_of(raw)
+    try:
+        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    except Exception as exc:  # noqa: BLE001 - the parser is lenient; belt and braces
+        return Reading("unparseable", digest, problem=f"not a message: {exc}")
+    if not msg.keys() or not any(msg.get(name) for name in ("from", "date", "subject", "message-id")):
+        return Reading("unparseable", digest, problem="no header fields: not an RFC 5322 message")
+    try:
+        return _read(msg, digest)
+    except Exception as exc:  # noqa: BLE001 - a malformed MIME tree must not stop the mailbox
+        return Reading("unparseable", digest, problem=f"unreadable: {type(exc).__name__}: {exc}"[:300])
+
+
+def _read(msg: Message, digest: str) -> Reading:
+    common = dict(message_id=_text(msg.get("message-id")), subject=_text(msg.get("subject"))[:300],
+                  occurred=_date(msg.get("date")))
+    original = _original_headers(msg) or _inline_original(msg)
+    returned = dict(
+        original_message_id=_message_id(original.get("message-id") if original else None),
+        original_recipients=tuple(a.lower() for _, a in getaddresses(original.get_all("to", []) if original else [])
+                                  if "@" in a),
+        unsubscribe_urls=tuple(_URL.findall(" ".join(original.get_all("list-unsubscribe", []))) if original else ()),
+        envelope_text=_envelope_text(msg, original))
+    report_type = (msg.get_param("report-type", "") or "") if msg.get_content_type() == "multipart/report" else ""
+    if str(report_type).lower() == "feedback-report":
+        fields = _feedback_fields(msg)
+        if fields is None:
+            return Reading("unparseable", digest, problem="feedback report without a message/feedback-report part",
+                           **common)
+        feedback_type = _text(fields.get("feedback-type")).lower()
+        kind: Kind = "complaint" if feedback_type in COMPLAINT_FEEDBACK_TYPES else "other"
+        mail_from = _text(fields.get("original-mail-from"))
+        returned["envelope_text"] += "\n" + mail_from
+        rcpt = parseaddr(_text(fields.get("original-rcpt-to")))[1].lower()
+        return Reading(kind, digest, feedback_type=feedback_type, complaint_recipient=rcpt, detector="arf",
+                       **returned, **common)
+    failures = _dsn_failures(msg)
+    detector = "dsn"
+    if failures is None:  # no readable delivery-status part: the heuristic detectors
+        failures, detector = _detected_failures(msg)
+        if not failures and str(report_type).lower() == "delivery-status":
+            return Reading("unparseable", digest, problem="delivery status notification without a readable "
+                                                          "message/delivery-status part", **common)
+    if any(f.severity in ("hard", "soft") for f in failures):
+        return Reading("bounce", digest, failures=tuple(failures), detector=detector, **returned, **common)
+    # delays only (a warning: the message is still being retried), a success notice, or not a bounce
+    return Reading("other", digest, failures=tuple(failures), detector=detector, **returned, **common)
+
+
+def _dsn_failures(msg: Message) -> list[Failure] | None:
+    """Per-recipient blocks of every message/delivery-status part; None when there is no such part
+    or no block names a Final-Recipient (RFC 3464 §2.3.2 makes it mandatory)."""
+    parts = [part for part in msg.walk() if part.get_content_type() == "message/delivery-status"]
+    if not parts:
+        return None
+    failures: list[Failure] = []
+    named = 0
+    for part in parts:
+        blocks = part.get_payload()
+        if not isinstance(blocks, list):  # encoded (base64…) or built as text: parse the field blocks
+            text = part.get_payload(decode=True) or b""
+            blocks = [HeaderParser().parsestr(chunk) for chunk in
+                      re.split(r"\r?\n\r?\n", text.decode("utf-8", "replace")) if chunk.strip()]
+        for block in blocks:  # the per-message block (Reporting-MTA…) has no Final-Recipient
+            final = _typed_address(block.get("final-recipient"))
+            if not final:
+                continue
+            named += 1
+            status = _status(_text(block.get("status")))
+            action = _text(block.get("action")).lower()
+            diagnostic = _text(block.get("diagnostic-code"))
+            if not status:
+                status = _first_code(diagnostic)
+            severity = classify(action, status)
+            if severity is None:
+                continue
+            failures.append(Failure(final, severity, status, action, diagnostic[:1000],
+                                    _typed_address(block.get("original-recipient")),
+                                    _text(block.get("remote-mta"))[:200]))
+    return failures if named else None
+
+
+def _detected_failures(msg: Message) -> tuple[list[Failure], str]:
+    from flufl.bounce import all_failures
+    temporary, permanent = all_failures(msg)
+    if not temporary and not permanent:
+        return [], ""
+    body = _body_text(msg)
+    failures: list[Failure] = []
+    for address in sorted(permanent):
+        recipient = address.decode("ascii", "replace").lower()
+        status = _code_near(body, recipient)
+        failures.append(Failure(recipient, classify("failed", status) or "hard", status, "",
+                                _line_near(body, recipient)))
+    for address in sorted(temporary - permanent):
+        recipient = address.decode("ascii", "replace").lower()
+        failures.append(Failure(recipient, "delayed", _code_near(body, recipient), "", _line_near(body, recipient)))
+    return failures, "flufl.bounce"
+
+
+def _feedback_fields(msg: Message) -> Message | None:
+    for part in msg.walk():
+        if part.get_content_type() != "message/feedback-report":
+            continue
+        payload = part.get_payload()
+        if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+            return payload[0]
+        text = part.get_payload(decode=True) or b""
+        return HeaderParser().parsestr(text.decode("utf-8", "replace"))
+    return None
+
+
+def _original_headers(msg: Message) -> Message | None:
+    """The returned original message's headers (message/rfc822 or text/rfc822-headers part)."""
+    for part in msg.walk():
+        kind = part.get_content_type()
+        if kind == "message/rfc822":
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+                return payload[0]
+        if kind in ("text/rfc822-headers", "message/rfc822-headers"):
+            data = part.get_payload(decode=True) or b""
+            return BytesHeaderParser(policy=email.policy.compat32).parsebytes(data.lstrip())
+    return None
+
+
+_INLINE_HEAD = re.compile(r"(?m)^(?:Return-Path|Received|Date|From|Message-ID|Subject|To|MIME-Version)[ \t]*:")
+
+
+def _inline_original(msg: Message) -> Message | None:
+    """The original's headers quoted in a plain-text bounce (Exim's "This is a copy of the message,
+    including all the headers", qmail's "--- Below this line is a copy of the message."): the first
+    block of header lines holding a Message-ID field."""
+    if msg.is_multipart():
+        return None
+    body = _body_text(msg)
+    for match in _INLINE_HEAD.finditer(body):
+        head = body[match.start():].split("\n\n", 1)[0]
+        if re.search(r"(?im)^Message-ID[ \t]*:", head):
+            return HeaderParser().parsestr(head + "\n\n")
+    return None
+
+
+def _envelope_text(msg: Message, original: Message | None) -> str:
+    lines = [f"{name}: {value}" for name, value in msg.items() if name.lower() in _ENVELOPE_HEADERS]
+    if original is not None:
+        lines += [f"{name}: {value}" for name, value in original.items() if name.lower() in _RETURNED_HEADERS]
+    return "\n".join(str(line) for line in lines)
+
+
+def _body_text(msg: Message) -> str:
+    chunks = []
+    for part in msg.walk():
+        if part.get_content_maintype() == "text" and part.get_content_type() != "text/rfc822-headers":
+            data = part.get_payload(decode=True)
+            if isinstance(data, bytes):
+                chunks.append(data.decode(part.get_content_charset() or "utf-8", "replace"))
+    return "\n".join(chunks)[:200_000]
+
+
+def _code_near(body: str, address: str) -> str:
+    """The first enhanced status code after the address's first mention (else anywhere)."""
+    at = body.lower().find(address)
+    return _first_code(body[at:at + 2000] if at >= 0 else body) or _first_code(body)
+
+
+def _line_near(body: str, address: str) -> str:
+    at = body.lower().find(address)
+    if at < 0:
+        return ""
+    return " ".join(body[at:at + 400].split())[:300]
+
+
+def _first_code(text: str) -> str:
+    match = _ENHANCED.search(text or "")
+    return ".".join(match.groups()) if match else ""
+
+
+def _status(value: str) -> str:
+    match = _ENHANCED.match(value.strip())
+    return ".".join(match.groups()) if match else ""
+
+
+def _typed_address(value: object) -> str:
+    """`rfc822; user@example.org` (RFC 3464 §2.3.2 address-type; value) → `user@example.org`."""
+    text = _text(value)
+    if ";" in text:
+        kind, _, text = text.partition(";")
+        if kind.strip().lower() not in ("rfc822", "utf-8", ""):
+            return ""
+    return parseaddr(text.strip())[1].lower() or text.strip().strip("<>").lower()
+
+
+def _message_id(value: object) -> str:
+    text = _text(value)
+    match = re.search(r"<[^<>\s]+>", text)
+    return match.group(0) if match else ""
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, email.header.Header):
+        value = str(value)
+    return " ".join(str(value).split())
+
+
+def _date(value: object) -> datetime | None:
+    try:
+        stamp = parsedate_to_datetime(_text(value))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if stamp is None:
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+
+
+__all__ = ["Reading", "Failure", "read_message", "classify", "digest_of", "COMPLAINT_FEEDBACK_TYPES"]
