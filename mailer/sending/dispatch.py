@@ -815,12 +815,12 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
                 notice = (f"{slug}: this send started before editions were stored: the folder as it is now is "
                           f"frozen as edition 1 for the {left} recipients left ({sent} already sent)")
         elif rebuild:
-            if fresh.content_hash == stored.content_hash:
-                notice = f"{slug}: the folder is unchanged since edition {stored.number}: nothing rebuilt"
-            elif not left:
+            if not left:
                 raise RebuildRefused(f"{slug}: nobody is left to send a new edition to ({sent} sent, "
                                      f"{counts['failed']} failed, {counts['skipped']} skipped; --retry-failed, "
                                      f"--include-new); nothing was changed")
+            if fresh.content_hash == stored.content_hash:
+                notice = f"{slug}: the folder is unchanged since edition {stored.number}: nothing rebuilt"
             else:
                 stored = store.insert_edition(conn, row.id, reason="rebuild", values=fresh.values())
                 store.update_issue(conn, row.id, subject=fresh.subject, web_html=web_html)
