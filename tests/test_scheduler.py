@@ -701,6 +701,46 @@ def test_mailer_send_refuses_a_draft_freezes_nothing_and_sends_it_with_allow_dra
     assert ledger(project, slug)["counts"] == {"sent": active}
 
 
+def test_a_scheduler_resume_sends_the_stored_edition_not_the_edited_folder(cadence_project, caplog) -> None:
+    """Content frozen at send, on the scheduler's path: a cadence send frozen, then a brief added and
+    the subject rewritten; the scheduler's resume sends the issue as it was and says so."""
+    from email import message_from_bytes, policy
+
+    from mailer.dispatch import prepare_send
+
+    settings, made = cadence_project
+    caplog.set_level(logging.INFO, logger="mailer")
+    slug = made["ancien"]
+    store = open_store(settings.database_url)
+    crashed = scheduler.SchedulerRuntime(settings, store, threading.Event())
+    crashed.start()
+    crashed.ensure_marker(slug, datetime.now(UTC) - timedelta(minutes=5))
+    prepare_send(settings, store, slug)
+    crashed.scheduler.shutdown(wait=False)
+    folder = settings.issues_dir / slug
+    (folder / "briefs.txt").write_text("--> Ajoutée après le départ.\n", encoding="utf-8")
+    toml = folder / "issue.toml"
+    toml.write_text(toml.read_text(encoding="utf-8").replace('subject = "', 'subject = "Réécrit '), encoding="utf-8")
+
+    runtime = scheduler.SchedulerRuntime(settings, store, threading.Event())
+    runtime.start()
+    try:
+        runtime.sync(initial=True)
+        runtime.resume()
+        wait_until(lambda: ledger(settings.root, slug)["status"] == "sent", 15, "the resumed cadence send")
+    finally:
+        runtime.shutdown()
+        store.close()
+    files = sorted((settings.outbox_dir / slug).glob("*.eml"))
+    assert len(files) == 5
+    for path in files:
+        message = message_from_bytes(path.read_bytes(), policy=policy.default)
+        assert not str(message["Subject"]).startswith("Réécrit")
+        assert "Ajoutée après le départ" not in message.get_body(("plain",)).get_content()
+        assert "Une brève" in message.get_body(("plain",)).get_content()
+    assert f"{slug}: the folder changed since the send started: the edition from" in caplog.text
+
+
 def test_a_send_started_before_the_draft_line_was_added_resumes(project: Path, make_settings) -> None:
     from mailer.sending import dispatch
     from mailer.errors import DraftIssue
