@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from mailer import dispatch
+from mailer.sending import dispatch
 from mailer.config import load_settings, secret_key_for
 from mailer.errors import RebuildRefused
-from mailer.issue import load_issue
-from mailer.message import MessageFactory
-from mailer.render import render_issue
+from mailer.content.issue import load_issue
+from mailer.mime import MessageFactory
+from mailer.content.render import render_issue
 from mailer.store import open_store
 from mailer.subscribers import add_subscriber, import_csv
 

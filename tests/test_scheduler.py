@@ -706,7 +706,7 @@ def test_a_scheduler_resume_sends_the_stored_edition_not_the_edited_folder(caden
     the subject rewritten; the scheduler's resume sends the issue as it was and says so."""
     from email import message_from_bytes, policy
 
-    from mailer.dispatch import prepare_send
+    from mailer.sending.dispatch import prepare_send
 
     settings, made = cadence_project
     caplog.set_level(logging.INFO, logger="mailer")
