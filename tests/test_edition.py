@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import re
 import shutil
@@ -28,11 +29,11 @@ from mailer.content.issue import load_issue
 from mailer.mime import MessageFactory
 from mailer.content.render import render_issue
 from mailer.store import open_store
-from mailer.subscribers import add_subscriber, import_csv
+from mailer.subscribers import add_subscriber
 
 from .conftest import BASE_ENV, EXAMPLE_ISSUE
 from .smtp_server import ScriptedHandler, start_server
-from .test_crash import SlowHandler, _counts, _env, _wait_for
+from .test_crash import SlowHandler, _counts, _env, _populate as populate, _wait_for, kill_mid_send
 
 MARK = "Brève ajoutée après le départ"
 NEW_SUBJECT = "Sujet réécrit après le départ"
@@ -57,14 +58,6 @@ def carries_edit(raw: bytes) -> bool:
                                                          for body in bodies)
 
 
-def populate(store, project: Path, count: int) -> list[str]:
-    addresses = [f"abonne{i:04d}@example.org" for i in range(count)]
-    path = project / "liste.csv"
-    path.write_text("email,name\n" + "".join(f"{a},Abonné {i}\n" for i, a in enumerate(addresses)), encoding="utf-8")
-    assert import_csv(store, path).added == count
-    return addresses
-
-
 def edition_of(store, slug: str = EXAMPLE_ISSUE):
     with store.engine.connect() as conn:
         return store.current_edition(conn, store.issue_row(conn, slug).id)
@@ -81,15 +74,7 @@ def test_a_killed_send_resumed_with_a_second_worker_never_sends_the_edit(store, 
     sink = start_server(SlowHandler())
     try:
         env = _env(db_url, sink.port)
-        victim = subprocess.Popen([*CLI, "send", EXAMPLE_ISSUE, "--yes"], cwd=project, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            _wait_for(lambda: len(sink.handler.messages) >= count // 4, 60, "a quarter of the messages")
-        finally:
-            victim.send_signal(signal.SIGKILL)
-            victim.wait(10)
-        before = len(sink.handler.messages)
-        assert before < count, "the send finished before it could be killed"
+        kill_mid_send(project, env, sink, count // 4, count)
         edit_folder(project)
 
         worker = subprocess.Popen([*CLI, "worker", "--once"], cwd=project, env=_env(db_url, sink.port, MAILER_BATCH_SIZE="20"),
@@ -262,8 +247,8 @@ def _edited_files(settings) -> list[Path]:
     return [p for p in sorted((settings.outbox_dir / EXAMPLE_ISSUE).glob("*.eml")) if carries_edit(p.read_bytes())]
 
 
-def test_retry_failed_and_include_new_send_the_stored_edition(store, project, make_settings):
-    settings = make_settings(database_url=str(store.engine.url.render_as_string(hide_password=False)))
+def test_retry_failed_and_include_new_send_the_stored_edition(store, db_url, project, make_settings):
+    settings = make_settings(database_url=db_url)
     populate(store, project, 10)
     prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
     with store.begin() as conn:  # three deliveries fail (a provider refused them)
@@ -280,9 +265,10 @@ def test_retry_failed_and_include_new_send_the_stored_edition(store, project, ma
     assert _edited_files(settings) == []
 
 
-def test_a_sender_of_an_older_edition_claims_nothing_once_a_rebuild_made_a_newer_one(store, project, make_settings):
+def test_a_sender_of_an_older_edition_claims_nothing_once_a_rebuild_made_a_newer_one(store, db_url, project,
+                                                                                    make_settings):
     """The guard behind `--rebuild`: each claim reads the current edition in its own transaction."""
-    settings = make_settings(database_url=str(store.engine.url.render_as_string(hide_password=False)))
+    settings = make_settings(database_url=db_url)
     populate(store, project, 6)
     prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
     old = dispatch.Sender(settings, store, prepared.edition, prepared.issue_id, lambda: dispatch.make_backend(settings))
@@ -296,14 +282,27 @@ def test_a_sender_of_an_older_edition_claims_nothing_once_a_rebuild_made_a_newer
     assert len(_edited_files(settings)) == 6
 
 
-def test_rebuild_rules(store, project, make_settings):
-    settings = make_settings(database_url=str(store.engine.url.render_as_string(hide_password=False)))
+def test_rebuild_rules(store, db_url, project, make_settings, monkeypatch):
+    from click.testing import CliRunner
+
+    from mailer.cli.main import main
+
+    settings = make_settings(database_url=db_url)
     populate(store, project, 4)
     first = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, rebuild=True)  # nothing frozen yet: a first send
     assert first.complete and first.edition == 1 and first.notice is None
     with pytest.raises(RebuildRefused, match=r"nobody is left to send a new edition to \(4 sent") as refused:
         dispatch.send_issue(settings, store, EXAMPLE_ISSUE, rebuild=True)
     assert refused.value.exit_code == 7
+    for name in [k for k in os.environ if k.startswith(("MAILER_", "SENDGRID_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(project)
+    env = {**BASE_ENV, "MAILER_DATABASE_URL": db_url}
+    cli = CliRunner().invoke(main, ["send", EXAMPLE_ISSUE, "--yes", "--rebuild"], env=env)
+    assert cli.exit_code == 7 and len(cli.output.strip().splitlines()) == 1 and "nobody is left" in cli.output
+    shown = CliRunner().invoke(main, ["status", EXAMPLE_ISSUE], env=env).output.splitlines()
+    assert re.fullmatch(r"  edition 1 of 1, frozen \d{4}-\d\d-\d\d .*\(send; template weekly; sha256 [0-9a-f]{12}\)",
+                        shown[1]), shown
     add_subscriber(store, "nouvelle@example.org")
     unchanged = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, rebuild=True, include_new=True)
     assert "the folder is unchanged since edition 1: nothing rebuilt" in unchanged.notice and unchanged.edition == 1
@@ -311,8 +310,8 @@ def test_rebuild_rules(store, project, make_settings):
     assert edition_of(store).number == 1
 
 
-def test_resume_notice_says_which_edition_is_used(store, project, make_settings):
-    settings = make_settings(database_url=str(store.engine.url.render_as_string(hide_password=False)))
+def test_resume_notice_says_which_edition_is_used(store, db_url, project, make_settings):
+    settings = make_settings(database_url=db_url)
     populate(store, project, 5)
     dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
     assert dispatch.resume_notice(settings, store, EXAMPLE_ISSUE) is None
