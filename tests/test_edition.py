@@ -201,10 +201,16 @@ def _parts(raw: bytes) -> dict[str, str]:
     return fields
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_a_resumed_send_delivers_what_the_first_rendering_made_whatever_was_edited(tmp_path, project, seed):
-    rng = random.Random(seed)
-    edits = rng.sample(_EDITS, rng.randint(2, 4))
+def _edit_sets() -> list[tuple[str, ...]]:
+    """Each edit alone, then random combinations of them (seeded)."""
+    rng = random.Random(11)
+    combos = [rng.sample(_EDITS, rng.randint(2, 5)) for _ in range(3)]
+    last = "folder gone"  # nothing can be edited in a folder after it is gone
+    return [(edit,) for edit in _EDITS] + [tuple(sorted(c, key=lambda e: e == last)) for c in combos]
+
+
+@pytest.mark.parametrize("edits", _edit_sets(), ids="+".join)
+def test_a_resumed_send_delivers_what_the_first_rendering_made_whatever_was_edited(tmp_path, project, edits):
     env = {**BASE_ENV, "MAILER_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "MAILER_BATCH_SIZE": "4"}
     settings = load_settings(project, env=env)
     store = open_store(settings.database_url)
