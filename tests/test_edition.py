@@ -279,6 +279,8 @@ def test_a_sender_of_an_older_edition_claims_nothing_once_a_rebuild_made_a_newer
     prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
     old = dispatch.Sender(settings, store, prepared.edition, prepared.issue_id, lambda: dispatch.make_backend(settings))
     edit_folder(project)
+    asked = dispatch.plan_send(settings, store, EXAMPLE_ISSUE, rebuild=True).describe("outbox")
+    assert asked.startswith(f"Rebuild {EXAMPLE_ISSUE} from its folder (\u201c{NEW_SUBJECT}\u201d)") and "6 subscriber(s) left of 6" in asked
     rebuilt = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE, rebuild=True)
     assert rebuilt.edition.number == 2 and "edition 2 made from the folder: it goes to the 6 recipients left" in rebuilt.notice
     old.run_worker("old-sender", 10)
@@ -331,6 +333,8 @@ def test_resume_notice_says_which_edition_is_used(store, db_url, project, make_s
     broken = dispatch.resume_notice(settings, store, EXAMPLE_ISSUE)
     assert "the folder does not render any more" in broken and "is sent as it was" in broken
     assert dispatch.send_warnings(settings, store, EXAMPLE_ISSUE) == ()  # a broken folder never blocks a resume
+    plan = dispatch.plan_send(settings, store, EXAMPLE_ISSUE)  # …nor its confirmation prompt
+    assert plan.recipients == 5 and plan.describe("outbox").startswith(f"Resume {EXAMPLE_ISSUE} \u201c")
     report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
     assert report.complete and report.counts["sent"] == 5 and _edited_files(settings) == []
 

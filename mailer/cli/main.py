@@ -196,7 +196,8 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
         if notice:
             click.echo(notice, err=True)
     if not yes:
-        plan = dispatch.plan_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed)
+        plan = dispatch.plan_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
+                                  rebuild=rebuild)
         if plan.recipients:  # nobody to send to (finished, empty audience): send_issue says why, unasked
             click.confirm(plan.describe(settings.backend), abort=True)
     stop = threading.Event()

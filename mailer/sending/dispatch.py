@@ -1036,31 +1036,38 @@ class SendPlan:
     status: str          # none (never sent) | draft | sending | paused | sent
     recipients: int      # deliveries this run would send (new freeze, queue, failures retried, newcomers)
     total: int           # ledger rows so far (0 before the first freeze)
+    rebuild: bool = False  # a new edition from the folder for those not reached yet
 
     def describe(self, backend: str) -> str:
         audience = f"{self.recipients} subscriber(s)" + (f" of list {self.list_name!r}" if self.list_name else "")
         if self.status in ("none", "draft"):
             return f"Send {self.slug} \u201c{self.subject}\u201d through {backend} to {audience}?"
+        if self.rebuild:
+            return (f"Rebuild {self.slug} from its folder (\u201c{self.subject}\u201d) and send that edition through "
+                    f"{backend} to the {audience} left of {self.total} (those already sent get nothing more)?")
         return (f"Resume {self.slug} \u201c{self.subject}\u201d ({self.status}) through {backend}: "
                 f"{audience} left of {self.total}?")
 
 
 def plan_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
-              retry_failed: bool = False) -> SendPlan:
-    """Read-only: who a send of `issue_ref` would reach now (nothing is frozen or sent)."""
-    issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
+              retry_failed: bool = False, rebuild: bool = False) -> SendPlan:
+    """Read-only: who a send of `issue_ref` would reach now (nothing is frozen or sent). A resume reads
+    only the ledger (its folder may have changed or be gone); a first send and `rebuild` read the folder."""
+    slug = issue_slug(settings, issue_ref)
     with store.engine.connect() as conn:
-        row = store.issue_row(conn, issue.slug)
+        row = store.issue_row(conn, slug)
         if row is None or row.frozen_at is None:
+            issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
             recipients = store.count_unfrozen(conn, None, issue.list_name)
             return SendPlan(issue.slug, issue.subject, issue.list_name, row.status if row else "none", recipients, 0)
+        subject = load_issue(issue_ref, settings.issues_dir, settings.zone).subject if rebuild else row.subject
         counts = store.delivery_counts(conn, row.id)
         recipients = counts["queued"] + counts["sending"]
         if retry_failed:
             recipients += counts["failed"]
         if include_new:
-            recipients += store.count_unfrozen(conn, row.id, issue.list_name)
-        return SendPlan(issue.slug, row.subject, row.list_name, row.status, recipients, sum(counts.values()))
+            recipients += store.count_unfrozen(conn, row.id, row.list_name)
+        return SendPlan(slug, subject, row.list_name, row.status, recipients, sum(counts.values()), rebuild)
 
 
 def _ledger_summary(row, counts: dict[str, int], edition=None) -> dict:  # noqa: ANN001 - `issues`, `editions` rows
