@@ -89,6 +89,10 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 
 _NOT_TOMBSTONE = ~subscribers.c.email.startswith(TOMBSTONE_PREFIX)
 
+# once per claim (Store.current_edition_id): built once
+_ISSUE_SHARE_LOCK = sa.select(issues.c.id).where(issues.c.id == sa.bindparam("p_issue")).with_for_update(read=True)
+_CURRENT_EDITION_ID = sa.select(sa.func.max(editions.c.id)).where(editions.c.issue_id == sa.bindparam("p_issue"))
+
 _FINISH_ONE = deliveries.update().where(
     deliveries.c.id == sa.bindparam("p_id"), deliveries.c.claimed_by == sa.bindparam("p_worker"),
     deliveries.c.status == "sending").values(
@@ -647,8 +651,9 @@ class Store:
         """The newest edition's id, read under a shared lock on the issue's row (PostgreSQL `FOR SHARE`;
         SQLite's single writer serialises the same way): a claim made in the same transaction can
         never interleave with a `--rebuild`, which holds that row `FOR UPDATE`."""
-        conn.execute(sa.select(issues.c.id).where(issues.c.id == issue_id).with_for_update(read=True))
-        return conn.execute(sa.select(sa.func.max(editions.c.id)).where(editions.c.issue_id == issue_id)).scalar()
+        if not self.is_sqlite:
+            conn.execute(_ISSUE_SHARE_LOCK, {"p_issue": issue_id})
+        return conn.execute(_CURRENT_EDITION_ID, {"p_issue": issue_id}).scalar()
 
     def current_editions(self, conn: Connection, issue_ids: Sequence[int]) -> dict[int, sa.Row]:
         """issue id -> (number, created_at, reason, content_hash, template, count) of its newest edition."""
