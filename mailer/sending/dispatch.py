@@ -5,7 +5,9 @@ a ledger row going from `sending` to `sent` — moves only after the provider ac
 
 1. `prepare_send` checks everything that can fail (settings, the issue, its rendering, one sample
    message) BEFORE it touches the ledger, then freezes the recipient set under a lock on the issue's
-   row: one `queued` delivery row per active subscriber, unique on (issue, subscriber). An empty
+   row: one `queued` delivery row per active subscriber, unique on (issue, subscriber) — and the
+   content, as the issue's stored edition (`edition.py`), which every later claim sends; only
+   `--rebuild` makes another, for those not reached yet. An empty
    audience is refused (`EmptyAudience`) and leaves the issue as it was; a finished issue stays
    finished; a second first send racing the first waits for its freeze and joins it.
 2. Workers claim batches (`queued` → `sending`, tagged with a claimant id, see `claimant.py`) in one
