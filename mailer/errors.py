@@ -64,3 +64,10 @@ class EmptyAudience(MailerError):
     """A send whose audience is empty (no subscriber, nobody active, an unknown list): refused, nothing touched."""
 
     exit_code = 6
+
+
+class RebuildRefused(MailerError):
+    """`mailer send ISSUE --rebuild` while a live sender holds deliveries of the issue, or with nobody
+    left to send the new edition to: refused, nothing touched."""
+
+    exit_code = 7

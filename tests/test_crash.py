@@ -50,12 +50,28 @@ def _env(db_url: str, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def _populate(store, project: Path) -> list[str]:
-    addresses = [f"abonne{i:04d}@example.org" for i in range(SUBSCRIBERS)]
+def _populate(store, project: Path, count: int = SUBSCRIBERS) -> list[str]:
+    """`count` active subscribers abonneNNNN@example.org named "Abonné N", imported from a CSV."""
+    addresses = [f"abonne{i:04d}@example.org" for i in range(count)]
     path = project / "liste.csv"
     path.write_text("email,name\n" + "".join(f"{a},Abonné {i}\n" for i, a in enumerate(addresses)), encoding="utf-8")
-    assert import_csv(store, path).added == SUBSCRIBERS
+    assert import_csv(store, path).added == count
     return addresses
+
+
+def kill_mid_send(project: Path, env: dict[str, str], sink, at: int, total: int) -> int:
+    """Start `mailer send EXAMPLE_ISSUE --yes`, SIGKILL it once the sink received `at` messages;
+    returns how many the sink had then (fewer than `total`: killed mid-send)."""
+    victim = subprocess.Popen([sys.executable, "-m", "mailer.cli", "send", EXAMPLE_ISSUE, "--yes"], cwd=project,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: len(sink.handler.messages) >= at, 60, f"{at} messages")
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+    received = len(sink.handler.messages)
+    assert received < total, "the send finished before it could be killed"
+    return received
 
 
 def _people(store, count: int) -> list[str]:
@@ -84,14 +100,7 @@ def test_sigkill_mid_send_then_resume_delivers_each_exactly_once(store, db_url, 
     addresses = _populate(store, project)
     env = _env(db_url, smtp_sink.port)
     command = [sys.executable, "-m", "mailer.cli", "send", EXAMPLE_ISSUE, "--yes"]
-    victim = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        _wait_for(lambda: len(smtp_sink.handler.messages) >= SUBSCRIBERS // 3, 60, "a third of the messages")
-    finally:
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(10)
-    received_before = len(smtp_sink.handler.messages)
-    assert received_before < SUBSCRIBERS, "the send finished before it could be killed"
+    received_before = kill_mid_send(project, env, smtp_sink, SUBSCRIBERS // 3, SUBSCRIBERS)
     interrupted = _counts(store)
     assert interrupted["sent"] >= received_before - 1  # at most the one message in flight is unrecorded
     assert interrupted["queued"] + interrupted["sending"] > 0

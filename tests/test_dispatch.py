@@ -311,7 +311,7 @@ def test_rate_limit_holds_across_independent_senders(store, make_settings, tmp_p
     addresses = _populate(store, tmp_path, 40)
     prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
     provider = ScriptedProvider()
-    senders = [dispatch.Sender(settings, store, prepared.rendered, prepared.issue_id, provider.factory())
+    senders = [dispatch.Sender(settings, store, prepared.edition, prepared.issue_id, provider.factory())
                for _ in range(2)]
     started = time.monotonic()
     threads = [threading.Thread(target=s.run_worker, args=(dispatch.worker_id(f"-{i}"), 5)) for i, s in enumerate(senders)]
@@ -628,7 +628,7 @@ def test_claims_from_another_host_obey_the_lease_and_the_heartbeat_keeps_it(stor
 
     # a live worker waiting (rate limit) renews its claims every HEARTBEAT
     monkeypatch.setattr(claimant, "HEARTBEAT", timedelta(seconds=0.2))
-    sender = dispatch.Sender(settings, store, prepared.rendered, prepared.issue_id, ScriptedProvider().factory())
+    sender = dispatch.Sender(settings, store, prepared.edition, prepared.issue_id, ScriptedProvider().factory())
     worker = dispatch.worker_id()
     with store.engine.connect() as conn:
         with conn.begin():

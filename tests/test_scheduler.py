@@ -436,25 +436,20 @@ def test_cadence_sends_the_oldest_ready_issue_once_per_run(cadence_project, capl
     assert f"{made['programme']}  send_at" in text and "scheduled" in text
 
 
-def test_an_interrupted_cadence_send_is_resumed_at_the_next_start(cadence_project, caplog) -> None:
+def crashed_cadence_send(settings, slug: str) -> None:
+    """A cadence run that froze its recipients (and its edition) and then died: marker written, nothing sent."""
     from mailer.sending.dispatch import prepare_send
 
-    settings, made = cadence_project
-    caplog.set_level(logging.INFO, logger="mailer.scheduler")
-    slug = made["ancien"]
     store = open_store(settings.database_url)
-    # a cadence run that froze its recipients and then died: marker written, nothing sent
     crashed = scheduler.SchedulerRuntime(settings, store, threading.Event())
     crashed.start()
     crashed.ensure_marker(slug, datetime.now(UTC) - timedelta(minutes=5))
     prepare_send(settings, store, slug)
     crashed.scheduler.shutdown(wait=False)
-    assert ledger(settings.root, slug)["counts"] == {"queued": 5}
 
-    info = json.loads(plan.describe_schedule(settings, as_json=True))
-    assert [item["slug"] for item in info["cadence_in_flight"]] == [slug]
-    assert info["cadence_in_flight"][0]["resumable"] is True
 
+def resume_until_sent(settings, slug: str) -> None:
+    """A scheduler started afresh: it picks the interrupted cadence send up and finishes it."""
     store = open_store(settings.database_url)
     runtime = scheduler.SchedulerRuntime(settings, store, threading.Event())
     runtime.start()
@@ -466,6 +461,20 @@ def test_an_interrupted_cadence_send_is_resumed_at_the_next_start(cadence_projec
     finally:
         runtime.shutdown()
         store.close()
+
+
+def test_an_interrupted_cadence_send_is_resumed_at_the_next_start(cadence_project, caplog) -> None:
+    settings, made = cadence_project
+    caplog.set_level(logging.INFO, logger="mailer.scheduler")
+    slug = made["ancien"]
+    crashed_cadence_send(settings, slug)
+    assert ledger(settings.root, slug)["counts"] == {"queued": 5}
+
+    info = json.loads(plan.describe_schedule(settings, as_json=True))
+    assert [item["slug"] for item in info["cadence_in_flight"]] == [slug]
+    assert info["cadence_in_flight"][0]["resumable"] is True
+
+    resume_until_sent(settings, slug)
     assert ledger(settings.root, slug)["counts"] == {"sent": 5}
     assert f"due: cadence send of {slug}" in caplog.text
     assert ledger(settings.root, made["recent"])["status"] is None  # resuming is not a new cadence run
@@ -699,6 +708,31 @@ def test_mailer_send_refuses_a_draft_freezes_nothing_and_sends_it_with_allow_dra
     sent = cli("send", slug, "--yes", "--allow-draft")
     assert f"sent {active} now" in sent.output
     assert ledger(project, slug)["counts"] == {"sent": active}
+
+
+def test_a_scheduler_resume_sends_the_stored_edition_not_the_edited_folder(cadence_project, caplog) -> None:
+    """Content frozen at send, on the scheduler's path: a cadence send frozen, then a brief added and
+    the subject rewritten; the scheduler's resume sends the issue as it was and says so."""
+    from email import message_from_bytes, policy
+
+    settings, made = cadence_project
+    caplog.set_level(logging.INFO, logger="mailer")
+    slug = made["ancien"]
+    crashed_cadence_send(settings, slug)
+    folder = settings.issues_dir / slug
+    (folder / "briefs.txt").write_text("--> Ajoutée après le départ.\n", encoding="utf-8")
+    toml = folder / "issue.toml"
+    toml.write_text(toml.read_text(encoding="utf-8").replace('subject = "', 'subject = "Réécrit '), encoding="utf-8")
+
+    resume_until_sent(settings, slug)
+    files = sorted((settings.outbox_dir / slug).glob("*.eml"))
+    assert len(files) == 5
+    for path in files:
+        message = message_from_bytes(path.read_bytes(), policy=policy.default)
+        assert not str(message["Subject"]).startswith("Réécrit")
+        assert "Ajoutée après le départ" not in message.get_body(("plain",)).get_content()
+        assert "Une brève" in message.get_body(("plain",)).get_content()
+    assert f"{slug}: the folder changed since the send started: the edition from" in caplog.text
 
 
 def test_a_send_started_before_the_draft_line_was_added_resumes(project: Path, make_settings) -> None:

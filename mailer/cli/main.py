@@ -159,14 +159,21 @@ def preview(issue_ref: str, port: int, host: str) -> None:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option("--allow-draft", is_flag=True,
               help="Send it as it is, even though it is a draft or still holds placeholders of `mailer issue new`.")
+@click.option("--rebuild", is_flag=True,
+              help="Freeze a new edition from the folder for the recipients not reached yet (refused, exit 7, "
+                   "while another sender is sending it); those already sent are never sent again.")
 @handle_errors
 def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bool, include_new: bool,
-         workers: int, allow_draft: bool) -> None:
+         workers: int, allow_draft: bool, rebuild: bool) -> None:
     """Send ISSUE to every active subscriber (or a test to --test addresses).
 
     Every build warning is printed first. An issue whose issue.toml says draft = true, or that still
     holds a placeholder of `mailer issue new` (subject, preheader, intro, brief), is refused with the
     file:line (remove the line or write the text, or pass --allow-draft); --test works on both.
+
+    The first send freezes the issue as it renders then (its edition) with its recipients; resuming,
+    retrying and workers send that edition even if the folder changed since (a line says so).
+    --rebuild makes a new edition for those not reached yet.
     """
     from ..sending import dispatch
     settings = _settings()
@@ -182,10 +189,15 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
     store = _store(settings)
     if not yes and not sys.stdin.isatty():
         raise MailerError("refusing to send without confirmation: add --yes")
-    for warning in dispatch.send_warnings(settings, store, issue_ref, allow_draft=allow_draft):
+    for warning in dispatch.send_warnings(settings, store, issue_ref, allow_draft=allow_draft, rebuild=rebuild):
         click.echo(f"warning: {warning}", err=True)
+    if not rebuild:
+        notice = dispatch.resume_notice(settings, store, issue_ref)
+        if notice:
+            click.echo(notice, err=True)
     if not yes:
-        plan = dispatch.plan_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed)
+        plan = dispatch.plan_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
+                                  rebuild=rebuild)
         if plan.recipients:  # nobody to send to (finished, empty audience): send_issue says why, unasked
             click.confirm(plan.describe(settings.backend), abort=True)
     stop = threading.Event()
@@ -196,8 +208,11 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
                    total=progress.total or None)
 
         report = dispatch.send_issue(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
-                                     workers=workers, stop=stop, on_progress=on_progress, allow_draft=allow_draft)
+                                     workers=workers, stop=stop, on_progress=on_progress, allow_draft=allow_draft,
+                                     rebuild=rebuild)
     counts = report.counts
+    if report.notice and rebuild:
+        click.echo(report.notice, err=True)
     if report.already_finished:
         click.echo(f"{report.issue}: already sent ({counts['sent']} sent, {counts['failed']} failed, "
                    f"{counts['skipped']} skipped); nothing to do (--retry-failed, --include-new)")
@@ -227,7 +242,9 @@ def status(issue_ref: str | None, as_json: bool) -> None:
     --json prints one object per issue (a list of them without ISSUE):
       issue, subject, status (draft|sending|paused|sent), paused_reason,
       counts {queued, sending, sent, failed, skipped}, total,
-      frozen_at, started_at, finished_at, when (ISO 8601 UTC or null; when = the last of them)
+      frozen_at, started_at, finished_at, when (ISO 8601 UTC or null; when = the last of them),
+      edition {number, created_at, reason (send|rebuild|migrated), subject, template, content_hash,
+      editions (how many)} or null before the first freeze
     """
     from ..sending.dispatch import issue_status, ledger_overview
     settings = _settings()
@@ -257,6 +274,12 @@ def status(issue_ref: str | None, as_json: bool) -> None:
         return
     counts = result["counts"]
     click.echo(f"{result['issue']}: {result['status']}" + (f" ({result['paused_reason']})" if result["paused_reason"] else ""))
+    edition = result["edition"]
+    if edition:
+        from ..scheduling.plan import format_moment
+        made = format_moment(datetime.fromisoformat(edition["created_at"]), settings.zone)
+        click.echo(f"  edition {edition['number']} of {edition['editions']}, frozen {made} ({edition['reason']}; "
+                   f"template {edition['template']}; sha256 {edition['content_hash'][:12]})")
     for key in ("sent", "failed", "skipped", "queued", "sending"):
         click.echo(f"  {key:<8} {counts[key]}")
     click.echo(f"  {'total':<8} {result['total']}")

@@ -467,6 +467,9 @@ class SchedulerRuntime:
                 reason = f"cadence run of {_fmt(started, self.settings.schedule_zone)}"
             log.info("started: %s (%s; %s)", slug, reason,
                      f"resuming, {ledger.text()}" if ledger.started else "first run")
+            notice = dispatch.resume_notice(self.settings, self.store, slug) if ledger.started else None
+            if notice:  # a resume sends the stored edition, whatever the folder says now
+                log.warning("%s", notice)
             try:
                 report = dispatch.send_issue(self.settings, self.store, slug, stop=self.stop)
             except SendAborted as exc:

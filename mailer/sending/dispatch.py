@@ -5,7 +5,9 @@ a ledger row going from `sending` to `sent` — moves only after the provider ac
 
 1. `prepare_send` checks everything that can fail (settings, the issue, its rendering, one sample
    message) BEFORE it touches the ledger, then freezes the recipient set under a lock on the issue's
-   row: one `queued` delivery row per active subscriber, unique on (issue, subscriber). An empty
+   row: one `queued` delivery row per active subscriber, unique on (issue, subscriber) — and the
+   content, as the issue's stored edition (`edition.py`), which every later claim sends; only
+   `--rebuild` makes another, for those not reached yet. An empty
    audience is refused (`EmptyAudience`) and leaves the issue as it was; a finished issue stays
    finished; a second first send racing the first waits for its freeze and joins it.
 2. Workers claim batches (`queued` → `sending`, tagged with a claimant id, see `claimant.py`) in one
@@ -42,20 +44,23 @@ import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from pathlib import Path
 from typing import Callable, Sequence
 
 from sqlalchemy.engine import Connection
 
 from . import claimant
+from . import edition as editions
 from .. import tokens
 from ..providers import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError, make_backend
 from ..config import Settings, secret_key_for
-from ..errors import EmptyAudience, MailerError, NotFound, RenderError, SendAborted
-from ..content.issue import Issue, hold_refusal, load_issue
+from ..errors import EmptyAudience, MailerError, NotFound, RebuildRefused, RenderError, SendAborted
+from ..content.issue import Issue, find_issue_folder, hold_refusal, load_issue
 from ..mime import MessageFactory
 from ..redact import strip_credentials
 from ..content.render import Recipient, RenderedIssue, render_issue, render_web_edition
 from ..store import Store, as_utc, utcnow
+from .edition import Edition
 
 log = logging.getLogger("mailer.dispatch")
 
@@ -104,6 +109,8 @@ class SendReport:
     frozen: int = 0
     already_finished: bool = False  # the issue was sent before this run; nothing was done
     held_by: tuple[str, ...] = ()   # live claimants still holding rows (another sender of the same issue)
+    edition: int = 0                # the number of the edition sent
+    notice: str | None = None       # what this run did to the edition (`PreparedSend.notice`)
 
     @property
     def complete(self) -> bool:
@@ -183,9 +190,13 @@ class RateLimiter:
 
 
 class Sender:
-    """One issue's send machinery: rendered once, shared by every worker thread of this process."""
+    """One issue's send machinery for one stored edition, shared by every worker thread of this process.
 
-    def __init__(self, settings: Settings, store: Store, rendered: RenderedIssue, issue_id: int,
+    Each claim first reads the issue's current edition in the claim's own transaction: when a
+    `--rebuild` made a newer one, nothing is claimed, `edition_changed` is set and the workers return,
+    so the caller can load the new edition (see `current_edition`)."""
+
+    def __init__(self, settings: Settings, store: Store, rendered: Edition, issue_id: int,
                  backend_factory: Callable[[], Backend], *, rate_limiter: RateLimiter | None = None,
                  stop: threading.Event | None = None, progress: Progress | None = None,
                  on_progress: ProgressCallback | None = None, factory: MessageFactory | None = None) -> None:
@@ -196,10 +207,11 @@ class Sender:
         self.factory = factory or MessageFactory(rendered)
         self.backend_factory = backend_factory
         self.key = secret_key_for(settings)
-        self.base_url, self.slug, self.domain = settings.base_url, rendered.issue.slug, settings.sender_domain
+        self.base_url, self.slug, self.domain = settings.base_url, rendered.key, settings.sender_domain
         self.rate_limiter = rate_limiter or RateLimiter(settings.rate_limit, store, issue_id)
         self.stop = stop or threading.Event()
-        self.progress = progress or Progress(rendered.issue.slug, 0)
+        self.progress = progress or Progress(rendered.key, 0)
+        self.edition_changed = False
         self.on_progress = on_progress
         self.pause_after = settings.pause_after
         self._lock = threading.RLock()  # _record holds it while calling _abort
@@ -235,7 +247,15 @@ class Sender:
                 size = min(batch_size or backend.max_batch, backend.max_batch)
                 while not self.halted:
                     with conn.begin():
-                        rows = self.store.claim_deliveries(conn, self.issue_id, name, size)
+                        if self.store.current_edition_id(conn, self.issue_id) != self.rendered.id:
+                            self.edition_changed = True  # a --rebuild made a newer edition: claim nothing
+                            rows = []
+                        else:
+                            rows = self.store.claim_deliveries(conn, self.issue_id, name, size)
+                    if self.edition_changed:
+                        if self._held():
+                            self._hand_back(conn, name)
+                        return
                     if not rows:
                         self._settle_held(conn, name, {}, queue_empty=True)
                         return
@@ -519,7 +539,7 @@ class Sender:
 
     @property
     def halted(self) -> bool:
-        return self.stop.is_set() or self.abort_reason is not None
+        return self.stop.is_set() or self.abort_reason is not None or self.edition_changed
 
     def _sleep(self, seconds: float) -> bool:
         """Wait, waking early on a stop or a pause (renewing this worker's claims meanwhile); True when halted."""
@@ -595,28 +615,32 @@ def web_version_html(rendered: RenderedIssue) -> str:
 
 @dataclass
 class PreparedSend:
-    issue: Issue
-    rendered: RenderedIssue
     issue_id: int
-    frozen: int
+    edition: Edition      # what every claim of this send delivers (stored in the ledger)
+    frozen: int           # recipients added to the ledger by this call
     requeued_stale: int
     factory: MessageFactory | None = None
     already_finished: bool = False
+    notice: str | None = None  # one line on the edition when this call made one other than the first
+
+    @property
+    def slug(self) -> str:
+        return self.edition.key
 
 
-def check_buildable(settings: Settings, rendered: RenderedIssue) -> MessageFactory:
+def check_buildable(settings: Settings, email: RenderedIssue | Edition) -> MessageFactory:
     """Build one real message (a sample recipient, the real Message-ID and unsubscribe link) before the
     ledger is touched, so a problem in the content or the settings stops the send with one line and
     leaves the issue as it was. Raises RenderError."""
     try:
-        factory = MessageFactory(rendered)
-        sample = outgoing_message(secret_key_for(settings), settings.base_url, rendered.issue.slug,
+        factory = MessageFactory(email)
+        sample = outgoing_message(secret_key_for(settings), settings.base_url, email.key,
                                   settings.sender_domain, 0, "lecteur@example.org", "Lecteur")
         factory.build(sample.recipient, sample.message_id, formatdate(usegmt=True))
     except MailerError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever it is, it would fail every message
-        raise RenderError(f"{rendered.issue.slug}: cannot build a message ({type(exc).__name__}: {exc}); "
+        raise RenderError(f"{email.key}: cannot build a message ({type(exc).__name__}: {exc}); "
                           f"nothing was sent and the issue is unchanged") from None
     return factory
 
@@ -652,85 +676,218 @@ def refuse_held(store: Store, issue: Issue, allow_draft: bool = False) -> None:
         raise refusal
 
 
-def send_warnings(settings: Settings, store: Store, issue_ref: str, *, allow_draft: bool = False) -> tuple[str, ...]:
+def issue_slug(settings: Settings, issue_ref: str) -> str:
+    """The slug ISSUE names: its folder's name, or ISSUE itself once the folder is gone (a send in
+    progress resumes from its stored edition without its folder)."""
+    try:
+        return find_issue_folder(issue_ref, settings.issues_dir).name
+    except NotFound:
+        return Path(issue_ref.rstrip("/")).name
+
+
+def _stored_edition(store: Store, slug: str) -> tuple[object | None, object | None]:
+    """(issues row, its current `editions` row) — either None when missing."""
+    with store.engine.connect() as conn:
+        row = store.issue_row(conn, slug)
+        return row, (store.current_edition(conn, row.id) if row is not None else None)
+
+
+def send_warnings(settings: Settings, store: Store, issue_ref: str, *, allow_draft: bool = False,
+                  rebuild: bool = False) -> tuple[str, ...]:
     """What `mailer send` prints before its confirmation prompt: every build warning (`render.build_warnings`:
-    Gmail clipping, missing alt text, placeholders…), after the checks that refuse the send (read-only:
-    nothing is frozen). Raises what `prepare_send` raises before it touches the ledger."""
+    Gmail clipping, missing alt text, placeholders…) of what this send would freeze, after the checks
+    that refuse the send (read-only: nothing is frozen). A send that resumes a stored edition renders
+    nothing: its warnings were shown when it started (`resume_notice` says whether the folder changed).
+    Raises what `prepare_send` raises before it touches the ledger."""
     settings.require_for_send()
+    _, stored = _stored_edition(store, issue_slug(settings, issue_ref))
+    if stored is not None and not rebuild:
+        return ()
     issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
     refuse_held(store, issue, allow_draft)
     return render_issue(issue, settings).warnings
 
 
-def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
-                 retry_failed: bool = False, allow_draft: bool = False) -> PreparedSend:
-    """Everything that must hold before the first message goes: config, issue, render, one sample
-    message — then, in one transaction holding the issue's row, the freeze.
+def resume_notice(settings: Settings, store: Store, issue_ref: str) -> str | None:
+    """One line for a send that resumes a stored edition while its folder renders differently now (or
+    not at all), or that started before editions were stored; None otherwise (also for a finished
+    send: editing an issue after it went out is normal). Read-only."""
+    slug = issue_slug(settings, issue_ref)
+    row, stored = _stored_edition(store, slug)
+    if row is None or row.frozen_at is None:
+        return None
+    with store.engine.connect() as conn:
+        counts = store.delivery_counts(conn, row.id)
+    left = counts["queued"] + counts["sending"]
+    if not left:
+        return None
+    if stored is None:
+        return (f"{slug}: this send started before editions were stored: the folder as it is now is frozen as its "
+                f"edition and sent to the {left} recipients left ({counts['sent']} already sent)")
+    from ..scheduling.plan import format_moment
+    when = format_moment(as_utc(stored.created_at), settings.zone)
+    try:
+        current = editions.from_rendered(render_issue(load_issue(issue_ref, settings.issues_dir, settings.zone),
+                                                      settings))
+    except MailerError as exc:
+        return f"{slug}: the folder does not render any more ({exc}); the edition from {when} is sent as it was"
+    if current.content_hash == stored.content_hash:
+        return None
+    return (f"{slug}: the folder changed since the send started: the edition from {when} is used; "
+            f"`mailer send {slug} --rebuild` sends the edited text to the {left} recipients left")
 
-    Raises ConfigError / SourceError / RenderError (nothing touched), EmptyAudience (nobody to send to:
-    nothing touched either), DraftIssue for an issue `issue.holds` holds (`draft = true`, a scaffold
-    placeholder) whose edition is not frozen yet (a send already started resumes), unless `allow_draft`. A finished issue is left as it is
-    (`already_finished`) unless `retry_failed` or `include_new` find someone to send to.
-    """
-    settings.require_for_send()
+
+def _from_folder(settings: Settings, store: Store, issue_ref: str, allow_draft: bool) -> tuple[Issue, Edition, str]:
+    """(issue, the edition its folder renders to now, its web version), checked buildable; nothing stored."""
     issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
     refuse_held(store, issue, allow_draft)
     rendered = render_issue(issue, settings)
+    check_buildable(settings, rendered)
+    return issue, editions.from_rendered(rendered), web_version_html(rendered)
+
+
+def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
+                 retry_failed: bool = False, allow_draft: bool = False, rebuild: bool = False) -> PreparedSend:
+    """Everything that must hold before the first message goes: config, issue, render, one sample
+    message — then, in one transaction holding the issue's row, the freeze: the recipient set AND the
+    edition (`edition.py`: subject, HTML and text with their slots, fixed headers, template, version,
+    content hash). A send already started renders nothing: it resumes its stored edition, even when
+    the folder changed or is gone (`resume_notice` tells).
+
+    `rebuild`: a new edition from the folder for the recipients not reached yet (queued, plus the
+    failed with `retry_failed`, newcomers with `include_new`); those already sent keep theirs and are
+    never sent again. An unchanged folder makes no new edition. A send started before editions were
+    stored freezes the folder as it is at its first resume (reason `migrated`, said in `notice`).
+
+    Raises ConfigError / SourceError / RenderError (nothing touched), EmptyAudience (nobody to send to:
+    nothing touched either), DraftIssue for an issue `issue.holds` holds (`draft = true`, a scaffold
+    placeholder) whose edition is not frozen yet (a send already started resumes), unless `allow_draft`;
+    RebuildRefused (nothing touched) when a live sender holds deliveries of the issue or nobody is
+    left for a new edition. A finished issue is left as it is (`already_finished`) unless
+    `retry_failed` or `include_new` find someone to send to.
+    """
+    settings.require_for_send()
     make_backend(settings)  # constructing checks the backend's own settings
-    factory = check_buildable(settings, rendered)
-    web_html = web_version_html(rendered)
+    slug = issue_slug(settings, issue_ref)
+    row, stored = _stored_edition(store, slug)
+    issue = fresh = web_html = None
+    if stored is None or rebuild:
+        issue, fresh, web_html = _from_folder(settings, store, issue_ref, allow_draft)
+    else:
+        try:  # only for what issue.toml says about publication (`public`) and the list of newcomers
+            issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
+        except MailerError:
+            issue = None
     now = utcnow()
+    notice = None
     with store.begin() as conn:
-        row = store.ensure_issue(conn, slug=issue.slug, subject=rendered.subject, list_name=issue.list_name,
-                                 web_html=web_html, issue_date=issue.date.isoformat(), public=issue.public)
+        if issue is not None:
+            row = store.ensure_issue(conn, slug=slug, subject=fresh.subject if fresh else stored.subject,
+                                     list_name=issue.list_name, web_html=web_html,
+                                     issue_date=issue.date.isoformat(), public=issue.public)
+        else:
+            row = store.lock_issue(conn, slug)
+        was_frozen = row.frozen_at is not None
+        stored = store.current_edition(conn, row.id) if was_frozen else None  # again, under the lock
+        requeued = requeue_dead_claims(store, conn, row.id)
+        if rebuild and stored is not None:
+            _, alive = live_claimants(store, conn, row.id)
+            if alive:
+                raise RebuildRefused(
+                    f"{slug}: refusing to rebuild while deliveries are being sent (held by {', '.join(alive)}); "
+                    f"stop that sender (Ctrl-C or SIGTERM pauses it cleanly), then run `mailer send {slug} "
+                    f"--rebuild` again; nothing was changed")
         frozen = 0
-        if row.frozen_at is None or include_new:
-            frozen = store.freeze_recipients(conn, row.id, issue.list_name)
-            if row.frozen_at is None and frozen == 0:
-                raise EmptyAudience(f"refusing to send {issue.slug}: {empty_audience_reason(store, conn, issue)}; "
+        if not was_frozen or include_new:
+            frozen = store.freeze_recipients(conn, row.id, row.list_name)
+            if not was_frozen and frozen == 0:
+                raise EmptyAudience(f"refusing to send {slug}: {empty_audience_reason(store, conn, issue)}; "
                                     f"nothing was sent and the issue is unchanged")
             max_id = store.max_subscriber_id(conn)
             store.update_issue(conn, row.id, frozen_at=row.frozen_at or now, max_subscriber_id=max_id)
         if retry_failed:
             store.requeue(conn, row.id, statuses=("failed",))
             store.reset_attempts(conn, row.id)
-        requeued = requeue_dead_claims(store, conn, row.id)
         counts = store.delivery_counts(conn, row.id)
+        left, sent = counts["queued"] + counts["sending"], counts["sent"]
+        if stored is None:
+            reason = "migrated" if was_frozen else "send"
+            stored = store.insert_edition(conn, row.id, reason=reason, values=fresh.values())
+            if was_frozen:
+                notice = (f"{slug}: this send started before editions were stored: the folder as it is now is "
+                          f"frozen as edition 1 for the {left} recipients left ({sent} already sent)")
+        elif rebuild:
+            if not left:
+                raise RebuildRefused(f"{slug}: nobody is left to send a new edition to ({sent} sent, "
+                                     f"{counts['failed']} failed, {counts['skipped']} skipped; --retry-failed, "
+                                     f"--include-new); nothing was changed")
+            if fresh.content_hash == stored.content_hash:
+                notice = f"{slug}: the folder is unchanged since edition {stored.number}: nothing rebuilt"
+            else:
+                stored = store.insert_edition(conn, row.id, reason="rebuild", values=fresh.values())
+                store.update_issue(conn, row.id, subject=fresh.subject, web_html=web_html)
+                notice = (f"{slug}: edition {stored.number} made from the folder: it goes to the {left} recipients "
+                          f"left; the {sent} already sent keep edition {stored.number - 1} and are never sent again")
         finished = row.status == "sent" and counts["queued"] == 0 and counts["sending"] == 0
         if not finished:
             store.update_issue(conn, row.id, status="sending", started_at=row.started_at or now, paused_reason=None)
     if requeued:
-        log.info("%s: %d deliveries left in flight by a stopped run are queued again", issue.slug, requeued)
-    return PreparedSend(issue, rendered, row.id, frozen, requeued, factory, finished)
+        log.info("%s: %d deliveries left in flight by a stopped run are queued again", slug, requeued)
+    if notice:
+        log.warning("%s", notice)
+    edition = editions.from_row(stored, slug, settings)
+    return PreparedSend(row.id, edition, frozen, requeued, check_buildable(settings, edition), finished, notice)
+
+
+def load_edition(settings: Settings, store: Store, issue_id: int, slug: str) -> tuple[Edition, MessageFactory]:
+    """The issue's current stored edition, ready to send (a `mailer worker`, a sender after a
+    `--rebuild`); a send started before editions were stored gets its folder frozen now (`prepare_send`)."""
+    with store.engine.connect() as conn:
+        row = store.current_edition(conn, issue_id)
+    if row is None:
+        prepared = prepare_send(settings, store, slug)
+        return prepared.edition, prepared.factory
+    edition = editions.from_row(row, slug, settings)
+    return edition, check_buildable(settings, edition)
 
 
 def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
                retry_failed: bool = False, workers: int = 1, stop: threading.Event | None = None,
                on_progress: ProgressCallback | None = None,
-               backend_factory: Callable[[], Backend] | None = None, allow_draft: bool = False) -> SendReport:
+               backend_factory: Callable[[], Backend] | None = None, allow_draft: bool = False,
+               rebuild: bool = False) -> SendReport:
     """Send an issue to its frozen recipient set, resuming whatever a previous run left, until every
     delivery is settled (also those another live sender of the same issue holds), a stop, or a pause.
+    What goes out is the issue's stored edition (`prepare_send`; `rebuild` makes a new one first); when
+    another process's `--rebuild` makes a newer one meanwhile, this run continues with that one.
 
     Raises what `prepare_send` raises (drafts: see there), and SendAborted when the send paused (the
     ledger is consistent; the same call resumes it)."""
     started = time.monotonic()
     stop = stop or threading.Event()
     prepared = prepare_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
-                            allow_draft=allow_draft)
-    slug = prepared.issue.slug
+                            allow_draft=allow_draft, rebuild=rebuild)
+    slug = prepared.slug
     with store.engine.connect() as conn:
         counts = store.delivery_counts(conn, prepared.issue_id)
     if prepared.already_finished:
-        return SendReport(slug, counts, 0, 0, 0, time.monotonic() - started, already_finished=True)
+        return SendReport(slug, counts, 0, 0, 0, time.monotonic() - started, already_finished=True,
+                          edition=prepared.edition.number, notice=prepared.notice)
     progress = Progress(slug, total=counts["queued"] + counts["sending"])
-    sender = Sender(settings, store, prepared.rendered, prepared.issue_id,
-                    backend_factory or (lambda: make_backend(settings)),
+    backend_factory = backend_factory or (lambda: make_backend(settings))
+    sender = Sender(settings, store, prepared.edition, prepared.issue_id, backend_factory,
                     stop=stop, progress=progress, on_progress=on_progress, factory=prepared.factory)
     held: list[str] = []
     try:
         while True:
             if counts["queued"]:
                 run_workers(sender, workers, settings.batch_size)
+            if sender.edition_changed and not stop.is_set() and sender.abort_reason is None:
+                edition, factory = load_edition(settings, store, prepared.issue_id, slug)
+                log.warning("%s: edition %d was made meanwhile (--rebuild): the rest goes out with it",
+                            slug, edition.number)
+                sender = Sender(settings, store, edition, prepared.issue_id, backend_factory, stop=stop,
+                                progress=progress, on_progress=on_progress, factory=factory)
             with store.begin() as conn:
                 requeue_dead_claims(store, conn, prepared.issue_id)
                 counts = store.delivery_counts(conn, prepared.issue_id)
@@ -750,7 +907,8 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
     counts, paused = settle_issue(store, prepared.issue_id, sender.abort_reason)
     report = SendReport(slug, counts, progress.sent, progress.failed, progress.skipped,
                         time.monotonic() - started, prepared.requeued_stale, prepared.frozen,
-                        held_by=tuple(held) if counts["sending"] else ())
+                        held_by=tuple(held) if counts["sending"] else (), edition=sender.rendered.number,
+                        notice=prepared.notice)
     if paused:
         left = counts["queued"] + counts["sending"]
         if left:
@@ -821,13 +979,12 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
                 break
             sender = senders.get(slug)
             if sender is None:
-                try:
-                    rendered = render_issue(load_issue(slug, settings.issues_dir, settings.zone), settings)
-                    factory = check_buildable(settings, rendered)
+                try:  # the stored edition: the folder is never read (but a send from before editions)
+                    edition, factory = load_edition(settings, store, issue_id, slug)
                 except MailerError as exc:
-                    log.error("%s: cannot render here (%s); leaving it to another worker", slug, exc)
+                    log.error("%s: cannot build its messages here (%s); leaving it to another worker", slug, exc)
                     continue
-                sender = Sender(settings, store, rendered, issue_id, lambda: make_backend(settings), stop=stop,
+                sender = Sender(settings, store, edition, issue_id, lambda: make_backend(settings), stop=stop,
                                 progress=Progress(slug, 0), on_progress=on_progress, factory=factory)
                 senders[slug] = sender
             with store.begin() as conn:
@@ -836,9 +993,11 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
             run_workers(sender, 1, settings.batch_size)
             sent += sender.progress.sent - before
             counts, paused = settle_issue(store, issue_id, sender.abort_reason)
+            if sender.edition_changed:
+                senders.pop(slug)  # a --rebuild made a newer edition: the next round loads it
             if paused:
                 log.error("%s: paused: %s", slug, paused)
-                senders.pop(slug)
+                senders.pop(slug, None)
             elif counts["queued"] == 0 and counts["sending"] == 0:
                 log.info("%s: finished (%d sent, %d failed, %d skipped)", slug, counts["sent"], counts["failed"],
                          counts["skipped"])
@@ -879,64 +1038,75 @@ class SendPlan:
     status: str          # none (never sent) | draft | sending | paused | sent
     recipients: int      # deliveries this run would send (new freeze, queue, failures retried, newcomers)
     total: int           # ledger rows so far (0 before the first freeze)
+    rebuild: bool = False  # a new edition from the folder for those not reached yet
 
     def describe(self, backend: str) -> str:
         audience = f"{self.recipients} subscriber(s)" + (f" of list {self.list_name!r}" if self.list_name else "")
         if self.status in ("none", "draft"):
             return f"Send {self.slug} \u201c{self.subject}\u201d through {backend} to {audience}?"
+        if self.rebuild:
+            return (f"Rebuild {self.slug} from its folder (\u201c{self.subject}\u201d) and send that edition through "
+                    f"{backend} to the {audience} left of {self.total} (those already sent get nothing more)?")
         return (f"Resume {self.slug} \u201c{self.subject}\u201d ({self.status}) through {backend}: "
                 f"{audience} left of {self.total}?")
 
 
 def plan_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
-              retry_failed: bool = False) -> SendPlan:
-    """Read-only: who a send of `issue_ref` would reach now (nothing is frozen or sent)."""
-    issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
+              retry_failed: bool = False, rebuild: bool = False) -> SendPlan:
+    """Read-only: who a send of `issue_ref` would reach now (nothing is frozen or sent). A resume reads
+    only the ledger (its folder may have changed or be gone); a first send and `rebuild` read the folder."""
+    slug = issue_slug(settings, issue_ref)
     with store.engine.connect() as conn:
-        row = store.issue_row(conn, issue.slug)
+        row = store.issue_row(conn, slug)
         if row is None or row.frozen_at is None:
+            issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
             recipients = store.count_unfrozen(conn, None, issue.list_name)
             return SendPlan(issue.slug, issue.subject, issue.list_name, row.status if row else "none", recipients, 0)
+        subject = load_issue(issue_ref, settings.issues_dir, settings.zone).subject if rebuild else row.subject
         counts = store.delivery_counts(conn, row.id)
         recipients = counts["queued"] + counts["sending"]
         if retry_failed:
             recipients += counts["failed"]
         if include_new:
-            recipients += store.count_unfrozen(conn, row.id, issue.list_name)
-        return SendPlan(issue.slug, row.subject, row.list_name, row.status, recipients, sum(counts.values()))
+            recipients += store.count_unfrozen(conn, row.id, row.list_name)
+        return SendPlan(slug, subject, row.list_name, row.status, recipients, sum(counts.values()), rebuild)
 
 
-def _ledger_summary(row, counts: dict[str, int]) -> dict:  # noqa: ANN001 - an `issues` row
+def _ledger_summary(row, counts: dict[str, int], edition=None) -> dict:  # noqa: ANN001 - `issues`, `editions` rows
     """One issue's ledger as `mailer status` shows it (`--json`): issue (slug), subject, status
     (draft | sending | paused | sent), paused_reason, counts (queued, sending, sent, failed, skipped),
-    total, frozen_at, started_at, finished_at (ISO 8601 UTC or null), when (the last of those)."""
+    total, frozen_at, started_at, finished_at (ISO 8601 UTC or null), when (the last of those), edition
+    (number, created_at, reason, subject, template, content_hash, editions: how many; null before
+    the first freeze)."""
     times = {key: as_utc(getattr(row, key)) for key in ("frozen_at", "started_at", "finished_at")}
     when = times["finished_at"] or times["started_at"] or times["frozen_at"]
     return {"issue": row.slug, "subject": row.subject, "status": row.status, "paused_reason": row.paused_reason,
             "counts": counts, "total": sum(counts.values()),
             **{key: value.isoformat() if value else None for key, value in times.items()},
-            "when": when.isoformat() if when else None}
+            "when": when.isoformat() if when else None,
+            "edition": None if edition is None else {
+                "number": edition.number, "created_at": as_utc(edition.created_at).isoformat(),
+                "reason": edition.reason, "subject": edition.subject, "template": edition.template,
+                "content_hash": edition.content_hash, "editions": edition.count}}
 
 
 def issue_status(settings: Settings, store: Store, issue_ref: str) -> dict:
-    """Ledger counts by status, plus the issue's own state (`_ledger_summary`'s shape). NotFound when
-    the issue has no ledger yet."""
-    slug = issue_ref
-    try:
-        from ..content.issue import find_issue_folder
-        slug = find_issue_folder(issue_ref, settings.issues_dir).name
-    except NotFound:
-        pass
+    """Ledger counts by status, plus the issue's own state and edition (`_ledger_summary`'s shape).
+    NotFound when the issue has no ledger yet."""
+    slug = issue_slug(settings, issue_ref)
     with store.engine.connect() as conn:
         row = store.issue_row(conn, slug)
         if row is None:
             raise NotFound(f"issue {issue_ref!r} has never been sent (no ledger yet)")
         counts = store.delivery_counts(conn, row.id)
-    return _ledger_summary(row, counts)
+        edition = store.current_editions(conn, [row.id]).get(row.id)
+    return _ledger_summary(row, counts, edition)
 
 
 def ledger_overview(store: Store) -> list[dict]:
     """`mailer status` without ISSUE: every issue with a ledger, newest first (its last activity:
     finished, else started, else frozen), each in `_ledger_summary`'s shape; [] before the first send."""
     with store.engine.connect() as conn:
-        return [_ledger_summary(row, counts) for row, counts in store.ledger_overview(conn)]
+        overview = store.ledger_overview(conn)
+        current = store.current_editions(conn, [row.id for row, _ in overview])
+        return [_ledger_summary(row, counts, current.get(row.id)) for row, counts in overview]

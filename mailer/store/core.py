@@ -23,11 +23,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from ..errors import ConfigError, MailerError, NotFound
-from .schema import (SUPPRESSED_STATUSES, TOMBSTONE_PREFIX, deliveries, issues, list_members, metadata, provider_events,
+from .schema import (SUPPRESSED_STATUSES, TOMBSTONE_PREFIX, deliveries, editions, issues, list_members, metadata, provider_events,
                      subscriber_events, subscribers)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 MAILBOX_PROVIDER = "mailbox"  # provider_events.provider of what bounce mailboxes report
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
@@ -88,6 +88,10 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start:start + size]
 
 _NOT_TOMBSTONE = ~subscribers.c.email.startswith(TOMBSTONE_PREFIX)
+
+# once per claim (Store.current_edition_id): built once
+_ISSUE_SHARE_LOCK = sa.select(issues.c.id).where(issues.c.id == sa.bindparam("p_issue")).with_for_update(read=True)
+_CURRENT_EDITION_ID = sa.select(sa.func.max(editions.c.id)).where(editions.c.issue_id == sa.bindparam("p_issue"))
 
 _FINISH_ONE = deliveries.update().where(
     deliveries.c.id == sa.bindparam("p_id"), deliveries.c.claimed_by == sa.bindparam("p_worker"),
@@ -415,6 +419,14 @@ class Store:
             row = self.issue_row(conn, slug)
         return row  # type: ignore[return-value]
 
+    def lock_issue(self, conn: Connection, slug: str) -> sa.Row:
+        """The issue's existing row, LOCKED (FOR UPDATE) for the rest of the transaction; NotFound when
+        there is none."""
+        row = conn.execute(sa.select(issues).where(issues.c.slug == slug).with_for_update()).first()
+        if row is None:
+            raise NotFound(f"issue {slug!r}: no issue folder and no send of that name")
+        return row
+
     def book_rate_slot(self, conn: Connection, issue_id: int, now: float, cost: float) -> float:
         """Move the issue's rate schedule forward by `cost` seconds from max(schedule, now); returns
         the end of the booked slot (epoch seconds). One atomic statement, whoever calls."""
@@ -615,6 +627,47 @@ class Store:
             sa.select(deliveries.c.claimed_by, sa.func.min(deliveries.c.claimed_at))
             .where(deliveries.c.issue_id == issue_id, deliveries.c.status == "sending")
             .group_by(deliveries.c.claimed_by))]
+
+    # ----- editions: the content a send delivers (see dispatch.prepare_send) -----------------------
+    def insert_edition(self, conn: Connection, issue_id: int, *, reason: str, values: dict[str, Any]) -> sa.Row:
+        """Store the issue's next edition (number = last + 1) and return its row. `values`: the
+        `editions` columns subject, html, text, greeting, headers, template, mailer_version,
+        content_hash. Call it holding the issue's row lock (`ensure_issue`): numbers never collide."""
+        number = conn.execute(sa.select(sa.func.coalesce(sa.func.max(editions.c.number), 0))
+                              .where(editions.c.issue_id == issue_id)).scalar_one() + 1
+        sent = conn.execute(sa.select(sa.func.count()).select_from(deliveries)
+                            .where(deliveries.c.issue_id == issue_id, deliveries.c.status == "sent")).scalar_one()
+        edition_id = conn.execute(editions.insert().values(
+            issue_id=issue_id, number=number, created_at=utcnow(), reason=reason, sent_before=sent, **values)
+            .returning(editions.c.id)).scalar_one()
+        return conn.execute(sa.select(editions).where(editions.c.id == edition_id)).one()
+
+    def current_edition(self, conn: Connection, issue_id: int) -> sa.Row | None:
+        """The issue's newest edition (the one every claim sends), None before the first freeze."""
+        return conn.execute(sa.select(editions).where(editions.c.issue_id == issue_id)
+                            .order_by(editions.c.number.desc()).limit(1)).first()
+
+    def current_edition_id(self, conn: Connection, issue_id: int) -> int | None:
+        """The newest edition's id, read under a shared lock on the issue's row (PostgreSQL `FOR SHARE`;
+        SQLite's single writer serialises the same way): a claim made in the same transaction can
+        never interleave with a `--rebuild`, which holds that row `FOR UPDATE`."""
+        if not self.is_sqlite:
+            conn.execute(_ISSUE_SHARE_LOCK, {"p_issue": issue_id})
+        return conn.execute(_CURRENT_EDITION_ID, {"p_issue": issue_id}).scalar()
+
+    def current_editions(self, conn: Connection, issue_ids: Sequence[int]) -> dict[int, sa.Row]:
+        """issue id -> (number, created_at, reason, content_hash, template, count) of its newest edition."""
+        newest = (sa.select(editions.c.issue_id, sa.func.max(editions.c.number).label("number"),
+                            sa.func.count().label("count"))
+                  .where(editions.c.issue_id.in_(sa.bindparam("p_ids", expanding=True)))
+                  .group_by(editions.c.issue_id).subquery())
+        query = (sa.select(editions.c.issue_id, editions.c.number, editions.c.created_at, editions.c.reason,
+                           editions.c.content_hash, editions.c.template, editions.c.subject, newest.c.count)
+                 .join(newest, (newest.c.issue_id == editions.c.issue_id) & (newest.c.number == editions.c.number)))
+        found: dict[int, sa.Row] = {}
+        for chunk in _chunks(sorted(set(issue_ids)), 500):
+            found.update((row.issue_id, row) for row in conn.execute(query, {"p_ids": list(chunk)}))
+        return found
 
     # ----- the CSV import and export: bulk reads and writes ---------------------------------------
     # The import hands rows over as plain tuples (the cheapest thing to build, pickle from its parser

@@ -98,6 +98,28 @@ deliveries = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("issue_id", "subscriber_id", name="uq_deliveries_issue_subscriber"),
 )
+editions = Table(
+    "editions", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("issue_id", BigId, ForeignKey("issues.id", ondelete="CASCADE"), nullable=False),
+    Column("number", Integer, nullable=False, doc="1 for the content frozen by the first send, +1 per `--rebuild`"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("reason", String(16), nullable=False, doc="send (the first freeze), rebuild, or migrated (a send "
+                                                      "started before editions were stored: frozen at its resume)"),
+    Column("subject", Text, nullable=False, doc="as sent (typeset)"),
+    Column("html", Text, nullable=False, doc="compiled HTML with its slot markers"),
+    Column("text", Text, nullable=False, doc="the text part with its slot markers"),
+    Column("greeting", Text, nullable=False, doc="the greeting pattern ({name}); '' = none"),
+    Column("headers", JSON, nullable=False, doc="the settings behind the headers that do not vary per recipient "
+                                               "(From, Reply-To, List-Id): name, from_address, reply_to, list_id"),
+    Column("template", String(200), nullable=False),
+    Column("mailer_version", String(32), nullable=False),
+    Column("content_hash", String(64), nullable=False, doc="SHA-256 of what is sent (edition.content_hash)"),
+    Column("sent_before", Integer, nullable=False, default=0,
+           doc="deliveries already sent (with earlier editions) when this edition was made"),
+    UniqueConstraint("issue_id", "number", name="uq_editions_issue_number"),
+)
+
 Index("ix_deliveries_issue_status_id", deliveries.c.issue_id, deliveries.c.status, deliveries.c.id)
 Index("ix_deliveries_subscriber", deliveries.c.subscriber_id)
 
