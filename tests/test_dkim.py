@@ -264,7 +264,7 @@ def test_selector_and_domain_accepted(project, make_settings):
     assert signer_for(settings).domain == "xn--exmple-cua.org"
 
 
-def test_warnings_short_rsa_unaligned_domain_sendgrid_readable(project, make_settings):
+def test_warnings_short_rsa_unaligned_domain_sendgrid_readable(project, make_settings, sqlite_store):
     short = rsa.generate_private_key(65537, 1024)
     path = _write(project / "short.pem", _pem(short))
     path.chmod(0o644)
@@ -272,6 +272,9 @@ def test_warnings_short_rsa_unaligned_domain_sendgrid_readable(project, make_set
                              MAILER_DKIM_DOMAIN="other-domain.net", MAILER_BACKEND="sendgrid", SENDGRID_API_KEY="SG.x")
     text = " | ".join(dkim_warnings(settings))
     assert "1024 bits" in text and "not aligned" in text and "SendGrid signs" in text and "chmod 600" in text
+    shown = dispatch.send_warnings(make_settings(MAILER_DKIM_PRIVATE_KEY=str(path), MAILER_DKIM_SELECTOR="s",
+                                                 database_url=_db_url(sqlite_store)), sqlite_store, EXAMPLE_ISSUE)
+    assert any("1024 bits" in warning for warning in shown)  # what `mailer send` prints before it asks
     good = make_key(project, "rsa")
     assert dkim_warnings(make_settings(**dkim_env(good, MAILER_DKIM_DOMAIN="mail.example.org"))) == []  # relaxed-aligned
 

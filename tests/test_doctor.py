@@ -312,3 +312,22 @@ def test_cli_text_and_json_exit_codes(project, key):
     by_name = {check["name"]: check for check in report["checks"]}
     assert by_name["spf"]["status"] == "ok" and by_name["one_click"]["status"] == "fail"
     assert set(by_name) == {"from", "postal_address", "base_url", "secret_key", "dkim", "spf", "dmarc", "one_click"}
+
+
+def test_readme_documents_the_commands_options_and_settings():
+    from mailer.cli import main
+    from mailer.config import ENV_VARS
+    from .conftest import REPO
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for path in (("dkim", "keygen"), ("doctor",)):
+        command = main
+        for name in path:
+            command = command.commands[name]
+        assert f"mailer {' '.join(path)}" in readme and command.help
+        for param in command.params:
+            for option in param.opts:
+                assert option in readme, (path, option)
+            assert param.help, (path, param.name)
+    for var in ("MAILER_DKIM_PRIVATE_KEY", "MAILER_DKIM_SELECTOR", "MAILER_DKIM_DOMAIN", "MAILER_DNS_NAMESERVER"):
+        assert var in ENV_VARS and f"| `{var}` |" in readme
+    assert "### Deliverability checklist" in readme
