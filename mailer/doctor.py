@@ -379,6 +379,7 @@ def check_spf(settings: Settings, resolver: Dns) -> Check:
             if not addresses:
                 return Check("spf", "fail", f"the SMTP host {host} has no address in DNS", "check MAILER_SMTP_HOST")
             results = {str(ip): _SpfEvaluator(resolver).check(ip, domain) for ip in addresses}
+            relay_fix = " ".join(f"ip{ip.version}:{ip}" for ip in addresses) + " (or the include: your relay documents)"
             covered = all(result == "pass" for result in results.values())
             relay = f"{host} ({', '.join(f'{ip}: {result}' for ip, result in results.items())})"
     except ValueError as exc:
