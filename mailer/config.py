@@ -84,6 +84,10 @@ ENV_VARS: dict[str, str] = {
     "MAILER_BOUNCE_POLL": "bounce_poll",
     "MAILER_SOFT_BOUNCE_LIMIT": "soft_bounce_limit",
     "MAILER_SOFT_BOUNCE_SENDS": "soft_bounce_sends",
+    "MAILER_DKIM_PRIVATE_KEY": "dkim_private_key",
+    "MAILER_DKIM_SELECTOR": "dkim_selector",
+    "MAILER_DKIM_DOMAIN": "dkim_domain",
+    "MAILER_DNS_NAMESERVER": "dns_nameserver",
 }
 ENV_NAMES: dict[str, str] = {attr: var for var, attr in ENV_VARS.items()}
 
@@ -139,6 +143,10 @@ class Settings:
     bounce_poll: float = 300.0  # seconds between two polls of bounce_mailbox
     soft_bounce_limit: int = 3  # soft bounces …
     soft_bounce_sends: int = 5  # … over a subscriber's last this many sends make them `bounced`
+    dkim_private_key: str = ""  # PEM file (relative: from the config folder); checked at load by dkim_signing
+    dkim_selector: str = ""
+    dkim_domain: str = ""  # default: the From domain
+    dns_nameserver: str = ""  # HOST[:PORT] for `mailer doctor`; default: the system's resolver
 
     # ----- derived values -------------------------------------------------------------------
     # cached: read per recipient on hot paths (a frozen dataclass without slots allows it)
@@ -589,6 +597,9 @@ def _validate(settings: Settings, where: Callable[[str], str]) -> Settings:
                            ("MAILER_SENDGRID_TIMEOUT", settings.sendgrid_timeout)):
         if not seconds > 0:
             raise ConfigError(f"{label} must be a positive number of seconds, not {seconds!r}")
+    if settings.dkim_private_key or settings.dkim_selector or settings.dkim_domain:
+        from .dkim_signing import check_settings  # imports dkimpy: only when DKIM is configured
+        check_settings(settings, where)
     return settings
 
 

@@ -595,3 +595,7 @@ def db_upgrade() -> None:
     click.echo(f"database at revision {HEAD_REVISION}" + ("" if before == HEAD_REVISION else f" (was {before or 'empty'})"))
 
 
+from .deliverability import dkim, doctor  # noqa: E402  (commands of their own module)
+
+main.add_command(dkim)
+main.add_command(doctor)

@@ -695,7 +695,8 @@ def _stored_edition(store: Store, slug: str) -> tuple[object | None, object | No
 def send_warnings(settings: Settings, store: Store, issue_ref: str, *, allow_draft: bool = False,
                   rebuild: bool = False) -> tuple[str, ...]:
     """What `mailer send` prints before its confirmation prompt: every build warning (`render.build_warnings`:
-    Gmail clipping, missing alt text, placeholders…) of what this send would freeze, after the checks
+    Gmail clipping, missing alt text, placeholders…) of what this send would freeze and the DKIM warnings
+    (`dkim_signing.dkim_warnings`), after the checks
     that refuse the send (read-only: nothing is frozen). A send that resumes a stored edition renders
     nothing: its warnings were shown when it started (`resume_notice` says whether the folder changed).
     Raises what `prepare_send` raises before it touches the ledger."""
@@ -705,7 +706,11 @@ def send_warnings(settings: Settings, store: Store, issue_ref: str, *, allow_dra
         return ()
     issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
     refuse_held(store, issue, allow_draft)
-    return render_issue(issue, settings).warnings
+    warnings = render_issue(issue, settings).warnings
+    if settings.dkim_private_key or settings.backend == "sendgrid":
+        from ..dkim_signing import dkim_warnings  # short RSA key, unaligned domain, key readable by others
+        warnings = (*warnings, *dkim_warnings(settings))
+    return warnings
 
 
 def resume_notice(settings: Settings, store: Store, issue_ref: str) -> str | None:

@@ -1,0 +1,307 @@
+"""DKIM signing: every message the smtp and outbox backends hand over, and `mailer build`'s .eml, verifies
+with dkimpy against the key `mailer dkim keygen` published (a DNS function handed to the verifier, no
+network); a message changed after signing does not; a bad key is a one-line error before anything leaves."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import random
+import subprocess
+import sys
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from mailer.sending import dispatch
+from mailer.dkim_signing import BodyHasher, dkim_warnings, generate_key, txt_record_value, load_private_key
+from mailer.errors import ConfigError
+from mailer.content.issue import load_issue
+from mailer.mime import MessageFactory
+from mailer.content.render import Recipient, render_issue
+from mailer.subscribers import add_subscriber
+
+from .conftest import BASE_ENV, EXAMPLE_ISSUE
+from .smtp_server import start_server
+
+MAILER = [sys.executable, "-m", "mailer.cli"]
+SELECTOR = "mailer202611"
+
+
+def make_key(project: Path, kind: str, name: str = "dkim.pem", selector: str = SELECTOR, domain: str = "example.org"):
+    return generate_key(project / name, selector, domain, kind)
+
+
+def dns_for(*keys):
+    """A dkimpy dnsfunc answering each generated key's TXT record, nothing else."""
+    table = {(key.record_name + ".").encode("ascii"): key.record_value.encode("ascii") for key in keys}
+
+    def dnsfunc(name, timeout=5):  # noqa: ANN001, ANN202
+        return table.get(name)
+    return dnsfunc
+
+
+def _db_url(store) -> str:  # noqa: ANN001
+    return store.engine.url.render_as_string(hide_password=False)
+
+
+def dkim_env(key, **extra) -> dict[str, str]:
+    return {"MAILER_DKIM_PRIVATE_KEY": str(key.path), "MAILER_DKIM_SELECTOR": key.record_name.split(".")[0], **extra}
+
+
+def signature_tags(message: bytes) -> dict[bytes, bytes]:
+    parsed = message_from_bytes(message, policy=policy.compat32)
+    return dkim.util.parse_tag_value(parsed["DKIM-Signature"].encode("ascii"))
+
+
+# ----- through the real backends ------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_smtp_send_signs_every_message(kind, project, make_settings, sqlite_store):
+    key = make_key(project, kind)
+    server = start_server()
+    try:
+        settings = make_settings(database_url=_db_url(sqlite_store), MAILER_BACKEND="smtp", MAILER_SMTP_HOST="127.0.0.1", MAILER_SMTP_PORT=str(server.port),
+                                 MAILER_SMTP_TLS="none", **dkim_env(key))
+        for address, name in (("zoe@example.net", "Zoé  Durand"), ("a.b+tag@example.net", ""),
+                              ("u@example.net", "Ünïcødé Nåme")):
+            add_subscriber(sqlite_store, address, name=name)
+        report = dispatch.send_issue(settings, sqlite_store, EXAMPLE_ISSUE)
+        assert report.counts["sent"] == 3
+        received = server.handler.messages
+    finally:
+        server.stop()
+    assert len(received) == 3
+    for item in received:
+        assert item.data.startswith(b"DKIM-Signature: ")
+        assert dkim.verify(item.data, dnsfunc=dns_for(key)), item.data[:400]
+        tags = signature_tags(item.data)
+        assert tags[b"a"] == (b"rsa-sha256" if kind == "rsa" else b"ed25519-sha256")
+        assert tags[b"c"] == b"relaxed/relaxed" and tags[b"d"] == b"example.org" and tags[b"s"] == SELECTOR.encode()
+        signed = [name.strip() for name in tags[b"h"].split(b":")]
+        for header in (b"from", b"to", b"subject", b"date", b"message-id", b"list-unsubscribe",
+                       b"list-unsubscribe-post", b"list-id", b"mime-version", b"content-type"):
+            assert signed.count(header) == 2, header  # signed and oversigned
+        field = item.data[:item.data.index(b"\r\n", item.data.index(b" b=")) + 2]
+        while item.data[len(field):len(field) + 1] == b" ":  # the signature's continuation lines
+            field = item.data[:item.data.index(b"\r\n", len(field)) + 2]
+        assert all(len(line) <= 78 for line in field.split(b"\r\n"))
+
+
+def test_outbox_send_and_build_are_signed(project, make_settings, sqlite_store):
+    key = make_key(project, "rsa")
+    settings = make_settings(database_url=_db_url(sqlite_store), **dkim_env(key, MAILER_BOUNCE_ADDRESS="bounces@example.org"))
+    for i in range(3):
+        add_subscriber(sqlite_store, f"reader{i}@example.net", name=f"Lecteur {i}")
+    assert dispatch.send_issue(settings, sqlite_store, EXAMPLE_ISSUE).counts["sent"] == 3
+    files = sorted((settings.outbox_dir).rglob("*.eml"))
+    assert len(files) == 3
+    for path in files:  # the VERP Return-Path the outbox puts on top is outside the signature
+        assert path.read_bytes().startswith(b"Return-Path: <bounces+")
+        assert dkim.verify(path.read_bytes(), dnsfunc=dns_for(key))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
+    result = subprocess.run([*MAILER, "build", EXAMPLE_ISSUE, "--out", "built"], cwd=project, capture_output=True,
+                            text=True, env={**env, **BASE_ENV, **dkim_env(key)}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert dkim.verify((project / "built" / "email.eml").read_bytes(), dnsfunc=dns_for(key))
+
+
+# ----- tampering ----------------------------------------------------------------------------------
+@pytest.fixture
+def signed(project, make_settings):
+    key = make_key(project, "rsa")
+    settings = make_settings(**dkim_env(key))
+    factory = MessageFactory(render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings))
+    recipient = Recipient(email="zoe@example.net", name="Zoé Durand", unsubscribe_url="https://lettre.example.org/u/tok1")
+    return key, factory.build(recipient, "<m1@example.org>")
+
+
+@pytest.mark.parametrize("change", [
+    (b"Subject: ", b"Subject: URGENT "),
+    (b"https://lettre.example.org/u/tok1", b"https://evil.example.net/u/tok1"),  # List-Unsubscribe and body
+    (b"To: ", b"To: x"),
+    (b"\r\n\r\n", b"\r\nFrom: Someone Else <ceo@example.org>\r\n\r\n"),  # a second From: oversigned
+    (b"\r\n\r\n", b"\r\nSubject: second subject\r\n\r\n"),
+    (b"</body>", b"</b0dy>"),  # one byte in the body
+], ids=["subject", "unsubscribe-url", "to", "added-from", "added-subject", "body"])
+def test_a_change_after_signing_fails_verification(signed, change):
+    key, message = signed
+    assert dkim.verify(message, dnsfunc=dns_for(key))
+    old, new = change
+    head, sep, body = message.partition(b"\r\n\r\n")
+    if old == b"\r\n\r\n":
+        tampered = head + new + body
+    elif old == b"</body>":
+        tampered = head + sep + body.replace(old, new, 1)
+    else:
+        tampered = message.replace(old, new)
+    assert tampered != message
+    assert not dkim.verify(tampered, dnsfunc=dns_for(key))
+
+
+def test_a_refolded_header_still_verifies(signed):
+    # relaxed/relaxed: a relay that re-folds a header or changes whitespace does not break the signature
+    key, message = signed
+    assert dkim.verify(message.replace(b"List-Unsubscribe-Post: ", b"List-Unsubscribe-Post:\t  "), dnsfunc=dns_for(key))
+
+
+def test_another_key_does_not_verify(signed, project):
+    key, message = signed
+    other = make_key(project, "rsa", name="other.pem")
+    assert not dkim.verify(message, dnsfunc=dns_for(other))
+
+
+# ----- the body hash against dkimpy's own canonicalisation ----------------------------------------
+_ALPHABET = "aé z\t  =.-_/:ü€😀<>&\"'"
+
+
+def _random_text(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(_ALPHABET) for _ in range(n))
+
+
+def test_body_hash_equals_dkimpy_on_generated_recipients(project, make_settings):
+    """Oracle: dkimpy canonicalising the whole built body; values with runs of spaces and tabs, trailing
+    spaces, non-ASCII, empty and long values."""
+    key = make_key(project, "ed25519")
+    settings = make_settings(**dkim_env(key))
+    factory = MessageFactory(render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings))
+    assert factory._body_hasher.aligned  # the fast path is the one exercised
+    rng = random.Random(14)
+    policy_ = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+    for i in range(150):
+        name = _random_text(rng, rng.choice([0, 1, 5, 40, 200]))
+        recipient = Recipient(email=f"r{i}@example.net", name=name,
+                              unsubscribe_url=f"https://lettre.example.org/u/{'x' * rng.randint(1, 300)}")
+        message = factory.build(recipient, f"<m{i}@example.org>")
+        body = message.partition(b"\r\n\r\n")[2]
+        expected = base64.b64encode(hashlib.sha256(policy_.canonicalize_body(body)).digest())
+        assert signature_tags(message)[b"bh"].replace(b" ", b"") == expected, name
+        assert dkim.verify(message, dnsfunc=dns_for(key))
+
+
+@pytest.mark.parametrize("pieces", [
+    (b"a  b \r\n", "s", b"c\r\n\r\n\r\n"),       # aligned; trailing empty lines dropped at the end only
+    (b"a", "s", b"c\r\n"),                        # slot in the middle of a line: fallback
+    ("s", b"tail  \r\n"),                          # slot first
+    (b"head\r\n", "s"),                            # slot last
+    (b"only static \t\r\n\r\n",),
+], ids=["aligned", "mid-line", "slot-first", "slot-last", "static"])
+def test_body_hasher_any_pieces(pieces):
+    hasher = BodyHasher(pieces)
+    policy_ = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+    for fill in (b"x\r\n", b"  y \t \r\n", b"\r\n", b"no line end", b""):
+        body = b"".join(p if isinstance(p, bytes) else fill for p in pieces)
+        expected = base64.b64encode(hashlib.sha256(policy_.canonicalize_body(body)).digest())
+        assert hasher.body_hash({"s": fill}) == expected, (pieces, fill)
+
+
+# ----- bad configuration --------------------------------------------------------------------------
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _pem(key, encryption=None) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             encryption or serialization.NoEncryption())
+
+
+BAD_KEYS = {
+    "missing": (lambda p: p / "nope.pem", "cannot read"),
+    "not-pem": (lambda p: _write(p / "k.pem", b"not a key"), "not a PEM private key"),
+    "garbage-pem": (lambda p: _write(p / "k.pem", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
+                    "not a usable PEM private key"),
+    "ec": (lambda p: _write(p / "k.pem", _pem(ec.generate_private_key(ec.SECP256R1()))), "RSA (RFC 6376) or Ed25519"),
+    "encrypted": (lambda p: _write(p / "k.pem", _pem(rsa.generate_private_key(65537, 2048),
+                                                      serialization.BestAvailableEncryption(b"pw"))), "encrypted"),
+    "directory": (lambda p: (p / "keys").mkdir() or (p / "keys"), "cannot read"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_KEYS))
+def test_a_bad_key_is_one_line_naming_the_setting_and_nothing_is_sent(case, project, sqlite_store):
+    make, reason = BAD_KEYS[case]
+    path = make(project)
+    add_subscriber(sqlite_store, "reader@example.net")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
+    env.update(BASE_ENV, MAILER_DKIM_PRIVATE_KEY=str(path), MAILER_DKIM_SELECTOR=SELECTOR,
+               MAILER_DATABASE_URL=_db_url(sqlite_store))
+    result = subprocess.run([*MAILER, "send", EXAMPLE_ISSUE, "--yes"], cwd=project, capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: MAILER_DKIM_PRIVATE_KEY") and reason in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project / "outbox").exists() or not any((project / "outbox").rglob("*.eml"))
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"MAILER_DKIM_SELECTOR": SELECTOR}, "MAILER_DKIM_SELECTOR is set but MAILER_DKIM_PRIVATE_KEY is not"),
+    ({"MAILER_DKIM_PRIVATE_KEY": "KEY"}, "MAILER_DKIM_PRIVATE_KEY is set but MAILER_DKIM_SELECTOR is not"),
+    ({"MAILER_DKIM_PRIVATE_KEY": "KEY", "MAILER_DKIM_SELECTOR": "bad_selector"}, "MAILER_DKIM_SELECTOR 'bad_selector' is not"),
+    ({"MAILER_DKIM_PRIVATE_KEY": "KEY", "MAILER_DKIM_SELECTOR": "-x"}, "is not a DKIM selector"),
+    ({"MAILER_DKIM_PRIVATE_KEY": "KEY", "MAILER_DKIM_SELECTOR": "a..b"}, "is not a DKIM selector"),
+    ({"MAILER_DKIM_PRIVATE_KEY": "KEY", "MAILER_DKIM_SELECTOR": "s", "MAILER_DKIM_DOMAIN": "not a domain"},
+     "MAILER_DKIM_DOMAIN 'not a domain' is not a domain"),
+    ({"MAILER_DKIM_DOMAIN": "example.org"}, "MAILER_DKIM_DOMAIN is set but"),
+    ({"MAILER_DKIM_PRIVATE_KEY": "KEY", "MAILER_DKIM_SELECTOR": "s", "MAILER_FROM": ""}, "no domain to sign for"),
+])
+def test_settings_errors(env, message, project, make_settings):
+    key = make_key(project, "ed25519")
+    env = {name: str(key.path) if value == "KEY" else value for name, value in env.items()}
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        make_settings(**env)
+    assert "\n" not in str(info.value)
+
+
+def test_selector_and_domain_accepted(project, make_settings):
+    key = make_key(project, "ed25519")
+    settings = make_settings(**dkim_env(key, MAILER_DKIM_SELECTOR="news-2026.eu", MAILER_DKIM_DOMAIN="Exämple.org"))
+    from mailer.dkim_signing import signer_for
+    assert signer_for(settings).domain == "xn--exmple-cua.org"
+
+
+def test_warnings_short_rsa_unaligned_domain_sendgrid_readable(project, make_settings, sqlite_store):
+    short = rsa.generate_private_key(65537, 1024)
+    path = _write(project / "short.pem", _pem(short))
+    path.chmod(0o644)
+    settings = make_settings(MAILER_DKIM_PRIVATE_KEY=str(path), MAILER_DKIM_SELECTOR="s",
+                             MAILER_DKIM_DOMAIN="other-domain.net", MAILER_BACKEND="sendgrid", SENDGRID_API_KEY="SG.x")
+    text = " | ".join(dkim_warnings(settings))
+    assert "1024 bits" in text and "not aligned" in text and "SendGrid signs" in text and "chmod 600" in text
+    shown = dispatch.send_warnings(make_settings(MAILER_DKIM_PRIVATE_KEY=str(path), MAILER_DKIM_SELECTOR="s",
+                                                 database_url=_db_url(sqlite_store)), sqlite_store, EXAMPLE_ISSUE)
+    assert any("1024 bits" in warning for warning in shown)  # what `mailer send` prints before it asks
+    good = make_key(project, "rsa")
+    assert dkim_warnings(make_settings(**dkim_env(good, MAILER_DKIM_DOMAIN="mail.example.org"))) == []  # relaxed-aligned
+
+
+# ----- keygen -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_keygen_writes_a_private_key_and_prints_the_record(kind, project):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
+    env.update(BASE_ENV)
+    args = [*MAILER, "dkim", "keygen", "--selector", "news1", "--type", kind]
+    result = subprocess.run(args, cwd=project, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    path = project / "dkim" / "news1._domainkey.example.org.pem"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert "name:  news1._domainkey.example.org" in result.stdout
+    value = next(line.split("value: ", 1)[1] for line in result.stdout.splitlines() if "value: " in line)
+    loaded = load_private_key(path)
+    assert value == txt_record_value(loaded) and f"k={kind}" in value
+    # the printed record verifies what mailer signs with that key
+    settings_env = {**env, "MAILER_DKIM_PRIVATE_KEY": str(path), "MAILER_DKIM_SELECTOR": "news1"}
+    built = subprocess.run([*MAILER, "build", EXAMPLE_ISSUE, "--out", "b"], cwd=project, capture_output=True, text=True,
+                           env=settings_env, timeout=60)
+    assert built.returncode == 0, built.stderr
+    assert dkim.verify((project / "b" / "email.eml").read_bytes(),
+                       dnsfunc=lambda name, timeout=5: value.encode() if name == b"news1._domainkey.example.org." else None)
+    before = path.read_bytes()
+    again = subprocess.run(args, cwd=project, capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode != 0 and "refusing to overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert path.read_bytes() == before
