@@ -16,13 +16,14 @@ import sys
 
 import pytest
 
-from mailer import dispatch, render
+from mailer.content import render
+from mailer.sending import dispatch
 from mailer.config import load_settings
-from mailer.message import MessageFactory
-from mailer.notices import Notifier
-from mailer.preview import build_issue
-from mailer.spamcheck import SpamReport, spam_check_many, spamassassin_path
+from mailer.mime import MessageFactory
+from mailer.content.spamcheck import SpamReport, spam_check_many, spamassassin_path
+from mailer.sending.notices import Notifier
 from mailer.subscribers import add_subscriber
+from mailer.web.preview import build_issue
 
 from .conftest import BASE_ENV, EXAMPLE_ISSUE, write_issue
 from .smtp_server import start_server

@@ -137,7 +137,7 @@ def build(issue_ref: str, out_dir: Path | None, spam_check: bool) -> None:
     click.echo(f"built {result.slug}: {len(result.html_bytes) / 1024:.1f} KB HTML, {len(result.briefs)} briefs "
                f"-> {result.out_dir}")
     if spam_check:
-        from .spamcheck import SpamCheckUnavailable, spam_check as check
+        from ..content.spamcheck import SpamCheckUnavailable, spam_check as check
         try:
             report = check(result.eml)
         except SpamCheckUnavailable as exc:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import html
 import re
+from html.parser import HTMLParser
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -347,6 +349,73 @@ def hidden_preheader(compiled_html: str) -> str:
     return _PREVIEW_DIV.sub(f'<div style="{PREHEADER_STYLE}">', compiled_html, count=1)
 
 
+class _SummaryReader(HTMLParser):
+    """Collects the text of the first hidden block (the preheader) and of the first brief's body."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []  # per open element: "pre" (in the preheader), "brief", "body" or ""
+        self.preheader: list[str] = []
+        self.brief: list[str] = []
+        self.done_preheader = self.done_brief = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _VOID_TAGS:
+            return
+        values = dict(attrs)
+        classes = (values.get("class") or "").split()
+        style = (values.get("style") or "").replace(" ", "").lower()
+        role = ""
+        if not self.done_preheader and not self.stack_has("pre") and style.startswith("display:none"):
+            role = "pre"
+        elif "brief" in classes and not self.done_brief:
+            role = "brief"
+        elif "body-text" in classes and self.stack_has("brief") and not self.done_brief:
+            role = "body"
+        self.stack.append(role)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _VOID_TAGS or not self.stack:
+            return
+        role = self.stack.pop()
+        if role == "pre":
+            self.done_preheader = True
+        elif role == "body" and "".join(self.brief).strip():
+            self.done_brief = True
+
+    def handle_data(self, data: str) -> None:
+        if self.stack_has("pre") and not self.done_preheader:
+            self.preheader.append(data)
+        elif self.stack_has("body") and not self.done_brief:
+            self.brief.append(data)
+
+    def stack_has(self, role: str) -> bool:
+        return role in self.stack
+
+
+_LAYOUT_SPACE = re.compile(r"[ \t\r\n\f]+")  # not str.split(): no-break spaces are typography, kept
+
+
+def _collapse(text: str) -> str:
+    return _LAYOUT_SPACE.sub(" ", text).strip()
+
+
+_VOID_TAGS = frozenset("area base br col embed hr img input link meta source track wbr".split())
+
+
+def edition_summary(web_html: str, limit: int = 300) -> str:
+    """Plain text summarising a stored web edition (for the Atom feed): its preheader, else the text
+    of its first brief; whitespace collapsed, at most `limit` characters (cut at a word, with "…")."""
+    reader = _SummaryReader()
+    reader.feed(web_html)
+    reader.close()
+    text = _collapse("".join(reader.preheader)) or _collapse("".join(reader.brief))
+    text = "".join(char for char in text if unicodedata.category(char) not in ("Cc", "Cs", "Co", "Cn"))  # XML-safe
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:.") + "…"
+    return text
+
+
 def _control_hint(mjml_source: str) -> str:
     """Editors' files are checked for control characters when read; one that still reaches the MJML
     came from a template or a setting: say where in the rendered MJML."""
@@ -470,6 +539,7 @@ def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
         "web_edition": False,  # True when rendering the web page (render_web_edition): no personal parts
         "subscribe_url": f"{settings.base_url}/subscribe",
         "archive_url": f"{settings.base_url}/archive",
+        "feed_url": f"{settings.base_url}/feed.xml",
         "postal_address": settings.postal_address,
         "why_received": strings["why_received"].format(name=settings.name),
         "slot": {name: slot_marker(name) for name in (*TEXT_SLOTS, *HTML_SLOTS)},

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from .errors import MailerError
+from ..errors import MailerError
 
 SPAMASSASSIN = "spamassassin"
 TIMEOUT_SECONDS = 120.0
