@@ -8,7 +8,7 @@ never list-only or segment-only ones unless `archive = true`), in the same order
 - `title` the subject, `link rel=alternate` to `BASE/issues/SLUG`;
 - `published` and `updated`: when the send started (RFC 3339, UTC), else the issue's date at 00:00
   in MAILER_TIMEZONE;
-- `summary` (plain text): the preheader, else the first brief (`render.edition_summary`).
+- `summary` (plain text): the preheader, else the first brief (`content.render.edition_summary`).
 The feed: `id` = the archive's URL, title = MAILER_NAME, author = MAILER_NAME, `link rel=self` to
 `BASE/feed.xml` and `rel=alternate` to `BASE/archive`, `updated` = the newest entry's (the Unix epoch
 for an empty archive, so the bytes — and the ETag — change only when the archive does).
