@@ -98,14 +98,16 @@ def test_every_kind_of_message_scores_zero_with_no_positive_rule(spamassassin, p
     # server received (Message-ID, Date, List-Unsubscribe…, a name with accents in To)
     for address, name in (("zoe.lefevre@example.net", "Zoé Lefèvre"), ("sam@example.com", "")):
         add_subscriber(sqlite_store, address, name=name)
-    outbox = make_settings(MAILER_OUTBOX_DIR=str(tmp_path / "outbox"))
+    # with a VERP envelope sender (bounce mailboxes): the outbox files then start with its Return-Path
+    outbox = make_settings(MAILER_OUTBOX_DIR=str(tmp_path / "outbox"), MAILER_BOUNCE_ADDRESS="bounces@example.org")
     dispatch.send_issue(outbox, sqlite_store, EXAMPLE_ISSUE)
     for path in sorted((tmp_path / "outbox").rglob("*.eml")):
         messages[f"outbox {path.name}"] = path.read_bytes()
+        assert messages[f"outbox {path.name}"].startswith(b"Return-Path: <bounces+")
     server = start_server()
     try:
         smtp = make_settings(MAILER_BACKEND="smtp", MAILER_SMTP_HOST="127.0.0.1", MAILER_SMTP_PORT=str(server.port),
-                             MAILER_SMTP_TLS="none", MAILER_LANGUAGE="en")
+                             MAILER_SMTP_TLS="none", MAILER_LANGUAGE="en", MAILER_BOUNCE_ADDRESS="bounces@example.org")
         dispatch.send_issue(smtp, sqlite_store, "2026-12-04-genere-1")
     finally:
         server.stop()
