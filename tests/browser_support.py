@@ -171,3 +171,71 @@ def visible_blocks(frame, words: list[str]) -> list[dict]:
     """Visible, non-empty blocks (in `frame`: a Page or Frame) showing all `words`."""
     blocks = frame.evaluate(BLOCKS_WITH_WORDS_JS, words)
     return [b for b in blocks if b["visible"] and b["width"] > 0 and b["height"] > 0]
+
+
+# WCAG 2.x contrast of EVERY visible text in the page, from the colours Chromium computed: for each
+# element holding a non-blank text node, its `color` over the background actually behind it (the
+# ancestors' background colours composited, alpha included, down to the canvas: white, or Chromium's
+# dark canvas rgb(18,18,18) when the page's used scheme is dark). Large text: ≥ 24 px, or ≥ 18.66 px
+# bold (WCAG's 18 pt / 14 pt bold). Off-screen or aria-hidden elements (the honeypot) are not text a
+# reader sees. Background images are not considered (the pages and emails use none behind text).
+CONTRAST_JS = """
+() => {
+  const parse = (value) => {
+    const m = value.match(/rgba?\\(([^)]+)\\)/);
+    if (!m) return null;
+    const p = m[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number);
+    return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+  };
+  const over = (top, bottom) => {
+    const a = top[3];
+    return [0, 1, 2].map((i) => top[i] * a + bottom[i] * (1 - a)).concat([1]);
+  };
+  const lum = (c) => {
+    const [r, g, b] = c.slice(0, 3).map((v) => { v /= 255; return v <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+  const darkCanvas = getComputedStyle(document.documentElement).colorScheme.includes('dark')
+                     && matchMedia('(prefers-color-scheme: dark)').matches;
+  const canvas = darkCanvas ? [18, 18, 18, 1] : [255, 255, 255, 1];
+  const background = (el) => {
+    const layers = [];
+    for (let node = el; node && node.nodeType === 1; node = node.parentElement) {
+      const c = parse(getComputedStyle(node).backgroundColor);
+      if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
+    }
+    let result = canvas;
+    for (const layer of layers.reverse()) result = over(layer, result);
+    return result;
+  };
+  const out = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const seen = new Set();
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const el = node.parentElement;
+    if (!el || seen.has(el) || !node.textContent.trim()) continue;
+    seen.add(el);
+    if (['SCRIPT', 'STYLE', 'TITLE', 'NOSCRIPT'].includes(el.tagName)) continue;
+    if (!el.checkVisibility({opacityProperty: true, visibilityProperty: true})) continue;
+    if (el.closest('[aria-hidden="true"]')) continue;
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0 || r.right <= 0 || r.bottom <= 0) continue;
+    const style = getComputedStyle(el);
+    const fg = parse(style.color);
+    const bg = background(el);
+    const size = parseFloat(style.fontSize);
+    const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+    out.push({tag: el.tagName, text: node.textContent.trim().slice(0, 60), fg: style.color,
+              bg: `rgb(${bg.slice(0, 3).map(Math.round).join(', ')})`, ratio: ratio(over(fg, bg), bg),
+              large, bgLuminance: lum(bg)});
+  }
+  return out;
+}
+"""
+
+
+def contrast_failures(frame) -> tuple[list[dict], list[dict]]:
+    """(every visible text's measurement, those under WCAG AA: 4.5:1, or 3:1 for large text)."""
+    texts = frame.evaluate(CONTRAST_JS)
+    return texts, [t for t in texts if t["ratio"] < (3.0 if t["large"] else 4.5)]

@@ -124,8 +124,10 @@ def issue_new(slug: str, issue_date: str | None) -> None:
 @click.argument("issue_ref", metavar="ISSUE")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder (default build/<issue>).")
+@click.option("--spam-check", is_flag=True,
+              help="Score email.eml with SpamAssassin's local rules (spamassassin -L -t) and list the rules that fired.")
 @handle_errors
-def build(issue_ref: str, out_dir: Path | None) -> None:
+def build(issue_ref: str, out_dir: Path | None, spam_check: bool) -> None:
     """Write email.html, email.txt and email.eml (to a sample recipient)."""
     from ..web.preview import build_issue
     settings = _settings()
@@ -134,6 +136,15 @@ def build(issue_ref: str, out_dir: Path | None) -> None:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"built {result.slug}: {len(result.html_bytes) / 1024:.1f} KB HTML, {len(result.briefs)} briefs "
                f"-> {result.out_dir}")
+    if spam_check:
+        from ..content.spamcheck import SpamCheckUnavailable, spam_check as check
+        try:
+            report = check(result.eml)
+        except SpamCheckUnavailable as exc:
+            click.echo(f"spam check skipped: {exc}")
+            return
+        for line in report.lines():
+            click.echo(line)
 
 
 @main.command()

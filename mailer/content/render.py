@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import html
 import re
+from html.parser import HTMLParser
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -319,7 +321,7 @@ def compile_email(settings: Settings, name: str, context: dict, *, slots: Sequen
         raise RenderError(f"template {name!r} produced invalid MJML: {exc}{_control_hint(mjml_source)}") from None
     compile_seconds = time.perf_counter() - started
 
-    html_template = Template.parse(compiled)
+    html_template = Template.parse(hidden_preheader(compiled))
     text_template = Template.parse(_normalise_text(text_source))
     html_slots = tuple(f"{slot_name}.html" for slot_name in slots)
     for label, tpl, allowed in (("HTML", html_template, html_slots), ("text", text_template, slots)):
@@ -332,6 +334,86 @@ def compile_email(settings: Settings, name: str, context: dict, *, slots: Sequen
         if slot_name not in text_template.slot_names:
             raise RenderError(f"template {name!r}: the text part has no {slot_name.replace('_url', '')} link")
     return CompiledEmail(mjml_source, html_template, text_template, compile_seconds)
+
+
+# mj-preview's hidden block as MRML writes it: white 1 px text, i.e. text coloured like its background,
+# which SpamAssassin scores (HTML_FONT_LOW_CONTRAST, 20_html_tests.cf) whether or not it is displayed.
+_PREVIEW_DIV = re.compile(r'<div style="display:none;font-size:1px;color:#ffffff;line-height:1px;'
+                          r'max-height:0px;max-width:0px;opacity:0;overflow:hidden;">')
+PREHEADER_STYLE = "display:none;max-height:0;max-width:0;opacity:0;overflow:hidden;mso-hide:all;"
+
+
+def hidden_preheader(compiled_html: str) -> str:
+    """The preheader hidden by layout alone (display, size, opacity), never by a colour close to the
+    background: spam filters read such text as an attempt to hide words from the reader."""
+    return _PREVIEW_DIV.sub(f'<div style="{PREHEADER_STYLE}">', compiled_html, count=1)
+
+
+class _SummaryReader(HTMLParser):
+    """Collects the text of the first hidden block (the preheader) and of the first brief's body."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []  # per open element: "pre" (in the preheader), "brief", "body" or ""
+        self.preheader: list[str] = []
+        self.brief: list[str] = []
+        self.done_preheader = self.done_brief = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _VOID_TAGS:
+            return
+        values = dict(attrs)
+        classes = (values.get("class") or "").split()
+        style = (values.get("style") or "").replace(" ", "").lower()
+        role = ""
+        if not self.done_preheader and not self.stack_has("pre") and style.startswith("display:none"):
+            role = "pre"
+        elif "brief" in classes and not self.done_brief:
+            role = "brief"
+        elif "body-text" in classes and self.stack_has("brief") and not self.done_brief:
+            role = "body"
+        self.stack.append(role)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _VOID_TAGS or not self.stack:
+            return
+        role = self.stack.pop()
+        if role == "pre":
+            self.done_preheader = True
+        elif role == "body" and "".join(self.brief).strip():
+            self.done_brief = True
+
+    def handle_data(self, data: str) -> None:
+        if self.stack_has("pre") and not self.done_preheader:
+            self.preheader.append(data)
+        elif self.stack_has("body") and not self.done_brief:
+            self.brief.append(data)
+
+    def stack_has(self, role: str) -> bool:
+        return role in self.stack
+
+
+_LAYOUT_SPACE = re.compile(r"[ \t\r\n\f]+")  # not str.split(): no-break spaces are typography, kept
+
+
+def _collapse(text: str) -> str:
+    return _LAYOUT_SPACE.sub(" ", text).strip()
+
+
+_VOID_TAGS = frozenset("area base br col embed hr img input link meta source track wbr".split())
+
+
+def edition_summary(web_html: str, limit: int = 300) -> str:
+    """Plain text summarising a stored web edition (for the Atom feed): its preheader, else the text
+    of its first brief; whitespace collapsed, at most `limit` characters (cut at a word, with "…")."""
+    reader = _SummaryReader()
+    reader.feed(web_html)
+    reader.close()
+    text = _collapse("".join(reader.preheader)) or _collapse("".join(reader.brief))
+    text = "".join(char for char in text if unicodedata.category(char) not in ("Cc", "Cs", "Co", "Cn"))  # XML-safe
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:.") + "…"
+    return text
 
 
 def _control_hint(mjml_source: str) -> str:
@@ -457,6 +539,7 @@ def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
         "web_edition": False,  # True when rendering the web page (render_web_edition): no personal parts
         "subscribe_url": f"{settings.base_url}/subscribe",
         "archive_url": f"{settings.base_url}/archive",
+        "feed_url": f"{settings.base_url}/feed.xml",
         "postal_address": settings.postal_address,
         "why_received": strings["why_received"].format(name=settings.name),
         "slot": {name: slot_marker(name) for name in (*TEXT_SLOTS, *HTML_SLOTS)},

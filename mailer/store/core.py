@@ -370,11 +370,22 @@ class Store:
 
     # ----- issues' public pages ------------------------------------------------------------------
     def published_issues(self, conn: Connection) -> list[sa.Row]:
-        """(slug, subject, issue_date) of the issues the archive lists, newest first."""
+        """(id, slug, subject, issue_date, started_at, finished_at) of the issues the archive (and its
+        Atom feed) lists, newest first."""
         return list(conn.execute(
-            sa.select(issues.c.slug, issues.c.subject, issues.c.issue_date)
+            sa.select(issues.c.id, issues.c.slug, issues.c.subject, issues.c.issue_date, issues.c.started_at,
+                      issues.c.finished_at)
             .where(_SENT_WITH_WEB_EDITION, issues.c.public.is_(True))
             .order_by(sa.func.coalesce(issues.c.issue_date, "").desc(), issues.c.id.desc())))
+
+    def web_html_by_id(self, conn: Connection, issue_ids: Sequence[int]) -> dict[int, str]:
+        """issue id -> its stored web edition (HTML), for the ids that have one."""
+        found: dict[int, str] = {}
+        for chunk in _chunks(list(issue_ids), 500):
+            rows = conn.execute(sa.select(issues.c.id, issues.c.web_html)
+                                .where(issues.c.id.in_(chunk), issues.c.web_html.is_not(None)))
+            found.update({row.id: row.web_html for row in rows})
+        return found
 
     def web_edition(self, conn: Connection, slug: str) -> sa.Row | None:
         """(web_html, public) of a sent issue, None for unknown or unsent ones."""

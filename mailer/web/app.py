@@ -17,6 +17,7 @@ Routes
                                (403, with the reason) while MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is unset
   GET  /archive, /issues/SLUG  public sent issues and their web editions; a private issue's web
                                edition only with its key (`?k=`, in the email's "view online" link)
+  GET  /feed.xml               the archive as an Atom feed (`feed.py`), with ETag/Last-Modified (304)
 
 Tokens are opaque (`tokens.py`: encrypted and authenticated, no id or address readable). A malformed
 or tampered token gets 400, a well-formed one naming nobody 404, and nothing changes. Subscriber id
@@ -48,6 +49,7 @@ Decisions (see also the templates' comments):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -55,6 +57,7 @@ import time
 from collections import deque
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from datetime import date, datetime, timedelta, timezone
+from email.utils import format_datetime, parsedate_to_datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -72,6 +75,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from ..content import i18n
+from ..content.render import edition_summary
 from .. import tokens
 from ..addresses import parse_address
 from ..providers import sendgrid_events
@@ -80,6 +84,7 @@ from ..config import Settings, require_secret_key, secret_key_for
 from ..errors import ConfigError, InvalidAddress
 from ..sending.notices import Notifier
 from ..statuses import SUPPRESSED_STATUSES, SUPPRESSION_RANK
+from . import feed
 from ..store import StatusChange, Store, as_utc, open_store, utcnow
 from ..subscribers.service import TOMBSTONE_PREFIX, anonymised_payload, clean_text, redact_addresses, tombstone_key
 
@@ -173,6 +178,7 @@ class WebApp:
         # SQLite's busy handler, whose growing sleeps (up to 100 ms each) would make the latency tail.
         self._write_lock = threading.Lock() if store.is_sqlite else None
         self._threads = CapacityLimiter(SQLITE_THREADS) if store.is_sqlite else None  # None: anyio's default (40)
+        self._summaries: dict[int, str] = {}  # issue id -> feed summary (a sent issue's web edition never changes)
         web_dir = settings.templates_dir / "web"
         fallback = Path(__file__).resolve().parent.parent / "templates" / "web"
         self.jinja = jinja2.Environment(
@@ -362,6 +368,25 @@ class WebApp:
             entries.append({"slug": row.slug, "subject": row.subject, "date": when, "iso": row.issue_date or ""})
         return self.page("archive.html.j2", root=root, entries=entries, cache="public, max-age=300")
 
+    def do_feed(self, if_none_match: str | None, if_modified_since: str | None) -> Response:
+        """/feed.xml: the issues `do_archive` lists (the same query), as Atom; 304 when the client's
+        copy is current (If-None-Match first, else If-Modified-Since, RFC 9110 §13.2.2)."""
+        with self.transaction() as conn:
+            rows = self.store.published_issues(conn)
+            missing = [row.id for row in rows if row.id not in self._summaries]
+            if missing:
+                for issue_id, web_html in self.store.web_html_by_id(conn, missing).items():
+                    self._summaries[issue_id] = edition_summary(web_html)
+        entries = [feed.FeedEntry(row.slug, row.subject, row.issue_date, as_utc(row.started_at),
+                                  self._summaries.get(row.id, "")) for row in rows]
+        body, updated = feed.atom_feed(self.settings, entries)
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        headers = {**COMMON_HEADERS, "ETag": etag, "Last-Modified": format_datetime(updated, usegmt=True),
+                   "Cache-Control": "public, max-age=300"}
+        if _not_modified(etag, updated, if_none_match, if_modified_since):
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type=feed.CONTENT_TYPE, headers=headers)
+
     def do_issue(self, slug: str, key: str | None) -> Response:
         """A sent issue's web edition: public ones for anyone, private ones (list-only, segment-only,
         `archive = false`) only with the key their emails link with; otherwise 404, as for an unknown slug."""
@@ -489,6 +514,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return body
 
 
+def _not_modified(etag: str, updated: datetime, if_none_match: str | None, if_modified_since: str | None) -> bool:
+    if if_none_match is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in tags or etag in tags
+    if if_modified_since:
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False
+        return since.tzinfo is not None and updated <= since
+    return False
+
+
 def _root(request: Request) -> str:
     return request.scope.get("root_path", "").rstrip("/")
 
@@ -570,6 +608,10 @@ def create_app(settings: Settings, store: Store | None = None, *, notifier: Noti
     async def archive(request: Request) -> Response:
         return await web.in_thread(web.do_archive, _root(request))
 
+    async def atom(request: Request) -> Response:
+        return await web.in_thread(web.do_feed, request.headers.get("if-none-match"),
+                                   request.headers.get("if-modified-since"))
+
     async def issue_page(request: Request) -> Response:
         return await web.in_thread(web.do_issue, request.path_params["slug"], request.query_params.get("k"))
 
@@ -619,6 +661,7 @@ def create_app(settings: Settings, store: Store | None = None, *, notifier: Noti
         Route("/confirm/{token}", guarded(confirm), methods=["POST"]),
         Route("/webhooks/sendgrid", guarded(sendgrid_webhook), methods=["POST"]),
         Route("/archive", guarded(archive), methods=["GET"]),
+        Route(feed.FEED_PATH, guarded(atom), methods=["GET"]),
         Route("/issues/{slug}", guarded(issue_page), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
