@@ -33,7 +33,8 @@ from .report import LayoutInfo, ParseStats, Rejection
 from .table import BrokenRow, CsvRows
 from .values import json_object_cells, normalise_language, normalise_name, normalise_timezone, parse_timestamp
 
-IMPORT_BATCH = 5000                   # rows written per transaction (and parsed per message)
+IMPORT_BATCH = 20_000                 # rows written per transaction (measured: 5000 cost SQLite ~25 % more CPU)
+PARSE_CHUNK = 5000                    # rows parsed per message (the helper's pickles stay small)
 PARALLEL_MIN_BYTES = 4 * 1024 * 1024  # ≈ 60,000 rows; below this a helper process costs more than it saves
 
 
@@ -233,7 +234,7 @@ class ParseOptions:
     decoding: Decoding
     lists: tuple[str, ...] = ()
     mapping: dict[str, str] = field(default_factory=dict)
-    batch: int = IMPORT_BATCH
+    batch: int = PARSE_CHUNK
 
     def to_json(self) -> str:
         return json.dumps({"decoding": self.decoding.to_json(), "lists": list(self.lists), "mapping": self.mapping,
