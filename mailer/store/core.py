@@ -10,6 +10,7 @@ statements on SQLite and PostgreSQL, written to match SQLAlchemy Core's output e
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -833,26 +834,30 @@ class Store:
         SQLite's JSON paths cannot quote) go through `subscriber_pages`, the reference.
         """
         dialect = self.engine.dialect.name
-        if dialect not in ("sqlite", "postgresql") or (
-                dialect == "sqlite" and any('"' in name or "\\" in name for name in attribute_names)):
+        if dialect not in ("sqlite", "postgresql"):
             yield from _export_pages_core(self, attribute_names, status, batch)
             return
+        # Each attribute cell is the value when it is a string, "" when absent or null, else NULL:
+        # such rows are completed from the JSON in Python (below).
         if dialect == "sqlite":
             stamp = "coalesce(strftime('%Y-%m-%dT%H:%M:%S+00:00', {0}), '')"
             mark, prefix_sql = "?", f"substr(email, 1, {len(TOMBSTONE_PREFIX)})"
-            # the value when it is a string, "" when absent or null, else NULL (completed below)
             attribute_sql = ("CASE coalesce(json_type(attributes, ?), 'null') WHEN 'text' THEN "
                              "json_extract(attributes, ?) WHEN 'null' THEN '' END")
-            attribute_params = [part for name in attribute_names for part in (f'$."{name}"',) * 2]
+            # SQLite 3.40 matches a path's key against the key's JSON text as stored, escapes and all
+            # (json.dumps writes "é" as "\u00e9"): only plain names are looked up in SQL.
+            plain = [_PLAIN_JSON_KEY.fullmatch(name) is not None for name in attribute_names]
+            attribute_params = [part for name, ok in zip(attribute_names, plain) if ok for part in (f'$."{name}"',) * 2]
+            attribute_cells = [attribute_sql if ok else "NULL" for ok in plain]
         else:
             stamp = "coalesce(to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"'), '')"
             mark, prefix_sql = "%s", f"left(email, {len(TOMBSTONE_PREFIX)})"
-            attribute_sql = ("CASE coalesce(json_typeof(attributes -> %s), 'null') WHEN 'string' THEN "
-                             "attributes ->> %s WHEN 'null' THEN '' END")
+            attribute_cells = [("CASE coalesce(json_typeof(attributes -> %s), 'null') WHEN 'string' THEN "
+                                "attributes ->> %s WHEN 'null' THEN '' END")] * len(attribute_names)
             attribute_params = [part for name in attribute_names for part in (name,) * 2]
         query = (f"SELECT id, email_given, name, language, status, source, "
                  f"{', '.join(stamp.format(column) for column in ('created_at', 'confirmed_at', 'unsubscribed_at'))}, "
-                 f"''{''.join(', ' + attribute_sql for _ in attribute_names)} "
+                 f"''{''.join(', ' + cell for cell in attribute_cells)} "
                  f"FROM {subscribers.name} WHERE id > {mark} AND {prefix_sql} <> {mark}"
                  + (f" AND status = {mark}" if status else "") + f" ORDER BY id LIMIT {int(batch)}")
         members_query = (f"SELECT subscriber_id, list_name FROM {list_members.name} "
@@ -918,6 +923,9 @@ class Store:
             query = query.where(subscribers.c.status == status)
         with self.engine.connect() as conn:
             return sorted(conn.execute(query).scalars())
+
+
+_PLAIN_JSON_KEY = re.compile(r"[A-Za-z0-9_. -]+")
 
 
 def _export_iso(value: datetime | None) -> str:

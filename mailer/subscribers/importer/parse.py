@@ -326,7 +326,9 @@ def _estimated_rows(path: Path) -> int:
     return int(size / (len(head) / max(1, head.count(b"\n")))) if head else 0
 
 
-_HELPER_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from mailer.importer.parse import _parser_main; _parser_main()"
+# This module by its own name (it moved once, and the helper silently fell back to parsing in process).
+_HELPER_CODE = f"import sys; sys.path.insert(0, sys.argv[1]); from {__name__} import _parser_main; _parser_main()"
+_PACKAGE_ROOT = Path(__file__).resolve().parents[__name__.count(".")]  # the folder holding `mailer/`
 
 
 def _parser_main() -> None:
@@ -370,7 +372,7 @@ def parsed_source(path: Path, options: ParseOptions) -> Iterator[Iterator]:
     read_fd, write_fd = os.pipe()
     try:
         process: subprocess.Popen | None = subprocess.Popen(
-            [sys.executable, "-c", _HELPER_CODE, str(Path(__file__).resolve().parents[2]), str(write_fd),
+            [sys.executable, "-c", _HELPER_CODE, str(_PACKAGE_ROOT), str(write_fd),
              str(path), options.to_json()],
             pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     except OSError:
