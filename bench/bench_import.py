@@ -148,7 +148,7 @@ def _vm_hwm_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-FLOOR_BATCH = 20_000
+FLOOR_BATCH = 10_000
 _TABLES = {"subscribers": ("id", "email", "email_given", "name", "language", "status", "source", "attributes",
                            "import_digest", "created_at", "updated_at", "confirmed_at", "unsubscribed_at"),
            "subscriber_events": ("id", "subscriber_id", "at", "kind", "old_status", "new_status", "source", "reason"),

@@ -61,7 +61,7 @@ def import_csv(store: Store, path: Path, *, dry_run: bool = False, resubscribe: 
     written_through = 0  # the last line of the last batch committed
     try:
         with parsed_source(path, options) as items, store.import_connection() as conn, _StopRequest() as stop:
-            pending: list[tuple] = []  # valid rows parsed, not written yet: one transaction per IMPORT_BATCH
+            pending: list[tuple] = []  # valid rows parsed, not written yet: one transaction per IMPORT_BATCH rows
 
             def flush() -> None:
                 nonlocal pending, written_through
