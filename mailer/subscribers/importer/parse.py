@@ -79,9 +79,23 @@ class _SeenKeys:
             index = (index + 1) & mask
 
     def add_key(self, key: str) -> bool:
-        """Record an address key; False when it was already there."""
-        digest = hashlib.blake2b(key.encode(), digest_size=10).digest()
-        return self.add(int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little") | 1)
+        """Record an address key; False when it was already there. (`add` written out: one call a row.)"""
+        value = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=10).digest(), "little")
+        low, high = value & 0xFFFFFFFFFFFFFFFF, (value >> 64) | 1
+        mask, lows, highs = self._mask, self._low, self._high
+        index = low & mask
+        while True:
+            stored = highs[index]
+            if not stored:
+                lows[index] = low
+                highs[index] = high
+                self._count += 1
+                if self._count * 10 > mask * 7:
+                    self._resize((mask + 1) * 2)
+                return True
+            if stored == high and lows[index] == low:
+                return False
+            index = (index + 1) & mask
 
 
 def parse_rows(rows: Iterable[tuple[int, list[str]]], layout: Layout, extra_lists: tuple[str, ...],
