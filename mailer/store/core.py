@@ -1025,11 +1025,12 @@ def _insert_imported_sqlite(conn: Connection, rows: list[tuple], source: str, re
     first = dbapi.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {subscribers.name}").fetchone()[0]
     # ?1 id, ?2 key, ?3 given, ?4 name, ?5 language, ?6 status, ?7 attributes, ?8 digest, ?9 created_at,
     # ?10 line, ?11 status_at
-    params = [(sid, row[IMPORT_KEY], row[IMPORT_GIVEN], row[IMPORT_NAME], row[IMPORT_LANGUAGE], _imported_status(row),
+    # generators, not lists: the driver binds one row at a time (no second copy of the batch in memory)
+    params = ((sid, row[IMPORT_KEY], row[IMPORT_GIVEN], row[IMPORT_NAME], row[IMPORT_LANGUAGE], _imported_status(row),
                row[IMPORT_ATTRIBUTES], row[IMPORT_DIGEST],
                None if row[IMPORT_CREATED_AT] is None else stamp(row[IMPORT_CREATED_AT]), row[IMPORT_LINE],
                None if row[IMPORT_STATUS_AT] is None else stamp(row[IMPORT_STATUS_AT]))
-              for sid, row in enumerate(rows, first)]
+              for sid, row in enumerate(rows, first))
     dbapi.executemany(
         f"INSERT INTO {subscribers.name} (id, email, email_given, name, language, status, source, attributes, "
         f"import_digest, created_at, updated_at, confirmed_at, unsubscribed_at) "
@@ -1039,7 +1040,7 @@ def _insert_imported_sqlite(conn: Connection, rows: list[tuple], source: str, re
     dbapi.executemany(
         f"INSERT INTO {subscriber_events.name} (subscriber_id, at, kind, old_status, new_status, source, reason) "
         f"VALUES (?, {at_sql}, 'created', NULL, ?, {source_sql}, {reason_sql} || ?)",
-        [(param[0], param[5], param[9]) for param in params])
+        ((sid, _imported_status(row), row[IMPORT_LINE]) for sid, row in enumerate(rows, first)))
     memberships = [(name, sid) for sid, row in enumerate(rows, first) if row[IMPORT_LISTS] for name in row[IMPORT_LISTS]]
     if memberships:
         dbapi.executemany(f"INSERT INTO {list_members.name} (list_name, subscriber_id) VALUES (?, ?)", memberships)
