@@ -181,3 +181,16 @@ def test_export_agrees_with_a_row_by_row_export(store, tmp_path):
         count = export_csv(store, out, status)
         assert out.getvalue() == _naive_export(store, status), status
         assert count == len(out.getvalue().splitlines()) - 1 - out.getvalue().count("ligne1\nligne2")
+
+
+def test_the_parser_helper_loads_no_database_layer():
+    """The helper process parses only: without SQLAlchemy and the store it needs ~20 MB less memory."""
+    import subprocess
+    import sys
+    probe = parse._HELPER_CODE.replace("_parser_main()", "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                                                          "('sqlalchemy', 'psycopg') or m.startswith('mailer.store')))")
+    assert probe != parse._HELPER_CODE
+    done = subprocess.run([sys.executable, "-c", probe, str(parse._PACKAGE_ROOT)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
