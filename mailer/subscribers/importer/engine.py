@@ -62,30 +62,34 @@ def import_csv(store: Store, path: Path, *, dry_run: bool = False, resubscribe: 
     try:
         with parsed_source(path, options) as items, store.import_connection() as conn, _StopRequest() as stop:
             pending: list[tuple] = []  # valid rows parsed, not written yet: one transaction per IMPORT_BATCH rows
+            held: list = []            # the rejections among them, counted once the rows before them are written
 
             def flush() -> None:
-                nonlocal pending, written_through
+                nonlocal pending, held, written_through
                 if pending:
                     batch, pending = pending, []
                     _write_batch(store, conn, batch, report, dry_run=dry_run, resubscribe=resubscribe,
                                  source=source, reason=reason)
                     written_through = batch[-1][IMPORT_LINE]
                     del batch
-                    if progress:
-                        progress(report.rows)
+                for rejection in held:
+                    report.reject(rejection)
+                held = []
+                if progress:
+                    progress(report.rows)
 
             write_at = parse.IMPORT_BATCH
             for item in items:
                 if type(item) is list:
-                    append = pending.append
+                    append, hold = pending.append, held.append
                     for row in item:
                         if type(row) is tuple:
                             append(row)
                         else:
                             row.reason = sys.intern(row.reason)  # thousands of rejections share a few reasons
-                            report.reject(row)
+                            hold(row)
                     del item
-                    if len(pending) >= write_at or stop.requested:
+                    if len(pending) + len(held) >= write_at or stop.requested:
                         flush()
                     if stop.requested:
                         raise KeyboardInterrupt
