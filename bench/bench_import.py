@@ -168,8 +168,10 @@ def floor_import(store, source_url: str) -> dict:
     tables = {}
     with source.engine.connect() as conn:
         cursor = conn.connection.driver_connection.cursor()
+        text = "::text" if source.engine.dialect.name == "postgresql" else ""  # JSON as stored, for COPY
         for table, columns in _TABLES.items():
-            cursor.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {columns[0]}")
+            selected = ", ".join(f"{c}{text}" if c == "attributes" else c for c in columns)
+            cursor.execute(f"SELECT {selected} FROM {table} ORDER BY {columns[0]}")
             tables[table] = cursor.fetchall()
     source.close()
     started, cpu = time.perf_counter(), time.process_time()
