@@ -279,6 +279,17 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
+def _vm_hwm_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _memory_kb(pids: list[int]) -> tuple[int, int]:
     """(sum of RSS, sum of PSS) of these processes, from smaps_rollup."""
     rss = pss = 0
@@ -309,10 +320,14 @@ def run_child(op: str, url: str, csv_path: Path | None = None, out: Path | None 
     if profile:
         cmd.append("--profile")
     peak_rss = peak_pss = 0
+    helper_hwm: dict[int, int] = {}
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         while proc.poll() is None:  # sample the process tree's memory (RSS double-counts shared pages; PSS does not)
-            rss, pss = _memory_kb(_tree(proc.pid))
+            tree = _tree(proc.pid)
+            rss, pss = _memory_kb(tree)
             peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            for pid in tree[1:]:  # the helper's own peak: VmHWM is per address space, so it starts again at exec
+                helper_hwm[pid] = max(helper_hwm.get(pid, 0), _vm_hwm_of(pid))
             time.sleep(0.05)
         stdout, stderr = proc.communicate()
     if proc.returncode != 0:
@@ -320,6 +335,8 @@ def run_child(op: str, url: str, csv_path: Path | None = None, out: Path | None 
     line = next(l for l in stdout.splitlines() if l.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
     result.update(sampled_rss_kb=peak_rss, sampled_pss_kb=peak_pss)
+    if helper_hwm:  # RUSAGE_CHILDREN's figure includes the importer's memory the helper was forked with
+        result["helpers_kb"] = max(helper_hwm.values())
     return result
 
 
