@@ -201,7 +201,12 @@ def floor_export(store, out) -> dict:
     started, cpu = time.perf_counter(), time.process_time()
     with store.engine.connect() as conn:
         cursor = conn.connection.driver_connection.cursor()
-        cursor.execute(EXPORT_FLOOR_SQL)
+        sql = EXPORT_FLOOR_SQL
+        if store.engine.dialect.name == "postgresql":  # text as stored: no datetime or dict per cell in the client
+            for column in ("created_at", "confirmed_at", "unsubscribed_at"):
+                sql = sql.replace(f" {column},", f" {column}::text,")
+            sql = sql.replace("attributes FROM", "attributes::text FROM")
+        cursor.execute(sql)
         writer = csv.writer(out, lineterminator="\n")
         rows = 0
         while True:
