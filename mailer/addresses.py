@@ -46,11 +46,30 @@ def _fast_path(text: str) -> tuple[str, str] | None:
     if match is None:
         return None
     local, domain = match.group(1, 2)
-    domain = domain.lower()
-    if len(local) > 64 or "--" in domain or ("." + domain).endswith(_SPECIAL_USE_SUFFIXES):
+    if len(local) > 64:
         return None
-    given = f"{local}@{domain}"
+    lowered = _FAST_DOMAINS.get(domain)
+    if lowered is None:  # a list holds a few thousand distinct domains: each is judged once
+        lowered = _fast_domain(domain)
+        if len(_FAST_DOMAINS) >= 1 << 16:
+            _FAST_DOMAINS.clear()
+        _FAST_DOMAINS[domain] = lowered
+    if not lowered:
+        return None
+    given = local + "@" + lowered
     return given.lower(), given
+
+
+_FAST_DOMAINS: dict[str, str] = {}  # domain as written → lower-cased, or "" when the fast path declines it
+
+
+def _fast_domain(domain: str) -> str:
+    """The lower-cased `domain` (already of the fast shape), or "" when the validator must judge it:
+    a `--` (an IDNA A-label or worse) or a special-use name."""
+    domain = domain.lower()
+    if "--" in domain or ("." + domain).endswith(_SPECIAL_USE_SUFFIXES):
+        return ""
+    return domain
 
 
 def address_parts(raw: str) -> tuple[str, str]:

@@ -340,7 +340,8 @@ def test_forced_encoding_is_used_and_checked(store, tmp_path):
     assert report.encoding == "ISO-8859-1 (--encoding)"
 
 
-def test_a_stop_half_way_says_what_was_written_and_a_rerun_finishes(store, tmp_path, both_paths):
+def test_a_stop_half_way_says_what_was_written_and_a_rerun_finishes(store, tmp_path, both_paths, monkeypatch):
+    monkeypatch.setattr(parse, "IMPORT_BATCH", 5000)  # several transactions in a small file
     rows = _ascii_rows(12000)
     path = tmp_path / "grande.csv"
     path.write_text("email,name\n" + "\n".join(rows) + "\n", encoding="utf-8")

@@ -10,6 +10,7 @@ statements on SQLite and PostgreSQL, written to match SQLAlchemy Core's output e
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -817,6 +818,89 @@ class Store:
             yield [(row, sorted(members.get(row.id, ()))) for row in rows]
             last_id = rows[-1].id
 
+    def export_pages(self, attribute_names: Sequence[str], status: str | None = None,
+                     batch: int = 5000) -> Iterator[list[tuple]]:
+        """The cells `export` writes, in id order (tombstones excluded), as keyset pages of up to
+        `batch` tuples `(email_given, name, language, status, source, created_at, confirmed_at,
+        unsubscribed_at, lists, *attributes)`: timestamps as ISO 8601 UTC text to the second
+        (`2026-11-26T07:00:00+00:00`, "" when unset), `lists` the list names sorted by code point and
+        joined by spaces, then the value of each of `attribute_names` ("" when unset; a string as it
+        is, anything else as JSON with `json.dumps(value, ensure_ascii=False)`).
+
+        Each page is one query on a short connection (flat memory, no long read transaction). On
+        SQLite and PostgreSQL the driver's own cursor runs it and the database formats the cells
+        (timestamps, string attributes): no row objects, no datetime or JSON object per row; rows
+        holding a non-string attribute are completed in Python. Other engines (and attribute names
+        SQLite's JSON paths cannot quote) go through `subscriber_pages`, the reference.
+        """
+        dialect = self.engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            yield from _export_pages_core(self, attribute_names, status, batch)
+            return
+        # Each attribute cell is the value when it is a string, "" when absent or null, else NULL:
+        # such rows are completed from the JSON in Python (below).
+        if dialect == "sqlite":
+            stamp = "coalesce(strftime('%Y-%m-%dT%H:%M:%S+00:00', {0}), '')"
+            mark, prefix_sql = "?", f"substr(email, 1, {len(TOMBSTONE_PREFIX)})"
+            attribute_sql = ("CASE coalesce(json_type(attributes, ?), 'null') WHEN 'text' THEN "
+                             "json_extract(attributes, ?) WHEN 'null' THEN '' END")
+            # SQLite 3.40 matches a path's key against the key's JSON text as stored, escapes and all
+            # (json.dumps writes "é" as "\u00e9"): only plain names are looked up in SQL.
+            plain = [_PLAIN_JSON_KEY.fullmatch(name) is not None for name in attribute_names]
+            attribute_params = [part for name, ok in zip(attribute_names, plain) if ok for part in (f'$."{name}"',) * 2]
+            attribute_cells = [attribute_sql if ok else "NULL" for ok in plain]
+        else:
+            stamp = "coalesce(to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"'), '')"
+            mark, prefix_sql = "%s", f"left(email, {len(TOMBSTONE_PREFIX)})"
+            attribute_cells = [("CASE coalesce(json_typeof(attributes -> %s), 'null') WHEN 'string' THEN "
+                                "attributes ->> %s WHEN 'null' THEN '' END")] * len(attribute_names)
+            attribute_params = [part for name in attribute_names for part in (name,) * 2]
+        query = (f"SELECT id, email_given, name, language, status, source, "
+                 f"{', '.join(stamp.format(column) for column in ('created_at', 'confirmed_at', 'unsubscribed_at'))}, "
+                 f"''{''.join(', ' + cell for cell in attribute_cells)} "
+                 f"FROM {subscribers.name} WHERE id > {mark} AND {prefix_sql} <> {mark}"
+                 + (f" AND status = {mark}" if status else "") + f" ORDER BY id LIMIT {int(batch)}")
+        members_query = (f"SELECT subscriber_id, list_name FROM {list_members.name} "
+                         f"WHERE subscriber_id BETWEEN {mark} AND {mark}")
+        attributes_query = (f"SELECT id, {'attributes' if dialect == 'sqlite' else 'attributes::text'} "
+                            f"FROM {subscribers.name} WHERE id BETWEEN {mark} AND {mark}")
+        last_id = 0
+        while True:
+            with self.engine.connect() as conn:
+                cursor = conn.connection.driver_connection.cursor()
+                try:
+                    cursor.execute(query, (*attribute_params, last_id, TOMBSTONE_PREFIX, *((status,) if status else ())))
+                    rows = cursor.fetchall()
+                    lists: dict[int, list[str]] = {}
+                    completed: dict[int, dict] = {}
+                    if rows:
+                        first, last = rows[0][0], rows[-1][0]
+                        cursor.execute(members_query, (first, last))
+                        for sid, list_name in cursor.fetchall():
+                            lists.setdefault(sid, []).append(list_name)
+                        if attribute_names and any(None in row for row in rows):
+                            cursor.execute(attributes_query, (first, last))
+                            completed = {sid: json.loads(text) for sid, text in cursor.fetchall()}
+                finally:
+                    cursor.close()
+                if dialect == "postgresql":
+                    conn.rollback()  # the page's read transaction ends here
+            if not rows:
+                return
+            last_id = rows[-1][0]
+            if lists or completed:
+                for index, row in enumerate(rows):
+                    sid = row[0]
+                    if sid in lists or None in row:
+                        row = list(row)
+                        row[9] = " ".join(sorted(lists.get(sid, ())))
+                        for position, name in enumerate(attribute_names, 10):
+                            if row[position] is None:
+                                row[position] = _attribute_cell(completed[sid].get(name))
+                        rows[index] = tuple(row)
+            yield [row[1:] for row in rows]
+            del rows
+
     def attribute_names(self, status: str | None = None) -> list[str]:
         """Every attribute name in use (tombstones excluded), sorted: one query where the database can
         list JSON keys (SQLite's json_each, PostgreSQL's json_object_keys), else a scan."""
@@ -839,6 +923,31 @@ class Store:
             query = query.where(subscribers.c.status == status)
         with self.engine.connect() as conn:
             return sorted(conn.execute(query).scalars())
+
+
+_PLAIN_JSON_KEY = re.compile(r"[A-Za-z0-9_. -]+")
+
+
+def _export_iso(value: datetime | None) -> str:
+    value = as_utc(value)
+    return value.isoformat(timespec="seconds") if value else ""
+
+
+def _attribute_cell(value: object) -> str:
+    """An attribute's export cell: "" when unset, a string as it is, anything else as JSON."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _export_pages_core(store: "Store", attribute_names: Sequence[str], status: str | None,
+                       batch: int) -> Iterator[list[tuple]]:
+    """`Store.export_pages` on any engine, through SQLAlchemy Core rows: the reference."""
+    for page in store.subscriber_pages(status, batch):
+        yield [(row.email_given, row.name, row.language, row.status, row.source, _export_iso(row.created_at),
+                _export_iso(row.confirmed_at), _export_iso(row.unsubscribed_at), " ".join(lists),
+                *(_attribute_cell((row.attributes or {}).get(name)) for name in attribute_names))
+               for row, lists in page]
 
 
 # ----- bulk writers of the import (see Store.insert_imported) ----------------------------------------
@@ -916,11 +1025,12 @@ def _insert_imported_sqlite(conn: Connection, rows: list[tuple], source: str, re
     first = dbapi.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {subscribers.name}").fetchone()[0]
     # ?1 id, ?2 key, ?3 given, ?4 name, ?5 language, ?6 status, ?7 attributes, ?8 digest, ?9 created_at,
     # ?10 line, ?11 status_at
-    params = [(sid, row[IMPORT_KEY], row[IMPORT_GIVEN], row[IMPORT_NAME], row[IMPORT_LANGUAGE], _imported_status(row),
+    # generators, not lists: the driver binds one row at a time (no second copy of the batch in memory)
+    params = ((sid, row[IMPORT_KEY], row[IMPORT_GIVEN], row[IMPORT_NAME], row[IMPORT_LANGUAGE], _imported_status(row),
                row[IMPORT_ATTRIBUTES], row[IMPORT_DIGEST],
                None if row[IMPORT_CREATED_AT] is None else stamp(row[IMPORT_CREATED_AT]), row[IMPORT_LINE],
                None if row[IMPORT_STATUS_AT] is None else stamp(row[IMPORT_STATUS_AT]))
-              for sid, row in enumerate(rows, first)]
+              for sid, row in enumerate(rows, first))
     dbapi.executemany(
         f"INSERT INTO {subscribers.name} (id, email, email_given, name, language, status, source, attributes, "
         f"import_digest, created_at, updated_at, confirmed_at, unsubscribed_at) "
@@ -930,7 +1040,7 @@ def _insert_imported_sqlite(conn: Connection, rows: list[tuple], source: str, re
     dbapi.executemany(
         f"INSERT INTO {subscriber_events.name} (subscriber_id, at, kind, old_status, new_status, source, reason) "
         f"VALUES (?, {at_sql}, 'created', NULL, ?, {source_sql}, {reason_sql} || ?)",
-        [(param[0], param[5], param[9]) for param in params])
+        ((sid, _imported_status(row), row[IMPORT_LINE]) for sid, row in enumerate(rows, first)))
     memberships = [(name, sid) for sid, row in enumerate(rows, first) if row[IMPORT_LISTS] for name in row[IMPORT_LISTS]]
     if memberships:
         dbapi.executemany(f"INSERT INTO {list_members.name} (list_name, subscriber_id) VALUES (?, ?)", memberships)

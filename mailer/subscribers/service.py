@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Sequence
 import sqlalchemy as sa
 
 from ..addresses import Address, parse_address
+from .importer.values import clean_text  # noqa: F401 - its home is the SQLAlchemy-free values module
 from ..errors import MailerError, NotFound
 from ..store.schema import (SUBSCRIBER_STATUSES, SUPPRESSED_STATUSES, TOMBSTONE_PREFIX, deliveries, issues, list_members,
                      subscriber_events, subscribers)
@@ -312,10 +313,6 @@ def iter_subscribers(store: Store, status: str | None = None, batch: int = 5000)
 def _add_to_lists(conn: sa.Connection, subscriber_id: int, lists: Iterable[str]) -> None:
     Store.add_list_memberships(conn, subscriber_id, list(lists))
 
-
-def clean_text(value: str, limit: int = 200) -> str:
-    """One line, no control characters (names end up in headers and pages)."""
-    return " ".join("".join(ch if ch.isprintable() else " " for ch in value or "").split())[:limit]
 
 
 def _day(value: object) -> str:

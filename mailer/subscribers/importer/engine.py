@@ -30,6 +30,7 @@ from ...store import (IMPORT_ATTRIBUTES, IMPORT_DIGEST, IMPORT_GIVEN, IMPORT_KEY
 from ..service import tombstone_key
 from .columns import merged_attributes, parse_map
 from .encoding import plan_decoding
+from . import parse
 from .parse import ParseOptions, parsed_source
 from .report import ImportReport, ImportStopped, LayoutInfo, ParseStats
 
@@ -60,22 +61,36 @@ def import_csv(store: Store, path: Path, *, dry_run: bool = False, resubscribe: 
     written_through = 0  # the last line of the last batch committed
     try:
         with parsed_source(path, options) as items, store.import_connection() as conn, _StopRequest() as stop:
+            pending: list[tuple] = []  # valid rows parsed, not written yet: one transaction per IMPORT_BATCH rows
+            held: list = []            # the rejections among them, counted once the rows before them are written
+
+            def flush() -> None:
+                nonlocal pending, held, written_through
+                if pending:
+                    batch, pending = pending, []
+                    _write_batch(store, conn, batch, report, dry_run=dry_run, resubscribe=resubscribe,
+                                 source=source, reason=reason)
+                    written_through = batch[-1][IMPORT_LINE]
+                    del batch
+                for rejection in held:
+                    report.reject(rejection)
+                held = []
+                if progress:
+                    progress(report.rows)
+
+            write_at = parse.IMPORT_BATCH
             for item in items:
                 if type(item) is list:
-                    batch = []
+                    append, hold = pending.append, held.append
                     for row in item:
                         if type(row) is tuple:
-                            batch.append(row)
+                            append(row)
                         else:
                             row.reason = sys.intern(row.reason)  # thousands of rejections share a few reasons
-                            report.reject(row)
+                            hold(row)
                     del item
-                    if batch:
-                        _write_batch(store, conn, batch, report, dry_run=dry_run, resubscribe=resubscribe,
-                                     source=source, reason=reason)
-                        written_through = batch[-1][IMPORT_LINE]
-                    if progress:
-                        progress(report.rows)
+                    if len(pending) + len(held) >= write_at or stop.requested:
+                        flush()
                     if stop.requested:
                         raise KeyboardInterrupt
                 elif isinstance(item, LayoutInfo):
@@ -89,6 +104,7 @@ def import_csv(store: Store, path: Path, *, dry_run: bool = False, resubscribe: 
                     report.warnings.extend(item.warnings())
                     report.empty_columns = item.empty_attributes
                     report.attributes = [name for name in report.attributes if name not in item.empty_attributes]
+            flush()
     except KeyboardInterrupt:
         raise _stopped(path, report, written_through, "interrupted", 130) from None
     except (MailerError, sa.exc.SQLAlchemyError, OSError) as exc:

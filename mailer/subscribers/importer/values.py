@@ -26,6 +26,11 @@ _LANGUAGE_NAMES = {
 _LANGUAGE_TAG = re.compile(r"([a-z]{2,3})(?:_[a-z0-9]{1,8})*")
 
 
+def clean_text(value: str, limit: int = 200) -> str:
+    """One line, no control characters (names end up in headers and pages)."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in value or "").split())[:limit]
+
+
 def normalise_name(text: str) -> str:
     """A header or attribute name as compared and stored: case-folded, accents dropped, every run
     of spaces, dashes, dots or underscores one `_` (`Adresse e-mail` → `adresse_e_mail`)."""

@@ -1,0 +1,196 @@
+"""The fast import and export paths against naive second implementations, on SQLite and PostgreSQL.
+
+The import writes with raw driver statements (executemany / COPY) in transactions of many rows and
+the export reads cells the database formatted; here a plain, row-by-row reading of the same rules
+(email-validator alone for the addresses, a set for duplicates, the README's rules for people who
+are already known) and a plain export through `iter_subscribers` say what the result must be.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+
+import pytest
+
+import mailer.subscribers.importer.parse as parse
+from mailer.addresses import validator_verdict
+from mailer.subscribers import (EXPORT_COLUMNS, add_subscriber, erase_subscriber, export_csv, import_csv,
+                                iter_subscribers, remove_subscriber)
+from mailer.subscribers.service import set_subscriber_status
+
+FIRST = ("Zoé", "Jean", "Anaïs", "Björn", "Noël", "O'Brien", "Lætitia", "Ümit")
+DOMAINS = ("example.org", "Example.COM", "exämple.fr", "xn--bcher-kva.de", "sub.example.co.uk", "пример.рф")
+
+
+def _address(rng: random.Random, i: int) -> str:
+    """Mostly plain addresses, and every kind the validator judges differently."""
+    local = f"{rng.choice(('jean', 'Marie', 'x', 'a.b', 'first+tag', 'o_k'))}{i}"
+    domain = rng.choice(DOMAINS)
+    kind = rng.random()
+    if kind < 0.70:
+        text = f"{local}@{domain}"
+    else:
+        text = rng.choice((
+            f'"{local} q"@{domain}', f"{local}..x@{domain}", f"{local}@", f"zoé{i}@{domain}", f"{local}@localhost",
+            f"{'l' * 64}{i}@{domain}", f"{local}@{'d' * 63}.fr", f"{local}@{'d' * 64}.fr", f"{local}@x.local",
+            f"{local}@-bad.fr", "", "n/a", f"{local}!x@{domain}", f"  {local}@{domain.upper()} ", f"{local}@{domain}.",
+            f"{local}@[127.0.0.1]", f"{local}@exa mple.org"))
+    return text
+
+
+def _generated_file(rng: random.Random, rows: int, known: list[str]) -> list[tuple[str, str, str]]:
+    out, earlier = [], []
+    for i in range(rows):
+        roll = rng.random()
+        if roll < 0.05 and earlier:
+            email = rng.choice(earlier).swapcase()       # a duplicate in another case
+        elif roll < 0.15 and known:
+            email = rng.choice(known)                     # someone already in the list
+        else:
+            email = _address(rng, i)
+            earlier.append(email.strip())
+        out.append((email, f"{rng.choice(FIRST)} {i}", rng.choice(("Lyon", "Paris", ""))))
+    return out
+
+
+def _naive_import(rows: list[tuple[str, str, str]], before: dict[str, str], erased: set[str]) -> dict:
+    """The rules, row by row: what the import must report and leave behind."""
+    seen: set[str] = set()
+    counts = {"added": 0, "updated": 0, "unchanged": 0, "rejected": 0}
+    kept: dict[str, int] = {}
+    rejected_lines: list[int] = []
+    after = dict(before)
+    for line, (email, _name, _city) in enumerate(rows, 2):
+        if not email.strip():
+            counts["rejected"] += 1
+            rejected_lines.append(line)
+            continue
+        verdict = validator_verdict(email)
+        if verdict is None or verdict.key in seen:
+            counts["rejected"] += 1
+            rejected_lines.append(line)
+            continue
+        seen.add(verdict.key)
+        if verdict.key in erased:
+            kept["erased"] = kept.get("erased", 0) + 1
+        elif verdict.key not in before:
+            counts["added"] += 1
+            after[verdict.key] = "active"
+        elif before[verdict.key] != "active":
+            kept[before[verdict.key]] = kept.get(before[verdict.key], 0) + 1
+        else:
+            counts["updated"] += 1  # added by hand: no import digest yet
+    line = (f"added {counts['added']}, updated {counts['updated']}, unchanged 0, rejected {counts['rejected']}")
+    total = sum(kept.values())
+    if len(kept) == 1:
+        line += f"; {total} more left {next(iter(kept))} (an import never re-activates anyone)"
+    elif kept:
+        line += (f"; {total} more left as they were: "
+                 + ", ".join(f"{n} {status}" for status, n in sorted(kept.items()))
+                 + " (an import never re-activates anyone)")
+    return {"line": line, "rejected_lines": rejected_lines, "after": after, "added": counts["added"]}
+
+
+@pytest.mark.parametrize("helper", [False, True], ids=["in-process", "helper-process"])
+def test_import_of_a_generated_file_agrees_with_a_naive_importer(store, tmp_path, monkeypatch, helper):
+    monkeypatch.setattr(parse, "IMPORT_BATCH", 300)  # several transactions
+    if helper:
+        monkeypatch.setattr(parse, "PARALLEL_MIN_BYTES", 0)
+    rng = random.Random(12)
+    before: dict[str, str] = {}
+    known = []
+    for i in range(60):
+        address = f"known{i}@example.org"
+        add_subscriber(store, address, name="Avant")
+        before[address] = "active"
+        known.append(address.upper() if i % 2 else address)
+    for i in range(0, 60, 4):
+        remove_subscriber(store, f"known{i}@example.org")
+        before[f"known{i}@example.org"] = "unsubscribed"
+    set_subscriber_status(store, "known1@example.org", "bounced", source="test")
+    before["known1@example.org"] = "bounced"
+    erased = set()
+    for i in (2, 6):  # known2 is active, known6 … erase both: tombstones only
+        erase_subscriber(store, f"known{i}@example.org")
+        erased.add(f"known{i}@example.org")
+        del before[f"known{i}@example.org"]
+    rows = _generated_file(rng, 1500, known)
+    path = tmp_path / "liste.csv"
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["email", "name", "city"])
+        writer.writerows(rows)
+    expected = _naive_import(rows, before, erased)
+    assert expected["added"] > 1000 and len(expected["rejected_lines"]) > 100  # the file reaches every rule
+
+    if helper:  # the helper must really parse: falling back to parsing here would hide a broken helper
+        monkeypatch.setattr(parse, "parsed_items", None)
+    report = import_csv(store, path)
+    assert report.counts_line() == expected["line"]
+    assert [r.line for r in report.rejections] == expected["rejected_lines"]
+    statuses = {row.email: row.status for row, _ in iter_subscribers(store)}
+    assert statuses == expected["after"]
+
+    again = import_csv(store, path)  # nothing changed: every row the first import wrote is unchanged now
+    assert (again.added, again.updated, again.rejected) == (0, 0, len(expected["rejected_lines"]))
+    assert again.unchanged == report.added + report.updated
+
+
+def _naive_export(store, status=None) -> str:
+    """The export, one Core row at a time (what `export` wrote before it was made fast)."""
+    rows = list(iter_subscribers(store, status))
+    names = sorted({name for row, _ in rows for name in (row.attributes or {})})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*EXPORT_COLUMNS, "lists", *names])
+
+    def iso(value):
+        if value is None:
+            return ""
+        return (value if value.tzinfo else value.replace(tzinfo=__import__("datetime").timezone.utc)
+                ).astimezone(__import__("datetime").timezone.utc).isoformat(timespec="seconds")
+
+    for row, lists in rows:
+        attributes = row.attributes or {}
+        writer.writerow([row.email_given, row.name, row.language, row.status, row.source, iso(row.created_at),
+                         iso(row.confirmed_at), iso(row.unsubscribed_at), " ".join(sorted(lists)),
+                         *("" if attributes.get(name) is None else attributes[name] if isinstance(attributes[name], str)
+                           else json.dumps(attributes[name], ensure_ascii=False) for name in names)])
+    return out.getvalue()
+
+
+def test_export_agrees_with_a_row_by_row_export(store, tmp_path):
+    rng = random.Random(5)
+    values = ["Lyon", "Saint-Étienne", "a, b", 'dit "oui"', "ligne1\nligne2", 42, 1.5, True, None, [1, "é"],
+              {"x": "ü", "y": [1, 2]}, "", "\u00a0espace", "日本"]
+    for i in range(400):
+        attributes = {name: rng.choice(values) for name in rng.sample(["ville", "note", "score", "x-y", "é"], rng.randrange(0, 4))}
+        lists = rng.sample(["hebdo", "Premium", "évènements", "zeta", "Alpha"], rng.randrange(0, 3))
+        add_subscriber(store, f"Person{i}@Example.org", name=rng.choice(("", "Zoé « Z »", "O'Brien, Jo")),
+                       language=rng.choice(("", "fr", "en")), attributes=attributes, lists=lists,
+                       status=rng.choice(("active", "active", "pending")))
+    for i in range(0, 400, 7):
+        remove_subscriber(store, f"person{i}@example.org")
+    for i in range(3, 400, 50):
+        erase_subscriber(store, f"person{i}@example.org")  # tombstones are nobody: not exported
+    for status in (None, "active", "unsubscribed", "bounced"):
+        out = io.StringIO()
+        count = export_csv(store, out, status)
+        assert out.getvalue() == _naive_export(store, status), status
+        assert count == len(out.getvalue().splitlines()) - 1 - out.getvalue().count("ligne1\nligne2")
+
+
+def test_the_parser_helper_loads_no_database_layer():
+    """The helper process parses only: without SQLAlchemy and the store it needs ~20 MB less memory."""
+    import subprocess
+    import sys
+    probe = parse._HELPER_CODE.replace("_parser_main()", "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                                                          "('sqlalchemy', 'psycopg') or m.startswith('mailer.store')))")
+    assert probe != parse._HELPER_CODE
+    done = subprocess.run([sys.executable, "-c", probe, str(parse._PACKAGE_ROOT)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
