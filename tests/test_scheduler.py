@@ -25,6 +25,7 @@ import pytest
 
 from mailer.scheduling import plan, runtime as scheduler
 from mailer.scheduling.cadence import CadenceTrigger
+from mailer.store.jobs import stored_jobs
 from mailer.errors import MailerError
 from mailer.store import open_store
 from mailer.subscribers import import_csv
@@ -517,7 +518,7 @@ def test_jobs_persist_in_the_same_database(db_url: str, make_settings) -> None:
         store.close()
     store = open_store(db_url)
     try:
-        jobs = plan._stored_jobs(store)
+        jobs = stored_jobs(store, plan.JOBS_TABLE)
     finally:
         store.close()
     assert set(jobs) == {"cadence", "issue:2026-11-27-plus-tard"}

@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
-
-import sqlalchemy as sa
 
 from .cadence import CadenceTrigger, build_cadence_trigger, localize
 from ..config import Settings
@@ -37,6 +34,7 @@ from ..errors import MailerError
 from ..content.issue import ISSUE_FILE, holds, load_issue
 from ..content.render import template_problem
 from ..store import Store, open_store, utcnow
+from ..store.jobs import stored_jobs
 
 JOBS_TABLE = "scheduler_jobs"
 CADENCE_JOB = "cadence"
@@ -152,7 +150,7 @@ class Ledger:
 
 
 def read_ledger(store: Store, slug: str) -> Ledger:
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         row = store.issue_row(conn, slug)
         if row is None:
             return Ledger()
@@ -230,22 +228,6 @@ def format_span(delta: timedelta) -> str:
     return f"{seconds}s"
 
 
-def _stored_jobs(store: Store) -> dict[str, dict]:
-    """The job store's rows, read without starting a scheduler: id → job state (trigger, args…)."""
-    with store.engine.connect() as conn:
-        if not sa.inspect(conn).has_table(JOBS_TABLE):
-            return {}
-        table = sa.table(JOBS_TABLE, sa.column("id"), sa.column("next_run_time"), sa.column("job_state"))
-        rows = conn.execute(sa.select(table.c.id, table.c.job_state)).all()
-    jobs = {}
-    for job_id, blob in rows:
-        try:
-            jobs[job_id] = pickle.loads(blob)
-        except Exception:  # noqa: BLE001 - a job this version cannot read
-            jobs[job_id] = {}
-    return jobs
-
-
 def parse_moment(text: str, zone: ZoneInfo) -> datetime:
     """`--now`: ISO 8601 (`2027-03-29T00:00:00+02:00`, `…Z`, or a wall time read in `zone` by the
     cadence's rule). Raises MailerError with one line."""
@@ -273,7 +255,7 @@ def schedule_data(settings: Settings, store: Store, now: datetime) -> dict:
     grace = timedelta(seconds=grace_seconds(settings))
     zone, schedule_zone = settings.zone, settings.schedule_zone
     today = now.astimezone(schedule_zone).date()
-    jobs = _stored_jobs(store)
+    jobs = stored_jobs(store, JOBS_TABLE)
     entries = scan_issues(settings)
 
     cadence = None

@@ -72,7 +72,6 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.date import DateTrigger
@@ -85,6 +84,7 @@ from .plan import (CADENCE_JOB, ISSUE_PREFIX, JOBS_TABLE, MARKER_PREFIX, IssueEn
 from .plan import format_moment as _fmt
 from .plan import format_span as _span
 from ..store import Store, as_utc, open_store, utcnow
+from ..store.jobs import database_label, job_store
 
 log = logging.getLogger("mailer.scheduler")
 
@@ -142,7 +142,7 @@ class SchedulerRuntime:
         self.handled: set[tuple] = set()
         self.reported: set[tuple] = set()
         self.scheduler = _Scheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=store.engine, tablename=JOBS_TABLE)},
+            jobstores={"default": job_store(store, JOBS_TABLE)},
             executors={"default": ThreadPoolExecutor(EXECUTOR_THREADS)},
             job_defaults={"misfire_grace_time": grace_seconds(settings), "coalesce": True, "max_instances": 1},
             timezone=settings.schedule_zone,
@@ -595,7 +595,7 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
             runtime.sync(initial=True)
             runtime.resume()
             log.info("running: job store %s.%s, issues in %s, rescan every %gs, grace %s, times in %s; "
-                     "SIGTERM stops cleanly", store.engine.url.render_as_string(hide_password=True), JOBS_TABLE,
+                     "SIGTERM stops cleanly", database_label(store), JOBS_TABLE,
                      settings.issues_dir, rescan, _span(runtime.grace), settings.schedule_zone.key)
             while not stop.wait(rescan):
                 try:

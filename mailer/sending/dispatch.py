@@ -44,10 +44,11 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Callable, Sequence
 
-from sqlalchemy.engine import Connection
 
 from . import claimant
-from .. import tokens
+from .ratelimit import SendRateLimiter
+from .. import links, tokens
+from ..links import TEST_SUBSCRIBER_ID
 from ..providers import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError, make_backend
 from ..config import Settings, secret_key_for
 from ..errors import EmptyAudience, MailerError, NotFound, RenderError, SendAborted
@@ -55,7 +56,7 @@ from ..content.issue import Issue, hold_refusal, load_issue
 from ..mime import MessageFactory
 from ..redact import strip_credentials
 from ..content.render import Recipient, RenderedIssue, render_issue, render_web_edition
-from ..store import Store, as_utc, utcnow
+from ..store import Connection, Store, as_utc, utcnow
 
 log = logging.getLogger("mailer.dispatch")
 
@@ -150,43 +151,11 @@ def settle_issue(store: Store, issue_id: int, abort_reason: str | None) -> tuple
     return counts, None
 
 
-class RateLimiter:
-    """The send's rate limit (messages per second; 0 = unlimited), shared by every worker of the
-    issue in every process and on every machine: the schedule lives in the issue's row.
-
-    Each caller books `count` messages by moving `issues.rate_next_at` forward in one atomic UPDATE
-    (PostgreSQL serialises it on the row, SQLite on its single writer) and sleeps until the start of
-    its slot. Clocks are wall clocks, so machines should keep them in sync (NTP).
-    """
-
-    def __init__(self, per_second: float, store: Store | None = None, issue_id: int | None = None) -> None:
-        self.per_second = per_second
-        self.store = store
-        self.issue_id = issue_id
-        self._lock = threading.Lock()
-        self._next = time.time()
-
-    def acquire(self, count: int = 1, wait: Callable[[float], object] = time.sleep) -> None:
-        if self.per_second <= 0:
-            return
-        cost = count / self.per_second
-        now = time.time()
-        if self.store is None or self.issue_id is None:
-            with self._lock:
-                start = max(now, self._next)
-                self._next = start + cost
-        else:
-            with self.store.begin() as conn:
-                start = self.store.book_rate_slot(conn, self.issue_id, now, cost) - cost
-        if start > now:
-            wait(start - now)
-
-
 class Sender:
     """One issue's send machinery: rendered once, shared by every worker thread of this process."""
 
     def __init__(self, settings: Settings, store: Store, rendered: RenderedIssue, issue_id: int,
-                 backend_factory: Callable[[], Backend], *, rate_limiter: RateLimiter | None = None,
+                 backend_factory: Callable[[], Backend], *, rate_limiter: SendRateLimiter | None = None,
                  stop: threading.Event | None = None, progress: Progress | None = None,
                  on_progress: ProgressCallback | None = None, factory: MessageFactory | None = None) -> None:
         self.settings = settings
@@ -197,7 +166,7 @@ class Sender:
         self.backend_factory = backend_factory
         self.key = secret_key_for(settings)
         self.base_url, self.slug, self.domain = settings.base_url, rendered.issue.slug, settings.sender_domain
-        self.rate_limiter = rate_limiter or RateLimiter(settings.rate_limit, store, issue_id)
+        self.rate_limiter = rate_limiter or SendRateLimiter(settings.rate_limit, store, issue_id)
         self.stop = stop or threading.Event()
         self.progress = progress or Progress(rendered.issue.slug, 0)
         self.on_progress = on_progress
@@ -227,7 +196,7 @@ class Sender:
             self._backends.add(backend)
         # One connection for this worker's whole run: a transaction per ledger write without a pool
         # round trip each time (per message over SMTP, that is a third of the ledger's cost).
-        with self.store.engine.connect() as conn:
+        with self.store.connect() as conn:
             self._local.conn, self._local.worker, self._local.renewed = conn, name, time.monotonic()
             try:
                 if not self._open(backend):
@@ -571,9 +540,8 @@ def outgoing_message(key: bytes, base_url: str, slug: str, domain: str, subscrib
                      delivery_id: int | None = None, first_name: str | None = None) -> OutgoingMessage:
     """One recipient's message: their unsubscribe link and the stable per-delivery Message-ID;
     `first_name` (the subscriber's attribute, if any) is what the greeting uses."""
-    token = tokens.make_token(key, "unsubscribe", subscriber_id)
     recipient = Recipient(email=email, name=name, subscriber_id=subscriber_id, first_name=str(first_name or ""),
-                          unsubscribe_url=f"{base_url}/u/{token}")
+                          unsubscribe_url=links.unsubscribe_url(base_url, key, subscriber_id))
     return OutgoingMessage(recipient=recipient, delivery_id=delivery_id,
                            message_id=tokens.message_id(key, slug, subscriber_id, domain))
 
@@ -611,7 +579,7 @@ def check_buildable(settings: Settings, rendered: RenderedIssue) -> MessageFacto
     try:
         factory = MessageFactory(rendered)
         sample = outgoing_message(secret_key_for(settings), settings.base_url, rendered.issue.slug,
-                                  settings.sender_domain, 0, "lecteur@example.org", "Lecteur")
+                                  settings.sender_domain, TEST_SUBSCRIBER_ID, "lecteur@example.org", "Lecteur")
         factory.build(sample.recipient, sample.message_id, formatdate(usegmt=True))
     except MailerError:
         raise
@@ -646,7 +614,7 @@ def refuse_held(store: Store, issue: Issue, allow_draft: bool = False) -> None:
     refusal = None if allow_draft else hold_refusal(issue)
     if refusal is None:
         return
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         existing = store.issue_row(conn, issue.slug)
     if existing is None or existing.frozen_at is None:
         raise refusal
@@ -718,7 +686,7 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
     prepared = prepare_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
                             allow_draft=allow_draft)
     slug = prepared.issue.slug
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         counts = store.delivery_counts(conn, prepared.issue_id)
     if prepared.already_finished:
         return SendReport(slug, counts, 0, 0, 0, time.monotonic() - started, already_finished=True)
@@ -814,7 +782,7 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
     sent = 0
     senders: dict[str, Sender] = {}
     while not stop.is_set():
-        with store.engine.connect() as conn:
+        with store.connect() as conn:
             active = store.issues_with_queue(conn)
         for slug, issue_id in active:
             if stop.is_set():
@@ -861,7 +829,8 @@ def send_test(settings: Settings, issue_ref: str, addresses: Sequence[str]) -> l
     factory = MessageFactory(rendered, subject_prefix="[TEST] ")
     key = secret_key_for(settings)
     messages = tuple(
-        OutgoingMessage(Recipient(email=a.given, unsubscribe_url=f"{settings.base_url}/u/{tokens.make_token(key, 'unsubscribe', 0)}"),
+        OutgoingMessage(Recipient(email=a.given, unsubscribe_url=links.unsubscribe_url(settings.base_url, key,
+                                                                                      TEST_SUBSCRIBER_ID)),
                         message_id=f"<test.{os.urandom(8).hex()}@{settings.sender_domain}>")
         for a in parsed)
     with make_backend(settings) as backend:
@@ -892,7 +861,7 @@ def plan_send(settings: Settings, store: Store, issue_ref: str, *, include_new: 
               retry_failed: bool = False) -> SendPlan:
     """Read-only: who a send of `issue_ref` would reach now (nothing is frozen or sent)."""
     issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         row = store.issue_row(conn, issue.slug)
         if row is None or row.frozen_at is None:
             recipients = store.count_unfrozen(conn, None, issue.list_name)
@@ -927,7 +896,7 @@ def issue_status(settings: Settings, store: Store, issue_ref: str) -> dict:
         slug = find_issue_folder(issue_ref, settings.issues_dir).name
     except NotFound:
         pass
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         row = store.issue_row(conn, slug)
         if row is None:
             raise NotFound(f"issue {issue_ref!r} has never been sent (no ledger yet)")
@@ -938,5 +907,5 @@ def issue_status(settings: Settings, store: Store, issue_ref: str) -> dict:
 def ledger_overview(store: Store) -> list[dict]:
     """`mailer status` without ISSUE: every issue with a ledger, newest first (its last activity:
     finished, else started, else frozen), each in `_ledger_summary`'s shape; [] before the first send."""
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         return [_ledger_summary(row, counts) for row, counts in store.ledger_overview(conn)]

@@ -7,6 +7,11 @@
 * `jobs` — the scheduler's APScheduler job store on the same engine.
 """
 
+from sqlalchemy import Row
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import SQLAlchemyError as DatabaseError
+
 from .bulk import (IMPORT_ATTRIBUTES, IMPORT_CREATED_AT, IMPORT_DIGEST, IMPORT_GIVEN, IMPORT_KEY, IMPORT_LANGUAGE,
                    IMPORT_LINE, IMPORT_LISTS, IMPORT_NAME, IMPORT_ROW_FIELDS, IMPORT_STATUS, IMPORT_STATUS_AT,
                    ImportExisting)
@@ -15,7 +20,10 @@ from .core import Store
 from .events import MAILBOX_PROVIDER
 from .engine import HEAD_REVISION, MIGRATIONS_DIR, current_revision, make_engine, open_store, upgrade
 
-__all__ = ["HEAD_REVISION", "IMPORT_ATTRIBUTES", "IMPORT_CREATED_AT", "IMPORT_DIGEST", "IMPORT_GIVEN", "IMPORT_KEY",
+# `Connection` and `Row` are what the store's methods take and return; `DatabaseError` is any failure
+# of the database, `IntegrityError` a unique constraint hit by a concurrent writer. Callers name them
+# from here, never from SQLAlchemy.
+__all__ = ["Connection", "DatabaseError", "IntegrityError", "Row", "HEAD_REVISION", "IMPORT_ATTRIBUTES", "IMPORT_CREATED_AT", "IMPORT_DIGEST", "IMPORT_GIVEN", "IMPORT_KEY",
            "IMPORT_LANGUAGE", "IMPORT_LINE", "IMPORT_LISTS", "IMPORT_NAME", "IMPORT_ROW_FIELDS", "IMPORT_STATUS",
            "IMPORT_STATUS_AT", "MAILBOX_PROVIDER", "MIGRATIONS_DIR", "ImportExisting", "StatusChange", "Store", "as_utc",
            "current_revision", "make_engine", "open_store", "upgrade", "utcnow"]

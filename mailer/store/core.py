@@ -32,6 +32,12 @@ class Store(PeopleQueries, EventQueries, LedgerQueries, BulkQueries):
         with self.engine.begin() as conn:
             yield conn
 
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection for reading (no transaction is opened until a statement runs)."""
+        with self.engine.connect() as conn:
+            yield conn
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from .schema import (deliveries, issues, list_members, subscribers)
+from .schema import deliveries, issues, list_members, provider_events, subscribers
 from .common import as_utc, utcnow
 
 

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import NotFound
-from .schema import (SUPPRESSED_STATUSES, deliveries, list_members, provider_events, subscriber_events, subscribers)
+from .schema import SUPPRESSED_STATUSES, deliveries, issues, list_members, provider_events, subscriber_events, subscribers
 from .common import StatusChange, _chunks, _NOT_TOMBSTONE, utcnow
 
 
@@ -74,6 +74,28 @@ class PeopleQueries:
         for list_name in lists:
             conn.execute(list_members.insert().values(list_name=list_name, subscriber_id=subscriber_id))
         return subscriber_id
+
+    def update_profile(self, conn: Connection, subscriber_id: int, changes: dict[str, Any], *, source: str) -> None:
+        """Set profile fields (name, language, attributes) and record one `updated` event naming them."""
+        now = utcnow()
+        conn.execute(subscribers.update().where(subscribers.c.id == subscriber_id).values(updated_at=now, **changes))
+        conn.execute(subscriber_events.insert().values(subscriber_id=subscriber_id, at=now, kind="updated",
+                                                       source=source, reason=", ".join(sorted(changes))))
+
+    def person_record(self, conn: Connection, subscriber_id: int) -> tuple[list[dict], list[dict], list[str]]:
+        """What `subscribers show` prints: (events oldest first, as dicts of every column;
+        deliveries as dicts of slug, status, attempts, sent_at, last_error, provider_message_id;
+        sorted list names)."""
+        events = conn.execute(sa.select(subscriber_events).where(subscriber_events.c.subscriber_id == subscriber_id)
+                              .order_by(subscriber_events.c.id)).mappings().all()
+        sent = conn.execute(
+            sa.select(issues.c.slug, deliveries.c.status, deliveries.c.attempts, deliveries.c.sent_at,
+                      deliveries.c.last_error, deliveries.c.provider_message_id)
+            .join(issues, issues.c.id == deliveries.c.issue_id)
+            .where(deliveries.c.subscriber_id == subscriber_id).order_by(deliveries.c.id)).mappings().all()
+        lists = conn.execute(sa.select(list_members.c.list_name).where(list_members.c.subscriber_id == subscriber_id)
+                             .order_by(list_members.c.list_name)).scalars().all()
+        return [dict(e) for e in events], [dict(d) for d in sent], list(lists)
 
     def set_status(self, conn: Connection, subscriber_id: int, new_status: str, *, source: str, reason: str = "") -> bool:
         """Change a subscriber's status and record why; False when it already had that status."""

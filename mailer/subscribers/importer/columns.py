@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from ...errors import MailerError
-from ...store.schema import SUBSCRIBER_STATUSES
+from ...statuses import SUBSCRIBER_STATUSES
 from .formats import EXPORT_FORMATS, SUBSCRIPTION_FLAGS, UNSURE, UNSURE_NOTE, USED, StatusRule, boolean_status
 from .values import normalise_name
 

@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 
 from ...addresses import address_parts
 from ...errors import InvalidAddress, MailerError
-from ...store.schema import SUBSCRIBER_STATUSES, SUPPRESSED_STATUSES
+from ...statuses import SUBSCRIBER_STATUSES, SUPPRESSED_STATUSES
 from ..service import clean_text
 from .columns import STATUS_WORDS, Layout, build_layout, headerless_layout, looks_like_header
 from .encoding import Decoding, readable, text_lines, undecodable
