@@ -5,6 +5,9 @@ safe); mjml-python compiles it to HTML once. Per-recipient values are *slots*: l
 in the compiled HTML and text (`%%mailer:NAME%%`), filled by joining pre-split pieces — a few
 microseconds per recipient — or, for SendGrid, sent as `substitutions` so one request carries the
 body once for up to 1000 recipients.
+
+Longer than ~400 lines because the three renderings (HTML via MJML, text part, web edition) share
+one context and one slot mechanism.
 """
 
 from __future__ import annotations

@@ -29,10 +29,27 @@ def make_backend(settings: Settings) -> Backend:
     raise ValueError(settings.backend)
 
 
+def backend_problems(settings: Settings) -> list[str]:
+    """What the configured backend's own settings lack, one line each (its `settings_problems`)."""
+    if settings.backend == "smtp":
+        from .smtp import SmtpBackend
+        return SmtpBackend.settings_problems(settings)
+    if settings.backend == "sendgrid":
+        from .sendgrid import SendGridBackend
+        return SendGridBackend.settings_problems(settings)
+    return []
+
+
+def require_ready(settings: Settings) -> None:
+    """Raise ConfigError naming every missing or invalid setting a real send needs: the general ones
+    (`Settings.require_for_send`) and the configured backend's own."""
+    settings.require_for_send(backend_problems(settings))
+
+
 def make_webhooks(settings: Settings) -> dict[str, Webhook]:
     """Provider name → its webhook (ConfigError for a verification key that does not parse)."""
     from .sendgrid_events import SendGridWebhook
     return {"sendgrid": SendGridWebhook(settings)}
 
 
-__all__ = ["ProviderEvent", "Webhook", "WebhookRefused", "make_webhooks", "Backend", "Batch", "OutgoingMessage", "RecipientResult", "TransientError", "PermanentError", "make_backend"]
+__all__ = ["backend_problems", "require_ready", "ProviderEvent", "Webhook", "WebhookRefused", "make_webhooks", "Backend", "Batch", "OutgoingMessage", "RecipientResult", "TransientError", "PermanentError", "make_backend"]

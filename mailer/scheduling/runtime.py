@@ -57,6 +57,9 @@ autumn change repeats at its first occurrence; one the spring change skips at th
 jump (02:30 on 2027-03-28 in Europe/Paris → 03:00 CEST). Plain APScheduler loses whole runs in the
 midnight hour around a spring change (apscheduler#606) and fires a repeated wall time twice — a
 second cadence run would send the *next* ready issue. The rules and why they are ours: cadence.py.
+
+Longer than ~400 lines because keeping the stored jobs in step with the issue folders
+(scheduled sends, cadence markers, catch-up) is one state machine around APScheduler.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.date import DateTrigger
 
 from ..config import Settings
+from ..providers import require_ready
 from ..errors import MailerError, SendAborted
 from ..content.issue import find_issue_folder, holds, load_issue
 from .plan import (CADENCE_JOB, ISSUE_PREFIX, JOBS_TABLE, MARKER_PREFIX, IssueEntry, cadence_trigger, classify,
@@ -579,7 +583,7 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     """`mailer schedule run`: until SIGTERM/SIGINT (or `stop` is set), then return normally."""
     stop = stop or threading.Event()
     rescan = rescan_seconds(settings)
-    settings.require_for_send()  # a scheduler that cannot send says so at start, not at 07:00
+    require_ready(settings)  # a scheduler that cannot send says so at start, not at 07:00
     cadence_trigger(settings)  # so does a bad cron
     if settings.bounce_mailbox.strip():  # and a bounce mailbox that cannot be named or logged in to
         from ..providers.bounces.sources import open_source

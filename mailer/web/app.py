@@ -49,6 +49,9 @@ Decisions (see also the templates' comments):
   is the event's own (an id alone, or an id with another address, changes nobody); events about an
   erased person are stored anonymised; the body must be a JSON array of objects (deep nesting and
   NaN are refused with 400, NUL and lone surrogates neutralised: never a 500).
+
+Longer than ~400 lines because every route shares one state (`WebApp`: store, throttle, keys,
+templates) and the HTTP guards (body limits, one-click detection) belong with the routes.
 """
 
 from __future__ import annotations
