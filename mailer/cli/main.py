@@ -141,8 +141,8 @@ def build(issue_ref: str, out_dir: Path | None) -> None:
 
 @main.command()
 @click.argument("issue_ref", metavar="ISSUE")
-@click.option("--port", default=8025, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8025, show_default=True, help="Port of the preview server.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (keep it local).")
 @handle_errors
 def preview(issue_ref: str, port: int, host: str) -> None:
     """Local preview: 600 px and 375 px, text part, headers, warnings; reloads on file change."""
@@ -154,8 +154,8 @@ def preview(issue_ref: str, port: int, host: str) -> None:
 
 # ----- web -----------------------------------------------------------------------
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (behind a reverse proxy).")
+@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
 @handle_errors
 def serve(host: str, port: int) -> None:
     """Run the web app: unsubscribe, subscribe + confirm, webhooks, archive."""

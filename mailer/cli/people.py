@@ -28,7 +28,7 @@ _STATUS_CHOICE = click.Choice(SUBSCRIBER_STATUSES, case_sensitive=False)
 
 @subscribers.command("add")
 @click.argument("email")
-@click.option("--name", default="")
+@click.option("--name", default="", help="The person's name (greetings use it).")
 @click.option("--language", default=None, type=click.Choice(LANGUAGES, case_sensitive=False),
               help="The person's language.")
 @click.option("--list", "lists", multiple=True, help="Add to this named list (repeatable).")
@@ -136,7 +136,8 @@ def subscribers_export(path: Path | None, status: str | None, force: bool) -> No
 
 @subscribers.command("list")
 @click.option("--status", default=None, type=_STATUS_CHOICE, help="Only people with this status.")
-@click.option("--format", "fmt", type=click.Choice(["plain", "csv", "json"]), default="plain", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["plain", "csv", "json"]), default="plain", show_default=True,
+              help="plain: one address a line; csv: the export's columns; json: one object a line.")
 @handle_errors
 def subscribers_list(status: str | None, fmt: str) -> None:
     """One address a line (or CSV / JSON lines); the same people `count` counts."""
@@ -169,7 +170,7 @@ def subscribers_count(status: str | None) -> None:
 
 @subscribers.command("show")
 @click.argument("email")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: profile, events, deliveries.")
 @handle_errors
 def subscribers_show(email: str, as_json: bool) -> None:
     """Status, history of events and of deliveries."""

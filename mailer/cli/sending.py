@@ -24,7 +24,8 @@ log = logging.getLogger("mailer")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--retry-failed", is_flag=True, help="Queue failed deliveries again.")
 @click.option("--include-new", is_flag=True, help="Also send to subscribers who joined after the freeze.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Batches sent in parallel by this process.")
 @click.option("--allow-draft", is_flag=True,
               help="Send it as it is, even though it is a draft or still holds placeholders of `mailer issue new`.")
 @handle_errors
