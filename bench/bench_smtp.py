@@ -457,14 +457,14 @@ def apply_proposed_patches() -> None:
     message.MessageFactory.__init__ = init
     message.MessageFactory.build = build
 
-    # 3. store.py: `finish_deliveries` builds a new Core UPDATE per distinct (status, provider id, error):
+    # 3. store/ledger.py: `finish_deliveries` builds a new Core UPDATE per distinct (status, provider id, error):
     #    one per row for SMTP, where every message has its own id, and SQLAlchemy's statement
     #    construction is most of the cost of a one-row write. Build the statement ONCE, with bound
     #    parameters, and executemany (one round trip for a batch, cached compilation for a single row).
     import sqlalchemy as sa
 
     from mailer import store as store_module
-    table = store_module.deliveries
+    from mailer.store.schema import deliveries as table
     statement = (table.update()
                  .where(table.c.id == sa.bindparam("b_id"), table.c.claimed_by == sa.bindparam("b_worker"),
                         table.c.status == "sending")

@@ -2,7 +2,8 @@
 
 Env wins over the file; relative paths resolve from the folder holding `mailer.toml` (the working
 folder when there is none). Validation that depends on what the caller is about to do (sending
-needs a From address, SMTP needs a host…) lives in `Settings.require_for_send`, so a send never
+needs a From address…) lives in `Settings.require_for_send` (a backend's own settings in its
+`settings_problems`, joined by `providers.require_ready`), so a send never
 starts half-configured while `mailer build` still works on a bare checkout.
 
 Every value is checked at load, whatever the command: no setting may carry a control character or a
@@ -14,6 +15,8 @@ can reach a header unchecked), hence its length. The secret-key rule and the pub
 product policy, not a library's job: `secret_key_problem` is about machine-made keys (a password
 strength estimator such as zxcvbn models human passwords and caps the length it reads), and
 `base_url_problem` about what a recipient's mail client can reach.
+
+Longer than ~400 lines because it is that one owner: every setting and every check of its value.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -229,7 +232,7 @@ class Settings:
         return ZoneInfo(self.schedule_timezone or self.timezone)
 
     # ----- checks ---------------------------------------------------------------------------
-    def require_for_send(self) -> None:
+    def require_for_send(self, backend_problems: Sequence[str] = ()) -> None:
         """Raise ConfigError naming every missing or invalid setting a real send needs.
 
         Called by every way a message leaves (send, send --test, worker, scheduler). With a real
@@ -242,10 +245,7 @@ class Settings:
             problems.append("MAILER_FROM (e.g. 'Le Fil <lettre@example.org>') is missing")
         if not self.postal_address:
             problems.append("MAILER_POSTAL_ADDRESS is missing (the law wants it in every newsletter footer)")
-        if self.backend == "smtp" and not self.smtp_host:
-            problems.append("MAILER_SMTP_HOST is missing for the smtp backend")
-        if self.backend == "sendgrid" and not self.sendgrid_api_key:
-            problems.append("SENDGRID_API_KEY is missing for the sendgrid backend")
+        problems.extend(backend_problems)  # the backend's own settings: `providers.require_ready` passes them
         if self.backend != "outbox":
             key_problem = secret_key_problem(self.secret_key)
             if key_problem:

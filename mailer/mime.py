@@ -24,7 +24,7 @@ from .errors import InvalidAddress
 from .headers import CRLF, clean_header_value, list_id, phrase_and_tail, unstructured
 from .content.render import Recipient, RenderedIssue, Template
 
-__all__ = ["MessageFactory", "EncodedPart", "clean_header_value", "ONE_CLICK"]
+__all__ = ["MessageFactory", "EncodedPart", "ONE_CLICK"]
 
 SOFT_BREAK = b"=\r\n"
 ONE_CLICK = "List-Unsubscribe=One-Click"

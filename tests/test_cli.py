@@ -134,6 +134,7 @@ def test_test_send_does_not_touch_the_ledger(run, project):
     run("status", EXAMPLE_ISSUE, check_exit=4)
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_issue_new_then_build(run, project):
     created = run("issue", "new", "Bilan de l'année", "--date", "2026-12-31").stdout
     assert "2026-12-31-bilan-de-l-ann-e" in created or "2026-12-31-bilan" in created
@@ -141,6 +142,7 @@ def test_issue_new_then_build(run, project):
     run("build", str(folder))
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_db_upgrade_is_idempotent(run):
     assert "database at revision" in run("db", "upgrade").stdout
     assert "database at revision" in run("db", "upgrade").stdout
@@ -157,6 +159,7 @@ def test_a_control_character_in_a_brief_is_one_line_error_before_rendering(run, 
     assert not (project / "build").exists()
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_issue_new_transliterates_and_build_warns_about_placeholders(run, project):
     result = run("issue", "new", "trains-et-vélos", "--date", "2026-12-10")
     folder = project / "issues" / "2026-12-10-trains-et-velos"
@@ -168,6 +171,7 @@ def test_issue_new_transliterates_and_build_warns_about_placeholders(run, projec
 
 
 # ----- sends that cannot go wrong quietly ---------------------------------------------------------------
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_a_send_to_nobody_is_refused_with_the_reason(run, project):
     refused = run("send", EXAMPLE_ISSUE, "--yes", check_exit=6)
     assert refused.stderr.startswith("error: refusing to send") and "no subscribers yet" in refused.stderr
@@ -181,6 +185,7 @@ def test_a_send_to_nobody_is_refused_with_the_reason(run, project):
     assert not (project / "outbox").exists()
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_a_rerun_of_a_finished_issue_says_so_and_writes_nothing(run, project):
     run("subscribers", "add", "a@example.org")
     first = run("send", EXAMPLE_ISSUE, "--yes")
@@ -216,6 +221,7 @@ def _send_on_a_terminal(project: Path, *args: str, answer: bytes = b"n\n") -> tu
     return seen.decode("utf-8", "replace"), process.returncode
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_the_confirmation_names_the_issue_its_subject_and_its_audience(run, project):
     """On a terminal, `mailer send ISSUE` asks about the issue it resolved, not the argument typed."""
     for i in range(3):
@@ -226,6 +232,7 @@ def test_the_confirmation_names_the_issue_its_subject_and_its_audience(run, proj
     assert code != 0 and not (project / "outbox").exists()
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_send_prints_every_build_warning_before_its_confirmation_prompt(run, project):
     """Gmail clipping, a missing alt text, an insecure link: `build` warns, and so does `send`, before
     it asks (the same lines, in the same order); answering no sends nothing."""
@@ -247,6 +254,7 @@ def test_send_prints_every_build_warning_before_its_confirmation_prompt(run, pro
     assert "sent 1 now" in sent.stdout
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_a_scaffold_with_only_its_subject_written_is_held_and_refused_until_allow_draft(run, project):
     """Issue 10.12: `issue new`, the subject written and `draft = true` removed: the scheduler holds it
     (PLACEHOLDER, with every reason) and `send` refuses it in one line naming file:line; --allow-draft
@@ -281,6 +289,7 @@ def test_a_scaffold_with_only_its_subject_written_is_held_and_refused_until_allo
 
 
 # ----- secrets stay out of what people read -------------------------------------------------------------
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_verbose_output_never_shows_the_api_key_or_the_subscribers(run, project):
     from .sendgrid_server import SendGridServer
 
@@ -302,6 +311,7 @@ def test_verbose_output_never_shows_the_api_key_or_the_subscribers(run, project)
     assert "/u/" not in output  # no personal unsubscribe link either
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_credentials_in_urls_never_reach_messages(run, project):
     run("subscribers", "add", "a@example.org")
     result = run("send", EXAMPLE_ISSUE, "--yes", check_exit=2,
@@ -311,6 +321,7 @@ def test_credentials_in_urls_never_reach_messages(run, project):
     assert "https://mailer:***@api.sendgrid.com" in result.stderr
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_a_send_that_cannot_build_its_messages_never_leaves_the_issue_half_started(run, project):
     """An internationalised sender domain (a real-world case): whatever the message builder makes of it
     — punycode, or a refusal — `send` either completes or refuses in one line with the issue untouched,
@@ -408,6 +419,7 @@ def test_status_without_an_issue_lists_every_ledger_newest_first(project, db_url
 
 
 # ----- a project folder without its templates -----------------------------------------------------------
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_missing_templates_name_the_templates_folder_and_hold_the_issue(run, project):
     """No templates/ (a fresh project folder): every command that would render names MAILER_TEMPLATES_DIR
     and its resolved path — not issue.toml, which names no template — and the scheduler shows the issue

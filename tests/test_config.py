@@ -267,6 +267,7 @@ def run(project: Path):
     ("MAILER_NAME", "=?utf-8?q?Le_Fil=0D=0ABcc:_victim@example.net?="),  # an encoded CR LF the email package would decode
     ("MAILER_FROM", "=?utf-8?b?DQpCY2M6IHZpY3RpbUBleGFtcGxlLm5ldA==?= <lettre@example.org>"),
 ])
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_the_cli_refuses_injections_in_one_line_before_writing_or_sending_anything(run, project, var, value):
     run("subscribers", "add", "a@example.org")
     for args in (("build", EXAMPLE_ISSUE, "--out", "sortie"), ("send", EXAMPLE_ISSUE, "--yes")):
@@ -291,6 +292,7 @@ def odd_name(rng: random.Random) -> str:
     return name if name.strip() else "x"
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_odd_but_valid_names_never_add_a_header_and_round_trip(project, settings):
     """200 generated names, display names and List-Id phrases through a real build, parsed back."""
     rng = random.Random(2919)
@@ -349,6 +351,7 @@ def test_list_id_of_the_accented_case_is_an_encoded_phrase_and_an_ascii_id(tmp_p
     assert raw.endswith(b" <les-actualites.example.org>") and b"=?utf-8?" in raw
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_list_id_for_many_generated_names(project, settings):
     rng = random.Random(2369)
     rendered = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
@@ -409,6 +412,7 @@ IDN_DOMAINS = ["médiathèque-exemple.fr", "bücher.example.com", "straße.de", 
                "ÉCOLE.fr", "ｅｘａｍｐｌｅ.org", "xn--mdiathque-exemple-xsbn.fr", "δοκιμή.gr", "उदाहरण.भारत", "çà.fr"]
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_the_idn_sender_case_builds_and_sends_through_the_outbox(tmp_path, run):
     folder = tmp_path / "case"
     shutil.copytree(CASES / "idn-sender", folder)
@@ -477,6 +481,7 @@ def test_domains_and_addresses_that_cannot_be_converted_are_refused_in_one_line(
     assert message.startswith(var) and words in message and "\n" not in message
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_a_non_ascii_local_part_stops_send_before_anything_is_started(run, project):
     run("subscribers", "add", "a@example.org")
     result = run("send", EXAMPLE_ISSUE, "--yes", env={"MAILER_FROM": "Élodie <élodie@example.org>"}, check_exit=2)
@@ -617,6 +622,7 @@ def test_the_override_lets_an_intranet_send_go_through_a_real_smtp_server(projec
         server.stop()
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_cli_send_with_a_localhost_base_url_and_smtp_is_one_line(run):
     run("subscribers", "add", "a@example.org")
     result = run("send", EXAMPLE_ISSUE, "--yes", check_exit=2,
@@ -694,6 +700,7 @@ def test_weak_or_missing_key_stops_every_real_backend_without_echoing_it(project
                 assert "MAILER_SECRET_KEY" in str(caught.value) and (not key or key not in str(caught.value))
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_weak_key_on_the_command_line_is_one_line_for_send_test_worker_and_serve(run):
     run("subscribers", "add", "a@example.org")
     commands = [("send", EXAMPLE_ISSUE, "--yes"), ("send", EXAMPLE_ISSUE, "--test", "moi@example.org"),

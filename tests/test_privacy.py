@@ -182,6 +182,7 @@ def test_purge_leaves_no_copy_of_the_address_in_the_database_or_the_outbox(peopl
     assert again.already_erased and again.files == 0
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_purge_from_the_command_line_says_what_it_erased(run_cli, project):
     run_cli("subscribers", "add", GIVEN, "--name", NAME)
     run_cli("send", EXAMPLE_ISSUE, "--yes")
@@ -249,6 +250,7 @@ def test_restore_refuses_to_undo_what_the_person_chose(store, make_settings, db_
     assert not restore_subscriber(store, "chose@example.org", reason="again").changed  # active: nothing to do
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_restore_on_the_command_line(run_cli):
     for email in ("a@example.org", "b@example.org", "c@example.org"):
         run_cli("subscribers", "add", email)
@@ -283,6 +285,7 @@ def test_a_leftover_demo_key_file_is_used_with_the_outbox_backend_only(make_sett
             secret_key_for(make_settings(MAILER_SECRET_KEY="", MAILER_BACKEND=backend, **extra))
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_serve_refuses_to_start_without_a_secret_key(run_cli, project):
     run_cli("subscribers", "add", "a@example.org")
     (project / "subscribers" / ".secret_key").write_text("leftover-demo-key-from-make-demo-0123456789\n")

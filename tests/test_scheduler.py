@@ -25,6 +25,8 @@ import pytest
 
 from mailer.scheduling import plan, runtime as scheduler
 from mailer.scheduling.cadence import CadenceTrigger
+from mailer.store.jobs import stored_jobs
+from mailer.cli.schedule import describe_schedule
 from mailer.errors import MailerError
 from mailer.store import open_store
 from mailer.subscribers import import_csv
@@ -430,7 +432,7 @@ def test_cadence_sends_the_oldest_ready_issue_once_per_run(cadence_project, capl
     finally:
         runtime.shutdown()
         store.close()
-    text = plan.describe_schedule(settings)
+    text = describe_schedule(settings)
     assert "cadence: '0 7 * * MON' (Europe/Paris), next run" in text and ("07:00 CET" in text or "07:00 CEST" in text)
     assert "nothing ready yet" in text
     assert f"{made['programme']}  send_at" in text and "scheduled" in text
@@ -470,7 +472,7 @@ def test_an_interrupted_cadence_send_is_resumed_at_the_next_start(cadence_projec
     crashed_cadence_send(settings, slug)
     assert ledger(settings.root, slug)["counts"] == {"queued": 5}
 
-    info = json.loads(plan.describe_schedule(settings, as_json=True))
+    info = json.loads(describe_schedule(settings, as_json=True))
     assert [item["slug"] for item in info["cadence_in_flight"]] == [slug]
     assert info["cadence_in_flight"][0]["resumable"] is True
 
@@ -490,7 +492,7 @@ def test_a_cadence_run_missed_while_down_is_reported_beyond_grace_and_run_within
     before.sync_cadence()
     before.scheduler.modify_job("cadence", next_run_time=now - timedelta(hours=7))  # then it went down
     before.shutdown()
-    assert "cadence: MISSED the run due" in plan.describe_schedule(settings)
+    assert "cadence: MISSED the run due" in describe_schedule(settings)
 
     store = open_store(settings.database_url)
     after = scheduler.SchedulerRuntime(settings, store, threading.Event())
@@ -526,7 +528,7 @@ def test_jobs_persist_in_the_same_database(db_url: str, make_settings) -> None:
         store.close()
     store = open_store(db_url)
     try:
-        jobs = plan._stored_jobs(store)
+        jobs = stored_jobs(store, plan.JOBS_TABLE)
     finally:
         store.close()
     assert set(jobs) == {"cadence", "issue:2026-11-27-plus-tard"}
@@ -535,7 +537,7 @@ def test_jobs_persist_in_the_same_database(db_url: str, make_settings) -> None:
     assert job["trigger"].run_date == send_at
     assert (job["misfire_grace_time"], job["coalesce"], job["max_instances"]) == (6 * 3600, True, 1)
     assert jobs["cadence"]["func"] == scheduler.CADENCE_FUNC
-    info = json.loads(plan.describe_schedule(settings, as_json=True))
+    info = json.loads(describe_schedule(settings, as_json=True))
     row = next(r for r in info["issues"] if r["slug"] == "2026-11-27-plus-tard")
     assert row["state"] == "scheduled" and row["job"] is True
     assert info["cadence"]["next_fire_local"].endswith("T07:00:00+01:00")
@@ -610,7 +612,7 @@ def test_the_cadence_passes_over_drafts_scaffolds_and_the_shipped_example(cadenc
     folder = write_issue(settings.root, draft, BRIEFS, issue_toml(None, draft_day.isoformat()) + "draft = true\n")
     example = shipped_example(settings.root)
 
-    info = json.loads(plan.describe_schedule(settings, as_json=True))
+    info = json.loads(describe_schedule(settings, as_json=True))
     rows = {row["slug"]: row for row in info["issues"]}
     assert rows[draft]["state"] == "draft" and rows[draft]["draft"] is True and rows[draft]["ready"] is False
     assert rows[draft]["warnings"] == [f"{folder / 'issue.toml'}:3: draft = true: the scheduler holds it and "
@@ -618,7 +620,7 @@ def test_the_cadence_passes_over_drafts_scaffolds_and_the_shipped_example(cadenc
     assert rows[example]["state"] == "draft" and rows[example]["not_ready"] == "draft"
     assert rows[untouched]["ready"] is False and rows[untouched]["state"] in ("draft", "placeholder")
     assert rows[made["ancien"]]["ready"] is True
-    text = plan.describe_schedule(settings)
+    text = describe_schedule(settings)
     line = next(l for l in text.splitlines() if l.startswith(draft))
     assert "DRAFT: not sent by the scheduler" in line and "issue.toml:3" in line
     assert "not sent by the scheduler" in next(l for l in text.splitlines() if l.startswith(untouched))
@@ -662,7 +664,7 @@ def test_a_draft_with_a_due_send_at_is_held_until_its_line_is_removed(project: P
         assert scheduler.ISSUE_PREFIX + slug not in {job.id for job in runtime.scheduler.get_jobs()}
         runtime.send(slug, "send_at", send_at.isoformat())  # a job that fires anyway (edited since) is refused
         assert ledger(project, slug)["status"] is None
-        info = json.loads(plan.describe_schedule(settings, as_json=True))
+        info = json.loads(describe_schedule(settings, as_json=True))
         states = {row["slug"]: row["state"] for row in info["issues"]}
         assert states[slug] == "draft" and states[placeholder.name] == "placeholder"
 

@@ -469,23 +469,6 @@ def test_dot_stuffing_and_envelope_quoting_round_trip(servers):
     assert second.data == b".\r\n"
 
 
-def test_results_are_reported_as_they_come_when_the_batch_asks(servers, factory):
-    """Forward-compatible hook: a Batch with `on_result` hears of each message when the server answered."""
-    import dataclasses
-
-    @dataclasses.dataclass(frozen=True)
-    class ReportingBatch(Batch):
-        on_result: object = None
-
-    heard = []
-    server = servers()
-    plain = make_batch(factory, ["a@example.net", "bounce@example.net", "c@example.net"])
-    batch = ReportingBatch(plain.factory, plain.messages, plain.issue_id, plain.date, on_result=heard.append)
-    with backend_for(server, pool=2) as backend:
-        results = backend.send_batch(batch)
-    assert sorted(heard, key=lambda r: r.message.delivery_id) == results
-
-
 def test_a_systematic_refusal_pauses_the_send_and_nothing_is_lost(servers, make_settings, sqlite_store, tmp_path):
     """The relay refuses the message itself (DATA 5xx) for everyone: pause after three, not fail the list."""
     handler = ScriptedHandler(data_script=["554 5.7.1 message content rejected"] * 3)

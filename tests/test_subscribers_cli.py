@@ -15,6 +15,7 @@ from .conftest import BASE_ENV
 from .test_cli import MAILER, run  # noqa: F401 - the `run` fixture
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_count_and_list_agree_after_remove_and_purge(run):
     for address in ("a@example.org", "b@example.org", "c@example.org"):
         run("subscribers", "add", address)
@@ -31,6 +32,7 @@ def test_count_and_list_agree_after_remove_and_purge(run):
 @pytest.mark.parametrize("command", [("list", "--status", "actif"), ("count", "--status", "actif"),
                                      ("export", "--status", "actif"),
                                      ("add", "x@example.org", "--language", "english")])
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_unknown_choices_are_refused_and_the_choices_listed(run, command):
     result = run("subscribers", *command, check_exit=2)
     assert "Invalid value" in result.stderr
@@ -99,6 +101,7 @@ def test_import_of_binary_data_is_one_line_and_writes_nothing(run, project):
     assert run("subscribers", "count").stdout == "0\n"
 
 
+@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_ctrl_c_during_an_import_stops_after_a_batch_and_says_what_was_written(run, project):
     rows = "".join(f"reader{i:06d}@example.org,Reader {i},Lyon\n" for i in range(250_000))
     (project / "grande.csv").write_text("email,name,city\n" + rows, encoding="utf-8")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from datetime import date
@@ -12,20 +11,12 @@ import click
 
 from ..config import load_settings
 from ..errors import ConfigError
+from .main import handle_errors, main
 
 _VERDICT = {"ok": "ok  ", "warn": "warn", "fail": "FAIL", "skip": "skip"}
 
 
-def _handle_errors(func):
-    """The CLI's one error presenter (`cli.main.handle_errors`), looked up when the command runs."""
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from .main import handle_errors
-        return handle_errors(func)(*args, **kwargs)
-    return wrapper
-
-
-@click.group()
+@main.group()
 def dkim() -> None:
     """DKIM keys (RFC 6376) for signing with the outbox and smtp backends."""
 
@@ -37,7 +28,7 @@ def dkim() -> None:
               help="Key type: RSA 2048 (verified everywhere) or Ed25519 (RFC 8463).")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Where to write the private key (default: dkim/SELECTOR._domainkey.DOMAIN.pem); never overwritten.")
-@_handle_errors
+@handle_errors
 def dkim_keygen(selector: str | None, domain: str | None, kind: str, out: Path | None) -> None:
     """Write a new private key (mode 0600) and print the DNS TXT record to publish."""
     from ..dkim_signing import generate_key
@@ -67,12 +58,12 @@ def dkim_keygen(selector: str | None, domain: str | None, kind: str, out: Path |
     click.echo("and check with: mailer doctor")
 
 
-@click.command()
+@main.command()
 @click.option("--nameserver", default=None, metavar="HOST[:PORT]",
               help="DNS server to ask (default: MAILER_DNS_NAMESERVER, else the system's resolver).")
 @click.option("--dns-timeout", type=float, default=5.0, show_default=True, help="Seconds per DNS lookup.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: {ok, checks: [{name, status, message, fix}]}.")
-@_handle_errors
+@handle_errors
 def doctor(nameserver: str | None, dns_timeout: float, as_json: bool) -> None:
     """Is this configuration ready for a real send? One verdict a line (settings, DKIM, SPF, DMARC,
     one-click unsubscribe, secret key), each with a fix; exit 1 when any check fails."""

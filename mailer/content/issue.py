@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from slugify import slugify
 
 from .briefs import Brief, brief_files, control_character, describe_character, parse_file, read_text
+from ..wallclock import localize  # the one rule for wall times a DST change skips or repeats
 from ..errors import DraftIssue, MailerError, NotFound, SourceError
 
 ISSUE_FILE = "issue.toml"
@@ -308,7 +309,6 @@ def _parse_send_at(value: object, zone: ZoneInfo, path: Path, line: int | None) 
     if isinstance(value, time) or not isinstance(value, datetime):
         raise SourceError(path, f"send_at must be a date and time, not {value!r}", line)
     if value.tzinfo is None:
-        from ..scheduling.cadence import localize  # the one rule for wall times a DST change skips or repeats
         value = localize(value, zone)
     return value
 

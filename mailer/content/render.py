@@ -5,6 +5,9 @@ safe); mjml-python compiles it to HTML once. Per-recipient values are *slots*: l
 in the compiled HTML and text (`%%mailer:NAME%%`), filled by joining pre-split pieces — a few
 microseconds per recipient — or, for SendGrid, sent as `substitutions` so one request carries the
 body once for up to 1000 recipients.
+
+Longer than ~400 lines because the three renderings (HTML via MJML, text part, web edition) share
+one context and one slot mechanism.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import mjml
 from markupsafe import Markup
 
 from . import i18n, markup
-from .. import tokens
+from .. import links
 from .briefs import control_character, describe_character, read_text
 from ..config import Settings, secret_key_for
 from ..errors import ConfigError, MailerError, RenderError, SourceError
@@ -490,10 +493,7 @@ def web_edition_url(settings: Settings, issue: Issue) -> str:
     (sent to a list or a segment, or `archive = false`) the same address with a key only its
     recipients have (`?k=`, `tokens.web_edition_key`), so the email's "view online" link works
     while the archive does not show it."""
-    url = f"{settings.base_url}/issues/{issue.slug}"
-    if issue.public:
-        return url
-    return f"{url}?k={tokens.web_edition_key(secret_key_for(settings), issue.slug)}"
+    return links.web_edition_url(settings.base_url, secret_key_for(settings), issue.slug, public=issue.public)
 
 
 def render_web_edition(rendered: RenderedIssue) -> str:
@@ -505,7 +505,7 @@ def render_web_edition(rendered: RenderedIssue) -> str:
     context = {**_context(issue, settings, rendered.web_url), "web_edition": True, "show_greeting": False}
     compiled = compile_email(settings, issue.template, context, slots=TEXT_SLOTS, required=(),
                              text_context=_text_context(issue, settings.language))
-    neutral = Recipient(email="", name="", unsubscribe_url=f"{settings.base_url}/subscribe")
+    neutral = Recipient(email="", name="", unsubscribe_url=links.subscribe_url(settings.base_url))
     return compiled.html.fill(personal_values(settings, neutral))
 
 
@@ -537,9 +537,9 @@ def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
         "briefs": briefs,
         "web_url": web_url,
         "web_edition": False,  # True when rendering the web page (render_web_edition): no personal parts
-        "subscribe_url": f"{settings.base_url}/subscribe",
-        "archive_url": f"{settings.base_url}/archive",
-        "feed_url": f"{settings.base_url}/feed.xml",
+        "subscribe_url": links.subscribe_url(settings.base_url),
+        "archive_url": links.archive_url(settings.base_url),
+        "feed_url": links.feed_url(settings.base_url),
         "postal_address": settings.postal_address,
         "why_received": strings["why_received"].format(name=settings.name),
         "slot": {name: slot_marker(name) for name in (*TEXT_SLOTS, *HTML_SLOTS)},
@@ -584,7 +584,7 @@ def build_warnings(rendered: RenderedIssue) -> Iterable[str]:
         yield line
     sample = rendered.html.fill(rendered.slot_values(Recipient(
         email="sample.reader@example.org", name="Sample Reader",
-        unsubscribe_url=f"{rendered.settings.base_url}/u/{'x' * 43}")))
+        unsubscribe_url=links.sample_unsubscribe_url(rendered.settings.base_url))))
     size = len(sample.encode("utf-8"))
     if size > GMAIL_CLIP_BYTES:
         yield (f"HTML is {size / 1024:.1f} KB: Gmail clips messages over 102 KB "

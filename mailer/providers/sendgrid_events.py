@@ -1,6 +1,6 @@
 """SendGrid's Event Webhook, read without a database: request verification, body parsing, and what
-each event says (who, which issue, when, what kind, which suppression it implies). The web app
-(`web.py`) decides what an event does to whom; this module only reads.
+each event says (who, which issue, when, what kind, which suppression it implies) as a normalised
+`ProviderEvent`. `subscribers.feedback` decides what an event does to whom; this module only reads.
 
 Sources: SendGrid, "Event Webhook Reference" (event names and fields: `event`, `email`,
 `timestamp`, `sg_event_id`, `reason`, `type`, custom_args flattened into the event) and "Getting
@@ -15,21 +15,61 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Mapping
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ec import ECDSA, EllipticCurvePublicKey
 from cryptography.hazmat.primitives.hashes import SHA256
 
 from ..addresses import parse_address
+from ..config import Settings
 from ..errors import ConfigError, InvalidAddress
+from .events import ProviderEvent, WebhookRefused
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
+MAX_EVENTS = 10_000   # SendGrid posts batches of up to ~1000 events
+
+log = logging.getLogger("mailer.sendgrid")
+
+
+class SendGridWebhook:
+    """`POST /webhooks/sendgrid`: refused (403, with the reason) unless MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY
+    is set; ECDSA signature over the raw body, timestamp at most MAILER_WEBHOOK_MAX_AGE seconds away;
+    the body a JSON array of at most MAX_EVENTS objects. ConfigError at construction for a key that
+    does not parse (the app refuses to start rather than refuse every event)."""
+
+    provider = "sendgrid"
+
+    def __init__(self, settings: Settings) -> None:
+        self.max_age = settings.webhook_max_age
+        self.key: EllipticCurvePublicKey | None = None
+        if settings.sendgrid_webhook_public_key:
+            self.key = load_public_key(settings.sendgrid_webhook_public_key)
+        elif settings.backend == "sendgrid":
+            log.warning("SendGrid webhook disabled: MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is unset, so bounces and "
+                        "spam reports from SendGrid suppress no one (Mail Settings → Signed Event Webhook)")
+
+    def receive(self, body: bytes, headers: Mapping[str, str]) -> list[ProviderEvent]:
+        if self.key is None:
+            raise WebhookRefused(403, "webhook disabled: MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is not set on this "
+                                      "server, and unsigned events are never accepted")
+        refusal = check_signature(self.key, body, headers.get(SIGNATURE_HEADER), headers.get(TIMESTAMP_HEADER),
+                                  self.max_age)
+        if refusal:
+            raise WebhookRefused(403, refusal)
+        try:
+            events = parse_events(body)
+        except BadPayload as exc:
+            raise WebhookRefused(400, str(exc)[:300]) from None
+        if len(events) > MAX_EVENTS:
+            raise WebhookRefused(413, f"more than {MAX_EVENTS} events")
+        return [read_event(event) for event in events]
 
 
 def load_public_key(text: str) -> EllipticCurvePublicKey:
@@ -62,26 +102,17 @@ def check_signature(key: EllipticCurvePublicKey, body: bytes, signature: str | N
     return None
 
 
-@dataclass(frozen=True)
-class ReadEvent:
-    """What one event says, every field checked: wrong types read as absent."""
-
-    event_id: str                 # sg_event_id, or a hash of the event's content
-    classified: "Classified"
-    email_key: str                # the address normalised as subscribers.email, "" if none
-    subscriber_id: int | None     # custom_args mailer_subscriber (0: a test send)
-    issue_id: int | None          # custom_args mailer_issue
-    occurred: datetime | None
-    reason: str                   # reason, response or type: what SendGrid says happened
-
-
-def read_event(event: dict) -> ReadEvent:
+def read_event(event: dict) -> ProviderEvent:
+    """One SendGrid event (a JSON object) → a `ProviderEvent`: `reason` is SendGrid's reason,
+    response or type; ids come from our custom_args `mailer_subscriber` and `mailer_issue`."""
     reason = event.get("reason") or event.get("response") or event.get("type") or ""
-    return ReadEvent(event_id=_event_id(event), classified=classify_sendgrid_event(event),
-                     email_key=_email_key(event.get("email")),
-                     subscriber_id=_as_int(_custom_arg(event, "mailer_subscriber")),
-                     issue_id=_as_int(_custom_arg(event, "mailer_issue")), occurred=_event_time(event),
-                     reason=str(reason)[:2000])
+    classified = classify_sendgrid_event(event)
+    return ProviderEvent(provider="sendgrid", event_id=_event_id(event), kind=classified.kind,
+                         suppress=classified.suppress, name=str(event.get("event")),
+                         email_key=_email_key(event.get("email")),
+                         subscriber_id=_as_int(_custom_arg(event, "mailer_subscriber")),
+                         issue_id=_as_int(_custom_arg(event, "mailer_issue")), occurred=_event_time(event),
+                         reason=str(reason)[:2000], payload=event)
 
 
 def _as_int(value: Any) -> int | None:

@@ -41,6 +41,9 @@ failing the whole list one subscriber at a time.
 The one ambiguous moment is a connection lost after the message's final dot but before the
 server's reply (or a crash between the reply and the ledger write): the message may have been
 accepted, and it is sent again, with the same Message-ID, which receivers that deduplicate use.
+
+Longer than ~400 lines because the connection pool, its lanes, deadlines and the classification
+of SMTP replies form one state machine.
 """
 
 from __future__ import annotations
@@ -54,7 +57,6 @@ import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..config import Settings
 from ..errors import ConfigError, InvalidAddress
@@ -182,7 +184,6 @@ class _BatchState:
     stop_reason: str | None = None
     permanent_reason: str | None = None
     down_reasons: list[str] = field(default_factory=list)
-    on_result: Callable[[RecipientResult], None] | None = None
 
     def take(self) -> int | None:
         if self.stop_reason is not None:
@@ -286,11 +287,17 @@ class SmtpBackend(Backend):
         self._executor: ThreadPoolExecutor | None = None
         self._streak: list[str] = []  # MAIL/DATA refusals (5xx) since the last accepted message
 
+    @staticmethod
+    def settings_problems(settings: Settings) -> list[str]:
+        """What this backend's own settings lack, one line each (a host)."""
+        return [] if settings.smtp_host else ["MAILER_SMTP_HOST is missing for the smtp backend"]
+
     @classmethod
     def from_settings(cls, settings: Settings, **overrides) -> "SmtpBackend":  # noqa: ANN003
         """The backend the settings describe; `overrides` (e.g. `ssl_context`, `cafile`) win."""
-        if not settings.smtp_host:
-            raise ConfigError("MAILER_SMTP_HOST is missing for the smtp backend")
+        problems = cls.settings_problems(settings)
+        if problems:
+            raise ConfigError("; ".join(problems))
         options = dict(port=settings.smtp_port or None, tls=settings.smtp_tls, username=settings.smtp_username,
                        password=settings.smtp_password, sender=settings.sender_email,
                        local_hostname=settings.sender_domain, pool=settings.smtp_pool,
@@ -410,9 +417,7 @@ class SmtpBackend(Backend):
     def send_batch(self, batch: Batch) -> list[RecipientResult]:
         if not batch.messages:
             return []
-        # `Batch.on_result` (if the contract grows one) hears of each message as soon as the server
-        # answered, from the lane's thread: what dispatch needs to record "per message over SMTP".
-        state = _BatchState(batch.messages, [None] * len(batch.messages), on_result=getattr(batch, "on_result", None))
+        state = _BatchState(batch.messages, [None] * len(batch.messages))
         lanes = min(self.pool, len(batch.messages))
         if lanes == 1:
             self._run_lane(self._lanes[0], batch, state)
@@ -463,11 +468,6 @@ class SmtpBackend(Backend):
                     state.down_reasons.append(f"unexpected error: {exc!r}")
                 return
             state.results[index] = result
-            if state.on_result is not None:
-                try:
-                    state.on_result(result)
-                except Exception:  # noqa: BLE001 - the result is still returned by send_batch
-                    log.exception("%s: on_result callback failed", self.where)
 
     def _deliver(self, lane: _Lane, batch: Batch, message: OutgoingMessage, state: _BatchState) -> RecipientResult:
         """Send one message on the lane, reconnecting once if the connection is lost; the whole of it

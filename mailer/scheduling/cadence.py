@@ -4,7 +4,7 @@ Why our own search, not APScheduler's: APScheduler 3.11's `CronTrigger` walks it
 time and loses whole runs around a spring change (a cadence in the midnight hour skips a day or a
 week: apscheduler#606; `0 0 * * MON` in Europe/Paris has no run in the week of 2027-03-29), fires a
 repeated autumn wall time twice, and silently drops a wall time that the spring change skips.
-When the cadence fires is the product, so the rule lives here, in one function:
+When the cadence fires is the product, so the rule lives in one function (`mailer.wallclock`):
 
     a wall time W fires at the first instant at which the zone's clocks show W or later.
 
@@ -40,43 +40,11 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.util import datetime_ceil
 
 from ..errors import ConfigError
+from ..wallclock import localize, wall_time, wall_time_instant  # noqa: F401 - the rule this trigger follows
 
 UTC = timezone.utc
 _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbering: 0 = Sunday
 _SECOND = timedelta(seconds=1)
-
-
-def wall_time(moment: datetime, zone: ZoneInfo) -> datetime:
-    """What the clocks of `zone` show at `moment` (aware), as a naive datetime."""
-    return moment.astimezone(zone).replace(tzinfo=None)
-
-
-def wall_time_instant(wall: datetime, zone: ZoneInfo) -> datetime:
-    """The first instant (aware, UTC) at which the clocks of `zone` show `wall` (naive) or later.
-
-    Repeated wall time (autumn): its first occurrence. Skipped wall time (spring): the instant the
-    clocks jump over it. Whole seconds: every zone's transitions fall on whole seconds.
-    """
-    readings = [wall.replace(tzinfo=zone, fold=fold).astimezone(UTC) for fold in (0, 1)]
-    shown = [instant for instant in readings if wall_time(instant, zone) == wall]
-    if shown:
-        return min(shown)
-    # In a gap the two readings straddle the jump: the clocks show less than `wall` at the earlier
-    # one and more at the later one. Bisect (on whole seconds) for the first instant showing >= wall.
-    low, high = (int(instant.timestamp()) for instant in sorted(readings))
-    while high - low > 1:
-        middle = (low + high) // 2
-        if wall_time(datetime.fromtimestamp(middle, UTC), zone) >= wall:
-            high = middle
-        else:
-            low = middle
-    return datetime.fromtimestamp(high, UTC)
-
-
-def localize(wall: datetime, zone: ZoneInfo) -> datetime:
-    """A naive wall time read in `zone` (send_at or --now without an offset), aware, by the same rule:
-    a time the spring change skips → the instant of the jump; a repeated one → its first occurrence."""
-    return wall_time_instant(wall, zone).astimezone(zone)
 
 
 class CadenceTrigger(CronTrigger):

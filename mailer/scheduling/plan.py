@@ -21,22 +21,20 @@ The vocabulary (due, missed, held, ready…) is defined in `mailer.scheduler`'s 
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
-
-import sqlalchemy as sa
 
 from .cadence import CadenceTrigger, build_cadence_trigger, localize
 from ..config import Settings
 from ..errors import MailerError
 from ..content.issue import ISSUE_FILE, holds, load_issue
 from ..content.render import template_problem
-from ..store import Store, open_store, utcnow
+from ..store import Store
+from ..store.jobs import stored_jobs
+from ..wallclock import format_moment  # noqa: F401 - its home is wallclock; callers import it from here too
 
 JOBS_TABLE = "scheduler_jobs"
 CADENCE_JOB = "cadence"
@@ -152,7 +150,7 @@ class Ledger:
 
 
 def read_ledger(store: Store, slug: str) -> Ledger:
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         row = store.issue_row(conn, slug)
         if row is None:
             return Ledger()
@@ -205,16 +203,6 @@ def next_ready_issue(settings: Settings, store: Store, today: date,
 
 
 # ----- formatting -----------------------------------------------------------------------------------
-def format_moment(moment: datetime | None, zone: ZoneInfo) -> str:
-    """`2026-12-01 07:00 CET (2026-12-01 06:00 UTC)`, for people; "-" for None."""
-    if moment is None:
-        return "-"
-    local = moment.astimezone(zone)
-    utc = moment.astimezone(timezone.utc)
-    clock = "%Y-%m-%d %H:%M:%S" if local.second or local.microsecond else "%Y-%m-%d %H:%M"
-    return f"{local.strftime(clock)} {local.tzname()} ({utc.strftime(clock)} UTC)"
-
-
 def format_span(delta: timedelta) -> str:
     """`2d03h`, `4h05m`, `3m07s`, `12s`: a duration for people."""
     seconds = int(abs(delta.total_seconds()))
@@ -230,22 +218,6 @@ def format_span(delta: timedelta) -> str:
     return f"{seconds}s"
 
 
-def _stored_jobs(store: Store) -> dict[str, dict]:
-    """The job store's rows, read without starting a scheduler: id → job state (trigger, args…)."""
-    with store.engine.connect() as conn:
-        if not sa.inspect(conn).has_table(JOBS_TABLE):
-            return {}
-        table = sa.table(JOBS_TABLE, sa.column("id"), sa.column("next_run_time"), sa.column("job_state"))
-        rows = conn.execute(sa.select(table.c.id, table.c.job_state)).all()
-    jobs = {}
-    for job_id, blob in rows:
-        try:
-            jobs[job_id] = pickle.loads(blob)
-        except Exception:  # noqa: BLE001 - a job this version cannot read
-            jobs[job_id] = {}
-    return jobs
-
-
 def parse_moment(text: str, zone: ZoneInfo) -> datetime:
     """`--now`: ISO 8601 (`2027-03-29T00:00:00+02:00`, `…Z`, or a wall time read in `zone` by the
     cadence's rule). Raises MailerError with one line."""
@@ -256,24 +228,13 @@ def parse_moment(text: str, zone: ZoneInfo) -> datetime:
     return moment if moment.tzinfo is not None else localize(moment, zone)
 
 
-def describe_schedule(settings: Settings, as_json: bool = False, now: datetime | None = None) -> str:
-    """`mailer schedule list [--now ISO] [--json]`: every issue's state as of `now` (default: the
-    current time), its send_at (local and UTC) and ledger; the cadence's next runs and what each sends."""
-    store = open_store(settings.database_url)
-    try:
-        data = schedule_data(settings, store, now or utcnow())
-    finally:
-        store.close()
-    return json.dumps(data, ensure_ascii=False, indent=2) if as_json else schedule_text(data, settings)
-
-
 def schedule_data(settings: Settings, store: Store, now: datetime) -> dict:
     """The schedule as of `now` (aware), as the JSON object documented at the top of this module."""
     now = now.astimezone(timezone.utc)
     grace = timedelta(seconds=grace_seconds(settings))
     zone, schedule_zone = settings.zone, settings.schedule_zone
     today = now.astimezone(schedule_zone).date()
-    jobs = _stored_jobs(store)
+    jobs = stored_jobs(store, JOBS_TABLE)
     entries = scan_issues(settings)
 
     cadence = None
@@ -342,79 +303,3 @@ def schedule_data(settings: Settings, store: Store, now: datetime) -> dict:
     return {"now": now.isoformat(), "now_local": now.astimezone(zone).isoformat(), "timezone": zone.key,
             "grace_seconds": int(grace.total_seconds()), "issues": rows, "cadence": cadence,
             "cadence_in_flight": in_flight}
-
-
-def schedule_text(data: dict, settings: Settings) -> str:
-    """`schedule_data` for people: one line per issue that matters now, then the cadence's runs."""
-    zone, schedule_zone = settings.zone, settings.schedule_zone
-    now = datetime.fromisoformat(data["now"])
-    grace = timedelta(seconds=data["grace_seconds"])
-    cadence = data["cadence"]
-    lines = [f"now {format_moment(now, zone)}; grace {format_span(grace)}"]
-    older_sent = 0
-    for row in data["issues"]:
-        slug, state = row["slug"], row["state"]
-        send_at = datetime.fromisoformat(row["send_at_utc"]) if row["send_at_utc"] else None
-        if state == "sent":
-            when = send_at or datetime.combine(date.fromisoformat(row["date"]), datetime.min.time(), timezone.utc)
-            if now - when > RECENT:
-                older_sent += 1
-                continue
-        where = f"send_at {format_moment(send_at, zone)}" if send_at else f"dated {row['date'] or '?'}"
-        lines.append(f"{slug}  {where}  {row['ledger']['text']}  {_note(row, send_at, now, grace, cadence)}".rstrip())
-    if older_sent:
-        lines.append(f"({older_sent} issue{'s' if older_sent > 1 else ''} sent more than {RECENT.days} days ago "
-                     f"not shown; --json lists every issue)")
-    if not data["issues"]:
-        lines.append(f"no issue folder in {settings.issues_dir}")
-    if cadence is None:
-        lines.append("cadence: none (set [schedule] cron in mailer.toml, e.g. cron = \"0 7 * * MON\")")
-    else:
-        first = datetime.fromisoformat(cadence["next_fire_utc"]) if cadence["next_fire_utc"] else None
-        lines.append(f"cadence: {cadence['cron']!r} ({cadence['timezone']}), next run "
-                     f"{format_moment(first, schedule_zone)} → {cadence['next_issue'] or 'nothing ready yet'}")
-        lines.append(f"next {len(cadence['next_runs'])} runs:")
-        for run in cadence["next_runs"]:
-            lines.append(f"  {run['at']}  → {run['issue'] or 'nothing ready yet'}")
-        stored = datetime.fromisoformat(cadence["stored_run"]) if cadence["stored_run"] else None
-        if cadence["stored_run_state"] == "missed":
-            lines.append(f"cadence: MISSED the run due {format_moment(stored, schedule_zone)}"
-                         " (the scheduler was not running; beyond grace, it will not run)")
-        elif cadence["stored_run_state"] == "due":
-            lines.append(f"cadence: the run due {format_moment(stored, schedule_zone)}"
-                         " has not happened yet (within grace: it runs when `mailer schedule run` starts)")
-    for item in data["cadence_in_flight"]:
-        started = datetime.fromisoformat(item["started"])
-        what = "resumed at the next start" if item["resumable"] else "MISSED: beyond grace, finish it with `mailer send`"
-        lines.append(f"cadence send of {item['slug']} started {format_moment(started, schedule_zone)}: "
-                     f"{item['ledger']['text']}, {what}")
-    return "\n".join(lines)
-
-
-def _note(row: dict, send_at: datetime | None, now: datetime, grace: timedelta, cadence: dict | None) -> str:
-    slug, state = row["slug"], row["state"]
-    if state == "error":
-        return f"ERROR: {row['error']}"
-    if state in ("draft", "placeholder", "unbuildable"):
-        more = len(row["warnings"]) - 1
-        return (f"{state.upper()}: not sent by the scheduler: {row['warnings'][0]}"
-                + (f" (and {more} more: `mailer build {slug}` lists them)" if more else ""))
-    if state == "paused":
-        return f"PAUSED: resume with `mailer send {slug}`"
-    if state == "scheduled" and send_at is not None:
-        return f"scheduled, in {format_span(send_at - now)}" + ("" if row["job"] else " (picked up by `schedule run`)")
-    if state == "due" and send_at is not None:
-        return (f"DUE since {format_span(now - send_at)} (within grace for {format_span(send_at + grace - now)} "
-                "more): sent by `mailer schedule run`")
-    if state == "missed" and send_at is not None:
-        return (f"MISSED: due {format_span(now - send_at)} ago, beyond the grace of {format_span(grace)}; "
-                f"not sent automatically (`mailer send {slug}` to send it anyway)")
-    if state != "unscheduled":
-        return ""
-    if cadence is None:
-        return f"no send_at and no cadence: send it with `mailer send {slug}`"
-    if row["cadence_run"]:
-        return f"READY: sent by the cadence run of {row['cadence_run']}"
-    if row["ready"]:
-        return f"READY: waits its turn (after the next {len(cadence['next_runs'])} cadence runs)"
-    return f"not ready for the cadence: {row['not_ready']}"

@@ -57,6 +57,9 @@ autumn change repeats at its first occurrence; one the spring change skips at th
 jump (02:30 on 2027-03-28 in Europe/Paris → 03:00 CEST). Plain APScheduler loses whole runs in the
 midnight hour around a spring change (apscheduler#606) and fires a repeated wall time twice — a
 second cadence run would send the *next* ready issue. The rules and why they are ours: cadence.py.
+
+Longer than ~400 lines because keeping the stored jobs in step with the issue folders
+(scheduled sends, cadence markers, catch-up) is one state machine around APScheduler.
 """
 
 from __future__ import annotations
@@ -72,12 +75,12 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.date import DateTrigger
 
 from ..config import Settings
+from ..providers import require_ready
 from ..errors import MailerError, SendAborted
 from ..content.issue import find_issue_folder, holds, load_issue
 from .plan import (CADENCE_JOB, ISSUE_PREFIX, JOBS_TABLE, MARKER_PREFIX, IssueEntry, cadence_trigger, classify,
@@ -85,6 +88,7 @@ from .plan import (CADENCE_JOB, ISSUE_PREFIX, JOBS_TABLE, MARKER_PREFIX, IssueEn
 from .plan import format_moment as _fmt
 from .plan import format_span as _span
 from ..store import Store, as_utc, open_store, utcnow
+from ..store.jobs import database_label, job_store
 
 log = logging.getLogger("mailer.scheduler")
 
@@ -142,7 +146,7 @@ class SchedulerRuntime:
         self.handled: set[tuple] = set()
         self.reported: set[tuple] = set()
         self.scheduler = _Scheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=store.engine, tablename=JOBS_TABLE)},
+            jobstores={"default": job_store(store, JOBS_TABLE)},
             executors={"default": ThreadPoolExecutor(EXECUTOR_THREADS)},
             job_defaults={"misfire_grace_time": grace_seconds(settings), "coalesce": True, "max_instances": 1},
             timezone=settings.schedule_zone,
@@ -582,7 +586,7 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     """`mailer schedule run`: until SIGTERM/SIGINT (or `stop` is set), then return normally."""
     stop = stop or threading.Event()
     rescan = rescan_seconds(settings)
-    settings.require_for_send()  # a scheduler that cannot send says so at start, not at 07:00
+    require_ready(settings)  # a scheduler that cannot send says so at start, not at 07:00
     cadence_trigger(settings)  # so does a bad cron
     if settings.bounce_mailbox.strip():  # and a bounce mailbox that cannot be named or logged in to
         from ..providers.bounces.sources import open_source
@@ -598,7 +602,7 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
             runtime.sync(initial=True)
             runtime.resume()
             log.info("running: job store %s.%s, issues in %s, rescan every %gs, grace %s, times in %s; "
-                     "SIGTERM stops cleanly", store.engine.url.render_as_string(hide_password=True), JOBS_TABLE,
+                     "SIGTERM stops cleanly", database_label(store), JOBS_TABLE,
                      settings.issues_dir, rescan, _span(runtime.grace), settings.schedule_zone.key)
             while not stop.wait(rescan):
                 try:

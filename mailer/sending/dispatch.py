@@ -1,4 +1,8 @@
-"""The send loop: freeze recipients, claim batches, build, send, record, retry, pause, resume.
+"""The send loop: claim batches, build, send, record, retry, pause, resume (preparing and freezing
+a send is `prepare`; its names are importable from here too).
+
+Longer than ~400 lines because the loop's states (claims, held refusals, streaks, pause, graceful
+stop) share one `Sender` and its invariants read best in one place.
 
 A pipeline with an honest checkpoint (as listmonk's campaign manager), except that the checkpoint —
 a ledger row going from `sending` to `sent` — moves only after the provider accepted the message:
@@ -36,7 +40,6 @@ a ledger row going from `sending` to `sent` — moves only after the provider ac
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import random
@@ -44,22 +47,24 @@ import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from pathlib import Path
 from typing import Callable, Sequence
 
-from sqlalchemy.engine import Connection
-
 from . import claimant
-from . import edition as editions
-from .. import tokens
-from ..providers import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError, make_backend
+# preparing a send lives in `prepare`; its names stay importable from here (callers and tests use both)
+from .prepare import (PreparedSend, SendPlan, check_buildable, empty_audience_reason, issue_slug,  # noqa: F401
+                      issue_status, ledger_overview, live_claimants, load_edition, outgoing_message, plan_send,
+                      prepare_send, refuse_held, requeue_dead_claims, resume_notice, send_warnings, web_version_html)
+from .ratelimit import SendRateLimiter
+from .. import links
+from ..links import TEST_SUBSCRIBER_ID
+from ..providers import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError, make_backend, require_ready
 from ..config import Settings, secret_key_for
-from ..errors import EmptyAudience, MailerError, NotFound, RebuildRefused, RenderError, SendAborted
-from ..content.issue import Issue, find_issue_folder, hold_refusal, load_issue
+from ..errors import MailerError, SendAborted
+from ..content.issue import load_issue
 from ..mime import MessageFactory
 from ..redact import strip_credentials
-from ..content.render import Recipient, RenderedIssue, render_issue, render_web_edition
-from ..store import Store, as_utc, utcnow
+from ..content.render import Recipient, RenderedIssue, render_issue
+from ..store import Connection, Store, utcnow
 from .edition import Edition
 
 log = logging.getLogger("mailer.dispatch")
@@ -122,21 +127,6 @@ def worker_id(suffix: str = "") -> str:
     return claimant.new_id(suffix)
 
 
-def live_claimants(store: Store, conn: Connection, issue_id: int) -> tuple[list[str], list[str]]:
-    """(dead, alive): the claimants holding `sending` rows of the issue, judged by `claimant.is_alive`."""
-    now = utcnow()
-    dead, alive = [], []
-    for worker, claimed_at in store.claimants(conn, issue_id):
-        (alive if claimant.is_alive(worker, claimed_at, now) else dead).append(worker)
-    return dead, alive
-
-
-def requeue_dead_claims(store: Store, conn: Connection, issue_id: int) -> int:
-    """Rows left `sending` by claimants that are gone go back to the queue (a crash's leftovers)."""
-    dead, _ = live_claimants(store, conn, issue_id)
-    return store.requeue(conn, issue_id, statuses=("sending",), claimed_by=dead) if dead else 0
-
-
 def settle_issue(store: Store, issue_id: int, abort_reason: str | None) -> tuple[dict[str, int], str | None]:
     """After a run: the issue is paused (with why), sent (nothing left, someone reached), or still
     sending. A finished issue is never un-finished, and an issue that reached nobody is never `sent`:
@@ -157,38 +147,6 @@ def settle_issue(store: Store, issue_id: int, abort_reason: str | None) -> tuple
     return counts, None
 
 
-class RateLimiter:
-    """The send's rate limit (messages per second; 0 = unlimited), shared by every worker of the
-    issue in every process and on every machine: the schedule lives in the issue's row.
-
-    Each caller books `count` messages by moving `issues.rate_next_at` forward in one atomic UPDATE
-    (PostgreSQL serialises it on the row, SQLite on its single writer) and sleeps until the start of
-    its slot. Clocks are wall clocks, so machines should keep them in sync (NTP).
-    """
-
-    def __init__(self, per_second: float, store: Store | None = None, issue_id: int | None = None) -> None:
-        self.per_second = per_second
-        self.store = store
-        self.issue_id = issue_id
-        self._lock = threading.Lock()
-        self._next = time.time()
-
-    def acquire(self, count: int = 1, wait: Callable[[float], object] = time.sleep) -> None:
-        if self.per_second <= 0:
-            return
-        cost = count / self.per_second
-        now = time.time()
-        if self.store is None or self.issue_id is None:
-            with self._lock:
-                start = max(now, self._next)
-                self._next = start + cost
-        else:
-            with self.store.begin() as conn:
-                start = self.store.book_rate_slot(conn, self.issue_id, now, cost) - cost
-        if start > now:
-            wait(start - now)
-
-
 class Sender:
     """One issue's send machinery for one stored edition, shared by every worker thread of this process.
 
@@ -197,7 +155,7 @@ class Sender:
     so the caller can load the new edition (see `current_edition`)."""
 
     def __init__(self, settings: Settings, store: Store, rendered: Edition, issue_id: int,
-                 backend_factory: Callable[[], Backend], *, rate_limiter: RateLimiter | None = None,
+                 backend_factory: Callable[[], Backend], *, rate_limiter: SendRateLimiter | None = None,
                  stop: threading.Event | None = None, progress: Progress | None = None,
                  on_progress: ProgressCallback | None = None, factory: MessageFactory | None = None) -> None:
         self.settings = settings
@@ -208,7 +166,7 @@ class Sender:
         self.backend_factory = backend_factory
         self.key = secret_key_for(settings)
         self.base_url, self.slug, self.domain = settings.base_url, rendered.key, settings.sender_domain
-        self.rate_limiter = rate_limiter or RateLimiter(settings.rate_limit, store, issue_id)
+        self.rate_limiter = rate_limiter or SendRateLimiter(settings.rate_limit, store, issue_id)
         self.stop = stop or threading.Event()
         self.progress = progress or Progress(rendered.key, 0)
         self.edition_changed = False
@@ -239,7 +197,7 @@ class Sender:
             self._backends.add(backend)
         # One connection for this worker's whole run: a transaction per ledger write without a pool
         # round trip each time (per message over SMTP, that is a third of the ledger's cost).
-        with self.store.engine.connect() as conn:
+        with self.store.connect() as conn:
             self._local.conn, self._local.worker, self._local.renewed = conn, name, time.monotonic()
             try:
                 if not self._open(backend):
@@ -587,17 +545,6 @@ class _Streak:
     last_error: str = ""
 
 
-def outgoing_message(key: bytes, base_url: str, slug: str, domain: str, subscriber_id: int, email: str, name: str,
-                     delivery_id: int | None = None, first_name: str | None = None) -> OutgoingMessage:
-    """One recipient's message: their unsubscribe link and the stable per-delivery Message-ID;
-    `first_name` (the subscriber's attribute, if any) is what the greeting uses."""
-    token = tokens.make_token(key, "unsubscribe", subscriber_id)
-    recipient = Recipient(email=email, name=name, subscriber_id=subscriber_id, first_name=str(first_name or ""),
-                          unsubscribe_url=f"{base_url}/u/{token}")
-    return OutgoingMessage(recipient=recipient, delivery_id=delivery_id,
-                           message_id=tokens.message_id(key, slug, subscriber_id, domain))
-
-
 def backoff(attempt: int, retry_after: float | None) -> float:
     """Exponential backoff with jitter (between half and all of BACKOFF_BASE·2^(attempt-1), capped at
     BACKOFF_CAP); a provider's Retry-After wins when it asks for longer."""
@@ -606,254 +553,6 @@ def backoff(attempt: int, retry_after: float | None) -> float:
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay
-
-
-def web_version_html(rendered: RenderedIssue) -> str:
-    """The archive's copy: the web edition, without the email's personal parts (`render.render_web_edition`)."""
-    return render_web_edition(rendered)
-
-
-@dataclass
-class PreparedSend:
-    issue_id: int
-    edition: Edition      # what every claim of this send delivers (stored in the ledger)
-    frozen: int           # recipients added to the ledger by this call
-    requeued_stale: int
-    factory: MessageFactory | None = None
-    already_finished: bool = False
-    notice: str | None = None  # one line on the edition when this call made one other than the first
-
-    @property
-    def slug(self) -> str:
-        return self.edition.key
-
-
-def check_buildable(settings: Settings, email: RenderedIssue | Edition) -> MessageFactory:
-    """Build one real message (a sample recipient, the real Message-ID and unsubscribe link) before the
-    ledger is touched, so a problem in the content or the settings stops the send with one line and
-    leaves the issue as it was. Raises RenderError."""
-    try:
-        factory = MessageFactory(email)
-        sample = outgoing_message(secret_key_for(settings), settings.base_url, email.key,
-                                  settings.sender_domain, 0, "lecteur@example.org", "Lecteur")
-        factory.build(sample.recipient, sample.message_id, formatdate(usegmt=True))
-    except MailerError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - whatever it is, it would fail every message
-        raise RenderError(f"{email.key}: cannot build a message ({type(exc).__name__}: {exc}); "
-                          f"nothing was sent and the issue is unchanged") from None
-    return factory
-
-
-def empty_audience_reason(store: Store, conn: Connection, issue: Issue) -> str:
-    """Why a freeze found nobody, in the editor's terms (list name, statuses, a near miss)."""
-    by_status = store.audience(conn, issue.list_name)
-    where = f"{issue.folder / 'issue.toml'}"
-    breakdown = ", ".join(f"{count} {status}" for status, count in sorted(by_status.items()))
-    if issue.list_name:
-        if not by_status:
-            names = store.list_names(conn)
-            near = difflib.get_close_matches(issue.list_name, names, n=1)
-            hint = (f"did you mean {near[0]!r}? " if near else "") + (
-                f"lists with members: {', '.join(names)}" if names else "no list has members yet")
-            return f"list {issue.list_name!r} ({where}) has no members; {hint}"
-        return f"list {issue.list_name!r} ({where}) has no active subscriber ({breakdown})"
-    if not by_status:
-        return "there are no subscribers yet (`mailer subscribers add` or `import`)"
-    return f"there is no active subscriber ({breakdown})"
-
-
-def refuse_held(store: Store, issue: Issue, allow_draft: bool = False) -> None:
-    """Raise DraftIssue (one line naming file:line, see `issue.hold_refusal`) when `issue.holds` holds
-    the issue (`draft = true`, a placeholder `mailer issue new` wrote) and its edition is not frozen
-    yet; a send already started resumes, and `allow_draft` sends it as it is."""
-    refusal = None if allow_draft else hold_refusal(issue)
-    if refusal is None:
-        return
-    with store.engine.connect() as conn:
-        existing = store.issue_row(conn, issue.slug)
-    if existing is None or existing.frozen_at is None:
-        raise refusal
-
-
-def issue_slug(settings: Settings, issue_ref: str) -> str:
-    """The slug ISSUE names: its folder's name, or ISSUE itself once the folder is gone (a send in
-    progress resumes from its stored edition without its folder)."""
-    try:
-        return find_issue_folder(issue_ref, settings.issues_dir).name
-    except NotFound:
-        return Path(issue_ref.rstrip("/")).name
-
-
-def _stored_edition(store: Store, slug: str) -> tuple[object | None, object | None]:
-    """(issues row, its current `editions` row) — either None when missing."""
-    with store.engine.connect() as conn:
-        row = store.issue_row(conn, slug)
-        return row, (store.current_edition(conn, row.id) if row is not None else None)
-
-
-def send_warnings(settings: Settings, store: Store, issue_ref: str, *, allow_draft: bool = False,
-                  rebuild: bool = False) -> tuple[str, ...]:
-    """What `mailer send` prints before its confirmation prompt: every build warning (`render.build_warnings`:
-    Gmail clipping, missing alt text, placeholders…) of what this send would freeze and the DKIM warnings
-    (`dkim_signing.dkim_warnings`), after the checks
-    that refuse the send (read-only: nothing is frozen). A send that resumes a stored edition renders
-    nothing: its warnings were shown when it started (`resume_notice` says whether the folder changed).
-    Raises what `prepare_send` raises before it touches the ledger."""
-    settings.require_for_send()
-    _, stored = _stored_edition(store, issue_slug(settings, issue_ref))
-    if stored is not None and not rebuild:
-        return ()
-    issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
-    refuse_held(store, issue, allow_draft)
-    warnings = render_issue(issue, settings).warnings
-    if settings.dkim_private_key or settings.backend == "sendgrid":
-        from ..dkim_signing import dkim_warnings  # short RSA key, unaligned domain, key readable by others
-        warnings = (*warnings, *dkim_warnings(settings))
-    return warnings
-
-
-def resume_notice(settings: Settings, store: Store, issue_ref: str) -> str | None:
-    """One line for a send that resumes a stored edition while its folder renders differently now (or
-    not at all), or that started before editions were stored; None otherwise (also for a finished
-    send: editing an issue after it went out is normal). Read-only."""
-    slug = issue_slug(settings, issue_ref)
-    row, stored = _stored_edition(store, slug)
-    if row is None or row.frozen_at is None:
-        return None
-    with store.engine.connect() as conn:
-        counts = store.delivery_counts(conn, row.id)
-    left = counts["queued"] + counts["sending"]
-    if not left:
-        return None
-    if stored is None:
-        return (f"{slug}: this send started before editions were stored: the folder as it is now is frozen as its "
-                f"edition and sent to the {left} recipients left ({counts['sent']} already sent)")
-    from ..scheduling.plan import format_moment
-    when = format_moment(as_utc(stored.created_at), settings.zone)
-    try:
-        current = editions.from_rendered(render_issue(load_issue(issue_ref, settings.issues_dir, settings.zone),
-                                                      settings))
-    except MailerError as exc:
-        return f"{slug}: the folder does not render any more ({exc}); the edition from {when} is sent as it was"
-    if current.content_hash == stored.content_hash:
-        return None
-    return (f"{slug}: the folder changed since the send started: the edition from {when} is used; "
-            f"`mailer send {slug} --rebuild` sends the edited text to the {left} recipients left")
-
-
-def _from_folder(settings: Settings, store: Store, issue_ref: str, allow_draft: bool) -> tuple[Issue, Edition, str]:
-    """(issue, the edition its folder renders to now, its web version), checked buildable; nothing stored."""
-    issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
-    refuse_held(store, issue, allow_draft)
-    rendered = render_issue(issue, settings)
-    check_buildable(settings, rendered)
-    return issue, editions.from_rendered(rendered), web_version_html(rendered)
-
-
-def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
-                 retry_failed: bool = False, allow_draft: bool = False, rebuild: bool = False) -> PreparedSend:
-    """Everything that must hold before the first message goes: config, issue, render, one sample
-    message — then, in one transaction holding the issue's row, the freeze: the recipient set AND the
-    edition (`edition.py`: subject, HTML and text with their slots, fixed headers, template, version,
-    content hash). A send already started renders nothing: it resumes its stored edition, even when
-    the folder changed or is gone (`resume_notice` tells).
-
-    `rebuild`: a new edition from the folder for the recipients not reached yet (queued, plus the
-    failed with `retry_failed`, newcomers with `include_new`); those already sent keep theirs and are
-    never sent again. An unchanged folder makes no new edition. A send started before editions were
-    stored freezes the folder as it is at its first resume (reason `migrated`, said in `notice`).
-
-    Raises ConfigError / SourceError / RenderError (nothing touched), EmptyAudience (nobody to send to:
-    nothing touched either), DraftIssue for an issue `issue.holds` holds (`draft = true`, a scaffold
-    placeholder) whose edition is not frozen yet (a send already started resumes), unless `allow_draft`;
-    RebuildRefused (nothing touched) when a live sender holds deliveries of the issue or nobody is
-    left for a new edition. A finished issue is left as it is (`already_finished`) unless
-    `retry_failed` or `include_new` find someone to send to.
-    """
-    settings.require_for_send()
-    make_backend(settings)  # constructing checks the backend's own settings
-    slug = issue_slug(settings, issue_ref)
-    row, stored = _stored_edition(store, slug)
-    issue = fresh = web_html = None
-    if stored is None or rebuild:
-        issue, fresh, web_html = _from_folder(settings, store, issue_ref, allow_draft)
-    else:
-        try:  # only for what issue.toml says about publication (`public`) and the list of newcomers
-            issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
-        except MailerError:
-            issue = None
-    now = utcnow()
-    notice = None
-    with store.begin() as conn:
-        if issue is not None:
-            row = store.ensure_issue(conn, slug=slug, subject=fresh.subject if fresh else stored.subject,
-                                     list_name=issue.list_name, web_html=web_html,
-                                     issue_date=issue.date.isoformat(), public=issue.public)
-        else:
-            row = store.lock_issue(conn, slug)
-        was_frozen = row.frozen_at is not None
-        stored = store.current_edition(conn, row.id) if was_frozen else None  # again, under the lock
-        requeued = requeue_dead_claims(store, conn, row.id)
-        if rebuild and stored is not None:
-            _, alive = live_claimants(store, conn, row.id)
-            if alive:
-                raise RebuildRefused(
-                    f"{slug}: refusing to rebuild while deliveries are being sent (held by {', '.join(alive)}); "
-                    f"stop that sender (Ctrl-C or SIGTERM pauses it cleanly), then run `mailer send {slug} "
-                    f"--rebuild` again; nothing was changed")
-        frozen = 0
-        if not was_frozen or include_new:
-            frozen = store.freeze_recipients(conn, row.id, row.list_name)
-            if not was_frozen and frozen == 0:
-                raise EmptyAudience(f"refusing to send {slug}: {empty_audience_reason(store, conn, issue)}; "
-                                    f"nothing was sent and the issue is unchanged")
-            max_id = store.max_subscriber_id(conn)
-            store.update_issue(conn, row.id, frozen_at=row.frozen_at or now, max_subscriber_id=max_id)
-        if retry_failed:
-            store.requeue(conn, row.id, statuses=("failed",))
-            store.reset_attempts(conn, row.id)
-        counts = store.delivery_counts(conn, row.id)
-        left, sent = counts["queued"] + counts["sending"], counts["sent"]
-        if stored is None:
-            reason = "migrated" if was_frozen else "send"
-            stored = store.insert_edition(conn, row.id, reason=reason, values=fresh.values())
-            if was_frozen:
-                notice = (f"{slug}: this send started before editions were stored: the folder as it is now is "
-                          f"frozen as edition 1 for the {left} recipients left ({sent} already sent)")
-        elif rebuild:
-            if not left:
-                raise RebuildRefused(f"{slug}: nobody is left to send a new edition to ({sent} sent, "
-                                     f"{counts['failed']} failed, {counts['skipped']} skipped; --retry-failed, "
-                                     f"--include-new); nothing was changed")
-            if fresh.content_hash == stored.content_hash:
-                notice = f"{slug}: the folder is unchanged since edition {stored.number}: nothing rebuilt"
-            else:
-                stored = store.insert_edition(conn, row.id, reason="rebuild", values=fresh.values())
-                store.update_issue(conn, row.id, subject=fresh.subject, web_html=web_html)
-                notice = (f"{slug}: edition {stored.number} made from the folder: it goes to the {left} recipients "
-                          f"left; the {sent} already sent keep edition {stored.number - 1} and are never sent again")
-        finished = row.status == "sent" and counts["queued"] == 0 and counts["sending"] == 0
-        if not finished:
-            store.update_issue(conn, row.id, status="sending", started_at=row.started_at or now, paused_reason=None)
-    if requeued:
-        log.info("%s: %d deliveries left in flight by a stopped run are queued again", slug, requeued)
-    if notice:
-        log.warning("%s", notice)
-    edition = editions.from_row(stored, slug, settings)
-    return PreparedSend(row.id, edition, frozen, requeued, check_buildable(settings, edition), finished, notice)
-
-
-def load_edition(settings: Settings, store: Store, issue_id: int, slug: str) -> tuple[Edition, MessageFactory]:
-    """The issue's current stored edition, ready to send (a `mailer worker`, a sender after a
-    `--rebuild`); a send started before editions were stored gets its folder frozen now (`prepare_send`)."""
-    with store.engine.connect() as conn:
-        row = store.current_edition(conn, issue_id)
-    if row is None:
-        prepared = prepare_send(settings, store, slug)
-        return prepared.edition, prepared.factory
-    edition = editions.from_row(row, slug, settings)
-    return edition, check_buildable(settings, edition)
 
 
 def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
@@ -873,7 +572,7 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
     prepared = prepare_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
                             allow_draft=allow_draft, rebuild=rebuild)
     slug = prepared.slug
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         counts = store.delivery_counts(conn, prepared.issue_id)
     if prepared.already_finished:
         return SendReport(slug, counts, 0, 0, 0, time.monotonic() - started, already_finished=True,
@@ -972,12 +671,12 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
     Any number of workers on any machines can run this against PostgreSQL; SKIP LOCKED hands each
     a disjoint batch. Returns the number of messages this worker sent.
     """
-    settings.require_for_send()  # the same checks as `send`: a worker never sends half-configured
+    require_ready(settings)  # the same checks as `send`: a worker never sends half-configured
     stop = stop or threading.Event()
     sent = 0
     senders: dict[str, Sender] = {}
     while not stop.is_set():
-        with store.engine.connect() as conn:
+        with store.connect() as conn:
             active = store.issues_with_queue(conn)
         for slug, issue_id in active:
             if stop.is_set():
@@ -1016,7 +715,7 @@ def send_test(settings: Settings, issue_ref: str, addresses: Sequence[str]) -> l
     """Send the issue to a few addresses, `[TEST]` in the subject; the ledger is never touched."""
     from ..addresses import parse_address
 
-    settings.require_for_send()
+    require_ready(settings)
     parsed = [parse_address(a) for a in addresses if a.strip()]
     if not parsed:
         raise MailerError("--test needs at least one address")
@@ -1025,93 +724,10 @@ def send_test(settings: Settings, issue_ref: str, addresses: Sequence[str]) -> l
     factory = MessageFactory(rendered, subject_prefix="[TEST] ")
     key = secret_key_for(settings)
     messages = tuple(
-        OutgoingMessage(Recipient(email=a.given, unsubscribe_url=f"{settings.base_url}/u/{tokens.make_token(key, 'unsubscribe', 0)}"),
+        OutgoingMessage(Recipient(email=a.given, unsubscribe_url=links.unsubscribe_url(settings.base_url, key,
+                                                                                      TEST_SUBSCRIBER_ID)),
                         message_id=f"<test.{os.urandom(8).hex()}@{settings.sender_domain}>")
         for a in parsed)
     with make_backend(settings) as backend:
         results = backend.send_batch(Batch(factory, messages, None, formatdate(usegmt=True)))
     return results
-
-
-@dataclass(frozen=True)
-class SendPlan:
-    """What `mailer send ISSUE` is about to do, for the confirmation prompt."""
-
-    slug: str
-    subject: str
-    list_name: str | None
-    status: str          # none (never sent) | draft | sending | paused | sent
-    recipients: int      # deliveries this run would send (new freeze, queue, failures retried, newcomers)
-    total: int           # ledger rows so far (0 before the first freeze)
-    rebuild: bool = False  # a new edition from the folder for those not reached yet
-
-    def describe(self, backend: str) -> str:
-        audience = f"{self.recipients} subscriber(s)" + (f" of list {self.list_name!r}" if self.list_name else "")
-        if self.status in ("none", "draft"):
-            return f"Send {self.slug} \u201c{self.subject}\u201d through {backend} to {audience}?"
-        if self.rebuild:
-            return (f"Rebuild {self.slug} from its folder (\u201c{self.subject}\u201d) and send that edition through "
-                    f"{backend} to the {audience} left of {self.total} (those already sent get nothing more)?")
-        return (f"Resume {self.slug} \u201c{self.subject}\u201d ({self.status}) through {backend}: "
-                f"{audience} left of {self.total}?")
-
-
-def plan_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
-              retry_failed: bool = False, rebuild: bool = False) -> SendPlan:
-    """Read-only: who a send of `issue_ref` would reach now (nothing is frozen or sent). A resume reads
-    only the ledger (its folder may have changed or be gone); a first send and `rebuild` read the folder."""
-    slug = issue_slug(settings, issue_ref)
-    with store.engine.connect() as conn:
-        row = store.issue_row(conn, slug)
-        if row is None or row.frozen_at is None:
-            issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
-            recipients = store.count_unfrozen(conn, None, issue.list_name)
-            return SendPlan(issue.slug, issue.subject, issue.list_name, row.status if row else "none", recipients, 0)
-        subject = load_issue(issue_ref, settings.issues_dir, settings.zone).subject if rebuild else row.subject
-        counts = store.delivery_counts(conn, row.id)
-        recipients = counts["queued"] + counts["sending"]
-        if retry_failed:
-            recipients += counts["failed"]
-        if include_new:
-            recipients += store.count_unfrozen(conn, row.id, row.list_name)
-        return SendPlan(slug, subject, row.list_name, row.status, recipients, sum(counts.values()), rebuild)
-
-
-def _ledger_summary(row, counts: dict[str, int], edition=None) -> dict:  # noqa: ANN001 - `issues`, `editions` rows
-    """One issue's ledger as `mailer status` shows it (`--json`): issue (slug), subject, status
-    (draft | sending | paused | sent), paused_reason, counts (queued, sending, sent, failed, skipped),
-    total, frozen_at, started_at, finished_at (ISO 8601 UTC or null), when (the last of those), edition
-    (number, created_at, reason, subject, template, content_hash, editions: how many; null before
-    the first freeze)."""
-    times = {key: as_utc(getattr(row, key)) for key in ("frozen_at", "started_at", "finished_at")}
-    when = times["finished_at"] or times["started_at"] or times["frozen_at"]
-    return {"issue": row.slug, "subject": row.subject, "status": row.status, "paused_reason": row.paused_reason,
-            "counts": counts, "total": sum(counts.values()),
-            **{key: value.isoformat() if value else None for key, value in times.items()},
-            "when": when.isoformat() if when else None,
-            "edition": None if edition is None else {
-                "number": edition.number, "created_at": as_utc(edition.created_at).isoformat(),
-                "reason": edition.reason, "subject": edition.subject, "template": edition.template,
-                "content_hash": edition.content_hash, "editions": edition.count}}
-
-
-def issue_status(settings: Settings, store: Store, issue_ref: str) -> dict:
-    """Ledger counts by status, plus the issue's own state and edition (`_ledger_summary`'s shape).
-    NotFound when the issue has no ledger yet."""
-    slug = issue_slug(settings, issue_ref)
-    with store.engine.connect() as conn:
-        row = store.issue_row(conn, slug)
-        if row is None:
-            raise NotFound(f"issue {issue_ref!r} has never been sent (no ledger yet)")
-        counts = store.delivery_counts(conn, row.id)
-        edition = store.current_editions(conn, [row.id]).get(row.id)
-    return _ledger_summary(row, counts, edition)
-
-
-def ledger_overview(store: Store) -> list[dict]:
-    """`mailer status` without ISSUE: every issue with a ledger, newest first (its last activity:
-    finished, else started, else frozen), each in `_ledger_summary`'s shape; [] before the first send."""
-    with store.engine.connect() as conn:
-        overview = store.ledger_overview(conn)
-        current = store.current_editions(conn, [row.id for row, _ in overview])
-        return [_ledger_summary(row, counts, current.get(row.id)) for row, counts in overview]

@@ -21,7 +21,7 @@ from typing import Callable
 
 
 from ..content import i18n
-from .. import tokens
+from .. import links
 from ..providers import Backend, Batch, OutgoingMessage, RecipientResult, make_backend
 from ..config import Settings, secret_key_for
 from ..errors import MailerError, RenderError
@@ -101,7 +101,7 @@ def compile_notice(settings: Settings, kind: str) -> NoticeTemplate:
         "t": strings,
         "postal_address": settings.postal_address,
         "base_url": settings.base_url,
-        "archive_url": f"{settings.base_url}/archive",
+        "archive_url": links.archive_url(settings.base_url),
         "slot": {name: slot_marker(name) for name in _ALL_SLOTS},
     }
     compiled = compile_email(settings, kind, context, slots=NOTICE_SLOTS,
@@ -133,10 +133,10 @@ class Notifier:
         return kind in self._templates or notice_available(self.settings, kind)
 
     def confirm_url(self, subscriber_id: int) -> str:
-        return f"{self.settings.base_url}/confirm/{tokens.make_token(self.key, 'confirm', subscriber_id)}"
+        return links.confirm_url(self.settings.base_url, self.key, subscriber_id)
 
     def unsubscribe_url(self, subscriber_id: int) -> str:
-        return f"{self.settings.base_url}/u/{tokens.make_token(self.key, 'unsubscribe', subscriber_id)}"
+        return links.unsubscribe_url(self.settings.base_url, self.key, subscriber_id)
 
     def build(self, kind: str, subscriber_id: int, email: str, name: str = "") -> tuple[Notice, Recipient]:
         """The notice and its recipient. A confirmation goes to an address nobody has confirmed yet,

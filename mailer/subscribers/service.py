@@ -18,14 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-import sqlalchemy as sa
-
 from ..addresses import Address, parse_address
 from .importer.values import clean_text  # noqa: F401 - its home is the SQLAlchemy-free values module
 from ..errors import MailerError, NotFound
-from ..store.schema import (SUBSCRIBER_STATUSES, SUPPRESSED_STATUSES, TOMBSTONE_PREFIX, deliveries, issues, list_members,
-                     subscriber_events, subscribers)
-from ..store import StatusChange, Store, as_utc, utcnow
+from ..statuses import SUBSCRIBER_STATUSES, SUPPRESSED_STATUSES, TOMBSTONE_PREFIX
+from ..store import Connection, Row, StatusChange, Store, as_utc
 
 
 def tombstone_key(key: str) -> str:
@@ -51,7 +48,7 @@ class SubscriberView:
 
 
 # ----- single-person operations -------------------------------------------------------------------
-def _person(store: Store, conn: sa.Connection, address: Address) -> sa.Row:
+def _person(store: Store, conn: Connection, address: Address) -> Row:
     """The subscriber with this address; NotFound names the address as given."""
     row = store.subscriber_by_email(conn, address.key)
     if row is None:
@@ -86,9 +83,7 @@ def add_subscriber(store: Store, email: str, *, name: str = "", language: str = 
         if attributes:
             changes["attributes"] = {**(row.attributes or {}), **attributes}
         if changes:
-            conn.execute(subscribers.update().where(subscribers.c.id == row.id).values(updated_at=utcnow(), **changes))
-            conn.execute(subscriber_events.insert().values(subscriber_id=row.id, at=utcnow(), kind="updated",
-                                                           source=source, reason=", ".join(sorted(changes))))
+            store.update_profile(conn, row.id, changes, source=source)
         if status == "active" and row.status == "pending":
             store.set_status(conn, row.id, "active", source=source, reason=reason or "added by the operator")
         _add_to_lists(conn, row.id, lists)
@@ -281,17 +276,9 @@ def restore_subscriber(store: Store, email: str, *, reason: str, force: bool = F
 
 def show_subscriber(store: Store, email: str) -> SubscriberView:
     address = parse_address(email)
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         row = _person(store, conn, address)
-        events = conn.execute(sa.select(subscriber_events).where(subscriber_events.c.subscriber_id == row.id)
-                              .order_by(subscriber_events.c.id)).mappings().all()
-        sent = conn.execute(
-            sa.select(issues.c.slug, deliveries.c.status, deliveries.c.attempts, deliveries.c.sent_at,
-                      deliveries.c.last_error, deliveries.c.provider_message_id)
-            .join(issues, issues.c.id == deliveries.c.issue_id)
-            .where(deliveries.c.subscriber_id == row.id).order_by(deliveries.c.id)).mappings().all()
-        lists = conn.execute(sa.select(list_members.c.list_name).where(list_members.c.subscriber_id == row.id)
-                             .order_by(list_members.c.list_name)).scalars().all()
+        events, sent, lists = store.person_record(conn, row.id)
     return SubscriberView(
         id=row.id, email=row.email_given, name=row.name, language=row.language, status=row.status,
         source=row.source, attributes=row.attributes or {}, created_at=as_utc(row.created_at),
@@ -300,17 +287,17 @@ def show_subscriber(store: Store, email: str) -> SubscriberView:
 
 
 def count_subscribers(store: Store, status: str | None = None) -> int:
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         return store.count_subscribers(conn, status)
 
 
-def iter_subscribers(store: Store, status: str | None = None, batch: int = 5000) -> Iterator[tuple[sa.Row, list[str]]]:
+def iter_subscribers(store: Store, status: str | None = None, batch: int = 5000) -> Iterator[tuple[Row, list[str]]]:
     """Every subscriber (tombstones excluded) in id order with their sorted list names: flat memory."""
     for page in store.subscriber_pages(status, batch):
         yield from page
 
 
-def _add_to_lists(conn: sa.Connection, subscriber_id: int, lists: Iterable[str]) -> None:
+def _add_to_lists(conn: Connection, subscriber_id: int, lists: Iterable[str]) -> None:
     Store.add_list_memberships(conn, subscriber_id, list(lists))
 
 

@@ -1,4 +1,6 @@
-"""The public web app (Starlette): unsubscribe, subscribe + confirm, SendGrid webhooks, archive.
+"""The public web app (Starlette): routes and pages only — unsubscribe, subscribe + confirm,
+provider webhooks, archive. The rules are `subscribers.signup` (the person's own choices) and
+`subscribers.feedback` (providers' events); the paths are `links`'; all SQL is the store's.
 
 Routes
   GET  /                       307 to /archive
@@ -13,38 +15,44 @@ Routes
   GET  /confirm/TOKEN          a page with a "confirm" button; a GET (or HEAD) confirms no one, since
                                mail scanners (Outlook SafeLinks, corporate gateways) follow links
   POST /confirm/TOKEN          pending → active (+ welcome email), idempotent
-  POST /webhooks/sendgrid      signed events → provider_events (idempotent) → suppressions; refused
-                               (403, with the reason) while MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is unset
+  POST /webhooks/PROVIDER      the body (size-checked here) goes to the provider's `Webhook`
+                               (`providers`), its events to `subscribers.feedback`; for
+                               /webhooks/sendgrid: signed events → provider_events (idempotent) →
+                               suppressions; refused (403, with the reason) while
+                               MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is unset; unknown provider: 404
   GET  /archive, /issues/SLUG  public sent issues and their web editions; a private issue's web
                                edition only with its key (`?k=`, in the email's "view online" link)
   GET  /feed.xml               the archive as an Atom feed (`feed.py`), with ETag/Last-Modified (304)
 
 Tokens are opaque (`tokens.py`: encrypted and authenticated, no id or address readable). A malformed
 or tampered token gets 400, a well-formed one naming nobody 404, and nothing changes. Subscriber id
-0 is the one test sends and previews use: its links lead to a "this was a test message" page.
+`links.TEST_SUBSCRIBER_ID` (0) is the one test sends and previews use: its links lead to a "this was
+a test message" page.
 
 Pages are Jinja templates in `templates/web/` (autoescape on), in MAILER_LANGUAGE, without
 JavaScript, under a strict Content-Security-Policy and `Referrer-Policy: no-referrer` (a token in the
 address bar never leaks to another site). Database work runs in worker threads (anyio's pool; on
 SQLite two threads and an in-process lock, since SQLite has one writer anyway); one `Store` per app;
-every query is a `Store` method; reading SendGrid's events is `backends/sendgrid_events.py`. The
-module is longer than most because every route shares one state (`WebApp`: store, limiter, keys,
-templates) and splitting the routes from it would only add indirection.
+every query is a `Store` method; reading SendGrid's events is `providers/sendgrid_events.py`.
 
 Decisions (see also the templates' comments):
 * one-click and the page's button are both a POST; any POST to /u/TOKEN unsubscribes (the token is
   the capability), the event's source says "one-click" for the RFC 8058 body and "web" otherwise;
 * the subscribe form never reveals whether an address is known: same page, same status, email sent
   after the answer (a background task); nothing at all for an active address; a suppressed person
-  gets a confirmation email and comes back only by pressing its button (their own choice);
+  gets a confirmation email and comes back only by pressing its button (their own choice:
+  `subscribers.signup`);
 * until an address is confirmed nothing its submitter typed is shown or sent: the confirmation email
   is neutral (`notices`), the unsubscribe page of a pending person greets no one;
-* confirmation emails: at most one a minute and five a day per address, whoever asks;
+* confirmation emails: at most one a minute and five a day per address, whoever asks (`signup`);
 * SendGrid webhook: only with a verification key (ECDSA over the raw body, timestamp at most
   MAILER_WEBHOOK_MAX_AGE seconds away); an event acts only on the subscriber it names whose address
   is the event's own (an id alone, or an id with another address, changes nobody); events about an
   erased person are stored anonymised; the body must be a JSON array of objects (deep nesting and
   NaN are refused with 400, NUL and lone surrogates neutralised: never a 500).
+
+Longer than ~400 lines because every route shares one state (`WebApp`: store, throttle, keys,
+templates) and the HTTP guards (body limits, one-click detection) belong with the routes.
 """
 
 from __future__ import annotations
@@ -53,19 +61,16 @@ import hashlib
 import logging
 import re
 import threading
-import time
-from collections import deque
 from contextlib import asynccontextmanager, contextmanager, nullcontext
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import parse_qsl
 
 import anyio.to_thread
 import jinja2
-import sqlalchemy as sa
 from anyio import CapacityLimiter
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -74,31 +79,28 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from .. import links, tokens
+from ..addresses import parse_address
+from ..config import Settings, require_secret_key, secret_key_for
 from ..content import i18n
 from ..content.render import edition_summary
-from .. import tokens
-from ..addresses import parse_address
-from ..providers import sendgrid_events
-from ..providers.sendgrid_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, ReadEvent, read_event
-from ..config import Settings, require_secret_key, secret_key_for
-from ..errors import ConfigError, InvalidAddress
+from ..errors import InvalidAddress
+from ..providers import WebhookRefused, make_webhooks
 from ..sending.notices import Notifier
-from ..statuses import SUPPRESSED_STATUSES, SUPPRESSION_RANK
+from ..statuses import TOMBSTONE_PREFIX
+from ..store import Connection, IntegrityError, Row, Store, as_utc, open_store
+from ..subscribers import feedback, signup
+from ..subscribers.service import clean_text
 from . import feed
-from ..store import StatusChange, Store, as_utc, open_store, utcnow
-from ..subscribers.service import TOMBSTONE_PREFIX, anonymised_payload, clean_text, redact_addresses, tombstone_key
+from .throttle import ClientThrottle
 
 log = logging.getLogger("mailer.web")
 
 SUBSCRIBE_RATE = 5            # POST /subscribe per client address…
 SUBSCRIBE_WINDOW = 60.0       # …per this many seconds
-CONFIRM_RESEND_INTERVAL = timedelta(seconds=60)   # at most one confirmation email a minute per address…
-CONFIRM_MAX_PER_DAY = 5                           # …and five a day, whoever asks
-COMEBACK_VALID = timedelta(days=7)                # a suppressed person's re-subscription request
 FORM_MAX_BYTES = 16 * 1024
 UNSUBSCRIBE_MAX_BYTES = 16 * 1024
 WEBHOOK_MAX_BYTES = 8 * 1024 * 1024               # SendGrid posts batches of up to ~1000 events
-WEBHOOK_MAX_EVENTS = 10_000
 HONEYPOT_FIELD = "website"
 SQLITE_THREADS = 2             # worker threads for blocking work on SQLite (one writer anyway)
 
@@ -113,39 +115,6 @@ COMMON_HEADERS = {"Referrer-Policy": "no-referrer", "X-Content-Type-Options": "n
 
 
 # ----- small pieces ---------------------------------------------------------------------------------
-class RateLimiter:
-    """A sliding-window counter per key (the client address), in memory, thread-safe."""
-
-    def __init__(self, limit: int, window: float, max_keys: int = 100_000) -> None:
-        self.limit = limit
-        self.window = window
-        self.max_keys = max_keys
-        self._hits: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def hit(self, key: str) -> float:
-        """Count one request; 0 when allowed, else the seconds to wait."""
-        now = time.monotonic()
-        with self._lock:
-            queue = self._hits.get(key)
-            if queue is None:
-                if len(self._hits) >= self.max_keys:
-                    self._prune(now)
-                queue = self._hits[key] = deque()
-            while queue and queue[0] <= now - self.window:
-                queue.popleft()
-            if len(queue) >= self.limit:
-                return max(queue[0] + self.window - now, 0.001)
-            queue.append(now)
-            return 0.0
-
-    def _prune(self, now: float) -> None:
-        for key in [k for k, q in self._hits.items() if not q or q[-1] <= now - self.window]:
-            del self._hits[key]
-        if len(self._hits) >= self.max_keys:  # a flood of distinct addresses: forget rather than grow
-            self._hits.clear()
-
-
 class _Page(Exception):
     """Raised inside handlers to answer with a page (errors mostly)."""
 
@@ -167,13 +136,8 @@ class WebApp:
         self.notifier = notifier
         self.key = secret_key_for(settings)
         self.strings = i18n.strings(settings.language, settings.name)
-        self.limiter = RateLimiter(subscribe_rate, subscribe_window)
-        self.webhook_key = None
-        if settings.sendgrid_webhook_public_key:
-            self.webhook_key = sendgrid_events.load_public_key(settings.sendgrid_webhook_public_key)
-        elif settings.backend == "sendgrid":
-            log.warning("SendGrid webhook disabled: MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is unset, so bounces and "
-                        "spam reports from SendGrid suppress no one (Mail Settings → Signed Event Webhook)")
+        self.limiter = ClientThrottle(subscribe_rate, subscribe_window)
+        self.webhooks = make_webhooks(settings)
         # SQLite has one writer: queue this process's write transactions on a lock rather than in
         # SQLite's busy handler, whose growing sleeps (up to 100 ms each) would make the latency tail.
         self._write_lock = threading.Lock() if store.is_sqlite else None
@@ -197,7 +161,7 @@ class WebApp:
         return await anyio.to_thread.run_sync(partial(func, *args, **kwargs), limiter=self._threads)
 
     @contextmanager
-    def transaction(self) -> Iterator[sa.Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """A transaction, serialised in-process on SQLite (where every transaction is BEGIN IMMEDIATE)."""
         with self._write_lock or nullcontext(), self.store.begin() as conn:
             yield conn
@@ -223,7 +187,7 @@ class WebApp:
         except tokens.InvalidToken:
             raise _Page(400, "message", key="invalid_link") from None
 
-    def _person(self, conn: sa.Connection, subscriber_id: int, *, lock: bool = False) -> sa.Row:
+    def _person(self, conn: Connection, subscriber_id: int, *, lock: bool = False) -> Row:
         """The person a token names (404 when gone or erased)."""
         row = self.store.person_for_link(conn, subscriber_id, lock=lock)
         if row is None or row.email.startswith(TOMBSTONE_PREFIX):
@@ -233,7 +197,7 @@ class WebApp:
     # ----- unsubscribe ----------------------------------------------------------------------------
     def do_unsubscribe_page(self, token: str, root: str) -> Response:
         data = self.read_token("unsubscribe", token)
-        if data.subscriber_id == 0:
+        if links.is_test_subscriber(data.subscriber_id):
             return self.message(200, "test", root=root)
         with self.transaction() as conn:
             row = self._person(conn, data.subscriber_id)
@@ -242,32 +206,26 @@ class WebApp:
 
     def do_unsubscribe(self, token: str, source: str, root: str) -> Response:
         data = self.read_token("unsubscribe", token)
-        if data.subscriber_id == 0:
+        if links.is_test_subscriber(data.subscriber_id):
             return self.message(200, "test", root=root)
         reason = "one-click unsubscribe (RFC 8058)" if source == "one-click" else "unsubscribe page"
         if data.issue_id is not None:
             reason += f", issue {data.issue_id}"
         with self.transaction() as conn:
             row = self._person(conn, data.subscriber_id)
-            state = row.status  # already suppressed: nothing changes (idempotent)
-            if row.status in ("active", "pending"):
-                # conditional on the status just read: two concurrent POSTs record one event
-                self.store.apply_status_changes(conn, [StatusChange(row.id, row.status, "unsubscribed", source, reason)])
-                state = "unsubscribed"
+            state = signup.unsubscribe(self.store, conn, row, source=source, reason=reason)
         return self._unsubscribe_view(row, state, token, root)
 
     def do_resubscribe(self, token: str, root: str) -> Response:
         data = self.read_token("unsubscribe", token)
-        if data.subscriber_id == 0:
+        if links.is_test_subscriber(data.subscriber_id):
             return self.message(200, "test", root=root)
         with self.transaction() as conn:
             row = self._person(conn, data.subscriber_id, lock=True)
-            if row.status != "active":
-                self.store.set_status(conn, row.id, "active", source="web",
-                                      reason=f"resubscribed from the unsubscribe page (was {row.status})")
+            signup.resubscribe(self.store, conn, row)
         return self._unsubscribe_view(row, "resubscribed", token, root)
 
-    def _unsubscribe_view(self, row: sa.Row, state: str, token: str, root: str) -> Response:
+    def _unsubscribe_view(self, row: Row, state: str, token: str, root: str) -> Response:
         # a pending person's name was typed by whoever filled the form: never shown back
         person = "" if row.status == "pending" else row.name
         return self.page("unsubscribe.html.j2", root=root, state=state, token=token, email=row.email_given,
@@ -286,74 +244,25 @@ class WebApp:
         send: tuple[int, str] | None = None
         try:
             with self.transaction() as conn:
-                send = self._subscribe(conn, address.key, address.given, clean_text(person))
-        except sa.exc.IntegrityError:
+                send = signup.request_subscription(self.store, conn, address.key, address.given, clean_text(person))
+        except IntegrityError:
             send = None  # the same address arrived twice at once: the other request sends the email
         background = BackgroundTask(self.notifier.send_quietly, "confirm", *send) if send else None
         return self.page("subscribed.html.j2", root=root, email=address.given, background=background)
 
-    def _subscribe(self, conn: sa.Connection, key: str, given: str, person: str) -> tuple[int, str] | None:
-        """Record the request; returns (id, address) to send a confirmation email to (None: nobody, silently)."""
-        row = self.store.subscriber_by_email(conn, key)
-        now = utcnow()
-        if row is None:
-            subscriber_id = self.store.insert_subscriber(conn, email=key, email_given=given, status="pending",
-                                                         name=person, source="web", reason="subscribe form")
-            self.store.record_event(conn, subscriber_id, "confirm_sent", source="web", at=now)
-            return subscriber_id, given
-        if row.status == "active":
-            return None  # nothing to do, and nothing visible: no enumeration
-        if row.status in SUPPRESSED_STATUSES:
-            # Their own choice may bring them back, but only through the emailed link (proof that the
-            # mailbox's owner asked), and only by pressing the button on the confirm page.
-            self.store.record_event(conn, row.id, "resubscribe_requested", source="web", at=now,
-                                    reason=f"subscribe form (is {row.status})")
-        if not self._may_send_confirmation(conn, row.id, now):
-            return None
-        self.store.record_event(conn, row.id, "confirm_sent", source="web", at=now)
-        return row.id, row.email_given
-
-    def _may_send_confirmation(self, conn: sa.Connection, subscriber_id: int, now: datetime) -> bool:
-        last, count = self.store.events_since(conn, subscriber_id, "confirm_sent", now - timedelta(days=1))
-        return not (count >= CONFIRM_MAX_PER_DAY or (last is not None and now - last < CONFIRM_RESEND_INTERVAL))
-
     def do_confirm(self, token: str, *, pressed: bool, root: str) -> Response:
         """GET (`pressed` False) shows the button and changes nothing; POST confirms, once."""
         data = self.read_token("confirm", token)
-        if data.subscriber_id == 0:
+        if links.is_test_subscriber(data.subscriber_id):
             raise _Page(404, "message", key="unknown_link")
-        welcome: tuple[int, str, str] | None = None
         with self.transaction() as conn:
             row = self._person(conn, data.subscriber_id, lock=pressed)
-            if row.status == "active":
-                state = "confirmed"
-            elif row.status == "pending":
-                if not pressed:
-                    state = "ask_pending"
-                else:
-                    self.store.set_status(conn, row.id, "active", source="web",
-                                          reason="confirmed by email link (double opt-in)")
-                    state, welcome = "confirmed", (row.id, row.email_given, row.name)
-            elif not self._asked_to_come_back(conn, row):
-                state = "stale"
-            elif not pressed:
-                state = "ask"
-            else:
-                self.store.set_status(conn, row.id, "active", source="web",
-                                      reason=f"re-subscribed by email link (was {row.status})")
-                state, welcome = "confirmed", (row.id, row.email_given, row.name)
+            state, welcome = signup.confirm(self.store, conn, row, pressed=pressed)
         background = None
         if welcome and self.notifier.has("welcome"):
-            background = BackgroundTask(self.notifier.send_quietly, "welcome", *welcome)
+            background = BackgroundTask(self.notifier.send_quietly, "welcome", row.id, row.email_given, row.name)
         return self.page("confirm.html.j2", root=root, state=state, token=token, email=row.email_given,
                          background=background)
-
-    def _asked_to_come_back(self, conn: sa.Connection, row: sa.Row) -> bool:
-        """A suppressed person asked (subscribe form) after their suppression, and recently."""
-        since = as_utc(row.unsubscribed_at) or datetime.min.replace(tzinfo=timezone.utc)
-        since = max(since, utcnow() - COMEBACK_VALID)
-        asked = self.store.last_event_at(conn, row.id, "resubscribe_requested")
-        return asked is not None and asked >= since
 
     # ----- archive ----------------------------------------------------------------------------------
     def do_archive(self, root: str) -> Response:
@@ -400,97 +309,15 @@ class WebApp:
             headers["X-Robots-Tag"] = "noindex, nofollow"
         return HTMLResponse(row.web_html, headers=headers)
 
-    # ----- SendGrid event webhook ---------------------------------------------------------------------
-    def check_signature(self, body: bytes, signature: str | None, timestamp: str | None) -> str | None:
-        """None when the request may be processed, else why it is refused (answered with 403)."""
-        if self.webhook_key is None:
-            return ("webhook disabled: MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY is not set on this server, "
-                    "and unsigned events are never accepted")
-        return sendgrid_events.check_signature(self.webhook_key, body, signature, timestamp,
-                                               self.settings.webhook_max_age)
-
-    def do_record_events(self, events: list[dict]) -> dict[str, int]:
-        """Store every event (idempotent by sg_event_id) and apply the suppressions of new ones.
-
-        An event acts on a subscriber only when its `email` is that subscriber's address: the
-        subscriber named by `custom_args.mailer_subscriber` when present (and only if the addresses
-        match), else the one with that address. Events without an address, or naming a subscriber
-        whose address is another, are stored and change no one (`ignored` in the answer). Events
-        about an erased person are stored anonymised, on their tombstone.
-        """
-        now = utcnow()
-        rows: list[dict[str, Any]] = []
-        meta: list[ReadEvent] = []
-        seen: set[str] = set()
-        for event in events:
-            read = read_event(event)
-            if read.event_id in seen:
-                continue
-            seen.add(read.event_id)
-            rows.append({"provider": "sendgrid", "provider_event_id": read.event_id, "kind": read.classified.kind,
-                         "email": read.email_key, "subscriber_id": None, "issue_id": read.issue_id,
-                         "occurred_at": read.occurred, "received_at": now, "reason": read.reason, "payload": event})
-            meta.append(read)
-        if not rows:
-            return {"received": len(events), "new": 0, "suppressed": 0, "ignored": 0}
-        with self.transaction() as conn:
-            people, ignored = self._correlate(conn, rows, meta)
-            inserted = self.store.insert_provider_events(conn, rows)
-            todo = [(row, read.classified, read.occurred) for row, read in zip(rows, meta)
-                    if row["provider_event_id"] in inserted and read.classified.suppress and row["subscriber_id"]
-                    and row["subscriber_id"] in people]
-            current = {person.id: (person.status, as_utc(person.confirmed_at)) for person in people.values()}
-            changes: list[StatusChange] = []
-            for row, classified, occurred in todo:
-                person = row["subscriber_id"]
-                status, confirmed_at = current[person]
-                if SUPPRESSION_RANK[classified.suppress] <= SUPPRESSION_RANK.get(status, 0):
-                    continue  # already as suppressed, or more
-                if occurred is not None and confirmed_at is not None and occurred < confirmed_at.replace(microsecond=0):
-                    continue  # an old event (whole seconds) about an earlier subscription: they came back since
-                current[person] = (classified.suppress, confirmed_at)
-                changes.append(StatusChange(person, status, classified.suppress, "webhook",
-                                            f"sendgrid {row['payload'].get('event')}: {row['reason']}"[:500]))
-            suppressed = len(self.store.apply_status_changes(conn, changes))
-        if ignored:
-            log.warning("SendGrid webhook: %d event(s) changed no one: no address, or an address that is not the "
-                        "subscriber's their custom_args name", ignored)
-        return {"received": len(events), "new": len(inserted), "suppressed": suppressed, "ignored": ignored}
-
-    def _correlate(self, conn: sa.Connection, rows: list[dict[str, Any]],
-                   meta: list[ReadEvent]) -> tuple[dict[int, sa.Row], int]:
-        """Set each row's subscriber_id (see `do_record_events`); returns the people events may act
-        on (id -> row with status, confirmed_at) and how many suppressing events were ignored."""
-        named = self.store.people_by_ids(conn, [read.subscriber_id for read in meta if read.subscriber_id])
-        keys = {read.email_key for read in meta if read.email_key}
-        by_email = self.store.ids_by_emails(conn, [*keys, *(tombstone_key(key) for key in keys)])
-        living: dict[int, sa.Row] = {}
-        erased: set[int] = set()
-        ignored = 0
-        for row, read in zip(rows, meta):
-            given, key = read.subscriber_id, read.email_key
-            person: int | None = None
-            if key and given and given in named:
-                if named[given].email == key:
-                    person = given
-                elif named[given].email == tombstone_key(key):
-                    person = given
-                    erased.add(given)
-            elif key and not given:
-                person = by_email.get(key)
-                if person is None and tombstone_key(key) in by_email:
-                    person = by_email[tombstone_key(key)]
-                    erased.add(person)
-            if person is None and read.classified.suppress:
-                ignored += 1
-            row["subscriber_id"] = person
-            if person in erased:  # nothing about who they were: what happened and when
-                row.update(email="", reason=redact_addresses(row["reason"]), payload=anonymised_payload(row["payload"]))
-            elif person is not None:
-                living[person] = named.get(person)  # type: ignore[assignment]
-        missing = [pid for pid, found in living.items() if found is None]
-        living.update(self.store.people_by_ids(conn, missing))
-        return {pid: found for pid, found in living.items() if found is not None}, ignored
+    # ----- provider webhooks ------------------------------------------------------------------------
+    def do_webhook(self, provider: str, body: bytes, headers: Mapping[str, str]) -> dict[str, int]:
+        """The provider's webhook reads the body (WebhookRefused: its status and reason); the
+        subscriber rules act on the events it found. `headers`: case-insensitive (Starlette's)."""
+        webhook = self.webhooks.get(provider)
+        if webhook is None:
+            raise _Page(404, "message", key="not_found")
+        events = webhook.receive(body, headers)
+        return feedback.record_provider_events(self.store, events, transaction=self.transaction)
 
 
 # ----- HTTP layer -------------------------------------------------------------------------------------
@@ -616,21 +443,14 @@ def create_app(settings: Settings, store: Store | None = None, *, notifier: Noti
         return await web.in_thread(web.do_issue, request.path_params["slug"], request.query_params.get("k"))
 
     async def home(request: Request) -> Response:
-        return RedirectResponse(f"{_root(request)}/archive", status_code=307, headers=COMMON_HEADERS)
+        return RedirectResponse(links.archive_url(_root(request)), status_code=307, headers=COMMON_HEADERS)
 
-    async def sendgrid_webhook(request: Request) -> Response:
+    async def webhook(request: Request) -> Response:  # only the size is checked here: the provider reads the rest
         body = await _read_body(request, WEBHOOK_MAX_BYTES)
-        refusal = web.check_signature(body, request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER))
-        if refusal:
-            return JSONResponse({"error": refusal}, status_code=403, headers=COMMON_HEADERS)
         try:
-            events = sendgrid_events.parse_events(body)
-        except sendgrid_events.BadPayload as exc:
-            return JSONResponse({"error": str(exc)[:300]}, status_code=400, headers=COMMON_HEADERS)
-        if len(events) > WEBHOOK_MAX_EVENTS:
-            return JSONResponse({"error": f"more than {WEBHOOK_MAX_EVENTS} events"}, status_code=413,
-                                headers=COMMON_HEADERS)
-        result = await web.in_thread(web.do_record_events, events)
+            result = await web.in_thread(web.do_webhook, request.path_params["provider"], body, request.headers)
+        except WebhookRefused as refused:
+            return JSONResponse({"error": refused.message}, status_code=refused.status, headers=COMMON_HEADERS)
         return JSONResponse(result, headers=COMMON_HEADERS)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -651,18 +471,18 @@ def create_app(settings: Settings, store: Store | None = None, *, notifier: Noti
             store.close()
 
     routes = [
-        Route("/", guarded(home), methods=["GET"]),
-        Route("/u/{token}", guarded(unsubscribe_page), methods=["GET"]),
-        Route("/u/{token}", guarded(unsubscribe), methods=["POST"]),
-        Route("/u/{token}/resubscribe", guarded(resubscribe), methods=["POST"]),
-        Route("/subscribe", guarded(subscribe_form), methods=["GET"]),
-        Route("/subscribe", guarded(subscribe), methods=["POST"]),
-        Route("/confirm/{token}", guarded(confirm_page), methods=["GET"]),
-        Route("/confirm/{token}", guarded(confirm), methods=["POST"]),
-        Route("/webhooks/sendgrid", guarded(sendgrid_webhook), methods=["POST"]),
-        Route("/archive", guarded(archive), methods=["GET"]),
-        Route(feed.FEED_PATH, guarded(atom), methods=["GET"]),
-        Route("/issues/{slug}", guarded(issue_page), methods=["GET"]),
+        Route(links.HOME, guarded(home), methods=["GET"]),
+        Route(links.UNSUBSCRIBE, guarded(unsubscribe_page), methods=["GET"]),
+        Route(links.UNSUBSCRIBE, guarded(unsubscribe), methods=["POST"]),
+        Route(links.RESUBSCRIBE, guarded(resubscribe), methods=["POST"]),
+        Route(links.SUBSCRIBE, guarded(subscribe_form), methods=["GET"]),
+        Route(links.SUBSCRIBE, guarded(subscribe), methods=["POST"]),
+        Route(links.CONFIRM, guarded(confirm_page), methods=["GET"]),
+        Route(links.CONFIRM, guarded(confirm), methods=["POST"]),
+        Route(links.WEBHOOK, guarded(webhook), methods=["POST"]),  # /webhooks/sendgrid as documented
+        Route(links.ARCHIVE, guarded(archive), methods=["GET"]),
+        Route(links.FEED, guarded(atom), methods=["GET"]),
+        Route(links.WEB_EDITION, guarded(issue_page), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error, Exception: server_error})

@@ -23,10 +23,11 @@ from zoneinfo import ZoneInfo
 
 from feedgen.feed import FeedGenerator
 
+from .. import links
 from ..config import Settings
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-FEED_PATH = "/feed.xml"
+FEED_PATH = links.FEED
 CONTENT_TYPE = "application/atom+xml; charset=utf-8"
 
 
@@ -42,7 +43,7 @@ class FeedEntry:
 
 
 def feed_url(settings: Settings) -> str:
-    return f"{settings.base_url}{FEED_PATH}"
+    return links.feed_url(settings.base_url)
 
 
 def entry_published(entry: FeedEntry, zone: ZoneInfo | timezone) -> datetime:
@@ -64,7 +65,7 @@ def entry_id(settings: Settings, entry: FeedEntry, published: datetime) -> str:
         day = date.fromisoformat(entry.issue_date or "").isoformat()
     except ValueError:
         day = published.date().isoformat()
-    return f"tag:{parts.hostname},{day}:{quote(parts.path.rstrip('/'))}/issues/{quote(entry.slug, safe='')}"
+    return f"tag:{parts.hostname},{day}:{quote(parts.path.rstrip('/'))}{links.public_issue_path(entry.slug)}"
 
 
 def atom_feed(settings: Settings, entries: list[FeedEntry]) -> tuple[bytes, datetime]:
@@ -72,11 +73,11 @@ def atom_feed(settings: Settings, entries: list[FeedEntry]) -> tuple[bytes, date
     zone = settings.zone
     base = settings.base_url
     feed = FeedGenerator()
-    feed.id(f"{base}/archive")
+    feed.id(links.archive_url(base))
     feed.title(settings.name)
     feed.author({"name": settings.name})
     feed.link(href=feed_url(settings), rel="self", type="application/atom+xml")
-    feed.link(href=f"{base}/archive", rel="alternate", type="text/html")
+    feed.link(href=links.archive_url(base), rel="alternate", type="text/html")
     feed.language(settings.language)
     feed.generator("mailer")
     newest = EPOCH
@@ -86,7 +87,7 @@ def atom_feed(settings: Settings, entries: list[FeedEntry]) -> tuple[bytes, date
         item = feed.add_entry(order="append")
         item.id(entry_id(settings, entry, published))
         item.title(entry.subject)
-        item.link(href=f"{base}/issues/{quote(entry.slug, safe='')}", rel="alternate", type="text/html")
+        item.link(href=links.public_issue_url(base, entry.slug), rel="alternate", type="text/html")
         item.published(published)
         item.updated(published)
         if entry.summary:

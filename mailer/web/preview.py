@@ -13,7 +13,8 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 from ..content import i18n
-from .. import tokens
+from .. import links, tokens
+from ..links import TEST_SUBSCRIBER_ID
 from ..config import Settings, secret_key_for
 from ..errors import MailerError
 from ..content.issue import find_issue_folder, load_issue
@@ -37,8 +38,9 @@ class BuildResult:
 
 
 def sample_recipient(settings: Settings) -> Recipient:
-    token = tokens.make_token(secret_key_for(settings), "unsubscribe", 0)
-    return Recipient(email=SAMPLE_EMAIL, name=SAMPLE_NAME, unsubscribe_url=f"{settings.base_url}/u/{token}")
+    return Recipient(email=SAMPLE_EMAIL, name=SAMPLE_NAME,
+                     unsubscribe_url=links.unsubscribe_url(settings.base_url, secret_key_for(settings),
+                                                           TEST_SUBSCRIBER_ID))
 
 
 def build_issue(settings: Settings, issue_ref: str, out_dir: Path | None = None, *, write: bool = True) -> BuildResult:
@@ -47,7 +49,7 @@ def build_issue(settings: Settings, issue_ref: str, out_dir: Path | None = None,
     rendered = render_issue(issue, settings)
     recipient = sample_recipient(settings)
     html_text, text = rendered.personalise(recipient)
-    eml = MessageFactory(rendered).build(recipient, tokens.message_id(secret_key_for(settings), issue.slug, 0,
+    eml = MessageFactory(rendered).build(recipient, tokens.message_id(secret_key_for(settings), issue.slug, TEST_SUBSCRIBER_ID,
                                                                       settings.sender_domain))
     target = None
     if write:

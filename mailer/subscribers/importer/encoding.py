@@ -32,6 +32,9 @@ those ties by the shape of the text: accented Latin letters sit inside words tha
 letters, Cyrillic and Greek letters make words of their own script, an accented capital does not
 follow a small letter, and the usual typographic signs (’ « » € …) are likely; on a tie, the code
 pages spreadsheets write (Windows-1252, then Mac Roman, then DOS cp850) win.
+
+Longer than ~400 lines because deciding a file's encoding over the whole file (BOMs, UTF-8,
+legacy code pages, mixed files) is one decision with its evidence.
 """
 
 from __future__ import annotations

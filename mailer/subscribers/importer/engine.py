@@ -21,12 +21,12 @@ import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
-import sqlalchemy as sa
 
 from ...errors import MailerError, NotFound
-from ...store.schema import SUPPRESSED_STATUSES, SUPPRESSION_RANK
+from ...statuses import SUPPRESSED_STATUSES, SUPPRESSION_RANK
 from ...store import (IMPORT_ATTRIBUTES, IMPORT_DIGEST, IMPORT_GIVEN, IMPORT_KEY, IMPORT_LANGUAGE, IMPORT_LINE,
-                     IMPORT_LISTS, IMPORT_NAME, IMPORT_STATUS, IMPORT_STATUS_AT, StatusChange, Store, utcnow)
+                      IMPORT_LISTS, IMPORT_NAME, IMPORT_STATUS, IMPORT_STATUS_AT, Connection, DatabaseError, StatusChange,
+                      Store, utcnow)
 from ..service import tombstone_key
 from .columns import merged_attributes, parse_map
 from .encoding import plan_decoding
@@ -107,7 +107,7 @@ def import_csv(store: Store, path: Path, *, dry_run: bool = False, resubscribe: 
             flush()
     except KeyboardInterrupt:
         raise _stopped(path, report, written_through, "interrupted", 130) from None
-    except (MailerError, sa.exc.SQLAlchemyError, OSError) as exc:
+    except (MailerError, DatabaseError, OSError) as exc:
         if not report.written_batches:
             if not isinstance(exc, MailerError):
                 raise MailerError(f"{path}: {_one_line(exc)}; nothing imported") from None
@@ -158,7 +158,7 @@ def _stopped(path: Path, report: ImportReport, line: int, cause: str, exit_code:
                          f"are skipped", exit_code)
 
 
-def _write_batch(store: Store, conn: sa.Connection, batch: list[tuple], total: ImportReport, *, dry_run: bool,
+def _write_batch(store: Store, conn: Connection, batch: list[tuple], total: ImportReport, *, dry_run: bool,
                  resubscribe: bool, source: str, reason: str) -> None:
     """One transaction: look the batch's addresses up, then insert, update and change statuses. The
     batch's counts join `total` only once it is committed (so a stop mid-batch reports what is written)."""
@@ -232,7 +232,7 @@ def _write_batch(store: Store, conn: sa.Connection, batch: list[tuple], total: I
     total.written_batches += 1
 
 
-def _erased(store: Store, conn: sa.Connection, keys: list[str], fast: str | None) -> set[str]:
+def _erased(store: Store, conn: Connection, keys: list[str], fast: str | None) -> set[str]:
     """The keys among `keys` of people who were erased (their tombstone is in the table)."""
     if not store.any_erased(conn):
         return set()  # nobody was ever erased: one index probe instead of a hash and a lookup per row

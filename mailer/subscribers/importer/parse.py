@@ -4,6 +4,9 @@ Files of PARALLEL_MIN_BYTES or more are parsed in a helper process so parsing an
 once on two cores; smaller ones in process. Both ways run the same code (`parsed_items`) and give
 the same result (`bench/bench_import.py --verify` checks it). `parse_rows` is the hot loop of the
 import, written out for speed: one function per concern would cost a call per cell on a million rows.
+
+Longer than ~400 lines because row validation and the helper process that runs it for big
+files share one row format.
 """
 
 from __future__ import annotations

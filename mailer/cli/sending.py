@@ -1,0 +1,183 @@
+"""`mailer send`, `status`, `worker`: the send loop's commands and their output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from datetime import datetime
+
+import click
+
+from ..errors import MailerError
+from .main import _settings, _store, handle_errors, main, progress_display
+
+log = logging.getLogger("mailer")
+
+
+@main.command()
+@click.argument("issue_ref", metavar="ISSUE")
+@click.option("--test", "test_addresses", default=None, metavar="ADDR[,ADDR]",
+              help="Send a test to these addresses only; the ledger is not touched.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--retry-failed", is_flag=True, help="Queue failed deliveries again.")
+@click.option("--include-new", is_flag=True, help="Also send to subscribers who joined after the freeze.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Batches sent in parallel by this process.")
+@click.option("--allow-draft", is_flag=True,
+              help="Send it as it is, even though it is a draft or still holds placeholders of `mailer issue new`.")
+@click.option("--rebuild", is_flag=True,
+              help="Freeze a new edition from the folder for the recipients not reached yet (refused, exit 7, "
+                   "while another sender is sending it); those already sent are never sent again.")
+@handle_errors
+def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bool, include_new: bool,
+         workers: int, allow_draft: bool, rebuild: bool) -> None:
+    """Send ISSUE to every active subscriber (or a test to --test addresses).
+
+    Every build warning is printed first. An issue whose issue.toml says draft = true, or that still
+    holds a placeholder of `mailer issue new` (subject, preheader, intro, brief), is refused with the
+    file:line (remove the line or write the text, or pass --allow-draft); --test works on both.
+
+    The first send freezes the issue as it renders then (its edition) with its recipients; resuming,
+    retrying and workers send that edition even if the folder changed since (a line says so).
+    --rebuild makes a new edition for those not reached yet.
+    """
+    from ..sending import dispatch
+    settings = _settings()
+    if test_addresses:
+        results = dispatch.send_test(settings, issue_ref, test_addresses.split(","))
+        failed = [r for r in results if r.outcome != "sent"]
+        for result in results:
+            where = f" ({result.provider_message_id})" if result.provider_message_id else ""
+            status = "sent" if result.outcome == "sent" else f"NOT sent: {result.error}"
+            click.echo(f"test to {result.message.recipient.email}: {status}{where}")
+        sys.exit(1 if failed else 0)
+
+    store = _store(settings)
+    if not yes and not sys.stdin.isatty():
+        raise MailerError("refusing to send without confirmation: add --yes")
+    for warning in dispatch.send_warnings(settings, store, issue_ref, allow_draft=allow_draft, rebuild=rebuild):
+        click.echo(f"warning: {warning}", err=True)
+    if not rebuild:
+        notice = dispatch.resume_notice(settings, store, issue_ref)
+        if notice:
+            click.echo(notice, err=True)
+    if not yes:
+        plan = dispatch.plan_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
+                                  rebuild=rebuild)
+        if plan.recipients:  # nobody to send to (finished, empty audience): send_issue says why, unasked
+            click.confirm(plan.describe(settings.backend), abort=True)
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    with progress_display("sending", None) as update:
+        def on_progress(progress: dispatch.Progress) -> None:
+            update(progress.done, f"sent {progress.sent}, failed {progress.failed}, {progress.rate:.0f}/s",
+                   total=progress.total or None)
+
+        report = dispatch.send_issue(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
+                                     workers=workers, stop=stop, on_progress=on_progress, allow_draft=allow_draft,
+                                     rebuild=rebuild)
+    counts = report.counts
+    if report.notice and rebuild:
+        click.echo(report.notice, err=True)
+    if report.already_finished:
+        click.echo(f"{report.issue}: already sent ({counts['sent']} sent, {counts['failed']} failed, "
+                   f"{counts['skipped']} skipped); nothing to do (--retry-failed, --include-new)")
+        return
+    click.echo(f"{report.issue}: sent {report.sent_now} now ({counts['sent']} in all), failed {counts['failed']}, "
+               f"skipped {counts['skipped']}, left {counts['queued'] + counts['sending']} "
+               f"in {report.elapsed:.1f}s via {settings.backend}")
+    if settings.backend == "outbox" and report.sent_now:
+        click.echo(f"messages are in {settings.outbox_dir / report.issue}")
+    if not report.complete:
+        if report.held_by:
+            click.echo(f"{counts['sending']} deliveries are still held by another sender of this issue "
+                       f"({', '.join(report.held_by)}); run the same command again to wait for it", err=True)
+        else:
+            click.echo("stopped before the end; run the same command again to resume", err=True)
+        sys.exit(5)
+
+
+@main.command()
+@click.argument("issue_ref", metavar="[ISSUE]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (without ISSUE: a list).")
+@handle_errors
+def status(issue_ref: str | None, as_json: bool) -> None:
+    """Ledger counts by status for ISSUE; without ISSUE, one line per issue sent or being sent, newest first.
+
+    \b
+    --json prints one object per issue (a list of them without ISSUE):
+      issue, subject, status (draft|sending|paused|sent), paused_reason,
+      counts {queued, sending, sent, failed, skipped}, total,
+      frozen_at, started_at, finished_at, when (ISO 8601 UTC or null; when = the last of them),
+      edition {number, created_at, reason (send|rebuild|migrated), subject, template, content_hash,
+      editions (how many)} or null before the first freeze
+    """
+    from ..sending.dispatch import issue_status, ledger_overview
+    settings = _settings()
+    store = _store(settings)
+    if issue_ref is None:
+        overview = ledger_overview(store)
+        if as_json:
+            click.echo(json.dumps(overview, ensure_ascii=False))
+            return
+        if not overview:
+            click.echo("no issue sent yet (no ledger); `mailer schedule list` shows the issue folders")
+            return
+        from ..scheduling.plan import format_moment
+        width = max(len(item["issue"]) for item in overview)
+        for item in overview:
+            counts = item["counts"]
+            when = item["when"] and format_moment(datetime.fromisoformat(item["when"]), settings.zone)
+            in_flight = f" ({counts['sending']} in flight)" if counts["sending"] else ""
+            paused = f" ({item['paused_reason']})" if item["paused_reason"] else ""
+            click.echo(f"{item['issue']:<{width}}  {item['status']:<7}  sent {counts['sent']}  failed {counts['failed']}  "
+                       f"skipped {counts['skipped']}  queued {counts['queued'] + counts['sending']}{in_flight}  "
+                       f"of {item['total']}  {when or '-'}{paused}")
+        return
+    result = issue_status(settings, store, issue_ref)
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False))
+        return
+    counts = result["counts"]
+    click.echo(f"{result['issue']}: {result['status']}" + (f" ({result['paused_reason']})" if result["paused_reason"] else ""))
+    edition = result["edition"]
+    if edition:
+        from ..scheduling.plan import format_moment
+        made = format_moment(datetime.fromisoformat(edition["created_at"]), settings.zone)
+        click.echo(f"  edition {edition['number']} of {edition['editions']}, frozen {made} ({edition['reason']}; "
+                   f"template {edition['template']}; sha256 {edition['content_hash'][:12]})")
+    for key in ("sent", "failed", "skipped", "queued", "sending"):
+        click.echo(f"  {key:<8} {counts[key]}")
+    click.echo(f"  {'total':<8} {result['total']}")
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Drain what is queued now, then exit.")
+@handle_errors
+def worker(once: bool) -> None:
+    """Claim and send queued deliveries of any issue (run as many as you like on PostgreSQL)."""
+    from ..sending.dispatch import work_queue
+    settings = _settings()
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    sent = work_queue(settings, _store(settings), stop=stop, once=once)
+    click.echo(f"worker stopped: {sent} sent")
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT: the message or request in flight finishes and is recorded, then the run stops;
+    what is still in flight a few seconds later (a stalled server) is cut and stays queued. A second
+    signal stops at once (rows in flight go back to the queue)."""
+    def handler(signum, _frame) -> None:  # noqa: ANN001
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("signal %s: finishing what is in flight, then stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+

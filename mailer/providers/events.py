@@ -1,0 +1,59 @@
+"""What providers tell us after a send, in one shape: `ProviderEvent`, and the `Webhook` contract
+each provider that posts events implements (verify the request, parse the body). The web route only
+limits the body's size and hands it to the provider's webhook; the subscriber rules
+(`subscribers.feedback`) act on the normalised events and never see a provider's format.
+
+Bounce and complaint mailboxes (DSN, ARF) are meant to produce the same `ProviderEvent`s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Mapping, Protocol
+
+
+@dataclass(frozen=True)
+class ProviderEvent:
+    """One event, every field checked (wrong types read as absent), the raw payload kept.
+
+    * `provider`: "sendgrid"…; `event_id`: the provider's id, or a hash of the content (a replay is a duplicate);
+    * `kind`: normalised kind stored in provider_events (bounced, blocked, complained, unsubscribed,
+      dropped, delivered, opened, clicked…); `suppress`: the subscriber status it implies, if any;
+    * `name`: the provider's own event name (for the reason recorded in a person's history);
+    * `email_key`: the address normalised as `subscribers.email` ("" if none); `subscriber_id`,
+      `issue_id`: what our own custom arguments say (subscriber 0: a test send); `occurred`: UTC;
+    * `reason`: what the provider says happened (≤ 2,000 characters); `payload`: the event as received.
+    """
+
+    provider: str
+    event_id: str
+    kind: str
+    suppress: str | None
+    name: str
+    email_key: str
+    subscriber_id: int | None
+    issue_id: int | None
+    occurred: datetime | None
+    reason: str
+    payload: dict[str, Any]
+
+
+class WebhookRefused(Exception):
+    """A webhook request answered with `status` (401/403 unverified, 400 malformed, 413 too many
+    events) and `message` (one line, the body's `error`)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Webhook(Protocol):
+    """A provider's event webhook (`POST /webhooks/{provider}`)."""
+
+    provider: str
+
+    def receive(self, body: bytes, headers: Mapping[str, str]) -> list[ProviderEvent]:
+        """The raw body exactly as received and the request headers → the events, or WebhookRefused."""
+        ...

@@ -1,0 +1,428 @@
+"""Bulk readers and writers: the CSV import's batched upsert (raw driver statements on SQLite and
+PostgreSQL, written to match SQLAlchemy Core's output exactly) and the export's pages.
+
+Longer than ~400 lines because the import's writers and the export's pages use the same per-dialect
+raw-driver idiom (SQLite `executemany`, PostgreSQL COPY and cursor pages) with one reference path on
+SQLAlchemy Core each; splitting them would separate each fast path from the helpers it shares."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Iterator, NamedTuple, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .schema import (SUPPRESSED_STATUSES, TOMBSTONE_PREFIX, list_members, subscriber_events, subscribers)
+from .common import _NOT_TOMBSTONE, as_utc
+
+
+_PLAIN_JSON_KEY = re.compile(r"[A-Za-z0-9_. -]+")
+
+
+def _export_iso(value: datetime | None) -> str:
+    value = as_utc(value)
+    return value.isoformat(timespec="seconds") if value else ""
+
+
+def _attribute_cell(value: object) -> str:
+    """An attribute's export cell: "" when unset, a string as it is, anything else as JSON."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _export_pages_core(store: "BulkQueries", attribute_names: Sequence[str], status: str | None,
+                       batch: int) -> Iterator[list[tuple]]:
+    """`Store.export_pages` on any engine, through SQLAlchemy Core rows: the reference."""
+    for page in store.subscriber_pages(status, batch):
+        yield [(row.email_given, row.name, row.language, row.status, row.source, _export_iso(row.created_at),
+                _export_iso(row.confirmed_at), _export_iso(row.unsubscribed_at), " ".join(lists),
+                *(_attribute_cell((row.attributes or {}).get(name)) for name in attribute_names))
+               for row, lists in page]
+
+
+# ----- bulk writers of the import (see Store.insert_imported) ----------------------------------------
+IMPORT_ROW_FIELDS = ("line", "key", "given", "name", "language", "attributes_json", "lists", "digest", "status",
+                     "created_at", "status_at")
+
+
+(IMPORT_LINE, IMPORT_KEY, IMPORT_GIVEN, IMPORT_NAME, IMPORT_LANGUAGE, IMPORT_ATTRIBUTES, IMPORT_LISTS, IMPORT_DIGEST,
+ IMPORT_STATUS, IMPORT_CREATED_AT, IMPORT_STATUS_AT) = range(len(IMPORT_ROW_FIELDS))
+
+
+class ImportExisting(NamedTuple):
+    id: int
+    status: str
+    import_digest: str | None
+
+
+# For the import's connection on SQLite (Store.import_connection).
+_SQLITE_IMPORT_PRAGMAS = (("cache_size", -8192), ("wal_autocheckpoint", 10000))
+
+
+# SQLite before 3.32 allows 999 parameters a statement, later versions 32,766.
+_SQLITE_MAX_PARAMS = 30_000 if sqlite3.sqlite_version_info >= (3, 32) else 999
+
+
+def _sqlite_in(conn: Connection, columns: str, emails: list[str]) -> list[tuple]:
+    """`SELECT columns FROM subscribers WHERE email IN (emails)` on the raw connection."""
+    dbapi = conn.connection.driver_connection
+    found: list[tuple] = []
+    for start in range(0, len(emails), _SQLITE_MAX_PARAMS):
+        part = emails[start:start + _SQLITE_MAX_PARAMS]
+        marks = ",".join("?" * len(part))
+        found.extend(dbapi.execute(f"SELECT {columns} FROM {subscribers.name} WHERE email IN ({marks})", part))
+    return found
+
+
+def _imported_status(row: tuple) -> str:
+    return row[IMPORT_STATUS] or "active"
+
+
+def _insert_imported_core(conn: Connection, rows: list[tuple], source: str, reason: str, now: datetime) -> None:
+    """The reference writer (any engine): SQLAlchemy Core, values through the column types."""
+    values = []
+    for row in rows:
+        status, status_at = _imported_status(row), row[IMPORT_STATUS_AT] or now
+        values.append({
+            "email": row[IMPORT_KEY], "email_given": row[IMPORT_GIVEN], "name": row[IMPORT_NAME],
+            "language": row[IMPORT_LANGUAGE], "status": status, "source": source,
+            "attributes": json.loads(row[IMPORT_ATTRIBUTES]), "import_digest": row[IMPORT_DIGEST],
+            "created_at": row[IMPORT_CREATED_AT] or now, "updated_at": now,
+            "confirmed_at": status_at if status == "active" else None,
+            "unsubscribed_at": status_at if status in SUPPRESSED_STATUSES else None,
+        })
+    ids = conn.execute(subscribers.insert().returning(subscribers.c.id, sort_by_parameter_order=True),
+                       values).scalars().all()
+    conn.execute(subscriber_events.insert(), [{
+        "subscriber_id": sid, "at": now, "kind": "created", "old_status": None, "new_status": _imported_status(row),
+        "source": source, "reason": f"{reason} line {row[IMPORT_LINE]}",
+    } for sid, row in zip(ids, rows)])
+    memberships = [{"list_name": name, "subscriber_id": sid} for sid, row in zip(ids, rows) for name in row[IMPORT_LISTS]]
+    if memberships:
+        conn.execute(list_members.insert(), memberships)
+
+
+def _insert_imported_sqlite(conn: Connection, rows: list[tuple], source: str, reason: str, now: datetime) -> None:
+    """`_insert_imported_core` in two or three `executemany` calls sharing one small tuple a row.
+
+    Ids are assigned here (max + 1 …): the batch runs in a BEGIN IMMEDIATE transaction, so no other
+    writer can take them meanwhile. What is the same for every row (source, timestamps) is a literal
+    in the statement, written exactly as SQLAlchemy's bind processors would have.
+    """
+    dialect = conn.dialect
+    stamp = _bind_processor(subscribers.c.created_at, dialect)
+    now_sql = _sql_literal(stamp(now))
+    at_sql = _sql_literal(_bind_processor(subscriber_events.c.at, dialect)(now))
+    source_sql, reason_sql = _sql_literal(source), _sql_literal(reason + " line ")
+    suppressed_sql = ", ".join(_sql_literal(s) for s in SUPPRESSED_STATUSES)
+    dbapi = conn.connection.driver_connection
+    first = dbapi.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {subscribers.name}").fetchone()[0]
+    # ?1 id, ?2 key, ?3 given, ?4 name, ?5 language, ?6 status, ?7 attributes, ?8 digest, ?9 created_at,
+    # ?10 line, ?11 status_at
+    # generators, not lists: the driver binds one row at a time (no second copy of the batch in memory)
+    params = ((sid, row[IMPORT_KEY], row[IMPORT_GIVEN], row[IMPORT_NAME], row[IMPORT_LANGUAGE], _imported_status(row),
+               row[IMPORT_ATTRIBUTES], row[IMPORT_DIGEST],
+               None if row[IMPORT_CREATED_AT] is None else stamp(row[IMPORT_CREATED_AT]), row[IMPORT_LINE],
+               None if row[IMPORT_STATUS_AT] is None else stamp(row[IMPORT_STATUS_AT]))
+              for sid, row in enumerate(rows, first))
+    dbapi.executemany(
+        f"INSERT INTO {subscribers.name} (id, email, email_given, name, language, status, source, attributes, "
+        f"import_digest, created_at, updated_at, confirmed_at, unsubscribed_at) "
+        f"VALUES (?1, ?2, ?3, ?4, ?5, ?6, {source_sql}, ?7, ?8, coalesce(?9, {now_sql}), {now_sql}, "
+        f"CASE WHEN ?6 = 'active' THEN coalesce(?11, {now_sql}) END, "
+        f"CASE WHEN ?6 IN ({suppressed_sql}) THEN coalesce(?11, {now_sql}) END)", params)
+    dbapi.executemany(
+        f"INSERT INTO {subscriber_events.name} (subscriber_id, at, kind, old_status, new_status, source, reason) "
+        f"VALUES (?, {at_sql}, 'created', NULL, ?, {source_sql}, {reason_sql} || ?)",
+        ((sid, _imported_status(row), row[IMPORT_LINE]) for sid, row in enumerate(rows, first)))
+    memberships = [(name, sid) for sid, row in enumerate(rows, first) if row[IMPORT_LISTS] for name in row[IMPORT_LISTS]]
+    if memberships:
+        dbapi.executemany(f"INSERT INTO {list_members.name} (list_name, subscriber_id) VALUES (?, ?)", memberships)
+
+
+def _insert_imported_postgresql(conn: Connection, rows: list[tuple], source: str, reason: str, now: datetime) -> None:
+    """`_insert_imported_core` with COPY: ids drawn from the table's own sequence, rows streamed."""
+    cursor = conn.connection.driver_connection.cursor()
+    cursor.execute(f"SELECT nextval(pg_get_serial_sequence('{subscribers.name}', 'id')) "
+                   f"FROM generate_series(1, %s)", (len(rows),))
+    ids = sorted(sid for sid, in cursor.fetchall())
+    statuses = [_imported_status(row) for row in rows]
+    suppressed = SUPPRESSED_STATUSES
+    with cursor.copy(f"COPY {subscribers.name} (id, email, email_given, name, language, status, source, attributes, "
+                     f"import_digest, created_at, updated_at, confirmed_at, unsubscribed_at) FROM STDIN") as copy:
+        for sid, row, status in zip(ids, rows, statuses):
+            status_at = row[IMPORT_STATUS_AT] or now
+            copy.write_row((sid, row[IMPORT_KEY], row[IMPORT_GIVEN], row[IMPORT_NAME], row[IMPORT_LANGUAGE], status,
+                            source, row[IMPORT_ATTRIBUTES], row[IMPORT_DIGEST], row[IMPORT_CREATED_AT] or now, now,
+                            status_at if status == "active" else None, status_at if status in suppressed else None))
+    with cursor.copy(f"COPY {subscriber_events.name} (subscriber_id, at, kind, old_status, new_status, source, reason) "
+                     f"FROM STDIN") as copy:
+        for sid, row, status in zip(ids, rows, statuses):
+            copy.write_row((sid, now, "created", None, status, source, f"{reason} line {row[IMPORT_LINE]}"))
+    memberships = [(name, sid) for sid, row in zip(ids, rows) if row[IMPORT_LISTS] for name in row[IMPORT_LISTS]]
+    if memberships:
+        with cursor.copy(f"COPY {list_members.name} (list_name, subscriber_id) FROM STDIN") as copy:
+            for membership in memberships:
+                copy.write_row(membership)
+    cursor.close()
+
+
+def _sql_literal(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("NUL in an SQL literal")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _bind_processor(column: sa.Column, dialect: sa.Dialect):
+    processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return processor or (lambda value: value)
+
+
+class BulkQueries:
+    """The import's and export's queries (mixed into `Store`)."""
+
+    is_sqlite: bool
+
+    @contextmanager
+    def import_connection(self) -> Iterator[Connection]:
+        """One connection for a whole import; each batch is its own transaction on it. On SQLite a
+        bigger page cache (the email index is written at random) and fewer, larger checkpoints while
+        it lasts, restored afterwards (the connection goes back to the pool)."""
+        with self.engine.connect() as conn:
+            saved: list[tuple[str, object]] = []
+            if conn.dialect.name == "sqlite":
+                dbapi = conn.connection.driver_connection  # raw: reading a PRAGMA must not open a transaction
+                for name, value in _SQLITE_IMPORT_PRAGMAS:
+                    saved.append((name, dbapi.execute(f"PRAGMA {name}").fetchone()[0]))
+                    dbapi.execute(f"PRAGMA {name} = {int(value)}")
+            try:
+                yield conn
+            finally:
+                if saved and not conn.invalidated:
+                    dbapi = conn.connection.driver_connection
+                    for name, value in saved:
+                        dbapi.execute(f"PRAGMA {name} = {int(value)}")
+
+    @staticmethod
+    def import_fast_path(conn: Connection, source: str) -> str | None:
+        """"sqlite" or "postgresql" where raw driver statements replace SQLAlchemy Core for the bulk
+        of an import (its per-row, per-value processing was most of the cost), else None.
+
+        They write exactly what Core would: timestamps through the same bind processors (SQLite) or
+        the same datetime objects (PostgreSQL), JSON as json.dumps writes it — which is what Core does
+        with the default serializer, so only with that one.
+        """
+        dialect = conn.dialect
+        if getattr(dialect, "_json_serializer", None) is not None:
+            return None
+        if dialect.name == "sqlite" and "\0" not in source:
+            return "sqlite"
+        if dialect.name == "postgresql" and dialect.driver == "psycopg":
+            return "postgresql"
+        return None
+
+    def existing_for_import(self, conn: Connection, keys: list[str], fast: str | None) -> dict[str, "ImportExisting"]:
+        """The subscribers among these address keys: key → (id, status, import_digest)."""
+        if fast == "sqlite":
+            found = _sqlite_in(conn, "email, id, status, import_digest", keys)
+        elif fast == "postgresql":  # one array parameter, not thousands of placeholders for the driver to parse
+            found = conn.connection.driver_connection.execute(
+                f"SELECT email, id, status, import_digest FROM {subscribers.name} WHERE email = ANY(%s)", (keys,))
+        else:
+            found = conn.execute(sa.select(subscribers.c.email, subscribers.c.id, subscribers.c.status,
+                                           subscribers.c.import_digest).where(subscribers.c.email.in_(keys)))
+        return {email: ImportExisting(sid, status, digest) for email, sid, status, digest in found}
+
+    def any_erased(self, conn: Connection) -> bool:
+        """Whether anyone was ever erased (one index probe: most lists never had a tombstone)."""
+        if conn.dialect.name == "sqlite":  # a range is an index probe; LIKE is not (case-insensitive by default)
+            after = TOMBSTONE_PREFIX[:-1] + chr(ord(TOMBSTONE_PREFIX[-1]) + 1)
+            erased = sa.and_(subscribers.c.email >= TOMBSTONE_PREFIX, subscribers.c.email < after)
+        else:
+            erased = subscribers.c.email.startswith(TOMBSTONE_PREFIX)
+        return conn.execute(sa.select(sa.literal(1)).where(erased).limit(1)).first() is not None
+
+    def tombstones_among(self, conn: Connection, tombstones: list[str], fast: str | None) -> set[str]:
+        """Which of these tombstone keys are in the table."""
+        if fast == "sqlite":
+            found = _sqlite_in(conn, "email", tombstones)
+        elif fast == "postgresql":
+            found = conn.connection.driver_connection.execute(
+                f"SELECT email FROM {subscribers.name} WHERE email = ANY(%s)", (tombstones,))
+        else:
+            found = conn.execute(sa.select(subscribers.c.email).where(subscribers.c.email.in_(tombstones)))
+        return {email for email, in found}
+
+    def insert_imported(self, conn: Connection, rows: list[tuple], *, source: str, reason: str, now: datetime,
+                        fast: str | None) -> None:
+        """Insert new subscribers (IMPORT_ROW_FIELDS tuples), one `created` event each (reason
+        "<reason> line N") and their list memberships. `status_at`, when given, dates the status
+        (confirmed_at of an active person, unsubscribed_at of a suppressed one); else `now`."""
+        writer = {"sqlite": _insert_imported_sqlite, "postgresql": _insert_imported_postgresql}.get(
+            fast, _insert_imported_core)
+        writer(conn, rows, source, reason, now)
+
+    def profiles_of(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[str, str, dict]]:
+        """id → (name, language, attributes) of these subscribers."""
+        return {sid: (name, language, attributes or {}) for sid, name, language, attributes in conn.execute(
+            sa.select(subscribers.c.id, subscribers.c.name, subscribers.c.language, subscribers.c.attributes)
+            .where(subscribers.c.id.in_(list(ids))))}
+
+    def update_imported(self, conn: Connection, updates: Sequence[dict], *, source: str, now: datetime) -> None:
+        """Rewrite changed people (rare next to inserts and unchanged rows: SQLAlchemy Core on every
+        engine). Each dict: id, given, name, language, attributes (the whole new dict), digest, lists."""
+        conn.execute(subscribers.update().where(subscribers.c.id == sa.bindparam("b_id")).values(
+            email_given=sa.bindparam("b_given"), name=sa.bindparam("b_name"), language=sa.bindparam("b_language"),
+            attributes=sa.bindparam("b_attributes"), import_digest=sa.bindparam("b_digest"), updated_at=now), [{
+                "b_id": u["id"], "b_given": u["given"], "b_name": u["name"], "b_language": u["language"],
+                "b_attributes": u["attributes"], "b_digest": u["digest"]} for u in updates])
+        for update in updates:
+            self.add_list_memberships(conn, update["id"], update["lists"])
+        conn.execute(subscriber_events.insert(), [{
+            "subscriber_id": u["id"], "at": now, "kind": "updated", "source": source, "reason": "import",
+        } for u in updates])
+
+    @staticmethod
+    def add_list_memberships(conn: Connection, subscriber_id: int, lists: Sequence[str]) -> None:
+        """Add a person to these named lists (those they are not in yet)."""
+        if not lists:
+            return
+        have = set(conn.execute(sa.select(list_members.c.list_name)
+                                .where(list_members.c.subscriber_id == subscriber_id)).scalars())
+        new = [{"list_name": name, "subscriber_id": subscriber_id} for name in lists if name not in have]
+        if new:
+            conn.execute(list_members.insert(), new)
+
+    def subscriber_pages(self, status: str | None = None, batch: int = 5000) -> Iterator[list[tuple[sa.Row, list[str]]]]:
+        """Every subscriber (tombstones excluded) in id order with their sorted list names, in keyset
+        pages of `batch` fetched each on a short connection: flat memory, no long read transaction."""
+        last_id = 0
+        while True:
+            query = (sa.select(subscribers).where(subscribers.c.id > last_id, _NOT_TOMBSTONE)
+                     .order_by(subscribers.c.id).limit(batch))
+            if status:
+                query = query.where(subscribers.c.status == status)
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+                members: dict[int, list[str]] = {}
+                if rows:
+                    for sid, list_name in conn.execute(
+                            sa.select(list_members.c.subscriber_id, list_members.c.list_name)
+                            .where(list_members.c.subscriber_id.between(rows[0].id, rows[-1].id))):
+                        members.setdefault(sid, []).append(list_name)
+            if not rows:
+                return
+            yield [(row, sorted(members.get(row.id, ()))) for row in rows]
+            last_id = rows[-1].id
+
+    def export_pages(self, attribute_names: Sequence[str], status: str | None = None,
+                     batch: int = 5000) -> Iterator[list[tuple]]:
+        """The cells `export` writes, in id order (tombstones excluded), as keyset pages of up to
+        `batch` tuples `(email_given, name, language, status, source, created_at, confirmed_at,
+        unsubscribed_at, lists, *attributes)`: timestamps as ISO 8601 UTC text to the second
+        (`2026-11-26T07:00:00+00:00`, "" when unset), `lists` the list names sorted by code point and
+        joined by spaces, then the value of each of `attribute_names` ("" when unset; a string as it
+        is, anything else as JSON with `json.dumps(value, ensure_ascii=False)`).
+
+        Each page is one query on a short connection (flat memory, no long read transaction). On
+        SQLite and PostgreSQL the driver's own cursor runs it and the database formats the cells
+        (timestamps, string attributes): no row objects, no datetime or JSON object per row; rows
+        holding a non-string attribute are completed in Python. Other engines (and attribute names
+        SQLite's JSON paths cannot quote) go through `subscriber_pages`, the reference.
+        """
+        dialect = self.engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            yield from _export_pages_core(self, attribute_names, status, batch)
+            return
+        # Each attribute cell is the value when it is a string, "" when absent or null, else NULL:
+        # such rows are completed from the JSON in Python (below).
+        if dialect == "sqlite":
+            stamp = "coalesce(strftime('%Y-%m-%dT%H:%M:%S+00:00', {0}), '')"
+            mark, prefix_sql = "?", f"substr(email, 1, {len(TOMBSTONE_PREFIX)})"
+            attribute_sql = ("CASE coalesce(json_type(attributes, ?), 'null') WHEN 'text' THEN "
+                             "json_extract(attributes, ?) WHEN 'null' THEN '' END")
+            # SQLite 3.40 matches a path's key against the key's JSON text as stored, escapes and all
+            # (json.dumps writes "é" as "\u00e9"): only plain names are looked up in SQL.
+            plain = [_PLAIN_JSON_KEY.fullmatch(name) is not None for name in attribute_names]
+            attribute_params = [part for name, ok in zip(attribute_names, plain) if ok for part in (f'$."{name}"',) * 2]
+            attribute_cells = [attribute_sql if ok else "NULL" for ok in plain]
+        else:
+            stamp = "coalesce(to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"'), '')"
+            mark, prefix_sql = "%s", f"left(email, {len(TOMBSTONE_PREFIX)})"
+            attribute_cells = [("CASE coalesce(json_typeof(attributes -> %s), 'null') WHEN 'string' THEN "
+                                "attributes ->> %s WHEN 'null' THEN '' END")] * len(attribute_names)
+            attribute_params = [part for name in attribute_names for part in (name,) * 2]
+        query = (f"SELECT id, email_given, name, language, status, source, "
+                 f"{', '.join(stamp.format(column) for column in ('created_at', 'confirmed_at', 'unsubscribed_at'))}, "
+                 f"''{''.join(', ' + cell for cell in attribute_cells)} "
+                 f"FROM {subscribers.name} WHERE id > {mark} AND {prefix_sql} <> {mark}"
+                 + (f" AND status = {mark}" if status else "") + f" ORDER BY id LIMIT {int(batch)}")
+        members_query = (f"SELECT subscriber_id, list_name FROM {list_members.name} "
+                         f"WHERE subscriber_id BETWEEN {mark} AND {mark}")
+        attributes_query = (f"SELECT id, {'attributes' if dialect == 'sqlite' else 'attributes::text'} "
+                            f"FROM {subscribers.name} WHERE id BETWEEN {mark} AND {mark}")
+        last_id = 0
+        while True:
+            with self.engine.connect() as conn:
+                cursor = conn.connection.driver_connection.cursor()
+                try:
+                    cursor.execute(query, (*attribute_params, last_id, TOMBSTONE_PREFIX, *((status,) if status else ())))
+                    rows = cursor.fetchall()
+                    lists: dict[int, list[str]] = {}
+                    completed: dict[int, dict] = {}
+                    if rows:
+                        first, last = rows[0][0], rows[-1][0]
+                        cursor.execute(members_query, (first, last))
+                        for sid, list_name in cursor.fetchall():
+                            lists.setdefault(sid, []).append(list_name)
+                        if attribute_names and any(None in row for row in rows):
+                            cursor.execute(attributes_query, (first, last))
+                            completed = {sid: json.loads(text) for sid, text in cursor.fetchall()}
+                finally:
+                    cursor.close()
+                if dialect == "postgresql":
+                    conn.rollback()  # the page's read transaction ends here
+            if not rows:
+                return
+            last_id = rows[-1][0]
+            if lists or completed:
+                for index, row in enumerate(rows):
+                    sid = row[0]
+                    if sid in lists or None in row:
+                        row = list(row)
+                        row[9] = " ".join(sorted(lists.get(sid, ())))
+                        for position, name in enumerate(attribute_names, 10):
+                            if row[position] is None:
+                                row[position] = _attribute_cell(completed[sid].get(name))
+                        rows[index] = tuple(row)
+            yield [row[1:] for row in rows]
+            del rows
+
+    def attribute_names(self, status: str | None = None) -> list[str]:
+        """Every attribute name in use (tombstones excluded), sorted: one query where the database can
+        list JSON keys (SQLite's json_each, PostgreSQL's json_object_keys), else a scan."""
+        dialect = self.engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            names: set[str] = set()
+            for page in self.subscriber_pages(status):
+                for row, _ in page:
+                    names.update((row.attributes or {}).keys())
+            return sorted(names)
+        if dialect == "sqlite":
+            keys = sa.func.json_each(subscribers.c.attributes).table_valued("key")
+            query = (sa.select(keys.c.key).select_from(subscribers).join(keys, sa.true())
+                     .where(sa.func.json_type(subscribers.c.attributes) == "object"))
+        else:
+            query = (sa.select(sa.func.json_object_keys(subscribers.c.attributes))
+                     .where(sa.func.json_typeof(subscribers.c.attributes) == "object"))
+        query = query.where(_NOT_TOMBSTONE).distinct()
+        if status:
+            query = query.where(subscribers.c.status == status)
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(query).scalars())

@@ -1,0 +1,413 @@
+"""The delivery ledger: issues, their frozen editions (content) and recipient set, claims, results, the shared send
+rate, public pages.
+
+Longer than ~400 lines because the claim and its guard (`current_edition_id`: no claim interleaves
+with a `--rebuild`) and the freeze that stores recipients and edition together share one lock
+discipline on the issue's row, which reads best in one place."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from ..errors import NotFound
+from .schema import deliveries, editions, issues, list_members, provider_events, subscribers
+from .common import _chunks, as_utc, utcnow
+
+
+# An issue has a public page once sent (or partly sent) and given a web edition.
+_SENT_WITH_WEB_EDITION = sa.and_(issues.c.web_html.is_not(None), sa.or_(
+    issues.c.status == "sent",
+    sa.exists().where(deliveries.c.issue_id == issues.c.id, deliveries.c.status == "sent")))
+
+
+# once per claim (Store.current_edition_id): built once
+_ISSUE_SHARE_LOCK = sa.select(issues.c.id).where(issues.c.id == sa.bindparam("p_issue")).with_for_update(read=True)
+_CURRENT_EDITION_ID = sa.select(sa.func.max(editions.c.id)).where(editions.c.issue_id == sa.bindparam("p_issue"))
+
+_FINISH_ONE = deliveries.update().where(
+    deliveries.c.id == sa.bindparam("p_id"), deliveries.c.claimed_by == sa.bindparam("p_worker"),
+    deliveries.c.status == "sending").values(
+    status=sa.bindparam("p_status"), provider_message_id=sa.bindparam("p_provider_id"),
+    last_error=sa.bindparam("p_error"), sent_at=sa.bindparam("p_sent_at"), updated_at=sa.bindparam("p_now"),
+    attempts=deliveries.c.attempts + sa.bindparam("p_inc"))
+
+
+# a recipient's answer (sent, refused) is an attempt; a skip is not
+_ANSWERED = frozenset({"sent", "failed"})
+
+
+_SUPPRESSED_AMONG = (
+    sa.select(deliveries.c.id, subscribers.c.status)
+    .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+    .where(deliveries.c.id.in_(sa.bindparam("p_ids", expanding=True)),
+           deliveries.c.claimed_by == sa.bindparam("p_worker"), deliveries.c.status == "sending",
+           subscribers.c.status != "active"))
+
+
+class LedgerQueries:
+    """Queries of the send pipeline and the archive (mixed into `Store`)."""
+
+    is_sqlite: bool
+
+    # ----- issues' public pages ------------------------------------------------------------------
+    def published_issues(self, conn: Connection) -> list[sa.Row]:
+        """(id, slug, subject, issue_date, started_at, finished_at) of the issues the archive (and its
+        Atom feed) lists, newest first."""
+        return list(conn.execute(
+            sa.select(issues.c.id, issues.c.slug, issues.c.subject, issues.c.issue_date, issues.c.started_at,
+                      issues.c.finished_at)
+            .where(_SENT_WITH_WEB_EDITION, issues.c.public.is_(True))
+            .order_by(sa.func.coalesce(issues.c.issue_date, "").desc(), issues.c.id.desc())))
+
+    def web_html_by_id(self, conn: Connection, issue_ids: Sequence[int]) -> dict[int, str]:
+        """issue id -> its stored web edition (HTML), for the ids that have one."""
+        found: dict[int, str] = {}
+        for chunk in _chunks(list(issue_ids), 500):
+            rows = conn.execute(sa.select(issues.c.id, issues.c.web_html)
+                                .where(issues.c.id.in_(chunk), issues.c.web_html.is_not(None)))
+            found.update({row.id: row.web_html for row in rows})
+        return found
+
+    def web_edition(self, conn: Connection, slug: str) -> sa.Row | None:
+        """(web_html, public) of a sent issue, None for unknown or unsent ones."""
+        return conn.execute(sa.select(issues.c.web_html, issues.c.public)
+                            .where(issues.c.slug == slug, _SENT_WITH_WEB_EDITION)).first()
+
+    # ----- issues -----------------------------------------------------------------------------
+    def issue_row(self, conn: Connection, slug: str) -> sa.Row | None:
+        return conn.execute(sa.select(issues).where(issues.c.slug == slug)).first()
+
+    def _insert(self, table: sa.Table):
+        """INSERT with the dialect's ON CONFLICT support (both dialects have it)."""
+        return (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
+
+    def ensure_issue(self, conn: Connection, *, slug: str, subject: str, list_name: str | None,
+                     web_html: str | None, issue_date: str | None, public: bool = True) -> sa.Row:
+        """The issue's row, created as a draft if missing, and LOCKED for the rest of the transaction.
+
+        Two first sends racing: the INSERT of the second waits for the first's (ON CONFLICT DO NOTHING,
+        no duplicate-key error) and its `FOR UPDATE` waits for the first's commit, so the second sees
+        the first's freeze and joins it (SQLite's single writer serialises the same way). While a draft
+        the row is refreshed; `public` (whether the archive shows it) is a publication setting, not
+        content: it follows issue.toml at every send, even a resumed one."""
+        conn.execute(self._insert(issues).values(slug=slug, subject=subject, list_name=list_name, status="draft",
+                                                 web_html=web_html, issue_date=issue_date, public=public)
+                     .on_conflict_do_nothing(index_elements=[issues.c.slug]))
+        row = conn.execute(sa.select(issues).where(issues.c.slug == slug).with_for_update()).one()
+        if row.status == "draft":
+            conn.execute(issues.update().where(issues.c.id == row.id).values(
+                subject=subject, list_name=list_name, web_html=web_html, issue_date=issue_date, public=public))
+            row = self.issue_row(conn, slug)
+        elif row.public != public:
+            conn.execute(issues.update().where(issues.c.id == row.id).values(public=public))
+            row = self.issue_row(conn, slug)
+        return row  # type: ignore[return-value]
+
+    def lock_issue(self, conn: Connection, slug: str) -> sa.Row:
+        """The issue's existing row, LOCKED (FOR UPDATE) for the rest of the transaction; NotFound when
+        there is none."""
+        row = conn.execute(sa.select(issues).where(issues.c.slug == slug).with_for_update()).first()
+        if row is None:
+            raise NotFound(f"issue {slug!r}: no issue folder and no send of that name")
+        return row
+
+    def book_rate_slot(self, conn: Connection, issue_id: int, now: float, cost: float) -> float:
+        """Move the issue's rate schedule forward by `cost` seconds from max(schedule, now); returns
+        the end of the booked slot (epoch seconds). One atomic statement, whoever calls."""
+        current = sa.func.coalesce(issues.c.rate_next_at, now)
+        return conn.execute(
+            issues.update().where(issues.c.id == issue_id)
+            .values(rate_next_at=sa.case((current > now, current), else_=now) + cost)
+            .returning(issues.c.rate_next_at)).scalar_one()
+
+    def update_issue(self, conn: Connection, issue_id: int, **values: Any) -> None:
+        conn.execute(issues.update().where(issues.c.id == issue_id).values(**values))
+
+    # ----- the delivery ledger ----------------------------------------------------------------
+    def freeze_recipients(self, conn: Connection, issue_id: int, list_name: str | None) -> int:
+        """Write one queued delivery per active subscriber (of `list_name`) not yet in the ledger.
+
+        Called once when a send starts (the freeze) and again only with `--include-new`.
+        """
+        now = utcnow()
+        candidates = sa.select(
+            sa.literal(issue_id), subscribers.c.id, sa.literal("queued"), sa.literal(0), sa.literal(now), sa.literal(now),
+        ).where(subscribers.c.status == "active").where(~sa.exists().where(
+            (deliveries.c.issue_id == issue_id) & (deliveries.c.subscriber_id == subscribers.c.id)))
+        if list_name:
+            candidates = candidates.where(sa.exists().where(
+                (list_members.c.subscriber_id == subscribers.c.id) & (list_members.c.list_name == list_name)))
+        result = conn.execute(self._insert(deliveries).from_select(
+            ["issue_id", "subscriber_id", "status", "attempts", "created_at", "updated_at"], candidates)
+            .on_conflict_do_nothing(index_elements=[deliveries.c.issue_id, deliveries.c.subscriber_id])
+            .execution_options(preserve_rowcount=True))  # else -1 on PostgreSQL (SQLAlchemy 2: INSERT rowcount)
+        return max(result.rowcount, 0)
+
+    def audience(self, conn: Connection, list_name: str | None) -> dict[str, int]:
+        """Subscribers by status: of the named list, or everyone (what a freeze would draw from)."""
+        query = sa.select(subscribers.c.status, sa.func.count()).group_by(subscribers.c.status)
+        if list_name:
+            query = query.join(list_members, list_members.c.subscriber_id == subscribers.c.id).where(
+                list_members.c.list_name == list_name)
+        return {status: count for status, count in conn.execute(query)}
+
+    def list_names(self, conn: Connection) -> list[str]:
+        """Every named list with at least one member, sorted."""
+        return list(conn.execute(sa.select(list_members.c.list_name).distinct().order_by(list_members.c.list_name))
+                    .scalars())
+
+    def count_unfrozen(self, conn: Connection, issue_id: int | None, list_name: str | None) -> int:
+        """Active subscribers (of `list_name`) a freeze of `issue_id` would add now."""
+        query = sa.select(sa.func.count()).select_from(subscribers).where(subscribers.c.status == "active")
+        if issue_id is not None:
+            query = query.where(~sa.exists().where(
+                (deliveries.c.issue_id == issue_id) & (deliveries.c.subscriber_id == subscribers.c.id)))
+        if list_name:
+            query = query.where(sa.exists().where(
+                (list_members.c.subscriber_id == subscribers.c.id) & (list_members.c.list_name == list_name)))
+        return conn.execute(query).scalar_one()
+
+    def claim_deliveries(self, conn: Connection, issue_id: int, worker: str, limit: int) -> list[sa.Row]:
+        """Move up to `limit` queued rows to `sending` for `worker` and return them with their subscriber.
+
+        One statement: `FOR UPDATE SKIP LOCKED` on PostgreSQL lets many workers claim disjoint
+        batches; SQLite's single writer serialises it.
+        """
+        now = utcnow()
+        picked = (sa.select(deliveries.c.id)
+                  .where(deliveries.c.issue_id == issue_id, deliveries.c.status == "queued")
+                  .order_by(deliveries.c.id).limit(limit)
+                  .with_for_update(skip_locked=True))
+        claimed = conn.execute(
+            deliveries.update().where(deliveries.c.id.in_(picked.scalar_subquery()))
+            .values(status="sending", claimed_by=worker, claimed_at=now, updated_at=now)
+            .returning(deliveries.c.id)
+        ).scalars().all()
+        if not claimed:
+            return []
+        return list(conn.execute(
+            sa.select(deliveries.c.id.label("delivery_id"), deliveries.c.attempts, subscribers.c.id.label("subscriber_id"),
+                      subscribers.c.email_given, subscribers.c.name, subscribers.c.status.label("subscriber_status"),
+                      subscribers.c.attributes["first_name"].as_string().label("first_name"))
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+            .where(deliveries.c.id.in_(claimed)).order_by(deliveries.c.id)
+        ).all())
+
+    def finish_deliveries(self, conn: Connection, worker: str, rows: Sequence[dict]) -> None:
+        """Record outcomes in bulk: each dict has id, status and optional provider_message_id / last_error.
+        `sent` and `failed` count one attempt (the recipient's provider answered); `skipped` does not.
+
+        Rows sharing an outcome (a SendGrid request: all sent, one provider id) go in one
+        `UPDATE … WHERE id IN (…)`; the others (SMTP: a queue id each) through one prebuilt
+        statement, executed many. Only rows still claimed by `worker` change, so a batch that another
+        process took over after a stale claim can never be recorded twice.
+        """
+        if not rows:
+            return
+        now = utcnow()
+        groups: dict[tuple, list[int]] = {}
+        for row in rows:
+            key = (row["status"], row.get("provider_message_id"), row.get("last_error"))
+            groups.setdefault(key, []).append(row["id"])
+        singles = []
+        for (status, provider_id, error), ids in groups.items():
+            increment = 1 if status in _ANSWERED else 0
+            if len(ids) == 1:
+                singles.append({"p_id": ids[0], "p_status": status, "p_provider_id": provider_id, "p_error": error,
+                                "p_sent_at": now if status == "sent" else None, "p_now": now, "p_worker": worker,
+                                "p_inc": increment})
+                continue
+            for start in range(0, len(ids), 1000):
+                conn.execute(
+                    deliveries.update()
+                    .where(deliveries.c.id.in_(ids[start:start + 1000]), deliveries.c.claimed_by == worker,
+                           deliveries.c.status == "sending")
+                    .values(status=status, provider_message_id=provider_id, last_error=error,
+                            sent_at=now if status == "sent" else None, updated_at=now,
+                            attempts=deliveries.c.attempts + increment))
+        if singles:
+            conn.execute(_FINISH_ONE, singles)
+
+    def requeue(self, conn: Connection, issue_id: int, *, statuses: Sequence[str], claimed_by: Sequence[str] | None = None,
+                claimed_before: datetime | None = None) -> int:
+        """Put rows back in the queue (a stopped or crashed worker's `sending` rows, or `failed` ones on
+        --retry-failed). Attempts are untouched: they count the recipients' answers only."""
+        query = deliveries.update().where(deliveries.c.issue_id == issue_id, deliveries.c.status.in_(statuses))
+        if claimed_by is not None:
+            query = query.where(deliveries.c.claimed_by.in_(claimed_by))
+        if claimed_before is not None:
+            query = query.where(deliveries.c.claimed_at < claimed_before)
+        result = conn.execute(query.values(status="queued", claimed_by=None, claimed_at=None, updated_at=utcnow()))
+        return result.rowcount or 0
+
+    def requeue_ids(self, conn: Connection, worker: str, rows: Sequence[tuple[int, str | None]], *,
+                    count_attempt: bool = True) -> None:
+        """Give specific claimed rows back to the queue, keeping the reason: after a transient refusal of
+        the recipient (`count_attempt`), or when the path failed before they were tried (not counted)."""
+        if not rows:
+            return
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id == sa.bindparam("b_id"), deliveries.c.claimed_by == worker,
+                   deliveries.c.status == "sending")
+            .values(status="queued", claimed_by=None, claimed_at=None, last_error=sa.bindparam("b_error"),
+                    updated_at=utcnow(), attempts=deliveries.c.attempts + (1 if count_attempt else 0)),
+            [{"b_id": delivery_id, "b_error": (error or "")[:2000]} for delivery_id, error in rows])
+
+    def suppressed_among(self, conn: Connection, worker: str, delivery_ids: Sequence[int]) -> dict[int, str]:
+        """{delivery id: subscriber status} for those of `worker`'s claimed rows whose subscriber is no
+        longer active (unsubscribed, bounced or complained a moment ago). One indexed read, prebuilt:
+        dispatch runs it right before messages leave; `finish_deliveries` then records them `skipped`."""
+        if not delivery_ids:
+            return {}
+        return dict(conn.execute(_SUPPRESSED_AMONG, {"p_ids": list(delivery_ids), "p_worker": worker}).all())
+
+    def renew_claims(self, conn: Connection, worker: str) -> int:
+        """The worker's heartbeat: its `sending` rows get a fresh `claimed_at`, so no lease expires under it."""
+        return conn.execute(deliveries.update().where(deliveries.c.claimed_by == worker,
+                                                      deliveries.c.status == "sending")
+                            .values(claimed_at=utcnow())).rowcount or 0
+
+    def reset_attempts(self, conn: Connection, issue_id: int) -> None:
+        conn.execute(deliveries.update().where(deliveries.c.issue_id == issue_id, deliveries.c.status == "queued")
+                     .values(attempts=0))
+
+    def max_subscriber_id(self, conn: Connection) -> int:
+        return conn.execute(sa.select(sa.func.coalesce(sa.func.max(subscribers.c.id), 0))).scalar_one()
+
+    def issues_with_queue(self, conn: Connection) -> list[tuple[str, int]]:
+        """(slug, id) of issues being sent that still have queued deliveries, oldest first."""
+        has_queue = sa.exists().where(deliveries.c.issue_id == issues.c.id, deliveries.c.status == "queued")
+        return [(slug, issue_id) for slug, issue_id in conn.execute(
+            sa.select(issues.c.slug, issues.c.id).where(issues.c.status == "sending", has_queue).order_by(issues.c.id))]
+
+    def delivery_counts(self, conn: Connection, issue_id: int) -> dict[str, int]:
+        counts = {status: 0 for status in ("queued", "sending", "sent", "failed", "skipped")}
+        for status, count in conn.execute(
+                sa.select(deliveries.c.status, sa.func.count()).where(deliveries.c.issue_id == issue_id)
+                .group_by(deliveries.c.status)):
+            counts[status] = count
+        return counts
+
+    def ledger_overview(self, conn: Connection) -> list[tuple[sa.Row, dict[str, int]]]:
+        """Every issue with a ledger, newest first (by its last activity: finished, else started, else
+        frozen; then the latest created), as (issues row, delivery counts by status like
+        `delivery_counts`). One grouped query, whatever the number of issues."""
+        statuses = ("queued", "sending", "sent", "failed", "skipped")
+        counted = (sa.select(deliveries.c.issue_id,
+                             *(sa.func.sum(sa.case((deliveries.c.status == status, 1), else_=0)).label(status)
+                               for status in statuses))
+                   .group_by(deliveries.c.issue_id).subquery())
+        last = sa.func.coalesce(issues.c.finished_at, issues.c.started_at, issues.c.frozen_at)
+        rows = conn.execute(
+            sa.select(issues, *(counted.c[status] for status in statuses))
+            .select_from(issues.outerjoin(counted, counted.c.issue_id == issues.c.id))
+            .order_by(last.is_(None), last.desc(), issues.c.id.desc())).all()
+        return [(row, {status: int(getattr(row, status) or 0) for status in statuses}) for row in rows]
+
+    def claimants(self, conn: Connection, issue_id: int) -> list[tuple[str, datetime]]:
+        """Workers holding `sending` rows of an issue, with their oldest claim."""
+        return [(worker, as_utc(claimed_at)) for worker, claimed_at in conn.execute(
+            sa.select(deliveries.c.claimed_by, sa.func.min(deliveries.c.claimed_at))
+            .where(deliveries.c.issue_id == issue_id, deliveries.c.status == "sending")
+            .group_by(deliveries.c.claimed_by))]
+
+    # ----- editions: the content a send delivers (see dispatch.prepare_send) -----------------------
+    def insert_edition(self, conn: Connection, issue_id: int, *, reason: str, values: dict[str, Any]) -> sa.Row:
+        """Store the issue's next edition (number = last + 1) and return its row. `values`: the
+        `editions` columns subject, html, text, greeting, headers, template, mailer_version,
+        content_hash. Call it holding the issue's row lock (`ensure_issue`): numbers never collide."""
+        number = conn.execute(sa.select(sa.func.coalesce(sa.func.max(editions.c.number), 0))
+                              .where(editions.c.issue_id == issue_id)).scalar_one() + 1
+        sent = conn.execute(sa.select(sa.func.count()).select_from(deliveries)
+                            .where(deliveries.c.issue_id == issue_id, deliveries.c.status == "sent")).scalar_one()
+        edition_id = conn.execute(editions.insert().values(
+            issue_id=issue_id, number=number, created_at=utcnow(), reason=reason, sent_before=sent, **values)
+            .returning(editions.c.id)).scalar_one()
+        return conn.execute(sa.select(editions).where(editions.c.id == edition_id)).one()
+
+    def current_edition(self, conn: Connection, issue_id: int) -> sa.Row | None:
+        """The issue's newest edition (the one every claim sends), None before the first freeze."""
+        return conn.execute(sa.select(editions).where(editions.c.issue_id == issue_id)
+                            .order_by(editions.c.number.desc()).limit(1)).first()
+
+    def current_edition_id(self, conn: Connection, issue_id: int) -> int | None:
+        """The newest edition's id, read under a shared lock on the issue's row (PostgreSQL `FOR SHARE`;
+        SQLite's single writer serialises the same way): a claim made in the same transaction can
+        never interleave with a `--rebuild`, which holds that row `FOR UPDATE`."""
+        if not self.is_sqlite:
+            conn.execute(_ISSUE_SHARE_LOCK, {"p_issue": issue_id})
+        return conn.execute(_CURRENT_EDITION_ID, {"p_issue": issue_id}).scalar()
+
+    def current_editions(self, conn: Connection, issue_ids: Sequence[int]) -> dict[int, sa.Row]:
+        """issue id -> (number, created_at, reason, content_hash, template, count) of its newest edition."""
+        newest = (sa.select(editions.c.issue_id, sa.func.max(editions.c.number).label("number"),
+                            sa.func.count().label("count"))
+                  .where(editions.c.issue_id.in_(sa.bindparam("p_ids", expanding=True)))
+                  .group_by(editions.c.issue_id).subquery())
+        query = (sa.select(editions.c.issue_id, editions.c.number, editions.c.created_at, editions.c.reason,
+                           editions.c.content_hash, editions.c.template, editions.c.subject, newest.c.count)
+                 .join(newest, (newest.c.issue_id == editions.c.issue_id) & (newest.c.number == editions.c.number)))
+        found: dict[int, sa.Row] = {}
+        for chunk in _chunks(sorted(set(issue_ids)), 500):
+            found.update((row.issue_id, row) for row in conn.execute(query, {"p_ids": list(chunk)}))
+        return found
+
+    # ----- deliverability per issue (providers/bounces, `mailer report`) -------------------------
+    def delivery_facts(self, conn: Connection, issue_id: int, subscriber_id: int) -> sa.Row | None:
+        """(delivery_id, delivery_status, sent_at, slug, email, status, confirmed_at) of one delivery
+        and its person, or None when that issue never had that subscriber in its ledger."""
+        return conn.execute(
+            sa.select(deliveries.c.id.label("delivery_id"), deliveries.c.status.label("delivery_status"),
+                      deliveries.c.sent_at, issues.c.slug, subscribers.c.email, subscribers.c.status,
+                      subscribers.c.confirmed_at)
+            .join(issues, issues.c.id == deliveries.c.issue_id)
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+            .where(deliveries.c.issue_id == issue_id, deliveries.c.subscriber_id == subscriber_id)).first()
+
+    def delivered_issues(self, conn: Connection, subscriber_id: int) -> list[sa.Row]:
+        """(issue_id, slug) of every issue handed over for a person (sent or failed), newest first."""
+        return list(conn.execute(
+            sa.select(deliveries.c.issue_id, issues.c.slug).join(issues, issues.c.id == deliveries.c.issue_id)
+            .where(deliveries.c.subscriber_id == subscriber_id, deliveries.c.status.in_(("sent", "failed")))
+            .order_by(deliveries.c.id.desc())))
+
+    def soft_bounced_sends(self, conn: Connection, subscriber_id: int, last: int) -> int:
+        """Of a person's `last` sends (deliveries sent, newest first), how many came back as a soft
+        bounce (a `soft_bounced` provider event for that issue and person)."""
+        recent = (sa.select(deliveries.c.issue_id)
+                  .where(deliveries.c.subscriber_id == subscriber_id, deliveries.c.status == "sent")
+                  .order_by(deliveries.c.sent_at.desc(), deliveries.c.id.desc()).limit(last).subquery())
+        return conn.execute(
+            sa.select(sa.func.count(sa.distinct(provider_events.c.issue_id)))
+            .where(provider_events.c.subscriber_id == subscriber_id, provider_events.c.kind == "soft_bounced",
+                   provider_events.c.issue_id.in_(sa.select(recent.c.issue_id)))).scalar_one()
+
+    def deliverability(self, conn: Connection, issue_id: int | None = None) -> list[sa.Row]:
+        """Per issue that has a ledger (oldest first; one issue with `issue_id`): (issue_id, slug, sent,
+        hard_bounces, soft_bounces, complaints): deliveries sent, and distinct people with a hard bounce
+        (`bounced`), a soft one (`soft_bounced`, SendGrid's `blocked`) or a complaint (`complained`)
+        reported for that issue by any provider (webhook or bounce mailbox)."""
+        sent = (sa.select(deliveries.c.issue_id, sa.func.count().label("sent"))
+                .where(deliveries.c.status == "sent").group_by(deliveries.c.issue_id).subquery())
+
+        def people(*kinds: str) -> sa.ScalarSelect:
+            return (sa.select(sa.func.count(sa.distinct(provider_events.c.subscriber_id)))
+                    .where(provider_events.c.issue_id == issues.c.id, provider_events.c.kind.in_(kinds),
+                           provider_events.c.subscriber_id.is_not(None)).scalar_subquery())
+
+        query = (sa.select(issues.c.id.label("issue_id"), issues.c.slug, sa.func.coalesce(sent.c.sent, 0).label("sent"),
+                           people("bounced").label("hard_bounces"),
+                           people("soft_bounced", "blocked").label("soft_bounces"),
+                           people("complained").label("complaints"))
+                 .select_from(issues.outerjoin(sent, sent.c.issue_id == issues.c.id))
+                 .where(sa.exists().where(deliveries.c.issue_id == issues.c.id))
+                 .order_by(issues.c.id))
+        if issue_id is not None:
+            query = query.where(issues.c.id == issue_id)
+        return list(conn.execute(query))
