@@ -25,9 +25,9 @@ demo: $(STAMP)
 	@echo "One .eml per subscriber:"; ls -1 outbox/$(DEMO_ISSUE)/*.eml
 	@echo "Preview it: $(BIN)/mailer preview $(DEMO_ISSUE)"
 
-## test: the whole suite (PostgreSQL variants need MAILER_TEST_DATABASE_URL; browser tests need /usr/bin/chromium)
+## test: the whole suite, spread over the machine's cores (PostgreSQL variants need MAILER_TEST_DATABASE_URL; browser tests need /usr/bin/chromium)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 ## test-fast: under 30 s: no browser, no slow test (wall-clock scheduler runs, whole-year DST sweeps, CLI tests
 ## over 2 s), spread over the machine's cores (pytest-xdist)
