@@ -92,7 +92,7 @@ from ..errors import InvalidAddress
 from ..providers import WebhookRefused, make_webhooks
 from ..sending.notices import Notifier
 from ..statuses import TOMBSTONE_PREFIX
-from ..store import Connection, IntegrityError, Row, Store, as_utc, open_store
+from ..store import Connection, IntegrityError, Row, Store, as_utc, open_store, utcnow
 from ..subscribers import feedback, signup
 from ..subscribers.service import clean_text
 from . import feed
