@@ -1,6 +1,7 @@
 """SendGrid backend benchmark: prints figures (not a timed test).
 
     .venv/bin/python bench/bench_sendgrid.py [--subscribers N] [--workers N] [--profile] [--keep DIR]
+                                             [--tracking 2000] [--track-clicks]
 
 A million active subscribers in a fresh SQLite database (bulk SQL insert, not timed as part of the
 send), then `mailer.dispatch.send_issue` end to end with the sendgrid backend — freeze, claim,
@@ -10,6 +11,9 @@ does not compete for this process's GIL). Prints recipients/s, requests/s, the t
 the peak RSS of this process. Targets: <= 30 s and <= 250 MB for 1,000,000 recipients.
 
 `--profile` runs the send under cProfile and prints where the time goes, grouped by module.
+`--tracking N` (default 2000) first prints the CPU per recipient of a personalization (its
+substitutions) with click tracking on next to tracking off (the floor; `tracking_cpu.py`);
+`--track-clicks` runs the send with MAILER_TRACK_CLICKS and MAILER_TRACK_OPENS on.
 """
 
 from __future__ import annotations
@@ -116,6 +120,10 @@ def peak_rss_mb() -> float:
 def make_project(root: Path) -> None:
     shutil.copytree(REPO / "templates", root / "templates")
     shutil.copytree(REPO / "issues" / ISSUE, root / "issues" / ISSUE)
+    # the shipped example is a draft (no scheduler sends it to a real list): sent as an editor would once ready
+    toml = root / "issues" / ISSUE / "issue.toml"
+    toml.write_text("".join(line for line in toml.read_text(encoding="utf-8").splitlines(keepends=True)
+                            if not line.startswith("draft")), encoding="utf-8")
 
 
 def bulk_subscribers(store, count: int) -> float:
@@ -189,7 +197,12 @@ def main() -> int:
     parser.add_argument("--worker-processes", type=int, default=0,
                         help="also run this many `mailer worker --once` processes beside the send (scale-out)")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    parser.add_argument("--tracking", type=int, default=2000,
+                        help="recipients for the click-tracking CPU figures (on vs off), 0 to skip (2000)")
+    parser.add_argument("--track-clicks", action="store_true", help="send with click and open tracking on")
     args = parser.parse_args()
+    if args.track_clicks:
+        ENV.update(MAILER_TRACK_CLICKS="1", MAILER_TRACK_OPENS="1")
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-sendgrid-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -202,6 +215,13 @@ def main() -> int:
         settings = load_settings(root, env={**ENV, "MAILER_SENDGRID_API_URL": url,
                                             "MAILER_DATABASE_URL": f"sqlite:///{db}"})
         store = open_store(settings.database_url)
+        if args.tracking:
+            from mailer.providers.sendgrid import SendGridBackend
+            from tracking_cpu import measure
+            backend = SendGridBackend.from_settings(settings)
+            measure(root, {**ENV, "MAILER_SENDGRID_API_URL": url, "MAILER_DATABASE_URL": f"sqlite:///{db}"},
+                    "SendGrid personalization", lambda factory, message: backend.personalization(factory, message, 1),
+                    args.tracking, setup=lambda factory: backend.static_part(factory, ISSUE))
         insert_seconds = bulk_subscribers(store, args.subscribers)
         print(f"{args.subscribers:,} subscribers inserted in {insert_seconds:.1f} s (bulk SQL, not part of the send)")
         print(f"python {sys.version.split()[0]}, sqlite {sa.__version__ and __import__('sqlite3').sqlite_version}, "

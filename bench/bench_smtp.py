@@ -28,9 +28,12 @@ own (see `apply_proposed_patches`); `--profile` prints a cProfile of (b) on the 
 
 Usage: .venv/bin/python bench/bench_smtp.py [--messages 10000] [--pools 1,4] [--mailmerge 1000]
        [--sinks aiosmtpd,bulk] [--repeat 3] [--ledger-step 0] [--patched] [--profile]
-       [--dkim rsa|ed25519] [--signing 2000]
+       [--dkim rsa|ed25519] [--signing 2000] [--tracking 2000] [--track-clicks]
 DKIM: `--signing N` (default 2000) first prints the signing CPU per message next to the unsigned build
 (the floor); `--dkim KIND` signs every message of (a) and (b), so b/a shows what signing costs a send.
+Click tracking: `--tracking N` (default 2000) prints the build CPU per recipient with tracking on (every
+link a per-recipient click token, the open pixel) next to tracking off (the floor; `tracking_cpu.py`);
+`--track-clicks` runs (b) with MAILER_TRACK_CLICKS and MAILER_TRACK_OPENS on.
 Targets: (b) ≥ 80 % of (a) on both sinks, (b) ≥ 20 × (c) on the bulk sink.
 """
 
@@ -501,6 +504,9 @@ def main() -> None:
                         help="sign every message of (a) and (b) with a fresh DKIM key of this type (none)")
     parser.add_argument("--signing", type=int, default=2000,
                         help="messages for the DKIM signing CPU figures, 0 to skip (2000)")
+    parser.add_argument("--tracking", type=int, default=2000,
+                        help="messages for the click-tracking CPU figures (on vs off), 0 to skip (2000)")
+    parser.add_argument("--track-clicks", action="store_true", help="run (b) with click and open tracking on")
     parser.add_argument("--patched", action="store_true",
                         help="apply the changes proposed to config.py/message.py/dispatch.py (in memory) first")
     args = parser.parse_args()
@@ -520,6 +526,15 @@ def main() -> None:
         template_db = workdir / "list.db"
         if args.signing:
             measure_signing(project, args.signing)
+        if args.tracking:
+            from tracking_cpu import measure
+            measure(project, {**ENV, "MAILER_DATABASE_URL": f"sqlite:///{project / 'unused.db'}"},
+                    "SMTP message (MessageFactory.build)",
+                    lambda factory, message: factory.build(message.recipient, message.message_id,
+                                                           "Thu, 26 Nov 2026 07:00:00 +0000"), args.tracking)
+        if args.track_clicks:
+            ENV.update(MAILER_TRACK_CLICKS="1", MAILER_TRACK_OPENS="1")
+            print("click tracking: every message of (b) tracked (links and open pixel)")
         if args.dkim != "none":
             from mailer.dkim_signing import generate_key
             key = generate_key(project / "dkim.pem", "bench", "example.org", args.dkim)

@@ -91,6 +91,8 @@ ENV_VARS: dict[str, str] = {
     "MAILER_DKIM_SELECTOR": "dkim_selector",
     "MAILER_DKIM_DOMAIN": "dkim_domain",
     "MAILER_DNS_NAMESERVER": "dns_nameserver",
+    "MAILER_TRACK_CLICKS": "track_clicks",
+    "MAILER_TRACK_OPENS": "track_opens",
 }
 ENV_NAMES: dict[str, str] = {attr: var for var, attr in ENV_VARS.items()}
 
@@ -140,6 +142,8 @@ class Settings:
     schedule_grace: int = 6 * 3600
     schedule_rescan: float = 30.0  # seconds between scans of the issue folders by `schedule run`
     allow_private_base_url: bool = False  # a deliberate intranet setup: real backends accept any base URL
+    track_clicks: bool = False  # links rewritten to BASE/c/TOKEN (an issue.toml `track_clicks` wins)
+    track_opens: bool = False  # an open pixel BASE/o/TOKEN in the HTML part (unreliable: Apple Mail Privacy Protection)
     bounce_address: str = ""  # VERP envelope sender bounces@domain (providers/bounces/verp.py)
     imap_password: str = ""
     bounce_mailbox: str = ""  # what `schedule run` polls: Maildir, mbox or imap:// URL

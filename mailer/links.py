@@ -24,6 +24,8 @@ ARCHIVE = "/archive"
 WEB_EDITION = "/issues/{slug}"
 FEED = "/feed.xml"
 WEBHOOK = "/webhooks/{provider}"
+CLICK = "/c/{token}"   # a tracked link (content/tracking.py)
+OPEN = "/o/{token}"    # the open pixel (MAILER_TRACK_OPENS)
 
 SAMPLE_TOKEN = "x" * 43  # as long as the longest real token: what size estimates use
 
@@ -32,9 +34,26 @@ def is_test_subscriber(subscriber_id: int) -> bool:
     return subscriber_id == TEST_SUBSCRIBER_ID
 
 
-def unsubscribe_url(base_url: str, key: bytes, subscriber_id: int) -> str:
-    """`BASE/u/TOKEN`: the unsubscribe page and RFC 8058 one-click target (List-Unsubscribe)."""
-    return base_url + UNSUBSCRIBE.format(token=tokens.make_token(key, "unsubscribe", subscriber_id))
+def unsubscribe_url(base_url: str, key: bytes, subscriber_id: int, issue_id: int | None = None) -> str:
+    """`BASE/u/TOKEN`: the unsubscribe page and RFC 8058 one-click target (List-Unsubscribe); with
+    `issue_id` the token names the issue it was sent with (`mailer report` attributes the unsubscribe)."""
+    return base_url + UNSUBSCRIBE.format(token=tokens.make_token(key, "unsubscribe", subscriber_id, issue_id))
+
+
+def unsubscribe_prefix(base_url: str) -> str:
+    """`BASE/u/`: what every unsubscribe URL starts with (links never click-tracked)."""
+    return base_url + UNSUBSCRIBE.format(token="")
+
+
+def click_prefix(base_url: str) -> str:
+    """`BASE/c/`: a tracked link is this plus its click token (`tokens.click_token`); the send's hot
+    path appends each recipient's tokens to it."""
+    return base_url + CLICK.format(token="")
+
+
+def open_prefix(base_url: str) -> str:
+    """`BASE/o/`: the open pixel's address is this plus its token (position 0)."""
+    return base_url + OPEN.format(token="")
 
 
 def sample_unsubscribe_url(base_url: str) -> str:

@@ -155,6 +155,66 @@ def status(issue_ref: str | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("issue_ref", metavar="[ISSUE]", required=False)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print exactly one JSON object (without ISSUE: one list of them, newest first).")
+@handle_errors
+def report(issue_ref: str | None, as_json: bool) -> None:
+    """After the send: recipients, sent, failed, bounced, complained, unsubscribed and clicks of ISSUE,
+    with the complaint rate against Gmail's and Yahoo's 0.3 % limit; without ISSUE, one line per sent
+    issue, newest first.
+
+    \b
+    --json prints {"issue", "recipients", "sent", "failed", "bounced", "complained", "unsubscribed",
+      "clicks": {"total", "unique", "links": [{"url", "total", "unique"}]}, "complaint_rate", …}
+      (clicks are zeros when click tracking was off; "opens" only with MAILER_TRACK_OPENS).
+    """
+    from ..sending.report import issue_report, percent, reports_overview
+    settings = _settings()
+    store = _store(settings)  # closed on exit
+    if issue_ref is None:
+        reports = reports_overview(store)
+        if as_json:
+            click.echo(json.dumps([item.as_json() for item in reports], ensure_ascii=False))
+            return
+        if not reports:
+            click.echo("no issue sent yet (no ledger)")
+            return
+        width = max(len(item.issue) for item in reports)
+        for item in reports:
+            clicks = (f"clicks {item.clicks_total} ({item.clicks_unique} unique)" if item.tracked
+                      else "clicks not tracked")
+            flag = "  over 0.3 %!" if item.over_limit else ""
+            click.echo(f"{item.issue:<{width}}  sent {item.sent}/{item.recipients}  failed {item.failed}  "
+                       f"bounced {item.bounced}  complained {item.complained} ({percent(item.complaint_rate)}){flag}  "
+                       f"unsubscribed {item.unsubscribed}  {clicks}")
+        return
+    item = issue_report(settings, store, issue_ref)
+    if as_json:
+        click.echo(json.dumps(item.as_json(), ensure_ascii=False))
+        return
+    click.echo(f"{item.issue}: {item.status} — {item.subject}")
+    for label, value in (("recipients", item.recipients), ("sent", item.sent), ("failed", item.failed),
+                         ("skipped", item.skipped), ("queued", item.queued), ("bounced", item.bounced),
+                         ("soft bounced", item.soft_bounced), ("complained", item.complained),
+                         ("unsubscribed", item.unsubscribed)):
+        click.echo(f"  {label:<13} {value}")
+    click.echo(f"  {'complaints':<13} {percent(item.complaint_rate)} of sent (limit 0.30 %)")
+    if item.opens is not None:
+        click.echo(f"  {'opens':<13} {item.opens['total']} ({item.opens['unique']} unique; Apple Mail Privacy "
+                   f"Protection opens every message, so this overcounts)")
+    if not item.tracked:
+        click.echo(f"  {'clicks':<13} not tracked (MAILER_TRACK_CLICKS or track_clicks = true in issue.toml)")
+    else:
+        click.echo(f"  {'clicks':<13} {item.clicks_total} ({item.clicks_unique} unique, {item.clickers} readers)")
+        for link in item.links:
+            click.echo(f"    {link['total']:>6} {link['unique']:>6}  {link['url']}")
+    warning = item.warning()
+    if warning:
+        click.echo(warning, err=True)
+
+
+@main.command()
 @click.option("--once", is_flag=True, help="Drain what is queued now, then exit.")
 @handle_errors
 def worker(once: bool) -> None:

@@ -12,6 +12,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "read_more": "Lire la suite",
         "why_received": "Vous recevez cette lettre parce que vous êtes abonné·e {a_name}.",
         "hello": "Bonjour {name},",
+        "links_tracked": "Les liens de cette lettre passent par notre serveur, qui compte les clics pour mesurer "
+                         "l'intérêt de chaque sujet (rien d'autre n'est enregistré).",
+        "links_opens_tracked": "Les liens de cette lettre passent par notre serveur, qui compte les clics ; une "
+                               "image invisible compte les ouvertures (rien d'autre n'est enregistré).",
         "in_this_issue": "Au sommaire",
         "archive": "Archives",
         "issue_of": "Lettre du {date}",
@@ -103,6 +107,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "read_more": "Read more",
         "why_received": "You are receiving this email because you subscribed to {name}.",
         "hello": "Hello {name},",
+        "links_tracked": "Links in this email go through our server, which counts clicks to learn which topics "
+                         "interest readers (nothing else is recorded).",
+        "links_opens_tracked": "Links in this email go through our server, which counts clicks; an invisible "
+                               "image counts opens (nothing else is recorded).",
         "in_this_issue": "In this issue",
         "archive": "Archive",
         "issue_of": "Issue of {date}",

@@ -17,7 +17,7 @@ from ..wallclock import localize  # the one rule for wall times a DST change ski
 from ..errors import DraftIssue, MailerError, NotFound, SourceError
 
 ISSUE_FILE = "issue.toml"
-ISSUE_KEYS = ("subject", "preheader", "date", "send_at", "template", "intro", "list", "archive", "greeting", "draft")
+ISSUE_KEYS = ("subject", "preheader", "date", "send_at", "template", "intro", "list", "archive", "greeting", "draft", "track_clicks")
 DEFAULT_TEMPLATE = "weekly"
 _TOML_LINE = re.compile(r"at line (\d+)")
 
@@ -37,6 +37,7 @@ class Issue:
     archive: bool | None = None  # issue.toml `archive`: True lists it, False hides it, None: the rule below
     greeting: bool | str = True  # issue.toml `greeting`: false, or a pattern like "Salut {name} !"
     draft: bool = False  # issue.toml `draft = true` (a fresh scaffold): never ready for the scheduler
+    track_clicks: bool | None = None  # issue.toml `track_clicks`: wins over MAILER_TRACK_CLICKS when set
 
     @property
     def public(self) -> bool:
@@ -115,6 +116,9 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
         raise SourceError(toml_path, "draft must be true or false (remove the line when the issue is ready)",
                           line_of("draft"))
 
+    if "track_clicks" in meta and not isinstance(meta["track_clicks"], bool):
+        raise SourceError(toml_path, f"track_clicks must be true or false, not {meta['track_clicks']!r}",
+                          line_of("track_clicks"))
     if "archive" in meta and not isinstance(meta["archive"], bool):
         raise SourceError(toml_path, f"archive must be true or false, not {meta['archive']!r}", line_of("archive"))
 
@@ -153,6 +157,7 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
         archive=meta.get("archive"),
         greeting=greeting,
         draft=meta.get("draft", False),
+        track_clicks=meta.get("track_clicks"),
     )
 
 

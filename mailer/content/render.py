@@ -39,7 +39,7 @@ SLOT_SUFFIX = "%%"
 # Slot names; the `.html` variants carry HTML-escaped values.
 TEXT_SLOTS = ("greeting", "email", "unsubscribe_url")
 HTML_SLOTS = tuple(f"{name}.html" for name in TEXT_SLOTS)
-_SLOT_RE = re.compile(re.escape(SLOT_PREFIX) + r"([a-z_.]+)" + re.escape(SLOT_SUFFIX))
+_SLOT_RE = re.compile(re.escape(SLOT_PREFIX) + r"([a-z0-9_.]+)" + re.escape(SLOT_SUFFIX))
 _HREF_RE = re.compile(r"""<a\b[^>]*\bhref="([^"]*)\"""", re.IGNORECASE)
 _IMG_RE = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
 _ALT_RE = re.compile(r"""\balt="([^"]*)\"""", re.IGNORECASE)
@@ -542,8 +542,16 @@ def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
         "feed_url": links.feed_url(settings.base_url),
         "postal_address": settings.postal_address,
         "why_received": strings["why_received"].format(name=settings.name),
+        # GDPR: readers are told when the links they follow are counted (tracking.py)
+        "tracking_note": (strings["links_opens_tracked" if settings.track_opens else "links_tracked"]
+                          if tracks_clicks(issue, settings) else ""),
         "slot": {name: slot_marker(name) for name in (*TEXT_SLOTS, *HTML_SLOTS)},
     }
+
+
+def tracks_clicks(issue: Issue, settings: Settings) -> bool:
+    """Click tracking for this issue: issue.toml `track_clicks` when set, else MAILER_TRACK_CLICKS."""
+    return settings.track_clicks if issue.track_clicks is None else issue.track_clicks
 
 
 def _text_context(issue: Issue, language: str) -> dict:

@@ -66,6 +66,8 @@ quiet_http_loggers()  # python_http_client logs the Authorization header and who
 
 DEFAULT_TIMEOUT = 30.0          # seconds per request, in total (connection, upload, answer): see deadline.py
 MAX_PERSONALIZATIONS = 1000     # per request (also the total of to + cc + bcc)
+TRACKING_OFF = {"click_tracking": {"enable": False, "enable_text": False}, "open_tracking": {"enable": False},
+                "subscription_tracking": {"enable": False}, "ganalytics": {"enable": False}}
 MAX_ARGS_BYTES = 10_000         # custom_args + substitutions, per personalization
 MAX_BAD_REQUEST_ROUNDS = 20     # follow-up requests after 400s naming recipients, per request
 # Headers SendGrid refuses in `headers` (case-insensitive).
@@ -306,6 +308,10 @@ class SendGridBackend(Backend):
                         {"type": "text/html", "value": factory.rendered.html.raw}],
             "headers": {"List-Id": list_id_header(settings, fold=False)},
             "categories": [category_for(slug)],
+            # SendGrid's own click and open tracking rewrites links and adds a pixel per its account
+            # settings: always off, tracking is ours (MAILER_TRACK_CLICKS/OPENS, content/tracking.py)
+            # and honours the choice. Docs: Mail Send v3, `tracking_settings`.
+            "tracking_settings": TRACKING_OFF,
         }
         reply_to = settings.reply_to_mailbox
         if reply_to:

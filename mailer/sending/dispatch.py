@@ -187,7 +187,7 @@ class Sender:
     def recipient_for(self, subscriber_id: int, email: str, name: str, delivery_id: int | None = None,
                       first_name: str | None = None) -> OutgoingMessage:
         return outgoing_message(self.key, self.base_url, self.slug, self.domain, subscriber_id, email, name,
-                                delivery_id, first_name)
+                                delivery_id, first_name, self.issue_id)
 
     # ----- the worker loop ------------------------------------------------------------------------
     def run_worker(self, name: str, batch_size: int) -> None:
@@ -460,7 +460,8 @@ class Sender:
             self.store.finish_deliveries(conn, worker, finished)
             self.store.requeue_ids(conn, worker, refused, count_attempt=True)
             for subscriber_id, reason in bounced:
-                self.store.set_status(conn, subscriber_id, "bounced", source="send", reason=reason[:500])
+                self.store.set_status(conn, subscriber_id, "bounced", source="send", reason=reason[:500],
+                                      issue_id=self.issue_id)
         for delivery_id, _ in refused:
             attempts[delivery_id] = attempts.get(delivery_id, 0) + 1
         self._count(failed=len(finished))

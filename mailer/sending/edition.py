@@ -10,7 +10,10 @@ changes nothing until the editor asks for a new edition (`mailer send ISSUE --re
 
 What stays live, read from the settings of the process that sends: everything per recipient (the
 unsubscribe link on MAILER_BASE_URL, the unsubscribe mailbox, the Message-ID's domain) and how the
-message travels (backend, DKIM). An `Edition` offers what `MessageFactory` and the backends read of
+message travels (backend, DKIM). Click tracking is frozen with the content: the stored HTML and text
+carry the `click.N` slots and the edition's `links` rows the URLs (`sending/tracking.py`); each
+recipient's click and open tokens name the stored edition and are filled on the live base URL, like
+the unsubscribe link. An `Edition` offers what `MessageFactory` and the backends read of
 an email with slots (`settings`, `subject`, `html`, `text`, `slot_values`, `key`).
 """
 
@@ -20,11 +23,14 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from .. import __version__
-from ..config import Settings
+from ..config import Settings, secret_key_for
+from ..content import tracking
 from ..content.render import Recipient, RenderedIssue, Template, personal_values
+from .tracking import tracked_parts
 
 # The settings the fixed headers come from (From: name and from_address; Reply-To; List-Id: list_id,
 # else name and the From domain): frozen with the content.
@@ -48,14 +54,25 @@ class Edition:
     number: int = 0
     created_at: datetime | None = None
     reason: str = ""
+    links: tuple[str, ...] = ()  # tracked URLs, position 1… (set before it is stored; `Store.insert_edition`)
 
     @property
     def key(self) -> str:
         """Names this email's outbox folder and provider category (the issue's slug)."""
         return self.slug
 
+    @cached_property
+    def tracking(self) -> tracking.ClickTracking | None:
+        """Its click/open slots' filler (tokens naming this edition; edition 0 before it is stored),
+        None when the edition tracks nothing."""
+        return tracking.from_parts(secret_key_for(self.settings), self.settings.base_url, self.id or 0,
+                                   self.html, self.text)
+
     def slot_values(self, recipient: Recipient) -> dict[str, str]:
-        return personal_values(self.settings, recipient, greeting=self.greeting)
+        values = personal_values(self.settings, recipient, greeting=self.greeting)
+        if self.tracking is not None:
+            values.update(self.tracking.values(recipient.subscriber_id))
+        return values
 
     def personalise(self, recipient: Recipient) -> tuple[str, str]:
         """(html, text) for one recipient."""
@@ -73,23 +90,31 @@ def fixed_header_settings(settings: Settings) -> dict[str, str]:
     return {name: getattr(settings, name) for name in FIXED_HEADER_SETTINGS}
 
 
-def content_hash(subject: str, html: str, text: str, greeting: str, headers: dict[str, str], template: str) -> str:
-    """SHA-256 (hex) of everything an edition sends the same to every recipient."""
+def content_hash(subject: str, html: str, text: str, greeting: str, headers: dict[str, str], template: str,
+                 links: tuple[str, ...] = ()) -> str:
+    """SHA-256 (hex) of everything an edition sends the same to every recipient (with tracked links,
+    their URLs too: the parts hold only their slots)."""
     digest = hashlib.sha256()
-    for part in (subject, html, text, greeting, json.dumps(headers, sort_keys=True), template):
+    parts = (subject, html, text, greeting, json.dumps(headers, sort_keys=True), template)
+    if links:  # absent when off: editions stored before tracking keep their hash
+        parts += (json.dumps(links),)
+    for part in parts:
         data = part.encode("utf-8")
         digest.update(len(data).to_bytes(8, "big") + data)
     return digest.hexdigest()
 
 
 def from_rendered(rendered: RenderedIssue) -> Edition:
-    """The edition a freeze of this rendering would store."""
+    """The edition a freeze of this rendering would store: its links rewritten to click slots when
+    tracking is on (`tracked_parts`), so what is stored — and hashed — is what is sent."""
     settings = rendered.settings
     subject = rendered.subject
-    return Edition(slug=rendered.issue.slug, settings=settings, subject=subject, html=rendered.html,
-                   text=rendered.text, greeting=rendered.greeting, template=rendered.issue.template,
-                   content_hash=content_hash(subject, rendered.html.raw, rendered.text.raw, rendered.greeting,
-                                             fixed_header_settings(settings), rendered.issue.template))
+    html, text, links = tracked_parts(rendered)
+    return Edition(slug=rendered.issue.slug, settings=settings, subject=subject, html=html,
+                   text=text, greeting=rendered.greeting, template=rendered.issue.template,
+                   content_hash=content_hash(subject, html.raw, text.raw, rendered.greeting,
+                                             fixed_header_settings(settings), rendered.issue.template, links),
+                   links=links)
 
 
 def from_row(row: Any, slug: str, settings: Settings) -> Edition:

@@ -45,11 +45,13 @@ def requeue_dead_claims(store: Store, conn: Connection, issue_id: int) -> int:
 
 
 def outgoing_message(key: bytes, base_url: str, slug: str, domain: str, subscriber_id: int, email: str, name: str,
-                     delivery_id: int | None = None, first_name: str | None = None) -> OutgoingMessage:
-    """One recipient's message: their unsubscribe link and the stable per-delivery Message-ID;
-    `first_name` (the subscriber's attribute, if any) is what the greeting uses."""
+                     delivery_id: int | None = None, first_name: str | None = None,
+                     issue_id: int | None = None) -> OutgoingMessage:
+    """One recipient's message: their unsubscribe link (naming `issue_id`, so `mailer report` can say
+    which issue an unsubscribe came from) and the stable per-delivery Message-ID; `first_name` (the
+    subscriber's attribute, if any) is what the greeting uses."""
     recipient = Recipient(email=email, name=name, subscriber_id=subscriber_id, first_name=str(first_name or ""),
-                          unsubscribe_url=links.unsubscribe_url(base_url, key, subscriber_id))
+                          unsubscribe_url=links.unsubscribe_url(base_url, key, subscriber_id, issue_id))
     return OutgoingMessage(recipient=recipient, delivery_id=delivery_id,
                            message_id=tokens.message_id(key, slug, subscriber_id, domain))
 
@@ -262,7 +264,7 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
         left, sent = counts["queued"] + counts["sending"], counts["sent"]
         if stored is None:
             reason = "migrated" if was_frozen else "send"
-            stored = store.insert_edition(conn, row.id, reason=reason, values=fresh.values())
+            stored = store.insert_edition(conn, row.id, reason=reason, values=fresh.values(), links=fresh.links)
             if was_frozen:
                 notice = (f"{slug}: this send started before editions were stored: the folder as it is now is "
                           f"frozen as edition 1 for the {left} recipients left ({sent} already sent)")
@@ -274,7 +276,7 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
             if fresh.content_hash == stored.content_hash:
                 notice = f"{slug}: the folder is unchanged since edition {stored.number}: nothing rebuilt"
             else:
-                stored = store.insert_edition(conn, row.id, reason="rebuild", values=fresh.values())
+                stored = store.insert_edition(conn, row.id, reason="rebuild", values=fresh.values(), links=fresh.links)
                 store.update_issue(conn, row.id, subject=fresh.subject, web_html=web_html)
                 notice = (f"{slug}: edition {stored.number} made from the folder: it goes to the {left} recipients "
                           f"left; the {sent} already sent keep edition {stored.number - 1} and are never sent again")

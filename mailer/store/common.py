@@ -29,6 +29,7 @@ class StatusChange:
     source: str
     reason: str = ""
     at: datetime | None = None  # when the change happened, if known (an export's UNSUB_TIME); default: now
+    issue_id: int | None = None  # the issue it came from (an unsubscribe link's, a bounce's): `mailer report`
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:

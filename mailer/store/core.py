@@ -14,9 +14,10 @@ from .bulk import BulkQueries
 from .events import EventQueries
 from .ledger import LedgerQueries
 from .people import PeopleQueries
+from .reports import ReportsStore
 
 
-class Store(PeopleQueries, EventQueries, LedgerQueries, BulkQueries):
+class Store(PeopleQueries, EventQueries, LedgerQueries, BulkQueries, ReportsStore):
     """A handle on the database. Cheap to pass around; one per process is enough."""
 
     def __init__(self, engine: Engine) -> None:

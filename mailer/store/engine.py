@@ -15,7 +15,7 @@ from .core import Store
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 _migrated: set[str] = set()
 

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import NotFound
 from .schema import deliveries, editions, issues, list_members, provider_events, subscribers
+from .schema import links as links_table
 from .common import _chunks, as_utc, utcnow
 
 
@@ -318,10 +319,13 @@ class LedgerQueries:
             .group_by(deliveries.c.claimed_by))]
 
     # ----- editions: the content a send delivers (see dispatch.prepare_send) -----------------------
-    def insert_edition(self, conn: Connection, issue_id: int, *, reason: str, values: dict[str, Any]) -> sa.Row:
+    def insert_edition(self, conn: Connection, issue_id: int, *, reason: str, values: dict[str, Any],
+                       links: Sequence[str] = ()) -> sa.Row:
         """Store the issue's next edition (number = last + 1) and return its row. `values`: the
         `editions` columns subject, html, text, greeting, headers, template, mailer_version,
-        content_hash. Call it holding the issue's row lock (`ensure_issue`): numbers never collide."""
+        content_hash; `links`: its tracked URLs, position 1… in order (click tracking: the `links`
+        table; empty when tracking is off). Call it holding the issue's row lock (`ensure_issue`):
+        numbers never collide."""
         number = conn.execute(sa.select(sa.func.coalesce(sa.func.max(editions.c.number), 0))
                               .where(editions.c.issue_id == issue_id)).scalar_one() + 1
         sent = conn.execute(sa.select(sa.func.count()).select_from(deliveries)
@@ -329,6 +333,9 @@ class LedgerQueries:
         edition_id = conn.execute(editions.insert().values(
             issue_id=issue_id, number=number, created_at=utcnow(), reason=reason, sent_before=sent, **values)
             .returning(editions.c.id)).scalar_one()
+        if links:
+            conn.execute(links_table.insert(), [{"edition_id": edition_id, "position": position, "url": url}
+                                                for position, url in enumerate(links, start=1)])
         return conn.execute(sa.select(editions).where(editions.c.id == edition_id)).one()
 
     def current_edition(self, conn: Connection, issue_id: int) -> sa.Row | None:

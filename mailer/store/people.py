@@ -8,7 +8,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import NotFound
-from .schema import SUPPRESSED_STATUSES, deliveries, issues, list_members, provider_events, subscriber_events, subscribers
+from .schema import (SUPPRESSED_STATUSES, deliveries, issues, link_clicks, list_members, provider_events,
+                     subscriber_events, subscribers)
 from .common import StatusChange, _chunks, _NOT_TOMBSTONE, utcnow
 
 
@@ -34,7 +35,8 @@ _STATUS_UPDATES = {
 
 _STATUS_EVENT = subscriber_events.insert().values(
     subscriber_id=sa.bindparam("p_id"), at=sa.bindparam("p_now"), kind="status", old_status=sa.bindparam("p_old"),
-    new_status=sa.bindparam("p_new"), source=sa.bindparam("p_source"), reason=sa.bindparam("p_reason"))
+    new_status=sa.bindparam("p_new"), source=sa.bindparam("p_source"), reason=sa.bindparam("p_reason"),
+    issue_id=sa.bindparam("p_issue"))
 
 
 _PERSON_COLUMNS = (subscribers.c.id, subscribers.c.email, subscribers.c.email_given, subscribers.c.name,
@@ -97,14 +99,17 @@ class PeopleQueries:
                              .order_by(list_members.c.list_name)).scalars().all()
         return [dict(e) for e in events], [dict(d) for d in sent], list(lists)
 
-    def set_status(self, conn: Connection, subscriber_id: int, new_status: str, *, source: str, reason: str = "") -> bool:
-        """Change a subscriber's status and record why; False when it already had that status."""
+    def set_status(self, conn: Connection, subscriber_id: int, new_status: str, *, source: str, reason: str = "",
+                   issue_id: int | None = None) -> bool:
+        """Change a subscriber's status and record why (and the issue it came from, if any); False when
+        it already had that status."""
         row = conn.execute(_STATUS_OF, {"p_id": subscriber_id}).first()
         if row is None:
             raise NotFound(f"no subscriber with id {subscriber_id}")
         if row.status == new_status:
             return False
-        return bool(self.apply_status_changes(conn, [StatusChange(subscriber_id, row.status, new_status, source, reason)]))
+        return bool(self.apply_status_changes(conn, [StatusChange(subscriber_id, row.status, new_status, source, reason,
+                                                                  issue_id=issue_id)]))
 
     def apply_status_changes(self, conn: Connection, changes: Sequence["StatusChange"]) -> list["StatusChange"]:
         """Apply each change only if the subscriber still has its `old` status (so two concurrent
@@ -120,7 +125,8 @@ class PeopleQueries:
                                    ).rowcount == 1]
         if applied:
             conn.execute(_STATUS_EVENT, [{"p_id": c.subscriber_id, "p_now": now, "p_old": c.old, "p_new": c.new,
-                                          "p_source": c.source, "p_reason": c.reason[:2000]} for c in applied])
+                                          "p_source": c.source, "p_reason": c.reason[:2000], "p_issue": c.issue_id}
+                                         for c in applied])
         return applied
 
     # ----- people: links, the web app and the operator's person operations ------------------
@@ -159,6 +165,7 @@ class PeopleQueries:
         """
         people = [subscriber_id]
         conn.execute(list_members.delete().where(list_members.c.subscriber_id == subscriber_id))
+        conn.execute(link_clicks.delete().where(link_clicks.c.subscriber_id == subscriber_id))
         conn.execute(subscribers.update().where(subscribers.c.id == subscriber_id).values(
             email=tombstone, email_given=tombstone, name="", language="", attributes={}, import_digest=None,
             source="", updated_at=utcnow()))

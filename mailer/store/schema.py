@@ -53,6 +53,8 @@ subscriber_events = Table(
     Column("new_status", String(16), nullable=True),
     Column("source", String(64), nullable=False, default="", doc="cli, import, web, webhook, send…"),
     Column("reason", Text, nullable=False, default=""),
+    Column("issue_id", BigInteger, nullable=True,
+           doc="the issue a change came from (an unsubscribe link's or a bounce's issue), for reports"),
 )
 Index("ix_subscriber_events_subscriber", subscriber_events.c.subscriber_id, subscriber_events.c.id)
 
@@ -140,3 +142,26 @@ provider_events = Table(
 )
 Index("ix_provider_events_subscriber", provider_events.c.subscriber_id)
 
+
+# Click tracking (content/tracking.py): each edition's tracked URLs, stored with the edition (a
+# `--rebuild` makes a new edition with its own positions 1…; clicks on an older edition's links
+# keep resolving to that edition's URLs). Position 0 is the open pixel and has no row here.
+links = Table(
+    "links", metadata,
+    Column("edition_id", BigId, ForeignKey("editions.id", ondelete="CASCADE"), primary_key=True),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    Column("url", Text, nullable=False),
+)
+
+# One row per delivery (edition, subscriber) and link position: `clicks` = every follow, the row
+# itself = one unique click. Erased with the person (ON DELETE CASCADE, and `Store.purge`).
+link_clicks = Table(
+    "link_clicks", metadata,
+    Column("edition_id", BigId, ForeignKey("editions.id", ondelete="CASCADE"), primary_key=True),
+    Column("subscriber_id", BigId, ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
+    Column("position", Integer, primary_key=True, autoincrement=False, doc="0 = the open pixel"),
+    Column("clicks", Integer, nullable=False, default=1),
+    Column("first_at", DateTime(timezone=True), nullable=False),
+    Column("last_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_subscriber_events_issue", subscriber_events.c.issue_id)

@@ -80,11 +80,15 @@ def asked_to_come_back(store: Store, conn: Connection, row: Row) -> bool:
     return asked is not None and asked >= since
 
 
-def unsubscribe(store: Store, conn: Connection, row: Row, *, source: str, reason: str) -> str:
-    """Unsubscribe an active or pending person (idempotent); returns their status afterwards."""
+def unsubscribe(store: Store, conn: Connection, row: Row, *, source: str, reason: str,
+                issue_id: int | None = None) -> str:
+    """Unsubscribe an active or pending person (idempotent); returns their status afterwards. The
+    event records `issue_id`, the issue whose link it came through (`mailer report`)."""
     if row.status not in ("active", "pending"):
         return row.status  # already suppressed: nothing changes
-    store.apply_status_changes(conn, [StatusChange(row.id, row.status, "unsubscribed", source, reason)])
+    # conditional on the status just read: two concurrent POSTs record one event
+    store.apply_status_changes(conn, [StatusChange(row.id, row.status, "unsubscribed", source, reason,
+                                                   issue_id=issue_id)])
     return "unsubscribed"
 
 

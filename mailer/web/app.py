@@ -23,6 +23,10 @@ Routes
   GET  /archive, /issues/SLUG  public sent issues and their web editions; a private issue's web
                                edition only with its key (`?k=`, in the email's "view online" link)
   GET  /feed.xml               the archive as an Atom feed (`feed.py`), with ETag/Last-Modified (304)
+  GET  /c/TOKEN                a tracked link (content/tracking.py): 302 to the URL of the edition's link
+                               table the signed token names, the click recorded (not on HEAD); any
+                               other token 404 and no redirect (never an open redirect)
+  GET  /o/TOKEN                the open pixel (MAILER_TRACK_OPENS): a 1×1 GIF, the open recorded
 
 Tokens are opaque (`tokens.py`: encrypted and authenticated, no id or address readable). A malformed
 or tampered token gets 400, a well-formed one naming nobody 404, and nothing changes. Subscriber id
@@ -88,7 +92,7 @@ from ..errors import InvalidAddress
 from ..providers import WebhookRefused, make_webhooks
 from ..sending.notices import Notifier
 from ..statuses import TOMBSTONE_PREFIX
-from ..store import Connection, IntegrityError, Row, Store, as_utc, open_store
+from ..store import Connection, IntegrityError, Row, Store, as_utc, open_store, utcnow
 from ..subscribers import feedback, signup
 from ..subscribers.service import clean_text
 from . import feed
@@ -194,6 +198,36 @@ class WebApp:
             raise _Page(404, "message", key="unknown_link")
         return row
 
+    # ----- click and open tracking (content/tracking.py) -------------------------------------------
+    def do_click(self, token: str, *, record: bool) -> str | None:
+        """The URL a click token's link leads to (recording the click unless `record` is False: a
+        HEAD), or None for a token that is not ours, altered, or names no link: the caller answers
+        404 and redirects nowhere. Only URLs of the issue's own link table are ever answered."""
+        try:
+            data = tokens.read_click_token(self.key, token)
+        except tokens.InvalidToken:
+            return None
+        if data.position == 0:
+            return None
+        with self.transaction() as conn:
+            url = self.store.link_url(conn, data.edition_id, data.position)
+            if url is not None and record and data.subscriber_id:
+                self.store.record_click(conn, data.edition_id, data.subscriber_id, data.position, utcnow())
+        return url
+
+    def do_open(self, token: str, *, record: bool) -> bool:
+        """Record an open (the pixel's position 0); False for a token that is not a valid open token."""
+        try:
+            data = tokens.read_click_token(self.key, token)
+        except tokens.InvalidToken:
+            return False
+        if data.position != 0:
+            return False
+        if record and data.subscriber_id:
+            with self.transaction() as conn:
+                self.store.record_click(conn, data.edition_id, data.subscriber_id, 0, utcnow())
+        return True
+
     # ----- unsubscribe ----------------------------------------------------------------------------
     def do_unsubscribe_page(self, token: str, root: str) -> Response:
         data = self.read_token("unsubscribe", token)
@@ -213,7 +247,8 @@ class WebApp:
             reason += f", issue {data.issue_id}"
         with self.transaction() as conn:
             row = self._person(conn, data.subscriber_id)
-            state = signup.unsubscribe(self.store, conn, row, source=source, reason=reason)
+            state = signup.unsubscribe(self.store, conn, row, source=source, reason=reason,
+                                       issue_id=data.issue_id)
         return self._unsubscribe_view(row, state, token, root)
 
     def do_resubscribe(self, token: str, root: str) -> Response:
@@ -368,6 +403,10 @@ def _is_one_click(body: bytes, content_type: str) -> bool:
     return ("List-Unsubscribe", "One-Click") in pairs
 
 
+# a transparent 1×1 GIF (43 bytes), the open pixel's answer
+PIXEL_GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
+
+
 def create_app(settings: Settings, store: Store | None = None, *, notifier: Notifier | None = None,
                subscribe_rate: int = SUBSCRIBE_RATE, subscribe_window: float = SUBSCRIBE_WINDOW) -> Starlette:
     """The ASGI app. Without `store`, opens one on settings.database_url and closes it on shutdown."""
@@ -453,6 +492,18 @@ def create_app(settings: Settings, store: Store | None = None, *, notifier: Noti
             return JSONResponse({"error": refused.message}, status_code=refused.status, headers=COMMON_HEADERS)
         return JSONResponse(result, headers=COMMON_HEADERS)
 
+    async def click(request: Request) -> Response:
+        url = await web.in_thread(web.do_click, request.path_params["token"], record=request.method == "GET")
+        if url is None:
+            return web.message(404, "unknown_link", root=_root(request))
+        return RedirectResponse(url, status_code=302, headers={**COMMON_HEADERS, "Cache-Control": "no-store",
+                                                               "Referrer-Policy": "no-referrer"})
+
+    async def open_pixel(request: Request) -> Response:
+        if not await web.in_thread(web.do_open, request.path_params["token"], record=request.method == "GET"):
+            return web.message(404, "unknown_link", root=_root(request))
+        return Response(PIXEL_GIF, media_type="image/gif", headers={**COMMON_HEADERS, "Cache-Control": "no-store"})
+
     async def http_error(request: Request, exc: HTTPException) -> Response:
         key = {404: "not_found"}.get(exc.status_code, "error")
         response = web.message(exc.status_code, key, root=_root(request))
@@ -483,6 +534,8 @@ def create_app(settings: Settings, store: Store | None = None, *, notifier: Noti
         Route(links.ARCHIVE, guarded(archive), methods=["GET"]),
         Route(links.FEED, guarded(atom), methods=["GET"]),
         Route(links.WEB_EDITION, guarded(issue_page), methods=["GET"]),
+        Route(links.CLICK, guarded(click), methods=["GET"]),
+        Route(links.OPEN, guarded(open_pixel), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error, Exception: server_error})

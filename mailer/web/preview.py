@@ -21,6 +21,9 @@ from ..content.issue import find_issue_folder, load_issue
 from ..mime import MessageFactory
 from ..content.render import Recipient, RenderedIssue, jinja_environment, render_issue
 
+# the Reports pages run no script at all, and load nothing from elsewhere
+REPORTS_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:",
+                   "Cache-Control": "no-store"}
 SAMPLE_NAME = "Camille Exemple"
 SAMPLE_EMAIL = "lecteur@example.org"
 
@@ -130,9 +133,51 @@ def create_preview_app(settings: Settings, issue_ref: str):
     async def version(request):  # noqa: ANN001
         return JSONResponse({"version": sources_version(settings, issue_ref)})
 
+    reports_page = jinja_environment(settings.templates_dir, autoescape=True).get_template("reports.html.j2")
+
+    def reports_html(slug: str | None) -> tuple[int, str]:
+        from markupsafe import Markup
+
+        from . import charts
+        from ..sending.report import issue_report, list_growth, reports_overview, send_timeline
+        from ..store import open_store
+        store = open_store(settings.database_url)
+        try:
+            growth = list_growth(store)
+            context = {"growth": growth, "growth_svg": Markup(charts.growth_chart(growth)), "report": None,
+                       "reports": [], "error": None}
+            if slug is None:
+                context["reports"] = reports_overview(store)
+                return 200, reports_page.render(**context)
+            try:
+                report = issue_report(settings, store, slug)
+            except MailerError as exc:
+                return 404, reports_page.render(**{**context, "error": str(exc)})
+            timeline = send_timeline(store, report.issue_id)
+            figures = [("Recipients", report.recipients), ("Sent", report.sent), ("Failed", report.failed),
+                       ("Skipped", report.skipped), ("Queued", report.queued), ("Bounced", report.bounced),
+                       ("Soft bounces", report.soft_bounced), ("Complained", report.complained),
+                       ("Complaint rate (limit 0.30 %)", f"{report.complaint_rate * 100:.2f} %"),
+                       ("Unsubscribed", report.unsubscribed)]
+            if report.opens is not None:
+                figures.append(("Opens (unreliable: Apple Mail Privacy Protection)",
+                                f"{report.opens['total']} ({report.opens['unique']} unique)"))
+            if report.tracked:
+                figures.append(("Clicks (unique)", f"{report.clicks_total} ({report.clicks_unique})"))
+            return 200, reports_page.render(**{**context, "report": report, "figures": figures, "timeline": timeline,
+                                              "deliveries_svg": Markup(charts.deliveries_chart(timeline))})
+        finally:
+            store.close()
+
+    async def reports(request):  # noqa: ANN001
+        from starlette.concurrency import run_in_threadpool
+        status, body = await run_in_threadpool(reports_html, request.path_params.get("slug"))
+        return HTMLResponse(body, status_code=status, headers=REPORTS_HEADERS)
+
     return Starlette(routes=[
         Route("/", index), Route("/email.html", email_html), Route("/email.txt", email_text),
         Route("/email.eml", email_eml), Route("/version", version),
+        Route("/reports", reports), Route("/reports/{slug}", reports),
     ])
 
 

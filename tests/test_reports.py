@@ -1,0 +1,374 @@
+"""Reports and click tracking with real parts: a send through the aiosmtpd sink, the public web app
+over HTTP (uvicorn on loopback, httpx following the captured links), `mailer report --json`, on
+SQLite and PostgreSQL.
+
+Oracles: the untracked rendering of the same issue for the same recipient (a tracked message whose
+click links are replaced by where the web app redirects them must be exactly it), and Python's own
+HTML parser for "every href of every message"."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+from email import message_from_bytes, policy
+from html.parser import HTMLParser
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from mailer import tokens
+from mailer.cli.main import main
+from mailer.config import load_settings, secret_key_for
+from mailer.content.issue import load_issue
+from mailer.content.render import Recipient, render_issue
+from mailer.sending import dispatch
+from mailer.subscribers.service import add_subscriber, remove_subscriber
+from mailer.web.app import create_app
+
+from .browser_support import ThreadedServer
+from .conftest import BASE_ENV, EXAMPLE_ISSUE
+from .smtp_server import start_server
+from .test_crash import SlowHandler, _env, _populate as populate, kill_mid_send
+
+BASE = BASE_ENV["MAILER_BASE_URL"]
+PEOPLE = ["alice@example.net", "bruno@example.net", "chloe@example.net"]
+
+
+class _Hrefs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.hrefs: list[str] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs):  # noqa: ANN001
+        attributes = dict(attrs)
+        if tag == "a" and "href" in attributes:
+            self.hrefs.append(attributes["href"])
+        if tag == "img" and "src" in attributes:
+            self.images.append(attributes["src"])
+
+
+def parts(raw: bytes) -> tuple[str, str, str]:
+    """(html, text, List-Unsubscribe) of a captured message."""
+    message = message_from_bytes(raw, policy=policy.default)
+    html = message.get_body(("html",)).get_content()
+    text = message.get_body(("plain",)).get_content()
+    return html.replace("\r\n", "\n"), text.replace("\r\n", "\n"), str(message["List-Unsubscribe"])
+
+
+def hrefs(html: str) -> _Hrefs:
+    parser = _Hrefs()
+    parser.feed(html)
+    return parser
+
+
+def send(make_settings, db_url: str, store, **env):  # noqa: ANN001, ANN003, ANN201
+    for address in PEOPLE:
+        add_subscriber(store, address, name=address.partition("@")[0].title())
+    server = start_server()
+    try:
+        settings = make_settings(database_url=db_url, MAILER_BACKEND="smtp", MAILER_SMTP_HOST="127.0.0.1",
+                                 MAILER_SMTP_PORT=str(server.port), MAILER_SMTP_TLS="none", MAILER_SMTP_POOL="1",
+                                 **env)
+        report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+        assert report.counts["sent"] == len(PEOPLE)
+        messages = {m.rcpt_tos[0]: m.data for m in server.handler.messages}
+    finally:
+        server.stop()
+    return settings, messages
+
+
+_CLICK = re.compile(re.escape(BASE) + r"/c/[A-Za-z0-9_-]+")
+
+
+def assert_resolves_to(raw: bytes, address: str, rendered, store, follow) -> dict[str, str]:  # noqa: ANN001
+    """The oracle: every click link of a captured message, replaced by where the web app redirects it
+    (`follow(url)` -> Location), gives back exactly `rendered` (the same issue without the link
+    rewrite) for this recipient — text part whole, every href of the HTML part. Returns click URL ->
+    original URL."""
+    html, text, list_unsubscribe = parts(raw)
+    unsubscribe_url = re.search(r"<(https://[^>]+/u/[^>]+)>", list_unsubscribe).group(1)
+    with store.engine.connect() as conn:
+        person = store.subscriber_by_email(conn, address)
+    recipient = Recipient(email=address, name=person.name, unsubscribe_url=unsubscribe_url, subscriber_id=person.id)
+    want_html, want_text = rendered.personalise(recipient)
+    resolved = {url: follow(url) for url in set(_CLICK.findall(html + text))}
+    assert resolved, f"{address}: no click link"
+    assert _CLICK.sub(lambda m: resolved[m.group(0)], text) == want_text, address
+    got_html = _CLICK.sub(lambda m: resolved[m.group(0)].replace("&", "&amp;"), html)
+    assert hrefs(got_html).hrefs == hrefs(want_html).hrefs, address
+    return resolved
+
+
+def report_json(project: Path, monkeypatch, settings, *args: str) -> object:  # noqa: ANN001
+    monkeypatch.chdir(project)
+    env = {**BASE_ENV, "MAILER_DATABASE_URL": settings.database_url}
+    result = CliRunner().invoke(main, ["report", *args, "--json"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_tracked_send_clicks_followed_over_http_then_report(make_settings, store, db_url, project, monkeypatch):
+    settings, messages = send(make_settings, db_url, store, MAILER_TRACK_CLICKS="1")
+    untracked = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
+    clicks_of: dict[str, list[str]] = {}
+    with ThreadedServer(create_app(settings, store)) as web, httpx.Client(base_url=web.url) as client:
+        def follow(url: str, *, record: bool = False) -> str:
+            response = client.get(url.replace(BASE, web.url)) if record else client.head(url.replace(BASE, web.url))
+            assert response.status_code == 302, (url, response.status_code)
+            assert response.headers["cache-control"] == "no-store"
+            return response.headers["location"]
+
+        for address, raw in messages.items():
+            html, text, list_unsubscribe = parts(raw)
+            found = hrefs(html)
+            assert not found.images or all("/o/" not in src for src in found.images)  # no pixel without opens
+            tracked = [href for href in found.hrefs if href.startswith(f"{BASE}/c/")]
+            assert tracked, "tracking on: the brief links are rewritten"
+            for href in found.hrefs:  # what is not rewritten: unsubscribe, web version, non-http links
+                assert (href.startswith(f"{BASE}/c/") or href.startswith(f"{BASE}/u/")
+                        or href.startswith(f"{BASE}/issues/") or not href.startswith("http")), href
+            assert "/c/" not in list_unsubscribe
+            clicks_of[address] = tracked
+            # HEAD: nothing recorded
+            assert_resolves_to(raw, address, untracked, store, follow)
+
+        alice, bruno = clicks_of[PEOPLE[0]], clicks_of[PEOPLE[1]]
+        first, second = alice[0], alice[1]
+        target_first = follow(first, record=True)
+        follow(first, record=True)       # a second click of the same link: total 2, unique 1
+        target_second = follow(second, record=True)
+        assert follow(bruno[0], record=True) == target_first
+        # Chloé unsubscribes in one click (RFC 8058) from this issue's email
+        _, _, chloe_header = parts(messages[PEOPLE[2]])
+        one_click = re.search(r"<(https://[^>]+/u/[^>]+)>", chloe_header).group(1).replace(BASE, web.url)
+        assert client.post(one_click, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+
+    result = report_json(project, monkeypatch, settings, EXAMPLE_ISSUE)
+    assert (result["issue"], result["recipients"], result["sent"], result["failed"]) == (EXAMPLE_ISSUE, 3, 3, 0)
+    assert (result["bounced"], result["complained"], result["unsubscribed"]) == (0, 0, 1)
+    assert result["clicks"]["total"] == 4 and result["clicks"]["unique"] == 3
+    by_url = {link["url"]: (link["total"], link["unique"]) for link in result["clicks"]["links"]}
+    assert by_url[target_first] == (3, 2) and by_url[target_second] == (1, 1)
+    assert sum(total for total, _ in by_url.values()) == 4
+    assert "opens" not in result
+    overview = report_json(project, monkeypatch, settings)
+    assert [item["issue"] for item in overview] == [EXAMPLE_ISSUE]
+    # `remove --purge` erases the person's clicks (totals drop by theirs)
+    remove_subscriber(store, PEOPLE[1], purge=True)
+    after = report_json(project, monkeypatch, settings, EXAMPLE_ISSUE)
+    assert after["clicks"]["total"] == 3 and after["clicks"]["unique"] == 2
+
+
+def test_tracking_off_every_link_is_the_original(make_settings, store, db_url, project, monkeypatch):
+    settings, messages = send(make_settings, db_url, store)
+    untracked = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
+    originals = set(hrefs(untracked.html.raw).hrefs)
+    assert len(messages) == len(PEOPLE)
+    for raw in messages.values():
+        html, text, _ = parts(raw)
+        found = hrefs(html)
+        for href in found.hrefs:
+            assert "/c/" not in href and "/o/" not in href
+            assert href in originals or href.startswith(f"{BASE}/u/"), href
+        assert all("/o/" not in src for src in found.images)
+        assert f"{BASE}/c/" not in text
+    result = report_json(project, monkeypatch, settings, EXAMPLE_ISSUE)
+    assert result["clicks"] == {"total": 0, "unique": 0, "links": []}
+    assert result["click_tracking"] is False
+
+
+def test_a_worker_sends_the_stored_tracked_edition_even_with_tracking_switched_off(make_settings, store, db_url):
+    """`mailer worker` (like a resume and the scheduler) rebuilds the tracking state from the stored
+    edition alone: frozen with tracking on, sent by a worker whose settings have it off, every
+    message's links are still click links leading to the original URLs."""
+    for address in PEOPLE:
+        add_subscriber(store, address, name=address.partition("@")[0].title())
+    tracked = make_settings(database_url=db_url, MAILER_TRACK_CLICKS="1")
+    dispatch.prepare_send(tracked, store, EXAMPLE_ISSUE)  # frozen: edition stored, nothing sent
+    later = make_settings(database_url=db_url)
+    assert dispatch.work_queue(later, store, once=True, poll_seconds=0) == len(PEOPLE)
+    rendered = render_issue(load_issue(EXAMPLE_ISSUE, tracked.issues_dir, tracked.zone), tracked)
+    files = sorted((later.outbox_dir / EXAMPLE_ISSUE).glob("*.eml"))
+    assert len(files) == len(PEOPLE)
+    with ThreadedServer(create_app(later, store)) as web, httpx.Client(base_url=web.url) as client:
+        def follow(url: str) -> str:
+            response = client.head(url.replace(BASE, web.url))
+            assert response.status_code == 302, (url, response.status_code)
+            return response.headers["location"]
+
+        for path in files:
+            address = message_from_bytes(path.read_bytes(), policy=policy.default)["To"].addresses[0].addr_spec
+            assert_resolves_to(path.read_bytes(), address, rendered, store, follow)
+
+
+def test_forged_altered_and_foreign_tokens_get_404_and_no_redirect(make_settings, store, db_url):
+    settings, messages = send(make_settings, db_url, store, MAILER_TRACK_CLICKS="1")
+    html, _, _ = parts(next(iter(messages.values())))
+    token = next(h for h in hrefs(html).hrefs if h.startswith(f"{BASE}/c/")).rsplit("/", 1)[1]
+    key = secret_key_for(settings)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    # every one-character change of the token is refused by the reader (the oracle the route relies on)
+    mutations = [token[:i] + c + token[i + 1:] for i in range(len(token)) for c in alphabet if c != token[i]]
+    for forged in mutations:
+        with pytest.raises(tokens.InvalidToken):
+            tokens.read_click_token(key, forged)
+    other_key = b"another deployment's secret key, 32+ chars"
+    data = tokens.read_click_token(key, token)
+    foreign = tokens.click_token(other_key, tokens.click_delivery(other_key, data.subscriber_id, data.edition_id),
+                                 data.position)
+    with ThreadedServer(create_app(settings, store)) as web, httpx.Client(base_url=web.url) as client:
+        assert client.get(f"/c/{token}").status_code == 302
+        # over HTTP: one mutation per position, truncations, an extension, another deployment's token,
+        # a valid token for a position with no link, the open pixel's token as a link
+        unused = tokens.click_token(key, tokens.click_delivery(key, data.subscriber_id, data.edition_id), 999)
+        pixel = tokens.click_token(key, tokens.click_delivery(key, data.subscriber_id, data.edition_id), 0)
+        samples = [mutations[i * (len(alphabet) - 1)] for i in range(len(token))]
+        samples += [token[:-1], token[1:], token + "A", foreign, unused, pixel, "x", "https:%2F%2Fevil.example"]
+        for forged in samples:
+            response = client.get(f"/c/{forged}")
+            assert response.status_code == 404, forged
+            assert "location" not in response.headers
+        for forged in (token, foreign, token[:-1]):
+            assert client.get(f"/o/{forged}").status_code == 404
+    with store.engine.connect() as conn:
+        issue_id = store.issue_row(conn, EXAMPLE_ISSUE).id
+        assert store.click_figures(conn, issue_id)[data.position - 1].total == 1
+
+
+def test_open_pixel_only_with_track_opens(make_settings, store, db_url, project, monkeypatch):
+    settings, messages = send(make_settings, db_url, store, MAILER_TRACK_OPENS="1")
+    html, _, _ = parts(messages[PEOPLE[0]])
+    found = hrefs(html)
+    pixels = [src for src in found.images if src.startswith(f"{BASE}/o/")]
+    assert len(pixels) == 1
+    assert not any(href.startswith(f"{BASE}/c/") for href in found.hrefs)  # opens alone: links untouched
+    with ThreadedServer(create_app(settings, store)) as web, httpx.Client() as client:
+        for _ in range(2):
+            response = client.get(pixels[0].replace(BASE, web.url))
+            assert response.status_code == 200 and response.headers["content-type"] == "image/gif"
+    result = report_json(project, monkeypatch, settings, EXAMPLE_ISSUE)
+    assert result["opens"] == {"total": 2, "unique": 1}
+
+
+def test_track_clicks_in_issue_toml_wins_and_footer_says_so(make_settings, project):
+    toml = project / "issues" / EXAMPLE_ISSUE / "issue.toml"
+    toml.write_text(toml.read_text(encoding="utf-8") + "track_clicks = true\n", encoding="utf-8")
+    for language, words in (("fr", "compte les clics"), ("en", "counts clicks")):
+        settings = make_settings(MAILER_LANGUAGE=language)
+        rendered = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
+        assert words in rendered.text.raw and words in rendered.html.raw
+    toml.write_text(toml.read_text(encoding="utf-8").replace("track_clicks = true", "track_clicks = false"),
+                    encoding="utf-8")
+    settings = make_settings(MAILER_TRACK_CLICKS="1")
+    rendered = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
+    assert "compte les clics" not in rendered.text.raw
+
+
+def test_report_of_an_unknown_issue_is_one_line_and_non_zero(project, monkeypatch, tmp_path):
+    monkeypatch.chdir(project)
+    env = {**BASE_ENV, "MAILER_DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}"}
+    result = CliRunner().invoke(main, ["report", "no-such-issue"], env=env)
+    assert result.exit_code != 0
+    assert result.output.strip().count("\n") == 0 and "no-such-issue" in result.output
+    result = CliRunner().invoke(main, ["report", EXAMPLE_ISSUE, "--json"], env=env)  # a folder, never sent
+    assert result.exit_code != 0 and "never been sent" in result.output
+
+
+# ----- tracking through a crash, a resume and a rebuild (real processes) -----------------------------
+class _SlowerHandler(SlowHandler):
+    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001
+        await asyncio.sleep(0.012)  # 80 messages take about a second: room for two kills
+        return await super().handle_DATA(server, session, envelope)
+
+
+def _edit_links(project: Path) -> None:
+    """A new first brief with a new link (every later position shifts) and one URL changed."""
+    briefs = project / "issues" / EXAMPLE_ISSUE / "briefs.txt"
+    text = briefs.read_text(encoding="utf-8").replace("https://transport.data.gouv.fr",
+                                                      "https://transport.data.gouv.fr/ter", 1)
+    first = text.index("-->")
+    briefs.write_text(text[:first] + "--> Une carte des lignes rouvertes : [la carte](https://example.org/carte-des-"
+                      "lignes).\n" + text[first:], encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_tracked_send_killed_resumed_and_rebuilt_every_click_resolves_to_its_editions_url(store, db_url, project,
+                                                                                        monkeypatch):
+    """SIGKILL mid-send with tracking on; a resume with MAILER_TRACK_CLICKS unset (tracking is frozen
+    with the edition: the resumed messages are tracked the same), killed too; links edited and
+    `--rebuild` (edition 2: its own positions). Then every click link of every message received is
+    followed over HTTP: each redirects to the URL of the edition that message came from (clicks on an
+    earlier edition's links still lead to that edition's URLs) and `report --json` counts them all."""
+    count = 80
+    addresses = populate(store, project, count)
+    sink = start_server(_SlowerHandler())
+    try:
+        env = _env(db_url, sink.port, MAILER_TRACK_CLICKS="1", MAILER_BATCH_SIZE="5")
+        untracked_env = {name: value for name, value in env.items() if name != "MAILER_TRACK_CLICKS"}
+        settings = load_settings(project, env=env)
+        first_edition = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
+        kill_mid_send(project, env, sink, count // 4, count)
+        kill_mid_send(project, untracked_env, sink, count // 2, count)  # the resume, killed in turn
+        _edit_links(project)
+        second_edition = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
+        before_rebuild = len(sink.handler.messages)
+        rebuilt = subprocess.run([sys.executable, "-m", "mailer.cli", "send", EXAMPLE_ISSUE, "--yes", "--rebuild"],
+                                 cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert "edition 2 made from the folder" in rebuilt.stderr
+        messages = [(m.rcpt_tos[0], m.data) for m in sink.handler.messages]
+    finally:
+        sink.stop()
+    assert before_rebuild < len(messages)
+    assert {address for address, _ in messages} == set(addresses)
+
+    follows: list[tuple[str, str]] = []  # (recipient, original URL) of every click made
+    with ThreadedServer(create_app(settings, store)) as web, httpx.Client(base_url=web.url) as client:
+        def follow(url: str) -> str:
+            response = client.get(url.replace(BASE, web.url))
+            assert response.status_code == 302, (url, response.status_code)
+            return response.headers["location"]
+
+        for index, (address, raw) in enumerate(messages):
+            rendered = first_edition if index < before_rebuild else second_edition
+            for target in assert_resolves_to(raw, address, rendered, store, follow).values():
+                follows.append((address, target))
+    targets = {target for _, target in follows}
+    assert "https://transport.data.gouv.fr" in targets and "https://transport.data.gouv.fr/ter" in targets
+    assert "https://example.org/carte-des-lignes" in targets
+
+    result = report_json(project, monkeypatch, settings, EXAMPLE_ISSUE)
+    assert result["sent"] == count and result["recipients"] == count
+    by_url = {link["url"]: (link["total"], link["unique"]) for link in result["clicks"]["links"]}
+    assert by_url == {url: (sum(1 for _, t in follows if t == url), len({a for a, t in follows if t == url}))
+                      for url in targets}
+    assert result["clicks"]["total"] == len(follows)
+
+
+def test_an_edition_hashes_its_tracked_urls_so_a_changed_link_alone_is_a_new_edition(make_settings, project):
+    """The stored parts hold only click slots: a link whose URL alone changed must still change the
+    edition's content hash (or `--rebuild` would answer "unchanged" and keep sending the old URL)."""
+    from mailer.sending.edition import from_rendered
+
+    settings = make_settings(MAILER_TRACK_CLICKS="1")
+
+    def edition():  # noqa: ANN202
+        return from_rendered(render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings))
+
+    before = edition()
+    briefs = project / "issues" / EXAMPLE_ISSUE / "briefs.txt"  # a URL of the same length: the same text wrapping
+    briefs.write_text(briefs.read_text(encoding="utf-8").replace("(https://transport.data.gouv.fr)",
+                                                                 "(https://transport.data.gouv.fx)"),
+                      encoding="utf-8")
+    after = edition()
+    assert after.html.raw == before.html.raw and after.text.raw == before.text.raw  # slots only
+    assert "https://transport.data.gouv.fx" in after.links and after.links != before.links
+    assert after.content_hash != before.content_hash
+    assert edition().content_hash == after.content_hash  # the same folder, the same edition
