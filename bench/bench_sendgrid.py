@@ -209,7 +209,7 @@ def main() -> int:
 
         rss_before = peak_rss_mb()
         started = time.perf_counter()
-        prepared = dispatch.prepare_send(settings, store, ISSUE)  # render + freeze (timed apart)
+        prepared = dispatch.prepare_send(settings, store, ISSUE, allow_draft=True)  # render + freeze (timed apart)
         freeze_seconds = time.perf_counter() - started
         breakdown = Breakdown() if args.breakdown else None
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)
@@ -221,7 +221,7 @@ def main() -> int:
                    for _ in range(args.worker_processes)]
         if profile:
             profile.enable()
-        report = dispatch.send_issue(settings, store, ISSUE, workers=args.workers)
+        report = dispatch.send_issue(settings, store, ISSUE, workers=args.workers, allow_draft=True)
         if profile:
             profile.disable()
         helper_sent = 0

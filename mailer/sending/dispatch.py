@@ -179,6 +179,13 @@ class Sender:
         # a whole-path outage: since when nothing went through, and how many tries so far
         self._outage_since: float | None = None
         self._outage_tries = 0
+        # the whole send's gate: after a whole-path failure (a 429, a 5xx, a refused connection) no worker
+        # of this send hands anything over before this moment (time.monotonic()), so a rate limit slows
+        # the send, not the one thread that happened to hear about it
+        self._resume_at = 0.0
+        # SMTP group commit: accepted messages recorded together, at most this many / this old (seconds)
+        self.commit_every = max(1, settings.smtp_commit_every)
+        self.commit_seconds = max(0.0, settings.smtp_commit_ms / 1000.0)
         # recipients refused since the last acceptance (see _hold), and how many steps were accepted so far
         self._streak = _Streak()
         self._accepted = 0
@@ -267,24 +274,56 @@ class Sender:
         self._local.batch_ids, self._local.checked = [m.delivery_id for m in messages], time.monotonic()
         self._local.skipped = set()
         step = backend.ledger_step or len(messages)
+        # Group commit (backends that hand over message by message, i.e. SMTP): accepted results wait in
+        # `pending` and are recorded in one transaction once `commit_every` of them are waiting or the
+        # oldest is `commit_seconds` old, and always before anything goes back to the queue or this
+        # batch ends. Before each message leaves, at most commit_every - 1 are unrecorded: a crash can
+        # repeat at most one group (those plus the message in flight) per connection.
+        group = self.commit_every if backend.ledger_step else 1
+        pending: list[RecipientResult] = []
+        oldest = 0.0
+
+        def flush() -> bool:
+            if not pending:
+                return False
+            results = pending[:]
+            pending.clear()
+            return self._record(conn, worker, results, attempts)
+
         for start in range(0, len(messages), step):
             step_messages = messages[start:start + step]
+            if pending and (self.rate_limiter.per_second > 0 or self.halted
+                            or time.monotonic() - oldest >= self.commit_seconds):
+                if flush():  # about to wait, stopping, or the group is old enough
+                    return
             self._heartbeat()
             if not self.halted:
                 self.rate_limiter.acquire(len(step_messages), self._sleep)
             if self.halted:  # stop asked before this step went out: the rest goes back
+                flush()
                 self._hand_back(conn, worker)
                 return
+            handed_over = time.monotonic()
             try:
                 results = self._send_with_retries(conn, backend, worker, step_messages)
             except BaseException:
-                self._hand_back(conn, worker)  # an unexpected error: what is not recorded goes back
+                try:
+                    flush()  # what was accepted is recorded, so going back to the queue repeats nobody
+                finally:
+                    self._hand_back(conn, worker)  # an unexpected error: what is not recorded goes back
                 raise
             if results is None:  # stopped or paused while retrying: hand the rest back untouched
+                flush()
                 self._hand_back(conn, worker)
                 return
-            if self._record(conn, worker, results, attempts):
-                return  # a streak of refusals handed this worker's claims back
+            if not pending:
+                oldest = handed_over  # a group's age counts from when its first message started to leave
+            pending.extend(results)
+            if len(pending) >= group or time.monotonic() - oldest >= self.commit_seconds \
+                    or any(r.outcome != "sent" for r in results):
+                if flush():
+                    return  # a streak of refusals handed this worker's claims back
+        flush()
 
     def _hand_back(self, conn: Connection, worker: str) -> None:
         """Put this worker's claimed rows back in the queue (no attempt is counted: nobody refused them, or
@@ -328,6 +367,8 @@ class Sender:
         pauses. None when halted."""
         batch_date = formatdate(usegmt=True)
         while True:
+            if self._wait_gate():
+                return None
             messages = self._drop_suppressed(conn, worker, messages)
             if not messages:
                 return []
@@ -478,7 +519,11 @@ class Sender:
             now = time.monotonic()
             if self._outage_since is None:
                 self._outage_since, self._outage_tries = now, 0
-            self._outage_tries += 1
+            # several workers hear about one outage (their requests were in flight together): only the
+            # first failure after the gate opened is a new try; the others wait for the same gate
+            joined = self._resume_at > now
+            if not joined:
+                self._outage_tries += 1
             tries, since = self._outage_tries, self._outage_since
         elapsed = now - since
         left = self.pause_after - elapsed
@@ -490,10 +535,21 @@ class Sender:
             self._abort(f"{reason} (nothing went through for {elapsed:.0f} s, {tries} tries; "
                         f"nobody's attempts were spent)")
             return False
-        delay = min(backoff(tries, retry_after), left)
-        log.warning("%s: %s; try %d again in %.1f s (the send pauses after %.0f s more)", self.slug, reason,
-                    tries + 1, delay, left)
+        with self._lock:
+            if joined and self._resume_at > now:
+                delay = max(self._resume_at - now, min(retry_after or 0.0, left))
+            else:
+                delay = min(backoff(tries, retry_after), left)
+                log.warning("%s: %s; try %d again in %.1f s (the send pauses after %.0f s more)", self.slug,
+                            reason, tries + 1, delay, left)
+            self._resume_at = max(self._resume_at, now + delay)
         return not self._sleep(delay)
+
+    def _wait_gate(self) -> bool:
+        """Before anything is handed over: wait while the send's gate is closed (another worker's 429 or
+        outage, see `_path_failed`). True when halted meanwhile."""
+        wait = self._resume_at - time.monotonic()
+        return self._sleep(wait) if wait > 0 else self.halted
 
     @property
     def halted(self) -> bool:
@@ -556,7 +612,7 @@ def backoff(attempt: int, retry_after: float | None) -> float:
 
 
 def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
-               retry_failed: bool = False, workers: int = 1, stop: threading.Event | None = None,
+               retry_failed: bool = False, workers: int | None = None, stop: threading.Event | None = None,
                on_progress: ProgressCallback | None = None,
                backend_factory: Callable[[], Backend] | None = None, allow_draft: bool = False,
                rebuild: bool = False) -> SendReport:
@@ -585,7 +641,7 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
     try:
         while True:
             if counts["queued"]:
-                run_workers(sender, workers, settings.batch_size)
+                run_workers(sender, workers)
             if sender.edition_changed and not stop.is_set() and sender.abort_reason is None:
                 edition, factory = load_edition(settings, store, prepared.issue_id, slug)
                 log.warning("%s: edition %d was made meanwhile (--rebuild): the rest goes out with it",
@@ -623,9 +679,34 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
     return report
 
 
-def run_workers(sender: Sender, workers: int, batch_size: int) -> None:
-    """`workers` threads claiming batches of the same issue (I/O-bound: threads overlap network waits).
-    A stop cuts what is still in flight STOP_GRACE seconds after it was asked."""
+MAX_LANES = 8  # sender threads per process at most (each holds one database connection for its run)
+
+
+def lanes(settings: Settings, workers: int | None = None) -> tuple[int, int]:
+    """(threads, batch size): how one process sends. Over SendGrid the requests in flight at once are
+    what hide the API's latency (Little's law: 33,000 recipients/s at 100 ms need 3,300 in flight), so
+    by default there are as many threads, each with one request in flight, as MAILER_SENDGRID_IN_FLIGHT
+    allows (4000 = 4 requests of 1000; at most MAX_LANES), and threads × batch never exceeds it: that
+    is what a crash may repeat. `workers` (`--workers N`) sets the thread count instead; the batch
+    shrinks to keep the bound. Other backends: `workers` threads (default 1), batches of
+    MAILER_BATCH_SIZE (0: the backend's own)."""
+    batch = settings.batch_size
+    if settings.backend != "sendgrid":
+        return max(1, workers or 1), batch
+    cap = settings.sendgrid_in_flight
+    batch = min(batch or 1000, 1000, cap)
+    threads = workers or min(MAX_LANES, -(-cap // batch))
+    threads = max(1, min(threads, cap))
+    return threads, max(1, min(batch, cap // threads))
+
+
+def run_workers(sender: Sender, workers: int | None, batch_size: int | None = None) -> None:
+    """Threads claiming batches of the same issue (I/O-bound: threads overlap network waits, and one
+    thread claims, builds or records while the others' requests are in flight): `lanes()` decides how
+    many and how big unless given. A stop cuts what is still in flight STOP_GRACE seconds after it was
+    asked."""
+    threads, batch = lanes(sender.settings, workers)
+    workers, batch_size = threads, batch if batch_size is None else batch_size
     done = threading.Event()
     watcher = threading.Thread(target=_cut_after_grace, args=(sender, done), name="mailer-stop-watch", daemon=True)
     watcher.start()
@@ -694,7 +775,7 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
             with store.begin() as conn:
                 requeue_dead_claims(store, conn, issue_id)
             before = sender.progress.sent
-            run_workers(sender, 1, settings.batch_size)
+            run_workers(sender, None)
             sent += sender.progress.sent - before
             counts, paused = settle_issue(store, issue_id, sender.abort_reason)
             if sender.edition_changed:
