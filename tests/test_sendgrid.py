@@ -555,3 +555,61 @@ def test_abort_cuts_a_request_in_flight_at_once(sg_settings, server):
     with pytest.raises(TransientError, match="cut by a stop request"):
         backend.send_batch(Batch(_factory(settings), (_message(1),), 1))
     assert time.monotonic() - started < 1.5
+
+
+# ----- requests in flight at once (the pipeline) -----------------------------------------------------------
+def test_requests_overlap_by_default_and_never_exceed_the_in_flight_bound(sg_settings, server, store, tmp_path):
+    """With an API that takes 0.1 s to answer, several requests are in flight at once without any flag,
+    and the recipients in flight never exceed MAILER_SENDGRID_IN_FLIGHT (counted by the server)."""
+    server.latency = 0.1
+    settings = sg_settings(MAILER_BATCH_SIZE="100", MAILER_SENDGRID_IN_FLIGHT="250")
+    _populate(store, tmp_path, 1200)
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    assert report.complete
+    _assert_each_once(server, store, 1200)
+    assert server.max_in_flight_requests >= 2, "the requests went one after another"
+    assert server.max_in_flight_recipients <= 250
+    assert max(len(r.personalizations) for r in server.accepted) <= 100
+
+
+@pytest.mark.parametrize("workers", [1, 10])
+def test_workers_shrink_the_requests_to_keep_the_in_flight_bound(sg_settings, server, store, tmp_path, workers):
+    server.latency = 0.05
+    settings = sg_settings(MAILER_SENDGRID_IN_FLIGHT="300")
+    _populate(store, tmp_path, 700)
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, workers=workers)
+    assert report.complete
+    _assert_each_once(server, store, 700)
+    assert server.max_in_flight_recipients <= 300
+    assert max(len(r.personalizations) for r in server.accepted) == 300 // workers
+
+
+def test_a_429_slows_the_whole_send_not_one_thread(sg_settings, server, store, tmp_path):
+    """One request meets a 429 (Retry-After: 2) while others are in flight: no thread hands anything
+    over until the 2 s are up; then everyone is delivered once."""
+    server.latency = 0.2
+    settings = sg_settings(MAILER_BATCH_SIZE="100")
+    _populate(store, tmp_path, 1500)
+    server.script(Fault("ok"), Fault("ok"))  # the first two requests go through…
+    server.rate_limit_next(retry_after=2)      # …the third is refused while they are in flight
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    assert report.complete
+    _assert_each_once(server, store, 1500)
+    refused = next(e for e in server.log if e.status == 429)
+    during = [e for e in server.log if refused.at + 0.5 < e.at < refused.at + 1.9]
+    assert during == [], f"{len(during)} request(s) sent while the send should have been waiting"
+    assert server.max_in_flight_requests >= 2
+
+
+def test_the_rate_limit_holds_across_the_threads_of_a_send(sg_settings, server, store, tmp_path):
+    """MAILER_RATE_LIMIT = 2000 recipients/s with 4 requests of 100 in flight: 1000 recipients take at
+    least (1000 - 100) / 2000 s between the first request and the last (the first may go at once)."""
+    server.latency = 0.02
+    settings = sg_settings(MAILER_BATCH_SIZE="100", MAILER_SENDGRID_IN_FLIGHT="400", MAILER_RATE_LIMIT="2000")
+    _populate(store, tmp_path, 1000)
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    assert report.complete
+    _assert_each_once(server, store, 1000)
+    times = sorted(e.at for e in server.log if e.status == 202)
+    assert times[-1] - times[0] >= (1000 - 100) / 2000 * 0.95
+    assert server.max_in_flight_requests >= 2
