@@ -510,6 +510,11 @@ class SendGridServer:
             self._record_log(403, None)
             handler._reply(403, {"errors": [_error("access forbidden", None)]})
             return
+        media_type = (handler.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if media_type != "application/json":  # SendGrid answers 415 to anything but JSON
+            self._record_log(415, None)
+            handler._reply(415, {"errors": [_error("Content-Type should be application/json", None)]})
+            return
         if len(raw) > self.max_body_bytes:
             self._record_log(413, None)
             handler._reply(413, {"errors": [_error("Payload Too Large", None)]})

@@ -373,7 +373,8 @@ class Sender:
             if not messages:
                 return []
             try:
-                return backend.send_batch(Batch(self.factory, tuple(messages), self.issue_id, batch_date))
+                return backend.send_batch(Batch(self.factory, tuple(messages), self.issue_id, batch_date,
+                                                before_request=self._before_request))
             except PermanentError as exc:  # nothing will be accepted: pause, hand the batch back untouched
                 self._abort(f"{backend.name}: {exc}")
                 return None
@@ -544,6 +545,12 @@ class Sender:
                             reason, tries + 1, delay, left)
             self._resume_at = max(self._resume_at, now + delay)
         return not self._sleep(delay)
+
+    def _before_request(self) -> None:
+        """A request is built and about to leave: wait for the send's gate (the build took time, and
+        another thread may have heard a 429 meanwhile); TransientError when the send stopped."""
+        if self._wait_gate():
+            raise TransientError("the send stopped before the request left")
 
     def _wait_gate(self) -> bool:
         """Before anything is handed over: wait while the send's gate is closed (another worker's 429 or
