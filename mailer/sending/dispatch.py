@@ -166,6 +166,10 @@ class Sender:
         self.backend_factory = backend_factory
         self.key = secret_key_for(settings)
         self.base_url, self.slug, self.domain = settings.base_url, rendered.key, settings.sender_domain
+        # per recipient: prepared once (the same tokens and Message-IDs as `outgoing_message`)
+        self._unsubscribe_prefix = f"{self.base_url}/u/"
+        self._token = tokens.TokenMaker(self.key, "unsubscribe")
+        self._message_id = tokens.MessageIds(self.key, self.slug, self.domain)
         self.rate_limiter = rate_limiter or SendRateLimiter(settings.rate_limit, store, issue_id)
         self.stop = stop or threading.Event()
         self.progress = progress or Progress(rendered.key, 0)
@@ -193,8 +197,9 @@ class Sender:
     # ----- per recipient --------------------------------------------------------------------------
     def recipient_for(self, subscriber_id: int, email: str, name: str, delivery_id: int | None = None,
                       first_name: str | None = None) -> OutgoingMessage:
-        return outgoing_message(self.key, self.base_url, self.slug, self.domain, subscriber_id, email, name,
-                                delivery_id, first_name)
+        recipient = Recipient(email=email, name=name, subscriber_id=subscriber_id, first_name=str(first_name or ""),
+                              unsubscribe_url=self._unsubscribe_prefix + self._token(subscriber_id))
+        return OutgoingMessage(recipient=recipient, delivery_id=delivery_id, message_id=self._message_id(subscriber_id))
 
     # ----- the worker loop ------------------------------------------------------------------------
     def run_worker(self, name: str, batch_size: int) -> None:
