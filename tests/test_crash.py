@@ -99,7 +99,7 @@ def _counts(store):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_send_then_resume_delivers_each_exactly_once(store, db_url, project, smtp_sink):
+def test_a_crash_may_repeat_at_most_one_commit_group_per_smtp_connection_and_skips_nobody(store, db_url, project, smtp_sink):
     addresses = _populate(store, project)
     env = _env(db_url, smtp_sink.port)
     command = [sys.executable, "-m", "mailer.cli", "send", EXAMPLE_ISSUE, "--yes"]

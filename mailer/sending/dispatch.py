@@ -32,8 +32,14 @@ a ledger row going from `sending` to `sent` — moves only after the provider ac
    hands the rest back and repeats nobody; what a stalled server still holds after STOP_GRACE
    seconds is cut and stays queued (the one case where a stop can repeat a message: a server that
    withholds its answer to a message it accepted). A crash (SIGKILL, power loss) may repeat exactly
-   what was in flight and unrecorded: over SMTP the message(s) in flight, over SendGrid the
-   recipients of the request(s) in flight (≤ 1,000 each). Nobody is ever skipped. A later run puts
+   what was in flight and unrecorded: over SMTP at most one commit group per connection (group
+   commit: ≤ MAILER_SMTP_COMMIT_EVERY = 10 messages by default, see `_process`), over SendGrid the
+   recipients of the requests in flight (≤ MAILER_SENDGRID_IN_FLIGHT = 4,000 by default, see
+   `lanes`). Nobody is ever skipped.
+5. The pipeline: over SendGrid several threads each keep one request in flight (`lanes`), so while
+   some wait for SendGrid's answer the others claim, build and record; they share the rate limit
+   (in the issue's row) and one gate (`_path_failed`): a 429 or an outage heard by one thread holds
+   every thread until its Retry-After has passed. A later run puts
    back rows whose claimant is dead (`claimant.is_alive`); the stable Message-ID lets receivers that
    deduplicate drop a repeated copy.
 """
