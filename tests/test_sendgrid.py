@@ -603,15 +603,14 @@ def test_a_429_slows_the_whole_send_not_one_thread(sg_settings, server, store, t
 
 def test_the_rate_limit_holds_across_the_threads_of_a_send(sg_settings, server, store, tmp_path):
     """MAILER_RATE_LIMIT = 2000 recipients/s with 4 requests of 100 in flight: 1000 recipients take at
-    least (1000 - 100) / 2000 s between the first request and the last (the first may go at once)."""
+    least (1000 - 100) / 2000 s (the first request may go at once)."""
     server.latency = 0.02
     settings = sg_settings(MAILER_BATCH_SIZE="100", MAILER_SENDGRID_IN_FLIGHT="400", MAILER_RATE_LIMIT="2000")
     _populate(store, tmp_path, 1000)
     report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
     assert report.complete
     _assert_each_once(server, store, 1000)
-    times = sorted(e.at for e in server.log if e.status == 202)
-    assert times[-1] - times[0] >= (1000 - 100) / 2000 * 0.95
+    assert report.elapsed >= (1000 - 100) / 2000  # the threads book their slots in one shared schedule
     assert server.max_in_flight_requests >= 2
 
 

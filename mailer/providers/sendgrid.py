@@ -260,6 +260,7 @@ class SendGridBackend(Backend):
         self._marker_items: tuple[tuple[str, str], ...] = ()
         self._marker_keys: tuple[tuple[str, str], ...] = ()  # (slot name, its marker as a JSON key + ":")
         self._static_json = ""  # the static part as JSON text, without its closing brace
+        self._header_keys: dict[str, str] = {}  # per-recipient header name -> its JSON key + ":"
 
     @staticmethod
     def settings_problems(settings: Settings) -> list[str]:
@@ -388,30 +389,24 @@ class SendGridBackend(Backend):
         name = recipient.name
         if name:
             name = recipient_name(name)
-        parts = ['{"to":[{"email":', _json_string(recipient.email)]
-        if name:
-            parts += [',"name":', _json_string(name)]
-        parts.append('}],"substitutions":{')
-        size = 0
-        first = True
-        for slot_name, key in self._marker_keys:
-            value = values[slot_name]
-            size += len(value)
-            parts += [key if first else "," + key, _json_string(value)]
-            first = False
-        headers = factory.recipient_headers(recipient, message.message_id)
-        parts.append('},"headers":{')
-        parts.append(",".join(_json_string(k) + ":" + _json_string(v) for k, v in headers.items()))
-        parts.append("}")
+        substitutions = [key + _json_string(values[slot_name]) for slot_name, key in self._marker_keys]
+        size = sum(map(len, (values[slot_name] for slot_name, _ in self._marker_keys)))
+        keys = self._header_keys
+        headers = ",".join([(keys.get(k) or self._header_key(k)) + _json_string(v)
+                            for k, v in factory.recipient_headers(recipient, message.message_id).items()])
         args = issue_arg
         if recipient.subscriber_id is not None:
             args += f'"mailer_subscriber":"{recipient.subscriber_id}",'
         if message.delivery_id is not None:
             args += f'"mailer_delivery":"{message.delivery_id}",'
-        if args:
-            parts += [',"custom_args":{', args[:-1], "}"]
-        parts.append("}")
-        return "".join(parts), size
+        to = _json_string(recipient.email) + (',"name":' + _json_string(name) if name else "")
+        custom = ',"custom_args":{' + args[:-1] + "}" if args else ""
+        return (f'{{"to":[{{"email":{to}}}],"substitutions":{{{",".join(substitutions)}}},'
+                f'"headers":{{{headers}}}{custom}}}'), size
+
+    def _header_key(self, name: str) -> str:
+        key = self._header_keys[name] = _json_string(name) + ":"
+        return key
 
     @staticmethod
     def args_bytes(personalization: dict[str, Any]) -> int:
