@@ -156,7 +156,6 @@ def sequential_floor(url: str, requests: int) -> float:
     and about the same size as mailer's), posted one after another with the official client."""
     import sendgrid
 
-    from mailer.content.issue import load_issue  # noqa: F401 - the body below mimics a real issue's size
     body_html = "<p>" + "Une brève d'actualité, assez longue pour peser comme une vraie. " * 700 + "</p>"
     client = sendgrid.SendGridAPIClient(api_key=ENV["SENDGRID_API_KEY"], host=url)
     bodies = []
