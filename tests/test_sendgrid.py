@@ -596,7 +596,9 @@ def test_a_429_slows_the_whole_send_not_one_thread(sg_settings, server, store, t
     assert report.complete
     _assert_each_once(server, store, 1500)
     refused = next(e for e in server.log if e.status == 429)
-    during = [e for e in server.log if refused.at + 0.5 < e.at < refused.at + 1.9]
+    # (a request that passed its gate check just before the 429 was heard may still arrive a little
+    # later on a loaded machine: the window starts 1 s after the 429)
+    during = [e for e in server.log if refused.at + 1.0 < e.at < refused.at + 1.9]
     assert during == [], f"{len(during)} request(s) sent while the send should have been waiting"
     assert server.max_in_flight_requests >= 2
 
