@@ -62,7 +62,7 @@ from .prepare import (PreparedSend, SendPlan, check_buildable, empty_audience_re
                       issue_status, ledger_overview, live_claimants, load_edition, outgoing_message, plan_send,
                       prepare_send, refuse_held, requeue_dead_claims, resume_notice, send_warnings, web_version_html)
 from .ratelimit import SendRateLimiter
-from .. import links
+from .. import links, tokens
 from ..links import TEST_SUBSCRIBER_ID
 from ..providers import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError, make_backend, require_ready
 from ..config import Settings, secret_key_for
@@ -174,7 +174,7 @@ class Sender:
         self.key = secret_key_for(settings)
         self.base_url, self.slug, self.domain = settings.base_url, rendered.key, settings.sender_domain
         # per recipient: prepared once (the same tokens and Message-IDs as `outgoing_message`)
-        self._unsubscribe_prefix = f"{self.base_url}/u/"
+        self._unsubscribe_prefix = self.base_url + links.UNSUBSCRIBE.split("{token}")[0]  # links.unsubscribe_url's
         self._token = tokens.TokenMaker(self.key, "unsubscribe")
         self._message_id = tokens.MessageIds(self.key, self.slug, self.domain)
         self.rate_limiter = rate_limiter or SendRateLimiter(settings.rate_limit, store, issue_id)
