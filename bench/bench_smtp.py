@@ -324,7 +324,7 @@ def run_mailer(project: Path, template_db: Path, port: int, count: int, pool: in
         profiler = cProfile.Profile()
         profiler.enable()
     started = time.perf_counter()
-    report = dispatch.send_issue(settings, store, ISSUE, workers=workers)
+    report = dispatch.send_issue(settings, store, ISSUE, workers=workers, allow_draft=True)
     elapsed = time.perf_counter() - started
     if profiler is not None:
         import pstats

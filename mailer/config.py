@@ -76,6 +76,9 @@ ENV_VARS: dict[str, str] = {
     "MAILER_PAUSE_AFTER": "pause_after",
     "MAILER_SMTP_TIMEOUT": "smtp_timeout",
     "MAILER_SENDGRID_TIMEOUT": "sendgrid_timeout",
+    "MAILER_SENDGRID_IN_FLIGHT": "sendgrid_in_flight",
+    "MAILER_SMTP_COMMIT_EVERY": "smtp_commit_every",
+    "MAILER_SMTP_COMMIT_MS": "smtp_commit_ms",
     "MAILER_SCHEDULE_CRON": "schedule_cron",
     "MAILER_SCHEDULE_GRACE": "schedule_grace",
     "MAILER_SCHEDULE_TIMEZONE": "schedule_timezone",
@@ -137,6 +140,11 @@ class Settings:
     pause_after: float = 300.0  # seconds a whole-path failure (outage, full disk) is retried before the send pauses
     smtp_timeout: float = 60.0  # seconds, in total, per SMTP message and per connection attempt
     sendgrid_timeout: float = 30.0  # seconds, in total, per SendGrid request
+    # recipients handed to SendGrid and not yet answered, at most (4 requests of 1000): what hides the
+    # API's latency, and what a crash may repeat
+    sendgrid_in_flight: int = 4000
+    smtp_commit_every: int = 10  # SMTP: accepted messages recorded in one ledger transaction, at most…
+    smtp_commit_ms: float = 20.0  # …or once the oldest unrecorded one is this many milliseconds old
     schedule_cron: str = ""
     schedule_timezone: str = ""
     schedule_grace: int = 6 * 3600
@@ -597,6 +605,15 @@ def _validate(settings: Settings, where: Callable[[str], str]) -> Settings:
                           f"({settings.soft_bounce_limit} over {settings.soft_bounce_sends} sends)")
     if settings.batch_size < 0 or settings.batch_size > 1000:
         raise ConfigError(f"{where('batch_size')} must be between 1 and 1000 (0: the backend's own)")
+    if not 1 <= settings.sendgrid_in_flight <= 100_000:
+        raise ConfigError(f"{where('sendgrid_in_flight')} must be between 1 and 100000 (recipients in flight "
+                          f"at once; 4000 = 4 requests of 1000), not {settings.sendgrid_in_flight!r}")
+    if not 1 <= settings.smtp_commit_every <= 1000:
+        raise ConfigError(f"{where('smtp_commit_every')} must be between 1 and 1000 (accepted messages recorded "
+                          f"together), not {settings.smtp_commit_every!r}")
+    if not 0 <= settings.smtp_commit_ms <= 60_000:
+        raise ConfigError(f"{where('smtp_commit_ms')} must be between 0 and 60000 milliseconds, "
+                          f"not {settings.smtp_commit_ms!r}")
     for label, seconds in (("MAILER_PAUSE_AFTER", settings.pause_after), ("MAILER_SMTP_TIMEOUT", settings.smtp_timeout),
                            ("MAILER_SENDGRID_TIMEOUT", settings.sendgrid_timeout)):
         if not seconds > 0:

@@ -267,13 +267,20 @@ class _Handler(BaseHTTPRequestHandler):
             return
         length = int(self.headers.get("Content-Length") or 0)
         raw = self._read(length)
-        owner._handle(self, raw)
+        recipients = raw.count(b'"to":')  # cheap: one `to` per personalization in what mailer sends
+        owner._enter(recipients)
+        try:
+            owner._handle(self, raw)
+        finally:
+            owner._leave(recipients)
 
     def do_GET(self) -> None:  # noqa: N802
         if self.path == "/_stats":  # not SendGrid's: lets a benchmark in another process check the count
             owner = self.server.owner
             with owner._lock:
-                stats = {"requests": owner.accepted_count, "recipients": owner.accepted_recipients}
+                stats = {"requests": owner.accepted_count, "recipients": owner.accepted_recipients,
+                         "max_in_flight_requests": owner.max_in_flight_requests,
+                         "max_in_flight_recipients": owner.max_in_flight_recipients}
             self._reply(200, stats)
             return
         self._reply(405, {"errors": [_error("method not allowed", None)]})
@@ -345,6 +352,10 @@ class SendGridServer:
         self.log: list[LogEntry] = []
         self.accepted_count = 0
         self.accepted_recipients = 0
+        # requests (and their recipients) being handled at once, from the body read to the answer: what
+        # a client has in flight; the highest seen tells whether it kept its in-flight bound
+        self.in_flight_requests = self.in_flight_recipients = 0
+        self.max_in_flight_requests = self.max_in_flight_recipients = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._httpd = _HTTPServer((host, port), _Handler)
@@ -463,8 +474,21 @@ class SendGridServer:
             self.faults.clear()
             self.address_rules.clear()
             self.accepted_count = self.accepted_recipients = 0
+            self.max_in_flight_requests = self.max_in_flight_recipients = 0
 
     # ----- the endpoint ---------------------------------------------------------------------------
+    def _enter(self, recipients: int) -> None:
+        with self._lock:
+            self.in_flight_requests += 1
+            self.in_flight_recipients += recipients
+            self.max_in_flight_requests = max(self.max_in_flight_requests, self.in_flight_requests)
+            self.max_in_flight_recipients = max(self.max_in_flight_recipients, self.in_flight_recipients)
+
+    def _leave(self, recipients: int) -> None:
+        with self._lock:
+            self.in_flight_requests -= 1
+            self.in_flight_recipients -= recipients
+
     def _record_log(self, status: int | str, body: Any) -> None:
         personalizations = body.get("personalizations") if isinstance(body, dict) else None
         count = len(personalizations) if isinstance(personalizations, list) else 0
@@ -485,6 +509,11 @@ class SendGridServer:
         if auth[7:] in self.forbidden_keys:
             self._record_log(403, None)
             handler._reply(403, {"errors": [_error("access forbidden", None)]})
+            return
+        media_type = (handler.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if media_type != "application/json":  # SendGrid answers 415 to anything but JSON
+            self._record_log(415, None)
+            handler._reply(415, {"errors": [_error("Content-Type should be application/json", None)]})
             return
         if len(raw) > self.max_body_bytes:
             self._record_log(413, None)
@@ -597,8 +626,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--api-key", default="SG.test")
     parser.add_argument("--cheap", action="store_true", help="only parse the JSON and count (benchmarks)")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds between accepting a request and answering it (a real API's round trip)")
     args = parser.parse_args(argv)
-    server = SendGridServer(args.api_key, port=args.port, cheap=args.cheap)
+    server = SendGridServer(args.api_key, port=args.port, cheap=args.cheap, latency=args.latency)
     print(f"PORT {server.port}", flush=True)
     try:
         server._httpd.serve_forever(poll_interval=0.2)

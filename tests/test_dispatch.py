@@ -271,8 +271,13 @@ def test_a_few_bad_addresses_in_a_row_do_not_pause(store, make_settings, tmp_pat
     assert report.complete and report.failed_now == 27 and report.sent_now == 13
 
 
-def test_per_message_backend_records_each_message_as_it_goes(store, make_settings, tmp_path, db_url):
-    settings = make_settings(database_url=db_url, batch_size=50)
+@pytest.mark.parametrize("group", [1, 3, 10])
+def test_per_message_backend_records_accepted_messages_in_bounded_groups(store, make_settings, tmp_path, db_url,
+                                                                        group):
+    """SMTP's group commit: before each message leaves, at most `group - 1` accepted ones are unrecorded
+    (so a crash repeats at most one group with the message in flight), and the ledger catches up in
+    whole groups."""
+    settings = make_settings(database_url=db_url, batch_size=50, smtp_commit_every=group, smtp_commit_ms=60_000)
     _populate(store, tmp_path, 20)
     provider = ScriptedProvider()
     provider.ledger_step = 1
@@ -286,7 +291,28 @@ def test_per_message_backend_records_each_message_as_it_goes(store, make_setting
 
     provider.send_batch = observe
     dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
-    assert seen_sent_counts == list(range(20))
+    assert seen_sent_counts == [k - k % group for k in range(20)]
+    assert _counts(store)["sent"] == 20
+
+
+def test_group_commit_records_a_group_once_it_is_old_enough(store, make_settings, tmp_path, db_url):
+    """The time bound: with a slow server (50 ms a message) and groups of up to 10 or 20 ms, each
+    accepted message is recorded before the next one leaves."""
+    settings = make_settings(database_url=db_url, batch_size=50, smtp_commit_every=10, smtp_commit_ms=20)
+    _populate(store, tmp_path, 6)
+    provider = ScriptedProvider()
+    provider.ledger_step = 1
+    seen_sent_counts = []
+    original = provider.send_batch
+
+    def slow(batch):
+        seen_sent_counts.append(_counts(store)["sent"])
+        time.sleep(0.05)
+        return original(batch)
+
+    provider.send_batch = slow
+    dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    assert seen_sent_counts == list(range(6))
 
 
 def test_threads_share_the_queue_without_duplicates(store, make_settings, tmp_path, db_url):

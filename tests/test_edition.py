@@ -94,7 +94,8 @@ def test_a_killed_send_resumed_with_a_second_worker_never_sends_the_edit(store, 
     assert not edited, f"{len(edited)} of {len(messages)} messages carry the edit"
     per_recipient = sink.handler.per_recipient()
     assert set(per_recipient) == set(addresses), "someone was skipped"
-    assert sum(n - 1 for n in per_recipient.values()) <= 1, "more duplicates than the crash window allows"
+    # the crash window over SMTP: one commit group (MAILER_SMTP_COMMIT_EVERY, 10 by default) per connection
+    assert sum(n - 1 for n in per_recipient.values()) <= 10, "more duplicates than the crash window allows"
     final = _counts(store)
     assert final["sent"] == count and final["queued"] == final["sending"] == 0
     assert edition_of(store).number == 1

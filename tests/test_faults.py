@@ -308,9 +308,10 @@ def test_an_unsubscribe_during_a_slow_send_is_honoured_before_the_message_leaves
         received = lambda: smtp.handler.per_recipient()  # noqa: E731
     else:
         sendgrid = SendGridServer().start()
-        # claims of 20: the second request (the target's) waits ~1 s for its rate-limit slot
+        # claims of 20, one request in flight: the second request (the target's) waits ~1 s for its
+        # rate-limit slot (with several in flight, either batch could take the first slot)
         env = dict(MAILER_BACKEND="sendgrid", SENDGRID_API_KEY="SG.test", MAILER_SENDGRID_API_URL=sendgrid.url,
-                   MAILER_BATCH_SIZE="20")
+                   MAILER_BATCH_SIZE="20", MAILER_SENDGRID_IN_FLIGHT="20")
         received = lambda: sendgrid.count_by_recipient()  # noqa: E731
     settings = make_settings(database_url=db_url, MAILER_RATE_LIMIT="20", **env)
     outcome: dict = {}

@@ -111,3 +111,26 @@ def test_web_edition_keys():
     assert not tokens.check_web_edition_key(b"other", "2026-11-26-x", key)
     for bad in ("", key[:-1], key + "A", "é" * 16, None):
         assert not tokens.check_web_edition_key(KEY, "2026-11-26-x", bad)
+
+
+def test_bulk_makers_give_exactly_the_single_functions_tokens_and_message_ids():
+    """The send loop's prepared makers against the one-at-a-time functions (the oracle), on random ids."""
+    import random
+
+    from mailer.tokens import MessageIds, TokenMaker, make_token, message_id, read_token
+
+    rng = random.Random(12)
+    key = rng.randbytes(32)
+    ids = [0, 1, 2**63 - 1] + [rng.randrange(2**40) for _ in range(500)]
+    tokens_for = TokenMaker(key, "unsubscribe")
+    issue_id = rng.randrange(2**32)
+    tokens_naming_the_issue = TokenMaker(key, "unsubscribe", issue_id)
+    ids_for = MessageIds(key, "2026-11-27-édition", "lettre.example.org")
+    for subscriber_id in ids:
+        token = tokens_for(subscriber_id)
+        assert token == make_token(key, "unsubscribe", subscriber_id)
+        assert read_token(key, "unsubscribe", token).subscriber_id == subscriber_id
+        with_issue = tokens_naming_the_issue(subscriber_id)
+        assert with_issue == make_token(key, "unsubscribe", subscriber_id, issue_id)
+        assert read_token(key, "unsubscribe", with_issue).issue_id == issue_id
+        assert ids_for(subscriber_id) == message_id(key, "2026-11-27-édition", subscriber_id, "lettre.example.org")

@@ -91,7 +91,10 @@ def progress_display(label: str, total: int | None) -> Iterator[Callable[..., No
 @click.version_option(package_name="mailer")
 def main(verbose: bool) -> None:
     """mailer: newsletters from brief files to a managed list; nobody skipped, each person's message
-    recorded once accepted (see the README for what a crash may repeat)."""
+    recorded once accepted. A graceful stop (SIGTERM, Ctrl-C) repeats nobody; a crash (SIGKILL, power
+    loss) may repeat exactly what was in flight and unrecorded: over SMTP at most one commit group
+    (≤ 10 messages by default) per connection, over SendGrid the recipients of the requests in flight
+    (≤ 4,000 by default)."""
     from ..redact import RedactingFilter, quiet_http_loggers
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,

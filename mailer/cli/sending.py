@@ -24,8 +24,9 @@ log = logging.getLogger("mailer")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--retry-failed", is_flag=True, help="Queue failed deliveries again.")
 @click.option("--include-new", is_flag=True, help="Also send to subscribers who joined after the freeze.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Batches sent in parallel by this process.")
+@click.option("--workers", default=None, type=click.IntRange(1, 64),
+              help="Sender threads. Default: SMTP 1 connection; SendGrid as many requests in flight as "
+                   "MAILER_SENDGRID_IN_FLIGHT recipients allow (4000: 4 requests of 1000).")
 @click.option("--allow-draft", is_flag=True,
               help="Send it as it is, even though it is a draft or still holds placeholders of `mailer issue new`.")
 @click.option("--rebuild", is_flag=True,
@@ -33,7 +34,7 @@ log = logging.getLogger("mailer")
                    "while another sender is sending it); those already sent are never sent again.")
 @handle_errors
 def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bool, include_new: bool,
-         workers: int, allow_draft: bool, rebuild: bool) -> None:
+         workers: int | None, allow_draft: bool, rebuild: bool) -> None:
     """Send ISSUE to every active subscriber (or a test to --test addresses).
 
     Every build warning is printed first. An issue whose issue.toml says draft = true, or that still

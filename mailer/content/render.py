@@ -156,8 +156,12 @@ def personal_values(settings: Settings, recipient: Recipient, extra: dict[str, s
         greeting = fill_greeting(greeting, given_name(recipient.first_name) or first_name_of(recipient.name))
     values = {"greeting": greeting, "email": recipient.email, "unsubscribe_url": recipient.unsubscribe_url,
               **(extra or {})}
-    values.update({f"{key}.html": html.escape(value, quote=True) for key, value in list(values.items())})
+    for key, value in list(values.items()):  # per recipient: escape only what holds something to escape
+        values[f"{key}.html"] = html.escape(value, quote=True) if _HTML_SPECIAL(value) else value
     return values
+
+
+_HTML_SPECIAL = re.compile(r"[&<>\"']").search  # what html.escape(quote=True) changes
 
 
 # ----- the greeting ------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ Neither counts against any recipient: dispatch retries with backoff, then pauses
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Callable, Literal
 
 from ..errors import MailerError
 from ..mime import MessageFactory
@@ -56,6 +56,10 @@ class Batch:
     messages: tuple[OutgoingMessage, ...]
     issue_id: int | None = None
     date: str | None = None  # one Date header for the whole batch
+    # called by request-based backends right before each request leaves (after it was built): the send
+    # loop waits there while its gate is closed (a 429 heard by another thread) and raises
+    # TransientError when the send stopped meanwhile
+    before_request: Callable[[], None] | None = field(default=None, compare=False)
 
     @property
     def slug(self) -> str:

@@ -5,10 +5,10 @@ How messages go out:
 - Each backend keeps its connections open across messages and batches (dispatch makes one backend
   per worker thread, `mailer send --workers N`). A connection lost in between (idle timeout, server
   restart, 421) is reopened on the next message.
-- `ledger_step = 1`: dispatch hands over one message per `send_batch` call and records it before the
-  next, so a crash can duplicate only the message in flight (the design's promise for SMTP). The
-  price is one ledger transaction per message (see bench/bench_smtp.py for what it costs and the
-  group-commit change to dispatch that would remove it).
+- `ledger_step = 1`: dispatch hands over one message per `send_batch` call, and records accepted
+  messages in bounded groups (group commit: at most MAILER_SMTP_COMMIT_EVERY = 10 messages, or
+  MAILER_SMTP_COMMIT_MS = 20 ms, see dispatch `_process`), so a crash can duplicate at most one
+  group per connection (the design's promise for SMTP) at one ledger transaction per group.
 - `pool` lanes (MAILER_SMTP_POOL): a call with several messages (test sends, or a dispatch that hands
   over more per step) is spread over up to `pool` connections by a persistent thread pool, each lane
   taking the next unsent message, so a slow or dead lane never holds the others back; results come
