@@ -5,8 +5,9 @@
 A hand-written recursive-descent parser, because the language is the product: its error messages
 (one line, the column, what was expected) and its type rules are ours to decide, and it is about
 150 lines — a grammar library (lark) would add a dependency and still need all the type checks.
-This module is longer than ~400 lines on purpose: the grammar (documented here), the parser and
-the reference evaluation must agree, and they are read together. The AST is turned into SQL with
+Longer than ~400 lines because the grammar (documented here), the parser and the reference
+evaluation must agree, and they are read together. A top-level module (shared like `statuses`):
+`content` parses it at load, the store compiles it, `sending` freezes it, `subscribers` checks it. The AST is turned into SQL with
 bind parameters only by the store (`store/segments.py`), and evaluated in plain Python by
 `matches` (the second implementation the tests compare the SQL with).
 
@@ -400,7 +401,7 @@ class _Parser:
             except ValueError:
                 raise self.fail(f"{token.text} is no date and time", token) from None
             if moment.tzinfo is None:
-                from ..scheduling.cadence import localize  # the one rule for wall times a DST change skips or repeats
+                from .wallclock import localize  # the one rule for wall times a DST change skips or repeats
                 moment = localize(moment, self.zone)
             return Literal("datetime", moment.astimezone(timezone.utc), column)
         if token.kind == "name":
@@ -438,7 +439,7 @@ def parse(text: str, zone: ZoneInfo | str = "UTC") -> Segment:
 
 def day_bounds(day: date, zone: str) -> tuple[datetime, datetime]:
     """[start, end) of `day` in `zone`, in UTC (a 23- or 25-hour day across a DST change)."""
-    from ..scheduling.cadence import localize
+    from .wallclock import localize
     info = ZoneInfo(zone)
     start = localize(datetime.combine(day, time(0, 0)), info)
     end = localize(datetime.combine(day + timedelta(days=1), time(0, 0)), info)

@@ -1,7 +1,7 @@
 """Preparing a send: everything that can fail is checked (settings, the issue, its rendering, one
 sample message) BEFORE the ledger is touched; then the recipient set is frozen under a lock on the
 issue's row, with the content as the issue's stored edition (`edition`), which every later claim
-sends (see `dispatch`'s docstring, step 1). Also the ledger's views for `status`."""
+sends (see `dispatch`'s docstring, step 1). The ledger's views for `status` are in `status`."""
 
 from __future__ import annotations
 
@@ -399,45 +399,3 @@ def plan_send(settings: Settings, store: Store, issue_ref: str, *, include_new: 
             recipients += store.count_unfrozen(conn, row.id, row.list_name, frozen.frozen_segment() if frozen else None)
         return SendPlan(slug, subject, row.list_name, row.status, recipients, sum(counts.values()), rebuild,
                         segment=frozen.segment if frozen else None)
-
-
-def _ledger_summary(row, counts: dict[str, int], edition=None) -> dict:  # noqa: ANN001 - `issues`, `editions` rows
-    """One issue's ledger as `mailer status` shows it (`--json`): issue (slug), subject, status
-    (draft | sending | paused | sent), paused_reason, counts (queued, sending, sent, failed, skipped),
-    total, frozen_at, started_at, finished_at (ISO 8601 UTC or null), when (the last of those), edition
-    (number, created_at, reason, subject, template, content_hash, segment and language: issue.toml's
-    frozen with it or null, editions: how many; null before the first freeze)."""
-    times = {key: as_utc(getattr(row, key)) for key in ("frozen_at", "started_at", "finished_at")}
-    when = times["finished_at"] or times["started_at"] or times["frozen_at"]
-    return {"issue": row.slug, "subject": row.subject, "status": row.status, "paused_reason": row.paused_reason,
-            "counts": counts, "total": sum(counts.values()),
-            **{key: value.isoformat() if value else None for key, value in times.items()},
-            "when": when.isoformat() if when else None,
-            "edition": None if edition is None else {
-                "number": edition.number, "created_at": as_utc(edition.created_at).isoformat(),
-                "reason": edition.reason, "subject": edition.subject, "template": edition.template,
-                "content_hash": edition.content_hash, "segment": edition.segment,
-                "language": edition.forced_language, "editions": edition.count}}
-
-
-def issue_status(settings: Settings, store: Store, issue_ref: str) -> dict:
-    """Ledger counts by status, plus the issue's own state and edition (`_ledger_summary`'s shape).
-    NotFound when the issue has no ledger yet."""
-    slug = issue_slug(settings, issue_ref)
-    with store.connect() as conn:
-        row = store.issue_row(conn, slug)
-        if row is None:
-            raise NotFound(f"issue {issue_ref!r} has never been sent (no ledger yet)")
-        counts = store.delivery_counts(conn, row.id)
-        edition = store.current_editions(conn, [row.id]).get(row.id)
-    return _ledger_summary(row, counts, edition)
-
-
-def ledger_overview(store: Store) -> list[dict]:
-    """`mailer status` without ISSUE: every issue with a ledger, newest first (its last activity:
-    finished, else started, else frozen), each in `_ledger_summary`'s shape; [] before the first send."""
-    with store.connect() as conn:
-        overview = store.ledger_overview(conn)
-        current = store.current_editions(conn, [row.id for row, _ in overview])
-        return [_ledger_summary(row, counts, current.get(row.id)) for row, counts in overview]
-
