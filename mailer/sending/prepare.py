@@ -5,7 +5,6 @@ sends (see `dispatch`'s docstring, step 1). The ledger's views for `status` are 
 
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import dataclass, replace
 from email.utils import formatdate
@@ -23,7 +22,7 @@ from ..store import Connection, Store, as_utc, utcnow
 from ..wallclock import format_moment
 from . import claimant
 from . import edition as editions
-from .audience import check_segment
+from .audience import check_segment, empty_audience_reason
 from .edition import Edition
 
 log = logging.getLogger("mailer.dispatch")
@@ -106,27 +105,6 @@ def check_editions(settings: Settings, email: RenderedIssue | Edition) -> dict[s
     """`check_buildable` for every language variant of an edition (`by_language`): their factories,
     the default first. Raises RenderError."""
     return {language: check_buildable(settings, variant) for language, variant in by_language(email).items()}
-
-
-def empty_audience_reason(store: Store, conn: Connection, issue: Issue) -> str:
-    """Why a freeze found nobody, in the editor's terms (list name, segment, statuses, a near miss)."""
-    by_status = store.audience(conn, issue.list_name)
-    where = f"{issue.folder / 'issue.toml'}"
-    breakdown = ", ".join(f"{count} {status}" for status, count in sorted(by_status.items()))
-    if issue.segment is not None and by_status.get("active"):
-        among = f"the {by_status['active']} active subscribers" + (f" of list {issue.list_name!r}" if issue.list_name else "")
-        return f"segment {issue.segment.text!r} ({where}) matches none of {among}"
-    if issue.list_name:
-        if not by_status:
-            names = store.list_names(conn)
-            near = difflib.get_close_matches(issue.list_name, names, n=1)
-            hint = (f"did you mean {near[0]!r}? " if near else "") + (
-                f"lists with members: {', '.join(names)}" if names else "no list has members yet")
-            return f"list {issue.list_name!r} ({where}) has no members; {hint}"
-        return f"list {issue.list_name!r} ({where}) has no active subscriber ({breakdown})"
-    if not by_status:
-        return "there are no subscribers yet (`mailer subscribers add` or `import`)"
-    return f"there is no active subscriber ({breakdown})"
 
 
 def refuse_held(store: Store, issue: Issue, allow_draft: bool = False) -> None:
