@@ -345,20 +345,28 @@ def test_resume_notice_says_which_edition_is_used(store, db_url, project, make_s
 
 
 # ----- a database from before editions ----------------------------------------------------------------
-def test_a_send_in_progress_before_the_migration_freezes_its_folder_at_its_first_resume(tmp_path, project, caplog):
+def store_at_revision(database_url: str, revision: str):  # noqa: ANN201 - a Store
+    """A Store on a database migrated only up to `revision` (what an earlier version left); dispose
+    of its engine before `open_store` migrates it to the head."""
     from alembic import command
     from alembic.config import Config
-    from mailer.store import HEAD_REVISION, MIGRATIONS_DIR, Store, make_engine, utcnow
+    from mailer.store import MIGRATIONS_DIR, Store, make_engine
 
-    env = _outbox_env(tmp_path)
-    settings = load_settings(project, env=env)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(database_url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.upgrade(config, "0003")
-    old = Store(engine)
+        command.upgrade(config, revision)
+    return Store(engine)
+
+
+def test_a_send_in_progress_before_the_migration_freezes_its_folder_at_its_first_resume(tmp_path, project, caplog):
+    from mailer.store import HEAD_REVISION, utcnow
+
+    env = _outbox_env(tmp_path)
+    settings = load_settings(project, env=env)
+    old = store_at_revision(settings.database_url, "0003")
     with old.begin() as conn:  # what the previous version left: 6 frozen, 2 sent, 4 queued, no edition
         for i in range(6):
             old.insert_subscriber(conn, email=f"ancien{i}@example.org", email_given=f"ancien{i}@example.org",
@@ -369,7 +377,7 @@ def test_a_send_in_progress_before_the_migration_freezes_its_folder_at_its_first
         old.update_issue(conn, row.id, frozen_at=utcnow(), status="sending", started_at=utcnow())
         claimed = old.claim_deliveries(conn, row.id, "old-worker", 2)
         old.finish_deliveries(conn, "old-worker", [{"id": r.delivery_id, "status": "sent"} for r in claimed])
-    engine.dispose()
+    old.engine.dispose()
 
     store = open_store(settings.database_url)  # migrates to the head: editions
     try:

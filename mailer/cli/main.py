@@ -137,11 +137,16 @@ def build(issue_ref: str, out_dir: Path | None, spam_check: bool) -> None:
     """Write email.html, email.txt and email.eml (to a sample recipient)."""
     from ..web.preview import build_issue
     settings = _settings()
-    result = build_issue(settings, issue_ref, out_dir)
+    store = _store(settings)
+    try:
+        result = build_issue(settings, issue_ref, out_dir, store=store)
+    finally:
+        store.close()
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"built {result.slug}: {len(result.html_bytes) / 1024:.1f} KB HTML, {len(result.briefs)} briefs "
                f"-> {result.out_dir}")
+    click.echo(f"audience: {result.audience_text}")
     if spam_check:
         from ..content.spamcheck import SpamCheckUnavailable, spam_check as check
         try:

@@ -114,7 +114,8 @@ def status(issue_ref: str | None, as_json: bool) -> None:
       counts {queued, sending, sent, failed, skipped}, total,
       frozen_at, started_at, finished_at, when (ISO 8601 UTC or null; when = the last of them),
       edition {number, created_at, reason (send|rebuild|migrated), subject, template, content_hash,
-      editions (how many)} or null before the first freeze
+      segment and language (issue.toml's, frozen with it; null when none), editions (how many)} or null
+      before the first freeze
     """
     from ..sending.dispatch import issue_status, ledger_overview
     settings = _settings()
@@ -149,7 +150,8 @@ def status(issue_ref: str | None, as_json: bool) -> None:
         from ..scheduling.plan import format_moment
         made = format_moment(datetime.fromisoformat(edition["created_at"]), settings.zone)
         click.echo(f"  edition {edition['number']} of {edition['editions']}, frozen {made} ({edition['reason']}; "
-                   f"template {edition['template']}; sha256 {edition['content_hash'][:12]})")
+                   f"template {edition['template']}; sha256 {edition['content_hash'][:12]})"
+                   + (f", segment: {edition['segment']}" if edition["segment"] else ""))
     for key in ("sent", "failed", "skipped", "queued", "sending"):
         click.echo(f"  {key:<8} {counts[key]}")
     click.echo(f"  {'total':<8} {result['total']}")

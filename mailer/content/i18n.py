@@ -100,6 +100,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "preview_text_part": "Version texte",
         "preview_headers": "En-têtes",
         "preview_download_eml": "Télécharger le fichier .eml",
+        "preview_audience": "destinataires\u00a0: {count}\u00a0abonné·es actifs",
+        "preview_segment": "segment\u00a0:",
+        "preview_list": "liste",
     },
     "en": {
         "unsubscribe": "Unsubscribe",
@@ -195,6 +198,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "preview_text_part": "Text part",
         "preview_headers": "Headers",
         "preview_download_eml": "Download the .eml",
+        "preview_audience": "audience: {count} active subscribers",
+        "preview_segment": "segment:",
+        "preview_list": "list",
     },
 }
 

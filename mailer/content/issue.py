@@ -15,9 +15,11 @@ from slugify import slugify
 from .briefs import Brief, brief_files, control_character, describe_character, parse_file, read_text
 from ..wallclock import localize  # the one rule for wall times a DST change skips or repeats
 from ..errors import DraftIssue, MailerError, NotFound, SourceError
+from ..segments import Segment, SegmentError, parse as parse_segment
 
 ISSUE_FILE = "issue.toml"
-ISSUE_KEYS = ("subject", "preheader", "date", "send_at", "template", "intro", "list", "archive", "greeting", "draft", "track_clicks")
+ISSUE_KEYS = ("subject", "preheader", "date", "send_at", "template", "intro", "list", "archive", "greeting", "draft",
+              "track_clicks", "segment", "language")
 DEFAULT_TEMPLATE = "weekly"
 _TOML_LINE = re.compile(r"at line (\d+)")
 
@@ -38,6 +40,8 @@ class Issue:
     greeting: bool | str = True  # issue.toml `greeting`: false, or a pattern like "Salut {name} !"
     draft: bool = False  # issue.toml `draft = true` (a fresh scaffold): never ready for the scheduler
     track_clicks: bool | None = None  # issue.toml `track_clicks`: wins over MAILER_TRACK_CLICKS when set
+    segment: "Segment | None" = None  # issue.toml `segment`, parsed (segments.py); ANDed with `list`
+    language: str | None = None  # issue.toml `language`: forces the fixed strings' language for everyone
 
     @property
     def public(self) -> bool:
@@ -45,7 +49,7 @@ class Issue:
         else only an issue sent to everyone (an issue for a named list or a segment stays private)."""
         if self.archive is not None:
             return self.archive
-        return self.list_name is None and not getattr(self, "segment", None)
+        return self.list_name is None and self.segment is None
 
     def source_files(self) -> list[Path]:
         """Every file whose change changes the email (the preview watches these)."""
@@ -88,7 +92,7 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
     for key in meta:
         if key not in ISSUE_KEYS:
             raise SourceError(toml_path, f"unknown key {key!r} (allowed: {', '.join(ISSUE_KEYS)})", line_of(key))
-    for key in ("subject", "preheader", "template", "intro", "list"):
+    for key in ("subject", "preheader", "template", "intro", "list", "segment", "language"):
         if key in meta and not isinstance(meta[key], str):
             raise SourceError(toml_path, f"{key} must be a string", line_of(key))
     for key, value in meta.items():
@@ -121,6 +125,19 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
                           line_of("track_clicks"))
     if "archive" in meta and not isinstance(meta["archive"], bool):
         raise SourceError(toml_path, f"archive must be true or false, not {meta['archive']!r}", line_of("archive"))
+
+    segment = None
+    if meta.get("segment", "").strip():
+        try:
+            segment = parse_segment(meta["segment"], zone)
+        except SegmentError as exc:
+            raise segment_error(toml_path, line_of("segment"), exc) from None
+    language = meta.get("language", "").strip().lower() or None
+    if language is not None:
+        from .i18n import STRINGS
+        if language not in STRINGS:
+            raise SourceError(toml_path, f"language must be one of {', '.join(sorted(STRINGS))} (the fixed strings "
+                                         f"shipped), not {meta['language']!r}", line_of("language"))
 
     subject = meta.get("subject", "").strip()
     if not subject:
@@ -158,7 +175,14 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
         greeting=greeting,
         draft=meta.get("draft", False),
         track_clicks=meta.get("track_clicks"),
+        segment=segment,
+        language=language,
     )
+
+
+def segment_error(toml_path: Path, line: int | None, exc: SegmentError) -> SourceError:
+    """A segment's error as one line naming issue.toml:LINE, the column and the segment itself."""
+    return SourceError(toml_path, f"segment, column {exc.column}: {exc.reason} (segment: {exc.text})", line)
 
 
 def key_line(toml_text: str, key: str) -> int | None:

@@ -121,15 +121,22 @@ class RenderedIssue:
     # The greeting's pattern, resolved once by `issue_greeting` ("" = none): `greeting` in
     # issue.toml, else the language's "Bonjour {name}," — unless the intro starts with a greeting.
     greeting: str = ""
+    # The language of its fixed strings (footer, unsubscribe text, greeting): see `render_variants`.
+    language: str = ""
+
+    @property
+    def content_language(self) -> str:
+        """The language the issue is written in (issue.toml `language`, else MAILER_LANGUAGE): its typography."""
+        return self.issue.language or self.settings.language
 
     @property
     def subject(self) -> str:
         """The subject as sent: with the body's typography (narrow no-break spaces in French…)."""
-        return markup.typeset(self.issue.subject, self.settings.language)
+        return markup.typeset(self.issue.subject, self.content_language)
 
     @property
     def preheader(self) -> str:
-        return markup.typeset(self.issue.preheader, self.settings.language)
+        return markup.typeset(self.issue.preheader, self.content_language)
 
     @property
     def key(self) -> str:
@@ -153,7 +160,9 @@ def personal_values(settings: Settings, recipient: Recipient, extra: dict[str, s
     if greeting is None:
         greeting = i18n.strings(settings.language)["hello"]
     if greeting:
-        greeting = fill_greeting(greeting, given_name(recipient.first_name) or first_name_of(recipient.name))
+        # a name never reads as a slot marker, even where a provider substitutes values (SendGrid)
+        name = given_name(recipient.first_name) or first_name_of(recipient.name)
+        greeting = fill_greeting(greeting, name.replace("%%", "%\u200b%"))
     values = {"greeting": greeting, "email": recipient.email, "unsubscribe_url": recipient.unsubscribe_url,
               **(extra or {})}
     for key, value in list(values.items()):  # per recipient: escape only what holds something to escape
@@ -288,11 +297,13 @@ def starts_with_greeting(text: str | None) -> bool:
 
 
 def issue_greeting(issue: Issue, language: str) -> str:
-    """The greeting pattern an issue asks for ("" = none): see `RenderedIssue.greeting`."""
+    """The greeting pattern an issue asks for ("" = none): see `RenderedIssue.greeting`. `language`
+    is the fixed strings' (the default "Bonjour {name}," / "Hello {name},"); an issue's own pattern
+    keeps the issue's typography."""
     if issue.greeting is False:
         return ""
     if isinstance(issue.greeting, str):
-        return markup.typeset(issue.greeting, language)
+        return markup.typeset(issue.greeting, issue.language or language)
     if starts_with_greeting(issue.intro):
         return ""
     return i18n.strings(language)["hello"]
@@ -477,19 +488,47 @@ def template_problem(settings: Settings, issue: Issue) -> MailerError | None:
                              + (f" (templates there: {', '.join(names)})" if names else ""), line)
 
 
-def render_issue(issue: Issue, settings: Settings) -> RenderedIssue:
-    """Compile the issue once: Jinja → MJML → HTML, and Jinja → text."""
-    language = settings.language
+def render_issue(issue: Issue, settings: Settings, *, strings_language: str | None = None) -> RenderedIssue:
+    """Compile the issue once: Jinja → MJML → HTML, and Jinja → text. Its fixed strings are in
+    `strings_language` (default: issue.toml's `language`, else MAILER_LANGUAGE); the content keeps
+    the issue's own language and typography."""
+    content_language = issue.language or settings.language
+    language = strings_language or content_language
     problem = template_problem(settings, issue)
     if problem is not None:
         raise problem
     web_url = web_edition_url(settings, issue)
-    compiled = compile_email(settings, issue.template, _context(issue, settings, web_url), slots=TEXT_SLOTS,
-                             required=("unsubscribe_url",), text_context=_text_context(issue, language))
+    compiled = compile_email(settings, issue.template, _context(issue, settings, web_url, language), slots=TEXT_SLOTS,
+                             required=("unsubscribe_url",), text_context=_text_context(issue, content_language))
     rendered = RenderedIssue(issue=issue, settings=settings, mjml_source=compiled.mjml_source, html=compiled.html,
-                             greeting=issue_greeting(issue, language),
+                             greeting=issue_greeting(issue, language), language=language,
                              text=compiled.text, web_url=web_url, compile_seconds=compiled.compile_seconds)
     return RenderedIssue(**{**rendered.__dict__, "warnings": tuple(build_warnings(rendered))})
+
+
+def render_variants(issue: Issue, settings: Settings) -> dict[str, RenderedIssue]:
+    """One compiled email per language of fixed strings a recipient may get, the default first: the
+    issue's `language` alone when issue.toml forces one; else MAILER_LANGUAGE's and every other
+    shipped language's (`i18n.STRINGS`), since each subscriber's `language` picks theirs
+    (`variant_key`). Compiled once per language per send, never per recipient."""
+    default = render_issue(issue, settings)
+    variants = {default.language: default}
+    if issue.language is None:
+        for language in i18n.STRINGS:
+            if language not in variants:
+                variants[language] = render_issue(issue, settings, strings_language=language)
+    return variants
+
+
+def variant_key(subscriber_language: str | None, variants: dict[str, object]) -> str:
+    """Which of `variants` (keyed by language, the default first) a subscriber gets: their stored
+    `language` (`en`, `fr`; a region such as `en-GB` counts as `en`) when there is a variant for it,
+    else the default."""
+    if subscriber_language:
+        key = subscriber_language.strip().lower().replace("_", "-").split("-", 1)[0]
+        if key in variants:
+            return key
+    return next(iter(variants))
 
 
 def web_edition_url(settings: Settings, issue: Issue) -> str:
@@ -506,16 +545,20 @@ def render_web_edition(rendered: RenderedIssue) -> str:
     unsubscribe link) and offers the subscribe page instead. A template that ignores the flag still
     gets no personal value: its slots are filled with a neutral greeting and the subscribe page."""
     issue, settings = rendered.issue, rendered.settings
-    context = {**_context(issue, settings, rendered.web_url), "web_edition": True, "show_greeting": False}
+    context = {**_context(issue, settings, rendered.web_url, rendered.language), "web_edition": True,
+               "show_greeting": False}
     compiled = compile_email(settings, issue.template, context, slots=TEXT_SLOTS, required=(),
-                             text_context=_text_context(issue, settings.language))
+                             text_context=_text_context(issue, rendered.content_language))
     neutral = Recipient(email="", name="", unsubscribe_url=links.subscribe_url(settings.base_url))
     return compiled.html.fill(personal_values(settings, neutral))
 
 
-def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
-    language = settings.language
-    strings = i18n.strings(language, settings.name)
+def _context(issue: Issue, settings: Settings, web_url: str, strings_language: str | None = None) -> dict:
+    """The template's context: content in the issue's language, fixed strings (`t`, the date line,
+    the greeting) in `strings_language` (default: the issue's language)."""
+    language = issue.language or settings.language
+    strings_language = strings_language or language
+    strings = i18n.strings(strings_language, settings.name)
     briefs = []
     for index, brief in enumerate(issue.briefs, start=1):
         briefs.append({
@@ -533,9 +576,9 @@ def _context(issue: Issue, settings: Settings, web_url: str) -> dict:
         "name": settings.name,
         "language": language,
         "t": strings,
-        "date_long": i18n.long_date(issue.date, language),
+        "date_long": i18n.long_date(issue.date, strings_language),
         "subject": markup.typeset(issue.subject, language),
-        "show_greeting": bool(issue_greeting(issue, language)),
+        "show_greeting": bool(issue_greeting(issue, strings_language)),
         "preheader": markup.typeset(issue.preheader, language),
         "intro_html": Markup(markup.to_html(issue.intro, language)) if issue.intro else None,
         "briefs": briefs,

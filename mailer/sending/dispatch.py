@@ -58,9 +58,10 @@ from typing import Callable, Iterator, Sequence
 
 from . import claimant
 # preparing a send lives in `prepare`; its names stay importable from here (callers and tests use both)
-from .prepare import (PreparedSend, SendPlan, check_buildable, empty_audience_reason, issue_slug,  # noqa: F401
-                      issue_status, ledger_overview, live_claimants, load_edition, outgoing_message, plan_send,
+from .prepare import (PreparedSend, SendPlan, by_language, check_buildable, check_editions,  # noqa: F401
+                      empty_audience_reason, issue_slug, live_claimants, load_edition, outgoing_message, plan_send,
                       prepare_send, refuse_held, requeue_dead_claims, resume_notice, send_warnings, web_version_html)
+from .status import issue_status, ledger_overview  # noqa: F401 - importable from here too
 from .ratelimit import SendRateLimiter
 from .. import links, tokens
 from ..links import TEST_SUBSCRIBER_ID
@@ -164,12 +165,17 @@ class Sender:
     def __init__(self, settings: Settings, store: Store, rendered: Edition, issue_id: int,
                  backend_factory: Callable[[], Backend], *, rate_limiter: SendRateLimiter | None = None,
                  stop: threading.Event | None = None, progress: Progress | None = None,
-                 on_progress: ProgressCallback | None = None, factory: MessageFactory | None = None) -> None:
+                 on_progress: ProgressCallback | None = None, factory: MessageFactory | None = None,
+                 factories: dict[str, MessageFactory] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.rendered = rendered
         self.issue_id = issue_id
-        self.factory = factory or MessageFactory(rendered)
+        # one factory per language of fixed strings of the edition (`Edition.by_language`), the default
+        # first; each recipient gets their `language`'s (`Edition.language_for`)
+        self.factories = factories or {
+            language: MessageFactory(variant) for language, variant in by_language(rendered).items()}
+        self.factory = factory or next(iter(self.factories.values()))
         self.backend_factory = backend_factory
         self.key = secret_key_for(settings)
         self.base_url, self.slug, self.domain = settings.base_url, rendered.key, settings.sender_domain
@@ -288,8 +294,12 @@ class Sender:
         # the claim read each subscriber's status: those suppressed since the freeze are skipped for free
         skipped = [{"id": r.delivery_id, "status": "skipped", "last_error": f"subscriber is {r.subscriber_status}"}
                    for r in rows if r.subscriber_status != "active"]
-        messages = [self.recipient_for(row.subscriber_id, row.email_given, row.name, row.delivery_id, row.first_name)
-                    for row in rows if row.subscriber_status == "active"]
+        groups: dict[str, list[OutgoingMessage]] = {}  # by language of fixed strings: one factory per request
+        for row in rows:
+            if row.subscriber_status == "active":
+                groups.setdefault(self._language_of(row.language), []).append(
+                    self.recipient_for(row.subscriber_id, row.email_given, row.name, row.delivery_id, row.first_name))
+        messages = [message for group in groups.values() for message in group]
         attempts = {r.delivery_id: r.attempts for r in rows}
         if skipped:
             with self._tx(conn):
@@ -299,7 +309,10 @@ class Sender:
             return
         self._local.batch_ids, self._local.checked = [m.delivery_id for m in messages], time.monotonic()
         self._local.skipped = set()
-        step = backend.ledger_step or len(messages)
+        # steps never mix languages: each goes out with its language's factory (one request, one language)
+        steps = [(self.factories[language], group[start:start + size])
+                 for language, group in groups.items() for size in (backend.ledger_step or len(group),)
+                 for start in range(0, len(group), size)]
         # Group commit (backends that hand over message by message, i.e. SMTP): accepted results wait in
         # `pending` and are recorded in one transaction once `commit_every` of them are waiting or the
         # oldest is `commit_seconds` old, and always before anything goes back to the queue or this
@@ -316,8 +329,7 @@ class Sender:
             pending.clear()
             return self._record(conn, worker, results, attempts)
 
-        for start in range(0, len(messages), step):
-            step_messages = messages[start:start + step]
+        for factory, step_messages in steps:
             if pending and (self.rate_limiter.per_second > 0 or self.halted
                             or time.monotonic() - oldest >= self.commit_seconds):
                 if flush():  # about to wait, stopping, or the group is old enough
@@ -331,7 +343,7 @@ class Sender:
                 return
             handed_over = time.monotonic()
             try:
-                results = self._send_with_retries(conn, backend, worker, step_messages)
+                results = self._send_with_retries(conn, backend, worker, step_messages, factory)
             except BaseException:
                 try:
                     flush()  # what was accepted is recorded, so going back to the queue repeats nobody
@@ -350,6 +362,12 @@ class Sender:
                 if flush():
                     return  # a streak of refusals handed this worker's claims back
         flush()
+
+    def _language_of(self, subscriber_language: str | None) -> str:
+        """The key in `factories` of a subscriber's language (`Edition.language_for`; the default
+        for a rendering without variants)."""
+        language_for = getattr(self.rendered, "language_for", None)
+        return language_for(subscriber_language) if language_for else next(iter(self.factories))
 
     def _hand_back(self, conn: Connection, worker: str) -> None:
         """Put this worker's claimed rows back in the queue (no attempt is counted: nobody refused them, or
@@ -387,8 +405,8 @@ class Sender:
             self._count(skipped=len(suppressed))
         return [m for m in messages if m.delivery_id not in local.skipped] if local.skipped else messages
 
-    def _send_with_retries(self, conn: Connection, backend: Backend, worker: str,
-                           messages: list[OutgoingMessage]) -> list[RecipientResult] | None:
+    def _send_with_retries(self, conn: Connection, backend: Backend, worker: str, messages: list[OutgoingMessage],
+                           factory: MessageFactory | None = None) -> list[RecipientResult] | None:
         """Send one step; a whole-path failure is retried (same messages) until it passes or the send
         pauses. None when halted."""
         batch_date = formatdate(usegmt=True)
@@ -399,7 +417,7 @@ class Sender:
             if not messages:
                 return []
             try:
-                return backend.send_batch(Batch(self.factory, tuple(messages), self.issue_id, batch_date,
+                return backend.send_batch(Batch(factory or self.factory, tuple(messages), self.issue_id, batch_date,
                                                 before_request=self._before_request))
             except PermanentError as exc:  # nothing will be accepted: pause, hand the batch back untouched
                 self._abort(f"{backend.name}: {exc}")
@@ -680,18 +698,19 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
     progress = Progress(slug, total=counts["queued"] + counts["sending"])
     backend_factory = backend_factory or (lambda: make_backend(settings))
     sender = Sender(settings, store, prepared.edition, prepared.issue_id, backend_factory,
-                    stop=stop, progress=progress, on_progress=on_progress, factory=prepared.factory)
+                    stop=stop, progress=progress, on_progress=on_progress, factory=prepared.factory,
+                    factories=prepared.factories)
     held: list[str] = []
     try:
         while True:
             if counts["queued"]:
                 run_workers(sender, workers)
             if sender.edition_changed and not stop.is_set() and sender.abort_reason is None:
-                edition, factory = load_edition(settings, store, prepared.issue_id, slug)
+                edition, factories = load_edition(settings, store, prepared.issue_id, slug)
                 log.warning("%s: edition %d was made meanwhile (--rebuild): the rest goes out with it",
                             slug, edition.number)
                 sender = Sender(settings, store, edition, prepared.issue_id, backend_factory, stop=stop,
-                                progress=progress, on_progress=on_progress, factory=factory)
+                                progress=progress, on_progress=on_progress, factories=factories)
             with store.begin() as conn:
                 requeue_dead_claims(store, conn, prepared.issue_id)
                 counts = store.delivery_counts(conn, prepared.issue_id)
@@ -809,12 +828,12 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
             sender = senders.get(slug)
             if sender is None:
                 try:  # the stored edition: the folder is never read (but a send from before editions)
-                    edition, factory = load_edition(settings, store, issue_id, slug)
+                    edition, factories = load_edition(settings, store, issue_id, slug)
                 except MailerError as exc:
                     log.error("%s: cannot build its messages here (%s); leaving it to another worker", slug, exc)
                     continue
                 sender = Sender(settings, store, edition, issue_id, lambda: make_backend(settings), stop=stop,
-                                progress=Progress(slug, 0), on_progress=on_progress, factory=factory)
+                                progress=Progress(slug, 0), on_progress=on_progress, factories=factories)
                 senders[slug] = sender
             with store.begin() as conn:
                 requeue_dead_claims(store, conn, issue_id)

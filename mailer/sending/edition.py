@@ -4,6 +4,12 @@
 the frozen recipient set: the subject as sent, the compiled HTML and the text part with their slot
 markers, the greeting pattern, the settings behind the headers that do not vary per recipient
 (From, Reply-To, List-Id), the template's name and the mailer version, and a SHA-256 of all of it.
+The HTML, text and greeting are stored once per language of fixed strings a recipient may get
+(`render.render_variants`: issue.toml's `language` alone when it forces one, else every shipped
+language, MAILER_LANGUAGE's first), each recipient getting their `language`'s (`render.variant_key`);
+the forced `language` and the `segment` text are frozen with them. The segment is not content: it
+stays out of the hash, and only `--include-new` reads it again (the stored text, never the folder's),
+to draw newcomers from the same audience; `--rebuild` keeps it.
 Every later claim — a resume, `mailer worker`, the scheduler, `--retry-failed`, `--include-new` —
 sends the stored edition and never reads the folder again, so editing a brief after a send started
 changes nothing until the editor asks for a new edition (`mailer send ISSUE --rebuild`).
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -29,7 +35,8 @@ from typing import Any
 from .. import __version__
 from ..config import Settings, secret_key_for
 from ..content import tracking
-from ..content.render import Recipient, RenderedIssue, Template, personal_values
+from ..content.render import Recipient, RenderedIssue, Template, personal_values, variant_key
+from ..segments import Segment
 from .tracking import tracked_parts
 
 # The settings the fixed headers come from (From: name and from_address; Reply-To; List-Id: list_id,
@@ -55,6 +62,12 @@ class Edition:
     created_at: datetime | None = None
     reason: str = ""
     links: tuple[str, ...] = ()  # tracked URLs, position 1… (set before it is stored; `Store.insert_edition`)
+    language: str = ""                  # the fixed strings' language of html/text/greeting (the default variant)
+    forced_language: str | None = None  # issue.toml `language` (forces the fixed strings for everyone)
+    segment: str | None = None          # issue.toml `segment`, as written: the frozen audience's definition
+    segment_zone: str | None = None     # the zone its dates were read in (MAILER_TIMEZONE then)
+    # the other languages' (html, text, greeting), by language; empty when `forced_language` is set
+    variants: dict[str, tuple[Template, Template, str]] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -79,11 +92,38 @@ class Edition:
         values = self.slot_values(recipient)
         return self.html.fill(values), self.text.fill(values)
 
+    def by_language(self) -> dict[str, "Edition"]:
+        """This edition as one sendable email per language of fixed strings, the default first."""
+        found = {self.language: self}
+        for language, (html, text, greeting) in self.variants.items():
+            found[language] = replace(self, html=html, text=text, greeting=greeting, language=language, variants={})
+        return found
+
+    def frozen_segment(self) -> "Segment | None":
+        """The frozen segment, parsed again (for `--include-new`); None when the issue has none."""
+        if self.segment is None:
+            return None
+        from ..segments import parse
+        return parse(self.segment, self.segment_zone or self.settings.timezone)
+
+    def language_for(self, subscriber_language: str | None) -> str:
+        """Which variant a subscriber of `language` (None: unknown) gets (`render.variant_key`)."""
+        return variant_key(subscriber_language, {self.language: None, **self.variants})
+
     def values(self) -> dict[str, Any]:
         """The `editions` columns this edition stores (`Store.insert_edition`)."""
         return {"subject": self.subject, "html": self.html.raw, "text": self.text.raw, "greeting": self.greeting,
                 "headers": fixed_header_settings(self.settings), "template": self.template,
-                "mailer_version": __version__, "content_hash": self.content_hash}
+                "mailer_version": __version__, "content_hash": self.content_hash, "language": self.language,
+                "forced_language": self.forced_language, "segment": self.segment,
+                "segment_zone": self.segment_zone,
+                "variants": _variants_json(self.variants)}
+
+
+def _variants_json(variants: dict[str, tuple[Template, Template, str]]) -> dict[str, dict[str, str]]:
+    """The `editions.variants` column: {language: {"html", "text", "greeting"}}."""
+    return {language: {"html": html.raw, "text": text.raw, "greeting": greeting}
+            for language, (html, text, greeting) in variants.items()}
 
 
 def fixed_header_settings(settings: Settings) -> dict[str, str]:
@@ -91,30 +131,58 @@ def fixed_header_settings(settings: Settings) -> dict[str, str]:
 
 
 def content_hash(subject: str, html: str, text: str, greeting: str, headers: dict[str, str], template: str,
-                 links: tuple[str, ...] = ()) -> str:
-    """SHA-256 (hex) of everything an edition sends the same to every recipient (with tracked links,
-    their URLs too: the parts hold only their slots)."""
+                 links: tuple[str, ...] = (), language: str = "", forced_language: str | None = None,
+                 variants: dict[str, dict[str, str]] | None = None) -> str:
+    """SHA-256 (hex) of everything an edition sends the same to every recipient of a language (with
+    tracked links, their URLs too: the parts hold only their slots): the default variant, the
+    language forced or not, and the other languages' variants (not the segment). Without `links`
+    (tracking off) or `language` (an edition from before revision 0006: one variant), those parts
+    are left out, so editions stored before keep their hash."""
     digest = hashlib.sha256()
-    parts = (subject, html, text, greeting, json.dumps(headers, sort_keys=True), template)
-    if links:  # absent when off: editions stored before tracking keep their hash
-        parts += (json.dumps(links),)
+    parts = [subject, html, text, greeting, json.dumps(headers, sort_keys=True), template]
+    if links:
+        parts.append(json.dumps(links))
+    if language:
+        parts += [language, forced_language or "", json.dumps(variants or {}, sort_keys=True)]
     for part in parts:
         data = part.encode("utf-8")
         digest.update(len(data).to_bytes(8, "big") + data)
     return digest.hexdigest()
 
 
-def from_rendered(rendered: RenderedIssue) -> Edition:
-    """The edition a freeze of this rendering would store: its links rewritten to click slots when
-    tracking is on (`tracked_parts`), so what is stored — and hashed — is what is sent."""
-    settings = rendered.settings
-    subject = rendered.subject
-    html, text, links = tracked_parts(rendered)
-    return Edition(slug=rendered.issue.slug, settings=settings, subject=subject, html=html,
-                   text=text, greeting=rendered.greeting, template=rendered.issue.template,
-                   content_hash=content_hash(subject, html.raw, text.raw, rendered.greeting,
-                                             fixed_header_settings(settings), rendered.issue.template, links),
-                   links=links)
+def from_rendered(rendered: RenderedIssue | dict[str, RenderedIssue]) -> Edition:
+    """The edition a freeze of this rendering would store: one `RenderedIssue`, or the language
+    variants of `render.render_variants` (the default first); links rewritten to click slots when
+    tracking is on (`tracked_parts`), so what is stored — and hashed — is what is sent. The variants
+    differ only in their fixed strings: the default's tracked links are everyone's."""
+    variants = rendered if isinstance(rendered, dict) else {rendered.language: rendered}
+    default, *others = variants.values()
+    settings, issue = default.settings, default.issue
+    subject = default.subject
+    html, text, links = tracked_parts(default)
+    other = {}
+    for variant in others:
+        variant_html, variant_text, _ = tracked_parts(variant)
+        other[variant.language] = (variant_html, variant_text, variant.greeting)
+    segment, zone = (issue.segment.text, issue.segment.zone) if issue.segment is not None else (None, None)
+    return Edition(slug=issue.slug, settings=settings, subject=subject, html=html,
+                   text=text, greeting=default.greeting, template=issue.template,
+                   content_hash=content_hash(subject, html.raw, text.raw, default.greeting,
+                                             fixed_header_settings(settings), issue.template, links,
+                                             default.language, issue.language, _variants_json(other)),
+                   links=links, language=default.language, forced_language=issue.language, segment=segment,
+                   segment_zone=zone, variants=other)
+
+
+def same_content(current: Edition, stored: Any) -> bool:
+    """Whether `current` (the folder rendered now) sends what the stored edition (an `editions` row)
+    sends. An edition from before revision 0006 (no `language`) held MAILER_LANGUAGE's strings alone:
+    it is compared with the current default variant, hashed as it was then."""
+    if stored.language:
+        return current.content_hash == stored.content_hash
+    legacy = content_hash(current.subject, current.html.raw, current.text.raw, current.greeting,
+                          fixed_header_settings(current.settings), current.template, current.links)
+    return current.language == current.settings.language and legacy == stored.content_hash
 
 
 def from_row(row: Any, slug: str, settings: Settings) -> Edition:
@@ -124,4 +192,9 @@ def from_row(row: Any, slug: str, settings: Settings) -> Edition:
     return Edition(slug=slug, settings=replace(settings, **headers), subject=row.subject,
                    html=Template.parse(row.html), text=Template.parse(row.text), greeting=row.greeting,
                    template=row.template, content_hash=row.content_hash, id=row.id, number=row.number,
-                   created_at=row.created_at, reason=row.reason)
+                   created_at=row.created_at, reason=row.reason,
+                   # an edition stored before revision 0006 holds MAILER_LANGUAGE's strings alone
+                   language=row.language or settings.language, forced_language=row.forced_language,
+                   segment=row.segment, segment_zone=row.segment_zone,
+                   variants={language: (Template.parse(part["html"]), Template.parse(part["text"]), part["greeting"])
+                             for language, part in (row.variants or {}).items()})

@@ -1,20 +1,19 @@
 """Preparing a send: everything that can fail is checked (settings, the issue, its rendering, one
 sample message) BEFORE the ledger is touched; then the recipient set is frozen under a lock on the
 issue's row, with the content as the issue's stored edition (`edition`), which every later claim
-sends (see `dispatch`'s docstring, step 1). Also the ledger's views for `status`."""
+sends (see `dispatch`'s docstring, step 1). The ledger's views for `status` are in `status`."""
 
 from __future__ import annotations
 
-import difflib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import formatdate
 from pathlib import Path
 
 from .. import links, tokens
 from ..config import Settings, secret_key_for
 from ..content.issue import Issue, find_issue_folder, hold_refusal, load_issue
-from ..content.render import Recipient, RenderedIssue, render_issue, render_web_edition
+from ..content.render import Recipient, RenderedIssue, render_issue, render_variants, render_web_edition
 from ..errors import EmptyAudience, MailerError, NotFound, RebuildRefused, RenderError
 from ..links import TEST_SUBSCRIBER_ID
 from ..mime import MessageFactory
@@ -23,6 +22,7 @@ from ..store import Connection, Store, as_utc, utcnow
 from ..wallclock import format_moment
 from . import claimant
 from . import edition as editions
+from .audience import check_segment, empty_audience_reason
 from .edition import Edition
 
 log = logging.getLogger("mailer.dispatch")
@@ -70,6 +70,7 @@ class PreparedSend:
     factory: MessageFactory | None = None
     already_finished: bool = False
     notice: str | None = None  # one line on the edition when this call made one other than the first
+    factories: dict[str, MessageFactory] | None = None  # per language of fixed strings, the default first
 
     @property
     def slug(self) -> str:
@@ -93,22 +94,17 @@ def check_buildable(settings: Settings, email: RenderedIssue | Edition) -> Messa
     return factory
 
 
-def empty_audience_reason(store: Store, conn: Connection, issue: Issue) -> str:
-    """Why a freeze found nobody, in the editor's terms (list name, statuses, a near miss)."""
-    by_status = store.audience(conn, issue.list_name)
-    where = f"{issue.folder / 'issue.toml'}"
-    breakdown = ", ".join(f"{count} {status}" for status, count in sorted(by_status.items()))
-    if issue.list_name:
-        if not by_status:
-            names = store.list_names(conn)
-            near = difflib.get_close_matches(issue.list_name, names, n=1)
-            hint = (f"did you mean {near[0]!r}? " if near else "") + (
-                f"lists with members: {', '.join(names)}" if names else "no list has members yet")
-            return f"list {issue.list_name!r} ({where}) has no members; {hint}"
-        return f"list {issue.list_name!r} ({where}) has no active subscriber ({breakdown})"
-    if not by_status:
-        return "there are no subscribers yet (`mailer subscribers add` or `import`)"
-    return f"there is no active subscriber ({breakdown})"
+def by_language(email: RenderedIssue | Edition) -> dict[str, RenderedIssue | Edition]:
+    """An edition's variants by language of fixed strings (`Edition.by_language`), the default first;
+    a single rendering as the one variant of its language."""
+    variants = getattr(email, "by_language", None)
+    return variants() if variants else {getattr(email, "language", ""): email}
+
+
+def check_editions(settings: Settings, email: RenderedIssue | Edition) -> dict[str, MessageFactory]:
+    """`check_buildable` for every language variant of an edition (`by_language`): their factories,
+    the default first. Raises RenderError."""
+    return {language: check_buildable(settings, variant) for language, variant in by_language(email).items()}
 
 
 def refuse_held(store: Store, issue: Issue, allow_draft: bool = False) -> None:
@@ -154,6 +150,8 @@ def send_warnings(settings: Settings, store: Store, issue_ref: str, *, allow_dra
         return ()
     issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
     refuse_held(store, issue, allow_draft)
+    if stored is None:
+        check_segment(store, issue)
     warnings = render_issue(issue, settings).warnings
     if settings.dkim_private_key or settings.backend == "sendgrid":
         from ..dkim_signing import dkim_warnings  # short RSA key, unaligned domain, key readable by others
@@ -179,23 +177,34 @@ def resume_notice(settings: Settings, store: Store, issue_ref: str) -> str | Non
                 f"edition and sent to the {left} recipients left ({counts['sent']} already sent)")
     when = format_moment(as_utc(stored.created_at), settings.zone)
     try:
-        current = editions.from_rendered(render_issue(load_issue(issue_ref, settings.issues_dir, settings.zone),
-                                                      settings))
+        current = editions.from_rendered(render_variants(load_issue(issue_ref, settings.issues_dir, settings.zone),
+                                                         settings))
     except MailerError as exc:
         return f"{slug}: the folder does not render any more ({exc}); the edition from {when} is sent as it was"
-    if current.content_hash == stored.content_hash:
-        return None
-    return (f"{slug}: the folder changed since the send started: the edition from {when} is used; "
-            f"`mailer send {slug} --rebuild` sends the edited text to the {left} recipients left")
+    lines = []
+    if not editions.same_content(current, stored):
+        lines.append(f"{slug}: the folder changed since the send started: the edition from {when} is used; "
+                     f"`mailer send {slug} --rebuild` sends the edited text to the {left} recipients left")
+    if current.segment != stored.segment:
+        lines.append(f"{slug}: issue.toml's segment changed since the send started: the audience frozen then "
+                     f"(segment: {stored.segment or 'none'}) stays, also for --include-new and --rebuild")
+    return "\n".join(lines) or None
 
 
-def _from_folder(settings: Settings, store: Store, issue_ref: str, allow_draft: bool) -> tuple[Issue, Edition, str]:
-    """(issue, the edition its folder renders to now, its web version), checked buildable; nothing stored."""
+def _from_folder(settings: Settings, store: Store, issue_ref: str, allow_draft: bool,
+                 check_audience: bool = True) -> tuple[Issue, Edition, str]:
+    """(issue, the edition its folder renders to now — every language variant —, its web version),
+    checked buildable (and its segment checked against the attributes in use unless not
+    `check_audience`); nothing stored."""
     issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
     refuse_held(store, issue, allow_draft)
-    rendered = render_issue(issue, settings)
-    check_buildable(settings, rendered)
-    return issue, editions.from_rendered(rendered), web_version_html(rendered)
+    if check_audience:
+        check_segment(store, issue)
+    variants = render_variants(issue, settings)
+    for rendered in variants.values():
+        check_buildable(settings, rendered)
+    default = next(iter(variants.values()))
+    return issue, editions.from_rendered(variants), web_version_html(default)
 
 
 def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
@@ -224,7 +233,7 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
     row, stored = _stored_edition(store, slug)
     issue = fresh = web_html = None
     if stored is None or rebuild:
-        issue, fresh, web_html = _from_folder(settings, store, issue_ref, allow_draft)
+        issue, fresh, web_html = _from_folder(settings, store, issue_ref, allow_draft, check_audience=stored is None)
     else:
         try:  # only for what issue.toml says about publication (`public`) and the list of newcomers
             issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
@@ -249,9 +258,15 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
                     f"{slug}: refusing to rebuild while deliveries are being sent (held by {', '.join(alive)}); "
                     f"stop that sender (Ctrl-C or SIGTERM pauses it cleanly), then run `mailer send {slug} "
                     f"--rebuild` again; nothing was changed")
+        if stored is not None and fresh is not None:  # --rebuild: new content, the same audience
+            fresh = replace(fresh, segment=stored.segment, segment_zone=stored.segment_zone)
         frozen = 0
         if not was_frozen or include_new:
-            frozen = store.freeze_recipients(conn, row.id, row.list_name)
+            # the audience: the first freeze draws it from the folder's segment; newcomers come from
+            # the segment frozen with the edition (a send from before editions: the folder's)
+            segment = (editions.from_row(stored, slug, settings).frozen_segment() if stored is not None
+                       else issue.segment if issue is not None else None)
+            frozen = store.freeze_recipients(conn, row.id, row.list_name, segment)
             if not was_frozen and frozen == 0:
                 raise EmptyAudience(f"refusing to send {slug}: {empty_audience_reason(store, conn, issue)}; "
                                     f"nothing was sent and the issue is unchanged")
@@ -273,7 +288,7 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
                 raise RebuildRefused(f"{slug}: nobody is left to send a new edition to ({sent} sent, "
                                      f"{counts['failed']} failed, {counts['skipped']} skipped; --retry-failed, "
                                      f"--include-new); nothing was changed")
-            if fresh.content_hash == stored.content_hash:
+            if editions.same_content(fresh, stored):
                 notice = f"{slug}: the folder is unchanged since edition {stored.number}: nothing rebuilt"
             else:
                 stored = store.insert_edition(conn, row.id, reason="rebuild", values=fresh.values(), links=fresh.links)
@@ -288,19 +303,22 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
     if notice:
         log.warning("%s", notice)
     edition = editions.from_row(stored, slug, settings)
-    return PreparedSend(row.id, edition, frozen, requeued, check_buildable(settings, edition), finished, notice)
+    factories = check_editions(settings, edition)
+    return PreparedSend(row.id, edition, frozen, requeued, next(iter(factories.values())), finished, notice, factories)
 
 
-def load_edition(settings: Settings, store: Store, issue_id: int, slug: str) -> tuple[Edition, MessageFactory]:
+def load_edition(settings: Settings, store: Store, issue_id: int,
+                 slug: str) -> tuple[Edition, dict[str, MessageFactory]]:
     """The issue's current stored edition, ready to send (a `mailer worker`, a sender after a
-    `--rebuild`); a send started before editions were stored gets its folder frozen now (`prepare_send`)."""
+    `--rebuild`), with one message factory per language (the default first); a send started before
+    editions were stored gets its folder frozen now (`prepare_send`)."""
     with store.connect() as conn:
         row = store.current_edition(conn, issue_id)
     if row is None:
         prepared = prepare_send(settings, store, slug)
-        return prepared.edition, prepared.factory
+        return prepared.edition, prepared.factories
     edition = editions.from_row(row, slug, settings)
-    return edition, check_buildable(settings, edition)
+    return edition, check_editions(settings, edition)
 
 
 
@@ -315,9 +333,12 @@ class SendPlan:
     recipients: int      # deliveries this run would send (new freeze, queue, failures retried, newcomers)
     total: int           # ledger rows so far (0 before the first freeze)
     rebuild: bool = False  # a new edition from the folder for those not reached yet
+    segment: str | None = None  # the segment (issue.toml's before the freeze, the frozen one after)
 
     def describe(self, backend: str) -> str:
         audience = f"{self.recipients} subscriber(s)" + (f" of list {self.list_name!r}" if self.list_name else "")
+        if self.segment:
+            audience += f" in segment {self.segment!r}"
         if self.status in ("none", "draft"):
             return f"Send {self.slug} \u201c{self.subject}\u201d through {backend} to {audience}?"
         if self.rebuild:
@@ -334,56 +355,25 @@ def plan_send(settings: Settings, store: Store, issue_ref: str, *, include_new: 
     slug = issue_slug(settings, issue_ref)
     with store.connect() as conn:
         row = store.issue_row(conn, slug)
+    issue = None
+    if row is None or row.frozen_at is None:  # checked on its own connection: SQLite takes its write lock at BEGIN
+        issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
+        check_segment(store, issue)
+    with store.connect() as conn:
+        row = store.issue_row(conn, slug)
         if row is None or row.frozen_at is None:
-            issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
-            recipients = store.count_unfrozen(conn, None, issue.list_name)
-            return SendPlan(issue.slug, issue.subject, issue.list_name, row.status if row else "none", recipients, 0)
+            issue = issue or load_issue(issue_ref, settings.issues_dir, settings.zone)
+            recipients = store.count_unfrozen(conn, None, issue.list_name, issue.segment)
+            return SendPlan(issue.slug, issue.subject, issue.list_name, row.status if row else "none", recipients, 0,
+                            segment=issue.segment.text if issue.segment else None)
         subject = load_issue(issue_ref, settings.issues_dir, settings.zone).subject if rebuild else row.subject
+        stored = store.current_edition(conn, row.id)
+        frozen = editions.from_row(stored, slug, settings) if stored is not None else None
         counts = store.delivery_counts(conn, row.id)
         recipients = counts["queued"] + counts["sending"]
         if retry_failed:
             recipients += counts["failed"]
         if include_new:
-            recipients += store.count_unfrozen(conn, row.id, row.list_name)
-        return SendPlan(slug, subject, row.list_name, row.status, recipients, sum(counts.values()), rebuild)
-
-
-def _ledger_summary(row, counts: dict[str, int], edition=None) -> dict:  # noqa: ANN001 - `issues`, `editions` rows
-    """One issue's ledger as `mailer status` shows it (`--json`): issue (slug), subject, status
-    (draft | sending | paused | sent), paused_reason, counts (queued, sending, sent, failed, skipped),
-    total, frozen_at, started_at, finished_at (ISO 8601 UTC or null), when (the last of those), edition
-    (number, created_at, reason, subject, template, content_hash, editions: how many; null before
-    the first freeze)."""
-    times = {key: as_utc(getattr(row, key)) for key in ("frozen_at", "started_at", "finished_at")}
-    when = times["finished_at"] or times["started_at"] or times["frozen_at"]
-    return {"issue": row.slug, "subject": row.subject, "status": row.status, "paused_reason": row.paused_reason,
-            "counts": counts, "total": sum(counts.values()),
-            **{key: value.isoformat() if value else None for key, value in times.items()},
-            "when": when.isoformat() if when else None,
-            "edition": None if edition is None else {
-                "number": edition.number, "created_at": as_utc(edition.created_at).isoformat(),
-                "reason": edition.reason, "subject": edition.subject, "template": edition.template,
-                "content_hash": edition.content_hash, "editions": edition.count}}
-
-
-def issue_status(settings: Settings, store: Store, issue_ref: str) -> dict:
-    """Ledger counts by status, plus the issue's own state and edition (`_ledger_summary`'s shape).
-    NotFound when the issue has no ledger yet."""
-    slug = issue_slug(settings, issue_ref)
-    with store.connect() as conn:
-        row = store.issue_row(conn, slug)
-        if row is None:
-            raise NotFound(f"issue {issue_ref!r} has never been sent (no ledger yet)")
-        counts = store.delivery_counts(conn, row.id)
-        edition = store.current_editions(conn, [row.id]).get(row.id)
-    return _ledger_summary(row, counts, edition)
-
-
-def ledger_overview(store: Store) -> list[dict]:
-    """`mailer status` without ISSUE: every issue with a ledger, newest first (its last activity:
-    finished, else started, else frozen), each in `_ledger_summary`'s shape; [] before the first send."""
-    with store.connect() as conn:
-        overview = store.ledger_overview(conn)
-        current = store.current_editions(conn, [row.id for row, _ in overview])
-        return [_ledger_summary(row, counts, current.get(row.id)) for row, counts in overview]
-
+            recipients += store.count_unfrozen(conn, row.id, row.list_name, frozen.frozen_segment() if frozen else None)
+        return SendPlan(slug, subject, row.list_name, row.status, recipients, sum(counts.values()), rebuild,
+                        segment=frozen.segment if frozen else None)

@@ -10,12 +10,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..errors import ConfigError, MailerError
 from .core import Store
+from .segments import register_sqlite_functions
 
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 _migrated: set[str] = set()
 
@@ -40,6 +41,7 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=60000")
             cursor.close()
+            register_sqlite_functions(dbapi_conn)  # the segments' case folding and comparisons
 
         @sa.event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:

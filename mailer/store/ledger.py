@@ -8,7 +8,7 @@ discipline on the issue's row, which reads best in one place."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -17,7 +17,11 @@ from sqlalchemy.engine import Connection
 from ..errors import NotFound
 from .schema import deliveries, editions, issues, list_members, provider_events, subscribers
 from .schema import links as links_table
-from .common import _chunks, as_utc, utcnow
+from .common import _NOT_TOMBSTONE, _chunks, as_utc, utcnow
+from .segments import condition
+
+if TYPE_CHECKING:
+    from ..segments import Segment
 
 
 # An issue has a public page once sent (or partly sent) and given a web edition.
@@ -130,31 +134,45 @@ class LedgerQueries:
         conn.execute(issues.update().where(issues.c.id == issue_id).values(**values))
 
     # ----- the delivery ledger ----------------------------------------------------------------
-    def freeze_recipients(self, conn: Connection, issue_id: int, list_name: str | None) -> int:
-        """Write one queued delivery per active subscriber (of `list_name`) not yet in the ledger.
+    def _audience_filter(self, query, list_name: str | None, segment: "Segment | None"):  # noqa: ANN001, ANN202
+        """`query` (on subscribers) narrowed to the members of `list_name` and of `segment` (AND)."""
+        if list_name:
+            query = query.where(sa.exists().where(
+                (list_members.c.subscriber_id == subscribers.c.id) & (list_members.c.list_name == list_name)))
+        if segment is not None:
+            query = query.where(condition(segment, self.engine.dialect.name))
+        return query
 
-        Called once when a send starts (the freeze) and again only with `--include-new`.
+    def segment_members(self, conn: Connection, segment: "Segment", *, list_name: str | None = None,
+                        status: str | None = "active") -> list[int]:
+        """Ids of the subscribers (of `status`, None: any; tombstones never) in `segment` and
+        `list_name`, ascending."""
+        query = sa.select(subscribers.c.id).where(_NOT_TOMBSTONE).order_by(subscribers.c.id)
+        if status:
+            query = query.where(subscribers.c.status == status)
+        return list(conn.execute(self._audience_filter(query, list_name, segment)).scalars())
+
+    def freeze_recipients(self, conn: Connection, issue_id: int, list_name: str | None,
+                          segment: "Segment | None" = None) -> int:
+        """Write one queued delivery per active subscriber (of `list_name`, in `segment`) not yet in the
+        ledger. Called once when a send starts (the freeze) and again only with `--include-new`.
         """
         now = utcnow()
         candidates = sa.select(
             sa.literal(issue_id), subscribers.c.id, sa.literal("queued"), sa.literal(0), sa.literal(now), sa.literal(now),
         ).where(subscribers.c.status == "active").where(~sa.exists().where(
             (deliveries.c.issue_id == issue_id) & (deliveries.c.subscriber_id == subscribers.c.id)))
-        if list_name:
-            candidates = candidates.where(sa.exists().where(
-                (list_members.c.subscriber_id == subscribers.c.id) & (list_members.c.list_name == list_name)))
+        candidates = self._audience_filter(candidates, list_name, segment)
         result = conn.execute(self._insert(deliveries).from_select(
             ["issue_id", "subscriber_id", "status", "attempts", "created_at", "updated_at"], candidates)
             .on_conflict_do_nothing(index_elements=[deliveries.c.issue_id, deliveries.c.subscriber_id])
             .execution_options(preserve_rowcount=True))  # else -1 on PostgreSQL (SQLAlchemy 2: INSERT rowcount)
         return max(result.rowcount, 0)
 
-    def audience(self, conn: Connection, list_name: str | None) -> dict[str, int]:
-        """Subscribers by status: of the named list, or everyone (what a freeze would draw from)."""
+    def audience(self, conn: Connection, list_name: str | None, segment: "Segment | None" = None) -> dict[str, int]:
+        """Subscribers by status: of the named list and the segment, or everyone (what a freeze would draw from)."""
         query = sa.select(subscribers.c.status, sa.func.count()).group_by(subscribers.c.status)
-        if list_name:
-            query = query.join(list_members, list_members.c.subscriber_id == subscribers.c.id).where(
-                list_members.c.list_name == list_name)
+        query = self._audience_filter(query, list_name, segment)
         return {status: count for status, count in conn.execute(query)}
 
     def list_names(self, conn: Connection) -> list[str]:
@@ -162,16 +180,14 @@ class LedgerQueries:
         return list(conn.execute(sa.select(list_members.c.list_name).distinct().order_by(list_members.c.list_name))
                     .scalars())
 
-    def count_unfrozen(self, conn: Connection, issue_id: int | None, list_name: str | None) -> int:
-        """Active subscribers (of `list_name`) a freeze of `issue_id` would add now."""
+    def count_unfrozen(self, conn: Connection, issue_id: int | None, list_name: str | None,
+                       segment: "Segment | None" = None) -> int:
+        """Active subscribers (of `list_name`, in `segment`) a freeze of `issue_id` would add now."""
         query = sa.select(sa.func.count()).select_from(subscribers).where(subscribers.c.status == "active")
         if issue_id is not None:
             query = query.where(~sa.exists().where(
                 (deliveries.c.issue_id == issue_id) & (deliveries.c.subscriber_id == subscribers.c.id)))
-        if list_name:
-            query = query.where(sa.exists().where(
-                (list_members.c.subscriber_id == subscribers.c.id) & (list_members.c.list_name == list_name)))
-        return conn.execute(query).scalar_one()
+        return conn.execute(self._audience_filter(query, list_name, segment)).scalar_one()
 
     def claim_deliveries(self, conn: Connection, issue_id: int, worker: str, limit: int) -> list[sa.Row]:
         """Move up to `limit` queued rows to `sending` for `worker` and return them with their subscriber.
@@ -194,6 +210,7 @@ class LedgerQueries:
         return list(conn.execute(
             sa.select(deliveries.c.id.label("delivery_id"), deliveries.c.attempts, subscribers.c.id.label("subscriber_id"),
                       subscribers.c.email_given, subscribers.c.name, subscribers.c.status.label("subscriber_status"),
+                      subscribers.c.language,
                       subscribers.c.attributes["first_name"].as_string().label("first_name"))
             .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
             .where(deliveries.c.id.in_(claimed)).order_by(deliveries.c.id)
@@ -323,7 +340,8 @@ class LedgerQueries:
                        links: Sequence[str] = ()) -> sa.Row:
         """Store the issue's next edition (number = last + 1) and return its row. `values`: the
         `editions` columns subject, html, text, greeting, headers, template, mailer_version,
-        content_hash; `links`: its tracked URLs, position 1… in order (click tracking: the `links`
+        content_hash, language, forced_language, segment, segment_zone, variants (`Edition.values`);
+        `links`: its tracked URLs, position 1… in order (click tracking: the `links`
         table; empty when tracking is off). Call it holding the issue's row lock (`ensure_issue`):
         numbers never collide."""
         number = conn.execute(sa.select(sa.func.coalesce(sa.func.max(editions.c.number), 0))
@@ -352,13 +370,15 @@ class LedgerQueries:
         return conn.execute(_CURRENT_EDITION_ID, {"p_issue": issue_id}).scalar()
 
     def current_editions(self, conn: Connection, issue_ids: Sequence[int]) -> dict[int, sa.Row]:
-        """issue id -> (number, created_at, reason, content_hash, template, count) of its newest edition."""
+        """issue id -> (number, created_at, reason, content_hash, template, subject, segment,
+        forced_language, count) of its newest edition."""
         newest = (sa.select(editions.c.issue_id, sa.func.max(editions.c.number).label("number"),
                             sa.func.count().label("count"))
                   .where(editions.c.issue_id.in_(sa.bindparam("p_ids", expanding=True)))
                   .group_by(editions.c.issue_id).subquery())
         query = (sa.select(editions.c.issue_id, editions.c.number, editions.c.created_at, editions.c.reason,
-                           editions.c.content_hash, editions.c.template, editions.c.subject, newest.c.count)
+                           editions.c.content_hash, editions.c.template, editions.c.subject, editions.c.segment,
+                           editions.c.forced_language, newest.c.count)
                  .join(newest, (newest.c.issue_id == editions.c.issue_id) & (newest.c.number == editions.c.number)))
         found: dict[int, sa.Row] = {}
         for chunk in _chunks(sorted(set(issue_ids)), 500):

@@ -119,6 +119,14 @@ editions = Table(
     Column("content_hash", String(64), nullable=False, doc="SHA-256 of what is sent (edition.content_hash)"),
     Column("sent_before", Integer, nullable=False, default=0,
            doc="deliveries already sent (with earlier editions) when this edition was made"),
+    Column("language", String(16), nullable=False, default="", server_default="",
+           doc="the fixed strings' language of html/text/greeting (the default variant); '' before revision 0006"),
+    Column("forced_language", String(16), nullable=True, doc="issue.toml `language` when it forces one"),
+    Column("segment", Text, nullable=True, doc="issue.toml `segment` as written (the frozen audience's definition; "
+                                               "`--include-new` draws newcomers with it)"),
+    Column("segment_zone", String(64), nullable=True, doc="the zone the segment's dates were read in (MAILER_TIMEZONE)"),
+    Column("variants", JSON, nullable=False, default=dict, server_default="{}",
+           doc="the other languages' {language: {html, text, greeting}} (render.render_variants)"),
     UniqueConstraint("issue_id", "number", name="uq_editions_issue_number"),
 )
 

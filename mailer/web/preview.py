@@ -38,6 +38,8 @@ class BuildResult:
     warnings: tuple[str, ...]
     briefs: tuple
     rendered: RenderedIssue
+    audience: int | None = None  # active subscribers a send would freeze now (list and segment), with a store
+    audience_text: str = ""      # the same, described ("12 active subscribers (segment: …)")
 
 
 def sample_recipient(settings: Settings) -> Recipient:
@@ -46,9 +48,16 @@ def sample_recipient(settings: Settings) -> Recipient:
                                                            TEST_SUBSCRIBER_ID))
 
 
-def build_issue(settings: Settings, issue_ref: str, out_dir: Path | None = None, *, write: bool = True) -> BuildResult:
-    """Render once and produce the three files an editor checks (HTML, text, full .eml)."""
+def build_issue(settings: Settings, issue_ref: str, out_dir: Path | None = None, *, write: bool = True,
+                store=None) -> BuildResult:  # noqa: ANN001 - a Store
+    """Render once and produce the three files an editor checks (HTML, text, full .eml). With `store`,
+    also the audience (`audience.audience_size`: a segment naming an unknown attribute raises SourceError)."""
     issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
+    audience_count, audience_text = None, ""
+    if store is not None:
+        from ..sending import audience
+        audience_count = audience.audience_size(store, issue)
+        audience_text = audience.describe(issue, audience_count)
     rendered = render_issue(issue, settings)
     recipient = sample_recipient(settings)
     html_text, text = rendered.personalise(recipient)
@@ -62,7 +71,8 @@ def build_issue(settings: Settings, issue_ref: str, out_dir: Path | None = None,
         (target / "email.txt").write_text(text, encoding="utf-8")
         (target / "email.eml").write_bytes(eml)
         (target / "email.mjml").write_text(rendered.mjml_source, encoding="utf-8")
-    return BuildResult(issue.slug, target, html_text.encode("utf-8"), text, eml, rendered.warnings, issue.briefs, rendered)
+    return BuildResult(issue.slug, target, html_text.encode("utf-8"), text, eml, rendered.warnings, issue.briefs, rendered,
+                       audience_count, audience_text)
 
 
 def sources_version(settings: Settings, issue_ref: str) -> str:
@@ -80,8 +90,9 @@ def sources_version(settings: Settings, issue_ref: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def create_preview_app(settings: Settings, issue_ref: str):
-    """The preview as an ASGI app (Starlette); re-renders at most once per change of the sources."""
+def create_preview_app(settings: Settings, issue_ref: str, store=None):  # noqa: ANN001 - a Store
+    """The preview as an ASGI app (Starlette); re-renders at most once per change of the sources. With
+    `store`, the page shows the audience size (recounted at each change of the sources)."""
     from starlette.applications import Starlette
     from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
@@ -92,7 +103,7 @@ def create_preview_app(settings: Settings, issue_ref: str):
         version = sources_version(settings, issue_ref)
         if cache.get("version") != version:
             try:
-                cache["result"] = build_issue(settings, issue_ref, write=False)
+                cache["result"] = build_issue(settings, issue_ref, write=False, store=store)
             except MailerError as exc:
                 cache["result"] = exc
             cache["version"] = version
@@ -185,4 +196,9 @@ def serve_preview(settings: Settings, issue_ref: str, *, host: str = "127.0.0.1"
     import uvicorn
 
     load_issue(issue_ref, settings.issues_dir, settings.zone)  # fail fast on a wrong ISSUE
-    uvicorn.run(create_preview_app(settings, issue_ref), host=host, port=port, log_level="warning")
+    from ..store import open_store
+    store = open_store(settings.database_url)
+    try:
+        uvicorn.run(create_preview_app(settings, issue_ref, store), host=host, port=port, log_level="warning")
+    finally:
+        store.close()

@@ -1,0 +1,52 @@
+"""The ledger as `mailer status` shows it: one issue (`issue_status`) or every issue with a ledger
+(`ledger_overview`), with the current edition (its number, reason, hash, and the segment and
+language frozen with it)."""
+
+from __future__ import annotations
+
+from ..errors import NotFound
+from ..config import Settings
+from ..store import Store, as_utc
+from .prepare import issue_slug
+
+
+def _ledger_summary(row, counts: dict[str, int], edition=None) -> dict:  # noqa: ANN001 - `issues`, `editions` rows
+    """One issue's ledger as `mailer status` shows it (`--json`): issue (slug), subject, status
+    (draft | sending | paused | sent), paused_reason, counts (queued, sending, sent, failed, skipped),
+    total, frozen_at, started_at, finished_at (ISO 8601 UTC or null), when (the last of those), edition
+    (number, created_at, reason, subject, template, content_hash, segment and language: issue.toml's
+    frozen with it or null, editions: how many; null before the first freeze)."""
+    times = {key: as_utc(getattr(row, key)) for key in ("frozen_at", "started_at", "finished_at")}
+    when = times["finished_at"] or times["started_at"] or times["frozen_at"]
+    return {"issue": row.slug, "subject": row.subject, "status": row.status, "paused_reason": row.paused_reason,
+            "counts": counts, "total": sum(counts.values()),
+            **{key: value.isoformat() if value else None for key, value in times.items()},
+            "when": when.isoformat() if when else None,
+            "edition": None if edition is None else {
+                "number": edition.number, "created_at": as_utc(edition.created_at).isoformat(),
+                "reason": edition.reason, "subject": edition.subject, "template": edition.template,
+                "content_hash": edition.content_hash, "segment": edition.segment,
+                "language": edition.forced_language, "editions": edition.count}}
+
+
+def issue_status(settings: Settings, store: Store, issue_ref: str) -> dict:
+    """Ledger counts by status, plus the issue's own state and edition (`_ledger_summary`'s shape).
+    NotFound when the issue has no ledger yet."""
+    slug = issue_slug(settings, issue_ref)
+    with store.connect() as conn:
+        row = store.issue_row(conn, slug)
+        if row is None:
+            raise NotFound(f"issue {issue_ref!r} has never been sent (no ledger yet)")
+        counts = store.delivery_counts(conn, row.id)
+        edition = store.current_editions(conn, [row.id]).get(row.id)
+    return _ledger_summary(row, counts, edition)
+
+
+def ledger_overview(store: Store) -> list[dict]:
+    """`mailer status` without ISSUE: every issue with a ledger, newest first (its last activity:
+    finished, else started, else frozen), each in `_ledger_summary`'s shape; [] before the first send."""
+    with store.connect() as conn:
+        overview = store.ledger_overview(conn)
+        current = store.current_editions(conn, [row.id for row, _ in overview])
+        return [_ledger_summary(row, counts, current.get(row.id)) for row, counts in overview]
+
