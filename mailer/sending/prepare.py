@@ -155,10 +155,8 @@ def send_warnings(settings: Settings, store: Store, issue_ref: str, *, allow_dra
     issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
     refuse_held(store, issue, allow_draft)
     warnings = render_issue(issue, settings).warnings
-    if settings.dkim_private_key or settings.backend == "sendgrid":
-        from ..dkim_signing import dkim_warnings  # short RSA key, unaligned domain, key readable by others
-        warnings = (*warnings, *dkim_warnings(settings))
-    return warnings
+    from ..dkim_signing import dkim_warnings  # short RSA key, unaligned domain, key readable by others
+    return (*warnings, *dkim_warnings(settings))
 
 
 def resume_notice(settings: Settings, store: Store, issue_ref: str) -> str | None:
