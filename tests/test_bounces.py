@@ -9,10 +9,12 @@ status (RFC 3463 class and the rule table in `EXPECTED`), independent of the rea
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import mailbox
 import os
+import quopri
 import random
 import re
 import shutil
@@ -175,6 +177,97 @@ def test_reading_generated_reports_against_the_rule_table(rng):
     assert read_message(samples.garbage(rng)).kind == "unparseable"
 
 
+def _soft_breaks(line: str, width: int = 20) -> str:
+    pieces, current = [], ""
+    for token in re.findall(r"=[0-9A-F]{2}|.", line):  # never inside an =XX escape
+        if len(current) + len(token) > width:
+            pieces.append(current + "=")
+            current = ""
+        current += token
+    return "\n".join([*pieces, current])
+
+
+def _reencode(raw: bytes, encoding: str, global_types: bool) -> bytes:
+    """The same report with its message/delivery-status part (and text/rfc822-headers part) sent in
+    `encoding` (Microsoft's servers: base64 or quoted-printable), optionally under RFC 6533's types
+    (message/global-delivery-status, message/global-headers)."""
+    text = raw.decode("utf-8")
+    out = []
+    for piece in re.split(r"(?m)(?=^--)", text):
+        head, sep, body = piece.partition("\n\n")
+        kind = re.search(r"(?im)^Content-Type:\s*(message/delivery-status|text/rfc822-headers)", head)
+        if not sep or not kind:
+            out.append(piece)
+            continue
+        data = body.rstrip("\n").encode("utf-8") + b"\n"
+        if encoding == "base64":
+            encoded = base64.encodebytes(data).decode("ascii")
+        elif encoding == "quoted-printable":  # lines soft-broken ("=" at the end) every ~20 characters
+            encoded = "".join(_soft_breaks(line) + "\n"
+                              for line in quopri.encodestring(data, quotetabs=True).decode("ascii").splitlines())
+        else:
+            encoded = data.decode("utf-8")
+        if global_types:
+            head = head.replace(kind.group(1), {"message/delivery-status": "message/global-delivery-status",
+                                                "text/rfc822-headers": "message/global-headers"}[kind.group(1)])
+        out.append(f"{head}\nContent-Transfer-Encoding: {encoding}{sep}{encoded}\n")
+    return "".join(out).encode("utf-8")
+
+
+def test_reports_in_every_transfer_encoding_and_rfc6533_types_read_as_the_plain_one(rng):
+    """The reading of a report must not depend on how its parts are encoded: the plain report is the oracle."""
+    checked = 0
+    for _ in range(12):
+        recipient = people(rng, 1)[0]
+        style = rng.choice(["postfix", "gmail", "exchange"])  # the DSN styles
+        status = rng.choice(sorted(EXPECTED))
+        original = (f"Date: Thu, 26 Nov 2026 07:00:00 +0000\nFrom: Le Fil <lettre@example.org>\nTo: {recipient}\n"
+                    f"Subject: Le Fil\nMessage-ID: <{rng.getrandbits(64):x}@example.org>\n\nBonjour\n").encode()
+        raw = STYLES[style](original, recipient, "bounces+" + "a" * 47 + "@example.org", status, rng)
+        plain = read_message(raw)
+        assert plain.kind == "bounce" and plain.detector == "dsn" and plain.original_message_id
+        for encoding in ("base64", "quoted-printable", "8bit"):
+            for global_types in (False, True):
+                variant = _reencode(raw, encoding, global_types)
+                assert variant != raw
+                reading = read_message(variant)
+                assert (reading.kind, reading.detector, reading.failures, reading.original_message_id) == (
+                    plain.kind, plain.detector, plain.failures, plain.original_message_id), (style, encoding, global_types)
+                checked += 1
+    assert checked == 72
+
+
+def test_an_internationalised_report_names_the_utf8_recipient(rng):
+    recipient = "jeanne.dupré@exemple.fr"
+    original = (f"From: lettre@example.org\nTo: {recipient}\nSubject: Le Fil\nMessage-ID: <g1@example.org>\n\nx\n").encode()
+    raw = samples.postfix(original, recipient, BOUNCE, "5.1.1", rng).replace(b"rfc822;", b"utf-8;")
+    for encoding in ("8bit", "base64", "quoted-printable"):
+        reading = read_message(_reencode(raw, encoding, True))
+        assert [(f.recipient, f.status) for f in reading.failures] == [(recipient, "5.1.1")], encoding
+        assert reading.original_message_id == "<g1@example.org>"
+
+
+def test_stored_subject_is_decoded_and_reason_stops_at_the_copied_message(rng):
+    """Subjects as readers see them (RFC 2047 in any charset, raw 8-bit UTF-8 or Latin-1), oracle the text
+    encoded; a plain-text bounce's reason holds the diagnostic, not the returned message's headers."""
+    from email.header import Header
+    words = ["Données", "ouvertes", "Réponse", "automatique", "Straße", "été", "naïve", "absent", "Noël"]
+    for _ in range(30):
+        subject = " ".join(rng.choice(words) for _ in range(rng.randint(1, 6)))
+        charset = rng.choice(["utf-8", "iso-8859-1"])
+        form = rng.choice(["rfc2047", "8bit"])
+        head = (Header(subject, charset).encode().encode("ascii") if form == "rfc2047" else subject.encode(charset))
+        raw = samples.auto_reply("x@example.net", BOUNCE, rng)
+        raw = re.sub(rb"(?m)^Subject:[^\n]*(\n[ \t][^\n]*)*", lambda _: b"Subject: " + head, raw, count=1)
+        assert read_message(raw).subject == subject, (form, charset, head)
+    original = (b"Return-Path: <bounces+abc@example.org>\nMessage-ID: <copied@example.org>\nSubject: Le Fil secret\n"
+                b"From: lettre@example.org\nTo: u@example.net\n\nBonjour\n")
+    for _ in range(5):
+        reading = read_message(samples.exim(original, "u@example.net", BOUNCE, "5.1.1", rng))
+        reason = reading.failures[0].reason
+        assert "5.1.1" in reason and "copied@example.org" not in reason and "Le Fil secret" not in reason, reason
+
+
 # ----- a mailbox, processed twice ----------------------------------------------------------------------
 def build_mailbox_messages(received: dict, rng: random.Random) -> tuple[list[bytes], dict[str, str], dict]:
     """Reports about random recipients; returns (messages, expected status per address, expected counts)."""
@@ -208,8 +301,7 @@ def build_mailbox_messages(received: dict, rng: random.Random) -> tuple[list[byt
             forged = f"bounces+{token[:-1]}{'a' if token[-1] != 'a' else 'b'}@example.org"
             raw = samples.postfix(b"Subject: x\r\n\r\n", address, forged, detail, rng)
             messages.append(raw)
-            counts["hard_bounces"] += 1
-            counts["unmatched"] += 1
+            counts["unmatched"] += 1  # the categories are disjoint: an unmatched bounce is not a hard bounce
             expected[address] = "active"
         elif style == "auto-reply":
             messages.append(samples.auto_reply(address, verp_address, rng))
@@ -226,6 +318,8 @@ def build_mailbox_messages(received: dict, rng: random.Random) -> tuple[list[byt
 
 def summary_counts(summary) -> dict:  # noqa: ANN001
     data = summary.as_dict()
+    parts = ("hard_bounces", "soft_bounces", "complaints", "unmatched", "other")
+    assert data["processed"] == sum(data[key] for key in parts), data  # disjoint, summing to processed
     return {key: data[key] for key in ("processed", "hard_bounces", "soft_bounces", "complaints", "unmatched",
                                        "unparseable")}
 
@@ -378,11 +472,19 @@ def test_cli_summary_line_and_json(run, project, rng):
     folder = project / "Maildir"
     box = mailbox.Maildir(folder, create=True)
     box.add(samples.auto_reply("x@example.net", BOUNCE, rng))
+    result = run("bounces", "process", "Maildir")
+    # exactly the summary line: flufl.bounce's "Running detector" INFO lines only with -v
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.splitlines() == ["Maildir: 1 new processed: 0 hard bounces, 0 soft bounces, 0 complaints, "
+                                          "0 unmatched, 1 other; 0 unparseable (left in place); 0 subscribers suppressed"]
+    box.add(samples.auto_reply("y@example.net", BOUNCE, rng))
+    verbose = run("-v", "bounces", "process", "Maildir")
+    assert "Running detector" in verbose.stderr and len(verbose.stdout.splitlines()) == 1
     box.add(samples.garbage(rng))
     result = run("bounces", "process", "Maildir")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("1 unparseable (left in place); 0 subscribers suppressed")
-    assert "1 new processed" in result.stdout
+    assert "0 new processed" in result.stdout
     data = json.loads(run("bounces", "process", "Maildir", "--json").stdout)
     assert data["processed"] == 0 and data["unparseable"] == 1 and data["problems"]
     assert run("bounces", "process", "--help").stdout.count("MAILER_IMAP_PASSWORD") == 1
@@ -503,6 +605,30 @@ def test_imap_refusals_are_one_line_errors(dovecot, make_settings, sqlite_store)
     # IMAPS verifies the certificate: a self-signed server is refused by the default context
     with pytest.raises(MailboxError, match=r"cannot connect: .*CERTIFICATE_VERIFY_FAILED"):
         process_source(sqlite_store, settings, url)
+
+
+def test_imap_move_folder_is_checked_before_any_message(dovecot, make_settings, sqlite_store, rng):
+    """A ?move= folder that does not exist, or is written with the wrong hierarchy separator, is a one-line
+    error before anything is processed: every message stays as it was."""
+    from .imap_server import PASSWORD
+    settings = make_settings(database_url=str(sqlite_store.engine.url), MAILER_IMAP_PASSWORD=PASSWORD)
+    client, context = imap_client(dovecot)
+    client.append("INBOX", samples.auto_reply("x@example.net", BOUNCE, rng).replace(b"\n", b"\r\n"))
+    delimiter = client.list_folders()[0][1].decode()
+    wrong = "/" if delimiter == "." else "."
+    client.create_folder(f"Done{delimiter}Bounces")
+    base = f"imap+starttls://bounces@127.0.0.1:{dovecot.imap_port}/INBOX?move="
+    for folder, words in ((f"Missing{rng.randint(0, 999)}", "no such folder on the server; create it first"),
+                          (f"Done{wrong}Bounces", f"separates folder levels with '{delimiter}', not '{wrong}': "
+                                                  f"write ?move=Done{delimiter}Bounces")):
+        with pytest.raises(MailboxError) as caught:
+            process_source(sqlite_store, settings, base + folder, ssl_context=context)
+        assert words in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+    client.select_folder("INBOX")
+    assert list(client.get_flags(client.search("ALL")).values()) == [()]  # untouched
+    done = process_source(sqlite_store, settings, base + f"Done{delimiter}Bounces", ssl_context=context)
+    assert done.processed == 1
+    client.logout()
 
 
 # ----- the scheduler polls the mailbox ----------------------------------------------------------------------

@@ -102,6 +102,8 @@ def main(verbose: bool) -> None:
     for noisy in ("alembic", "sqlalchemy", "apscheduler.executors", "apscheduler.scheduler", "uvicorn.access",
                   "markdown_it"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # flufl.bounce logs every detector it runs at INFO (17 lines a message): only with -v
+    logging.getLogger("flufl.bounce").setLevel(logging.DEBUG if verbose else logging.WARNING)
     # HTTP clients log credentials and whole payloads (every address) at DEBUG: never, even with -v
     quiet_http_loggers()
     for handler in logging.getLogger().handlers:
@@ -144,7 +146,7 @@ def build(issue_ref: str, out_dir: Path | None, spam_check: bool) -> None:
         store.close()
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"built {result.slug}: {len(result.html_bytes) / 1024:.1f} KB HTML, {len(result.briefs)} briefs "
+    click.echo(f"built {result.slug}: {len(result.html_bytes) / 1024:.1f} KB HTML, {len(result.briefs)} brief{'' if len(result.briefs) == 1 else 's'} "
                f"-> {result.out_dir}")
     click.echo(f"audience: {result.audience_text}")
     if spam_check:
