@@ -84,7 +84,7 @@ def check_buildable(settings: Settings, email: RenderedIssue | Edition) -> Messa
     try:
         factory = MessageFactory(email)
         sample = outgoing_message(secret_key_for(settings), settings.base_url, email.key,
-                                  settings.sender_domain, TEST_SUBSCRIBER_ID, "lecteur@example.org", "Lecteur")
+                                  email.settings.sender_domain, TEST_SUBSCRIBER_ID, "lecteur@example.org", "Lecteur")
         factory.build(sample.recipient, sample.message_id, formatdate(usegmt=True))
     except MailerError:
         raise
