@@ -438,3 +438,22 @@ def test_an_smtp_resume_with_changed_settings_keeps_the_editions_envelope_sender
             assert b"changed" not in received.data
     finally:
         sink.stop()
+
+
+@pytest.mark.parametrize("damage", ["headers = '{not json'", "html = ''", "subject = 'Sujet trafiqué'",
+                                    "variants = '[1, 2'"])
+def test_a_corrupt_edition_stops_the_send_with_one_line_naming_it_and_nothing_sent_or_requeued(
+        store, db_url, project, make_settings, damage):
+    from mailer.errors import CorruptEdition
+    settings = make_settings(database_url=db_url)
+    populate(store, project, 4)
+    prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
+    with store.begin() as conn:  # a dead run's claim: a resume would queue it again
+        store.claim_deliveries(conn, prepared.issue_id, "dead-worker", 1)
+        conn.execute(sa.text(f"UPDATE editions SET {damage} WHERE id = :id"), {"id": prepared.edition.id})
+    before = _counts(store)
+    with pytest.raises(CorruptEdition) as caught:
+        dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    message = str(caught.value)
+    assert EXAMPLE_ISSUE in message and f"id {prepared.edition.id}" in message and "\n" not in message
+    assert _counts(store) == before and not (settings.outbox_dir / EXAMPLE_ISSUE).exists()

@@ -250,6 +250,8 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
             row = store.lock_issue(conn, slug)
         was_frozen = row.frozen_at is not None
         stored = store.current_edition(conn, row.id) if was_frozen else None  # again, under the lock
+        if stored is not None and not rebuild:
+            editions.from_row(stored, slug, settings)  # a corrupt edition stops here: nothing requeued or sent
         requeued = requeue_dead_claims(store, conn, row.id)
         if rebuild and stored is not None:
             _, alive = live_claimants(store, conn, row.id)
