@@ -71,3 +71,10 @@ class RebuildRefused(MailerError):
     left to send the new edition to: refused, nothing touched."""
 
     exit_code = 7
+
+
+class CorruptEdition(MailerError):
+    """A stored edition whose row no longer parses or no longer matches its `content_hash`: nothing
+    is sent from it (names the issue and the edition id)."""
+
+    exit_code = 3

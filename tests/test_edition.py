@@ -393,3 +393,67 @@ def test_a_send_in_progress_before_the_migration_freezes_its_folder_at_its_first
             assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION
     finally:
         store.close()
+
+
+# ----- the fixed headers and the Message-ID's domain are the edition's, not the resuming process's ---------
+CHANGED = {"MAILER_FROM": "Autre <autre@changed.example.net>", "MAILER_NAME": "Nom changé",
+           "MAILER_REPLY_TO": "Réponses <reponses@changed.example.net>", "MAILER_LIST_ID": "changed.example.net"}
+
+
+def test_a_sendgrid_resume_with_changed_settings_sends_the_editions_from_reply_to_list_id_and_message_id(
+        store, db_url, project, make_settings):
+    from .sendgrid_server import SendGridServer
+    with SendGridServer("SG.test") as server:
+        env = {"MAILER_BACKEND": "sendgrid", "SENDGRID_API_KEY": "SG.test", "MAILER_SENDGRID_API_URL": server.url,
+               "MAILER_REPLY_TO": "Rédaction <redaction@example.org>", "MAILER_LIST_ID": "fil.example.org"}
+        first = make_settings(database_url=db_url, **env)
+        populate(store, project, 5)
+        dispatch.prepare_send(first, store, EXAMPLE_ISSUE)
+        report = dispatch.send_issue(make_settings(database_url=db_url, **{**env, **CHANGED}), store, EXAMPLE_ISSUE)
+        assert report.sent_now == 5 and server.accepted
+        for request in server.accepted:
+            body = request.body
+            assert body["from"] == {"email": "lettre@example.org", "name": "Le Fil du jeudi"}
+            assert body["reply_to"] == {"email": "redaction@example.org", "name": "Rédaction"}
+            assert "fil.example.org" in body["headers"]["List-Id"] and "changed" not in json.dumps(body)
+            assert all(p["headers"]["Message-ID"].endswith("@example.org>") for p in request.personalizations)
+
+
+def test_an_smtp_resume_with_changed_settings_keeps_the_editions_envelope_sender_from_and_message_id(
+        store, db_url, project, make_settings):
+    sink = start_server()
+    try:
+        env = {"MAILER_BACKEND": "smtp", "MAILER_SMTP_HOST": "127.0.0.1", "MAILER_SMTP_PORT": str(sink.port),
+               "MAILER_SMTP_TLS": "none"}
+        first = make_settings(database_url=db_url, **env)
+        populate(store, project, 4)
+        dispatch.prepare_send(first, store, EXAMPLE_ISSUE)
+        report = dispatch.send_issue(make_settings(database_url=db_url, **{**env, **CHANGED}), store, EXAMPLE_ISSUE)
+        assert report.sent_now == 4 and len(sink.handler.messages) == 4
+        for received in sink.handler.messages:
+            message = received.parse()
+            assert received.mail_from == "lettre@example.org"
+            assert message["From"].addresses[0].addr_spec == "lettre@example.org"
+            assert str(message["Message-ID"]).endswith("@example.org>")
+            assert b"changed" not in received.data
+    finally:
+        sink.stop()
+
+
+@pytest.mark.parametrize("damage", ["headers = '{not json'", "html = ''", "subject = 'Sujet trafiqué'",
+                                    "variants = '[1, 2'"])
+def test_a_corrupt_edition_stops_the_send_with_one_line_naming_it_and_nothing_sent_or_requeued(
+        store, db_url, project, make_settings, damage):
+    from mailer.errors import CorruptEdition
+    settings = make_settings(database_url=db_url)
+    populate(store, project, 4)
+    prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
+    with store.begin() as conn:  # a dead run's claim: a resume would queue it again
+        store.claim_deliveries(conn, prepared.issue_id, "dead-worker", 1)
+        conn.execute(sa.text(f"UPDATE editions SET {damage} WHERE id = :id"), {"id": prepared.edition.id})
+    before = _counts(store)
+    with pytest.raises(CorruptEdition) as caught:
+        dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+    message = str(caught.value)
+    assert EXAMPLE_ISSUE in message and f"id {prepared.edition.id}" in message and "\n" not in message
+    assert _counts(store) == before and not (settings.outbox_dir / EXAMPLE_ISSUE).exists()

@@ -316,7 +316,9 @@ class SendGridBackend(Backend):
         """Everything the same for every recipient of an issue; built once per factory."""
         if self._static_for is factory:
             return self._static
-        settings = self.settings
+        # the fixed headers (From, Reply-To, List-Id) are the email's: a stored edition's frozen
+        # settings (`Edition.settings`), never this process's live ones
+        settings = factory.settings
         sender: dict[str, str] = {"email": settings.sender_email}
         sender_name = clean_header_value(settings.sender_name)
         if sender_name:

@@ -306,9 +306,10 @@ class SmtpBackend(Backend):
         return cls(settings.smtp_host, **options)
 
     def envelope_sender(self, batch: Batch, message: OutgoingMessage) -> str:
-        """MAIL FROM: the delivery's VERP address when MAILER_BOUNCE_ADDRESS is set, else the From address."""
+        """MAIL FROM: the delivery's VERP address when MAILER_BOUNCE_ADDRESS is set, else the email's From
+        address (a stored edition's frozen one, so envelope and header agree), else MAILER_FROM."""
         if self.verp is None:
-            return self.sender
+            return batch.factory.settings.sender_email or self.sender
         return self.verp.sender(message.recipient.subscriber_id if message.delivery_id is not None else None,
                                 batch.issue_id)
 

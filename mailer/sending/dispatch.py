@@ -178,7 +178,9 @@ class Sender:
         self.factory = factory or next(iter(self.factories.values()))
         self.backend_factory = backend_factory
         self.key = secret_key_for(settings)
-        self.base_url, self.slug, self.domain = settings.base_url, rendered.key, settings.sender_domain
+        # the Message-ID's domain is the edition's frozen From domain: a copy re-sent after a crash
+        # carries the same Message-ID whatever MAILER_FROM says now
+        self.base_url, self.slug, self.domain = settings.base_url, rendered.key, rendered.settings.sender_domain
         # per recipient: prepared once (the same tokens and Message-IDs as `outgoing_message`)
         self._unsubscribe_prefix = self.base_url + links.UNSUBSCRIBE.split("{token}")[0]  # links.unsubscribe_url's
         self._token = tokens.TokenMaker(self.key, "unsubscribe", issue_id)

@@ -34,6 +34,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import Settings, secret_key_for
+from ..errors import CorruptEdition
 from ..content import tracking
 from ..content.render import Recipient, RenderedIssue, Template, personal_values, variant_key
 from ..segments import Segment
@@ -185,16 +186,49 @@ def same_content(current: Edition, stored: Any) -> bool:
     return current.language == current.settings.language and legacy == stored.content_hash
 
 
+def _json_column(row: Any, name: str, default: Any) -> Any:
+    value = getattr(row, name)
+    if value is None:
+        return default
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
 def from_row(row: Any, slug: str, settings: Settings) -> Edition:
-    """A stored edition (an `editions` row), to be sent with `settings` (the fixed headers' settings
-    replaced by the stored ones)."""
-    headers = {name: str(value) for name, value in (row.headers or {}).items() if name in FIXED_HEADER_SETTINGS}
+    """A stored edition (an `editions` row as `Store.current_edition` returns it: the JSON columns as
+    text, its `links`), to be sent with `settings` (the fixed headers' settings replaced by the stored
+    ones). Raises CorruptEdition when a column no longer parses or the stored content no longer
+    matches its `content_hash` (`content_hash`): nothing is ever sent from a damaged edition."""
+    where = f"{slug}: stored edition {getattr(row, 'number', '?')} (id {getattr(row, 'id', '?')})"
+    try:
+        raw_headers = _json_column(row, "headers", {})
+        raw_variants = _json_column(row, "variants", {})
+        if not isinstance(raw_headers, dict) or not isinstance(raw_variants, dict):
+            raise ValueError("headers and variants must be JSON objects")
+        headers = {name: str(value) for name, value in raw_headers.items() if name in FIXED_HEADER_SETTINGS}
+        variants = {language: (Template.parse(part["html"]), Template.parse(part["text"]), str(part["greeting"]))
+                    for language, part in raw_variants.items()}
+        links = tuple(getattr(row, "links", ()) or ())
+        if not all(isinstance(getattr(row, name), str) for name in ("subject", "html", "text", "greeting", "template")):
+            raise ValueError("subject, html, text, greeting and template must be text")
+        if row.language:
+            expected = content_hash(row.subject, row.html, row.text, row.greeting, raw_headers, row.template, links,
+                                    row.language, row.forced_language, raw_variants)
+        else:  # before revision 0006: one variant, hashed without the language parts
+            expected = content_hash(row.subject, row.html, row.text, row.greeting, raw_headers, row.template, links)
+        html, text = Template.parse(row.html), Template.parse(row.text)
+    except CorruptEdition:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever is damaged, the edition cannot be sent
+        raise CorruptEdition(f"{where} is corrupt ({type(exc).__name__}: {exc}); nothing was sent") from None
+    if expected != row.content_hash:
+        raise CorruptEdition(f"{where} no longer matches its content hash (the stored subject, HTML, text, "
+                             f"headers or links were changed); nothing was sent")
+    if not row.html.strip() or not row.text.strip():
+        raise CorruptEdition(f"{where} has an empty HTML or text part; nothing was sent")
     return Edition(slug=slug, settings=replace(settings, **headers), subject=row.subject,
-                   html=Template.parse(row.html), text=Template.parse(row.text), greeting=row.greeting,
+                   html=html, text=text, greeting=row.greeting,
                    template=row.template, content_hash=row.content_hash, id=row.id, number=row.number,
-                   created_at=row.created_at, reason=row.reason,
+                   created_at=row.created_at, reason=row.reason, links=links,
                    # an edition stored before revision 0006 holds MAILER_LANGUAGE's strings alone
                    language=row.language or settings.language, forced_language=row.forced_language,
-                   segment=row.segment, segment_zone=row.segment_zone,
-                   variants={language: (Template.parse(part["html"]), Template.parse(part["text"]), part["greeting"])
-                             for language, part in (row.variants or {}).items()})
+                   segment=row.segment, segment_zone=row.segment_zone, variants=variants)

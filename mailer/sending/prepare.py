@@ -84,7 +84,7 @@ def check_buildable(settings: Settings, email: RenderedIssue | Edition) -> Messa
     try:
         factory = MessageFactory(email)
         sample = outgoing_message(secret_key_for(settings), settings.base_url, email.key,
-                                  settings.sender_domain, TEST_SUBSCRIBER_ID, "lecteur@example.org", "Lecteur")
+                                  email.settings.sender_domain, TEST_SUBSCRIBER_ID, "lecteur@example.org", "Lecteur")
         factory.build(sample.recipient, sample.message_id, formatdate(usegmt=True))
     except MailerError:
         raise
@@ -248,6 +248,8 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
             row = store.lock_issue(conn, slug)
         was_frozen = row.frozen_at is not None
         stored = store.current_edition(conn, row.id) if was_frozen else None  # again, under the lock
+        if stored is not None and not rebuild:
+            editions.from_row(stored, slug, settings)  # a corrupt edition stops here: nothing requeued or sent
         requeued = requeue_dead_claims(store, conn, row.id)
         if rebuild and stored is not None:
             _, alive = live_claimants(store, conn, row.id)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Sequence
 
+from types import SimpleNamespace
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -32,6 +34,10 @@ _SENT_WITH_WEB_EDITION = sa.and_(issues.c.web_html.is_not(None), sa.or_(
 
 # once per claim (Store.current_edition_id): built once
 _ISSUE_SHARE_LOCK = sa.select(issues.c.id).where(issues.c.id == sa.bindparam("p_issue")).with_for_update(read=True)
+# an edition row as stored: the JSON columns as text (a corrupt one must not fail inside the driver,
+# before the edition can be named), with its tracked URLs in order (they are part of its content hash)
+_EDITION_ROW = sa.select(*[sa.cast(column, sa.Text).label(column.name) if column.name in ("headers", "variants")
+                           else column for column in editions.c])
 _CURRENT_EDITION_ID = sa.select(sa.func.max(editions.c.id)).where(editions.c.issue_id == sa.bindparam("p_issue"))
 
 _FINISH_ONE = deliveries.update().where(
@@ -354,12 +360,21 @@ class LedgerQueries:
         if links:
             conn.execute(links_table.insert(), [{"edition_id": edition_id, "position": position, "url": url}
                                                 for position, url in enumerate(links, start=1)])
-        return conn.execute(sa.select(editions).where(editions.c.id == edition_id)).one()
+        return SimpleNamespace(**conn.execute(_EDITION_ROW.where(editions.c.id == edition_id)).one()._mapping,
+                               links=tuple(links))
 
     def current_edition(self, conn: Connection, issue_id: int) -> sa.Row | None:
-        """The issue's newest edition (the one every claim sends), None before the first freeze."""
-        return conn.execute(sa.select(editions).where(editions.c.issue_id == issue_id)
-                            .order_by(editions.c.number.desc()).limit(1)).first()
+        """The issue's newest edition (the one every claim sends), None before the first freeze: the
+        `editions` columns, `headers` and `variants` as their stored JSON text (the caller parses them
+        and checks `content_hash`: `edition.from_row`), and `links`, its tracked URLs in position order
+        (a tuple)."""
+        row = conn.execute(_EDITION_ROW.where(editions.c.issue_id == issue_id)
+                           .order_by(editions.c.number.desc()).limit(1)).first()
+        if row is None:
+            return None
+        urls = conn.execute(sa.select(links_table.c.url).where(links_table.c.edition_id == row.id)
+                            .order_by(links_table.c.position)).scalars()
+        return SimpleNamespace(**row._mapping, links=tuple(urls))
 
     def current_edition_id(self, conn: Connection, issue_id: int) -> int | None:
         """The newest edition's id, read under a shared lock on the issue's row (PostgreSQL `FOR SHARE`;
