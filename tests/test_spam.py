@@ -163,3 +163,50 @@ def test_build_spam_check_without_spamassassin_is_one_line(project, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1:] == [
         "spam check skipped: spamassassin is not installed (Debian: apt-get install spamassassin)"]
+
+
+def spammy_issue(project, slug: str, seed: int, count: int) -> str:
+    """A generated issue SpamAssassin calls spam (score >= 5): an all-caps subject, "100% GUARANTEED",
+    many links to a URL shortener and to bare IP addresses."""
+    rng = random.Random(seed)
+    briefs = ["URGENT: YOU HAVE BEEN SELECTED AS A WINNER!!! CLICK HERE NOW!!!\n"]
+    for i in range(count):
+        briefs.append(f"--> # FREE OFFER {i} — BUY NOW!!!\nCLICK HERE for [100% GUARANTEED VIAGRA](http://bit.ly/x{rng.randint(0, 10**6)}) "
+                      f"and [cheap meds](http://198.51.100.{rng.randint(1, 254)}/pills) — limited time offer, risk free, "
+                      "no credit check, act now! Earn $$$ from home, MILLIONS OF DOLLARS, double your income.\n")
+    write_issue(project, slug, {"briefs.txt": "\n".join(briefs)},
+                'subject = "FREE MONEY!!! ACT NOW — 100% GUARANTEED WINNER $$$"\n'
+                'preheader = "CLICK HERE to claim your prize, limited time offer!!!"\ndate = 2026-11-29\n')
+    return slug
+
+
+@pytest.mark.slow  # spamassassin: about a second to start, then ~0.3 s a message
+def test_build_spam_check_prints_the_score_and_rules_of_a_spammy_issue(spamassassin, project):
+    """A message scored as spam is wrapped by SpamAssassin, whose output then holds the report twice:
+    the check still prints one score and the rules, and the build succeeds (the report is advice)."""
+    slug = spammy_issue(project, "2026-11-29-spammy", seed=1, count=1)
+    result = _cli(project, "build", slug, "--spam-check")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"built {slug}: ") and " 1 brief -> " in lines[0]
+    score = float(lines[1].split()[2])
+    assert lines[1] == f"SpamAssassin score {score:g} (spam at 5; local rules only)" and score >= 5
+    rules = {line.split()[1]: float(line.split()[0]) for line in lines[2:]}
+    assert "GUARANTEED_100_PERCENT" in rules
+    assert sum(rules.values()) == pytest.approx(score, abs=0.05 * len(rules))  # each rule once (rounded to 0.1)
+    assert len(rules) == len(lines) - 2
+
+
+@pytest.mark.slow  # spamassassin: about a second to start, then ~0.3 s a message
+def test_one_run_mixing_spam_and_ham_gives_each_message_its_own_report(spamassassin, project):
+    settings = load_settings(project, env=BASE_ENV)
+    ham = build_issue(settings, EXAMPLE_ISSUE, write=False).eml
+    spams = [build_issue(settings, spammy_issue(project, f"2026-11-{29 - n}-spammy", seed=n, count=2 + 3 * n),
+                         write=False).eml for n in range(2)]
+    order = [("ham", ham), ("spam", spams[0]), ("ham", ham), ("spam", spams[1])]
+    reports = spam_check_many([message for _, message in order])
+    singles = [spam_check_many([message])[0] for message in (ham, *spams)]
+    assert [report.score >= report.required for report in reports] == [kind == "spam" for kind, _ in order]
+    assert [report.score for report in reports] == [singles[0].score, singles[1].score, singles[0].score, singles[2].score]
+    for report in reports:  # no rule twice: one report per message, not the wrapper's copy as well
+        assert len({rule.name for rule in report.rules}) == len(report.rules)

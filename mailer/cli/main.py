@@ -144,7 +144,7 @@ def build(issue_ref: str, out_dir: Path | None, spam_check: bool) -> None:
         store.close()
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"built {result.slug}: {len(result.html_bytes) / 1024:.1f} KB HTML, {len(result.briefs)} briefs "
+    click.echo(f"built {result.slug}: {len(result.html_bytes) / 1024:.1f} KB HTML, {len(result.briefs)} brief{'' if len(result.briefs) == 1 else 's'} "
                f"-> {result.out_dir}")
     click.echo(f"audience: {result.audience_text}")
     if spam_check:

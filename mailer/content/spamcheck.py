@@ -67,7 +67,11 @@ def spamassassin_path() -> str | None:
 
 
 def parse_reports(output: str) -> list[SpamReport]:
-    """Every report `spamassassin -t` appended (one per message, in order). Raises MailerError when there is none."""
+    """Every 'Content analysis details' block in `output`, in order. Raises MailerError when there is none.
+
+    A message SpamAssassin calls spam (score >= required) is wrapped (`report_safe 1`, the default):
+    the wrapper's text part quotes the report, and `-t` appends it again, so one message's output
+    holds the block twice; the last one is the appended report (what `spam_check` returns)."""
     matches = list(_TOTAL.finditer(output))
     if not matches:
         raise MailerError("spamassassin printed no 'Content analysis details' report")
@@ -121,13 +125,13 @@ def spam_check_many(messages: list[bytes], *, timeout: float = TIMEOUT_SECONDS) 
         raise SpamCheckUnavailable(f"spamassassin could not run: {exc}") from None
     output = done.stdout.decode("utf-8", errors="replace")
     if len(messages) == 1:
-        reports = parse_reports(output) if "Content analysis details" in output else []
+        reports = parse_reports(output)[-1:] if "Content analysis details" in output else []
     else:  # SpamAssassin does not keep the mbox's order: each message says its index in its From_ line
         found: dict[int, SpamReport] = {}
         pieces = _SEPARATOR.split(output)
         for index, text in zip(pieces[1::2], pieces[2::2]):
             if "Content analysis details" in text:
-                found[int(index)] = parse_reports(text)[0]
+                found[int(index)] = parse_reports(text)[-1]
         reports = [found[i] for i in range(len(messages))] if sorted(found) == list(range(len(messages))) else []
     if len(reports) != len(messages):
         error = done.stderr.decode("utf-8", errors="replace").strip().splitlines()
