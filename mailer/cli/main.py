@@ -102,6 +102,8 @@ def main(verbose: bool) -> None:
     for noisy in ("alembic", "sqlalchemy", "apscheduler.executors", "apscheduler.scheduler", "uvicorn.access",
                   "markdown_it"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # flufl.bounce logs every detector it runs at INFO (17 lines a message): only with -v
+    logging.getLogger("flufl.bounce").setLevel(logging.DEBUG if verbose else logging.WARNING)
     # HTTP clients log credentials and whole payloads (every address) at DEBUG: never, even with -v
     quiet_http_loggers()
     for handler in logging.getLogger().handlers:

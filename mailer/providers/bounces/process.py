@@ -48,7 +48,9 @@ log = logging.getLogger("mailer.bounces")
 
 @dataclass
 class Summary:
-    """What one run did. `processed` = new messages recorded (bounces, complaints, others)."""
+    """What one run did. `processed` = new messages recorded, split into disjoint counts:
+    processed == hard_bounces + soft_bounces + complaints + unmatched + other (a bounce or complaint
+    that names no delivery of ours counts as unmatched only)."""
 
     source: str
     processed: int = 0
@@ -66,8 +68,8 @@ class Summary:
         return (f"{self.source}: {self.processed} new processed: {self.hard_bounces} hard "
                 f"{_plural(self.hard_bounces, 'bounce')}, {self.soft_bounces} soft "
                 f"{_plural(self.soft_bounces, 'bounce')}, {self.complaints} "
-                f"{_plural(self.complaints, 'complaint')}, {self.unmatched} unmatched, "
-                f"{self.unparseable} unparseable (left in place); {self.suppressed} "
+                f"{_plural(self.complaints, 'complaint')}, {self.unmatched} unmatched, {self.other} "
+                f"{_plural(self.other, 'other')}; {self.unparseable} unparseable (left in place); {self.suppressed} "
                 f"{_plural(self.suppressed, 'subscriber')} suppressed")
 
     def as_dict(self) -> dict[str, Any]:
@@ -146,15 +148,15 @@ def _record(store: Store, conn: Connection, settings: Settings, key: bytes, verp
             "match": match.how if match else None}
     if reading.kind == "complaint":
         kinds = [("complained", None)]
-        summary.complaints += 1
+        summary.complaints += match is not None
     elif reading.kind == "bounce":
         bouncing = [f for f in reading.failures if f.severity in ("hard", "soft")]
         if match is not None and len(bouncing) > 1:  # one delivery, one recipient: the one it names
             bouncing = [_failure_for(bouncing, match.facts.email)]
         kinds = [("bounced" if f.severity == "hard" else "soft_bounced", f) for f in bouncing]
         worst = "hard" if any(f.severity == "hard" for f in bouncing) else "soft"
-        summary.hard_bounces += worst == "hard"
-        summary.soft_bounces += worst == "soft"
+        summary.hard_bounces += match is not None and worst == "hard"
+        summary.soft_bounces += match is not None and worst == "soft"
     else:
         kinds = [("feedback" if reading.feedback_type else "delayed" if reading.failures else "other", None)]
         summary.other += 1
