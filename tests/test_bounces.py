@@ -9,10 +9,12 @@ status (RFC 3463 class and the rule table in `EXPECTED`), independent of the rea
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import mailbox
 import os
+import quopri
 import random
 import re
 import shutil
@@ -173,6 +175,76 @@ def test_reading_generated_reports_against_the_rule_table(rng):
     assert read_message(samples.auto_reply("x@example.net", BOUNCE, rng)).kind == "other"
     assert read_message(samples.broken_dsn("x@example.net", BOUNCE, rng)).kind == "unparseable"
     assert read_message(samples.garbage(rng)).kind == "unparseable"
+
+
+def _soft_breaks(line: str, width: int = 20) -> str:
+    pieces, current = [], ""
+    for token in re.findall(r"=[0-9A-F]{2}|.", line):  # never inside an =XX escape
+        if len(current) + len(token) > width:
+            pieces.append(current + "=")
+            current = ""
+        current += token
+    return "\n".join([*pieces, current])
+
+
+def _reencode(raw: bytes, encoding: str, global_types: bool) -> bytes:
+    """The same report with its message/delivery-status part (and text/rfc822-headers part) sent in
+    `encoding` (Microsoft's servers: base64 or quoted-printable), optionally under RFC 6533's types
+    (message/global-delivery-status, message/global-headers)."""
+    text = raw.decode("utf-8")
+    out = []
+    for piece in re.split(r"(?m)(?=^--)", text):
+        head, sep, body = piece.partition("\n\n")
+        kind = re.search(r"(?im)^Content-Type:\s*(message/delivery-status|text/rfc822-headers)", head)
+        if not sep or not kind:
+            out.append(piece)
+            continue
+        data = body.rstrip("\n").encode("utf-8") + b"\n"
+        if encoding == "base64":
+            encoded = base64.encodebytes(data).decode("ascii")
+        elif encoding == "quoted-printable":  # lines soft-broken ("=" at the end) every ~20 characters
+            encoded = "".join(_soft_breaks(line) + "\n"
+                              for line in quopri.encodestring(data, quotetabs=True).decode("ascii").splitlines())
+        else:
+            encoded = data.decode("utf-8")
+        if global_types:
+            head = head.replace(kind.group(1), {"message/delivery-status": "message/global-delivery-status",
+                                                "text/rfc822-headers": "message/global-headers"}[kind.group(1)])
+        out.append(f"{head}\nContent-Transfer-Encoding: {encoding}{sep}{encoded}\n")
+    return "".join(out).encode("utf-8")
+
+
+def test_reports_in_every_transfer_encoding_and_rfc6533_types_read_as_the_plain_one(rng):
+    """The reading of a report must not depend on how its parts are encoded: the plain report is the oracle."""
+    checked = 0
+    for _ in range(12):
+        recipient = people(rng, 1)[0]
+        style = rng.choice(["postfix", "gmail", "exchange"])  # the DSN styles
+        status = rng.choice(sorted(EXPECTED))
+        original = (f"Date: Thu, 26 Nov 2026 07:00:00 +0000\nFrom: Le Fil <lettre@example.org>\nTo: {recipient}\n"
+                    f"Subject: Le Fil\nMessage-ID: <{rng.getrandbits(64):x}@example.org>\n\nBonjour\n").encode()
+        raw = STYLES[style](original, recipient, "bounces+" + "a" * 47 + "@example.org", status, rng)
+        plain = read_message(raw)
+        assert plain.kind == "bounce" and plain.detector == "dsn" and plain.original_message_id
+        for encoding in ("base64", "quoted-printable", "8bit"):
+            for global_types in (False, True):
+                variant = _reencode(raw, encoding, global_types)
+                assert variant != raw
+                reading = read_message(variant)
+                assert (reading.kind, reading.detector, reading.failures, reading.original_message_id) == (
+                    plain.kind, plain.detector, plain.failures, plain.original_message_id), (style, encoding, global_types)
+                checked += 1
+    assert checked == 72
+
+
+def test_an_internationalised_report_names_the_utf8_recipient(rng):
+    recipient = "jeanne.dupré@exemple.fr"
+    original = (f"From: lettre@example.org\nTo: {recipient}\nSubject: Le Fil\nMessage-ID: <g1@example.org>\n\nx\n").encode()
+    raw = samples.postfix(original, recipient, BOUNCE, "5.1.1", rng).replace(b"rfc822;", b"utf-8;")
+    for encoding in ("8bit", "base64", "quoted-printable"):
+        reading = read_message(_reencode(raw, encoding, True))
+        assert [(f.recipient, f.status) for f in reading.failures] == [(recipient, "5.1.1")], encoding
+        assert reading.original_message_id == "<g1@example.org>"
 
 
 # ----- a mailbox, processed twice ----------------------------------------------------------------------

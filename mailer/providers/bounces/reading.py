@@ -5,7 +5,10 @@ Sources and rules:
 - Detection is GNU Mailman's `flufl.bounce` (`all_failures`: DSN first, then 16 heuristic detectors
   for non-standard bounces: Exim, qmail, Postfix's old format, Exchange, Yahoo, AOL…).
 - RFC 3464 delivery status notifications (`multipart/report; report-type=delivery-status`) are read
-  here field by field (Action, Status, Final-Recipient, Original-Recipient, Diagnostic-Code,
+  here field by field, whatever the status part's Content-Transfer-Encoding (Microsoft's servers send
+  it base64 or quoted-printable, which Python's parser does not undo for message/delivery-status), and
+  RFC 6533 internationalised ones (`message/global-delivery-status`, UTF-8 fields, `utf-8;` address
+  type; the original's headers as `message/global-headers` or the whole of it as `message/global`), (Action, Status, Final-Recipient, Original-Recipient, Diagnostic-Code,
   Remote-MTA) for the status code, which `flufl.bounce` does not report. A non-DSN bounce gets the
   first RFC 3463 enhanced code (`5.1.1`) found in its text, if any.
 - The status code decides, not the Action: `failed` with 5.x.x is a hard bounce; `failed` with 4.x.x
@@ -127,15 +130,27 @@ def read_message(raw: bytes) -> Reading:
     if not msg.keys() or not any(msg.get(name) for name in ("from", "date", "subject", "message-id")):
         return Reading("unparseable", digest, problem="no header fields: not an RFC 5322 message")
     try:
-        return _read(msg, digest)
+        return _read(msg, _leaf_view(raw), digest)
     except Exception as exc:  # noqa: BLE001 - a malformed MIME tree must not stop the mailbox
         return Reading("unparseable", digest, problem=f"unreadable: {type(exc).__name__}: {exc}"[:300])
 
 
-def _read(msg: Message, digest: str) -> Reading:
+# The report parts Python's parser would split into header blocks (message/delivery-status) or parse as
+# an embedded message (message/global…) without undoing a base64 or quoted-printable encoding first:
+# renamed, in a second parse only, to a private leaf type whose payload `get_payload(decode=True)` decodes.
+_REPORT_PARTS = re.compile(rb"(?im)^(content-type:[ \t]*(?:\r?\n[ \t]+)?)message/"
+                           rb"(delivery-status|global-delivery-status|global-headers|global)(?=[\s;]|$)")
+_LEAF = "application/x-mailer-"
+
+
+def _leaf_view(raw: bytes) -> Message:
+    return email.message_from_bytes(_REPORT_PARTS.sub(rb"\1application/x-mailer-\2", raw), policy=email.policy.compat32)
+
+
+def _read(msg: Message, leaf: Message, digest: str) -> Reading:
     common = dict(message_id=_text(msg.get("message-id")), subject=_text(msg.get("subject"))[:300],
                   occurred=_date(msg.get("date")))
-    original = _original_headers(msg) or _inline_original(msg)
+    original = _original_headers(leaf) or _inline_original(msg)
     returned = dict(
         original_message_id=_message_id(original.get("message-id") if original else None),
         original_recipients=tuple(a.lower() for _, a in getaddresses(original.get_all("to", []) if original else [])
@@ -155,7 +170,7 @@ def _read(msg: Message, digest: str) -> Reading:
         rcpt = parseaddr(_text(fields.get("original-rcpt-to")))[1].lower()
         return Reading(kind, digest, feedback_type=feedback_type, complaint_recipient=rcpt, detector="arf",
                        **returned, **common)
-    failures = _dsn_failures(msg)
+    failures = _dsn_failures(leaf)
     detector = "dsn"
     if failures is None:  # no readable delivery-status part: the heuristic detectors
         failures, detector = _detected_failures(msg)
@@ -168,20 +183,19 @@ def _read(msg: Message, digest: str) -> Reading:
     return Reading("other", digest, failures=tuple(failures), detector=detector, **returned, **common)
 
 
-def _dsn_failures(msg: Message) -> list[Failure] | None:
-    """Per-recipient blocks of every message/delivery-status part; None when there is no such part
-    or no block names a Final-Recipient (RFC 3464 §2.3.2 makes it mandatory)."""
-    parts = [part for part in msg.walk() if part.get_content_type() == "message/delivery-status"]
+def _dsn_failures(leaf: Message) -> list[Failure] | None:
+    """Per-recipient blocks of every message/delivery-status or message/global-delivery-status part
+    (of `_leaf_view`: decoded from any transfer encoding); None when there is no such part or no block
+    names a Final-Recipient (RFC 3464 §2.3.2 makes it mandatory)."""
+    parts = [part for part in leaf.walk()
+             if part.get_content_type() in (_LEAF + "delivery-status", _LEAF + "global-delivery-status")]
     if not parts:
         return None
     failures: list[Failure] = []
     named = 0
     for part in parts:
-        blocks = part.get_payload()
-        if not isinstance(blocks, list):  # encoded (base64…) or built as text: parse the field blocks
-            text = part.get_payload(decode=True) or b""
-            blocks = [HeaderParser().parsestr(chunk) for chunk in
-                      re.split(r"\r?\n\r?\n", text.decode("utf-8", "replace")) if chunk.strip()]
+        text = (part.get_payload(decode=True) or b"").decode("utf-8", "replace")  # RFC 6533: UTF-8 fields
+        blocks = [HeaderParser().parsestr(chunk) for chunk in re.split(r"\r?\n[ \t]*\r?\n", text.strip()) if chunk.strip()]
         for block in blocks:  # the per-message block (Reporting-MTA…) has no Final-Recipient
             final = _typed_address(block.get("final-recipient"))
             if not final:
@@ -232,14 +246,15 @@ def _feedback_fields(msg: Message) -> Message | None:
 
 
 def _original_headers(msg: Message) -> Message | None:
-    """The returned original message's headers (message/rfc822 or text/rfc822-headers part)."""
+    """The returned original message's headers (of `_leaf_view`): a message/rfc822 part, a
+    text/rfc822-headers one, or RFC 6533's message/global-headers or message/global (any encoding)."""
     for part in msg.walk():
         kind = part.get_content_type()
         if kind == "message/rfc822":
             payload = part.get_payload()
             if isinstance(payload, list) and payload and isinstance(payload[0], Message):
                 return payload[0]
-        if kind in ("text/rfc822-headers", "message/rfc822-headers"):
+        if kind in ("text/rfc822-headers", "message/rfc822-headers", _LEAF + "global-headers", _LEAF + "global"):
             data = part.get_payload(decode=True) or b""
             return BytesHeaderParser(policy=email.policy.compat32).parsebytes(data.lstrip())
     return None
