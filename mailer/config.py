@@ -38,6 +38,8 @@ from slugify import slugify
 
 from .addresses import Mailbox, ascii_domain, header_address, parse_mailbox
 from .errors import ConfigError, InvalidAddress
+from .headers import HARD_LINE
+from .tokens import MAX_TOKEN_LENGTH
 
 BACKENDS = ("outbox", "smtp", "sendgrid")
 SMTP_TLS_MODES = ("starttls", "ssl", "none")
@@ -477,6 +479,11 @@ _NOT_GLOBAL_EXTRA = tuple(ipaddress.ip_network(net) for net in ("192.0.0.0/24", 
 _GLOBAL_EXCEPTIONS = frozenset(ipaddress.ip_address(ip) for ip in ("192.0.0.9", "192.0.0.10"))
 
 
+# List-Unsubscribe (RFC 2369) is folded between its bracketed URLs, never inside one, so the longest line is
+# `List-Unsubscribe: <BASE/u/TOKEN>,`; RFC 5322 §2.1.1 limits a line to 998 characters.
+MAX_BASE_URL = HARD_LINE - len("List-Unsubscribe: <") - len("/u/") - MAX_TOKEN_LENGTH - len(">,")
+
+
 def normalise_base_url(value: str) -> str:
     """An http(s) base URL rebuilt in ASCII: IDNA host, percent-encoded path, no trailing slash.
 
@@ -571,6 +578,10 @@ def _validate(settings: Settings, where: Callable[[str], str]) -> Settings:
         except ValueError as exc:
             raise ConfigError(f"{where(attr)} {url.strip(' ')!r} {exc}") from None
         settings = replace(settings, **{attr: normalised})
+    if len(settings.base_url) > MAX_BASE_URL:
+        raise ConfigError(f"{where('base_url')} is {len(settings.base_url)} characters long (in ASCII); at most "
+                          f"{MAX_BASE_URL}: List-Unsubscribe holds BASE/u/TOKEN as one URL, and a header line may "
+                          f"not pass {HARD_LINE} characters (RFC 5322 §2.1.1)")
     for attr in ("name", "from_address", "reply_to", "list_id"):
         if "=?" in getattr(settings, attr):
             raise ConfigError(f"{where(attr)} contains '=?', which mail programs decode as an RFC 2047 encoded word "

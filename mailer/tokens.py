@@ -90,6 +90,9 @@ def _unb64(token: str) -> bytes:
     return raw
 
 
+MAX_TOKEN_LENGTH = 39  # make_token's longest (with an issue id): what link and header lengths allow for
+
+
 def make_token(key: bytes, purpose: str, subscriber_id: int, issue_id: int | None = None) -> str:
     """A v2 token (34 characters; 39 with `issue_id`). Raises ValueError for an unknown purpose or
     ids out of range (subscriber id < 2**63, issue id < 2**32)."""

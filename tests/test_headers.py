@@ -194,3 +194,60 @@ def test_mailer_build_of_the_accented_subject_case(project, settings, tmp_path):
     build_issue(settings, "accented", tmp_path / "out")
     message = BytesParser(policy=policy.default).parsebytes((tmp_path / "out" / "email.eml").read_bytes())
     assert message["Subject"] == "écoles Lyon écoles rentrée régionales Données"
+
+
+# ----- long configured values: no header line over RFC 5322's 998 characters ----------------------------
+def _long_host(rng: random.Random, length: int) -> str:
+    """A DNS name of about `length` characters (labels of at most 63), ending in example.org."""
+    labels = []
+    while sum(len(label) + 1 for label in labels) + len("example.org") < length:
+        labels.append("".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(rng.randint(1, 63))))
+    return ".".join([*labels, "example.org"])[-length:].lstrip(".-0123456789") or "example.org"
+
+
+def test_long_base_urls_and_domains_give_header_lines_within_998_that_parse_and_verify(
+        project, make_settings, tmp_path):
+    """Generated base URL lengths up to the maximum and long sender domains: every header line of what the
+    outbox writes is at most 998 characters, List-Unsubscribe reads back (policy.default) as exactly its
+    two URLs, and the DKIM signature verifies. One character more is a config-load error naming the setting."""
+    import dkim
+    from mailer.config import MAX_BASE_URL
+    from mailer.errors import ConfigError
+    from mailer.sending import dispatch
+    from mailer.subscribers import add_subscriber
+    from .conftest import EXAMPLE_ISSUE
+    from .test_dkim import dkim_env, dns_for, make_key
+
+    from mailer.store import open_store
+    rng = random.Random(14)
+    lengths = [40, rng.randint(80, 500), rng.randint(500, MAX_BASE_URL - 1), MAX_BASE_URL]
+    for round_, length in enumerate(lengths):
+        domain = _long_host(rng, rng.choice([20, 120, 240]))
+        prefix = "https://lettre.example.org/"
+        base = prefix + "".join(rng.choice("abcdefghij/-_") for _ in range(length - len(prefix))).replace("//", "/a")
+        base = base.rstrip("/")[:length].ljust(length, "z")
+        key = make_key(project, "rsa", name=f"k{round_}.pem", domain=domain)
+        outbox = tmp_path / f"outbox{round_}"
+        store = open_store(f"sqlite:///{tmp_path / f'round{round_}.db'}")
+        add_subscriber(store, "zoe@example.net", name="Zoé")
+        settings = make_settings(database_url=str(store.engine.url), MAILER_BASE_URL=base,
+                                 MAILER_FROM=f"Le Fil <lettre@{domain}>", MAILER_BOUNCE_ADDRESS=f"bounces@{domain}",
+                                 MAILER_OUTBOX_DIR=str(outbox), **dkim_env(key))
+        assert len(settings.base_url) == length
+        try:
+            dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
+        finally:
+            store.close()
+        [path] = outbox.rglob("*.eml")
+        raw = path.read_bytes()
+        head = raw.split(b"\r\n\r\n", 1)[0]
+        assert max(len(line) for line in head.split(b"\r\n")) <= 998, (length, len(domain))
+        parsed = BytesParser(policy=policy.default).parsebytes(raw)
+        urls = re.findall(r"<([^<>]+)>", str(parsed["List-Unsubscribe"]))
+        assert len(urls) == 2 and urls[0].startswith(settings.base_url + "/u/") and urls[1] == settings.unsubscribe_mailto_url
+        assert parsed["Message-ID"].endswith(f"@{domain}>") and f"@{domain}>" in parsed["Return-Path"]
+        assert dkim.verify(raw, dnsfunc=dns_for(key)), (length, len(domain))
+    too_long = "https://lettre.example.org/" + "a" * (MAX_BASE_URL + 1 - len("https://lettre.example.org/"))
+    with pytest.raises(ConfigError) as caught:
+        make_settings(MAILER_BASE_URL=too_long)
+    assert "MAILER_BASE_URL" in str(caught.value) and f"at most {MAX_BASE_URL}" in str(caught.value)
