@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 
 from mailer.dkim_signing import GeneratedKey, generate_key, load_private_key, txt_record_value
-from mailer.doctor import CHECKS, Dns, _SpfEvaluator, parse_nameserver, run_doctor
+from mailer.doctor import CHECKS, Dns, evaluate_spf, parse_nameserver, run_doctor
 from mailer.errors import ConfigError
 from mailer.store.schema import subscribers
 from mailer.subscribers import add_subscriber
@@ -202,7 +202,61 @@ def test_spf_evaluator_against_brute_force_on_generated_records():
                 ip = ipaddress.ip_address(f"10.{rng.randint(0, 3)}.{rng.randint(0, 3)}.{rng.randint(0, 255)}")
                 expected = next(({"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}[q] for q, net in nets
                                  if ip in net), "softfail")
-                assert _SpfEvaluator(evaluator_dns).check(ip, "example.org") == expected, (record, ip)
+                assert evaluate_spf(evaluator_dns, ip, "example.org").result == expected, (record, ip)
+
+
+def _spf_kinds(rng):
+    """(kind, records at example.org and below, expected status, words in the message, words in the fix):
+    one generated member of each kind receivers reject or doctor cannot judge (RFC 7208 §4.6, §5, §6)."""
+    n = rng.randint(0, 9999)
+    bad_octet = rng.randint(256, 999)
+    over = rng.randint(11, 14)
+    return [
+        ("redirect-to-plus-all", {"example.org": f"v=spf1 redirect=r{n}.example.net", f"r{n}.example.net": "v=spf1 +all"},
+         "fail", "every server", "~all or -all"),
+        ("include-of-plus-all-only", {"example.org": f"v=spf1 include:p{n}.example.net ?all",
+                                      f"p{n}.example.net": "v=spf1 all"}, "fail", "every server", "~all"),
+        ("ip4-all", {"example.org": "v=spf1 ip4:0.0.0.0/0 -all"}, "fail", "every server", "~all"),
+        ("bad-ip4", {"example.org": f"v=spf1 ip4:{RELAY_IP} ip4:{bad_octet}.1.1.1 -all"}, "fail", "permanent error",
+         f"{bad_octet}.1.1.1"),
+        ("unknown-mechanism", {"example.org": f"v=spf1 ip4:{RELAY_IP} foo{n}:bar -all"}, "fail", "permanent error",
+         f"foo{n}:bar"),
+        ("two-redirects", {"example.org": f"v=spf1 redirect=a{n}.example.net redirect=b{n}.example.net",
+                           f"a{n}.example.net": f"v=spf1 ip4:{RELAY_IP} -all", f"b{n}.example.net": "v=spf1 -all"},
+         "fail", "permanent error", "redirect"),
+        ("too-many-lookups", {"example.org": f"v=spf1 ip4:{RELAY_IP} " + " ".join(f"include:i{k}.example.net" for k in range(over)) + " -all",
+                              **{f"i{k}.example.net": "v=spf1 -all" for k in range(over)}}, "fail", "permanent error",
+         "lookup"),
+        ("nested-lookups", {"example.org": f"v=spf1 ip4:{RELAY_IP} include:n0.example.net -all",
+                            **{f"n{k}.example.net": f"v=spf1 include:n{k + 1}.example.net -all" for k in range(over)},
+                            f"n{over}.example.net": "v=spf1 -all"}, "fail", "permanent error", "lookup"),
+        ("void-lookups", {"example.org": f"v=spf1 ip4:{RELAY_IP} " + " ".join(f"a:void{k}-{n}.example.org" for k in range(3)) + " -all"},
+         "fail", "permanent error", "oid"),
+        ("broken-include", {"example.org": f"v=spf1 include:gone{n}.example.net ip4:{RELAY_IP} -all"}, "fail",
+         "permanent error", f"gone{n}.example.net"),
+        ("exists-macro", {"example.org": "v=spf1 exists:%{i}._spf.example.org -all"}, "warn", "cannot be evaluated here",
+         "Authentication-Results"),
+        ("macro-include", {"example.org": "v=spf1 include:%{l}.users.example.org -all"}, "warn",
+         "cannot be evaluated here", "Authentication-Results"),
+        ("good-with-exists", {"example.org": f"v=spf1 ip4:{RELAY_IP} exists:%{{i}}.x.example.org -all"}, "ok", "authorises", ""),
+    ]
+
+
+def test_spf_kinds_against_the_oracle_table(doctor_settings, key):
+    """Records receivers reject are failures whose message and fix name the actual problem; what depends
+    on the real sender is a warning, never a fix telling to add what is already there."""
+    import random
+    rng = random.Random(int(os.environ.get("MAILER_TEST_SEED", "14")))
+    for kind, extra, status, words, fix_words in _spf_kinds(rng):
+        records = good_records(key)
+        records["example.org"] = [("TXT", "google-site-verification=abc")]
+        for name, value in extra.items():
+            records.setdefault(name, []).append(("TXT", value))
+        with DnsZone(records) as zone:
+            found = verdicts(doctor_settings(), zone)["spf"]
+        assert found[0] == status and words in found[1], (kind, found)
+        assert fix_words in found[2], (kind, found)
+        assert f"add ip4:{RELAY_IP}" not in found[2], (kind, found)
 
 
 # ----- DMARC --------------------------------------------------------------------------------------
