@@ -429,14 +429,39 @@ def check_dmarc(settings: Settings, resolver: Dns) -> Check:
     policy = record.get("p", "").lower()
     if policy not in ("none", "quarantine", "reject"):
         return Check("dmarc", "fail", f"_dmarc.{found_at} has no valid p= tag: {records[0]}", publish)
-    strict = record.get("adkim", "r").lower() == "s"
-    if settings.backend != "sendgrid" and settings.dkim_private_key:
+    # DMARC passes when SPF or DKIM passes for a domain aligned with From (RFC 7489 §3.1, §4.2): SPF's is
+    # the envelope sender's (Return-Path: MAILER_BOUNCE_ADDRESS, else From), DKIM's the signature's d=.
+    strict_dkim = record.get("adkim", "r").lower() == "s"
+    strict_spf = record.get("aspf", "r").lower() == "s"
+    notes: list[str] = []
+    if settings.backend != "sendgrid":  # SendGrid: its own Return-Path and signature (domain authentication)
         from .dkim_signing import aligned, signer_for
-        signer = signer_for(settings)
-        if signer is not None and not aligned(signer.domain, domain, strict=strict):
-            return Check("dmarc", "fail", f"DKIM signs as d={signer.domain}, not aligned with From {domain} "
-                                          f"({'strict' if strict else 'relaxed'} adkim)",
-                         f"set MAILER_DKIM_DOMAIN={domain} (and publish its key), or relax adkim")
+        signer = signer_for(settings) if settings.dkim_private_key else None
+        envelope = envelope_domain(settings)
+        spf_aligned = aligned(envelope, domain, strict=strict_spf)
+        dkim_aligned = signer is not None and aligned(signer.domain, domain, strict=strict_dkim)
+        dkim_fix = spf_fix = ""
+        if signer is None:
+            dkim_fix = "sign with DKIM (mailer dkim keygen, MAILER_DKIM_PRIVATE_KEY)"
+        elif not dkim_aligned:
+            dkim_fix = (f"set MAILER_DKIM_DOMAIN={domain} (and publish its key)"
+                        + (" or relax adkim (adkim=r)" if strict_dkim and aligned(signer.domain, domain) else ""))
+            notes.append(f"DKIM signs as d={signer.domain}, not aligned with From {domain} "
+                         f"({'strict' if strict_dkim else 'relaxed'} adkim)")
+        if not spf_aligned:
+            spf_fix = (f"use a MAILER_BOUNCE_ADDRESS at {domain}"
+                       + (" or relax aspf (aspf=r)" if strict_spf and aligned(envelope, domain) else ""))
+            notes.append(f"the envelope sender's domain {envelope} (MAILER_BOUNCE_ADDRESS) is not aligned with From "
+                         f"{domain} ({'strict' if strict_spf else 'relaxed'} aspf): SPF does not count for DMARC")
+        if not spf_aligned and not dkim_aligned:
+            return Check("dmarc", "fail", "DMARC cannot pass: neither SPF nor DKIM is aligned with From: "
+                                          + "; ".join(notes or [f"no DKIM signature and SPF for {envelope}"]),
+                         "; or ".join(fix for fix in (dkim_fix, spf_fix) if fix))
+        if notes:
+            return Check("dmarc", "warn", f"DMARC passes through {'SPF' if spf_aligned else 'DKIM'} only: "
+                                          + "; ".join(notes)
+                                          + (" (forwarding breaks SPF)" if spf_aligned else ""),
+                         dkim_fix or spf_fix)
     where = f"_dmarc.{found_at}" + ("" if found_at == domain else f" (for {domain})")
     if policy == "none":
         return Check("dmarc", "warn", f"{where}: p=none, monitoring only (accepted by Gmail and Yahoo)",

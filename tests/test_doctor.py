@@ -265,11 +265,21 @@ def test_spf_kinds_against_the_oracle_table(doctor_settings, key):
     ({"_dmarc.example.org": "v=DMARC1; p=none; rua=mailto:d@example.org"}, {}, "warn", "p=none"),
     ({"_dmarc.example.org": None}, {}, "fail", "no DMARC record"),
     ({"_dmarc.example.org": "v=DMARC1; rua=mailto:d@example.org"}, {}, "fail", "no valid p="),
-    ({"_dmarc.example.org": "v=DMARC1; p=quarantine; adkim=s"}, {"MAILER_DKIM_DOMAIN": "mail.example.org"}, "fail",
-     "not aligned"),
+    ({"_dmarc.example.org": "v=DMARC1; p=quarantine; adkim=s"}, {"MAILER_DKIM_DOMAIN": "mail.example.org"}, "warn",
+     "passes through SPF only"),
     ({"_dmarc.example.org": "v=DMARC1; p=quarantine"}, {"MAILER_DKIM_DOMAIN": "mail.example.org"}, "ok", "p=quarantine"),
-    ({"_dmarc.example.org": "v=DMARC1; p=quarantine"}, {"MAILER_DKIM_DOMAIN": "other.example.net"}, "fail", "not aligned"),
-], ids=["reject", "none", "missing", "no-policy", "strict-unaligned", "relaxed-aligned", "other-domain"])
+    ({"_dmarc.example.org": "v=DMARC1; p=quarantine"}, {"MAILER_DKIM_DOMAIN": "other.example.net"}, "warn",
+     "not aligned with From example.org (relaxed adkim)"),
+    ({"_dmarc.example.org": "v=DMARC1; p=quarantine"}, {"MAILER_DKIM_DOMAIN": "other.example.net",
+                                                        "MAILER_BOUNCE_ADDRESS": "bounces@relay.example.net"}, "fail",
+     "neither SPF nor DKIM"),
+    ({"_dmarc.example.org": "v=DMARC1; p=quarantine; aspf=s"}, {"MAILER_BOUNCE_ADDRESS": "bounces@mail.example.org"},
+     "warn", "passes through DKIM only"),
+    ({"_dmarc.example.org": "v=DMARC1; p=quarantine; adkim=s; aspf=s"},
+     {"MAILER_DKIM_DOMAIN": "mail.example.org", "MAILER_BOUNCE_ADDRESS": "bounces@mail.example.org"}, "fail",
+     "neither SPF nor DKIM"),
+], ids=["reject", "none", "missing", "no-policy", "strict-dkim-spf-aligned", "relaxed-aligned", "other-domain-spf-aligned",
+        "nothing-aligned", "bounce-unaligned-strict", "both-strict-unaligned"])
 def test_dmarc(records_change, env, status, words, doctor_settings, key):
     records = good_records(key)
     for name, value in records_change.items():
@@ -280,6 +290,13 @@ def test_dmarc(records_change, env, status, words, doctor_settings, key):
     with DnsZone(records) as zone:
         found = verdicts(doctor_settings(**env), zone)["dmarc"]
     assert found[0] == status and words in found[1], found
+    dmarc = records_change.get("_dmarc.example.org") or ""
+    if "adkim=s" not in dmarc:  # the fix never asks to relax what is already relaxed
+        assert "relax adkim" not in found[2], found
+    if "aspf=s" not in dmarc:
+        assert "relax aspf" not in found[2], found
+    if status == "fail" and "neither" in words:
+        assert "relax adkim" in found[2] and "relax aspf" in found[2] if "aspf=s" in dmarc else True, found
 
 
 def test_dmarc_found_at_the_parent_domain(doctor_settings, key, project):
