@@ -280,6 +280,27 @@ def test_warnings_short_rsa_unaligned_domain_sendgrid_readable(project, make_set
     assert dkim_warnings(make_settings(**dkim_env(good, MAILER_DKIM_DOMAIN="mail.example.org"))) == []  # relaxed-aligned
 
 
+def test_every_command_that_signs_prints_the_dkim_warnings(project, tmp_path):
+    """build, send --test and doctor print what a real send prints before it asks (one owner: dkim_warnings)."""
+    short = rsa.generate_private_key(65537, 1024)
+    path = _write(project / "short.pem", _pem(short))
+    path.chmod(0o644)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
+    env.update(BASE_ENV, MAILER_DKIM_PRIVATE_KEY=str(path), MAILER_DKIM_SELECTOR="s", MAILER_DKIM_DOMAIN="other-domain.net",
+               MAILER_OUTBOX_DIR=str(tmp_path / "outbox"))
+    words = ("1024 bits", "other-domain.net is not aligned", "chmod 600")
+    for args in (["build", EXAMPLE_ISSUE], ["send", EXAMPLE_ISSUE, "--test", "editor@example.net"]):
+        result = subprocess.run([*MAILER, *args], cwd=project, capture_output=True, text=True, env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert all(word in result.stderr for word in words), (args, result.stderr)
+    from mailer.config import load_settings
+    from mailer.doctor import run_doctor
+    from .dns_server import DnsZone
+    with DnsZone({}) as zone:  # no key published: the verdict fails, and still says what a send would warn
+        [check] = run_doctor(load_settings(project, env=env), nameserver=zone.address, dns_timeout=1.0, only=("dkim",)).checks
+    assert check.status == "fail" and all(word in check.message for word in words), check
+
+
 # ----- keygen -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["rsa", "ed25519"])
 def test_keygen_writes_a_private_key_and_prints_the_record(kind, project):

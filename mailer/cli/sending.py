@@ -48,6 +48,9 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
     from ..sending import dispatch
     settings = _settings()
     if test_addresses:
+        from ..dkim_signing import dkim_warnings  # the signature the test carries, as a real send warns
+        for warning in dkim_warnings(settings):
+            click.echo(f"warning: {warning}", err=True)
         results = dispatch.send_test(settings, issue_ref, test_addresses.split(","))
         failed = [r for r in results if r.outcome != "sent"]
         for result in results:

@@ -153,10 +153,8 @@ def send_warnings(settings: Settings, store: Store, issue_ref: str, *, allow_dra
     if stored is None:
         check_segment(store, issue)
     warnings = render_issue(issue, settings).warnings
-    if settings.dkim_private_key or settings.backend == "sendgrid":
-        from ..dkim_signing import dkim_warnings  # short RSA key, unaligned domain, key readable by others
-        warnings = (*warnings, *dkim_warnings(settings))
-    return warnings
+    from ..dkim_signing import dkim_warnings  # short RSA key, unaligned domain, key readable by others
+    return (*warnings, *dkim_warnings(settings))
 
 
 def resume_notice(settings: Settings, store: Store, issue_ref: str) -> str | None:

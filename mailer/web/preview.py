@@ -71,7 +71,9 @@ def build_issue(settings: Settings, issue_ref: str, out_dir: Path | None = None,
         (target / "email.txt").write_text(text, encoding="utf-8")
         (target / "email.eml").write_bytes(eml)
         (target / "email.mjml").write_text(rendered.mjml_source, encoding="utf-8")
-    return BuildResult(issue.slug, target, html_text.encode("utf-8"), text, eml, rendered.warnings, issue.briefs, rendered,
+    from ..dkim_signing import dkim_warnings  # short RSA key, unaligned domain, key readable by others
+    return BuildResult(issue.slug, target, html_text.encode("utf-8"), text, eml,
+                       (*rendered.warnings, *dkim_warnings(settings)), issue.briefs, rendered,
                        audience_count, audience_text)
 
 
