@@ -247,6 +247,17 @@ def _check_dkim_record(settings: Settings, resolver: Dns) -> Check:
         return Check("dkim", "fail", f"{len(records)} DKIM records at {name}: verifiers may pick either",
                      f"keep only one: {publish}")
     record = tags(records[0])
+    # RFC 6376 §3.6.1: what makes verifiers discard a key record, or refuse our rsa-sha256 signatures
+    if "v" in record and record["v"] != "DKIM1":
+        return Check("dkim", "fail", f"{name} has v={record['v']}: verifiers discard a key record whose v= is not "
+                                     "DKIM1 (RFC 6376 §3.6.1)", publish)
+    services = [service.lower() for service in record.get("s", "*").split(":")]
+    if "*" not in services and "email" not in services:
+        return Check("dkim", "fail", f"{name} has s={record['s']}: the key is not for email (s= must be * or "
+                                     "include email, RFC 6376 §3.6.1)", publish)
+    if signer.key.kind == "rsa" and "h" in record and "sha256" not in record["h"].lower().split(":"):
+        return Check("dkim", "fail", f"{name} has h={record['h']}: verifiers refuse the rsa-sha256 signatures mailer "
+                                     "makes (RFC 6376 §3.6.1)", publish)
     if not record.get("p"):
         return Check("dkim", "fail", f"the key at {name} is revoked (empty p=)", publish)
     if record.get("k", "rsa") != signer.key.kind:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 
 from mailer.dkim_signing import GeneratedKey, generate_key, load_private_key, txt_record_value
-from mailer.doctor import CHECKS, Dns, evaluate_spf, parse_nameserver, run_doctor
+from mailer.doctor import CHECKS, Dns, evaluate_spf, parse_nameserver, run_doctor, tags
 from mailer.errors import ConfigError
 from mailer.store.schema import subscribers
 from mailer.subscribers import add_subscriber
@@ -114,6 +114,32 @@ def test_dkim_record(case, record, status, words, doctor_settings, key, project)
     assert found[0] == status and words in found[1], found
     if status == "fail" and case in ("missing", "mismatch", "revoked"):
         assert key.record_value in found[2]  # the fix is the record to publish
+
+
+def test_dkim_record_variants_against_dkimpy(doctor_settings, key):
+    """Oracle: dkimpy's verifier, given the generated record, on a message signed with our key — plus
+    RFC 6376 §3.6.1's h= (acceptable hashes), which dkimpy does not enforce and other verifiers do."""
+    import random
+    import dkim
+    rng = random.Random(int(os.environ.get("MAILER_TEST_SEED", "6376")))
+    message = (b"From: Le Fil <lettre@example.org>\r\nTo: a@example.net\r\nSubject: x\r\n"
+               b"Date: Thu, 26 Nov 2026 07:00:00 +0000\r\nMessage-ID: <v@example.org>\r\n\r\nBonjour\r\n")
+    signed = dkim.sign(message, b"news1", b"example.org", key.path.read_bytes(), include_headers=[b"from", b"subject"]) + message
+    p_value = tags(key.record_value)["p"]
+    seen = set()
+    with DnsZone(good_records(key)) as zone:
+        for _ in range(24):
+            parts = {"v": rng.choice([None, "DKIM1", "DKIM2", "dkim1"]), "k": rng.choice([None, "rsa", "ed25519"]),
+                     "h": rng.choice([None, None, "sha256", "sha1", "sha1:sha256"]),
+                     "s": rng.choice([None, None, "*", "email", "other"]), "p": rng.choice([p_value] * 5 + [""])}
+            record = "; ".join(f"{tag}={value}" for tag, value in parts.items() if value is not None)
+            zone.records[key.record_name] = [("TXT", record)]
+            verifies = dkim.verify(signed, dnsfunc=lambda name, timeout=5: record.encode())
+            expected_ok = verifies and (parts["h"] is None or "sha256" in parts["h"].split(":"))
+            found = verdicts(doctor_settings(), zone)["dkim"]
+            assert (found[0] in ("ok", "warn")) == expected_ok, (record, verifies, found)
+            seen.add(expected_ok)
+    assert seen == {True, False}
 
 
 def test_dkim_nxdomain_and_timeout(doctor_settings, key):
