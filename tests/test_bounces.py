@@ -586,6 +586,30 @@ def test_imap_refusals_are_one_line_errors(dovecot, make_settings, sqlite_store)
         process_source(sqlite_store, settings, url)
 
 
+def test_imap_move_folder_is_checked_before_any_message(dovecot, make_settings, sqlite_store, rng):
+    """A ?move= folder that does not exist, or is written with the wrong hierarchy separator, is a one-line
+    error before anything is processed: every message stays as it was."""
+    from .imap_server import PASSWORD
+    settings = make_settings(database_url=str(sqlite_store.engine.url), MAILER_IMAP_PASSWORD=PASSWORD)
+    client, context = imap_client(dovecot)
+    client.append("INBOX", samples.auto_reply("x@example.net", BOUNCE, rng).replace(b"\n", b"\r\n"))
+    delimiter = client.list_folders()[0][1].decode()
+    wrong = "/" if delimiter == "." else "."
+    client.create_folder(f"Done{delimiter}Bounces")
+    base = f"imap+starttls://bounces@127.0.0.1:{dovecot.imap_port}/INBOX?move="
+    for folder, words in ((f"Missing{rng.randint(0, 999)}", "no such folder on the server; create it first"),
+                          (f"Done{wrong}Bounces", f"separates folder levels with '{delimiter}', not '{wrong}': "
+                                                  f"write ?move=Done{delimiter}Bounces")):
+        with pytest.raises(MailboxError) as caught:
+            process_source(sqlite_store, settings, base + folder, ssl_context=context)
+        assert words in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+    client.select_folder("INBOX")
+    assert list(client.get_flags(client.search("ALL")).values()) == [()]  # untouched
+    done = process_source(sqlite_store, settings, base + f"Done{delimiter}Bounces", ssl_context=context)
+    assert done.processed == 1
+    client.logout()
+
+
 # ----- the scheduler polls the mailbox ----------------------------------------------------------------------
 def test_schedule_run_polls_the_bounce_mailbox(make_settings, sqlite_store, tmp_path, rng):
     import threading

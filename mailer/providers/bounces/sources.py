@@ -238,6 +238,11 @@ class ImapSource(MailboxSource):
         except (OSError, ssl.SSLError, IMAPClientError) as exc:
             _logout(client)
             raise MailboxError(f"{where}: {_reason(exc)}") from None
+        if self.location.move_to:  # before any message is touched: a typo would fail on the first one
+            problem = _missing_folder(client, self.location.move_to)
+            if problem:
+                _logout(client)
+                raise MailboxError(f"{where}: {problem}")
         permanent = [flag.decode() if isinstance(flag, bytes) else str(flag)
                      for flag in answer.get(b"PERMANENTFLAGS", ())]
         self._keyword = "\\*" in permanent or PROCESSED_KEYWORD in permanent
@@ -285,6 +290,26 @@ class ImapSource(MailboxSource):
                     client.uid_expunge([key]) if client.has_capability("UIDPLUS") else client.expunge()
         except (OSError, IMAPClientError) as exc:
             raise MailboxError(f"{self.label}: cannot mark a processed message: {_reason(exc)}") from None
+
+
+def _missing_folder(client, folder: str) -> str:  # noqa: ANN001
+    """Why ?move=FOLDER cannot be used (it does not exist: created by hand, not guessed, so a typo never
+    makes a new folder that collects the processed messages), or "" when it exists."""
+    from imapclient.exceptions import IMAPClientError
+    try:
+        listed = client.list_folders()
+    except (OSError, IMAPClientError) as exc:
+        return f"cannot list folders to check ?move={folder}: {_reason(exc)}"
+    names = {name for _, _, name in listed}
+    if folder in names or (folder.upper() == "INBOX"):
+        return ""
+    delimiter = next((d.decode() if isinstance(d, bytes) else d for _, d, _ in listed if d), "")
+    wrong = next((sep for sep in "/." if sep != delimiter and sep in folder), "")
+    if delimiter and wrong:
+        fixed = folder.replace(wrong, delimiter)
+        return (f"?move={folder}: this server separates folder levels with '{delimiter}', not '{wrong}'"
+                + (f": write ?move={fixed}" if fixed in names else f" (e.g. {fixed}), and create the folder first"))
+    return f"?move={folder}: no such folder on the server; create it first (or fix the URL)"
 
 
 def _reason(exc: BaseException) -> str:
