@@ -351,16 +351,22 @@ class GeneratedKey:
     record_value: str  # v=DKIM1; k=…; p=…
 
 
+def keygen_domain(value: str) -> str:
+    """The signing domain as keys, records and file names spell it: ASCII (IDNA), lower case, no final
+    dot (`EXAMPLE.ORG.` → `example.org`). Raises ConfigError naming --domain."""
+    try:
+        return ascii_domain(value.strip().rstrip("."))
+    except InvalidAddress as exc:
+        raise ConfigError(f"--domain {value!r} is not a domain: {exc}") from None
+
+
 def generate_key(path: Path, selector: str, domain: str, kind: str = "rsa", bits: int = ADVISED_RSA_BITS) -> GeneratedKey:
     """Write a new private key to `path` (PKCS#8 PEM, mode 0600, created exclusively: an existing file
     is never overwritten) and return the TXT record to publish. Raises ConfigError."""
     problem = selector_problem(selector)
     if problem:
         raise ConfigError(f"--selector {selector!r} {problem}")
-    try:
-        domain = ascii_domain(domain.strip().rstrip("."))
-    except InvalidAddress as exc:
-        raise ConfigError(f"--domain {domain!r} is not a domain: {exc}") from None
+    domain = keygen_domain(domain)
     if kind == "rsa":
         if bits < ADVISED_RSA_BITS:
             raise ConfigError(f"--bits {bits}: DKIM RSA keys should have at least {ADVISED_RSA_BITS} bits (RFC 8301)")

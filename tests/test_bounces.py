@@ -247,6 +247,27 @@ def test_an_internationalised_report_names_the_utf8_recipient(rng):
         assert reading.original_message_id == "<g1@example.org>"
 
 
+def test_stored_subject_is_decoded_and_reason_stops_at_the_copied_message(rng):
+    """Subjects as readers see them (RFC 2047 in any charset, raw 8-bit UTF-8 or Latin-1), oracle the text
+    encoded; a plain-text bounce's reason holds the diagnostic, not the returned message's headers."""
+    from email.header import Header
+    words = ["Données", "ouvertes", "Réponse", "automatique", "Straße", "été", "naïve", "absent", "Noël"]
+    for _ in range(30):
+        subject = " ".join(rng.choice(words) for _ in range(rng.randint(1, 6)))
+        charset = rng.choice(["utf-8", "iso-8859-1"])
+        form = rng.choice(["rfc2047", "8bit"])
+        head = (Header(subject, charset).encode().encode("ascii") if form == "rfc2047" else subject.encode(charset))
+        raw = samples.auto_reply("x@example.net", BOUNCE, rng)
+        raw = re.sub(rb"(?m)^Subject:[^\n]*(\n[ \t][^\n]*)*", lambda _: b"Subject: " + head, raw, count=1)
+        assert read_message(raw).subject == subject, (form, charset, head)
+    original = (b"Return-Path: <bounces+abc@example.org>\nMessage-ID: <copied@example.org>\nSubject: Le Fil secret\n"
+                b"From: lettre@example.org\nTo: u@example.net\n\nBonjour\n")
+    for _ in range(5):
+        reading = read_message(samples.exim(original, "u@example.net", BOUNCE, "5.1.1", rng))
+        reason = reading.failures[0].reason
+        assert "5.1.1" in reason and "copied@example.org" not in reason and "Le Fil secret" not in reason, reason
+
+
 # ----- a mailbox, processed twice ----------------------------------------------------------------------
 def build_mailbox_messages(received: dict, rng: random.Random) -> tuple[list[bytes], dict[str, str], dict]:
     """Reports about random recipients; returns (messages, expected status per address, expected counts)."""

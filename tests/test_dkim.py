@@ -326,3 +326,16 @@ def test_keygen_writes_a_private_key_and_prints_the_record(kind, project):
     again = subprocess.run(args, cwd=project, capture_output=True, text=True, env=env, timeout=60)
     assert again.returncode != 0 and "refusing to overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     assert path.read_bytes() == before
+
+
+def test_keygen_domain_spellings_make_one_file_name(project):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
+    env.update(BASE_ENV)
+    result = subprocess.run([*MAILER, "dkim", "keygen", "--selector", "s1", "--type", "ed25519", "--domain", "EXAMPLE.ORG."],
+                            cwd=project, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in (project / "dkim").iterdir()] == ["s1._domainkey.example.org.pem"]
+    assert "name:  s1._domainkey.example.org" in result.stdout and "MAILER_DKIM_DOMAIN" not in result.stdout
+    again = subprocess.run([*MAILER, "dkim", "keygen", "--selector", "s1", "--type", "ed25519", "--domain", "example.org"],
+                           cwd=project, capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode != 0 and len(again.stderr.strip().splitlines()) == 1  # the same file: never overwritten

@@ -31,7 +31,7 @@ def dkim() -> None:
 @handle_errors
 def dkim_keygen(selector: str | None, domain: str | None, kind: str, out: Path | None) -> None:
     """Write a new private key (mode 0600) and print the DNS TXT record to publish."""
-    from ..dkim_signing import generate_key
+    from ..dkim_signing import generate_key, keygen_domain
     try:
         settings = load_settings()
     except ConfigError:  # the DKIM settings may name the key about to be made: read the others
@@ -40,6 +40,7 @@ def dkim_keygen(selector: str | None, domain: str | None, kind: str, out: Path |
     domain = domain or settings.dkim_domain or (settings.sender_domain if settings.sender_email else "")
     if not domain:
         raise ConfigError("no domain to make a key for: pass --domain or set MAILER_FROM")
+    domain = keygen_domain(domain)  # EXAMPLE.ORG. and example.org: one file name, one record name
     if out is None:
         out = settings.root / "dkim" / f"{selector}._domainkey.{domain}.pem"
     made = generate_key(out, selector, domain, kind)

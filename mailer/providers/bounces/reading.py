@@ -29,6 +29,8 @@ Sources and rules:
 from __future__ import annotations
 
 import email
+import email.errors
+import email.header
 import email.policy
 import hashlib
 import re
@@ -148,7 +150,7 @@ def _leaf_view(raw: bytes) -> Message:
 
 
 def _read(msg: Message, leaf: Message, digest: str) -> Reading:
-    common = dict(message_id=_text(msg.get("message-id")), subject=_text(msg.get("subject"))[:300],
+    common = dict(message_id=_text(msg.get("message-id")), subject=_decoded(msg.get("subject"))[:300],
                   occurred=_date(msg.get("date")))
     original = _original_headers(leaf) or _inline_original(msg)
     returned = dict(
@@ -300,11 +302,20 @@ def _code_near(body: str, address: str) -> str:
     return _first_code(body[at:at + 2000] if at >= 0 else body) or _first_code(body)
 
 
+# Where a plain-text bounce starts quoting the returned message (Exim, qmail, Postfix's old format,
+# Exchange): the diagnostic stops there, so no copied header or body text is stored as the reason.
+_COPY_BOUNDARY = re.compile(r"(?im)^(?:[ \t-]*(?:this is a copy of|below this line is a copy|the original message|"
+                            r"original message follows|-{3,}\s*(?:original|returned|forwarded) message|"
+                            r"------ This is a copy)|(?:Return-Path|Received|Message-ID|From|Date|Subject)[ \t]*:)")
+
+
 def _line_near(body: str, address: str) -> str:
     at = body.lower().find(address)
     if at < 0:
         return ""
-    return " ".join(body[at:at + 400].split())[:300]
+    window = body[at:at + 400]
+    cut = _COPY_BOUNDARY.search(window, 1)
+    return " ".join((window[:cut.start()] if cut else window).split())[:300]
 
 
 def _first_code(text: str) -> str:
@@ -339,6 +350,30 @@ def _text(value: object) -> str:
     if isinstance(value, email.header.Header):
         value = str(value)
     return " ".join(str(value).split())
+
+
+def _decoded(value: object) -> str:
+    """A header's text as a reader sees it: RFC 2047 encoded words decoded, raw 8-bit bytes (which the
+    compat32 parser keeps as an `unknown-8bit` Header) read as UTF-8, else Latin-1."""
+    if value is None:
+        return ""
+    try:
+        pieces = email.header.decode_header(value if isinstance(value, email.header.Header) else str(value))
+        out = []
+        for data, charset in pieces:
+            if isinstance(data, str):
+                out.append(data)
+                continue
+            if charset and charset != "unknown-8bit":
+                out.append(data.decode(charset, "replace"))
+            else:
+                try:
+                    out.append(data.decode("utf-8"))
+                except UnicodeDecodeError:
+                    out.append(data.decode("latin-1"))
+        return _text("".join(out))
+    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        return _text(value)
 
 
 def _date(value: object) -> datetime | None:
