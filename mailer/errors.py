@@ -78,3 +78,10 @@ class CorruptEdition(MailerError):
     is sent from it (names the issue and the edition id)."""
 
     exit_code = 3
+
+
+class NotDueYet(MailerError):
+    """A local-time send asked for before any of its waves is due (or only missed ones, without
+    `--release-missed`): nothing was frozen or sent."""
+
+    exit_code = 8

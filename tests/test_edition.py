@@ -366,18 +366,22 @@ def test_a_send_in_progress_before_the_migration_freezes_its_folder_at_its_first
 
     env = _outbox_env(tmp_path)
     settings = load_settings(project, env=env)
-    old = store_at_revision(settings.database_url, "0003")
-    with old.begin() as conn:  # what the previous version left: 6 frozen, 2 sent, 4 queued, no edition
+    engine = store_at_revision(settings.database_url, "0003").engine
+    with engine.begin() as conn:  # what the previous version left: 6 frozen, 2 sent, 4 queued, no edition
+        # plain SQL: today's Store knows columns of later revisions
+        now = utcnow()
         for i in range(6):
-            old.insert_subscriber(conn, email=f"ancien{i}@example.org", email_given=f"ancien{i}@example.org",
-                                  status="active")
-        row = old.ensure_issue(conn, slug=EXAMPLE_ISSUE, subject="S", list_name=None, web_html="<p>x</p>",
-                               issue_date="2026-11-26")
-        old.freeze_recipients(conn, row.id, None)
-        old.update_issue(conn, row.id, frozen_at=utcnow(), status="sending", started_at=utcnow())
-        claimed = old.claim_deliveries(conn, row.id, "old-worker", 2)
-        old.finish_deliveries(conn, "old-worker", [{"id": r.delivery_id, "status": "sent"} for r in claimed])
-    old.engine.dispose()
+            conn.execute(sa.text("INSERT INTO subscribers (email, email_given, name, language, status, source, "
+                                 "attributes, created_at, updated_at) VALUES (:e, :e, '', '', 'active', '', '{}', "
+                                 ":now, :now)"), {"e": f"ancien{i}@example.org", "now": now})
+        conn.execute(sa.text("INSERT INTO issues (slug, subject, status, web_html, issue_date, frozen_at, started_at) "
+                             "VALUES (:slug, 'S', 'sending', '<p>x</p>', '2026-11-26', :now, :now)"),
+                     {"slug": EXAMPLE_ISSUE, "now": now})
+        conn.execute(sa.text("INSERT INTO deliveries (issue_id, subscriber_id, status, attempts, created_at, updated_at, "
+                             "sent_at) SELECT i.id, s.id, CASE WHEN s.email < 'ancien2' THEN 'sent' ELSE 'queued' END, "
+                             "CASE WHEN s.email < 'ancien2' THEN 1 ELSE 0 END, :now, :now, NULL "
+                             "FROM issues i, subscribers s"), {"now": now})
+    engine.dispose()
 
     store = open_store(settings.database_url)  # migrates to the head: editions
     try:

@@ -13,6 +13,7 @@ from .main import _settings, handle_errors, main
 
 log = logging.getLogger("mailer")
 from ..scheduling.plan import RECENT, format_moment, format_span, schedule_data
+from ..sending.waves import Wave, wave_table
 from ..store import open_store, utcnow
 
 
@@ -46,7 +47,9 @@ def schedule_list(now_text: str | None, as_json: bool) -> None:
                             state (sent|paused|draft|placeholder|unbuildable|error|scheduled|
                                    due|missed|unscheduled),
                             due, missed, draft, ready, not_ready, cadence_run, warnings[],
-                            ledger {status, sent, total, left, counts, paused_reason, text}, job, error
+                            ledger {status, sent, total, left, counts, paused_reason, text}, job, error,
+                            send_local, waves[] {zone, at, at_utc, recipients, sent, left,
+                                                 state (pending|due|missed|released|sent)}
       cadence               null, or cron, timezone, next_runs[] {at, at_utc, issue},
                             next_fire_local, next_fire_utc, next_issue, stored_run, stored_run_state
       cadence_in_flight[]   slug, started, ledger, resumable
@@ -87,6 +90,12 @@ def schedule_text(data: dict, settings: Settings) -> str:
             if now - when > RECENT:
                 older_sent += 1
                 continue
+        if row["waves"]:
+            lines.append(f"{slug}  send_local {row['send_local']} (each subscriber's zone)  {row['ledger']['text']}  "
+                         f"{_local_note(row, grace)}".rstrip())
+            lines.extend(wave_table([Wave(w["zone"], datetime.fromisoformat(w["at_utc"]), w["recipients"], w["sent"],
+                                          w["left"], w["state"]) for w in row["waves"]], indent="    "))
+            continue
         where = f"send_at {format_moment(send_at, zone)}" if send_at else f"dated {row['date'] or '?'}"
         lines.append(f"{slug}  {where}  {row['ledger']['text']}  {_note(row, send_at, now, grace, cadence)}".rstrip())
     if older_sent:
@@ -116,6 +125,22 @@ def schedule_text(data: dict, settings: Settings) -> str:
         lines.append(f"cadence send of {item['slug']} started {format_moment(started, schedule_zone)}: "
                      f"{item['ledger']['text']}, {what}")
     return "\n".join(lines)
+
+
+def _local_note(row: dict, grace: timedelta) -> str:
+    slug, state = row["slug"], row["state"]
+    if state in ("error", "draft", "placeholder", "unbuildable", "paused"):
+        return _note(row, None, datetime.now(timezone.utc), grace, None)
+    missed = [w for w in row["waves"] if w["state"] == "missed"]
+    if missed:
+        people = sum(w["left"] for w in missed)
+        return (f"MISSED: {len(missed)} wave(s), {people} recipient(s), beyond the grace of {format_span(grace)}: "
+                f"not sent automatically (`mailer send {slug} --release-missed` sends them now)")
+    if state == "due":
+        return "DUE: a wave is being released by `mailer schedule run`"
+    if state == "scheduled":
+        return "waves released by `mailer schedule run`" + ("" if row["job"] else " (picked up at its next scan)")
+    return ""
 
 
 def _note(row: dict, send_at: datetime | None, now: datetime, grace: timedelta, cadence: dict | None) -> str:

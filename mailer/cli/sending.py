@@ -32,9 +32,15 @@ log = logging.getLogger("mailer")
 @click.option("--rebuild", is_flag=True,
               help="Freeze a new edition from the folder for the recipients not reached yet (refused, exit 7, "
                    "while another sender is sending it); those already sent are never sent again.")
+@click.option("--now", "send_now", is_flag=True,
+              help="A local-time send (send_local): send every wave now, whatever each subscriber's local time "
+                   "(without it, `send` before the first wave is refused, exit 8: the scheduler releases the waves).")
+@click.option("--release-missed", is_flag=True,
+              help="A local-time send: also send the waves missed beyond the grace (MAILER_SCHEDULE_GRACE) now; "
+                   "the later waves keep their time.")
 @handle_errors
 def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bool, include_new: bool,
-         workers: int | None, allow_draft: bool, rebuild: bool) -> None:
+         workers: int | None, allow_draft: bool, rebuild: bool, send_now: bool, release_missed: bool) -> None:
     """Send ISSUE to every active subscriber (or a test to --test addresses).
 
     Every build warning is printed first. An issue whose issue.toml says draft = true, or that still
@@ -44,7 +50,13 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
     The first send freezes the issue as it renders then (its edition) with its recipients; resuming,
     retrying and workers send that edition even if the folder changed since (a line says so).
     --rebuild makes a new edition for those not reached yet.
+
+    A local-time send (send_local in issue.toml) goes out in waves, each subscriber at that wall time
+    in their own zone, released by `mailer schedule run`. By hand, `send` sends the waves due now
+    (within the grace), is refused before the first one (exit 8), and leaves missed waves unless
+    --release-missed; --now sends every wave at once.
     """
+    release = "all" if send_now else "missed" if release_missed else "due"
     from ..sending import dispatch
     settings = _settings()
     if test_addresses:
@@ -68,9 +80,9 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
         notice = dispatch.resume_notice(settings, store, issue_ref)
         if notice:
             click.echo(notice, err=True)
+    plan = dispatch.plan_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
+                              rebuild=rebuild, release=release)  # a refusal (a local-time send too early) comes first
     if not yes:
-        plan = dispatch.plan_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
-                                  rebuild=rebuild)
         if plan.recipients:  # nobody to send to (finished, empty audience): send_issue says why, unasked
             click.confirm(plan.describe(settings.backend), abort=True)
     stop = threading.Event()
@@ -82,7 +94,7 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
 
         report = dispatch.send_issue(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
                                      workers=workers, stop=stop, on_progress=on_progress, allow_draft=allow_draft,
-                                     rebuild=rebuild)
+                                     rebuild=rebuild, release=release)
     counts = report.counts
     if report.notice and rebuild:
         click.echo(report.notice, err=True)
@@ -95,7 +107,19 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
                f"in {report.elapsed:.1f}s via {settings.backend}")
     if settings.backend == "outbox" and report.sent_now:
         click.echo(f"messages are in {settings.outbox_dir / report.issue}")
-    if not report.complete:
+    if report.waves:
+        from ..sending.waves import wave_table
+        click.echo("waves (each subscriber at send_local in their own zone):")
+        for line in wave_table(list(report.waves)):
+            click.echo(line)
+    if report.waiting:
+        ahead = next(w for w in report.waves if w.state == "pending")
+        click.echo(f"{report.waiting} recipient(s) wait for their wave (next: {ahead.zone} at "
+                   f"{ahead.as_dict()['at']}); `mailer schedule run` releases each wave at its time")
+    if report.missed:
+        click.echo(f"warning: {report.missed} recipient(s) of wave(s) missed beyond the grace were NOT sent; "
+                   f"`mailer send {report.issue} --release-missed` sends them now", err=True)
+    if counts["queued"] + counts["sending"] - report.waiting - report.missed > 0:
         if report.held_by:
             click.echo(f"{counts['sending']} deliveries are still held by another sender of this issue "
                        f"({', '.join(report.held_by)}); run the same command again to wait for it", err=True)
@@ -118,13 +142,16 @@ def status(issue_ref: str | None, as_json: bool) -> None:
       frozen_at, started_at, finished_at, when (ISO 8601 UTC or null; when = the last of them),
       edition {number, created_at, reason (send|rebuild|migrated), subject, template, content_hash,
       segment and language (issue.toml's, frozen with it; null when none), editions (how many)} or null
-      before the first freeze
+      before the first freeze,
+      send_local (a local-time send's wall time, or null), waves[] {zone, at, at_utc, recipients, sent,
+      left, state (pending|due|missed|released|sent)}
+    A local-time send's waves are listed, and missed ones said MISSED (without ISSUE too).
     """
     from ..sending.dispatch import issue_status, ledger_overview
     settings = _settings()
     store = _store(settings)
     if issue_ref is None:
-        overview = ledger_overview(store)
+        overview = ledger_overview(store, settings)
         if as_json:
             click.echo(json.dumps(overview, ensure_ascii=False))
             return
@@ -138,6 +165,10 @@ def status(issue_ref: str | None, as_json: bool) -> None:
             when = item["when"] and format_moment(datetime.fromisoformat(item["when"]), settings.zone)
             in_flight = f" ({counts['sending']} in flight)" if counts["sending"] else ""
             paused = f" ({item['paused_reason']})" if item["paused_reason"] else ""
+            missed = [w for w in item["waves"] if w["state"] == "missed"]
+            if missed:
+                paused += (f" MISSED {len(missed)} wave(s), {sum(w['left'] for w in missed)} recipient(s): "
+                           f"--release-missed")
             click.echo(f"{item['issue']:<{width}}  {item['status']:<7}  sent {counts['sent']}  failed {counts['failed']}  "
                        f"skipped {counts['skipped']}  queued {counts['queued'] + counts['sending']}{in_flight}  "
                        f"of {item['total']}  {when or '-'}{paused}")
@@ -158,6 +189,16 @@ def status(issue_ref: str | None, as_json: bool) -> None:
     for key in ("sent", "failed", "skipped", "queued", "sending"):
         click.echo(f"  {key:<8} {counts[key]}")
     click.echo(f"  {'total':<8} {result['total']}")
+    if result["waves"]:
+        from ..sending.waves import Wave, wave_table
+        click.echo(f"  local-time send: send_local {result['send_local']}, waves:")
+        for line in wave_table([Wave(w["zone"], datetime.fromisoformat(w["at_utc"]), w["recipients"], w["sent"],
+                                     w["left"], w["state"]) for w in result["waves"]], indent="    "):
+            click.echo(line)
+        missed = [w for w in result["waves"] if w["state"] == "missed"]
+        if missed:
+            click.echo(f"  MISSED: {len(missed)} wave(s), {sum(w['left'] for w in missed)} recipient(s) not sent "
+                       f"(beyond the grace): `mailer send {result['issue']} --release-missed` sends them now")
 
 
 @main.command()

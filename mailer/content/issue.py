@@ -1,4 +1,7 @@
-"""Loading an issue folder (`issue.toml` + brief files) into an `Issue`, with validation."""
+"""Loading an issue folder (`issue.toml` + brief files) into an `Issue`, with validation.
+
+Longer than ~400 lines because every key of `issue.toml` (send_at, send_local, segment, language, …)
+is validated here, each with its one-line error naming the file and line, which read best side by side."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from ..errors import DraftIssue, MailerError, NotFound, SourceError
 from ..segments import Segment, SegmentError, parse as parse_segment
 
 ISSUE_FILE = "issue.toml"
-ISSUE_KEYS = ("subject", "preheader", "date", "send_at", "template", "intro", "list", "archive", "greeting", "draft",
+ISSUE_KEYS = ("subject", "preheader", "date", "send_at", "send_local", "template", "intro", "list", "archive", "greeting", "draft",
               "track_clicks", "segment", "language")
 DEFAULT_TEMPLATE = "weekly"
 _TOML_LINE = re.compile(r"at line (\d+)")
@@ -34,6 +37,7 @@ class Issue:
     briefs: tuple[Brief, ...]
     intro: str | None = None
     send_at: datetime | None = None
+    send_local: datetime | None = None  # naive: a wall time, read in each subscriber's zone (sending/waves.py)
     template: str = DEFAULT_TEMPLATE
     list_name: str | None = None
     archive: bool | None = None  # issue.toml `archive`: True lists it, False hides it, None: the rule below
@@ -147,6 +151,11 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
 
     issue_date = _parse_date(meta.get("date"), folder.name, toml_path, line_of("date"))
     send_at = _parse_send_at(meta.get("send_at"), zone, toml_path, line_of("send_at"))
+    send_local = _parse_send_local(meta.get("send_local"), toml_path, line_of("send_local"))
+    if send_local is not None and send_at is not None:
+        raise SourceError(toml_path, "send_local and send_at together: keep one (send_local: each subscriber at "
+                                     "that wall time in their own zone; send_at: one instant for everyone)",
+                          line_of("send_local"))
 
     intros: list[str] = []
     briefs: list[Brief] = []
@@ -169,6 +178,7 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
         briefs=tuple(briefs),
         intro=intro,
         send_at=send_at,
+        send_local=send_local,
         template=meta.get("template", DEFAULT_TEMPLATE).strip() or DEFAULT_TEMPLATE,
         list_name=meta.get("list", "").strip() or None,
         archive=meta.get("archive"),
@@ -340,6 +350,28 @@ def _parse_send_at(value: object, zone: ZoneInfo, path: Path, line: int | None) 
     if value.tzinfo is None:
         value = localize(value, zone)
     return value
+
+
+def _parse_send_local(value: object, path: Path, line: int | None) -> datetime | None:
+    """send_local is a wall time without offset or zone (TOML local date-time or an ISO string such as
+    "2027-01-14T07:00"): naive, read later in each subscriber's own zone. An offset, a zone name, a
+    date without time are errors naming the line."""
+    if value is None:
+        return None
+    example = "write a wall time such as send_local = \"2027-01-14T07:00\""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise SourceError(path, f"send_local must be a wall time without offset or zone, not {value!r}: "
+                                    f"{example}", line) from None
+    if not isinstance(value, datetime):
+        raise SourceError(path, f"send_local must be a date and time, not {value!r}: {example}", line)
+    if value.tzinfo is not None:
+        raise SourceError(path, f"send_local takes no offset or zone ({value.isoformat()}): each subscriber gets the "
+                                f"issue at that wall time in their own zone; {example}, or use send_at for one "
+                                f"instant for everyone", line)
+    return value.replace(microsecond=0)
 
 
 # What `mailer issue new` writes, per language: `holds` holds the issue while any of it is left as is.

@@ -8,7 +8,10 @@ The vocabulary (due, missed, held, ready…) is defined in `mailer.scheduler`'s 
 `schedule list --json` prints one object (README "Scheduler" shows an example):
 - `now`, `now_local`: the moment shown (ISO 8601, UTC and MAILER_TIMEZONE); `timezone`; `grace_seconds`;
 - `issues`: one object per issue folder, sorted by folder name: `slug`, `date`, `send_at` (as
-  written, resolved), `send_at_local`, `send_at_utc`, `state` (sent | paused | draft | placeholder |
+  written, resolved), `send_at_local`, `send_at_utc`, `send_local` (the wall time of a local-time
+  send, or null), `waves` (its waves, `waves.Wave.as_dict`: `zone`, `at` with the zone's offset,
+  `at_utc`, `recipients`, `sent`, `left`, `state` pending | due | missed | released | sent;
+  [] otherwise), `state` (sent | paused | draft | placeholder |
   unbuildable | error | scheduled | due | missed | unscheduled), `due`, `missed`, `draft`, `ready` (the cadence
   would send it), `not_ready` (why not, or null), `warnings` (lines naming file:line), `ledger`
   (status, sent, total, left, counts, paused_reason, text), `job` (a stored job exists), `error`;
@@ -35,10 +38,12 @@ from ..content.render import template_problem
 from ..store import Store
 from ..store.jobs import stored_jobs
 from ..wallclock import format_moment  # noqa: F401 - its home is wallclock; callers import it from here too
+from ..sending.waves import Wave, issue_waves
 
 JOBS_TABLE = "scheduler_jobs"
 CADENCE_JOB = "cadence"
 ISSUE_PREFIX = "issue:"
+WAVE_PREFIX = "wave:"  # wave:<slug>@<UTC ISO>: one job per distinct release instant of a local-time send
 MARKER_PREFIX = "cadence:"
 NEXT_RUNS = 5  # cadence runs shown by `schedule list`
 RECENT = timedelta(days=7)  # sent issues older than this are counted, not listed, in the text output
@@ -67,6 +72,8 @@ class IssueEntry:
     # missing (render.template_problem), then issue.holds(): (reason, line naming file:line)
     hold: tuple[str, str] | None = None  # the first of them
     hold_lines: tuple[str, ...] = ()  # every line
+    send_local: datetime | None = None  # a local-time send's wall time (naive): released in waves (waves.py)
+    list_name: str | None = None
 
     @property
     def held(self) -> str | None:
@@ -104,7 +111,8 @@ def scan_issues(settings: Settings) -> list[IssueEntry]:
         if problem is not None:  # it cannot render: the scheduler must not start it
             found.insert(0, ("unbuildable", str(problem)))
         entries.append(IssueEntry(issue.slug, issue.folder, issue.date, issue.send_at, fingerprint,
-                                  hold=found[0] if found else None, hold_lines=tuple(line for _, line in found)))
+                                  hold=found[0] if found else None, hold_lines=tuple(line for _, line in found),
+                                  send_local=issue.send_local, list_name=issue.list_name))
     return entries
 
 
@@ -157,6 +165,16 @@ def read_ledger(store: Store, slug: str) -> Ledger:
         return Ledger(row.status, store.delivery_counts(conn, row.id), row.paused_reason)
 
 
+def local_state(found: list[Wave]) -> str:
+    """A local-time send's state from its waves: due (a wave to send now) | missed (a wave missed,
+    none due) | scheduled (waves ahead) | sent."""
+    states = {wave.state for wave in found}
+    for state in ("due", "released", "missed", "pending"):
+        if state in states:
+            return {"released": "due", "pending": "scheduled"}.get(state, state)
+    return "sent" if found else "unscheduled"
+
+
 def classify(send_at: datetime | None, ledger: Ledger, now: datetime, grace: timedelta) -> str:
     """sent | paused | unscheduled (no send_at) | scheduled (future) | due (within grace) | missed."""
     if ledger.done:
@@ -181,6 +199,8 @@ def not_ready_reason(entry: IssueEntry, today: date, ledger: Ledger | None = Non
         return entry.held
     if entry.send_at is not None:
         return "has its own send_at"
+    if entry.send_local is not None:
+        return "has its own send_local"
     if entry.date is None or entry.date > today:
         return "dated after today"
     if ledger is not None and ledger.done:
@@ -266,10 +286,13 @@ def schedule_data(settings: Settings, store: Store, now: datetime) -> dict:
     rows = []
     for entry in entries:
         ledger = read_ledger(store, entry.slug)
+        _, found = issue_waves(store, entry.slug, entry.send_local, entry.list_name, zone, now, grace)
         if entry.error:
             state = "error"
         elif not ledger.done and ledger.status != "paused" and entry.held and not ledger.started:
             state = entry.held  # draft | placeholder | unbuildable
+        elif found and not ledger.done and ledger.status != "paused":
+            state = local_state(found)
         else:
             state = classify(entry.send_at, ledger, now, grace)
         reason = not_ready_reason(entry, today, ledger)
@@ -279,6 +302,8 @@ def schedule_data(settings: Settings, store: Store, now: datetime) -> dict:
             "send_at": entry.send_at.isoformat() if entry.send_at else None,
             "send_at_local": entry.send_at.astimezone(zone).isoformat() if entry.send_at else None,
             "send_at_utc": entry.send_at.astimezone(timezone.utc).isoformat() if entry.send_at else None,
+            "send_local": entry.send_local.isoformat() if entry.send_local else None,
+            "waves": [wave.as_dict() for wave in found],
             "state": state,
             "due": state == "due",
             "missed": state == "missed",
@@ -288,7 +313,8 @@ def schedule_data(settings: Settings, store: Store, now: datetime) -> dict:
             "cadence_run": picks.get(entry.slug),
             "warnings": list(entry.hold_lines),
             "ledger": ledger.as_dict(),
-            "job": ISSUE_PREFIX + entry.slug in jobs,
+            "job": ISSUE_PREFIX + entry.slug in jobs or any(
+                job_id.startswith(f"{WAVE_PREFIX}{entry.slug}@") for job_id in jobs),
             "error": entry.error,
         })
 

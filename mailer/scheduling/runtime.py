@@ -12,6 +12,11 @@ function of this module, an explicit id, `replace_existing=True`, string argumen
 
 Jobs
 - ``issue:<slug>`` — a `DateTrigger` at the issue's `send_at` → `send_due_issue(slug, "send_at", iso)`.
+- ``wave:<slug>@<UTC ISO>`` — a local-time send (`send_local`, `waves.py`): one `DateTrigger` per
+  distinct release instant (zones sharing an instant share the job) → `send_due_issue(slug, "wave",
+  iso)`. The first one due freezes the send (recipients, edition, each row's release instant);
+  each sends the rows released by then. A wave missed beyond the grace is logged (WARNING, once),
+  shown MISSED by `schedule list` and `status`, and never sent late by itself.
 - ``cadence`` — the `[schedule] cron` of `mailer.toml` (`CadenceTrigger`, a `CronTrigger` in the
   schedule zone) → `run_cadence()`, which sends the next *ready* issue (below).
 - ``cadence:<slug>`` — a *paused* marker written when the cadence starts sending an issue and
@@ -81,10 +86,11 @@ from apscheduler.triggers.date import DateTrigger
 
 from ..config import Settings
 from ..providers import require_ready
-from ..errors import MailerError, SendAborted
+from ..errors import MailerError, NotDueYet, SendAborted
 from ..content.issue import find_issue_folder, holds, load_issue
-from .plan import (CADENCE_JOB, ISSUE_PREFIX, JOBS_TABLE, MARKER_PREFIX, IssueEntry, cadence_trigger, classify,
-                   folder_fingerprint, grace_seconds, next_ready_issue, read_ledger, scan_issues)
+from .plan import (CADENCE_JOB, ISSUE_PREFIX, JOBS_TABLE, MARKER_PREFIX, WAVE_PREFIX, IssueEntry, cadence_trigger,
+                   classify, folder_fingerprint, grace_seconds, next_ready_issue, read_ledger, scan_issues)
+from ..sending import waves
 from .plan import format_moment as _fmt
 from .plan import format_span as _span
 from ..store import Store, as_utc, open_store, utcnow
@@ -145,6 +151,7 @@ class SchedulerRuntime:
         # set is what keeps a rescan in that instant from scheduling the same send again.
         self.handled: set[tuple] = set()
         self.reported: set[tuple] = set()
+        self.rerun: dict[str, str] = {}  # slug → a wave that fired while its send was running
         self.scheduler = _Scheduler(
             jobstores={"default": job_store(store, JOBS_TABLE)},
             executors={"default": ThreadPoolExecutor(EXECUTOR_THREADS)},
@@ -222,7 +229,13 @@ class SchedulerRuntime:
         when = as_utc(event.scheduled_run_time)
         late = utcnow() - when if when else timedelta(0)
         job_id = event.job_id
-        if job_id.startswith(ISSUE_PREFIX):
+        if job_id.startswith(WAVE_PREFIX):
+            slug = job_id[len(WAVE_PREFIX):].rpartition("@")[0]
+            self.note_once(("missed-wave", slug, when.isoformat() if when else ""),
+                           "missed: wave of %s due at %s, %s ago, beyond the grace of %s; NOT sent (`mailer send %s "
+                           "--release-missed` sends it now)", slug, _fmt(when, self.settings.zone), _span(late),
+                           _span(self.grace), slug, level=logging.WARNING)
+        elif job_id.startswith(ISSUE_PREFIX):
             slug = job_id[len(ISSUE_PREFIX):]
             self.note_once(("missed", slug, when.isoformat() if when else ""),
                            "missed: %s was due at %s, %s ago, beyond the grace of %s; NOT sent "
@@ -307,17 +320,85 @@ class SchedulerRuntime:
                                "skipped: %s cannot be read (%s); its schedule is unchanged until it is fixed",
                                entry.slug, entry.error, level=logging.ERROR)
                 continue
+            if entry.send_local is not None:
+                keep.update(self._sync_waves(entry, jobs, now))
+                continue
             if entry.send_at is None:
                 continue
             keep.add(job_id)
             self._sync_issue(entry, jobs.get(job_id), now, initial)
         for job_id in jobs:
+            if job_id.startswith(WAVE_PREFIX) and job_id not in keep:
+                if self.remove(job_id):
+                    log.info("unscheduled: %s (the wave is no longer planned)", job_id[len(WAVE_PREFIX):])
             if job_id.startswith(ISSUE_PREFIX) and job_id not in keep:
                 if self.remove(job_id):
                     log.info("unscheduled: %s (its send_at was removed, or the folder is gone)", job_id[len(ISSUE_PREFIX):])
         for job_id, job in jobs.items():
             if job_id.startswith(MARKER_PREFIX):
                 self._sync_marker(job_id[len(MARKER_PREFIX):], job, jobs, now)
+
+    def _sync_waves(self, entry: IssueEntry, jobs: dict, now: datetime) -> set[str]:
+        """Reconcile a local-time send's wave jobs (one per distinct instant of a pending or due wave);
+        report missed waves once (released ones are the operator's `mailer send`). Returns the job ids to keep."""
+        slug = entry.slug
+        mine = {job_id for job_id in jobs if job_id.startswith(f"{WAVE_PREFIX}{slug}@")}
+        with self.lock:
+            if slug in self.running:
+                return mine
+        ledger = read_ledger(self.store, slug)
+        if ledger.done:
+            self.note_once(("sent", slug), "skipped: %s already sent (%s)", slug, ledger.text())
+            return set()
+        if ledger.status == "paused":
+            self.note_once(("paused", slug, ledger.paused_reason),
+                           "skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger.text(), slug,
+                           level=logging.WARNING)
+            return set()
+        if entry.hold is not None and not ledger.started:
+            self.note_once(("held", slug, entry.fingerprint), "skipped: %s is held, its send_local ignored: %s",
+                           slug, entry.hold[1], level=logging.WARNING)
+            return set()
+        frozen, found = waves.issue_waves(self.store, slug, entry.send_local, entry.list_name, self.settings.zone,
+                                          now, self.grace)
+        keep: set[str] = set()
+        by_instant: dict[datetime, list[waves.Wave]] = {}
+        for wave in found:
+            if wave.state == "missed":
+                self.note_once(("missed-wave", slug, wave.zone, wave.at.isoformat()),
+                               "missed: wave %s of %s (%d recipient(s)) was due at %s, %s ago, beyond the grace of %s; "
+                               "NOT sent (`mailer send %s --release-missed` sends it now)", wave.zone, slug,
+                               wave.left, _fmt(wave.at, wave_zone(wave)), _span(now - wave.at), _span(self.grace),
+                               slug, level=logging.WARNING)
+            elif wave.state == "released":  # the operator's: `mailer send` released it and resumes it
+                self.note_once(("released-wave", slug, wave.zone, wave.at.isoformat()),
+                               "skipped: wave %s of %s was released by hand (%d recipient(s) left): `mailer send %s` "
+                               "resumes it", wave.zone, slug, wave.left, slug)
+            elif wave.state != "sent":
+                by_instant.setdefault(wave.at, []).append(wave)
+        for at, group in sorted(by_instant.items()):
+            job_id = f"{WAVE_PREFIX}{slug}@{at.astimezone(timezone.utc).isoformat()}"
+            keep.add(job_id)
+            if job_id in jobs:
+                continue
+            if at <= now:  # a due wave's job leaves the store as it fires: never schedule it twice
+                key = ("wave", slug, at.astimezone(timezone.utc).isoformat())
+                with self.lock:
+                    if key in self.handled:
+                        continue
+                    self.handled.add(key)
+            zones = ", ".join(w.zone for w in group)
+            people = sum(w.left for w in group)
+            self.scheduler.add_job(SEND_FUNC, trigger=DateTrigger(run_date=at), args=[slug, "wave", at.isoformat()],
+                                   id=job_id, name=f"wave of {slug} ({zones})", **self._job_options())
+            if at > now:
+                log.info("scheduled: wave of %s at %s (%s, %d recipient(s)), in %s%s", slug,
+                         _fmt(at, wave_zone(group[0])), zones, people, _span(at - now),
+                         "" if frozen else " (planned from today's subscribers until the first wave freezes them)")
+            else:
+                log.info("due: wave of %s was due at %s (%s), %s ago (within grace of %s): sending now", slug,
+                         _fmt(at, wave_zone(group[0])), zones, _span(now - at), _span(self.grace))
+        return keep
 
     def _sync_issue(self, entry: IssueEntry, job, now: datetime, initial: bool) -> None:  # noqa: ANN001
         slug, send_at = entry.slug, entry.send_at
@@ -421,13 +502,32 @@ class SchedulerRuntime:
 
     # ----- sending --------------------------------------------------------------------------------
     def send(self, slug: str, origin: str, planned: str) -> None:
-        from ..sending import dispatch
-
+        """Send (or resume) `slug` for a job; a wave that fires while the same issue is being sent runs
+        right after that send (its rows may have been released just after the running one looked)."""
         with self.lock:
             if slug in self.running:
-                log.info("skipped: %s is already being sent by this scheduler", slug)
+                if origin == "wave":
+                    self.rerun[slug] = planned
+                    log.info("wave of %s due at %s: sent as soon as the send in progress ends", slug, planned)
+                else:
+                    log.info("skipped: %s is already being sent by this scheduler", slug)
                 return
             self.running.add(slug)
+        try:
+            while True:
+                self._send(slug, origin, planned)
+                with self.lock:
+                    if slug not in self.rerun or self.stop.is_set():
+                        break
+                    origin, planned = "wave", self.rerun.pop(slug)
+        finally:
+            with self.lock:
+                self.running.discard(slug)
+                self.rerun.pop(slug, None)
+
+    def _send(self, slug: str, origin: str, planned: str) -> None:
+        from ..sending import dispatch
+
         try:
             if self.stop.is_set():
                 log.info("skipped: %s: the scheduler is stopping (it is picked up again at the next start)", slug)
@@ -447,7 +547,21 @@ class SchedulerRuntime:
             if held and not ledger.started:
                 log.warning("skipped: %s is held: %s", slug, held[0][1])
                 return
-            if origin == "send_at":
+            if origin == "wave":
+                at = datetime.fromisoformat(planned)
+                if issue.send_local is None and not ledger.started:
+                    log.info("skipped: %s no longer has a send_local", slug)
+                    return
+                if now - at > self.grace:
+                    self.note_once(("missed-wave", slug, at.astimezone(timezone.utc).isoformat()),
+                                   "missed: wave of %s due at %s, beyond the grace of %s; NOT sent (`mailer send %s "
+                                   "--release-missed` sends it now)", slug, _fmt(at, self.settings.zone),
+                                   _span(self.grace), slug, level=logging.WARNING)
+                    return
+                with self.lock:
+                    self.handled.add(("wave", slug, at.astimezone(timezone.utc).isoformat()))
+                reason = f"wave due at {_fmt(at, self.settings.zone)}"
+            elif origin == "send_at":
                 if issue.send_at is None:
                     log.info("skipped: %s no longer has a send_at", slug)
                     return
@@ -480,11 +594,21 @@ class SchedulerRuntime:
                 log.error("paused: %s", exc)
                 self.remove(MARKER_PREFIX + slug)
                 return
+            except NotDueYet as exc:
+                log.info("skipped: %s", exc)
+                return
             counts = report.counts
             summary = (f"{report.sent_now} sent now; ledger: {counts['sent']} sent, {counts['failed']} failed, "
                        f"{counts['skipped']} skipped, {counts['queued'] + counts['sending']} left, "
                        f"of {sum(counts.values())}; {report.elapsed:.1f}s")
-            if report.complete:
+            unfinished = counts["queued"] + counts["sending"] - report.waiting - report.missed
+            if report.waves and not report.complete and not unfinished and not self.stop.is_set():
+                ahead = [w for w in report.waves if w.state == "pending"]
+                nxt = (f"; next wave {ahead[0].zone} at {_fmt(ahead[0].at, wave_zone(ahead[0]))}" if ahead else "")
+                log.info("wave sent: %s: %s; %d recipient(s) wait for their wave%s%s", slug, summary, report.waiting, nxt,
+                         f"; {report.missed} of missed waves NOT sent (`mailer send {slug} --release-missed`)"
+                         if report.missed else "")
+            elif report.complete:
                 log.info("finished: %s: %s", slug, summary)
                 self.remove(MARKER_PREFIX + slug)
             elif self.stop.is_set():
@@ -496,9 +620,6 @@ class SchedulerRuntime:
             log.error("failed: %s: %s", slug, exc)
         except Exception:  # noqa: BLE001 - a job must never kill the scheduler
             log.exception("failed: %s: unexpected error", slug)
-        finally:
-            with self.lock:
-                self.running.discard(slug)
 
     def cadence(self) -> None:
         zone = self.settings.schedule_zone
@@ -518,7 +639,7 @@ class SchedulerRuntime:
             entry = next_ready_issue(self.settings, self.store, now.date(), entries)
             # held issues the run would have picked otherwise: say why they were passed over
             held = [e for e in entries
-                    if e.hold is not None and e.send_at is None and e.date is not None and e.date <= now.date()
+                    if e.hold is not None and e.send_at is None and e.send_local is None and e.date is not None and e.date <= now.date()
                     and (entry is None or (e.date, e.slug) < (entry.date, entry.slug))
                     and not read_ledger(self.store, e.slug).done]
         except Exception:  # noqa: BLE001
@@ -533,6 +654,12 @@ class SchedulerRuntime:
         log.info("cadence: run at %s picked %s (dated %s, the oldest ready issue)", _fmt(now, zone), entry.slug,
                  entry.date)
         self.send(entry.slug, "cadence", now.isoformat())
+
+
+def wave_zone(wave: "waves.Wave"):  # noqa: ANN201
+    """The wave's own zone, for its times in log lines."""
+    from zoneinfo import ZoneInfo
+    return ZoneInfo(wave.zone)
 
 
 # ----- stored job targets (textual references: keep their names and signatures stable) -------------

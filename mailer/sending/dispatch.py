@@ -74,6 +74,7 @@ from ..redact import strip_credentials
 from ..content.render import Recipient, RenderedIssue, render_issue
 from ..store import Connection, Store, utcnow
 from .edition import Edition
+from . import waves
 
 log = logging.getLogger("mailer.dispatch")
 
@@ -124,10 +125,21 @@ class SendReport:
     held_by: tuple[str, ...] = ()   # live claimants still holding rows (another sender of the same issue)
     edition: int = 0                # the number of the edition sent
     notice: str | None = None       # what this run did to the edition (`PreparedSend.notice`)
+    waves: tuple = ()               # a local-time send: its waves after this run (sending.waves.Wave)
 
     @property
     def complete(self) -> bool:
         return self.counts.get("queued", 0) == 0 and self.counts.get("sending", 0) == 0
+
+    @property
+    def waiting(self) -> int:
+        """Recipients of waves still ahead (a local-time send): queued, not released yet."""
+        return sum(w.left for w in self.waves if w.state == "pending")
+
+    @property
+    def missed(self) -> int:
+        """Recipients of waves missed beyond the grace, not released: never sent late by themselves."""
+        return sum(w.left for w in self.waves if w.state == "missed")
 
 
 def worker_id(suffix: str = "") -> str:
@@ -209,6 +221,10 @@ class Sender:
         # recipients refused since the last acceptance (see _hold), and how many steps were accepted so far
         self._streak = _Streak()
         self._accepted = 0
+        # a local-time send: claims take only released rows (sending/waves.py), late by at most this
+        with store.connect() as conn:
+            row = store.issue_row(conn, rendered.key)
+        self.claim_grace = float(settings.schedule_grace) if row is not None and row.send_local else None
 
     @contextlib.contextmanager
     def _tx(self, conn: Connection) -> Iterator[None]:
@@ -250,7 +266,7 @@ class Sender:
                             self.edition_changed = True  # a --rebuild made a newer edition: claim nothing
                             rows = []
                         else:
-                            rows = self.store.claim_deliveries(conn, self.issue_id, name, size)
+                            rows = self.store.claim_deliveries(conn, self.issue_id, name, size, self.claim_grace)
                     if self.edition_changed:
                         if self._held():
                             self._hand_back(conn, name)
@@ -679,25 +695,35 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
                retry_failed: bool = False, workers: int | None = None, stop: threading.Event | None = None,
                on_progress: ProgressCallback | None = None,
                backend_factory: Callable[[], Backend] | None = None, allow_draft: bool = False,
-               rebuild: bool = False) -> SendReport:
+               rebuild: bool = False, release: str = "due") -> SendReport:
     """Send an issue to its frozen recipient set, resuming whatever a previous run left, until every
     delivery is settled (also those another live sender of the same issue holds), a stop, or a pause.
     What goes out is the issue's stored edition (`prepare_send`; `rebuild` makes a new one first); when
     another process's `--rebuild` makes a newer one meanwhile, this run continues with that one.
 
     Raises what `prepare_send` raises (drafts: see there), and SendAborted when the send paused (the
-    ledger is consistent; the same call resumes it)."""
+    ledger is consistent; the same call resumes it).
+
+    A local-time send (`release`: see `prepare_send`) sends the waves released now and returns with
+    the others queued (`SendReport.waves`: pending ones wait for their time, missed ones for
+    `--release-missed`); a wave released while it runs is sent in the same run."""
     started = time.monotonic()
     stop = stop or threading.Event()
     prepared = prepare_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
-                            allow_draft=allow_draft, rebuild=rebuild)
+                            allow_draft=allow_draft, rebuild=rebuild, release=release)
     slug = prepared.slug
+    grace = float(settings.schedule_grace) if prepared.local else None
+
+    def ready(conn: Connection, counts: dict[str, int]) -> int:  # what claims may take now
+        return store.claimable(conn, prepared.issue_id, grace) if grace is not None else counts["queued"]
+
     with store.connect() as conn:
         counts = store.delivery_counts(conn, prepared.issue_id)
+        claimable = ready(conn, counts)
     if prepared.already_finished:
         return SendReport(slug, counts, 0, 0, 0, time.monotonic() - started, already_finished=True,
                           edition=prepared.edition.number, notice=prepared.notice)
-    progress = Progress(slug, total=counts["queued"] + counts["sending"])
+    progress = Progress(slug, total=claimable + counts["sending"])
     backend_factory = backend_factory or (lambda: make_backend(settings))
     sender = Sender(settings, store, prepared.edition, prepared.issue_id, backend_factory,
                     stop=stop, progress=progress, on_progress=on_progress, factory=prepared.factory,
@@ -705,7 +731,7 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
     held: list[str] = []
     try:
         while True:
-            if counts["queued"]:
+            if claimable:
                 run_workers(sender, workers)
             if sender.edition_changed and not stop.is_set() and sender.abort_reason is None:
                 edition, factories = load_edition(settings, store, prepared.issue_id, slug)
@@ -716,10 +742,11 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
             with store.begin() as conn:
                 requeue_dead_claims(store, conn, prepared.issue_id)
                 counts = store.delivery_counts(conn, prepared.issue_id)
+                claimable = ready(conn, counts)
                 _, held = live_claimants(store, conn, prepared.issue_id)
-            if sender.halted or (not counts["queued"] and not counts["sending"]):
+            if sender.halted or (not claimable and not counts["sending"]):
                 break
-            if not counts["queued"]:
+            if not claimable:
                 # another live sender of this issue holds the rest (two sends at once): wait for it,
                 # and take over its rows if it dies
                 sender._sleep(1.0)
@@ -733,7 +760,8 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
     report = SendReport(slug, counts, progress.sent, progress.failed, progress.skipped,
                         time.monotonic() - started, prepared.requeued_stale, prepared.frozen,
                         held_by=tuple(held) if counts["sending"] else (), edition=sender.rendered.number,
-                        notice=prepared.notice)
+                        notice=prepared.notice,
+                        waves=tuple(waves.ledger_waves(settings, store, slug)) if prepared.local else ())
     if paused:
         left = counts["queued"] + counts["sending"]
         if left:

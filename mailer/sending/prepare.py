@@ -1,12 +1,17 @@
 """Preparing a send: everything that can fail is checked (settings, the issue, its rendering, one
 sample message) BEFORE the ledger is touched; then the recipient set is frozen under a lock on the
 issue's row, with the content as the issue's stored edition (`edition`), which every later claim
-sends (see `dispatch`'s docstring, step 1). The ledger's views for `status` are in `status`."""
+sends (see `dispatch`'s docstring, step 1). The ledger's views for `status` are in `status`.
+
+Longer than ~400 lines because the freeze — recipients, edition and, for a local-time send, each
+row's release instant (`waves`) — is one transaction on the issue's locked row, which reads best
+in one place."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from datetime import datetime
 from email.utils import formatdate
 from pathlib import Path
 
@@ -24,6 +29,7 @@ from . import claimant
 from . import edition as editions
 from .audience import check_segment, empty_audience_reason
 from .edition import Edition
+from . import waves
 
 log = logging.getLogger("mailer.dispatch")
 
@@ -71,6 +77,7 @@ class PreparedSend:
     already_finished: bool = False
     notice: str | None = None  # one line on the edition when this call made one other than the first
     factories: dict[str, MessageFactory] | None = None  # per language of fixed strings, the default first
+    local: bool = False   # a local-time send (send_local): claims take released waves only
 
     @property
     def slug(self) -> str:
@@ -205,8 +212,12 @@ def _from_folder(settings: Settings, store: Store, issue_ref: str, allow_draft: 
     return issue, editions.from_rendered(variants), web_version_html(default)
 
 
+RELEASES = ("due", "missed", "all")  # which waves of a local-time send claims may take (prepare_send)
+
+
 def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
-                 retry_failed: bool = False, allow_draft: bool = False, rebuild: bool = False) -> PreparedSend:
+                 retry_failed: bool = False, allow_draft: bool = False, rebuild: bool = False,
+                 release: str = "due") -> PreparedSend:
     """Everything that must hold before the first message goes: config, issue, render, one sample
     message — then, in one transaction holding the issue's row, the freeze: the recipient set AND the
     edition (`edition.py`: subject, HTML and text with their slots, fixed headers, template, version,
@@ -224,7 +235,15 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
     RebuildRefused (nothing touched) when a live sender holds deliveries of the issue or nobody is
     left for a new edition. A finished issue is left as it is (`already_finished`) unless
     `retry_failed` or `include_new` find someone to send to.
+
+    A local-time send (`send_local`, sending/waves.py) is frozen only once a wave is due, and its
+    rows are stamped with their release instant; `release` says which waves its claims may take:
+    "due" (those due within MAILER_SCHEDULE_GRACE: the scheduler, a resume), "missed" (also those
+    passed beyond it: `--release-missed`), "all" (every wave now: `--now`). NotDueYet (nothing touched)
+    when no wave is due and `release` does not allow what there is.
     """
+    if release not in RELEASES:
+        raise ValueError(f"release must be one of {RELEASES}, not {release!r}")
     require_ready(settings)
     make_backend(settings)  # constructing checks the backend's own settings
     slug = issue_slug(settings, issue_ref)
@@ -261,6 +280,11 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
         if stored is not None and fresh is not None:  # --rebuild: new content, the same audience
             fresh = replace(fresh, segment=stored.segment, segment_zone=stored.segment_zone)
         frozen = 0
+        # a local-time send: the wall time frozen with the recipients (issue.toml's, at the first freeze)
+        local = row.send_local if was_frozen else (
+            issue.send_local.isoformat() if issue is not None and issue.send_local is not None else None)
+        if not was_frozen and local:
+            waves.first_wave_check(settings, store, conn, issue, row.list_name, now, release)
         if not was_frozen or include_new:
             # the audience: the first freeze draws it from the folder's segment; newcomers come from
             # the segment frozen with the edition (a send from before editions: the folder's)
@@ -271,7 +295,12 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
                 raise EmptyAudience(f"refusing to send {slug}: {empty_audience_reason(store, conn, issue)}; "
                                     f"nothing was sent and the issue is unchanged")
             max_id = store.max_subscriber_id(conn)
-            store.update_issue(conn, row.id, frozen_at=row.frozen_at or now, max_subscriber_id=max_id)
+            store.update_issue(conn, row.id, frozen_at=row.frozen_at or now, max_subscriber_id=max_id,
+                               **({} if was_frozen else {"send_local": local}))
+            if local:
+                waves.assign_due(store, conn, row.id, datetime.fromisoformat(local), settings.zone)
+        if local and release != "due":
+            store.release_waves(conn, row.id, None if release == "all" else now)
         if retry_failed:
             store.requeue(conn, row.id, statuses=("failed",))
             store.reset_attempts(conn, row.id)
@@ -304,7 +333,8 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
         log.warning("%s", notice)
     edition = editions.from_row(stored, slug, settings)
     factories = check_editions(settings, edition)
-    return PreparedSend(row.id, edition, frozen, requeued, next(iter(factories.values())), finished, notice, factories)
+    return PreparedSend(row.id, edition, frozen, requeued, next(iter(factories.values())), finished, notice, factories,
+                        local=bool(local))
 
 
 def load_edition(settings: Settings, store: Store, issue_id: int,
@@ -334,11 +364,15 @@ class SendPlan:
     total: int           # ledger rows so far (0 before the first freeze)
     rebuild: bool = False  # a new edition from the folder for those not reached yet
     segment: str | None = None  # the segment (issue.toml's before the freeze, the frozen one after)
+    local: bool = False    # a local-time send: only the waves released now go out now
 
     def describe(self, backend: str) -> str:
         audience = f"{self.recipients} subscriber(s)" + (f" of list {self.list_name!r}" if self.list_name else "")
         if self.segment:
             audience += f" in segment {self.segment!r}"
+        if self.local:
+            audience += (" in their own local time (send_local: only the waves due now go out now, unless --now; "
+                         "the others wait for their time)")
         if self.status in ("none", "draft"):
             return f"Send {self.slug} \u201c{self.subject}\u201d through {backend} to {audience}?"
         if self.rebuild:
@@ -349,9 +383,10 @@ class SendPlan:
 
 
 def plan_send(settings: Settings, store: Store, issue_ref: str, *, include_new: bool = False,
-              retry_failed: bool = False, rebuild: bool = False) -> SendPlan:
+              retry_failed: bool = False, rebuild: bool = False, release: str = "due") -> SendPlan:
     """Read-only: who a send of `issue_ref` would reach now (nothing is frozen or sent). A resume reads
-    only the ledger (its folder may have changed or be gone); a first send and `rebuild` read the folder."""
+    only the ledger (its folder may have changed or be gone); a first send and `rebuild` read the folder.
+    A local-time send that `prepare_send` would refuse (NotDueYet) is refused here, before any prompt."""
     slug = issue_slug(settings, issue_ref)
     with store.connect() as conn:
         row = store.issue_row(conn, slug)
@@ -364,8 +399,10 @@ def plan_send(settings: Settings, store: Store, issue_ref: str, *, include_new: 
         if row is None or row.frozen_at is None:
             issue = issue or load_issue(issue_ref, settings.issues_dir, settings.zone)
             recipients = store.count_unfrozen(conn, None, issue.list_name, issue.segment)
+            if issue.send_local is not None:
+                waves.first_wave_check(settings, store, conn, issue, issue.list_name, utcnow(), release)
             return SendPlan(issue.slug, issue.subject, issue.list_name, row.status if row else "none", recipients, 0,
-                            segment=issue.segment.text if issue.segment else None)
+                            segment=issue.segment.text if issue.segment else None, local=issue.send_local is not None)
         subject = load_issue(issue_ref, settings.issues_dir, settings.zone).subject if rebuild else row.subject
         stored = store.current_edition(conn, row.id)
         frozen = editions.from_row(stored, slug, settings) if stored is not None else None
@@ -376,4 +413,4 @@ def plan_send(settings: Settings, store: Store, issue_ref: str, *, include_new: 
         if include_new:
             recipients += store.count_unfrozen(conn, row.id, row.list_name, frozen.frozen_segment() if frozen else None)
         return SendPlan(slug, subject, row.list_name, row.status, recipients, sum(counts.values()), rebuild,
-                        segment=frozen.segment if frozen else None)
+                        segment=frozen.segment if frozen else None, local=bool(row.send_local))

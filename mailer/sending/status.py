@@ -8,6 +8,7 @@ from ..errors import NotFound
 from ..config import Settings
 from ..store import Store, as_utc
 from .prepare import issue_slug
+from . import waves
 
 
 def _ledger_summary(row, counts: dict[str, int], edition=None) -> dict:  # noqa: ANN001 - `issues`, `editions` rows
@@ -15,7 +16,8 @@ def _ledger_summary(row, counts: dict[str, int], edition=None) -> dict:  # noqa:
     (draft | sending | paused | sent), paused_reason, counts (queued, sending, sent, failed, skipped),
     total, frozen_at, started_at, finished_at (ISO 8601 UTC or null), when (the last of those), edition
     (number, created_at, reason, subject, template, content_hash, segment and language: issue.toml's
-    frozen with it or null, editions: how many; null before the first freeze)."""
+    frozen with it or null, editions: how many; null before the first freeze); `issue_status` and
+    `ledger_overview` add send_local and waves."""
     times = {key: as_utc(getattr(row, key)) for key in ("frozen_at", "started_at", "finished_at")}
     when = times["finished_at"] or times["started_at"] or times["frozen_at"]
     return {"issue": row.slug, "subject": row.subject, "status": row.status, "paused_reason": row.paused_reason,
@@ -39,14 +41,23 @@ def issue_status(settings: Settings, store: Store, issue_ref: str) -> dict:
             raise NotFound(f"issue {issue_ref!r} has never been sent (no ledger yet)")
         counts = store.delivery_counts(conn, row.id)
         edition = store.current_editions(conn, [row.id]).get(row.id)
-    return _ledger_summary(row, counts, edition)
+    return _with_waves(settings, store, _ledger_summary(row, counts, edition), row.send_local)
 
 
-def ledger_overview(store: Store) -> list[dict]:
+def _with_waves(settings: Settings, store: Store, summary: dict, send_local: str | None) -> dict:
+    """`summary` plus `send_local` and `waves` (a local-time send's, as of now; [] otherwise)."""
+    found = waves.ledger_waves(settings, store, summary["issue"]) if send_local else []
+    return {**summary, "send_local": send_local, "waves": [wave.as_dict() for wave in found]}
+
+
+def ledger_overview(store: Store, settings: Settings | None = None) -> list[dict]:
     """`mailer status` without ISSUE: every issue with a ledger, newest first (its last activity:
     finished, else started, else frozen), each in `_ledger_summary`'s shape; [] before the first send."""
     with store.connect() as conn:
         overview = store.ledger_overview(conn)
         current = store.current_editions(conn, [row.id for row, _ in overview])
-        return [_ledger_summary(row, counts, current.get(row.id)) for row, counts in overview]
+        summaries = [(row.send_local, _ledger_summary(row, counts, current.get(row.id))) for row, counts in overview]
+    if settings is None:
+        return [summary for _, summary in summaries]
+    return [_with_waves(settings, store, summary, local) for local, summary in summaries]
 

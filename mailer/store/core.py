@@ -1,5 +1,5 @@
 """`Store`: a handle on one SQLAlchemy engine over SQLite (default) or PostgreSQL, same code and
-migrations. Its queries are grouped by what callers need: `people`, `events`, `ledger`, `bulk`
+migrations. Its queries are grouped by what callers need: `people`, `events`, `ledger`, `bulk`, `waves`
 (each a mixin); higher layers call them and never write SQL of their own.
 """
 
@@ -15,9 +15,10 @@ from .events import EventQueries
 from .ledger import LedgerQueries
 from .people import PeopleQueries
 from .reports import ReportsStore
+from .waves import WaveQueries
 
 
-class Store(PeopleQueries, EventQueries, LedgerQueries, BulkQueries, ReportsStore):
+class Store(PeopleQueries, EventQueries, LedgerQueries, BulkQueries, ReportsStore, WaveQueries):
     """A handle on the database. Cheap to pass around; one per process is enough."""
 
     def __init__(self, engine: Engine) -> None:

@@ -10,7 +10,7 @@ checks both against one row-by-row model)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Sequence
 
 from types import SimpleNamespace
@@ -27,6 +27,7 @@ from .segments import condition
 
 if TYPE_CHECKING:
     from ..segments import Segment
+from .waves import released
 
 
 # An issue has a public page once sent (or partly sent) and given a web edition.
@@ -104,6 +105,30 @@ _PG_CLAIM = (  # pick (SKIP LOCKED), mark `sending` and read the recipients back
               subscribers.c.language, subscribers.c.attributes["first_name"].as_string().label("first_name"))
     .join(subscribers, subscribers.c.id == _PG_CLAIMED.c.subscriber_id)
     .order_by(_PG_CLAIMED.c.id))
+# a local-time send's claim (waves.released, with bound parameters): queued rows of the issue due
+# between p_since (now - grace) and p_now, or at or before the operator's `released_before`; earliest
+# wave first (index ix_deliveries_issue_status_due)
+_PG_WAVE_PICKED = sa.func.array(
+    sa.select(deliveries.c.id)
+    .where(deliveries.c.issue_id == sa.bindparam("p_issue", type_=sa.BigInteger), deliveries.c.status == "queued",
+           sa.or_(deliveries.c.due_at.between(sa.bindparam("p_since", type_=sa.DateTime(timezone=True)),
+                                              sa.bindparam("p_now", type_=sa.DateTime(timezone=True))),
+                  deliveries.c.due_at <= sa.select(issues.c.released_before)
+                  .where(issues.c.id == sa.bindparam("p_issue", type_=sa.BigInteger)).scalar_subquery()))
+    .order_by(deliveries.c.due_at, deliveries.c.id)
+    .limit(sa.bindparam("p_limit", type_=sa.Integer))
+    .with_for_update(skip_locked=True).scalar_subquery(), type_=_ID_ARRAY)
+_PG_WAVE_CLAIMED = (deliveries.update().where(deliveries.c.id == sa.any_(_PG_WAVE_PICKED))
+                    .values(status="sending", claimed_by=sa.bindparam("p_worker"), claimed_at=sa.bindparam("p_now"),
+                            updated_at=sa.bindparam("p_now"))
+                    .returning(deliveries.c.id, deliveries.c.attempts, deliveries.c.subscriber_id).cte("claimed"))
+_PG_CLAIM_WAVE = (
+    sa.select(_PG_WAVE_CLAIMED.c.id.label("delivery_id"), _PG_WAVE_CLAIMED.c.attempts,
+              subscribers.c.id.label("subscriber_id"), subscribers.c.email_given, subscribers.c.name,
+              subscribers.c.status.label("subscriber_status"), subscribers.c.language,
+              subscribers.c.attributes["first_name"].as_string().label("first_name"))
+    .join(subscribers, subscribers.c.id == _PG_WAVE_CLAIMED.c.subscriber_id)
+    .order_by(_PG_WAVE_CLAIMED.c.id))
 _PG_STILL_CLAIMED = (deliveries.c.claimed_by == sa.bindparam("p_worker"), deliveries.c.status == "sending")
 _PG_FINISH_VALUES = dict(
     status=sa.bindparam("p_status"), provider_message_id=sa.bindparam("p_provider_id"),
@@ -296,23 +321,31 @@ class LedgerQueries:
                 (deliveries.c.issue_id == issue_id) & (deliveries.c.subscriber_id == subscribers.c.id)))
         return conn.execute(self._audience_filter(query, list_name, segment)).scalar_one()
 
-    def claim_deliveries(self, conn: Connection, issue_id: int, worker: str, limit: int) -> list[sa.Row]:
+    def claim_deliveries(self, conn: Connection, issue_id: int, worker: str, limit: int,
+                         grace: float | None = None) -> list[sa.Row]:
         """Move up to `limit` queued rows to `sending` for `worker` and return them with their subscriber.
 
         `FOR UPDATE SKIP LOCKED` on PostgreSQL lets many workers claim disjoint batches; SQLite's single
         writer serialises it. Rows: (delivery_id, attempts, subscriber_id, email_given, name,
         subscriber_status, language, first_name), in id order. PostgreSQL: one statement and one round trip (pick,
         update, read the recipients back through the UPDATE's RETURNING); SQLite: an UPDATE, then a read
-        of the claimed range.
+        of the claimed range. `grace` (seconds) marks a local-time send: only rows whose release instant
+        has passed by at most `grace` are taken (or that the operator released), earliest wave first
+        (`waves.released`).
         """
         now = utcnow()
         if not self.is_sqlite:
-            return conn.execute(_PG_CLAIM, {"p_issue": issue_id, "p_limit": limit, "p_worker": worker,
-                                            "p_now": now}).all()
-        picked = (sa.select(deliveries.c.id)
-                  .where(deliveries.c.issue_id == issue_id, deliveries.c.status == "queued")
-                  .order_by(deliveries.c.id).limit(limit)
-                  .with_for_update(skip_locked=True))
+            if grace is None:
+                return conn.execute(_PG_CLAIM, {"p_issue": issue_id, "p_limit": limit, "p_worker": worker,
+                                                "p_now": now}).all()
+            return conn.execute(_PG_CLAIM_WAVE, {"p_issue": issue_id, "p_limit": limit, "p_worker": worker,
+                                                 "p_now": now, "p_since": now - timedelta(seconds=grace)}).all()
+        picked = sa.select(deliveries.c.id).where(deliveries.c.issue_id == issue_id, deliveries.c.status == "queued")
+        if grace is None:
+            picked = picked.order_by(deliveries.c.id)
+        else:
+            picked = picked.where(released(issue_id, now, grace)).order_by(deliveries.c.due_at, deliveries.c.id)
+        picked = picked.limit(limit).with_for_update(skip_locked=True)
         claimed = conn.execute(
             deliveries.update().where(deliveries.c.id.in_(picked.scalar_subquery()))
             .values(status="sending", claimed_by=worker, claimed_at=now, updated_at=now)

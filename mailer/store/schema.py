@@ -82,6 +82,10 @@ issues = Table(
     Column("rate_next_at", Float, nullable=True, doc="the rate limit's schedule, shared by every worker (epoch s)"),
     Column("public", Boolean, nullable=False, server_default=true(),
            doc="listed in /archive and served at /issues/SLUG (issue.toml `archive`, else: not sent to a list)"),
+    Column("send_local", String(32), nullable=True,
+           doc="a local-time send: the wall time (ISO, no offset) each recipient gets it at in their zone"),
+    Column("released_before", DateTime(timezone=True), nullable=True,
+           doc="rows due at or before this are claimable however late (--release-missed, --now)"),
 )
 
 deliveries = Table(
@@ -98,6 +102,9 @@ deliveries = Table(
     Column("sent_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=True,
+           doc="a local-time send's release instant for this recipient (NULL: claimable at once)"),
+    Column("due_zone", String(64), nullable=True, doc="the IANA zone due_at was computed in"),
     UniqueConstraint("issue_id", "subscriber_id", name="uq_deliveries_issue_subscriber"),
 )
 editions = Table(
@@ -132,6 +139,7 @@ editions = Table(
 
 Index("ix_deliveries_issue_status_id", deliveries.c.issue_id, deliveries.c.status, deliveries.c.id)
 Index("ix_deliveries_subscriber", deliveries.c.subscriber_id)
+Index("ix_deliveries_issue_status_due", deliveries.c.issue_id, deliveries.c.status, deliveries.c.due_at, deliveries.c.id)
 
 provider_events = Table(
     "provider_events", metadata,

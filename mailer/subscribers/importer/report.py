@@ -51,7 +51,7 @@ class ParseStats:
         self.examples.setdefault(kind, (line, value[:80]))
 
     def warnings(self) -> list[str]:
-        what = {"timezone": ("time zone", "not an IANA name such as Europe/Paris; left unset"),
+        what = {"timezone": ("time zone", "not an IANA name such as Europe/Paris; left unset (MAILER_TIMEZONE applies: local-time sends)"),
                 "language": ("language", "left empty"),
                 "created_at": ("sign-up date", "not a date; the import date is used")}
         out = []
