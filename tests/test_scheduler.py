@@ -879,3 +879,22 @@ def test_build_warns_and_send_refuses_a_placeholder_subject_unless_allow_draft(p
         assert report.complete and report.counts["sent"] == active
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("damage", ["unparseable", "removed"])
+def test_an_interrupted_cadence_send_resumes_its_edition_without_its_folder(cadence_project, caplog, damage) -> None:
+    """A started send goes on with its stored edition: the folder is not read (as `mailer send`)."""
+    import shutil
+    settings, made = cadence_project
+    caplog.set_level(logging.INFO, logger="mailer.scheduler")
+    slug = made["ancien"]
+    crashed_cadence_send(settings, slug)
+    assert ledger(settings.root, slug)["counts"] == {"queued": 5}
+    folder = settings.root / "issues" / slug
+    if damage == "removed":
+        shutil.rmtree(folder)
+    else:
+        (folder / "briefs.txt").write_text("--> Une brève\x01 cassée.\n", encoding="utf-8")
+    resume_until_sent(settings, slug)
+    assert ledger(settings.root, slug)["counts"] == {"sent": 5}
+    assert "failed:" not in caplog.text

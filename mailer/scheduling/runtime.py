@@ -433,8 +433,6 @@ class SchedulerRuntime:
                 log.info("skipped: %s: the scheduler is stopping (it is picked up again at the next start)", slug)
                 return
             now = utcnow()
-            folder = find_issue_folder(slug, self.settings.issues_dir)
-            issue = load_issue(folder, self.settings.issues_dir, self.settings.zone)
             ledger = read_ledger(self.store, slug)
             if ledger.done:
                 log.info("skipped: %s already sent (%s)", slug, ledger.text())
@@ -443,11 +441,20 @@ class SchedulerRuntime:
             if ledger.status == "paused":
                 log.warning("skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger.text(), slug)
                 return
-            held = holds(issue)
-            if held and not ledger.started:
-                log.warning("skipped: %s is held: %s", slug, held[0][1])
-                return
-            if origin == "send_at":
+            # a started send resumes its stored edition, as `mailer send` does: its folder is not read
+            # (it may have changed, stopped parsing or be gone)
+            resuming = dispatch.resumes_stored_edition(self.store, slug)
+            folder = issue = None
+            if not resuming:
+                folder = find_issue_folder(slug, self.settings.issues_dir)
+                issue = load_issue(folder, self.settings.issues_dir, self.settings.zone)
+                held = holds(issue)
+                if held and not ledger.started:
+                    log.warning("skipped: %s is held: %s", slug, held[0][1])
+                    return
+            if origin == "send_at" and resuming:  # started: it finishes, whatever send_at says now
+                reason = f"send_at {planned}, started"
+            elif origin == "send_at":
                 if issue.send_at is None:
                     log.info("skipped: %s no longer has a send_at", slug)
                     return
