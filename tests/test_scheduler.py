@@ -313,13 +313,13 @@ def test_sigterm_during_a_send_exits_0_with_a_consistent_ledger_and_a_restart_fi
     assert first.terminate() == 0
     assert "interrupted: " + slug in first.text()
     state = ledger(project, slug)
-    assert state["status"] == "sending"
+    assert state["status"] == "paused"  # a graceful stop: paused "stopped", resumed at the next start
     assert state["counts"].get("sending", 0) == 0  # the batch in flight was finished and recorded
     assert 200 <= state["counts"]["sent"] < total
     assert state["counts"]["sent"] + state["counts"]["queued"] == total
     assert state["max_attempts"] == 1
     line = next(l for l in schedule_list(project, env).splitlines() if l.startswith(slug))
-    assert f"sending {state['counts']['sent']}/{total}" in line and "DUE" in line
+    assert f"paused {state['counts']['sent']}/{total}: stopped" in line and "DUE" in line
 
     second = runs(project, env, "run2")
     wait_until(lambda: ledger(project, slug)["status"] == "sent", 30, "the restart to finish the send")

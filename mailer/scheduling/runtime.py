@@ -393,9 +393,9 @@ class SchedulerRuntime:
             if slug in self.running:
                 return
         ledger = read_ledger(self.store, slug)
-        if ledger.done or ledger.status == "paused":
+        if ledger.done or ledger.held_paused:
             self.remove(job.id)
-            if ledger.status == "paused":
+            if ledger.held_paused:
                 self.note_once(("paused", slug, ledger.paused_reason),
                                "skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger.text(), slug,
                                level=logging.WARNING)
@@ -438,7 +438,7 @@ class SchedulerRuntime:
                 log.info("skipped: %s already sent (%s)", slug, ledger.text())
                 self.remove(MARKER_PREFIX + slug)
                 return
-            if ledger.status == "paused":
+            if ledger.held_paused:
                 log.warning("skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger.text(), slug)
                 return
             # a started send resumes its stored edition, as `mailer send` does: its folder is not read
