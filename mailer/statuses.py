@@ -1,4 +1,4 @@
-"""Subscriber statuses and the suppression ranking: plain constants (no imports), so the command line
+"""Subscriber statuses, the suppression ranking and the paused reason of a graceful stop: plain constants (no imports), so the command line
 can offer them as choices without loading the database layer. `schema` re-exports them."""
 
 SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
@@ -8,3 +8,7 @@ SUPPRESSION_RANK = {"pending": 0, "active": 0, "unsubscribed": 1, "bounced": 2, 
 # An erased person's row keeps only this prefix and a hash of the address (see subscribers.tombstone_key):
 # it is nobody's address, so lists and counts leave it out.
 TOMBSTONE_PREFIX = "erased:"
+
+# The paused reason a graceful stop (SIGTERM, Ctrl-C) leaves on an issue with deliveries left: the send
+# loop writes it, the scheduler resumes such a send (any other paused reason holds it for the operator).
+STOPPED = "stopped (SIGTERM or Ctrl-C); run the same command to resume"

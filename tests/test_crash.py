@@ -377,3 +377,22 @@ print(claimant.is_alive(gone_ns, now - dt.timedelta(seconds=30), now),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "False", "True"]
+
+
+@pytest.mark.slow
+def test_a_graceful_stop_leaves_the_issue_paused_stopped_and_the_same_command_resumes_it(
+        store, db_url, project, smtp_sink):
+    addresses = _populate(store, project)
+    env = _env(db_url, smtp_sink.port)
+    victim = subprocess.Popen(SEND, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: len(smtp_sink.handler.messages) >= SUBSCRIBERS // 3, 60, "a third of the messages")
+    victim.send_signal(signal.SIGTERM)
+    _, stderr = victim.communicate(timeout=10)
+    assert victim.returncode == 5 and "Traceback" not in stderr, stderr
+    status = subprocess.run([sys.executable, "-m", "mailer.cli", "status", EXAMPLE_ISSUE, "--json"], cwd=project,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert '"paused"' in status.stdout and "stopped" in status.stdout, status.stdout
+    resumed = subprocess.run(SEND, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert smtp_sink.handler.per_recipient() == Counter(addresses)

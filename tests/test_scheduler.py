@@ -313,13 +313,13 @@ def test_sigterm_during_a_send_exits_0_with_a_consistent_ledger_and_a_restart_fi
     assert first.terminate() == 0
     assert "interrupted: " + slug in first.text()
     state = ledger(project, slug)
-    assert state["status"] == "sending"
+    assert state["status"] == "paused"  # a graceful stop: paused "stopped", resumed at the next start
     assert state["counts"].get("sending", 0) == 0  # the batch in flight was finished and recorded
     assert 200 <= state["counts"]["sent"] < total
     assert state["counts"]["sent"] + state["counts"]["queued"] == total
     assert state["max_attempts"] == 1
     line = next(l for l in schedule_list(project, env).splitlines() if l.startswith(slug))
-    assert f"sending {state['counts']['sent']}/{total}" in line and "DUE" in line
+    assert f"paused {state['counts']['sent']}/{total}: stopped" in line and "DUE" in line
 
     second = runs(project, env, "run2")
     wait_until(lambda: ledger(project, slug)["status"] == "sent", 30, "the restart to finish the send")
@@ -879,3 +879,22 @@ def test_build_warns_and_send_refuses_a_placeholder_subject_unless_allow_draft(p
         assert report.complete and report.counts["sent"] == active
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("damage", ["unparseable", "removed"])
+def test_an_interrupted_cadence_send_resumes_its_edition_without_its_folder(cadence_project, caplog, damage) -> None:
+    """A started send goes on with its stored edition: the folder is not read (as `mailer send`)."""
+    import shutil
+    settings, made = cadence_project
+    caplog.set_level(logging.INFO, logger="mailer.scheduler")
+    slug = made["ancien"]
+    crashed_cadence_send(settings, slug)
+    assert ledger(settings.root, slug)["counts"] == {"queued": 5}
+    folder = settings.root / "issues" / slug
+    if damage == "removed":
+        shutil.rmtree(folder)
+    else:
+        (folder / "briefs.txt").write_text("--> Une brève\x01 cassée.\n", encoding="utf-8")
+    resume_until_sent(settings, slug)
+    assert ledger(settings.root, slug)["counts"] == {"sent": 5}
+    assert "failed:" not in caplog.text

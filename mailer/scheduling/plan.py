@@ -116,6 +116,10 @@ def scan_issues(settings: Settings) -> list[IssueEntry]:
     return entries
 
 
+# the pause reason of a graceful stop (SIGTERM, Ctrl-C) with deliveries left; the same command resumes it
+from ..statuses import STOPPED  # noqa: F401  (re-exported: the scheduler's paused checks)
+
+
 @dataclass
 class Ledger:
     status: str = "none"  # none (never started) | draft | sending | paused | sent
@@ -141,6 +145,12 @@ class Ledger:
     @property
     def started(self) -> bool:
         return self.total > 0
+
+    @property
+    def held_paused(self) -> bool:
+        """Paused for a cause a human must look at; a graceful stop (`dispatch.STOPPED`) is paused
+        too, but the scheduler resumes it like an interrupted send."""
+        return self.status == "paused" and self.paused_reason != STOPPED
 
     def text(self) -> str:
         if self.status == "sent":
@@ -179,7 +189,7 @@ def classify(send_at: datetime | None, ledger: Ledger, now: datetime, grace: tim
     """sent | paused | unscheduled (no send_at) | scheduled (future) | due (within grace) | missed."""
     if ledger.done:
         return "sent"
-    if ledger.status == "paused":
+    if ledger.held_paused:
         return "paused"
     if send_at is None:
         return "unscheduled"
@@ -205,7 +215,7 @@ def not_ready_reason(entry: IssueEntry, today: date, ledger: Ledger | None = Non
         return "dated after today"
     if ledger is not None and ledger.done:
         return "already sent"
-    if ledger is not None and ledger.status == "paused":
+    if ledger is not None and ledger.held_paused:
         return "paused"
     return None
 

@@ -474,9 +474,9 @@ class SchedulerRuntime:
             if slug in self.running:
                 return
         ledger = read_ledger(self.store, slug)
-        if ledger.done or ledger.status == "paused":
+        if ledger.done or ledger.held_paused:
             self.remove(job.id)
-            if ledger.status == "paused":
+            if ledger.held_paused:
                 self.note_once(("paused", slug, ledger.paused_reason),
                                "skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger.text(), slug,
                                level=logging.WARNING)
@@ -533,23 +533,28 @@ class SchedulerRuntime:
                 log.info("skipped: %s: the scheduler is stopping (it is picked up again at the next start)", slug)
                 return
             now = utcnow()
-            folder = find_issue_folder(slug, self.settings.issues_dir)
-            issue = load_issue(folder, self.settings.issues_dir, self.settings.zone)
             ledger = read_ledger(self.store, slug)
             if ledger.done:
                 log.info("skipped: %s already sent (%s)", slug, ledger.text())
                 self.remove(MARKER_PREFIX + slug)
                 return
-            if ledger.status == "paused":
+            if ledger.held_paused:
                 log.warning("skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger.text(), slug)
                 return
-            held = holds(issue)
-            if held and not ledger.started:
-                log.warning("skipped: %s is held: %s", slug, held[0][1])
-                return
+            # a started send resumes its stored edition, as `mailer send` does: its folder is not read
+            # (it may have changed, stopped parsing or be gone)
+            resuming = dispatch.resumes_stored_edition(self.store, slug)
+            folder = issue = None
+            if not resuming:
+                folder = find_issue_folder(slug, self.settings.issues_dir)
+                issue = load_issue(folder, self.settings.issues_dir, self.settings.zone)
+                held = holds(issue)
+                if held and not ledger.started:
+                    log.warning("skipped: %s is held: %s", slug, held[0][1])
+                    return
             if origin == "wave":
                 at = datetime.fromisoformat(planned)
-                if issue.send_local is None and not ledger.started:
+                if issue is not None and issue.send_local is None and not ledger.started:
                     log.info("skipped: %s no longer has a send_local", slug)
                     return
                 if now - at > self.grace:
@@ -561,6 +566,8 @@ class SchedulerRuntime:
                 with self.lock:
                     self.handled.add(("wave", slug, at.astimezone(timezone.utc).isoformat()))
                 reason = f"wave due at {_fmt(at, self.settings.zone)}"
+            elif origin == "send_at" and resuming:  # started: it finishes, whatever send_at says now
+                reason = f"send_at {planned}, started"
             elif origin == "send_at":
                 if issue.send_at is None:
                     log.info("skipped: %s no longer has a send_at", slug)

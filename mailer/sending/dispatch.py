@@ -60,7 +60,8 @@ from . import claimant
 # preparing a send lives in `prepare`; its names stay importable from here (callers and tests use both)
 from .prepare import (PreparedSend, SendPlan, by_language, check_buildable, check_editions,  # noqa: F401
                       empty_audience_reason, issue_slug, live_claimants, load_edition, outgoing_message, plan_send,
-                      prepare_send, refuse_held, requeue_dead_claims, resume_notice, send_warnings, web_version_html)
+                      prepare_send, refuse_held, requeue_dead_claims, resume_notice, resumes_stored_edition,
+                      send_warnings, web_version_html)
 from .status import issue_status, ledger_overview  # noqa: F401 - importable from here too
 from .ratelimit import SendRateLimiter
 from .. import links, tokens
@@ -75,6 +76,7 @@ from ..content.render import Recipient, RenderedIssue, render_issue
 from ..store import Connection, Store, utcnow
 from .edition import Edition
 from . import waves
+from ..statuses import STOPPED
 
 log = logging.getLogger("mailer.dispatch")
 
@@ -147,7 +149,8 @@ def worker_id(suffix: str = "") -> str:
     return claimant.new_id(suffix)
 
 
-def settle_issue(store: Store, issue_id: int, abort_reason: str | None) -> tuple[dict[str, int], str | None]:
+def settle_issue(store: Store, issue_id: int, abort_reason: str | None,
+                 stopped: bool = False) -> tuple[dict[str, int], str | None]:
     """After a run: the issue is paused (with why), sent (nothing left, someone reached), or still
     sending. A finished issue is never un-finished, and an issue that reached nobody is never `sent`:
     it is paused with the reason. Returns the counts and the pause reason (None when not paused)."""
@@ -164,6 +167,8 @@ def settle_issue(store: Store, issue_id: int, abort_reason: str | None) -> tuple
                 store.update_issue(conn, issue_id, status="paused", paused_reason=reason)
                 return counts, reason
             store.update_issue(conn, issue_id, status="sent", finished_at=utcnow(), paused_reason=None)
+        elif stopped:  # a graceful stop (SIGTERM, Ctrl-C) with deliveries left: paused, the same command resumes
+            store.update_issue(conn, issue_id, status="paused", paused_reason=STOPPED)
     return counts, None
 
 
@@ -751,12 +756,12 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
                 # and take over its rows if it dies
                 sender._sleep(1.0)
     except KeyboardInterrupt:
-        settle_issue(store, prepared.issue_id, None)
+        settle_issue(store, prepared.issue_id, None, stopped=True)
         raise
     except BaseException as exc:
         settle_issue(store, prepared.issue_id, f"interrupted by an unexpected error: {type(exc).__name__}: {exc}")
         raise
-    counts, paused = settle_issue(store, prepared.issue_id, sender.abort_reason)
+    counts, paused = settle_issue(store, prepared.issue_id, sender.abort_reason, stopped=stop.is_set())
     report = SendReport(slug, counts, progress.sent, progress.failed, progress.skipped,
                         time.monotonic() - started, prepared.requeued_stale, prepared.frozen,
                         held_by=tuple(held) if counts["sending"] else (), edition=sender.rendered.number,

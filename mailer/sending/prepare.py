@@ -143,6 +143,18 @@ def _stored_edition(store: Store, slug: str) -> tuple[object | None, object | No
         return row, (store.current_edition(conn, row.id) if row is not None else None)
 
 
+def resumes_stored_edition(store: Store, slug: str) -> bool:
+    """Whether a send of `slug` resumes its stored edition: one is frozen and deliveries are left
+    (queued or sending). Such a send renders nothing and never reads the folder (`prepare_send`),
+    which may have changed, stopped parsing or be gone. Read-only."""
+    row, stored = _stored_edition(store, slug)
+    if row is None or row.frozen_at is None or stored is None:
+        return False
+    with store.connect() as conn:
+        counts = store.delivery_counts(conn, row.id)
+    return bool(counts["queued"] + counts["sending"])
+
+
 def send_warnings(settings: Settings, store: Store, issue_ref: str, *, allow_draft: bool = False,
                   rebuild: bool = False) -> tuple[str, ...]:
     """What `mailer send` prints before its confirmation prompt: every build warning (`render.build_warnings`:
