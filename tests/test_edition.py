@@ -449,6 +449,9 @@ def test_an_smtp_resume_with_changed_settings_keeps_the_editions_envelope_sender
 def test_a_corrupt_edition_stops_the_send_with_one_line_naming_it_and_nothing_sent_or_requeued(
         store, db_url, project, make_settings, damage):
     from mailer.errors import CorruptEdition
+    if "json" in damage or "[1, 2" in damage:
+        if not store.is_sqlite:
+            pytest.skip("PostgreSQL's json columns refuse unparsable JSON: this damage cannot happen there")
     settings = make_settings(database_url=db_url)
     populate(store, project, 4)
     prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
