@@ -610,8 +610,9 @@ def test_a_429_slows_the_whole_send_not_one_thread(sg_settings, server, store, t
 
 def test_the_rate_limit_holds_across_the_threads_of_a_send(sg_settings, server, store, tmp_path):
     """MAILER_RATE_LIMIT = 2000 recipients/s with 4 requests of 100 in flight: 1000 recipients take at
-    least (1000 - 100) / 2000 s (the first request may go at once)."""
-    server.latency = 0.02
+    least (1000 - 100) / 2000 s (the first request may go at once). Each answer takes 0.2 s, four times
+    the 0.05 s between two requests' slots, so the threads' requests overlap while the rate holds."""
+    server.latency = 0.2
     settings = sg_settings(MAILER_BATCH_SIZE="100", MAILER_SENDGRID_IN_FLIGHT="400", MAILER_RATE_LIMIT="2000")
     _populate(store, tmp_path, 1000)
     report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
