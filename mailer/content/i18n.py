@@ -25,7 +25,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "test_prefix": "[TEST] ",
         "confirm_subject": "Confirmez votre abonnement {a_name}",
         "welcome_subject": "Bienvenue {a_name}",
-        # ----- web pages and notices (mailer/web.py, mailer/notices.py) -----
+        # ----- web pages and notices (mailer/web/app.py, mailer/sending/notices.py) -----
         "web_unsubscribe_title": "Se désabonner de la lettre «\u00a0{name}\u00a0»",
         "web_unsubscribe_question": "Ne plus recevoir «\u00a0{name}\u00a0» à l’adresse {email}\u00a0?",
         "web_unsubscribe_button": "Me désabonner",
@@ -123,7 +123,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "test_prefix": "[TEST] ",
         "confirm_subject": "Confirm your subscription to {name}",
         "welcome_subject": "Welcome to {name}",
-        # ----- web pages and notices (mailer/web.py, mailer/notices.py) -----
+        # ----- web pages and notices (mailer/web/app.py, mailer/sending/notices.py) -----
         "web_unsubscribe_title": "Unsubscribe from {name}",
         "web_unsubscribe_question": "Stop sending {name} to {email}?",
         "web_unsubscribe_button": "Unsubscribe me",

@@ -1,9 +1,9 @@
 """The schedule as data: what the issue folders and the ledger say, what is due, held, ready or
 missed, when the cadence runs next — and `mailer schedule list`, which shows it as of any moment.
 
-Read by the running scheduler (`mailer.scheduler`, which acts on it) and by `schedule list` (which
+Read by the running scheduler (`mailer.scheduling.runtime`, which acts on it) and by `schedule list` (which
 only reads: the folders, the ledger and the job store's rows, without starting a scheduler).
-The vocabulary (due, missed, held, ready…) is defined in `mailer.scheduler`'s docstring.
+The vocabulary (due, missed, held, ready…) is defined in `mailer.scheduling.runtime`'s docstring.
 
 `schedule list --json` prints one object (README "Scheduler" shows an example):
 - `now`, `now_local`: the moment shown (ISO 8601, UTC and MAILER_TIMEZONE); `timezone`; `grace_seconds`;

@@ -1,8 +1,8 @@
 """`mailer schedule run`: issues go out on time, by themselves, once per cadence run (the ledger decides who is sent).
 
 (Over 400 lines because the job store's reconciliation, the sends and the stop on a signal share
-one runtime object and its locks; what the schedule *is* lives in `mailer.plan`, the cadence's
-DST rule in `mailer.cadence`.)
+one runtime object and its locks; what the schedule *is* lives in `mailer.scheduling.plan`, the
+cadence's DST rule in `mailer.scheduling.cadence`.)
 
 One long-lived APScheduler 3.11 `BackgroundScheduler` whose jobs live in the project's own database
 (`SQLAlchemyJobStore`, table `scheduler_jobs`, sharing the store's engine: same WAL/busy-timeout

@@ -1,7 +1,7 @@
 """The database schema (SQLAlchemy Core), shared by SQLite and PostgreSQL.
 
-Migrations in `mailer/migrations/versions/` create exactly these tables; `tests/test_store.py`
-checks the two never drift apart.
+Migrations in `mailer/store/migrations/versions/` must create exactly these tables (no test
+compares the two yet).
 """
 
 from __future__ import annotations
