@@ -196,3 +196,14 @@ def test_preview_shows_the_audience_and_a_segment_error(make_settings, project, 
         _segment_issue(project, 'langage = "en"')
         page = client.get("/").text
         assert "segment, column 1: unknown field &#39;langage&#39;: did you mean &#39;language&#39;?" in page
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_an_empty_segment_is_an_error_not_the_whole_list(make_settings, project, blank) -> None:
+    """`segment = ""` reads like a filter; sending it to everyone would surprise whoever wrote it."""
+    settings = make_settings()
+    _segment_issue(project, blank)
+    with pytest.raises(SourceError) as caught:
+        load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone)
+    text = str(caught.value)
+    assert "segment is empty" in text and "issue.toml:" in text and "\n" not in text

@@ -123,7 +123,9 @@ def test_examples_people_check_by_hand() -> None:
     ('send_local = "2027-01-14T07:00+01:00"', "send_local takes no offset or zone"),
     ("send_local = 2027-01-14T07:00:00Z", "send_local takes no offset or zone"),
     ('send_local = "2027-01-14T07:00 Europe/Paris"', "send_local must be a wall time without offset or zone"),
-    ("send_local = 2027-01-14", "send_local must be a date and time"),
+    ("send_local = 2027-01-14", "send_local must be a date and time, not 2027-01-14:"),
+    ('send_local = "2027-01-14"', "send_local needs a time, not only a date"),
+    ("send_local = 07:00:00", "send_local must be a date and time, not 07:00:00:"),
     ('send_local = "2027-01-14T07:00"\nsend_at = 2027-01-14T07:00:00+01:00', "send_local and send_at together"),
 ])
 def test_a_bad_send_local_is_one_line_naming_issue_toml_and_its_line(project: Path, settings, line, message) -> None:

@@ -131,6 +131,9 @@ def load_issue(ref: str | Path, issues_dir: Path, zone: ZoneInfo) -> Issue:
         raise SourceError(toml_path, f"archive must be true or false, not {meta['archive']!r}", line_of("archive"))
 
     segment = None
+    if "segment" in meta and not str(meta["segment"]).strip():
+        raise SourceError(toml_path, "segment is empty: remove the line to send to the whole list, or write a "
+                                     "filter such as segment = 'language = \"en\"'", line_of("segment"))
     if meta.get("segment", "").strip():
         try:
             segment = parse_segment(meta["segment"], zone)
@@ -360,13 +363,17 @@ def _parse_send_local(value: object, path: Path, line: int | None) -> datetime |
         return None
     example = "write a wall time such as send_local = \"2027-01-14T07:00\""
     if isinstance(value, str):
+        text = value.strip()
         try:
-            value = datetime.fromisoformat(value.strip())
+            value = datetime.fromisoformat(text)
         except ValueError:
-            raise SourceError(path, f"send_local must be a wall time without offset or zone, not {value!r}: "
+            raise SourceError(path, f"send_local must be a wall time without offset or zone, not {text!r}: "
                                     f"{example}", line) from None
+        if "T" not in text.upper() and " " not in text:  # fromisoformat reads a bare date as midnight
+            raise SourceError(path, f"send_local needs a time, not only a date ({text!r}): {example}", line)
     if not isinstance(value, datetime):
-        raise SourceError(path, f"send_local must be a date and time, not {value!r}: {example}", line)
+        shown = value.isoformat() if hasattr(value, "isoformat") else repr(value)
+        raise SourceError(path, f"send_local must be a date and time, not {shown}: {example}", line)
     if value.tzinfo is not None:
         raise SourceError(path, f"send_local takes no offset or zone ({value.isoformat()}): each subscriber gets the "
                                 f"issue at that wall time in their own zone; {example}, or use send_at for one "
