@@ -301,7 +301,7 @@ def schedule_data(settings: Settings, store: Store, now: datetime) -> dict:
             state = "error"
         elif not ledger.done and ledger.status != "paused" and entry.held and not ledger.started:
             state = entry.held  # draft | placeholder | unbuildable
-        elif found and not ledger.done and ledger.status != "paused":
+        elif found and not ledger.done and not ledger.held_paused:  # a graceful stop keeps its waves
             state = local_state(found)
         else:
             state = classify(entry.send_at, ledger, now, grace)

@@ -350,7 +350,7 @@ class SchedulerRuntime:
         if ledger.done:
             self.note_once(("sent", slug), "skipped: %s already sent (%s)", slug, ledger.text())
             return set()
-        if ledger.status == "paused":
+        if ledger.held_paused:  # a graceful stop (statuses.STOPPED) keeps its waves: the scheduler resumes it
             self.note_once(("paused", slug, ledger.paused_reason),
                            "skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger.text(), slug,
                            level=logging.WARNING)
