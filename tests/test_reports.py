@@ -164,6 +164,11 @@ def test_tracked_send_clicks_followed_over_http_then_report(make_settings, store
     remove_subscriber(store, PEOPLE[1], purge=True)
     after = report_json(project, monkeypatch, settings, EXAMPLE_ISSUE)
     assert after["clicks"]["total"] == 3 and after["clicks"]["unique"] == 2
+    # the erased person's old link still leads on, and records nothing: clicks stay erased
+    with ThreadedServer(create_app(settings, store)) as web, httpx.Client(base_url=web.url) as client:
+        assert client.get(bruno[0].replace(BASE, web.url)).status_code == 302
+    again = report_json(project, monkeypatch, settings, EXAMPLE_ISSUE)
+    assert again["clicks"]["total"] == 3 and again["clicks"]["unique"] == 2
 
 
 def test_tracking_off_every_link_is_the_original(make_settings, store, db_url, project, monkeypatch):

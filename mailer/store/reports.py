@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .schema import deliveries, editions, issues, link_clicks, links, provider_events, subscriber_events
+from .schema import (TOMBSTONE_PREFIX, deliveries, editions, issues, link_clicks, links, provider_events,
+                     subscriber_events, subscribers)
 
 
 class ReportsStore:
@@ -27,13 +28,16 @@ class ReportsStore:
     def record_click(self, conn: Connection, edition_id: int, subscriber_id: int, position: int, now: datetime) -> bool:
         """Count one follow of a link (or, at position 0, one open) by one delivery's recipient:
         INSERT … ON CONFLICT DO UPDATE clicks + 1. True when it was that delivery's first for this
-        position (a unique click). Only for a delivery the ledger has (the edition's issue, the person)."""
+        position (a unique click). Only for a delivery the ledger has (the edition's issue, the person), and
+        never for an erased person (`remove --purge` deleted their clicks; their old links record nothing)."""
         if self.is_sqlite:
             from sqlalchemy.dialects.sqlite import insert
         else:
             from sqlalchemy.dialects.postgresql import insert
         known = conn.execute(sa.select(deliveries.c.id).join(editions, editions.c.issue_id == deliveries.c.issue_id)
-                             .where(editions.c.id == edition_id, deliveries.c.subscriber_id == subscriber_id)).first()
+                             .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+                             .where(editions.c.id == edition_id, deliveries.c.subscriber_id == subscriber_id,
+                                    ~subscribers.c.email.startswith(TOMBSTONE_PREFIX, autoescape=True))).first()
         if known is None:
             return False
         statement = insert(link_clicks).values(edition_id=edition_id, subscriber_id=subscriber_id, position=position,
