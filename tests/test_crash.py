@@ -157,16 +157,22 @@ def _sendgrid_env(db_url: str, url: str, **extra: str) -> dict[str, str]:
 SEND = [sys.executable, "-m", "mailer.cli", "send", EXAMPLE_ISSUE, "--yes"]
 
 
-@pytest.mark.slow
-def test_a_graceful_stop_lets_what_is_in_flight_finish_and_be_recorded_so_it_repeats_nobody_smtp(
-        store, db_url, project, smtp_sink):
-    addresses = _populate(store, project)
-    env = _env(db_url, smtp_sink.port)
+def _sigterm_after_a_third(project, env: dict, smtp_sink) -> None:  # noqa: ANN001
+    """A real `mailer send` stopped with SIGTERM once a third of the list has arrived: it exits 5
+    (paused), cleanly."""
     victim = subprocess.Popen(SEND, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: len(smtp_sink.handler.messages) >= SUBSCRIBERS // 3, 60, "a third of the messages")
     victim.send_signal(signal.SIGTERM)
     _, stderr = victim.communicate(timeout=10)
     assert victim.returncode == 5 and "Traceback" not in stderr, stderr
+
+
+@pytest.mark.slow
+def test_a_graceful_stop_lets_what_is_in_flight_finish_and_be_recorded_so_it_repeats_nobody_smtp(
+        store, db_url, project, smtp_sink):
+    addresses = _populate(store, project)
+    env = _env(db_url, smtp_sink.port)
+    _sigterm_after_a_third(project, env, smtp_sink)
     received = len(smtp_sink.handler.messages)
     stopped = _counts(store)
     assert stopped["sent"] == received and stopped["sending"] == 0  # what was in flight finished AND was recorded
@@ -384,11 +390,7 @@ def test_a_graceful_stop_leaves_the_issue_paused_stopped_and_the_same_command_re
         store, db_url, project, smtp_sink):
     addresses = _populate(store, project)
     env = _env(db_url, smtp_sink.port)
-    victim = subprocess.Popen(SEND, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: len(smtp_sink.handler.messages) >= SUBSCRIBERS // 3, 60, "a third of the messages")
-    victim.send_signal(signal.SIGTERM)
-    _, stderr = victim.communicate(timeout=10)
-    assert victim.returncode == 5 and "Traceback" not in stderr, stderr
+    _sigterm_after_a_third(project, env, smtp_sink)
     status = subprocess.run([sys.executable, "-m", "mailer.cli", "status", EXAMPLE_ISSUE, "--json"], cwd=project,
                             env=env, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
