@@ -22,7 +22,7 @@ def editions(project: Path, env: dict[str, str]) -> tuple[object, object, list]:
     from mailer.config import load_settings, secret_key_for
     from mailer.content.issue import load_issue
     from mailer.content.render import render_issue
-    from mailer.sending.dispatch import outgoing_message
+    from mailer.sending.prepare import outgoing_message
     from mailer.sending.edition import from_rendered
 
     made = []

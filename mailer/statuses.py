@@ -1,5 +1,5 @@
 """Subscriber statuses, the suppression ranking and the paused reason of a graceful stop: plain constants (no imports), so the command line
-can offer them as choices without loading the database layer. `schema` re-exports them."""
+can offer them as choices without loading the database layer. This module is their one owner: import them from here (`tests/test_owners.py`)."""
 
 SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
 SUPPRESSED_STATUSES = ("unsubscribed", "bounced", "complained")

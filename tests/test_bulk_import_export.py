@@ -194,3 +194,25 @@ def test_the_parser_helper_loads_no_database_layer():
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_one_person_added_and_the_same_person_imported_are_the_same_row(store, tmp_path):
+    """One insert path: `mailer subscribers add` and an import of the same person write the same
+    columns (but their source and ids) and the same `created` event (but its reason's line number)."""
+    add_subscriber(store, "Zoé.Added@Example.org", name="Zoé", language="fr", source="import",
+                   attributes={"city": "Lyon"}, lists=("news",), reason="imported from liste.csv")
+    path = tmp_path / "liste.csv"
+    path.write_text("email,name,language,city\nZoé.Imported@Example.org,Zoé,fr,Lyon\n", encoding="utf-8")
+    assert import_csv(store, path, lists=("news",)).added == 1
+    rows = {row.email_given.split("@")[0]: (row, lists) for row, lists in iter_subscribers(store)}
+    added, imported = rows["Zoé.Added"], rows["Zoé.Imported"]
+    same = ("name", "language", "status", "source", "attributes")
+    assert [getattr(added[0], c) for c in same] == [getattr(imported[0], c) for c in same]
+    assert sorted(added[1]) == sorted(imported[1]) == ["news"]
+    for row, _ in (added, imported):  # an active person: confirmed when created, never unsubscribed
+        assert row.confirmed_at is not None and row.unsubscribed_at is None
+    assert added[0].import_digest is None and imported[0].import_digest  # only an import row has its digest
+    with store.begin() as conn:
+        events = {sid: store.person_record(conn, sid)[0] for sid in (added[0].id, imported[0].id)}
+    kinds = {sid: [(e["kind"], e["new_status"]) for e in history] for sid, history in events.items()}
+    assert kinds[added[0].id] == kinds[imported[0].id] == [("created", "active")]

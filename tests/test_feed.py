@@ -15,7 +15,8 @@ import feedparser
 import pytest
 from lxml import etree
 
-from mailer.sending.dispatch import prepare_send, send_issue
+from mailer.sending.dispatch import send_issue
+from mailer.sending.prepare import prepare_send
 from mailer.subscribers import add_subscriber
 
 from .conftest import write_issue

@@ -440,7 +440,7 @@ def test_cadence_sends_the_oldest_ready_issue_once_per_run(cadence_project, capl
 
 def crashed_cadence_send(settings, slug: str) -> None:
     """A cadence run that froze its recipients (and its edition) and then died: marker written, nothing sent."""
-    from mailer.sending.dispatch import prepare_send
+    from mailer.sending.prepare import prepare_send
 
     store = open_store(settings.database_url)
     crashed = scheduler.SchedulerRuntime(settings, store, threading.Event())

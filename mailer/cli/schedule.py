@@ -12,7 +12,8 @@ from ..config import Settings
 from .main import _settings, handle_errors, main
 
 log = logging.getLogger("mailer")
-from ..scheduling.plan import RECENT, format_moment, format_span, schedule_data
+from ..scheduling.plan import RECENT, format_span, schedule_data
+from ..wallclock import format_moment
 from ..sending.waves import Wave, wave_table
 from ..store import open_store, utcnow
 

@@ -147,7 +147,7 @@ def status(issue_ref: str | None, as_json: bool) -> None:
       left, state (pending|due|missed|released|sent)}
     A local-time send's waves are listed, and missed ones said MISSED (without ISSUE too).
     """
-    from ..sending.dispatch import issue_status, ledger_overview
+    from ..sending.status import issue_status, ledger_overview
     settings = _settings()
     store = _store(settings)
     if issue_ref is None:
@@ -158,7 +158,7 @@ def status(issue_ref: str | None, as_json: bool) -> None:
         if not overview:
             click.echo("no issue sent yet (no ledger); `mailer schedule list` shows the issue folders")
             return
-        from ..scheduling.plan import format_moment
+        from ..wallclock import format_moment
         width = max(len(item["issue"]) for item in overview)
         for item in overview:
             counts = item["counts"]
@@ -181,7 +181,7 @@ def status(issue_ref: str | None, as_json: bool) -> None:
     click.echo(f"{result['issue']}: {result['status']}" + (f" ({result['paused_reason']})" if result["paused_reason"] else ""))
     edition = result["edition"]
     if edition:
-        from ..scheduling.plan import format_moment
+        from ..wallclock import format_moment
         made = format_moment(datetime.fromisoformat(edition["created_at"]), settings.zone)
         click.echo(f"  edition {edition['number']} of {edition['editions']}, frozen {made} ({edition['reason']}; "
                    f"template {edition['template']}; sha256 {edition['content_hash'][:12]})"

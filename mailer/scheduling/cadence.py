@@ -40,7 +40,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.util import datetime_ceil
 
 from ..errors import ConfigError
-from ..wallclock import localize, wall_time, wall_time_instant  # noqa: F401 - the rule this trigger follows
+from ..wallclock import wall_time, wall_time_instant
 
 UTC = timezone.utc
 _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbering: 0 = Sunday

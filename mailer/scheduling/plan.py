@@ -30,14 +30,15 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from .cadence import CadenceTrigger, build_cadence_trigger, localize
+from .cadence import CadenceTrigger, build_cadence_trigger
+from ..wallclock import localize
 from ..config import Settings
 from ..errors import MailerError
 from ..content.issue import ISSUE_FILE, holds, load_issue
 from ..content.render import template_problem
+from ..statuses import STOPPED
 from ..store import Store
 from ..store.jobs import stored_jobs
-from ..wallclock import format_moment  # noqa: F401 - its home is wallclock; callers import it from here too
 from ..sending.waves import Wave, issue_waves
 
 JOBS_TABLE = "scheduler_jobs"
@@ -116,10 +117,6 @@ def scan_issues(settings: Settings) -> list[IssueEntry]:
     return entries
 
 
-# the pause reason of a graceful stop (SIGTERM, Ctrl-C) with deliveries left; the same command resumes it
-from ..statuses import STOPPED  # noqa: F401  (re-exported: the scheduler's paused checks)
-
-
 @dataclass
 class Ledger:
     status: str = "none"  # none (never started) | draft | sending | paused | sent
@@ -148,7 +145,7 @@ class Ledger:
 
     @property
     def held_paused(self) -> bool:
-        """Paused for a cause a human must look at; a graceful stop (`dispatch.STOPPED`) is paused
+        """Paused for a cause a human must look at; a graceful stop (`statuses.STOPPED`) is paused
         too, but the scheduler resumes it like an interrupted send."""
         return self.status == "paused" and self.paused_reason != STOPPED
 

@@ -91,7 +91,7 @@ from ..content.issue import find_issue_folder, holds, load_issue
 from .plan import (CADENCE_JOB, ISSUE_PREFIX, JOBS_TABLE, MARKER_PREFIX, WAVE_PREFIX, IssueEntry, cadence_trigger,
                    classify, folder_fingerprint, grace_seconds, next_ready_issue, read_ledger, scan_issues)
 from ..sending import waves
-from .plan import format_moment as _fmt
+from ..wallclock import format_moment as _fmt
 from .plan import format_span as _span
 from ..store import Store, as_utc, open_store, utcnow
 from ..store.jobs import database_label, job_store

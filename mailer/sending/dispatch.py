@@ -59,7 +59,7 @@ from typing import Callable, Iterator, Sequence
 from . import claimant
 # preparing a send lives in `prepare`; its names stay importable from here (callers and tests use both)
 from .prepare import (PreparedSend, SendPlan, by_language, check_buildable, check_editions,  # noqa: F401
-                      empty_audience_reason, issue_slug, live_claimants, load_edition, outgoing_message, plan_send,
+                      issue_slug, live_claimants, load_edition, outgoing_message, plan_send,
                       prepare_send, refuse_held, requeue_dead_claims, resume_notice, resumes_stored_edition,
                       send_warnings, web_version_html)
 from .status import issue_status, ledger_overview  # noqa: F401 - importable from here too

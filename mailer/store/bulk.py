@@ -17,7 +17,8 @@ from typing import Iterator, NamedTuple, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .schema import (SUPPRESSED_STATUSES, TOMBSTONE_PREFIX, list_members, subscriber_events, subscribers)
+from ..statuses import SUPPRESSED_STATUSES, TOMBSTONE_PREFIX
+from .schema import list_members, subscriber_events, subscribers
 from .common import _NOT_TOMBSTONE, as_utc
 
 
@@ -84,8 +85,12 @@ def _imported_status(row: tuple) -> str:
     return row[IMPORT_STATUS] or "active"
 
 
-def _insert_imported_core(conn: Connection, rows: list[tuple], source: str, reason: str, now: datetime) -> None:
-    """The reference writer (any engine): SQLAlchemy Core, values through the column types."""
+def _insert_imported_core(conn: Connection, rows: list[tuple], source: str, reason: str, now: datetime) -> list[int]:
+    """The reference writer (any engine) and the one statement that inserts subscribers: SQLAlchemy
+    Core, values through the column types. `Store.insert_subscriber` (one person: the CLI, the
+    subscribe form) is this with one row; the import's fast paths below write what it writes.
+    Returns the new ids in the order of `rows`. A row without a line (IMPORT_LINE None) has
+    `reason` as its event's reason, else "<reason> line N"."""
     values = []
     for row in rows:
         status, status_at = _imported_status(row), row[IMPORT_STATUS_AT] or now
@@ -101,11 +106,12 @@ def _insert_imported_core(conn: Connection, rows: list[tuple], source: str, reas
                        values).scalars().all()
     conn.execute(subscriber_events.insert(), [{
         "subscriber_id": sid, "at": now, "kind": "created", "old_status": None, "new_status": _imported_status(row),
-        "source": source, "reason": f"{reason} line {row[IMPORT_LINE]}",
+        "source": source, "reason": reason if row[IMPORT_LINE] is None else f"{reason} line {row[IMPORT_LINE]}",
     } for sid, row in zip(ids, rows)])
     memberships = [{"list_name": name, "subscriber_id": sid} for sid, row in zip(ids, rows) for name in row[IMPORT_LISTS]]
     if memberships:
         conn.execute(list_members.insert(), memberships)
+    return ids
 
 
 def _insert_imported_sqlite(conn: Connection, rows: list[tuple], source: str, reason: str, now: datetime) -> None:

@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 from typing import Iterator, Sequence
 
 
-from .schema import (TOMBSTONE_PREFIX, subscribers)
+from ..statuses import TOMBSTONE_PREFIX
+from .schema import subscribers
 
 
 def utcnow() -> datetime:

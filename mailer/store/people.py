@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import NotFound
-from .schema import (SUPPRESSED_STATUSES, deliveries, issues, link_clicks, list_members, provider_events,
+from ..statuses import SUPPRESSED_STATUSES
+from .schema import (deliveries, issues, link_clicks, list_members, provider_events,
                      subscriber_events, subscribers)
+from .bulk import IMPORT_ROW_FIELDS, _insert_imported_core
 from .common import StatusChange, _chunks, _NOT_TOMBSTONE, utcnow
 
 
@@ -64,18 +67,14 @@ class PeopleQueries:
     def insert_subscriber(self, conn: Connection, *, email: str, email_given: str, status: str, name: str = "",
                           language: str = "", source: str = "", attributes: dict | None = None,
                           reason: str = "", lists: Sequence[str] = ()) -> int:
-        now = utcnow()
-        subscriber_id = conn.execute(subscribers.insert().values(
-            email=email, email_given=email_given, name=name, language=language, status=status, source=source,
-            attributes=attributes or {}, created_at=now, updated_at=now,
-            confirmed_at=now if status == "active" else None,
-        ).returning(subscribers.c.id)).scalar_one()
-        conn.execute(subscriber_events.insert().values(
-            subscriber_id=subscriber_id, at=now, kind="created", old_status=None, new_status=status,
-            source=source, reason=reason))
-        for list_name in lists:
-            conn.execute(list_members.insert().values(list_name=list_name, subscriber_id=subscriber_id))
-        return subscriber_id
+        """One new person (`email`: the address key), a `created` event with `reason`, their list
+        memberships; returns the id. The import's writer with one row (`bulk._insert_imported_core`):
+        there is one insert path for subscribers."""
+        fields = {"line": None, "key": email, "given": email_given, "name": name, "language": language,
+                  "attributes_json": json.dumps(attributes or {}), "lists": tuple(lists), "digest": None,
+                  "status": status, "created_at": None, "status_at": None}
+        row = tuple(fields[field] for field in IMPORT_ROW_FIELDS)
+        return _insert_imported_core(conn, [row], source, reason, utcnow())[0]
 
     def update_profile(self, conn: Connection, subscriber_id: int, changes: dict[str, Any], *, source: str) -> None:
         """Set profile fields (name, language, attributes) and record one `updated` event naming them."""

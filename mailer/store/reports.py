@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .schema import (TOMBSTONE_PREFIX, deliveries, editions, issues, link_clicks, links, provider_events,
+from ..statuses import TOMBSTONE_PREFIX
+from .schema import (deliveries, editions, issues, link_clicks, links, provider_events,
                      subscriber_events, subscribers)
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData,
                         String, Table, Text, UniqueConstraint, true)
 
-from ..statuses import SUBSCRIBER_STATUSES, SUPPRESSED_STATUSES, SUPPRESSION_RANK, TOMBSTONE_PREFIX  # noqa: F401
-
 # BIGINT on PostgreSQL, but INTEGER on SQLite so the column is a rowid alias (autoincrement).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 

@@ -94,7 +94,7 @@ from ..sending.notices import Notifier
 from ..statuses import TOMBSTONE_PREFIX
 from ..store import Connection, IntegrityError, Row, Store, as_utc, open_store, utcnow
 from ..subscribers import feedback, signup
-from ..subscribers.service import clean_text
+from ..subscribers.importer.values import clean_text
 from . import feed
 from .throttle import ClientThrottle
 

@@ -1,0 +1,88 @@
+"""One owner per piece of knowledge, checked on the source (AST and text, no import): a name is
+imported from the module that defines it, URLs of the web app are built by `mailer/links.py` only,
+and "the test-send subscriber" is `links.TEST_SUBSCRIBER_ID`, never a literal 0."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "mailer"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def _defined(path: Path) -> set[str]:
+    """Names a module binds itself (functions, classes, assignments), not the ones it imports."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+    return names
+
+
+def _imports_from(path: Path):
+    """(line, module, name) of every `from mailer.X import name` in a file, relative ones resolved."""
+    package = list(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package[:len(package) - node.level + 1]
+            module = ".".join(base + ([node.module] if node.module else []))
+        else:
+            module = node.module or ""
+        for alias in node.names:
+            yield node.lineno, module, alias.name
+
+
+def test_names_are_imported_from_the_module_that_defines_them():
+    """A plain module (not a package's `__init__`) that imports a name and lets others import it from
+    there is a second owner: `statuses.STOPPED` through `scheduling.plan`, `format_moment` through
+    `plan` rather than `wallclock`. Every `from mailer.M import NAME` in mailer/, tests/ and bench/
+    must name the module that binds NAME (or a submodule)."""
+    defined = {name: _defined(path) for name, path in MODULES.items() if path.name != "__init__.py"}
+    found = []
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]:
+        for line, module, name in _imports_from(path):
+            if module in defined and name not in defined[module] and f"{module}.{name}" not in MODULES:
+                found.append(f"{path.relative_to(ROOT)}:{line}: {name} imported from {module}, which does not define it")
+    assert not found, "\n".join(found)
+
+
+def test_statuses_have_one_owner():
+    """The status constants are bound in `mailer/statuses.py` only, and nobody imports them elsewhere."""
+    names = _defined(PACKAGE / "statuses.py")
+    assert {"STOPPED", "SUBSCRIBER_STATUSES", "SUPPRESSED_STATUSES", "SUPPRESSION_RANK", "TOMBSTONE_PREFIX"} <= names
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for line, module, name in _imports_from(path):
+            if name in names and module != "mailer.statuses":
+                found.append(f"{path.relative_to(ROOT)}:{line}: {name} from {module}")
+        if path.name != "statuses.py":
+            found += [f"{path.relative_to(ROOT)}: binds {name} again" for name in _defined(path) & names]
+    assert not found, "\n".join(found)
+
+
+def test_one_core_statement_inserts_subscribers():
+    """One insert path for subscribers: `subscribers.insert()` is written once in mailer/ (the import's
+    reference writer, which the single add calls with one row); the import's raw fast paths
+    (SQLite executemany, PostgreSQL COPY) are checked against it by test_bulk_import_export.py."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "insert"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "subscribers"):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert len(found) == 1, found
