@@ -39,6 +39,7 @@ from slugify import slugify
 from .addresses import Mailbox, ascii_domain, header_address, parse_mailbox
 from .errors import ConfigError, InvalidAddress
 from .headers import HARD_LINE
+from .links import unsubscribe_prefix
 from .tokens import MAX_TOKEN_LENGTH
 
 BACKENDS = ("outbox", "smtp", "sendgrid")
@@ -481,7 +482,7 @@ _GLOBAL_EXCEPTIONS = frozenset(ipaddress.ip_address(ip) for ip in ("192.0.0.9", 
 
 # List-Unsubscribe (RFC 2369) is folded between its bracketed URLs, never inside one, so the longest line is
 # `List-Unsubscribe: <BASE/u/TOKEN>,`; RFC 5322 §2.1.1 limits a line to 998 characters.
-MAX_BASE_URL = HARD_LINE - len("List-Unsubscribe: <") - len("/u/") - MAX_TOKEN_LENGTH - len(">,")
+MAX_BASE_URL = HARD_LINE - len("List-Unsubscribe: <") - len(unsubscribe_prefix("")) - MAX_TOKEN_LENGTH - len(">,")
 
 
 def normalise_base_url(value: str) -> str:

@@ -1,6 +1,8 @@
-"""The one URL builder: every address of the public web app that an email or a page links to.
-The web app's routes are declared from the same path templates (`web.app`), so a path changes in
-one place.
+"""The one URL builder: every address of the public web app that an email or a page links to, and of
+the editor's local preview. The apps' routes are declared from the same path templates (`web.app`,
+`web.preview`), emails get their URLs from the functions below, and the web pages from `Site` (the
+`urls` object of their templates), so a path changes in one place (`tests/test_owners.py` finds
+hand-written ones; `tests/test_links.py` requests every URL built here).
 
 `TEST_SUBSCRIBER_ID` (0) is the subscriber id of test sends and previews: their links carry a
 valid token that names nobody, and the web app answers them with a "this was a test message" page.
@@ -8,6 +10,7 @@ valid token that names nobody, and the web app answers them with a "this was a t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from . import tokens
@@ -26,6 +29,15 @@ FEED = "/feed.xml"
 WEBHOOK = "/webhooks/{provider}"
 CLICK = "/c/{token}"   # a tracked link (content/tracking.py)
 OPEN = "/o/{token}"    # the open pixel (MAILER_TRACK_OPENS)
+
+# The editor's preview server (`mailer preview`, `web.preview`), on its own port: its pages and Reports.
+PREVIEW = "/"
+PREVIEW_HTML = "/email.html"
+PREVIEW_TEXT = "/email.txt"
+PREVIEW_EML = "/email.eml"
+PREVIEW_VERSION = "/version"
+REPORTS = "/reports"
+REPORT = "/reports/{slug}"
 
 SAMPLE_TOKEN = "x" * 43  # as long as the longest real token: what size estimates use
 
@@ -96,3 +108,62 @@ def public_issue_url(base_url: str, slug: str) -> str:
 def feed_url(base_url: str) -> str:
     """`BASE/feed.xml`: the archive's Atom feed."""
     return base_url + FEED
+
+
+@dataclass(frozen=True)
+class Site:
+    """The public web app's addresses under `base` (MAILER_BASE_URL, or a page's root path: "" when the
+    app is mounted at the top), for code and templates that already hold a token or a slug. The web
+    app hands one to every page template as `urls`."""
+
+    base: str = ""
+
+    def archive(self) -> str:
+        return archive_url(self.base)
+
+    def subscribe(self) -> str:
+        return subscribe_url(self.base)
+
+    def feed(self) -> str:
+        return feed_url(self.base)
+
+    def issue(self, slug: str) -> str:
+        """A public issue's web edition (`public_issue_url`)."""
+        return public_issue_url(self.base, slug)
+
+    def unsubscribe(self, token: str) -> str:
+        """The unsubscribe page (GET) and its form's target (POST) for an unsubscribe token."""
+        return self.base + UNSUBSCRIBE.format(token=token)
+
+    def resubscribe(self, token: str) -> str:
+        return self.base + RESUBSCRIBE.format(token=token)
+
+    def confirm(self, token: str) -> str:
+        """The confirmation page (GET) and its button's target (POST) for a confirm token."""
+        return self.base + CONFIRM.format(token=token)
+
+
+@dataclass(frozen=True)
+class PreviewSite:
+    """The preview server's addresses (relative to its root), for `templates/preview.html.j2` and
+    `reports.html.j2` (`urls` in their context)."""
+
+    base: str = ""
+
+    def email_html(self) -> str:
+        return self.base + PREVIEW_HTML
+
+    def email_text(self) -> str:
+        return self.base + PREVIEW_TEXT
+
+    def email_eml(self) -> str:
+        return self.base + PREVIEW_EML
+
+    def version(self) -> str:
+        return self.base + PREVIEW_VERSION
+
+    def reports(self) -> str:
+        return self.base + REPORTS
+
+    def report(self, slug: str) -> str:
+        return self.base + REPORT.format(slug=quote(slug, safe=""))

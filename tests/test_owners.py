@@ -86,3 +86,71 @@ def test_one_core_statement_inserts_subscribers():
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "subscribers"):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert len(found) == 1, found
+
+
+# ----- URLs: links.py builds them, templates and code call it ------------------------------------------
+def _route_prefixes() -> dict[str, str]:
+    """Each path template of links.py (a module-level string starting with "/") → its fixed start
+    (`/u/{token}` → `/u/`); the bare root "/" is left out (every path starts with it)."""
+    found = {}
+    for node in ast.parse((PACKAGE / "links.py").read_text(encoding="utf-8")).body:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+                and node.value.value.startswith("/")):
+            fixed = node.value.value.split("{")[0]
+            if fixed != "/":
+                found[node.targets[0].id] = fixed
+    return found
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    return {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+
+
+def hand_written_urls(python_files, template_files) -> list[str]:
+    """Route paths written by hand: a string (or an f-string's literal part) of the code that starts
+    with a route's fixed part, and in a template a route's fixed part right after a quote, `=` or
+    `}}` (`href="/archive"`, `{{ root }}/u/{{ token }}`), Jinja comments left out."""
+    prefixes = sorted(set(_route_prefixes().values()), key=len, reverse=True)
+    found = []
+    for path in python_files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docs = _docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+                hit = next((p for p in prefixes if node.value.startswith(p)), None)
+                if hit:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value[:60]!r}")
+    pattern = re.compile(r"""(?:["'=]|\}\})\s*(""" + "|".join(re.escape(p) for p in prefixes) + ")")
+    for path in template_files:
+        text = re.sub(r"\{#.*?#\}", lambda m: "\n" * m.group(0).count("\n"), path.read_text(encoding="utf-8"), flags=re.S)
+        for match in pattern.finditer(text):
+            found.append(f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}: {match.group(1)!r}")
+    return found
+
+
+def test_no_route_url_is_written_by_hand_outside_links():
+    """Templates and code ask links.py (`urls.archive()`, `links.unsubscribe_url(…)`, `links.CONFIRM`
+    in a route declaration); a path typed again elsewhere would outlive a change of the route."""
+    python = [path for path in PACKAGE.rglob("*.py") if path != PACKAGE / "links.py"]
+    found = hand_written_urls(python, sorted((ROOT / "templates").rglob("*.j2")))
+    assert not found, "\n".join(found)
+
+
+def test_the_url_check_finds_hand_written_urls(tmp_path):
+    """The check above can fail: each way a route was written by hand before is found."""
+    code = tmp_path / "mailer_like.py"
+    code.write_text('base = "x"\nurl = base + "/archive"\nother = f"{base}/u/{base}"\nRoute("/feed.xml", None)\n',
+                    encoding="utf-8")
+    page = tmp_path / "page.html.j2"
+    page.write_text('{# /u/TOKEN: a comment #}\n<a href="{{ root }}/issues/{{ slug }}">x</a>\n'
+                    '<form action="/subscribe"></form>\n<a href="/reports">r</a>\n', encoding="utf-8")
+    global ROOT
+    saved, ROOT = ROOT, tmp_path
+    try:
+        found = hand_written_urls([code], [page])
+    finally:
+        ROOT = saved
+    assert [line.split(": ", 1)[0] for line in found] == [
+        "mailer_like.py:2", "mailer_like.py:3", "mailer_like.py:4", "page.html.j2:2", "page.html.j2:3", "page.html.j2:4"]

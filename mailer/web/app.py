@@ -174,7 +174,7 @@ class WebApp:
     def page(self, template: str, status: int = 200, *, root: str = "", cache: str = "no-store",
              background: BackgroundTask | None = None, headers: dict[str, str] | None = None,
              **context: Any) -> HTMLResponse:
-        body = self.jinja.get_template(template).render(root=root, **context)
+        body = self.jinja.get_template(template).render(root=root, urls=links.Site(root), **context)
         all_headers = {**COMMON_HEADERS, "Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY",
                        "Cache-Control": cache, **(headers or {})}
         return HTMLResponse(body, status_code=status, headers=all_headers, background=background)

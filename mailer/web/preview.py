@@ -117,7 +117,7 @@ def create_preview_app(settings: Settings, issue_ref: str, store=None):  # noqa:
 
     async def index(request):  # noqa: ANN001
         result = current()
-        common = {"t": strings, "language": language, "version": cache["version"], "issue_ref": issue_ref}
+        common = {"urls": links.PreviewSite(), "t": strings, "language": language, "version": cache["version"], "issue_ref": issue_ref}
         if isinstance(result, MailerError):
             return HTMLResponse(page.render(error=str(result), result=None, headers=[], html_size="", **common))
         message = message_from_bytes(result.eml, policy=policy.default)
@@ -157,7 +157,7 @@ def create_preview_app(settings: Settings, issue_ref: str, store=None):  # noqa:
         store = open_store(settings.database_url)
         try:
             growth = list_growth(store)
-            context = {"growth": growth, "growth_svg": Markup(charts.growth_chart(growth)), "report": None,
+            context = {"urls": links.PreviewSite(), "growth": growth, "growth_svg": Markup(charts.growth_chart(growth)), "report": None,
                        "reports": [], "error": None}
             if slug is None:
                 context["reports"] = reports_overview(store)
@@ -188,9 +188,9 @@ def create_preview_app(settings: Settings, issue_ref: str, store=None):  # noqa:
         return HTMLResponse(body, status_code=status, headers=REPORTS_HEADERS)
 
     return Starlette(routes=[
-        Route("/", index), Route("/email.html", email_html), Route("/email.txt", email_text),
-        Route("/email.eml", email_eml), Route("/version", version),
-        Route("/reports", reports), Route("/reports/{slug}", reports),
+        Route(links.PREVIEW, index), Route(links.PREVIEW_HTML, email_html), Route(links.PREVIEW_TEXT, email_text),
+        Route(links.PREVIEW_EML, email_eml), Route(links.PREVIEW_VERSION, version),
+        Route(links.REPORTS, reports), Route(links.REPORT, reports),
     ])
 
 
