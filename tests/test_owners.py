@@ -154,3 +154,55 @@ def test_the_url_check_finds_hand_written_urls(tmp_path):
         ROOT = saved
     assert [line.split(": ", 1)[0] for line in found] == [
         "mailer_like.py:2", "mailer_like.py:3", "mailer_like.py:4", "page.html.j2:2", "page.html.j2:3", "page.html.j2:4"]
+
+
+# ----- the test-send subscriber ---------------------------------------------------------------------
+def _is_subscriber_id(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Name) and node.id.endswith("subscriber_id")) or (
+        isinstance(node, ast.Attribute) and node.attr.endswith("subscriber_id"))
+
+
+def literal_test_subscriber_checks(paths) -> list[str]:
+    """"Is this the test send?" asked by hand: a subscriber id compared with a number
+    (`subscriber_id <= 0`, `== 0`), used as a truth value (`if data.subscriber_id`, `and
+    subscriber_id`) or defaulted with `or` (`subscriber_id or 0`)."""
+    found = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            operands: list[ast.AST] = []
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                if any(map(_is_subscriber_id, sides)) and any(
+                        isinstance(side, ast.Constant) and type(side.value) is int for side in sides):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: compared with a number")
+                continue
+            if isinstance(node, ast.BoolOp):
+                operands = node.values
+            elif isinstance(node, (ast.If, ast.IfExp, ast.While, ast.Assert)):
+                operands = [node.test]
+            elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+                operands = [node.operand]
+            if any(map(_is_subscriber_id, operands)):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: a subscriber id as a truth value")
+    return found
+
+
+def test_the_test_send_subscriber_is_named_not_written():
+    """`links.TEST_SUBSCRIBER_ID` / `links.is_test_subscriber` say "a test send"; nowhere else in mailer/
+    is a subscriber id compared with 0 or taken as true/false."""
+    found = literal_test_subscriber_checks(path for path in PACKAGE.rglob("*.py") if path != PACKAGE / "links.py")
+    assert not found, "\n".join(found)
+
+
+def test_the_test_subscriber_check_finds_literal_checks(tmp_path):
+    code = tmp_path / "like.py"
+    code.write_text("def f(subscriber_id, data):\n    if subscriber_id <= 0:\n        pass\n"
+                    "    x = data.subscriber_id or 0\n    if record and data.subscriber_id:\n        pass\n"
+                    "    return subscriber_id == TEST\n", encoding="utf-8")
+    global ROOT
+    saved, ROOT = ROOT, tmp_path
+    try:
+        found = literal_test_subscriber_checks([code])
+    finally:
+        ROOT = saved
+    assert [line.split(": ")[0] for line in found] == ["like.py:2", "like.py:4", "like.py:5"]

@@ -142,9 +142,10 @@ class ClickTracking:
 
     def values(self, subscriber_id: int | None) -> dict[str, str]:
         """Slot values for one recipient (`click.N`, `click.N.html`, `open.html`). A recipient without
-        an id (a test send, the sample before the freeze) gets tokens for subscriber 0, which record
-        nothing."""
-        delivery = tokens.click_delivery(self.key, subscriber_id or 0, self.edition_id)
+        an id (a test send, the sample before the freeze) gets tokens for `links.TEST_SUBSCRIBER_ID`,
+        which record nothing."""
+        delivery = tokens.click_delivery(
+            self.key, links.TEST_SUBSCRIBER_ID if subscriber_id is None else subscriber_id, self.edition_id)
         text_prefix, html_prefix = self._prefixes
         out: dict[str, str] = {}
         for position in self.positions:

@@ -211,7 +211,7 @@ class WebApp:
             return None
         with self.transaction() as conn:
             url = self.store.link_url(conn, data.edition_id, data.position)
-            if url is not None and record and data.subscriber_id:
+            if url is not None and record and not links.is_test_subscriber(data.subscriber_id):
                 self.store.record_click(conn, data.edition_id, data.subscriber_id, data.position, utcnow())
         return url
 
@@ -223,7 +223,7 @@ class WebApp:
             return False
         if data.position != 0:
             return False
-        if record and data.subscriber_id:
+        if record and not links.is_test_subscriber(data.subscriber_id):
             with self.transaction() as conn:
                 self.store.record_click(conn, data.edition_id, data.subscriber_id, 0, utcnow())
         return True

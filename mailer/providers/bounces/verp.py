@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ...addresses import parse_address
 from ...config import Settings, secret_key_for
 from ...errors import ConfigError, InvalidAddress
+from ...links import is_test_subscriber
 from ...tokens import InvalidToken, TokenData, make_bounce_token, read_bounce_token
 
 _TOKEN = re.compile(r"[A-Za-z2-7]{47}")
@@ -58,8 +59,9 @@ class Verp:
         return f"{self.local}@{self.domain}"
 
     def sender(self, subscriber_id: int | None, issue_id: int | None) -> str:
-        """`local+TOKEN@domain` for a delivery; the plain address when either id is missing."""
-        if subscriber_id is None or issue_id is None or subscriber_id <= 0:
+        """`local+TOKEN@domain` for a delivery; the plain address when either id is missing or the
+        subscriber is the test-send one (`links.TEST_SUBSCRIBER_ID`: no delivery to bounce)."""
+        if subscriber_id is None or issue_id is None or is_test_subscriber(subscriber_id):
             return self.address
         return f"{self.local}+{make_bounce_token(self.key, subscriber_id, issue_id)}@{self.domain}"
 
