@@ -48,6 +48,10 @@ class NotFound(MailerError):
     exit_code = 4
 
 
+class AmbiguousIssue(NotFound):
+    """ISSUE matches several folders (or, once they are gone, several issues of the ledger)."""
+
+
 class InvalidAddress(MailerError):
     """An email address that does not pass validation."""
 
@@ -78,6 +82,18 @@ class CorruptEdition(MailerError):
     is sent from it (names the issue and the edition id)."""
 
     exit_code = 3
+
+
+class UnresumableSend(MailerError):
+    """A send started before editions were stored (nothing frozen to resume from) whose folder is gone:
+    its content cannot be rebuilt, so nothing of it is sent or requeued. `sent`: what the run sent
+    before it stopped for this (`mailer worker`)."""
+
+    exit_code = 9
+
+    def __init__(self, message: str, sent: int = 0) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class NotDueYet(MailerError):

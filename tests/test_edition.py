@@ -361,11 +361,11 @@ def store_at_revision(database_url: str, revision: str):  # noqa: ANN201 - a Sto
     return Store(engine)
 
 
-def test_a_send_in_progress_before_the_migration_freezes_its_folder_at_its_first_resume(tmp_path, project, caplog):
-    from mailer.store import HEAD_REVISION, utcnow
+def leave_a_send_from_before_editions(settings) -> None:  # noqa: ANN001
+    """What the version before editions left in `settings.database_url`: 6 frozen, 2 sent, 4 queued,
+    no edition (migrated to 0003 only: `open_store` migrates the rest)."""
+    from mailer.store import utcnow
 
-    env = _outbox_env(tmp_path)
-    settings = load_settings(project, env=env)
     engine = store_at_revision(settings.database_url, "0003").engine
     with engine.begin() as conn:  # what the previous version left: 6 frozen, 2 sent, 4 queued, no edition
         # plain SQL: today's Store knows columns of later revisions
@@ -383,6 +383,12 @@ def test_a_send_in_progress_before_the_migration_freezes_its_folder_at_its_first
                              "FROM issues i, subscribers s"), {"now": now})
     engine.dispose()
 
+
+def test_a_send_in_progress_before_the_migration_freezes_its_folder_at_its_first_resume(tmp_path, project, caplog):
+    from mailer.store import HEAD_REVISION
+
+    settings = load_settings(project, env=_outbox_env(tmp_path))
+    leave_a_send_from_before_editions(settings)
     store = open_store(settings.database_url)  # migrates to the head: editions
     try:
         notice = dispatch.resume_notice(settings, store, EXAMPLE_ISSUE)

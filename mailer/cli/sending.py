@@ -11,7 +11,7 @@ from datetime import datetime
 
 import click
 
-from ..errors import MailerError
+from ..errors import MailerError, UnresumableSend
 from .main import _settings, _store, handle_errors, main, progress_display
 
 log = logging.getLogger("mailer")
@@ -270,7 +270,11 @@ def worker(once: bool) -> None:
     settings = _settings()
     stop = threading.Event()
     _install_stop_handlers(stop)
-    sent = work_queue(settings, _store(settings), stop=stop, once=once)
+    try:
+        sent = work_queue(settings, _store(settings), stop=stop, once=once)
+    except UnresumableSend as exc:  # the count, then the one line and exit 9 (handle_errors)
+        click.echo(f"worker stopped: {exc.sent} sent")
+        raise
     click.echo(f"worker stopped: {sent} sent")
 
 

@@ -11,13 +11,14 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
+from typing import Iterable, Sequence
 from zoneinfo import ZoneInfo
 
 from slugify import slugify
 
 from .briefs import Brief, brief_files, control_character, describe_character, parse_file, read_text
 from ..wallclock import localize  # the one rule for wall times a DST change skips or repeats
-from ..errors import DraftIssue, MailerError, NotFound, SourceError
+from ..errors import AmbiguousIssue, DraftIssue, MailerError, NotFound, SourceError
 from ..segments import Segment, SegmentError, parse as parse_segment
 
 ISSUE_FILE = "issue.toml"
@@ -60,6 +61,19 @@ class Issue:
         return [self.folder / ISSUE_FILE, *brief_files(self.folder)]
 
 
+def matching_issue_names(names: Iterable[str], ref: str) -> list[str]:
+    """The names ISSUE designates, sorted: the name itself, or the names ending in `-ISSUE` (the
+    unique suffix: `donnees-ouvertes` for `2026-11-26-donnees-ouvertes`). The same rule resolves a
+    folder (`find_issue_folder`) and, once the folder is gone, a slug of the ledger
+    (`sending.prepare.issue_slug`)."""
+    names = list(names)
+    return [ref] if ref in names else sorted(name for name in names if name.endswith(f"-{ref}"))
+
+
+def ambiguous_issue(ref: str, names: Sequence[str]) -> AmbiguousIssue:
+    return AmbiguousIssue(f"issue {ref!r} is ambiguous: {', '.join(names)}")
+
+
 def find_issue_folder(ref: str | Path, issues_dir: Path) -> Path:
     """ISSUE is a folder path, a folder name in `issues_dir`, or the unique suffix of one (`gaia-x`)."""
     path = Path(ref)
@@ -69,13 +83,11 @@ def find_issue_folder(ref: str | Path, issues_dir: Path) -> Path:
     if (candidate / ISSUE_FILE).is_file():
         return candidate.resolve()
     if issues_dir.is_dir() and "/" not in str(ref):
-        matches = sorted(p for p in issues_dir.iterdir()
-                         if (p / ISSUE_FILE).is_file() and (p.name == ref or p.name.endswith(f"-{ref}")))
+        matches = matching_issue_names((p.name for p in issues_dir.iterdir() if (p / ISSUE_FILE).is_file()), str(ref))
         if len(matches) == 1:
-            return matches[0].resolve()
+            return (issues_dir / matches[0]).resolve()
         if len(matches) > 1:
-            names = ", ".join(p.name for p in matches)
-            raise NotFound(f"issue {ref!r} is ambiguous: {names}")
+            raise ambiguous_issue(str(ref), matches)
     raise NotFound(f"no issue {ref!r}: expected a folder with {ISSUE_FILE} (looked in {issues_dir})")
 
 

@@ -68,7 +68,7 @@ from .. import links, tokens
 from ..links import TEST_SUBSCRIBER_ID
 from ..providers import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError, make_backend, require_ready
 from ..config import Settings, secret_key_for
-from ..errors import MailerError, SendAborted
+from ..errors import MailerError, SendAborted, UnresumableSend
 from ..content.issue import load_issue
 from ..mime import MessageFactory
 from ..redact import strip_credentials
@@ -848,12 +848,16 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
     """`mailer worker`: claim and send queued deliveries of any issue being sent, until stopped.
 
     Any number of workers on any machines can run this against PostgreSQL; SKIP LOCKED hands each
-    a disjoint batch. Returns the number of messages this worker sent.
+    a disjoint batch. Returns the number of messages this worker sent. A send started before
+    editions were stored whose folder is gone cannot be resumed: it is said once (which issue, which
+    folder), skipped (nothing requeued), and the run ends with UnresumableSend (exit 9, `sent` set)
+    unless its folder came back meanwhile.
     """
     require_ready(settings)  # the same checks as `send`: a worker never sends half-configured
     stop = stop or threading.Event()
     sent = 0
     senders: dict[str, Sender] = {}
+    unresumable: dict[str, str] = {}  # slug -> why (a send from before editions whose folder is gone)
     while not stop.is_set():
         with store.connect() as conn:
             active = store.issues_with_queue(conn)
@@ -864,6 +868,12 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
             if sender is None:
                 try:  # the stored edition: the folder is never read (but a send from before editions)
                     edition, factories = load_edition(settings, store, issue_id, slug)
+                    unresumable.pop(slug, None)
+                except UnresumableSend as exc:  # no other worker can do better: said once, exit 9 at the end
+                    if slug not in unresumable and not once:  # (with `once` the end says it)
+                        log.error("%s", exc)
+                    unresumable[slug] = str(exc)
+                    continue
                 except MailerError as exc:
                     log.error("%s: cannot build its messages here (%s); leaving it to another worker", slug, exc)
                     continue
@@ -887,6 +897,8 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
         if once:
             break
         stop.wait(poll_seconds)
+    if unresumable:
+        raise UnresumableSend("; ".join(unresumable.values()), sent=sent)
     return sent
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from .. import links, tokens
 from ..config import Settings, secret_key_for
-from ..content.issue import Issue, find_issue_folder, hold_refusal, load_issue
+from ..content.issue import Issue, ambiguous_issue, find_issue_folder, hold_refusal, load_issue, matching_issue_names
 from ..content.render import Recipient, RenderedIssue, render_issue, render_variants, render_web_edition
-from ..errors import EmptyAudience, MailerError, NotFound, RebuildRefused, RenderError
+from ..errors import (AmbiguousIssue, EmptyAudience, MailerError, NotFound, RebuildRefused, RenderError,
+                      UnresumableSend)
 from ..links import TEST_SUBSCRIBER_ID
 from ..mime import MessageFactory
 from ..providers import OutgoingMessage, make_backend, require_ready
@@ -127,13 +128,24 @@ def refuse_held(store: Store, issue: Issue, allow_draft: bool = False) -> None:
         raise refusal
 
 
-def issue_slug(settings: Settings, issue_ref: str) -> str:
-    """The slug ISSUE names: its folder's name, or ISSUE itself once the folder is gone (a send in
-    progress resumes from its stored edition without its folder)."""
+def issue_slug(settings: Settings, store: Store, issue_ref: str) -> str:
+    """The slug ISSUE names: its folder's name; once the folder is gone (a send in progress resumes
+    from its stored edition without it), the ledger's issue it names by the folder rule
+    (`content.issue.matching_issue_names`: the slug, or the unique one ending in `-ISSUE`), or ISSUE's
+    last path segment when the ledger has none (what is done with it then names it). NotFound (exit
+    4) when several issues of the ledger end in `-ISSUE`."""
     try:
         return find_issue_folder(issue_ref, settings.issues_dir).name
+    except AmbiguousIssue:
+        raise
     except NotFound:
-        return Path(issue_ref.rstrip("/")).name
+        pass
+    ref = Path(issue_ref.rstrip("/")).name
+    with store.connect() as conn:
+        matches = matching_issue_names(store.issue_slugs(conn), ref)
+    if len(matches) > 1:
+        raise ambiguous_issue(ref, matches)
+    return matches[0] if matches else ref
 
 
 def _stored_edition(store: Store, slug: str) -> tuple[object | None, object | None]:
@@ -141,6 +153,29 @@ def _stored_edition(store: Store, slug: str) -> tuple[object | None, object | No
     with store.connect() as conn:
         row = store.issue_row(conn, slug)
         return row, (store.current_edition(conn, row.id) if row is not None else None)
+
+
+def refuse_unresumable(settings: Settings, store: Store, slug: str, issue_ref: str) -> None:
+    """UnresumableSend (exit 9, one line naming the missing folder; nothing read further, nothing
+    requeued) when `slug`'s send started before editions were stored — frozen recipients, no stored
+    edition, so its content can only come from its folder — and that folder is gone. Read-only."""
+    row, stored = _stored_edition(store, slug)
+    if row is None or row.frozen_at is None or stored is not None:
+        return
+    try:
+        find_issue_folder(issue_ref, settings.issues_dir)
+        return
+    except AmbiguousIssue:
+        raise
+    except NotFound:
+        pass
+    with store.connect() as conn:
+        counts = store.delivery_counts(conn, row.id)
+    left = counts["queued"] + counts["sending"]
+    raise UnresumableSend(
+        f"{slug}: cannot resume: this send started before editions were stored, so its content comes from its "
+        f"folder, and {settings.issues_dir / slug} is gone; restore that folder and run `mailer send {slug}` "
+        f"again ({left} recipient(s) left, {counts['sent']} sent; nothing was requeued)")
 
 
 def resumes_stored_edition(store: Store, slug: str) -> bool:
@@ -164,9 +199,11 @@ def send_warnings(settings: Settings, store: Store, issue_ref: str, *, allow_dra
     nothing: its warnings were shown when it started (`resume_notice` says whether the folder changed).
     Raises what `prepare_send` raises before it touches the ledger."""
     require_ready(settings)
-    _, stored = _stored_edition(store, issue_slug(settings, issue_ref))
+    slug = issue_slug(settings, store, issue_ref)
+    _, stored = _stored_edition(store, slug)
     if stored is not None and not rebuild:
         return ()
+    refuse_unresumable(settings, store, slug, issue_ref)
     issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
     refuse_held(store, issue, allow_draft)
     if stored is None:
@@ -180,7 +217,7 @@ def resume_notice(settings: Settings, store: Store, issue_ref: str) -> str | Non
     """One line for a send that resumes a stored edition while its folder renders differently now (or
     not at all), or that started before editions were stored; None otherwise (also for a finished
     send: editing an issue after it went out is normal). Read-only."""
-    slug = issue_slug(settings, issue_ref)
+    slug = issue_slug(settings, store, issue_ref)
     row, stored = _stored_edition(store, slug)
     if row is None or row.frozen_at is None:
         return None
@@ -258,9 +295,11 @@ def prepare_send(settings: Settings, store: Store, issue_ref: str, *, include_ne
         raise ValueError(f"release must be one of {RELEASES}, not {release!r}")
     require_ready(settings)
     make_backend(settings)  # constructing checks the backend's own settings
-    slug = issue_slug(settings, issue_ref)
+    slug = issue_slug(settings, store, issue_ref)
     row, stored = _stored_edition(store, slug)
     issue = fresh = web_html = None
+    if stored is None:
+        refuse_unresumable(settings, store, slug, issue_ref)
     if stored is None or rebuild:
         issue, fresh, web_html = _from_folder(settings, store, issue_ref, allow_draft, check_audience=stored is None)
     else:
@@ -399,7 +438,7 @@ def plan_send(settings: Settings, store: Store, issue_ref: str, *, include_new: 
     """Read-only: who a send of `issue_ref` would reach now (nothing is frozen or sent). A resume reads
     only the ledger (its folder may have changed or be gone); a first send and `rebuild` read the folder.
     A local-time send that `prepare_send` would refuse (NotDueYet) is refused here, before any prompt."""
-    slug = issue_slug(settings, issue_ref)
+    slug = issue_slug(settings, store, issue_ref)
     with store.connect() as conn:
         row = store.issue_row(conn, slug)
     issue = None

@@ -34,7 +34,7 @@ def _ledger_summary(row, counts: dict[str, int], edition=None) -> dict:  # noqa:
 def issue_status(settings: Settings, store: Store, issue_ref: str) -> dict:
     """Ledger counts by status, plus the issue's own state and edition (`_ledger_summary`'s shape).
     NotFound when the issue has no ledger yet."""
-    slug = issue_slug(settings, issue_ref)
+    slug = issue_slug(settings, store, issue_ref)
     with store.connect() as conn:
         row = store.issue_row(conn, slug)
         if row is None:

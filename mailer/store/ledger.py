@@ -213,6 +213,10 @@ class LedgerQueries:
     def issue_row(self, conn: Connection, slug: str) -> sa.Row | None:
         return conn.execute(sa.select(issues).where(issues.c.slug == slug)).first()
 
+    def issue_slugs(self, conn: Connection) -> list[str]:
+        """Every issue's slug in the ledger (started, sent or draft rows), sorted."""
+        return list(conn.execute(sa.select(issues.c.slug).order_by(issues.c.slug)).scalars())
+
     def _insert(self, table: sa.Table):
         """INSERT with the dialect's ON CONFLICT support (both dialects have it)."""
         return (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
