@@ -1,7 +1,8 @@
 """The database schema (SQLAlchemy Core), shared by SQLite and PostgreSQL.
 
-Migrations in `mailer/store/migrations/versions/` must create exactly these tables (no test
-compares the two yet).
+Migrations in `mailer/store/migrations/versions/` must create exactly these tables:
+`tests/test_schema_drift.py` runs them all on an empty SQLite file and a fresh PostgreSQL schema and
+compares the result with this MetaData (Alembic's `compare_metadata`).
 """
 
 from __future__ import annotations
