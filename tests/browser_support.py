@@ -53,6 +53,37 @@ def launched_chromium():
             browser.close()
 
 
+@contextlib.contextmanager
+def opened_page(browser, **context_options):  # noqa: ANN001, ANN003, ANN201
+    """A page in a fresh browser context (`browser.new_context(**context_options)`: viewport,
+    color_scheme…), 10 s default timeout; the context is closed afterwards."""
+    context = browser.new_context(**context_options)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        yield page
+    finally:
+        context.close()
+
+
+@contextlib.contextmanager
+def served_web_app(make_settings, store):  # noqa: ANN001, ANN201
+    """The public web app on a free loopback port, its public URL (MAILER_BASE_URL) being that address:
+    yields (server, settings, store). The app needs the URL, which exists once the socket is bound."""
+    from mailer.web.app import create_app
+
+    holder: dict = {}
+
+    async def asgi(scope, receive, send):  # noqa: ANN001
+        await holder["app"](scope, receive, send)
+
+    server = ThreadedServer(asgi)
+    settings = make_settings(MAILER_BASE_URL=server.url)
+    holder["app"] = create_app(settings, store=store)
+    with server:
+        yield server, settings, store
+
+
 def free_loopback_socket() -> socket.socket:
     """A bound, listening loopback socket on a free port: handed to uvicorn, so no port race."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -7,6 +7,7 @@ they fail. Screenshots land in test-artifacts/ for a human to look at.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 from pathlib import Path
@@ -17,7 +18,7 @@ from mailer.content import i18n, markup
 from mailer.web.preview import SAMPLE_NAME, build_issue, create_preview_app, sample_recipient
 from mailer.content.render import first_name_of
 from tests.browser_support import (ELEMENTS_HOLDING_TEXT_JS, LAYOUT_JS, LINKS_JS, ThreadedServer, distinctive_words,
-                                   launched_chromium, visible_blocks)
+                                   launched_chromium, opened_page, visible_blocks)
 from tests.conftest import ARTIFACTS, EXAMPLE_ISSUE, write_issue
 
 pytestmark = pytest.mark.browser
@@ -37,18 +38,9 @@ def browser():
 
 @pytest.fixture
 def new_page(browser):
-    contexts = []
-
-    def factory(width: int, height: int = 900):
-        context = browser.new_context(viewport={"width": width, "height": height}, device_scale_factor=1)
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(10_000)
-        return page
-
-    yield factory
-    for context in contexts:
-        context.close()
+    with contextlib.ExitStack() as pages:
+        yield lambda width, height=900: pages.enter_context(
+            opened_page(browser, viewport={"width": width, "height": height}, device_scale_factor=1))
 
 
 @pytest.fixture(scope="session")

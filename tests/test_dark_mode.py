@@ -18,9 +18,8 @@ from mailer.content.render import Recipient
 from mailer.sending.dispatch import send_issue
 from mailer.sending.notices import Notifier
 from mailer.subscribers import add_subscriber
-from mailer.web.app import create_app
 from mailer.web.preview import build_issue
-from tests.browser_support import ThreadedServer, contrast_failures, launched_chromium
+from tests.browser_support import contrast_failures, launched_chromium, opened_page, served_web_app
 from tests.conftest import ARTIFACTS, EXAMPLE_ISSUE, write_issue
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -39,14 +38,9 @@ def browser():
 @pytest.fixture
 def pages(browser):
     """One page per scheme (a phone's width: where most newsletters are read)."""
-    contexts = {scheme: browser.new_context(viewport={"width": 400, "height": 900}, color_scheme=scheme)
-                for scheme in ("light", "dark")}
-    opened = {scheme: context.new_page() for scheme, context in contexts.items()}
-    for page in opened.values():
-        page.set_default_timeout(10_000)
-    yield opened
-    for context in contexts.values():
-        context.close()
+    with opened_page(browser, viewport={"width": 400, "height": 900}, color_scheme="light") as light, \
+            opened_page(browser, viewport={"width": 400, "height": 900}, color_scheme="dark") as dark:
+        yield {"light": light, "dark": dark}
 
 
 def _luminance(css: str) -> float:
@@ -104,16 +98,8 @@ def test_emails_are_readable_in_light_dark_and_outlook_dark(project, make_settin
 
 @pytest.fixture
 def site(make_settings, sqlite_store):
-    holder: dict = {}
-
-    async def asgi(scope, receive, send):
-        await holder["app"](scope, receive, send)
-
-    server = ThreadedServer(asgi)
-    settings = make_settings(MAILER_BASE_URL=server.url)
-    holder["app"] = create_app(settings, store=sqlite_store)
-    with server:
-        yield server, settings, sqlite_store
+    with served_web_app(make_settings, sqlite_store) as served:
+        yield served
 
 
 def test_public_pages_follow_the_readers_scheme_and_stay_readable(site, pages):

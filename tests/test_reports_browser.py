@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mailer.web.preview import create_preview_app
-from tests.browser_support import ThreadedServer, launched_chromium
+from tests.browser_support import ThreadedServer, launched_chromium, opened_page
 from tests.conftest import ARTIFACTS, EXAMPLE_ISSUE
 from tests.test_reports import PEOPLE, send
 
@@ -24,9 +24,7 @@ def test_reports_pages_show_figures_and_accessible_charts(browser, make_settings
     settings, _ = send(make_settings, db_url, sqlite_store, MAILER_TRACK_CLICKS="1")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with ThreadedServer(create_preview_app(settings, EXAMPLE_ISSUE)) as server:
-        context = browser.new_context(viewport={"width": 1000, "height": 900})
-        try:
-            page = context.new_page()
+        with opened_page(browser, viewport={"width": 1000, "height": 900}) as page:
             outside: list[str] = []
             page.on("request", lambda request: outside.append(request.url)
                     if not request.url.startswith(server.url) else None)
@@ -50,5 +48,3 @@ def test_reports_pages_show_figures_and_accessible_charts(browser, make_settings
             assert page.locator("details table").count() == 2  # the charts' data as tables
             assert outside == []
             page.screenshot(path=str(ARTIFACTS / "reports-issue.png"), full_page=True)
-        finally:
-            context.close()

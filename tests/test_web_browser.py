@@ -18,8 +18,7 @@ import sqlalchemy as sa
 
 from mailer.sending.dispatch import send_issue
 from mailer.store.schema import subscribers
-from mailer.web.app import create_app
-from tests.browser_support import LAYOUT_JS, ThreadedServer, launched_chromium
+from tests.browser_support import LAYOUT_JS, launched_chromium, opened_page, served_web_app
 from tests.conftest import ARTIFACTS, EXAMPLE_ISSUE
 
 pytestmark = pytest.mark.browser
@@ -34,25 +33,14 @@ def browser():
 @pytest.fixture
 def site(make_settings, sqlite_store):
     """The app on a free loopback port, its public URL (MAILER_BASE_URL) being that address."""
-    holder: dict = {}
-
-    async def asgi(scope, receive, send):  # the app needs the URL, which exists once the socket is bound
-        await holder["app"](scope, receive, send)
-
-    server = ThreadedServer(asgi)
-    settings = make_settings(MAILER_BASE_URL=server.url)
-    holder["app"] = create_app(settings, store=sqlite_store)
-    with server:
-        yield server, settings, sqlite_store
+    with served_web_app(make_settings, sqlite_store) as served:
+        yield served
 
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 375, "height": 800}, device_scale_factor=1)
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    yield page
-    context.close()
+    with opened_page(browser, viewport={"width": 375, "height": 800}, device_scale_factor=1) as opened:
+        yield opened
 
 
 def shot(page, name: str) -> None:
