@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from datetime import datetime
+from typing import Any, Callable, Iterable
 
 import click
 
@@ -150,17 +151,9 @@ def status(issue_ref: str | None, as_json: bool) -> None:
     from ..sending.status import issue_status, ledger_overview
     settings = _settings()
     store = _store(settings)
+    from ..wallclock import format_moment
     if issue_ref is None:
-        overview = ledger_overview(store, settings)
-        if as_json:
-            click.echo(json.dumps(overview, ensure_ascii=False))
-            return
-        if not overview:
-            click.echo("no issue sent yet (no ledger); `mailer schedule list` shows the issue folders")
-            return
-        from ..wallclock import format_moment
-        width = max(len(item["issue"]) for item in overview)
-        for item in overview:
+        def line(item: dict, width: int) -> str:
             counts = item["counts"]
             when = item["when"] and format_moment(datetime.fromisoformat(item["when"]), settings.zone)
             in_flight = f" ({counts['sending']} in flight)" if counts["sending"] else ""
@@ -169,9 +162,13 @@ def status(issue_ref: str | None, as_json: bool) -> None:
             if missed:
                 paused += (f" MISSED {len(missed)} wave(s), {sum(w['left'] for w in missed)} recipient(s): "
                            f"--release-missed")
-            click.echo(f"{item['issue']:<{width}}  {item['status']:<7}  sent {counts['sent']}  failed {counts['failed']}  "
-                       f"skipped {counts['skipped']}  queued {counts['queued'] + counts['sending']}{in_flight}  "
-                       f"of {item['total']}  {when or '-'}{paused}")
+            return (f"{item['issue']:<{width}}  {item['status']:<7}  sent {counts['sent']}  failed {counts['failed']}  "
+                    f"skipped {counts['skipped']}  queued {counts['queued'] + counts['sending']}{in_flight}  "
+                    f"of {item['total']}  {when or '-'}{paused}")
+
+        overview = ledger_overview(store, settings)
+        _echo_overview(overview, as_json, overview, line, name=lambda item: item["issue"],
+                       empty="no issue sent yet (no ledger); `mailer schedule list` shows the issue folders")
         return
     result = issue_status(settings, store, issue_ref)
     if as_json:
@@ -181,14 +178,12 @@ def status(issue_ref: str | None, as_json: bool) -> None:
     click.echo(f"{result['issue']}: {result['status']}" + (f" ({result['paused_reason']})" if result["paused_reason"] else ""))
     edition = result["edition"]
     if edition:
-        from ..wallclock import format_moment
         made = format_moment(datetime.fromisoformat(edition["created_at"]), settings.zone)
         click.echo(f"  edition {edition['number']} of {edition['editions']}, frozen {made} ({edition['reason']}; "
                    f"template {edition['template']}; sha256 {edition['content_hash'][:12]})"
                    + (f", segment: {edition['segment']}" if edition["segment"] else ""))
-    for key in ("sent", "failed", "skipped", "queued", "sending"):
-        click.echo(f"  {key:<8} {counts[key]}")
-    click.echo(f"  {'total':<8} {result['total']}")
+    _echo_figures([*((key, counts[key]) for key in ("sent", "failed", "skipped", "queued", "sending")),
+                   ("total", result["total"])], width=8)
     if result["waves"]:
         from ..sending.waves import Wave, wave_table
         click.echo(f"  local-time send: send_local {result['send_local']}, waves:")
@@ -220,45 +215,61 @@ def report(issue_ref: str | None, as_json: bool) -> None:
     settings = _settings()
     store = _store(settings)  # closed on exit
     if issue_ref is None:
-        reports = reports_overview(store)
-        if as_json:
-            click.echo(json.dumps([item.as_json() for item in reports], ensure_ascii=False))
-            return
-        if not reports:
-            click.echo("no issue sent yet (no ledger)")
-            return
-        width = max(len(item.issue) for item in reports)
-        for item in reports:
+        def line(item, width: int) -> str:  # noqa: ANN001 - an IssueReport
             clicks = (f"clicks {item.clicks_total} ({item.clicks_unique} unique)" if item.tracked
                       else "clicks not tracked")
             flag = "  over 0.3 %!" if item.over_limit else ""
-            click.echo(f"{item.issue:<{width}}  sent {item.sent}/{item.recipients}  failed {item.failed}  "
-                       f"bounced {item.bounced}  complained {item.complained} ({percent(item.complaint_rate)}){flag}  "
-                       f"unsubscribed {item.unsubscribed}  {clicks}")
+            return (f"{item.issue:<{width}}  sent {item.sent}/{item.recipients}  failed {item.failed}  "
+                    f"bounced {item.bounced}  complained {item.complained} ({percent(item.complaint_rate)}){flag}  "
+                    f"unsubscribed {item.unsubscribed}  {clicks}")
+
+        reports = reports_overview(store)
+        _echo_overview(reports, as_json, [item.as_json() for item in reports], line, name=lambda item: item.issue,
+                       empty="no issue sent yet (no ledger)")
         return
     item = issue_report(settings, store, issue_ref)
     if as_json:
         click.echo(json.dumps(item.as_json(), ensure_ascii=False))
         return
     click.echo(f"{item.issue}: {item.status} — {item.subject}")
-    for label, value in (("recipients", item.recipients), ("sent", item.sent), ("failed", item.failed),
-                         ("skipped", item.skipped), ("queued", item.queued), ("bounced", item.bounced),
-                         ("soft bounced", item.soft_bounced), ("complained", item.complained),
-                         ("unsubscribed", item.unsubscribed)):
-        click.echo(f"  {label:<13} {value}")
-    click.echo(f"  {'complaints':<13} {percent(item.complaint_rate)} of sent (limit 0.30 %)")
+    figures = [("recipients", item.recipients), ("sent", item.sent), ("failed", item.failed),
+               ("skipped", item.skipped), ("queued", item.queued), ("bounced", item.bounced),
+               ("soft bounced", item.soft_bounced), ("complained", item.complained),
+               ("unsubscribed", item.unsubscribed),
+               ("complaints", f"{percent(item.complaint_rate)} of sent (limit 0.30 %)")]
     if item.opens is not None:
-        click.echo(f"  {'opens':<13} {item.opens['total']} ({item.opens['unique']} unique; Apple Mail Privacy "
-                   f"Protection opens every message, so this overcounts)")
-    if not item.tracked:
-        click.echo(f"  {'clicks':<13} not tracked (MAILER_TRACK_CLICKS or track_clicks = true in issue.toml)")
-    else:
-        click.echo(f"  {'clicks':<13} {item.clicks_total} ({item.clicks_unique} unique, {item.clickers} readers)")
+        figures.append(("opens", f"{item.opens['total']} ({item.opens['unique']} unique; Apple Mail Privacy "
+                                 f"Protection opens every message, so this overcounts)"))
+    figures.append(("clicks", "not tracked (MAILER_TRACK_CLICKS or track_clicks = true in issue.toml)" if not item.tracked
+                    else f"{item.clicks_total} ({item.clicks_unique} unique, {item.clickers} readers)"))
+    _echo_figures(figures, width=13)
+    if item.tracked:
         for link in item.links:
             click.echo(f"    {link['total']:>6} {link['unique']:>6}  {link['url']}")
     warning = item.warning()
     if warning:
         click.echo(warning, err=True)
+
+
+def _echo_overview(items: list, as_json: bool, json_value: object, line: Callable[[Any, int], str], *,
+                   name: Callable[[Any], str], empty: str) -> None:
+    """`status` and `report` without ISSUE: `json_value` as one JSON document, or `empty`, or one
+    `line(item, width)` per item (`width`: the longest `name(item)`, so the columns line up)."""
+    if as_json:
+        click.echo(json.dumps(json_value, ensure_ascii=False))
+        return
+    if not items:
+        click.echo(empty)
+        return
+    width = max(len(name(item)) for item in items)
+    for item in items:
+        click.echo(line(item, width))
+
+
+def _echo_figures(figures: Iterable[tuple[str, object]], *, width: int) -> None:
+    """`status ISSUE` and `report ISSUE`: one indented `label value` line each, labels padded to `width`."""
+    for label, value in figures:
+        click.echo(f"  {label:<{width}} {value}")
 
 
 @main.command()
