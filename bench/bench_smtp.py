@@ -445,7 +445,7 @@ def apply_proposed_patches() -> None:
                                   + b"?subject=unsubscribe>\r\n")
 
     def build(self, recipient, message_id=None, date=None) -> bytes:  # noqa: ANN001
-        values = self.rendered.slot_values(recipient)
+        values = self.slot_values(recipient)
         return b"".join((
             b"Date: " + (date or message.formatdate(localtime=False, usegmt=True)).encode("ascii") + message.CRLF,
             self._static_headers,

@@ -1,10 +1,13 @@
 """One `Settings` object: `mailer.toml` in the working folder, overlaid by `MAILER_*` env vars.
 
 Env wins over the file; relative paths resolve from the folder holding `mailer.toml` (the working
-folder when there is none). Validation that depends on what the caller is about to do (sending
-needs a From address…) lives in `Settings.require_for_send` (a backend's own settings in its
-`settings_problems`, joined by `providers.require_ready`), so a send never
-starts half-configured while `mailer build` still works on a bare checkout.
+folder when there is none). The general settings are `Settings`' fields; each provider declares its
+own (`registry.Setting`: SMTP host, SendGrid key…) in its module, and they are read, typed and checked
+here exactly like the general ones, then reached the same way (`settings.smtp_host`).
+Validation that depends on what the caller is about to do (sending needs a From address…) lives in
+`Settings.require_for_send` (the provider's own needs in its `Provider.problems`, joined by
+`providers.require_ready`), so a send never starts half-configured while `mailer build` still works
+on a bare checkout.
 
 Every value is checked at load, whatever the command: no setting may carry a control character or a
 line break (a header-injection vector; a trailing CR from a Windows-edited file), and anything that
@@ -26,10 +29,10 @@ import os
 import re
 import secrets
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -40,21 +43,20 @@ from .addresses import Mailbox, ascii_domain, header_address, parse_mailbox
 from .errors import ConfigError, InvalidAddress
 from .headers import HARD_LINE
 from .links import unsubscribe_prefix
+from .registry import Provider, provider_named, provider_settings
 from .tokens import MAX_TOKEN_LENGTH
 
-BACKENDS = ("outbox", "smtp", "sendgrid")
-SMTP_TLS_MODES = ("starttls", "ssl", "none")
 LANGUAGES = ("fr", "en")
 
-# env var -> Settings attribute. Everything not listed here is ignored.
-ENV_VARS: dict[str, str] = {
+# env var -> Settings attribute, for the general settings; each provider's own are in its
+# `Provider.settings` (`ENV_VARS` joins both). Everything not listed is ignored.
+GENERAL_ENV_VARS: dict[str, str] = {
     "MAILER_NAME": "name",
     "MAILER_LANGUAGE": "language",
     "MAILER_DATABASE_URL": "database_url",
     "MAILER_ISSUES_DIR": "issues_dir",
     "MAILER_TEMPLATES_DIR": "templates_dir",
     "MAILER_BACKEND": "backend",
-    "MAILER_OUTBOX_DIR": "outbox_dir",
     "MAILER_FROM": "from_address",
     "MAILER_REPLY_TO": "reply_to",
     "MAILER_BASE_URL": "base_url",
@@ -64,22 +66,9 @@ ENV_VARS: dict[str, str] = {
     "MAILER_TIMEZONE": "timezone",
     "MAILER_LIST_ID": "list_id",
     "MAILER_UNSUBSCRIBE_MAILTO": "unsubscribe_mailto",
-    "SENDGRID_API_KEY": "sendgrid_api_key",
-    "MAILER_SENDGRID_API_URL": "sendgrid_api_url",
-    "MAILER_SENDGRID_SANDBOX": "sendgrid_sandbox",
-    "MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY": "sendgrid_webhook_public_key",
     "MAILER_WEBHOOK_MAX_AGE": "webhook_max_age",
-    "MAILER_SMTP_HOST": "smtp_host",
-    "MAILER_SMTP_PORT": "smtp_port",
-    "MAILER_SMTP_USERNAME": "smtp_username",
-    "MAILER_SMTP_PASSWORD": "smtp_password",
-    "MAILER_SMTP_TLS": "smtp_tls",
-    "MAILER_SMTP_POOL": "smtp_pool",
     "MAILER_BATCH_SIZE": "batch_size",
     "MAILER_PAUSE_AFTER": "pause_after",
-    "MAILER_SMTP_TIMEOUT": "smtp_timeout",
-    "MAILER_SENDGRID_TIMEOUT": "sendgrid_timeout",
-    "MAILER_SENDGRID_IN_FLIGHT": "sendgrid_in_flight",
     "MAILER_SMTP_COMMIT_EVERY": "smtp_commit_every",
     "MAILER_SMTP_COMMIT_MS": "smtp_commit_ms",
     "MAILER_SCHEDULE_CRON": "schedule_cron",
@@ -100,16 +89,47 @@ ENV_VARS: dict[str, str] = {
     "MAILER_TRACK_CLICKS": "track_clicks",
     "MAILER_TRACK_OPENS": "track_opens",
 }
-ENV_NAMES: dict[str, str] = {attr: var for var, attr in ENV_VARS.items()}
+
+
+class _SettingNames(Mapping[str, str]):
+    """A live view joining the general settings with every registered provider's: `ENV_VARS` (env var
+    → attribute) and `ENV_NAMES` (attribute → env var). Read when used, never at import (providers
+    register after this module is loaded)."""
+
+    def __init__(self, by_env: bool) -> None:
+        self.by_env = by_env
+
+    def _pairs(self) -> dict[str, str]:
+        pairs = {**GENERAL_ENV_VARS, **{s.env: s.name for s in provider_settings().values()}}
+        return pairs if self.by_env else {attr: var for var, attr in pairs.items()}
+
+    def __getitem__(self, key: str) -> str:
+        return self._pairs()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._pairs())
+
+    def __len__(self) -> int:
+        return len(self._pairs())
+
+
+ENV_VARS: Mapping[str, str] = _SettingNames(by_env=True)
+ENV_NAMES: Mapping[str, str] = _SettingNames(by_env=False)
 
 # Keys of the optional [schedule] table in mailer.toml.
 SCHEDULE_KEYS = {"cron": "schedule_cron", "timezone": "schedule_timezone", "grace": "schedule_grace",
                  "rescan": "schedule_rescan"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Settings:
-    """Everything configurable. Paths are absolute once loaded."""
+    """Everything configurable. Paths are absolute once loaded.
+
+    The fields are the general settings; every registered provider's settings are attributes too
+    (`settings.smtp_host`), kept in `provider_values` (name → value, each provider's default when
+    not given). `Settings(**values)` and `dataclasses.replace(settings, **values)` take both kinds;
+    an unknown name is a TypeError.
+    """
 
     root: Path = field(default_factory=Path.cwd)
     name: str = "Newsletter"
@@ -118,7 +138,6 @@ class Settings:
     issues_dir: Path = Path("issues")
     templates_dir: Path = Path("templates")
     backend: str = "outbox"
-    outbox_dir: Path = Path("outbox")
     from_address: str = ""
     reply_to: str = ""
     base_url: str = "http://localhost:8000"
@@ -128,25 +147,12 @@ class Settings:
     timezone: str = "UTC"
     list_id: str = ""
     unsubscribe_mailto: str = ""
-    sendgrid_api_key: str = ""
-    sendgrid_api_url: str = "https://api.sendgrid.com"
-    sendgrid_sandbox: bool = False
-    sendgrid_webhook_public_key: str = ""
     webhook_max_age: int = 600
-    smtp_host: str = ""
-    smtp_port: int = 0
-    smtp_username: str = ""
-    smtp_password: str = ""
-    smtp_tls: str = "starttls"
-    smtp_pool: int = 4
     batch_size: int = 0  # deliveries claimed at once; 0 = the backend's own batch (SendGrid 1000)
     pause_after: float = 300.0  # seconds a whole-path failure (outage, full disk) is retried before the send pauses
-    smtp_timeout: float = 60.0  # seconds, in total, per SMTP message and per connection attempt
-    sendgrid_timeout: float = 30.0  # seconds, in total, per SendGrid request
-    # recipients handed to SendGrid and not yet answered, at most (4 requests of 1000): what hides the
-    # API's latency, and what a crash may repeat
-    sendgrid_in_flight: int = 4000
-    smtp_commit_every: int = 10  # SMTP: accepted messages recorded in one ledger transaction, at most…
+    # dispatch's group commit for providers that hand over message by message (`Backend.ledger_step`,
+    # SMTP, hence the names): accepted messages recorded in one ledger transaction, at most…
+    smtp_commit_every: int = 10
     smtp_commit_ms: float = 20.0  # …or once the oldest unrecorded one is this many milliseconds old
     schedule_cron: str = ""
     schedule_timezone: str = ""
@@ -165,6 +171,34 @@ class Settings:
     dkim_selector: str = ""
     dkim_domain: str = ""  # default: the From domain
     dns_nameserver: str = ""  # HOST[:PORT] for `mailer doctor`; default: the system's resolver
+    # every registered provider's own settings, (name, value) sorted by name (a tuple: hashable)
+    provider_values: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
+
+    def __init__(self, **values: Any) -> None:
+        own = dict(values.pop("provider_values", ()))
+        for spec in fields(self):
+            if spec.name == "provider_values":
+                continue
+            if spec.name in values:
+                value = values.pop(spec.name)
+            else:
+                value = spec.default if spec.default is not MISSING else spec.default_factory()  # type: ignore[misc]
+            object.__setattr__(self, spec.name, value)
+        declared = provider_settings()
+        unknown = sorted(set(values) - set(declared))
+        if unknown:
+            raise TypeError(f"Settings has no setting {', '.join(unknown)}")
+        merged = {name: setting.default for name, setting in declared.items()}
+        merged.update(own)
+        merged.update(values)
+        object.__setattr__(self, "provider_values", tuple(sorted(merged.items())))
+        for name, value in merged.items():  # plain attributes: read like the fields, at the same speed
+            object.__setattr__(self, name, value)
+
+    @cached_property
+    def provider(self) -> "Provider":
+        """The provider MAILER_BACKEND names (`registry.Provider`: its capabilities)."""
+        return provider_named(self.backend)
 
     # ----- derived values -------------------------------------------------------------------
     # cached: read per recipient on hot paths (a frozen dataclass without slots allows it)
@@ -250,8 +284,9 @@ class Settings:
     def require_for_send(self, backend_problems: Sequence[str] = ()) -> None:
         """Raise ConfigError naming every missing or invalid setting a real send needs.
 
-        Called by every way a message leaves (send, send --test, worker, scheduler). With a real
-        backend (smtp, sendgrid) this also demands a strong MAILER_SECRET_KEY (`secret_key_problem`)
+        Called by every way a message leaves (send, send --test, worker, scheduler). With a backend
+        that reaches real people (`Provider.delivers`: smtp, sendgrid) this also demands a strong
+        MAILER_SECRET_KEY (`secret_key_problem`)
         and an https base URL on a public host (`base_url_problem`) unless
         MAILER_ALLOW_PRIVATE_BASE_URL is set.
         """
@@ -261,7 +296,7 @@ class Settings:
         if not self.postal_address:
             problems.append("MAILER_POSTAL_ADDRESS is missing (the law wants it in every newsletter footer)")
         problems.extend(backend_problems)  # the backend's own settings: `providers.require_ready` passes them
-        if self.backend != "outbox":
+        if self.provider.delivers:
             key_problem = secret_key_problem(self.secret_key)
             if key_problem:
                 problems.append(f"{key_problem} (required with the {self.backend} backend)")
@@ -272,10 +307,23 @@ class Settings:
             raise ConfigError("; ".join(problems))
 
 
+def general_setting_names() -> tuple[str, ...]:
+    """The general settings' names (Settings' fields), without the providers'."""
+    return tuple(spec.name for spec in fields(Settings) if spec.name not in ("root", "provider_values"))
+
+
+def setting_default(name: str) -> Any:
+    """The default of the setting `name` (general or a provider's); KeyError for an unknown name."""
+    for spec in fields(Settings):
+        if spec.name == name and name not in ("root", "provider_values"):
+            return spec.default if spec.default is not MISSING else spec.default_factory()  # type: ignore[misc]
+    return provider_settings()[name].default
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
-    """Turn a raw TOML/env value into the type of the Settings field `name`."""
-    default = getattr(Settings, name, None) if name != "root" else None
-    kind = type(default) if default is not None else str
+    """Turn a raw TOML/env value into the type of the setting `name` (its default's)."""
+    default = setting_default(name)
+    kind = Path if isinstance(default, Path) else type(default) if default is not None else str
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -290,7 +338,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return int(value)
         if kind is float:
             return float(value)
-        if name.endswith("_dir"):
+        if kind is Path:
             return Path(str(value))
         return str(value)
     except (TypeError, ValueError):
@@ -307,7 +355,7 @@ def load_settings(root: Path | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}  # attribute -> where its value came from, for error messages
-    known = {f.name for f in fields(Settings)} - {"root"}
+    known = {*general_setting_names(), *provider_settings()}
 
     toml_path = root / "mailer.toml"
     if toml_path.is_file():
@@ -347,12 +395,14 @@ def load_settings(root: Path | None = None, env: Mapping[str, str] | None = None
     settings = Settings(root=root, **values)
     if not settings.database_url:
         settings = replace(settings, database_url=f"sqlite:///{root / 'subscribers' / 'subscribers.db'}")
+    paths = {name: _resolve(root, getattr(settings, name)) for name, setting in provider_settings().items()
+             if isinstance(setting.default, Path)}
     settings = replace(
         settings,
         issues_dir=_resolve(root, settings.issues_dir),
         templates_dir=_resolve(root, settings.templates_dir),
-        outbox_dir=_resolve(root, settings.outbox_dir),
         database_url=_resolve_sqlite_url(root, settings.database_url),
+        **paths,
     )
     return _validate(settings, where)
 
@@ -560,12 +610,12 @@ def base_url_problem(url: str) -> str | None:
 
 def _validate(settings: Settings, where: Callable[[str], str]) -> Settings:
     """Check every value; return the settings with the base URL in its normalised ASCII form."""
-    if settings.backend not in BACKENDS:
-        raise ConfigError(f"{where('backend')} must be one of {', '.join(BACKENDS)}, not {settings.backend!r}")
+    try:
+        provider_named(settings.backend)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("MAILER_BACKEND", where("backend"), 1)) from None
     if settings.language not in LANGUAGES:
         raise ConfigError(f"{where('language')} must be one of {', '.join(LANGUAGES)}, not {settings.language!r}")
-    if settings.smtp_tls not in SMTP_TLS_MODES:
-        raise ConfigError(f"{where('smtp_tls')} must be one of {', '.join(SMTP_TLS_MODES)}, not {settings.smtp_tls!r}")
     for attr in ("timezone", "schedule_timezone"):
         zone = getattr(settings, attr)
         if zone:
@@ -573,12 +623,11 @@ def _validate(settings: Settings, where: Callable[[str], str]) -> Settings:
                 ZoneInfo(zone)
             except (ZoneInfoNotFoundError, ValueError):
                 raise ConfigError(f"{where(attr)}: unknown time zone {zone!r}") from None
-    for attr, url in (("base_url", settings.base_url), ("sendgrid_api_url", settings.sendgrid_api_url)):
-        try:
-            normalised = normalise_base_url(url)
-        except ValueError as exc:
-            raise ConfigError(f"{where(attr)} {url.strip(' ')!r} {exc}") from None
-        settings = replace(settings, **{attr: normalised})
+    try:
+        normalised = normalise_base_url(settings.base_url)
+    except ValueError as exc:
+        raise ConfigError(f"{where('base_url')} {settings.base_url.strip(' ')!r} {exc}") from None
+    settings = replace(settings, base_url=normalised)
     if len(settings.base_url) > MAX_BASE_URL:
         raise ConfigError(f"{where('base_url')} is {len(settings.base_url)} characters long (in ASCII); at most "
                           f"{MAX_BASE_URL}: List-Unsubscribe holds BASE/u/TOKEN as one URL, and a header line may "
@@ -617,23 +666,55 @@ def _validate(settings: Settings, where: Callable[[str], str]) -> Settings:
                           f"({settings.soft_bounce_limit} over {settings.soft_bounce_sends} sends)")
     if settings.batch_size < 0 or settings.batch_size > 1000:
         raise ConfigError(f"{where('batch_size')} must be between 1 and 1000 (0: the backend's own)")
-    if not 1 <= settings.sendgrid_in_flight <= 100_000:
-        raise ConfigError(f"{where('sendgrid_in_flight')} must be between 1 and 100000 (recipients in flight "
-                          f"at once; 4000 = 4 requests of 1000), not {settings.sendgrid_in_flight!r}")
     if not 1 <= settings.smtp_commit_every <= 1000:
         raise ConfigError(f"{where('smtp_commit_every')} must be between 1 and 1000 (accepted messages recorded "
                           f"together), not {settings.smtp_commit_every!r}")
     if not 0 <= settings.smtp_commit_ms <= 60_000:
         raise ConfigError(f"{where('smtp_commit_ms')} must be between 0 and 60000 milliseconds, "
                           f"not {settings.smtp_commit_ms!r}")
-    for label, seconds in (("MAILER_PAUSE_AFTER", settings.pause_after), ("MAILER_SMTP_TIMEOUT", settings.smtp_timeout),
-                           ("MAILER_SENDGRID_TIMEOUT", settings.sendgrid_timeout)):
-        if not seconds > 0:
-            raise ConfigError(f"{label} must be a positive number of seconds, not {seconds!r}")
+    if not settings.pause_after > 0:
+        raise ConfigError(f"{where('pause_after')} {positive_seconds(settings.pause_after)}")
+    settings = _validate_provider_settings(settings, where)
     if settings.dkim_private_key or settings.dkim_selector or settings.dkim_domain:
         from .dkim_signing import check_settings  # imports dkimpy: only when DKIM is configured
         check_settings(settings, where)
     return settings
+
+
+def positive_seconds(value: float) -> str | None:
+    """A `Setting.check` for durations: None, or why `value` is refused."""
+    return None if value > 0 else f"must be a positive number of seconds, not {value!r}"
+
+
+def within(low: float, high: float, meaning: str = "") -> Callable[[float], str | None]:
+    """A `Setting.check` for a bounded number: `must be between LOW and HIGH (MEANING), not VALUE`."""
+    def check(value: float) -> str | None:
+        if low <= value <= high:
+            return None
+        return f"must be between {low} and {high}{f' ({meaning})' if meaning else ''}, not {value!r}"
+    return check
+
+
+def _validate_provider_settings(settings: Settings, where: Callable[[str], str]) -> Settings:
+    """Every registered provider's settings, checked by their own `Setting` rules (whatever the
+    backend, like every other setting); returns the settings with normalised values."""
+    changed: dict[str, Any] = {}
+    for name, setting in provider_settings().items():
+        value = getattr(settings, name)
+        if setting.choices and value not in setting.choices:
+            raise ConfigError(f"{where(name)} must be one of {', '.join(setting.choices)}, not {value!r}")
+        if setting.normalise is not None:
+            try:
+                normalised = setting.normalise(value)
+            except ValueError as exc:
+                shown = value.strip(" ") if isinstance(value, str) else value
+                raise ConfigError(f"{where(name)} {shown!r} {exc}") from None
+            if normalised != value:
+                changed[name] = value = normalised
+        problem = setting.check(value) if setting.check is not None else None
+        if problem:
+            raise ConfigError(f"{where(name)} {problem}")
+    return replace(settings, **changed) if changed else settings
 
 
 # ----- the secret key -----------------------------------------------------------------------------
@@ -705,12 +786,12 @@ def require_secret_key(settings: Settings) -> bytes:
 def secret_key_for(settings: Settings) -> bytes:
     """The HMAC key for tokens.
 
-    Real backends (smtp, sendgrid): the configured key, which must pass `require_secret_key`.
-    The outbox backend (local use, demos) takes MAILER_SECRET_KEY as it is, or else a key generated
+    Backends that reach real people (`Provider.delivers`: smtp, sendgrid): the configured key, which
+    must pass `require_secret_key`. The outbox backend (local use, demos; it delivers nothing) takes MAILER_SECRET_KEY as it is, or else a key generated
     once and kept in `subscribers/.secret_key` so links stay valid across runs; that file is never
     used with any other backend; `mailer serve` demands an explicit key whatever the backend.
     """
-    if settings.backend != "outbox":
+    if settings.provider.delivers:
         return require_secret_key(settings)
     if settings.secret_key:
         return settings.secret_key.encode("utf-8")

@@ -318,15 +318,16 @@ def aligned(dkim_domain: str, from_domain: str, strict: bool = False) -> bool:
 
 def dkim_warnings(settings) -> list[str]:
     """What is legal but weakens delivery: an RSA key under 2048 bits, a signing domain not aligned
-    with the From domain (DMARC), DKIM settings with the sendgrid backend (SendGrid signs itself),
-    a key file others can read."""
+    with the From domain (DMARC), DKIM settings with a backend that signs itself (`Provider.own_dkim`:
+    SendGrid), a key file others can read."""
     signer = signer_for(settings)
     if signer is None:
         return []
     warnings = []
-    if settings.backend == "sendgrid":
-        warnings.append("MAILER_DKIM_* is not used with the sendgrid backend: SendGrid signs with the key of its "
-                        "domain authentication (set it up in SendGrid's sender authentication)")
+    provider = settings.provider
+    if provider.own_dkim is not None:
+        warnings.append(f"MAILER_DKIM_* is not used with the {provider.name} backend: {provider.shown} signs with the "
+                        f"key of its domain authentication ({provider.own_dkim.setup})")
     if signer.key.kind == "rsa" and signer.key.bits < ADVISED_RSA_BITS:
         warnings.append(f"MAILER_DKIM_PRIVATE_KEY is an RSA key of {signer.key.bits} bits; use {ADVISED_RSA_BITS} "
                         f"(RFC 8301 §3.2): mailer dkim keygen --selector NEW, publish, then switch")

@@ -9,10 +9,16 @@ The checks here cover what the configuration and DNS can show:
   from, postal_address, base_url, secret_key   settings a real send needs (config's own rules)
   dkim     the key in MAILER_DKIM_PRIVATE_KEY is the one published at SELECTOR._domainkey.DOMAIN
   spf      one SPF record at the envelope sender's domain, authorising the relay (the SMTP host's
-           addresses, or include:sendgrid.net)
+           addresses, or the provider's include such as include:sendgrid.net)
   dmarc    a record at _dmarc.DOMAIN (or its parent), its policy, and alignment with From
   one_click  POST List-Unsubscribe=One-Click to BASE/u/PROBE answers 200 (the probe token names
            subscriber 0, which `mailer serve` answers without unsubscribing anyone)
+
+What depends on the provider is asked of it (`registry.Provider`): whether it signs DKIM itself
+(`own_dkim`: then its domain authentication record is what is checked), whether it uses its own
+envelope sender (`own_envelope`: DMARC alignment is then its business), and what SPF must authorise
+(`spf_include`, or the addresses of the relay its `relay_host_setting` names); a provider that
+reaches nobody (`delivers=False`, the outbox) skips SPF.
 
 DNS goes through dnspython, to the system's resolver or MAILER_DNS_NAMESERVER / --nameserver
 HOST[:PORT]. SPF is evaluated by pyspf (the reference check_host(), RFC 7208: syntax errors,
@@ -43,9 +49,9 @@ from cryptography.hazmat.primitives import serialization
 from . import links
 from .config import Settings, secret_key_problem
 from .errors import ConfigError
+from .registry import provider_settings
 
 Status = Literal["ok", "warn", "fail", "skip"]
-SENDGRID_SPF_INCLUDE = "sendgrid.net"  # SendGrid's documented SPF include
 
 
 @dataclass(frozen=True)
@@ -207,18 +213,21 @@ def _pkcs1_to_spki(pkcs1: bytes) -> bytes:
 
 
 def check_dkim(settings: Settings, resolver: Dns) -> Check:
-    if settings.backend == "sendgrid":
+    provider = settings.provider
+    own = provider.own_dkim
+    if own is not None:  # the provider signs with its domain authentication's key (SendGrid)
         domain = settings.sender_domain
+        record = f"{own.selector}._domainkey.{domain}"
         try:
-            found = resolver.txt(f"s1._domainkey.{domain}")
+            found = resolver.txt(record)
         except DnsFailure as exc:
             return Check("dkim", "fail", f"DNS: {exc}", "check the resolver (--nameserver) and the domain's DNS")
         if found:
-            return Check("dkim", "ok", f"SendGrid signs; its domain authentication record s1._domainkey.{domain} exists "
-                                       f"(SendGrid's own verification is not checked here)")
-        return Check("dkim", "warn", f"SendGrid signs, but no s1._domainkey.{domain} record: without SendGrid domain "
-                                     f"authentication it signs as sendgrid.net, not aligned with {domain}",
-                     "set up domain authentication in SendGrid (Settings → Sender Authentication) and publish its CNAMEs")
+            return Check("dkim", "ok", f"{provider.shown} signs; its domain authentication record {record} exists "
+                                       f"({provider.shown}'s own verification is not checked here)")
+        return Check("dkim", "warn", f"{provider.shown} signs, but no {record} record: without {provider.shown} domain "
+                                     f"authentication it signs as {own.fallback_domain}, not aligned with {domain}",
+                     own.setup)
     if not settings.dkim_private_key:
         return Check("dkim", "fail", "messages are not DKIM-signed (MAILER_DKIM_PRIVATE_KEY is not set)",
                      "mailer dkim keygen --domain YOUR-DOMAIN, publish the TXT record it prints, "
@@ -364,8 +373,11 @@ def check_spf(settings: Settings, resolver: Dns) -> Check:
         records = _spf_record(resolver, domain)
     except DnsFailure as exc:
         return Check("spf", "fail", f"DNS: {exc}", "check the resolver (--nameserver) and the domain's DNS servers")
-    relay_fix = ("include:sendgrid.net" if settings.backend == "sendgrid"
-                 else f"ip4:/ip6: for {settings.smtp_host or 'the SMTP relay'} (or the include: your relay documents)")
+    provider = settings.provider
+    relay_host = getattr(settings, provider.relay_host_setting) if provider.relay_host_setting else ""
+    relay_fix = (f"include:{provider.spf_include}" if provider.spf_include
+                 else f"ip4:/ip6: for {relay_host or f'the {provider.shown} relay'} "
+                      f"(or the include: your relay documents)")
     if not records:
         return Check("spf", "fail", f"no SPF record at {domain}",
                      f'publish TXT {domain} "v=spf1 {relay_fix} ~all"')
@@ -387,23 +399,26 @@ def check_spf(settings: Settings, resolver: Dns) -> Check:
     if broken is not None:
         return Check("spf", "fail", f"DNS while evaluating SPF: {broken.explanation}",
                      "check the resolver and the included domains")
-    if settings.backend == "outbox":
-        return Check("spf", "skip", f"SPF at {domain}: {record} (the outbox backend sends nothing)")
-    if settings.backend == "sendgrid":
-        covered = any(name == SENDGRID_SPF_INCLUDE for name, _ in probes[0].records)
-        relay = "SendGrid (include:sendgrid.net)"
+    if not provider.delivers or not (provider.spf_include or provider.relay_host_setting):
+        return Check("spf", "skip", f"SPF at {domain}: {record} (the {provider.name} backend sends nothing)"
+                     if not provider.delivers else f"SPF at {domain}: {record} (the {provider.name} backend names "
+                                                   f"no relay or include to check)")
+    if provider.spf_include:
+        covered = any(name == provider.spf_include for name, _ in probes[0].records)
+        relay = f"{provider.shown} (include:{provider.spf_include})"
         results = [probes[0]]
     else:
-        host = settings.smtp_host
+        host = relay_host
+        variable = provider_settings()[provider.relay_host_setting].env
         try:
             try:
                 addresses = [ipaddress.ip_address(host.strip("[]"))]
             except ValueError:
                 addresses = resolver.addresses(host)
         except DnsFailure as exc:
-            return Check("spf", "fail", f"DNS: {exc}", "check MAILER_SMTP_HOST and the resolver")
+            return Check("spf", "fail", f"DNS: {exc}", f"check {variable} and the resolver")
         if not addresses:
-            return Check("spf", "fail", f"the SMTP host {host} has no address in DNS", "check MAILER_SMTP_HOST")
+            return Check("spf", "fail", f"the {provider.shown} host {host} has no address in DNS", f"check {variable}")
         results = [evaluate_spf(resolver, ip, domain) for ip in addresses]
         relay_fix = " ".join(f"ip{ip.version}:{ip}" for ip in addresses) + " (or the include: your relay documents)"
         covered = all(result.result == "pass" for result in results)
@@ -454,7 +469,8 @@ def check_dmarc(settings: Settings, resolver: Dns) -> Check:
     strict_dkim = record.get("adkim", "r").lower() == "s"
     strict_spf = record.get("aspf", "r").lower() == "s"
     notes: list[str] = []
-    if settings.backend != "sendgrid":  # SendGrid: its own Return-Path and signature (domain authentication)
+    provider = settings.provider
+    if provider.own_dkim is None and not provider.own_envelope:  # else its own signature and Return-Path
         from .dkim_signing import aligned, signer_for
         signer = signer_for(settings) if settings.dkim_private_key else None
         envelope = envelope_domain(settings)

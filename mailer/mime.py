@@ -8,6 +8,13 @@ the pieces joined: the result is byte-for-byte a valid RFC 5322 / MIME message w
 endings and no line over 78 characters in the bodies (SMTP's 998-octet limit is never at risk,
 although MJML writes the HTML as one 45 KB line).
 
+It is built from any `content.email.EmailWithSlots` (a rendered issue, a stored edition, a notice)
+and is all a provider reads of one: `build()` for per-recipient bytes (outbox, SMTP), or for
+provider-side substitution (SendGrid) the fixed parts — `subject`, `raw_text`/`raw_html` (the parts
+with their slot markers), `slot_names` — and per recipient `slot_values()` and `recipient_headers()`;
+`personalise()` gives one recipient's filled (html, text) to a provider that takes bodies, not bytes.
+`key` and `is_notice` say what names the messages.
+
 With MAILER_DKIM_* set, `build()` puts a DKIM-Signature on top (`dkim_signing`): the body hash comes
 from the static pieces canonicalised once per issue plus the slots' few encoded lines, so signing
 costs one header hash and one private-key operation per recipient.
@@ -22,7 +29,8 @@ from email.utils import formatdate, make_msgid
 
 from .errors import InvalidAddress
 from .headers import CRLF, clean_header_value, list_id, phrase_and_tail, unstructured
-from .content.render import Recipient, RenderedIssue, Template
+from .content.email import EmailWithSlots
+from .content.render import Recipient, Template
 
 __all__ = ["MessageFactory", "EncodedPart", "ONE_CLICK"]
 
@@ -81,15 +89,20 @@ def encode_slots(names, values: dict[str, str]) -> dict[str, bytes]:
 class MessageFactory:
     """Everything static about one issue's messages, serialised once; `build()` per recipient."""
 
-    def __init__(self, rendered: RenderedIssue, *, subject_prefix: str = "", extra_headers: dict[str, str] | None = None) -> None:
-        settings = rendered.settings
-        self.rendered = rendered
+    def __init__(self, email: EmailWithSlots, *, subject_prefix: str = "",
+                 extra_headers: dict[str, str] | None = None) -> None:
+        settings = email.settings
+        self.email = email
         self.settings = settings
+        self.key = email.key  # the outbox folder, the provider's category
+        self.is_notice = email.notice_kind is not None
+        self.slot_values = email.slot_values  # recipient -> {slot: value}; bound once (hot path)
+        self.slot_names = frozenset((*email.html.slot_names, *email.text.slot_names))
         self.domain = settings.sender_domain
-        self.subject = clean_header_value(subject_prefix + rendered.subject)
+        self.subject = clean_header_value(subject_prefix + email.subject)
         self.boundary = "=_mailer_" + secrets.token_hex(12)
-        self.html_part = EncodedPart.encode(rendered.html)
-        self.text_part = EncodedPart.encode(rendered.text)
+        self.html_part = EncodedPart.encode(email.html)
+        self.text_part = EncodedPart.encode(email.text)
         reply_to = settings.reply_to_mailbox  # parsed and IDNA-converted at load (config)
         static = [phrase_and_tail("From", settings.sender_name, f"<{settings.sender_email}>")]
         if reply_to:
@@ -118,6 +131,22 @@ class MessageFactory:
                                             *self.html_part.pieces, self._closing))
             self._slot_names = tuple({p for p in (*self.text_part.pieces, *self.html_part.pieces) if isinstance(p, str)})
 
+    # ----- for providers that substitute slots themselves (SendGrid) or take bodies ------------------
+    @property
+    def raw_text(self) -> str:
+        """The text part with its slot markers (`%%mailer:NAME%%`), for provider-side substitution."""
+        return self.email.text.raw
+
+    @property
+    def raw_html(self) -> str:
+        """The HTML part with its slot markers."""
+        return self.email.html.raw
+
+    def personalise(self, recipient: Recipient) -> tuple[str, str]:
+        """(html, text) filled for one recipient, for a provider that takes bodies rather than bytes."""
+        values = self.slot_values(recipient)
+        return self.email.html.fill(values), self.email.text.fill(values)
+
     # ----- per recipient ------------------------------------------------------------------------
     def list_unsubscribe(self, recipient: Recipient) -> str:
         return f"<{recipient.unsubscribe_url}>, <{self.settings.unsubscribe_mailto_url}>"
@@ -134,7 +163,7 @@ class MessageFactory:
         """The complete message for one recipient, CRLF line endings, ready for SMTP or a .eml file."""
         headers = self.recipient_headers(recipient, message_id)
         to = _to_header(recipient)
-        values = self.rendered.slot_values(recipient)
+        values = self.slot_values(recipient)
         head = (
             b"Date: " + (date or formatdate(localtime=False, usegmt=True)).encode("ascii") + CRLF,
             self._static_headers,

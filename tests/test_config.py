@@ -39,7 +39,7 @@ import pytest
 from mailer.sending import dispatch
 from mailer.config import (
     ENV_VARS, PUBLISHED_KEYS, SCHEDULE_KEYS, Settings, base_url_problem, load_settings, normalise_base_url,
-    require_secret_key, secret_key_for, secret_key_problem,
+    require_secret_key, secret_key_for, secret_key_problem, setting_default,
 )
 from mailer.errors import ConfigError
 from mailer.content.issue import load_issue
@@ -156,7 +156,7 @@ HEADER_SAMPLES = {
     "MAILER_POSTAL_ADDRESS": "12 rue des Exemples, 75011 Paris",
     "MAILER_SECRET_KEY": "Vb1x9QkZr2mT7yLw4cHs8dJf3gNp6uKe0aYo",
 }
-STRING_SETTINGS = [var for var, attr in ENV_VARS.items() if isinstance(getattr(Settings, attr), (str, Path))]
+STRING_SETTINGS = [var for var, attr in ENV_VARS.items() if isinstance(setting_default(attr), (str, Path))]
 
 
 def insert(value: str, bad: str, where: str) -> str:

@@ -49,7 +49,7 @@ def test_message_parses_back_with_both_parts_and_every_header(settings):
     assert message["List-Id"] == "Le Fil du jeudi <le-fil-du-jeudi.example.org>"
     assert message["Message-ID"] == "<abc123@example.org>"
     assert message["Date"] and message["MIME-Version"] == "1.0"
-    rendered = factory.rendered
+    rendered = factory.email
     html, text = rendered.personalise(recipient)
     assert text_part.get_content().replace("\r\n", "\n") == text
     assert html_part.get_content().replace("\r\n", "\n") == html
@@ -72,7 +72,7 @@ def test_any_name_survives_quoted_printable_slots(settings, name):
     recipient = Recipient(email="x@example.org", name=name, unsubscribe_url=LONG_TOKEN_URL)
     message = _parse(factory.build(recipient))
     text_part, html_part = message.iter_parts()
-    expected_html, expected_text = factory.rendered.personalise(recipient)
+    expected_html, expected_text = factory.email.personalise(recipient)
     assert text_part.get_content().replace("\r\n", "\n") == expected_text
     assert html_part.get_content().replace("\r\n", "\n") == expected_html
     assert message["To"].addresses[0].display_name == " ".join(name.split())  # `=?` included, read back as typed
@@ -168,6 +168,6 @@ def test_subject_and_preheader_get_the_body_typography_and_still_read_back(proje
     assert _parse(data)["Subject"] == expected
     compat = email.message_from_bytes(data, policy=policy.compat32)["Subject"]
     assert str(make_header(decode_header(re.sub(r"\r\n(?=[ \t])", "", compat)))) == expected
-    html, _ = factory.rendered.personalise(Recipient(email="x@example.org", unsubscribe_url=LONG_TOKEN_URL))
+    html, _ = factory.email.personalise(Recipient(email="x@example.org", unsubscribe_url=LONG_TOKEN_URL))
     assert html_unescape(re.search(r"<title>(.*?)</title>", html).group(1)) == expected
     assert expected in html_unescape(html.split("<body")[1][:3000])  # the preheader (mj-preview)

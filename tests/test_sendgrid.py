@@ -117,8 +117,8 @@ def test_batch_of_1000_is_one_request_with_the_body_once_and_per_recipient_value
 
     # the body goes once, as raw templates with their slot markers, text/plain first
     assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
-    assert body["content"][0]["value"] == factory.rendered.text.raw
-    assert body["content"][1]["value"] == factory.rendered.html.raw
+    assert body["content"][0]["value"] == factory.email.text.raw
+    assert body["content"][1]["value"] == factory.email.html.raw
     assert "%%mailer:unsubscribe_url.html%%" in body["content"][1]["value"]
     assert body["from"] == {"email": "lettre@example.org", "name": "Le Fil du jeudi"}
     assert body["reply_to"] == {"email": "redaction@example.org", "name": "Rédaction"}
@@ -149,7 +149,7 @@ def test_batch_of_1000_is_one_request_with_the_body_once_and_per_recipient_value
         # what this person receives = what the other backends render for them, byte for byte
         delivered = server.delivered_to(recipient.email)
         assert len(delivered) == 1
-        html, text = factory.rendered.personalise(recipient)
+        html, text = factory.email.personalise(recipient)
         assert delivered[0].html == html and delivered[0].text == text
         assert "%%mailer:" not in delivered[0].html + delivered[0].text
         assert f'href="{recipient.unsubscribe_url}"' in delivered[0].html

@@ -106,8 +106,9 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
     click.echo(f"{report.issue}: sent {report.sent_now} now ({counts['sent']} in all), failed {counts['failed']}, "
                f"skipped {counts['skipped']}, left {counts['queued'] + counts['sending']} "
                f"in {report.elapsed:.1f}s via {settings.backend}")
-    if settings.backend == "outbox" and report.sent_now:
-        click.echo(f"messages are in {settings.outbox_dir / report.issue}")
+    folder = settings.provider.writes_to(settings) if settings.provider.writes_to else None
+    if folder is not None and report.sent_now:  # a provider that files messages (the outbox)
+        click.echo(f"messages are in {folder / report.issue}")
     if report.waves:
         from ..sending.waves import wave_table
         click.echo("waves (each subscriber at send_local in their own zone):")

@@ -143,6 +143,11 @@ class RenderedIssue:
         """Names this email's outbox folder and provider category."""
         return self.issue.slug
 
+    @property
+    def notice_kind(self) -> None:
+        """An issue is not a notice (`email.EmailWithSlots`)."""
+        return None
+
     def slot_values(self, recipient: Recipient) -> dict[str, str]:
         return personal_values(self.settings, recipient, greeting=self.greeting)
 

@@ -1,43 +1,32 @@
 """Providers: where messages go, and what they tell us afterwards. One module (or module pair) per
-provider owns its whole contract: sending a batch (`Backend`), checking its own settings
-(`from_settings`), and reading its webhook into `ProviderEvent`s (`Webhook`).
+provider owns its whole contract and declares it in a module-level `PROVIDER` (`registry.Provider`):
+its name, its own settings (read and checked by `config` like every other), sending a batch
+(`Backend`), what its settings lack for a real send, reading its webhook into `ProviderEvent`s
+(`Webhook`), and the capabilities generic code asks about instead of comparing names.
 
-`make_backend` picks the configured backend; `make_webhooks` builds every provider's webhook
-(`POST /webhooks/{provider}`). A new provider is one module plus a line in each. `bounces/`: what
-comes back by mail (bounce and complaint mailboxes), read into the same kind of events.
+A new provider is one module: drop it in this package (found by its `PROVIDER`), or ship it in
+another package with an entry point in the group `mailer.providers`, or call
+`registry.register_provider`. Nothing else changes: `make_backend` builds the configured one,
+`make_webhooks` every registered one's webhook (`POST /webhooks/{provider}`). `bounces/`: what comes
+back by mail (bounce and complaint mailboxes), read into the same kind of events.
 """
 
 from __future__ import annotations
 
 from ..config import Settings
+from ..registry import OwnDkim, Provider, Setting, provider_for, providers, register_provider
 from .base import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError
 from .events import ProviderEvent, Webhook, WebhookRefused
 
 
 def make_backend(settings: Settings) -> Backend:
     """The configured backend, checked for its required settings (nothing is sent yet)."""
-    if settings.backend == "outbox":
-        from ..providers.bounces.verp import Verp
-        from .outbox import OutboxBackend
-        return OutboxBackend(settings.outbox_dir, Verp.from_settings(settings))
-    if settings.backend == "smtp":
-        from .smtp import SmtpBackend
-        return SmtpBackend.from_settings(settings)
-    if settings.backend == "sendgrid":
-        from .sendgrid import SendGridBackend
-        return SendGridBackend.from_settings(settings)
-    raise ValueError(settings.backend)
+    return provider_for(settings).backend(settings)
 
 
 def backend_problems(settings: Settings) -> list[str]:
-    """What the configured backend's own settings lack, one line each (its `settings_problems`)."""
-    if settings.backend == "smtp":
-        from .smtp import SmtpBackend
-        return SmtpBackend.settings_problems(settings)
-    if settings.backend == "sendgrid":
-        from .sendgrid import SendGridBackend
-        return SendGridBackend.settings_problems(settings)
-    return []
+    """What the configured backend's own settings lack, one line each (its `Provider.problems`)."""
+    return provider_for(settings).send_problems(settings)
 
 
 def require_ready(settings: Settings) -> None:
@@ -47,9 +36,11 @@ def require_ready(settings: Settings) -> None:
 
 
 def make_webhooks(settings: Settings) -> dict[str, Webhook]:
-    """Provider name → its webhook (ConfigError for a verification key that does not parse)."""
-    from .sendgrid_events import SendGridWebhook
-    return {"sendgrid": SendGridWebhook(settings)}
+    """Provider name → its webhook, for every registered provider that has one (ConfigError for a
+    verification key that does not parse)."""
+    return {provider.name: provider.webhook(settings) for provider in providers() if provider.webhook is not None}
 
 
-__all__ = ["backend_problems", "require_ready", "ProviderEvent", "Webhook", "WebhookRefused", "make_webhooks", "Backend", "Batch", "OutgoingMessage", "RecipientResult", "TransientError", "PermanentError", "make_backend"]
+__all__ = ["backend_problems", "require_ready", "ProviderEvent", "Webhook", "WebhookRefused", "make_webhooks", "Backend",
+           "Batch", "OutgoingMessage", "RecipientResult", "TransientError", "PermanentError", "make_backend",
+           "OwnDkim", "Provider", "Setting", "provider_for", "providers", "register_provider"]

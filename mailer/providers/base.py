@@ -63,7 +63,7 @@ class Batch:
 
     @property
     def slug(self) -> str:
-        return self.factory.rendered.key
+        return self.factory.key
 
 
 @dataclass(frozen=True)

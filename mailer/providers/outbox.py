@@ -10,6 +10,10 @@ disk or quota (ENOSPC, EDQUOT) or an I/O error is `TransientError` (dispatch ret
 then pauses); a read-only or forbidden folder (EROFS, EACCES, EPERM) is `PermanentError` (the send
 pauses at once). Either way nobody's attempts are spent; once part of a batch is written, the rest
 comes back `deferred` instead, so what was written is recorded as sent.
+
+`PROVIDER` declares it to the registry: its one setting (MAILER_OUTBOX_DIR), and that it reaches
+nobody (`delivers=False`: no public base URL or strong secret key is demanded, `mailer doctor` skips
+SPF).
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from ..registry import Provider, Setting
 from .base import Backend, Batch, PermanentError, RecipientResult, TransientError
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from .bounces.verp import Verp
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._+-]")
@@ -81,7 +87,7 @@ class OutboxBackend(Backend):
             recipient = message.recipient
             path = self.path_for(batch.slug, recipient.email,
                                  recipient.subscriber_id if message.delivery_id is not None else None,
-                                 notice=getattr(batch.factory.rendered, "notice_kind", None) is not None)
+                                 notice=batch.factory.is_notice)
             data = batch.factory.build(recipient, message.message_id, batch.date)
             if self.verp is not None:
                 sender = self.verp.sender(recipient.subscriber_id if message.delivery_id is not None else None,
@@ -127,3 +133,17 @@ def person_files(directory: Path, subscriber_id: int | None, addresses: list[str
                 if (id_prefix and stem.startswith(id_prefix)) or any(stem.endswith(name) for name in names):
                     found.append(Path(entry.path))
     return found
+
+
+def _backend(settings: "Settings") -> OutboxBackend:
+    from .bounces.verp import Verp
+    return OutboxBackend(settings.outbox_dir, Verp.from_settings(settings))
+
+
+PROVIDER = Provider(
+    name="outbox",
+    backend=_backend,
+    settings=(Setting("outbox_dir", Path("outbox"), "MAILER_OUTBOX_DIR"),),
+    delivers=False,
+    writes_to=lambda settings: settings.outbox_dir,
+)

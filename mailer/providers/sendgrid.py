@@ -40,6 +40,11 @@ helper classes ≈51 ms. `personalization()` builds the same personalization as 
 the text is tested against, and the exact size check. Our own code here rather than a JSON library
 because the hot path is the product: the text assembly costs about a third of dicts + `json.dumps`.
 
+`PROVIDER` declares it to the registry: its settings (SENDGRID_API_KEY, MAILER_SENDGRID_API_URL,
+_SANDBOX, _WEBHOOK_PUBLIC_KEY, _TIMEOUT, _IN_FLIGHT), its Event Webhook (`sendgrid_events`), and
+what generic code asks: SendGrid signs DKIM itself and uses its own envelope sender, SPF includes
+sendgrid.net, and requests overlap (MAILER_SENDGRID_IN_FLIGHT recipients, 1000 per request).
+
 Longer than ~400 lines because the provider's whole send contract lives here: requests built
 within SendGrid's documented limits, the guarded HTTP client with a total deadline, and the
 classification of every answer.
@@ -62,11 +67,12 @@ from typing import Any, Sequence
 import python_http_client
 import sendgrid
 
-from ..config import Settings
+from ..config import Settings, normalise_base_url, positive_seconds, within
 from ..errors import ConfigError
 from ..headers import clean_header_value
 from ..mime import MessageFactory, list_id_header
 from ..redact import quiet_http_loggers, strip_credentials
+from ..registry import OwnDkim, Provider, Setting
 from ..content.render import Recipient, slot
 from .base import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError
 from .deadline import Guard, Watchdog
@@ -327,8 +333,8 @@ class SendGridBackend(Backend):
             "from": sender,
             "subject": factory.subject,
             # text/plain first, then text/html (SendGrid's rule); bodies once, with their slot markers
-            "content": [{"type": "text/plain", "value": factory.rendered.text.raw},
-                        {"type": "text/html", "value": factory.rendered.html.raw}],
+            "content": [{"type": "text/plain", "value": factory.raw_text},
+                        {"type": "text/html", "value": factory.raw_html}],
             "headers": {"List-Id": list_id_header(settings, fold=False)},
             "categories": [category_for(slug)],
             # SendGrid's own click and open tracking rewrites links and adds a pixel per its account
@@ -349,9 +355,7 @@ class SendGridBackend(Backend):
 
     def _prepare(self, factory: MessageFactory) -> None:
         """Per factory: the slot markers the templates use; per-recipient headers must not be reserved."""
-        rendered = factory.rendered
-        used = set(rendered.html.slot_names) | set(rendered.text.slot_names)
-        self._marker_items = tuple((name, slot(name)) for name in sorted(used))
+        self._marker_items = tuple((name, slot(name)) for name in sorted(factory.slot_names))
         self._marker_keys = tuple((name, _json_string(marker) + ":") for name, marker in self._marker_items)
         probe = Recipient(email="probe@invalid.example", unsubscribe_url="https://invalid.example/u/x")
         for key in factory.recipient_headers(probe, "<probe@invalid.example>"):
@@ -365,7 +369,7 @@ class SendGridBackend(Backend):
 
     def _personalization(self, factory: MessageFactory, message: OutgoingMessage, issue: str | None) -> dict[str, Any]:
         recipient = message.recipient
-        values = factory.rendered.slot_values(recipient)
+        values = factory.slot_values(recipient)
         to = {"email": recipient.email}
         name = recipient.name
         if name:
@@ -393,7 +397,7 @@ class SendGridBackend(Backend):
         the length of its substitution values (for the 10,000-byte check). `issue_arg` is the
         `"mailer_issue":"N",` piece or ""."""
         recipient = message.recipient
-        values = factory.rendered.slot_values(recipient)
+        values = factory.slot_values(recipient)
         name = recipient.name
         if name:
             name = recipient_name(name)
@@ -602,3 +606,35 @@ class SendGridBackend(Backend):
                                   retry_after=retry_after_from(getattr(exc, "headers", None)))
         return PermanentError(f"SendGrid answered {status}" + (f": {detail}" if detail else "")
                               + f" (is MAILER_SENDGRID_API_URL={self.shown_url} right?)")
+
+
+def _webhook(settings: Settings):  # noqa: ANN202 - a SendGridWebhook (its module needs `cryptography`)
+    from .sendgrid_events import SendGridWebhook
+    return SendGridWebhook(settings)
+
+
+PROVIDER = Provider(
+    name="sendgrid",
+    backend=SendGridBackend.from_settings,
+    problems=SendGridBackend.settings_problems,
+    webhook=_webhook,
+    settings=(
+        Setting("sendgrid_api_key", "", "SENDGRID_API_KEY"),
+        Setting("sendgrid_api_url", "https://api.sendgrid.com", "MAILER_SENDGRID_API_URL", normalise=normalise_base_url),
+        Setting("sendgrid_sandbox", False, "MAILER_SENDGRID_SANDBOX"),
+        Setting("sendgrid_webhook_public_key", "", "MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY"),
+        # seconds, in total, per request
+        Setting("sendgrid_timeout", DEFAULT_TIMEOUT, "MAILER_SENDGRID_TIMEOUT", check=positive_seconds),
+        # recipients handed over and not yet answered, at most (4 requests of 1000): what hides the API's
+        # latency, and what a crash may repeat
+        Setting("sendgrid_in_flight", 4000, "MAILER_SENDGRID_IN_FLIGHT",
+                check=within(1, 100_000, "recipients in flight at once; 4000 = 4 requests of 1000")),
+    ),
+    label="SendGrid",
+    own_dkim=OwnDkim(selector="s1", fallback_domain="sendgrid.net",
+                     setup="set up domain authentication in SendGrid (Settings → Sender Authentication) "
+                           "and publish its CNAMEs"),
+    own_envelope=True,
+    spf_include="sendgrid.net",
+    in_flight=lambda settings: (settings.sendgrid_in_flight, MAX_PERSONALIZATIONS),
+)

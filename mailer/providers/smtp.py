@@ -42,6 +42,10 @@ The one ambiguous moment is a connection lost after the message's final dot but 
 server's reply (or a crash between the reply and the ledger write): the message may have been
 accepted, and it is sent again, with the same Message-ID, which receivers that deduplicate use.
 
+`PROVIDER` declares it to the registry: its settings (MAILER_SMTP_HOST, _PORT, _USERNAME, _PASSWORD,
+_TLS, _POOL, _TIMEOUT), that it sends our bytes (our DKIM signature, our envelope sender), and that
+SPF must authorise the relay named by MAILER_SMTP_HOST.
+
 Longer than ~400 lines because the connection pool, its lanes, deadlines and the classification
 of SMTP replies form one state machine.
 """
@@ -58,8 +62,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..config import Settings
+from ..config import Settings, positive_seconds
 from ..errors import ConfigError, InvalidAddress
+from ..registry import Provider, Setting
 from .base import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError
 from .deadline import Guard, Watchdog
 from .bounces.verp import Verp
@@ -634,3 +639,23 @@ def _reset(lane: _Lane) -> None:
             lane.drop()
     except (smtplib.SMTPException, OSError):
         lane.drop()
+
+
+PROVIDER = Provider(
+    name="smtp",
+    backend=SmtpBackend.from_settings,
+    problems=SmtpBackend.settings_problems,
+    settings=(
+        Setting("smtp_host", "", "MAILER_SMTP_HOST"),
+        Setting("smtp_port", 0, "MAILER_SMTP_PORT"),  # 0: the TLS mode's port (DEFAULT_PORTS)
+        Setting("smtp_username", "", "MAILER_SMTP_USERNAME"),
+        Setting("smtp_password", "", "MAILER_SMTP_PASSWORD"),
+        Setting("smtp_tls", "starttls", "MAILER_SMTP_TLS", choices=tuple(DEFAULT_PORTS)),
+        Setting("smtp_pool", 4, "MAILER_SMTP_POOL"),
+        # seconds, in total, per message and per connection attempt
+        Setting("smtp_timeout", DEFAULT_TIMEOUT, "MAILER_SMTP_TIMEOUT", check=positive_seconds),
+    ),
+    label="SMTP",
+    relay_host_setting="smtp_host",
+    path_name="the relay",
+)

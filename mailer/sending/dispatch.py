@@ -513,7 +513,7 @@ class Sender:
             if self._streak is streak:
                 self._streak = _Streak()
         self._hand_back(conn, worker)
-        who = "the relay" if self.settings.backend == "smtp" else f"the provider ({self.settings.backend})"
+        who = self.settings.provider.refusing_path()  # "the relay" (smtp), "the provider (sendgrid)"
         reason = (f"{who} refused all of the last {count} recipients ({streak.last_error}): this looks like "
                   f"{who}, not the addresses; nothing was marked bounced and nobody's attempts were spent")
         if streak.transient_only:
@@ -781,18 +781,20 @@ MAX_LANES = 8  # sender threads per process at most (each holds one database con
 
 
 def lanes(settings: Settings, workers: int | None = None) -> tuple[int, int]:
-    """(threads, batch size): how one process sends. Over SendGrid the requests in flight at once are
-    what hide the API's latency (Little's law: 33,000 recipients/s at 100 ms need 3,300 in flight), so
-    by default there are as many threads, each with one request in flight, as MAILER_SENDGRID_IN_FLIGHT
-    allows (4000 = 4 requests of 1000; at most MAX_LANES), and threads × batch never exceeds it: that
-    is what a crash may repeat. `workers` (`--workers N`) sets the thread count instead; the batch
-    shrinks to keep the bound. Other backends: `workers` threads (default 1), batches of
-    MAILER_BATCH_SIZE (0: the backend's own)."""
+    """(threads, batch size): how one process sends. Over a provider whose requests overlap
+    (`Provider.in_flight`: SendGrid) the requests in flight at once are what hide the API's latency
+    (Little's law: 33,000 recipients/s at 100 ms need 3,300 in flight), so by default there are as
+    many threads, each with one request in flight, as its bound allows (MAILER_SENDGRID_IN_FLIGHT,
+    4000 = 4 requests of 1000; at most MAX_LANES), and threads × batch never exceeds it: that is what
+    a crash may repeat. `workers` (`--workers N`) sets the thread count instead; the batch shrinks to
+    keep the bound. Other backends: `workers` threads (default 1), batches of MAILER_BATCH_SIZE (0:
+    the backend's own)."""
     batch = settings.batch_size
-    if settings.backend != "sendgrid":
+    in_flight = settings.provider.in_flight
+    if in_flight is None:
         return max(1, workers or 1), batch
-    cap = settings.sendgrid_in_flight
-    batch = min(batch or 1000, 1000, cap)
+    cap, per_request = in_flight(settings)
+    batch = min(batch or per_request, per_request, cap)
     threads = workers or min(MAX_LANES, -(-cap // batch))
     threads = max(1, min(threads, cap))
     return threads, max(1, min(batch, cap // threads))

@@ -19,8 +19,8 @@ unsubscribe link on MAILER_BASE_URL, the unsubscribe mailbox, the Message-ID's d
 message travels (backend, DKIM). Click tracking is frozen with the content: the stored HTML and text
 carry the `click.N` slots and the edition's `links` rows the URLs (`sending/tracking.py`); each
 recipient's click and open tokens name the stored edition and are filled on the live base URL, like
-the unsubscribe link. An `Edition` offers what `MessageFactory` and the backends read of
-an email with slots (`settings`, `subject`, `html`, `text`, `slot_values`, `key`).
+the unsubscribe link. An `Edition` is a `content.email.EmailWithSlots`, what `MessageFactory` builds
+messages from (`settings`, `subject`, `html`, `text`, `key`, `notice_kind`, `slot_values`).
 """
 
 from __future__ import annotations
@@ -74,6 +74,11 @@ class Edition:
     def key(self) -> str:
         """Names this email's outbox folder and provider category (the issue's slug)."""
         return self.slug
+
+    @property
+    def notice_kind(self) -> None:
+        """An edition is an issue's, not a notice (`content.email.EmailWithSlots`)."""
+        return None
 
     @cached_property
     def tracking(self) -> tracking.ClickTracking | None:

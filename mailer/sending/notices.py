@@ -1,9 +1,9 @@
 """Transactional notices: the double opt-in confirmation email and the optional welcome email.
 
 They go out through the configured backend with the same contract as an issue (`MessageFactory`,
-`Batch`, `Backend.send_batch`): a `Notice` has the interface of a `RenderedIssue` — `subject`,
+`Batch`, `Backend.send_batch`): a `Notice` is a `content.email.EmailWithSlots` — `subject`,
 `key` (the outbox folder / provider category: `confirm`, `welcome`), `html` and `text` templates
-with slots, `slot_values(recipient)` and `settings`. The MJML is compiled ONCE per kind (a
+with slots, `slot_values(recipient)`, `settings` and its `notice_kind`. The MJML is compiled ONCE per kind (a
 `NoticeTemplate`); per person only the slots are filled (greeting, email, unsubscribe and
 confirmation links). The confirmation email is neutral: no name (see `Notifier.build`).
 
@@ -48,7 +48,7 @@ class NoticeTemplate:
 
 @dataclass(frozen=True)
 class Notice:
-    """One notice for one person: what `MessageFactory` needs (the `RenderedIssue` interface)."""
+    """One notice for one person: an `EmailWithSlots`, what `MessageFactory` builds from."""
 
     template: NoticeTemplate
     settings: Settings
