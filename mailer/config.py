@@ -13,13 +13,15 @@ Every value is checked at load, whatever the command: no setting may carry a con
 line break (a header-injection vector; a trailing CR from a Windows-edited file), and anything that
 reaches a header or URL is parsed — addresses by email-validator, domains converted to IDNA, the base
 URL split and rebuilt in ASCII. Errors name the setting (and mailer.toml's line) in one line.
-The module holds the settings AND every check of their values (one owner, so that no new setting
-can reach a header unchecked), hence its length. The secret-key rule and the public-URL rule are
+The module holds the general settings AND every check of their values, and reads and checks the
+providers' settings by their own declared rules (one reader, so that no new setting can reach a
+header unchecked: the control-character rule applies to a provider's settings too), hence its length. The secret-key rule and the public-URL rule are
 product policy, not a library's job: `secret_key_problem` is about machine-made keys (a password
 strength estimator such as zxcvbn models human passwords and caps the length it reads), and
 `base_url_problem` about what a recipient's mail client can reach.
 
-Longer than ~400 lines because it is that one owner: every setting and every check of its value.
+Longer than ~400 lines because it is that one owner: every general setting and every check of its
+value, and the one reader of every provider's.
 """
 
 from __future__ import annotations
