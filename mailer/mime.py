@@ -15,26 +15,40 @@ with their slot markers), `slot_names` — and per recipient `slot_values()` and
 `personalise()` gives one recipient's filled (html, text) to a provider that takes bodies, not bytes.
 `key` and `is_notice` say what names the messages.
 
-With MAILER_DKIM_* set, `build()` puts a DKIM-Signature on top (`dkim_signing`): the body hash comes
-from the static pieces canonicalised once per issue plus the slots' few encoded lines, so signing
-costs one header hash and one private-key operation per recipient.
+With MAILER_DKIM_* set, `build()` puts a DKIM-Signature on top (`dkim_signer`): the body hash comes
+from the static pieces canonicalised once per issue plus the slots' few encoded lines, the header hash
+from the fixed fields canonicalised once plus the four per-recipient ones, so signing costs two short
+hashes and one private-key operation per recipient. `prepare()` has those made ahead by signing
+processes when the machine has a spare core (the SMTP send loop calls it for each claimed batch).
 """
 
 from __future__ import annotations
 
 import binascii
+import hashlib
+import pickle
 import secrets
+import threading
+import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from email.utils import formatdate, make_msgid
+from typing import TYPE_CHECKING, Sequence
 
 from .errors import InvalidAddress
-from .headers import CRLF, clean_header_value, list_id, phrase_and_tail, unstructured
+from .headers import CRLF, HARD_LINE, clean_header_value, list_id, phrase_and_tail, unstructured
 from .content.email import EmailWithSlots
 from .content.render import Recipient, Template
+
+if TYPE_CHECKING:
+    from .dkim_signer import SigningPool
 
 __all__ = ["MessageFactory", "EncodedPart", "ONE_CLICK"]
 
 SOFT_BREAK = b"=\r\n"
+# the header fields that differ per recipient, in the order `MessageFactory.recipient_fields` gives them
+RECIPIENT_FIELDS = (b"Date", b"To", b"Message-ID", b"List-Unsubscribe")
+PREPARE_CHUNKS = (4, 16)  # messages per signing request: the first, then the others (`MessageFactory.prepare`)
 ONE_CLICK = "List-Unsubscribe=One-Click"
 
 
@@ -122,14 +136,20 @@ class MessageFactory:
         self._html_head = (CRLF + delimiter + CRLF + b'Content-Type: text/html; charset="utf-8"\r\n'
                            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n")
         self._closing = CRLF + delimiter + b"--" + CRLF
-        # DKIM (dkim_signing): the signer, validated at load, and the body hash's static pieces
+        self._fixed_tail = b"List-Unsubscribe-Post: " + ONE_CLICK.encode("ascii") + CRLF + self._mime_head
+        self._slot_names = tuple(dict.fromkeys(p for p in (*self.text_part.pieces, *self.html_part.pieces)
+                                               if isinstance(p, str)))
+        # DKIM (dkim_signing): the signer, validated at load; the body hash's static pieces and the fixed
+        # header fields, canonicalised once here
         self.signer = None
         if settings.dkim_private_key:
-            from .dkim_signing import BodyHasher, signer_for
+            from .dkim_signing import BodyHasher, HeadHasher, signer_for
             self.signer = signer_for(settings)
             self._body_hasher = BodyHasher((self._text_head[len(CRLF):], *self.text_part.pieces, self._html_head,
                                             *self.html_part.pieces, self._closing))
-            self._slot_names = tuple({p for p in (*self.text_part.pieces, *self.html_part.pieces) if isinstance(p, str)})
+            self._head_hasher = HeadHasher(self._static_headers + self._fixed_tail, RECIPIENT_FIELDS)
+        self._ready: dict[str, _Prepared] = {}  # by Message-ID: messages whose signature is being made ahead
+        self._plan: tuple[bytes, bytes] | None = None  # (token, pickled SigningPlan) for the signing pool
 
     # ----- for providers that substitute slots themselves (SendGrid) or take bodies ------------------
     @property
@@ -149,7 +169,13 @@ class MessageFactory:
 
     # ----- per recipient ------------------------------------------------------------------------
     def list_unsubscribe(self, recipient: Recipient) -> str:
-        return f"<{recipient.unsubscribe_url}>, <{self.settings.unsubscribe_mailto_url}>"
+        """The List-Unsubscribe value on ONE line, for APIs that write header values as they are given
+        (SendGrid's `headers`): the https one-click URL (RFC 8058), then the mailto alternative (RFC 2369)
+        when `List-Unsubscribe: value` stays within RFC 5322's 998 octets — MAILER_BASE_URL's maximum only
+        guarantees that for the https URL alone (config.MAX_BASE_URL). `build` folds between the two."""
+        url = f"<{recipient.unsubscribe_url}>"
+        both = f"{url}, <{self.settings.unsubscribe_mailto_url}>"
+        return both if len("List-Unsubscribe: ") + len(both) <= HARD_LINE else url
 
     def recipient_headers(self, recipient: Recipient, message_id: str | None = None) -> dict[str, str]:
         """Headers that differ per recipient (also what SendGrid takes per personalization)."""
@@ -159,35 +185,113 @@ class MessageFactory:
             "Message-ID": message_id or make_msgid(domain=self.domain),
         }
 
-    def build(self, recipient: Recipient, message_id: str | None = None, date: str | None = None) -> bytes:
-        """The complete message for one recipient, CRLF line endings, ready for SMTP or a .eml file."""
-        headers = self.recipient_headers(recipient, message_id)
-        to = _to_header(recipient)
-        values = self.slot_values(recipient)
-        head = (
+    def recipient_fields(self, recipient: Recipient, message_id: str | None = None,
+                         date: str | None = None) -> tuple[bytes, bytes, bytes, bytes]:
+        """The per-recipient header fields (RECIPIENT_FIELDS order), each `Name: value` with CRLF."""
+        return (
             b"Date: " + (date or formatdate(localtime=False, usegmt=True)).encode("ascii") + CRLF,
-            self._static_headers,
-            to,
-            b"Message-ID: " + headers["Message-ID"].encode("ascii") + CRLF,
+            _to_header(recipient),
+            b"Message-ID: " + (message_id or make_msgid(domain=self.domain)).encode("ascii") + CRLF,
             b"List-Unsubscribe: <" + recipient.unsubscribe_url.encode("ascii") + b">,\r\n <"
             + self.settings.unsubscribe_mailto_url.encode("ascii") + b">" + CRLF,
-            b"List-Unsubscribe-Post: " + ONE_CLICK.encode("ascii") + CRLF,
-            self._mime_head,
         )
-        if self.signer is not None:  # DKIM: bh= from pre-canonicalised pieces, then one signature
-            fills = encode_slots(self._slot_names, values)
-            head_bytes = b"".join(head)
-            signature = self.signer.signature(head_bytes, self._body_hasher.body_hash(fills))
-            return b"".join((signature, head_bytes, self._text_head, self.text_part.join(fills), self._html_head,
-                             self.html_part.join(fills), self._closing))
-        return b"".join((
-            *head,
-            self._text_head,
-            self.text_part.fill(values),
-            self._html_head,
-            self.html_part.fill(values),
-            self._closing,
-        ))
+
+    def build(self, recipient: Recipient, message_id: str | None = None, date: str | None = None) -> bytes:
+        """The complete message for one recipient, CRLF line endings, ready for SMTP or a .eml file."""
+        if self._ready and message_id is not None:
+            prepared = self._ready.pop(message_id, None)
+            if prepared is not None and prepared.recipient is recipient and prepared.date == date:
+                signature = prepared.signature()
+                if signature is not None:
+                    return signature + prepared.message
+        fields = self.recipient_fields(recipient, message_id, date)
+        fills = encode_slots(self._slot_names, self.slot_values(recipient))
+        message = self._join(fields, fills)
+        if self.signer is None:
+            return message
+        return self.signature(fields, fills, message) + message
+
+    def prepare(self, messages: Sequence[tuple[Recipient, str]], date: str) -> int:
+        """Have the DKIM signatures of `messages` ((recipient, Message-ID), in sending order) made
+        ahead by the signing processes (`dkim_signer.signing_pool`: one per spare core), from the
+        per-recipient bytes only, in chunks whose first is small so the first message waits little.
+        `build(recipient, message_id, date)` with the same recipient object and date then returns the
+        message with its signature; anything else (another date, a pool that broke) is signed in this
+        process as before. A thread's earlier preparations it did not use are dropped. Returns how many
+        were handed over (0 without DKIM, on one core, or when the fixed fields repeat a signed name)."""
+        from .dkim_signer import SigningPlan, signing_pool
+        owner = threading.get_ident()
+        for key in [key for key, prepared in list(self._ready.items()) if prepared.owner == owner]:
+            self._ready.pop(key, None)
+        if self.signer is None or not self._head_hasher.usable or not messages:
+            return 0
+        pool = signing_pool()
+        if pool is None:
+            return 0
+        if self._plan is None:
+            plan = pickle.dumps(SigningPlan.of(self.signer, self._body_hasher.pieces,
+                                               self._static_headers + self._fixed_tail, RECIPIENT_FIELDS))
+            self._plan = (hashlib.sha256(plan).digest(), plan)
+        token, plan = self._plan
+        now, handed, start = time.time(), 0, 0
+        while start < len(messages):
+            size = PREPARE_CHUNKS[0] if start == 0 else PREPARE_CHUNKS[1]
+            chunk, items = [], []
+            for recipient, message_id in messages[start:start + size]:
+                if message_id is None:  # `build` makes one: nothing to find it by
+                    continue
+                try:
+                    fields = self.recipient_fields(recipient, message_id, date)
+                    fills = encode_slots(self._slot_names, self.slot_values(recipient))
+                except Exception:  # noqa: BLE001 - an unbuildable recipient: `build` reports it in its turn
+                    continue
+                chunk.append((recipient, message_id, self._join(fields, fills)))
+                items.append((fields, fills))
+            start += size
+            future = pool.submit(token, plan, items, now) if items else None
+            if future is None:
+                continue
+            for index, (recipient, message_id, message) in enumerate(chunk):
+                self._ready[message_id] = _Prepared(recipient, date, message, future, index, owner, pool)
+            handed += len(chunk)
+        return handed
+
+    def _join(self, fields: tuple[bytes, ...], fills: dict[str, bytes]) -> bytes:
+        date, to, message_id, list_unsubscribe = fields
+        return b"".join((date, self._static_headers, to, message_id, list_unsubscribe, self._fixed_tail,
+                         self._text_head, self.text_part.join(fills), self._html_head, self.html_part.join(fills),
+                         self._closing))
+
+    def signature(self, fields: tuple[bytes, ...], fills: dict[str, bytes], message: bytes | None = None,
+                  now: float | None = None) -> bytes:
+        """The DKIM-Signature field for the message `fields` and `fills` make: bh= from the body's
+        pre-canonicalised pieces, the header hash from the fixed fields' canonical forms and the
+        per-recipient `fields` (the whole head through dkimpy when a signed name repeats)."""
+        body_hash = self._body_hasher.body_hash(fills)
+        if self._head_hasher.usable:
+            return self.signer.signature_fields(self._head_hasher, fields, body_hash, now)
+        message = message or self._join(fields, fills)
+        return self.signer.signature(message[:message.index(b"\r\n\r\n") + 2], body_hash, now)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A message built ahead, its signature being made by a signing process."""
+
+    recipient: Recipient
+    date: str
+    message: bytes  # without the signature
+    future: "Future[list[bytes]]"
+    index: int
+    owner: int  # the thread that prepared it
+    pool: "SigningPool"
+
+    def signature(self) -> bytes | None:
+        try:
+            return self.future.result()[self.index]
+        except Exception as exc:  # noqa: BLE001 - a signing process died: this process signs instead
+            self.pool.failed(exc)
+            return None
 
 
 def list_id_header(settings, *, fold: bool = True) -> str:

@@ -183,6 +183,96 @@ def test_body_hash_equals_dkimpy_on_generated_recipients(project, make_settings)
         assert dkim.verify(message, dnsfunc=dns_for(key))
 
 
+# ----- the signature: our header hash against dkimpy's, on generated messages ------------------------
+_NAMES = ["", "Zoé  Durand", "a\tb", "  lead and trail  ", "Ünïcødé Nåme " * 6, "=?utf-8?q?not_a_word?=",
+          "O'Brien, \"Jr.\"", "x" * 90, "日本語の名前", "émile\u00a0zola", "😀 " * 20]
+_SUBJECTS = ["", "[TEST] ", "Plain  ascii\twith\truns   ", "Très long sujet accentué « guillemets » " * 3,
+             "x" * 120 + " ", "=?iso-8859-1?q?fake?= ", "😀 émoji "]
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_signatures_verify_and_equal_dkimpys_whole_head_hash(kind, project, make_settings):
+    """Every shape the factory writes (folded To and Subject, RFC 2047 encoded words, runs of spaces and
+    tabs, long unsubscribe URLs, From with a non-ASCII display name) verifies with dkimpy, and the fast
+    path (fixed fields canonicalised once) gives byte for byte the signature of the general path, which
+    hands the whole head to dkimpy's `rfc822_parse` and `hash_headers` (both algorithms are deterministic)."""
+    key = make_key(project, kind)
+    rng = random.Random(1406)
+    senders = ["Le Fil du jeudi <lettre@example.org>", "Rédaction « Le Fil » <lettre@example.org>",
+               "lettre@example.org"]
+    checked = 0
+    for index, (sender, subject) in enumerate((s, p) for s in senders for p in _SUBJECTS):
+        settings = make_settings(**dkim_env(key, MAILER_FROM=sender,
+                                            MAILER_REPLY_TO="Courrier des lecteurs <courrier@example.org>"
+                                            if index % 2 else ""))
+        factory = MessageFactory(render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings),
+                                 subject_prefix=subject)
+        assert factory._head_hasher.usable
+        for i in range(6):
+            name = rng.choice(_NAMES) if i < 4 else _random_text(rng, rng.choice([3, 60, 200]))
+            recipient = Recipient(email=f"r{i}.{index}@example.net", name=name,
+                                  unsubscribe_url=f"https://lettre.example.org/u/{'t' * rng.randint(1, 400)}")
+            message = factory.build(recipient, f"<m{i}.{index}@example.org>", "Thu, 26 Nov 2026 07:00:00 +0000")
+            assert dkim.verify(message, dnsfunc=dns_for(key)), message[:1200]
+            stamp = int(signature_tags(message)[b"t"])
+            unsigned = message[message.index(b"\r\nDate: ") + 2:]
+            assert factory.signer.sign(unsigned, now=stamp) == message
+            checked += 1
+    assert checked == len(senders) * len(_SUBJECTS) * 6
+
+
+def test_a_repeated_signed_field_takes_dkimpys_path(project, make_settings):
+    """A fixed header that repeats a signed name (h= then picks instances bottom-up): the whole head
+    goes through dkimpy, and the message still verifies."""
+    key = make_key(project, "ed25519")
+    settings = make_settings(**dkim_env(key))
+    rendered = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
+    factory = MessageFactory(rendered, extra_headers={"Subject": "a second subject"})
+    assert not factory._head_hasher.usable
+    message = factory.build(Recipient(email="z@example.net", name="Zoé", unsubscribe_url="https://lettre.example.org/u/t"),
+                            "<r@example.org>")
+    assert dkim.verify(message, dnsfunc=dns_for(key))
+
+
+_WS = [" ", "  ", "\t", " \t ", "\r\n ", "\r\n\t", "  \r\n  "]
+
+
+def test_head_hasher_equals_dkimpy_on_generated_fields():
+    """HeadHasher (fixed fields canonicalised once, skipping dkimpy's regular expressions where they
+    change nothing) against dkimpy's `hash_headers` over the whole head, on values with every kind of
+    whitespace: runs, tabs, folding with spaces or tabs, leading and trailing."""
+    from mailer.dkim_signer import HeadHasher, _POLICY, _H_TAG
+    rng = random.Random(77)
+
+    def value() -> bytes:
+        words = [rng.choice(["a", "é", "=?utf-8?q?x?=", "<u@x>", "b,c", ""]) for _ in range(rng.randint(0, 6))]
+        text = "".join(rng.choice(_WS) + word for word in words) + rng.choice(["", " ", "\t", "  "])
+        return text.encode("utf-8")
+
+    fixed_names = [b"From", b"Subject", b"List-Id", b"MIME-Version", b"Content-Type", b"X-Other"]
+    dynamic_names = [b"Date", b"To", b"Message-ID", b"List-Unsubscribe"]
+    for _ in range(400):
+        fixed = b"".join(name + b":" + value() + b"\r\n" for name in rng.sample(fixed_names, rng.randint(0, 6)))
+        fields = [name + b":" + value() + b"\r\n" for name in dynamic_names]
+        hasher = HeadHasher(fixed, dynamic_names)
+        assert hasher.usable
+        ours = _Collect()
+        hasher.update(ours, fields)
+        headers, _ = dkim.rfc822_parse(b"".join(fields) + fixed + b"\r\n")
+        theirs = _Collect()
+        for name, canonical in dkim.select_headers(_POLICY.canonicalize_headers(headers), _H_TAG):
+            theirs.update(name + b":" + canonical)
+        assert ours.data == theirs.data, (fixed, fields)
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def update(self, data: bytes) -> None:
+        self.data += data
+
+
 @pytest.mark.parametrize("pieces", [
     (b"a  b \r\n", "s", b"c\r\n\r\n\r\n"),       # aligned; trailing empty lines dropped at the end only
     (b"a", "s", b"c\r\n"),                        # slot in the middle of a line: fallback
@@ -339,3 +429,54 @@ def test_keygen_domain_spellings_make_one_file_name(project):
     again = subprocess.run([*MAILER, "dkim", "keygen", "--selector", "s1", "--type", "ed25519", "--domain", "example.org"],
                            cwd=project, capture_output=True, text=True, env=env, timeout=60)
     assert again.returncode != 0 and len(again.stderr.strip().splitlines()) == 1  # the same file: never overwritten
+
+
+# ----- signatures made ahead by the signing processes ---------------------------------------------
+def _prepared_factory(project, make_settings, kind):
+    key = make_key(project, kind)
+    settings = make_settings(**dkim_env(key))
+    factory = MessageFactory(render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings))
+    recipients = [Recipient(email=f"r{i}@example.net", name=name, unsubscribe_url=f"https://lettre.example.org/u/t{i}")
+                  for i, name in enumerate(_NAMES * 3)]
+    return key, factory, [(recipient, f"<p{i}@example.org>") for i, recipient in enumerate(recipients)]
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_signatures_made_ahead_in_signing_processes_verify(kind, project, make_settings):
+    """With a spare core, `prepare` hands the per-recipient bytes to signing processes; `build` then returns
+    what the sending process would have signed itself (same bytes for the same t=), and dkimpy verifies it."""
+    from mailer.dkim_signer import spare_cores
+    if spare_cores() < 1:
+        pytest.skip("one core: signing stays in the sending process")
+    key, factory, messages = _prepared_factory(project, make_settings, kind)
+    date = "Thu, 26 Nov 2026 07:00:00 +0000"
+    assert factory.prepare(messages, date) == len(messages)
+    for recipient, message_id in messages:
+        message = factory.build(recipient, message_id, date)
+        assert dkim.verify(message, dnsfunc=dns_for(key)), message[:600]
+        unsigned = message[message.index(b"\r\nDate: ") + 2:]
+        assert factory.signer.sign(unsigned, now=int(signature_tags(message)[b"t"])) == message
+    assert not factory._ready  # every prepared message was taken
+
+
+def test_a_signing_process_that_dies_leaves_the_sending_process_to_sign(project, make_settings, monkeypatch):
+    """A killed signing process (OOM killer, an operator): the messages it held are signed in the sending
+    process instead, and later ones too; a different Date than prepared is signed afresh."""
+    from mailer import dkim_signer
+    if dkim_signer.spare_cores() < 1:
+        pytest.skip("one core: signing stays in the sending process")
+    monkeypatch.setattr(dkim_signer, "_POOL", None)  # a pool of this test's own
+    key, factory, messages = _prepared_factory(project, make_settings, "ed25519")
+    date = "Thu, 26 Nov 2026 07:00:00 +0000"
+    first = factory.build(messages[0][0], messages[0][1], date)  # signed here: nothing prepared
+    factory.prepare(messages[1:3], date)
+    assert factory.build(messages[1][0], messages[1][1], "Fri, 27 Nov 2026 07:00:00 +0000").count(b"Fri, 27 Nov") == 1
+    pool = dkim_signer._POOL
+    pool._executor.submit(int).result()
+    for process in list(pool._executor._processes.values()):
+        os.kill(process.pid, 9)
+    factory.prepare(messages[3:], date)  # handed to dead processes (or refused at once): signed here
+    built = [first] + [factory.build(recipient, message_id, date) for recipient, message_id in messages[2:]]
+    assert all(dkim.verify(message, dnsfunc=dns_for(key)) for message in built)
+    assert pool.broken and dkim_signer.signing_pool() is None and factory.prepare(messages, date) == 0
+    pool.close()

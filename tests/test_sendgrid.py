@@ -12,7 +12,9 @@ import socket
 import threading
 import time
 from dataclasses import replace
+from email import policy as email_policy
 from email.header import decode_header, make_header
+from email.parser import BytesParser
 
 import pytest
 import sendgrid
@@ -23,6 +25,7 @@ from mailer.providers import make_backend
 from mailer.providers.base import Batch, OutgoingMessage, PermanentError, TransientError
 from mailer.providers.sendgrid import (MAX_ARGS_BYTES, RESERVED_HEADERS, SendGridBackend, api_host, category_for,
                                       recipient_name, retry_after_from)
+from mailer.config import MAX_BASE_URL
 from mailer.errors import ConfigError, SendAborted
 from mailer.content.issue import load_issue
 from mailer.mime import MessageFactory
@@ -655,3 +658,37 @@ def test_the_request_body_is_posted_as_json_text_with_a_json_content_type(sg_set
     request = server.accepted[0]
     assert request.headers["Content-Type"].split(";")[0] == "application/json"
     assert validate(request.body) == []
+
+
+# ----- header values SendGrid writes as they are ----------------------------------------------------
+@pytest.mark.parametrize("base_length, name_length", [(0, 0), (300, 80), (MAX_BASE_URL - 60, 150), (MAX_BASE_URL, 200)],
+                         ids=["short", "medium", "near-maximum", "maximum"])
+def test_every_header_sendgrid_writes_is_one_valid_line(base_length, name_length, sg_settings, server, sqlite_store,
+                                                        tmp_path):
+    """SendGrid's Mail Send v3 takes `headers` values as plain strings that the caller must have encoded
+    (its reference says nothing of folding, and the values carry no line break), so each is written as one
+    line `Name: value`: at most 998 octets (RFC 5322 §2.1.1) and read back whole by a standard parser
+    (email.policy.default), for base URLs up to MAILER_BASE_URL's maximum and long list names. The https
+    one-click URL (RFC 8058) is always there; the mailto alternative (RFC 2369) when the line has room."""
+    base = "https://lettre.example.org"
+    if base_length:
+        base += ("/" + "chemin-" * 200)[:base_length - len(base)]
+    name = ("Le Fil du jeudi, édition régionale « Nord » " * 6)[:name_length].strip() or "Le Fil du jeudi"
+    settings = sg_settings(MAILER_BASE_URL=base, MAILER_NAME=name, database_url=str(sqlite_store.engine.url))
+    assert len(settings.base_url) == max(base_length, len("https://lettre.example.org"))
+    _populate(sqlite_store, tmp_path, 3)
+    assert dispatch.send_issue(settings, sqlite_store, EXAMPLE_ISSUE).counts["sent"] == 3
+    delivered = [d for address in server.recipients() for d in server.delivered_to(address)]
+    assert len(delivered) == 3
+    for item in delivered:
+        raw = b"".join(f"{key}: {value}\r\n".encode("utf-8") for key, value in item.headers.items())
+        assert all(len(line) <= 998 for line in raw.split(b"\r\n")), max(map(len, raw.split(b"\r\n")))
+        parsed = BytesParser(policy=email_policy.default).parsebytes(raw + b"\r\n")
+        assert not parsed.defects
+        for key, value in item.headers.items():
+            assert not parsed[key].defects and str(parsed[key]) == str(make_header(decode_header(value))), key
+        urls = [part.strip().strip("<>") for part in str(parsed["List-Unsubscribe"]).split(",")]
+        assert urls[0].startswith(settings.base_url + "/u/") and parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        if base_length < MAX_BASE_URL - 100:  # room for the mailto alternative
+            assert urls[1:] == [settings.unsubscribe_mailto_url]
+        assert str(parsed["List-Id"]).endswith(f"<{settings.list_id_value}>")

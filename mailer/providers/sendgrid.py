@@ -5,7 +5,12 @@ The body is sent ONCE per request, as the raw templates with their slot markers
 
 * `to` (address and a display name that SendGrid accepts: no CR/LF, no `,` or `;`),
 * `substitutions`: every slot marker → that recipient's value (HTML-escaped in `.html` slots),
-* `headers`: their own List-Unsubscribe, List-Unsubscribe-Post and Message-ID,
+* `headers`: their own List-Unsubscribe, List-Unsubscribe-Post and Message-ID. SendGrid's reference
+  (Mail Send v3, `headers`: "key/value pairs of header names and the value to substitute for them
+  … must be strings … You must ensure these are properly encoded") takes values as they are and says
+  nothing of folding, so every value is ONE line that fits RFC 5322 §2.1.1's 998 octets as
+  `Name: value` (List-Unsubscribe drops its mailto alternative past that: `mime.list_unsubscribe`;
+  List-Id is unfolded by `list_id_header(fold=False)`), and no value holds a line break,
 * `custom_args`: issue, subscriber and delivery ids (strings: SendGrid rejects anything else),
   which come back in every Event Webhook event for correlation.
 

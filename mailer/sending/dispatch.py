@@ -83,6 +83,7 @@ log = logging.getLogger("mailer.dispatch")
 MAX_ATTEMPTS = 5                # recipient-specific refusals of one recipient before it is `failed`
 STREAK_LIMIT = 10               # recipients refused in a row with nothing accepted: the path's fault (see _hold)
 STOP_GRACE = 3.0                # seconds a stop lets in-flight work finish before it is cut
+DATE_FRESH = 10.0               # seconds a claimed batch's Date stays good for its messages (see _process)
 SUPPRESSION_FRESH = 0.2         # seconds a suppression check stays good: re-read before a message leaves after that
 BACKOFF_BASE = 1.0              # seconds: first wait after a whole-path failure, doubled each time…
 BACKOFF_CAP = 60.0              # …up to this (a provider's Retry-After may ask for longer)
@@ -344,6 +345,13 @@ class Sender:
         group = self.commit_every if backend.ledger_step else 1
         pending: list[RecipientResult] = []
         oldest = 0.0
+        # One Date for the claimed batch, so that signing processes (DKIM, more than one core) can make
+        # the signatures of its messages ahead while earlier ones are on the wire (MessageFactory.prepare);
+        # a step that leaves more than DATE_FRESH seconds later is dated (and signed) when it leaves.
+        date, dated = formatdate(usegmt=True), time.monotonic()
+        if backend.ledger_step:
+            for language, members in groups.items():
+                self.factories[language].prepare([(m.recipient, m.message_id) for m in members], date)
 
         def flush() -> bool:
             if not pending:
@@ -366,7 +374,8 @@ class Sender:
                 return
             handed_over = time.monotonic()
             try:
-                results = self._send_with_retries(conn, backend, worker, step_messages, factory)
+                results = self._send_with_retries(conn, backend, worker, step_messages, factory,
+                                                  date if time.monotonic() - dated < DATE_FRESH else None)
             except BaseException:
                 try:
                     flush()  # what was accepted is recorded, so going back to the queue repeats nobody
@@ -429,10 +438,10 @@ class Sender:
         return [m for m in messages if m.delivery_id not in local.skipped] if local.skipped else messages
 
     def _send_with_retries(self, conn: Connection, backend: Backend, worker: str, messages: list[OutgoingMessage],
-                           factory: MessageFactory | None = None) -> list[RecipientResult] | None:
-        """Send one step; a whole-path failure is retried (same messages) until it passes or the send
-        pauses. None when halted."""
-        batch_date = formatdate(usegmt=True)
+                           factory: MessageFactory | None = None, date: str | None = None) -> list[RecipientResult] | None:
+        """Send one step (dated `date`, or now); a whole-path failure is retried (same messages, dated
+        anew) until it passes or the send pauses. None when halted."""
+        batch_date = date or formatdate(usegmt=True)
         while True:
             if self._wait_gate():
                 return None
@@ -448,6 +457,7 @@ class Sender:
             except TransientError as exc:
                 if self.halted or not self._path_failed(f"{backend.name}: {exc}", exc.retry_after):
                     return None
+                batch_date = formatdate(usegmt=True)
 
     def _record(self, conn: Connection, worker: str, results: list[RecipientResult], attempts: dict[int, int]) -> bool:
         """Record one step's outcomes. Accepted and deferred rows are written at once; refusals only
