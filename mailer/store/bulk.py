@@ -12,6 +12,8 @@ import re
 import sqlite3
 from contextlib import contextmanager
 from datetime import datetime
+from itertools import count
+from operator import itemgetter
 from typing import Iterator, NamedTuple, Sequence
 
 import sqlalchemy as sa
@@ -62,8 +64,14 @@ class ImportExisting(NamedTuple):
     import_digest: str | None
 
 
-# For the import's connection on SQLite (Store.import_connection).
-_SQLITE_IMPORT_PRAGMAS = (("cache_size", -8192), ("wal_autocheckpoint", 10000))
+# For the import's connection on SQLite (Store.import_connection). Foreign keys are not checked
+# while it lasts: the import only inserts people and then their events and memberships, under the
+# ids it just inserted in the same transaction (a check per row cost ~5 % of the import).
+_SQLITE_IMPORT_PRAGMAS = (("cache_size", -8192), ("wal_autocheckpoint", 10000), ("foreign_keys", 0))
+_SQLITE_IMPORT_PARAMS = itemgetter(IMPORT_KEY, IMPORT_GIVEN, IMPORT_NAME, IMPORT_LANGUAGE, IMPORT_STATUS,
+                                   IMPORT_ATTRIBUTES, IMPORT_DIGEST, IMPORT_CREATED_AT, IMPORT_STATUS_AT)
+_IMPORT_DATES = (itemgetter(IMPORT_CREATED_AT), itemgetter(IMPORT_STATUS_AT))
+_IMPORT_STATUS_OF, _IMPORT_LINE_OF = itemgetter(IMPORT_STATUS), itemgetter(IMPORT_LINE)
 
 
 # SQLite before 3.32 allows 999 parameters a statement, later versions 32,766.
@@ -115,11 +123,13 @@ def _insert_imported_core(conn: Connection, rows: list[tuple], source: str, reas
 
 
 def _insert_imported_sqlite(conn: Connection, rows: list[tuple], source: str, reason: str, now: datetime) -> None:
-    """`_insert_imported_core` in two or three `executemany` calls sharing one small tuple a row.
+    """`_insert_imported_core` in two or three `executemany` calls fed by C-level iterators (no Python
+    step per row unless a row dates its creation or status).
 
-    Ids are assigned here (max + 1 …): the batch runs in a BEGIN IMMEDIATE transaction, so no other
-    writer can take them meanwhile. What is the same for every row (source, timestamps) is a literal
-    in the statement, written exactly as SQLAlchemy's bind processors would have.
+    SQLite numbers the rows max(id) + 1 … as it inserts them, exactly as `first` below predicts: the
+    batch runs in a BEGIN IMMEDIATE transaction, so no other writer can take ids meanwhile. What is
+    the same for every row (source, timestamps) is a literal in the statement, written exactly as
+    SQLAlchemy's bind processors would have.
     """
     dialect = conn.dialect
     stamp = _bind_processor(subscribers.c.created_at, dialect)
@@ -129,24 +139,25 @@ def _insert_imported_sqlite(conn: Connection, rows: list[tuple], source: str, re
     suppressed_sql = ", ".join(_sql_literal(s) for s in SUPPRESSED_STATUSES)
     dbapi = conn.connection.driver_connection
     first = dbapi.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {subscribers.name}").fetchone()[0]
-    # ?1 id, ?2 key, ?3 given, ?4 name, ?5 language, ?6 status, ?7 attributes, ?8 digest, ?9 created_at,
-    # ?10 line, ?11 status_at
-    # generators, not lists: the driver binds one row at a time (no second copy of the batch in memory)
-    params = ((sid, row[IMPORT_KEY], row[IMPORT_GIVEN], row[IMPORT_NAME], row[IMPORT_LANGUAGE], _imported_status(row),
-               row[IMPORT_ATTRIBUTES], row[IMPORT_DIGEST],
-               None if row[IMPORT_CREATED_AT] is None else stamp(row[IMPORT_CREATED_AT]), row[IMPORT_LINE],
-               None if row[IMPORT_STATUS_AT] is None else stamp(row[IMPORT_STATUS_AT]))
-              for sid, row in enumerate(rows, first))
+    # ?1 key, ?2 given, ?3 name, ?4 language, ?5 status (NULL: active), ?6 attributes, ?7 digest,
+    # ?8 created_at, ?9 status_at (both NULL: now)
+    params = map(_SQLITE_IMPORT_PARAMS, rows)
+    if any(map(_IMPORT_DATES[0], rows)) or any(map(_IMPORT_DATES[1], rows)):
+        params = ((*head, None if created is None else stamp(created), None if at is None else stamp(at))
+                  for *head, created, at in params)
     dbapi.executemany(
-        f"INSERT INTO {subscribers.name} (id, email, email_given, name, language, status, source, attributes, "
+        f"INSERT INTO {subscribers.name} (email, email_given, name, language, status, source, attributes, "
         f"import_digest, created_at, updated_at, confirmed_at, unsubscribed_at) "
-        f"VALUES (?1, ?2, ?3, ?4, ?5, ?6, {source_sql}, ?7, ?8, coalesce(?9, {now_sql}), {now_sql}, "
-        f"CASE WHEN ?6 = 'active' THEN coalesce(?11, {now_sql}) END, "
-        f"CASE WHEN ?6 IN ({suppressed_sql}) THEN coalesce(?11, {now_sql}) END)", params)
+        f"VALUES (?1, ?2, ?3, ?4, coalesce(?5, 'active'), {source_sql}, ?6, ?7, coalesce(?8, {now_sql}), {now_sql}, "
+        f"CASE WHEN coalesce(?5, 'active') = 'active' THEN coalesce(?9, {now_sql}) END, "
+        f"CASE WHEN ?5 IN ({suppressed_sql}) THEN coalesce(?9, {now_sql}) END)", params)
+    last = dbapi.execute("SELECT last_insert_rowid()").fetchone()[0]
+    if last != first + len(rows) - 1:
+        raise RuntimeError(f"import: SQLite numbered the rows {last - len(rows) + 1}…{last}, not from {first}")
     dbapi.executemany(
         f"INSERT INTO {subscriber_events.name} (subscriber_id, at, kind, old_status, new_status, source, reason) "
-        f"VALUES (?, {at_sql}, 'created', NULL, ?, {source_sql}, {reason_sql} || ?)",
-        ((sid, _imported_status(row), row[IMPORT_LINE]) for sid, row in enumerate(rows, first)))
+        f"VALUES (?, {at_sql}, 'created', NULL, coalesce(?, 'active'), {source_sql}, {reason_sql} || ?)",
+        zip(count(first), map(_IMPORT_STATUS_OF, rows), map(_IMPORT_LINE_OF, rows)))
     memberships = [(name, sid) for sid, row in enumerate(rows, first) if row[IMPORT_LISTS] for name in row[IMPORT_LISTS]]
     if memberships:
         dbapi.executemany(f"INSERT INTO {list_members.name} (list_name, subscriber_id) VALUES (?, ?)", memberships)

@@ -59,52 +59,74 @@ def import_csv(store: Store, path: Path, *, dry_run: bool = False, resubscribe: 
                           warnings=list(options.decoding.warnings()))
     reason = "import"
     written_through = 0  # the last line of the last batch committed
+    transaction = None  # open across chunks until it holds IMPORT_BATCH rows
     try:
         with parsed_source(path, options) as items, store.import_connection() as conn, _StopRequest() as stop:
-            pending: list[tuple] = []  # valid rows parsed, not written yet: one transaction per IMPORT_BATCH rows
-            held: list = []            # the rejections among them, counted once the rows before them are written
+            pending: list[tuple] = []  # valid rows parsed, not written yet: written WRITE_CHUNK rows at a time
+            held: list = []            # the rejections among them, counted once the rows before them are committed
+            uncommitted = ImportReport()  # what the open transaction wrote: joins `report` once committed
+            in_transaction = last_line = 0
 
-            def flush() -> None:
-                nonlocal pending, held, written_through
+            def flush(commit: bool) -> None:
+                nonlocal pending, held, written_through, transaction, uncommitted, in_transaction, last_line
                 if pending:
                     batch, pending = pending, []
-                    _write_batch(store, conn, batch, report, dry_run=dry_run, resubscribe=resubscribe,
+                    if transaction is None:
+                        transaction = conn.begin()
+                    _write_batch(store, conn, batch, uncommitted, dry_run=dry_run, resubscribe=resubscribe,
                                  source=source, reason=reason)
-                    written_through = batch[-1][IMPORT_LINE]
+                    in_transaction += len(batch)
+                    last_line = batch[-1][IMPORT_LINE]
                     del batch
+                if transaction is not None and not (commit or in_transaction >= parse.IMPORT_BATCH):
+                    return  # its rejections wait for the rows before them
+                if transaction is not None:
+                    done, transaction = transaction, None
+                    if dry_run:
+                        done.rollback()
+                    else:
+                        done.commit()
+                    report.add(uncommitted)
+                    report.written_batches += not dry_run
+                    written_through = last_line
+                    uncommitted, in_transaction = ImportReport(), 0
                 for rejection in held:
                     report.reject(rejection)
                 held = []
                 if progress:
                     progress(report.rows)
 
-            write_at = parse.IMPORT_BATCH
-            for item in items:
-                if type(item) is list:
-                    append, hold = pending.append, held.append
-                    for row in item:
-                        if type(row) is tuple:
-                            append(row)
-                        else:
-                            row.reason = sys.intern(row.reason)  # thousands of rejections share a few reasons
-                            hold(row)
-                    del item
-                    if len(pending) + len(held) >= write_at or stop.requested:
-                        flush()
-                    if stop.requested:
-                        raise KeyboardInterrupt
-                elif isinstance(item, LayoutInfo):
-                    report.format_label, report.delimiter = item.format_label, item.delimiter
-                    report.attributes, report.ignored = item.attributes, item.ignored
-                    report.has_header = item.has_header
-                    report.status_note = item.status_note
-                    if item.format_label:  # events read "import of Mailchimp unsubscribed export line 4"
-                        reason = "import of " + item.format_label.replace(" (", " ").replace(")", "")
-                elif isinstance(item, ParseStats):
-                    report.warnings.extend(item.warnings())
-                    report.empty_columns = item.empty_attributes
-                    report.attributes = [name for name in report.attributes if name not in item.empty_attributes]
-            flush()
+            write_at = min(parse.WRITE_CHUNK, parse.IMPORT_BATCH)
+            try:
+                for item in items:
+                    if type(item) is list:
+                        append, hold = pending.append, held.append
+                        for row in item:
+                            if type(row) is tuple:
+                                append(row)
+                            else:
+                                row.reason = sys.intern(row.reason)  # thousands of rejections share a few reasons
+                                hold(row)
+                        del item
+                        if len(pending) >= write_at or len(held) >= write_at or stop.requested:
+                            flush(stop.requested)
+                        if stop.requested:
+                            raise KeyboardInterrupt
+                    elif isinstance(item, LayoutInfo):
+                        report.format_label, report.delimiter = item.format_label, item.delimiter
+                        report.attributes, report.ignored = item.attributes, item.ignored
+                        report.has_header = item.has_header
+                        report.status_note = item.status_note
+                        if item.format_label:  # events read "import of Mailchimp unsubscribed export line 4"
+                            reason = "import of " + item.format_label.replace(" (", " ").replace(")", "")
+                    elif isinstance(item, ParseStats):
+                        report.warnings.extend(item.warnings())
+                        report.empty_columns = item.empty_attributes
+                        report.attributes = [name for name in report.attributes if name not in item.empty_attributes]
+                flush(True)
+            finally:
+                if transaction is not None and transaction.is_active:
+                    transaction.rollback()  # a failure or a second Ctrl-C mid-transaction: none of it stays
     except KeyboardInterrupt:
         raise _stopped(path, report, written_through, "interrupted", 130) from None
     except (MailerError, DatabaseError, OSError) as exc:
@@ -160,76 +182,74 @@ def _stopped(path: Path, report: ImportReport, line: int, cause: str, exit_code:
 
 def _write_batch(store: Store, conn: Connection, batch: list[tuple], total: ImportReport, *, dry_run: bool,
                  resubscribe: bool, source: str, reason: str) -> None:
-    """One transaction: look the batch's addresses up, then insert, update and change statuses. The
-    batch's counts join `total` only once it is committed (so a stop mid-batch reports what is written)."""
+    """Look the batch's addresses up, then insert, update and change statuses, in the caller's open
+    transaction (`dry_run`: write nothing). Its counts are added to `total`, which the caller counts
+    once the transaction is committed (so a stop mid-transaction reports what is written)."""
     now = utcnow()
     report = ImportReport()
-    with conn.begin() as transaction:
-        fast = store.import_fast_path(conn, source)
-        keys = [row[IMPORT_KEY] for row in batch]
-        existing = store.existing_for_import(conn, keys, fast)
-        missing = [key for key in keys if key not in existing]
-        erased = _erased(store, conn, missing, fast) if missing else set()
-        inserts: list[tuple] = []
-        updates: list[tuple[tuple, int]] = []
-        changes: list[StatusChange] = []
-        rank = SUPPRESSION_RANK
-        for row in batch:
-            current = existing.get(row[IMPORT_KEY])
-            wanted = row[IMPORT_STATUS]
-            if current is None:
-                if row[IMPORT_KEY] in erased:
-                    report.kept["erased"] += 1
-                else:
-                    inserts.append(row)
-                    report.added += 1
-                    if wanted not in (None, "active"):
-                        report.added_as[wanted] += 1
-                continue
-            at_line = f"{reason} line {row[IMPORT_LINE]}"
-            if current.status in SUPPRESSED_STATUSES:
-                if resubscribe and current.status == "unsubscribed" and wanted in (None, "active"):
-                    changes.append(StatusChange(current.id, current.status, "active", source, f"--resubscribe on {at_line}"))
-                    report.resubscribed += 1
-                    report.updated += 1
-                    updates.append((row, current.id))
-                elif wanted in SUPPRESSED_STATUSES and rank[wanted] > rank[current.status]:
-                    changes.append(StatusChange(current.id, current.status, wanted, source, at_line,
-                                                row[IMPORT_STATUS_AT]))
-                    report.suppressed_now[wanted] += 1
-                    report.updated += 1
-                else:
-                    report.kept[current.status] += 1  # name, attributes and status stay as they are
-                continue
-            if wanted in SUPPRESSED_STATUSES:  # the file suppresses them: their status changes, nothing else
-                # ... as of the date the file gives (UNSUB_TIME, CLEAN_TIME, unsubscription_date), if any
+    fast = store.import_fast_path(conn, source)
+    keys = [row[IMPORT_KEY] for row in batch]
+    existing = store.existing_for_import(conn, keys, fast)
+    missing = [key for key in keys if key not in existing]
+    erased = _erased(store, conn, missing, fast) if missing else set()
+    inserts: list[tuple] = []
+    updates: list[tuple[tuple, int]] = []
+    changes: list[StatusChange] = []
+    rank = SUPPRESSION_RANK
+    for row in batch:
+        current = existing.get(row[IMPORT_KEY])
+        wanted = row[IMPORT_STATUS]
+        if current is None:
+            if row[IMPORT_KEY] in erased:
+                report.kept["erased"] += 1
+            else:
+                inserts.append(row)
+                report.added += 1
+                if wanted not in (None, "active"):
+                    report.added_as[wanted] += 1
+            continue
+        at_line = f"{reason} line {row[IMPORT_LINE]}"
+        if current.status in SUPPRESSED_STATUSES:
+            if resubscribe and current.status == "unsubscribed" and wanted in (None, "active"):
+                changes.append(StatusChange(current.id, current.status, "active", source, f"--resubscribe on {at_line}"))
+                report.resubscribed += 1
+                report.updated += 1
+                updates.append((row, current.id))
+            elif wanted in SUPPRESSED_STATUSES and rank[wanted] > rank[current.status]:
                 changes.append(StatusChange(current.id, current.status, wanted, source, at_line,
                                             row[IMPORT_STATUS_AT]))
                 report.suppressed_now[wanted] += 1
                 report.updated += 1
-            elif current.import_digest == row[IMPORT_DIGEST]:
-                report.unchanged += 1
             else:
-                report.updated += 1
-                updates.append((row, current.id))
-        if dry_run:
-            transaction.rollback()
-            total.add(report)
-            return
-        if inserts:
-            store.insert_imported(conn, inserts, source=source, reason=reason, now=now, fast=fast)
-        if updates:  # an empty cell keeps what is known: a file without names wipes no name
-            current = store.profiles_of(conn, [sid for _, sid in updates])
-            store.update_imported(conn, [{
-                "id": sid, "given": row[IMPORT_GIVEN], "name": row[IMPORT_NAME] or current[sid][0],
-                "language": row[IMPORT_LANGUAGE] or current[sid][1],
-                "attributes": merged_attributes(current[sid][2], json.loads(row[IMPORT_ATTRIBUTES])),
-                "digest": row[IMPORT_DIGEST], "lists": row[IMPORT_LISTS],
-            } for row, sid in updates], source=source, now=now)
-        if changes:
-            store.apply_status_changes(conn, changes)
+                report.kept[current.status] += 1  # name, attributes and status stay as they are
+            continue
+        if wanted in SUPPRESSED_STATUSES:  # the file suppresses them: their status changes, nothing else
+            # ... as of the date the file gives (UNSUB_TIME, CLEAN_TIME, unsubscription_date), if any
+            changes.append(StatusChange(current.id, current.status, wanted, source, at_line,
+                                        row[IMPORT_STATUS_AT]))
+            report.suppressed_now[wanted] += 1
+            report.updated += 1
+        elif current.import_digest == row[IMPORT_DIGEST]:
+            report.unchanged += 1
+        else:
+            report.updated += 1
+            updates.append((row, current.id))
+    if dry_run:
+        total.add(report)
+        return
+    if inserts:
+        store.insert_imported(conn, inserts, source=source, reason=reason, now=now, fast=fast)
+    if updates:  # an empty cell keeps what is known: a file without names wipes no name
+        current = store.profiles_of(conn, [sid for _, sid in updates])
+        store.update_imported(conn, [{
+            "id": sid, "given": row[IMPORT_GIVEN], "name": row[IMPORT_NAME] or current[sid][0],
+            "language": row[IMPORT_LANGUAGE] or current[sid][1],
+            "attributes": merged_attributes(current[sid][2], json.loads(row[IMPORT_ATTRIBUTES])),
+            "digest": row[IMPORT_DIGEST], "lists": row[IMPORT_LISTS],
+        } for row, sid in updates], source=source, now=now)
+    if changes:
+        store.apply_status_changes(conn, changes)
     total.add(report)
-    total.written_batches += 1
 
 
 def _erased(store: Store, conn: Connection, keys: list[str], fast: str | None) -> set[str]:
