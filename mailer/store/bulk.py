@@ -22,7 +22,6 @@ from sqlalchemy.engine import Connection
 from ..statuses import SUPPRESSED_STATUSES, TOMBSTONE_PREFIX
 from .schema import list_members, subscriber_events, subscribers
 from .common import _NOT_TOMBSTONE, as_utc
-from .csvlines import _attribute_cell, sqlite_export_lines
 
 
 _PLAIN_JSON_KEY = re.compile(r"[A-Za-z0-9_. -]+")
@@ -31,6 +30,13 @@ _PLAIN_JSON_KEY = re.compile(r"[A-Za-z0-9_. -]+")
 def _export_iso(value: datetime | None) -> str:
     value = as_utc(value)
     return value.isoformat(timespec="seconds") if value else ""
+
+
+def _attribute_cell(value: object) -> str:
+    """An attribute's export cell: "" when unset, a string as it is, anything else as JSON."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _export_pages_core(store: "BulkQueries", attribute_names: Sequence[str], status: str | None,
@@ -414,16 +420,6 @@ class BulkQueries:
                         rows[index] = tuple(row)
             yield [row[1:] for row in rows]
             del rows
-
-    def export_lines(self, attribute_names: Sequence[str], status: str | None = None,
-                     batch: int = 5000) -> Iterator[tuple[str, int]] | None:
-        """The pages of `export_pages` as CSV text, `(text, rows)` a page: exactly what
-        `csv.writer(out, lineterminator="\\n").writerows(page)` writes. None where the database cannot
-        build the text (the caller then writes `export_pages`): SQLite builds it (`csvlines`)."""
-        if self.engine.dialect.name != "sqlite":
-            return None
-        plain = [_PLAIN_JSON_KEY.fullmatch(name) is not None for name in attribute_names]
-        return sqlite_export_lines(self.engine, attribute_names, plain, status, batch)
 
     def attribute_names(self, status: str | None = None) -> list[str]:
         """Every attribute name in use (tombstones excluded), sorted: one query where the database can

@@ -4,8 +4,7 @@ UTF-8, comma, a header: `email, name, language, status, source, created_at, conf
 unsubscribed_at, lists`, then one column per attribute in use (sorted). Erased people's tombstones
 are nobody and are not written.
 
-SQLite writes the CSV text itself (`Store.export_lines`, one string a page); elsewhere the cells
-come ready-made from `Store.export_pages` (formatted by the database) and go to
+The cells come ready-made from `Store.export_pages` (formatted by the database) and go to
 `csv.writer.writerows` a page at a time: no per-row Python here.
 """
 
@@ -25,12 +24,6 @@ def export_csv(store: Store, out: IO[str], status: str | None = None) -> int:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([*EXPORT_COLUMNS, "lists", *attribute_names])
     count = 0
-    lines = store.export_lines(attribute_names, status)
-    if lines is not None:  # the database wrote the CSV text: one string a page
-        for text, rows in lines:
-            out.write(text)
-            count += rows
-        return count
     for page in store.export_pages(attribute_names, status):
         writer.writerows(page)
         count += len(page)
