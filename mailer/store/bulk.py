@@ -12,7 +12,7 @@ import re
 import sqlite3
 from contextlib import contextmanager
 from datetime import datetime
-from itertools import count
+from itertools import chain, count
 from operator import itemgetter
 from typing import Iterator, NamedTuple, Sequence
 
@@ -25,6 +25,7 @@ from .common import _NOT_TOMBSTONE, as_utc
 
 
 _PLAIN_JSON_KEY = re.compile(r"[A-Za-z0-9_. -]+")
+_WITHOUT_ID = itemgetter(slice(1, None))  # an export row's cells: a C-level slice, not a Python step per row
 
 
 def _export_iso(value: datetime | None) -> str:
@@ -398,7 +399,7 @@ class BulkQueries:
                         cursor.execute(members_query, (first, last))
                         for sid, list_name in cursor.fetchall():
                             lists.setdefault(sid, []).append(list_name)
-                        if attribute_names and any(None in row for row in rows):
+                        if attribute_names and None in chain.from_iterable(rows):  # C-level scan
                             cursor.execute(attributes_query, (first, last))
                             completed = {sid: json.loads(text) for sid, text in cursor.fetchall()}
                 finally:
@@ -418,7 +419,7 @@ class BulkQueries:
                             if row[position] is None:
                                 row[position] = _attribute_cell(completed[sid].get(name))
                         rows[index] = tuple(row)
-            yield [row[1:] for row in rows]
+            yield list(map(_WITHOUT_ID, rows))
             del rows
 
     def attribute_names(self, status: str | None = None) -> list[str]:
