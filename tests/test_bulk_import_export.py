@@ -250,3 +250,43 @@ def test_an_export_of_odd_values_reads_back_as_the_database_holds_them(store, na
     out = io.StringIO()
     export_csv(store, out)
     assert out.getvalue() == _naive_export(store)
+
+
+def test_an_import_killed_at_any_moment_leaves_whole_transactions_and_a_rerun_finishes(db_url, tmp_path):
+    """SIGKILL (no handler runs) while transactions of several written chunks are open: what stays is
+    whole transactions — each person with their `created` event — and the same import finishes the job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mailer.store import open_store
+    from mailer.subscribers import count_subscribers
+
+    path = tmp_path / "grande.csv"
+    path.write_text("email,name\n" + "\n".join(f"p{i}@example.org,Personne {i}" for i in range(60_000)) + "\n",
+                    encoding="utf-8")
+    driver = ("import sys; from pathlib import Path; import mailer.subscribers.importer.parse as parse\n"
+              "parse.IMPORT_BATCH, parse.WRITE_CHUNK = 10_000, 5000  # two chunks a transaction\n"
+              "from mailer.store import open_store; from mailer.subscribers import import_csv\n"
+              "import_csv(open_store(sys.argv[1]), Path(sys.argv[2]))\n")
+    store = open_store(db_url)
+    try:
+        for delay in (0.0, 0.3, 0.9):
+            process = subprocess.Popen([sys.executable, "-c", driver, db_url, str(path)])
+            deadline = time.monotonic() + 120
+            while count_subscribers(store) == 0 and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(delay)
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+            with store.connect() as conn:
+                people = store.count_subscribers(conn)
+                events = conn.exec_driver_sql("SELECT count(*) FROM subscriber_events").scalar()
+            assert people % 10_000 == 0, people  # whole transactions only
+            assert events == people
+        report = import_csv(store, path)
+        assert report.added + report.unchanged == 60_000 and count_subscribers(store) == 60_000
+    finally:
+        store.close()
