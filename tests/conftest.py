@@ -53,6 +53,19 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def cli(project: Path):
+    """`cli(*ARGS, extra_env=None, check_exit=0, stdin="", cwd=project)`: `mailer ARGS` in this process
+    (tests/cli_support.py), the exit code checked (None: any); returns stdout, stderr, returncode."""
+    from .cli_support import checked, invoke
+
+    def run(*args: str, extra_env: dict | None = None, check_exit: int | None = 0, stdin: str = "",
+            cwd: Path | None = None):
+        return checked(invoke(args, cwd or project, extra_env, stdin), check_exit)
+
+    return run
+
+
+@pytest.fixture
 def make_settings(project: Path):
     def factory(**overrides) -> Settings:
         env = {**BASE_ENV, **{k: v for k, v in overrides.items() if k.isupper()}}

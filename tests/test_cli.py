@@ -12,24 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from .cli_support import MAILER, process_env
 from .conftest import BASE_ENV, EXAMPLE_ISSUE, write_issue
 
-MAILER = [sys.executable, "-m", "mailer.cli"]
 
 
 @pytest.fixture
-def run(project: Path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
-    env.update(BASE_ENV)
-
-    def invoke(*args: str, extra_env: dict | None = None, check_exit: int | None = 0, stdin: str = "") -> subprocess.CompletedProcess:
-        result = subprocess.run([*MAILER, *args], cwd=project, env={**env, **(extra_env or {})}, input=stdin,
-                                capture_output=True, text=True, timeout=60)
-        if check_exit is not None:
-            assert result.returncode == check_exit, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-        return result
-
-    return invoke
+def run(cli):
+    """`mailer ARGS` in this process (tests/cli_support.py); the real processes are below."""
+    return cli
 
 
 def test_build_writes_three_files_and_reports(run, project):
@@ -49,7 +40,6 @@ def test_bad_brief_is_one_line_error_naming_file_and_line(run, project):
     assert lines[0].startswith("error: ") and "2026-12-03-casse/briefs.txt:2: empty brief" in lines[0]
 
 
-@pytest.mark.slow  # > 2 s: several CLI processes
 def test_subscriber_commands(run):
     run("subscribers", "add", "Camille@Example.org", "--name", "Camille")
     run("subscribers", "add", "b@example.org")
@@ -76,7 +66,6 @@ def test_import_reports_rejected_lines_and_summary(run, project):
     assert "liste.csv:4: rejected 'un@example.org': duplicate" in result.stderr
 
 
-@pytest.mark.slow  # > 2 s: several CLI processes
 def test_export_to_file_and_stdout(run, project):
     run("subscribers", "import", "subscribers/example.csv")
     run("subscribers", "export", "out.csv")
@@ -86,7 +75,6 @@ def test_export_to_file_and_stdout(run, project):
     assert len(exported.strip().splitlines()) == 6
 
 
-@pytest.mark.slow  # > 2 s: several CLI processes
 def test_send_then_status_then_resend_sends_nothing_twice(run, project):
     run("subscribers", "import", "subscribers/example.csv")
     first = run("send", EXAMPLE_ISSUE, "--yes")
@@ -105,7 +93,6 @@ def test_send_refuses_without_confirmation_when_not_interactive(run):
     assert "add --yes" in result.stderr
 
 
-@pytest.mark.slow  # > 2 s: several CLI processes
 def test_missing_settings_stop_the_send_before_anything(run, project):
     run("subscribers", "add", "a@example.org")
     result = run("send", EXAMPLE_ISSUE, "--yes", extra_env={"MAILER_BACKEND": "smtp", "MAILER_POSTAL_ADDRESS": ""},
@@ -122,7 +109,6 @@ def test_invalid_setting_value_is_named(run):
     assert "MAILER_RATE_LIMIT" in result.stderr and "'vite'" in result.stderr
 
 
-@pytest.mark.slow  # > 2 s: several CLI processes
 def test_test_send_does_not_touch_the_ledger(run, project):
     run("subscribers", "add", "a@example.org")
     result = run("send", EXAMPLE_ISSUE, "--test", "moi@example.org,collegue@example.org")
@@ -134,7 +120,6 @@ def test_test_send_does_not_touch_the_ledger(run, project):
     run("status", EXAMPLE_ISSUE, check_exit=4)
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_issue_new_then_build(run, project):
     created = run("issue", "new", "Bilan de l'année", "--date", "2026-12-31").stdout
     assert "2026-12-31-bilan-de-l-ann-e" in created or "2026-12-31-bilan" in created
@@ -142,7 +127,6 @@ def test_issue_new_then_build(run, project):
     run("build", str(folder))
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_db_upgrade_is_idempotent(run):
     assert "database at revision" in run("db", "upgrade").stdout
     assert "database at revision" in run("db", "upgrade").stdout
@@ -159,7 +143,6 @@ def test_a_control_character_in_a_brief_is_one_line_error_before_rendering(run, 
     assert not (project / "build").exists()
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_issue_new_transliterates_and_build_warns_about_placeholders(run, project):
     result = run("issue", "new", "trains-et-vélos", "--date", "2026-12-10")
     folder = project / "issues" / "2026-12-10-trains-et-velos"
@@ -171,7 +154,6 @@ def test_issue_new_transliterates_and_build_warns_about_placeholders(run, projec
 
 
 # ----- sends that cannot go wrong quietly ---------------------------------------------------------------
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_a_send_to_nobody_is_refused_with_the_reason(run, project):
     refused = run("send", EXAMPLE_ISSUE, "--yes", check_exit=6)
     assert refused.stderr.startswith("error: refusing to send") and "no subscribers yet" in refused.stderr
@@ -185,7 +167,6 @@ def test_a_send_to_nobody_is_refused_with_the_reason(run, project):
     assert not (project / "outbox").exists()
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_a_rerun_of_a_finished_issue_says_so_and_writes_nothing(run, project):
     run("subscribers", "add", "a@example.org")
     first = run("send", EXAMPLE_ISSUE, "--yes")
@@ -201,10 +182,8 @@ def _send_on_a_terminal(project: Path, *args: str, answer: bytes = b"n\n") -> tu
     import pty
     import select
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
-    env.update(BASE_ENV)
     controller, terminal = pty.openpty()
-    process = subprocess.Popen([*MAILER, "send", *args], cwd=project, env=env, stdin=terminal,
+    process = subprocess.Popen([*MAILER, "send", *args], cwd=project, env=process_env(), stdin=terminal,
                                stdout=terminal, stderr=terminal, close_fds=True)
     os.close(terminal)
     seen = b""
@@ -221,7 +200,7 @@ def _send_on_a_terminal(project: Path, *args: str, answer: bytes = b"n\n") -> tu
     return seen.decode("utf-8", "replace"), process.returncode
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
+@pytest.mark.slow  # a real `mailer` process on a pseudo-terminal (what a person sees is the process's)
 def test_the_confirmation_names_the_issue_its_subject_and_its_audience(run, project):
     """On a terminal, `mailer send ISSUE` asks about the issue it resolved, not the argument typed."""
     for i in range(3):
@@ -232,7 +211,7 @@ def test_the_confirmation_names_the_issue_its_subject_and_its_audience(run, proj
     assert code != 0 and not (project / "outbox").exists()
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
+@pytest.mark.slow  # a real `mailer` process on a pseudo-terminal, and a 20,000-word issue rendered four times
 def test_send_prints_every_build_warning_before_its_confirmation_prompt(run, project):
     """Gmail clipping, a missing alt text, an insecure link: `build` warns, and so does `send`, before
     it asks (the same lines, in the same order); answering no sends nothing."""
@@ -254,7 +233,6 @@ def test_send_prints_every_build_warning_before_its_confirmation_prompt(run, pro
     assert "sent 1 now" in sent.stdout
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_a_scaffold_with_only_its_subject_written_is_held_and_refused_until_allow_draft(run, project):
     """Issue 10.12: `issue new`, the subject written and `draft = true` removed: the scheduler holds it
     (PLACEHOLDER, with every reason) and `send` refuses it in one line naming file:line; --allow-draft
@@ -289,7 +267,6 @@ def test_a_scaffold_with_only_its_subject_written_is_held_and_refused_until_allo
 
 
 # ----- secrets stay out of what people read -------------------------------------------------------------
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_verbose_output_never_shows_the_api_key_or_the_subscribers(run, project):
     from .sendgrid_server import SendGridServer
 
@@ -311,7 +288,6 @@ def test_verbose_output_never_shows_the_api_key_or_the_subscribers(run, project)
     assert "/u/" not in output  # no personal unsubscribe link either
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_credentials_in_urls_never_reach_messages(run, project):
     run("subscribers", "add", "a@example.org")
     result = run("send", EXAMPLE_ISSUE, "--yes", check_exit=2,
@@ -321,7 +297,6 @@ def test_credentials_in_urls_never_reach_messages(run, project):
     assert "https://mailer:***@api.sendgrid.com" in result.stderr
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_a_send_that_cannot_build_its_messages_never_leaves_the_issue_half_started(run, project):
     """An internationalised sender domain (a real-world case): whatever the message builder makes of it
     — punycode, or a refusal — `send` either completes or refuses in one line with the issue untouched,
@@ -342,33 +317,26 @@ def test_a_send_that_cannot_build_its_messages_never_leaves_the_issue_half_start
 
 
 # ----- `mailer status` without an issue: every ledger, newest first ------------------------------------
-def test_status_without_an_issue_lists_every_ledger_newest_first(project, db_url, monkeypatch):
+def test_status_without_an_issue_lists_every_ledger_newest_first(project, db_url, cli):
     """One line (and one JSON object) per issue with a ledger, ordered by its last activity; each
     object is exactly what `status ISSUE --json` says of that issue (a second code path: the oracle)."""
     import random
     from datetime import datetime, timedelta, timezone
 
     import sqlalchemy as sa
-    from click.testing import CliRunner
 
     from mailer.sending import dispatch
-    from mailer.cli.main import main
     from mailer.config import load_settings
     from mailer.store.schema import deliveries
     from mailer.store import open_store
 
-    for name in [k for k in os.environ if k.startswith(("MAILER_", "SENDGRID_"))]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(project)
     env = {**BASE_ENV, "MAILER_DATABASE_URL": db_url}
 
     def invoke(*args: str, code: int = 0):
-        result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result
+        return cli(*args, extra_env={"MAILER_DATABASE_URL": db_url}, check_exit=code)
 
-    assert invoke("status").output.startswith("no issue sent yet")
-    assert json.loads(invoke("status", "--json").output) == []
+    assert invoke("status").stdout.startswith("no issue sent yet")
+    assert json.loads(invoke("status", "--json").stdout) == []
     for i in range(4):
         invoke("subscribers", "add", f"r{i}@example.org")
     slugs = [f"2026-12-0{i}-lettre-{i}" for i in range(1, 5)]
@@ -401,12 +369,12 @@ def test_status_without_an_issue_lists_every_ledger_newest_first(project, db_url
         store.close()
     order = sorted(slugs, key=lambda slug: expected_when[slug], reverse=True)
 
-    overview = json.loads(invoke("status", "--json").output)
+    overview = json.loads(invoke("status", "--json").stdout)
     assert [item["issue"] for item in overview] == order
-    assert overview == [json.loads(invoke("status", slug, "--json").output) for slug in order]
+    assert overview == [json.loads(invoke("status", slug, "--json").stdout) for slug in order]
     assert [datetime.fromisoformat(item["when"]) for item in overview] == [expected_when[slug] for slug in order]
 
-    lines = invoke("status").output.splitlines()
+    lines = invoke("status").stdout.splitlines()
     assert [line.split()[0] for line in lines] == order
     by_slug = {line.split()[0]: line for line in lines}
     assert "  sent  " in by_slug[slugs[0]] and "sent 3  failed 1  skipped 0  queued 0  of 4" in by_slug[slugs[0]]
@@ -415,11 +383,10 @@ def test_status_without_an_issue_lists_every_ledger_newest_first(project, db_url
     assert "paused" in by_slug[slugs[3]] and by_slug[slugs[3]].endswith("(too many failures in a row)")
     local = expected_when[slugs[1]].astimezone(settings.zone)
     assert f"{local:%Y-%m-%d %H:%M} {local.tzname()}" in by_slug[slugs[1]]
-    assert "never been sent" in CliRunner().invoke(main, ["status", "nope"], env=env).output
+    assert "never been sent" in invoke("status", "nope", code=4).stderr
 
 
 # ----- a project folder without its templates -----------------------------------------------------------
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_missing_templates_name_the_templates_folder_and_hold_the_issue(run, project):
     """No templates/ (a fresh project folder): every command that would render names MAILER_TEMPLATES_DIR
     and its resolved path — not issue.toml, which names no template — and the scheduler shows the issue
@@ -458,3 +425,54 @@ def test_missing_templates_name_the_templates_folder_and_hold_the_issue(run, pro
     assert len(named) == 1 and f"{toml}:{line}: unknown template 'special': " in named[0]
     assert "has no special.mjml.j2 and no special.txt.j2" in named[0] and "(templates there: " in named[0]
     assert "weekly" in named[0].split("(templates there: ")[1]
+
+
+# ----- the process around a command ----------------------------------------------------------------------
+def test_a_command_leaves_the_process_it_ran_in_as_it_found_it(run, project):
+    """`mailer.cli.main` run in a longer-lived process (these tests, an application calling it): the
+    SIGTERM/SIGINT handlers a send or a worker installs, its logging handler and level, and its
+    database connections are gone when the command ends, whether it succeeded or failed."""
+    import logging
+    import signal
+
+    root = logging.getLogger()
+
+    def process_state():
+        return signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), list(root.handlers), root.level
+
+    database = project / "subscribers" / "subscribers.db"
+    before = process_state()
+    run("subscribers", "add", "a@example.org")
+    for args, code in ((("send", EXAMPLE_ISSUE, "--yes"), 0), (("-v", "worker", "--once"), 0),
+                       (("send", EXAMPLE_ISSUE, "--yes", "--rebuild"), 7), (("send", "no-such-issue", "--yes"), 4),
+                       (("status", EXAMPLE_ISSUE), 0), (("subscribers", "add", "nope"), 2)):
+        run(*args, check_exit=code)
+        assert process_state() == before, args
+        # SQLite removes its write-ahead log when the last connection to the file closes
+        assert database.exists() and not database.with_name("subscribers.db-wal").exists(), args
+
+
+# ----- a real `mailer` process, end to end ---------------------------------------------------------------
+# Real processes stay where the behaviour is the process's: the terminal above, and here the installed
+# console script as a user starts it (start-up, imports, exit codes and the streams of a real process,
+# stdin not a terminal). Signals and crashes: test_crash.py; the scheduler and workers: test_scheduler.py,
+# test_edition.py, test_waves.py.
+@pytest.mark.slow  # five real processes: their start-up is what this test checks
+def test_the_installed_mailer_command_imports_sends_reports_and_fails_in_one_line(project):
+    mailer = Path(sys.executable).with_name("mailer")  # pyproject's [project.scripts] entry point
+
+    def real(*args: str, code: int = 0) -> subprocess.CompletedProcess:
+        result = subprocess.run([str(mailer), *args], cwd=project, env=process_env(), stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == code, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+        return result
+
+    assert "added 5" in real("subscribers", "import", "subscribers/example.csv").stdout
+    refused = real("send", EXAMPLE_ISSUE, code=1)
+    assert refused.stderr == "error: refusing to send without confirmation: add --yes\n" and refused.stdout == ""
+    assert "sent 5 now (5 in all)" in real("send", EXAMPLE_ISSUE, "--yes").stdout
+    assert len(list((project / "outbox" / EXAMPLE_ISSUE).glob("*.eml"))) == 5
+    assert json.loads(real("status", EXAMPLE_ISSUE, "--json").stdout)["counts"]["sent"] == 5
+    write_issue(project, "2026-12-03-casse", {"briefs.txt": "--> Bien.\n-->\n"})
+    broken = real("build", "casse", code=3)
+    assert broken.stderr.count("\n") == 1 and "2026-12-03-casse/briefs.txt:2: empty brief" in broken.stderr

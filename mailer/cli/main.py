@@ -97,8 +97,21 @@ def main(verbose: bool) -> None:
     (≤ 4,000 by default)."""
     from ..redact import RedactingFilter, quiet_http_loggers
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # one handler on stderr for this command, removed (and the root level restored) when it ends, so a
+    # process that runs commands in turn (tests, a host application) keeps its own logging as it was
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    handler.addFilter(RedactingFilter())
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+    def restore() -> None:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+    click.get_current_context().call_on_close(restore)
     for noisy in ("alembic", "sqlalchemy", "apscheduler.executors", "apscheduler.scheduler", "uvicorn.access",
                   "markdown_it"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -106,8 +119,6 @@ def main(verbose: bool) -> None:
     logging.getLogger("flufl.bounce").setLevel(logging.DEBUG if verbose else logging.WARNING)
     # HTTP clients log credentials and whole payloads (every address) at DEBUG: never, even with -v
     quiet_http_loggers()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter())
 
 
 # ----- issues ------------------------------------------------------------------------------------

@@ -293,14 +293,20 @@ def worker(once: bool) -> None:
 def _install_stop_handlers(stop: threading.Event) -> None:
     """SIGTERM/SIGINT: the message or request in flight finishes and is recorded, then the run stops;
     what is still in flight a few seconds later (a stalled server) is cut and stays queued. A second
-    signal stops at once (rows in flight go back to the queue)."""
+    signal stops at once (rows in flight go back to the queue). The previous handlers come back when
+    the command ends (whatever way it ends), so a process that runs commands in turn keeps its own."""
     def handler(signum, _frame) -> None:  # noqa: ANN001
         if stop.is_set():
             raise KeyboardInterrupt
         log.warning("signal %s: finishing what is in flight, then stopping", signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for signum, earlier in previous.items():
+            signal.signal(signum, earlier)
+
+    click.get_current_context().call_on_close(restore)
 
 
