@@ -150,9 +150,6 @@ def test_cli_build_and_send_show_the_audience_and_errors_in_one_line(run, projec
     _segment_issue(project, 'language = "en"')
     built = run("build", EXAMPLE_ISSUE, "--out", "sortie")
     assert 'audience: 2 active subscribers (segment: language = "en")' in built.stdout
-    prompt, code = _send_on_a_terminal(project, EXAMPLE_ISSUE)
-    assert 'to 2 subscriber(s) in segment \'language = "en"\'?' in prompt
-    assert code != 0 and not (project / "outbox").exists()
     toml = _segment_issue(project, 'language = "en" and (city = "Lyon"')
     for command in (("build", EXAMPLE_ISSUE), ("send", EXAMPLE_ISSUE, "--yes")):
         broken = run(*command, check_exit=3)
@@ -161,6 +158,16 @@ def test_cli_build_and_send_show_the_audience_and_errors_in_one_line(run, projec
         assert broken.stderr.startswith(f"error: {toml}:")
         assert "segment, column 35: expected ')' to close the '(' of column 21" in broken.stderr
     assert not (project / "outbox").exists()
+
+
+@pytest.mark.slow  # a real `mailer` process on a pseudo-terminal (the prompt is only asked on one)
+def test_the_confirmation_on_a_terminal_names_the_segment_and_its_audience(run, project: Path) -> None:
+    for address, language in (("a@example.org", "en"), ("b@example.org", "en"), ("c@example.org", "fr")):
+        run("subscribers", "add", address, "--language", language)
+    _segment_issue(project, 'language = "en"')
+    prompt, code = _send_on_a_terminal(project, EXAMPLE_ISSUE)
+    assert 'to 2 subscriber(s) in segment \'language = "en"\'?' in prompt
+    assert code != 0 and not (project / "outbox").exists()
 
 
 def test_sendgrid_requests_each_carry_one_language(make_settings, project, store, db_url) -> None:

@@ -1,9 +1,9 @@
 """`mailer subscribers …` as an operator meets it: choices checked, counts that agree, files not clobbered,
-imports that say what they did — through the real command in a subprocess."""
+imports that say what they did — through the real command (in this process, tests/cli_support.py;
+Ctrl-C during an import in a real process)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -11,11 +11,10 @@ import time
 
 import pytest
 
-from .conftest import BASE_ENV
-from .test_cli import MAILER, run  # noqa: F401 - the `run` fixture
+from .cli_support import MAILER, process_env
+from .test_cli import run  # noqa: F401 - the `run` fixture
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_count_and_list_agree_after_remove_and_purge(run):
     for address in ("a@example.org", "b@example.org", "c@example.org"):
         run("subscribers", "add", address)
@@ -32,7 +31,6 @@ def test_count_and_list_agree_after_remove_and_purge(run):
 @pytest.mark.parametrize("command", [("list", "--status", "actif"), ("count", "--status", "actif"),
                                      ("export", "--status", "actif"),
                                      ("add", "x@example.org", "--language", "english")])
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_unknown_choices_are_refused_and_the_choices_listed(run, command):
     result = run("subscribers", *command, check_exit=2)
     assert "Invalid value" in result.stderr
@@ -101,14 +99,13 @@ def test_import_of_binary_data_is_one_line_and_writes_nothing(run, project):
     assert run("subscribers", "count").stdout == "0\n"
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
+@pytest.mark.slow  # a real process (SIGINT) importing 250,000 rows
 def test_ctrl_c_during_an_import_stops_after_a_batch_and_says_what_was_written(run, project):
     rows = "".join(f"reader{i:06d}@example.org,Reader {i},Lyon\n" for i in range(250_000))
     (project / "grande.csv").write_text("email,name,city\n" + rows, encoding="utf-8")
     run("subscribers", "count")  # creates the database
     database = project / "subscribers" / "subscribers.db"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}, **BASE_ENV}
-    process = subprocess.Popen([*MAILER, "subscribers", "import", "grande.csv"], cwd=project, env=env,
+    process = subprocess.Popen([*MAILER, "subscribers", "import", "grande.csv"], cwd=project, env=process_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
