@@ -30,12 +30,14 @@ OWN_VARIABLES = ("MAILER_", "SENDGRID_")
 
 @dataclass
 class Ran:
-    """What `mailer ARGS` did: the fields of subprocess.CompletedProcess that tests read."""
+    """What `mailer ARGS` did: the fields of subprocess.CompletedProcess that tests read, and `output`,
+    stdout and stderr interleaved as a terminal shows them."""
 
     args: list[str]
     returncode: int
     stdout: str
     stderr: str
+    output: str = ""
 
 
 def process_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] = BASE_ENV) -> dict[str, str]:
@@ -62,7 +64,7 @@ def invoke(args: Sequence[str], cwd: Path, extra_env: Mapping[str, str] | None =
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise AssertionError(f"`mailer {' '.join(args)}` let an exception escape (a traceback for a user); "
                              f"its output:\n{result.output}") from result.exception
-    return Ran(list(args), result.exit_code, result.stdout, result.stderr)
+    return Ran(list(args), result.exit_code, result.stdout, result.stderr, result.output)
 
 
 def checked(result: Ran, check_exit: int | None) -> Ran:

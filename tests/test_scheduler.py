@@ -200,6 +200,15 @@ def running(settings):
 
 
 def schedule_list(project: Path, env: dict[str, str], *args: str) -> str:
+    """`mailer schedule list ARGS` in this process (tests/cli_support.py) with `env`'s MAILER_* variables."""
+    from .cli_support import checked, invoke
+
+    own = {k: v for k, v in env.items() if k.startswith(("MAILER_", "SENDGRID_"))}
+    return checked(invoke(("schedule", "list", *args), project, own, base={}), 0).stdout
+
+
+def console_schedule_list(project: Path, env: dict[str, str], *args: str) -> str:
+    """`mailer schedule list ARGS` through the installed console script, in a real process."""
     result = subprocess.run([str(MAILER), "schedule", "list", *args], cwd=project, env=env, capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 0, result.stderr
@@ -677,21 +686,13 @@ def test_a_draft_with_a_due_send_at_is_held_until_its_line_is_removed(project: P
 
 # ----- explicit sends of drafts --------------------------------------------------------------------------
 @pytest.fixture
-def cli(project: Path, monkeypatch):
-    """`mailer …` in this process (click's CliRunner), in the project folder, with BASE_ENV."""
-    from click.testing import CliRunner
-    from mailer.cli.main import main
+def cli(project: Path):
+    """`mailer …` in this process (tests/cli_support.py), in the project folder, on this module's database."""
+    from .cli_support import checked, invoke
 
-    for name in [k for k in os.environ if k.startswith(("MAILER_", "SENDGRID_"))]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(project)
-    env = {**BASE_ENV, "MAILER_DATABASE_URL": f"sqlite:///{db_path(project)}"}
-
-    def invoke(*args: str, exit_code: int = 0):
-        result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
-        assert result.exit_code == exit_code, f"exit {result.exit_code}\n{result.output}"
-        return result
-    return invoke
+    def run(*args: str, exit_code: int = 0):
+        return checked(invoke(args, project, {"MAILER_DATABASE_URL": f"sqlite:///{db_path(project)}"}), exit_code)
+    return run
 
 
 def test_mailer_send_refuses_a_draft_freezes_nothing_and_sends_it_with_allow_draft(project: Path, cli) -> None:
@@ -767,13 +768,18 @@ def test_a_send_started_before_the_draft_line_was_added_resumes(project: Path, m
 
 
 # ----- schedule list --now ---------------------------------------------------------------------------------
-def test_schedule_list_now_shows_what_is_due_ready_held_and_missed_then(project: Path, cli) -> None:
+def _schedule_list_folders(project: Path) -> None:
+    """A weekly cadence and five issues: ready ones, one dated later, a draft, one with a send_at."""
     import shutil
     shutil.rmtree(project / "issues")
     (project / "mailer.toml").write_text('[schedule]\ncron = "0 0 * * MON"\ntimezone = "Europe/Paris"\n', encoding="utf-8")
     for slug, extra in (("2027-03-20-a", ""), ("2027-03-26-b", ""), ("2027-04-01-c", ""), ("2027-03-21-d", "draft = true\n"),
                         ("2027-03-27-s", "send_at = 2027-03-28T09:00:00+02:00\n")):
         write_issue(project, slug, BRIEFS, f'subject = "Le Fil"\ndate = {slug[:10]}\n{extra}')
+
+
+def test_schedule_list_now_shows_what_is_due_ready_held_and_missed_then(project: Path, cli) -> None:
+    _schedule_list_folders(project)
     states = {}
     for moment in ("2027-03-28T08:00", "2027-03-28T10:00", "2027-03-28T16:00"):  # grace: 6 h
         data = json.loads(cli("schedule", "list", "--now", moment, "--json").output)
@@ -811,9 +817,12 @@ def test_schedule_list_now_shows_what_is_due_ready_held_and_missed_then(project:
     bad = cli("schedule", "list", "--now", "demain", exit_code=1)
     assert bad.output.strip() == "error: --now 'demain': not an ISO 8601 date-time (e.g. 2027-03-29T00:00:00+02:00)"
 
-    # the console script in a real process says the same
-    env = run_env(project)
-    assert json.loads(schedule_list(project, env, "--now", "2027-03-28T10:00", "--json")) == data
+
+@pytest.mark.slow  # a real process: the installed console script (start-up and entry point are what it checks)
+def test_the_console_script_lists_the_schedule_the_command_lists_in_process(project: Path, cli) -> None:
+    _schedule_list_folders(project)
+    data = json.loads(cli("schedule", "list", "--now", "2027-03-28T10:00", "--json").stdout)
+    assert json.loads(console_schedule_list(project, run_env(project), "--now", "2027-03-28T10:00", "--json")) == data
 
 
 @pytest.mark.parametrize("case", [*range(4), *(pytest.param(case, marks=pytest.mark.slow) for case in range(4, 16))])
