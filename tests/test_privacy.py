@@ -5,9 +5,6 @@ and `serve` never signs links with a leftover demo key."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +21,7 @@ from mailer.subscribers import (add_subscriber, import_csv, remove_subscriber, r
                                 set_subscriber_status, show_subscriber)
 from mailer.web.app import create_app
 
-from .conftest import BASE_ENV, EXAMPLE_ISSUE, write_issue
+from .conftest import EXAMPLE_ISSUE, write_issue
 from .smtp_server import start_server
 from .test_web import ec_keys, sign, sg_event  # noqa: F401 - the module-scoped key pair fixture
 
@@ -182,7 +179,6 @@ def test_purge_leaves_no_copy_of_the_address_in_the_database_or_the_outbox(peopl
     assert again.already_erased and again.files == 0
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_purge_from_the_command_line_says_what_it_erased(run_cli, project):
     run_cli("subscribers", "add", GIVEN, "--name", NAME)
     run_cli("send", EXAMPLE_ISSUE, "--yes")
@@ -250,7 +246,6 @@ def test_restore_refuses_to_undo_what_the_person_chose(store, make_settings, db_
     assert not restore_subscriber(store, "chose@example.org", reason="again").changed  # active: nothing to do
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_restore_on_the_command_line(run_cli):
     for email in ("a@example.org", "b@example.org", "c@example.org"):
         run_cli("subscribers", "add", email)
@@ -285,7 +280,6 @@ def test_a_leftover_demo_key_file_is_used_with_the_outbox_backend_only(make_sett
             secret_key_for(make_settings(MAILER_SECRET_KEY="", MAILER_BACKEND=backend, **extra))
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_serve_refuses_to_start_without_a_secret_key(run_cli, project):
     run_cli("subscribers", "add", "a@example.org")
     (project / "subscribers" / ".secret_key").write_text("leftover-demo-key-from-make-demo-0123456789\n")
@@ -297,17 +291,11 @@ def test_serve_refuses_to_start_without_a_secret_key(run_cli, project):
 
 
 @pytest.fixture
-def run_cli(project: Path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
-    env.update(BASE_ENV)
-
-    def invoke(*args: str, extra_env: dict | None = None, check_exit: int | None = 0) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, "-m", "mailer.cli", *args], cwd=project,
-                                env={k: v for k, v in {**env, **(extra_env or {})}.items() if v != ""},
-                                capture_output=True, text=True, timeout=60)
-        if check_exit is not None:
-            assert result.returncode == check_exit, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-        return result
+def run_cli(project: Path, cli):
+    """`mailer ARGS` in this process (tests/cli_support.py); an empty value in extra_env unsets it."""
+    def invoke(*args: str, extra_env: dict | None = None, check_exit: int | None = 0):
+        return cli(*args, extra_env={k: (v if v != "" else None) for k, v in (extra_env or {}).items()},
+                   check_exit=check_exit)
 
     invoke.project = project
     return invoke
