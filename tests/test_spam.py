@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 
@@ -25,6 +23,7 @@ from mailer.sending.notices import Notifier
 from mailer.subscribers import add_subscriber
 from mailer.web.preview import build_issue
 
+from .cli_support import Ran, invoke
 from .conftest import BASE_ENV, EXAMPLE_ISSUE, write_issue
 from .smtp_server import start_server
 
@@ -137,18 +136,14 @@ def test_white_hidden_text_is_what_the_check_catches(spamassassin, project, monk
     assert "HTML_FONT_LOW_CONTRAST" in {rule.name for rule in dirty.positive} and dirty.score > 0
 
 
-def _build_lines(result: subprocess.CompletedProcess) -> list[str]:
+def _build_lines(result: Ran) -> list[str]:
     """`mailer build`'s output without its audience line (a segment's size; not what these tests check)."""
     return [line for line in result.stdout.splitlines() if not line.startswith("audience:")]
 
 
-def _cli(project, *args: str, path: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
-    env.update(BASE_ENV)
-    if path is not None:
-        env["PATH"] = path
-    return subprocess.run([sys.executable, "-m", "mailer.cli", *args], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=120)
+def _cli(project, *args: str, path: str | None = None) -> Ran:
+    """`mailer ARGS` in this process (tests/cli_support.py), with PATH replaced by `path` if given."""
+    return invoke(args, project, {"PATH": path} if path is not None else None)
 
 
 @pytest.mark.slow  # spamassassin: about a second to start, then ~0.3 s a message
