@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import random
-import subprocess
-import sys
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -26,10 +23,10 @@ from mailer.mime import MessageFactory
 from mailer.content.render import Recipient, render_issue
 from mailer.subscribers import add_subscriber
 
+from .cli_support import invoke
 from .conftest import BASE_ENV, EXAMPLE_ISSUE
 from .smtp_server import start_server
 
-MAILER = [sys.executable, "-m", "mailer.cli"]
 SELECTOR = "mailer202611"
 
 
@@ -103,9 +100,7 @@ def test_outbox_send_and_build_are_signed(project, make_settings, sqlite_store):
     for path in files:  # the VERP Return-Path the outbox puts on top is outside the signature
         assert path.read_bytes().startswith(b"Return-Path: <bounces+")
         assert dkim.verify(path.read_bytes(), dnsfunc=dns_for(key))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
-    result = subprocess.run([*MAILER, "build", EXAMPLE_ISSUE, "--out", "built"], cwd=project, capture_output=True,
-                            text=True, env={**env, **BASE_ENV, **dkim_env(key)}, timeout=60)
+    result = invoke(["build", EXAMPLE_ISSUE, "--out", "built"], project, dkim_env(key))
     assert result.returncode == 0, result.stderr
     assert dkim.verify((project / "built" / "email.eml").read_bytes(), dnsfunc=dns_for(key))
 
@@ -317,11 +312,8 @@ def test_a_bad_key_is_one_line_naming_the_setting_and_nothing_is_sent(case, proj
     make, reason = BAD_KEYS[case]
     path = make(project)
     add_subscriber(sqlite_store, "reader@example.net")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
-    env.update(BASE_ENV, MAILER_DKIM_PRIVATE_KEY=str(path), MAILER_DKIM_SELECTOR=SELECTOR,
-               MAILER_DATABASE_URL=_db_url(sqlite_store))
-    result = subprocess.run([*MAILER, "send", EXAMPLE_ISSUE, "--yes"], cwd=project, capture_output=True, text=True,
-                            env=env, timeout=60)
+    env = dict(MAILER_DKIM_PRIVATE_KEY=str(path), MAILER_DKIM_SELECTOR=SELECTOR, MAILER_DATABASE_URL=_db_url(sqlite_store))
+    result = invoke(["send", EXAMPLE_ISSUE, "--yes"], project, env)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: MAILER_DKIM_PRIVATE_KEY") and reason in lines[0], result.stderr
@@ -375,12 +367,11 @@ def test_every_command_that_signs_prints_the_dkim_warnings(project, tmp_path):
     short = rsa.generate_private_key(65537, 1024)
     path = _write(project / "short.pem", _pem(short))
     path.chmod(0o644)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
-    env.update(BASE_ENV, MAILER_DKIM_PRIVATE_KEY=str(path), MAILER_DKIM_SELECTOR="s", MAILER_DKIM_DOMAIN="other-domain.net",
+    env = dict(BASE_ENV, MAILER_DKIM_PRIVATE_KEY=str(path), MAILER_DKIM_SELECTOR="s", MAILER_DKIM_DOMAIN="other-domain.net",
                MAILER_OUTBOX_DIR=str(tmp_path / "outbox"))
     words = ("1024 bits", "other-domain.net is not aligned", "chmod 600")
     for args in (["build", EXAMPLE_ISSUE], ["send", EXAMPLE_ISSUE, "--test", "editor@example.net"]):
-        result = subprocess.run([*MAILER, *args], cwd=project, capture_output=True, text=True, env=env, timeout=60)
+        result = invoke(args, project, env)
         assert result.returncode == 0, result.stderr
         assert all(word in result.stderr for word in words), (args, result.stderr)
     from mailer.config import load_settings
@@ -394,10 +385,8 @@ def test_every_command_that_signs_prints_the_dkim_warnings(project, tmp_path):
 # ----- keygen -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["rsa", "ed25519"])
 def test_keygen_writes_a_private_key_and_prints_the_record(kind, project):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
-    env.update(BASE_ENV)
-    args = [*MAILER, "dkim", "keygen", "--selector", "news1", "--type", kind]
-    result = subprocess.run(args, cwd=project, capture_output=True, text=True, env=env, timeout=60)
+    args = ["dkim", "keygen", "--selector", "news1", "--type", kind]
+    result = invoke(args, project)
     assert result.returncode == 0, result.stderr
     path = project / "dkim" / "news1._domainkey.example.org.pem"
     assert path.stat().st_mode & 0o777 == 0o600
@@ -406,28 +395,23 @@ def test_keygen_writes_a_private_key_and_prints_the_record(kind, project):
     loaded = load_private_key(path)
     assert value == txt_record_value(loaded) and f"k={kind}" in value
     # the printed record verifies what mailer signs with that key
-    settings_env = {**env, "MAILER_DKIM_PRIVATE_KEY": str(path), "MAILER_DKIM_SELECTOR": "news1"}
-    built = subprocess.run([*MAILER, "build", EXAMPLE_ISSUE, "--out", "b"], cwd=project, capture_output=True, text=True,
-                           env=settings_env, timeout=60)
+    settings_env = {"MAILER_DKIM_PRIVATE_KEY": str(path), "MAILER_DKIM_SELECTOR": "news1"}
+    built = invoke(["build", EXAMPLE_ISSUE, "--out", "b"], project, settings_env)
     assert built.returncode == 0, built.stderr
     assert dkim.verify((project / "b" / "email.eml").read_bytes(),
                        dnsfunc=lambda name, timeout=5: value.encode() if name == b"news1._domainkey.example.org." else None)
     before = path.read_bytes()
-    again = subprocess.run(args, cwd=project, capture_output=True, text=True, env=env, timeout=60)
+    again = invoke(args, project)
     assert again.returncode != 0 and "refusing to overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     assert path.read_bytes() == before
 
 
 def test_keygen_domain_spellings_make_one_file_name(project):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
-    env.update(BASE_ENV)
-    result = subprocess.run([*MAILER, "dkim", "keygen", "--selector", "s1", "--type", "ed25519", "--domain", "EXAMPLE.ORG."],
-                            cwd=project, capture_output=True, text=True, env=env, timeout=60)
+    result = invoke(["dkim", "keygen", "--selector", "s1", "--type", "ed25519", "--domain", "EXAMPLE.ORG."], project)
     assert result.returncode == 0, result.stderr
     assert [p.name for p in (project / "dkim").iterdir()] == ["s1._domainkey.example.org.pem"]
     assert "name:  s1._domainkey.example.org" in result.stdout and "MAILER_DKIM_DOMAIN" not in result.stdout
-    again = subprocess.run([*MAILER, "dkim", "keygen", "--selector", "s1", "--type", "ed25519", "--domain", "example.org"],
-                           cwd=project, capture_output=True, text=True, env=env, timeout=60)
+    again = invoke(["dkim", "keygen", "--selector", "s1", "--type", "ed25519", "--domain", "example.org"], project)
     assert again.returncode != 0 and len(again.stderr.strip().splitlines()) == 1  # the same file: never overwritten
 
 
