@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import sqlalchemy as sa
@@ -21,10 +19,10 @@ from mailer.subscribers import add_subscriber
 from mailer.web.app import create_app
 
 from .browser_support import ThreadedServer
+from .cli_support import invoke
 from .conftest import BASE_ENV
 from .dns_server import DnsZone
 
-MAILER = [sys.executable, "-m", "mailer.cli"]
 RELAY_IP = "127.0.0.2"
 
 
@@ -392,14 +390,11 @@ def test_nameserver_parsing():
 
 # ----- the command --------------------------------------------------------------------------------
 def test_cli_text_and_json_exit_codes(project, key):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
-    env.update(BASE_ENV, MAILER_BACKEND="smtp", MAILER_SMTP_HOST="relay.example.org", MAILER_DKIM_PRIVATE_KEY=str(key.path),
+    env = dict(MAILER_BACKEND="smtp", MAILER_SMTP_HOST="relay.example.org", MAILER_DKIM_PRIVATE_KEY=str(key.path),
                MAILER_DKIM_SELECTOR="news1", MAILER_BASE_URL="http://127.0.0.1:9")
     with DnsZone(good_records(key)) as zone:
-        text = subprocess.run([*MAILER, "doctor", "--nameserver", zone.address, "--dns-timeout", "2"], cwd=project,
-                              env=env, capture_output=True, text=True, timeout=60)
-        as_json = subprocess.run([*MAILER, "doctor", "--json"], cwd=project, env={**env, "MAILER_DNS_NAMESERVER": zone.address},
-                                 capture_output=True, text=True, timeout=60)
+        text = invoke(["doctor", "--nameserver", zone.address, "--dns-timeout", "2"], project, env)
+        as_json = invoke(["doctor", "--json"], project, {**env, "MAILER_DNS_NAMESERVER": zone.address})
     assert text.returncode == 1 and as_json.returncode == 1, text.stderr + as_json.stderr
     lines = text.stdout.splitlines()
     assert any(line.startswith("ok   dkim") for line in lines) and any(line.startswith("FAIL base_url") for line in lines)
