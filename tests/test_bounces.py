@@ -18,8 +18,6 @@ import quopri
 import random
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -457,17 +455,13 @@ def test_suppression_ranking_and_resubscribed_people(sink, make_settings, sqlite
 
 # ----- command line and IMAP interface -----------------------------------------------------------------
 @pytest.fixture
-def run(project: Path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
-    env.update(BASE_ENV)
-
-    def invoke(*args: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "mailer.cli", *args], cwd=project, env={**env, **(extra_env or {})},
-                              capture_output=True, text=True, timeout=60)
+def run(cli):
+    """`mailer ARGS` in this process (tests/cli_support.py), any exit code."""
+    def invoke(*args: str, extra_env: dict | None = None):
+        return cli(*args, extra_env=extra_env, check_exit=None)
     return invoke
 
 
-@pytest.mark.slow
 def test_cli_summary_line_and_json(run, project, rng):
     folder = project / "Maildir"
     box = mailbox.Maildir(folder, create=True)
