@@ -29,8 +29,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto
 
-## test-fast: under 30 s: no browser, no slow test (wall-clock scheduler runs, whole-year DST sweeps, CLI tests
-## over 2 s), spread over the machine's cores (pytest-xdist)
+## test-fast: under 30 s: no browser, no slow test (wall-clock scheduler runs, whole-year DST sweeps, real
+## processes killed or signalled, anything over ~2 s), spread over the machine's cores (pytest-xdist)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not browser" -n auto
 

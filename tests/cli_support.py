@@ -67,6 +67,12 @@ def invoke(args: Sequence[str], cwd: Path, extra_env: Mapping[str, str] | None =
     return Ran(list(args), result.exit_code, result.stdout, result.stderr, result.output)
 
 
+def invoke_with(env: Mapping[str, str], args: Sequence[str], cwd: Path, stdin: str = "") -> Ran:
+    """`mailer ARGS` in this process with the MAILER_*/SENDGRID_* variables of `env`, a whole process
+    environment (as made for a real process beside it: `process_env`, test_crash's `_env`)."""
+    return invoke(args, cwd, {k: v for k, v in env.items() if k.startswith(OWN_VARIABLES)}, stdin, base={})
+
+
 def checked(result: Ran, check_exit: int | None) -> Ran:
     """`result`, after asserting its exit code (None: any)."""
     if check_exit is not None:

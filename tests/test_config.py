@@ -231,7 +231,8 @@ def test_a_crlf_mailer_toml_from_windows_is_read_without_carriage_returns(projec
 
 
 def test_undecodable_bytes_in_the_environment_are_one_line(project):
-    """A Latin-1 env file: Python hands the bytes over as lone surrogates; say so, do not crash later."""
+    """A Latin-1 env file: Python hands the bytes over as lone surrogates; say so, do not crash later.
+    (A real process: the decoding at start-up is what this checks.)"""
     env = {k.encode(): v.encode() for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
     env.update({k.encode(): v.encode() for k, v in BASE_ENV.items()})
     env[b"MAILER_NAME"] = b"Caf\xe9 des sciences"
@@ -242,18 +243,11 @@ def test_undecodable_bytes_in_the_environment_are_one_line(project):
 
 
 @pytest.fixture
-def run(project: Path):
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "SENDGRID_"))}
-    base.update(BASE_ENV)
-
+def run(project: Path, cli):
+    """`mailer ARGS` in this process (tests/cli_support.py); `drop` unsets those variables."""
     def invoke(*args: str, env: dict | None = None, cwd: Path | None = None, drop: tuple[str, ...] = (),
-               check_exit: int | None = 0) -> subprocess.CompletedProcess:
-        full = {k: v for k, v in {**base, **(env or {})}.items() if k not in drop}
-        result = subprocess.run([*MAILER, *args], cwd=cwd or project, env=full, capture_output=True, text=True,
-                                timeout=120)
-        if check_exit is not None:
-            assert result.returncode == check_exit, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-        return result
+               check_exit: int | None = 0):
+        return cli(*args, extra_env={**(env or {}), **dict.fromkeys(drop)}, cwd=cwd, check_exit=check_exit)
 
     invoke.project = project
     return invoke
@@ -267,7 +261,6 @@ def run(project: Path):
     ("MAILER_NAME", "=?utf-8?q?Le_Fil=0D=0ABcc:_victim@example.net?="),  # an encoded CR LF the email package would decode
     ("MAILER_FROM", "=?utf-8?b?DQpCY2M6IHZpY3RpbUBleGFtcGxlLm5ldA==?= <lettre@example.org>"),
 ])
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_the_cli_refuses_injections_in_one_line_before_writing_or_sending_anything(run, project, var, value):
     run("subscribers", "add", "a@example.org")
     for args in (("build", EXAMPLE_ISSUE, "--out", "sortie"), ("send", EXAMPLE_ISSUE, "--yes")):
@@ -292,7 +285,6 @@ def odd_name(rng: random.Random) -> str:
     return name if name.strip() else "x"
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_odd_but_valid_names_never_add_a_header_and_round_trip(project, settings):
     """200 generated names, display names and List-Id phrases through a real build, parsed back."""
     rng = random.Random(2919)
@@ -351,7 +343,6 @@ def test_list_id_of_the_accented_case_is_an_encoded_phrase_and_an_ascii_id(tmp_p
     assert raw.endswith(b" <les-actualites.example.org>") and b"=?utf-8?" in raw
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_list_id_for_many_generated_names(project, settings):
     rng = random.Random(2369)
     rendered = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
@@ -412,7 +403,6 @@ IDN_DOMAINS = ["médiathèque-exemple.fr", "bücher.example.com", "straße.de", 
                "ÉCOLE.fr", "ｅｘａｍｐｌｅ.org", "xn--mdiathque-exemple-xsbn.fr", "δοκιμή.gr", "उदाहरण.भारत", "çà.fr"]
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_the_idn_sender_case_builds_and_sends_through_the_outbox(tmp_path, run):
     folder = tmp_path / "case"
     shutil.copytree(CASES / "idn-sender", folder)
@@ -481,7 +471,6 @@ def test_domains_and_addresses_that_cannot_be_converted_are_refused_in_one_line(
     assert message.startswith(var) and words in message and "\n" not in message
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_a_non_ascii_local_part_stops_send_before_anything_is_started(run, project):
     run("subscribers", "add", "a@example.org")
     result = run("send", EXAMPLE_ISSUE, "--yes", env={"MAILER_FROM": "Élodie <élodie@example.org>"}, check_exit=2)
@@ -622,7 +611,6 @@ def test_the_override_lets_an_intranet_send_go_through_a_real_smtp_server(projec
         server.stop()
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_cli_send_with_a_localhost_base_url_and_smtp_is_one_line(run):
     run("subscribers", "add", "a@example.org")
     result = run("send", EXAMPLE_ISSUE, "--yes", check_exit=2,
@@ -700,7 +688,6 @@ def test_weak_or_missing_key_stops_every_real_backend_without_echoing_it(project
                 assert "MAILER_SECRET_KEY" in str(caught.value) and (not key or key not in str(caught.value))
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_weak_key_on_the_command_line_is_one_line_for_send_test_worker_and_serve(run):
     run("subscribers", "add", "a@example.org")
     commands = [("send", EXAMPLE_ISSUE, "--yes"), ("send", EXAMPLE_ISSUE, "--test", "moi@example.org"),

@@ -31,6 +31,7 @@ from mailer.content.render import render_issue
 from mailer.store import open_store
 from mailer.subscribers import add_subscriber
 
+from .cli_support import checked, invoke_with
 from .conftest import BASE_ENV, EXAMPLE_ISSUE
 from .smtp_server import ScriptedHandler, start_server
 from .test_crash import SlowHandler, _counts, _env, _populate as populate, _wait_for, kill_mid_send
@@ -129,8 +130,7 @@ def test_rebuild_is_refused_while_a_live_sender_holds_claims_and_after_a_stop_go
         try:
             _wait_for(lambda: len(handler.messages) >= 20 and _counts(store)["sending"] > 0, 60, "a sender holding claims")
             edit_folder(project)
-            refused = subprocess.run([*CLI, "send", EXAMPLE_ISSUE, "--yes", "--rebuild"], cwd=project, env=env,
-                                     capture_output=True, text=True, timeout=60)
+            refused = invoke_with(env, ("send", EXAMPLE_ISSUE, "--yes", "--rebuild"), project)  # beside the live sender
             assert refused.returncode == 7, refused.stderr
             lines = refused.stderr.strip().splitlines()
             assert len(lines) == 1 and "refusing to rebuild while deliveries are being sent" in lines[0], lines
@@ -145,13 +145,11 @@ def test_rebuild_is_refused_while_a_live_sender_holds_claims_and_after_a_stop_go
         stopped = _counts(store)
         assert stopped["sent"] == before and stopped["sending"] == 0
 
-        rebuilt = subprocess.run([*CLI, "send", EXAMPLE_ISSUE, "--yes", "--rebuild"], cwd=project, env=env,
-                                 capture_output=True, text=True, timeout=120)
+        rebuilt = invoke_with(env, ("send", EXAMPLE_ISSUE, "--yes", "--rebuild"), project)
         assert rebuilt.returncode == 0, rebuilt.stderr
         assert (f"edition 2 made from the folder: it goes to the {count - before} recipients left; the {before} "
                 f"already sent keep edition 1 and are never sent again") in rebuilt.stderr
-        status = json.loads(subprocess.run([*CLI, "status", EXAMPLE_ISSUE, "--json"], cwd=project, env=env,
-                                           capture_output=True, text=True, check=True).stdout)
+        status = json.loads(checked(invoke_with(env, ("status", EXAMPLE_ISSUE, "--json"), project), 0).stdout)
         messages = list(handler.messages)
     finally:
         sink.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from mailer.config import load_settings
 from mailer.store.schema import deliveries, subscribers
 from mailer.subscribers import import_csv, remove_subscriber
 
+from .cli_support import invoke_with
 from .conftest import BASE_ENV, EXAMPLE_ISSUE
 from .sendgrid_server import SendGridServer
 from .smtp_server import MisbehavingServer, ScriptedHandler, free_port, start_server
@@ -41,9 +41,9 @@ def cli_env(db_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_send(project: Path, env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mailer.cli", "send", EXAMPLE_ISSUE, "--yes", *args], cwd=project,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+def run_send(project: Path, env: dict[str, str], *args: str):
+    """`mailer send EXAMPLE_ISSUE --yes ARGS` in this process (tests/cli_support.py) with `env`'s settings."""
+    return invoke_with(env, ("send", EXAMPLE_ISSUE, "--yes", *args), project)
 
 
 def populate(store, project: Path, count: int = SUBSCRIBERS) -> list[str]:

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
-import sys
 from email import message_from_bytes, policy
 from html.parser import HTMLParser
 from pathlib import Path
@@ -32,6 +29,7 @@ from mailer.subscribers.service import add_subscriber, remove_subscriber
 from mailer.web.app import create_app
 
 from .browser_support import ThreadedServer
+from .cli_support import invoke_with
 from .conftest import BASE_ENV, EXAMPLE_ISSUE
 from .smtp_server import start_server
 from .test_crash import SlowHandler, _env, _populate as populate, kill_mid_send
@@ -324,8 +322,7 @@ def test_tracked_send_killed_resumed_and_rebuilt_every_click_resolves_to_its_edi
         _edit_links(project)
         second_edition = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
         before_rebuild = len(sink.handler.messages)
-        rebuilt = subprocess.run([sys.executable, "-m", "mailer.cli", "send", EXAMPLE_ISSUE, "--yes", "--rebuild"],
-                                 cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        rebuilt = invoke_with(env, ("send", EXAMPLE_ISSUE, "--yes", "--rebuild"), project)
         assert rebuilt.returncode == 0, rebuilt.stderr
         assert "edition 2 made from the folder" in rebuilt.stderr
         messages = [(m.rcpt_tos[0], m.data) for m in sink.handler.messages]

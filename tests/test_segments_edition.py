@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 from email import message_from_bytes, policy
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,11 @@ import sqlalchemy as sa
 from mailer.sending import dispatch
 from mailer.subscribers import import_csv
 
+from .cli_support import invoke_with
 from .conftest import EXAMPLE_ISSUE
 from .smtp_server import start_server
 from .test_crash import GROUP, SlowHandler, _counts, _env, kill_mid_send
-from .test_edition import CLI, carries_edit, edit_folder, edition_of
+from .test_edition import carries_edit, edit_folder, edition_of
 
 UNSUBSCRIBE = {"fr": "Se désabonner en un clic", "en": "Unsubscribe in one click:"}  # the text part's
 UNSUBSCRIBE_HTML = {"fr": ">Se désabonner<", "en": ">Unsubscribe<"}
@@ -66,16 +66,14 @@ def test_a_killed_segmented_two_language_send_resumes_its_frozen_edition_and_aud
         assert import_csv(store, moved).updated == 1
         _set_segment(project, 'city = "Lille"')
 
-        resumed = subprocess.run([*CLI, "send", EXAMPLE_ISSUE, "--yes"], cwd=project, env=env, capture_output=True,
-                                 text=True, timeout=180)
+        resumed = invoke_with(env, ("send", EXAMPLE_ISSUE, "--yes"), project)
         assert resumed.returncode == 0, resumed.stderr
         assert "segment changed since the send started" in resumed.stderr, resumed.stderr
         assert "folder changed since the send started" in resumed.stderr, resumed.stderr
         frozen_run = list(sink.handler.messages)
 
         # --include-new: newcomers by the FROZEN segment (the moved outsider), not the folder's (Lille)
-        newcomers = subprocess.run([*CLI, "send", EXAMPLE_ISSUE, "--yes", "--include-new"], cwd=project, env=env,
-                                   capture_output=True, text=True, timeout=180)
+        newcomers = invoke_with(env, ("send", EXAMPLE_ISSUE, "--yes", "--include-new"), project)
         assert newcomers.returncode == 0, newcomers.stderr
         later = list(sink.handler.messages)[len(frozen_run):]
     finally:
@@ -98,8 +96,7 @@ def test_a_killed_segmented_two_language_send_resumes_its_frozen_edition_and_aud
     final = _counts(store)
     assert final["sent"] == len(members) + 1 and final["queued"] == final["sending"] == 0
     assert edition_of(store).number == 1
-    status = subprocess.run([*CLI, "status", EXAMPLE_ISSUE, "--json"], cwd=project, env=env, capture_output=True,
-                            text=True, timeout=60)
+    status = invoke_with(env, ("status", EXAMPLE_ISSUE, "--json"), project)
     edition = json.loads(status.stdout)["edition"]
     assert edition["segment"] == 'city = "Lyon"' and edition["language"] is None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 import zoneinfo
 from datetime import datetime, timedelta, timezone
@@ -25,8 +24,9 @@ from mailer.content.issue import load_issue
 from mailer.errors import NotDueYet, NotFound, SourceError
 from mailer.sending.waves import local_instant, resolve_zone
 from mailer.subscribers import import_csv, remove_subscriber
+from tests.cli_support import invoke_with
 from tests.conftest import write_issue
-from tests.test_scheduler import MAILER, run_env, runs, wait_until  # noqa: F401 - `runs` is a fixture
+from tests.test_scheduler import run_env, runs, wait_until  # noqa: F401 - `runs` is a fixture
 
 UTC = timezone.utc
 KIRITIMATI, PARIS, LOS_ANGELES = "Pacific/Kiritimati", "Europe/Paris", "America/Los_Angeles"
@@ -262,10 +262,7 @@ def test_mailer_send_by_hand_points_to_the_scheduler_and_now_sends_everyone(proj
     ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
     write_issue(project, SLUG, BRIEFS, f'subject = "Le Fil"\ndate = 2027-01-14\nsend_local = "{wall_for(KIRITIMATI, ahead)}"\n')
 
-    def mailer(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(MAILER), *args], cwd=project, env=env, capture_output=True, text=True, timeout=60)
-
-    refused = mailer("send", SLUG, "--yes")
+    refused = invoke_with(env, ("send", SLUG, "--yes"), project)
     assert refused.returncode == 8 and refused.stderr.count("\n") == 1, refused.stderr
     assert "mailer schedule run" in refused.stderr and "--now" in refused.stderr and "issue.toml:3" in refused.stderr
     listed = json.loads(in_process(project, env, monkeypatch, "schedule", "list", "--json"))
@@ -294,8 +291,8 @@ def seed(project: Path, env: dict, counts: dict[str, int]) -> dict[str, str]:
 
 
 def cli_json(project: Path, env: dict, *args: str) -> dict:
-    result = subprocess.run([str(MAILER), *args, "--json"], cwd=project, env=env, capture_output=True, text=True,
-                            timeout=30)
+    """`mailer ARGS --json` in this process (tests/cli_support.py), beside the scheduler process."""
+    result = invoke_with(env, (*args, "--json"), project)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
