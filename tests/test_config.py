@@ -23,7 +23,6 @@ import re
 import shutil
 import string
 import subprocess
-import sys
 import threading
 import unicodedata
 from dataclasses import replace
@@ -50,10 +49,10 @@ from mailer.scheduling.runtime import run_scheduler
 from mailer.store import open_store
 from mailer.subscribers import add_subscriber
 
+from .cli_support import MAILER
 from .conftest import BASE_ENV, EXAMPLE_ISSUE, REPO
 
 CASES = Path(__file__).parent / "cases"
-MAILER = [sys.executable, "-m", "mailer.cli"]
 
 # ----- oracles -------------------------------------------------------------------------------------
 

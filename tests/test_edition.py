@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -31,14 +30,13 @@ from mailer.content.render import render_issue
 from mailer.store import open_store
 from mailer.subscribers import add_subscriber
 
-from .cli_support import checked, invoke_with
+from .cli_support import MAILER as CLI, checked, invoke_with
 from .conftest import BASE_ENV, EXAMPLE_ISSUE
 from .smtp_server import ScriptedHandler, start_server
 from .test_crash import SlowHandler, _counts, _env, _populate as populate, _wait_for, kill_mid_send
 
 MARK = "Brève ajoutée après le départ"
 NEW_SUBJECT = "Sujet réécrit après le départ"
-CLI = [sys.executable, "-m", "mailer.cli"]
 
 
 def edit_folder(project: Path, slug: str = EXAMPLE_ISSUE) -> None:
