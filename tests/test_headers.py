@@ -165,7 +165,6 @@ def _factory(settings, ref) -> MessageFactory:
     return MessageFactory(render_issue(load_issue(ref, settings.issues_dir, settings.zone), settings))
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 def test_every_free_text_header_of_a_built_message_reads_back(project, make_settings):
     settings = make_settings(MAILER_FROM='"Rédaction du « Fil », Lyon" <lettre@example.org>',
                              MAILER_REPLY_TO='"Bernard, Hugo" <hugo@example.org>',

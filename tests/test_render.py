@@ -252,7 +252,6 @@ def _check_each_href_once(html, text, bare=""):
     return {href for href, _ in links}
 
 
-@pytest.mark.slow  # several CLI subprocesses (measured over 10 s on the shared CI machine)
 @pytest.mark.parametrize("where", ["/chemin/a{}b", "/p?q=a{}b&r=1", "/p#a{}b"])
 def test_every_percent_escape_in_a_url_shows_once_in_the_text(project, settings, where):
     """Issue 10.4 again: `%20` (and every escape of a byte 0x00–0xFF, in a path, a query or a
