@@ -20,7 +20,8 @@ Shapes: `issue_report(...)` → `IssueReport` (`.as_json()` is the `--json` obje
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+import math
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 from ..config import Settings
@@ -54,6 +55,8 @@ class IssueReport:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     issue_id: int = field(default=0, compare=False)
+    scanner_clicks: int = 0      # follows not counted: a link scanner's (web/scanners.py), not a reader's
+    language: str | None = None  # issue.toml `language` frozen with the current edition (None: not forced)
 
     def as_json(self) -> dict[str, Any]:
         """The `mailer report ISSUE --json` object (documented in the README)."""
@@ -129,6 +132,7 @@ def _report(store: Store, row: Any) -> IssueReport:
         clicks = store.click_figures(conn, row.id)
         opens_row = store.open_figures(conn, row.id)
         clickers = store.unique_clickers(conn, row.id)
+        edition = store.current_editions(conn, [row.id]).get(row.id)
     health = (deliverability(store, row.id) or [{}])[0]
     statuses = figures["statuses"]
     links = tuple({"url": item.url, "total": int(item.total), "unique": int(item.unique)}
@@ -143,30 +147,71 @@ def _report(store: Store, row: Any) -> IssueReport:
         tracked=bool(links), clicks_total=sum(link["total"] for link in links),
         clicks_unique=sum(link["unique"] for link in links), clickers=clickers, links=links,
         opens=None if opens_row is None else {"total": int(opens_row.total), "unique": int(opens_row.unique)},
-        started_at=as_utc(row.started_at), finished_at=as_utc(row.finished_at), issue_id=row.id)
+        started_at=as_utc(row.started_at), finished_at=as_utc(row.finished_at), issue_id=row.id,
+        language=edition.forced_language if edition is not None else None)
 
 
 # ----- the Reports page's series ---------------------------------------------------------------------
-def send_timeline(store: Store, issue_id: int, buckets: int = 30) -> list[tuple[datetime, int]]:
-    """Deliveries over time during the send: (end of interval, messages sent by then), at most
-    `buckets` equal intervals from the first `sent_at` to the last (one point for an instant send)."""
+# Interval lengths the deliveries chart may use (seconds): the shortest that covers the send in at most
+# MAX_INTERVALS bars wins, so a 30-second send gets 5-second bars and a month-long one weekly bars.
+INTERVALS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600,
+             86400, 2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400)
+MAX_INTERVALS = 12
+_MONDAY = 4 * 86400  # 1970-01-05, a Monday, seconds after the epoch: weekly bars start on Mondays
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Deliveries of one send counted per interval of `step` seconds. `starts[i]` (aware, UTC) begins
+    interval i; `counts[i]` messages were sent in it (their sum is every delivery sent). Intervals are
+    aligned on the wall clock of `offset` (the editor's zone's UTC offset at the first delivery, kept
+    for the whole chart so that labels stay distinct across a DST change): 10-minute bars start at
+    :00, :10…, daily ones at midnight, weekly ones on Mondays."""
+
+    step: int
+    starts: tuple[datetime, ...]
+    counts: tuple[int, ...]
+    offset: timedelta = timedelta(0)
+
+    def local(self, index: int) -> datetime:
+        """The start of interval `index` on the chart's wall clock (naive)."""
+        return (self.starts[index] + self.offset).replace(tzinfo=None)
+
+
+def bucket_deliveries(times: list[datetime], zone: tzinfo, max_intervals: int = MAX_INTERVALS) -> Timeline:
+    """`times` (aware `sent_at`, oldest first) counted per interval: the shortest of `INTERVALS` (or a
+    whole number of 28-day periods beyond them) giving at most `max_intervals` intervals from the one
+    holding the first delivery to the one holding the last; empty intervals between count 0."""
+    if not times:
+        return Timeline(0, (), ())
+    offset = times[0].astimezone(zone).utcoffset() or timedelta(0)
+    shift = offset.total_seconds()
+    local = [moment.timestamp() + shift for moment in times]
+    first, last = min(local), max(local)
+
+    def origin(step: int) -> float:
+        anchor = _MONDAY if step % (7 * 86400) == 0 else 0
+        return math.floor((first - anchor) / step) * step + anchor
+
+    steps = iter(INTERVALS)
+    step = next(steps)
+    while int((last - origin(step)) // step) + 1 > max_intervals:
+        step = next(steps, step + 28 * 86400 if step >= 28 * 86400 else INTERVALS[-1])
+    start = origin(step)
+    count = int((last - start) // step) + 1
+    counts = [0] * count
+    for moment in local:
+        counts[int((moment - start) // step)] += 1
+    starts = tuple(datetime.fromtimestamp(start + index * step - shift, timezone.utc) for index in range(count))
+    return Timeline(step, starts, tuple(counts), offset)
+
+
+def send_timeline(store: Store, issue_id: int, zone: tzinfo = timezone.utc) -> Timeline:
+    """Deliveries over time during the send (`bucket_deliveries` of the ledger's `sent_at`), on the
+    wall clock of `zone` (the editor's MAILER_TIMEZONE)."""
     with store.engine.connect() as conn:
         times = [as_utc(moment) for moment in store.sent_times(conn, issue_id)]
-    if not times:
-        return []
-    first, last = times[0], times[-1]
-    span = (last - first).total_seconds()
-    if span <= 0:
-        return [(last, len(times))]
-    step = span / buckets
-    out: list[tuple[datetime, int]] = []
-    index = 0
-    for number in range(1, buckets + 1):
-        end = first + timedelta(seconds=step * number)
-        while index < len(times) and (times[index] <= end or number == buckets):
-            index += 1
-        out.append((end, index))
-    return out
+    return bucket_deliveries(times, zone)
 
 
 def list_growth(store: Store, today: date | None = None, weeks: int = 26) -> list[tuple[date, int]]:
