@@ -160,8 +160,8 @@ def create_preview_app(settings: Settings, issue_ref: str, store=None):  # noqa:
             context = {"urls": links.PreviewSite(), "growth": growth, "report": None, "reports": [], "error": None,
                        "zone_name": settings.zone.key}
             if slug is None:
-                return 200, reports_page.render(**_reports_context(settings.language), **context,
-                                                reports=reports_overview(store), day_of=lambda moment: i18n.short_date(
+                return 200, reports_page.render(**_reports_context(settings.language),
+                                                **{**context, "reports": reports_overview(store)}, day_of=lambda moment: i18n.short_date(
                                                     moment.astimezone(settings.zone).date(), settings.language, year=True),
                                                 growth_svg=Markup(charts.growth_chart(growth, settings.language)))
             try:
