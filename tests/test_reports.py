@@ -377,3 +377,51 @@ def test_an_edition_hashes_its_tracked_urls_so_a_changed_link_alone_is_a_new_edi
     assert "https://transport.data.gouv.fx" in after.links and after.links != before.links
     assert after.content_hash != before.content_hash
     assert edition().content_hash == after.content_hash  # the same folder, the same edition
+
+
+def test_report_without_issue_lists_each_send_with_its_state_and_dates_newest_first(make_settings, store, db_url,
+                                                                                     project, monkeypatch):
+    """A finished send, a paused one (stopped by the operator) and one in progress (a local-time send
+    whose later waves are ahead): `mailer report` says which is which and when each started and
+    finished, newest first; `--json` the same."""
+    import threading
+    from datetime import datetime, timedelta, timezone
+
+    from tests.conftest import write_issue
+    from tests.test_waves import KIRITIMATI, PARIS, people, wall_for
+
+    settings = make_settings(database_url=db_url)
+    people(project, store, {KIRITIMATI: 2, PARIS: 2})
+    dispatch.send_issue(settings, store, EXAMPLE_ISSUE)                     # finished
+    write_issue(project, "2026-12-01-en-pause", {"briefs.txt": "--> Une brève.\n"},
+                'subject = "En pause"\ndate = 2026-12-01\n')
+    stop = threading.Event()
+    stop.set()
+    dispatch.send_issue(settings, store, "2026-12-01-en-pause", stop=stop)  # stopped: paused
+    due = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=30)
+    write_issue(project, "2026-12-02-vagues", {"briefs.txt": "--> Une brève.\n"},
+                f'subject = "Vagues"\ndate = 2026-12-02\nsend_local = "{wall_for(KIRITIMATI, due)}"\n')
+    dispatch.send_issue(settings, store, "2026-12-02-vagues")               # Kiritimati now, Paris later
+
+    listed = report_json(project, monkeypatch, settings)
+    assert [(item["issue"], item["status"], item["state"]) for item in listed] == [
+        ("2026-12-02-vagues", "sending", "waves scheduled"), ("2026-12-01-en-pause", "paused", "paused"),
+        (EXAMPLE_ISSUE, "sent", "finished")]
+    finished, paused, waves = listed[2], listed[1], listed[0]
+    assert finished["started_at"] and finished["finished_at"] >= finished["started_at"]
+    assert paused["finished_at"] is None and paused["paused_reason"]
+    assert waves["finished_at"] is None and waves["started_at"] and waves["sent"] == 2
+    assert [(w["zone"], w["state"]) for w in waves["waves"]] == [(KIRITIMATI, "sent"), (PARIS, "pending")]
+
+    monkeypatch.chdir(project)
+    env = {**BASE_ENV, "MAILER_DATABASE_URL": settings.database_url}
+    result = CliRunner().invoke(main, ["report"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split()[:2] for line in lines] == [["2026-12-02-vagues", "waves"], ["2026-12-01-en-pause", "paused"],
+                                                    [EXAMPLE_ISSUE, "finished"]]
+    day = re.compile(r"started \d{4}-\d\d-\d\d \d\d:\d\d")
+    assert all(day.search(line) for line in lines if "not started" not in line)
+    assert re.search(r"finished \d{4}-\d\d-\d\d \d\d:\d\d", lines[2])
+    assert "not finished" in lines[0] and "not finished" in lines[1]
+    assert f"next wave: {PARIS}" in lines[0] and paused["paused_reason"] in lines[1]

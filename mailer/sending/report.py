@@ -28,6 +28,7 @@ from ..config import Settings
 from ..errors import MailerError, NotFound
 from ..providers.bounces.process import COMPLAINT_RATE_LIMIT, deliverability
 from ..store import Store, as_utc
+from .waves import ledger_waves
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,26 @@ class IssueReport:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     issue_id: int = field(default=0, compare=False)
+    paused_reason: str | None = None
+    waves: tuple[dict[str, Any], ...] = ()  # a local-time send's waves (`Wave.as_dict`), with `settings`
     scanner_clicks: int = 0      # follows not counted: a link scanner's (web/scanners.py), not a reader's
     language: str | None = None  # issue.toml `language` frozen with the current edition (None: not forced)
+
+    @property
+    def state(self) -> str:
+        """Where the send stands, in a word or three: `finished`, `sending`, `paused`, `waves scheduled`
+        (a local-time send whose next wave is ahead), `missed waves` (waves passed beyond the grace,
+        not sent), `frozen` (recipients frozen, nothing sent yet)."""
+        if self.status == "sent":
+            return "finished"
+        if self.status == "paused":
+            return "paused"
+        if any(wave["state"] == "missed" for wave in self.waves):
+            return "missed waves"
+        if self.status == "sending" and self.waves and not any(wave["state"] == "due" for wave in self.waves) \
+                and any(wave["state"] == "pending" for wave in self.waves):
+            return "waves scheduled"
+        return "sending" if self.status == "sending" else "frozen"
 
     def as_json(self) -> dict[str, Any]:
         """The `mailer report ISSUE --json` object (documented in the README)."""
@@ -67,8 +86,8 @@ class IssueReport:
             "skipped": self.skipped, "queued": self.queued, "soft_bounced": self.soft_bounced,
             "complaint_rate": self.complaint_rate, "complaint_rate_limit": COMPLAINT_RATE_LIMIT,
             "over_complaint_limit": self.over_limit, "click_tracking": self.tracked, "clickers": self.clickers,
-            "subject": self.subject, "status": self.status,
-            "started_at": _iso(self.started_at), "finished_at": _iso(self.finished_at),
+            "subject": self.subject, "status": self.status, "state": self.state, "paused_reason": self.paused_reason,
+            "started_at": _iso(self.started_at), "finished_at": _iso(self.finished_at), "waves": list(self.waves),
         }
         if self.opens is not None:
             out["opens"] = self.opens
@@ -115,18 +134,19 @@ def resolve_issue(settings: Settings, store: Store, issue_ref: str) -> Any:
 def issue_report(settings: Settings, store: Store, issue_ref: str) -> IssueReport:
     """The figures of one sent issue. Raises NotFound for an issue never sent."""
     row = resolve_issue(settings, store, issue_ref)
-    return _report(store, row)
+    return _report(store, row, settings)
 
 
-def reports_overview(store: Store) -> list[IssueReport]:
-    """Every issue with a ledger, newest first."""
+def reports_overview(store: Store, settings: Settings | None = None) -> list[IssueReport]:
+    """Every issue with a ledger, newest first (by the start of its send, else its freeze). With
+    `settings`, a local-time send's waves as of now too (`IssueReport.state`)."""
     with store.engine.connect() as conn:
         rows = store.sent_issues(conn)
         full = [store.issue_row(conn, row.slug) for row in rows]
-    return [_report(store, row) for row in full]
+    return [_report(store, row, settings) for row in full]
 
 
-def _report(store: Store, row: Any) -> IssueReport:
+def _report(store: Store, row: Any, settings: Settings | None = None) -> IssueReport:
     with store.engine.connect() as conn:
         figures = store.issue_figures(conn, row.id)
         clicks = store.click_figures(conn, row.id)
@@ -148,7 +168,9 @@ def _report(store: Store, row: Any) -> IssueReport:
         clicks_unique=sum(link["unique"] for link in links), clickers=clickers, links=links,
         opens=None if opens_row is None else {"total": int(opens_row.total), "unique": int(opens_row.unique)},
         started_at=as_utc(row.started_at), finished_at=as_utc(row.finished_at), issue_id=row.id,
-        language=edition.forced_language if edition is not None else None)
+        language=edition.forced_language if edition is not None else None, paused_reason=row.paused_reason,
+        waves=tuple(wave.as_dict() for wave in ledger_waves(settings, store, row.slug))
+        if settings is not None and row.send_local else ())
 
 
 # ----- the Reports page's series ---------------------------------------------------------------------
