@@ -226,8 +226,8 @@ def report(issue_ref: str | None, as_json: bool) -> None:
             return value.astimezone(settings.zone).strftime("%Y-%m-%d %H:%M %Z")
 
         def line(item, width: int) -> str:  # noqa: ANN001 - an IssueReport
-            clicks = (f"clicks {item.clicks_total} ({item.clicks_unique} unique)" if item.tracked
-                      else "clicks not tracked")
+            clicks = (f"clicks {item.clicks_total} ({item.clicks_unique} unique; likely scanners excluded: "
+                      f"{item.scanner_clicks})" if item.tracked else "clicks not tracked")
             flag = "  over 0.3 %!" if item.over_limit else ""
             started = moment(item.started_at) if item.started_at else "not started"
             finished = f"finished {moment(item.finished_at)}" if item.finished_at else "not finished"
@@ -257,7 +257,8 @@ def report(issue_ref: str | None, as_json: bool) -> None:
         figures.append(("opens", f"{item.opens['total']} ({item.opens['unique']} unique; Apple Mail Privacy "
                                  f"Protection opens every message, so this overcounts)"))
     figures.append(("clicks", "not tracked (MAILER_TRACK_CLICKS or track_clicks = true in issue.toml)" if not item.tracked
-                    else f"{item.clicks_total} ({item.clicks_unique} unique, {item.clickers} readers)"))
+                    else f"{item.clicks_total} ({item.clicks_unique} unique, {item.clickers} readers; "
+                         f"likely scanners excluded: {item.scanner_clicks})"))
     _echo_figures(figures, width=13)
     if item.tracked:
         for link in item.links:

@@ -10,7 +10,9 @@ Definitions (one issue; people are counted once each):
 * unsubscribed — people who unsubscribed through this issue's unsubscribe link (the token names the
   issue) or whom a provider reported unsubscribing from it;
 * clicks — when click tracking was on: total follows and unique (once per delivery and link), per
-  link of the issue's link table; zeros when it was off. opens — only with MAILER_TRACK_OPENS.
+  link of the issue's link table, less what link scanners fetched (`scanners`: a scanner's or bot's
+  User-Agent, or every link of a message first followed within a second), counted apart as
+  `scanner_clicks`; zeros when it was off. opens — only with MAILER_TRACK_OPENS.
 
 Shapes: `issue_report(...)` → `IssueReport` (`.as_json()` is the `--json` object);
 `reports_overview(...)` → list of them, newest first. The preview's Reports page draws
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import math
+from collections import Counter, defaultdict
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
@@ -28,6 +31,7 @@ from ..config import Settings
 from ..errors import MailerError, NotFound
 from ..providers.bounces.process import COMPLAINT_RATE_LIMIT, deliverability
 from ..store import Store, as_utc
+from .scanners import scan_burst
 from .waves import ledger_waves
 
 
@@ -58,7 +62,7 @@ class IssueReport:
     issue_id: int = field(default=0, compare=False)
     paused_reason: str | None = None
     waves: tuple[dict[str, Any], ...] = ()  # a local-time send's waves (`Wave.as_dict`), with `settings`
-    scanner_clicks: int = 0      # follows not counted: a link scanner's (web/scanners.py), not a reader's
+    scanner_clicks: int = 0      # follows not counted: a link scanner's (sending/scanners.py), not a reader's
     language: str | None = None  # issue.toml `language` frozen with the current edition (None: not forced)
 
     @property
@@ -82,7 +86,8 @@ class IssueReport:
         out: dict[str, Any] = {
             "issue": self.issue, "recipients": self.recipients, "sent": self.sent, "failed": self.failed,
             "bounced": self.bounced, "complained": self.complained, "unsubscribed": self.unsubscribed,
-            "clicks": {"total": self.clicks_total, "unique": self.clicks_unique, "links": list(self.links)},
+            "clicks": {"total": self.clicks_total, "unique": self.clicks_unique, "links": list(self.links),
+                       "scanners_excluded": self.scanner_clicks},
             "skipped": self.skipped, "queued": self.queued, "soft_bounced": self.soft_bounced,
             "complaint_rate": self.complaint_rate, "complaint_rate_limit": COMPLAINT_RATE_LIMIT,
             "over_complaint_limit": self.over_limit, "click_tracking": self.tracked, "clickers": self.clickers,
@@ -151,12 +156,12 @@ def _report(store: Store, row: Any, settings: Settings | None = None) -> IssueRe
         figures = store.issue_figures(conn, row.id)
         clicks = store.click_figures(conn, row.id)
         opens_row = store.open_figures(conn, row.id)
-        clickers = store.unique_clickers(conn, row.id)
+        followed = store.click_rows(conn, row.id)
+        scanner_hits = store.scanner_hits(conn, row.id)
         edition = store.current_editions(conn, [row.id]).get(row.id)
     health = (deliverability(store, row.id) or [{}])[0]
     statuses = figures["statuses"]
-    links = tuple({"url": item.url, "total": int(item.total), "unique": int(item.unique)}
-                  for item in clicks)
+    links, bursts, clickers = _without_scans(clicks, followed)
     return IssueReport(
         issue=row.slug, subject=row.subject, status=row.status, recipients=figures["recipients"],
         sent=statuses.get("sent", 0), failed=statuses.get("failed", 0), skipped=statuses.get("skipped", 0),
@@ -166,11 +171,37 @@ def _report(store: Store, row: Any, settings: Settings | None = None) -> IssueRe
         complaint_rate=float(health.get("complaint_rate", 0.0)), over_limit=bool(health.get("over_limit", False)),
         tracked=bool(links), clicks_total=sum(link["total"] for link in links),
         clicks_unique=sum(link["unique"] for link in links), clickers=clickers, links=links,
+        scanner_clicks=int(scanner_hits) + bursts,
         opens=None if opens_row is None else {"total": int(opens_row.total), "unique": int(opens_row.unique)},
         started_at=as_utc(row.started_at), finished_at=as_utc(row.finished_at), issue_id=row.id,
         language=edition.forced_language if edition is not None else None, paused_reason=row.paused_reason,
         waves=tuple(wave.as_dict() for wave in ledger_waves(settings, store, row.slug))
         if settings is not None and row.send_local else ())
+
+
+def _without_scans(figures: list[Any], followed: list[Any]) -> tuple[tuple[dict[str, Any], ...], int, int]:
+    """(links [{url, total, unique}], follows taken out as a scan, readers who clicked): the store's
+    per-link figures less one follow per link of each recipient whose first follows of every link
+    of their message came as a scan burst (`scanners.scan_burst`)."""
+    groups: dict[tuple[int, int], list[Any]] = defaultdict(list)
+    for item in followed:
+        groups[(item.edition_id, item.subscriber_id)].append(item)
+    less_total: Counter = Counter()
+    less_unique: Counter = Counter()
+    readers: set[int] = set()
+    for (_, subscriber), items in groups.items():
+        if scan_burst([as_utc(item.first_at) for item in items], int(items[0].links_in_edition)):
+            for item in items:
+                less_total[item.url] += 1
+                if item.clicks == 1:
+                    less_unique[item.url] += 1
+                else:
+                    readers.add(subscriber)
+        else:
+            readers.add(subscriber)
+    links = tuple({"url": item.url, "total": int(item.total) - less_total[item.url],
+                   "unique": int(item.unique) - less_unique[item.url]} for item in figures)
+    return links, sum(less_total.values()), len(readers)
 
 
 # ----- the Reports page's series ---------------------------------------------------------------------
