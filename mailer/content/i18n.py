@@ -155,7 +155,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "status_sending": "envoi en cours",
         "status_paused": "en pause",
         "status_sent": "envoyée",
-        "status_scheduled": "vagues programmées",
     },
     "en": {
         "unsubscribe": "Unsubscribe",
@@ -306,7 +305,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "status_sending": "sending",
         "status_paused": "paused",
         "status_sent": "sent",
-        "status_scheduled": "waves scheduled",
     },
 }
 
