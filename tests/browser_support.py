@@ -207,7 +207,8 @@ def visible_blocks(frame, words: list[str]) -> list[dict]:
 # WCAG 2.x contrast of EVERY visible text in the page, from the colours Chromium computed: for each
 # element holding a non-blank text node, its `color` over the background actually behind it (the
 # ancestors' background colours composited, alpha included, down to the canvas: white, or Chromium's
-# dark canvas rgb(18,18,18) when the page's used scheme is dark). Large text: ≥ 24 px, or ≥ 18.66 px
+# dark canvas rgb(18,18,18) when the page's used scheme is dark); SVG text (the Reports charts) by its
+# `fill`, which is what paints it. Large text: ≥ 24 px, or ≥ 18.66 px
 # bold (WCAG's 18 pt / 14 pt bold). Off-screen or aria-hidden elements (the honeypot) are not text a
 # reader sees. Background images are not considered (the pages and emails use none behind text).
 CONTRAST_JS = """
@@ -253,7 +254,7 @@ CONTRAST_JS = """
     const r = el.getBoundingClientRect();
     if (r.width === 0 || r.height === 0 || r.right <= 0 || r.bottom <= 0) continue;
     const style = getComputedStyle(el);
-    const fg = parse(style.color);
+    const fg = parse(el instanceof SVGElement ? style.fill : style.color);  // SVG text is painted by `fill`
     const bg = background(el);
     const size = parseFloat(style.fontSize);
     const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);

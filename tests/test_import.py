@@ -715,3 +715,30 @@ def test_counts_in_messages_agree_with_their_noun():
     assert line_list([6, 9]) == ("lines 6 and 9", "are")
     assert line_list([6, 9, 12]) == ("lines 6, 9 and 12", "are")
     assert line_list([1, 2, 3, 4, 5], 12) == ("lines 1, 2, 3, 4, 5 and 7 more", "are")
+
+
+def test_reimporting_a_mailchimp_export_under_its_own_name_activates_the_pending_never_the_suppressed(store, tmp_path):
+    """The README's advice: a Mailchimp export whose name does not say subscribed or non-subscribed adds
+    its people as pending; importing it again under the name Mailchimp gave it
+    (subscribed_members_export_….csv) makes those pending people active — but nobody unsubscribed,
+    bounced or complained since (by the web page, a bounce, another export) comes back."""
+    people = [{"Email Address": f"lecteur{i}@example.org", "First Name": f"Nom{i}"} for i in range(6)]
+    unsure = _mailchimp_file(tmp_path, "subscribed", people).rename(tmp_path / "mon_export.csv")
+    first = import_csv(store, unsure)
+    assert set(statuses(store).values()) == {"pending"} and first.added == 6
+    remove_subscriber(store, "lecteur0@example.org")  # unsubscribed between the two imports
+    import_csv(store, _mailchimp_file(tmp_path, "cleaned", [{**people[1], "CLEAN_TIME": "2024-02-02 10:00:00"}]))
+    import_csv(store, _mailchimp_file(tmp_path, "unsubscribed", [{**people[2], "UNSUB_REASON": "Spam",
+                                                                 "UNSUB_TIME": "2024-02-03 10:00:00"}]))
+    add_subscriber(store, "nouvelle@example.org", status="pending", source="web")  # an unconfirmed sign-up, not in the file
+
+    again = import_csv(store, _mailchimp_file(tmp_path, "subscribed", people))
+    assert statuses(store) == {"lecteur0@example.org": "unsubscribed", "lecteur1@example.org": "bounced",
+                               "lecteur2@example.org": "complained", "lecteur3@example.org": "active",
+                               "lecteur4@example.org": "active", "lecteur5@example.org": "active",
+                               "nouvelle@example.org": "pending"}
+    assert again.activated == 3 and "3 now active" in again.counts_line(), again.counts_line()
+    assert again.kept == {"unsubscribed": 1, "bounced": 1, "complained": 1}
+    assert show_subscriber(store, "lecteur3@example.org").events[-1]["new_status"] == "active"
+    third = import_csv(store, _mailchimp_file(tmp_path, "subscribed", people))  # idempotent
+    assert third.activated == 0 and third.unchanged == 3

@@ -36,6 +36,8 @@ from .test_crash import SlowHandler, _env, _populate as populate, kill_mid_send
 
 BASE = BASE_ENV["MAILER_BASE_URL"]
 PEOPLE = ["alice@example.net", "bruno@example.net", "chloe@example.net"]
+# a reader's browser: link scanners and HTTP libraries (httpx's own User-Agent) are not counted as clicks
+READER = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"}
 
 
 class _Hrefs(HTMLParser):
@@ -116,7 +118,7 @@ def test_tracked_send_clicks_followed_over_http_then_report(make_settings, store
     settings, messages = send(make_settings, db_url, store, MAILER_TRACK_CLICKS="1")
     untracked = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
     clicks_of: dict[str, list[str]] = {}
-    with ThreadedServer(create_app(settings, store)) as web, httpx.Client(base_url=web.url) as client:
+    with ThreadedServer(create_app(settings, store)) as web, httpx.Client(base_url=web.url, headers=READER) as client:
         def follow(url: str, *, record: bool = False) -> str:
             response = client.get(url.replace(BASE, web.url)) if record else client.head(url.replace(BASE, web.url))
             assert response.status_code == 302, (url, response.status_code)
@@ -129,9 +131,8 @@ def test_tracked_send_clicks_followed_over_http_then_report(make_settings, store
             assert not found.images or all("/o/" not in src for src in found.images)  # no pixel without opens
             tracked = [href for href in found.hrefs if href.startswith(f"{BASE}/c/")]
             assert tracked, "tracking on: the brief links are rewritten"
-            for href in found.hrefs:  # what is not rewritten: unsubscribe, web version, non-http links
-                assert (href.startswith(f"{BASE}/c/") or href.startswith(f"{BASE}/u/")
-                        or href.startswith(f"{BASE}/issues/") or not href.startswith("http")), href
+            for href in found.hrefs:  # not rewritten: the newsletter's own pages (footer), non-http links
+                assert href.startswith(f"{BASE}/") or not href.startswith("http"), href
             assert "/c/" not in list_unsubscribe
             clicks_of[address] = tracked
             # HEAD: nothing recorded
@@ -163,7 +164,7 @@ def test_tracked_send_clicks_followed_over_http_then_report(make_settings, store
     after = report_json(project, monkeypatch, settings, EXAMPLE_ISSUE)
     assert after["clicks"]["total"] == 3 and after["clicks"]["unique"] == 2
     # the erased person's old link still leads on, and records nothing: clicks stay erased
-    with ThreadedServer(create_app(settings, store)) as web, httpx.Client(base_url=web.url) as client:
+    with ThreadedServer(create_app(settings, store)) as web, httpx.Client(base_url=web.url, headers=READER) as client:
         assert client.get(bruno[0].replace(BASE, web.url)).status_code == 302
     again = report_json(project, monkeypatch, settings, EXAMPLE_ISSUE)
     assert again["clicks"]["total"] == 3 and again["clicks"]["unique"] == 2
@@ -183,7 +184,7 @@ def test_tracking_off_every_link_is_the_original(make_settings, store, db_url, p
         assert all("/o/" not in src for src in found.images)
         assert f"{BASE}/c/" not in text
     result = report_json(project, monkeypatch, settings, EXAMPLE_ISSUE)
-    assert result["clicks"] == {"total": 0, "unique": 0, "links": []}
+    assert result["clicks"] == {"total": 0, "unique": 0, "links": [], "scanners_excluded": 0}
     assert result["click_tracking"] is False
 
 
@@ -200,7 +201,7 @@ def test_a_worker_sends_the_stored_tracked_edition_even_with_tracking_switched_o
     rendered = render_issue(load_issue(EXAMPLE_ISSUE, tracked.issues_dir, tracked.zone), tracked)
     files = sorted((later.outbox_dir / EXAMPLE_ISSUE).glob("*.eml"))
     assert len(files) == len(PEOPLE)
-    with ThreadedServer(create_app(later, store)) as web, httpx.Client(base_url=web.url) as client:
+    with ThreadedServer(create_app(later, store)) as web, httpx.Client(base_url=web.url, headers=READER) as client:
         def follow(url: str) -> str:
             response = client.head(url.replace(BASE, web.url))
             assert response.status_code == 302, (url, response.status_code)
@@ -226,7 +227,7 @@ def test_forged_altered_and_foreign_tokens_get_404_and_no_redirect(make_settings
     data = tokens.read_click_token(key, token)
     foreign = tokens.click_token(other_key, tokens.click_delivery(other_key, data.subscriber_id, data.edition_id),
                                  data.position)
-    with ThreadedServer(create_app(settings, store)) as web, httpx.Client(base_url=web.url) as client:
+    with ThreadedServer(create_app(settings, store)) as web, httpx.Client(base_url=web.url, headers=READER) as client:
         assert client.get(f"/c/{token}").status_code == 302
         # over HTTP: one mutation per position, truncations, an extension, another deployment's token,
         # a valid token for a position with no link, the open pixel's token as a link
@@ -252,7 +253,7 @@ def test_open_pixel_only_with_track_opens(make_settings, store, db_url, project,
     pixels = [src for src in found.images if src.startswith(f"{BASE}/o/")]
     assert len(pixels) == 1
     assert not any(href.startswith(f"{BASE}/c/") for href in found.hrefs)  # opens alone: links untouched
-    with ThreadedServer(create_app(settings, store)) as web, httpx.Client() as client:
+    with ThreadedServer(create_app(settings, store)) as web, httpx.Client(headers=READER) as client:
         for _ in range(2):
             response = client.get(pixels[0].replace(BASE, web.url))
             assert response.status_code == 200 and response.headers["content-type"] == "image/gif"
@@ -332,17 +333,20 @@ def test_tracked_send_killed_resumed_and_rebuilt_every_click_resolves_to_its_edi
     assert {address for address, _ in messages} == set(addresses)
 
     follows: list[tuple[str, str]] = []  # (recipient, original URL) of every click made
-    with ThreadedServer(create_app(settings, store)) as web, httpx.Client(base_url=web.url) as client:
-        def follow(url: str) -> str:
-            response = client.get(url.replace(BASE, web.url))
+    targets: set[str] = set()
+    with ThreadedServer(create_app(settings, store)) as web, httpx.Client(base_url=web.url, headers=READER) as client:
+        def follow(url: str, method: str = "HEAD") -> str:
+            response = client.request(method, url.replace(BASE, web.url))
             assert response.status_code == 302, (url, response.status_code)
             return response.headers["location"]
 
         for index, (address, raw) in enumerate(messages):
             rendered = first_edition if index < before_rebuild else second_edition
-            for target in assert_resolves_to(raw, address, rendered, store, follow).values():
-                follows.append((address, target))
-    targets = {target for _, target in follows}
+            resolved = assert_resolves_to(raw, address, rendered, store, follow)  # HEAD: every link, nothing recorded
+            targets.update(resolved.values())
+            # a reader clicks one or two of the links (all of them at once would be a link scanner's burst)
+            for url in sorted(resolved)[index % 2: index % 2 + 1 + index % 3 % 2]:
+                follows.append((address, follow(url, "GET")))
     assert "https://transport.data.gouv.fr" in targets and "https://transport.data.gouv.fr/ter" in targets
     assert "https://example.org/carte-des-lignes" in targets
 
@@ -351,7 +355,7 @@ def test_tracked_send_killed_resumed_and_rebuilt_every_click_resolves_to_its_edi
     by_url = {link["url"]: (link["total"], link["unique"]) for link in result["clicks"]["links"]}
     assert by_url == {url: (sum(1 for _, t in follows if t == url), len({a for a, t in follows if t == url}))
                       for url in targets}
-    assert result["clicks"]["total"] == len(follows)
+    assert result["clicks"]["total"] == len(follows) and result["clicks"]["scanners_excluded"] == 0
 
 
 def test_an_edition_hashes_its_tracked_urls_so_a_changed_link_alone_is_a_new_edition(make_settings, project):
@@ -374,3 +378,51 @@ def test_an_edition_hashes_its_tracked_urls_so_a_changed_link_alone_is_a_new_edi
     assert "https://transport.data.gouv.fx" in after.links and after.links != before.links
     assert after.content_hash != before.content_hash
     assert edition().content_hash == after.content_hash  # the same folder, the same edition
+
+
+def test_report_without_issue_lists_each_send_with_its_state_and_dates_newest_first(make_settings, store, db_url,
+                                                                                     project, monkeypatch):
+    """A finished send, a paused one (stopped by the operator) and one in progress (a local-time send
+    whose later waves are ahead): `mailer report` says which is which and when each started and
+    finished, newest first; `--json` the same."""
+    import threading
+    from datetime import datetime, timedelta, timezone
+
+    from tests.conftest import write_issue
+    from tests.test_waves import KIRITIMATI, PARIS, people, wall_for
+
+    settings = make_settings(database_url=db_url)
+    people(project, store, {KIRITIMATI: 2, PARIS: 2})
+    dispatch.send_issue(settings, store, EXAMPLE_ISSUE)                     # finished
+    write_issue(project, "2026-12-01-en-pause", {"briefs.txt": "--> Une brève.\n"},
+                'subject = "En pause"\ndate = 2026-12-01\n')
+    stop = threading.Event()
+    stop.set()
+    dispatch.send_issue(settings, store, "2026-12-01-en-pause", stop=stop)  # stopped: paused
+    due = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=30)
+    write_issue(project, "2026-12-02-vagues", {"briefs.txt": "--> Une brève.\n"},
+                f'subject = "Vagues"\ndate = 2026-12-02\nsend_local = "{wall_for(KIRITIMATI, due)}"\n')
+    dispatch.send_issue(settings, store, "2026-12-02-vagues")               # Kiritimati now, Paris later
+
+    listed = report_json(project, monkeypatch, settings)
+    assert [(item["issue"], item["status"], item["state"]) for item in listed] == [
+        ("2026-12-02-vagues", "sending", "waves scheduled"), ("2026-12-01-en-pause", "paused", "paused"),
+        (EXAMPLE_ISSUE, "sent", "finished")]
+    finished, paused, waves = listed[2], listed[1], listed[0]
+    assert finished["started_at"] and finished["finished_at"] >= finished["started_at"]
+    assert paused["finished_at"] is None and paused["paused_reason"]
+    assert waves["finished_at"] is None and waves["started_at"] and waves["sent"] == 2
+    assert [(w["zone"], w["state"]) for w in waves["waves"]] == [(KIRITIMATI, "sent"), (PARIS, "pending")]
+
+    monkeypatch.chdir(project)
+    env = {**BASE_ENV, "MAILER_DATABASE_URL": settings.database_url}
+    result = CliRunner().invoke(main, ["report"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split()[:2] for line in lines] == [["2026-12-02-vagues", "waves"], ["2026-12-01-en-pause", "paused"],
+                                                    [EXAMPLE_ISSUE, "finished"]]
+    day = re.compile(r"started \d{4}-\d\d-\d\d \d\d:\d\d")
+    assert all(day.search(line) for line in lines if "not started" not in line)
+    assert re.search(r"finished \d{4}-\d\d-\d\d \d\d:\d\d", lines[2])
+    assert "not finished" in lines[0] and "not finished" in lines[1]
+    assert f"next wave: {PARIS}" in lines[0] and paused["paused_reason"] in lines[1]

@@ -1,13 +1,19 @@
 """The preview's Reports pages in real Chromium: figures, two SVG charts with title/desc and a table
-fallback, no script, nothing loaded from elsewhere; screenshots in test-artifacts/."""
+fallback, no script, nothing loaded from elsewhere; every label in the page's language (the issue's
+`language`, else MAILER_LANGUAGE), and the reader's light or dark scheme followed with every text,
+chart labels included, measured against WCAG AA in both (as tests/test_dark_mode.py does for the
+public pages); screenshots in test-artifacts/."""
 
 from __future__ import annotations
 
 import pytest
 
+from mailer.content.i18n import STRINGS
+from mailer.sending import dispatch
 from mailer.web.preview import create_preview_app
 from tests.browser_support import ThreadedServer, launched_chromium, opened_page
-from tests.conftest import ARTIFACTS, EXAMPLE_ISSUE
+from tests.conftest import ARTIFACTS, EXAMPLE_ISSUE, write_issue
+from tests.test_dark_mode import BODY_BACKGROUND_JS, _luminance, check
 from tests.test_reports import PEOPLE, send
 
 pytestmark = pytest.mark.browser
@@ -35,7 +41,8 @@ def test_reports_pages_show_figures_and_accessible_charts(browser, make_settings
             page.wait_for_url(f"**/reports/{EXAMPLE_ISSUE}")
             rows = {row.locator("th").inner_text(): row.locator("td").inner_text()
                     for row in page.locator("table").first.locator("tr").all()}
-            assert rows["Recipients"] == str(len(PEOPLE)) and rows["Sent"] == str(len(PEOPLE))
+            fr = STRINGS["fr"]  # MAILER_LANGUAGE=fr, and the example issue forces no language
+            assert rows[fr["reports_recipients"]] == str(len(PEOPLE)) and rows[fr["reports_sent"]] == str(len(PEOPLE))
             charts = page.locator("figure svg[role='img']")
             assert charts.count() == 2
             for index in range(2):
@@ -48,3 +55,55 @@ def test_reports_pages_show_figures_and_accessible_charts(browser, make_settings
             assert page.locator("details table").count() == 2  # the charts' data as tables
             assert outside == []
             page.screenshot(path=str(ARTIFACTS / "reports-issue.png"), full_page=True)
+
+
+# the Reports strings whose two languages differ: one of the other language's on a page is a label left untranslated
+_REPORT_KEYS = [key for key in STRINGS["en"] if key.startswith(("reports_", "status_"))
+                and STRINGS["en"][key] != STRINGS["fr"][key] and len(STRINGS["en"][key]) > 6]
+
+
+def _untranslated(page, language: str) -> list[str]:
+    """Strings of the other language visible on the page, in its text or its charts' title and desc."""
+    other = STRINGS["en" if language == "fr" else "fr"]
+    shown = page.evaluate("() => document.body.innerText + ' ' + Array.from(document.querySelectorAll("
+                          "'svg title, svg desc')).map((e) => e.textContent).join(' ')")
+    shown = " ".join(shown.split())
+    fixed = [other[key].split("{")[0].strip() for key in _REPORT_KEYS]
+    return [text for text in fixed if len(text) > 6 and text in shown]
+
+
+def test_reports_pages_speak_the_issues_language_and_follow_the_readers_scheme(browser, make_settings, sqlite_store,
+                                                                               project):
+    """MAILER_LANGUAGE=fr: the overview in French; an issue whose issue.toml says language = "en" has
+    its page in English; both in the light and the dark scheme, every text readable (WCAG AA)."""
+    db_url = str(sqlite_store.engine.url)
+    settings, _ = send(make_settings, db_url, sqlite_store, MAILER_TRACK_CLICKS="1")
+    write_issue(project, "2026-12-03-english", {"briefs.txt": "--> A brief with [a link](https://example.org/a).\n"},
+                'subject = "In English"\ndate = 2026-12-03\nlanguage = "en"\n')
+    dispatch.send_issue(make_settings(database_url=db_url), sqlite_store, "2026-12-03-english")  # to the outbox
+    problems: list[str] = []
+    measured = 0
+    with ThreadedServer(create_preview_app(settings, EXAMPLE_ISSUE)) as server:
+        for scheme in ("light", "dark"):
+            with opened_page(browser, viewport={"width": 1000, "height": 900}, color_scheme=scheme) as page:
+                visits = {"reports-index": (f"{server.url}/reports", "fr"),
+                          "reports-fr": (f"{server.url}/reports/{EXAMPLE_ISSUE}", "fr"),
+                          "reports-en": (f"{server.url}/reports/2026-12-03-english", "en")}
+                for name, (url, language) in visits.items():
+                    page.goto(url)
+                    assert page.locator("html").get_attribute("lang") == language, name
+                    assert _untranslated(page, language) == [], name
+                    for details in page.locator("details").all():
+                        details.evaluate("(el) => el.open = true")  # the tables behind the charts, measured too
+                    measured += check(page, name, scheme, problems)
+                    chart_texts = page.evaluate("() => Array.from(document.querySelectorAll('figure svg text'))"
+                                                ".filter((t) => t.textContent.trim()).length")
+                    assert chart_texts > 5, name
+                    if scheme == "dark":
+                        assert _luminance(page.evaluate(BODY_BACKGROUND_JS)) < 0.05, f"{name}: the dark scheme left it light"
+                page.goto(f"{server.url}/reports/2026-12-03-english")
+                rows = {row.locator("th").inner_text(): row.locator("td").inner_text()
+                        for row in page.locator("table").first.locator("tr").all()}
+                assert rows[STRINGS["en"]["reports_recipients"]] == str(len(PEOPLE))
+    assert measured > 100
+    assert not problems, "\n".join(problems)

@@ -380,3 +380,31 @@ def test_a_wave_interrupted_past_its_grace_is_reported_missed_and_released_only_
     kiritimati = sorted(e for e, z in zone_of.items() if z == KIRITIMATI)
     assert outbox(project) == kiritimati  # each exactly once (one file per delivery), the later waves not early
     assert "2 recipient(s) wait for their wave" in released
+
+
+def test_the_segment_narrows_the_planned_waves_as_it_narrows_the_freeze(store, db_url, project, make_settings,
+                                                                        monkeypatch) -> None:
+    """A segment that leaves out every subscriber of one zone: that zone has no wave before the freeze
+    either (not a due wave that would start a send nobody in the segment is due for), `schedule list`
+    counts each wave's recipients within the segment, and the freeze sends exactly those."""
+    from tests.conftest import BASE_ENV
+    settings = make_settings(database_url=db_url)
+    rows = [f"kiri{i}@example.org,{KIRITIMATI},Tarawa" for i in range(3)]
+    rows += [f"paris{i}@example.org,{PARIS},{'Lyon' if i < 2 else 'Tarawa'}" for i in range(3)]
+    rows += [f"la{i}@example.org,{LOS_ANGELES},Lyon" for i in range(2)]
+    path = project / "zones.csv"
+    path.write_text("email,timezone,city\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    assert not import_csv(store, path).rejections
+    due = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)  # Kiritimati's wall time: due now
+    write_issue(project, SLUG, BRIEFS, f'subject = "Le Fil"\ndate = 2027-01-14\nsend_local = "{wall_for(KIRITIMATI, due)}"\n'
+                                       'segment = \'city = "Lyon"\'\n')
+    env = {**BASE_ENV, "MAILER_DATABASE_URL": db_url}
+    listed = json.loads(in_process(project, env, monkeypatch, "schedule", "list", "--json"))
+    waves = next(i for i in listed["issues"] if i["slug"] == SLUG)["waves"]
+    assert [(w["zone"], w["recipients"], w["state"]) for w in waves] == [(PARIS, 2, "pending"), (LOS_ANGELES, 2, "pending")]
+    with pytest.raises(NotDueYet, match=r"first wave \(Europe/Paris, 2 recipient\(s\)\)"):
+        dispatch.send_issue(settings, store, SLUG)  # no wave is due: nothing frozen, nothing sent
+    assert sent_to(settings) == [] and dispatch.plan_send(settings, store, SLUG, release="all").recipients == 4
+    report = dispatch.send_issue(settings, store, SLUG, release="all")
+    assert report.complete and sent_to(settings) == ["la0@example.org", "la1@example.org", "paris0@example.org",
+                                                     "paris1@example.org"]

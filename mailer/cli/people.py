@@ -31,14 +31,25 @@ _STATUS_CHOICE = click.Choice(SUBSCRIBER_STATUSES, case_sensitive=False)
 @click.option("--name", default="", help="The person's name (greetings use it).")
 @click.option("--language", default=None, type=click.Choice(LANGUAGES, case_sensitive=False),
               help="The person's language.")
+@click.option("--timezone", "zone", default=None, metavar="ZONE",
+              help="The person's time zone, an IANA name such as Europe/Paris (local-time sends deliver at "
+                   "send_local in it; without one, MAILER_TIMEZONE).")
 @click.option("--list", "lists", multiple=True, help="Add to this named list (repeatable).")
 @handle_errors
-def subscribers_add(email: str, name: str, language: str | None, lists: tuple[str, ...]) -> None:
+def subscribers_add(email: str, name: str, language: str | None, zone: str | None, lists: tuple[str, ...]) -> None:
     """Add an active subscriber (the operator vouches for them)."""
+    from ..subscribers.importer.values import normalise_timezone
     from ..subscribers.service import add_subscriber
+    attributes = None
+    if zone is not None:
+        found = normalise_timezone(zone)
+        if not found:
+            raise MailerError(f"--timezone {zone!r} is not an IANA time zone name such as Europe/Paris or "
+                              f"America/New_York (nothing was added)")
+        attributes = {"timezone": found}
     settings = _settings()
     _, created = add_subscriber(_store(settings), email, name=name, language=(language or "").lower(), lists=lists,
-                                source="cli")
+                                source="cli", attributes=attributes)
     click.echo(f"{'added' if created else 'already subscribed, updated'}: {email.strip()}")
 
 

@@ -204,27 +204,42 @@ def status(issue_ref: str | None, as_json: bool) -> None:
 @handle_errors
 def report(issue_ref: str | None, as_json: bool) -> None:
     """After the send: recipients, sent, failed, bounced, complained, unsubscribed and clicks of ISSUE,
-    with the complaint rate against Gmail's and Yahoo's 0.3 % limit; without ISSUE, one line per sent
-    issue, newest first.
+    with the complaint rate against Gmail's and Yahoo's 0.3 % limit; without ISSUE, one line per issue
+    sent or being sent, newest first, with its state (finished, sending, paused, waves scheduled,
+    missed waves) and when its send started and finished.
 
     \b
     --json prints {"issue", "recipients", "sent", "failed", "bounced", "complained", "unsubscribed",
       "clicks": {"total", "unique", "links": [{"url", "total", "unique"}]}, "complaint_rate", …}
-      (clicks are zeros when click tracking was off; "opens" only with MAILER_TRACK_OPENS).
+      (clicks are zeros when click tracking was off; "opens" only with MAILER_TRACK_OPENS),
+      "status" (draft|sending|paused|sent), "state" (as above), "paused_reason", "started_at",
+      "finished_at" (ISO 8601 UTC or null), "waves" (a local-time send's, as `mailer status` shows them).
     """
     from ..sending.report import issue_report, percent, reports_overview
     settings = _settings()
     store = _store(settings)  # closed on exit
     if issue_ref is None:
-        def line(item, width: int) -> str:  # noqa: ANN001 - an IssueReport
-            clicks = (f"clicks {item.clicks_total} ({item.clicks_unique} unique)" if item.tracked
-                      else "clicks not tracked")
-            flag = "  over 0.3 %!" if item.over_limit else ""
-            return (f"{item.issue:<{width}}  sent {item.sent}/{item.recipients}  failed {item.failed}  "
-                    f"bounced {item.bounced}  complained {item.complained} ({percent(item.complaint_rate)}){flag}  "
-                    f"unsubscribed {item.unsubscribed}  {clicks}")
+        reports = reports_overview(store, settings)
+        state_width = max((len(item.state) for item in reports), default=0)
 
-        reports = reports_overview(store)
+        def moment(value) -> str:  # noqa: ANN001 - one short column: local time and zone
+            return value.astimezone(settings.zone).strftime("%Y-%m-%d %H:%M %Z")
+
+        def line(item, width: int) -> str:  # noqa: ANN001 - an IssueReport
+            clicks = (f"clicks {item.clicks_total} ({item.clicks_unique} unique; likely scanners excluded: "
+                      f"{item.scanner_clicks})" if item.tracked else "clicks not tracked")
+            flag = "  over 0.3 %!" if item.over_limit else ""
+            started = moment(item.started_at) if item.started_at else "not started"
+            finished = f"finished {moment(item.finished_at)}" if item.finished_at else "not finished"
+            why = f"  ({item.paused_reason})" if item.state == "paused" and item.paused_reason else ""
+            ahead = [wave for wave in item.waves if wave["state"] == "pending"]
+            if item.state == "waves scheduled" and ahead:
+                why = f"  (next wave: {ahead[0]['zone']} at {ahead[0]['at']})"
+            return (f"{item.issue:<{width}}  {item.state:<{state_width}}  started {started}  {finished}  "
+                    f"sent {item.sent}/{item.recipients}  failed {item.failed}  "
+                    f"bounced {item.bounced}  complained {item.complained} ({percent(item.complaint_rate)}){flag}  "
+                    f"unsubscribed {item.unsubscribed}  {clicks}{why}")
+
         _echo_overview(reports, as_json, [item.as_json() for item in reports], line, name=lambda item: item.issue,
                        empty="no issue sent yet (no ledger)")
         return
@@ -242,7 +257,8 @@ def report(issue_ref: str | None, as_json: bool) -> None:
         figures.append(("opens", f"{item.opens['total']} ({item.opens['unique']} unique; Apple Mail Privacy "
                                  f"Protection opens every message, so this overcounts)"))
     figures.append(("clicks", "not tracked (MAILER_TRACK_CLICKS or track_clicks = true in issue.toml)" if not item.tracked
-                    else f"{item.clicks_total} ({item.clicks_unique} unique, {item.clickers} readers)"))
+                    else f"{item.clicks_total} ({item.clicks_unique} unique, {item.clickers} readers; "
+                         f"likely scanners excluded: {item.scanner_clicks})"))
     _echo_figures(figures, width=13)
     if item.tracked:
         for link in item.links:

@@ -9,7 +9,6 @@ markup): an existing space before `; ! ?` becomes a narrow no-break space, befor
 from __future__ import annotations
 
 import re
-import textwrap
 import unicodedata
 from contextlib import suppress
 from functools import lru_cache
@@ -22,6 +21,7 @@ from markdown_it.common.normalize_url import RECODE_HOSTNAME_FOR, normalizeLinkT
 from markdown_it.rules_core import StateCore
 from markdown_it.token import Token
 
+from .textlayout import TEXT_WIDTH, Measure, wrap
 from ..addresses import ascii_domain
 from ..errors import InvalidAddress
 
@@ -156,13 +156,14 @@ def to_inline_html(source: str, language: str = "fr") -> str:
     return md.renderInline(source).strip()
 
 
-def to_text(source: str, language: str = "fr", width: int = 76) -> str:
+def to_text(source: str, language: str = "fr", width: int = TEXT_WIDTH, measure: Measure | None = None) -> str:
     """Markdown → readable plain text: links become `text (url)`, or just `url` when the text is
     the URL itself (bare URLs, autolinks, `[example.org](https://example.org/)`): every link of the
     HTML shows once, as its href. Paragraphs are wrapped at `width` without ever breaking a URL or
-    a no-break space."""
+    a no-break space, each URL counted as written (`measure(url)` → its length in the message: a
+    tracked link's click URL; None: as it is; `textlayout.wrap`)."""
     md = _parser(language)
-    return _TextRenderer(width).render(md.parse(source)).strip()
+    return _TextRenderer(width, measure).render(md.parse(source)).strip()
 
 
 def plain_inline(source: str, language: str = "fr") -> str:
@@ -201,8 +202,9 @@ def _inline_text(children: Sequence[Token], with_urls: bool = True) -> str:
 
 
 class _TextRenderer:
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, measure: Measure | None = None) -> None:
         self.width = width
+        self.measure = measure
 
     def render(self, tokens: Sequence[Token]) -> str:
         blocks: list[str] = []
@@ -242,12 +244,4 @@ class _TextRenderer:
         return "\n\n".join(b for b in blocks if b.strip())
 
     def _wrap(self, text: str, first: str, rest: str) -> str:
-        lines = []
-        for index, hard_line in enumerate(text.split("\n")):
-            wrapped = textwrap.wrap(
-                hard_line, width=self.width,
-                initial_indent=first if index == 0 else rest, subsequent_indent=rest,
-                break_long_words=False, break_on_hyphens=False,
-            )
-            lines.extend(wrapped or [rest.rstrip()])
-        return "\n".join(lines)
+        return wrap(text, self.width, first, rest, self.measure)

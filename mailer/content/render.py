@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import re
+from functools import partial
 from html.parser import HTMLParser
 import time
 import unicodedata
@@ -25,7 +26,7 @@ import jinja2
 import mjml
 from markupsafe import Markup
 
-from . import i18n, markup
+from . import i18n, markup, textlayout
 from .. import links
 from .briefs import control_character, describe_character, read_text
 from ..config import Settings, secret_key_for
@@ -323,8 +324,10 @@ class CompiledEmail:
 
 
 def compile_email(settings: Settings, name: str, context: dict, *, slots: Sequence[str], required: Sequence[str],
-                  text_context: dict | None = None) -> CompiledEmail:
-    """`templates/NAME.mjml.j2` → MJML → HTML (mjml-python, once) and `NAME.txt.j2` → text.
+                  text_context: dict | None = None, measure=None) -> CompiledEmail:  # noqa: ANN001
+    """`templates/NAME.mjml.j2` → MJML → HTML (mjml-python, once) and `NAME.txt.j2` → text, whose
+    lines are wrapped at `textlayout.TEXT_WIDTH` as written (`measure(url)`: a URL's length as sent;
+    slots as long as the values they get: `slot_width`).
 
     Only `slots` may appear (each part its own variant: `x` in text, `x.html` in HTML); every slot of
     `required` must be in both parts (an email without its unsubscribe link is refused)."""
@@ -345,7 +348,8 @@ def compile_email(settings: Settings, name: str, context: dict, *, slots: Sequen
     compile_seconds = time.perf_counter() - started
 
     html_template = Template.parse(hidden_preheader(compiled))
-    text_template = Template.parse(_normalise_text(text_source))
+    text_template = Template.parse(textlayout.layout(_normalise_text(text_source), textlayout.TEXT_WIDTH, measure,
+                                                     partial(slot_width, settings.base_url)))
     html_slots = tuple(f"{slot_name}.html" for slot_name in slots)
     for label, tpl, allowed in (("HTML", html_template, html_slots), ("text", text_template, slots)):
         unknown = sorted(set(tpl.slot_names) - set(allowed))
@@ -357,6 +361,15 @@ def compile_email(settings: Settings, name: str, context: dict, *, slots: Sequen
         if slot_name not in text_template.slot_names:
             raise RenderError(f"template {name!r}: the text part has no {slot_name.replace('_url', '')} link")
     return CompiledEmail(mjml_source, html_template, text_template, compile_seconds)
+
+
+def slot_width(base_url: str, name: str) -> int:
+    """The longest value slot `name` gets, for wrapping: a URL slot (unsubscribe, confirm) a real URL's
+    length with the longest token; a greeting or an address, a typical one (they stand on lines of
+    their own in the shipped templates)."""
+    if name.endswith("_url"):
+        return len(links.sample_unsubscribe_url(base_url).replace("/u/", "/confirm/"))
+    return 24
 
 
 # mj-preview's hidden block as MRML writes it: white 1 px text, i.e. text coloured like its background,
@@ -503,8 +516,10 @@ def render_issue(issue: Issue, settings: Settings, *, strings_language: str | No
     if problem is not None:
         raise problem
     web_url = web_edition_url(settings, issue)
+    measure = text_measure(issue, settings)
     compiled = compile_email(settings, issue.template, _context(issue, settings, web_url, language), slots=TEXT_SLOTS,
-                             required=("unsubscribe_url",), text_context=_text_context(issue, content_language))
+                             required=("unsubscribe_url",), text_context=_text_context(issue, content_language, measure),
+                             measure=measure)
     rendered = RenderedIssue(issue=issue, settings=settings, mjml_source=compiled.mjml_source, html=compiled.html,
                              greeting=issue_greeting(issue, language), language=language,
                              text=compiled.text, web_url=web_url, compile_seconds=compiled.compile_seconds)
@@ -606,10 +621,19 @@ def tracks_clicks(issue: Issue, settings: Settings) -> bool:
     return settings.track_clicks if issue.track_clicks is None else issue.track_clicks
 
 
-def _text_context(issue: Issue, language: str) -> dict:
+def text_measure(issue: Issue, settings: Settings):  # noqa: ANN201 - a textlayout.Measure or None
+    """How long each URL of the text part is as sent: a tracked link's click URL when click tracking
+    is on for the issue (`tracking.written_length`), else None (as written)."""
+    if not tracks_clicks(issue, settings):
+        return None
+    from .tracking import written_length  # tracking builds on this module
+    return written_length(issue, issue.language or settings.language, settings.base_url)
+
+
+def _text_context(issue: Issue, language: str, measure=None) -> dict:  # noqa: ANN001 - a textlayout.Measure
     briefs = []
     for brief in issue.briefs:
-        text = markup.to_text(brief.body, language)
+        text = markup.to_text(brief.body, language, measure=measure)
         link = markup.link_href(brief.link) if brief.link else None
         briefs.append({
             "title": markup.plain_inline(brief.title, language) if brief.title else None,
@@ -617,7 +641,8 @@ def _text_context(issue: Issue, language: str) -> dict:
             # the brief's link once: not again under a text that already shows it
             "link": link if link and not _shows_url(text, link) else None,
         })
-    return {"intro_text": markup.to_text(issue.intro, language) if issue.intro else None, "briefs_text": briefs}
+    return {"intro_text": markup.to_text(issue.intro, language, measure=measure) if issue.intro else None,
+            "briefs_text": briefs}
 
 
 def _shows_url(text: str, url: str) -> bool:

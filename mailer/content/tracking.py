@@ -9,12 +9,15 @@ with `BASE/c/TOKEN` (`tokens.click_token`: signed, naming the delivery, the edit
 `GET /c/TOKEN` answers 302 to the URL the edition's table holds for that position — never a URL read
 from the request.
 
-Not tracked: the unsubscribe link (a slot already), the web-version link (`web_url`), the
-List-Unsubscribe header (headers are never rewritten), links that are not http(s) (mailto:, tel:,
-anchors) and anything holding a slot marker. An open pixel (`<img src="BASE/o/TOKEN">`, position 0)
+Only the content's links are tracked: those of the briefs and the intro (`content_urls`: their
+Markdown, titles, `link` and images), never what the template adds around them (footer, header:
+web version, archive, subscribe, unsubscribe…), so a report's clicks are the readers' interest in
+the content. Never tracked either: any page of the newsletter's own site (`MAILER_BASE_URL`, even
+linked from a brief), the List-Unsubscribe header (headers are never rewritten), links that are not
+http(s) (mailto:, tel:, anchors) and anything holding a slot marker. An open pixel (`<img src="BASE/o/TOKEN">`, position 0)
 is added only with MAILER_TRACK_OPENS.
 
-Shapes: `find_links(html, text, skip)` → ordered distinct URLs; `rewrite(html, text, positions, …)` →
+Shapes: `content_urls(issue, language)` → set of URLs; `find_links(html, text, skip, among)` → ordered distinct URLs; `rewrite(html, text, positions, …)` →
 (html, text) Templates with click slots; `ClickTracking.values(subscriber_id)` → slot values.
 """
 
@@ -25,31 +28,17 @@ import re
 from dataclasses import dataclass, field
 
 from .. import links, tokens
+from . import markup
+from .issue import Issue
 from .render import SLOT_PREFIX, Template, slot
+from .textlayout import TEXT_URL, text_url
 
 # an <a …> tag's href, double-quoted as MJML writes it (single quotes too, for hand-written templates)
 _A_HREF = re.compile(r"""(<a\b[^>]*?\bhref=)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
-# a URL in the text part: up to whitespace or a bracket that cannot belong to it
-_TEXT_URL = re.compile(r"""https?://[^\s<>"'\[\]{}]+""", re.IGNORECASE)
-_TRAILING = ".,;:!?»”’'"
 OPEN_POSITION = 0
 MAX_POSITION = 0xFFFF  # a click token carries the position in 2 bytes
 OPEN_SLOT = "open.html"
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
-
-
-def _text_url(match: str) -> str:
-    """A URL found in running text, without the punctuation that ends the sentence around it
-    (a closing parenthesis is kept when the URL opened one: Wikipedia's `…_(film)`)."""
-    url = match
-    while url:
-        if url[-1] in _TRAILING:
-            url = url[:-1]
-        elif url[-1] == ")" and url.count(")") > url.count("("):
-            url = url[:-1]
-        else:
-            break
-    return url
 
 
 def trackable(url: str, skip: tuple[str, ...]) -> bool:
@@ -62,19 +51,62 @@ def trackable(url: str, skip: tuple[str, ...]) -> bool:
     return not any(url == prefix or url.startswith(prefix) for prefix in skip if prefix)
 
 
-def find_links(html_template: Template, text_template: Template, skip: tuple[str, ...]) -> list[str]:
-    """The distinct tracked URLs of both parts, in order of first appearance (HTML first)."""
+def own_site(url: str, base_url: str) -> bool:
+    """Whether `url` is a page of the newsletter's own site: `base_url` itself or below it."""
+    return url == base_url or url.startswith(tuple(base_url + mark for mark in "/?#"))
+
+
+def content_urls(issue: Issue, language: str) -> set[str]:
+    """Every URL the issue's content links or shows, as the rendering writes it: the hrefs of the
+    intro's and each brief's Markdown (title included) and the URLs their text rendering shows
+    (images' too), each brief's `link` (`markup.link_href`). What the template adds is not content."""
+    found: set[str] = set()
+    sources = [issue.intro] if issue.intro else []
+    for brief in issue.briefs:
+        sources.append(brief.body)
+        if brief.link:
+            found.add(markup.link_href(brief.link))
+        if brief.title:
+            found.update(_hrefs(markup.to_inline_html(brief.title, language)))
+    for source in sources:
+        found.update(_hrefs(markup.to_html(source, language)))
+        found.update(text_url(match.group(0)) for match in TEXT_URL.finditer(markup.to_text(source, language)))
+    return found
+
+
+def tracked_urls(issue: Issue, language: str, base_url: str) -> set[str]:
+    """The content URLs a tracked send rewrites: `content_urls` that are `trackable`, less the pages
+    of the newsletter's own site (`own_site`: archive, subscribe, web editions…)."""
+    return {url for url in content_urls(issue, language) if trackable(url, ()) and not own_site(url, base_url)}
+
+
+def written_length(issue: Issue, language: str, base_url: str):  # noqa: ANN201 - a textlayout.Measure
+    """`measure(url)` for wrapping the text part of a tracked send (`textlayout`): a tracked URL is
+    written as `BASE/c/TOKEN` (`tokens.CLICK_TOKEN_CHARS`), any other as it is."""
+    tracked = tracked_urls(issue, language, base_url)
+    click_length = len(links.click_prefix(base_url)) + tokens.CLICK_TOKEN_CHARS
+    return lambda url: click_length if url in tracked else len(url)
+
+
+def _hrefs(html_text: str) -> set[str]:
+    return {html_lib.unescape(match.group(3)).strip() for match in _A_HREF.finditer(html_text)}
+
+
+def find_links(html_template: Template, text_template: Template, skip: tuple[str, ...],
+               among: set[str] | None = None) -> list[str]:
+    """The distinct tracked URLs of both parts, in order of first appearance (HTML first): trackable
+    (`skip`: prefixes never tracked) and, with `among` (`content_urls`), one of those."""
     seen: dict[str, None] = {}
+
+    def keep(url: str) -> None:
+        if trackable(url, skip) and (among is None or url in among):
+            seen.setdefault(url, None)
     for piece in html_template.pieces[0::2]:
         for match in _A_HREF.finditer(piece):
-            url = html_lib.unescape(match.group(3)).strip()
-            if trackable(url, skip):
-                seen.setdefault(url, None)
+            keep(html_lib.unescape(match.group(3)).strip())
     for piece in text_template.pieces[0::2]:
-        for match in _TEXT_URL.finditer(piece):
-            url = _text_url(match.group(0))
-            if trackable(url, skip):
-                seen.setdefault(url, None)
+        for match in TEXT_URL.finditer(piece):
+            keep(text_url(match.group(0)))
     return list(seen)
 
 
@@ -94,12 +126,12 @@ def rewrite(html_template: Template, text_template: Template, positions: dict[st
     def text_piece(piece: str) -> str:
         def one(match: re.Match) -> str:
             whole = match.group(0)
-            url = _text_url(whole)
+            url = text_url(whole)
             position = positions.get(url)
             if position is None:
                 return whole
             return slot(f"click.{position}") + whole[len(url):]
-        return _TEXT_URL.sub(one, piece)
+        return TEXT_URL.sub(one, piece)
 
     html_raw = _rebuild(html_template, html_piece)
     if open_pixel:

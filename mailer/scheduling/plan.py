@@ -34,6 +34,7 @@ from .cadence import CadenceTrigger, build_cadence_trigger
 from ..wallclock import localize
 from ..config import Settings
 from ..errors import MailerError
+from ..segments import Segment
 from ..content.issue import ISSUE_FILE, holds, load_issue
 from ..content.render import template_problem
 from ..statuses import STOPPED
@@ -75,6 +76,7 @@ class IssueEntry:
     hold_lines: tuple[str, ...] = ()  # every line
     send_local: datetime | None = None  # a local-time send's wall time (naive): released in waves (waves.py)
     list_name: str | None = None
+    segment: Segment | None = None  # issue.toml's `segment`: narrows the planned waves as the freeze will
 
     @property
     def held(self) -> str | None:
@@ -113,7 +115,7 @@ def scan_issues(settings: Settings) -> list[IssueEntry]:
             found.insert(0, ("unbuildable", str(problem)))
         entries.append(IssueEntry(issue.slug, issue.folder, issue.date, issue.send_at, fingerprint,
                                   hold=found[0] if found else None, hold_lines=tuple(line for _, line in found),
-                                  send_local=issue.send_local, list_name=issue.list_name))
+                                  send_local=issue.send_local, list_name=issue.list_name, segment=issue.segment))
     return entries
 
 
@@ -293,7 +295,7 @@ def schedule_data(settings: Settings, store: Store, now: datetime) -> dict:
     rows = []
     for entry in entries:
         ledger = read_ledger(store, entry.slug)
-        _, found = issue_waves(store, entry.slug, entry.send_local, entry.list_name, zone, now, grace)
+        _, found = issue_waves(store, entry.slug, entry.send_local, entry.list_name, zone, now, grace, entry.segment)
         if entry.error:
             state = "error"
         elif not ledger.done and ledger.status != "paused" and entry.held and not ledger.started:

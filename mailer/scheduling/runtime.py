@@ -360,7 +360,7 @@ class SchedulerRuntime:
                            slug, entry.hold[1], level=logging.WARNING)
             return set()
         frozen, found = waves.issue_waves(self.store, slug, entry.send_local, entry.list_name, self.settings.zone,
-                                          now, self.grace)
+                                          now, self.grace, entry.segment)
         keep: set[str] = set()
         by_instant: dict[datetime, list[waves.Wave]] = {}
         for wave in found:

@@ -23,7 +23,9 @@ def tracked_parts(rendered: RenderedIssue) -> tuple[Template, Template, tuple[st
     """(html, text, links): the rendering's parts with each tracked link replaced by its click slot
     (MAILER_TRACK_CLICKS, or issue.toml `track_clicks` which wins) and the open pixel's slot
     (MAILER_TRACK_OPENS); `links` = the URL at positions 1, 2, …. Unchanged parts and () with both
-    off. Raises RenderError beyond MAX_POSITION links (a token holds 2 bytes of position). Not tracked: unsubscribe, web version, List-Unsubscribe (headers are never rewritten)."""
+    off. Raises RenderError beyond MAX_POSITION links (a token holds 2 bytes of position). Tracked: the
+    content's links only (`tracking.content_urls`), never the template's (footer: web version, archive,
+    unsubscribe…) nor a page of the newsletter's own site; List-Unsubscribe never (headers are never rewritten)."""
     settings: Settings = rendered.settings
     clicks = tracks_clicks(rendered.issue, settings)
     if not clicks and not settings.track_opens:
@@ -31,7 +33,8 @@ def tracked_parts(rendered: RenderedIssue) -> tuple[Template, Template, tuple[st
     base = settings.base_url
     skip = (rendered.web_url, base + links.WEB_EDITION.format(slug=rendered.issue.slug), links.unsubscribe_prefix(base),
             links.click_prefix(base), links.open_prefix(base))
-    urls = tuple(tracking.find_links(rendered.html, rendered.text, skip)) if clicks else ()
+    content = tracking.tracked_urls(rendered.issue, rendered.content_language, base)  # not the footer's
+    urls = tuple(tracking.find_links(rendered.html, rendered.text, skip, content)) if clicks else ()
     if len(urls) > tracking.MAX_POSITION:
         raise RenderError(f"{rendered.issue.slug}: {len(urls)} distinct links to track, more than "
                           f"{tracking.MAX_POSITION}; nothing was sent")

@@ -130,9 +130,10 @@ def assign_due(store, conn, issue_id: int, wall: datetime, default_zone: ZoneInf
 
 
 def issue_waves(store, slug: str, wall: datetime | None, list_name: str | None, default_zone: ZoneInfo,  # noqa: ANN001
-                now: datetime, grace: timedelta) -> tuple[bool, list[Wave]]:
+                now: datetime, grace: timedelta, segment=None) -> tuple[bool, list[Wave]]:  # noqa: ANN001
     """(frozen, waves) of a local-time send: the ledger's once frozen, else planned from the audience
-    (`wall` from issue.toml); (False, []) for an issue that is not one."""
+    (`wall` from issue.toml; `list_name` and `segment` narrow it as the freeze will); (False, []) for
+    an issue that is not one."""
     with store.connect() as conn:
         row = store.issue_row(conn, slug)
         if row is not None and row.frozen_at is not None and row.send_local:
@@ -142,7 +143,7 @@ def issue_waves(store, slug: str, wall: datetime | None, list_name: str | None, 
             return True, []  # frozen as an ordinary send
         if wall is None:
             return False, []
-        return False, planned_waves(store.audience_zones(conn, list_name), wall, default_zone, now, grace)
+        return False, planned_waves(store.audience_zones(conn, list_name, segment), wall, default_zone, now, grace)
 
 
 def ledger_waves(settings, store, slug: str) -> list[Wave]:  # noqa: ANN001
@@ -160,7 +161,8 @@ def first_wave_check(settings, store, conn, issue, list_name: str | None, now: d
     issue.toml's line and what to do otherwise (the caller has touched nothing)."""
     from ..content.issue import where
     grace = timedelta(seconds=settings.schedule_grace)
-    planned = planned_waves(store.audience_zones(conn, list_name), issue.send_local, settings.zone, now, grace)
+    planned = planned_waves(store.audience_zones(conn, list_name, issue.segment), issue.send_local, settings.zone,
+                            now, grace)
     if not planned or release == "all" or any(w.state == "due" for w in planned):
         return
     first = planned[0]

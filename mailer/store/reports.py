@@ -26,9 +26,11 @@ class ReportsStore:
         return conn.execute(sa.select(links.c.url).where(links.c.edition_id == edition_id,
                                                          links.c.position == position)).scalar()
 
-    def record_click(self, conn: Connection, edition_id: int, subscriber_id: int, position: int, now: datetime) -> bool:
+    def record_click(self, conn: Connection, edition_id: int, subscriber_id: int, position: int, now: datetime,
+                     *, scanner: bool = False) -> bool:
         """Count one follow of a link (or, at position 0, one open) by one delivery's recipient:
-        INSERT … ON CONFLICT DO UPDATE clicks + 1. True when it was that delivery's first for this
+        INSERT … ON CONFLICT DO UPDATE clicks + 1 (`scanner`: scanner_hits + 1 instead, a known link
+        scanner's fetch, never a click). True when it was that delivery's first click for this
         position (a unique click). Only for a delivery the ledger has (the edition's issue, the person), and
         never for an erased person (`remove --purge` deleted their clicks; their old links record nothing)."""
         if self.is_sqlite:
@@ -41,16 +43,21 @@ class ReportsStore:
                                     ~subscribers.c.email.startswith(TOMBSTONE_PREFIX, autoescape=True))).first()
         if known is None:
             return False
+        counter = link_clicks.c.scanner_hits if scanner else link_clicks.c.clicks
         statement = insert(link_clicks).values(edition_id=edition_id, subscriber_id=subscriber_id, position=position,
-                                               clicks=1, first_at=now, last_at=now)
+                                               clicks=0 if scanner else 1, scanner_hits=1 if scanner else 0,
+                                               first_at=now, last_at=now)
+        # first_at: the first reader's follow (a row a scanner made gets it at the reader's first click)
+        first = now if scanner else sa.case((link_clicks.c.clicks == 0, now), else_=link_clicks.c.first_at)
         statement = statement.on_conflict_do_update(
             index_elements=[link_clicks.c.edition_id, link_clicks.c.subscriber_id, link_clicks.c.position],
-            set_={"clicks": link_clicks.c.clicks + 1, "last_at": now})
+            set_={counter.name: counter + 1, "last_at": now,
+                  **({} if scanner else {"first_at": first})})
         conn.execute(statement)
         clicks = conn.execute(sa.select(link_clicks.c.clicks).where(
             link_clicks.c.edition_id == edition_id, link_clicks.c.subscriber_id == subscriber_id,
             link_clicks.c.position == position)).scalar_one()
-        return clicks == 1
+        return not scanner and clicks == 1
 
     # ----- reports -----------------------------------------------------------------------------------
     def sent_issues(self, conn: Connection) -> list[sa.Row]:
@@ -87,11 +94,13 @@ class ReportsStore:
     def click_figures(self, conn: Connection, issue_id: int) -> list[sa.Row]:
         """(url, total, unique) per tracked URL of the issue's editions (a URL in several editions is
         one row), in order of first appearance (edition, then position); links never clicked included,
-        with 0. `unique`: distinct recipients who followed it."""
+        with 0. `unique`: distinct recipients who followed it. Scanner hits (`scanner_hits`) are not
+        clicks; a scan burst is taken out by `sending/report.py` (`click_rows`)."""
         position_key = editions.c.number * 65536 + links.c.position  # positions are 2 bytes in tokens
+        clicked = sa.case((link_clicks.c.clicks > 0, link_clicks.c.subscriber_id))  # not scanner hits alone
         return list(conn.execute(
             sa.select(links.c.url, sa.func.coalesce(sa.func.sum(link_clicks.c.clicks), 0).label("total"),
-                      sa.func.count(sa.distinct(link_clicks.c.subscriber_id)).label("unique"))
+                      sa.func.count(sa.distinct(clicked)).label("unique"))
             .select_from(links.join(editions, editions.c.id == links.c.edition_id)
                          .outerjoin(link_clicks, (link_clicks.c.edition_id == links.c.edition_id)
                                     & (link_clicks.c.position == links.c.position)))
@@ -108,12 +117,33 @@ class ReportsStore:
             .where(editions.c.issue_id == issue_id, link_clicks.c.position == 0)).first()
         return row if row is not None and row.total else None
 
+    def click_rows(self, conn: Connection, issue_id: int) -> list[sa.Row]:
+        """(url, edition_id, subscriber_id, clicks, first_at, links_in_edition) of every link of the
+        issue's editions a recipient followed (position ≥ 1, clicks ≥ 1): what a scan burst is read from."""
+        counted = links.alias("counted")
+        in_edition = (sa.select(sa.func.count()).select_from(counted)
+                      .where(counted.c.edition_id == link_clicks.c.edition_id).scalar_subquery())
+        return list(conn.execute(
+            sa.select(links.c.url, link_clicks.c.edition_id, link_clicks.c.subscriber_id, link_clicks.c.clicks,
+                      link_clicks.c.first_at, in_edition.label("links_in_edition"))
+            .select_from(link_clicks.join(links, (links.c.edition_id == link_clicks.c.edition_id)
+                                          & (links.c.position == link_clicks.c.position))
+                         .join(editions, editions.c.id == link_clicks.c.edition_id))
+            .where(editions.c.issue_id == issue_id, link_clicks.c.position > 0, link_clicks.c.clicks > 0)))
+
+    def scanner_hits(self, conn: Connection, issue_id: int) -> int:
+        """Fetches of the issue's tracked links by known scanners and bots (by User-Agent)."""
+        return conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(link_clicks.c.scanner_hits), 0))
+            .select_from(link_clicks.join(editions, editions.c.id == link_clicks.c.edition_id))
+            .where(editions.c.issue_id == issue_id, link_clicks.c.position > 0)).scalar_one()
+
     def unique_clickers(self, conn: Connection, issue_id: int) -> int:
         """Distinct recipients who followed at least one link (position ≥ 1) of the issue."""
         return conn.execute(
             sa.select(sa.func.count(sa.distinct(link_clicks.c.subscriber_id)))
             .select_from(link_clicks.join(editions, editions.c.id == link_clicks.c.edition_id))
-            .where(editions.c.issue_id == issue_id, link_clicks.c.position > 0)).scalar_one()
+            .where(editions.c.issue_id == issue_id, link_clicks.c.position > 0, link_clicks.c.clicks > 0)).scalar_one()
 
     def sent_times(self, conn: Connection, issue_id: int) -> list[datetime]:
         """`sent_at` of every delivery of the issue that was sent, oldest first (the send's timeline)."""

@@ -175,7 +175,9 @@ link_clicks = Table(
     Column("edition_id", BigId, ForeignKey("editions.id", ondelete="CASCADE"), primary_key=True),
     Column("subscriber_id", BigId, ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
     Column("position", Integer, primary_key=True, autoincrement=False, doc="0 = the open pixel"),
-    Column("clicks", Integer, nullable=False, default=1),
+    Column("clicks", Integer, nullable=False, default=1, doc="follows by the reader (not scanner_hits)"),
+    Column("scanner_hits", Integer, nullable=False, default=0, server_default="0",
+           doc="fetches by a known link scanner or bot (sending/scanners.py): never clicks"),
     Column("first_at", DateTime(timezone=True), nullable=False),
     Column("last_at", DateTime(timezone=True), nullable=False),
 )

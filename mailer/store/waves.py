@@ -5,13 +5,16 @@ the operator's late release (`issues.released_before`). Which instant each zone 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .common import as_utc, utcnow
-from .schema import deliveries, issues, list_members, subscribers
+from .schema import deliveries, issues, subscribers
+
+if TYPE_CHECKING:
+    from ..segments import Segment
 
 _ZONE_ATTRIBUTE = subscribers.c.attributes["timezone"].as_string()
 _STATUSES = ("queued", "sending", "sent", "failed", "skipped")
@@ -27,15 +30,14 @@ def released(issue_id: int, now: datetime, grace: float) -> sa.ColumnElement:
 class WaveQueries:
     """Mixed into `Store`."""
 
-    def audience_zones(self, conn: Connection, list_name: str | None) -> dict[str | None, int]:
-        """{`timezone` attribute as stored (None: none): active subscribers (of `list_name`)}: who a
-        freeze would draw, by zone, before it happens."""
+    def audience_zones(self, conn: Connection, list_name: str | None,
+                       segment: "Segment | None" = None) -> dict[str | None, int]:
+        """{`timezone` attribute as stored (None: none): active subscribers (of `list_name`, in
+        `segment`)}: who a freeze would draw, by zone, before it happens — narrowed by the freeze's
+        own filter (`_audience_filter`), so a zone the segment leaves empty has no wave."""
         query = (sa.select(_ZONE_ATTRIBUTE, sa.func.count()).where(subscribers.c.status == "active")
                  .group_by(_ZONE_ATTRIBUTE))
-        if list_name:
-            query = query.where(sa.exists().where(
-                (list_members.c.subscriber_id == subscribers.c.id) & (list_members.c.list_name == list_name)))
-        return {value: count for value, count in conn.execute(query)}
+        return {value: count for value, count in conn.execute(self._audience_filter(query, list_name, segment))}
 
     def stamp_zones(self, conn: Connection, issue_id: int) -> set[str | None]:
         """Copy each subscriber's `timezone` attribute, as stored, into `due_zone` of the issue's rows

@@ -90,6 +90,7 @@ from ..content import i18n
 from ..content.render import edition_summary
 from ..errors import InvalidAddress
 from ..providers import WebhookRefused, make_webhooks
+from ..sending.scanners import is_scanner
 from ..sending.notices import Notifier
 from ..statuses import TOMBSTONE_PREFIX
 from ..store import Connection, IntegrityError, Row, Store, as_utc, open_store, utcnow
@@ -199,10 +200,12 @@ class WebApp:
         return row
 
     # ----- click and open tracking (content/tracking.py) -------------------------------------------
-    def do_click(self, token: str, *, record: bool) -> str | None:
+    def do_click(self, token: str, *, record: bool, user_agent: str | None = None) -> str | None:
         """The URL a click token's link leads to (recording the click unless `record` is False: a
         HEAD), or None for a token that is not ours, altered, or names no link: the caller answers
-        404 and redirects nowhere. Only URLs of the issue's own link table are ever answered."""
+        404 and redirects nowhere. Only URLs of the issue's own link table are ever answered. A
+        `user_agent` of a known scanner or bot (`scanners.is_scanner`) is recorded as a scanner hit,
+        not a click; it is redirected all the same."""
         try:
             data = tokens.read_click_token(self.key, token)
         except tokens.InvalidToken:
@@ -212,7 +215,8 @@ class WebApp:
         with self.transaction() as conn:
             url = self.store.link_url(conn, data.edition_id, data.position)
             if url is not None and record and not links.is_test_subscriber(data.subscriber_id):
-                self.store.record_click(conn, data.edition_id, data.subscriber_id, data.position, utcnow())
+                self.store.record_click(conn, data.edition_id, data.subscriber_id, data.position, utcnow(),
+                                        scanner=is_scanner(user_agent))
         return url
 
     def do_open(self, token: str, *, record: bool) -> bool:
@@ -493,7 +497,8 @@ def create_app(settings: Settings, store: Store | None = None, *, notifier: Noti
         return JSONResponse(result, headers=COMMON_HEADERS)
 
     async def click(request: Request) -> Response:
-        url = await web.in_thread(web.do_click, request.path_params["token"], record=request.method == "GET")
+        url = await web.in_thread(web.do_click, request.path_params["token"], record=request.method == "GET",
+                                  user_agent=request.headers.get("user-agent"))
         if url is None:
             return web.message(404, "unknown_link", root=_root(request))
         return RedirectResponse(url, status_code=302, headers={**COMMON_HEADERS, "Cache-Control": "no-store",

@@ -157,28 +157,27 @@ def create_preview_app(settings: Settings, issue_ref: str, store=None):  # noqa:
         store = open_store(settings.database_url)
         try:
             growth = list_growth(store)
-            context = {"urls": links.PreviewSite(), "growth": growth, "growth_svg": Markup(charts.growth_chart(growth)), "report": None,
-                       "reports": [], "error": None}
+            context = {"urls": links.PreviewSite(), "growth": growth, "report": None, "reports": [], "error": None,
+                       "zone_name": settings.zone.key}
             if slug is None:
-                context["reports"] = reports_overview(store)
-                return 200, reports_page.render(**context)
+                return 200, reports_page.render(**_reports_context(settings.language),
+                                                **{**context, "reports": reports_overview(store)}, day_of=lambda moment: i18n.short_date(
+                                                    moment.astimezone(settings.zone).date(), settings.language, year=True),
+                                                growth_svg=Markup(charts.growth_chart(growth, settings.language)))
             try:
                 report = issue_report(settings, store, slug)
             except MailerError as exc:
-                return 404, reports_page.render(**{**context, "error": str(exc)})
-            timeline = send_timeline(store, report.issue_id)
-            figures = [("Recipients", report.recipients), ("Sent", report.sent), ("Failed", report.failed),
-                       ("Skipped", report.skipped), ("Queued", report.queued), ("Bounced", report.bounced),
-                       ("Soft bounces", report.soft_bounced), ("Complained", report.complained),
-                       ("Complaint rate (limit 0.30 %)", f"{report.complaint_rate * 100:.2f} %"),
-                       ("Unsubscribed", report.unsubscribed)]
-            if report.opens is not None:
-                figures.append(("Opens (unreliable: Apple Mail Privacy Protection)",
-                                f"{report.opens['total']} ({report.opens['unique']} unique)"))
-            if report.tracked:
-                figures.append(("Clicks (unique)", f"{report.clicks_total} ({report.clicks_unique})"))
-            return 200, reports_page.render(**{**context, "report": report, "figures": figures, "timeline": timeline,
-                                              "deliveries_svg": Markup(charts.deliveries_chart(timeline))})
+                return 404, reports_page.render(**_reports_context(settings.language), **{**context, "error": str(exc)},
+                                                growth_svg=Markup(charts.growth_chart(growth, settings.language)))
+            language = report.language if report.language in i18n.STRINGS else settings.language
+            timeline = send_timeline(store, report.issue_id, settings.zone)
+            return 200, reports_page.render(
+                **_reports_context(language), **{**context, "report": report, "timeline": timeline},
+                figures=report_figures(report, language), warning=complaint_warning(report, language),
+                labels=charts.interval_labels(timeline, language),
+                zone_label=charts.offset_label(timeline, settings.zone.key) if timeline.starts else settings.zone.key,
+                growth_svg=Markup(charts.growth_chart(growth, language)),
+                deliveries_svg=Markup(charts.deliveries_chart(timeline, language, settings.zone.key)))
         finally:
             store.close()
 
@@ -192,6 +191,43 @@ def create_preview_app(settings: Settings, issue_ref: str, store=None):  # noqa:
         Route(links.PREVIEW_EML, email_eml), Route(links.PREVIEW_VERSION, version),
         Route(links.REPORTS, reports), Route(links.REPORT, reports),
     ])
+
+
+def _reports_context(language: str) -> dict:
+    """What every Reports page needs to speak `language`: its strings, its name, and date formats."""
+    return {"t": i18n.strings(language), "language": language, "short_date": i18n.short_date,
+            "status_of": lambda status: i18n.strings(language).get(f"status_{status}", status)}
+
+
+def report_figures(report, language: str) -> list[tuple[str, str]]:  # noqa: ANN001 - an IssueReport
+    """(label, value) rows of one issue's figures table, in `language`."""
+    t = i18n.strings(language)
+    rate = f"{i18n.decimal(report.complaint_rate * 100, language, 2)}\u00a0%"
+    figures = [(t["reports_recipients"], report.recipients), (t["reports_sent"], report.sent),
+               (t["reports_failed"], report.failed), (t["reports_skipped"], report.skipped),
+               (t["reports_queued"], report.queued), (t["reports_bounced"], report.bounced),
+               (t["reports_soft_bounced"], report.soft_bounced), (t["reports_complained"], report.complained),
+               (t["reports_complaint_rate"], rate), (t["reports_unsubscribed"], report.unsubscribed)]
+    if report.opens is not None:
+        figures.append((t["reports_opens"], f"{report.opens['total']} ({report.opens['unique']})"))
+    if report.tracked:
+        value = t["reports_clicks_value"].format(total=report.clicks_total, unique=report.clicks_unique)
+        if report.scanner_clicks:
+            value += f"; {t['reports_scanners'].format(count=report.scanner_clicks)}"
+        figures.append((t["reports_clicks_unique"], value))
+    return [(label, str(value)) for label, value in figures]
+
+
+def complaint_warning(report, language: str) -> str | None:  # noqa: ANN001 - an IssueReport
+    """The complaint-rate warning of `report.warning()`, in `language` (None under the limit)."""
+    if not report.over_limit:
+        return None
+    from ..sending.report import COMPLAINT_RATE_LIMIT
+
+    def percent(rate: float) -> str:
+        return f"{i18n.decimal(rate * 100, language, 2)}\u00a0%"
+    return i18n.strings(language)["reports_complaint_warning"].format(rate=percent(report.complaint_rate),
+                                                                      limit=percent(COMPLAINT_RATE_LIMIT))
 
 
 def serve_preview(settings: Settings, issue_ref: str, *, host: str = "127.0.0.1", port: int = 8025) -> None:

@@ -229,7 +229,15 @@ def _write_batch(store: Store, conn: Connection, batch: list[tuple], total: Impo
                                         row[IMPORT_STATUS_AT]))
             report.suppressed_now[wanted] += 1
             report.updated += 1
-        elif current.import_digest == row[IMPORT_DIGEST]:
+            continue
+        # the file says subscribed (Mailchimp's subscribed export, status active…) and the person is
+        # pending (a first import of a file that did not say, an unconfirmed sign-up): the import
+        # activates them, as it adds new people as active. Never a suppressed person (above).
+        activate = current.status == "pending" and wanted == "active"
+        if activate:
+            changes.append(StatusChange(current.id, current.status, "active", source, f"subscribed on {at_line}"))
+            report.activated += 1
+        if current.import_digest == row[IMPORT_DIGEST] and not activate:
             report.unchanged += 1
         else:
             report.updated += 1

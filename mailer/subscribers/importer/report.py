@@ -70,6 +70,7 @@ class ImportReport:
     unchanged: int = 0
     rejected: int = 0
     resubscribed: int = 0
+    activated: int = 0  # pending people the file says are subscribed, made active
     added_as: Counter = field(default_factory=Counter)        # new people whose status is not active
     suppressed_now: Counter = field(default_factory=Counter)  # existing people the file suppressed
     kept: Counter = field(default_factory=Counter)            # people left as they were: status (or "erased") → n
@@ -97,7 +98,7 @@ class ImportReport:
 
     def add(self, other: "ImportReport") -> None:
         """Add the counts of `other` (a batch) to these."""
-        for name in ("added", "updated", "unchanged", "rejected", "resubscribed"):
+        for name in ("added", "updated", "unchanged", "rejected", "resubscribed", "activated"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("added_as", "suppressed_now", "kept"):
             getattr(self, name).update(getattr(other, name))
@@ -117,6 +118,8 @@ class ImportReport:
         updated_details = Counter({f"now {status}": n for status, n in self.suppressed_now.items()})
         if self.resubscribed:
             updated_details["resubscribed"] = self.resubscribed
+        if self.activated:
+            updated_details["now active"] = self.activated
         if self.dry_run:
             text = (f"would add {self.added}{detail(self.added_as, 'as ')}, would update {self.updated}"
                     f"{detail(updated_details, '')}, unchanged {self.unchanged}, rejected {self.rejected}")
