@@ -136,25 +136,16 @@ def test_add_help_lists_the_languages_and_takes_them_in_any_case(run):
 
 @pytest.mark.parametrize("given, stored", [("Europe/Paris", "Europe/Paris"), ("america/new_york", "America/New_York"),
                                            ("Asia/Kathmandu", "Asia/Kathmandu"), ("UTC", "UTC")])
-def test_add_with_a_timezone_stores_its_iana_name(project, monkeypatch, given, stored):
-    from click.testing import CliRunner
-
-    from mailer.cli.main import main
-    monkeypatch.chdir(project)
-    result = CliRunner().invoke(main, ["subscribers", "add", "tz@example.org", "--timezone", given, "--language", "EN"],
-                                env=BASE_ENV, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    shown = CliRunner().invoke(main, ["subscribers", "list", "--format", "json"], env=BASE_ENV)
-    assert '"timezone": "%s"' % stored in shown.output and '"language": "en"' in shown.output, shown.output
+def test_add_with_a_timezone_stores_its_iana_name(run, given, stored):
+    run("subscribers", "add", "tz@example.org", "--timezone", given, "--language", "EN")
+    shown = run("subscribers", "list", "--format", "json").stdout
+    assert '"timezone": "%s"' % stored in shown and '"language": "en"' in shown, shown
 
 
 @pytest.mark.parametrize("given", ["Europe/Pariss", "Mars/Olympus", "+01:00", "CET-1", "../etc/passwd", ""])
-def test_add_with_an_unknown_timezone_is_one_line_and_adds_nobody(project, monkeypatch, given):
-    from click.testing import CliRunner
-
-    from mailer.cli.main import main
-    monkeypatch.chdir(project)
-    result = CliRunner().invoke(main, ["subscribers", "add", "tz@example.org", "--timezone", given], env=BASE_ENV)
-    assert result.exit_code != 0 and result.output.count("\n") == 1, result.output
-    assert "--timezone" in result.output and "IANA" in result.output and "Traceback" not in result.output
-    assert CliRunner().invoke(main, ["subscribers", "count"], env=BASE_ENV).output == "0\n"
+def test_add_with_an_unknown_timezone_is_one_line_and_adds_nobody(run, given):
+    result = run("subscribers", "add", "tz@example.org", "--timezone", given, check_exit=None)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and output.count("\n") == 1, output
+    assert "--timezone" in output and "IANA" in output and "Traceback" not in output
+    assert run("subscribers", "count").stdout == "0\n"
