@@ -18,11 +18,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from .addresses import ascii_domain
-from .dkim_signer import SIGNED_HEADERS, BodyHasher, DkimKey, DkimSigner, HeadHasher  # noqa: F401 - importable from here
+from .dkim_signer import DkimKey, DkimSigner
 from .errors import ConfigError, InvalidAddress
 
-__all__ = ["DkimKey", "DkimSigner", "BodyHasher", "HeadHasher", "load_private_key", "check_settings", "signer_for",
-           "dkim_warnings", "generate_key", "txt_record_value", "selector_problem", "SIGNED_HEADERS"]
+__all__ = ["load_private_key", "check_settings", "signer_for",
+           "dkim_warnings", "generate_key", "txt_record_value", "selector_problem"]
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2: verifiers MUST NOT consider signatures with shorter keys valid
 ADVISED_RSA_BITS = 2048  # RFC 8301 §3.2: signers SHOULD use at least 2048 bits

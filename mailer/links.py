@@ -73,6 +73,12 @@ def sample_unsubscribe_url(base_url: str) -> str:
     return base_url + UNSUBSCRIBE.format(token=SAMPLE_TOKEN)
 
 
+def longest_slot_url(base_url: str) -> str:
+    """A URL as long as the longest a link slot holds (unsubscribe or confirm, a real token's length;
+    no valid token): what text wrapping reserves for a slot."""
+    return max((base_url + route.format(token=SAMPLE_TOKEN) for route in (UNSUBSCRIBE, CONFIRM)), key=len)
+
+
 def confirm_url(base_url: str, key: bytes, subscriber_id: int) -> str:
     """`BASE/confirm/TOKEN`: the double opt-in link of the confirmation email."""
     return base_url + CONFIRM.format(token=tokens.make_token(key, "confirm", subscriber_id))

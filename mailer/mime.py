@@ -143,7 +143,8 @@ class MessageFactory:
         # header fields, canonicalised once here
         self.signer = None
         if settings.dkim_private_key:
-            from .dkim_signing import BodyHasher, HeadHasher, signer_for
+            from .dkim_signer import BodyHasher, HeadHasher
+            from .dkim_signing import signer_for
             self.signer = signer_for(settings)
             self._body_hasher = BodyHasher((self._text_head[len(CRLF):], *self.text_part.pieces, self._html_head,
                                             *self.html_part.pieces, self._closing))

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mailer.sending import dispatch
-from mailer.dkim_signing import BodyHasher, dkim_warnings, generate_key, txt_record_value, load_private_key
+from mailer.dkim_signer import BodyHasher
+from mailer.dkim_signing import dkim_warnings, generate_key, txt_record_value, load_private_key
 from mailer.errors import ConfigError
 from mailer.content.issue import load_issue
 from mailer.mime import MessageFactory

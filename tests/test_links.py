@@ -27,6 +27,7 @@ from .conftest import EXAMPLE_ISSUE
 # the sample unsubscribe URL carries no valid token, so its route answers "invalid link", 400)
 WEB_CASES = {
     "unsubscribe_url": ("GET", 200), "unsubscribe_prefix": ("GET", 200), "sample_unsubscribe_url": ("GET", 400),
+    "longest_slot_url": ("GET", 400),
     "confirm_url": ("GET", 200), "web_edition_url": ("GET", 200), "web_edition_url(private)": ("GET", 200),
     "archive_url": ("GET", 200), "subscribe_url": ("GET", 200), "feed_url": ("GET", 200),
     "public_issue_path": ("GET", 200), "public_issue_url": ("GET", 200),
@@ -81,6 +82,7 @@ def _web_urls(base: str, key: bytes, ids: dict) -> dict[str, str]:
         "unsubscribe_url": links.unsubscribe_url(base, key, sid, ids["issue"]),
         "unsubscribe_prefix": links.unsubscribe_prefix(base) + unsubscribe,
         "sample_unsubscribe_url": links.sample_unsubscribe_url(base),
+        "longest_slot_url": links.longest_slot_url(base),
         "confirm_url": links.confirm_url(base, key, sid),
         "web_edition_url": links.web_edition_url(base, key, slug, public=True),
         "web_edition_url(private)": links.web_edition_url(base, key, slug, public=False),

@@ -368,7 +368,7 @@ def slot_width(base_url: str, name: str) -> int:
     length with the longest token; a greeting or an address, a typical one (they stand on lines of
     their own in the shipped templates)."""
     if name.endswith("_url"):
-        return len(links.sample_unsubscribe_url(base_url).replace("/u/", "/confirm/"))
+        return len(links.longest_slot_url(base_url))
     return 24
 
 

@@ -222,7 +222,7 @@ def complaint_warning(report, language: str) -> str | None:  # noqa: ANN001 - an
     """The complaint-rate warning of `report.warning()`, in `language` (None under the limit)."""
     if not report.over_limit:
         return None
-    from ..sending.report import COMPLAINT_RATE_LIMIT
+    from ..providers.bounces.process import COMPLAINT_RATE_LIMIT
 
     def percent(rate: float) -> str:
         return f"{i18n.decimal(rate * 100, language, 2)}\u00a0%"
