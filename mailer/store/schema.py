@@ -8,7 +8,7 @@ compares the result with this MetaData (Alembic's `compare_metadata`).
 from __future__ import annotations
 
 from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData,
-                        String, Table, Text, UniqueConstraint, true)
+                        String, Table, Text, UniqueConstraint, text, true)
 
 # BIGINT on PostgreSQL, but INTEGER on SQLite so the column is a rowid alias (autoincrement).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -136,9 +136,17 @@ editions = Table(
     UniqueConstraint("issue_id", "number", name="uq_editions_issue_number"),
 )
 
-Index("ix_deliveries_issue_status_id", deliveries.c.issue_id, deliveries.c.status, deliveries.c.id)
+# partial indexes (revision 0008): only the rows a send looks for, so recording a row as sent writes no
+# entry in them. A query can use one only when its WHERE says the same status as a literal (the
+# `QUEUED_ROW` / `CLAIMED_ROW` conditions of `common.py`), not as a bound parameter.
+_QUEUED_ONLY = text("status = 'queued'")
+_SENDING_ONLY = text("status = 'sending'")
+Index("ix_deliveries_queued", deliveries.c.issue_id, deliveries.c.id,
+      postgresql_where=_QUEUED_ONLY, sqlite_where=_QUEUED_ONLY)
 Index("ix_deliveries_subscriber", deliveries.c.subscriber_id)
-Index("ix_deliveries_issue_status_due", deliveries.c.issue_id, deliveries.c.status, deliveries.c.due_at, deliveries.c.id)
+Index("ix_deliveries_queued_due", deliveries.c.issue_id, deliveries.c.due_at, deliveries.c.id,
+      postgresql_where=_QUEUED_ONLY, sqlite_where=_QUEUED_ONLY)
+Index("ix_deliveries_sending", deliveries.c.claimed_by, postgresql_where=_SENDING_ONLY, sqlite_where=_SENDING_ONLY)
 
 provider_events = Table(
     "provider_events", metadata,
