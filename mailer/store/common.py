@@ -55,3 +55,4 @@ def delivery_status_is(*statuses: str) -> sa.ColumnElement[bool]:
 
 QUEUED_ROW = delivery_status_is("queued")  # rows a claim may take (ix_deliveries_queued, ix_deliveries_queued_due)
 CLAIMED_ROW = delivery_status_is("sending")  # rows a worker holds (ix_deliveries_sending)
+SENT_ROW = delivery_status_is("sent")  # is an issue partly sent (ix_deliveries_sent)

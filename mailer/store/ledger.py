@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from ..errors import NotFound
 from .schema import deliveries, editions, issues, list_members, provider_events, subscribers
 from .schema import links as links_table
-from .common import _NOT_TOMBSTONE, CLAIMED_ROW, QUEUED_ROW, _chunks, as_utc, delivery_status_is, utcnow
+from .common import _NOT_TOMBSTONE, CLAIMED_ROW, QUEUED_ROW, SENT_ROW, _chunks, as_utc, delivery_status_is, utcnow
 from .segments import condition
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ from .waves import released
 # An issue has a public page once sent (or partly sent) and given a web edition.
 _SENT_WITH_WEB_EDITION = sa.and_(issues.c.web_html.is_not(None), sa.or_(
     issues.c.status == "sent",
-    sa.exists().where(deliveries.c.issue_id == issues.c.id, deliveries.c.status == "sent")))
+    sa.exists().where(deliveries.c.issue_id == issues.c.id, SENT_ROW)))
 
 
 # once per claim (Store.current_edition_id): built once

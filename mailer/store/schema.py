@@ -138,15 +138,17 @@ editions = Table(
 
 # partial indexes (revision 0008): only the rows a send looks for, so recording a row as sent writes no
 # entry in them. A query can use one only when its WHERE says the same status as a literal (the
-# `QUEUED_ROW` / `CLAIMED_ROW` conditions of `common.py`), not as a bound parameter.
+# `QUEUED_ROW` / `CLAIMED_ROW` / `SENT_ROW` conditions of `common.py`), not as a bound parameter.
 _QUEUED_ONLY = text("status = 'queued'")
 _SENDING_ONLY = text("status = 'sending'")
+_SENT_ONLY = text("status = 'sent'")
 Index("ix_deliveries_queued", deliveries.c.issue_id, deliveries.c.id,
       postgresql_where=_QUEUED_ONLY, sqlite_where=_QUEUED_ONLY)
 Index("ix_deliveries_subscriber", deliveries.c.subscriber_id)
 Index("ix_deliveries_queued_due", deliveries.c.issue_id, deliveries.c.due_at, deliveries.c.id,
       postgresql_where=_QUEUED_ONLY, sqlite_where=_QUEUED_ONLY)
 Index("ix_deliveries_sending", deliveries.c.claimed_by, postgresql_where=_SENDING_ONLY, sqlite_where=_SENDING_ONLY)
+Index("ix_deliveries_sent", deliveries.c.issue_id, postgresql_where=_SENT_ONLY, sqlite_where=_SENT_ONLY)
 
 provider_events = Table(
     "provider_events", metadata,

@@ -1,5 +1,5 @@
 """the ledger's indexes hold only the rows a send looks for: queued rows (claims), claimed rows (the
-heartbeat, stale-claim recovery), so claims and records stop rewriting index entries for every sent row
+heartbeat, stale-claim recovery), sent rows by issue (is an issue partly sent: its public page)
 
 Revision ID: 0008
 Revises: 0007
@@ -8,8 +8,8 @@ Create Date: 2026-12-01
 Replaces `ix_deliveries_issue_status_id` and `ix_deliveries_issue_status_due` (every row of every issue,
 whatever its status: each claim and each record moved the row to a new place in both) by partial indexes:
 `ix_deliveries_queued` (issue_id, id) and `ix_deliveries_queued_due` (issue_id, due_at, id) over queued
-rows, and `ix_deliveries_sending` (claimed_by) over claimed rows, which the heartbeat (`renew_claims`)
-read with a scan of the whole table before. Both engines have partial indexes (SQLite since 3.8.0).
+rows, `ix_deliveries_sending` (claimed_by) over claimed rows, which the heartbeat (`renew_claims`)
+read with a scan of the whole table before, and `ix_deliveries_sent` (issue_id) over sent rows. Both engines have partial indexes (SQLite since 3.8.0).
 
 PostgreSQL only: the references of `deliveries` (issue_id -> issues, subscriber_id -> subscribers, ON
 DELETE CASCADE) are kept by triggers that check a statement's rows as one set instead of the two
@@ -33,6 +33,7 @@ depends_on = None
 
 _QUEUED = sa.text("status = 'queued'")
 _SENDING = sa.text("status = 'sending'")
+_SENT = sa.text("status = 'sent'")
 
 
 _PG_REFERENCES = [
@@ -140,6 +141,7 @@ def upgrade() -> None:
                     postgresql_where=_QUEUED, sqlite_where=_QUEUED)
     op.create_index('ix_deliveries_sending', 'deliveries', ['claimed_by'],
                     postgresql_where=_SENDING, sqlite_where=_SENDING)
+    op.create_index('ix_deliveries_sent', 'deliveries', ['issue_id'], postgresql_where=_SENT, sqlite_where=_SENT)
     if op.get_bind().dialect.name == "postgresql":
         for statement in _PG_REFERENCES:
             op.execute(statement)
@@ -149,6 +151,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for statement in _PG_REFERENCES_DOWN:
             op.execute(statement)
+    op.drop_index('ix_deliveries_sent', table_name='deliveries')
     op.drop_index('ix_deliveries_sending', table_name='deliveries')
     op.drop_index('ix_deliveries_queued_due', table_name='deliveries')
     op.drop_index('ix_deliveries_queued', table_name='deliveries')
