@@ -105,11 +105,14 @@ def main() -> int:
     (root / "subscribers").mkdir()
     try:
         figures = {}
-        for kind in ("sqlite", "postgresql"):
+        for kind in ("sqlite", "postgresql") if args.postgres_url else ("sqlite",):
             with database(kind, root, args.postgres_url) as db_url:
                 figures[kind] = run(kind, db_url, args.recipients, args.batch)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    if "postgresql" not in figures:
+        print("PostgreSQL skipped: give --postgres-url or set MAILER_BENCH_DATABASE_URL (SQLite alone below)")
+        figures["postgresql"] = {step: (float("nan"), None) for step in STEPS}
     per = 1e6 / args.recipients
     print(f"\nthe ledger, {args.recipients:,} recipients, claims of {args.batch:,} "
           f"(us per recipient; CPU = this process + PostgreSQL's server process)")
@@ -119,7 +122,7 @@ def main() -> int:
                         None if any(f[1] is None for f in figures[kind].values()) else sum(f[1] for f in figures[kind].values()))
                        if step == "all" else figures[kind][step]) for kind in figures}
         (sw, sc), (pw, pc) = rows["sqlite"], rows["postgresql"]
-        ratio = f"{pc / sc:5.2f} x" if pc is not None and sc else "n/a (server not local)"
+        ratio = f"{pc / sc:5.2f} x" if pc is not None and sc else "n/a (no local PostgreSQL server)"
         print(f"  {step:10} {sw * per:12.1f} {sc * per:11.1f} {pw * per:9.1f} "
               f"{pc * per if pc is not None else float('nan'):8.1f}   {ratio}")
     print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: wall times wait for a core on a shared "
