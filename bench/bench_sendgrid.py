@@ -23,7 +23,8 @@ substitutions) with click tracking on next to tracking off (the floor; `tracking
 `--track-clicks` runs the send with MAILER_TRACK_CLICKS and MAILER_TRACK_OPENS on.
 
 PostgreSQL (`--database postgresql`, or `both` to run SQLite then PostgreSQL on the same list against
-the same server and print their ratio; target issue 12: PostgreSQL <= 1.5 x SQLite): a fresh schema in
+the same server and print their ratio, and the ratio of their freezes; target issue 12: PostgreSQL <= 1.5 x
+SQLite): a fresh schema in
 `--postgres-url` (default MAILER_BENCH_DATABASE_URL, else MAILER_TEST_DATABASE_URL), dropped afterwards.
 `--scaling N` (N recipients) then measures scale-out: the same frozen list drained by one, then two
 `mailer worker --once` processes (each with `--scaling-in-flight` recipients in flight, default one
@@ -286,6 +287,7 @@ def send_once(args, kind: str, root: Path, url: str, db_url: str) -> dict:
         requests_before = server_stats(url)["requests"]
         recipients_before = server_stats(url)["recipients"]
         rss_before = peak_rss_mb()
+        ledger_freeze = timed_freeze(store)
         started = time.perf_counter()
         prepared = dispatch.prepare_send(settings, store, ISSUE, allow_draft=True)  # render + freeze (timed apart)
         freeze_seconds = time.perf_counter() - started
@@ -317,7 +319,8 @@ def send_once(args, kind: str, root: Path, url: str, db_url: str) -> dict:
         with store.engine.connect() as conn:
             counts = store.delivery_counts(conn, prepared.issue_id)
         ok = counts["sent"] == args.subscribers == recipients
-        print(f"frozen: {prepared.frozen:,} deliveries in {freeze_seconds:.2f} s (render + freeze)")
+        print(f"frozen: {prepared.frozen:,} deliveries in {freeze_seconds:.2f} s (render + freeze; the ledger's "
+              f"INSERT … SELECT and its statistics: {ledger_freeze[0]:.2f} s)")
         print(f"sent:   {report.sent_now + helper_sent:,} in {send_seconds:.2f} s (claim, build, post, record)"
               + (f"; {helper_sent:,} of them by {len(helpers)} `mailer worker` process(es)" if helpers else ""))
         print(f"total:  {total:.2f} s end to end  -> {args.subscribers / total:,.0f} recipients/s, "
@@ -336,10 +339,27 @@ def send_once(args, kind: str, root: Path, url: str, db_url: str) -> dict:
             breakdown.restore()
         if profile:
             profile_summary(profile)
-        return {"kind": kind, "total": total, "send": send_seconds, "cpu": cpu_seconds, "requests": requests,
+        return {"kind": kind, "total": total, "send": send_seconds, "freeze": ledger_freeze[0], "cpu": cpu_seconds,
+                "requests": requests,
                 "ok": ok, "rss_before": rss_before, "helpers": len(helpers)}
     finally:
         store.close()
+
+
+def timed_freeze(store) -> list[float]:
+    """Time `store.freeze_recipients` (the ledger's part of the freeze) on this store: a list whose first
+    item holds the seconds once it ran."""
+    seconds = [0.0]
+    original = store.freeze_recipients
+
+    def freeze(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            seconds[0] += time.perf_counter() - started
+    store.freeze_recipients = freeze
+    return seconds
 
 
 def children_cpu() -> float:
@@ -487,9 +507,12 @@ def main() -> int:
             print(f"  {run['kind'] + ': CPU of this process per recipient':45} {cpu_us:7.1f} us  <= 30 us   "
                   f"{'OK' if cpu_us <= 30 else 'MISSED':6}")
             print(f"  {run['kind'] + ': every recipient once':45} {'yes' if run['ok'] else 'NO'}")
+            print(f"  {run['kind'] + ': freeze (the ledger rows)':45} {run['freeze']:7.2f} s   "
+                  f"({1e6 * run['freeze'] / max(1, args.subscribers):.1f} us per recipient)")
         if len(runs) == 2:
             ratio = runs[1]["total"] / runs[0]["total"]
             send_ratio = runs[1]["send"] / runs[0]["send"]
+            print(f"  {'postgresql / sqlite, freeze':45} {runs[1]['freeze'] / max(1e-9, runs[0]['freeze']):7.2f} x")
             print(f"  {'postgresql / sqlite, end to end':45} {ratio:7.2f} x   <= 1.50 x  "
                   f"{'OK' if ratio <= 1.5 else 'MISSED':6}  (send loop alone: {send_ratio:.2f} x; "
                   f"floors {runs[1]['total'] / (floor_per_request * runs[1]['requests']):.2f} / "

@@ -15,12 +15,13 @@ import multiprocessing
 import random
 import threading
 import time
+from datetime import datetime, timezone
 
 import pytest
 import sqlalchemy as sa
 
-from mailer.store import open_store
-from mailer.store.schema import deliveries
+from mailer.store import IntegrityError, open_store
+from mailer.store.schema import deliveries, issues, subscribers
 
 ANSWERED = {"sent", "failed"}
 
@@ -274,3 +275,136 @@ def test_a_stale_claim_taken_over_is_never_recorded_twice(store):
     ledger = _rows(store)
     assert {(ledger[r.delivery_id]["status"], ledger[r.delivery_id]["claimed_by"], ledger[r.delivery_id]["attempts"])
             for r in new} == {("sending", "new", 0)}
+
+
+# ----- the ledger's references: the same guarantees whatever keeps them ------------------------------
+# SQLite keeps them with foreign keys; PostgreSQL with set-based triggers (revision 0008: a freeze checks
+# its rows as one set instead of two foreign-key probes per row). A random mix of freezes, deletions and
+# bad writes on both engines, against a model of what foreign keys with ON DELETE CASCADE allow.
+
+def _pairs(store) -> set[tuple[int, int]]:
+    with store.engine.connect() as conn:
+        return set(conn.execute(sa.select(deliveries.c.issue_id, deliveries.c.subscriber_id)).all())
+
+
+def _orphans(store) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(deliveries).where(
+            ~sa.exists().where(subscribers.c.id == deliveries.c.subscriber_id)
+            | ~sa.exists().where(issues.c.id == deliveries.c.issue_id))).scalar_one()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_references_refuse_unknown_parents_and_cascade_deletions(store, seed):
+    rng = random.Random(seed)
+    people: set[int] = set()
+    sent: set[int] = set()  # issues
+    model: set[tuple[int, int]] = set()
+    counter = iter(range(10_000))
+
+    def add_person() -> None:
+        with store.begin() as conn:
+            people.add(store.insert_subscriber(conn, email=f"r{next(counter)}@example.net",
+                                               email_given="R@example.net", status="active"))
+
+    def refused(statement) -> None:
+        with pytest.raises(IntegrityError):
+            with store.begin() as conn:
+                conn.execute(statement)
+
+    for _ in range(6):
+        add_person()
+    for step in range(40):
+        action = rng.choice(("person", "freeze", "freeze", "delete_person", "delete_issue", "bad_insert",
+                             "bad_update", "bad_parent_id"))
+        unknown = max(people | sent | {0}) + 1000
+        if action == "person":
+            add_person()
+        elif action == "freeze":
+            slug = f"issue-{rng.randint(1, 4)}"
+            with store.begin() as conn:
+                issue = store.ensure_issue(conn, slug=slug, subject=slug, list_name=None, web_html=None,
+                                           issue_date=None)
+                store.freeze_recipients(conn, issue.id, None)
+            sent.add(issue.id)
+            model |= {(issue.id, person) for person in people}
+        elif action == "delete_person" and people:
+            gone = rng.choice(sorted(people))
+            with store.begin() as conn:
+                conn.execute(subscribers.delete().where(subscribers.c.id == gone))
+            people.discard(gone)
+            model = {pair for pair in model if pair[1] != gone}
+        elif action == "delete_issue" and sent:
+            gone = rng.choice(sorted(sent))
+            with store.begin() as conn:
+                conn.execute(issues.delete().where(issues.c.id == gone))
+            sent.discard(gone)
+            model = {pair for pair in model if pair[0] != gone}
+        elif action == "bad_insert" and people and sent:
+            now = datetime.now(timezone.utc)
+            bad = rng.choice(({"issue_id": rng.choice(sorted(sent)), "subscriber_id": unknown},
+                              {"issue_id": unknown, "subscriber_id": rng.choice(sorted(people))}))
+            # beside a valid row when there is one (a person added since that issue's freeze): the
+            # statement is refused whole
+            valid = [{"issue_id": issue_id, "subscriber_id": person} for issue_id in sorted(sent)
+                     for person in sorted(people) if (issue_id, person) not in model][:1]
+            refused(deliveries.insert().values([{**row, "status": "queued", "attempts": 0, "created_at": now,
+                                                 "updated_at": now} for row in [*valid, bad]]))
+        elif action == "bad_update" and model:
+            issue_id, person = rng.choice(sorted(model))
+            column = rng.choice(("issue_id", "subscriber_id"))
+            refused(deliveries.update().where(deliveries.c.issue_id == issue_id,
+                                              deliveries.c.subscriber_id == person).values({column: unknown}))
+        elif action == "bad_parent_id" and model:
+            issue_id, person = rng.choice(sorted(model))
+            refused(subscribers.update().where(subscribers.c.id == person).values(id=unknown)
+                    if rng.random() < 0.5 else issues.update().where(issues.c.id == issue_id).values(id=unknown))
+        assert _pairs(store) == model, (seed, step, action)
+        assert _orphans(store) == 0
+
+
+def test_deleting_a_subscriber_during_a_freeze_leaves_no_orphan(store):
+    """Whichever commits first, a freeze and a concurrent DELETE of one of its recipients end with no
+    ledger row for the deleted person: the DELETE waits for the freeze, or the freeze for the DELETE."""
+    if store.is_sqlite:
+        pytest.skip("SQLite has one writer: the two transactions cannot overlap")
+    with store.begin() as conn:
+        people = [store.insert_subscriber(conn, email=f"c{i}@example.net", email_given="C@example.net",
+                                          status="active") for i in range(20)]
+    for first in ("freeze", "delete"):
+        slug, gone = f"race-{first}", people.pop()
+        done = threading.Event()
+        outcome: dict = {}
+
+        def freeze() -> None:
+            with store.begin() as conn:
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '20s'")
+                issue = store.ensure_issue(conn, slug=slug, subject=slug, list_name=None, web_html=None,
+                                           issue_date=None)
+                outcome["frozen"] = store.freeze_recipients(conn, issue.id, None)
+                outcome["issue"] = issue.id
+                if first == "freeze":
+                    done.wait(1.0)  # the DELETE has started meanwhile, and must still be waiting
+                    outcome["delete waited"] = not deleted.is_set()
+
+        def delete() -> None:
+            with store.begin() as conn:
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '20s'")
+                conn.execute(subscribers.delete().where(subscribers.c.id == gone))
+                deleted.set()
+                if first == "delete":
+                    time.sleep(1.0)  # the freeze has started meanwhile
+                    outcome["freeze waited"] = "frozen" not in outcome
+
+        deleted = threading.Event()
+        order = (freeze, delete) if first == "freeze" else (delete, freeze)
+        threads = [threading.Thread(target=step) for step in order]
+        threads[0].start()
+        time.sleep(0.3)
+        threads[1].start()
+        for thread in threads:
+            thread.join(30)
+        assert outcome.get("delete waited" if first == "freeze" else "freeze waited"), outcome
+        assert outcome["frozen"] == len(people) + (1 if first == "freeze" else 0)
+        assert gone not in {person for issue_id, person in _pairs(store) if issue_id == outcome["issue"]}
+        assert _orphans(store) == 0

@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from mailer.store import HEAD_REVISION, current_revision, open_store
-from mailer.store.schema import metadata
+from mailer.store.schema import POSTGRESQL_TRIGGER_REFERENCES, metadata
 
 JOBS_TABLE = "scheduler_jobs"
 
@@ -23,7 +23,14 @@ def _ours(obj, name, type_, *_args) -> bool:  # noqa: ANN001
 
 def schema_drift(conn: sa.Connection, declared: sa.MetaData) -> list:
     """What autogenerate would write to turn the database into `declared` ([] when they agree)."""
-    context = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": _ours})
+    def ours(obj, name, type_, *args) -> bool:  # noqa: ANN001
+        # PostgreSQL keeps two references of `deliveries` with triggers (revision 0009), shown by
+        # tests/test_ledger.py's reference tests on both engines
+        return _ours(obj, name, type_, *args) and not (
+            conn.dialect.name == "postgresql" and type_ == "foreign_key_constraint"
+            and name in POSTGRESQL_TRIGGER_REFERENCES)
+
+    context = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": ours})
     return compare_metadata(context, declared)
 
 

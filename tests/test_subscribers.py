@@ -25,6 +25,10 @@ def test_migrations_create_exactly_the_schema(store):
     for table in metadata.sorted_tables:
         columns = {c["name"] for c in inspector.get_columns(table.name)}
         assert columns == {c.name for c in table.columns}, table.name
+        # and the same indexes on the same columns (the partial ones of revision 0008 included)
+        indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes(table.name)
+                   if not ix.get("duplicates_constraint") and not ix["name"].startswith(("uq_", "pk_"))}
+        assert indexes == {ix.name: [c.name for c in ix.columns] for ix in table.indexes}, table.name
 
 
 def test_add_is_case_insensitive_and_keeps_what_was_given(store):

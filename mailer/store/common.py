@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterator, Sequence
 
+import sqlalchemy as sa
 
 from ..statuses import TOMBSTONE_PREFIX
-from .schema import subscribers
+from .schema import DELIVERY_STATUSES, deliveries, subscribers
 
 
 def utcnow() -> datetime:
@@ -39,3 +40,19 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 
 
 _NOT_TOMBSTONE = ~subscribers.c.email.startswith(TOMBSTONE_PREFIX)
+
+
+def delivery_status_is(*statuses: str) -> sa.ColumnElement[bool]:
+    """`deliveries.status` equal to one of `statuses`, written as SQL literals (never bound parameters):
+    only then may SQLite's planner, and PostgreSQL's for a prepared statement's generic plan, use the
+    partial indexes over queued and claimed rows (schema.py, revision 0009)."""
+    unknown = set(statuses) - set(DELIVERY_STATUSES)
+    if unknown or not statuses:
+        raise ValueError(f"delivery statuses {sorted(unknown) or '(none)'}: not among {DELIVERY_STATUSES}")
+    literals = [sa.literal_column(f"'{status}'", sa.String) for status in statuses]
+    return deliveries.c.status == literals[0] if len(literals) == 1 else deliveries.c.status.in_(literals)
+
+
+QUEUED_ROW = delivery_status_is("queued")  # rows a claim may take (ix_deliveries_queued, ix_deliveries_queued_due)
+CLAIMED_ROW = delivery_status_is("sending")  # rows a worker holds (ix_deliveries_sending)
+SENT_ROW = delivery_status_is("sent")  # is an issue partly sent (ix_deliveries_sent)

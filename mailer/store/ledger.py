@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from ..errors import NotFound
 from .schema import deliveries, editions, issues, list_members, provider_events, subscribers
 from .schema import links as links_table
-from .common import _NOT_TOMBSTONE, _chunks, as_utc, utcnow
+from .common import _NOT_TOMBSTONE, CLAIMED_ROW, QUEUED_ROW, SENT_ROW, _chunks, as_utc, delivery_status_is, utcnow
 from .segments import condition
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ from .waves import released
 # An issue has a public page once sent (or partly sent) and given a web edition.
 _SENT_WITH_WEB_EDITION = sa.and_(issues.c.web_html.is_not(None), sa.or_(
     issues.c.status == "sent",
-    sa.exists().where(deliveries.c.issue_id == issues.c.id, deliveries.c.status == "sent")))
+    sa.exists().where(deliveries.c.issue_id == issues.c.id, SENT_ROW)))
 
 
 # once per claim (Store.current_edition_id): built once
@@ -45,7 +45,7 @@ _CURRENT_EDITION_ID = sa.select(sa.func.max(editions.c.id)).where(editions.c.iss
 
 _FINISH_ONE = deliveries.update().where(
     deliveries.c.id == sa.bindparam("p_id"), deliveries.c.claimed_by == sa.bindparam("p_worker"),
-    deliveries.c.status == "sending").values(
+    CLAIMED_ROW).values(
     status=sa.bindparam("p_status"), provider_message_id=sa.bindparam("p_provider_id"),
     last_error=sa.bindparam("p_error"), sent_at=sa.bindparam("p_sent_at"), updated_at=sa.bindparam("p_now"),
     attempts=deliveries.c.attempts + sa.bindparam("p_inc"))
@@ -59,7 +59,7 @@ _SUPPRESSED_AMONG = (
     sa.select(deliveries.c.id, subscribers.c.status)
     .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
     .where(deliveries.c.id.in_(sa.bindparam("p_ids", expanding=True)),
-           deliveries.c.claimed_by == sa.bindparam("p_worker"), deliveries.c.status == "sending",
+           deliveries.c.claimed_by == sa.bindparam("p_worker"), CLAIMED_ROW,
            subscribers.c.status != "active"))
 
 # ----- the ledger's hot path on PostgreSQL ----------------------------------------------------------
@@ -78,21 +78,22 @@ _PG_ISSUE_EDITION = (  # the newest edition's id, with a shared lock on the issu
 # locking scan takes about a millisecond for 1000 rows, so concurrent claimers rarely meet in it (rows
 # locked row by row as a join fed the UPDATE interleaved two claimers' picks for the whole tens of
 # milliseconds of the UPDATE: batches came out split, 310 + 425 + 765 for 1500)
-# "queued rows of the issue, in id order" written as a slice of the (issue_id, status, id) index: two
-# row comparisons instead of `issue_id = … AND status = 'queued' ORDER BY id`. With equalities the
-# planner may serve ORDER BY id from the primary key and filter; it does so once the ledger's
-# statistics say most rows are queued (after an ANALYZE early in a send), and then every claim re-reads
-# all rows already claimed or sent before the first queued one (measured: 60 -> 260 ms per claim over
-# 100 claims at 200,000 rows). The row comparisons can only be served by that index, in its order.
-_QUEUED_KEY = sa.tuple_(deliveries.c.issue_id, deliveries.c.status, deliveries.c.id)
-_PG_QUEUED = (_QUEUED_KEY > sa.tuple_(sa.bindparam("p_issue", type_=sa.BigInteger), sa.literal("queued", sa.String),
-                                       sa.literal(0, sa.BigInteger)),
-              _QUEUED_KEY <= sa.tuple_(sa.bindparam("p_issue", type_=sa.BigInteger), sa.literal("queued", sa.String),
+# "queued rows of the issue, in id order" written as a slice of the partial index ix_deliveries_queued
+# (issue_id, id) WHERE status = 'queued': a row comparison instead of `issue_id = … ORDER BY id`. With an
+# equality the planner may serve ORDER BY id from the primary key and filter; it does so once the
+# ledger's statistics say most rows are queued (after an ANALYZE early in a send), and then every claim
+# re-reads all rows already claimed or sent before the first queued one (measured: 60 -> 260 ms per
+# claim over 100 claims at 200,000 rows). The row comparison can only be served by that index, in its
+# order.
+_QUEUED_KEY = sa.tuple_(deliveries.c.issue_id, deliveries.c.id)
+_PG_QUEUED = (QUEUED_ROW,
+              _QUEUED_KEY > sa.tuple_(sa.bindparam("p_issue", type_=sa.BigInteger), sa.literal(0, sa.BigInteger)),
+              _QUEUED_KEY <= sa.tuple_(sa.bindparam("p_issue", type_=sa.BigInteger),
                                         sa.literal(2 ** 63 - 1, sa.BigInteger)))
 _PG_PICKED = sa.func.array(
     sa.select(deliveries.c.id)
     .where(*_PG_QUEUED)
-    .order_by(deliveries.c.issue_id, deliveries.c.status, deliveries.c.id)
+    .order_by(deliveries.c.issue_id, deliveries.c.id)
     .limit(sa.bindparam("p_limit", type_=sa.Integer))
     .with_for_update(skip_locked=True).scalar_subquery(), type_=_ID_ARRAY)
 _PG_CLAIMED = (deliveries.update().where(deliveries.c.id == sa.any_(_PG_PICKED))
@@ -110,7 +111,7 @@ _PG_CLAIM = (  # pick (SKIP LOCKED), mark `sending` and read the recipients back
 # wave first (index ix_deliveries_issue_status_due)
 _PG_WAVE_PICKED = sa.func.array(
     sa.select(deliveries.c.id)
-    .where(deliveries.c.issue_id == sa.bindparam("p_issue", type_=sa.BigInteger), deliveries.c.status == "queued",
+    .where(deliveries.c.issue_id == sa.bindparam("p_issue", type_=sa.BigInteger), QUEUED_ROW,
            sa.or_(deliveries.c.due_at.between(sa.bindparam("p_since", type_=sa.DateTime(timezone=True)),
                                               sa.bindparam("p_now", type_=sa.DateTime(timezone=True))),
                   deliveries.c.due_at <= sa.select(issues.c.released_before)
@@ -129,7 +130,7 @@ _PG_CLAIM_WAVE = (
               subscribers.c.attributes["first_name"].as_string().label("first_name"))
     .join(subscribers, subscribers.c.id == _PG_WAVE_CLAIMED.c.subscriber_id)
     .order_by(_PG_WAVE_CLAIMED.c.id))
-_PG_STILL_CLAIMED = (deliveries.c.claimed_by == sa.bindparam("p_worker"), deliveries.c.status == "sending")
+_PG_STILL_CLAIMED = (deliveries.c.claimed_by == sa.bindparam("p_worker"), CLAIMED_ROW)
 _PG_FINISH_VALUES = dict(
     status=sa.bindparam("p_status"), provider_message_id=sa.bindparam("p_provider_id"),
     last_error=sa.bindparam("p_error"), sent_at=sa.bindparam("p_sent_at"), updated_at=sa.bindparam("p_now"),
@@ -285,7 +286,11 @@ class LedgerQueries:
     def freeze_recipients(self, conn: Connection, issue_id: int, list_name: str | None,
                           segment: "Segment | None" = None) -> int:
         """Write one queued delivery per active subscriber (of `list_name`, in `segment`) not yet in the
-        ledger. Called once when a send starts (the freeze) and again only with `--include-new`.
+        ledger. Called once when a send starts (the freeze) and again only with `--include-new`, holding
+        the issue's row lock (`ensure_issue`, `lock_issue`): freezes of one issue never overlap, so the
+        rows already there are all the statement has to leave out (no ON CONFLICT: its per-row arbiter
+        probe was a tenth of a PostgreSQL freeze). One INSERT … SELECT; on PostgreSQL its references
+        are checked as one set (revision 0009).
         """
         now = utcnow()
         candidates = sa.select(
@@ -293,9 +298,8 @@ class LedgerQueries:
         ).where(subscribers.c.status == "active").where(~sa.exists().where(
             (deliveries.c.issue_id == issue_id) & (deliveries.c.subscriber_id == subscribers.c.id)))
         candidates = self._audience_filter(candidates, list_name, segment)
-        result = conn.execute(self._insert(deliveries).from_select(
+        result = conn.execute(deliveries.insert().from_select(
             ["issue_id", "subscriber_id", "status", "attempts", "created_at", "updated_at"], candidates)
-            .on_conflict_do_nothing(index_elements=[deliveries.c.issue_id, deliveries.c.subscriber_id])
             .execution_options(preserve_rowcount=True))  # else -1 on PostgreSQL (SQLAlchemy 2: INSERT rowcount)
         if not self.is_sqlite and result.rowcount >= _ANALYZE_AFTER:
             # a bulk load: statistics before the claims and records start (PostgreSQL docs, "Populating a
@@ -344,7 +348,7 @@ class LedgerQueries:
                                                 "p_now": now}).all()
             return conn.execute(_PG_CLAIM_WAVE, {"p_issue": issue_id, "p_limit": limit, "p_worker": worker,
                                                  "p_now": now, "p_since": now - timedelta(seconds=grace)}).all()
-        picked = sa.select(deliveries.c.id).where(deliveries.c.issue_id == issue_id, deliveries.c.status == "queued")
+        picked = sa.select(deliveries.c.id).where(deliveries.c.issue_id == issue_id, QUEUED_ROW)
         if grace is None:
             picked = picked.order_by(deliveries.c.id)
         else:
@@ -367,7 +371,7 @@ class LedgerQueries:
                       subscribers.c.attributes["first_name"].as_string().label("first_name"))
             .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
             .where(deliveries.c.id.between(min(claimed), max(claimed)), deliveries.c.claimed_by == worker,
-                   deliveries.c.claimed_at == now, deliveries.c.status == "sending")
+                   deliveries.c.claimed_at == now, CLAIMED_ROW)
             .order_by(deliveries.c.id)
         ).all())
 
@@ -408,7 +412,7 @@ class LedgerQueries:
                     else deliveries.c.id.in_(part)
                 conn.execute(
                     deliveries.update()
-                    .where(which, deliveries.c.claimed_by == worker, deliveries.c.status == "sending")
+                    .where(which, deliveries.c.claimed_by == worker, CLAIMED_ROW)
                     .values(status=status, provider_message_id=provider_id, last_error=error,
                             sent_at=now if status == "sent" else None, updated_at=now,
                             attempts=deliveries.c.attempts + increment))
@@ -448,7 +452,7 @@ class LedgerQueries:
                 claimed_before: datetime | None = None) -> int:
         """Put rows back in the queue (a stopped or crashed worker's `sending` rows, or `failed` ones on
         --retry-failed). Attempts are untouched: they count the recipients' answers only."""
-        query = deliveries.update().where(deliveries.c.issue_id == issue_id, deliveries.c.status.in_(statuses))
+        query = deliveries.update().where(deliveries.c.issue_id == issue_id, delivery_status_is(*statuses))
         if claimed_by is not None:
             query = query.where(deliveries.c.claimed_by.in_(claimed_by))
         if claimed_before is not None:
@@ -470,7 +474,7 @@ class LedgerQueries:
         conn.execute(
             deliveries.update()
             .where(deliveries.c.id == sa.bindparam("b_id"), deliveries.c.claimed_by == worker,
-                   deliveries.c.status == "sending")
+                   CLAIMED_ROW)
             .values(status="queued", claimed_by=None, claimed_at=None, last_error=sa.bindparam("b_error"),
                     updated_at=utcnow(), attempts=deliveries.c.attempts + (1 if count_attempt else 0)),
             [{"b_id": delivery_id, "b_error": (error or "")[:2000]} for delivery_id, error in rows])
@@ -488,11 +492,11 @@ class LedgerQueries:
     def renew_claims(self, conn: Connection, worker: str) -> int:
         """The worker's heartbeat: its `sending` rows get a fresh `claimed_at`, so no lease expires under it."""
         return conn.execute(deliveries.update().where(deliveries.c.claimed_by == worker,
-                                                      deliveries.c.status == "sending")
+                                                      CLAIMED_ROW)
                             .values(claimed_at=utcnow())).rowcount or 0
 
     def reset_attempts(self, conn: Connection, issue_id: int) -> None:
-        conn.execute(deliveries.update().where(deliveries.c.issue_id == issue_id, deliveries.c.status == "queued")
+        conn.execute(deliveries.update().where(deliveries.c.issue_id == issue_id, QUEUED_ROW)
                      .values(attempts=0))
 
     def max_subscriber_id(self, conn: Connection) -> int:
@@ -500,7 +504,7 @@ class LedgerQueries:
 
     def issues_with_queue(self, conn: Connection) -> list[tuple[str, int]]:
         """(slug, id) of issues being sent that still have queued deliveries, oldest first."""
-        has_queue = sa.exists().where(deliveries.c.issue_id == issues.c.id, deliveries.c.status == "queued")
+        has_queue = sa.exists().where(deliveries.c.issue_id == issues.c.id, QUEUED_ROW)
         return [(slug, issue_id) for slug, issue_id in conn.execute(
             sa.select(issues.c.slug, issues.c.id).where(issues.c.status == "sending", has_queue).order_by(issues.c.id))]
 
@@ -532,7 +536,7 @@ class LedgerQueries:
         """Workers holding `sending` rows of an issue, with their oldest claim."""
         return [(worker, as_utc(claimed_at)) for worker, claimed_at in conn.execute(
             sa.select(deliveries.c.claimed_by, sa.func.min(deliveries.c.claimed_at))
-            .where(deliveries.c.issue_id == issue_id, deliveries.c.status == "sending")
+            .where(deliveries.c.issue_id == issue_id, CLAIMED_ROW)
             .group_by(deliveries.c.claimed_by))]
 
     # ----- editions: the content a send delivers (see dispatch.prepare_send) -----------------------

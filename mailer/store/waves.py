@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .common import as_utc, utcnow
+from .common import QUEUED_ROW, as_utc, utcnow
 from .schema import deliveries, issues, subscribers
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class WaveQueries:
     def claimable(self, conn: Connection, issue_id: int, grace: float) -> int:
         """Queued rows of a local-time send that a claim may take now (see `claim_deliveries`)."""
         return conn.execute(sa.select(sa.func.count()).select_from(deliveries).where(
-            deliveries.c.issue_id == issue_id, deliveries.c.status == "queued",
+            deliveries.c.issue_id == issue_id, QUEUED_ROW,
             released(issue_id, utcnow(), grace))).scalar_one()
 
     def release_waves(self, conn: Connection, issue_id: int, until: datetime | None = None) -> None:
