@@ -136,6 +136,8 @@ def signer_for(settings) -> DkimSigner | None:
     if cache_key not in _SIGNERS:
         _SIGNERS[cache_key] = check_settings(settings)
     return _SIGNERS[cache_key]
+
+
 def aligned(dkim_domain: str, from_domain: str, strict: bool = False) -> bool:
     """DMARC identifier alignment of a signature's d= with the From domain (RFC 7489 §3.1.1): strict
     wants the same domain, relaxed the same organizational domain (Public Suffix List). The rule is
