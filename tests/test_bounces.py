@@ -689,3 +689,52 @@ def test_every_one_character_change_of_a_verp_token_is_refused():
                 refused += 1
     assert refused == 47 * 31
     assert verp.read(f"bounces+{token}@example.org").subscriber_id == 424242
+
+
+def test_maildirplusplus_folder_sets_aside_into_a_sibling_dovecot_lists(dovecot, sink, make_settings, sqlite_store,
+                                                                         rng):
+    """`mailer bounces process ~/Maildir/.bounces` (a Maildir++ folder, made here by Dovecot itself) moves
+    processed mail to `~/Maildir/.bounces.Processed`, which IMAP LIST shows (a `.Processed` inside
+    `.bounces` would be invisible to Dovecot and every IMAP client)."""
+    import shutil
+    settings, received = send_over_smtp(make_settings, sqlite_store, sink, people(rng, 2))
+    (a, sent_a), (b, sent_b) = sorted(received.items())
+    client, _ = imap_client(dovecot)
+    client.create_folder("bounces")
+    for raw in (samples.gmail(sent_a.data, a, sent_a.mail_from, "5.1.1", rng), samples.garbage(rng)):
+        client.append("bounces", raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    top = dovecot.root / "home" / "bounces" / "Maildir"
+    folder = top / ".bounces"
+    assert (folder / "cur").is_dir()
+
+    summary = process_source(sqlite_store, settings, str(folder))
+    assert (summary.processed, summary.unparseable) == (1, 1)
+    assert not (folder / ".Processed").exists()
+    done = top / ".bounces.Processed"
+    assert all((done / name).is_dir() for name in ("cur", "new", "tmp")) and (done / "maildirfolder").is_file()
+    for path in [done, *done.rglob("*")]:  # mailer ran as root here; the mail user owns the store
+        shutil.chown(path, "dovecot", "dovecot")
+    client.logout()
+    client, _ = imap_client(dovecot)  # a new session: Dovecot reads its list index at login
+    listed = [name for _flags, _sep, name in client.list_folders()]
+    assert "bounces.Processed" in listed, listed
+    client.select_folder("bounces.Processed")
+    assert len(client.search("ALL")) == 1
+    client.select_folder("bounces")
+    assert len(client.search("ALL")) == 1  # the unparseable one, left in place
+    client.logout()
+    again = process_source(sqlite_store, settings, str(folder))
+    assert (again.processed, again.unparseable) == (0, 1)
+
+
+def test_plain_maildir_keeps_its_processed_subfolder(tmp_path):
+    from mailer.providers.bounces.sources import MaildirSource
+    top = tmp_path / "Maildir"
+    mailbox.Maildir(top, create=True)
+    assert MaildirSource(top).processed_path() == top.resolve() / ".Processed"
+    child = mailbox.Maildir(top, create=False).add_folder("bounces")
+    assert MaildirSource(top / ".bounces").processed_path() == top.resolve() / ".bounces.Processed"
+    assert child is not None
+    lone = tmp_path / ".lonely"  # a dot name whose parent is no Maildir: a plain Maildir
+    mailbox.Maildir(lone, create=True)
+    assert MaildirSource(lone).processed_path() == lone.resolve() / ".Processed"
