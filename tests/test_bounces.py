@@ -738,3 +738,26 @@ def test_plain_maildir_keeps_its_processed_subfolder(tmp_path):
     lone = tmp_path / ".lonely"  # a dot name whose parent is no Maildir: a plain Maildir
     mailbox.Maildir(lone, create=True)
     assert MaildirSource(lone).processed_path() == lone.resolve() / ".Processed"
+
+
+def test_soft_bounces_are_in_the_subscribers_history(sink, make_settings, store, tmp_path, rng, run):
+    """Two 4.2.2 reports: the status stays active, and `mailer subscribers show` lists each one with its
+    status code and the server's words (README: the history keeps the raw reason)."""
+    settings, received = send_over_smtp(make_settings, store, sink, people(rng, 1))
+    [(address, sent)] = received.items()
+    box = mailbox.Maildir(tmp_path / "Maildir", create=True)
+    for style in rng.sample(sorted(STYLES), 2):
+        box.add(STYLES[style](sent.data, address, sent.mail_from, "4.2.2", rng))
+    summary = process_source(store, settings, str(tmp_path / "Maildir"))
+    assert summary.soft_bounces == 2 and statuses(store)[address] == "active"
+    url = store.engine.url.render_as_string(hide_password=False)
+    shown = run("subscribers", "show", address, extra_env={"MAILER_DATABASE_URL": url}).stdout
+    lines = [line for line in shown.splitlines() if "soft_bounce" in line]
+    assert len(lines) == 2 and all(f"soft bounce on {EXAMPLE_ISSUE}: 4.2.2" in line and "mailbox" in line
+                                   for line in lines), shown
+    assert shown.splitlines()[0].endswith("active")
+    data = json.loads(run("subscribers", "show", address, "--json", extra_env={"MAILER_DATABASE_URL": url}).stdout)
+    assert [e["kind"] for e in data["events"]].count("soft_bounce") == 2
+    process_source(store, settings, str(tmp_path / "Maildir"))  # processed twice: no new line
+    again = run("subscribers", "show", address, extra_env={"MAILER_DATABASE_URL": url}).stdout
+    assert again.count("soft_bounce") == 2
