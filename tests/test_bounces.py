@@ -347,10 +347,14 @@ def test_maildir_processed_twice(sink, make_settings, store, tmp_path, rng):
     assert statuses(store) == now
     # the subscriber's history keeps the raw reason; the events table one row per report
     with store.engine.connect() as conn:
-        reasons = conn.execute(sa.select(subscriber_events.c.reason).where(subscriber_events.c.source == "mailbox")).scalars().all()
+        reasons = conn.execute(sa.select(subscriber_events.c.reason).where(
+            subscriber_events.c.source == "mailbox", subscriber_events.c.new_status.is_not(None))).scalars().all()
+        soft = conn.execute(sa.select(subscriber_events.c.reason).where(
+            subscriber_events.c.kind == "soft_bounce")).scalars().all()
         kinds = conn.execute(sa.select(provider_events.c.kind).where(provider_events.c.provider == "mailbox")).scalars().all()
     assert len(reasons) == sum(1 for s in expected.values() if s != "active")
     assert any("5.1.1" in reason and "550" in reason for reason in reasons)
+    assert len(soft) == counts["soft_bounces"] and all("soft bounce on" in reason for reason in soft)
     assert len(kinds) == counts["processed"]
     # per issue, for `mailer report`: 2 complaints of 16 sent is far over Gmail's and Yahoo's 0.3 %
     (row,) = deliverability(store)
@@ -761,3 +765,46 @@ def test_soft_bounces_are_in_the_subscribers_history(sink, make_settings, store,
     process_source(store, settings, str(tmp_path / "Maildir"))  # processed twice: no new line
     again = run("subscribers", "show", address, extra_env={"MAILER_DATABASE_URL": url}).stdout
     assert again.count("soft_bounce") == 2
+
+
+def _qmail(recipient: str, host_ip: str, rng: random.Random) -> bytes:
+    return (f"Return-Path: <>\nDate: Thu, 26 Nov 2026 07:00:00 +0000\nFrom: MAILER-DAEMON@mail.example.net\n"
+            f"To: {BOUNCE}\nSubject: failure notice\n\n"
+            f"Hi. This is the qmail-send program at mail.example.net.\n"
+            f"I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+            f"This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
+            f"<{recipient}>:\n{host_ip} does not like recipient.\n"
+            f"Remote host said: 550 5.1.1 <{recipient}>... User unknown\nGiving up on {host_ip}.\n\n"
+            f"--- Below this line is a copy of the message.\n\nReturn-Path: <{BOUNCE}>\n"
+            f"Message-ID: <x{rng.getrandbits(32)}@example.org>\nTo: {recipient}\n\nBonjour\n").encode("utf-8")
+
+
+def test_plain_text_reasons_start_with_the_servers_words(rng):
+    """qmail's `<addr>:` (and Exim's indented address line): the stored reason is what the server said,
+    without the address's stray `>` or `:` — for generated addresses, IDN domains included."""
+    for _ in range(12):
+        local = rng.choice(["idn", "jean.dupont", "a+b", "x_y"])
+        domain = rng.choice(["xn--exmple-cua.fr", "example.fr", "mail.example.co.uk"])
+        ip = f"192.0.2.{rng.randint(1, 254)}"
+        reading = read_message(_qmail(f"{local}@{domain}", ip, rng))
+        assert reading.kind == "bounce", reading
+        [failure] = [f for f in reading.failures if f.recipient == f"{local}@{domain}"]
+        assert failure.reason.startswith("5.1.1 ") and f"{ip} does not like recipient" in failure.reason, failure
+        assert failure.diagnostic.startswith(f"{ip} does not like recipient."), failure.diagnostic  # no stray `>:`
+        assert "Below this line" not in failure.reason
+
+
+def test_a_message_without_origin_fields_says_which_fields_and_what_else_is_wrong(rng):
+    for _ in range(8):
+        fields = rng.sample(["Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"",
+                             "MIME-Version: 1.0", "X-Mailer: relay"], rng.randint(1, 3))
+        if not any(f.startswith("Content-Type") for f in fields):
+            fields.append("Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"")
+        body = ("--b\nContent-Type: text/plain\n\nSee below.\n--b\nContent-Type: message/delivery-status\n\n"
+                "Reporting-MTA: dns; relay.example.org\n\n--b--\n")
+        reading = read_message(("\n".join(fields) + "\n\n" + body).encode())
+        assert reading.kind == "unparseable"
+        assert reading.problem.startswith("no From, Date, Subject or Message-ID field (only ")
+        assert all(f.split(":")[0] in reading.problem for f in fields), reading.problem
+        assert "no header fields" not in reading.problem
+        assert "message/delivery-status" in reading.problem, reading.problem  # the broken DSN, said too

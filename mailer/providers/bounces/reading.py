@@ -121,6 +121,9 @@ def classify(action: str, status: str) -> Severity | None:
     return "hard"
 
 
+_ORIGIN_FIELDS = ("from", "date", "subject", "message-id")
+
+
 def read_message(raw: bytes) -> Reading:
     """Read one message (bytes as stored). Never raises for bad input: `kind == "unparseable"` with a
     `problem` instead (no header fields, a report whose report part cannot be read, a detector crash)."""
@@ -129,8 +132,18 @@ def read_message(raw: bytes) -> Reading:
         msg = email.message_from_bytes(raw, policy=email.policy.compat32)
     except Exception as exc:  # noqa: BLE001 - the parser is lenient; belt and braces
         return Reading("unparseable", digest, problem=f"not a message: {exc}")
-    if not msg.keys() or not any(msg.get(name) for name in ("from", "date", "subject", "message-id")):
+    if not msg.keys():
         return Reading("unparseable", digest, problem="no header fields: not an RFC 5322 message")
+    if not any(msg.get(name) for name in _ORIGIN_FIELDS):
+        found = ", ".join(dict.fromkeys(str(name) for name in msg.keys()))
+        problem = f"no From, Date, Subject or Message-ID field (only {found[:120]}): not an RFC 5322 message"
+        try:
+            body = _read(msg, _leaf_view(raw), digest)
+        except Exception:  # noqa: BLE001 - the header problem is reported either way
+            body = None
+        if body is not None and body.kind == "unparseable" and body.problem:
+            problem += f"; and its body: {body.problem}"
+        return Reading("unparseable", digest, problem=problem[:300])
     try:
         return _read(msg, _leaf_view(raw), digest)
     except Exception as exc:  # noqa: BLE001 - a malformed MIME tree must not stop the mailbox
@@ -310,9 +323,15 @@ _COPY_BOUNDARY = re.compile(r"(?im)^(?:[ \t-]*(?:this is a copy of|below this li
 
 
 def _line_near(body: str, address: str) -> str:
+    """What a plain-text bounce says after the address's first mention: the address itself and the
+    punctuation around it (qmail's `<user@example.org>:`, Exim's indented line) left out, since the
+    recipient is stored on its own; up to where the copied message starts."""
     at = body.lower().find(address)
     if at < 0:
         return ""
+    at += len(address)
+    while at < len(body) and body[at] in ">:;,\"' \t\r\n":
+        at += 1
     window = body[at:at + 400]
     cut = _COPY_BOUNDARY.search(window, 1)
     return " ".join((window[:cut.start()] if cut else window).split())[:300]
