@@ -204,3 +204,15 @@ def aligned(domain: str, from_domain: str, strict: bool = False) -> bool:
         return bool(a) and a == b
     org = organizational_domain(a)
     return org is not None and org == organizational_domain(b)
+
+
+def split_mailboxes(text: str) -> list[tuple[str, str]]:
+    """A comma-separated list of RFC 5322 mailboxes as a person types them (`a@example.org`,
+    `Ünï <you@example.com>`, `"Dupont, Jean" <j@example.org>`: display names may be non-ASCII, and
+    quoted ones may hold commas) → [(display name, address)], by the stdlib's `getaddresses`. The
+    addresses are not validated here (`parse_address` does); InvalidAddress for an entry with none."""
+    from email.utils import getaddresses
+    pairs = getaddresses([text])
+    if not pairs or any(not address for _, address in pairs):
+        raise InvalidAddress(f"{text!r} is not a list of addresses (ADDR or Name <ADDR>, separated by commas)")
+    return pairs
