@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import random
 from email import message_from_bytes, policy
 from pathlib import Path

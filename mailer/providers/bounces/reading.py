@@ -121,9 +121,6 @@ def classify(action: str, status: str) -> Severity | None:
     return "hard"
 
 
-_ORIGIN_FIELDS = ("from", "date", "subject", "message-id")
-
-
 def read_message(raw: bytes) -> Reading:
     """Read one message (bytes as stored). Never raises for bad input: `kind == "unparseable"` with a
     `problem` instead (no header fields, a report whose report part cannot be read, a detector crash)."""
@@ -134,20 +131,16 @@ def read_message(raw: bytes) -> Reading:
         return Reading("unparseable", digest, problem=f"not a message: {exc}")
     if not msg.keys():
         return Reading("unparseable", digest, problem="no header fields: not an RFC 5322 message")
-    if not any(msg.get(name) for name in _ORIGIN_FIELDS):
-        found = ", ".join(dict.fromkeys(str(name) for name in msg.keys()))
-        problem = f"no From, Date, Subject or Message-ID field (only {found[:120]}): not an RFC 5322 message"
-        try:
-            body = _read(msg, _leaf_view(raw), digest)
-        except Exception:  # noqa: BLE001 - the header problem is reported either way
-            body = None
-        if body is not None and body.kind == "unparseable" and body.problem:
-            problem += f"; and its body: {body.problem}"
-        return Reading("unparseable", digest, problem=problem[:300])
     try:
-        return _read(msg, _leaf_view(raw), digest)
+        reading = _read(msg, _leaf_view(raw), digest)
     except Exception as exc:  # noqa: BLE001 - a malformed MIME tree must not stop the mailbox
-        return Reading("unparseable", digest, problem=f"unreadable: {type(exc).__name__}: {exc}"[:300])
+        reading = Reading("unparseable", digest, problem=f"unreadable: {type(exc).__name__}: {exc}"[:300])
+    if any(msg.get(name) for name in ("from", "date", "subject", "message-id")):
+        return reading
+    found = ", ".join(dict.fromkeys(str(name) for name in msg.keys()))[:120]
+    problem = f"no From, Date, Subject or Message-ID field (only {found}): not an RFC 5322 message"
+    more = f"; and its body: {reading.problem}" if reading.kind == "unparseable" and reading.problem else ""
+    return Reading("unparseable", digest, problem=(problem + more)[:300])
 
 
 # The report parts Python's parser would split into header blocks (message/delivery-status) or parse as
@@ -323,9 +316,7 @@ _COPY_BOUNDARY = re.compile(r"(?im)^(?:[ \t-]*(?:this is a copy of|below this li
 
 
 def _line_near(body: str, address: str) -> str:
-    """What a plain-text bounce says after the address's first mention: the address itself and the
-    punctuation around it (qmail's `<user@example.org>:`, Exim's indented line) left out, since the
-    recipient is stored on its own; up to where the copied message starts."""
+    """What a plain-text bounce says after the address (and qmail's `>:`) up to the copied message."""
     at = body.lower().find(address)
     if at < 0:
         return ""
