@@ -17,7 +17,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from .addresses import ascii_domain
+from .addresses import aligned as addresses_aligned, ascii_domain
 from .dkim_signer import DkimKey, DkimSigner
 from .errors import ConfigError, InvalidAddress
 
@@ -62,7 +62,17 @@ def load_private_key(path: Path) -> DkimKey:
     if isinstance(private, ed25519.Ed25519PrivateKey):
         return DkimKey(private, "ed25519", 256)
     kind = type(private).__name__.removeprefix("_").replace("PrivateKey", "")
-    raise DkimKeyError(f"{path} holds a {kind} key; DKIM signs with RSA (RFC 6376) or Ed25519 (RFC 8463)")
+    raise DkimKeyError(f"{path} holds {_article(kind)} {kind} key; DKIM signs with RSA (RFC 6376) or Ed25519 (RFC 8463)")
+
+
+def _article(word: str) -> str:
+    """"a" or "an" before `word` as it is read aloud: an EC, an RSA, an X25519, an Ed448, a DSA, a DH
+    (an initialism is read letter by letter: A, E, F, H, I, L, M, N, O, R, S, X sound a vowel)."""
+    if word[:2].isupper():
+        return "an" if word[0] in "AEFHILMNORSX" else "a"
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def selector_problem(selector: str) -> str | None:
     """Why `selector` cannot be a DKIM selector (RFC 6376 §3.1: dot-separated LDH labels), or None."""
     if not selector:
@@ -126,14 +136,15 @@ def signer_for(settings) -> DkimSigner | None:
     if cache_key not in _SIGNERS:
         _SIGNERS[cache_key] = check_settings(settings)
     return _SIGNERS[cache_key]
+
+
 def aligned(dkim_domain: str, from_domain: str, strict: bool = False) -> bool:
-    """DMARC identifier alignment (RFC 7489 §3.1.1): equal domains, or in relaxed mode one a
-    subdomain of the other (an approximation of "same organisational domain" that needs no public
-    suffix list; it never calls two unrelated registrable domains aligned)."""
-    a, b = dkim_domain.lower().rstrip("."), from_domain.lower().rstrip(".")
-    if a == b:
-        return True
-    return not strict and (a.endswith("." + b) or b.endswith("." + a)) and "." in min(a, b, key=len)
+    """DMARC identifier alignment of a signature's d= with the From domain (RFC 7489 §3.1.1): strict
+    wants the same domain, relaxed the same organizational domain (Public Suffix List). The rule is
+    `addresses.aligned`'s, the one every alignment check asks."""
+    return addresses_aligned(dkim_domain, from_domain, strict)
+
+
 def dkim_warnings(settings) -> list[str]:
     """What is legal but weakens delivery: an RSA key under 2048 bits, a signing domain not aligned
     with the From domain (DMARC), DKIM settings with a backend that signs itself (`Provider.own_dkim`:

@@ -8,9 +8,12 @@ The checks here cover what the configuration and DNS can show:
 
   from, postal_address, base_url, secret_key   settings a real send needs (config's own rules)
   dkim     the key in MAILER_DKIM_PRIVATE_KEY is the one published at SELECTOR._domainkey.DOMAIN
-  spf      one SPF record at the envelope sender's domain, authorising the relay (the SMTP host's
-           addresses, or the provider's include such as include:sendgrid.net)
-  dmarc    a record at _dmarc.DOMAIN (or its parent), its policy, and alignment with From
+  spf      one SPF record at the envelope sender's domain, authorising the relay: the include a
+           provider documents (include:sendgrid.net; a hosted SMTP relay's, known by its host, such as
+           include:amazonses.com for email-smtp.*.amazonaws.com; or MAILER_SPF_INCLUDE), else the SMTP
+           host's addresses. Every fix that is a record is the whole record, ready to publish.
+  dmarc    a record at _dmarc.DOMAIN (or its organizational domain), its policy, and alignment with
+           From (relaxed: the same organizational domain, by the Public Suffix List)
   one_click  POST List-Unsubscribe=One-Click to BASE/u/PROBE answers 200 (the probe token names
            subscriber 0, which `mailer serve` answers without unsubscribing anyone)
 
@@ -47,6 +50,7 @@ import spf
 from cryptography.hazmat.primitives import serialization
 
 from . import links
+from .addresses import aligned, organizational_domain
 from .config import Settings, secret_key_problem
 from .errors import ConfigError
 from .registry import provider_settings
@@ -367,6 +371,79 @@ def evaluate_spf(resolver: Dns, ip, domain: str, sender: str = "") -> SpfResult:
     return SpfResult(result, explanation, tuple(resolver.spf_seen))
 
 
+@dataclass(frozen=True)
+class SpfNeed:
+    """What SPF must authorise for the configured provider: an `include` (a provider's documented
+    domain) or the relay's `addresses`; `relay` names it in messages, `setting` the variable to
+    correct, `note` what cannot be known from here."""
+
+    relay: str
+    include: str = ""
+    addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    setting: str = ""
+    note: str = ""
+
+    def terms(self, missing: Collection = ()) -> str:
+        """SPF mechanisms (RFC 7208 §5) authorising what is `missing` (default: everything)."""
+        if self.include:
+            return f"include:{self.include}"
+        return " ".join(f"ip{ip.version}:{ip}" for ip in (missing or self.addresses))
+
+
+def spf_need(settings: Settings) -> tuple[str, str, str]:
+    """(include, who, where): the include SPF must name for this provider — its own (`spf_include`),
+    the operator's (the provider's `spf_include_setting`, MAILER_SPF_INCLUDE) or a hosted relay's
+    documented one (the provider's `hosted_relays`, matched on the relay host) — with the provider's
+    name and where it came from; ("", "", "") when SPF must authorise the relay's addresses."""
+    provider = settings.provider
+    if provider.spf_include:
+        return provider.spf_include, provider.shown, ""
+    if provider.spf_include_setting:
+        chosen = getattr(settings, provider.spf_include_setting, "")
+        if chosen:
+            return chosen, "your relay", provider_settings()[provider.spf_include_setting].env
+    host = getattr(settings, provider.relay_host_setting, "") if provider.relay_host_setting else ""
+    for relay in provider.hosted_relays:
+        if host and relay.matches(host):
+            return relay.include, relay.name, f"{provider_settings()[provider.relay_host_setting].env} {host}"
+    return "", "", ""
+
+
+def _spf_need(settings: Settings, resolver: Dns) -> SpfNeed | Check:
+    provider = settings.provider
+    include, who, where = spf_need(settings)
+    if include:
+        return SpfNeed(f"{who} (include:{include}" + (f", for {where})" if where else ")"), include=include)
+    host = getattr(settings, provider.relay_host_setting)
+    variable = provider_settings()[provider.relay_host_setting].env
+    override = (provider_settings()[provider.spf_include_setting].env if provider.spf_include_setting
+                else "")
+    note = ("a relay whose outbound servers are not its submission address cannot be checked from here"
+            + (f": set {override} to the include: your relay documents" if override else ""))
+    try:
+        try:
+            addresses = [ipaddress.ip_address(host.strip("[]"))]
+        except ValueError:
+            addresses = resolver.addresses(host)
+    except DnsFailure as exc:
+        return Check("spf", "fail", f"DNS: {exc}", f"check {variable} and the resolver")
+    if not addresses:
+        return Check("spf", "fail", f"the {provider.shown} host {host} has no address in DNS", f"check {variable}")
+    return SpfNeed(host, addresses=tuple(dict.fromkeys(addresses)), setting=variable, note=note)
+
+
+def _publish(name: str, value: str, replacing: str = "") -> str:
+    """A fix that is a DNS record: `publish TXT NAME "VALUE"` (pasteable), naming the record it replaces."""
+    return f'publish TXT {name} "{value}"' + (f' in place of "{replacing}"' if replacing else "")
+
+
+def spf_with(record: str, terms: str) -> str:
+    """`record` with `terms` (mechanisms) placed first after `v=spf1`, so they are evaluated before any
+    mechanism that refuses (RFC 7208 §4.6.2: the first match wins) and before a redirect=."""
+    head, _, rest = record.partition(" ")
+    return " ".join(part for part in (head, terms, rest.strip()) if part)
+
+
 def check_spf(settings: Settings, resolver: Dns) -> Check:
     domain = envelope_domain(settings)
     try:
@@ -374,13 +451,20 @@ def check_spf(settings: Settings, resolver: Dns) -> Check:
     except DnsFailure as exc:
         return Check("spf", "fail", f"DNS: {exc}", "check the resolver (--nameserver) and the domain's DNS servers")
     provider = settings.provider
-    relay_host = getattr(settings, provider.relay_host_setting) if provider.relay_host_setting else ""
-    relay_fix = (f"include:{provider.spf_include}" if provider.spf_include
-                 else f"ip4:/ip6: for {relay_host or f'the {provider.shown} relay'} "
-                      f"(or the include: your relay documents)")
+    if not provider.delivers:
+        return Check("spf", "skip", f"SPF at {domain}: {' | '.join(records) or 'none'} (the {provider.name} backend "
+                                    f"sends nothing)")
+    if not (provider.spf_include or provider.relay_host_setting):
+        if not records:
+            return Check("spf", "fail", f"no SPF record at {domain}",
+                         f"publish an SPF record at {domain} naming the servers {provider.shown} sends from")
+        return Check("spf", "skip", f"SPF at {domain}: {records[0]} (the {provider.name} backend names no relay or "
+                                    f"include to check)")
+    need = _spf_need(settings, resolver)
     if not records:
-        return Check("spf", "fail", f"no SPF record at {domain}",
-                     f'publish TXT {domain} "v=spf1 {relay_fix} ~all"')
+        if isinstance(need, Check):
+            return Check("spf", "fail", f"no SPF record at {domain}; and {need.message}", need.fix)
+        return Check("spf", "fail", f"no SPF record at {domain}", _publish(domain, f"v=spf1 {need.terms()} ~all"))
     if len(records) > 1:
         return Check("spf", "fail", f"{len(records)} SPF records at {domain}: a permanent error (RFC 7208 §4.5)",
                      "merge them into one v=spf1 record")
@@ -399,54 +483,42 @@ def check_spf(settings: Settings, resolver: Dns) -> Check:
     if broken is not None:
         return Check("spf", "fail", f"DNS while evaluating SPF: {broken.explanation}",
                      "check the resolver and the included domains")
-    if not provider.delivers or not (provider.spf_include or provider.relay_host_setting):
-        return Check("spf", "skip", f"SPF at {domain}: {record} (the {provider.name} backend sends nothing)"
-                     if not provider.delivers else f"SPF at {domain}: {record} (the {provider.name} backend names "
-                                                   f"no relay or include to check)")
-    if provider.spf_include:
-        covered = any(name == provider.spf_include for name, _ in probes[0].records)
-        relay = f"{provider.shown} (include:{provider.spf_include})"
-        results = [probes[0]]
+    if isinstance(need, Check):
+        return need
+    if need.include:
+        covered = any(name == need.include for name, _ in probes[0].records)
+        results, missing = [probes[0]], ()
     else:
-        host = relay_host
-        variable = provider_settings()[provider.relay_host_setting].env
-        try:
-            try:
-                addresses = [ipaddress.ip_address(host.strip("[]"))]
-            except ValueError:
-                addresses = resolver.addresses(host)
-        except DnsFailure as exc:
-            return Check("spf", "fail", f"DNS: {exc}", f"check {variable} and the resolver")
-        if not addresses:
-            return Check("spf", "fail", f"the {provider.shown} host {host} has no address in DNS", f"check {variable}")
-        results = [evaluate_spf(resolver, ip, domain) for ip in addresses]
-        relay_fix = " ".join(f"ip{ip.version}:{ip}" for ip in addresses) + " (or the include: your relay documents)"
-        covered = all(result.result == "pass" for result in results)
-        relay = f"{host} ({', '.join(f'{ip}: {r.result}' for ip, r in zip(addresses, results))})"
+        results = [evaluate_spf(resolver, ip, domain) for ip in need.addresses]
+        missing = tuple(ip for ip, result in zip(need.addresses, results) if result.result != "pass")
+        covered = not missing
+        need = SpfNeed(f"{need.relay} ({', '.join(f'{ip}: {r.result}' for ip, r in zip(need.addresses, results))})",
+                       addresses=need.addresses, setting=need.setting, note=need.note)
     for result in results:
         if result.result in ("permerror", "temperror") and not _UNEVALUABLE.search(result.explanation):
-            return Check("spf", "fail", f"{domain}'s SPF, for {relay}: {result.result}: {result.explanation}",
+            return Check("spf", "fail", f"{domain}'s SPF, for {need.relay}: {result.result}: {result.explanation}",
                          f"fix the record at {domain} (or the one it includes/redirects to): {result.explanation}")
     unevaluable = sorted({term for result in results for term in result.unevaluable})
     if any(result.result in ("permerror", "temperror") for result in results):  # on a macro-built name
         unevaluable = unevaluable or sorted({r.explanation.rpartition(": ")[2] for r in results})
+    fix = _publish(domain, spf_with(record, need.terms(missing)), replacing=record)
+    note = f" ({need.note})" if need.note else ""
     if not covered and unevaluable:
         return Check("spf", "warn", f"{domain}'s SPF uses {' '.join(unevaluable)}, which cannot be evaluated here "
                                     f"(its outcome depends on the real envelope sender and connection): {record}",
-                     f"send a test to a mailbox and read its Authentication-Results (spf=pass), or list {relay_fix}")
+                     f"send a test to a mailbox and read its Authentication-Results (spf=pass), or {fix}")
     if not covered:
-        return Check("spf", "fail", f"{domain}'s SPF does not authorise {relay}: {record}", f"add {relay_fix} to it")
-    note = f" (depends on the real sender: {' '.join(unevaluable)})" if unevaluable else ""
-    return Check("spf", "ok", f"{domain}'s SPF authorises {relay}{note}")
+        return Check("spf", "fail", f"{domain}'s SPF does not authorise {need.relay}: {record}{note}", fix)
+    depends = f" (depends on the real sender: {' '.join(unevaluable)})" if unevaluable else ""
+    return Check("spf", "ok", f"{domain}'s SPF authorises {need.relay}{depends}")
 
 
 def check_dmarc(settings: Settings, resolver: Dns) -> Check:
     domain = settings.sender_domain
-    labels = domain.split(".")
     found_at, records = None, []
     try:
-        for start in range(0, max(1, len(labels) - 1)):  # the From domain, then its parents (RFC 7489 §6.6.3)
-            candidate = ".".join(labels[start:])
+        # the From domain, then its organizational domain (RFC 7489 §6.6.3), never a public suffix
+        for candidate in dict.fromkeys(name for name in (domain, organizational_domain(domain)) if name):
             records = [r for r in resolver.txt(f"_dmarc.{candidate}") if r.lower().replace(" ", "").startswith("v=dmarc1")]
             if records:
                 found_at = candidate
@@ -471,7 +543,7 @@ def check_dmarc(settings: Settings, resolver: Dns) -> Check:
     notes: list[str] = []
     provider = settings.provider
     if provider.own_dkim is None and not provider.own_envelope:  # else its own signature and Return-Path
-        from .dkim_signing import aligned, signer_for
+        from .dkim_signing import signer_for
         signer = signer_for(settings) if settings.dkim_private_key else None
         envelope = envelope_domain(settings)
         spf_aligned = aligned(envelope, domain, strict=strict_spf)

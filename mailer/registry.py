@@ -80,6 +80,22 @@ class OwnDkim:
 
 
 @dataclass(frozen=True)
+class HostedRelay:
+    """A hosted relay recognised by its submission host: `host` is a shell-style pattern
+    (`email-smtp.*.amazonaws.com`, `smtp.mailgun.org`), `include` the domain its documentation tells
+    senders to name in SPF (`include:amazonses.com`), `name` how people call it. Its outbound servers
+    are not the submission host's addresses, so SPF is checked for the include instead."""
+
+    host: str
+    include: str
+    name: str
+
+    def matches(self, host: str) -> bool:
+        from fnmatch import fnmatchcase
+        return fnmatchcase(host.strip().rstrip(".").lower(), self.host)
+
+
+@dataclass(frozen=True)
 class Provider:
     """What one provider is (see the module docstring). Only `name` and `backend` are required.
 
@@ -93,7 +109,9 @@ class Provider:
     * `own_envelope`: it uses its own envelope sender (Return-Path), not ours (MAILER_BOUNCE_ADDRESS
       / VERP), so DMARC's SPF alignment is its business;
     * `spf_include`: what SPF must include for it (`sendgrid.net`); `relay_host_setting`: the setting
-      naming a relay whose addresses SPF must authorise instead (`smtp_host`);
+      naming a relay whose addresses SPF must authorise instead (`smtp_host`); `hosted_relays`: relays
+      known by their host whose documented include SPF must name instead of those addresses;
+      `spf_include_setting`: the setting with which the operator names that include themselves;
     * `in_flight(settings) -> (recipients, per request)`: a request-based provider whose requests
       overlap: at most `recipients` handed over and unanswered, at most `per request` in one;
     * `path_name`: how a streak of refusals names the path (default `the provider (NAME)`);
@@ -111,6 +129,8 @@ class Provider:
     own_envelope: bool = False
     spf_include: str = ""
     relay_host_setting: str = ""
+    hosted_relays: tuple[HostedRelay, ...] = ()
+    spf_include_setting: str = ""
     in_flight: Callable[["Settings"], tuple[int, int]] | None = None
     path_name: str = ""
     writes_to: Callable[["Settings"], Path | None] | None = None

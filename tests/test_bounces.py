@@ -347,10 +347,14 @@ def test_maildir_processed_twice(sink, make_settings, store, tmp_path, rng):
     assert statuses(store) == now
     # the subscriber's history keeps the raw reason; the events table one row per report
     with store.engine.connect() as conn:
-        reasons = conn.execute(sa.select(subscriber_events.c.reason).where(subscriber_events.c.source == "mailbox")).scalars().all()
+        reasons = conn.execute(sa.select(subscriber_events.c.reason).where(
+            subscriber_events.c.source == "mailbox", subscriber_events.c.new_status.is_not(None))).scalars().all()
+        soft = conn.execute(sa.select(subscriber_events.c.reason).where(
+            subscriber_events.c.kind == "soft_bounce")).scalars().all()
         kinds = conn.execute(sa.select(provider_events.c.kind).where(provider_events.c.provider == "mailbox")).scalars().all()
     assert len(reasons) == sum(1 for s in expected.values() if s != "active")
     assert any("5.1.1" in reason and "550" in reason for reason in reasons)
+    assert len(soft) == counts["soft_bounces"] and all("soft bounce on" in reason for reason in soft)
     assert len(kinds) == counts["processed"]
     # per issue, for `mailer report`: 2 complaints of 16 sent is far over Gmail's and Yahoo's 0.3 %
     (row,) = deliverability(store)
@@ -689,3 +693,118 @@ def test_every_one_character_change_of_a_verp_token_is_refused():
                 refused += 1
     assert refused == 47 * 31
     assert verp.read(f"bounces+{token}@example.org").subscriber_id == 424242
+
+
+def test_maildirplusplus_folder_sets_aside_into_a_sibling_dovecot_lists(dovecot, sink, make_settings, sqlite_store,
+                                                                         rng):
+    """`mailer bounces process ~/Maildir/.bounces` (a Maildir++ folder, made here by Dovecot itself) moves
+    processed mail to `~/Maildir/.bounces.Processed`, which IMAP LIST shows (a `.Processed` inside
+    `.bounces` would be invisible to Dovecot and every IMAP client)."""
+    import shutil
+    settings, received = send_over_smtp(make_settings, sqlite_store, sink, people(rng, 2))
+    (a, sent_a), (b, sent_b) = sorted(received.items())
+    client, _ = imap_client(dovecot)
+    client.create_folder("bounces")
+    for raw in (samples.gmail(sent_a.data, a, sent_a.mail_from, "5.1.1", rng), samples.garbage(rng)):
+        client.append("bounces", raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    top = dovecot.root / "home" / "bounces" / "Maildir"
+    folder = top / ".bounces"
+    assert (folder / "cur").is_dir()
+
+    summary = process_source(sqlite_store, settings, str(folder))
+    assert (summary.processed, summary.unparseable) == (1, 1)
+    assert not (folder / ".Processed").exists()
+    done = top / ".bounces.Processed"
+    assert all((done / name).is_dir() for name in ("cur", "new", "tmp")) and (done / "maildirfolder").is_file()
+    for path in [done, *done.rglob("*")]:  # mailer ran as root here; the mail user owns the store
+        shutil.chown(path, "dovecot", "dovecot")
+    client.logout()
+    client, _ = imap_client(dovecot)  # a new session: Dovecot reads its list index at login
+    listed = [name for _flags, _sep, name in client.list_folders()]
+    assert "bounces.Processed" in listed, listed
+    client.select_folder("bounces.Processed")
+    assert len(client.search("ALL")) == 1
+    client.select_folder("bounces")
+    assert len(client.search("ALL")) == 1  # the unparseable one, left in place
+    client.logout()
+    again = process_source(sqlite_store, settings, str(folder))
+    assert (again.processed, again.unparseable) == (0, 1)
+
+
+def test_plain_maildir_keeps_its_processed_subfolder(tmp_path):
+    from mailer.providers.bounces.sources import MaildirSource
+    top = tmp_path / "Maildir"
+    mailbox.Maildir(top, create=True)
+    assert MaildirSource(top).processed_path() == top.resolve() / ".Processed"
+    child = mailbox.Maildir(top, create=False).add_folder("bounces")
+    assert MaildirSource(top / ".bounces").processed_path() == top.resolve() / ".bounces.Processed"
+    assert child is not None
+    lone = tmp_path / ".lonely"  # a dot name whose parent is no Maildir: a plain Maildir
+    mailbox.Maildir(lone, create=True)
+    assert MaildirSource(lone).processed_path() == lone.resolve() / ".Processed"
+
+
+def test_soft_bounces_are_in_the_subscribers_history(sink, make_settings, store, tmp_path, rng, run):
+    """Two 4.2.2 reports: the status stays active, and `mailer subscribers show` lists each one with its
+    status code and the server's words (README: the history keeps the raw reason)."""
+    settings, received = send_over_smtp(make_settings, store, sink, people(rng, 1))
+    [(address, sent)] = received.items()
+    box = mailbox.Maildir(tmp_path / "Maildir", create=True)
+    for style in rng.sample(sorted(STYLES), 2):
+        box.add(STYLES[style](sent.data, address, sent.mail_from, "4.2.2", rng))
+    summary = process_source(store, settings, str(tmp_path / "Maildir"))
+    assert summary.soft_bounces == 2 and statuses(store)[address] == "active"
+    url = store.engine.url.render_as_string(hide_password=False)
+    shown = run("subscribers", "show", address, extra_env={"MAILER_DATABASE_URL": url}).stdout
+    lines = [line for line in shown.splitlines() if "soft_bounce" in line]
+    assert len(lines) == 2 and all(f"soft bounce on {EXAMPLE_ISSUE}: 4.2.2" in line and "mailbox" in line
+                                   for line in lines), shown
+    assert shown.splitlines()[0].endswith("active")
+    data = json.loads(run("subscribers", "show", address, "--json", extra_env={"MAILER_DATABASE_URL": url}).stdout)
+    assert [e["kind"] for e in data["events"]].count("soft_bounce") == 2
+    process_source(store, settings, str(tmp_path / "Maildir"))  # processed twice: no new line
+    again = run("subscribers", "show", address, extra_env={"MAILER_DATABASE_URL": url}).stdout
+    assert again.count("soft_bounce") == 2
+
+
+def _qmail(recipient: str, host_ip: str, rng: random.Random) -> bytes:
+    return (f"Return-Path: <>\nDate: Thu, 26 Nov 2026 07:00:00 +0000\nFrom: MAILER-DAEMON@mail.example.net\n"
+            f"To: {BOUNCE}\nSubject: failure notice\n\n"
+            f"Hi. This is the qmail-send program at mail.example.net.\n"
+            f"I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+            f"This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
+            f"<{recipient}>:\n{host_ip} does not like recipient.\n"
+            f"Remote host said: 550 5.1.1 <{recipient}>... User unknown\nGiving up on {host_ip}.\n\n"
+            f"--- Below this line is a copy of the message.\n\nReturn-Path: <{BOUNCE}>\n"
+            f"Message-ID: <x{rng.getrandbits(32)}@example.org>\nTo: {recipient}\n\nBonjour\n").encode("utf-8")
+
+
+def test_plain_text_reasons_start_with_the_servers_words(rng):
+    """qmail's `<addr>:` (and Exim's indented address line): the stored reason is what the server said,
+    without the address's stray `>` or `:` — for generated addresses, IDN domains included."""
+    for _ in range(12):
+        local = rng.choice(["idn", "jean.dupont", "a+b", "x_y"])
+        domain = rng.choice(["xn--exmple-cua.fr", "example.fr", "mail.example.co.uk"])
+        ip = f"192.0.2.{rng.randint(1, 254)}"
+        reading = read_message(_qmail(f"{local}@{domain}", ip, rng))
+        assert reading.kind == "bounce", reading
+        [failure] = [f for f in reading.failures if f.recipient == f"{local}@{domain}"]
+        assert failure.reason.startswith("5.1.1 ") and f"{ip} does not like recipient" in failure.reason, failure
+        assert failure.diagnostic.startswith(f"{ip} does not like recipient."), failure.diagnostic  # no stray `>:`
+        assert "Below this line" not in failure.reason
+
+
+def test_a_message_without_origin_fields_says_which_fields_and_what_else_is_wrong(rng):
+    for _ in range(8):
+        fields = rng.sample(["Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"",
+                             "MIME-Version: 1.0", "X-Mailer: relay"], rng.randint(1, 3))
+        if not any(f.startswith("Content-Type") for f in fields):
+            fields.append("Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"")
+        body = ("--b\nContent-Type: text/plain\n\nSee below.\n--b\nContent-Type: message/delivery-status\n\n"
+                "Reporting-MTA: dns; relay.example.org\n\n--b--\n")
+        reading = read_message(("\n".join(fields) + "\n\n" + body).encode())
+        assert reading.kind == "unparseable"
+        assert reading.problem.startswith("no From, Date, Subject or Message-ID field (only ")
+        assert all(f.split(":")[0] in reading.problem for f in fields), reading.problem
+        assert "no header fields" not in reading.problem
+        assert "message/delivery-status" in reading.problem, reading.problem  # the broken DSN, said too

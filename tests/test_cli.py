@@ -476,3 +476,32 @@ def test_the_installed_mailer_command_imports_sends_reports_and_fails_in_one_lin
     write_issue(project, "2026-12-03-casse", {"briefs.txt": "--> Bien.\n-->\n"})
     broken = real("build", "casse", code=3)
     assert broken.stderr.count("\n") == 1 and "2026-12-03-casse/briefs.txt:2: empty brief" in broken.stderr
+
+
+def _typed(name: str, address: str) -> str:
+    """A name-addr as a person types it: a name with specials in a quoted-string (RFC 5322 §3.2.4)."""
+    if not name:
+        return address
+    if any(c in name for c in '",;:<>@()[]\\.'):
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + f'" <{address}>'
+    return f"{name} <{address}>"
+
+
+def test_send_test_accepts_name_addr_with_non_ascii_quoted_and_comma_names(run, project):
+    """`--test 'Ünï <you@example.com>'` and generated display names (quotes, commas, non-ASCII): each is
+    delivered to its address, and the To field, read back with email.policy.default, gives the name typed."""
+    import random
+    rng = random.Random(int(os.environ.get("MAILER_TEST_SEED", "5322")))
+    pieces = ["Ünï", "Dupont, Jean", 'Le "Chef"', "Zoë O'Brien", "李雷", "Ana", "x.y", "back\\slash", "Émile Zola"]
+    entries = [("Ünï", "you@example.com")] + [(rng.choice(pieces) + rng.choice(["", " " + rng.choice(pieces)]),
+                                              f"r{n}@example.net") for n in range(5)] + [("", "plain@example.net")]
+    result = run("send", EXAMPLE_ISSUE, "--test", ", ".join(_typed(name, address) for name, address in entries))
+    assert result.stdout.count(": sent") == len(entries), result.stdout + result.stderr
+    for name, address in entries:
+        raw = (project / "outbox" / EXAMPLE_ISSUE / f"test-{address}.eml").read_bytes()
+        assert max(len(line) for line in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")) <= 998
+        to = email.message_from_bytes(raw, policy=policy.default)["To"]
+        [mailbox] = to.addresses
+        assert (mailbox.display_name, mailbox.addr_spec) == (name, address), (name, str(to))
+    bad = run("send", EXAMPLE_ISSUE, "--test", "Ünï <not-an-address>", check_exit=2)
+    assert len(bad.stderr.strip().splitlines()) == 1 and "not-an-address" in bad.stderr, bad.stderr

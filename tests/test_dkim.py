@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import random
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -301,7 +302,7 @@ BAD_KEYS = {
     "not-pem": (lambda p: _write(p / "k.pem", b"not a key"), "not a PEM private key"),
     "garbage-pem": (lambda p: _write(p / "k.pem", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
                     "not a usable PEM private key"),
-    "ec": (lambda p: _write(p / "k.pem", _pem(ec.generate_private_key(ec.SECP256R1()))), "RSA (RFC 6376) or Ed25519"),
+    "ec": (lambda p: _write(p / "k.pem", _pem(ec.generate_private_key(ec.SECP256R1()))), "holds an EC key; DKIM signs with RSA (RFC 6376) or Ed25519"),
     "encrypted": (lambda p: _write(p / "k.pem", _pem(rsa.generate_private_key(65537, 2048),
                                                       serialization.BestAvailableEncryption(b"pw"))), "encrypted"),
     "directory": (lambda p: (p / "keys").mkdir() or (p / "keys"), "cannot read"),
@@ -465,3 +466,82 @@ def test_a_signing_process_that_dies_leaves_the_sending_process_to_sign(project,
     assert all(dkim.verify(message, dnsfunc=dns_for(key)) for message in built)
     assert pool.broken and dkim_signer.signing_pool() is None and factory.prepare(messages, date) == 0
     pool.close()
+
+
+# ----- DMARC alignment: organizational domains by the Public Suffix List (RFC 7489 §3.2) -------------------
+def _psl_rules() -> tuple[set[str], set[str], set[str]]:
+    """(normal, wildcard, exception) rules read straight from the Public Suffix List file the library bundles."""
+    import publicsuffixlist
+    normal, wildcard, exception = set(), set(), set()
+    text = (Path(publicsuffixlist.__file__).parent / "public_suffix_list.dat").read_text(encoding="utf-8")
+    for line in text.splitlines():
+        rule = line.strip().split(" ")[0]
+        if not rule or rule.startswith("//"):
+            continue
+        rule = rule.encode("idna").decode("ascii").lower() if not rule.startswith(("*", "!")) else rule
+        if rule.startswith("!"):
+            exception.add(rule[1:])
+        elif rule.startswith("*."):
+            wildcard.add(rule[2:])
+        else:
+            normal.add(rule)
+    return normal, wildcard, exception
+
+
+def _oracle_org(domain: str, rules) -> str | None:
+    """RFC 7489 §3.2 by the letter, with publicsuffix.org's algorithm: the longest matching rule (a wildcard
+    matches one more label; an exception rule wins and its suffix is the rule minus its first label;
+    no match: the TLD), then one more label; None when the domain is no longer than its public suffix."""
+    normal, wildcard, exception = rules
+    labels = domain.split(".")
+    tails = [".".join(labels[-n:]) for n in range(1, len(labels) + 1)]  # tails[n - 1]: the last n labels
+    exceptions = [n for n in range(1, len(labels) + 1) if tails[n - 1] in exception]
+    if exceptions:
+        suffix_len = max(exceptions) - 1
+    else:
+        suffix_len = max([1] + [n for n in range(1, len(labels) + 1) if tails[n - 1] in normal]
+                         + [n for n in range(2, len(labels) + 1) if tails[n - 2] in wildcard])
+    return ".".join(labels[-(suffix_len + 1):]) if len(labels) > suffix_len else None
+
+
+def test_alignment_against_the_rfc7489_definition_on_generated_pairs():
+    """Oracle: organizational domains computed from the raw list file; relaxed alignment is equal
+    organizational domains (both defined), strict is equal names. Pairs from real rules of every kind
+    (ICANN, private, wildcard, exception), with shared and different registrable labels."""
+    from mailer.addresses import aligned, organizational_domain
+    rules = _psl_rules()
+    normal, wildcard, exception = rules
+    rng = random.Random(int(os.environ.get("MAILER_TEST_SEED", "7489")))
+    ascii_rules = lambda pool: sorted(r for r in pool if r.isascii())  # noqa: E731
+    suffixes = (rng.sample(ascii_rules(normal), 60) + [f"{rng.choice(['x', 'city'])}.{w}" for w in rng.sample(ascii_rules(wildcard), 10)]
+                + rng.sample(ascii_rules(exception), min(10, len(exception))) + ["co.uk", "org", "github.io", "notatld"])
+    label = lambda: rng.choice(["news", "mail", "example", "a", "b-2", "lettre"])  # noqa: E731
+    seen = {True: 0, False: 0}
+    for _ in range(600):
+        suffix = rng.choice(suffixes)
+        base = [label() for _ in range(rng.randint(0, 3))]
+        a = ".".join([*base, suffix])
+        other = rng.choice([suffix, rng.choice(suffixes)])
+        b = ".".join([*rng.choice([base[-1:], base, [label()], [label(), *base[-1:]], []]), other]).strip(".")
+        if not a or not b:
+            continue
+        org_a, org_b = _oracle_org(a, rules), _oracle_org(b, rules)
+        assert organizational_domain(a) == org_a, (a, organizational_domain(a), org_a)
+        expected = a == b or (org_a is not None and org_a == org_b)
+        assert aligned(a, b) == expected == aligned(b.upper() + ".", a), (a, b, org_a, org_b)
+        assert aligned(a, b, strict=True) == (a == b)
+        seen[expected] += 1
+    assert min(seen.values()) > 50, seen
+
+
+def test_the_reviewers_alignment_cases(project, make_settings):
+    from mailer.addresses import aligned
+    assert aligned("mail.example.org", "news.example.org")  # relaxed: same organizational domain
+    assert not aligned("co.uk", "example.co.uk")  # a public suffix aligns with nothing
+    assert not aligned("example.co.uk", "other.co.uk")
+    key = make_key(project, "rsa")
+    sibling = make_settings(**dkim_env(key, MAILER_FROM="Le Fil <lettre@news.example.org>",
+                                       MAILER_DKIM_DOMAIN="mail.example.org"))
+    assert not any("not aligned" in w for w in dkim_warnings(sibling))
+    suffix = make_settings(**dkim_env(key, MAILER_FROM="Le Fil <lettre@example.co.uk>", MAILER_DKIM_DOMAIN="co.uk"))
+    assert any("co.uk is not aligned" in w for w in dkim_warnings(suffix))

@@ -423,3 +423,132 @@ def test_readme_documents_the_commands_options_and_settings():
     for var in ("MAILER_DKIM_PRIVATE_KEY", "MAILER_DKIM_SELECTOR", "MAILER_DKIM_DOMAIN", "MAILER_DNS_NAMESERVER"):
         assert var in ENV_VARS and f"| `{var}` |" in readme
     assert "### Deliverability checklist" in readme
+
+
+# ----- hosted relays, pasteable fixes (reviewer's findings on issue 14) -----------------------------------
+SES_HOST = "email-smtp.eu-west-1.amazonaws.com"
+
+
+def _ses_records(key, spf: str | None) -> dict[str, list[tuple[str, str]]]:
+    records = good_records(key)
+    records["example.org"] = [("TXT", "google-site-verification=abc")] + ([("TXT", spf)] if spf else [])
+    records[SES_HOST] = [("A", "192.0.2.50")]
+    records["amazonses.com"] = [("TXT", "v=spf1 ip4:199.255.192.0/22 ip4:199.127.232.0/22 -all")]
+    return records
+
+
+def test_hosted_relay_is_checked_for_its_documented_include(doctor_settings, key):
+    """Amazon SES's submission host is not where its mail leaves from: SPF must name include:amazonses.com."""
+    settings = doctor_settings(MAILER_SMTP_HOST=SES_HOST)
+    with DnsZone(_ses_records(key, "v=spf1 include:amazonses.com -all")) as zone:
+        found = verdicts(settings, zone)["spf"]
+    assert found[0] == "ok" and "Amazon SES (include:amazonses.com" in found[1], found
+    with DnsZone(_ses_records(key, "v=spf1 ip4:192.0.2.50 -all")) as zone:  # the submission address: wrong
+        found = verdicts(settings, zone)["spf"]
+    assert found[0] == "fail" and "192.0.2.50 -all" in found[1], found
+    assert found[2].startswith('publish TXT example.org "v=spf1 include:amazonses.com ip4:192.0.2.50 -all"'), found
+
+
+def test_every_hosted_relay_in_the_table_is_recognised(doctor_settings, key):
+    from mailer.providers.smtp import HOSTED_RELAYS
+    for relay in HOSTED_RELAYS:
+        host = relay.host.replace("*", "us-east-1")
+        records = _ses_records(key, f"v=spf1 include:{relay.include} ~all")
+        records[host] = [("A", "192.0.2.60")]
+        records[relay.include] = [("TXT", "v=spf1 ip4:198.51.100.0/24 -all")]
+        with DnsZone(records) as zone:
+            found = verdicts(doctor_settings(MAILER_SMTP_HOST=host.upper()), zone)["spf"]
+        assert found[0] == "ok" and f"include:{relay.include}" in found[1], (relay, found)
+
+
+def test_unknown_relay_says_what_cannot_be_checked_and_the_override(doctor_settings, key):
+    records = good_records(key)
+    records["example.org"] = [("TXT", "v=spf1 include:_spf.relay.example.net -all")]
+    records["_spf.relay.example.net"] = [("TXT", "v=spf1 ip4:198.51.100.0/24 -all")]
+    with DnsZone(records) as zone:
+        found = verdicts(doctor_settings(), zone)["spf"]
+        assert found[0] == "fail" and "cannot be checked from here" in found[1] and "MAILER_SPF_INCLUDE" in found[1]
+        found = verdicts(doctor_settings(MAILER_SPF_INCLUDE="include:_spf.relay.example.net"), zone)["spf"]
+        assert found[0] == "ok" and "include:_spf.relay.example.net" in found[1], found
+        found = verdicts(doctor_settings(MAILER_SPF_INCLUDE="other.example.net"), zone)["spf"]
+        assert found[0] == "fail" and 'include:other.example.net include:_spf.relay.example.net' in found[2], found
+
+
+def test_spf_include_setting_is_checked(make_settings):
+    with pytest.raises(ConfigError, match="MAILER_SPF_INCLUDE"):
+        make_settings(MAILER_BACKEND="smtp", MAILER_SMTP_HOST="relay.example.org", MAILER_SPF_INCLUDE="not a domain")
+
+
+_SUGGESTED = __import__("re").compile(r'publish TXT (\S+) "([^"]*)"')
+
+
+def _apply_fix(zone, fix: str) -> tuple[str, str]:
+    """Publish the record a fix suggests (replacing that name's record of the same kind)."""
+    match = _SUGGESTED.search(fix)
+    assert match, fix
+    name, value = match.groups()
+    kind = value.split(";")[0].split(" ")[0].lower()
+    kept = [(t, v) for t, v in zone.records.get(name, []) if not (t == "TXT" and v.lower().startswith(kind))]
+    zone.records[name] = kept + [("TXT", value)]
+    return name, value
+
+
+def test_suggested_records_are_valid_and_make_the_check_pass(doctor_settings, key):
+    """Generated setups (IPv4/IPv6 relays, several addresses, a partial or missing SPF record, a missing
+    DKIM or DMARC record): every record a fix suggests, published as is, is read back by the doctor's
+    own checks (pyspf for SPF) and the check then passes."""
+    import random
+    rng = random.Random(int(os.environ.get("MAILER_TEST_SEED", "7208")))
+    for case in range(12):
+        v4 = [f"192.0.2.{n}" for n in rng.sample(range(1, 250), rng.randint(0, 3))]
+        v6 = [f"2001:db8::{n:x}" for n in rng.sample(range(1, 4000), rng.randint(0 if v4 else 1, 2))]
+        present = rng.sample(v4 + v6, rng.randint(0, max(0, len(v4 + v6) - 1)))
+        records = good_records(key)
+        records["relay.example.org"] = [("A", a) for a in v4] + [("AAAA", a) for a in v6]
+        existing = rng.choice([None, "ip", "include", "minus"])
+        spf = None
+        if existing == "ip":
+            spf = "v=spf1 " + " ".join(f"ip{4 if ':' not in a else 6}:{a}" for a in present) + rng.choice([" -all", " ~all"])
+        elif existing == "include":
+            spf = "v=spf1 include:_spf.other.example.net mx ?all"
+            records["_spf.other.example.net"] = [("TXT", "v=spf1 ip4:198.51.100.0/24 -all")]
+        elif existing == "minus" and present:
+            spf = f"v=spf1 -ip{4 if ':' not in present[0] else 6}:{present[0]} -all"
+        records["example.org"] = [("TXT", "google-site-verification=abc")] + ([("TXT", spf)] if spf else [])
+        if rng.random() < 0.4:
+            del records[key.record_name]
+        if rng.random() < 0.4:
+            del records["_dmarc.example.org"]
+        with DnsZone(records) as zone:
+            found = verdicts(doctor_settings(), zone)
+            for name in ("spf", "dkim", "dmarc"):
+                status, message, fix = found[name]
+                if status != "fail":
+                    continue
+                published = _apply_fix(zone, fix)
+                if name == "spf" and existing == "ip":  # only what does not pass yet is added
+                    assert all(published[1].count(address) == 1 for address in present), (case, published)
+                again = verdicts(doctor_settings(), zone)[name]
+                assert again[0] in ("ok", "warn"), (case, name, fix, again)
+                if name == "spf":
+                    assert "permanent error" not in again[1]
+                    assert evaluate_spf(Dns(zone.address, 2.0), ipaddress_of(v4, v6), "example.org").result == "pass"
+
+
+def ipaddress_of(v4: list[str], v6: list[str]):
+    import ipaddress
+    return ipaddress.ip_address((v4 or v6)[-1])
+
+
+def test_fix_for_a_relay_with_two_addresses_adds_only_the_failing_one(doctor_settings, key):
+    records = good_records(key)
+    records["relay.example.org"] = [("A", "192.0.2.10"), ("A", "192.0.2.11")]
+    records["example.org"] = [("TXT", "v=spf1 ip4:192.0.2.10 -all")]
+    with DnsZone(records) as zone:
+        found = verdicts(doctor_settings(), zone)["spf"]
+    assert found[0] == "fail"
+    assert found[2] == 'publish TXT example.org "v=spf1 ip4:192.0.2.11 ip4:192.0.2.10 -all" in place of ' \
+                       '"v=spf1 ip4:192.0.2.10 -all"', found
+    with DnsZone({**records, "example.org": []}) as zone:
+        found = verdicts(doctor_settings(MAILER_SMTP_HOST="127.0.0.1"), zone)["spf"]
+    assert found[2] == 'publish TXT example.org "v=spf1 ip4:127.0.0.1 ~all"', found

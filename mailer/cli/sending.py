@@ -21,7 +21,8 @@ log = logging.getLogger("mailer")
 @main.command()
 @click.argument("issue_ref", metavar="ISSUE")
 @click.option("--test", "test_addresses", default=None, metavar="ADDR[,ADDR]",
-              help="Send a test to these addresses only; the ledger is not touched.")
+              help="Send a test to these addresses only (ADDR or 'Name <ADDR>', comma-separated; quote a name "
+                   "holding a comma); the ledger is not touched.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--retry-failed", is_flag=True, help="Queue failed deliveries again.")
 @click.option("--include-new", is_flag=True, help="Also send to subscribers who joined after the freeze.")
@@ -64,7 +65,7 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
         from ..dkim_signing import dkim_warnings  # the signature the test carries, as a real send warns
         for warning in dkim_warnings(settings):
             click.echo(f"warning: {warning}", err=True)
-        results = dispatch.send_test(settings, issue_ref, test_addresses.split(","))
+        results = dispatch.send_test(settings, issue_ref, [test_addresses])
         failed = [r for r in results if r.outcome != "sent"]
         for result in results:
             where = f" ({result.provider_message_id})" if result.provider_message_id else ""

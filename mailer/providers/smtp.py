@@ -43,8 +43,9 @@ server's reply (or a crash between the reply and the ledger write): the message 
 accepted, and it is sent again, with the same Message-ID, which receivers that deduplicate use.
 
 `PROVIDER` declares it to the registry: its settings (MAILER_SMTP_HOST, _PORT, _USERNAME, _PASSWORD,
-_TLS, _POOL, _TIMEOUT), that it sends our bytes (our DKIM signature, our envelope sender), and that
-SPF must authorise the relay named by MAILER_SMTP_HOST.
+_TLS, _POOL, _TIMEOUT, MAILER_SPF_INCLUDE), that it sends our bytes (our DKIM signature, our envelope
+sender), and what SPF must authorise: the include a hosted relay documents (`HOSTED_RELAYS`, by
+MAILER_SMTP_HOST) or MAILER_SPF_INCLUDE, else the addresses of MAILER_SMTP_HOST.
 
 Longer than ~400 lines because the connection pool, its lanes, deadlines and the classification
 of SMTP replies form one state machine.
@@ -64,7 +65,7 @@ from dataclasses import dataclass, field
 
 from ..config import Settings, positive_seconds
 from ..errors import ConfigError, InvalidAddress
-from ..registry import Provider, Setting
+from ..registry import HostedRelay, Provider, Setting
 from .base import Backend, Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError
 from .deadline import Guard, Watchdog
 from .bounces.verp import Verp
@@ -641,6 +642,43 @@ def _reset(lane: _Lane) -> None:
         lane.drop()
 
 
+# Hosted relays: their submission host is not where their mail leaves from, so SPF must name the
+# include their documentation gives, not the submission host's addresses (mailer doctor). Each line's
+# source is the provider's own documentation of the SPF record to publish.
+HOSTED_RELAYS = (
+    # https://docs.aws.amazon.com/ses/latest/dg/send-email-authentication-spf.html
+    HostedRelay("email-smtp.*.amazonaws.com", "amazonses.com", "Amazon SES"),
+    # https://documentation.mailgun.com/docs/mailgun/user-manual/domains/domains-verify/
+    HostedRelay("smtp.mailgun.org", "mailgun.org", "Mailgun"),
+    HostedRelay("smtp.eu.mailgun.org", "mailgun.org", "Mailgun"),
+    # https://postmarkapp.com/support/article/1092-how-do-i-set-up-spf-for-postmark
+    HostedRelay("smtp.postmarkapp.com", "spf.mtasv.net", "Postmark"),
+    HostedRelay("smtp-broadcasts.postmarkapp.com", "spf.mtasv.net", "Postmark"),
+    # https://www.twilio.com/docs/sendgrid/ui/account-and-settings/spf-records
+    HostedRelay("smtp.sendgrid.net", "sendgrid.net", "SendGrid"),
+    # https://documentation.mailjet.com/hc/en-us/articles/360042412734-Authenticating-Domains-with-SPF-DKIM
+    HostedRelay("in-v3.mailjet.com", "spf.mailjet.com", "Mailjet"),
+    HostedRelay("in.mailjet.com", "spf.mailjet.com", "Mailjet"),
+    # https://help.brevo.com/hc/en-us/articles/12163873383186-Authenticate-your-domain-with-Brevo-Brevo-code-DKIM-DMARC
+    HostedRelay("smtp-relay.brevo.com", "spf.brevo.com", "Brevo"),
+    HostedRelay("smtp-relay.sendinblue.com", "spf.brevo.com", "Brevo"),
+    # https://support.sparkpost.com/docs/getting-started/getting-started-sparkpost#step-2-verify-your-domain
+    HostedRelay("smtp.sparkpostmail.com", "sparkpostmail.com", "SparkPost"),
+    # https://support.google.com/a/answer/10684623 (Google Workspace SMTP relay)
+    HostedRelay("smtp-relay.gmail.com", "_spf.google.com", "Google Workspace"),
+    # https://learn.microsoft.com/en-us/microsoft-365/security/office-365-security/email-authentication-spf-configure
+    HostedRelay("smtp.office365.com", "spf.protection.outlook.com", "Microsoft 365"),
+)
+
+
+def _spf_include(value: str) -> str:
+    """MAILER_SPF_INCLUDE: a domain name, written with or without `include:`."""
+    name = str(value).strip().removeprefix("include:").strip().rstrip(".").lower()
+    if name and not re.fullmatch(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}", name):
+        raise ValueError("is not a domain name to include: (e.g. amazonses.com)")
+    return name
+
+
 PROVIDER = Provider(
     name="smtp",
     backend=SmtpBackend.from_settings,
@@ -654,8 +692,12 @@ PROVIDER = Provider(
         Setting("smtp_pool", 4, "MAILER_SMTP_POOL"),
         # seconds, in total, per message and per connection attempt
         Setting("smtp_timeout", DEFAULT_TIMEOUT, "MAILER_SMTP_TIMEOUT", check=positive_seconds),
+        # what SPF must include for a relay whose outbound servers are not MAILER_SMTP_HOST (doctor)
+        Setting("spf_include", "", "MAILER_SPF_INCLUDE", normalise=_spf_include),
     ),
     label="SMTP",
     relay_host_setting="smtp_host",
+    hosted_relays=HOSTED_RELAYS,
+    spf_include_setting="spf_include",
     path_name="the relay",
 )

@@ -915,11 +915,14 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
 
 
 def send_test(settings: Settings, issue_ref: str, addresses: Sequence[str]) -> list[RecipientResult]:
-    """Send the issue to a few addresses, `[TEST]` in the subject; the ledger is never touched."""
-    from ..addresses import parse_address
+    """Send the issue to a few addresses, `[TEST]` in the subject; the ledger is never touched. Each
+    entry is one or more comma-separated mailboxes, `ADDR` or `Name <ADDR>` (RFC 5322 name-addr; a
+    non-ASCII name is written as RFC 2047 encoded words by `headers`). InvalidAddress for a bad one."""
+    from ..addresses import parse_address, split_mailboxes
 
     require_ready(settings)
-    parsed = [parse_address(a) for a in addresses if a.strip()]
+    parsed = [(name, parse_address(address)) for entry in addresses if entry.strip()
+              for name, address in split_mailboxes(entry)]
     if not parsed:
         raise MailerError("--test needs at least one address")
     issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
@@ -927,10 +930,10 @@ def send_test(settings: Settings, issue_ref: str, addresses: Sequence[str]) -> l
     factory = MessageFactory(rendered, subject_prefix="[TEST] ")
     key = secret_key_for(settings)
     messages = tuple(
-        OutgoingMessage(Recipient(email=a.given, unsubscribe_url=links.unsubscribe_url(settings.base_url, key,
-                                                                                      TEST_SUBSCRIBER_ID)),
+        OutgoingMessage(Recipient(email=a.given, name=name,
+                                  unsubscribe_url=links.unsubscribe_url(settings.base_url, key, TEST_SUBSCRIBER_ID)),
                         message_id=f"<test.{os.urandom(8).hex()}@{settings.sender_domain}>")
-        for a in parsed)
+        for name, a in parsed)
     with make_backend(settings) as backend:
         results = backend.send_batch(Batch(factory, messages, None, formatdate(usegmt=True)))
     return results

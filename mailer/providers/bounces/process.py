@@ -20,8 +20,9 @@ For each message not yet set aside (`sources`), `process_mailbox`:
    ranking (`statuses.SUPPRESSION_RANK`: a complaint outranks a bounce, which outranks an
    unsubscribe; nothing is lowered): a hard bounce → `bounced`; a complaint → `complained`; a soft
    bounce → `bounced` once MAILER_SOFT_BOUNCE_LIMIT (3) of the person's last MAILER_SOFT_BOUNCE_SENDS
-   (5) sends came back soft. A report about a send that predates the person's latest confirmation
-   (they came back since) changes nothing;
+   (5) sends came back soft. Every soft bounce is also a `soft_bounce` line of the person's history
+   (status code and the server's words; the status is not changed by it). A report about a send that
+   predates the person's latest confirmation (they came back since) changes no status;
 5. sets it aside (Maildir: `.Processed`; IMAP: flags, optional move; mbox: the store remembers).
 """
 
@@ -175,6 +176,10 @@ def _record(store: Store, conn: Connection, settings: Settings, key: bytes, verp
     store.insert_provider_events(conn, rows)
     if match is None:
         return
+    for kind, failure in kinds:  # a soft bounce changes no status: its own line in the person's history
+        if kind == "soft_bounced" and failure is not None:
+            store.record_event(conn, match.subscriber_id, "soft_bounce", source="mailbox",
+                               reason=f"soft bounce on {match.facts.slug}: {failure.reason}"[:2000])
     target = _suppression(store, conn, settings, reading, kinds, match)
     if target is None:
         return

@@ -129,12 +129,18 @@ def read_message(raw: bytes) -> Reading:
         msg = email.message_from_bytes(raw, policy=email.policy.compat32)
     except Exception as exc:  # noqa: BLE001 - the parser is lenient; belt and braces
         return Reading("unparseable", digest, problem=f"not a message: {exc}")
-    if not msg.keys() or not any(msg.get(name) for name in ("from", "date", "subject", "message-id")):
+    if not msg.keys():
         return Reading("unparseable", digest, problem="no header fields: not an RFC 5322 message")
     try:
-        return _read(msg, _leaf_view(raw), digest)
+        reading = _read(msg, _leaf_view(raw), digest)
     except Exception as exc:  # noqa: BLE001 - a malformed MIME tree must not stop the mailbox
-        return Reading("unparseable", digest, problem=f"unreadable: {type(exc).__name__}: {exc}"[:300])
+        reading = Reading("unparseable", digest, problem=f"unreadable: {type(exc).__name__}: {exc}"[:300])
+    if any(msg.get(name) for name in ("from", "date", "subject", "message-id")):
+        return reading
+    found = ", ".join(dict.fromkeys(str(name) for name in msg.keys()))[:120]
+    problem = f"no From, Date, Subject or Message-ID field (only {found}): not an RFC 5322 message"
+    more = f"; and its body: {reading.problem}" if reading.kind == "unparseable" and reading.problem else ""
+    return Reading("unparseable", digest, problem=(problem + more)[:300])
 
 
 # The report parts Python's parser would split into header blocks (message/delivery-status) or parse as
@@ -310,9 +316,13 @@ _COPY_BOUNDARY = re.compile(r"(?im)^(?:[ \t-]*(?:this is a copy of|below this li
 
 
 def _line_near(body: str, address: str) -> str:
+    """What a plain-text bounce says after the address (and qmail's `>:`) up to the copied message."""
     at = body.lower().find(address)
     if at < 0:
         return ""
+    at += len(address)
+    while at < len(body) and body[at] in ">:;,\"' \t\r\n":
+        at += 1
     window = body[at:at + 400]
     cut = _COPY_BOUNDARY.search(window, 1)
     return " ".join((window[:cut.start()] if cut else window).split())[:300]

@@ -3,8 +3,13 @@
 One small interface (`MailboxSource`: `messages()` yields (key, bytes); `set_aside(key)` marks one
 processed) over three kinds, picked by `open_source(SOURCE)`:
 
-- a **Maildir** folder (`cur/ new/ tmp/`, stdlib `mailbox.Maildir`): a processed message moves to the
-  Maildir++ sub-folder `.Processed` (flag Seen), so the inbox keeps only what still needs a look;
+- a **Maildir** folder (`cur/ new/ tmp/`, stdlib `mailbox.Maildir`): a processed message moves (flag
+  Seen) to the folder `Processed` under it, so the inbox keeps only what still needs a look. Folders
+  are Maildir++ (Courier's layout, which Dovecot and IMAP clients read): sub-folders are siblings with
+  dotted names inside the top Maildir. So for `~/Maildir` it is `~/Maildir/.Processed`, and for a
+  folder `~/Maildir/.bounces` (its parent a Maildir, its name starting with a dot) it is
+  `~/Maildir/.bounces.Processed` (made with cur/ new/ tmp/ and the `maildirfolder` file, as Dovecot
+  makes folders), which IMAP lists as `bounces.Processed` (or `bounces/Processed`);
 - an **mbox** file (stdlib `mailbox.mbox`): read only, never rewritten; what was processed is known
   from the store (each message's digest, see `process`);
 - **IMAP** (`imapclient`): `imap://user@host[:port]/FOLDER` is IMAPS (TLS from the first byte, port
@@ -107,15 +112,33 @@ class MaildirSource(MailboxSource):
             except (KeyError, FileNotFoundError):  # taken by another reader meanwhile
                 continue
 
+    def processed_path(self) -> Path:
+        """Where processed messages go: `.Processed` inside a top Maildir; the sibling
+        `.NAME.Processed` for a Maildir++ folder `.NAME` (its parent a Maildir)."""
+        path = self.path.resolve()
+        parent = path.parent
+        if path.name.startswith(".") and len(path.name) > 1 and all((parent / name).is_dir()
+                                                                    for name in ("cur", "new", "tmp")):
+            return parent / f"{path.name}.{PROCESSED_FOLDER}"
+        return path / f".{PROCESSED_FOLDER}"
+
+    def _processed_box(self) -> mailbox.Maildir:
+        folder = self.processed_path()
+        try:
+            for name in ("cur", "new", "tmp"):
+                (folder / name).mkdir(mode=0o700, parents=True, exist_ok=True)
+            (folder / "maildirfolder").touch(exist_ok=True)  # Maildir++: a folder, not a top Maildir
+        except OSError as exc:
+            raise MailboxError(f"{self.label}: cannot make {folder} for processed messages: "
+                               f"{exc.strerror or exc}") from None
+        return mailbox.Maildir(folder, factory=None, create=False)
+
     def set_aside(self, key: object) -> None:
-        """Move to `.Processed/cur` with the Seen flag (written there first, then removed here: a crash
-        in between leaves a copy in both, which the store's digest recognises)."""
+        """Move to the processed folder's `cur/` with the Seen flag (written there first, then removed
+        here: a crash in between leaves a copy in both, which the store's digest recognises)."""
         assert self._box is not None
         if self._done is None:
-            try:
-                self._done = self._box.get_folder(PROCESSED_FOLDER)
-            except mailbox.NoSuchMailboxError:
-                self._done = self._box.add_folder(PROCESSED_FOLDER)
+            self._done = self._processed_box()
         try:
             message = self._box.get_message(key)
         except KeyError:
@@ -126,7 +149,7 @@ class MaildirSource(MailboxSource):
             self._done.add(message)
             self._box.discard(key)
         except OSError as exc:
-            raise MailboxError(f"{self.label}: cannot move a processed message to .{PROCESSED_FOLDER}: "
+            raise MailboxError(f"{self.label}: cannot move a processed message to {self.processed_path()}: "
                                f"{exc.strerror or exc}") from None
 
 
