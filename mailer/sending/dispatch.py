@@ -203,6 +203,7 @@ class Sender:
         self._unsubscribe_prefix = self.base_url + links.UNSUBSCRIBE.split("{token}")[0]  # links.unsubscribe_url's
         self._token = tokens.TokenMaker(self.key, "unsubscribe", issue_id)
         self._message_id = tokens.MessageIds(self.key, self.slug, self.domain)
+        self._languages: dict[str | None, str] = {}  # subscriber's stored language -> key in `factories`
         self.rate_limiter = rate_limiter or SendRateLimiter(settings.rate_limit, store, issue_id)
         self.stop = stop or threading.Event()
         self.progress = progress or Progress(rendered.key, 0)
@@ -319,10 +320,14 @@ class Sender:
         skipped = [{"id": r.delivery_id, "status": "skipped", "last_error": f"subscriber is {r.subscriber_status}"}
                    for r in rows if r.subscriber_status != "active"]
         groups: dict[str, list[OutgoingMessage]] = {}  # by language of fixed strings: one factory per request
-        for row in rows:
-            if row.subscriber_status == "active":
-                groups.setdefault(self._language_of(row.language), []).append(
-                    self.recipient_for(row.subscriber_id, row.email_given, row.name, row.delivery_id, row.first_name))
+        active = [row for row in rows if row.subscriber_status == "active"] if skipped else rows
+        prefix, message_id, language_of = self._unsubscribe_prefix, self._message_id, self._language_of
+        # the same messages as `recipient_for`, the batch's tokens made at once (`TokenMaker.many`)
+        for row, token in zip(active, self._token.many([row.subscriber_id for row in active])):
+            subscriber_id = row.subscriber_id
+            groups.setdefault(language_of(row.language), []).append(OutgoingMessage(
+                Recipient(row.email_given, prefix + token, row.name, subscriber_id, str(row.first_name or "")),
+                message_id(subscriber_id), row.delivery_id))
         messages = [message for group in groups.values() for message in group]
         attempts = {r.delivery_id: r.attempts for r in rows}
         if skipped:
@@ -397,9 +402,14 @@ class Sender:
 
     def _language_of(self, subscriber_language: str | None) -> str:
         """The key in `factories` of a subscriber's language (`Edition.language_for`; the default
-        for a rendering without variants)."""
-        language_for = getattr(self.rendered, "language_for", None)
-        return language_for(subscriber_language) if language_for else next(iter(self.factories))
+        for a rendering without variants), remembered per stored value (a list holds a handful)."""
+        known = self._languages.get(subscriber_language)
+        if known is None:
+            language_for = getattr(self.rendered, "language_for", None)
+            known = language_for(subscriber_language) if language_for else next(iter(self.factories))
+            if len(self._languages) < 1000:
+                self._languages[subscriber_language] = known
+        return known
 
     def _hand_back(self, conn: Connection, worker: str) -> None:
         """Put this worker's claimed rows back in the queue (no attempt is counted: nobody refused them, or
