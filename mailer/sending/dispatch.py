@@ -856,9 +856,6 @@ def run_workers(sender: Sender, workers: int | None, batch_size: int | None = No
     thread claims, builds or records while the others' requests are in flight): `lanes()` decides how
     many and how big unless given. A stop cuts what is still in flight STOP_GRACE seconds after it was
     asked."""
-    if os.environ.get("MAILER_BENCH_DEFAULT_GC"):  # bench A/B only
-        _run_workers(sender, workers, batch_size)
-        return
     with fewer_collections():
         _run_workers(sender, workers, batch_size)
 
