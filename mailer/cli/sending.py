@@ -28,6 +28,9 @@ log = logging.getLogger("mailer")
 @click.option("--workers", default=None, type=click.IntRange(1, 64),
               help="Sender threads. Default: SMTP 1 connection; SendGrid as many requests in flight as "
                    "MAILER_SENDGRID_IN_FLIGHT recipients allow (4000: 4 requests of 1000).")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Sending processes sharing the frozen recipients (one core each builds requests); each has "
+                   "its own requests in flight, so a crash may repeat up to in-flight x processes.")
 @click.option("--allow-draft", is_flag=True,
               help="Send it as it is, even though it is a draft or still holds placeholders of `mailer issue new`.")
 @click.option("--rebuild", is_flag=True,
@@ -41,7 +44,8 @@ log = logging.getLogger("mailer")
                    "the later waves keep their time.")
 @handle_errors
 def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bool, include_new: bool,
-         workers: int | None, allow_draft: bool, rebuild: bool, send_now: bool, release_missed: bool) -> None:
+         workers: int | None, processes: int, allow_draft: bool, rebuild: bool, send_now: bool,
+         release_missed: bool) -> None:
     """Send ISSUE to every active subscriber (or a test to --test addresses).
 
     Every build warning is printed first. An issue whose issue.toml says draft = true, or that still
@@ -95,7 +99,7 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
 
         report = dispatch.send_issue(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
                                      workers=workers, stop=stop, on_progress=on_progress, allow_draft=allow_draft,
-                                     rebuild=rebuild, release=release)
+                                     rebuild=rebuild, release=release, processes=processes)
     counts = report.counts
     if report.notice and rebuild:
         click.echo(report.notice, err=True)
