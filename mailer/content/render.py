@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import re
+from functools import lru_cache
 from html.parser import HTMLParser
 import time
 import unicodedata
@@ -298,6 +299,12 @@ def fill_greeting(pattern: str, first_name: str) -> str:
         return pattern
     if first_name:
         return pattern.replace("{name}", first_name)
+    return _nameless_greeting(pattern)
+
+
+@lru_cache(maxsize=64)
+def _nameless_greeting(pattern: str) -> str:
+    """`fill_greeting(pattern, "")`: the same for every recipient without a name, made once per pattern."""
     text = re.sub(r"\s*\{name\}", "", pattern).lstrip(" ,")
     return text[:1].upper() + text[1:]
 

@@ -34,16 +34,15 @@ A batch is never raised on once part of it was accepted (which only happens when
 more than 1000 messages, or one address twice): the rest is reported per recipient instead, as
 `deferred` (the failure was SendGrid's, not theirs), so nothing accepted is ever sent again.
 
-The library is used the fast way: the request body is JSON text assembled from pieces prepared once
-per issue (the static part encoded once; per recipient only its own values go through the C string
-encoder `json.encoder.encode_basestring_ascii`), and posted through python_http_client's `Client`
-(its URL, headers, `_make_request` transport seam, `Response` and `HTTPError` classes) by
-`_GuardedClient.post_json`, which is the library's `http_request` for a ready body minus one thing:
-`http_request` formats the whole payload for a DEBUG log line even when logging is off (≈10 ms per
-300 KB request, measured). Plain dicts with `json.dumps` cost ≈8 ms per 1000 personalizations, the
-helper classes ≈51 ms. `personalization()` builds the same personalization as a dict: the reference
-the text is tested against, and the exact size check. Our own code here rather than a JSON library
-because the hot path is the product: the text assembly costs about a third of dicts + `json.dumps`.
+The library is used the fast way: the request body is the static part, encoded once per issue,
+followed by the request's personalizations as plain dicts (`personalization()`, one key at a time)
+encoded by orjson in one call (encoding ≈ 0.2 µs a personalization against ≈ 7 µs with `json.dumps`;
+built and encoded, slot values included, ≈ 5.7 µs against ≈ 8.9 µs for the JSON text this module used
+to assemble piece by piece; CPU time, issue 12), and posted through
+python_http_client's `Client` (its URL, headers, `_make_request` transport seam, `Response` and
+`HTTPError` classes) by `_GuardedClient.post_json`, which is the library's `http_request` for a ready
+body minus one thing: `http_request` formats the whole payload for a DEBUG log line even when logging
+is off (≈10 ms per 300 KB request, measured). The helper classes cost ≈51 ms per 1000 recipients.
 
 `PROVIDER` declares it to the registry: its settings (SENDGRID_API_KEY, MAILER_SENDGRID_API_URL,
 _SANDBOX, _WEBHOOK_PUBLIC_KEY, _TIMEOUT, _IN_FLIGHT), its Event Webhook (`sendgrid_events`), and
@@ -160,8 +159,10 @@ class _GuardedClient(python_http_client.Client):
         Raises the library's `HTTPError` subclasses, as `post()` does."""
         request = urllib.request.Request(self._build_url(None), data=data, method="POST",
                                          headers={**self.request_headers, "Content-Type": "application/json"})
-        return python_http_client.client.Response(
-            self._make_request(urllib.request.build_opener(), request, timeout=self.timeout))
+        # the opener is replaced by the guarded one in `_make_request` when a guard is set (always, from
+        # `_post`): a default opener (≈ 20 handlers) is built only without one
+        opener = None if self.guard is not None else urllib.request.build_opener()
+        return python_http_client.client.Response(self._make_request(opener, request, timeout=self.timeout))
 
 
 class _BadRequest(Exception):
