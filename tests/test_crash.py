@@ -507,3 +507,43 @@ def test_sigterm_to_the_parent_stops_every_sending_process_gracefully_and_repeat
                                  timeout=180)
         assert resumed.returncode == 0, resumed.stderr
         assert server.count_by_recipient() == Counter(addresses)
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_parent_repeats_at_most_its_own_in_flight_and_its_helpers_finish_and_stop(
+        store, db_url, project):
+    """SIGKILL of `mailer send --processes 3` (the parent alone) while every process has requests in
+    flight: the helpers see their parent gone, let their requests finish, record them and stop by
+    themselves; only the parent's own in-flight recipients (≤ MAILER_SENDGRID_IN_FLIGHT = 200) stay
+    unrecorded, and the resumed send repeats exactly those, nobody skipped."""
+    addresses = _populate(store, project, 1500)
+    with SendGridServer(latency=1.0) as server:
+        env = _sendgrid_env(db_url, server.url, MAILER_SENDGRID_IN_FLIGHT="200")
+        victim = subprocess.Popen([*SEND, "--processes", "3"], cwd=project, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        try:
+            _wait_for(lambda: len(_processes_of(victim.pid)) == 2, 60, "two helper processes")
+            helpers = _processes_of(victim.pid)
+            _wait_for(lambda: server.in_flight_requests >= 3, 60, "requests of several processes in flight")
+        finally:
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+        _wait_for(lambda: not any(_running(pid) for pid in helpers), 40, "the helpers to stop by themselves")
+        _wait_for(lambda: server.in_flight_requests == 0, 10, "the server to finish what it was handed")
+        with store.engine.connect() as conn:
+            issue_id = store.issue_row(conn, EXAMPLE_ISSUE).id
+            held_by = {row.claimed_by.split(":")[1] for row in conn.execute(
+                sa.select(deliveries.c.claimed_by).where(deliveries.c.issue_id == issue_id,
+                                                         deliveries.c.status == "sending"))}
+            sent_before = {row.email_given for row in conn.execute(sa.select(subscribers.c.email_given).join(
+                deliveries, deliveries.c.subscriber_id == subscribers.c.id).where(
+                deliveries.c.issue_id == issue_id, deliveries.c.status == "sent"))}
+        assert held_by <= {str(victim.pid)}, "a helper left claims behind"
+        accepted = {p["to"][0]["email"] for r in server.accepted for p in r.personalizations}
+        in_flight = accepted - sent_before
+        assert len(in_flight) <= 200
+        resumed = subprocess.run(SEND, cwd=project, env=env, capture_output=True, text=True, timeout=180)
+        assert resumed.returncode == 0, resumed.stderr
+        counts = server.count_by_recipient()
+        assert set(counts) == set(addresses), "someone was skipped"
+        assert {a for a, n in counts.items() if n > 1} == in_flight
