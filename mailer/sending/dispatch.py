@@ -764,21 +764,21 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
                           edition=prepared.edition.number, notice=prepared.notice)
     progress = Progress(slug, total=claimable + counts["sending"])
     backend_factory = backend_factory or (lambda: make_backend(settings))
-    helpers = None
-    if processes > 1 and claimable:
-        from .processes import Helpers
-        helpers = Helpers(settings, prepared.issue_id, slug, processes - 1, workers)
-        on_progress = _with_helpers(on_progress, helpers) if on_progress else None
-    gate = helpers.gate if helpers else None
     sender = Sender(settings, store, prepared.edition, prepared.issue_id, backend_factory,
                     stop=stop, progress=progress, on_progress=on_progress, factory=prepared.factory,
-                    factories=prepared.factories, shared_gate=gate)
+                    factories=prepared.factories)
+    helpers = gate = None
     held: list[str] = []
     bridge_done = threading.Event()
-    if helpers:
-        threading.Thread(target=_bridge, args=(helpers, stop, lambda: sender, bridge_done),
-                         name="mailer-helpers-bridge", daemon=True).start()
     try:
+        if processes > 1 and claimable:
+            from .processes import Helpers
+            helpers = Helpers(settings, prepared.issue_id, slug, processes - 1, workers)
+            gate = sender._shared_gate = helpers.gate
+            if on_progress:
+                on_progress = sender.on_progress = _with_helpers(on_progress, helpers)
+            threading.Thread(target=_bridge, args=(helpers, stop, lambda: sender, bridge_done),
+                             name="mailer-helpers-bridge", daemon=True).start()
         while True:
             if claimable:
                 run_workers(sender, workers)
