@@ -547,3 +547,33 @@ def test_sigkill_of_the_parent_repeats_at_most_its_own_in_flight_and_its_helpers
         counts = server.count_by_recipient()
         assert set(counts) == set(addresses), "someone was skipped"
         assert {a for a, n in counts.items() if n > 1} == in_flight
+
+
+@pytest.mark.slow
+def test_worker_processes_started_together_share_the_queue_and_stop_together(store, db_url, project):
+    """`mailer worker --processes 3`: three real processes drain a frozen send, every subscriber once,
+    and the count printed is theirs together; then `mailer worker --processes 3` with nothing queued
+    waits, and one SIGTERM to it ends all three (exit 0, no helper left, no traceback)."""
+    addresses = _populate(store, project, 1500)
+    with SendGridServer(latency=1.0) as server:
+        env = _sendgrid_env(db_url, server.url, MAILER_SENDGRID_IN_FLIGHT="200")
+        settings = load_settings(project, env=env)
+        dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)  # freeze; the workers do the sending
+        command = [sys.executable, "-m", "mailer.cli", "worker", "--processes", "3"]
+        drained = subprocess.run([*command, "--once"], cwd=project, env=env, capture_output=True, text=True,
+                                 timeout=180)
+        assert drained.returncode == 0, drained.stderr
+        assert drained.stdout.strip().endswith(f"worker stopped: {len(addresses)} sent"), drained.stdout
+        assert server.count_by_recipient() == Counter(addresses)
+        with store.engine.connect() as conn:
+            pids = {row[0].split(":")[1] for row in conn.execute(sa.select(deliveries.c.claimed_by).distinct())}
+        assert len(pids) >= 2, pids
+        waiting = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        _wait_for(lambda: len(_processes_of(waiting.pid)) == 2, 60, "two helper processes")
+        helpers = _processes_of(waiting.pid)
+        time.sleep(1.0)
+        waiting.send_signal(signal.SIGTERM)
+        _, stderr = waiting.communicate(timeout=30)
+        assert waiting.returncode == 0 and "Traceback" not in stderr, stderr
+        assert not [pid for pid in helpers if _running(pid)], "a worker process outlived the stop"

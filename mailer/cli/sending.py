@@ -279,15 +279,23 @@ def _echo_figures(figures: Iterable[tuple[str, object]], *, width: int) -> None:
 
 @main.command()
 @click.option("--once", is_flag=True, help="Drain what is queued now, then exit.")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes started together (one core each); a stop reaches all of them.")
 @handle_errors
-def worker(once: bool) -> None:
+def worker(once: bool, processes: int) -> None:
     """Claim and send queued deliveries of any issue (run as many as you like on PostgreSQL)."""
     from ..sending.dispatch import work_queue
     settings = _settings()
     stop = threading.Event()
     _install_stop_handlers(stop)
     try:
-        sent = work_queue(settings, _store(settings), stop=stop, once=once)
+        if processes > 1:
+            from ..providers import require_ready
+            from ..sending.processes import work_in_processes
+            require_ready(settings)  # the one-line refusal before any process starts
+            sent = work_in_processes(settings, processes, stop=stop, once=once)
+        else:
+            sent = work_queue(settings, _store(settings), stop=stop, once=once)
     except UnresumableSend as exc:  # the count, then the one line and exit 9 (handle_errors)
         click.echo(f"worker stopped: {exc.sent} sent")
         raise

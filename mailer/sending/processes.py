@@ -16,6 +16,9 @@ them itself. What they share besides, through shared memory, is what makes them 
 * a pause: a helper that pauses the send (`SendAborted`'s reasons) reports it, the parent pauses too;
 * the counts the parent's progress and report show.
 
+`mailer worker --processes N` (`work_in_processes`) is the same for workers: N `work_queue` loops, one
+stop for all.
+
 Crash window: each process has at most MAILER_SENDGRID_IN_FLIGHT recipients in flight, so a SIGKILL
 of every process at once may repeat at most in-flight × N recipients; a SIGKILL of the parent alone
 repeats at most its own in flight (the helpers finish and record theirs). A graceful stop repeats
@@ -32,6 +35,7 @@ import time
 from typing import Any
 
 from ..config import Settings
+from ..errors import MailerError
 
 log = logging.getLogger("mailer.dispatch")
 
@@ -123,6 +127,66 @@ def _helper_main(settings: Settings, issue_id: int, slug: str, workers: int | No
                 break
             if not sender.edition_changed:
                 break  # nothing left to claim
+    finally:
+        stop.set()
+        store.close()
+
+
+def work_in_processes(settings: Settings, count: int, *, stop: threading.Event, once: bool) -> int:
+    """`mailer worker --processes N`: `work_queue` in this process and in `count` - 1 helper processes
+    (spawned; they ignore signals: a stop here stops them gracefully; a helper whose parent died stops
+    by itself). Returns the messages all of them sent."""
+    from ..store import open_store
+    from .dispatch import work_queue
+
+    context = multiprocessing.get_context("spawn")
+    stop_event = context.Event()
+    sent = context.Array("q", count)
+    helpers = [context.Process(target=_worker_main, name=f"mailer-worker-{index}",
+                               args=(settings, once, stop_event, sent, index)) for index in range(1, count)]
+    for process in helpers:
+        process.start()
+    done = threading.Event()
+
+    def bridge() -> None:
+        while not done.wait(0.2):
+            if stop.is_set():
+                stop_event.set()
+
+    threading.Thread(target=bridge, name="mailer-workers-bridge", daemon=True).start()
+    store = open_store(settings.database_url)
+    try:
+        sent[0] = work_queue(settings, store, stop=stop, once=once)
+    finally:
+        store.close()
+        if stop.is_set():
+            stop_event.set()
+        for process in helpers:
+            process.join()
+        done.set()
+    return sum(sent[:])
+
+
+def _worker_main(settings: Settings, once: bool, stop_event: Any, sent: Any, index: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from ..store import open_store
+    from .dispatch import work_queue
+
+    stop = threading.Event()
+    parent = multiprocessing.parent_process()
+
+    def watch() -> None:
+        while not stop.is_set():
+            if stop_event.wait(0.2) or (parent is not None and not parent.is_alive()):
+                stop.set()
+
+    threading.Thread(target=watch, name="mailer-helper-watch", daemon=True).start()
+    store = open_store(settings.database_url)
+    try:
+        sent[index] = work_queue(settings, store, stop=stop, once=once)
+    except MailerError as exc:  # the parent meets the same and says it; here only the count
+        sent[index] = getattr(exc, "sent", 0)
     finally:
         stop.set()
         store.close()
