@@ -27,6 +27,7 @@ nobody: every process lets what it has in flight finish and be recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import signal
@@ -53,7 +54,7 @@ class Helpers:
         self._pauses = context.SimpleQueue()
         self.processes = [
             context.Process(target=_helper_main, name=f"mailer-send-{index + 1}",
-                            args=(settings, issue_id, slug, workers, index, self.stop_event, self.gate, self.counts,
+                            args=(_picklable(settings), issue_id, slug, workers, index, self.stop_event, self.gate, self.counts,
                                   self._pauses), daemon=False)
             for index in range(count)]
         for process in self.processes:
@@ -88,6 +89,12 @@ class Helpers:
                     log.warning("%s did not stop within %.0f s: killed", process.name, grace)
                     process.kill()
                     process.join(5)
+
+
+def _picklable(settings: Settings) -> Settings:
+    """The same settings without what its cached properties hold (the provider's registry entry, with
+    its validators: functions, not data); the helper process computes those again."""
+    return dataclasses.replace(settings)
 
 
 def _helper_main(settings: Settings, issue_id: int, slug: str, workers: int | None, index: int,
@@ -143,7 +150,8 @@ def work_in_processes(settings: Settings, count: int, *, stop: threading.Event, 
     stop_event = context.Event()
     sent = context.Array("q", count)
     helpers = [context.Process(target=_worker_main, name=f"mailer-worker-{index}",
-                               args=(settings, once, stop_event, sent, index)) for index in range(1, count)]
+                               args=(_picklable(settings), once, stop_event, sent, index))
+               for index in range(1, count)]
     for process in helpers:
         process.start()
     done = threading.Event()
