@@ -32,9 +32,12 @@ import hmac
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Sequence
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+from cryptography.hazmat.primitives.cmac import CMAC
 
 from .errors import MailerError
 
@@ -64,9 +67,13 @@ class TokenData:
     legacy: bool = field(default=False, compare=False)  # the pre-0.2 shape: still honoured, never made
 
 
+def _siv_key(key: bytes) -> bytes:
+    return hmac.digest(key, b"mailer token encryption key v2", "sha512")
+
+
 @lru_cache(maxsize=8)
 def _siv(key: bytes) -> AESSIV:
-    return AESSIV(hmac.digest(key, b"mailer token encryption key v2", "sha512"))
+    return AESSIV(_siv_key(key))
 
 
 def _associated(purpose: str) -> list[bytes]:
@@ -260,7 +267,7 @@ class TokenMaker:
     associated data are prepared once (the send loop makes one token per recipient). The tokens are
     exactly `make_token`'s."""
 
-    __slots__ = ("_encrypt", "_associated", "_issue")
+    __slots__ = ("_encrypt", "_associated", "_issue", "_batch")
 
     def __init__(self, key: bytes, purpose: str, issue_id: int | None = None) -> None:
         if purpose not in PURPOSES:
@@ -268,10 +275,86 @@ class TokenMaker:
         self._encrypt = _siv(key).encrypt
         self._associated = _associated(purpose)
         self._issue = b"" if issue_id is None else issue_id.to_bytes(4, "big")
+        self._batch = SivBatch(_siv_key(key), self._associated)
 
     def __call__(self, subscriber_id: int) -> str:
         raw = _VERSION_BYTE + self._encrypt(subscriber_id.to_bytes(8, "big") + self._issue, self._associated)
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    def many(self, subscriber_ids: Sequence[int]) -> list[str]:
+        """`[self(i) for i in subscriber_ids]`, the same tokens for about a third of the CPU (`SivBatch`)."""
+        return [base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+                for raw in self._batch.encrypt([i.to_bytes(8, "big") + self._issue for i in subscriber_ids])]
+
+
+class SivBatch:
+    """AES-SIV (RFC 5297) encryption of many short plaintexts under one key and one associated data: the
+    same bytes as `AESSIV(key).encrypt(plaintext, associated)`, each `V | C` prefixed with the version
+    byte, computed with two AES-ECB calls per batch instead of one AESSIV call per plaintext.
+
+    Why our own code here: the send loop makes one token per recipient, and an AESSIV call costs about
+    3 µs each (a fresh cipher context per call), a tenth of the whole per-recipient budget (issue 12).
+    The construction, for a plaintext P shorter than a block (every token's is 8 or 12 bytes):
+    S2V's D over the associated data is the same for every plaintext, so it is computed once with
+    `cryptography`'s CMAC; then per plaintext V = AES-CMAC(K1, dbl(D) xor pad(P)) is one block, i.e.
+    AES(K1, dbl(D) xor pad(P) xor K1-subkey) (RFC 4493: a complete last block), and
+    C = P xor AES(K2, V with bits 63 and 31 cleared) (RFC 5297 §2.6, the first counter block).
+    `tests/test_tokens.py` checks it against `AESSIV` on generated ids, lengths and keys."""
+
+    __slots__ = ("_mac_key", "_ctr_key", "_first")
+
+    def __init__(self, key: bytes, associated: list[bytes]) -> None:
+        half = len(key) // 2
+        self._mac_key, self._ctr_key = key[:half], key[half:]
+        mac_block = _ecb(self._mac_key).update(bytes(16))
+        subkey = _dbl(mac_block)  # RFC 4493 K1: a complete last block is xored with it
+        d = _cmac(self._mac_key, bytes(16))
+        for part in associated:
+            d = _xor(_dbl(d), _cmac(self._mac_key, part))
+        self._first = _xor(_dbl(d), subkey)  # dbl(D) xor K1-subkey: what pad(P) is xored with
+
+    def encrypt(self, plaintexts: Sequence[bytes]) -> list[bytes]:
+        """0x02 | V | C for each plaintext (each shorter than 16 bytes), in order."""
+        if not plaintexts:
+            return []
+        count = len(plaintexts)
+        if any(len(p) >= 16 for p in plaintexts):
+            raise ValueError("SivBatch takes plaintexts shorter than one block")
+        padded = b"".join([p + b"\x80" + bytes(15 - len(p)) for p in plaintexts])
+        blocks = (int.from_bytes(padded, "big") ^ int.from_bytes(self._first * count, "big")).to_bytes(16 * count, "big")
+        tags = _ecb(self._mac_key).update(blocks)
+        counters = (int.from_bytes(tags, "big") & int.from_bytes(_CTR_MASK * count, "big")).to_bytes(16 * count, "big")
+        stream = _ecb(self._ctr_key).update(counters)
+        # P xor the keystream, for every block at once (the pad bytes after P are dropped below)
+        ciphers = (int.from_bytes(padded, "big") ^ int.from_bytes(stream, "big")).to_bytes(16 * count, "big")
+        version = _VERSION_BYTE
+        return [version + tags[at:at + 16] + ciphers[at:at + len(plain)]
+                for at, plain in zip(range(0, 16 * count, 16), plaintexts)]
+
+
+_CTR_MASK = bytes.fromhex("ffffffffffffffff7fffffff7fffffff")  # RFC 5297 §2.5: bits 63 and 31 of V cleared
+
+
+def _ecb(key: bytes):  # noqa: ANN202 - cryptography's encryptor context
+    return Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # noqa: S305 - single blocks, see SivBatch
+
+
+def _cmac(key: bytes, data: bytes) -> bytes:
+    mac = CMAC(algorithms.AES(key))
+    mac.update(data)
+    return mac.finalize()
+
+
+def _dbl(block: bytes) -> bytes:
+    """RFC 5297 §2.3 doubling in GF(2^128)."""
+    value = int.from_bytes(block, "big") << 1
+    if value >> 128:
+        value = (value ^ 0x87) & ((1 << 128) - 1)
+    return value.to_bytes(16, "big")
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
 
 
 class MessageIds:

@@ -440,3 +440,140 @@ def test_a_graceful_stop_leaves_the_issue_paused_stopped_and_the_same_command_re
     resumed = subprocess.run(SEND, cwd=project, env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert smtp_sink.handler.per_recipient() == Counter(addresses)
+
+
+# ----- `mailer send --processes N`: several sending processes, one send ------------------------------------
+def _processes_of(pid: int) -> list[int]:
+    """`pid`'s helper processes: its children started by multiprocessing's spawn (not its resource tracker)."""
+    found = []
+    for child in _children(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in command:
+            found.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "(zombie)" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_several_sending_processes_reach_everyone_exactly_once(store, db_url, project):
+    """`--processes 3`: three real processes share the frozen list through the ledger's claims; every
+    subscriber gets exactly one message, and helpers did send part of it (claimants of other pids)."""
+    addresses = _populate(store, project, 1500)
+    with SendGridServer(latency=1.0) as server:
+        env = _sendgrid_env(db_url, server.url, MAILER_SENDGRID_IN_FLIGHT="200")
+        done = subprocess.run([*SEND, "--processes", "3"], cwd=project, env=env, capture_output=True, text=True,
+                              timeout=180)
+        assert done.returncode == 0, done.stderr
+        assert f"sent {len(addresses)} now" in done.stdout, done.stdout
+        assert server.count_by_recipient() == Counter(addresses)
+    assert _counts(store)["sent"] == len(addresses)
+    with store.engine.connect() as conn:
+        pids = {row[0].split(":")[1] for row in conn.execute(sa.select(deliveries.c.claimed_by).distinct())}
+    assert len(pids) >= 2, pids  # helpers claimed and sent part of the list (a third may start late on a busy machine)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_parent_stops_every_sending_process_gracefully_and_repeats_nobody(store, db_url, project):
+    """SIGTERM to `mailer send --processes 3` while requests of every process are in flight: the
+    parent passes the stop on, each process lets its requests finish and records them, all of them
+    exit (exit 5, paused, no traceback), nothing stays `sending`; the same command resumes and nobody
+    gets a second message."""
+    addresses = _populate(store, project, 1500)
+    with SendGridServer(latency=1.0) as server:
+        env = _sendgrid_env(db_url, server.url, MAILER_SENDGRID_IN_FLIGHT="200")
+        victim = subprocess.Popen([*SEND, "--processes", "3"], cwd=project, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: len(_processes_of(victim.pid)) == 2, 60, "two helper processes")
+        helpers = _processes_of(victim.pid)
+        # each process has at most 2 requests of 100 in flight: a third one is a helper's
+        _wait_for(lambda: server.in_flight_requests >= 3, 60, "requests of several processes in flight")
+        victim.send_signal(signal.SIGTERM)
+        _, stderr = victim.communicate(timeout=40)
+        assert victim.returncode == 5 and "Traceback" not in stderr, stderr
+        assert not [pid for pid in helpers if _running(pid)], "a helper outlived its parent"
+        stopped = _counts(store)
+        assert stopped["sent"] == server.accepted_recipients and stopped["sending"] == 0
+        assert 0 < stopped["sent"] < len(addresses)
+        resumed = subprocess.run([*SEND, "--processes", "3"], cwd=project, env=env, capture_output=True, text=True,
+                                 timeout=180)
+        assert resumed.returncode == 0, resumed.stderr
+        assert server.count_by_recipient() == Counter(addresses)
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_parent_repeats_at_most_its_own_in_flight_and_its_helpers_finish_and_stop(
+        store, db_url, project):
+    """SIGKILL of `mailer send --processes 3` (the parent alone) while every process has requests in
+    flight: the helpers see their parent gone, let their requests finish, record them and stop by
+    themselves; only the parent's own in-flight recipients (≤ MAILER_SENDGRID_IN_FLIGHT = 200) stay
+    unrecorded, and the resumed send repeats exactly those, nobody skipped."""
+    addresses = _populate(store, project, 1500)
+    with SendGridServer(latency=1.0) as server:
+        env = _sendgrid_env(db_url, server.url, MAILER_SENDGRID_IN_FLIGHT="200")
+        victim = subprocess.Popen([*SEND, "--processes", "3"], cwd=project, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        try:
+            _wait_for(lambda: len(_processes_of(victim.pid)) == 2, 60, "two helper processes")
+            helpers = _processes_of(victim.pid)
+            _wait_for(lambda: server.in_flight_requests >= 3, 60, "requests of several processes in flight")
+        finally:
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+        _wait_for(lambda: not any(_running(pid) for pid in helpers), 40, "the helpers to stop by themselves")
+        _wait_for(lambda: server.in_flight_requests == 0, 10, "the server to finish what it was handed")
+        with store.engine.connect() as conn:
+            issue_id = store.issue_row(conn, EXAMPLE_ISSUE).id
+            held_by = {row.claimed_by.split(":")[1] for row in conn.execute(
+                sa.select(deliveries.c.claimed_by).where(deliveries.c.issue_id == issue_id,
+                                                         deliveries.c.status == "sending"))}
+            sent_before = {row.email_given for row in conn.execute(sa.select(subscribers.c.email_given).join(
+                deliveries, deliveries.c.subscriber_id == subscribers.c.id).where(
+                deliveries.c.issue_id == issue_id, deliveries.c.status == "sent"))}
+        assert held_by <= {str(victim.pid)}, "a helper left claims behind"
+        accepted = {p["to"][0]["email"] for r in server.accepted for p in r.personalizations}
+        in_flight = accepted - sent_before
+        assert len(in_flight) <= 200
+        resumed = subprocess.run(SEND, cwd=project, env=env, capture_output=True, text=True, timeout=180)
+        assert resumed.returncode == 0, resumed.stderr
+        counts = server.count_by_recipient()
+        assert set(counts) == set(addresses), "someone was skipped"
+        assert {a for a, n in counts.items() if n > 1} == in_flight
+
+
+@pytest.mark.slow
+def test_worker_processes_started_together_share_the_queue_and_stop_together(store, db_url, project):
+    """`mailer worker --processes 3`: three real processes drain a frozen send, every subscriber once,
+    and the count printed is theirs together; then `mailer worker --processes 3` with nothing queued
+    waits, and one SIGTERM to it ends all three (exit 0, no helper left, no traceback)."""
+    addresses = _populate(store, project, 1500)
+    with SendGridServer(latency=1.0) as server:
+        env = _sendgrid_env(db_url, server.url, MAILER_SENDGRID_IN_FLIGHT="200")
+        settings = load_settings(project, env=env)
+        dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)  # freeze; the workers do the sending
+        command = [sys.executable, "-m", "mailer.cli", "worker", "--processes", "3"]
+        drained = subprocess.run([*command, "--once"], cwd=project, env=env, capture_output=True, text=True,
+                                 timeout=180)
+        assert drained.returncode == 0, drained.stderr
+        assert drained.stdout.strip().endswith(f"worker stopped: {len(addresses)} sent"), drained.stdout
+        assert server.count_by_recipient() == Counter(addresses)
+        with store.engine.connect() as conn:
+            pids = {row[0].split(":")[1] for row in conn.execute(sa.select(deliveries.c.claimed_by).distinct())}
+        assert len(pids) >= 2, pids
+        waiting = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        _wait_for(lambda: len(_processes_of(waiting.pid)) == 2, 60, "two helper processes")
+        helpers = _processes_of(waiting.pid)
+        time.sleep(1.0)
+        waiting.send_signal(signal.SIGTERM)
+        _, stderr = waiting.communicate(timeout=30)
+        assert waiting.returncode == 0 and "Traceback" not in stderr, stderr
+        assert not [pid for pid in helpers if _running(pid)], "a worker process outlived the stop"

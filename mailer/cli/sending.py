@@ -29,6 +29,9 @@ log = logging.getLogger("mailer")
 @click.option("--workers", default=None, type=click.IntRange(1, 64),
               help="Sender threads. Default: SMTP 1 connection; SendGrid as many requests in flight as "
                    "MAILER_SENDGRID_IN_FLIGHT recipients allow (4000: 4 requests of 1000).")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Sending processes sharing the frozen recipients (one core each builds requests); each has "
+                   "its own requests in flight, so a crash may repeat up to in-flight x processes.")
 @click.option("--allow-draft", is_flag=True,
               help="Send it as it is, even though it is a draft or still holds placeholders of `mailer issue new`.")
 @click.option("--rebuild", is_flag=True,
@@ -42,7 +45,8 @@ log = logging.getLogger("mailer")
                    "the later waves keep their time.")
 @handle_errors
 def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bool, include_new: bool,
-         workers: int | None, allow_draft: bool, rebuild: bool, send_now: bool, release_missed: bool) -> None:
+         workers: int | None, processes: int, allow_draft: bool, rebuild: bool, send_now: bool,
+         release_missed: bool) -> None:
     """Send ISSUE to every active subscriber (or a test to --test addresses).
 
     Every build warning is printed first. An issue whose issue.toml says draft = true, or that still
@@ -96,7 +100,7 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
 
         report = dispatch.send_issue(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
                                      workers=workers, stop=stop, on_progress=on_progress, allow_draft=allow_draft,
-                                     rebuild=rebuild, release=release)
+                                     rebuild=rebuild, release=release, processes=processes)
     counts = report.counts
     if report.notice and rebuild:
         click.echo(report.notice, err=True)
@@ -292,15 +296,23 @@ def _echo_figures(figures: Iterable[tuple[str, object]], *, width: int) -> None:
 
 @main.command()
 @click.option("--once", is_flag=True, help="Drain what is queued now, then exit.")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes started together (one core each); a stop reaches all of them.")
 @handle_errors
-def worker(once: bool) -> None:
+def worker(once: bool, processes: int) -> None:
     """Claim and send queued deliveries of any issue (run as many as you like on PostgreSQL)."""
     from ..sending.dispatch import work_queue
     settings = _settings()
     stop = threading.Event()
     _install_stop_handlers(stop)
     try:
-        sent = work_queue(settings, _store(settings), stop=stop, once=once)
+        if processes > 1:
+            from ..providers import require_ready
+            from ..sending.processes import work_in_processes
+            require_ready(settings)  # the one-line refusal before any process starts
+            sent = work_in_processes(settings, processes, stop=stop, once=once)
+        else:
+            sent = work_queue(settings, _store(settings), stop=stop, once=once)
     except UnresumableSend as exc:  # the count, then the one line and exit 9 (handle_errors)
         click.echo(f"worker stopped: {exc.sent} sent")
         raise

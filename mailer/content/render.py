@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import html
 import re
-from functools import partial
+from functools import lru_cache, partial
 from html.parser import HTMLParser
 import time
 import unicodedata
@@ -169,11 +169,17 @@ def personal_values(settings: Settings, recipient: Recipient, extra: dict[str, s
         # a name never reads as a slot marker, even where a provider substitutes values (SendGrid)
         name = given_name(recipient.first_name) or first_name_of(recipient.name)
         greeting = fill_greeting(greeting, name.replace("%%", "%\u200b%"))
-    values = {"greeting": greeting, "email": recipient.email, "unsubscribe_url": recipient.unsubscribe_url,
-              **(extra or {})}
-    for key, value in list(values.items()):  # per recipient: escape only what holds something to escape
-        values[f"{key}.html"] = html.escape(value, quote=True) if _HTML_SPECIAL(value) else value
-    return values
+    email, url = recipient.email, recipient.unsubscribe_url
+    if extra:
+        values = {"greeting": greeting, "email": email, "unsubscribe_url": url, **extra}
+        for key, value in list(values.items()):  # per recipient: escape only what holds something to escape
+            values[f"{key}.html"] = html.escape(value, quote=True) if _HTML_SPECIAL(value) else value
+        return values
+    # the same dict, unrolled (once per recipient of every send)
+    return {"greeting": greeting, "email": email, "unsubscribe_url": url,
+            "greeting.html": html.escape(greeting, quote=True) if _HTML_SPECIAL(greeting) else greeting,
+            "email.html": html.escape(email, quote=True) if _HTML_SPECIAL(email) else email,
+            "unsubscribe_url.html": html.escape(url, quote=True) if _HTML_SPECIAL(url) else url}
 
 
 _HTML_SPECIAL = re.compile(r"[&<>\"']").search  # what html.escape(quote=True) changes
@@ -293,6 +299,12 @@ def fill_greeting(pattern: str, first_name: str) -> str:
         return pattern
     if first_name:
         return pattern.replace("{name}", first_name)
+    return _nameless_greeting(pattern)
+
+
+@lru_cache(maxsize=64)
+def _nameless_greeting(pattern: str) -> str:
+    """`fill_greeting(pattern, "")`: the same for every recipient without a name, made once per pattern."""
     text = re.sub(r"\s*\{name\}", "", pattern).lstrip(" ,")
     return text[:1].upper() + text[1:]
 

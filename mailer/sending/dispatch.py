@@ -47,6 +47,7 @@ a ledger row going from `sending` to `sent` — moves only after the provider ac
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -54,7 +55,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import claimant
 # preparing a send lives in `prepare`; its names stay importable from here (callers and tests use both)
@@ -184,7 +185,7 @@ class Sender:
                  backend_factory: Callable[[], Backend], *, rate_limiter: SendRateLimiter | None = None,
                  stop: threading.Event | None = None, progress: Progress | None = None,
                  on_progress: ProgressCallback | None = None, factory: MessageFactory | None = None,
-                 factories: dict[str, MessageFactory] | None = None) -> None:
+                 factories: dict[str, MessageFactory] | None = None, shared_gate: Any = None) -> None:
         self.settings = settings
         self.store = store
         self.rendered = rendered
@@ -203,6 +204,7 @@ class Sender:
         self._unsubscribe_prefix = self.base_url + links.UNSUBSCRIBE.split("{token}")[0]  # links.unsubscribe_url's
         self._token = tokens.TokenMaker(self.key, "unsubscribe", issue_id)
         self._message_id = tokens.MessageIds(self.key, self.slug, self.domain)
+        self._languages: dict[str | None, str] = {}  # subscriber's stored language -> key in `factories`
         self.rate_limiter = rate_limiter or SendRateLimiter(settings.rate_limit, store, issue_id)
         self.stop = stop or threading.Event()
         self.progress = progress or Progress(rendered.key, 0)
@@ -220,6 +222,8 @@ class Sender:
         # of this send hands anything over before this moment (time.monotonic()), so a rate limit slows
         # the send, not the one thread that happened to hear about it
         self._resume_at = 0.0
+        # the same gate shared with the other processes of the send (`processes.Helpers.gate`), or None
+        self._shared_gate = shared_gate
         self._serial = _sqlite_writer_lock(store) if store.is_sqlite else None
         # SMTP group commit: accepted messages recorded together, at most this many / this old (seconds)
         self.commit_every = max(1, settings.smtp_commit_every)
@@ -319,10 +323,14 @@ class Sender:
         skipped = [{"id": r.delivery_id, "status": "skipped", "last_error": f"subscriber is {r.subscriber_status}"}
                    for r in rows if r.subscriber_status != "active"]
         groups: dict[str, list[OutgoingMessage]] = {}  # by language of fixed strings: one factory per request
-        for row in rows:
-            if row.subscriber_status == "active":
-                groups.setdefault(self._language_of(row.language), []).append(
-                    self.recipient_for(row.subscriber_id, row.email_given, row.name, row.delivery_id, row.first_name))
+        active = [row for row in rows if row.subscriber_status == "active"] if skipped else rows
+        prefix, message_id, language_of = self._unsubscribe_prefix, self._message_id, self._language_of
+        # the same messages as `recipient_for`, the batch's tokens made at once (`TokenMaker.many`)
+        for row, token in zip(active, self._token.many([row.subscriber_id for row in active])):
+            subscriber_id = row.subscriber_id
+            groups.setdefault(language_of(row.language), []).append(OutgoingMessage(
+                Recipient(row.email_given, prefix + token, row.name, subscriber_id, str(row.first_name or "")),
+                message_id(subscriber_id), row.delivery_id))
         messages = [message for group in groups.values() for message in group]
         attempts = {r.delivery_id: r.attempts for r in rows}
         if skipped:
@@ -397,9 +405,14 @@ class Sender:
 
     def _language_of(self, subscriber_language: str | None) -> str:
         """The key in `factories` of a subscriber's language (`Edition.language_for`; the default
-        for a rendering without variants)."""
-        language_for = getattr(self.rendered, "language_for", None)
-        return language_for(subscriber_language) if language_for else next(iter(self.factories))
+        for a rendering without variants), remembered per stored value (a list holds a handful)."""
+        known = self._languages.get(subscriber_language)
+        if known is None:
+            language_for = getattr(self.rendered, "language_for", None)
+            known = language_for(subscriber_language) if language_for else next(iter(self.factories))
+            if len(self._languages) < 1000:
+                self._languages[subscriber_language] = known
+        return known
 
     def _hand_back(self, conn: Connection, worker: str) -> None:
         """Put this worker's claimed rows back in the queue (no attempt is counted: nobody refused them, or
@@ -596,6 +609,8 @@ class Sender:
         reason = strip_credentials(reason)
         with self._lock:
             now = time.monotonic()
+            if self._shared_gate is not None:  # another process of the send may have closed it
+                self._resume_at = max(self._resume_at, self._shared_gate.value)
             if self._outage_since is None:
                 self._outage_since, self._outage_tries = now, 0
             # several workers hear about one outage (their requests were in flight together): only the
@@ -622,6 +637,9 @@ class Sender:
                 log.warning("%s: %s; try %d again in %.1f s (the send pauses after %.0f s more)", self.slug,
                             reason, tries + 1, delay, left)
             self._resume_at = max(self._resume_at, now + delay)
+            if self._shared_gate is not None:
+                with self._shared_gate.get_lock():
+                    self._shared_gate.value = max(self._shared_gate.value, self._resume_at)
         return not self._sleep(delay)
 
     def _before_request(self) -> None:
@@ -633,7 +651,10 @@ class Sender:
     def _wait_gate(self) -> bool:
         """Before anything is handed over: wait while the send's gate is closed (another worker's 429 or
         outage, see `_path_failed`). True when halted meanwhile."""
-        wait = self._resume_at - time.monotonic()
+        resume_at = self._resume_at
+        if self._shared_gate is not None:
+            resume_at = max(resume_at, self._shared_gate.value)
+        wait = resume_at - time.monotonic()
         return self._sleep(wait) if wait > 0 else self.halted
 
     @property
@@ -710,7 +731,7 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
                retry_failed: bool = False, workers: int | None = None, stop: threading.Event | None = None,
                on_progress: ProgressCallback | None = None,
                backend_factory: Callable[[], Backend] | None = None, allow_draft: bool = False,
-               rebuild: bool = False, release: str = "due") -> SendReport:
+               rebuild: bool = False, release: str = "due", processes: int = 1) -> SendReport:
     """Send an issue to its frozen recipient set, resuming whatever a previous run left, until every
     delivery is settled (also those another live sender of the same issue holds), a stop, or a pause.
     What goes out is the issue's stored edition (`prepare_send`; `rebuild` makes a new one first); when
@@ -721,7 +742,10 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
 
     A local-time send (`release`: see `prepare_send`) sends the waves released now and returns with
     the others queued (`SendReport.waves`: pending ones wait for their time, missed ones for
-    `--release-missed`); a wave released while it runs is sent in the same run."""
+    `--release-missed`); a wave released while it runs is sent in the same run.
+
+    `processes` > 1 (`--processes N`) sends from N processes: this one and N - 1 helpers started once
+    the edition is frozen (`processes.py`: one gate, one stop, one pause; each its own in-flight bound)."""
     started = time.monotonic()
     stop = stop or threading.Event()
     prepared = prepare_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
@@ -743,8 +767,18 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
     sender = Sender(settings, store, prepared.edition, prepared.issue_id, backend_factory,
                     stop=stop, progress=progress, on_progress=on_progress, factory=prepared.factory,
                     factories=prepared.factories)
+    helpers = gate = None
     held: list[str] = []
+    bridge_done = threading.Event()
     try:
+        if processes > 1 and claimable:
+            from .processes import Helpers
+            helpers = Helpers(settings, prepared.issue_id, slug, processes - 1, workers)
+            gate = sender._shared_gate = helpers.gate
+            if on_progress:
+                on_progress = sender.on_progress = _with_helpers(on_progress, helpers)
+            threading.Thread(target=_bridge, args=(helpers, stop, lambda: sender, bridge_done),
+                             name="mailer-helpers-bridge", daemon=True).start()
         while True:
             if claimable:
                 run_workers(sender, workers)
@@ -753,7 +787,7 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
                 log.warning("%s: edition %d was made meanwhile (--rebuild): the rest goes out with it",
                             slug, edition.number)
                 sender = Sender(settings, store, edition, prepared.issue_id, backend_factory, stop=stop,
-                                progress=progress, on_progress=on_progress, factories=factories)
+                                progress=progress, on_progress=on_progress, factories=factories, shared_gate=gate)
             with store.begin() as conn:
                 requeue_dead_claims(store, conn, prepared.issue_id)
                 counts = store.delivery_counts(conn, prepared.issue_id)
@@ -766,13 +800,21 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
                 # and take over its rows if it dies
                 sender._sleep(1.0)
     except KeyboardInterrupt:
+        _end_helpers(helpers, bridge_done, stop=True, grace=STOP_GRACE)
         settle_issue(store, prepared.issue_id, None, stopped=True)
         raise
     except BaseException as exc:
+        _end_helpers(helpers, bridge_done, stop=True, grace=STOP_GRACE)
         settle_issue(store, prepared.issue_id, f"interrupted by an unexpected error: {type(exc).__name__}: {exc}")
         raise
+    _end_helpers(helpers, bridge_done, stop=sender.halted)
+    if helpers and sender.abort_reason is None:
+        reason = helpers.pause_reason()
+        if reason:
+            sender._abort(reason)
     counts, paused = settle_issue(store, prepared.issue_id, sender.abort_reason, stopped=stop.is_set())
-    report = SendReport(slug, counts, progress.sent, progress.failed, progress.skipped,
+    extra = helpers.totals() if helpers else (0, 0, 0)
+    report = SendReport(slug, counts, progress.sent + extra[0], progress.failed + extra[1], progress.skipped + extra[2],
                         time.monotonic() - started, prepared.requeued_stale, prepared.frozen,
                         held_by=tuple(held) if counts["sending"] else (), edition=sender.rendered.number,
                         notice=prepared.notice,
@@ -785,6 +827,41 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
                               f"({counts['sent']} sent, {left} left)")
         raise SendAborted(f"{slug}: send paused: {paused}")
     return report
+
+
+def _with_helpers(on_progress: ProgressCallback, helpers) -> ProgressCallback:  # noqa: ANN001
+    """`on_progress` shown with the helper processes' counts added."""
+    def combined(progress: Progress) -> None:
+        sent, failed, skipped = helpers.totals()
+        on_progress(Progress(progress.issue, progress.total, progress.sent + sent, progress.failed + failed,
+                             progress.skipped + skipped, progress.started))
+    return combined
+
+
+def _bridge(helpers, stop: threading.Event, current: Callable[[], "Sender"], done: threading.Event) -> None:  # noqa: ANN001
+    """Between this process and its helpers: a stop or a pause here stops them (gracefully); a pause
+    reported by one of them pauses this process's sender."""
+    while not done.wait(0.2):
+        sender = current()
+        if stop.is_set() or sender.abort_reason is not None:
+            helpers.stop()
+        reason = helpers.pause_reason()
+        if reason:
+            sender._abort(reason)
+            helpers.stop()
+
+
+def _end_helpers(helpers, done: threading.Event, *, stop: bool, grace: float | None = None) -> None:  # noqa: ANN001
+    """Wait for the helper processes to end (after a graceful stop when `stop`)."""
+    if helpers is None:
+        return
+    if stop:
+        helpers.stop()
+    if grace is None:
+        helpers.join()
+    else:
+        helpers.join(grace)
+    done.set()
 
 
 MAX_LANES = 8  # sender threads per process at most (each holds one database connection for its run)
@@ -810,11 +887,46 @@ def lanes(settings: Settings, workers: int | None = None) -> tuple[int, int]:
     return threads, max(1, min(batch, cap // threads))
 
 
+GC_THRESHOLD = 100_000  # allocations between two young-generation collections while a send runs (Python: 700)
+_gc_lock = threading.Lock()
+_gc_users = 0
+
+
+@contextlib.contextmanager
+def fewer_collections() -> Iterator[None]:
+    """While sends run in this process, the cyclic garbage collector's first threshold is GC_THRESHOLD.
+
+    A request of 1000 recipients allocates ~10,000 container objects that live until it is recorded
+    (messages, personalizations, results); at Python's default (700) they set off a dozen collections
+    per request, each walking the young objects and, every few requests, every object of the process:
+    measured, a third of the CPU spent building personalizations (issue 12). The send loop makes no
+    reference cycles of its own; reference counting frees its objects, and the collector still runs,
+    less often. The previous thresholds come back when the last send of the process ends."""
+    global _gc_users
+    with _gc_lock:
+        if _gc_users == 0:
+            fewer_collections.saved = gc.get_threshold()  # type: ignore[attr-defined]
+            gc.set_threshold(max(GC_THRESHOLD, fewer_collections.saved[0]), *fewer_collections.saved[1:])  # type: ignore[attr-defined]
+        _gc_users += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0:
+                gc.set_threshold(*fewer_collections.saved)  # type: ignore[attr-defined]
+
+
 def run_workers(sender: Sender, workers: int | None, batch_size: int | None = None) -> None:
     """Threads claiming batches of the same issue (I/O-bound: threads overlap network waits, and one
     thread claims, builds or records while the others' requests are in flight): `lanes()` decides how
     many and how big unless given. A stop cuts what is still in flight STOP_GRACE seconds after it was
     asked."""
+    with fewer_collections():
+        _run_workers(sender, workers, batch_size)
+
+
+def _run_workers(sender: Sender, workers: int | None, batch_size: int | None = None) -> None:
     threads, batch = lanes(sender.settings, workers)
     workers, batch_size = threads, batch if batch_size is None else batch_size
     done = threading.Event()

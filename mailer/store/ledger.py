@@ -24,6 +24,7 @@ from .schema import deliveries, editions, issues, list_members, provider_events,
 from .schema import links as links_table
 from .common import _NOT_TOMBSTONE, CLAIMED_ROW, QUEUED_ROW, SENT_ROW, _chunks, as_utc, delivery_status_is, utcnow
 from .segments import condition
+from . import sqlite_ledger
 
 if TYPE_CHECKING:
     from ..segments import Segment
@@ -348,11 +349,10 @@ class LedgerQueries:
                                                 "p_now": now}).all()
             return conn.execute(_PG_CLAIM_WAVE, {"p_issue": issue_id, "p_limit": limit, "p_worker": worker,
                                                  "p_now": now, "p_since": now - timedelta(seconds=grace)}).all()
-        picked = sa.select(deliveries.c.id).where(deliveries.c.issue_id == issue_id, QUEUED_ROW)
         if grace is None:
-            picked = picked.order_by(deliveries.c.id)
-        else:
-            picked = picked.where(released(issue_id, now, grace)).order_by(deliveries.c.due_at, deliveries.c.id)
+            return sqlite_ledger.claim(conn, issue_id, worker, limit, now)
+        picked = (sa.select(deliveries.c.id).where(deliveries.c.issue_id == issue_id, QUEUED_ROW)
+                  .where(released(issue_id, now, grace)).order_by(deliveries.c.due_at, deliveries.c.id))
         picked = picked.limit(limit).with_for_update(skip_locked=True)
         claimed = conn.execute(
             deliveries.update().where(deliveries.c.id.in_(picked.scalar_subquery()))
@@ -361,19 +361,8 @@ class LedgerQueries:
         ).scalars().all()
         if not claimed:
             return []
-        # exactly the rows just claimed, without binding their ids one by one: the claim's own range
-        # (primary key), claimant and timestamp (rows this worker holds from earlier claims differ in
-        # claimed_at)
-        return list(conn.execute(
-            sa.select(deliveries.c.id.label("delivery_id"), deliveries.c.attempts, subscribers.c.id.label("subscriber_id"),
-                      subscribers.c.email_given, subscribers.c.name, subscribers.c.status.label("subscriber_status"),
-                      subscribers.c.language,
-                      subscribers.c.attributes["first_name"].as_string().label("first_name"))
-            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
-            .where(deliveries.c.id.between(min(claimed), max(claimed)), deliveries.c.claimed_by == worker,
-                   deliveries.c.claimed_at == now, CLAIMED_ROW)
-            .order_by(deliveries.c.id)
-        ).all())
+        return conn.execute(sqlite_ledger.CLAIMED_ROWS, {"p_low": min(claimed), "p_high": max(claimed),
+                                                         "p_worker": worker, "p_now": now}).all()
 
     def finish_deliveries(self, conn: Connection, worker: str, rows: Sequence[dict]) -> None:
         """Record outcomes in bulk: each dict has id, status and optional provider_message_id / last_error.
@@ -403,19 +392,9 @@ class LedgerQueries:
                                 "p_sent_at": now if status == "sent" else None, "p_now": now, "p_worker": worker,
                                 "p_inc": increment})
                 continue
-            for start in range(0, len(ids), 1000):
-                part = ids[start:start + 1000]
-                low, high = min(part), max(part)
-                # a contiguous run of ids (a fresh freeze claimed in order: the usual case) is one range
-                # on the primary key instead of up to 1000 bound parameters
-                which = deliveries.c.id.between(low, high) if high - low + 1 == len(set(part)) == len(part) \
-                    else deliveries.c.id.in_(part)
-                conn.execute(
-                    deliveries.update()
-                    .where(which, deliveries.c.claimed_by == worker, CLAIMED_ROW)
-                    .values(status=status, provider_message_id=provider_id, last_error=error,
-                            sent_at=now if status == "sent" else None, updated_at=now,
-                            attempts=deliveries.c.attempts + increment))
+            sqlite_ledger.finish_shared(conn, worker, ids, {
+                "p_status": status, "p_provider_id": provider_id, "p_error": error,
+                "p_sent_at": now if status == "sent" else None, "p_now": now, "p_inc": increment})
         if singles:
             conn.execute(_FINISH_ONE, singles)
 

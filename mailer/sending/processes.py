@@ -1,0 +1,200 @@
+"""`mailer send --processes N`: N sending processes for one issue, so every core builds requests.
+
+One process spends its CPU claiming, building and recording (the SendGrid path: ~30 µs per
+recipient); past one core's worth, a send is CPU-bound whatever the requests in flight. The process
+that runs `mailer send` (the parent) freezes the edition, then starts N - 1 helper processes
+(`multiprocessing`, spawned: nothing of the parent's database connections or threads is inherited)
+and sends beside them. They share nothing but the ledger: each claims its own batches of the frozen
+recipient set through the ledger's claims, exactly as `mailer worker` processes do, and records
+them itself. What they share besides, through shared memory, is what makes them one send:
+
+* the send's gate (`Sender._resume_at`): a 429 or an outage heard by any process holds the threads
+  of every process until its Retry-After has passed;
+* a stop: the parent alone takes signals (helpers ignore SIGINT and SIGTERM, so a Ctrl-C to the
+  terminal's process group or a `systemctl stop` reaches each of them once, through the parent) and
+  passes a graceful stop on; a helper whose parent died (SIGKILL) stops gracefully by itself;
+* a pause: a helper that pauses the send (`SendAborted`'s reasons) reports it, the parent pauses too;
+* the counts the parent's progress and report show.
+
+`mailer worker --processes N` (`work_in_processes`) is the same for workers: N `work_queue` loops, one
+stop for all.
+
+Crash window: each process has at most MAILER_SENDGRID_IN_FLIGHT recipients in flight, so a SIGKILL
+of every process at once may repeat at most in-flight × N recipients; a SIGKILL of the parent alone
+repeats at most its own in flight (the helpers finish and record theirs). A graceful stop repeats
+nobody: every process lets what it has in flight finish and be recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from typing import Any
+
+from ..config import Settings
+from ..errors import MailerError
+
+log = logging.getLogger("mailer.dispatch")
+
+JOIN_GRACE = 30.0  # seconds a helper may take to finish what it has in flight after a stop (then killed)
+
+
+class Helpers:
+    """The helper processes of one send, started by `start`; `stop`, `join`, and shared state."""
+
+    def __init__(self, settings: Settings, issue_id: int, slug: str, count: int, workers: int | None) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.stop_event = context.Event()
+        self.gate = context.Value("d", 0.0)  # the send's gate: time.monotonic() before which nothing leaves
+        self.counts = context.Array("q", 3 * count)  # sent, failed, skipped per helper
+        self._pauses = context.SimpleQueue()
+        self.processes = [
+            context.Process(target=_helper_main, name=f"mailer-send-{index + 1}",
+                            args=(_picklable(settings), issue_id, slug, workers, index, self.stop_event, self.gate, self.counts,
+                                  self._pauses), daemon=False)
+            for index in range(count)]
+        for process in self.processes:
+            process.start()
+
+    def totals(self) -> tuple[int, int, int]:
+        """(sent, failed, skipped) by every helper so far."""
+        values = self.counts[:]
+        return sum(values[0::3]), sum(values[1::3]), sum(values[2::3])
+
+    def pause_reason(self) -> str | None:
+        """Why a helper paused the send, if one did."""
+        return None if self._pauses.empty() else self._pauses.get()
+
+    def alive(self) -> bool:
+        return any(process.is_alive() for process in self.processes)
+
+    def stop(self) -> None:
+        """A graceful stop of every helper (what is in flight finishes and is recorded)."""
+        self.stop_event.set()
+
+    def join(self, grace: float = JOIN_GRACE) -> None:
+        """Wait for every helper to end; a helper still running `grace` seconds after a stop is killed
+        (what it had in flight stays `sending` under a dead claimant: the next run puts it back)."""
+        deadline = None
+        for process in self.processes:
+            while process.is_alive():
+                if self.stop_event.is_set() and deadline is None:
+                    deadline = time.monotonic() + grace
+                process.join(0.2)
+                if deadline is not None and time.monotonic() > deadline and process.is_alive():
+                    log.warning("%s did not stop within %.0f s: killed", process.name, grace)
+                    process.kill()
+                    process.join(5)
+
+
+def _picklable(settings: Settings) -> Settings:
+    """The same settings without what its cached properties hold (the provider's registry entry, with
+    its validators: functions, not data); the helper process computes those again."""
+    return dataclasses.replace(settings)
+
+
+def _helper_main(settings: Settings, issue_id: int, slug: str, workers: int | None, index: int,
+                 stop_event: Any, gate: Any, counts: Any, pauses: Any) -> None:
+    """One helper process: send the issue's stored edition beside the parent until nothing is left to
+    claim, a stop, or a pause."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent takes the signals and passes them on
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from ..providers import make_backend
+    from ..store import open_store
+    from . import dispatch
+
+    stop = threading.Event()
+    parent = multiprocessing.parent_process()
+
+    def watch() -> None:  # the parent's stop, or the parent gone
+        while not stop.is_set():
+            if stop_event.wait(0.2) or (parent is not None and not parent.is_alive()):
+                stop.set()
+
+    threading.Thread(target=watch, name="mailer-helper-watch", daemon=True).start()
+
+    def on_progress(progress: "dispatch.Progress") -> None:
+        counts[3 * index:3 * index + 3] = [progress.sent, progress.failed, progress.skipped]
+
+    store = open_store(settings.database_url)
+    try:
+        progress = dispatch.Progress(slug, 0)
+        while not stop.is_set():
+            edition, factories = dispatch.load_edition(settings, store, issue_id, slug)
+            sender = dispatch.Sender(settings, store, edition, issue_id, lambda: make_backend(settings), stop=stop,
+                                     progress=progress, on_progress=on_progress, factories=factories,
+                                     shared_gate=gate)
+            dispatch.run_workers(sender, workers)
+            if sender.abort_reason is not None:
+                pauses.put(sender.abort_reason)
+                break
+            if not sender.edition_changed:
+                break  # nothing left to claim
+    finally:
+        stop.set()
+        store.close()
+
+
+def work_in_processes(settings: Settings, count: int, *, stop: threading.Event, once: bool) -> int:
+    """`mailer worker --processes N`: `work_queue` in this process and in `count` - 1 helper processes
+    (spawned; they ignore signals: a stop here stops them gracefully; a helper whose parent died stops
+    by itself). Returns the messages all of them sent."""
+    from ..store import open_store
+    from .dispatch import work_queue
+
+    context = multiprocessing.get_context("spawn")
+    stop_event = context.Event()
+    sent = context.Array("q", count)
+    helpers = [context.Process(target=_worker_main, name=f"mailer-worker-{index}",
+                               args=(_picklable(settings), once, stop_event, sent, index))
+               for index in range(1, count)]
+    for process in helpers:
+        process.start()
+    done = threading.Event()
+
+    def bridge() -> None:
+        while not done.wait(0.2):
+            if stop.is_set():
+                stop_event.set()
+
+    threading.Thread(target=bridge, name="mailer-workers-bridge", daemon=True).start()
+    store = open_store(settings.database_url)
+    try:
+        sent[0] = work_queue(settings, store, stop=stop, once=once)
+    finally:
+        store.close()
+        if stop.is_set():
+            stop_event.set()
+        for process in helpers:
+            process.join()
+        done.set()
+    return sum(sent[:])
+
+
+def _worker_main(settings: Settings, once: bool, stop_event: Any, sent: Any, index: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from ..store import open_store
+    from .dispatch import work_queue
+
+    stop = threading.Event()
+    parent = multiprocessing.parent_process()
+
+    def watch() -> None:
+        while not stop.is_set():
+            if stop_event.wait(0.2) or (parent is not None and not parent.is_alive()):
+                stop.set()
+
+    threading.Thread(target=watch, name="mailer-helper-watch", daemon=True).start()
+    store = open_store(settings.database_url)
+    try:
+        sent[index] = work_queue(settings, store, stop=stop, once=once)
+    except MailerError as exc:  # the parent meets the same and says it; here only the count
+        sent[index] = getattr(exc, "sent", 0)
+    finally:
+        stop.set()
+        store.close()

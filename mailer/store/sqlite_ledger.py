@@ -1,0 +1,80 @@
+"""The send's hot path on SQLite: claim and record, each one prebuilt statement (plus the read of what
+a claim took).
+
+Built once at import with bound parameters, so SQLAlchemy compiles each once and every claim and
+record only binds values: building the statements per call (a `select`, an `update`, their cache
+keys) cost about as much CPU as SQLite's own work on 1000 rows (measured, issue 12: a claim of 1000
+rows 11 µs per recipient, 5 µs of it SQLite's). `ledger.LedgerQueries` calls these on SQLite; its
+PostgreSQL forms sit in `ledger.py`. Same semantics (tests/test_ledger.py checks both engines
+against one row-by-row model).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .common import CLAIMED_ROW, QUEUED_ROW
+from .schema import deliveries, subscribers
+
+# queued rows of the issue, in id order (partial index ix_deliveries_queued), marked `sending`
+_PICKED = (sa.select(deliveries.c.id)
+           .where(deliveries.c.issue_id == sa.bindparam("p_issue"), QUEUED_ROW)
+           .order_by(deliveries.c.id).limit(sa.bindparam("p_limit")))
+CLAIM_IDS = (deliveries.update().where(deliveries.c.id.in_(_PICKED.scalar_subquery()))
+             .values(status="sending", claimed_by=sa.bindparam("p_worker"), claimed_at=sa.bindparam("p_now"),
+                     updated_at=sa.bindparam("p_now"))
+             .returning(deliveries.c.id))
+# exactly the rows a claim just took, without binding their ids one by one: the claim's own range
+# (primary key), claimant and timestamp (rows this worker holds from earlier claims differ in claimed_at)
+CLAIMED_ROWS = (
+    sa.select(deliveries.c.id.label("delivery_id"), deliveries.c.attempts, subscribers.c.id.label("subscriber_id"),
+              subscribers.c.email_given, subscribers.c.name, subscribers.c.status.label("subscriber_status"),
+              subscribers.c.language, subscribers.c.attributes["first_name"].as_string().label("first_name"))
+    .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+    .where(deliveries.c.id.between(sa.bindparam("p_low"), sa.bindparam("p_high")),
+           deliveries.c.claimed_by == sa.bindparam("p_worker"), deliveries.c.claimed_at == sa.bindparam("p_now"),
+           CLAIMED_ROW)
+    .order_by(deliveries.c.id))
+# rows sharing one outcome whose ids are one contiguous run (a fresh freeze claimed in order: the usual
+# case): one primary-key range instead of up to 1000 bound parameters
+FINISH_RANGE = (
+    deliveries.update()
+    .where(deliveries.c.id.between(sa.bindparam("p_low"), sa.bindparam("p_high")),
+           deliveries.c.claimed_by == sa.bindparam("p_worker"), CLAIMED_ROW)
+    .values(status=sa.bindparam("p_status"), provider_message_id=sa.bindparam("p_provider_id"),
+            last_error=sa.bindparam("p_error"), sent_at=sa.bindparam("p_sent_at"), updated_at=sa.bindparam("p_now"),
+            attempts=deliveries.c.attempts + sa.bindparam("p_inc")))
+FINISH_SOME = (
+    deliveries.update()
+    .where(deliveries.c.id.in_(sa.bindparam("p_ids", expanding=True)),
+           deliveries.c.claimed_by == sa.bindparam("p_worker"), CLAIMED_ROW)
+    .values(status=sa.bindparam("p_status"), provider_message_id=sa.bindparam("p_provider_id"),
+            last_error=sa.bindparam("p_error"), sent_at=sa.bindparam("p_sent_at"), updated_at=sa.bindparam("p_now"),
+            attempts=deliveries.c.attempts + sa.bindparam("p_inc")))
+
+
+def claim(conn: Connection, issue_id: int, worker: str, limit: int, now: datetime) -> list[sa.Row]:
+    """`LedgerQueries.claim_deliveries` on SQLite without a release window: an UPDATE, then the read
+    of the claimed range."""
+    claimed = conn.execute(CLAIM_IDS, {"p_issue": issue_id, "p_limit": limit, "p_worker": worker,
+                                       "p_now": now}).scalars().all()
+    if not claimed:
+        return []
+    return conn.execute(CLAIMED_ROWS, {"p_low": min(claimed), "p_high": max(claimed), "p_worker": worker,
+                                       "p_now": now}).all()
+
+
+def finish_shared(conn: Connection, worker: str, ids: Sequence[int], values: dict) -> None:
+    """Rows sharing one outcome (`values`: p_status, p_provider_id, p_error, p_sent_at, p_now, p_inc),
+    at most 1000 ids a statement: a primary-key range when they are one contiguous run, else `IN`."""
+    for start in range(0, len(ids), 1000):
+        part = ids[start:start + 1000]
+        low, high = min(part), max(part)
+        if high - low + 1 == len(part) == len(set(part)):
+            conn.execute(FINISH_RANGE, {"p_low": low, "p_high": high, "p_worker": worker, **values})
+        else:
+            conn.execute(FINISH_SOME, {"p_ids": list(part), "p_worker": worker, **values})
