@@ -23,6 +23,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -44,6 +45,7 @@ class Received:
     mail_options: list[str]
     tls: bool
     authenticated: bool
+    at: float = field(default_factory=time.time)  # when the final dot's answer was given (wall clock)
 
     def parse(self) -> EmailMessage:
         return message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]

@@ -130,6 +130,10 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
         if report.held_by:
             click.echo(f"{counts['sending']} deliveries are still held by another sender of this issue "
                        f"({', '.join(report.held_by)}); run the same command again to wait for it", err=True)
+        elif stop.is_set():  # a graceful stop: what went out is recorded, the rest of every claim is queued again
+            click.echo(f"{report.issue}: stopped (SIGTERM or Ctrl-C) after {report.sent_now} sent by this run; "
+                       f"{counts['queued'] + counts['sending']} left queued; run the same command again to resume",
+                       err=True)
         else:
             click.echo("stopped before the end; run the same command again to resume", err=True)
         sys.exit(5)

@@ -85,6 +85,8 @@ class Backend(ABC):
     # delivers message by message (SMTP) sets 1, so a crash can duplicate only the message in
     # flight; a request-based one (SendGrid) keeps its whole request.
     ledger_step: int | None = None
+    # what `abort` does, as the log says it when a stop cuts what a backend still has in flight
+    cut: str = "cutting what is in flight; it stays queued"
 
     def open(self) -> None:
         """Connect / check credentials; raise ConfigError or TransientError."""

@@ -9,7 +9,8 @@ Nothing here is about a recipient: a failure to write is the folder's (the whole
 disk or quota (ENOSPC, EDQUOT) or an I/O error is `TransientError` (dispatch retries with backoff,
 then pauses); a read-only or forbidden folder (EROFS, EACCES, EPERM) is `PermanentError` (the send
 pauses at once). Either way nobody's attempts are spent; once part of a batch is written, the rest
-comes back `deferred` instead, so what was written is recorded as sent.
+comes back `deferred` instead, so what was written is recorded as sent. A stop is heard between two
+files (the send's `Batch.before_request`, or `abort`): the rest of the batch comes back `deferred` too.
 
 `PROVIDER` declares it to the registry: its one setting (MAILER_OUTBOX_DIR), and that it reaches
 nobody (`delivers=False`: no public base URL or strong secret key is demanded, `mailer doctor` skips
@@ -52,12 +53,31 @@ def safe_filename(text: str) -> str:
 class OutboxBackend(Backend):
     name = "outbox"
     max_batch = 1000
+    cut = "writing no more files; those not written stay queued"
 
     def __init__(self, directory: Path, verp: "Verp | None" = None) -> None:
         self.directory = directory
         self.verp = verp  # with MAILER_BOUNCE_ADDRESS: a `Return-Path:` naming the delivery heads each file
+        self._cut = False
+
+    def abort(self) -> None:
+        """Write no more files (from any thread): the file being written is finished, the rest of the
+        batch comes back `deferred` (it stays queued)."""
+        self._cut = True
+
+    def _stopped(self, batch: Batch) -> TransientError | None:
+        """Before each file: the send stopped (`Batch.before_request` raises) or `abort` was called."""
+        if self._cut:
+            return TransientError("the send was stopped")
+        if batch.before_request is not None:
+            try:
+                batch.before_request()
+            except TransientError as exc:
+                return exc
+        return None
 
     def open(self) -> None:
+        self._cut = False
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -81,6 +101,10 @@ class OutboxBackend(Backend):
             raise folder_error(folder, exc) from None
         failure: TransientError | PermanentError | None = None
         for message in batch.messages:
+            if failure is None:
+                failure = self._stopped(batch)  # a stop is heard between two files, not after the batch
+                if failure is not None and not results:
+                    raise failure
             if failure is not None:
                 results.append(RecipientResult(message, "deferred", error=str(failure)))
                 continue

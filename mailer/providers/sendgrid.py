@@ -252,6 +252,7 @@ def _parse_errors(body: bytes | str | None) -> list[dict]:
 class SendGridBackend(Backend):
     name = "sendgrid"
     max_batch = MAX_PERSONALIZATIONS
+    cut = "cutting the requests in flight; their recipients stay queued"
 
     def __init__(self, api_key: str, *, settings: Settings, api_url: str | None = None,
                  sandbox: bool | None = None, timeout: float | None = None) -> None:

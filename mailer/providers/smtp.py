@@ -255,6 +255,7 @@ class SmtpBackend(Backend):
     name = "smtp"
     max_batch = 100   # rows claimed at a time (claims are cheap; a stopped worker hands the rest back)
     ledger_step: int | None = 1  # one message per send_batch call, recorded before the next
+    cut = "cutting the connection; the message in flight stays queued"
 
     def __init__(self, host: str, port: int | None = None, *, tls: str = "starttls", username: str = "",
                  password: str = "", sender: str, local_hostname: str = "localhost", pool: int = 1,

@@ -89,6 +89,14 @@ SUPPRESSION_FRESH = 0.2         # seconds a suppression check stays good: re-rea
 BACKOFF_BASE = 1.0              # seconds: first wait after a whole-path failure, doubled each time…
 BACKOFF_CAP = 60.0              # …up to this (a provider's Retry-After may ask for longer)
 CLAIM_LEASE = claimant.LEASE    # a claim not renewed for this long is presumed dead (any host)
+RATE_STEP_SECONDS = 0.1         # under MAILER_RATE_LIMIT, a step (file run, request) carries at most this much of a second's share
+
+
+def rate_step(per_second: float) -> int:
+    """The most messages one step may hand over at once under a rate limit of `per_second` messages
+    per second: RATE_STEP_SECONDS' worth, at least 1. A step goes out at the start of the slot it
+    booked (`SendRateLimiter.acquire`), so any one second sees at most `per_second` + this many."""
+    return max(1, int(per_second * RATE_STEP_SECONDS))
 
 
 @dataclass
@@ -300,12 +308,14 @@ class Sender:
                     self._backends.discard(backend)
                 backend.close()
 
-    def abort_in_flight(self) -> None:
-        """Cut what every backend of this sender has in flight (a stop that must take effect now)."""
+    def abort_in_flight(self) -> list[str]:
+        """Cut what every backend of this sender has in flight (a stop that must take effect now);
+        returns what each cut does (`Backend.cut`), one entry per kind of backend."""
         with self._lock:
             backends = list(self._backends)
         for backend in backends:
             backend.abort()
+        return sorted({backend.cut for backend in backends})
 
     def _open(self, backend: Backend) -> bool:
         """Connect, retrying a whole-path failure with backoff; False when halted or paused."""
@@ -342,9 +352,14 @@ class Sender:
         self._local.batch_ids, self._local.checked = [m.delivery_id for m in messages], time.monotonic()
         self._local.skipped = set()
         # steps never mix languages: each goes out with its language's factory (one request, one language)
+        # under a rate limit a step is at most `rate_step` messages: the limit holds message by message
+        # (a whole claim handed over at the start of its slot would be a burst), and a stop is heard
+        # between two steps
+        size = backend.ledger_step or len(active)
+        if self.rate_limiter.per_second > 0:
+            size = min(size, rate_step(self.rate_limiter.per_second))
         steps = [(self.factories[language], group[start:start + size])
-                 for language, group in groups.items() for size in (backend.ledger_step or len(group),)
-                 for start in range(0, len(group), size)]
+                 for language, group in groups.items() for start in range(0, len(group), size)]
         # Group commit (backends that hand over message by message, i.e. SMTP): accepted results wait in
         # `pending` and are recorded in one transaction once `commit_every` of them are waiting or the
         # oldest is `commit_seconds` old, and always before anything goes back to the queue or this
@@ -962,9 +977,9 @@ def _cut_after_grace(sender: Sender, done: threading.Event) -> None:
             break
     if done.is_set() or done.wait(STOP_GRACE):
         return
-    log.warning("%s: still busy %.0f s after the stop: cutting the connection; what was in flight stays queued",
-                sender.slug, STOP_GRACE)
-    sender.abort_in_flight()
+    cut = sender.abort_in_flight()
+    if cut:
+        log.warning("%s: still busy %.0f s after the stop: %s", sender.slug, STOP_GRACE, "; ".join(cut))
 
 
 def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None = None, once: bool = False,
