@@ -88,8 +88,13 @@ def web_edition_url(base_url: str, key: bytes, slug: str, *, public: bool) -> st
     """`BASE/issues/SLUG` for a public issue; for a private one (sent to a list or a segment, or
     `archive = false`) the same address with a key only its recipients have (`?k=`,
     `tokens.web_edition_key`), so the email's "view online" link works while the archive hides it."""
-    url = base_url + WEB_EDITION.format(slug=slug)
+    url = edition_url(base_url, slug)
     return url if public else f"{url}?k={tokens.web_edition_key(key, slug)}"
+
+
+def edition_url(base_url: str, slug: str) -> str:
+    """`BASE/issues/SLUG` with the slug as it is and no key: a public issue's `web_edition_url`."""
+    return base_url + WEB_EDITION.format(slug=slug)
 
 
 def archive_url(base_url: str) -> str:

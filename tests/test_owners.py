@@ -108,20 +108,42 @@ def _docstrings(tree: ast.AST) -> set[int]:
             and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
 
 
+def _route_constant(node: ast.AST, routes: set[str], imported: set[str]) -> str | None:
+    """`links.UNSUBSCRIBE` (any module alias ending in `links`) or a route constant imported by name."""
+    if (isinstance(node, ast.Attribute) and node.attr in routes and isinstance(node.value, ast.Name)
+            and node.value.id.endswith("links")):
+        return node.attr
+    if isinstance(node, ast.Name) and node.id in imported:
+        return node.id
+    return None
+
+
 def hand_written_urls(python_files, template_files) -> list[str]:
-    """Route paths written by hand: a string (or an f-string's literal part) of the code that starts
-    with a route's fixed part, and in a template a route's fixed part right after a quote, `=` or
-    `}}` (`href="/archive"`, `{{ root }}/u/{{ token }}`), Jinja comments left out."""
+    """Route paths written by hand. In code: a string (or an f-string's literal part) that starts with
+    a route's fixed part or has one right after `scheme://host` (`"https://x.example/u/x"`), and a
+    route template of links.py worked on outside it (`links.UNSUBSCRIBE.split("{token}")[0]`,
+    `base + links.WEB_EDITION.format(…)`, `f"{links.CLICK}"`): only naming it (`Route(links.CONFIRM, …)`)
+    is left to other modules. In a template: a route's fixed part right after a quote, `=` or `}}`
+    (`href="/archive"`, `{{ root }}/u/{{ token }}`), Jinja comments left out."""
     prefixes = sorted(set(_route_prefixes().values()), key=len, reverse=True)
+    routes = set(_route_prefixes())
+    absolute = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s\"']*(" + "|".join(re.escape(p) for p in prefixes) + ")")
     found = []
     for path in python_files:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         docs = _docstrings(tree)
+        imported = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    and (node.module or "").split(".")[-1] == "links" for alias in node.names if alias.name in routes}
+        parents = {id(child): parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
-                hit = next((p for p in prefixes if node.value.startswith(p)), None)
+                hit = next((p for p in prefixes if node.value.startswith(p)), None) or absolute.search(node.value)
                 if hit:
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value[:60]!r}")
+            route = _route_constant(node, routes, imported)
+            if route and isinstance(parents.get(id(node)), (ast.Attribute, ast.BinOp, ast.FormattedValue,
+                                                             ast.Subscript, ast.JoinedStr)):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {route} worked on by hand")
     pattern = re.compile(r"""(?:["'=]|\}\})\s*(""" + "|".join(re.escape(p) for p in prefixes) + ")")
     for path in template_files:
         text = re.sub(r"\{#.*?#\}", lambda m: "\n" * m.group(0).count("\n"), path.read_text(encoding="utf-8"), flags=re.S)
@@ -141,7 +163,12 @@ def test_no_route_url_is_written_by_hand_outside_links():
 def test_the_url_check_finds_hand_written_urls(tmp_path):
     """The check above can fail: each way a route was written by hand before is found."""
     code = tmp_path / "mailer_like.py"
-    code.write_text('base = "x"\nurl = base + "/archive"\nother = f"{base}/u/{base}"\nRoute("/feed.xml", None)\n',
+    code.write_text('base = "x"\nurl = base + "/archive"\nother = f"{base}/u/{base}"\nRoute("/feed.xml", None)\n'
+                    'prefix = base + links.UNSUBSCRIBE.split("{token}")[0]\n'
+                    'page = base + links.WEB_EDITION.format(slug="s")\n'
+                    'probe = "https://invalid.example/u/x"\n'
+                    'from mailer.links import CLICK\nclick = f"{base}{CLICK}"\n'
+                    'Route(links.CONFIRM, None)\nnote = "route MAILER_BASE_URL/u/ to it"\n',
                     encoding="utf-8")
     page = tmp_path / "page.html.j2"
     page.write_text('{# /u/TOKEN: a comment #}\n<a href="{{ root }}/issues/{{ slug }}">x</a>\n'
@@ -152,8 +179,9 @@ def test_the_url_check_finds_hand_written_urls(tmp_path):
         found = hand_written_urls([code], [page])
     finally:
         ROOT = saved
-    assert [line.split(": ", 1)[0] for line in found] == [
-        "mailer_like.py:2", "mailer_like.py:3", "mailer_like.py:4", "page.html.j2:2", "page.html.j2:3", "page.html.j2:4"]
+    assert sorted(line.split(": ", 1)[0] for line in found) == [
+        "mailer_like.py:2", "mailer_like.py:3", "mailer_like.py:4", "mailer_like.py:5", "mailer_like.py:6",
+        "mailer_like.py:7", "mailer_like.py:9", "page.html.j2:2", "page.html.j2:3", "page.html.j2:4"]
 
 
 # ----- the test-send subscriber ---------------------------------------------------------------------

@@ -71,6 +71,7 @@ import orjson
 import python_http_client
 import sendgrid
 
+from .. import links
 from ..config import Settings, normalise_base_url, positive_seconds, within
 from ..errors import ConfigError
 from ..headers import clean_header_value
@@ -362,7 +363,7 @@ class SendGridBackend(Backend):
     def _prepare(self, factory: MessageFactory) -> None:
         """Per factory: the slot markers the templates use; per-recipient headers must not be reserved."""
         self._marker_items = tuple((name, slot(name)) for name in sorted(factory.slot_names))
-        probe = Recipient(email="probe@invalid.example", unsubscribe_url="https://invalid.example/u/x")
+        probe = Recipient(email="probe@invalid.example", unsubscribe_url=links.sample_unsubscribe_url("https://invalid.example"))
         for key in factory.recipient_headers(probe, "<probe@invalid.example>"):
             if key.lower() in RESERVED_HEADERS:
                 raise PermanentError(f"header {key} is reserved by SendGrid and cannot be set per recipient")

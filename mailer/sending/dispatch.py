@@ -209,7 +209,7 @@ class Sender:
         # carries the same Message-ID whatever MAILER_FROM says now
         self.base_url, self.slug, self.domain = settings.base_url, rendered.key, rendered.settings.sender_domain
         # per recipient: prepared once (the same tokens and Message-IDs as `outgoing_message`)
-        self._unsubscribe_prefix = self.base_url + links.UNSUBSCRIBE.split("{token}")[0]  # links.unsubscribe_url's
+        self._unsubscribe_prefix = links.unsubscribe_prefix(self.base_url)  # links.unsubscribe_url's
         self._token = tokens.TokenMaker(self.key, "unsubscribe", issue_id)
         self._message_id = tokens.MessageIds(self.key, self.slug, self.domain)
         self._languages: dict[str | None, str] = {}  # subscriber's stored language -> key in `factories`

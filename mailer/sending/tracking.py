@@ -31,7 +31,7 @@ def tracked_parts(rendered: RenderedIssue) -> tuple[Template, Template, tuple[st
     if not clicks and not settings.track_opens:
         return rendered.html, rendered.text, ()
     base = settings.base_url
-    skip = (rendered.web_url, base + links.WEB_EDITION.format(slug=rendered.issue.slug), links.unsubscribe_prefix(base),
+    skip = (rendered.web_url, links.edition_url(base, rendered.issue.slug), links.unsubscribe_prefix(base),
             links.click_prefix(base), links.open_prefix(base))
     content = tracking.tracked_urls(rendered.issue, rendered.content_language, base)  # not the footer's
     urls = tuple(tracking.find_links(rendered.html, rendered.text, skip, content)) if clicks else ()

@@ -27,7 +27,6 @@ from .. import links
 from ..config import Settings
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-FEED_PATH = links.FEED
 CONTENT_TYPE = "application/atom+xml; charset=utf-8"
 
 
