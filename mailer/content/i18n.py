@@ -83,7 +83,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "notice_welcome_archive": "En attendant, les lettres précédentes sont en ligne\u00a0:",
         "notice_welcome_archive_text": "Les lettres précédentes\u00a0: {url}",
         "notice_unsubscribe_text": "Se désabonner en un clic\u00a0:",
-        # ----- the editor's preview (mailer/preview.py, templates/preview.html.j2) -----
+        # ----- the editor's preview (mailer/web/preview.py, templates/preview.html.j2) -----
         "preview_title": "Aperçu",
         "preview_briefs_one": "{count}\u00a0brève",
         "preview_briefs_many": "{count}\u00a0brèves",
@@ -233,7 +233,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "notice_welcome_archive": "Meanwhile, past issues are online:",
         "notice_welcome_archive_text": "Past issues: {url}",
         "notice_unsubscribe_text": "Unsubscribe in one click:",
-        # ----- the editor's preview (mailer/preview.py, templates/preview.html.j2) -----
+        # ----- the editor's preview (mailer/web/preview.py, templates/preview.html.j2) -----
         "preview_title": "Preview",
         "preview_briefs_one": "{count} brief",
         "preview_briefs_many": "{count} briefs",

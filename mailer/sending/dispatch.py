@@ -18,7 +18,7 @@ a ledger row going from `sending` to `sent` — moves only after the provider ac
    statement (`FOR UPDATE SKIP LOCKED` on PostgreSQL), re-check suppression right before each
    message or request leaves (someone who unsubscribed a second ago is `skipped`), hand the messages
    to the backend, and record each outcome.
-3. Failures are classified by whose failure it is (backends/base.py). A recipient's refusal counts
+3. Failures are classified by whose failure it is (providers/base.py). A recipient's refusal counts
    against that recipient (`attempts`; `failed` after MAX_ATTEMPTS or at once when permanent). A
    failure of the whole path (connection refused, DNS, timeouts, 5xx/429 for every request, disk
    full) counts against nobody: it is retried with exponential backoff honouring Retry-After, and
