@@ -73,3 +73,37 @@ def test_every_preview_string_is_used_by_the_page(project):
     for key in i18n.STRINGS["fr"]:
         if key.startswith("preview_"):
             assert f"t.{key}" in template, key
+
+
+def _engines_opened():  # noqa: ANN202
+    """A counter of the connection pools that made their first connection (one per engine opened)."""
+    import sqlalchemy as sa
+    from sqlalchemy.pool import Pool
+
+    opened = []
+
+    def first(dbapi_connection, record) -> None:  # noqa: ANN001
+        opened.append(record)
+    sa.event.listen(Pool, "first_connect", first)
+    return opened, lambda: sa.event.remove(Pool, "first_connect", first)
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["app-store", "own-store"])
+def test_the_reports_pages_open_no_store_per_request(make_settings, db_url, store, given):
+    """The Reports pages read the app's store (or one they open once, closed on shutdown): twenty
+    requests open no engine each (an engine per request also ran the migration check each time)."""
+    from starlette.testclient import TestClient
+
+    from .test_reports import send
+
+    settings, _ = send(make_settings, db_url, store)
+    app = create_preview_app(settings, EXAMPLE_ISSUE, store if given else None)
+    opened, stop_counting = _engines_opened()
+    try:
+        with TestClient(app) as client:
+            for _ in range(10):
+                assert client.get("/reports").status_code == 200
+                assert client.get(f"/reports/{EXAMPLE_ISSUE}").status_code == 200
+        assert len(opened) == (0 if given else 1)
+    finally:
+        stop_counting()

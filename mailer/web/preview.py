@@ -94,7 +94,13 @@ def sources_version(settings: Settings, issue_ref: str) -> str:
 
 def create_preview_app(settings: Settings, issue_ref: str, store=None):  # noqa: ANN001 - a Store
     """The preview as an ASGI app (Starlette); re-renders at most once per change of the sources. With
-    `store`, the page shows the audience size (recounted at each change of the sources)."""
+    `store`, the page shows the audience size (recounted at each change of the sources) and the
+    Reports pages read it; without one, the Reports pages open one store (MAILER_DATABASE_URL) at
+    their first request and the app closes it on shutdown: never a store (an engine, a migration
+    check) per request."""
+    import contextlib
+    import threading
+
     from starlette.applications import Starlette
     from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
@@ -147,39 +153,56 @@ def create_preview_app(settings: Settings, issue_ref: str, store=None):  # noqa:
         return JSONResponse({"version": sources_version(settings, issue_ref)})
 
     reports_page = jinja_environment(settings.templates_dir, autoescape=True).get_template("reports.html.j2")
+    owned: list = []  # the store the Reports pages opened themselves (no `store` given), closed on shutdown
+    owned_lock = threading.Lock()
+
+    def reports_store():  # noqa: ANN202 - a Store
+        if store is not None:
+            return store
+        with owned_lock:
+            if not owned:
+                from ..store import open_store
+                owned.append(open_store(settings.database_url))
+            return owned[0]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):  # noqa: ANN001, ANN202
+        try:
+            yield
+        finally:
+            with owned_lock:
+                for opened in owned:
+                    opened.close()
+                owned.clear()
 
     def reports_html(slug: str | None) -> tuple[int, str]:
         from markupsafe import Markup
 
         from . import charts
         from ..sending.report import issue_report, list_growth, reports_overview, send_timeline
-        from ..store import open_store
-        store = open_store(settings.database_url)
+        db = reports_store()
+        growth = list_growth(db)
+        context = {"urls": links.PreviewSite(), "growth": growth, "report": None, "reports": [], "error": None,
+                   "zone_name": settings.zone.key}
+        if slug is None:
+            return 200, reports_page.render(**_reports_context(settings.language),
+                                            **{**context, "reports": reports_overview(db)}, day_of=lambda moment: i18n.short_date(
+                                                moment.astimezone(settings.zone).date(), settings.language, year=True),
+                                            growth_svg=Markup(charts.growth_chart(growth, settings.language)))
         try:
-            growth = list_growth(store)
-            context = {"urls": links.PreviewSite(), "growth": growth, "report": None, "reports": [], "error": None,
-                       "zone_name": settings.zone.key}
-            if slug is None:
-                return 200, reports_page.render(**_reports_context(settings.language),
-                                                **{**context, "reports": reports_overview(store)}, day_of=lambda moment: i18n.short_date(
-                                                    moment.astimezone(settings.zone).date(), settings.language, year=True),
-                                                growth_svg=Markup(charts.growth_chart(growth, settings.language)))
-            try:
-                report = issue_report(settings, store, slug)
-            except MailerError as exc:
-                return 404, reports_page.render(**_reports_context(settings.language), **{**context, "error": str(exc)},
-                                                growth_svg=Markup(charts.growth_chart(growth, settings.language)))
-            language = report.language if report.language in i18n.STRINGS else settings.language
-            timeline = send_timeline(store, report.issue_id, settings.zone)
-            return 200, reports_page.render(
-                **_reports_context(language), **{**context, "report": report, "timeline": timeline},
-                figures=report_figures(report, language), warning=complaint_warning(report, language),
-                labels=charts.interval_labels(timeline, language),
-                zone_label=charts.offset_label(timeline, settings.zone.key) if timeline.starts else settings.zone.key,
-                growth_svg=Markup(charts.growth_chart(growth, language)),
-                deliveries_svg=Markup(charts.deliveries_chart(timeline, language, settings.zone.key)))
-        finally:
-            store.close()
+            report = issue_report(settings, db, slug)
+        except MailerError as exc:
+            return 404, reports_page.render(**_reports_context(settings.language), **{**context, "error": str(exc)},
+                                            growth_svg=Markup(charts.growth_chart(growth, settings.language)))
+        language = report.language if report.language in i18n.STRINGS else settings.language
+        timeline = send_timeline(db, report.issue_id, settings.zone)
+        return 200, reports_page.render(
+            **_reports_context(language), **{**context, "report": report, "timeline": timeline},
+            figures=report_figures(report, language), warning=complaint_warning(report, language),
+            labels=charts.interval_labels(timeline, language),
+            zone_label=charts.offset_label(timeline, settings.zone.key) if timeline.starts else settings.zone.key,
+            growth_svg=Markup(charts.growth_chart(growth, language)),
+            deliveries_svg=Markup(charts.deliveries_chart(timeline, language, settings.zone.key)))
 
     async def reports(request):  # noqa: ANN001
         from starlette.concurrency import run_in_threadpool
@@ -190,7 +213,7 @@ def create_preview_app(settings: Settings, issue_ref: str, store=None):  # noqa:
         Route(links.PREVIEW, index), Route(links.PREVIEW_HTML, email_html), Route(links.PREVIEW_TEXT, email_text),
         Route(links.PREVIEW_EML, email_eml), Route(links.PREVIEW_VERSION, version),
         Route(links.REPORTS, reports), Route(links.REPORT, reports),
-    ])
+    ], lifespan=lifespan)
 
 
 def _reports_context(language: str) -> dict:
