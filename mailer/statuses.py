@@ -8,6 +8,8 @@ SUPPRESSION_RANK = {"pending": 0, "active": 0, "unsubscribed": 1, "bounced": 2, 
 # An erased person's row keeps only this prefix and a hash of the address (see subscribers.tombstone_key):
 # it is nobody's address, so lists and counts leave it out.
 TOMBSTONE_PREFIX = "erased:"
+# provider_events.provider of what bounce mailboxes report (providers.bounces → subscribers.feedback)
+MAILBOX_PROVIDER = "mailbox"
 
 # The paused reason a graceful stop (SIGTERM, Ctrl-C) leaves on an issue with deliveries left: the send
 # loop writes it, the scheduler resumes such a send (any other paused reason holds it for the operator).

@@ -26,7 +26,8 @@ import sqlalchemy as sa
 from mailer.sending import dispatch
 from mailer.config import secret_key_for
 from mailer.errors import ConfigError
-from mailer.providers.bounces.process import deliverability, process_source
+from mailer.providers.bounces.process import deliverability
+from mailer.subscribers.feedback import process_bounce_source as process_source
 from mailer.providers.bounces.reading import classify, read_message
 from mailer.providers.bounces.sources import MailboxError, parse_imap_url
 from mailer.providers.bounces.verp import Verp

@@ -21,7 +21,7 @@ ALLOWED = {
     "store": set(),
     "sending": {"content", "mime", "providers", "store"},
     "subscribers": {"providers", "store"},
-    "scheduling": {"content", "sending", "providers", "store"},
+    "scheduling": {"content", "sending", "providers", "store", "subscribers"},  # the bounce-mailbox job
     "web": {"content", "mime", "providers", "sending", "store", "subscribers"},
     "cli": {"content", "mime", "providers", "sending", "store", "subscribers", "scheduling", "web"},
     "top": set(),
@@ -32,11 +32,6 @@ SHIMS = {"scheduler.py": {"scheduling"}, "cadence.py": {"scheduling"}}
 # config checks MAILER_BOUNCE_ADDRESS at load with the VERP parser of the bounce mailboxes (a
 # lazy import); the parser's address rule belongs in addresses.py.
 EXCEPTIONS = {("config.py", "mailer.providers.bounces.verp"), ("config.py", "mailer.providers.bounces.verp.Verp")}
-# The bounce mailboxes (issue 14, merged during the layout change) record their events and apply
-# suppressions themselves; to move: read messages into ProviderEvents, hand them to subscribers.feedback.
-EXCEPTIONS |= {("process.py", name) for name in ("mailer.store", "mailer.store.MAILBOX_PROVIDER",
-                                                   "mailer.store.StatusChange", "mailer.store.Store",
-                                                   "mailer.store.as_utc", "mailer.store.utcnow")}
 
 
 def modules() -> list[Path]:

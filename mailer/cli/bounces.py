@@ -35,7 +35,7 @@ def bounces_process(source: str, as_json: bool) -> None:
     complaints, unmatched, unparseable, other, already_processed, suppressed,
     problems[] (why each unparseable message is)
     """
-    from ..providers.bounces.process import process_source
+    from ..subscribers.feedback import process_bounce_source
     settings = _settings()
-    summary = process_source(_store(settings), settings, source)
+    summary = process_bounce_source(_store(settings), settings, source)
     click.echo(json.dumps(summary.as_dict(), ensure_ascii=False) if as_json else summary.line())

@@ -3,7 +3,7 @@ each provider that posts events implements (verify the request, parse the body).
 limits the body's size and hands it to the provider's webhook; the subscriber rules
 (`subscribers.feedback`) act on the normalised events and never see a provider's format.
 
-Bounce and complaint mailboxes (DSN, ARF) are meant to produce the same `ProviderEvent`s.
+Bounce and complaint mailboxes (DSN, ARF, `providers.bounces`) produce the same `ProviderEvent`s.
 """
 
 from __future__ import annotations
@@ -23,7 +23,13 @@ class ProviderEvent:
     * `name`: the provider's own event name (for the reason recorded in a person's history);
     * `email_key`: the address normalised as `subscribers.email` ("" if none); `subscriber_id`,
       `issue_id`: what our own custom arguments say (subscriber 0: a test send); `occurred`: UTC;
-    * `reason`: what the provider says happened (≤ 2,000 characters); `payload`: the event as received.
+    * `reason`: what the provider says happened (≤ 2,000 characters); `payload`: the event as received;
+    * `sent_at`: when the message the event is about was sent, when the provider knows (a bounce
+      report matched to a delivery; the "came back since" rule then uses it instead of `occurred`);
+    * `history`: the line a status change (or a soft bounce) writes in the person's history, when
+      the provider has a better one than "PROVIDER NAME: REASON";
+    * `by_address`: whether the address alone may name the person (a verified webhook: yes; a
+      bounce mailbox, where anybody can write a report: no, only `subscriber_id` does).
     """
 
     provider: str
@@ -37,6 +43,9 @@ class ProviderEvent:
     occurred: datetime | None
     reason: str
     payload: dict[str, Any]
+    sent_at: datetime | None = None
+    history: str = ""
+    by_address: bool = True
 
 
 class WebhookRefused(Exception):

@@ -298,9 +298,9 @@ class SchedulerRuntime:
         log.info("scheduled: bounce mailbox %s every %gs", self.settings.bounce_mailbox, self.settings.bounce_poll)
 
     def poll_bounces(self) -> None:
-        from ..providers.bounces.process import process_source
+        from ..subscribers.feedback import process_bounce_source
         try:
-            summary = process_source(self.store, self.settings, self.settings.bounce_mailbox)
+            summary = process_bounce_source(self.store, self.settings, self.settings.bounce_mailbox)
         except MailerError as exc:
             log.error("bounce mailbox: %s", exc)
             return

@@ -17,7 +17,6 @@ from .bulk import (IMPORT_ATTRIBUTES, IMPORT_CREATED_AT, IMPORT_DIGEST, IMPORT_G
                    ImportExisting)
 from .common import StatusChange, as_utc, utcnow
 from .core import Store
-from .events import MAILBOX_PROVIDER
 from .engine import HEAD_REVISION, MIGRATIONS_DIR, current_revision, make_engine, open_store, upgrade
 
 # `Connection` and `Row` are what the store's methods take and return; `DatabaseError` is any failure
@@ -25,5 +24,5 @@ from .engine import HEAD_REVISION, MIGRATIONS_DIR, current_revision, make_engine
 # from here, never from SQLAlchemy.
 __all__ = ["Connection", "DatabaseError", "IntegrityError", "Row", "HEAD_REVISION", "IMPORT_ATTRIBUTES", "IMPORT_CREATED_AT", "IMPORT_DIGEST", "IMPORT_GIVEN", "IMPORT_KEY",
            "IMPORT_LANGUAGE", "IMPORT_LINE", "IMPORT_LISTS", "IMPORT_NAME", "IMPORT_ROW_FIELDS", "IMPORT_STATUS",
-           "IMPORT_STATUS_AT", "MAILBOX_PROVIDER", "MIGRATIONS_DIR", "ImportExisting", "StatusChange", "Store", "as_utc",
+           "IMPORT_STATUS_AT", "MIGRATIONS_DIR", "ImportExisting", "StatusChange", "Store", "as_utc",
            "current_revision", "make_engine", "open_store", "upgrade", "utcnow"]

@@ -9,10 +9,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .schema import (provider_events, subscriber_events)
+from ..statuses import MAILBOX_PROVIDER
 from .common import _chunks, as_utc, utcnow
 
-
-MAILBOX_PROVIDER = "mailbox"  # provider_events.provider of what bounce mailboxes report
 
 
 class EventQueries:

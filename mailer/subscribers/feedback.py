@@ -9,26 +9,37 @@ from __future__ import annotations
 
 import logging
 from contextlib import AbstractContextManager
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from ..config import Settings
 
 from ..providers.events import ProviderEvent
-from ..statuses import SUPPRESSION_RANK
+from ..statuses import MAILBOX_PROVIDER
 from ..store import Connection, Row, StatusChange, Store, as_utc, utcnow
-from .service import anonymised_payload, redact_addresses, tombstone_key
+from .service import anonymised_payload, redact_addresses, suppression_verdict, tombstone_key
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ..providers.bounces.process import Summary
 
 log = logging.getLogger("mailer.web")
 
 
 def record_provider_events(store: Store, events: Sequence[ProviderEvent], *,
-                           transaction: Callable[[], AbstractContextManager[Connection]] | None = None) -> dict[str, int]:
+                           transaction: Callable[[], AbstractContextManager[Connection]] | None = None,
+                           soft_bounce_rule: tuple[int, int] | None = None) -> dict[str, int]:
     """Store every event (idempotent by provider and event id) and apply the suppressions of new ones.
 
     An event acts on a subscriber only when its address is that subscriber's: the subscriber named
     by the event's `subscriber_id` when present (and only if the addresses match), else the one with
     that address. Events without an address, or naming a subscriber whose address is another, are
     stored and change no one (`ignored`). Events about an erased person are stored anonymised, on
-    their tombstone. An event older (whole seconds) than the person's last confirmation suppresses
-    no one: they came back since. Returns counts: received, new, suppressed, ignored.
+    their tombstone. Whether a new event suppresses is `service.suppression_verdict` (the ranking;
+    an event older than the person's last confirmation, in whole seconds, suppresses no one: they
+    came back since). A new `soft_bounced` event is a `soft_bounce` line of the person's history.
+    Status changes are recorded with source `mailbox` (bounce mailboxes) or `webhook`.
+    Returns counts: received, new, suppressed, ignored.
     `transaction`: how to open the write transaction (default `store.begin`).
     """
     now = utcnow()
@@ -49,26 +60,54 @@ def record_provider_events(store: Store, events: Sequence[ProviderEvent], *,
     with (transaction or store.begin)() as conn:
         people, ignored = _correlate(store, conn, rows, kept)
         inserted = store.insert_provider_events(conn, rows)
-        todo = [(row, event) for row, event in zip(rows, kept)
-                if row["provider_event_id"] in inserted and event.suppress and row["subscriber_id"]
-                and row["subscriber_id"] in people]
+        acting = [(row, event) for row, event in zip(rows, kept)
+                  if row["provider_event_id"] in inserted and row["subscriber_id"] and row["subscriber_id"] in people]
         current = {person.id: (person.status, as_utc(person.confirmed_at)) for person in people.values()}
         changes: list[StatusChange] = []
-        for row, event in todo:
+        for row, event in acting:
             person = row["subscriber_id"]
+            source = "mailbox" if event.provider == MAILBOX_PROVIDER else "webhook"
+            history = event.history or f"{event.provider} {event.name}: {row['reason']}"
+            wanted = event.suppress
+            if event.kind == "soft_bounced":  # a line of the person's history; a status only when they repeat
+                store.record_event(conn, person, "soft_bounce", source=source, reason=history[:2000])
+                if soft_bounce_rule is not None and not wanted:
+                    limit, sends = soft_bounce_rule
+                    count = store.soft_bounced_sends(conn, person, sends)
+                    if count >= limit:
+                        wanted, history = "bounced", f"{count} soft bounces over the last {sends} sends (latest: {history})"
+            if not wanted:
+                continue
             status, confirmed_at = current[person]
-            if SUPPRESSION_RANK[event.suppress] <= SUPPRESSION_RANK.get(status, 0):
-                continue  # already as suppressed, or more
-            if event.occurred is not None and confirmed_at is not None and event.occurred < confirmed_at.replace(microsecond=0):
-                continue  # an old event (whole seconds) about an earlier subscription: they came back since
-            current[person] = (event.suppress, confirmed_at)
-            changes.append(StatusChange(person, status, event.suppress, "webhook",
-                                        f"{event.provider} {event.name}: {row['reason']}"[:500]))
+            if suppression_verdict(status, confirmed_at, as_utc(event.sent_at) or event.occurred, wanted):
+                continue  # already as suppressed or more, or about an earlier subscription
+            current[person] = (wanted, confirmed_at)
+            changes.append(StatusChange(person, status, wanted, source, history[:500]))
         suppressed = len(store.apply_status_changes(conn, changes))
     if ignored:
         log.warning("%s events: %d changed no one: no address, or an address that is not the "
                     "subscriber's their custom_args name", kept[0].provider, ignored)
     return {"received": len(events), "new": len(inserted), "suppressed": suppressed, "ignored": ignored}
+
+
+def mailbox_recorder(store: Store, settings: Settings) -> Callable[..., dict[str, int]]:
+    """The `record` a bounce mailbox run hands its events to (`providers.bounces.process`): this
+    module's rules, with the soft-bounce rule of `settings`."""
+    rule = (settings.soft_bounce_limit, settings.soft_bounce_sends)
+
+    def record(events: Sequence[ProviderEvent], transaction: Callable[[], AbstractContextManager[Connection]]
+               ) -> dict[str, int]:
+        return record_provider_events(store, events, transaction=transaction, soft_bounce_rule=rule)
+    return record
+
+
+def process_bounce_source(store: Store, settings: Settings, source: str, *,
+                          ssl_context: "ssl.SSLContext | None" = None) -> "Summary":
+    """Read a bounce mailbox (`providers.bounces.process.process_source`: a Maildir, an mbox or an
+    `imap://` URL) and apply what it reports to the subscribers. Raises MailboxError (one line)."""
+    from ..providers.bounces.process import process_source
+
+    return process_source(store, settings, source, mailbox_recorder(store, settings), ssl_context=ssl_context)
 
 
 def _correlate(store: Store, conn: Connection, rows: list[dict[str, Any]],
@@ -90,12 +129,12 @@ def _correlate(store: Store, conn: Connection, rows: list[dict[str, Any]],
             elif named[given].email == tombstone_key(key):
                 person = given
                 erased.add(given)
-        elif key and not given:
+        elif key and not given and event.by_address:
             person = by_email.get(key)
             if person is None and tombstone_key(key) in by_email:
                 person = by_email[tombstone_key(key)]
                 erased.add(person)
-        if person is None and event.suppress:
+        if person is None and event.suppress and event.by_address:
             ignored += 1
         row["subscriber_id"] = person
         if person in erased:  # nothing about who they were: what happened and when

@@ -15,19 +15,61 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from ..addresses import Address, parse_address
 from .importer.values import clean_text  # noqa: F401 - its home is the SQLAlchemy-free values module
 from ..errors import MailerError, NotFound
-from ..statuses import SUBSCRIBER_STATUSES, SUPPRESSED_STATUSES, TOMBSTONE_PREFIX
+from ..statuses import SUBSCRIBER_STATUSES, SUPPRESSED_STATUSES, SUPPRESSION_RANK, TOMBSTONE_PREFIX
 from ..store import Connection, Row, StatusChange, Store, as_utc
 
 
 def tombstone_key(key: str) -> str:
     """The anonymous stand-in for an erased address (stored in place of the email)."""
     return TOMBSTONE_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+# ----- the suppression rule (bounces, complaints, provider unsubscribes, imports) ---------------------
+OUTRANKED = "outranked"    # already as suppressed, or more: nothing is lowered
+CAME_BACK = "came back"    # the event is older than their latest confirmation
+
+
+def suppression_verdict(status: str, confirmed_at: datetime | None, event_at: datetime | None,
+                        wanted: str) -> str | None:
+    """Whether an event that implies `wanted` (a status of SUPPRESSED_STATUSES) suppresses a person
+    who is `status` now and last confirmed at `confirmed_at`: None when it does, else why not.
+
+    The one rule every path applies (provider webhooks and bounce mailboxes through
+    `subscribers.feedback`, CSV imports through the import engine):
+
+    1. **rank** (`statuses.SUPPRESSION_RANK`): complained > bounced > unsubscribed > active/pending;
+       an event never lowers nor repeats a suppression → OUTRANKED;
+    2. **came back since**: an event from before the person's latest confirmation is about an
+       earlier subscription → CAME_BACK. `event_at` is when the message the event is about was sent
+       when that is known (a bounce report matched to a delivery), else when the event happened (a
+       webhook's timestamp, an export's unsubscribe date). No time known: the event counts.
+
+    Times are compared in **whole seconds** (UTC; naive values are read as UTC): providers' times
+    have no more (SendGrid's Unix timestamps, RFC 5322 dates in DSN/ARF reports, exports' dates),
+    while ours carry microseconds, so within one second the order is unknown. An event in the same
+    second as the confirmation counts (suppresses): mailing someone whose address bounced or who
+    complained is the costlier mistake, and a wrong suppression is undone by the person
+    (resubscribe) or the operator (`subscribers restore`). Raises ValueError for a `wanted` status
+    that is not a suppression.
+    """
+    if wanted not in SUPPRESSED_STATUSES:
+        raise ValueError(f"{wanted!r} is not a suppression")
+    if SUPPRESSION_RANK[wanted] <= SUPPRESSION_RANK.get(status, 0):
+        return OUTRANKED
+    if event_at is not None and confirmed_at is not None and _second(event_at) < _second(confirmed_at):
+        return CAME_BACK
+    return None
+
+
+def _second(value: datetime) -> datetime:
+    return as_utc(value).replace(microsecond=0)  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,15 @@ For each message not yet set aside (`sources`), `process_mailbox`:
      delivery (`tokens.message_id`) to a subscriber the report names (Final-Recipient,
      Original-Recipient, Original-Rcpt-To, the returned To) or whose signed List-Unsubscribe token the
      returned headers carry. An address alone matches no one: anybody can write a bounce;
-4. records one `provider_events` row per failed recipient (provider `mailbox`; kind `bounced`,
-   `soft_bounced`, `delayed`, `complained`, `feedback`, `other`; the raw reason and the parsed report
-   in the payload) in one transaction with the status changes it implies, through the suppression
-   ranking (`statuses.SUPPRESSION_RANK`: a complaint outranks a bounce, which outranks an
-   unsubscribe; nothing is lowered): a hard bounce → `bounced`; a complaint → `complained`; a soft
-   bounce → `bounced` once MAILER_SOFT_BOUNCE_LIMIT (3) of the person's last MAILER_SOFT_BOUNCE_SENDS
-   (5) sends came back soft. Every soft bounce is also a `soft_bounce` line of the person's history
-   (status code and the server's words; the status is not changed by it). A report about a send that
-   predates the person's latest confirmation (they came back since) changes no status;
+4. turns it into one normalised `ProviderEvent` per failed recipient (provider `mailbox`; kind
+   `bounced`, `soft_bounced`, `delayed`, `complained`, `feedback`, `other`; the raw reason and the
+   parsed report in the payload; a hard bounce implies `bounced`, a complaint `complained`; the
+   matched delivery's send time) and hands them to `record`, in the same transaction as the check of
+   step 2. `record` is the subscribers' feedback path (`subscribers.feedback.mailbox_recorder`, the
+   one the webhooks use): it stores the events and applies the subscriber rules (the suppression
+   ranking, "came back since", a soft bounce as a history line and `bounced` once
+   MAILER_SOFT_BOUNCE_LIMIT of the last MAILER_SOFT_BOUNCE_SENDS sends came back soft). This module
+   reads the ledger to match a report (a `Store` handed in by the caller) and writes nothing itself;
 5. sets it aside (Maildir: `.Processed`; IMAP: flags, optional move; mbox: the store remembers).
 """
 
@@ -30,19 +30,23 @@ from __future__ import annotations
 
 import logging
 import ssl
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from ...config import Settings, secret_key_for
-from ...statuses import SUPPRESSION_RANK
-from ...store import MAILBOX_PROVIDER, StatusChange, Store, as_utc, utcnow
+from ...statuses import MAILBOX_PROVIDER
+from ..events import ProviderEvent
 from ...tokens import InvalidToken, message_id as delivery_message_id, read_token
 from .reading import Failure, Reading, read_message
 from .sources import MailboxSource, open_source
 from .verp import Verp
 
+Store = Any       # a mailer.store.Store, handed in by the caller: read to match a report to a delivery
 Connection = Any  # a store connection (SQLAlchemy's; this module writes no SQL of its own)
 Row = Any         # a row returned by a store function
+# Where the events go: (events, how to open the transaction) → counts with "suppressed" (subscribers.feedback).
+Record = Callable[[Sequence[ProviderEvent], Callable[[], AbstractContextManager[Connection]]], dict[str, int]]
 
 log = logging.getLogger("mailer.bounces")
 
@@ -89,7 +93,7 @@ class Match:
     facts: Row     # Store.delivery_facts
 
 
-def process_mailbox(store: Store, settings: Settings, source: MailboxSource) -> Summary:
+def process_mailbox(store: Store, settings: Settings, source: MailboxSource, record: Record) -> Summary:
     """Process every message of an opened `source` (see the module docstring). Raises MailboxError
     when the mailbox fails mid-way; what was recorded before stays recorded."""
     key = secret_key_for(settings)
@@ -106,18 +110,18 @@ def process_mailbox(store: Store, settings: Settings, source: MailboxSource) -> 
             if store.mailbox_seen(conn, [reading.digest]):
                 summary.already_processed += 1
             else:
-                _record(store, conn, settings, key, verp, reading, source.kind, summary)
+                _record(store, conn, settings, key, verp, reading, source.kind, summary, record)
         source.set_aside(message_key)
     return summary
 
 
-def process_source(store: Store, settings: Settings, source: str, *, ssl_context: "ssl.SSLContext | None" = None
-                   ) -> Summary:
+def process_source(store: Store, settings: Settings, source: str, record: Record, *,
+                   ssl_context: "ssl.SSLContext | None" = None) -> Summary:
     """Open SOURCE (a Maildir folder, an mbox file or an `imap://` URL, see `sources.open_source`;
     the IMAP password is MAILER_IMAP_PASSWORD), process it and close it. Raises MailboxError (one line
     naming SOURCE) when it cannot be opened or read."""
     with open_source(source, imap_password=settings.imap_password, ssl_context=ssl_context) as mailbox:
-        return process_mailbox(store, settings, mailbox)
+        return process_mailbox(store, settings, mailbox, record)
 
 
 COMPLAINT_RATE_LIMIT = 0.003  # Gmail's and Yahoo's bulk-sender rule (2024): keep spam complaints under 0.3 %
@@ -139,77 +143,42 @@ def deliverability(store: Store, issue_id: int | None = None) -> list[dict[str, 
 
 
 def _record(store: Store, conn: Connection, settings: Settings, key: bytes, verp: Verp | None,
-            reading: Reading, source_kind: str, summary: Summary) -> None:
+            reading: Reading, source_kind: str, summary: Summary, record: Record) -> None:
     summary.processed += 1
     match = _match(store, conn, settings, key, verp, reading)
-    rows: list[dict[str, Any]] = []
-    now = utcnow()
     base = {"source": source_kind, "detector": reading.detector, "report_message_id": reading.message_id,
             "subject": reading.subject, "original_message_id": reading.original_message_id,
             "match": match.how if match else None}
+    slug = match.facts.slug if match else ""
+    kinds: list[tuple[str, Failure | None, str | None, str]]  # kind, failure, suppression, history line
     if reading.kind == "complaint":
-        kinds = [("complained", None)]
+        kinds = [("complained", None, "complained", f"complaint ({reading.feedback_type} feedback report) about {slug}")]
         summary.complaints += match is not None
     elif reading.kind == "bounce":
         bouncing = [f for f in reading.failures if f.severity in ("hard", "soft")]
         if match is not None and len(bouncing) > 1:  # one delivery, one recipient: the one it names
             bouncing = [_failure_for(bouncing, match.facts.email)]
-        kinds = [("bounced" if f.severity == "hard" else "soft_bounced", f) for f in bouncing]
+        kinds = [("bounced", f, "bounced", f"hard bounce on {slug}: {f.reason}") if f.severity == "hard" else
+                 ("soft_bounced", f, None, f"soft bounce on {slug}: {f.reason}") for f in bouncing]
         worst = "hard" if any(f.severity == "hard" for f in bouncing) else "soft"
         summary.hard_bounces += match is not None and worst == "hard"
         summary.soft_bounces += match is not None and worst == "soft"
     else:
-        kinds = [("feedback" if reading.feedback_type else "delayed" if reading.failures else "other", None)]
+        kinds = [("feedback" if reading.feedback_type else "delayed" if reading.failures else "other", None, None, "")]
         summary.other += 1
     if match is None and reading.kind in ("bounce", "complaint"):
         summary.unmatched += 1
-    for index, (kind, failure) in enumerate(kinds):
-        reason = _reason(reading, failure)
-        rows.append({"provider": MAILBOX_PROVIDER, "provider_event_id": f"{reading.digest}:{index}", "kind": kind,
-                     "email": (match.facts.email if match else (failure.recipient if failure else
-                                                                  reading.complaint_recipient))[:320],
-                     "subscriber_id": match.subscriber_id if match else None,
-                     "issue_id": match.issue_id if match else None, "occurred_at": reading.occurred,
-                     "received_at": now, "reason": reason[:2000],
-                     "payload": {**base, **({"failure": asdict(failure)} if failure else {}),
-                                 **({"feedback_type": reading.feedback_type} if reading.feedback_type else {})}})
-    store.insert_provider_events(conn, rows)
-    if match is None:
-        return
-    for kind, failure in kinds:  # a soft bounce changes no status: its own line in the person's history
-        if kind == "soft_bounced" and failure is not None:
-            store.record_event(conn, match.subscriber_id, "soft_bounce", source="mailbox",
-                               reason=f"soft bounce on {match.facts.slug}: {failure.reason}"[:2000])
-    target = _suppression(store, conn, settings, reading, kinds, match)
-    if target is None:
-        return
-    status, why = target
-    current = match.facts.status
-    if SUPPRESSION_RANK[status] <= SUPPRESSION_RANK.get(current, 0):
-        return  # already as suppressed, or more
-    sent_at, confirmed_at = as_utc(match.facts.sent_at), as_utc(match.facts.confirmed_at)
-    if sent_at is not None and confirmed_at is not None and sent_at < confirmed_at:
-        return  # about a send before they (re)confirmed: they came back since
-    summary.suppressed += len(store.apply_status_changes(
-        conn, [StatusChange(match.subscriber_id, current, status, "mailbox", why[:500])]))
-
-
-def _suppression(store: Store, conn: Connection, settings: Settings, reading: Reading,
-                 kinds: list[tuple[str, Failure | None]], match: Match) -> tuple[str, str] | None:
-    slug = match.facts.slug
-    if reading.kind == "complaint":
-        return "complained", f"complaint ({reading.feedback_type} feedback report) about {slug}"
-    hard = next((f for kind, f in kinds if kind == "bounced"), None)
-    if hard is not None:
-        return "bounced", f"hard bounce on {slug}: {hard.reason}"
-    soft = next((f for kind, f in kinds if kind == "soft_bounced"), None)
-    if soft is None:
-        return None
-    count = store.soft_bounced_sends(conn, match.subscriber_id, settings.soft_bounce_sends)
-    if count >= settings.soft_bounce_limit:
-        return "bounced", (f"{count} soft bounces over the last {settings.soft_bounce_sends} sends "
-                           f"(latest on {slug}: {soft.reason})")
-    return None
+    events = [ProviderEvent(
+        provider=MAILBOX_PROVIDER, event_id=f"{reading.digest}:{index}", kind=kind,
+        suppress=suppress if match else None, name=kind,
+        email_key=(match.facts.email if match else (failure.recipient if failure else reading.complaint_recipient))[:320],
+        subscriber_id=match.subscriber_id if match else None, issue_id=match.issue_id if match else None,
+        occurred=reading.occurred, reason=_reason(reading, failure)[:2000],
+        payload={**base, **({"failure": asdict(failure)} if failure else {}),
+                 **({"feedback_type": reading.feedback_type} if reading.feedback_type else {})},
+        sent_at=match.facts.sent_at if match else None, history=history, by_address=False)
+        for index, (kind, failure, suppress, history) in enumerate(kinds)]
+    summary.suppressed += record(events, lambda: nullcontext(conn))["suppressed"]
 
 
 def _match(store: Store, conn: Connection, settings: Settings, key: bytes, verp: Verp | None,
