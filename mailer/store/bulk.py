@@ -63,6 +63,7 @@ class ImportExisting(NamedTuple):
     id: int
     status: str
     import_digest: str | None
+    confirmed_at: datetime | None = None  # UTC
 
 
 # For the import's connection on SQLite (Store.import_connection). Foreign keys are not checked
@@ -88,6 +89,10 @@ def _sqlite_in(conn: Connection, columns: str, emails: list[str]) -> list[tuple]
         marks = ",".join("?" * len(part))
         found.extend(dbapi.execute(f"SELECT {columns} FROM {subscribers.name} WHERE email IN ({marks})", part))
     return found
+
+
+def _sqlite_time(text: str | None) -> datetime | None:
+    return None if text is None else as_utc(datetime.fromisoformat(text))
 
 
 def _imported_status(row: tuple) -> str:
@@ -246,16 +251,19 @@ class BulkQueries:
         return None
 
     def existing_for_import(self, conn: Connection, keys: list[str], fast: str | None) -> dict[str, "ImportExisting"]:
-        """The subscribers among these address keys: key → (id, status, import_digest)."""
-        if fast == "sqlite":
-            found = _sqlite_in(conn, "email, id, status, import_digest", keys)
-        elif fast == "postgresql":  # one array parameter, not thousands of placeholders for the driver to parse
+        """The subscribers among these address keys: key → (id, status, import_digest, confirmed_at)."""
+        if fast == "sqlite":  # the raw driver hands timestamps back as text
+            return {email: ImportExisting(sid, status, digest, _sqlite_time(confirmed)) for email, sid, status, digest, confirmed
+                    in _sqlite_in(conn, "email, id, status, import_digest, confirmed_at", keys)}
+        if fast == "postgresql":  # one array parameter, not thousands of placeholders for the driver to parse
             found = conn.connection.driver_connection.execute(
-                f"SELECT email, id, status, import_digest FROM {subscribers.name} WHERE email = ANY(%s)", (keys,))
+                f"SELECT email, id, status, import_digest, confirmed_at FROM {subscribers.name} WHERE email = ANY(%s)",
+                (keys,))
         else:
             found = conn.execute(sa.select(subscribers.c.email, subscribers.c.id, subscribers.c.status,
-                                           subscribers.c.import_digest).where(subscribers.c.email.in_(keys)))
-        return {email: ImportExisting(sid, status, digest) for email, sid, status, digest in found}
+                                           subscribers.c.import_digest, subscribers.c.confirmed_at)
+                                 .where(subscribers.c.email.in_(keys)))
+        return {email: ImportExisting(sid, status, digest, as_utc(confirmed)) for email, sid, status, digest, confirmed in found}
 
     def any_erased(self, conn: Connection) -> bool:
         """Whether anyone was ever erased (one index probe: most lists never had a tombstone)."""

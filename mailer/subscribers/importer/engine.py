@@ -23,11 +23,11 @@ from typing import Callable, Sequence
 
 
 from ...errors import MailerError, NotFound
-from ...statuses import SUPPRESSED_STATUSES, SUPPRESSION_RANK
+from ...statuses import SUPPRESSED_STATUSES
 from ...store import (IMPORT_ATTRIBUTES, IMPORT_DIGEST, IMPORT_GIVEN, IMPORT_KEY, IMPORT_LANGUAGE, IMPORT_LINE,
                       IMPORT_LISTS, IMPORT_NAME, IMPORT_STATUS, IMPORT_STATUS_AT, Connection, DatabaseError, StatusChange,
                       Store, utcnow)
-from ..service import tombstone_key
+from ..service import suppression_verdict, tombstone_key
 from .columns import merged_attributes, parse_map
 from .encoding import plan_decoding
 from . import parse
@@ -195,7 +195,6 @@ def _write_batch(store: Store, conn: Connection, batch: list[tuple], total: Impo
     inserts: list[tuple] = []
     updates: list[tuple[tuple, int]] = []
     changes: list[StatusChange] = []
-    rank = SUPPRESSION_RANK
     for row in batch:
         current = existing.get(row[IMPORT_KEY])
         wanted = row[IMPORT_STATUS]
@@ -209,13 +208,17 @@ def _write_batch(store: Store, conn: Connection, batch: list[tuple], total: Impo
                     report.added_as[wanted] += 1
             continue
         at_line = f"{reason} line {row[IMPORT_LINE]}"
-        if current.status in SUPPRESSED_STATUSES:
-            if resubscribe and current.status == "unsubscribed" and wanted in (None, "active"):
-                changes.append(StatusChange(current.id, current.status, "active", source, f"--resubscribe on {at_line}"))
-                report.resubscribed += 1
-                report.updated += 1
-                updates.append((row, current.id))
-            elif wanted in SUPPRESSED_STATUSES and rank[wanted] > rank[current.status]:
+        if (current.status in SUPPRESSED_STATUSES and resubscribe and current.status == "unsubscribed"
+                and wanted in (None, "active")):
+            changes.append(StatusChange(current.id, current.status, "active", source, f"--resubscribe on {at_line}"))
+            report.resubscribed += 1
+            report.updated += 1
+            updates.append((row, current.id))
+            continue
+        if wanted in SUPPRESSED_STATUSES:  # the file suppresses them: their status changes, nothing else ...
+            # ... by the one rule (subscribers.service), as of the date the file gives (UNSUB_TIME,
+            # CLEAN_TIME, unsubscription_date), if any
+            if suppression_verdict(current.status, current.confirmed_at, row[IMPORT_STATUS_AT], wanted) is None:
                 changes.append(StatusChange(current.id, current.status, wanted, source, at_line,
                                             row[IMPORT_STATUS_AT]))
                 report.suppressed_now[wanted] += 1
@@ -223,12 +226,8 @@ def _write_batch(store: Store, conn: Connection, batch: list[tuple], total: Impo
             else:
                 report.kept[current.status] += 1  # name, attributes and status stay as they are
             continue
-        if wanted in SUPPRESSED_STATUSES:  # the file suppresses them: their status changes, nothing else
-            # ... as of the date the file gives (UNSUB_TIME, CLEAN_TIME, unsubscription_date), if any
-            changes.append(StatusChange(current.id, current.status, wanted, source, at_line,
-                                        row[IMPORT_STATUS_AT]))
-            report.suppressed_now[wanted] += 1
-            report.updated += 1
+        if current.status in SUPPRESSED_STATUSES:
+            report.kept[current.status] += 1
             continue
         # the file says subscribed (Mailchimp's subscribed export, status active…) and the person is
         # pending (a first import of a file that did not say, an unconfirmed sign-up): the import
