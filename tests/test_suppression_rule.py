@@ -5,7 +5,8 @@ Generated (status, confirmed_at, event time, wanted status) combinations go thro
 that suppress people — a provider webhook's events (`subscribers.feedback`), a bounce mailbox (real
 DSN and ARF reports in a Maildir, matched by VERP to a real SMTP send), a CSV import (the mailer
 export format, whose `unsubscribed_at` is the event's time) — and each outcome is checked against a
-small model of the rule: rank first, then "came back since" in whole seconds (the same second counts).
+small model of the rule: rank first, then "came back since" in whole seconds (the same second counts;
+an import gives no time: its dates are another system's history, so only the rank applies).
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ def test_webhooks_mailboxes_and_imports_agree_with_the_model(make_settings, stor
     for path, found in per_path.items():
         set_people(store, {a: (s, c) for a, (s, c, _, _) in zip(addresses[path], found)})
         for address, (status, confirmed, event, wanted) in zip(addresses[path], found):
-            expected[address] = wanted if model(status, confirmed, event, wanted) else status
+            # an import's date is another system's: only the rank applies (test_import's Mailchimp case)
+            known = None if path == "import" else event
+            expected[address] = wanted if model(status, confirmed, known, wanted) else status
 
     # webhooks: normalised events, as the web route hands them over
     events = [ProviderEvent(provider="sendgrid", event_id=f"e{i}", kind=wanted, suppress=wanted, name=wanted,

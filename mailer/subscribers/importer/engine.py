@@ -216,9 +216,12 @@ def _write_batch(store: Store, conn: Connection, batch: list[tuple], total: Impo
             updates.append((row, current.id))
             continue
         if wanted in SUPPRESSED_STATUSES:  # the file suppresses them: their status changes, nothing else ...
-            # ... by the one rule (subscribers.service), as of the date the file gives (UNSUB_TIME,
-            # CLEAN_TIME, unsubscription_date), if any
-            if suppression_verdict(current.status, current.confirmed_at, row[IMPORT_STATUS_AT], wanted) is None:
+            # ... by the one rule (subscribers.service), rank only: the file's date (UNSUB_TIME,
+            # CLEAN_TIME, unsubscription_date) is from another system's history, and a confirmation
+            # here (often the operator's add) does not show that the person came back after it —
+            # keeping them active would mail someone who unsubscribed elsewhere. The date is kept as
+            # the change's time.
+            if suppression_verdict(current.status, None, None, wanted) is None:
                 changes.append(StatusChange(current.id, current.status, wanted, source, at_line,
                                             row[IMPORT_STATUS_AT]))
                 report.suppressed_now[wanted] += 1
