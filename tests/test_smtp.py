@@ -469,6 +469,24 @@ def test_dot_stuffing_and_envelope_quoting_round_trip(servers):
     assert second.data == b".\r\n"
 
 
+def test_the_server_receives_what_plain_smtplib_would_deliver(servers, factory):
+    """The backend sends `MessageFactory.smtp_data` (static pieces dot-stuffed once per issue): aiosmtpd
+    receives, for every recipient, exactly the bytes plain smtplib delivers for `build`'s message
+    (its own `sendmail`, regex stuffing). Recipients whose values open quoted-printable lines with dots."""
+    server = servers()
+    addresses = [".dot@example.net", "..two@example.net", "plain@example.net", ".@example.net"]
+    batch = make_batch(factory, addresses, name=".Zoé")
+    with backend_for(server) as backend:
+        assert [r.outcome for r in backend.send_batch(batch)] == ["sent"] * len(addresses)
+    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="example.org") as client:
+        for message in batch.messages:
+            client.sendmail(SENDER, [message.recipient.email],
+                            factory.build(message.recipient, message.message_id, batch.date))
+    ours, plain = server.handler.messages[:len(addresses)], server.handler.messages[len(addresses):]
+    assert any(b"\r\n." in m.data for m in ours)  # lines opening with a dot were on the wire, stuffed
+    assert [m.data for m in ours] == [m.data for m in plain]
+
+
 def test_a_systematic_refusal_pauses_the_send_and_nothing_is_lost(servers, make_settings, sqlite_store, tmp_path):
     """The relay refuses the message itself (DATA 5xx) for everyone: pause after three, not fail the list."""
     handler = ScriptedHandler(data_script=["554 5.7.1 message content rejected"] * 3)
