@@ -109,13 +109,15 @@ class _ClientMixin:
 
     - `mail`/`rcpt`: smtplib quotes every address through `email.utils.parseaddr` (≈50 µs each);
       a plain addr-spec only needs angle brackets.
+    - `sendmail`: PIPELINING (RFC 2920) when the server offers it, for one recipient (ours always):
+      MAIL, RCPT and DATA in one write, two round trips per message instead of four.
     - `data`: a `DataPayload` (made by `MessageFactory.smtp_data`: dot-stuffed, with its end-of-data
       line, static pieces stuffed once per issue) goes out as it is; other bytes are dot-stuffed with
       `bytes.replace` instead of smtplib's multiline regex over the whole message (≈185 µs for 33 KB,
       `bytes.replace` ≈70 µs, the payload ≈2 µs). The reply to the final dot is kept: servers name
       their queue id there.
-    Everything else (`sendmail`'s sequence, SMTPUTF8 checks, CR/LF refusal in `putcmd`, error
-    handling) is smtplib's.
+    Everything else (`sendmail` without PIPELINING, SMTPUTF8 checks, CR/LF refusal as `putcmd`'s,
+    the errors raised for each reply) is smtplib's.
     """
 
     last_data_reply: tuple[int, bytes] | None = None
@@ -132,6 +134,14 @@ class _ClientMixin:
         return sock
 
     def mail(self, sender, options=()):  # noqa: ANN001, ANN201 - smtplib's signature
+        self.send(self._mail_line(sender, options))
+        return self.getreply()
+
+    def rcpt(self, recip, options=()):  # noqa: ANN001, ANN201
+        self.send(self._rcpt_line(recip, options))
+        return self.getreply()
+
+    def _mail_line(self, sender: str, options) -> bytes:  # noqa: ANN001
         optionlist = ""
         if options and self.does_esmtp:
             if any(x.lower() == "smtputf8" for x in options):
@@ -140,19 +150,29 @@ class _ClientMixin:
                 else:
                     raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
             optionlist = " " + " ".join(options)
-        self.putcmd("mail", f"FROM:{_angle(sender)}{optionlist}")
-        return self.getreply()
+        return self._line("mail", f"FROM:{_angle(sender)}{optionlist}")
 
-    def rcpt(self, recip, options=()):  # noqa: ANN001, ANN201
+    def _rcpt_line(self, recip: str, options) -> bytes:  # noqa: ANN001
         optionlist = " " + " ".join(options) if options and self.does_esmtp else ""
-        self.putcmd("rcpt", f"TO:{_angle(recip)}{optionlist}")
-        return self.getreply()
+        return self._line("rcpt", f"TO:{_angle(recip)}{optionlist}")
+
+    def _line(self, cmd: str, args: str = "") -> bytes:
+        """A command line as smtplib's `putcmd` writes it (CR or LF in it refused the same way)."""
+        line = f"{cmd} {args}" if args else cmd
+        if "\r" in line or "\n" in line:
+            line = line.replace("\n", "\\n").replace("\r", "\\r")
+            raise ValueError(f"command and arguments contain prohibited newline characters: {line}")
+        return (line + "\r\n").encode(self.command_encoding)
 
     def data(self, msg):  # noqa: ANN001, ANN201
         self.putcmd("data")
         code, reply = self.getreply()
         if code != 354:
             raise smtplib.SMTPDataError(code, reply)
+        return self._payload(msg)
+
+    def _payload(self, msg) -> tuple[int, bytes]:  # noqa: ANN001
+        """After DATA's 354: the message (stuffed here unless it is a `DataPayload`), and the reply."""
         if isinstance(msg, DataPayload):
             self.send(msg.octets)
         else:
@@ -164,6 +184,54 @@ class _ClientMixin:
             self.send(stuffed + (b".\r\n" if stuffed.endswith(b"\r\n") else b"\r\n.\r\n"))
         self.last_data_reply = self.getreply()
         return self.last_data_reply
+
+    def sendmail(self, from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):  # noqa: ANN001, ANN201
+        """smtplib's `sendmail`; to one recipient through a server that offers PIPELINING (RFC 2920),
+        MAIL, RCPT and DATA leave in one write and their three replies are read after it: two round
+        trips per message instead of four. The same replies raise the same errors as smtplib's (after
+        RSET, or closing on a 421): SMTPSenderRefused, SMTPRecipientsRefused, SMTPDataError. When RCPT
+        was refused and the server still answers DATA with 354 (RFC 2920 §3.1), an empty message (a
+        lone dot) ends that transaction before the RSET."""
+        self.ehlo_or_helo_if_needed()
+        if isinstance(to_addrs, str):
+            to_addrs = [to_addrs]
+        if len(to_addrs) != 1 or not self.does_esmtp or not self.has_extn("pipelining"):
+            return super().sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options)
+        if isinstance(msg, str):
+            msg = smtplib._fix_eols(msg).encode("ascii")
+        options = [*(["size=%d" % len(msg)] if self.has_extn("size") else []), *mail_options]
+        recipient = to_addrs[0]
+        self.send(self._mail_line(from_addr, options) + self._rcpt_line(recipient, rcpt_options) + self._line("data"))
+        code, resp = self.getreply()
+        if code == 421:
+            self.close()
+            raise smtplib.SMTPSenderRefused(code, resp, from_addr)
+        refusal: Exception | None = None
+        if code != 250:
+            refusal = smtplib.SMTPSenderRefused(code, resp, from_addr)
+        code, resp = self.getreply()
+        if code == 421:  # closing: no DATA reply will come
+            self.close()
+            raise refusal or smtplib.SMTPRecipientsRefused({recipient: (code, resp)})
+        if refusal is None and code not in (250, 251):
+            refusal = smtplib.SMTPRecipientsRefused({recipient: (code, resp)})
+        code, resp = self.getreply()
+        if refusal is not None:
+            if code == 354:  # DATA accepted all the same: an empty message closes the transaction
+                self.send(b".\r\n")
+                self.getreply()
+            self._rset()
+            raise refusal
+        if code != 354:  # as smtplib's `data()`: raised as it is
+            raise smtplib.SMTPDataError(code, resp)
+        code, resp = self._payload(msg)
+        if code != 250:
+            if code == 421:
+                self.close()
+            else:
+                self._rset()
+            raise smtplib.SMTPDataError(code, resp)
+        return {}
 
 
 class _Client(_ClientMixin, smtplib.SMTP):
