@@ -49,7 +49,8 @@ sender), and what SPF must authorise: the include a hosted relay documents (`HOS
 MAILER_SMTP_HOST) or MAILER_SPF_INCLUDE, else the addresses of MAILER_SMTP_HOST.
 
 Longer than ~400 lines because the connection pool, its lanes, deadlines and the classification
-of SMTP replies form one state machine.
+of SMTP replies form one state machine, and the smtplib client's overrides (PIPELINING, DATA sent
+pre-stuffed) must raise exactly the errors that state machine classifies.
 """
 
 from __future__ import annotations
