@@ -6,7 +6,9 @@ run), so the sink's CPU never shares the sender's GIL:
 
 - `aiosmtpd`: the reference server, which reads DATA line by line (≈ what a careful MTA costs);
 - `bulk`: a minimal asyncio sink that scans DATA in bulk for the final dot (EHLO/HELO/MAIL/RCPT/
-  DATA/RSET/NOOP/QUIT), i.e. close to a fast relay: the sender becomes the bottleneck.
+  DATA/RSET/NOOP/QUIT), i.e. close to a fast relay: the sender becomes the bottleneck. It offers
+  PIPELINING (RFC 2920) as Postfix and Exim do, so (b) sends MAIL, RCPT and DATA in one write
+  (`--no-pipelining`: it does not); the floor (a), plain smtplib, never pipelines.
 
 Against each sink, with the same number of connections N, the runs of one repetition are:
 
@@ -30,7 +32,7 @@ signing processes' CPU added for "all processes"): on a shared machine far stead
 and what bounds the pace when the sender is the bottleneck.
 
 Usage: .venv/bin/python bench/bench_smtp.py [--messages 3000] [--pools 1,4] [--repeat 5]
-       [--sinks aiosmtpd,bulk] [--dkim none,rsa,ed25519] [--mailmerge 0] [--signing 2000]
+       [--sinks aiosmtpd,bulk] [--dkim none,rsa,ed25519] [--no-pipelining] [--mailmerge 0] [--signing 2000]
        [--tracking 0] [--track-clicks] [--ledger-step N] [--profile [--dkim rsa]]
 `--signing N` first prints the signing CPU per message (RSA-2048, Ed25519) next to the unsigned build,
 the irreducible floor (hash + key operation) and dkimpy's own `dkim.sign`. `--tracking N` prints the
@@ -94,6 +96,9 @@ class _Stats:
         return cls.count
 
 
+PIPELINING = True  # does the bulk sink offer PIPELINING (its process's --pipelining)
+
+
 class BulkSink(asyncio.Protocol):
     """Just enough SMTP: commands line by line, DATA scanned in bulk for CRLF.CRLF."""
 
@@ -126,7 +131,7 @@ class BulkSink(asyncio.Protocol):
             del buffer[:end + 2]
             if verb == b"EHLO":
                 replies.append(b"250-" + SINK_HOSTNAME.encode() + b"\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
-                               b"250 SIZE 52428800\r\n")
+                               + (b"250-PIPELINING\r\n" if PIPELINING else b"") + b"250 SIZE 52428800\r\n")
             elif verb == b"HELO":
                 replies.append(b"250 " + SINK_HOSTNAME.encode() + b"\r\n")
             elif verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
@@ -177,7 +182,8 @@ class Sink:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.kind = kind
-        self.process = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(self.port)],
+        self.process = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(self.port),
+                                         "--pipelining", "1" if PIPELINING else "0"],
                                         stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         if line.strip() != "READY":
@@ -503,6 +509,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve", choices=("aiosmtpd", "bulk"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--pipelining", default="1", help=argparse.SUPPRESS)
+    parser.add_argument("--no-pipelining", action="store_true",
+                        help="the bulk sink does not offer PIPELINING (RFC 2920): (b) sends command by command")
     parser.add_argument("--messages", type=int, default=3000, help="messages per run of (a) and (b) (3000)")
     parser.add_argument("--pools", default="1,4", help="connection counts (1,4)")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions, in alternating order (5)")
@@ -521,6 +530,8 @@ def main() -> None:
                         help="messages for the click-tracking CPU figures (on vs off), 0 to skip (0)")
     parser.add_argument("--track-clicks", action="store_true", help="run (b) with click and open tracking on")
     args = parser.parse_args()
+    global PIPELINING
+    PIPELINING = args.pipelining == "1" and not args.no_pipelining
     if args.serve:
         serve(args.serve, args.port)
         return
@@ -567,7 +578,7 @@ def main() -> None:
             SmtpBackend.max_batch = args.batch
         if args.ledger_step is not None:
             SmtpBackend.ledger_step = args.ledger_step or None
-        print(f"claim batch: {SmtpBackend.max_batch} messages; ledger step: {SmtpBackend.ledger_step or 'whole batch'}; "
+        print(f"bulk sink offers PIPELINING: {'yes' if PIPELINING else 'no'}; claim batch: {SmtpBackend.max_batch} messages; ledger step: {SmtpBackend.ledger_step or 'whole batch'}; "
               f"signing processes: {min(dkim_signer.spare_cores(), dkim_signer.MAX_SIGNING_PROCESSES) or 'none (one core)'}")
         if keys:  # the signing processes start once per sending process: started here, timed apart
             started = time.perf_counter()

@@ -63,6 +63,9 @@ class ScriptedHandler:
     attempts: Counter = field(default_factory=Counter)                # RCPT attempts per address
     lock: threading.Lock = field(default_factory=threading.Lock)
     on_rcpt: Callable[[str], str | None] | None = None
+    pipelining: bool = False                                          # offer PIPELINING (RFC 2920) in EHLO
+    pipelined: list[bool] = field(default_factory=list)               # per MAIL: had RCPT arrived with it?
+    mail_script: list[str] = field(default_factory=list)              # replies to MAIL, consumed ("" = accept)
 
     # ----- what tests read ----------------------------------------------------------------------
     def count(self, address: str) -> int:
@@ -96,6 +99,21 @@ class ScriptedHandler:
         if local.startswith("cut") and attempt == 1:
             return "CUT"
         return None
+
+    async def handle_EHLO(self, server: SMTP, session, envelope, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does without this hook
+        return [*responses[:-1], "250-PIPELINING", responses[-1]] if self.pipelining else responses
+
+    async def handle_MAIL(self, server: SMTP, session, envelope, address: str, mail_options: list[str]) -> str:
+        # the next command already read with MAIL's line: the client pipelined them (one write)
+        self.pipelined.append(bytes(getattr(server._reader, "_buffer", b"")).upper().startswith(b"RCPT"))
+        with self.lock:
+            reply = self.mail_script.pop(0) if self.mail_script else ""
+        if reply:
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server: SMTP, session, envelope, address: str, rcpt_options: list[str]) -> str:
         reply = self._rcpt_reply(address)

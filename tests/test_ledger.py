@@ -277,6 +277,32 @@ def test_a_stale_claim_taken_over_is_never_recorded_twice(store):
             for r in new} == {("sending", "new", 0)}
 
 
+def test_outcomes_of_their_own_store_the_same_timestamps_as_shared_ones(store):
+    """SMTP's outcomes (a queue id each) go through a statement executed many on the driver (SQLite) or
+    arrays (PostgreSQL); SendGrid's (one id shared) through SQLAlchemy: what they store reads back the same,
+    a timezone-aware UTC instant of the call, in `sent_at` and `updated_at` alike."""
+    issue_id = _ledger_with(store, 5)
+    with store.begin() as conn:
+        rows = store.claim_deliveries(conn, issue_id, "w", 5)
+    before = datetime.now(timezone.utc)
+    with store.begin() as conn:
+        store.finish_deliveries(conn, "w", [
+            {"id": rows[0].delivery_id, "status": "sent", "provider_message_id": "q1"},
+            {"id": rows[1].delivery_id, "status": "sent", "provider_message_id": "shared"},
+            {"id": rows[2].delivery_id, "status": "sent", "provider_message_id": "shared"},
+            {"id": rows[3].delivery_id, "status": "failed", "last_error": "550 no such user"}])
+    after = datetime.now(timezone.utc)
+    with store.engine.connect() as conn:
+        stamps = {row.id: (row.sent_at, row.updated_at) for row in conn.execute(
+            sa.select(deliveries.c.id, deliveries.c.sent_at, deliveries.c.updated_at))}
+    from mailer.store import as_utc
+    own, shared, _, failed, untouched = (stamps[r.delivery_id] for r in rows)
+    assert own == shared and as_utc(own[0]) == as_utc(own[1])  # one instant per call, stored alike
+    assert before <= as_utc(own[0]) <= after
+    assert failed[0] is None and as_utc(failed[1]) == as_utc(own[1])
+    assert untouched[0] is None
+
+
 # ----- the ledger's references: the same guarantees whatever keeps them ------------------------------
 # SQLite keeps them with foreign keys; PostgreSQL with set-based triggers (revision 0008: a freeze checks
 # its rows as one set instead of two foreign-key probes per row). A random mix of freezes, deletions and

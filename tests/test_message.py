@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
+import random
 import re
+import smtplib
 from email import policy
 from email.header import decode_header, make_header
 from html import unescape as html_unescape
@@ -15,9 +18,9 @@ from mailer.config import load_settings
 from mailer.errors import ConfigError, InvalidAddress
 from mailer.content.issue import load_issue
 from mailer.content.markup import french_typography
-from mailer.mime import MessageFactory
+from mailer.mime import MessageFactory, Stuffed, stuffed_join
 from mailer.web.preview import SAMPLE_EMAIL, build_issue
-from mailer.content.render import Recipient, render_issue
+from mailer.content.render import Recipient, Template, render_issue
 
 from .conftest import BASE_ENV, EXAMPLE_ISSUE, write_issue
 
@@ -171,3 +174,67 @@ def test_subject_and_preheader_get_the_body_typography_and_still_read_back(proje
     html, _ = factory.email.personalise(Recipient(email="x@example.org", unsubscribe_url=LONG_TOKEN_URL))
     assert html_unescape(re.search(r"<title>(.*?)</title>", html).group(1)) == expected
     assert expected in html_unescape(html.split("<body")[1][:3000])  # the preheader (mj-preview)
+
+
+# ----- DATA's payload: dot-stuffed once per issue, checked against smtplib's own stuffing ------------
+def _smtplib_data(message: bytes) -> bytes:
+    """What smtplib's own `SMTP.data()` sends for `message` (bytes): `_quote_periods`, then its end-of-data."""
+    quoted = smtplib._quote_periods(message)
+    return quoted + (b"" if quoted[-2:] == b"\r\n" else b"\r\n") + b".\r\n"
+
+
+_WIRE_ALPHABET = [b".", b"..", b"\r", b"\n", b"\r\n", b"\r\n.", b"\n.\n", b"a", b" ", b"x" * 1500, "é".encode()]
+
+
+def test_stuffed_join_equals_smtplibs_stuffing_on_generated_pieces():
+    """Oracle: smtplib's `_quote_periods` over the joined bytes. Pieces with lines opening with dots, lone CR
+    and LF, long lines, empty pieces, a dot split from its line start across pieces; each piece either
+    stuffed once ahead (`Stuffed`) or as it comes."""
+    rng = random.Random(5321)
+    for _ in range(5000):
+        pieces = [b"".join(rng.choice(_WIRE_ALPHABET) for _ in range(rng.randrange(0, 5)))
+                  for _ in range(rng.randrange(0, 7))]
+        mixed = [Stuffed.of(piece) if rng.random() < 0.5 else piece for piece in pieces]
+        assert stuffed_join(mixed) == _smtplib_data(b"".join(pieces)), pieces
+
+
+def _generated_template(rng: random.Random) -> Template:
+    """A part with slots between static text holding dot lines, lone CR/LF, long lines, non-ASCII."""
+    texts = [".", "..", ".début\n", "\n.\n", "a\rb", "c\nd", "\r\n.", "ligne " * 60, "Zoé", " ", "=", ""]
+    pieces = []
+    for index in range(rng.randrange(1, 6) * 2 + 1):
+        pieces.append(rng.choice(["greeting", "email", "unsubscribe_url"]) if index % 2
+                      else "".join(rng.choice(texts) for _ in range(rng.randrange(0, 5))))
+    return Template(tuple(pieces))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_smtp_data_is_the_built_message_as_smtplib_would_stuff_it(project, make_settings, signed):
+    """`smtp_data` (static pieces stuffed once) against smtplib's stuffing of `build`'s bytes, on generated
+    bodies and recipients whose values open lines with dots (each slot opens a quoted-printable line)."""
+    from mailer.dkim_signing import generate_key
+
+    env = {}
+    if signed:
+        key = generate_key(project / "dkim.pem", "sel", "example.org", "ed25519")
+        env = {"MAILER_DKIM_PRIVATE_KEY": str(key.path), "MAILER_DKIM_SELECTOR": "sel"}
+    settings = make_settings(**env)
+    rendered = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
+    rng = random.Random(2920)
+    for round_ in range(40):
+        email_ = rendered if round_ == 0 else dataclasses.replace(
+            rendered, text=_generated_template(rng), html=_generated_template(rng))
+        factory = MessageFactory(email_)
+        for i in range(5):
+            local = rng.choice([".dot", "..two", "plain", "a.b"])
+            recipient = Recipient(email=f"{local}{i}@example.net", name=rng.choice(["", ".Zoé", "Jean .", "x" * 90]),
+                                  unsubscribe_url="https://lettre.example.org/u/" + rng.choice([".x", "y."]) * 20)
+            date = "Thu, 26 Nov 2026 07:00:00 +0000"
+            built = factory.build(recipient, f"<m{round_}.{i}@example.org>", date)
+            if signed:  # the signature's time differs between two calls: compare the message under it
+                data = factory.smtp_data(recipient, f"<m{round_}.{i}@example.org>", date)
+                head = data.index(b"\r\nDate: ") + 2
+                assert data[:head].startswith(b"DKIM-Signature: ")
+                assert data[head:] == _smtplib_data(built[built.index(b"\r\nDate: ") + 2:])
+            else:
+                assert factory.smtp_data(recipient, f"<m{round_}.{i}@example.org>", date) == _smtplib_data(built)

@@ -230,8 +230,17 @@ def test_send_issue_waits_for_an_unreachable_server_then_pauses(make_settings, s
 
 
 # ----- per-recipient outcomes ---------------------------------------------------------------------
-def test_refusals_per_recipient(servers, factory):
-    server = servers()
+PIPELINING = pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelined"])
+
+
+def _check_pipelining(handler: ScriptedHandler, pipelining: bool) -> None:
+    """Every MAIL came with its RCPT in one write exactly when the server offered PIPELINING."""
+    assert handler.pipelined and set(handler.pipelined) == {pipelining}
+
+
+@PIPELINING
+def test_refusals_per_recipient(servers, factory, pipelining):
+    server = servers(ScriptedHandler(pipelining=pipelining))
     addresses = ["ok1@example.net", "bounce1@example.net", "busy1@example.net", "ok2@example.net"]
     with backend_for(server) as backend:
         results = backend.send_batch(make_batch(factory, addresses))
@@ -242,11 +251,28 @@ def test_refusals_per_recipient(servers, factory):
     busy = outcome["busy1@example.net"]
     assert busy.outcome == "transient" and not busy.hard_bounce and busy.error.startswith("RCPT 450")
     assert server.connections == 1  # refusals RSET the transaction, the connection goes on
+    assert server.handler.per_recipient() == {"ok1@example.net": 1, "ok2@example.net": 1}
+    _check_pipelining(server.handler, pipelining)
 
 
+@PIPELINING
+def test_a_refused_sender_fails_that_message_alone_and_the_connection_goes_on(servers, factory, pipelining):
+    """MAIL refused (pipelined: RCPT and DATA then answered 503): that message only, the next ones go out."""
+    handler = ScriptedHandler(pipelining=pipelining, mail_script=["451 4.3.0 try later", "553 5.7.1 sender refused"])
+    server = servers(handler)
+    addresses = ["one@example.net", "two@example.net", "three@example.net"]
+    with backend_for(server) as backend:
+        results = backend.send_batch(make_batch(factory, addresses))
+    assert [r.outcome for r in results] == ["deferred", "permanent", "sent"]
+    assert results[0].error.startswith("MAIL 451") and results[1].error.startswith("MAIL 553")
+    assert handler.per_recipient() == {"three@example.net": 1} and server.connections == 1
+    _check_pipelining(handler, pipelining)
+
+
+@PIPELINING
 @pytest.mark.parametrize("where", ["rcpt-421", "data-421", "cut"])
-def test_421_or_disconnect_mid_batch_reconnects_once(servers, factory, where):
-    handler = ScriptedHandler()
+def test_421_or_disconnect_mid_batch_reconnects_once(servers, factory, where, pipelining):
+    handler = ScriptedHandler(pipelining=pipelining)
     addresses = [f"reader{i}@example.net" for i in range(8)]
     if where == "rcpt-421":
         addresses[3] = "drop3@example.net"
@@ -260,10 +286,13 @@ def test_421_or_disconnect_mid_batch_reconnects_once(servers, factory, where):
     assert [r.outcome for r in results] == ["sent"] * 8
     assert server.connections == 2
     assert handler.per_recipient() == {a: 1 for a in addresses}  # nothing lost, nothing doubled
+    _check_pipelining(handler, pipelining)
 
 
-def test_server_that_keeps_dropping_keeps_what_was_accepted(servers, factory):
-    handler = ScriptedHandler(on_rcpt=lambda address: "421 4.3.2 shutting down" if address >= "reader3" else None)
+@PIPELINING
+def test_server_that_keeps_dropping_keeps_what_was_accepted(servers, factory, pipelining):
+    handler = ScriptedHandler(on_rcpt=lambda address: "421 4.3.2 shutting down" if address >= "reader3" else None,
+                              pipelining=pipelining)
     server = servers(handler)
     addresses = [f"reader{i}@example.net" for i in range(6)]
     with backend_for(server) as backend:
@@ -272,10 +301,12 @@ def test_server_that_keeps_dropping_keeps_what_was_accepted(servers, factory):
     assert [r.outcome for r in results] == ["sent"] * 3 + ["deferred"] * 3
     assert all("421" in r.error for r in results[3:])
     assert handler.per_recipient() == {a: 1 for a in addresses[:3]}
+    _check_pipelining(handler, pipelining)
 
 
-def test_systematic_refusal_at_data_stops_the_batch(servers, factory):
-    handler = ScriptedHandler(data_script=["554 5.7.1 message content rejected"] * 10)
+@PIPELINING
+def test_systematic_refusal_at_data_stops_the_batch(servers, factory, pipelining):
+    handler = ScriptedHandler(data_script=["554 5.7.1 message content rejected"] * 10, pipelining=pipelining)
     server = servers(handler)
     with backend_for(server) as backend:
         with pytest.raises(PermanentError, match="554 5.7.1"):
@@ -467,6 +498,24 @@ def test_dot_stuffing_and_envelope_quoting_round_trip(servers):
     assert first.data == body + b"\r\n"
     assert (first.rcpt_tos, second.mail_from, second.rcpt_tos) == (["a@example.net"], SENDER, ["b@example.net"])
     assert second.data == b".\r\n"
+
+
+def test_the_server_receives_what_plain_smtplib_would_deliver(servers, factory):
+    """The backend sends `MessageFactory.smtp_data` (static pieces dot-stuffed once per issue): aiosmtpd
+    receives, for every recipient, exactly the bytes plain smtplib delivers for `build`'s message
+    (its own `sendmail`, regex stuffing). Recipients whose values open quoted-printable lines with dots."""
+    server = servers()
+    addresses = [".dot@example.net", "..two@example.net", "plain@example.net", ".@example.net"]
+    batch = make_batch(factory, addresses, name=".Zoé")
+    with backend_for(server) as backend:
+        assert [r.outcome for r in backend.send_batch(batch)] == ["sent"] * len(addresses)
+    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="example.org") as client:
+        for message in batch.messages:
+            client.sendmail(SENDER, [message.recipient.email],
+                            factory.build(message.recipient, message.message_id, batch.date))
+    ours, plain = server.handler.messages[:len(addresses)], server.handler.messages[len(addresses):]
+    assert any(b"\r\n." in m.data for m in ours)  # lines opening with a dot were on the wire, stuffed
+    assert [m.data for m in ours] == [m.data for m in plain]
 
 
 def test_a_systematic_refusal_pauses_the_send_and_nothing_is_lost(servers, make_settings, sqlite_store, tmp_path):

@@ -44,14 +44,6 @@ _EDITION_ROW = sa.select(*[sa.cast(column, sa.Text).label(column.name) if column
                            else column for column in editions.c])
 _CURRENT_EDITION_ID = sa.select(sa.func.max(editions.c.id)).where(editions.c.issue_id == sa.bindparam("p_issue"))
 
-_FINISH_ONE = deliveries.update().where(
-    deliveries.c.id == sa.bindparam("p_id"), deliveries.c.claimed_by == sa.bindparam("p_worker"),
-    CLAIMED_ROW).values(
-    status=sa.bindparam("p_status"), provider_message_id=sa.bindparam("p_provider_id"),
-    last_error=sa.bindparam("p_error"), sent_at=sa.bindparam("p_sent_at"), updated_at=sa.bindparam("p_now"),
-    attempts=deliveries.c.attempts + sa.bindparam("p_inc"))
-
-
 # a recipient's answer (sent, refused) is an attempt; a skip is not
 _ANSWERED = frozenset({"sent", "failed"})
 
@@ -388,15 +380,13 @@ class LedgerQueries:
         for (status, provider_id, error), ids in groups.items():
             increment = 1 if status in _ANSWERED else 0
             if len(ids) == 1:
-                singles.append({"p_id": ids[0], "p_status": status, "p_provider_id": provider_id, "p_error": error,
-                                "p_sent_at": now if status == "sent" else None, "p_now": now, "p_worker": worker,
-                                "p_inc": increment})
+                singles.append((ids[0], status, provider_id, error, increment))
                 continue
             sqlite_ledger.finish_shared(conn, worker, ids, {
                 "p_status": status, "p_provider_id": provider_id, "p_error": error,
                 "p_sent_at": now if status == "sent" else None, "p_now": now, "p_inc": increment})
-        if singles:
-            conn.execute(_FINISH_ONE, singles)
+        if singles:  # SMTP: a queue id each
+            sqlite_ledger.finish_each(conn, worker, singles, now)
 
     @staticmethod
     def _finish_postgresql(conn: Connection, worker: str, rows: Sequence[dict], now: datetime) -> None:
