@@ -400,7 +400,10 @@ def test_send_issue_2500_in_three_requests_each_subscriber_once(sg_settings, ser
     _populate(store, tmp_path, 2500)
     report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
     assert report.complete and report.sent_now == 2500
-    assert sorted(len(r.personalizations) for r in server.accepted) == [500, 1000, 1000]  # in flight together
+    sizes = sorted(len(r.personalizations) for r in server.accepted)
+    # in flight together: requests of at most 1000; concurrent claimers (SKIP LOCKED on PostgreSQL) may
+    # split the last 500 between two requests, never a full batch into small ones
+    assert sum(sizes) == 2500 and max(sizes) == 1000 and sizes.count(1000) == 2 and len(sizes) <= 4, sizes
     _assert_each_once(server, store, 2500)
     rows = _ledger(store)
     assert {r.provider_message_id for r in rows} == {r.message_id for r in server.accepted}
@@ -412,8 +415,9 @@ def test_send_issue_2500_in_three_requests_each_subscriber_once(sg_settings, ser
     assert delivered.headers["Message-ID"].endswith("@example.org>")
     assert "Bonjour Élodie1234," in delivered.text  # each subscriber's own first name
     # running again sends nothing more
+    requests = len(server.accepted)
     dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
-    assert len(server.accepted) == 3
+    assert len(server.accepted) == requests
 
 
 @pytest.mark.parametrize("fault", ["429", "500", "503", "reset", "close", "hang"])
