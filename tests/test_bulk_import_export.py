@@ -19,6 +19,7 @@ import mailer.subscribers.importer.parse as parse
 from mailer.addresses import validator_verdict
 from mailer.subscribers import (EXPORT_COLUMNS, add_subscriber, erase_subscriber, export_csv, import_csv,
                                 iter_subscribers, remove_subscriber)
+from mailer.statuses import SUBSCRIBER_STATUSES
 from mailer.subscribers.service import set_subscriber_status
 
 FIRST = ("Zoé", "Jean", "Anaïs", "Björn", "Noël", "O'Brien", "Lætitia", "Ümit")
@@ -291,3 +292,83 @@ def test_an_import_killed_at_any_moment_leaves_whole_transactions_and_a_rerun_fi
         assert report.added + report.unchanged == 60_000 and count_subscribers(store) == 60_000
     finally:
         store.close()
+
+
+def _generated_people(rng: random.Random, count: int) -> list[dict]:
+    """People as `Store.insert_subscriber` takes them, with every status and odd texts."""
+    odd = ("", "Zoé", "O'Brien", "日本", "a,b", 'say "hi"', "tab\there", "ß" * 40)
+    return [{"email": f"p{i}@example.org", "email_given": f"P{i}@Example.org", "name": rng.choice(odd),
+             "language": rng.choice(("", "fr", "en-GB")), "status": rng.choice(SUBSCRIBER_STATUSES),
+             "attributes": rng.choice(({}, {"city": rng.choice(odd)}, {"n": 7, "l": ["x", ","], "é": None})),
+             "lists": tuple(rng.sample(("news", "jobs", "événements"), rng.randrange(0, 3)))}
+            for i in range(count)]
+
+
+def _import_row(person: dict, prefix: str, line: int | None, dated: bool) -> tuple:
+    """`person` as an import row (store.IMPORT_ROW_FIELDS), its address keyed under `prefix`."""
+    from datetime import datetime, timezone
+    from mailer.store import IMPORT_ROW_FIELDS
+    at = datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=timezone.utc) if dated else None
+    fields = {"line": line, "key": prefix + person["email"], "given": prefix + person["email_given"],
+              "name": person["name"], "language": person["language"], "lists": person["lists"],
+              "attributes_json": json.dumps(person["attributes"]), "digest": None if line is None else f"d{line}",
+              "status": person["status"], "created_at": at, "status_at": at}
+    return tuple(fields[name] for name in IMPORT_ROW_FIELDS)
+
+
+def _written(store, prefix: str) -> list[tuple]:
+    """Every column of the people keyed under `prefix` (id aside) as the database holds it (cast to
+    text by the database: no type processing on the way out), with their `created` event and lists."""
+    import sqlalchemy as sa
+    from mailer.store.bulk import IMPORT_INSERT_COLUMNS
+    columns = [c.name for c in sa.Table("subscribers", sa.MetaData(), autoload_with=store.engine).columns]
+    assert set(columns) == {"id", *IMPORT_INSERT_COLUMNS}  # the insert writes every column
+    text = ", ".join(f"CAST({name} AS TEXT)" for name in columns if name != "id")
+    with store.engine.connect() as conn:
+        people = conn.exec_driver_sql(f"SELECT id, {text} FROM subscribers ORDER BY id").all()
+        events = dict(conn.exec_driver_sql(
+            "SELECT subscriber_id, CAST(at AS TEXT) || '|' || kind || '|' || coalesce(old_status, '-') || '|' || "
+            "new_status || '|' || source || '|' || reason FROM subscriber_events").all())
+        lists: dict[int, list[str]] = {}
+        for sid, name in conn.exec_driver_sql("SELECT subscriber_id, list_name FROM list_members").all():
+            lists.setdefault(sid, []).append(name)
+    return [(row[1][len(prefix):], row[2][len(prefix):], *row[3:], events[row[0]], sorted(lists.get(row[0], [])))
+            for row in people if row[1].startswith(prefix)]
+
+
+def test_one_add_the_core_import_and_the_fast_import_write_identical_rows(store):
+    """One column list (store.bulk.IMPORT_INSERT_COLUMNS), three writers: `Store.insert_subscriber`
+    (one person), the import's reference writer (SQLAlchemy Core) and the engine's fast path (SQLite
+    executemany, PostgreSQL COPY) write the same text in every column for generated people: the
+    same `now`, dated and undated rows, every status, odd names and attributes."""
+    from unittest import mock
+    import mailer.store.people as people_module
+    from datetime import datetime, timezone
+    rng = random.Random(11)
+    people = _generated_people(rng, 120)
+    now = datetime(2026, 11, 26, 7, 0, 0, 654321, tzinfo=timezone.utc)
+    engine = store.engine.dialect.name
+    with store.begin() as conn:
+        assert store.import_fast_path(conn, "import") == engine  # the fast path this engine takes
+        # `Store.insert_subscriber` stamps utcnow(): held at `now` (the store's clock, not the code under test)
+        with mock.patch.object(people_module, "utcnow", return_value=now):
+            for person in people:
+                store.insert_subscriber(conn, email="one." + person["email"], email_given="one." + person["email_given"],
+                                        status=person["status"], name=person["name"], language=person["language"],
+                                        source="import", attributes=person["attributes"], reason="import",
+                                        lists=person["lists"])
+        store.insert_imported(conn, [_import_row(p, "core.", None, False) for p in people],
+                              source="import", reason="import", now=now, fast=None)
+    one = _written(store, "one.")
+    assert len(one) == len(people)
+    assert one == _written(store, "core.")  # one person: the import's reference writer with one row
+
+    # Import rows proper (the fast paths' only input): a line number in the event's reason, a
+    # digest, undated rows and rows dating their creation and status.
+    with store.begin() as conn:
+        for prefix, fast_path in (("dcore.", None), ("dfast.", engine)):
+            store.insert_imported(conn, [_import_row(p, prefix, i + 2, i % 3 == 0) for i, p in enumerate(people)],
+                                  source="import", reason="import", now=now, fast=fast_path)
+    core, fast = _written(store, "dcore."), _written(store, "dfast.")
+    assert len(core) == len(people) and {row[4] for row in core} == set(SUBSCRIBER_STATUSES)
+    assert core == fast

@@ -99,6 +99,26 @@ def _imported_status(row: tuple) -> str:
     return row[IMPORT_STATUS] or "active"
 
 
+# The columns every subscriber insert writes (all but `id`), in this order: the Core insert, the
+# SQLite statement and the PostgreSQL COPY are built from it once, at import. A column added here
+# needs its value in `_subscriber_values` (Core, COPY) and its expression in `_SQLITE_VALUES`; the
+# statement below is built at import and fails (KeyError) when one is missing, and
+# tests/test_bulk_import_export.py compares every column the three paths write.
+IMPORT_INSERT_COLUMNS = ("email", "email_given", "name", "language", "status", "source", "attributes",
+                         "import_digest", "created_at", "updated_at", "confirmed_at", "unsubscribed_at")
+
+
+def _subscriber_values(row: tuple, status: str, source: str, now: datetime) -> tuple:
+    """One import row's values in IMPORT_INSERT_COLUMNS order (attributes as its JSON text)."""
+    status_at = row[IMPORT_STATUS_AT] or now
+    return (row[IMPORT_KEY], row[IMPORT_GIVEN], row[IMPORT_NAME], row[IMPORT_LANGUAGE], status, source,
+            row[IMPORT_ATTRIBUTES], row[IMPORT_DIGEST], row[IMPORT_CREATED_AT] or now, now,
+            status_at if status == "active" else None, status_at if status in SUPPRESSED_STATUSES else None)
+
+
+_ATTRIBUTES_AT = IMPORT_INSERT_COLUMNS.index("attributes")
+
+
 def _insert_imported_core(conn: Connection, rows: list[tuple], source: str, reason: str, now: datetime) -> list[int]:
     """The reference writer (any engine) and the one statement that inserts subscribers: SQLAlchemy
     Core, values through the column types. `Store.insert_subscriber` (one person: the CLI, the
@@ -107,15 +127,9 @@ def _insert_imported_core(conn: Connection, rows: list[tuple], source: str, reas
     `reason` as its event's reason, else "<reason> line N"."""
     values = []
     for row in rows:
-        status, status_at = _imported_status(row), row[IMPORT_STATUS_AT] or now
-        values.append({
-            "email": row[IMPORT_KEY], "email_given": row[IMPORT_GIVEN], "name": row[IMPORT_NAME],
-            "language": row[IMPORT_LANGUAGE], "status": status, "source": source,
-            "attributes": json.loads(row[IMPORT_ATTRIBUTES]), "import_digest": row[IMPORT_DIGEST],
-            "created_at": row[IMPORT_CREATED_AT] or now, "updated_at": now,
-            "confirmed_at": status_at if status == "active" else None,
-            "unsubscribed_at": status_at if status in SUPPRESSED_STATUSES else None,
-        })
+        cells = list(_subscriber_values(row, _imported_status(row), source, now))
+        cells[_ATTRIBUTES_AT] = json.loads(cells[_ATTRIBUTES_AT])  # Core serialises it through the column type
+        values.append(dict(zip(IMPORT_INSERT_COLUMNS, cells, strict=True)))
     ids = conn.execute(subscribers.insert().returning(subscribers.c.id, sort_by_parameter_order=True),
                        values).scalars().all()
     conn.execute(subscriber_events.insert(), [{
@@ -126,6 +140,22 @@ def _insert_imported_core(conn: Connection, rows: list[tuple], source: str, reas
     if memberships:
         conn.execute(list_members.insert(), memberships)
     return ids
+
+
+# The SQLite import statement's value of each column: ?1 key, ?2 given, ?3 name, ?4 language,
+# ?5 status (NULL: active), ?6 attributes, ?7 digest, ?8 created_at, ?9 status_at (both NULL: now);
+# {source}, {now} and {suppressed} are literals filled per batch (the same for every row).
+_SQLITE_VALUES = {
+    "email": "?1", "email_given": "?2", "name": "?3", "language": "?4", "status": "coalesce(?5, 'active')",
+    "source": "{source}", "attributes": "?6", "import_digest": "?7", "created_at": "coalesce(?8, {now})",
+    "updated_at": "{now}", "confirmed_at": "CASE WHEN coalesce(?5, 'active') = 'active' THEN coalesce(?9, {now}) END",
+    "unsubscribed_at": "CASE WHEN ?5 IN ({suppressed}) THEN coalesce(?9, {now}) END",
+}
+_SQLITE_INSERT = (f"INSERT INTO {subscribers.name} ({', '.join(IMPORT_INSERT_COLUMNS)}) "
+                  f"VALUES ({', '.join(_SQLITE_VALUES[column] for column in IMPORT_INSERT_COLUMNS)})")
+if set(_SQLITE_VALUES) != set(IMPORT_INSERT_COLUMNS):
+    raise RuntimeError(f"_SQLITE_VALUES names {sorted(set(_SQLITE_VALUES) ^ set(IMPORT_INSERT_COLUMNS))} wrongly")
+_COPY_SUBSCRIBERS = f"COPY {subscribers.name} (id, {', '.join(IMPORT_INSERT_COLUMNS)}) FROM STDIN"
 
 
 def _insert_imported_sqlite(conn: Connection, rows: list[tuple], source: str, reason: str, now: datetime) -> None:
@@ -145,18 +175,11 @@ def _insert_imported_sqlite(conn: Connection, rows: list[tuple], source: str, re
     suppressed_sql = ", ".join(_sql_literal(s) for s in SUPPRESSED_STATUSES)
     dbapi = conn.connection.driver_connection
     first = dbapi.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {subscribers.name}").fetchone()[0]
-    # ?1 key, ?2 given, ?3 name, ?4 language, ?5 status (NULL: active), ?6 attributes, ?7 digest,
-    # ?8 created_at, ?9 status_at (both NULL: now)
     params = map(_SQLITE_IMPORT_PARAMS, rows)
     if any(map(_IMPORT_DATES[0], rows)) or any(map(_IMPORT_DATES[1], rows)):
         params = ((*head, None if created is None else stamp(created), None if at is None else stamp(at))
                   for *head, created, at in params)
-    dbapi.executemany(
-        f"INSERT INTO {subscribers.name} (email, email_given, name, language, status, source, attributes, "
-        f"import_digest, created_at, updated_at, confirmed_at, unsubscribed_at) "
-        f"VALUES (?1, ?2, ?3, ?4, coalesce(?5, 'active'), {source_sql}, ?6, ?7, coalesce(?8, {now_sql}), {now_sql}, "
-        f"CASE WHEN coalesce(?5, 'active') = 'active' THEN coalesce(?9, {now_sql}) END, "
-        f"CASE WHEN ?5 IN ({suppressed_sql}) THEN coalesce(?9, {now_sql}) END)", params)
+    dbapi.executemany(_SQLITE_INSERT.format(source=source_sql, now=now_sql, suppressed=suppressed_sql), params)
     last = dbapi.execute("SELECT last_insert_rowid()").fetchone()[0]
     if last != first + len(rows) - 1:
         raise RuntimeError(f"import: SQLite numbered the rows {last - len(rows) + 1}…{last}, not from {first}")
@@ -176,14 +199,9 @@ def _insert_imported_postgresql(conn: Connection, rows: list[tuple], source: str
                    f"FROM generate_series(1, %s)", (len(rows),))
     ids = sorted(sid for sid, in cursor.fetchall())
     statuses = [_imported_status(row) for row in rows]
-    suppressed = SUPPRESSED_STATUSES
-    with cursor.copy(f"COPY {subscribers.name} (id, email, email_given, name, language, status, source, attributes, "
-                     f"import_digest, created_at, updated_at, confirmed_at, unsubscribed_at) FROM STDIN") as copy:
+    with cursor.copy(_COPY_SUBSCRIBERS) as copy:
         for sid, row, status in zip(ids, rows, statuses):
-            status_at = row[IMPORT_STATUS_AT] or now
-            copy.write_row((sid, row[IMPORT_KEY], row[IMPORT_GIVEN], row[IMPORT_NAME], row[IMPORT_LANGUAGE], status,
-                            source, row[IMPORT_ATTRIBUTES], row[IMPORT_DIGEST], row[IMPORT_CREATED_AT] or now, now,
-                            status_at if status == "active" else None, status_at if status in suppressed else None))
+            copy.write_row((sid, *_subscriber_values(row, status, source, now)))
     with cursor.copy(f"COPY {subscriber_events.name} (subscriber_id, at, kind, old_status, new_status, source, reason) "
                      f"FROM STDIN") as copy:
         for sid, row, status in zip(ids, rows, statuses):
