@@ -12,8 +12,10 @@ from ..config import Settings
 from .main import _settings, handle_errors, main
 
 log = logging.getLogger("mailer")
-from ..scheduling.plan import RECENT, format_span, schedule_data
+from ..scheduling.plan import RECENT, schedule_data
+from ..sending.status import LedgerView
 from ..wallclock import format_moment
+from ..wording import format_span, ledger_text
 from ..sending.waves import Wave, wave_table
 from ..store import open_store, utcnow
 
@@ -72,6 +74,9 @@ def describe_schedule(settings: Settings, as_json: bool = False, now: datetime |
         data = schedule_data(settings, store, now or utcnow())
     finally:
         store.close()
+    for item in (*data["issues"], *data["cadence_in_flight"]):  # each ledger said as the scheduler's log says it
+        ledger = item["ledger"]
+        ledger["text"] = ledger_text(LedgerView(ledger["status"], ledger["counts"], ledger["paused_reason"]))
     return json.dumps(data, ensure_ascii=False, indent=2) if as_json else schedule_text(data, settings)
 
 

@@ -14,7 +14,8 @@ The vocabulary (due, missed, held, ready…) is defined in `mailer.scheduling.ru
   [] otherwise), `state` (sent | paused | draft | placeholder |
   unbuildable | error | scheduled | due | missed | unscheduled), `due`, `missed`, `draft`, `ready` (the cadence
   would send it), `not_ready` (why not, or null), `warnings` (lines naming file:line), `ledger`
-  (status, sent, total, left, counts, paused_reason, text), `job` (a stored job exists), `error`;
+  (`sending.status.LedgerView.as_dict`: status, sent, total, left, counts, paused_reason; the CLI
+  adds `text`, `wording.ledger_text`), `job` (a stored job exists), `error`;
 - `cadence`: null without `[schedule] cron`, else `cron`, `timezone`, `next_runs` (the next 5:
   `at` with the zone's offset, `at_utc`, `issue` it would send if each run sends one, or null),
   `next_fire_local`, `next_fire_utc`, `next_issue` (those of the first run), `stored_run`,
@@ -25,7 +26,7 @@ The vocabulary (due, missed, held, ready…) is defined in `mailer.scheduling.ru
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -37,9 +38,9 @@ from ..errors import MailerError
 from ..segments import Segment
 from ..content.issue import ISSUE_FILE, holds, load_issue
 from ..content.render import template_problem
-from ..statuses import STOPPED
 from ..store import Store
 from ..store.jobs import stored_jobs
+from ..sending.status import LedgerView, read_ledger
 from ..sending.waves import Wave, issue_waves
 
 JOBS_TABLE = "scheduler_jobs"
@@ -119,61 +120,6 @@ def scan_issues(settings: Settings) -> list[IssueEntry]:
     return entries
 
 
-@dataclass
-class Ledger:
-    status: str = "none"  # none (never started) | draft | sending | paused | sent
-    counts: dict[str, int] = field(default_factory=dict)
-    paused_reason: str | None = None
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def sent(self) -> int:
-        return self.counts.get("sent", 0)
-
-    @property
-    def left(self) -> int:
-        return self.counts.get("queued", 0) + self.counts.get("sending", 0)
-
-    @property
-    def done(self) -> bool:
-        return self.status == "sent"
-
-    @property
-    def started(self) -> bool:
-        return self.total > 0
-
-    @property
-    def held_paused(self) -> bool:
-        """Paused for a cause a human must look at; a graceful stop (`statuses.STOPPED`) is paused
-        too, but the scheduler resumes it like an interrupted send."""
-        return self.status == "paused" and self.paused_reason != STOPPED
-
-    def text(self) -> str:
-        if self.status == "sent":
-            extra = [f"{self.counts[k]} {k}" for k in ("failed", "skipped") if self.counts.get(k)]
-            return f"sent {self.sent}/{self.total}" + (f" ({', '.join(extra)})" if extra else "")
-        if self.status == "paused":
-            return f"paused {self.sent}/{self.total}" + (f": {self.paused_reason}" if self.paused_reason else "")
-        if self.status == "sending":
-            return f"sending {self.sent}/{self.total}"
-        return "not sent"
-
-    def as_dict(self) -> dict:
-        return {"status": self.status, "sent": self.sent, "total": self.total, "left": self.left,
-                "counts": dict(self.counts), "paused_reason": self.paused_reason, "text": self.text()}
-
-
-def read_ledger(store: Store, slug: str) -> Ledger:
-    with store.connect() as conn:
-        row = store.issue_row(conn, slug)
-        if row is None:
-            return Ledger()
-        return Ledger(row.status, store.delivery_counts(conn, row.id), row.paused_reason)
-
-
 def local_state(found: list[Wave]) -> str:
     """A local-time send's state from its waves: due (a wave to send now) | missed (a wave missed,
     none due) | scheduled (waves ahead) | sent."""
@@ -184,7 +130,7 @@ def local_state(found: list[Wave]) -> str:
     return "sent" if found else "unscheduled"
 
 
-def classify(send_at: datetime | None, ledger: Ledger, now: datetime, grace: timedelta) -> str:
+def classify(send_at: datetime | None, ledger: LedgerView, now: datetime, grace: timedelta) -> str:
     """sent | paused | unscheduled (no send_at) | scheduled (future) | due (within grace) | missed."""
     if ledger.done:
         return "sent"
@@ -199,7 +145,7 @@ def classify(send_at: datetime | None, ledger: Ledger, now: datetime, grace: tim
     return "missed"
 
 
-def not_ready_reason(entry: IssueEntry, today: date, ledger: Ledger | None = None) -> str | None:
+def not_ready_reason(entry: IssueEntry, today: date, ledger: LedgerView | None = None) -> str | None:
     """Why the cadence would not send this issue on `today` (None: it is ready). See "ready" above;
     without `ledger` only what the folder says is checked."""
     if entry.error is not None:
@@ -229,22 +175,6 @@ def next_ready_issue(settings: Settings, store: Store, today: date,
         if not_ready_reason(entry, today, read_ledger(store, entry.slug)) is None:
             return entry
     return None
-
-
-# ----- formatting -----------------------------------------------------------------------------------
-def format_span(delta: timedelta) -> str:
-    """`2d03h`, `4h05m`, `3m07s`, `12s`: a duration for people."""
-    seconds = int(abs(delta.total_seconds()))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{seconds:02d}s"
-    return f"{seconds}s"
 
 
 def parse_moment(text: str, zone: ZoneInfo) -> datetime:

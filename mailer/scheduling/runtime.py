@@ -89,10 +89,11 @@ from ..providers import require_ready
 from ..errors import MailerError, NotDueYet, SendAborted
 from ..content.issue import find_issue_folder, holds, load_issue
 from .plan import (CADENCE_JOB, ISSUE_PREFIX, JOBS_TABLE, MARKER_PREFIX, WAVE_PREFIX, IssueEntry, cadence_trigger,
-                   classify, folder_fingerprint, grace_seconds, next_ready_issue, read_ledger, scan_issues)
+                   classify, folder_fingerprint, grace_seconds, next_ready_issue, scan_issues)
 from ..sending import waves
+from ..sending.status import read_ledger
 from ..wallclock import format_moment as _fmt
-from .plan import format_span as _span
+from ..wording import format_span as _span, ledger_text
 from ..store import Store, as_utc, open_store, utcnow
 from ..store.jobs import database_label, job_store
 
@@ -348,11 +349,11 @@ class SchedulerRuntime:
                 return mine
         ledger = read_ledger(self.store, slug)
         if ledger.done:
-            self.note_once(("sent", slug), "skipped: %s already sent (%s)", slug, ledger.text())
+            self.note_once(("sent", slug), "skipped: %s already sent (%s)", slug, ledger_text(ledger))
             return set()
         if ledger.held_paused:  # a graceful stop (statuses.STOPPED) keeps its waves: the scheduler resumes it
             self.note_once(("paused", slug, ledger.paused_reason),
-                           "skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger.text(), slug,
+                           "skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger_text(ledger), slug,
                            level=logging.WARNING)
             return set()
         if entry.hold is not None and not ledger.started:
@@ -412,13 +413,13 @@ class SchedulerRuntime:
         if state == "sent":
             if job is not None:
                 self.remove(job.id)
-            self.note_once(("sent", slug), "skipped: %s already sent (%s); send_at %s", slug, ledger.text(), when)
+            self.note_once(("sent", slug), "skipped: %s already sent (%s); send_at %s", slug, ledger_text(ledger), when)
             return
         if state == "paused":
             if job is not None:
                 self.remove(job.id)
             self.note_once(("paused", slug, ledger.paused_reason),
-                           "skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger.text(), slug,
+                           "skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger_text(ledger), slug,
                            level=logging.WARNING)
             return
         if entry.hold is not None and not ledger.started:
@@ -434,7 +435,7 @@ class SchedulerRuntime:
         if state == "missed":
             if job is not None:
                 self.remove(job.id)
-            partly = f" (interrupted at {ledger.text()})" if ledger.started else ""
+            partly = f" (interrupted at {ledger_text(ledger)})" if ledger.started else ""
             self.note_once(("missed", slug, send_at.astimezone(timezone.utc).isoformat()),
                            "missed: %s was due at %s, %s ago, beyond the grace of %s%s; NOT sent "
                            "(send it by hand with `mailer send %s` if it still makes sense)",
@@ -465,7 +466,7 @@ class SchedulerRuntime:
                 return
             self.handled.add(key)
         self.schedule_issue(slug, send_at)
-        what = f"resuming ({ledger.text()})" if ledger.started else "sending now"
+        what = f"resuming ({ledger_text(ledger)})" if ledger.started else "sending now"
         log.info("due: %s was due at %s, %s ago (within grace of %s): %s", slug, when, _span(now - send_at),
                  _span(self.grace), what)
 
@@ -478,7 +479,7 @@ class SchedulerRuntime:
             self.remove(job.id)
             if ledger.held_paused:
                 self.note_once(("paused", slug, ledger.paused_reason),
-                               "skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger.text(), slug,
+                               "skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger_text(ledger), slug,
                                level=logging.WARNING)
             return
         started = job.trigger.run_date
@@ -493,12 +494,12 @@ class SchedulerRuntime:
                                        args=[slug, "cadence", started.isoformat()], id=RESUME_PREFIX + slug,
                                        name=f"resume cadence send of {slug}", **self._job_options())
                 log.info("due: cadence send of %s started at %s did not finish (%s): resuming", slug,
-                         _fmt(started, self.settings.schedule_zone), ledger.text())
+                         _fmt(started, self.settings.schedule_zone), ledger_text(ledger))
         else:
             self.note_once(("missed-cadence", slug, started.isoformat()),
                            "missed: cadence send of %s started at %s was interrupted (%s) and the grace of %s is over; "
                            "NOT resumed (finish it with `mailer send %s`)", slug, _fmt(started, self.settings.schedule_zone),
-                           ledger.text(), _span(self.grace), slug, level=logging.WARNING)
+                           ledger_text(ledger), _span(self.grace), slug, level=logging.WARNING)
 
     # ----- sending --------------------------------------------------------------------------------
     def send(self, slug: str, origin: str, planned: str) -> None:
@@ -535,11 +536,11 @@ class SchedulerRuntime:
             now = utcnow()
             ledger = read_ledger(self.store, slug)
             if ledger.done:
-                log.info("skipped: %s already sent (%s)", slug, ledger.text())
+                log.info("skipped: %s already sent (%s)", slug, ledger_text(ledger))
                 self.remove(MARKER_PREFIX + slug)
                 return
             if ledger.held_paused:
-                log.warning("skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger.text(), slug)
+                log.warning("skipped: %s is paused (%s); resume it with `mailer send %s`", slug, ledger_text(ledger), slug)
                 return
             # a started send resumes its stored edition, as `mailer send` does: its folder is not read
             # (it may have changed, stopped parsing or be gone)
@@ -591,7 +592,7 @@ class SchedulerRuntime:
                 self.ensure_marker(slug, started)
                 reason = f"cadence run of {_fmt(started, self.settings.schedule_zone)}"
             log.info("started: %s (%s; %s)", slug, reason,
-                     f"resuming, {ledger.text()}" if ledger.started else "first run")
+                     f"resuming, {ledger_text(ledger)}" if ledger.started else "first run")
             notice = dispatch.resume_notice(self.settings, self.store, slug) if ledger.started else None
             if notice:  # a resume sends the stored edition, whatever the folder says now
                 log.warning("%s", notice)
