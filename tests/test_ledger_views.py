@@ -6,10 +6,13 @@ the move changed no byte a user sees."""
 from __future__ import annotations
 
 import os
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
+from mailer.store.schema import editions, issues
 
 from .conftest import write_issue
 
@@ -29,7 +32,7 @@ OUTPUTS = {  # data file → the command printing it
 }
 
 
-def _fixture(project: Path, cli) -> None:
+def _fixture(project: Path, cli, db_url: str) -> None:
     """A weekly cadence; five people; four issues sent, then made finished (one failed, one skipped),
     paused by a human-held reason, partly sent (two queued again) and finished long ago (listed
     only by --json); one scheduled ahead. The ledger's moments are set to fixed ones (the outputs
@@ -43,7 +46,7 @@ def _fixture(project: Path, cli) -> None:
         cli("subscribers", "add", f"p{i}@example.org", "--name", f"P{i}")
     for slug in list(ISSUES)[:4]:
         cli("send", slug, "--yes")
-    engine = sa.create_engine(f"sqlite:///{project / 'subscribers' / 'subscribers.db'}")
+    engine = sa.create_engine(db_url)
     try:
         with engine.begin() as conn:
             ids = dict(conn.execute(sa.text("SELECT slug, id FROM issues")).all())
@@ -58,20 +61,21 @@ def _fixture(project: Path, cli) -> None:
             conn.execute(sa.text("UPDATE issues SET status = 'sending', finished_at = NULL WHERE id = :id"),
                          {"id": partly})
             for day, issue in ((18, finished), (8, paused), (15, partly), (1, ids["2026-11-01-older"])):
-                conn.execute(sa.text("UPDATE issues SET frozen_at = :at, started_at = :at, "
-                                     "finished_at = CASE WHEN finished_at IS NULL THEN NULL ELSE :end END WHERE id = :id"),
-                             {"at": f"2026-11-{day:02d} 06:00:00.000000", "end": f"2026-11-{day:02d} 06:05:00.000000",
-                              "id": issue})
-                conn.execute(sa.text("UPDATE editions SET created_at = :at WHERE issue_id = :id"),
-                             {"at": f"2026-11-{day:02d} 06:00:00.000000", "id": issue})
+                at = datetime(2026, 11, day, 6, 0, tzinfo=timezone.utc)  # through the columns' own types
+                conn.execute(issues.update().where(issues.c.id == issue).values(frozen_at=at, started_at=at))
+                conn.execute(issues.update().where(issues.c.id == issue, issues.c.finished_at.is_not(None))
+                             .values(finished_at=at + timedelta(minutes=5)))
+                conn.execute(editions.update().where(editions.c.issue_id == issue).values(created_at=at))
     finally:
         engine.dispose()
 
 
 @pytest.mark.parametrize("name", list(OUTPUTS))
-def test_schedule_list_and_status_print_what_they_printed(project: Path, cli, name: str) -> None:
-    _fixture(project, cli)
-    output = cli(*OUTPUTS[name]).stdout
+def test_schedule_list_and_status_print_what_they_printed(project: Path, cli, db_url: str, name: str) -> None:
+    """The same bytes on SQLite and PostgreSQL."""
+    env = {"MAILER_DATABASE_URL": db_url}
+    _fixture(project, lambda *args: cli(*args, extra_env=env), db_url)
+    output = cli(*OUTPUTS[name], extra_env=env).stdout
     if os.environ.get("MAILER_RECORD_LEDGER_VIEWS") == "1":  # recording, by hand: commit what it wrote
         (DATA / name).write_text(output, encoding="utf-8")
     assert output == (DATA / name).read_text(encoding="utf-8")
