@@ -12,12 +12,10 @@ from ..config import Settings
 from .main import _settings, handle_errors, main
 
 log = logging.getLogger("mailer")
-from ..scheduling.plan import RECENT, schedule_data
-from ..sending.status import LedgerView
 from ..wallclock import format_moment
 from ..wording import format_span, ledger_text
-from ..sending.waves import Wave, wave_table
-from ..store import open_store, utcnow
+# The planning, the ledger and their libraries (SQLAlchemy, APScheduler's trigger, Jinja) are imported
+# by the functions that use them: `mailer --help` and the other commands start without them.
 
 
 @main.group()
@@ -69,6 +67,9 @@ def schedule_list(now_text: str | None, as_json: bool) -> None:
 def describe_schedule(settings: Settings, as_json: bool = False, now: datetime | None = None) -> str:
     """`mailer schedule list [--now ISO] [--json]`: every issue's state as of `now` (default: the
     current time), its send_at (local and UTC) and ledger; the cadence's next runs and what each sends."""
+    from ..scheduling.plan import schedule_data
+    from ..sending.status import LedgerView
+    from ..store import open_store, utcnow
     store = open_store(settings.database_url)
     try:
         data = schedule_data(settings, store, now or utcnow())
@@ -82,6 +83,8 @@ def describe_schedule(settings: Settings, as_json: bool = False, now: datetime |
 
 def schedule_text(data: dict, settings: Settings) -> str:
     """`schedule_data` for people: one line per issue that matters now, then the cadence's runs."""
+    from ..scheduling.plan import RECENT
+    from ..sending.waves import Wave, wave_table
     zone, schedule_zone = settings.zone, settings.schedule_zone
     now = datetime.fromisoformat(data["now"])
     grace = timedelta(seconds=data["grace_seconds"])
