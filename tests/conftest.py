@@ -83,6 +83,15 @@ def _pg_schema_url(schema: str) -> str:
     return f"{PG_URL}{separator}options={quote(f'-csearch_path={schema}')}"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every PostgreSQL variant (the `db_url` fixture's, or a test's own `db_url` parameter) carries the
+    `postgresql` mark, so that `make test-fast` can leave them to `make test` and CI."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("db_url") == "postgresql":
+            item.add_marker(pytest.mark.postgresql)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path: Path):
     """A database URL for an empty database: a SQLite file, or a fresh PostgreSQL schema."""
