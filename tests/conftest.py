@@ -2,6 +2,8 @@
 
 PostgreSQL variants use MAILER_TEST_DATABASE_URL (`.ci/run` always sets it) and a fresh schema per
 test, so parallel or repeated runs never collide; without it they are skipped with that reason.
+SQLite stores are copies of one file migrated once per session (`migrated_sqlite`); `empty_db_url`
+gives an empty database for the tests of the migrations themselves.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import re
 import secrets
 import shutil
+import sqlite3
 import uuid
 from pathlib import Path
 from urllib.parse import quote
@@ -84,19 +87,38 @@ def _pg_schema_url(schema: str) -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every PostgreSQL variant (the `db_url` fixture's, or a test's own `db_url` parameter) carries the
-    `postgresql` mark, so that `make test-fast` can leave them to `make test` and CI."""
+    """Every PostgreSQL variant (of the `db_url` or `empty_db_url` fixture, or a test's own `db_url`
+    parameter) carries the `postgresql` mark, so that `make test-fast` can leave them to `make test`."""
     for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("db_url") == "postgresql":
+        params = getattr(item, "callspec", None) and item.callspec.params
+        if params and "postgresql" in (params.get("db_url"), params.get("empty_db_url")):
             item.add_marker(pytest.mark.postgresql)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path: Path):
-    """A database URL for an empty database: a SQLite file, or a fresh PostgreSQL schema."""
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory) -> Path:
+    """A SQLite file at the head revision, migrated once per session (per xdist worker) by the real
+    migrations through `open_store`; the fixtures below give each test its own copy of it, so that a
+    test does not pay the ~50 ms (CPU) of running every migration again."""
+    path = tmp_path_factory.mktemp("migrated") / "subscribers.db"
+    open_store(f"sqlite:///{path}").close()
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the file itself, none in -wal
+    connection.close()
+    return path
+
+
+def _migrated_copy(template: Path, folder: Path) -> str:
+    """The URL of a copy of `template` as folder/subscribers.db (the test's own database)."""
+    path = folder / "subscribers.db"
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
+
+
+def _database_url(request, tmp_path: Path, *, migrated: bool):
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'subscribers.db'}"
+        yield _migrated_copy(request.getfixturevalue("migrated_sqlite"), tmp_path) if migrated \
+            else f"sqlite:///{tmp_path / 'subscribers.db'}"
         return
     if not PG_URL:
         pytest.skip("MAILER_TEST_DATABASE_URL is unset: PostgreSQL variant skipped (.ci/run sets it)")
@@ -112,6 +134,21 @@ def db_url(request, tmp_path: Path):
         admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path):
+    """A database URL of the test's own: a SQLite file already at the head revision (a copy of
+    `migrated_sqlite`), or a fresh PostgreSQL schema (migrated by the first `open_store`). Either way
+    the schema is the migrations' own, and no other test sees this database."""
+    yield from _database_url(request, tmp_path, migrated=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request, tmp_path: Path):
+    """A database URL for an empty database (a new SQLite file, or a fresh PostgreSQL schema): the
+    first `open_store` runs every migration (the migration tests)."""
+    yield from _database_url(request, tmp_path, migrated=False)
+
+
 @pytest.fixture
 def store(db_url: str) -> Store:
     handle = open_store(db_url)
@@ -120,8 +157,9 @@ def store(db_url: str) -> Store:
 
 
 @pytest.fixture
-def sqlite_store(tmp_path: Path) -> Store:
-    handle = open_store(f"sqlite:///{tmp_path / 'subscribers.db'}")
+def sqlite_store(tmp_path: Path, migrated_sqlite: Path) -> Store:
+    """A store on the test's own SQLite file (tmp_path/subscribers.db) at the head revision."""
+    handle = open_store(_migrated_copy(migrated_sqlite, tmp_path))
     yield handle
     handle.close()
 

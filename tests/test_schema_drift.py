@@ -42,8 +42,8 @@ def _with_extra_column(declared: sa.MetaData) -> sa.MetaData:
     return copy
 
 
-def test_the_migrations_build_the_declared_schema(db_url):
-    store = open_store(db_url)  # an empty database: every migration runs
+def test_the_migrations_build_the_declared_schema(empty_db_url):
+    store = open_store(empty_db_url)  # an empty database: every migration runs
     try:
         assert current_revision(store.engine) == HEAD_REVISION
         with store.engine.connect() as conn:

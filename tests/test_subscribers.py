@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import mailer.subscribers.importer.parse as import_parse
 from mailer.errors import InvalidAddress, MailerError, NotFound
 from mailer.store.schema import metadata
-from mailer.store import HEAD_REVISION, current_revision
+from mailer.store import HEAD_REVISION, current_revision, open_store
 from mailer.subscribers import (add_subscriber, count_subscribers, export_csv, import_csv, iter_subscribers,
                                 remove_subscriber, set_subscriber_status, show_subscriber)
 
@@ -19,16 +19,20 @@ def _statuses(store) -> dict[str, str]:
     return {row.email_given: row.status for row, _ in iter_subscribers(store)}
 
 
-def test_migrations_create_exactly_the_schema(store):
-    assert current_revision(store.engine) == HEAD_REVISION
-    inspector = sa.inspect(store.engine)
-    for table in metadata.sorted_tables:
-        columns = {c["name"] for c in inspector.get_columns(table.name)}
-        assert columns == {c.name for c in table.columns}, table.name
-        # and the same indexes on the same columns (the partial ones of revision 0008 included)
-        indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes(table.name)
-                   if not ix.get("duplicates_constraint") and not ix["name"].startswith(("uq_", "pk_"))}
-        assert indexes == {ix.name: [c.name for c in ix.columns] for ix in table.indexes}, table.name
+def test_migrations_create_exactly_the_schema(empty_db_url):
+    store = open_store(empty_db_url)  # an empty database: every migration runs
+    try:
+        assert current_revision(store.engine) == HEAD_REVISION
+        inspector = sa.inspect(store.engine)
+        for table in metadata.sorted_tables:
+            columns = {c["name"] for c in inspector.get_columns(table.name)}
+            assert columns == {c.name for c in table.columns}, table.name
+            # and the same indexes on the same columns (the partial ones of revision 0008 included)
+            indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes(table.name)
+                       if not ix.get("duplicates_constraint") and not ix["name"].startswith(("uq_", "pk_"))}
+            assert indexes == {ix.name: [c.name for c in ix.columns] for ix in table.indexes}, table.name
+    finally:
+        store.close()
 
 
 def test_add_is_case_insensitive_and_keeps_what_was_given(store):
