@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import uuid
 from pathlib import Path
+from typing import Callable
 from urllib.parse import quote
 
 import pytest
@@ -84,6 +85,19 @@ def settings(make_settings) -> Settings:
 def _pg_schema_url(schema: str) -> str:
     separator = "&" if "?" in PG_URL else "?"
     return f"{PG_URL}{separator}options={quote(f'-csearch_path={schema}')}"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fast-sample", action="store_true",
+                     help="generated-input tests draw a smaller sample (`make test-fast`); `make test` draws the full one")
+
+
+@pytest.fixture
+def sample_size(request) -> Callable[[int], int]:
+    """`sample_size(full)`: how many generated inputs a test draws: `full`, or with --fast-sample (`make
+    test-fast`) an eighth of it, never fewer than 2 (the same seed, so the first ones are the same)."""
+    fast = request.config.getoption("--fast-sample")
+    return lambda full: max(2, full // 8) if fast else full
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

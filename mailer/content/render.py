@@ -26,7 +26,7 @@ import jinja2
 import mjml
 from markupsafe import Markup
 
-from . import i18n, markup, textlayout
+from . import i18n, markup, templating, textlayout
 from .. import links
 from .briefs import control_character, describe_character, read_text
 from ..config import Settings, secret_key_for
@@ -477,7 +477,7 @@ def _control_hint(mjml_source: str) -> str:
 
 def jinja_environment(templates_dir: Path, *, autoescape: bool) -> jinja2.Environment:
     """`select_autoescape()` would not escape `.mjml.j2`: escaping is set explicitly."""
-    return jinja2.Environment(
+    return templating.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir)),
         autoescape=autoescape,
         finalize=_neutralise_markers,

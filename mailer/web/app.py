@@ -86,7 +86,7 @@ from starlette.routing import Route
 from .. import links, tokens
 from ..addresses import parse_address
 from ..config import Settings, require_secret_key, secret_key_for
-from ..content import i18n
+from ..content import i18n, templating
 from ..content.render import edition_summary
 from ..errors import InvalidAddress
 from ..providers import WebhookRefused, make_webhooks
@@ -150,7 +150,7 @@ class WebApp:
         self._summaries: dict[int, str] = {}  # issue id -> feed summary (a sent issue's web edition never changes)
         web_dir = settings.templates_dir / "web"
         fallback = Path(__file__).resolve().parent.parent / "templates" / "web"
-        self.jinja = jinja2.Environment(
+        self.jinja = templating.Environment(
             loader=jinja2.FileSystemLoader([str(web_dir), str(fallback)]),
             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.jinja.globals.update(t=self.strings, name=settings.name, language=settings.language,
