@@ -114,6 +114,9 @@ class _SettingNames(Mapping[str, str]):
     def __len__(self) -> int:
         return len(self._pairs())
 
+    def items(self):  # noqa: ANN201 - Mapping's; one join for the whole walk, not one per key
+        return self._pairs().items()
+
 
 ENV_VARS: Mapping[str, str] = _SettingNames(by_env=True)
 ENV_NAMES: Mapping[str, str] = _SettingNames(by_env=False)

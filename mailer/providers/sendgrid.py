@@ -57,6 +57,7 @@ classification of every answer.
 from __future__ import annotations
 
 import email.utils
+import functools
 import http.client
 import json
 import re
@@ -136,6 +137,13 @@ class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(_GuardedHTTPSConnection, req, guard=self.guard, context=self._context)
 
 
+@functools.lru_cache(maxsize=1)
+def _default_ssl_context() -> ssl.SSLContext:
+    """One verifying context for every client of the process (loading the system's CA certificates
+    costs tens of ms of CPU; a context is safe to share between threads)."""
+    return ssl.create_default_context()
+
+
 class _GuardedClient(python_http_client.Client):
     """The library's client for `/v3/mail/send`, whose requests go through guarded connections.
 
@@ -149,7 +157,7 @@ class _GuardedClient(python_http_client.Client):
     def _make_request(self, opener, request, timeout=None):  # noqa: ANN001, ANN201 - the library's signature
         if self.guard is not None:
             if self.ssl_context is None:
-                self.ssl_context = ssl.create_default_context()
+                self.ssl_context = _default_ssl_context()
             opener = urllib.request.build_opener(_GuardedHTTPHandler(self.guard),
                                                  _GuardedHTTPSHandler(self.guard, self.ssl_context))
         return super()._make_request(opener, request, timeout)
