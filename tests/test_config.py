@@ -284,13 +284,13 @@ def odd_name(rng: random.Random) -> str:
     return name if name.strip() else "x"
 
 
-def test_odd_but_valid_names_never_add_a_header_and_round_trip(project, settings):
+def test_odd_but_valid_names_never_add_a_header_and_round_trip(project, settings, sample_size):
     """200 generated names, display names and List-Id phrases through a real build, parsed back."""
     rng = random.Random(2919)
     rendered = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
     recipient = Recipient(email="lecteur@example.org", name=odd_name(rng),
                           unsubscribe_url=f"{settings.base_url}/u/abc")
-    for _ in range(200):
+    for _ in range(sample_size(200)):
         name, sender, editor, phrase = (odd_name(rng) for _ in range(4))
         env = {**BASE_ENV, "MAILER_NAME": name,
                "MAILER_FROM": f'"{sender.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}" '
@@ -342,11 +342,11 @@ def test_list_id_of_the_accented_case_is_an_encoded_phrase_and_an_ascii_id(tmp_p
     assert raw.endswith(b" <les-actualites.example.org>") and b"=?utf-8?" in raw
 
 
-def test_list_id_for_many_generated_names(project, settings):
+def test_list_id_for_many_generated_names(project, settings, sample_size):
     rng = random.Random(2369)
     rendered = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
     recipient = Recipient(email="lecteur@example.org", unsubscribe_url=f"{settings.base_url}/u/abc")
-    names = NAME_PIECES + [" ".join(rng.sample(NAME_PIECES, rng.randint(2, 4))) for _ in range(200)]
+    names = NAME_PIECES + [" ".join(rng.sample(NAME_PIECES, rng.randint(2, 4))) for _ in range(sample_size(200))]
     for name in names:
         if "=?" in name:
             with pytest.raises(ConfigError, match="MAILER_NAME contains '=\\?'"):

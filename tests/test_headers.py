@@ -128,8 +128,8 @@ def test_generated_subjects_round_trip_through_both_parsers(seed):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_generated_display_names_round_trip_through_both_parsers(seed):
-    for index, value in enumerate(_generated(1000, 100 + seed)):
+def test_generated_display_names_round_trip_through_both_parsers(seed, sample_size):
+    for index, value in enumerate(_generated(sample_size(1000), 100 + seed)):
         value = value[:150]  # names are at most 200 characters once stored (`subscribers.clean_text`)
         address = f"reader.{index}@example.org"
         expected = clean_display_name(value)
@@ -165,13 +165,13 @@ def _factory(settings, ref) -> MessageFactory:
     return MessageFactory(render_issue(load_issue(ref, settings.issues_dir, settings.zone), settings))
 
 
-def test_every_free_text_header_of_a_built_message_reads_back(project, make_settings):
+def test_every_free_text_header_of_a_built_message_reads_back(project, make_settings, sample_size):
     settings = make_settings(MAILER_FROM='"Rédaction du « Fil », Lyon" <lettre@example.org>',
                              MAILER_REPLY_TO='"Bernard, Hugo" <hugo@example.org>',
                              MAILER_NAME="Les Actualités régionales")
     shutil.copytree(CASES / "accented-subject" / "issue", project / "issues" / "2026-12-03-accented")
     factory = _factory(settings, "accented")
-    names = _generated(300, 7)
+    names = _generated(sample_size(300), 7)
     for index, name in enumerate(names):
         data = factory.build(Recipient(email=f"r{index}@example.org", name=name, unsubscribe_url=URL))
         header_block = data.partition(b"\r\n\r\n")[0] + b"\r\n"
