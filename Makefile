@@ -29,10 +29,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto
 
-## test-fast: under 30 s: no browser, no slow test (wall-clock scheduler runs, whole-year DST sweeps, real
-## processes killed or signalled, anything over ~2 s), spread over the machine's cores (pytest-xdist)
+## test-fast: under 30 s on 2 idle cores: no browser, no slow test (wall-clock scheduler runs, whole-year DST
+## sweeps, real processes killed or signalled, anything over ~2 s), SQLite variants only (the PostgreSQL
+## variants, marked `postgresql`, run in `make test` and CI), generated-input tests on an eighth of their
+## sample (--fast-sample; never none, the same seed), spread over the machine's cores (pytest-xdist)
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not browser" -n auto
+	$(BIN)/python -m pytest -q -m "not slow and not browser and not postgresql" --fast-sample -n auto
 
 bench: $(STAMP)
 	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
