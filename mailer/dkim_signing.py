@@ -8,6 +8,7 @@ configuration load and raises `ConfigError` in one line naming the setting.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ def load_private_key(path: Path) -> DkimKey:
     if b"-----BEGIN" not in data:
         raise DkimKeyError(f"{path} is not a PEM private key (expected '-----BEGIN PRIVATE KEY-----')")
     try:
-        private = serialization.load_pem_private_key(data, password=None)
+        private = _parsed_pem(data)
     except TypeError:
         raise DkimKeyError(f"{path} is encrypted; DKIM signing needs an unencrypted key (mode 0600)") from None
     except (ValueError, UnsupportedAlgorithm) as exc:
@@ -63,6 +64,15 @@ def load_private_key(path: Path) -> DkimKey:
         return DkimKey(private, "ed25519", 256)
     kind = type(private).__name__.removeprefix("_").replace("PrivateKey", "")
     raise DkimKeyError(f"{path} holds {_article(kind)} {kind} key; DKIM signs with RSA (RFC 6376) or Ed25519 (RFC 8463)")
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_pem(data: bytes):  # noqa: ANN202 - one of cryptography's private key types
+    """The key in these PEM bytes, parsed once per process: OpenSSL checks an RSA key's consistency
+    at each parse (tens of ms of CPU for 2048 bits), and the key is read at configuration load and
+    again by the signer. Keyed by the bytes, so a replaced key file is parsed afresh; key objects
+    are immutable. Parse errors are not kept (raised again at the next try)."""
+    return serialization.load_pem_private_key(data, password=None)
 
 
 def _article(word: str) -> str:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mailer.sending import dispatch
 from mailer.dkim_signer import BodyHasher
-from mailer.dkim_signing import dkim_warnings, generate_key, txt_record_value, load_private_key
+from mailer.dkim_signing import DkimKeyError, dkim_warnings, generate_key, txt_record_value, load_private_key
 from mailer.errors import ConfigError
 from mailer.content.issue import load_issue
 from mailer.mime import MessageFactory
@@ -545,3 +545,17 @@ def test_the_reviewers_alignment_cases(project, make_settings):
     assert not any("not aligned" in w for w in dkim_warnings(sibling))
     suffix = make_settings(**dkim_env(key, MAILER_FROM="Le Fil <lettre@example.co.uk>", MAILER_DKIM_DOMAIN="co.uk"))
     assert any("co.uk is not aligned" in w for w in dkim_warnings(suffix))
+
+
+def test_a_key_file_replaced_in_a_running_process_is_read_afresh(project):
+    """Keys are parsed once per process (the parse checks an RSA key, tens of ms): a key file replaced
+    (a rotation) gives the new key at the next load, and a broken one its error, every time."""
+    first, second = make_key(project, "rsa", name="first.pem"), make_key(project, "ed25519", name="second.pem")
+    path = project / "first.pem"
+    assert txt_record_value(load_private_key(path)) == first.record_value
+    path.write_bytes((project / "second.pem").read_bytes())
+    assert txt_record_value(load_private_key(path)) == second.record_value
+    path.write_bytes(b"-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n")
+    for _ in range(2):
+        with pytest.raises(DkimKeyError, match="is not a usable PEM private key"):
+            load_private_key(path)
