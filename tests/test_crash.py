@@ -338,6 +338,73 @@ def test_a_stop_takes_effect_within_seconds_against_a_stalled_sendgrid(store, db
         assert server.count_by_recipient() == Counter(people)
 
 
+def _catches_sigterm(pid: int) -> bool:
+    """The process has its own SIGTERM handler in place (/proc/PID/status SigCgt, bit 15)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            caught = next(line for line in handle if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+
+
+def _sigterm_to_a_thread_other_than_main(pid: int) -> None:
+    """What the kernel does with a process's SIGTERM when its main thread cannot take it at that
+    instant (e.g. glibc blocks all signals while it creates a thread): it goes to another thread.
+    tgkill(2) to the newest thread does the same on purpose."""
+    import ctypes
+    others = sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid)
+    assert others, "the sender has no thread besides the main one"
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(234 if os.uname().machine == "x86_64" else 131, pid, others[-1], signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine not in ("x86_64", "aarch64"),
+                    reason="/proc and tgkill(2): Linux")
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("moment", ["launch", "handler-in-place", "first-request", "first-request-other-thread"])
+def test_a_stop_at_any_moment_of_start_up_is_prompt_and_clean(store, db_url, project, moment):
+    """SIGTERM just after launch, once the stop handler is in place (render, plan, freeze), or while
+    the first request hangs (also when the kernel hands the signal to a thread other than the main
+    one, while the main thread waits for the hung request's thread only): the process ends within a few seconds, exit 5 (or killed before Python started), no
+    traceback, nothing left claimed; a resume reaches everyone exactly once."""
+    people = _populate(store, project)
+    with SendGridServer() as server:
+        server.hang_next(seconds=120)
+        env = _sendgrid_env(db_url, server.url)
+        victim = subprocess.Popen(SEND, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if moment == "handler-in-place":
+            _wait_for(lambda: _catches_sigterm(victim.pid), 30, "the stop handler")
+        elif moment.startswith("first-request"):
+            _wait_for(lambda: "hang" in server.statuses(), 30, "a request in flight")
+        signalled = time.monotonic()
+        if moment == "first-request-other-thread":
+            # the other requests answered, their threads done: the main thread waits for the hung one only
+            _wait_for(lambda: server.accepted_recipients == SUBSCRIBERS - 100, 30, "every other request answered")
+            time.sleep(0.5)
+            signalled = time.monotonic()
+            _sigterm_to_a_thread_other_than_main(victim.pid)
+        else:
+            victim.send_signal(signal.SIGTERM)
+        _, stderr = victim.communicate(timeout=30)
+        took = time.monotonic() - signalled
+        assert took < dispatch.STOP_GRACE + 3, f"the stop took {took:.1f}s: {stderr}"
+        assert "Traceback" not in stderr, stderr
+        if victim.returncode == -signal.SIGTERM:  # before the handler: the default action, nothing done
+            assert moment == "launch" and server.accepted_recipients == 0, stderr
+        else:
+            assert victim.returncode == 5, stderr
+        with store.engine.connect() as conn:
+            row = store.issue_row(conn, EXAMPLE_ISSUE)
+            stopped = store.delivery_counts(conn, row.id) if row is not None else {"sending": 0, "sent": 0}
+        assert stopped["sending"] == 0 and stopped["sent"] == server.accepted_recipients, stopped
+        resumed = subprocess.run(SEND, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+        assert server.count_by_recipient() == Counter(people)
+
+
 # ----- a claimant that was PID 1 (any container) -----------------------------------------------------------
 def _children(pid: int) -> list[int]:
     try:

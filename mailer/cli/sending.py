@@ -77,9 +77,12 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
             click.echo(f"test to {result.message.recipient.email}: {status}{where}")
         sys.exit(1 if failed else 0)
 
-    store = _store(settings)
     if not yes and not sys.stdin.isatty():
         raise MailerError("refusing to send without confirmation: add --yes")
+    stop = threading.Event()
+    if yes:  # unattended: a stop from here on is graceful (asked first, Ctrl-C still leaves the prompt)
+        _install_stop_handlers(stop)
+    store = _store(settings)
     for warning in dispatch.send_warnings(settings, store, issue_ref, allow_draft=allow_draft, rebuild=rebuild):
         click.echo(f"warning: {warning}", err=True)
     if not rebuild:
@@ -91,8 +94,11 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
     if not yes:
         if plan.recipients:  # nobody to send to (finished, empty audience): send_issue says why, unasked
             click.confirm(plan.describe(settings.backend), abort=True)
-    stop = threading.Event()
-    _install_stop_handlers(stop)
+        _install_stop_handlers(stop)
+    if stop.is_set():  # stopped while it rendered and planned: nothing frozen, claimed or sent by this run
+        click.echo(f"{plan.slug}: stopped (SIGTERM or Ctrl-C) before "
+                   f"sending; this run claimed and sent nothing", err=True)
+        sys.exit(5)
     with progress_display("sending", None) as update:
         def on_progress(progress: dispatch.Progress) -> None:
             update(progress.done, f"sent {progress.sent}, failed {progress.failed}, {progress.rate:.0f}/s",

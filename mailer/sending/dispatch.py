@@ -947,28 +947,57 @@ def _run_workers(sender: Sender, workers: int | None, batch_size: int | None = N
     done = threading.Event()
     watcher = threading.Thread(target=_cut_after_grace, args=(sender, done), name="mailer-stop-watch", daemon=True)
     watcher.start()
-    try:
-        if workers <= 1:
-            sender.run_worker(worker_id(), batch_size)
-            return
-        errors: list[BaseException] = []
+    errors: list[BaseException] = []
 
-        def target(index: int) -> None:
-            try:
-                sender.run_worker(worker_id(f"-{index}"), batch_size)
-            except BaseException as exc:  # noqa: BLE001 - surfaced below
-                errors.append(exc)
+    def target(index: int) -> None:
+        try:
+            sender.run_worker(worker_id(f"-{index}" if workers > 1 else ""), batch_size)
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+            if not isinstance(exc, KeyboardInterrupt):
                 sender._abort(f"worker {index} crashed: {exc}")
 
-        threads = [threading.Thread(target=target, args=(i,), name=f"mailer-worker-{i}") for i in range(workers)]
-        for thread in threads:
+    # Even one lane runs in a thread: the main thread only waits, never for long at a time (see _supervise)
+    lanes_ = [threading.Thread(target=target, args=(i,), name=f"mailer-worker-{i}") for i in range(workers)]
+    try:
+        for thread in lanes_:
             thread.start()
-        for thread in threads:
-            thread.join()
+        _supervise(sender, lanes_)
         if errors:
             raise errors[0]
     finally:
         done.set()
+
+
+SUPERVISE_TICK = 0.2  # seconds the main thread waits at a time while sender threads run
+
+
+def _supervise(sender: Sender, threads: list[threading.Thread]) -> None:
+    """Wait for the sender threads, waking every SUPERVISE_TICK seconds.
+
+    A SIGTERM sent to the process is taken by whichever of its threads the kernel picks (the main
+    thread when it can, another when it cannot at that instant: for example while it creates a thread,
+    when glibc blocks every signal for a moment), but Python runs the handler in the main thread only,
+    the next time that thread runs Python code. A main thread blocked in `join()` without a timeout
+    while a request hangs would never run it: the stop would wait for the request's timeout (30 s) and
+    its retries. Waking every tick, the handler runs within SUPERVISE_TICK of the signal, whichever
+    thread took it. A second signal (KeyboardInterrupt, raised here) cuts what is in flight now and
+    waits STOP_GRACE at most for the threads to hand their rows back."""
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(SUPERVISE_TICK)
+    except BaseException:
+        sender.stop.set()
+        sender.abort_in_flight()
+        deadline = time.monotonic() + STOP_GRACE
+        for thread in threads:
+            while thread.is_alive() and time.monotonic() < deadline:
+                try:
+                    thread.join(SUPERVISE_TICK)
+                except KeyboardInterrupt:  # a third signal: already stopping at once
+                    continue
+        raise
 
 
 def _cut_after_grace(sender: Sender, done: threading.Event) -> None:

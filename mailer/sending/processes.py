@@ -170,7 +170,8 @@ def work_in_processes(settings: Settings, count: int, *, stop: threading.Event, 
         if stop.is_set():
             stop_event.set()
         for process in helpers:
-            process.join()
+            while process.is_alive():  # never one long wait: the main thread must run the stop handler
+                process.join(0.2)      # (dispatch._supervise says why)
         done.set()
     return sum(sent[:])
 
