@@ -567,8 +567,10 @@ def web_edition_url(settings: Settings, issue: Issue) -> str:
     """Where an issue's web edition lives: `/issues/SLUG` for a public issue; for a private one
     (sent to a list or a segment, or `archive = false`) the same address with a key only its
     recipients have (`?k=`, `tokens.web_edition_key`), so the email's "view online" link works
-    while the archive does not show it."""
-    return links.web_edition_url(settings.base_url, secret_key_for(settings), issue.slug, public=issue.public)
+    while the archive does not show it. A public local-time issue (`send_local`) is private until its
+    last wave is due (`Store.published_issues`), so its emails carry the key too."""
+    return links.web_edition_url(settings.base_url, secret_key_for(settings), issue.slug,
+                                 public=issue.public and issue.send_local is None)
 
 
 def render_web_edition(rendered: RenderedIssue) -> str:

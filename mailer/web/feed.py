@@ -6,7 +6,8 @@ never list-only or segment-only ones unless `archive = true`), in the same order
   issue (host and path of MAILER_BASE_URL, the issue's own date, its slug; nothing that a resend or
   a redeploy changes);
 - `title` the subject, `link rel=alternate` to `BASE/issues/SLUG`;
-- `published` and `updated`: when the send started (RFC 3339, UTC), else the issue's date at 00:00
+- `published` and `updated`: when the issue became public (RFC 3339, UTC; the send's start, or for a
+  local-time send its last wave's instant: `Store.published_issues`), else the issue's date at 00:00
   in MAILER_TIMEZONE;
 - `summary` (plain text): the preheader, else the first brief (`content.render.edition_summary`).
 The feed: `id` = the archive's URL, title = MAILER_NAME, author = MAILER_NAME, `link rel=self` to
@@ -37,7 +38,7 @@ class FeedEntry:
     slug: str
     subject: str
     issue_date: str | None     # YYYY-MM-DD as stored
-    sent_at: datetime | None   # when its send started (aware)
+    sent_at: datetime | None   # when it became public (aware): the send's start, a local-time send's last wave
     summary: str
 
 
