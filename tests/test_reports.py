@@ -13,6 +13,7 @@ import json
 import re
 from email import message_from_bytes, policy
 from html.parser import HTMLParser
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -426,3 +427,24 @@ def test_report_without_issue_lists_each_send_with_its_state_and_dates_newest_fi
     assert re.search(r"finished \d{4}-\d\d-\d\d \d\d:\d\d", lines[2])
     assert "not finished" in lines[0] and "not finished" in lines[1]
     assert f"next wave: {PARIS}" in lines[0] and paused["paused_reason"] in lines[1]
+
+
+def test_a_test_copy_of_a_tracked_issue_is_untracked_throughout(make_settings, project):
+    """`send --test` of an issue with `track_clicks = true` (and MAILER_TRACK_OPENS): links as written,
+    no pixel, no tracking notice, and the text part exactly the untracked rendering (its wrapping
+    measured for the written URLs, not for click URLs)."""
+    toml = project / "issues" / EXAMPLE_ISSUE / "issue.toml"
+    toml.write_text(toml.read_text(encoding="utf-8") + "track_clicks = true\n", encoding="utf-8")
+    settings = make_settings(MAILER_TRACK_OPENS="1")
+    dispatch.send_test(settings, EXAMPLE_ISSUE, ["moi@example.org"])
+    [raw] = [p.read_bytes() for p in (settings.outbox_dir).rglob("*.eml")]
+    html, text, _ = parts(raw)
+    assert "compte les clics" not in html and "compte les clics" not in text and "ouverture" not in text
+    found = hrefs(html)
+    assert not any("/c/" in h for h in found.hrefs) and not any("/o/" in src for src in found.images)
+    plain = make_settings()  # the oracle: the same issue rendered with tracking off
+    issue = load_issue(EXAMPLE_ISSUE, plain.issues_dir, plain.zone)
+    untracked = render_issue(replace(issue, track_clicks=False), plain)
+    _, want_text = untracked.personalise(Recipient(email="moi@example.org", name="", unsubscribe_url=re.search(
+        r"https://\S+/u/\S+", text).group(0)))
+    assert text == want_text
