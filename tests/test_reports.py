@@ -448,3 +448,28 @@ def test_a_test_copy_of_a_tracked_issue_is_untracked_throughout(make_settings, p
     _, want_text = untracked.personalise(Recipient(email="moi@example.org", name="", unsubscribe_url=re.search(
         r"https://\S+/u/\S+", text).group(0)))
     assert text == want_text
+
+
+@pytest.mark.parametrize("language", sorted(__import__("mailer.content.i18n", fromlist=["STRINGS"]).STRINGS))
+def test_the_footer_says_what_is_counted_for_each_combination_of_clicks_and_opens(make_settings, language):
+    """Clicks and opens, clicks alone, opens alone (the pixel with links untouched), neither: the footer's
+    notice (both parts) names exactly what the email counts, in every language of fixed strings."""
+    import html as html_lib
+    from mailer.content.i18n import STRINGS
+    from mailer.sending.tracking import tracked_parts
+    notes = {key: " ".join(STRINGS[language][key].split())
+             for key in ("links_opens_tracked", "links_tracked", "opens_tracked")}
+    for clicks in (False, True):
+        for opens in (False, True):
+            settings = make_settings(MAILER_LANGUAGE=language, MAILER_TRACK_CLICKS="1" if clicks else "0",
+                                     MAILER_TRACK_OPENS="1" if opens else "0")
+            rendered = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
+            html, text, urls = tracked_parts(rendered)
+            pixel, rewritten = "open.html" in html.slot_names, bool(urls)
+            assert (pixel, rewritten) == (opens, clicks)  # what the email does…
+            want = {(True, True): "links_opens_tracked", (True, False): "links_tracked",
+                    (False, True): "opens_tracked", (False, False): None}[(clicks, opens)]
+            for part in (" ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", html.raw)).split()),
+                         " ".join(text.raw.split())):
+                found = [key for key, note in notes.items() if note in part]
+                assert found == ([want] if want else []), (language, clicks, opens, found)  # …is what it says

@@ -16,6 +16,8 @@ STRINGS: dict[str, dict[str, str]] = {
                          "l'intérêt de chaque sujet (rien d'autre n'est enregistré).",
         "links_opens_tracked": "Les liens de cette lettre passent par notre serveur, qui compte les clics ; une "
                                "image invisible compte les ouvertures (rien d'autre n'est enregistré).",
+        "opens_tracked": "Une image invisible de cette lettre compte les ouvertures (rien d'autre n'est "
+                         "enregistré ; les liens mènent directement à leur page).",
         "in_this_issue": "Au sommaire",
         "archive": "Archives",
         "issue_of": "Lettre du {date}",
@@ -166,6 +168,8 @@ STRINGS: dict[str, dict[str, str]] = {
                          "interest readers (nothing else is recorded).",
         "links_opens_tracked": "Links in this email go through our server, which counts clicks; an invisible "
                                "image counts opens (nothing else is recorded).",
+        "opens_tracked": "An invisible image in this email counts opens (nothing else is recorded; links lead "
+                         "straight to their page).",
         "in_this_issue": "In this issue",
         "archive": "Archive",
         "issue_of": "Issue of {date}",

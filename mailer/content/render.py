@@ -624,10 +624,18 @@ def _context(issue: Issue, settings: Settings, web_url: str, strings_language: s
         "postal_address": settings.postal_address,
         "why_received": strings["why_received"].format(name=settings.name),
         # GDPR: readers are told when the links they follow are counted (tracking.py)
-        "tracking_note": (strings["links_opens_tracked" if settings.track_opens else "links_tracked"]
-                          if tracks_clicks(issue, settings) else ""),
+        "tracking_note": tracking_note(issue, settings, strings),
         "slot": {name: slot_marker(name) for name in (*TEXT_SLOTS, *HTML_SLOTS)},
     }
+
+
+def tracking_note(issue: Issue, settings: Settings, strings: dict[str, str]) -> str:
+    """The footer's notice of what is counted (GDPR transparency), from the language's `strings`:
+    clicks and opens, clicks alone, opens alone (MAILER_TRACK_OPENS: the pixel), or "" for neither."""
+    clicks, opens = tracks_clicks(issue, settings), settings.track_opens
+    if clicks:
+        return strings["links_opens_tracked" if opens else "links_tracked"]
+    return strings["opens_tracked"] if opens else ""
 
 
 def tracks_clicks(issue: Issue, settings: Settings) -> bool:
