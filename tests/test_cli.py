@@ -176,14 +176,15 @@ def test_a_rerun_of_a_finished_issue_says_so_and_writes_nothing(run, project):
     assert "messages are in" not in again.stdout  # none were written
 
 
-def _send_on_a_terminal(project: Path, *args: str, answer: bytes = b"n\n") -> tuple[str, int]:
+def _send_on_a_terminal(project: Path, *args: str, answer: bytes = b"n\n",
+                        env: dict[str, str] | None = None) -> tuple[str, int]:
     """`mailer send ARGS` with a pseudo-terminal as stdin, stdout and stderr (what a person sees, in
     order); answers the confirmation prompt with `answer`. Returns (the terminal's text, exit code)."""
     import pty
     import select
 
     controller, terminal = pty.openpty()
-    process = subprocess.Popen([*MAILER, "send", *args], cwd=project, env=process_env(), stdin=terminal,
+    process = subprocess.Popen([*MAILER, "send", *args], cwd=project, env=env or process_env(), stdin=terminal,
                                stdout=terminal, stderr=terminal, close_fds=True)
     os.close(terminal)
     seen = b""

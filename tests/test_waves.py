@@ -452,3 +452,32 @@ def test_a_public_local_time_issue_is_public_on_the_web_only_once_its_last_wave_
         archived, status, entries = web_state()
         assert archived and status == 200
         assert [published for _, published in entries] == [last.isoformat()]
+
+
+# ----- the confirmation says what the flags make the run do -------------------------------------------
+def test_the_prompt_of_a_local_time_send_says_what_its_flags_make_it_do() -> None:
+    from mailer.sending.prepare import SendPlan
+    said = {release: SendPlan(SLUG, "Le Fil", None, "none", 3, 0, local=True, release=release).describe("outbox")
+            for release in ("due", "missed", "all")}
+    assert "at once, whatever their local time" in said["all"] and "wait" not in said["all"].replace("none waits", "")
+    assert "only the waves due now go out now" in said["due"] and "at once" not in said["due"].split("(--now")[0]
+    assert "missed ones go out now" in said["missed"] and "at once" not in said["missed"]
+    assert len(set(said.values())) == 3
+
+
+@pytest.mark.slow  # a real `mailer` process on a pseudo-terminal
+def test_send_now_on_a_terminal_asks_about_sending_everyone_at_once(project: Path) -> None:
+    from mailer.store import open_store
+    from tests.test_cli import _send_on_a_terminal
+    env = run_env(project, MAILER_TIMEZONE=PARIS)
+    store = open_store(env["MAILER_DATABASE_URL"])
+    try:
+        people(project, store, {KIRITIMATI: 1, PARIS: 1, LOS_ANGELES: 1})
+    finally:
+        store.close()
+    ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+    write_issue(project, SLUG, BRIEFS, f'subject = "Le Fil"\ndate = 2027-01-14\nsend_local = "{wall_for(KIRITIMATI, ahead)}"\n')
+    prompt, code = _send_on_a_terminal(project, SLUG, "--now", env=env)
+    assert "to 3 subscriber(s) at once, whatever their local time" in prompt, prompt
+    assert "only the waves due now" not in prompt and "unless --now" not in prompt
+    assert code != 0 and not (project / "outbox").exists()
