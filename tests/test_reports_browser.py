@@ -58,7 +58,7 @@ def test_reports_pages_show_figures_and_accessible_charts(browser, make_settings
 
 
 # the Reports strings whose two languages differ: one of the other language's on a page is a label left untranslated
-_REPORT_KEYS = [key for key in STRINGS["en"] if key.startswith(("reports_", "status_"))
+_REPORT_KEYS = [key for key in STRINGS["en"] if key.startswith(("reports_", "state_"))
                 and STRINGS["en"][key] != STRINGS["fr"][key] and len(STRINGS["en"][key]) > 6]
 
 
