@@ -1,4 +1,8 @@
-"""Every fixed string of emails and pages, in the two shipped languages (MAILER_LANGUAGE)."""
+"""Every fixed string of emails and pages, in the two shipped languages (MAILER_LANGUAGE).
+
+Longer than ~400 lines because it is one table per language of every fixed string (the two must
+stay side by side, key for key, for translators and for the tests that compare them), followed by
+the few language rules that format them (dates, « au » contractions, one full stop per sentence)."""
 
 from __future__ import annotations
 
