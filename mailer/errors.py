@@ -52,6 +52,14 @@ class AmbiguousIssue(NotFound):
     """ISSUE matches several folders (or, once they are gone, several issues of the ledger)."""
 
 
+class InvalidOption(MailerError):
+    """A command-line option or argument click accepted but whose value is invalid (`--timezone`,
+    `--map`, `--encoding`, a folder for a file): names the option; the exit code of click's own usage
+    errors."""
+
+    exit_code = 2
+
+
 class InvalidAddress(MailerError):
     """An email address that does not pass validation."""
 

@@ -176,14 +176,15 @@ def test_a_rerun_of_a_finished_issue_says_so_and_writes_nothing(run, project):
     assert "messages are in" not in again.stdout  # none were written
 
 
-def _send_on_a_terminal(project: Path, *args: str, answer: bytes = b"n\n") -> tuple[str, int]:
+def _send_on_a_terminal(project: Path, *args: str, answer: bytes = b"n\n",
+                        env: dict[str, str] | None = None) -> tuple[str, int]:
     """`mailer send ARGS` with a pseudo-terminal as stdin, stdout and stderr (what a person sees, in
     order); answers the confirmation prompt with `answer`. Returns (the terminal's text, exit code)."""
     import pty
     import select
 
     controller, terminal = pty.openpty()
-    process = subprocess.Popen([*MAILER, "send", *args], cwd=project, env=process_env(), stdin=terminal,
+    process = subprocess.Popen([*MAILER, "send", *args], cwd=project, env=env or process_env(), stdin=terminal,
                                stdout=terminal, stderr=terminal, close_fds=True)
     os.close(terminal)
     seen = b""
@@ -505,3 +506,26 @@ def test_send_test_accepts_name_addr_with_non_ascii_quoted_and_comma_names(run, 
         assert (mailbox.display_name, mailbox.addr_spec) == (name, address), (name, str(to))
     bad = run("send", EXAMPLE_ISSUE, "--test", "Ünï <not-an-address>", check_exit=2)
     assert len(bad.stderr.strip().splitlines()) == 1 and "not-an-address" in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("subscribers", "add", "x@example.org", "--timezone", "Mars/Olympus"),
+    ("subscribers", "add", "x@example.org", "--timezone", ""),
+    ("subscribers", "add", "x@example.org", "--language", "tlh"),
+    ("subscribers", "add", "not-an-address"),
+    ("subscribers", "import", "people.csv", "--map", "Ville"),
+    ("subscribers", "import", "people.csv", "--map", "pays=city"),
+    ("subscribers", "import", "people.csv", "--map", "Ville=name", "--map", "Courriel=name"),
+    ("subscribers", "import", "people.csv", "--encoding", "klingon-8"),
+    ("subscribers", "import", "people.csv", "--max-errors", "-1"),
+    ("subscribers", "import", "."),
+], ids=lambda args: " ".join(args[1:]))
+def test_an_invalid_option_of_subscribers_add_or_import_exits_2_on_one_line_and_writes_nothing(run, project, args):
+    """The README's exit codes: 2 for a command line click refuses, an invalid address, and an option
+    value that is invalid (the option named, nobody added or imported)."""
+    (project / "people.csv").write_text("Courriel,Ville\na@example.org,Lyon\n", encoding="utf-8")
+    result = run(*args, check_exit=2)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and "Traceback" not in result.stderr
+    assert len(lines) == 1 or lines[0].startswith("Usage:"), result.stderr  # ours: one line; click's: its usage
+    assert run("subscribers", "export").stdout.count("@") == 0  # nobody added, nothing imported

@@ -188,3 +188,45 @@ def test_archive_and_issue_pages_point_to_the_feed(web):
         assert any('rel="alternate"' in link and 'type="application/atom+xml"' in link and f'href="{href}"' in link
                    for link in links), (path, links)
 
+
+
+# RFC 4151 §2.1, written from the grammar (the oracle): tag:AUTHORITY,DATE:SPECIFIC
+_TAG = re.compile(r"^tag:(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+                  r"|[^@\s]+@[^@\s]+),\d{4}(?:-\d{2}(?:-\d{2})?)?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*$")
+
+
+@pytest.mark.parametrize("base", ["https://lettre.example.org", "https://news.example.co.uk/fil", "http://localhost:8000",
+                                  "https://xn--lettre-exmple-ihb.org", "http://127.0.0.1:8000", "http://192.168.1.10/lettre",
+                                  "http://[::1]:8000", "http://[2001:db8::1]/x"])
+def test_entry_ids_are_tag_uris_on_a_domain_and_stable_uuids_on_an_ip(make_settings, base):
+    """An IP is no tag: authority (RFC 4151 wants a domain name or an email address): the id is then a
+    urn:uuid: (UUID5 of the issue's URL), the same at every build; on a domain the tag: URI is kept as
+    it always was (feed readers dedupe by id)."""
+    import ipaddress
+    import uuid
+    from urllib.parse import urlsplit
+
+    from mailer.web import feed
+
+    settings = make_settings(MAILER_BASE_URL=base)
+    host = urlsplit(base).hostname
+    try:
+        ipaddress.ip_address(host)
+        is_ip = True
+    except ValueError:
+        is_ip = False
+    ids = {}
+    for slug in ("2026-12-03-un", "2026-12-10-deux"):
+        entry = feed.FeedEntry(slug, "Sujet", slug[:10], None, "")
+        made = {feed.entry_id(settings, entry, moment) for moment in (
+            datetime(2026, 12, 3, tzinfo=timezone.utc), datetime(2027, 1, 1, tzinfo=timezone.utc))}
+        assert len(made) == 1  # stable: nothing but the base URL and the slug (and the issue's date) in it
+        ids[slug] = made.pop()
+        if is_ip:
+            parsed = uuid.UUID(ids[slug].removeprefix("urn:uuid:"))
+            assert ids[slug].startswith("urn:uuid:") and parsed.version == 5
+        else:
+            assert _TAG.match(ids[slug]), ids[slug]
+            path = urlsplit(base).path.rstrip("/")
+            assert ids[slug] == f"tag:{host},{slug[:10]}:{path}/issues/{slug}"  # the id it always had
+    assert len(set(ids.values())) == 2

@@ -13,6 +13,7 @@ import json
 import re
 from email import message_from_bytes, policy
 from html.parser import HTMLParser
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -426,3 +427,130 @@ def test_report_without_issue_lists_each_send_with_its_state_and_dates_newest_fi
     assert re.search(r"finished \d{4}-\d\d-\d\d \d\d:\d\d", lines[2])
     assert "not finished" in lines[0] and "not finished" in lines[1]
     assert f"next wave: {PARIS}" in lines[0] and paused["paused_reason"] in lines[1]
+
+
+def test_a_test_copy_of_a_tracked_issue_is_untracked_throughout(make_settings, project):
+    """`send --test` of an issue with `track_clicks = true` (and MAILER_TRACK_OPENS): links as written,
+    no pixel, no tracking notice, and the text part exactly the untracked rendering (its wrapping
+    measured for the written URLs, not for click URLs)."""
+    toml = project / "issues" / EXAMPLE_ISSUE / "issue.toml"
+    toml.write_text(toml.read_text(encoding="utf-8") + "track_clicks = true\n", encoding="utf-8")
+    settings = make_settings(MAILER_TRACK_OPENS="1")
+    dispatch.send_test(settings, EXAMPLE_ISSUE, ["moi@example.org"])
+    [raw] = [p.read_bytes() for p in (settings.outbox_dir).rglob("*.eml")]
+    html, text, _ = parts(raw)
+    assert "compte les clics" not in html and "compte les clics" not in text and "ouverture" not in text
+    found = hrefs(html)
+    assert not any("/c/" in h for h in found.hrefs) and not any("/o/" in src for src in found.images)
+    plain = make_settings()  # the oracle: the same issue rendered with tracking off
+    issue = load_issue(EXAMPLE_ISSUE, plain.issues_dir, plain.zone)
+    untracked = render_issue(replace(issue, track_clicks=False), plain)
+    _, want_text = untracked.personalise(Recipient(email="moi@example.org", name="", unsubscribe_url=re.search(
+        r"https://\S+/u/\S+", text).group(0)))
+    assert text == want_text
+
+
+@pytest.mark.parametrize("language", sorted(__import__("mailer.content.i18n", fromlist=["STRINGS"]).STRINGS))
+def test_the_footer_says_what_is_counted_for_each_combination_of_clicks_and_opens(make_settings, language):
+    """Clicks and opens, clicks alone, opens alone (the pixel with links untouched), neither: the footer's
+    notice (both parts) names exactly what the email counts, in every language of fixed strings."""
+    import html as html_lib
+    from mailer.content.i18n import STRINGS
+    from mailer.sending.tracking import tracked_parts
+    notes = {key: " ".join(STRINGS[language][key].split())
+             for key in ("links_opens_tracked", "links_tracked", "opens_tracked")}
+    for clicks in (False, True):
+        for opens in (False, True):
+            settings = make_settings(MAILER_LANGUAGE=language, MAILER_TRACK_CLICKS="1" if clicks else "0",
+                                     MAILER_TRACK_OPENS="1" if opens else "0")
+            rendered = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
+            html, text, urls = tracked_parts(rendered)
+            pixel, rewritten = "open.html" in html.slot_names, bool(urls)
+            assert (pixel, rewritten) == (opens, clicks)  # what the email does…
+            want = {(True, True): "links_opens_tracked", (True, False): "links_tracked",
+                    (False, True): "opens_tracked", (False, False): None}[(clicks, opens)]
+            for part in (" ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", html.raw)).split()),
+                         " ".join(text.raw.split())):
+                found = [key for key, note in notes.items() if note in part]
+                assert found == ([want] if want else []), (language, clicks, opens, found)  # …is what it says
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+@pytest.mark.parametrize("language", ["en", "fr"])
+def test_the_reports_page_and_mailer_report_say_the_same_state_with_the_same_why(make_settings, store, db_url, project,
+                                                                               monkeypatch, language):
+    """Finished, sending, paused (with its reason), waves scheduled (with the next wave), missed waves
+    (with their zones): the preview's Reports list shows each send's state as `mailer report` does —
+    the same state and why (`SendState`), worded in the page's language."""
+    import html as html_lib
+    import threading
+    from datetime import datetime, timedelta, timezone
+
+    import sqlalchemy as sa
+    from starlette.testclient import TestClient
+
+    from mailer.sending.prepare import prepare_send
+    from mailer.sending.report import reports_overview
+    from mailer.store.schema import deliveries, issues
+    from mailer.web.preview import create_preview_app
+    from tests.conftest import write_issue
+    from tests.test_waves import KIRITIMATI, PARIS, people, wall_for
+
+    settings = make_settings(database_url=db_url, MAILER_LANGUAGE=language)
+    people(project, store, {KIRITIMATI: 2, PARIS: 2})
+    dispatch.send_issue(settings, store, EXAMPLE_ISSUE)                          # finished
+    brief = {"briefs.txt": "--> Une brève.\n"}
+    write_issue(project, "2026-12-01-en-pause", brief, 'subject = "En pause"\ndate = 2026-12-01\n')
+    stop = threading.Event()
+    stop.set()
+    dispatch.send_issue(settings, store, "2026-12-01-en-pause", stop=stop)       # paused, with its reason
+    write_issue(project, "2026-12-02-en-cours", brief, 'subject = "En cours"\ndate = 2026-12-02\n')
+    prepare_send(settings, store, "2026-12-02-en-cours")                         # frozen, being sent
+    due = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=30)
+    for slug in ("2026-12-03-vagues", "2026-12-04-manquee"):
+        write_issue(project, slug, brief, f'subject = "Vagues"\ndate = 2026-12-03\n'
+                                          f'send_local = "{wall_for(KIRITIMATI, due)}"\n')
+        dispatch.send_issue(settings, store, slug)                               # Kiritimati now, Paris later
+    with store.engine.begin() as conn:  # the running send; Paris's wave of the last one passed days ago
+        conn.execute(issues.update().where(issues.c.slug == "2026-12-02-en-cours").values(status="sending"))
+        late = sa.select(issues.c.id).where(issues.c.slug == "2026-12-04-manquee").scalar_subquery()
+        for row_id, at in conn.execute(sa.select(deliveries.c.id, deliveries.c.due_at).where(
+                deliveries.c.issue_id == late, deliveries.c.status == "queued")).all():
+            conn.execute(deliveries.update().where(deliveries.c.id == row_id).values(due_at=at - timedelta(days=3)))
+
+    states = {item.issue: item.send_state() for item in reports_overview(store, settings)}
+    assert {slug: state.name for slug, state in states.items()} == {
+        EXAMPLE_ISSUE: "finished", "2026-12-01-en-pause": "paused", "2026-12-02-en-cours": "sending",
+        "2026-12-03-vagues": "waves scheduled", "2026-12-04-manquee": "missed waves"}
+    assert states["2026-12-01-en-pause"].reason and states["2026-12-03-vagues"].next_wave[0] == PARIS
+    assert states["2026-12-04-manquee"].missed == (PARIS,)
+
+    monkeypatch.chdir(project)
+    env = {**BASE_ENV, "MAILER_DATABASE_URL": settings.database_url, "MAILER_LANGUAGE": language}
+    result = CliRunner().invoke(main, ["report"], env=env, catch_exceptions=False)
+    cli = {line.split()[0]: line for line in result.output.splitlines()}
+    with TestClient(create_preview_app(settings, EXAMPLE_ISSUE, store)) as client:
+        page = client.get("/reports").text
+    shown = {slug: " ".join(html_lib.unescape(text).split()) for slug, text in
+             re.findall(r'<td><a href="[^"]*">([^<]+)</a></td><td class="state">(.*?)</td>', page, re.S)}
+    assert set(shown) == set(states) == set(cli)
+    for slug, state in states.items():
+        assert shown[slug] == state.text(language)  # the page, in its language
+        assert f"  {state.text('en')}  " in cli[slug]  # the CLI, in English: the same state and why
+        if state.name != "finished" and state.name != "sending":
+            assert "(" in shown[slug] and "(" in cli[slug]  # …with why
+        if language == "fr":
+            assert shown[slug] != state.text("en")
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
+def test_a_name_ending_with_a_full_stop_ends_the_why_you_receive_it_sentence_once(make_settings, language):
+    settings = make_settings(MAILER_LANGUAGE=language, MAILER_NAME="Le Fil Inc.")
+    rendered = render_issue(load_issue(EXAMPLE_ISSUE, settings.issues_dir, settings.zone), settings)
+    text = " ".join(rendered.text.raw.split())
+    assert "Le Fil Inc." in text and "Inc.." not in text and "Inc.." not in rendered.html.raw
+    from mailer.sending.notices import Notifier  # the notices' templates format the strings themselves
+    for kind in ("welcome", "confirm"):
+        notice, recipient = Notifier(settings).build(kind, 1, "moi@example.org")
+        html, text = notice.personalise(recipient)
+        assert "Le Fil Inc" in text and "Inc.." not in text and "Inc.." not in html, kind

@@ -58,7 +58,7 @@ def test_reports_pages_show_figures_and_accessible_charts(browser, make_settings
 
 
 # the Reports strings whose two languages differ: one of the other language's on a page is a label left untranslated
-_REPORT_KEYS = [key for key in STRINGS["en"] if key.startswith(("reports_", "status_"))
+_REPORT_KEYS = [key for key in STRINGS["en"] if key.startswith(("reports_", "state_"))
                 and STRINGS["en"][key] != STRINGS["fr"][key] and len(STRINGS["en"][key]) > 6]
 
 
@@ -106,4 +106,27 @@ def test_reports_pages_speak_the_issues_language_and_follow_the_readers_scheme(b
                         for row in page.locator("table").first.locator("tr").all()}
                 assert rows[STRINGS["en"]["reports_recipients"]] == str(len(PEOPLE))
     assert measured > 100
+    assert not problems, "\n".join(problems)
+
+
+def test_the_preview_page_is_readable_in_both_schemes(browser, make_settings, sqlite_store, project):
+    """`mailer preview`'s own page (headings, warnings, the text part, headers, a build error) with the
+    public pages' palette: every text WCAG AA in the light and the dark scheme, dark when the editor's
+    system is."""
+    settings = make_settings(database_url=str(sqlite_store.engine.url))
+    write_issue(project, "2026-12-04-avertie", {"briefs.txt": "--> Voir [ici](http://example.net/page).\n"},
+                'subject = "Avertie"\ndate = 2026-12-04\n')
+    write_issue(project, "2026-12-05-casse", {"briefs.txt": "--> \n"}, 'subject = "Cassée"\ndate = 2026-12-05\n')
+    problems: list[str] = []
+    measured = 0
+    for slug, shows in ((EXAMPLE_ISSUE, "#text"), ("2026-12-04-avertie", ".warnings li"), ("2026-12-05-casse", "#error")):
+        with ThreadedServer(create_preview_app(settings, slug, sqlite_store)) as server:
+            for scheme in ("light", "dark"):
+                with opened_page(browser, viewport={"width": 1100, "height": 900}, color_scheme=scheme) as page:
+                    page.goto(f"{server.url}/")
+                    assert page.locator(shows).count() >= 1, (slug, shows)
+                    measured += check(page, f"preview-{slug}", scheme, problems)
+                    if scheme == "dark":
+                        assert _luminance(page.evaluate(BODY_BACKGROUND_JS)) < 0.05, f"{slug}: the dark scheme left it light"
+    assert measured > 30
     assert not problems, "\n".join(problems)

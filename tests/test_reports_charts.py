@@ -91,3 +91,19 @@ def test_growth_chart_shows_at_most_twelve_labels():
     points = [(date(2026, 7, 6) + timedelta(weeks=week), week * 3) for week in range(26)]
     shown = shown_x_labels(charts.growth_chart(points, "fr"))
     assert 1 < len(shown) <= 12 and len(set(shown)) == len(shown)
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
+def test_chart_descriptions_end_with_one_full_stop_whatever_the_month(language):
+    """« …la semaine du 30 nov. » — a label that ends with an abbreviation's full stop ends the
+    sentence: one full stop, never two, for a last week and a send in every month of the year."""
+    from datetime import date
+    for month in range(1, 13):
+        end = date(2026, month, 1)
+        points = [(end - timedelta(weeks=week), 10 + week) for week in range(5, -1, -1)]
+        sends = bucket_deliveries([datetime(2026, month, 1, tzinfo=timezone.utc) + timedelta(days=day)
+                                   for day in range(40)], ZoneInfo("Europe/Paris"))
+        for svg in (charts.growth_chart(points, language), charts.deliveries_chart(sends, language, "Europe/Paris")):
+            desc = ET.fromstring(svg).find(".//{http://www.w3.org/2000/svg}desc")
+            desc = desc if desc is not None else ET.fromstring(svg).find(".//desc")
+            assert desc is not None and desc.text.endswith(".") and ".." not in desc.text, (month, desc.text)

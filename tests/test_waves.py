@@ -408,3 +408,76 @@ def test_the_segment_narrows_the_planned_waves_as_it_narrows_the_freeze(store, d
     report = dispatch.send_issue(settings, store, SLUG, release="all")
     assert report.complete and sent_to(settings) == ["la0@example.org", "la1@example.org", "paris0@example.org",
                                                      "paris1@example.org"]
+
+
+# ----- a public local-time issue reaches the web when its last wave is due ------------------------------
+def test_a_public_local_time_issue_is_public_on_the_web_only_once_its_last_wave_is_due(
+        store, db_url, project, make_settings) -> None:
+    import feedparser
+    from tests.test_web import make_web
+    from mailer.store.schema import deliveries, issues
+    settings = make_settings(database_url=db_url)
+    people(project, store, {KIRITIMATI: 1, PARIS: 1, LOS_ANGELES: 1})
+    first = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
+    write_issue(project, SLUG, BRIEFS, f'subject = "Le Fil"\ndate = 2027-01-14\n'
+                                       f'send_local = "{wall_for(KIRITIMATI, first)}"\n')
+    assert dispatch.send_issue(settings, store, SLUG).counts["sent"] == 1  # the first wave only
+    web = make_web(settings, store)
+    key_link = re.search(rf'https://[^"\s]*/issues/{SLUG}\?k=[\w-]+', (settings.outbox_dir / SLUG).glob("*.eml")
+                         .__next__().read_text(encoding="utf-8").replace("=\n", "").replace("=3D", "="))
+
+    def web_state() -> tuple[bool, int, list]:
+        archive = web.client.get("/archive").text
+        feed = feedparser.parse(web.client.get("/feed.xml").content)
+        return (f"/issues/{SLUG}" in archive, web.client.get(f"/issues/{SLUG}").status_code,
+                [(e.link, e.published) for e in feed.entries])
+
+    with web.client:
+        assert web_state() == (False, 404, [])  # after the first wave: nobody else has it yet
+        assert key_link and web.client.get(key_link.group(0).split("lettre.example.org", 1)[-1]).status_code == 200
+
+        def later(hours: int) -> None:  # the clock moves on: every stored instant moves back
+            with store.engine.begin() as conn:
+                for table, column in ((deliveries, deliveries.c.due_at), (issues, issues.c.started_at)):
+                    for row_id, at in conn.execute(sa.select(table.c.id, column)).all():
+                        conn.execute(table.update().where(table.c.id == row_id)
+                                     .values({column.name: at - timedelta(hours=hours)}))
+        later(14)  # Paris's wave is due, Los Angeles's is not
+        assert sorted(at < datetime.now(UTC) for _, at in due_rows(store).values()) == [False, True, True]
+        assert web_state() == (False, 404, [])
+        # the last wave's instant passes (its row waits for the scheduler): now it is public, dated then
+        later(10)
+        last = max(at for _, at in due_rows(store).values())
+        assert last < datetime.now(UTC)
+        archived, status, entries = web_state()
+        assert archived and status == 200
+        assert [published for _, published in entries] == [last.isoformat()]
+
+
+# ----- the confirmation says what the flags make the run do -------------------------------------------
+def test_the_prompt_of_a_local_time_send_says_what_its_flags_make_it_do() -> None:
+    from mailer.sending.prepare import SendPlan
+    said = {release: SendPlan(SLUG, "Le Fil", None, "none", 3, 0, local=True, release=release).describe("outbox")
+            for release in ("due", "missed", "all")}
+    assert "at once, whatever their local time" in said["all"] and "wait" not in said["all"].replace("none waits", "")
+    assert "only the waves due now go out now" in said["due"] and "at once" not in said["due"].split("(--now")[0]
+    assert "missed ones go out now" in said["missed"] and "at once" not in said["missed"]
+    assert len(set(said.values())) == 3
+
+
+@pytest.mark.slow  # a real `mailer` process on a pseudo-terminal
+def test_send_now_on_a_terminal_asks_about_sending_everyone_at_once(project: Path) -> None:
+    from mailer.store import open_store
+    from tests.test_cli import _send_on_a_terminal
+    env = run_env(project, MAILER_TIMEZONE=PARIS)
+    store = open_store(env["MAILER_DATABASE_URL"])
+    try:
+        people(project, store, {KIRITIMATI: 1, PARIS: 1, LOS_ANGELES: 1})
+    finally:
+        store.close()
+    ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+    write_issue(project, SLUG, BRIEFS, f'subject = "Le Fil"\ndate = 2027-01-14\nsend_local = "{wall_for(KIRITIMATI, ahead)}"\n')
+    prompt, code = _send_on_a_terminal(project, SLUG, "--now", env=env)
+    assert "to 3 subscriber(s) at once, whatever their local time" in prompt, prompt
+    assert "only the waves due now" not in prompt and "unless --now" not in prompt
+    assert code != 0 and not (project / "outbox").exists()

@@ -795,11 +795,43 @@ def test_webhook_maps_each_event_type(hook):
     rows = stored_events(hook.store)
     assert len(rows) == len(cases)
     for (name, extra, kind, status), sid, row in zip(cases, people, rows):
-        assert (row["kind"], row["subscriber_id"], row["issue_id"]) == (kind, sid, 7), name
+        # issue 7 never had them in its ledger: the event is the person's, no issue's
+        assert (row["kind"], row["subscriber_id"], row["issue_id"]) == (kind, sid, None), name
         assert row["payload"]["event"] == name and row["provider"] == "sendgrid"
         assert status_of(hook.store, sid) == status, (name, extra)
     suppressed = [e for sid in people for e in events_of(hook.store, sid, "status")]
     assert all(e["source"] == "webhook" for e in suppressed) and len(suppressed) == 7
+
+
+def test_events_count_for_an_issue_only_from_people_it_was_delivered_to(hook):
+    """A signed event naming issue X (`mailer_issue`) for someone X never went to, and an unsubscribe
+    link token naming X for them, change that person (status rules as ever) and not X's report."""
+    from mailer.sending import dispatch
+    from mailer.sending.report import issue_report
+    reader, _ = add_subscriber(hook.store, "reader@example.org")
+    assert dispatch.send_issue(hook.settings, hook.store, EXAMPLE_ISSUE).counts["sent"] == 1
+    with hook.store.engine.connect() as conn:
+        issue = hook.store.issue_row(conn, EXAMPLE_ISSUE).id
+    outsiders = {name: add_subscriber(hook.store, f"{name}@example.org")[0]
+                 for name in ("spam", "bounce", "unsub", "link")}
+    events = [sg_event(event, f"{name}@example.org", n, mailer_subscriber=str(outsiders[name]),
+                       mailer_issue=str(issue), **extra)
+              for n, (name, event, extra) in enumerate([("spam", "spamreport", {}),
+                                                        ("bounce", "bounce", {"type": "bounce"}),
+                                                        ("unsub", "unsubscribe", {})])]
+    assert hook.post(events).json()["suppressed"] == 3
+    token = tokens.make_token(hook.key, "unsubscribe", outsiders["link"], issue)
+    assert hook.client.post(f"/u/{token}", **ONE_CLICK).status_code == 200
+    assert [status_of(hook.store, outsiders[n]) for n in ("spam", "bounce", "unsub", "link")] == [
+        "complained", "bounced", "unsubscribed", "unsubscribed"]
+    report = issue_report(hook.settings, hook.store, EXAMPLE_ISSUE)
+    assert (report.recipients, report.complained, report.bounced, report.unsubscribed) == (1, 0, 0, 0)
+    # the same events from the reader X went to count
+    reader_events = [sg_event(event, "reader@example.org", 10 + n, mailer_subscriber=str(reader),
+                              mailer_issue=str(issue)) for n, event in enumerate(["spamreport"])]
+    hook.post(reader_events)
+    report = issue_report(hook.settings, hook.store, EXAMPLE_ISSUE)
+    assert (report.complained, report.complaint_rate) == (1, 1.0)
 
 
 def test_webhook_replay_is_idempotent(hook):

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..config import LANGUAGES
-from ..errors import MailerError
+from ..errors import InvalidOption, MailerError
 from ..statuses import SUBSCRIBER_STATUSES
 from .main import _is_tty, _settings, _store, handle_errors, main, progress_display
 
@@ -44,7 +44,7 @@ def subscribers_add(email: str, name: str, language: str | None, zone: str | Non
     if zone is not None:
         found = normalise_timezone(zone)
         if not found:
-            raise MailerError(f"--timezone {zone!r} is not an IANA time zone name such as Europe/Paris or "
+            raise InvalidOption(f"--timezone {zone!r} is not an IANA time zone name such as Europe/Paris or "
                               f"America/New_York (nothing was added)")
         attributes = {"timezone": found}
     settings = _settings()
@@ -100,7 +100,7 @@ def subscribers_restore(emails: tuple[str, ...], reason: str, force: bool) -> No
 @click.option("--map", "column_map", multiple=True, metavar="COLUMN=FIELD",
               help="Read COLUMN as FIELD (email, name, first_name, last_name, language, lists, status, created_at, "
                    "timezone) or as the attribute FIELD; COLUMN= ignores it. Repeatable.")
-@click.option("--max-errors", default=50, show_default=True, help="Rejected rows to print.")
+@click.option("--max-errors", default=50, show_default=True, type=click.IntRange(min=0), help="Rejected rows to print.")
 @handle_errors
 def subscribers_import(path: Path, dry_run: bool, resubscribe: bool, lists: tuple[str, ...], encoding: str | None,
                        column_map: tuple[str, ...], max_errors: int) -> None:

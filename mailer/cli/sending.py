@@ -235,7 +235,8 @@ def report(issue_ref: str | None, as_json: bool) -> None:
     store = _store(settings)  # closed on exit
     if issue_ref is None:
         reports = reports_overview(store, settings)
-        state_width = max((len(item.state) for item in reports), default=0)
+        states = {item.issue: item.send_state().text("en") for item in reports}  # the Reports page's, in English
+        state_width = max((len(state) for state in states.values()), default=0)
 
         def moment(value) -> str:  # noqa: ANN001 - one short column: local time and zone
             return value.astimezone(settings.zone).strftime("%Y-%m-%d %H:%M %Z")
@@ -246,14 +247,10 @@ def report(issue_ref: str | None, as_json: bool) -> None:
             flag = "  over 0.3 %!" if item.over_limit else ""
             started = moment(item.started_at) if item.started_at else "not started"
             finished = f"finished {moment(item.finished_at)}" if item.finished_at else "not finished"
-            why = f"  ({item.paused_reason})" if item.state == "paused" and item.paused_reason else ""
-            ahead = [wave for wave in item.waves if wave["state"] == "pending"]
-            if item.state == "waves scheduled" and ahead:
-                why = f"  (next wave: {ahead[0]['zone']} at {ahead[0]['at']})"
-            return (f"{item.issue:<{width}}  {item.state:<{state_width}}  started {started}  {finished}  "
+            return (f"{item.issue:<{width}}  {states[item.issue]:<{state_width}}  started {started}  {finished}  "
                     f"sent {item.sent}/{item.recipients}  failed {item.failed}  "
                     f"bounced {item.bounced}  complained {item.complained} ({percent(item.complaint_rate)}){flag}  "
-                    f"unsubscribed {item.unsubscribed}  {clicks}{why}")
+                    f"unsubscribed {item.unsubscribed}  {clicks}")
 
         _echo_overview(reports, as_json, [item.as_json() for item in reports], line, name=lambda item: item.issue,
                        empty="no issue sent yet (no ledger)")

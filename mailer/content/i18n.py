@@ -1,4 +1,8 @@
-"""Every fixed string of emails and pages, in the two shipped languages (MAILER_LANGUAGE)."""
+"""Every fixed string of emails and pages, in the two shipped languages (MAILER_LANGUAGE).
+
+Longer than ~400 lines because it is one table per language of every fixed string (the two must
+stay side by side, key for key, for translators and for the tests that compare them), followed by
+the few language rules that format them (dates, « au » contractions, one full stop per sentence)."""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ STRINGS: dict[str, dict[str, str]] = {
                          "l'intérêt de chaque sujet (rien d'autre n'est enregistré).",
         "links_opens_tracked": "Les liens de cette lettre passent par notre serveur, qui compte les clics ; une "
                                "image invisible compte les ouvertures (rien d'autre n'est enregistré).",
+        "opens_tracked": "Une image invisible de cette lettre compte les ouvertures (rien d'autre n'est "
+                         "enregistré ; les liens mènent directement à leur page).",
         "in_this_issue": "Au sommaire",
         "archive": "Archives",
         "issue_of": "Lettre du {date}",
@@ -151,10 +157,16 @@ STRINGS: dict[str, dict[str, str]] = {
         "reports_unit_day": "{n} jour",
         "reports_unit_days": "{n} jours",
         "reports_complaint_warning": "Attention : le taux de plaintes ({rate}) dépasse la limite de Gmail et Yahoo ({limit}, règles des expéditeurs en masse, 2024) : n’écrivez qu’aux personnes qui l’ont demandé, rendez le désabonnement évident.",
-        "status_draft": "brouillon",
-        "status_sending": "envoi en cours",
-        "status_paused": "en pause",
-        "status_sent": "envoyée",
+        # where a send stands (`sending.report.SendState`: `mailer report` and the Reports page)
+        "state_finished": "envoi terminé",
+        "state_sending": "envoi en cours",
+        "state_paused": "en pause",
+        "state_paused_why": "en pause ({reason})",
+        "state_waves_scheduled": "vagues programmées",
+        "state_waves_scheduled_why": "vagues programmées (prochaine vague : {zone} à {at})",
+        "state_missed_waves": "vagues manquées",
+        "state_missed_waves_why": "vagues manquées ({zones} : mailer send --release-missed)",
+        "state_frozen": "destinataires figés, rien d’envoyé",
     },
     "en": {
         "unsubscribe": "Unsubscribe",
@@ -166,6 +178,8 @@ STRINGS: dict[str, dict[str, str]] = {
                          "interest readers (nothing else is recorded).",
         "links_opens_tracked": "Links in this email go through our server, which counts clicks; an invisible "
                                "image counts opens (nothing else is recorded).",
+        "opens_tracked": "An invisible image in this email counts opens (nothing else is recorded; links lead "
+                         "straight to their page).",
         "in_this_issue": "In this issue",
         "archive": "Archive",
         "issue_of": "Issue of {date}",
@@ -301,10 +315,15 @@ STRINGS: dict[str, dict[str, str]] = {
         "reports_unit_day": "{n} day",
         "reports_unit_days": "{n} days",
         "reports_complaint_warning": "Warning: the complaint rate ({rate}) is over Gmail's and Yahoo's limit of {limit} (bulk-sender rules, 2024): mail only people who asked for it, make unsubscribing obvious.",
-        "status_draft": "draft",
-        "status_sending": "sending",
-        "status_paused": "paused",
-        "status_sent": "sent",
+        "state_finished": "finished",
+        "state_sending": "sending",
+        "state_paused": "paused",
+        "state_paused_why": "paused ({reason})",
+        "state_waves_scheduled": "waves scheduled",
+        "state_waves_scheduled_why": "waves scheduled (next wave: {zone} at {at})",
+        "state_missed_waves": "missed waves",
+        "state_missed_waves_why": "missed waves ({zones}: mailer send --release-missed)",
+        "state_frozen": "frozen",
     },
 }
 
@@ -343,6 +362,28 @@ def french_a(name: str) -> str:
     return f"{contracted.upper() if shouting else contracted}{'' if match.group(2) else ' '}{rest}"
 
 
+def _one_full_stop(template: str, text: str) -> str:
+    """`text` (`template` filled in) with one full stop at its end where a value that ends the sentence
+    brought its own (an abbreviation: « 30 nov. », a name such as "Acme Inc."): never « nov.. »."""
+    if text.endswith("..") and not text.endswith("...") and not template.endswith(".."):
+        return text[:-1]
+    return text
+
+
+class Phrase(str):
+    """A fixed string. `format` fills it in as `str.format` does, then ends the sentence with one
+    full stop (`_one_full_stop`); every caller gets it, in Python and in templates (`t.key.format(…)`)."""
+
+    __slots__ = ()
+
+    def format(self, *args: object, **kwargs: object) -> str:  # type: ignore[override]
+        return _one_full_stop(self, str.format(self, *args, **kwargs))
+
+
+for _table in STRINGS.values():
+    _table.update({_key: Phrase(_value) for _key, _value in _table.items()})
+
+
 def strings(language: str, name: str | None = None) -> dict[str, str]:
     """The fixed strings of `language`. With the newsletter's `name`, the strings that need a
     grammatical form of it (`{a_name}`: « au Fil du jeudi ») have it filled in, so every string
@@ -351,7 +392,7 @@ def strings(language: str, name: str | None = None) -> dict[str, str]:
     if name is None:
         return table
     a_name = (french_a(name) if language == "fr" else f"to {name}").replace("{", "{{").replace("}", "}}")
-    return {key: value.replace("{a_name}", a_name) for key, value in table.items()}
+    return {key: Phrase(_one_full_stop(value, value.replace("{a_name}", a_name))) for key, value in table.items()}
 
 
 def decimal(value: float, language: str, digits: int = 1) -> str:

@@ -567,8 +567,10 @@ def web_edition_url(settings: Settings, issue: Issue) -> str:
     """Where an issue's web edition lives: `/issues/SLUG` for a public issue; for a private one
     (sent to a list or a segment, or `archive = false`) the same address with a key only its
     recipients have (`?k=`, `tokens.web_edition_key`), so the email's "view online" link works
-    while the archive does not show it."""
-    return links.web_edition_url(settings.base_url, secret_key_for(settings), issue.slug, public=issue.public)
+    while the archive does not show it. A public local-time issue (`send_local`) is private until its
+    last wave is due (`Store.published_issues`), so its emails carry the key too."""
+    return links.web_edition_url(settings.base_url, secret_key_for(settings), issue.slug,
+                                 public=issue.public and issue.send_local is None)
 
 
 def render_web_edition(rendered: RenderedIssue) -> str:
@@ -622,10 +624,18 @@ def _context(issue: Issue, settings: Settings, web_url: str, strings_language: s
         "postal_address": settings.postal_address,
         "why_received": strings["why_received"].format(name=settings.name),
         # GDPR: readers are told when the links they follow are counted (tracking.py)
-        "tracking_note": (strings["links_opens_tracked" if settings.track_opens else "links_tracked"]
-                          if tracks_clicks(issue, settings) else ""),
+        "tracking_note": tracking_note(issue, settings, strings),
         "slot": {name: slot_marker(name) for name in (*TEXT_SLOTS, *HTML_SLOTS)},
     }
+
+
+def tracking_note(issue: Issue, settings: Settings, strings: dict[str, str]) -> str:
+    """The footer's notice of what is counted (GDPR transparency), from the language's `strings`:
+    clicks and opens, clicks alone, opens alone (MAILER_TRACK_OPENS: the pixel), or "" for neither."""
+    clicks, opens = tracks_clicks(issue, settings), settings.track_opens
+    if clicks:
+        return strings["links_opens_tracked" if opens else "links_tracked"]
+    return strings["opens_tracked"] if opens else ""
 
 
 def tracks_clicks(issue: Issue, settings: Settings) -> bool:

@@ -53,7 +53,7 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as replace_fields
 from email.utils import formatdate
 from typing import Any, Callable, Iterator, Sequence
 
@@ -1071,7 +1071,8 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
 
 
 def send_test(settings: Settings, issue_ref: str, addresses: Sequence[str]) -> list[RecipientResult]:
-    """Send the issue to a few addresses, `[TEST]` in the subject; the ledger is never touched. Each
+    """Send the issue to a few addresses, `[TEST]` in the subject; the ledger is never touched, so the
+    copy is untracked whatever the tracking settings (links as written, no tracking notice). Each
     entry is one or more comma-separated mailboxes, `ADDR` or `Name <ADDR>` (RFC 5322 name-addr; a
     non-ASCII name is written as RFC 2047 encoded words by `headers`). InvalidAddress for a bad one."""
     from ..addresses import parse_address, split_mailboxes
@@ -1082,7 +1083,10 @@ def send_test(settings: Settings, issue_ref: str, addresses: Sequence[str]) -> l
     if not parsed:
         raise MailerError("--test needs at least one address")
     issue = load_issue(issue_ref, settings.issues_dir, settings.zone)
-    rendered = render_issue(issue, settings)
+    # a test copy is untracked throughout (no ledger: no edition for click tokens to name): links as
+    # written, no pixel, no tracking notice, the text part wrapped for the written URLs
+    rendered = render_issue(replace_fields(issue, track_clicks=False),
+                            replace_fields(settings, track_opens=False))
     factory = MessageFactory(rendered, subject_prefix="[TEST] ")
     key = secret_key_for(settings)
     messages = tuple(

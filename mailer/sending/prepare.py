@@ -403,6 +403,16 @@ def load_edition(settings: Settings, store: Store, issue_id: int,
 
 
 
+# what a local-time send's run does with its waves, by `release` (the prompt says it as the flags make it)
+_LOCAL_TIME_PLAN = {
+    "due": (" in their own local time (send_local): only the waves due now go out now, the others wait for "
+            "their time (--now would send everyone at once)"),
+    "missed": (" in their own local time (send_local): the waves due now and the missed ones go out now "
+               "(--release-missed), the later ones wait for their time"),
+    "all": (" at once, whatever their local time (--now: every wave of send_local released now, none waits)"),
+}
+
+
 @dataclass(frozen=True)
 class SendPlan:
     """What `mailer send ISSUE` is about to do, for the confirmation prompt."""
@@ -416,14 +426,15 @@ class SendPlan:
     rebuild: bool = False  # a new edition from the folder for those not reached yet
     segment: str | None = None  # the segment (issue.toml's before the freeze, the frozen one after)
     local: bool = False    # a local-time send: only the waves released now go out now
+    release: str = "due"   # a local-time send's waves released by this run: due | missed (--release-missed) | all (--now)
 
     def describe(self, backend: str) -> str:
+        """The confirmation prompt: what this run does given its flags (`release`)."""
         audience = f"{self.recipients} subscriber(s)" + (f" of list {self.list_name!r}" if self.list_name else "")
         if self.segment:
             audience += f" in segment {self.segment!r}"
         if self.local:
-            audience += (" in their own local time (send_local: only the waves due now go out now, unless --now; "
-                         "the others wait for their time)")
+            audience += _LOCAL_TIME_PLAN[self.release]
         if self.status in ("none", "draft"):
             return f"Send {self.slug} \u201c{self.subject}\u201d through {backend} to {audience}?"
         if self.rebuild:
@@ -453,7 +464,8 @@ def plan_send(settings: Settings, store: Store, issue_ref: str, *, include_new: 
             if issue.send_local is not None:
                 waves.first_wave_check(settings, store, conn, issue, issue.list_name, utcnow(), release)
             return SendPlan(issue.slug, issue.subject, issue.list_name, row.status if row else "none", recipients, 0,
-                            segment=issue.segment.text if issue.segment else None, local=issue.send_local is not None)
+                            segment=issue.segment.text if issue.segment else None, local=issue.send_local is not None,
+                            release=release)
         subject = load_issue(issue_ref, settings.issues_dir, settings.zone).subject if rebuild else row.subject
         stored = store.current_edition(conn, row.id)
         frozen = editions.from_row(stored, slug, settings) if stored is not None else None
@@ -464,4 +476,4 @@ def plan_send(settings: Settings, store: Store, issue_ref: str, *, include_new: 
         if include_new:
             recipients += store.count_unfrozen(conn, row.id, row.list_name, frozen.frozen_segment() if frozen else None)
         return SendPlan(slug, subject, row.list_name, row.status, recipients, sum(counts.values()), rebuild,
-                        segment=frozen.segment if frozen else None, local=bool(row.send_local))
+                        segment=frozen.segment if frozen else None, local=bool(row.send_local), release=release)

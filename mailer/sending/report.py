@@ -28,6 +28,7 @@ from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 from ..config import Settings
+from ..content import i18n
 from ..errors import MailerError, NotFound
 from ..providers.bounces.process import COMPLAINT_RATE_LIMIT, deliverability
 from ..store import Store, as_utc
@@ -67,19 +68,23 @@ class IssueReport:
 
     @property
     def state(self) -> str:
-        """Where the send stands, in a word or three: `finished`, `sending`, `paused`, `waves scheduled`
-        (a local-time send whose next wave is ahead), `missed waves` (waves passed beyond the grace,
-        not sent), `frozen` (recipients frozen, nothing sent yet)."""
+        """Where the send stands, in a word or three (`SendState.name`)."""
+        return self.send_state().name
+
+    def send_state(self) -> "SendState":
+        """Where the send stands, with why (`SendState`): the one owner of the state `mailer report`
+        and the preview's Reports page show."""
         if self.status == "sent":
-            return "finished"
+            return SendState("finished")
         if self.status == "paused":
-            return "paused"
-        if any(wave["state"] == "missed" for wave in self.waves):
-            return "missed waves"
-        if self.status == "sending" and self.waves and not any(wave["state"] == "due" for wave in self.waves) \
-                and any(wave["state"] == "pending" for wave in self.waves):
-            return "waves scheduled"
-        return "sending" if self.status == "sending" else "frozen"
+            return SendState("paused", reason=self.paused_reason or None)
+        missed = tuple(wave["zone"] for wave in self.waves if wave["state"] == "missed")
+        if missed:
+            return SendState("missed waves", missed=missed)
+        ahead = [wave for wave in self.waves if wave["state"] == "pending"]
+        if self.status == "sending" and ahead and not any(wave["state"] == "due" for wave in self.waves):
+            return SendState("waves scheduled", next_wave=(ahead[0]["zone"], ahead[0]["at"]))
+        return SendState("sending" if self.status == "sending" else "frozen")
 
     def as_json(self) -> dict[str, Any]:
         """The `mailer report ISSUE --json` object (documented in the README)."""
@@ -105,6 +110,32 @@ class IssueReport:
         return (f"warning: complaint rate {percent(self.complaint_rate)} is over Gmail's and Yahoo's limit of "
                 f"{percent(COMPLAINT_RATE_LIMIT)} (bulk-sender rules, 2024): mail only people who asked for it, "
                 f"make unsubscribing obvious")
+
+
+@dataclass(frozen=True)
+class SendState:
+    """Where a send stands. `name`: `finished`, `sending`, `paused`, `waves scheduled` (a local-time
+    send whose next wave is ahead), `missed waves` (waves passed beyond the grace, not sent), `frozen`
+    (recipients frozen, nothing sent yet); with why: `reason` (paused: the stop's reason),
+    `next_wave` ((zone, ISO 8601 instant with offset) of waves scheduled), `missed` (zones of missed waves).
+    `text(language)` words it from `content.i18n` (`state_*`): `mailer report` in English, the Reports
+    page in the issue's language — the same state and the same why in both."""
+
+    name: str
+    reason: str | None = None
+    next_wave: tuple[str, str] | None = None
+    missed: tuple[str, ...] = ()
+
+    def text(self, language: str = "en") -> str:
+        strings = i18n.strings(language)
+        key = "state_" + self.name.replace(" ", "_")
+        if self.reason:
+            return strings[key + "_why"].format(reason=self.reason)
+        if self.next_wave:
+            return strings[key + "_why"].format(zone=self.next_wave[0], at=self.next_wave[1])
+        if self.missed:
+            return strings[key + "_why"].format(zones=", ".join(self.missed))
+        return strings[key]
 
 
 def percent(rate: float) -> str:

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .schema import (provider_events, subscriber_events)
+from .schema import deliveries, provider_events, subscriber_events
 from ..statuses import MAILBOX_PROVIDER
 from .common import _chunks, as_utc, utcnow
 
@@ -18,6 +18,17 @@ class EventQueries:
     """Queries about what happened to people (mixed into `Store`)."""
 
     is_sqlite: bool
+
+    def delivered_pairs(self, conn: Connection, pairs: Sequence[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Of (issue_id, subscriber_id) pairs, those the ledger has a delivery row for: the only pairs an
+        event (a provider's, an unsubscribe link's) may be attributed to (`mailer report`)."""
+        found: set[tuple[int, int]] = set()
+        wanted = sorted(set(pairs))
+        for chunk in _chunks(wanted, 400):
+            found.update((row.issue_id, row.subscriber_id) for row in conn.execute(
+                sa.select(deliveries.c.issue_id, deliveries.c.subscriber_id)
+                .where(sa.tuple_(deliveries.c.issue_id, deliveries.c.subscriber_id).in_(chunk))))
+        return found
 
     def record_event(self, conn: Connection, subscriber_id: int, kind: str, *, source: str, reason: str = "",
                      at: datetime | None = None) -> None:

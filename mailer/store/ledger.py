@@ -28,13 +28,19 @@ from . import sqlite_ledger
 
 if TYPE_CHECKING:
     from ..segments import Segment
-from .waves import released
+from .waves import all_waves_due, publication_moment, released
 
 
 # An issue has a public page once sent (or partly sent) and given a web edition.
 _SENT_WITH_WEB_EDITION = sa.and_(issues.c.web_html.is_not(None), sa.or_(
     issues.c.status == "sent",
     sa.exists().where(deliveries.c.issue_id == issues.c.id, SENT_ROW)))
+
+
+def _public_at(now: datetime) -> sa.ColumnElement:
+    """The one owner of "is this issue public yet" (archive, `/issues/SLUG`, feed): sent with a web
+    edition, `public`, and no recipient still waiting for a wave."""
+    return sa.and_(_SENT_WITH_WEB_EDITION, issues.c.public.is_(True), all_waves_due(now))
 
 
 # once per claim (Store.current_edition_id): built once
@@ -180,13 +186,15 @@ class LedgerQueries:
     is_sqlite: bool
 
     # ----- issues' public pages ------------------------------------------------------------------
-    def published_issues(self, conn: Connection) -> list[sa.Row]:
-        """(id, slug, subject, issue_date, started_at, finished_at) of the issues the archive (and its
-        Atom feed) lists, newest first."""
+    def published_issues(self, conn: Connection, now: datetime | None = None) -> list[sa.Row]:
+        """(id, slug, subject, issue_date, started_at, finished_at, published_at) of the issues the
+        archive (and its Atom feed) lists at `now` (default: the clock), newest first: sent, with a web
+        edition, public, and every wave due (`waves.all_waves_due`); `published_at` per
+        `waves.publication_moment`."""
         return list(conn.execute(
             sa.select(issues.c.id, issues.c.slug, issues.c.subject, issues.c.issue_date, issues.c.started_at,
-                      issues.c.finished_at)
-            .where(_SENT_WITH_WEB_EDITION, issues.c.public.is_(True))
+                      issues.c.finished_at, publication_moment())
+            .where(_public_at(now or utcnow()))
             .order_by(sa.func.coalesce(issues.c.issue_date, "").desc(), issues.c.id.desc())))
 
     def web_html_by_id(self, conn: Connection, issue_ids: Sequence[int]) -> dict[int, str]:
@@ -198,9 +206,11 @@ class LedgerQueries:
             found.update({row.id: row.web_html for row in rows})
         return found
 
-    def web_edition(self, conn: Connection, slug: str) -> sa.Row | None:
-        """(web_html, public) of a sent issue, None for unknown or unsent ones."""
-        return conn.execute(sa.select(issues.c.web_html, issues.c.public)
+    def web_edition(self, conn: Connection, slug: str, now: datetime | None = None) -> sa.Row | None:
+        """(web_html, public) of a sent issue, None for unknown or unsent ones. `public` is whether
+        anyone may read it at `now` (the archive's rule, `_public_at`): a public local-time issue whose
+        last wave is not due yet is readable only with its key, like a private one."""
+        return conn.execute(sa.select(issues.c.web_html, _public_at(now or utcnow()).label("public"))
                             .where(issues.c.slug == slug, _SENT_WITH_WEB_EDITION)).first()
 
     # ----- issues -----------------------------------------------------------------------------

@@ -27,6 +27,34 @@ def released(issue_id: int, now: datetime, grace: float) -> sa.ColumnElement:
     return sa.or_(deliveries.c.due_at.between(now - timedelta(seconds=grace), now), deliveries.c.due_at <= operator)
 
 
+def _last_due() -> sa.ScalarSelect:
+    """The issue's (correlated to `issues`) latest release instant; NULL for an ordinary send."""
+    return (sa.select(sa.func.max(deliveries.c.due_at)).where(deliveries.c.issue_id == issues.c.id)
+            .scalar_subquery())
+
+
+def all_waves_due(now: datetime) -> sa.ColumnElement:
+    """The one owner of "may the web show this issue to anyone yet" as far as waves go (correlated to
+    `issues`): no recipient row is still waiting for its wave — none is due after `now` unless the
+    operator released it (`released_before`, `--now`). An ordinary send has no due rows: always true.
+    So a local-time issue reaches the archive, its public page and the feed when its last wave is due,
+    never before its last readers get the email."""
+    waiting = sa.exists().where(
+        deliveries.c.issue_id == issues.c.id, deliveries.c.due_at > now,
+        sa.or_(issues.c.released_before.is_(None), deliveries.c.due_at > issues.c.released_before))
+    return ~waiting
+
+
+def publication_moment() -> sa.ColumnElement:
+    """When the issue became public (correlated to `issues`; for issues `all_waves_due` lets through):
+    the send's start for an ordinary send or one whose waves the operator released at once (`--now`:
+    the moment of that release is not stored; the start is the nearest stable instant), else the last
+    wave's release instant."""
+    last = _last_due()
+    return sa.case((sa.or_(last.is_(None), issues.c.released_before >= last), issues.c.started_at),
+                   else_=last).label("published_at")
+
+
 class WaveQueries:
     """Mixed into `Store`."""
 

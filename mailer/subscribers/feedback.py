@@ -31,7 +31,9 @@ def record_provider_events(store: Store, events: Sequence[ProviderEvent], *,
                            soft_bounce_rule: tuple[int, int] | None = None) -> dict[str, int]:
     """Store every event (idempotent by provider and event id) and apply the suppressions of new ones.
 
-    An event acts on a subscriber only when its address is that subscriber's: the subscriber named
+    An event counts for an issue (`provider_events.issue_id`, `mailer report`) only when the ledger has
+    a delivery of that issue to the subscriber it acts on (`_attribute`); otherwise it is stored
+    for the person, with no issue. An event acts on a subscriber only when its address is that subscriber's: the subscriber named
     by the event's `subscriber_id` when present (and only if the addresses match), else the one with
     that address. Events without an address, or naming a subscriber whose address is another, are
     stored and change no one (`ignored`). Events about an erased person are stored anonymised, on
@@ -59,6 +61,7 @@ def record_provider_events(store: Store, events: Sequence[ProviderEvent], *,
         return {"received": len(events), "new": 0, "suppressed": 0, "ignored": 0}
     with (transaction or store.begin)() as conn:
         people, ignored = _correlate(store, conn, rows, kept)
+        _attribute(store, conn, rows)
         inserted = store.insert_provider_events(conn, rows)
         acting = [(row, event) for row, event in zip(rows, kept)
                   if row["provider_event_id"] in inserted and row["subscriber_id"] and row["subscriber_id"] in people]
@@ -108,6 +111,18 @@ def process_bounce_source(store: Store, settings: Settings, source: str, *,
     from ..providers.bounces.process import process_source
 
     return process_source(store, settings, source, mailbox_recorder(store, settings), ssl_context=ssl_context)
+
+
+def _attribute(store: Store, conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Keep each row's `issue_id` (what the event's custom argument or VERP address said) only when the
+    ledger has a delivery of that issue to the row's subscriber: an event carrying another issue's id
+    (forged, or a provider's mix-up) is the person's, never counted in that issue's report."""
+    claimed = [(row["issue_id"], row["subscriber_id"]) for row in rows
+               if row["issue_id"] is not None and row["subscriber_id"] is not None]
+    delivered = store.delivered_pairs(conn, claimed) if claimed else set()
+    for row in rows:
+        if (row["issue_id"], row["subscriber_id"]) not in delivered:
+            row["issue_id"] = None
 
 
 def _correlate(store: Store, conn: Connection, rows: list[dict[str, Any]],

@@ -83,9 +83,12 @@ def asked_to_come_back(store: Store, conn: Connection, row: Row) -> bool:
 def unsubscribe(store: Store, conn: Connection, row: Row, *, source: str, reason: str,
                 issue_id: int | None = None) -> str:
     """Unsubscribe an active or pending person (idempotent); returns their status afterwards. The
-    event records `issue_id`, the issue whose link it came through (`mailer report`)."""
+    event records `issue_id`, the issue whose link it came through (`mailer report`), when the ledger
+    has a delivery of that issue to them (else no issue: the person's event, in no issue's report)."""
     if row.status not in ("active", "pending"):
         return row.status  # already suppressed: nothing changes
+    if issue_id is not None and not store.delivered_pairs(conn, [(issue_id, row.id)]):
+        issue_id = None
     # conditional on the status just read: two concurrent POSTs record one event
     store.apply_status_changes(conn, [StatusChange(row.id, row.status, "unsubscribed", source, reason,
                                                    issue_id=issue_id)])

@@ -325,7 +325,7 @@ class WebApp:
             if missing:
                 for issue_id, web_html in self.store.web_html_by_id(conn, missing).items():
                     self._summaries[issue_id] = edition_summary(web_html)
-        entries = [feed.FeedEntry(row.slug, row.subject, row.issue_date, as_utc(row.started_at),
+        entries = [feed.FeedEntry(row.slug, row.subject, row.issue_date, as_utc(row.published_at),
                                   self._summaries.get(row.id, "")) for row in rows]
         body, updated = feed.atom_feed(self.settings, entries)
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'

@@ -186,7 +186,7 @@ def create_preview_app(settings: Settings, issue_ref: str, store=None):  # noqa:
                    "zone_name": settings.zone.key}
         if slug is None:
             return 200, reports_page.render(**_reports_context(settings.language),
-                                            **{**context, "reports": reports_overview(db)}, day_of=lambda moment: i18n.short_date(
+                                            **{**context, "reports": reports_overview(db, settings)}, day_of=lambda moment: i18n.short_date(
                                                 moment.astimezone(settings.zone).date(), settings.language, year=True),
                                             growth_svg=Markup(charts.growth_chart(growth, settings.language)))
         try:
@@ -217,9 +217,10 @@ def create_preview_app(settings: Settings, issue_ref: str, store=None):  # noqa:
 
 
 def _reports_context(language: str) -> dict:
-    """What every Reports page needs to speak `language`: its strings, its name, and date formats."""
+    """What every Reports page needs to speak `language`: its strings, its name, date formats, and a
+    send's state worded (`SendState.text`: the state and why `mailer report` shows)."""
     return {"t": i18n.strings(language), "language": language, "short_date": i18n.short_date,
-            "status_of": lambda status: i18n.strings(language).get(f"status_{status}", status)}
+            "state_of": lambda report: report.send_state().text(language)}
 
 
 def report_figures(report, language: str) -> list[tuple[str, str]]:  # noqa: ANN001 - an IssueReport

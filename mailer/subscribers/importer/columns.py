@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from ...errors import MailerError
+from ...errors import InvalidOption, MailerError
 from ...statuses import SUBSCRIBER_STATUSES
 from .formats import EXPORT_FORMATS, SUBSCRIPTION_FLAGS, UNSURE, UNSURE_NOTE, USED, StatusRule, boolean_status
 from .values import normalise_name
@@ -80,7 +80,7 @@ def parse_map(specs: Iterable[str]) -> dict[str, str]:
     for spec in specs:
         source, equals, target = spec.partition("=")
         if not equals or not normalise_name(source):
-            raise MailerError(f"--map {spec!r}: write COLUMN=FIELD (e.g. --map Ville=city), or COLUMN= to ignore it")
+            raise InvalidOption(f"--map {spec!r}: write COLUMN=FIELD (e.g. --map Ville=city), or COLUMN= to ignore it")
         target = target.strip()
         mapping[normalise_name(source)] = "" if target in ("", "-") else (
             target if target in FIELDS else normalise_name(target) or target)
@@ -102,7 +102,7 @@ def build_layout(header: Sequence[str], filename: str = "", mapping: dict[str, s
     present = frozenset(names)
     for source in mapping:
         if source not in present:
-            raise MailerError(f"--map: no column {source!r} in the header ({', '.join(h.strip() for h in header)})")
+            raise InvalidOption(f"--map: no column {source!r} in the header ({', '.join(h.strip() for h in header)})")
     export_format, variant = None, None
     for candidate in EXPORT_FORMATS:
         variant = candidate.detect(present, filename)
@@ -132,7 +132,7 @@ def build_layout(header: Sequence[str], filename: str = "", mapping: dict[str, s
                 taken.add(index)
             elif target in FIELDS:
                 if target in layout.fields:
-                    raise MailerError(f"--map: two columns for {target!r}")
+                    raise InvalidOption(f"--map: two columns for {target!r}")
                 assign(target, index)
             else:
                 layout.attributes.append((index, target))

@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ...errors import MailerError
+from ...errors import InvalidOption, MailerError
 
 BLOCK = 1 << 20            # bytes read at a time while checking a file
 SAMPLE_LIMIT = 64 * 1024   # bytes of non-UTF-8 lines given to the detector
@@ -143,7 +143,7 @@ def plan_decoding(path: Path, forced: str | None = None) -> Decoding:
         try:
             codec = codecs.lookup(forced).name
         except LookupError:
-            raise MailerError(f"--encoding {forced!r}: unknown encoding (e.g. utf-8, cp1252, latin-1, mac_roman, "
+            raise InvalidOption(f"--encoding {forced!r}: unknown encoding (e.g. utf-8, cp1252, latin-1, mac_roman, "
                               f"utf-16)") from None
         if codec == "utf-8" and bom and bom[1] == "utf-8-sig":
             codec = "utf-8-sig"

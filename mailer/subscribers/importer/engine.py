@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
-from ...errors import MailerError, NotFound
+from ...errors import InvalidOption, MailerError, NotFound
 from ...statuses import SUPPRESSED_STATUSES
 from ...store import (IMPORT_ATTRIBUTES, IMPORT_DIGEST, IMPORT_GIVEN, IMPORT_KEY, IMPORT_LANGUAGE, IMPORT_LINE,
                       IMPORT_LISTS, IMPORT_NAME, IMPORT_STATUS, IMPORT_STATUS_AT, Connection, DatabaseError, StatusChange,
@@ -51,7 +51,7 @@ def import_csv(store: Store, path: Path, *, dry_run: bool = False, resubscribe: 
     """
     path = Path(path)
     if path.is_dir():
-        raise MailerError(f"{path} is a folder, not a CSV file")
+        raise InvalidOption(f"{path} is a folder, not a CSV file")
     if not path.is_file():
         raise NotFound(f"{path}: no such file")
     options = ParseOptions(plan_decoding(path, encoding), tuple(lists), parse_map(column_map))
