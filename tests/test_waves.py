@@ -250,10 +250,11 @@ def test_before_the_first_wave_a_send_is_refused_missed_waves_need_release_misse
 
 
 # ----- the CLI --------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_mailer_send_by_hand_points_to_the_scheduler_and_now_sends_everyone(project: Path, monkeypatch) -> None:
-    env = run_env(project, MAILER_TIMEZONE=PARIS)
+def _three_zones_first_wave_in_two_hours(project: Path) -> tuple[dict, datetime]:
+    """One person in each of Kiritimati, Paris and Los Angeles, and a local-time issue whose first wave
+    (Kiritimati's) is due two hours from now: the run environment and that instant."""
     from mailer.store import open_store
+    env = run_env(project, MAILER_TIMEZONE=PARIS)
     store = open_store(env["MAILER_DATABASE_URL"])
     try:
         people(project, store, {KIRITIMATI: 1, PARIS: 1, LOS_ANGELES: 1})
@@ -261,6 +262,12 @@ def test_mailer_send_by_hand_points_to_the_scheduler_and_now_sends_everyone(proj
         store.close()
     ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
     write_issue(project, SLUG, BRIEFS, f'subject = "Le Fil"\ndate = 2027-01-14\nsend_local = "{wall_for(KIRITIMATI, ahead)}"\n')
+    return env, ahead
+
+
+@pytest.mark.slow
+def test_mailer_send_by_hand_points_to_the_scheduler_and_now_sends_everyone(project: Path, monkeypatch) -> None:
+    env, ahead = _three_zones_first_wave_in_two_hours(project)
 
     refused = invoke_with(env, ("send", SLUG, "--yes"), project)
     assert refused.returncode == 8 and refused.stderr.count("\n") == 1, refused.stderr
@@ -467,16 +474,8 @@ def test_the_prompt_of_a_local_time_send_says_what_its_flags_make_it_do() -> Non
 
 @pytest.mark.slow  # a real `mailer` process on a pseudo-terminal
 def test_send_now_on_a_terminal_asks_about_sending_everyone_at_once(project: Path) -> None:
-    from mailer.store import open_store
     from tests.test_cli import _send_on_a_terminal
-    env = run_env(project, MAILER_TIMEZONE=PARIS)
-    store = open_store(env["MAILER_DATABASE_URL"])
-    try:
-        people(project, store, {KIRITIMATI: 1, PARIS: 1, LOS_ANGELES: 1})
-    finally:
-        store.close()
-    ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
-    write_issue(project, SLUG, BRIEFS, f'subject = "Le Fil"\ndate = 2027-01-14\nsend_local = "{wall_for(KIRITIMATI, ahead)}"\n')
+    env, _ = _three_zones_first_wave_in_two_hours(project)
     prompt, code = _send_on_a_terminal(project, SLUG, "--now", env=env)
     assert "to 3 subscriber(s) at once, whatever their local time" in prompt, prompt
     assert "only the waves due now" not in prompt and "unless --now" not in prompt
