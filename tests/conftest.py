@@ -100,13 +100,21 @@ def sample_size(request) -> Callable[[int], int]:
     return lambda full: max(2, full // 8) if fast else full
 
 
+MEASURED_SLOW = Path(__file__).with_name("measured_slow.txt")  # written by `make fast-list` (tests/slow_list.py)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every PostgreSQL variant (of the `db_url` or `empty_db_url` fixture, or a test's own `db_url`
-    parameter) carries the `postgresql` mark, so that `make test-fast` can leave them to `make test`."""
+    parameter) carries the `postgresql` mark, so that `make test-fast` can leave them to `make test`;
+    the tests listed in tests/measured_slow.txt (measured at >= 0.1 s each) carry the `slow` mark."""
+    measured = {line for line in MEASURED_SLOW.read_text(encoding="utf-8").splitlines()
+                if line and not line.startswith("#")} if MEASURED_SLOW.exists() else set()
     for item in items:
         params = getattr(item, "callspec", None) and item.callspec.params
         if params and "postgresql" in (params.get("db_url"), params.get("empty_db_url")):
             item.add_marker(pytest.mark.postgresql)
+        if item.nodeid in measured:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
