@@ -269,10 +269,18 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read(length)
         recipients = raw.count(b'"to":')  # cheap: one `to` per personalization in what mailer sends
         owner._enter(recipients)
+        self._in_flight = recipients
         try:
             owner._handle(self, raw)
         finally:
-            owner._leave(recipients)
+            self._leave_once()
+
+    def _leave_once(self) -> None:
+        """The request stops counting as in flight once its answer is about to be written (before the
+        client can read it and send its next request), or when it ends without an answer."""
+        recipients, self._in_flight = getattr(self, "_in_flight", None), None
+        if recipients is not None:
+            self.server.owner._leave(recipients)
 
     def do_GET(self) -> None:  # noqa: N802
         if self.path == "/_stats":  # not SendGrid's: lets a benchmark in another process check the count
@@ -297,6 +305,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
         data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode("utf-8"))
+        self._leave_once()
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
