@@ -97,25 +97,31 @@ def _picklable(settings: Settings) -> Settings:
     return dataclasses.replace(settings)
 
 
-def _helper_main(settings: Settings, issue_id: int, slug: str, workers: int | None, index: int,
-                 stop_event: Any, gate: Any, counts: Any, pauses: Any) -> None:
-    """One helper process: send the issue's stored edition beside the parent until nothing is left to
-    claim, a stop, or a pause."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent takes the signals and passes them on
+def _follow_parent(stop_event: Any) -> threading.Event:
+    """In a helper process: ignore SIGINT/SIGTERM (the parent takes the signals and passes a stop on
+    through `stop_event`) and return an Event set when the parent asks to stop or is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from ..providers import make_backend
-    from ..store import open_store
-    from . import dispatch
-
     stop = threading.Event()
     parent = multiprocessing.parent_process()
 
-    def watch() -> None:  # the parent's stop, or the parent gone
+    def watch() -> None:
         while not stop.is_set():
             if stop_event.wait(0.2) or (parent is not None and not parent.is_alive()):
                 stop.set()
 
     threading.Thread(target=watch, name="mailer-helper-watch", daemon=True).start()
+    return stop
+
+
+def _helper_main(settings: Settings, issue_id: int, slug: str, workers: int | None, index: int,
+                 stop_event: Any, gate: Any, counts: Any, pauses: Any) -> None:
+    """One helper process: send the issue's stored edition beside the parent until nothing is left to
+    claim, a stop, or a pause."""
+    stop = _follow_parent(stop_event)
+    from ..providers import make_backend
+    from ..store import open_store
+    from . import dispatch
 
     def on_progress(progress: "dispatch.Progress") -> None:
         counts[3 * index:3 * index + 3] = [progress.sent, progress.failed, progress.skipped]
@@ -177,20 +183,9 @@ def work_in_processes(settings: Settings, count: int, *, stop: threading.Event, 
 
 
 def _worker_main(settings: Settings, once: bool, stop_event: Any, sent: Any, index: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stop = _follow_parent(stop_event)
     from ..store import open_store
     from .dispatch import work_queue
-
-    stop = threading.Event()
-    parent = multiprocessing.parent_process()
-
-    def watch() -> None:
-        while not stop.is_set():
-            if stop_event.wait(0.2) or (parent is not None and not parent.is_alive()):
-                stop.set()
-
-    threading.Thread(target=watch, name="mailer-helper-watch", daemon=True).start()
     store = open_store(settings.database_url)
     try:
         sent[index] = work_queue(settings, store, stop=stop, once=once)
