@@ -360,8 +360,9 @@ def compile_email(settings: Settings, name: str, context: dict, *, slots: Sequen
     compile_seconds = time.perf_counter() - started
 
     html_template = Template.parse(hidden_preheader(compiled))
-    text_template = Template.parse(textlayout.layout(_normalise_text(text_source), textlayout.TEXT_WIDTH, measure,
-                                                     partial(slot_width, settings.base_url)))
+    text_template = Template.parse(textlayout.layout(
+        _normalise_text(text_source), textlayout.TEXT_WIDTH, measure,
+        textlayout.Slots(_SLOT_RE, partial(slot_width, settings.base_url))))
     html_slots = tuple(f"{slot_name}.html" for slot_name in slots)
     for label, tpl, allowed in (("HTML", html_template, html_slots), ("text", text_template, slots)):
         unknown = sorted(set(tpl.slot_names) - set(allowed))

@@ -12,25 +12,34 @@ A URL longer than the width stays whole on a line of its own (with a list, quote
 before it, or the punctuation that closes a sentence after it): a broken URL no longer works.
 
 Shapes: `wrap(text, width, first, rest, measure)` → str (one paragraph, hard line breaks kept);
-`layout(text, width, measure, slot_width)` → str (every line of a rendered text part over `width`
-rewrapped). `measure(url)` → the URL's written length; None: its own length.
+`layout(text, width, measure, slots)` → str (every line of a rendered text part over `width`
+rewrapped). `measure(url)` → the URL's written length; None: its own length. `slots`: a `Slots`
+(the slot syntax, owned by `render`, which passes its pattern, and each slot's filled length);
+None: slots are measured as written.
 """
 
 from __future__ import annotations
 
 import re
 import textwrap
-from typing import Callable
+from typing import Callable, NamedTuple
 
 TEXT_WIDTH = 76  # characters per line of the text part (RFC 5322 §2.1.1 recommends at most 78)
 # a URL in running text: up to whitespace or a bracket that cannot belong to it
 TEXT_URL = re.compile(r"""https?://[^\s<>"'\[\]{}]+""", re.IGNORECASE)
 _TRAILING = ".,;:!?»”’'"
-_SLOT = re.compile(r"%%mailer:([a-z0-9_.]+)%%")
 _STAND_IN = re.compile("([\U000F0000-\U000FFFFD])\uE000*")
 _MARKERS = re.compile(r"^\s*(?:[-*>→•]\s*|\d+\.\s+)*")
 
 Measure = Callable[[str], int]
+
+
+class Slots(NamedTuple):
+    """The slots of a text: `pattern` finds one (group 1 its name), `width(name)` → the length it has
+    once filled."""
+
+    pattern: re.Pattern[str]
+    width: Callable[[str], int]
 
 
 def text_url(match: str) -> str:
@@ -47,7 +56,7 @@ def text_url(match: str) -> str:
     return url
 
 
-def _swap(text: str, measure: Measure | None, slot_width: Callable[[str], int] | None) -> tuple[str, list[str]]:
+def _swap(text: str, measure: Measure | None, slots: Slots | None) -> tuple[str, list[str]]:
     """`text` with each URL (and slot) replaced by a stand-in of its written length; the originals."""
     originals: list[str] = []
 
@@ -60,8 +69,8 @@ def _swap(text: str, measure: Measure | None, slot_width: Callable[[str], int] |
         found = text_url(whole)
         return stand_in(found, measure(found) if measure else len(found)) + whole[len(found):]
 
-    if slot_width is not None:
-        text = _SLOT.sub(lambda m: stand_in(m.group(0), slot_width(m.group(1))), text)
+    if slots is not None:
+        text = slots.pattern.sub(lambda m: stand_in(m.group(0), slots.width(m.group(1))), text)
     return TEXT_URL.sub(url, text), originals
 
 
@@ -70,10 +79,10 @@ def _restore(text: str, originals: list[str]) -> str:
 
 
 def wrap(text: str, width: int, first: str = "", rest: str = "", measure: Measure | None = None,
-         slot_width: Callable[[str], int] | None = None) -> str:
+         slots: Slots | None = None) -> str:
     """One paragraph wrapped at `width` as written (`measure`), `first`/`rest` the indents of its
     first and following lines; hard line breaks (`\\n`) kept."""
-    swapped, originals = _swap(text, measure, slot_width)
+    swapped, originals = _swap(text, measure, slots)
     lines = []
     for index, hard_line in enumerate(swapped.split("\n")):
         wrapped = textwrap.wrap(hard_line, width=width, initial_indent=first if index == 0 else rest,
@@ -83,17 +92,17 @@ def wrap(text: str, width: int, first: str = "", rest: str = "", measure: Measur
 
 
 def layout(text: str, width: int = TEXT_WIDTH, measure: Measure | None = None,
-           slot_width: Callable[[str], int] | None = None) -> str:
+           slots: Slots | None = None) -> str:
     """Every line of a rendered text part longer than `width` as written, rewrapped (its leading
     blanks kept as the indent of its continuation lines); lines within the width, and lines holding
     a single URL or slot after their markers, stay as they are. What the template writes (footer,
     titles) gets the same rule as the briefs (`markup.to_text`, which wraps with `wrap`)."""
     out = []
     for line in text.split("\n"):
-        swapped, _ = _swap(line, measure, slot_width)
+        swapped, _ = _swap(line, measure, slots)
         if len(swapped) <= width or len(_MARKERS.sub("", swapped).split(" ")) == 1:
             out.append(line)
             continue
         indent = line[:len(line) - len(line.lstrip(" "))]
-        out.append(wrap(line.lstrip(" "), width, indent, indent, measure, slot_width))
+        out.append(wrap(line.lstrip(" "), width, indent, indent, measure, slots))
     return "\n".join(out)
