@@ -69,6 +69,7 @@ sys.path.insert(0, str(REPO))
 import sqlalchemy as sa  # noqa: E402
 
 from mailer.sending import dispatch  # noqa: E402
+from mailer.sending.prepare import prepare_send  # noqa: E402
 from mailer.config import load_settings  # noqa: E402
 from mailer.store import open_store  # noqa: E402
 
@@ -301,7 +302,7 @@ def send_once(args, kind: str, root: Path, url: str, db_url: str) -> dict:
         rss_before = peak_rss_mb()
         ledger_freeze = timed_freeze(store)
         started = time.perf_counter()
-        prepared = dispatch.prepare_send(settings, store, ISSUE, allow_draft=True)  # render + freeze (timed apart)
+        prepared = prepare_send(settings, store, ISSUE, allow_draft=True)  # render + freeze (timed apart)
         freeze_seconds = time.perf_counter() - started
         breakdown = Breakdown() if args.breakdown else None
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)
@@ -414,7 +415,7 @@ def scaling(args, kind: str, root: Path, url: str, db_url: str, latency: float) 
         # same number of processes with nothing queued, measured before each drain
         idle = {processes: drain_with_workers(root, url, db_url, processes, args.scaling_in_flight)[0]
                 for processes in (1, 2)}
-        prepared = dispatch.prepare_send(settings, store, ISSUE, allow_draft=True)
+        prepared = prepare_send(settings, store, ISSUE, allow_draft=True)
         with store.begin() as conn:
             store.update_issue(conn, prepared.issue_id, status="sending")  # what `send` leaves for workers
         requests = -(-args.scaling // min(1000, args.scaling_in_flight))

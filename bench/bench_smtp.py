@@ -369,7 +369,7 @@ def run_mailer(project: Path, template_db: Path, port: int, count: int, pool: in
         profiler = cProfile.Profile(time.thread_time)  # CPU, not waits: what (b) costs the sending thread
         profiler.enable()
     one_off = [0.0]
-    prepare_send = dispatch.prepare_send
+    prepare_send = dispatch.prepare_send  # the name send_issue calls (dispatch's own import), timed in place
 
     def timed_prepare(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - render and freeze: once per send
         cpu = time.process_time()

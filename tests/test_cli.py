@@ -327,6 +327,7 @@ def test_status_without_an_issue_lists_every_ledger_newest_first(project, db_url
     import sqlalchemy as sa
 
     from mailer.sending import dispatch
+    from mailer.sending.prepare import prepare_send
     from mailer.config import load_settings
     from mailer.store.schema import deliveries
     from mailer.store import open_store
@@ -348,8 +349,8 @@ def test_status_without_an_issue_lists_every_ledger_newest_first(project, db_url
     try:
         for slug in slugs[:2]:
             assert dispatch.send_issue(settings, store, slug).complete
-        dispatch.prepare_send(settings, store, slugs[2])  # frozen, all queued
-        dispatch.prepare_send(settings, store, slugs[3])
+        prepare_send(settings, store, slugs[2])  # frozen, all queued
+        prepare_send(settings, store, slugs[3])
         rng = random.Random(1012)
         base = datetime(2026, 12, 1, 7, tzinfo=timezone.utc)
         hours = rng.sample(range(100), 8)

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 import dkim
 
 from mailer.sending import dispatch
+from mailer.sending.prepare import prepare_send
 from mailer.config import load_settings
 from mailer.dkim_signing import generate_key
 from mailer.store.schema import deliveries, subscribers
@@ -168,7 +169,7 @@ def test_a_crash_may_repeat_at_most_one_commit_group_per_smtp_connection_and_ski
 def test_two_worker_processes_share_the_queue_without_duplicates(store, db_url, project, smtp_sink):
     addresses = _populate(store, project)
     settings = load_settings(project, env=_env(db_url, smtp_sink.port))
-    dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)  # freeze; the workers do the sending
+    prepare_send(settings, store, EXAMPLE_ISSUE)  # freeze; the workers do the sending
     command = [sys.executable, "-m", "mailer.cli", "worker", "--once"]
     env = _env(db_url, smtp_sink.port, MAILER_BATCH_SIZE="20")
     workers = [subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -625,7 +626,7 @@ def test_worker_processes_started_together_share_the_queue_and_stop_together(sto
     with SendGridServer(latency=1.0) as server:
         env = _sendgrid_env(db_url, server.url, MAILER_SENDGRID_IN_FLIGHT="200")
         settings = load_settings(project, env=env)
-        dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)  # freeze; the workers do the sending
+        prepare_send(settings, store, EXAMPLE_ISSUE)  # freeze; the workers do the sending
         command = [sys.executable, "-m", "mailer.cli", "worker", "--processes", "3"]
         drained = subprocess.run([*command, "--once"], cwd=project, env=env, capture_output=True, text=True,
                                  timeout=180)

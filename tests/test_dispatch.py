@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 import mailer.sending.dispatch as dispatch
+from mailer.sending.prepare import prepare_send, requeue_dead_claims
 from mailer.providers import Backend, Batch, PermanentError, RecipientResult, TransientError
 from mailer.errors import ConfigError, EmptyAudience, SendAborted, SourceError
 from mailer.store.schema import deliveries
@@ -107,7 +108,7 @@ def test_freeze_excludes_later_subscribers_unless_include_new(store, make_settin
 def test_unsubscribed_after_the_freeze_is_skipped_never_sent(store, make_settings, tmp_path, db_url):
     settings = make_settings(database_url=db_url)
     addresses = _populate(store, tmp_path, 5)
-    dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)  # freeze only
+    prepare_send(settings, store, EXAMPLE_ISSUE)  # freeze only
     remove_subscriber(store, addresses[2])
     provider = ScriptedProvider()
     report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
@@ -245,7 +246,7 @@ def test_stop_request_finishes_the_batch_and_leaves_a_consistent_ledger(store, m
 def test_rows_left_sending_by_a_dead_process_are_resumed(store, make_settings, tmp_path, db_url):
     settings = make_settings(database_url=db_url)
     addresses = _populate(store, tmp_path, 12)
-    prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
+    prepared = prepare_send(settings, store, EXAMPLE_ISSUE)
     with store.begin() as conn:  # a worker of a process that no longer exists claimed 5 rows
         store.claim_deliveries(conn, prepared.issue_id, "localhost-gone:999999999:abcdef", 5)
     import socket
@@ -335,7 +336,7 @@ def test_rate_limit_holds_across_independent_senders(store, make_settings, tmp_p
     """Two senders that share nothing but the database (as two `mailer worker` processes would)."""
     settings = make_settings(database_url=db_url, rate_limit=100.0, batch_size=5)
     addresses = _populate(store, tmp_path, 40)
-    prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
+    prepared = prepare_send(settings, store, EXAMPLE_ISSUE)
     provider = ScriptedProvider()
     senders = [dispatch.Sender(settings, store, prepared.edition, prepared.issue_id, provider.factory())
                for _ in range(2)]
@@ -479,7 +480,7 @@ def test_an_issue_that_reached_nobody_is_paused_not_sent(store, make_settings, t
     """Everyone frozen unsubscribed before anything left: all skipped, the issue is not `sent`."""
     settings = make_settings(database_url=db_url)
     addresses = _populate(store, tmp_path, 3)
-    dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
+    prepare_send(settings, store, EXAMPLE_ISSUE)
     for address in addresses:
         remove_subscriber(store, address)
     with pytest.raises(SendAborted, match="reached nobody: of 3 frozen recipients 3 were skipped"):
@@ -588,7 +589,7 @@ def test_concurrent_first_sends_freeze_once(store, make_settings, tmp_path, db_u
         def race():
             barrier.wait()
             try:
-                outcomes.append(dispatch.prepare_send(settings, store, slug).frozen)
+                outcomes.append(prepare_send(settings, store, slug).frozen)
             except BaseException as exc:  # noqa: BLE001 - reported below
                 outcomes.append(exc)
 
@@ -616,7 +617,7 @@ def test_a_claim_whose_pid_now_belongs_to_another_process_is_dead(store, make_se
     from mailer.sending import claimant
     settings = make_settings(database_url=db_url)
     _populate(store, tmp_path, 6)
-    prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
+    prepared = prepare_send(settings, store, EXAMPLE_ISSUE)
     me = claimant.me()
     live = subprocess.Popen(["sleep", "60"])
     try:
@@ -626,13 +627,13 @@ def test_a_claim_whose_pid_now_belongs_to_another_process_is_dead(store, make_se
         _claim_as(store, prepared.issue_id, reused)
         _claim_as(store, prepared.issue_id, alive)
         with store.begin() as conn:
-            assert dispatch.requeue_dead_claims(store, conn, prepared.issue_id) == 3
+            assert requeue_dead_claims(store, conn, prepared.issue_id) == 3
             assert [w for w, _ in store.claimants(conn, prepared.issue_id)] == [alive]
     finally:
         live.kill()
         live.wait()
     with store.begin() as conn:  # now that process is gone too
-        assert dispatch.requeue_dead_claims(store, conn, prepared.issue_id) == 3
+        assert requeue_dead_claims(store, conn, prepared.issue_id) == 3
 
 
 def test_claims_from_another_host_obey_the_lease_and_the_heartbeat_keeps_it(store, make_settings, tmp_path, db_url,
@@ -643,13 +644,13 @@ def test_claims_from_another_host_obey_the_lease_and_the_heartbeat_keeps_it(stor
     from mailer.store import utcnow
     settings = make_settings(database_url=db_url)
     _populate(store, tmp_path, 6)
-    prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
+    prepared = prepare_send(settings, store, EXAMPLE_ISSUE)
     fresh = "elsewhere:4242:123456:0badb007:4026531836:cccccc"
     stale = "elsewhere:4243:123457:0badb007:4026531836:dddddd"
     _claim_as(store, prepared.issue_id, fresh, utcnow() - claimant.LEASE / 2)
     _claim_as(store, prepared.issue_id, stale, utcnow() - claimant.LEASE - timedelta(seconds=1))
     with store.begin() as conn:
-        assert dispatch.requeue_dead_claims(store, conn, prepared.issue_id) == 3
+        assert requeue_dead_claims(store, conn, prepared.issue_id) == 3
         assert [w for w, _ in store.claimants(conn, prepared.issue_id)] == [fresh]
 
     # a live worker waiting (rate limit) renews its claims every HEARTBEAT

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mailer.sending import dispatch
+from mailer.sending.prepare import send_warnings
 from mailer.dkim_signer import BodyHasher
 from mailer.dkim_signing import DkimKeyError, dkim_warnings, generate_key, txt_record_value, load_private_key
 from mailer.errors import ConfigError
@@ -357,8 +358,8 @@ def test_warnings_short_rsa_unaligned_domain_sendgrid_readable(project, make_set
                              MAILER_DKIM_DOMAIN="other-domain.net", MAILER_BACKEND="sendgrid", SENDGRID_API_KEY="SG.x")
     text = " | ".join(dkim_warnings(settings))
     assert "1024 bits" in text and "not aligned" in text and "SendGrid signs" in text and "chmod 600" in text
-    shown = dispatch.send_warnings(make_settings(MAILER_DKIM_PRIVATE_KEY=str(path), MAILER_DKIM_SELECTOR="s",
-                                                 database_url=_db_url(sqlite_store)), sqlite_store, EXAMPLE_ISSUE)
+    shown = send_warnings(make_settings(MAILER_DKIM_PRIVATE_KEY=str(path), MAILER_DKIM_SELECTOR="s",
+                                        database_url=_db_url(sqlite_store)), sqlite_store, EXAMPLE_ISSUE)
     assert any("1024 bits" in warning for warning in shown)  # what `mailer send` prints before it asks
     good = make_key(project, "rsa")
     assert dkim_warnings(make_settings(**dkim_env(good, MAILER_DKIM_DOMAIN="mail.example.org"))) == []  # relaxed-aligned

@@ -22,6 +22,9 @@ import pytest
 import sqlalchemy as sa
 
 from mailer.sending import dispatch
+from mailer.sending.prepare import outgoing_message, plan_send, prepare_send, resume_notice, send_warnings
+from mailer.providers import make_backend
+from mailer.sending.status import issue_status
 from mailer.config import load_settings, secret_key_for
 from mailer.errors import RebuildRefused
 from mailer.content.issue import load_issue
@@ -237,8 +240,8 @@ def test_a_resumed_send_delivers_what_the_first_rendering_made_whatever_was_edit
             got = _parts(path.read_bytes())
             address = got["To"].rpartition("<")[2].rstrip(">")
             number = int(address[len("abonne"):len("abonne") + 4])
-            message = dispatch.outgoing_message(key, settings.base_url, EXAMPLE_ISSUE, settings.sender_domain,
-                                                ids[address], address, f"Abonné {number}", issue_id=issue_id)
+            message = outgoing_message(key, settings.base_url, EXAMPLE_ISSUE, settings.sender_domain,
+                                       ids[address], address, f"Abonné {number}", issue_id=issue_id)
             expected = _parts(oracle.build(message.recipient, message.message_id))
             assert got == expected, (edits, path.name)
     finally:
@@ -257,7 +260,7 @@ def _edited_files(settings) -> list[Path]:
 def test_retry_failed_and_include_new_send_the_stored_edition(store, db_url, project, make_settings):
     settings = make_settings(database_url=db_url)
     populate(store, project, 10)
-    prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
+    prepared = prepare_send(settings, store, EXAMPLE_ISSUE)
     with store.begin() as conn:  # three deliveries fail (a provider refused them)
         rows = store.claim_deliveries(conn, prepared.issue_id, "test-worker", 3)
         store.finish_deliveries(conn, "test-worker", [{"id": r.delivery_id, "status": "failed", "last_error": "refused"}
@@ -277,12 +280,12 @@ def test_a_sender_of_an_older_edition_claims_nothing_once_a_rebuild_made_a_newer
     """The guard behind `--rebuild`: each claim reads the current edition in its own transaction."""
     settings = make_settings(database_url=db_url)
     populate(store, project, 6)
-    prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
-    old = dispatch.Sender(settings, store, prepared.edition, prepared.issue_id, lambda: dispatch.make_backend(settings))
+    prepared = prepare_send(settings, store, EXAMPLE_ISSUE)
+    old = dispatch.Sender(settings, store, prepared.edition, prepared.issue_id, lambda: make_backend(settings))
     edit_folder(project)
-    asked = dispatch.plan_send(settings, store, EXAMPLE_ISSUE, rebuild=True).describe("outbox")
+    asked = plan_send(settings, store, EXAMPLE_ISSUE, rebuild=True).describe("outbox")
     assert asked.startswith(f"Rebuild {EXAMPLE_ISSUE} from its folder (\u201c{NEW_SUBJECT}\u201d)") and "6 subscriber(s) left of 6" in asked
-    rebuilt = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE, rebuild=True)
+    rebuilt = prepare_send(settings, store, EXAMPLE_ISSUE, rebuild=True)
     assert rebuilt.edition.number == 2 and "edition 2 made from the folder: it goes to the 6 recipients left" in rebuilt.notice
     old.run_worker("old-sender", 10)
     assert old.edition_changed and old.progress.sent == 0 and _counts(store)["queued"] == 6
@@ -315,26 +318,26 @@ def test_rebuild_rules(store, db_url, project, make_settings, monkeypatch):
     add_subscriber(store, "nouvelle@example.org")
     unchanged = dispatch.send_issue(settings, store, EXAMPLE_ISSUE, rebuild=True, include_new=True)
     assert "the folder is unchanged since edition 1: nothing rebuilt" in unchanged.notice and unchanged.edition == 1
-    assert dispatch.resume_notice(settings, store, EXAMPLE_ISSUE) is None  # finished: editing it now is normal
+    assert resume_notice(settings, store, EXAMPLE_ISSUE) is None  # finished: editing it now is normal
     assert edition_of(store).number == 1
 
 
 def test_resume_notice_says_which_edition_is_used(store, db_url, project, make_settings):
     settings = make_settings(database_url=db_url)
     populate(store, project, 5)
-    dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
-    assert dispatch.resume_notice(settings, store, EXAMPLE_ISSUE) is None
+    prepare_send(settings, store, EXAMPLE_ISSUE)
+    assert resume_notice(settings, store, EXAMPLE_ISSUE) is None
     edit_folder(project)
-    notice = dispatch.resume_notice(settings, store, EXAMPLE_ISSUE)
+    notice = resume_notice(settings, store, EXAMPLE_ISSUE)
     assert re.fullmatch(rf"{EXAMPLE_ISSUE}: the folder changed since the send started: the edition from "
                         rf"\d{{4}}-\d\d-\d\d \d\d:\d\d(:\d\d)? .* is used; `mailer send {EXAMPLE_ISSUE} --rebuild` sends the "
                         rf"edited text to the 5 recipients left", notice), notice
     (project / "issues" / EXAMPLE_ISSUE / "briefs.txt").write_text("--> [lien cassé](\n", encoding="utf-8")
     (project / "issues" / EXAMPLE_ISSUE / "issue.toml").write_text("subject = \n", encoding="utf-8")
-    broken = dispatch.resume_notice(settings, store, EXAMPLE_ISSUE)
+    broken = resume_notice(settings, store, EXAMPLE_ISSUE)
     assert "the folder does not render any more" in broken and "is sent as it was" in broken
-    assert dispatch.send_warnings(settings, store, EXAMPLE_ISSUE) == ()  # a broken folder never blocks a resume
-    plan = dispatch.plan_send(settings, store, EXAMPLE_ISSUE)  # …nor its confirmation prompt
+    assert send_warnings(settings, store, EXAMPLE_ISSUE) == ()  # a broken folder never blocks a resume
+    plan = plan_send(settings, store, EXAMPLE_ISSUE)  # …nor its confirmation prompt
     assert plan.recipients == 5 and plan.describe("outbox").startswith(f"Resume {EXAMPLE_ISSUE} \u201c")
     report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
     assert report.complete and report.counts["sent"] == 5 and _edited_files(settings) == []
@@ -387,14 +390,14 @@ def test_a_send_in_progress_before_the_migration_freezes_its_folder_at_its_first
     leave_a_send_from_before_editions(settings)
     store = open_store(settings.database_url)  # migrates to the head: editions
     try:
-        notice = dispatch.resume_notice(settings, store, EXAMPLE_ISSUE)
+        notice = resume_notice(settings, store, EXAMPLE_ISSUE)
         assert "this send started before editions were stored" in notice and "4 recipients left" in notice
         worked = dispatch.work_queue(settings, store, once=True, poll_seconds=0)  # a `mailer worker` resumes it
         assert worked == 4
         edition = edition_of(store)
         assert (edition.number, edition.reason, edition.sent_before) == (1, "migrated", 2)
         assert "frozen as edition 1 for the 4 recipients left (2 already sent)" in caplog.text
-        assert dispatch.issue_status(settings, store, EXAMPLE_ISSUE)["edition"]["reason"] == "migrated"
+        assert issue_status(settings, store, EXAMPLE_ISSUE)["edition"]["reason"] == "migrated"
         with store.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION
     finally:
@@ -414,7 +417,7 @@ def test_a_sendgrid_resume_with_changed_settings_sends_the_editions_from_reply_t
                "MAILER_REPLY_TO": "Rédaction <redaction@example.org>", "MAILER_LIST_ID": "fil.example.org"}
         first = make_settings(database_url=db_url, **env)
         populate(store, project, 5)
-        dispatch.prepare_send(first, store, EXAMPLE_ISSUE)
+        prepare_send(first, store, EXAMPLE_ISSUE)
         report = dispatch.send_issue(make_settings(database_url=db_url, **{**env, **CHANGED}), store, EXAMPLE_ISSUE)
         assert report.sent_now == 5 and server.accepted
         for request in server.accepted:
@@ -433,7 +436,7 @@ def test_an_smtp_resume_with_changed_settings_keeps_the_editions_envelope_sender
                "MAILER_SMTP_TLS": "none"}
         first = make_settings(database_url=db_url, **env)
         populate(store, project, 4)
-        dispatch.prepare_send(first, store, EXAMPLE_ISSUE)
+        prepare_send(first, store, EXAMPLE_ISSUE)
         report = dispatch.send_issue(make_settings(database_url=db_url, **{**env, **CHANGED}), store, EXAMPLE_ISSUE)
         assert report.sent_now == 4 and len(sink.handler.messages) == 4
         for received in sink.handler.messages:
@@ -456,7 +459,7 @@ def test_a_corrupt_edition_stops_the_send_with_one_line_naming_it_and_nothing_se
             pytest.skip("PostgreSQL's json columns refuse unparsable JSON: this damage cannot happen there")
     settings = make_settings(database_url=db_url)
     populate(store, project, 4)
-    prepared = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
+    prepared = prepare_send(settings, store, EXAMPLE_ISSUE)
     with store.begin() as conn:  # a dead run's claim: a resume would queue it again
         store.claim_deliveries(conn, prepared.issue_id, "dead-worker", 1)
         conn.execute(sa.text(f"UPDATE editions SET {damage} WHERE id = :id"), {"id": prepared.edition.id})

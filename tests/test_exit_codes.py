@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from mailer.cli.main import main
 from mailer.config import load_settings
-from mailer.sending import dispatch
+from mailer.sending.prepare import prepare_send
 from mailer.store import open_store
 
 from .conftest import BASE_ENV, EXAMPLE_ISSUE
@@ -62,7 +62,7 @@ def test_the_short_form_of_issue_finds_the_ledgers_issue_once_the_folder_is_gone
         store, db_url, project, make_settings, monkeypatch):
     settings = make_settings(database_url=db_url)
     populate(store, project, 4)
-    dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)  # frozen, nothing sent yet
+    prepare_send(settings, store, EXAMPLE_ISSUE)  # frozen, nothing sent yet
     shutil.rmtree(project / "issues" / EXAMPLE_ISSUE)
     status = _cli(project, monkeypatch, settings, "status", SHORT)
     assert status.exit_code == 0 and status.output.startswith(f"{EXAMPLE_ISSUE}: sending"), status.output

@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from mailer.sending import dispatch
+from mailer.errors import SendAborted
 from mailer.config import load_settings
 from mailer.store.schema import deliveries, subscribers
 from mailer.subscribers import import_csv, remove_subscriber
@@ -254,7 +255,7 @@ def test_a_retry_after_longer_than_the_pause_window_pauses_at_once_and_says_so(s
         store_people(store, 3)
         server.rate_limit_next(retry_after=3600, times=5)
         started = time.monotonic()
-        with pytest.raises(dispatch.SendAborted, match="asks to wait 3600 s"):
+        with pytest.raises(SendAborted, match="asks to wait 3600 s"):
             dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
         assert time.monotonic() - started < 10 and len(server.log) == 1
     counts, attempts, status = ledger(store)
@@ -376,7 +377,7 @@ def test_a_relay_refusing_every_recipient_pauses_marks_nobody_and_the_same_comma
                                  MAILER_SMTP_PORT=str(server.port), MAILER_SMTP_TLS="none")
         people = store_people(store, size)
         started = time.monotonic()
-        with pytest.raises(dispatch.SendAborted) as paused:
+        with pytest.raises(SendAborted) as paused:
             dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
         message = str(paused.value)
         shown = min(size, dispatch.STREAK_LIMIT)
@@ -403,8 +404,8 @@ def test_sendgrid_refusing_every_recipient_with_a_400_pauses_and_marks_nobody(si
         settings = make_settings(database_url=db_url, MAILER_BACKEND="sendgrid", SENDGRID_API_KEY="SG.test",
                                  MAILER_SENDGRID_API_URL=server.url)
         people = store_people(store, size)
-        with pytest.raises(dispatch.SendAborted, match=rf"the provider \(sendgrid\) refused all of the last {size} "
-                                                       r"recipients .*nothing was marked bounced"):
+        with pytest.raises(SendAborted, match=rf"the provider \(sendgrid\) refused all of the last {size} "
+                                              r"recipients .*nothing was marked bounced"):
             dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
         assert_paused_untouched(store, size)
         server.clear()

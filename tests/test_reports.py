@@ -26,6 +26,7 @@ from mailer.config import load_settings, secret_key_for
 from mailer.content.issue import load_issue
 from mailer.content.render import Recipient, render_issue
 from mailer.sending import dispatch
+from mailer.sending.prepare import prepare_send
 from mailer.subscribers.service import add_subscriber, remove_subscriber
 from mailer.web.app import create_app
 
@@ -196,7 +197,7 @@ def test_a_worker_sends_the_stored_tracked_edition_even_with_tracking_switched_o
     for address in PEOPLE:
         add_subscriber(store, address, name=address.partition("@")[0].title())
     tracked = make_settings(database_url=db_url, MAILER_TRACK_CLICKS="1")
-    dispatch.prepare_send(tracked, store, EXAMPLE_ISSUE)  # frozen: edition stored, nothing sent
+    prepare_send(tracked, store, EXAMPLE_ISSUE)  # frozen: edition stored, nothing sent
     later = make_settings(database_url=db_url)
     assert dispatch.work_queue(later, store, once=True, poll_seconds=0) == len(PEOPLE)
     rendered = render_issue(load_issue(EXAMPLE_ISSUE, tracked.issues_dir, tracked.zone), tracked)
@@ -489,7 +490,6 @@ def test_the_reports_page_and_mailer_report_say_the_same_state_with_the_same_why
     import sqlalchemy as sa
     from starlette.testclient import TestClient
 
-    from mailer.sending.prepare import prepare_send
     from mailer.sending.report import reports_overview
     from mailer.store.schema import deliveries, issues
     from mailer.web.preview import create_preview_app

@@ -740,6 +740,7 @@ def test_a_scheduler_resume_sends_the_stored_edition_not_the_edited_folder(caden
 
 def test_a_send_started_before_the_draft_line_was_added_resumes(project: Path, make_settings) -> None:
     from mailer.sending import dispatch
+    from mailer.sending.prepare import prepare_send
     from mailer.errors import DraftIssue
     from tests.conftest import EXAMPLE_ISSUE
 
@@ -747,7 +748,7 @@ def test_a_send_started_before_the_draft_line_was_added_resumes(project: Path, m
     active = add_subscribers(project)
     store = open_store(settings.database_url)
     try:
-        dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)  # frozen, nothing sent yet
+        prepare_send(settings, store, EXAMPLE_ISSUE)  # frozen, nothing sent yet
         toml = project / "issues" / EXAMPLE_ISSUE / "issue.toml"
         toml.write_text(toml.read_text(encoding="utf-8") + "draft = true\n", encoding="utf-8")
         report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)  # the frozen edition goes on

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from mailer.sending import dispatch
+from mailer.sending.prepare import load_edition, plan_send, prepare_send, resume_notice
 from mailer.subscribers import import_csv
 
 from .cli_support import invoke_with
@@ -140,11 +141,11 @@ def test_an_edition_stored_before_languages_were_frozen_is_sent_as_it_was(tmp_pa
 
     store = open_store(settings.database_url)  # migrates to the head
     try:
-        assert dispatch.resume_notice(settings, store, EXAMPLE_ISSUE) is None  # the folder renders as it did then
+        assert resume_notice(settings, store, EXAMPLE_ISSUE) is None  # the folder renders as it did then
         _set_segment(project, 'language = "en"')
-        assert "segment changed" in dispatch.resume_notice(settings, store, EXAMPLE_ISSUE)
+        assert "segment changed" in resume_notice(settings, store, EXAMPLE_ISSUE)
         report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
-        stored = dispatch.load_edition(settings, store, _issue_id(store), EXAMPLE_ISSUE)[0]
+        stored = load_edition(settings, store, _issue_id(store), EXAMPLE_ISSUE)[0]
     finally:
         store.close()
     assert report.counts["sent"] == 4 and report.edition == 1
@@ -168,16 +169,16 @@ def test_rebuild_makes_new_content_and_keeps_the_frozen_segment(store, db_url, p
     rows = [(f"r{i}@example.org", f"R {i}", "fr" if i % 2 else "en", "Lyon" if i < 4 else "Lille") for i in range(10)]
     import_csv(store, _write_csv(project / "liste.csv", rows))
     _set_segment(project, 'city = "Lyon"')
-    first = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE)
+    first = prepare_send(settings, store, EXAMPLE_ISSUE)
     assert first.frozen == 4 and set(first.factories) == {"fr", "en"}
     edit_folder(project)
     _set_segment(project, 'city = "Lille"')  # would match the 6 others
-    notice = dispatch.resume_notice(settings, store, EXAMPLE_ISSUE)
+    notice = resume_notice(settings, store, EXAMPLE_ISSUE)
     assert "segment changed since the send started" in notice and 'segment: city = "Lyon"' in notice
-    rebuilt = dispatch.prepare_send(settings, store, EXAMPLE_ISSUE, rebuild=True, include_new=True)
+    rebuilt = prepare_send(settings, store, EXAMPLE_ISSUE, rebuild=True, include_new=True)
     assert rebuilt.edition.number == 2 and rebuilt.frozen == 0, "--rebuild or --include-new re-read the segment"
     assert rebuilt.edition.segment == 'city = "Lyon"' and rebuilt.edition.subject != first.edition.subject
-    assert dispatch.plan_send(settings, store, EXAMPLE_ISSUE, include_new=True).recipients == 4
+    assert plan_send(settings, store, EXAMPLE_ISSUE, include_new=True).recipients == 4
     # a `mailer worker` sends the stored edition (the rebuilt one): the frozen four, each in their language
     assert dispatch.work_queue(settings, store, once=True, poll_seconds=0) == 4
     sent = {}

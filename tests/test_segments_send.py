@@ -12,6 +12,7 @@ from mailer.content.issue import load_issue
 from mailer.content.render import render_variants
 from mailer.errors import EmptyAudience, SourceError
 from mailer.sending import dispatch
+from mailer.sending.prepare import plan_send
 from mailer.subscribers import add_subscriber
 
 from .conftest import EXAMPLE_ISSUE
@@ -52,7 +53,7 @@ def test_only_the_segment_receives_the_issue_over_smtp(make_settings, project, s
     _segment_issue(project, 'city in ("lyon", "Paris") or tags has "VIP"')
     settings = make_settings(database_url=db_url, MAILER_BACKEND="smtp", MAILER_SMTP_HOST="127.0.0.1",
                              MAILER_SMTP_PORT=str(sink.port), MAILER_SMTP_TLS="none")
-    plan = dispatch.plan_send(settings, store, EXAMPLE_ISSUE)
+    plan = plan_send(settings, store, EXAMPLE_ISSUE)
     assert plan.recipients == 3 and "segment" in plan.describe("smtp")
     report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
     received = sorted(r for m in sink.handler.messages for r in m.rcpt_tos)

@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from mailer.sending import dispatch
+from mailer.sending.status import issue_status
 from mailer.providers import make_backend
 from mailer.providers.base import Batch, OutgoingMessage, PermanentError, TransientError
 from mailer.providers.smtp import SmtpBackend, is_hard_bounce, is_path_refusal, queue_id
@@ -225,7 +226,7 @@ def test_send_issue_waits_for_an_unreachable_server_then_pauses(make_settings, s
     with pytest.raises(SendAborted, match="cannot connect.*nobody's attempts were spent"):
         dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
     assert 0.4 < time.monotonic() - started < 5
-    counts = dispatch.issue_status(settings, store, EXAMPLE_ISSUE)["counts"]
+    counts = issue_status(settings, store, EXAMPLE_ISSUE)["counts"]
     assert counts["queued"] == 2 and counts["failed"] == 0
 
 
@@ -405,7 +406,7 @@ def test_send_issue_delivers_each_active_subscriber_once(servers, make_settings,
     rows = ledger(store, EXAMPLE_ISSUE)
     assert {email: status for email, (status, _, _) in rows.items()} == {a: "sent" for a in active}
     assert all(provider_id and provider_id.startswith("Q") for _, _, provider_id in rows.values())
-    status = dispatch.issue_status(settings, store, EXAMPLE_ISSUE)
+    status = issue_status(settings, store, EXAMPLE_ISSUE)
     assert status["status"] == "sent" and status["counts"]["sent"] == 23
 
 
@@ -444,7 +445,7 @@ def test_send_issue_with_a_wrong_password_pauses_and_fails_nobody(servers, make_
         dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
     assert "MAILER_SMTP_PASSWORD" in str(aborted.value)
     assert server.handler.messages == []
-    status = dispatch.issue_status(settings, store, EXAMPLE_ISSUE)
+    status = issue_status(settings, store, EXAMPLE_ISSUE)
     assert status["status"] == "paused" and "535" in status["paused_reason"]
     assert status["counts"]["failed"] == 0 and status["counts"]["queued"] == 5
 
@@ -530,7 +531,7 @@ def test_a_systematic_refusal_pauses_the_send_and_nothing_is_lost(servers, make_
     with pytest.raises(SendAborted, match="3 messages in a row were refused .* at DATA.*again to resume "
                                           r"\(0 sent, 6 left\)"):
         dispatch.send_issue(settings, sqlite_store, EXAMPLE_ISSUE)
-    counts = dispatch.issue_status(settings, sqlite_store, EXAMPLE_ISSUE)["counts"]
+    counts = issue_status(settings, sqlite_store, EXAMPLE_ISSUE)["counts"]
     # the third refusal paused the send, and showed the first two were the relay's doing, not the
     # recipients': nobody failed, nobody's attempts were spent
     assert (counts["failed"], counts["queued"], counts["sent"]) == (0, 6, 0)
@@ -641,5 +642,5 @@ def test_rerunning_a_finished_issue_with_the_relay_down_changes_nothing(servers,
     server.stop()  # the relay is down now
     again = dispatch.send_issue(settings, store, EXAMPLE_ISSUE)
     assert again.already_finished and again.counts["sent"] == 2
-    status = dispatch.issue_status(settings, store, EXAMPLE_ISSUE)
+    status = issue_status(settings, store, EXAMPLE_ISSUE)
     assert status["status"] == "sent" and status["paused_reason"] is None

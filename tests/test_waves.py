@@ -20,6 +20,8 @@ import pytest
 import sqlalchemy as sa
 
 import mailer.sending.dispatch as dispatch
+from mailer.sending.prepare import plan_send
+from mailer.sending.status import issue_status
 from mailer.content.issue import load_issue
 from mailer.errors import NotDueYet, NotFound, SourceError
 from mailer.sending.waves import local_instant, resolve_zone
@@ -202,7 +204,7 @@ def test_only_the_due_wave_goes_out_each_row_carries_its_zone_s_instant_and_late
 
     again = dispatch.send_issue(settings, store, SLUG)  # a resume between waves sends nobody
     assert again.sent_now == 0 and sent_to(settings) == kiritimati
-    assert "in their own local time" in dispatch.plan_send(settings, store, SLUG).describe("outbox")
+    assert "in their own local time" in plan_send(settings, store, SLUG).describe("outbox")
     # a newcomer added with --include-new waits for their own zone's wave
     late = people(project, store, {"Asia/Tokyo": 1})
     joined = dispatch.send_issue(settings, store, SLUG, include_new=True)
@@ -211,7 +213,7 @@ def test_only_the_due_wave_goes_out_each_row_carries_its_zone_s_instant_and_late
     assert due_rows(store)[next(iter(late))] == ("Asia/Tokyo", oracle(naive, ZoneInfo("Asia/Tokyo")))
     zone_of.update(late)
     assert dispatch.work_queue(settings, store, once=True, poll_seconds=0) == 0  # nor does a `mailer worker`
-    status = dispatch.issue_status(settings, store, SLUG)
+    status = issue_status(settings, store, SLUG)
     assert status["send_local"] == datetime.fromisoformat(wall).isoformat()
     assert [(w["zone"], w["recipients"], w["state"]) for w in status["waves"]] == [
         (KIRITIMATI, 3, "sent"), ("Asia/Tokyo", 1, "pending"), ("Europe/Berlin", 2, "pending"), (PARIS, 2, "pending"),
@@ -233,9 +235,9 @@ def test_before_the_first_wave_a_send_is_refused_missed_waves_need_release_misse
     with pytest.raises(NotDueYet, match=r"first wave \(Pacific/Kiritimati, 2 recipient\(s\)\) is due at .*--now"):
         dispatch.send_issue(settings, store, SLUG)
     with pytest.raises(NotDueYet):  # the confirmation prompt is never reached either
-        dispatch.plan_send(settings, store, SLUG)
+        plan_send(settings, store, SLUG)
     with pytest.raises(NotFound):  # nothing frozen: no ledger
-        dispatch.issue_status(settings, store, SLUG)
+        issue_status(settings, store, SLUG)
     assert sent_to(settings) == []
 
     # Kiritimati's wave was 10 minutes ago, beyond the grace of 60 s; the others are ahead
@@ -411,7 +413,7 @@ def test_the_segment_narrows_the_planned_waves_as_it_narrows_the_freeze(store, d
     assert [(w["zone"], w["recipients"], w["state"]) for w in waves] == [(PARIS, 2, "pending"), (LOS_ANGELES, 2, "pending")]
     with pytest.raises(NotDueYet, match=r"first wave \(Europe/Paris, 2 recipient\(s\)\)"):
         dispatch.send_issue(settings, store, SLUG)  # no wave is due: nothing frozen, nothing sent
-    assert sent_to(settings) == [] and dispatch.plan_send(settings, store, SLUG, release="all").recipients == 4
+    assert sent_to(settings) == [] and plan_send(settings, store, SLUG, release="all").recipients == 4
     report = dispatch.send_issue(settings, store, SLUG, release="all")
     assert report.complete and sent_to(settings) == ["la0@example.org", "la1@example.org", "paris0@example.org",
                                                      "paris1@example.org"]

@@ -64,6 +64,7 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
     """
     release = "all" if send_now else "missed" if release_missed else "due"
     from ..sending import dispatch
+    from ..sending.prepare import plan_send, resume_notice, send_warnings
     settings = _settings()
     if test_addresses:
         from ..dkim_signing import dkim_warnings  # the signature the test carries, as a real send warns
@@ -83,14 +84,14 @@ def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bo
     if yes:  # unattended: a stop from here on is graceful (asked first, Ctrl-C still leaves the prompt)
         _install_stop_handlers(stop)
     store = _store(settings)
-    for warning in dispatch.send_warnings(settings, store, issue_ref, allow_draft=allow_draft, rebuild=rebuild):
+    for warning in send_warnings(settings, store, issue_ref, allow_draft=allow_draft, rebuild=rebuild):
         click.echo(f"warning: {warning}", err=True)
     if not rebuild:
-        notice = dispatch.resume_notice(settings, store, issue_ref)
+        notice = resume_notice(settings, store, issue_ref)
         if notice:
             click.echo(notice, err=True)
-    plan = dispatch.plan_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
-                              rebuild=rebuild, release=release)  # a refusal (a local-time send too early) comes first
+    plan = plan_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
+                     rebuild=rebuild, release=release)  # a refusal (a local-time send too early) comes first
     if not yes:
         if plan.recipients:  # nobody to send to (finished, empty audience): send_issue says why, unasked
             click.confirm(plan.describe(settings.backend), abort=True)

@@ -687,7 +687,7 @@ def _normalise_text(text: str) -> str:
 def build_warnings(rendered: RenderedIssue) -> Iterable[str]:
     """What an editor should fix before sending, one line each (file:line where there is one). The
     first ones are `issue.holds`'s (draft, scaffold placeholders): `mailer send` refuses those itself
-    (`dispatch.refuse_held`) and the scheduler holds them; the rest never block a send."""
+    (`prepare.refuse_held`) and the scheduler holds them; the rest never block a send."""
     for _reason, line in holds(rendered.issue):
         yield line
     sample = rendered.html.fill(rendered.slot_values(Recipient(

@@ -528,6 +528,7 @@ class SchedulerRuntime:
 
     def _send(self, slug: str, origin: str, planned: str) -> None:
         from ..sending import dispatch
+        from ..sending.prepare import resume_notice, resumes_stored_edition
 
         try:
             if self.stop.is_set():
@@ -544,7 +545,7 @@ class SchedulerRuntime:
                 return
             # a started send resumes its stored edition, as `mailer send` does: its folder is not read
             # (it may have changed, stopped parsing or be gone)
-            resuming = dispatch.resumes_stored_edition(self.store, slug)
+            resuming = resumes_stored_edition(self.store, slug)
             folder = issue = None
             if not resuming:
                 folder = find_issue_folder(slug, self.settings.issues_dir)
@@ -593,7 +594,7 @@ class SchedulerRuntime:
                 reason = f"cadence run of {_fmt(started, self.settings.schedule_zone)}"
             log.info("started: %s (%s; %s)", slug, reason,
                      f"resuming, {ledger_text(ledger)}" if ledger.started else "first run")
-            notice = dispatch.resume_notice(self.settings, self.store, slug) if ledger.started else None
+            notice = resume_notice(self.settings, self.store, slug) if ledger.started else None
             if notice:  # a resume sends the stored edition, whatever the folder says now
                 log.warning("%s", notice)
             try:

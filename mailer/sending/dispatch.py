@@ -1,5 +1,5 @@
 """The send loop: claim batches, build, send, record, retry, pause, resume (preparing and freezing
-a send is `prepare`; its names are importable from here too).
+a send is `prepare`'s, its status `status`'s: import those names from there).
 
 Longer than ~400 lines because the loop's states (claims, held refusals, streaks, pause, graceful
 stop) share one `Sender` and its invariants read best in one place.
@@ -58,12 +58,7 @@ from email.utils import formatdate
 from typing import Any, Callable, Iterator, Sequence
 
 from . import claimant
-# preparing a send lives in `prepare`; its names stay importable from here (callers and tests use both)
-from .prepare import (PreparedSend, SendPlan, by_language, check_buildable, check_editions,  # noqa: F401
-                      issue_slug, live_claimants, load_edition, outgoing_message, plan_send,
-                      prepare_send, refuse_held, requeue_dead_claims, resume_notice, resumes_stored_edition,
-                      send_warnings, web_version_html)
-from .status import issue_status, ledger_overview  # noqa: F401 - importable from here too
+from .prepare import by_language, live_claimants, load_edition, prepare_send, requeue_dead_claims
 from .ratelimit import SendRateLimiter
 from .. import links, tokens
 from ..links import TEST_SUBSCRIBER_ID
@@ -73,7 +68,7 @@ from ..errors import MailerError, SendAborted, UnresumableSend
 from ..content.issue import load_issue
 from ..mime import MessageFactory
 from ..redact import strip_credentials
-from ..content.render import Recipient, RenderedIssue, render_issue
+from ..content.render import Recipient, render_issue
 from ..store import Connection, Store, utcnow
 from .edition import Edition
 from . import waves

@@ -122,6 +122,7 @@ def _helper_main(settings: Settings, issue_id: int, slug: str, workers: int | No
     from ..providers import make_backend
     from ..store import open_store
     from . import dispatch
+    from .prepare import load_edition
 
     def on_progress(progress: "dispatch.Progress") -> None:
         counts[3 * index:3 * index + 3] = [progress.sent, progress.failed, progress.skipped]
@@ -130,7 +131,7 @@ def _helper_main(settings: Settings, issue_id: int, slug: str, workers: int | No
     try:
         progress = dispatch.Progress(slug, 0)
         while not stop.is_set():
-            edition, factories = dispatch.load_edition(settings, store, issue_id, slug)
+            edition, factories = load_edition(settings, store, issue_id, slug)
             sender = dispatch.Sender(settings, store, edition, issue_id, lambda: make_backend(settings), stop=stop,
                                      progress=progress, on_progress=on_progress, factories=factories,
                                      shared_gate=gate)

@@ -518,7 +518,7 @@ class LedgerQueries:
             .where(deliveries.c.issue_id == issue_id, CLAIMED_ROW)
             .group_by(deliveries.c.claimed_by))]
 
-    # ----- editions: the content a send delivers (see dispatch.prepare_send) -----------------------
+    # ----- editions: the content a send delivers (see prepare.prepare_send) -----------------------
     def insert_edition(self, conn: Connection, issue_id: int, *, reason: str, values: dict[str, Any],
                        links: Sequence[str] = ()) -> sa.Row:
         """Store the issue's next edition (number = last + 1) and return its row. `values`: the
