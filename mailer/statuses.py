@@ -10,6 +10,11 @@ SUPPRESSION_RANK = {"pending": 0, "active": 0, "unsubscribed": 1, "bounced": 2, 
 TOMBSTONE_PREFIX = "erased:"
 # provider_events.provider of what bounce mailboxes report (providers.bounces → subscribers.feedback)
 MAILBOX_PROVIDER = "mailbox"
+# provider_events.kind of a soft bounce (the message refused for now, the address not in question): a bounce
+# mailbox's `soft_bounced` (a failed DSN, 4.x.x) and a webhook's `blocked` (SendGrid's bounce of type
+# "blocked"). Each is a `soft_bounce` line of the person's history (subscribers.feedback) and counts in an
+# issue's soft bounces (`mailer report`); only the mailbox's count towards MAILER_SOFT_BOUNCE_LIMIT.
+SOFT_BOUNCE_KINDS = ("soft_bounced", "blocked")
 
 # The paused reason a graceful stop (SIGTERM, Ctrl-C) leaves on an issue with deliveries left: the send
 # loop writes it, the scheduler resumes such a send (any other paused reason holds it for the operator).

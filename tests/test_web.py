@@ -739,9 +739,15 @@ def hook1(make_settings, sqlite_store, ec_keys):
     yield from _hook(make_settings, sqlite_store, ec_keys)
 
 
-def _hook(make_settings, store, ec_keys):
+@pytest.fixture
+def strict_hook(make_settings, store, ec_keys):
+    """The webhook with the strictest soft-bounce rule there is (1 soft bounce over 1 send)."""
+    yield from _hook(make_settings, store, ec_keys, MAILER_SOFT_BOUNCE_LIMIT="1", MAILER_SOFT_BOUNCE_SENDS="1")
+
+
+def _hook(make_settings, store, ec_keys, **env):
     private, public = ec_keys
-    ns = make_web(make_settings(MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY=public), store)
+    ns = make_web(make_settings(MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY=public, **env), store)
 
     def post(events, *, timestamp: str | None = None, signature: str | None = None, body: bytes | None = None):
         raw = body if body is not None else json.dumps(events, separators=(",", ":")).encode()
@@ -801,6 +807,38 @@ def test_webhook_maps_each_event_type(hook):
         assert status_of(hook.store, sid) == status, (name, extra)
     suppressed = [e for sid in people for e in events_of(hook.store, sid, "status")]
     assert all(e["source"] == "webhook" for e in suppressed) and len(suppressed) == 7
+
+
+def test_a_sendgrid_soft_bounce_is_a_line_of_the_history_as_a_mailboxs_is_and_suppresses_no_one(strict_hook, cli):
+    """SendGrid's `bounce` of type "blocked" (refused for now, this message given up) is a soft bounce:
+    `mailer subscribers show` lists it as a `soft_bounce` line with SendGrid's words, as it lists a bounce
+    mailbox's (tests/test_bounces.py), and the status stays `active`, even with a soft-bounce rule of 1
+    over 1 send. `deferred` (SendGrid still retrying) is no bounce: stored, no line. A replay adds none."""
+    from mailer.sending import dispatch
+    from mailer.sending.report import issue_report
+    hook = strict_hook
+    sid, _ = add_subscriber(hook.store, "lea@example.org")
+    assert dispatch.send_issue(hook.settings, hook.store, EXAMPLE_ISSUE).counts["sent"] == 1
+    with hook.store.engine.connect() as conn:
+        ids = {"mailer_subscriber": str(sid), "mailer_issue": str(hook.store.issue_row(conn, EXAMPLE_ISSUE).id)}
+    events = [sg_event("bounce", "lea@example.org", 1, type="blocked", status="4.7.28", **ids,
+                       reason="421 4.7.28 Our system has detected an unusual rate of mail from your IP"),
+              sg_event("deferred", "lea@example.org", 2, response="451 4.7.1 Greylisted, try again later",
+                       attempt="1", **ids),
+              sg_event("bounce", "lea@example.org", 3, type="blocked", status="5.7.1", **ids,
+                       reason="554 5.7.1 Service unavailable; Client host blocked using Spamhaus")]
+    assert hook.post(events).json() == {"received": 3, "new": 3, "suppressed": 0, "ignored": 0}
+    assert hook.post(events).json()["new"] == 0
+    env = {"MAILER_DATABASE_URL": hook.store.engine.url.render_as_string(hide_password=False)}
+    shown = cli("subscribers", "show", "lea@example.org", extra_env=env).stdout
+    assert shown.splitlines()[0] == "lea@example.org  active", shown
+    lines = [line for line in shown.splitlines() if "soft_bounce" in line]
+    assert len(lines) == 2 and all("webhook" in line for line in lines), shown
+    assert "421 4.7.28 Our system has detected" in lines[0] and "blocked using Spamhaus" in lines[1], shown
+    assert "Greylisted" not in shown
+    data = json.loads(cli("subscribers", "show", "lea@example.org", "--json", extra_env=env).stdout)
+    assert [event["kind"] for event in data["events"]].count("soft_bounce") == 2 and data["status"] == "active"
+    assert issue_report(hook.settings, hook.store, EXAMPLE_ISSUE).soft_bounced == 1  # one person
 
 
 def test_events_count_for_an_issue_only_from_people_it_was_delivered_to(hook):

@@ -19,7 +19,7 @@ class ProviderEvent:
 
     * `provider`: "sendgrid"…; `event_id`: the provider's id, or a hash of the content (a replay is a duplicate);
     * `kind`: normalised kind stored in provider_events (bounced, blocked, complained, unsubscribed,
-      dropped, delivered, opened, clicked…); `suppress`: the subscriber status it implies, if any;
+      dropped, delivered, opened, clicked…; a soft bounce is one of `statuses.SOFT_BOUNCE_KINDS`); `suppress`: the subscriber status it implies, if any;
     * `name`: the provider's own event name (for the reason recorded in a person's history);
     * `email_key`: the address normalised as `subscribers.email` ("" if none); `subscriber_id`,
       `issue_id`: what our own custom arguments say (subscriber 0: a test send); `occurred`: UTC;

@@ -144,7 +144,9 @@ def classify_sendgrid_event(event: dict) -> Classified:
     """SendGrid event → normalised kind and the suppression it implies.
 
     Only a real bounce (`type` "bounce", or no type) is a hard bounce; "blocked" is a temporary
-    refusal by the receiving server. A dropped message suppresses only when the reason names the
+    refusal by the receiving server, this message given up: a soft bounce (`statuses.SOFT_BOUNCE_KINDS`,
+    a line of the person's history). "deferred" is not one: SendGrid is still retrying (as a bounce
+    mailbox's delay warning, it is stored and changes nothing). A dropped message suppresses only when the reason names the
     address (Bounced Address, Spam Reporting Address, Unsubscribed Address); "Spam Content" is about
     the message, not the person, and suppresses no one.
     """

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ..errors import NotFound
+from ..statuses import SOFT_BOUNCE_KINDS
 from .schema import deliveries, editions, issues, list_members, provider_events, subscribers
 from .schema import links as links_table
 from .common import _NOT_TOMBSTONE, CLAIMED_ROW, QUEUED_ROW, SENT_ROW, _chunks, as_utc, delivery_status_is, utcnow
@@ -598,7 +599,9 @@ class LedgerQueries:
 
     def soft_bounced_sends(self, conn: Connection, subscriber_id: int, last: int) -> int:
         """Of a person's `last` sends (deliveries sent, newest first), how many came back as a soft
-        bounce (a `soft_bounced` provider event for that issue and person)."""
+        bounce reported by a bounce mailbox (a `soft_bounced` provider event for that issue and person;
+        a webhook's `blocked` is left out: SendGrid's blocks are mostly about the sender, an IP on a
+        blocklist or a content filter, and SendGrid suppresses no one for them either)."""
         recent = (sa.select(deliveries.c.issue_id)
                   .where(deliveries.c.subscriber_id == subscriber_id, deliveries.c.status == "sent")
                   .order_by(deliveries.c.sent_at.desc(), deliveries.c.id.desc()).limit(last).subquery())
@@ -610,7 +613,7 @@ class LedgerQueries:
     def deliverability(self, conn: Connection, issue_id: int | None = None) -> list[sa.Row]:
         """Per issue that has a ledger (oldest first; one issue with `issue_id`): (issue_id, slug, sent,
         hard_bounces, soft_bounces, complaints): deliveries sent, and distinct people with a hard bounce
-        (`bounced`), a soft one (`soft_bounced`, SendGrid's `blocked`) or a complaint (`complained`)
+        (`bounced`), a soft one (`statuses.SOFT_BOUNCE_KINDS`) or a complaint (`complained`)
         reported for that issue by any provider (webhook or bounce mailbox)."""
         sent = (sa.select(deliveries.c.issue_id, sa.func.count().label("sent"))
                 .where(deliveries.c.status == "sent").group_by(deliveries.c.issue_id).subquery())
@@ -622,7 +625,7 @@ class LedgerQueries:
 
         query = (sa.select(issues.c.id.label("issue_id"), issues.c.slug, sa.func.coalesce(sent.c.sent, 0).label("sent"),
                            people("bounced").label("hard_bounces"),
-                           people("soft_bounced", "blocked").label("soft_bounces"),
+                           people(*SOFT_BOUNCE_KINDS).label("soft_bounces"),
                            people("complained").label("complaints"))
                  .select_from(issues.outerjoin(sent, sent.c.issue_id == issues.c.id))
                  .where(sa.exists().where(deliveries.c.issue_id == issues.c.id))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from ..config import Settings
 
 from ..providers.events import ProviderEvent
-from ..statuses import MAILBOX_PROVIDER
+from ..statuses import MAILBOX_PROVIDER, SOFT_BOUNCE_KINDS
 from ..store import Connection, Row, StatusChange, Store, as_utc, utcnow
 from .service import anonymised_payload, redact_addresses, suppression_verdict, tombstone_key
 
@@ -39,7 +39,9 @@ def record_provider_events(store: Store, events: Sequence[ProviderEvent], *,
     stored and change no one (`ignored`). Events about an erased person are stored anonymised, on
     their tombstone. Whether a new event suppresses is `service.suppression_verdict` (the ranking;
     an event older than the person's last confirmation, in whole seconds, suppresses no one: they
-    came back since). A new `soft_bounced` event is a `soft_bounce` line of the person's history.
+    came back since). A new soft bounce (`statuses.SOFT_BOUNCE_KINDS`: a mailbox's `soft_bounced`, a
+    webhook's `blocked`) is a `soft_bounce` line of the person's history, whichever path brought it;
+    with `soft_bounce_rule` (limit, sends: bounce mailboxes only) repeated ones make the person `bounced`.
     Status changes are recorded with source `mailbox` (bounce mailboxes) or `webhook`.
     Returns counts: received, new, suppressed, ignored.
     `transaction`: how to open the write transaction (default `store.begin`).
@@ -72,7 +74,7 @@ def record_provider_events(store: Store, events: Sequence[ProviderEvent], *,
             source = "mailbox" if event.provider == MAILBOX_PROVIDER else "webhook"
             history = event.history or f"{event.provider} {event.name}: {row['reason']}"
             wanted = event.suppress
-            if event.kind == "soft_bounced":  # a line of the person's history; a status only when they repeat
+            if event.kind in SOFT_BOUNCE_KINDS:  # a line of the person's history; a status only when they repeat
                 store.record_event(conn, person, "soft_bounce", source=source, reason=history[:2000])
                 if soft_bounce_rule is not None and not wanted:
                     limit, sends = soft_bounce_rule
