@@ -34,10 +34,12 @@ a ledger row going from `sending` to `sent` — moves only after the provider ac
    withholds its answer to a message it accepted). A crash (SIGKILL, power loss) may repeat exactly
    what was in flight and unrecorded: over SMTP at most one commit group per connection (group
    commit: ≤ MAILER_SMTP_COMMIT_EVERY = 10 messages by default, see `_process`), over SendGrid the
-   recipients of the requests in flight (≤ MAILER_SENDGRID_IN_FLIGHT = 4,000 by default, see
-   `lanes`). Nobody is ever skipped.
-5. The pipeline: over SendGrid several threads each keep one request in flight (`lanes`), so while
-   some wait for SendGrid's answer the others claim, build and record; they share the rate limit
+   recipients of the requests in flight (≤ MAILER_SENDGRID_IN_FLIGHT = 4,000 by default for the
+   whole send, all its processes together: `inflight.py`). Nobody is ever skipped.
+5. The pipeline: over SendGrid the send's requests in flight are slots (`inflight.py`) that threads
+   take right before a request leaves and give back once it is recorded, with one thread more than
+   the slots (`lanes`): while requests wait for SendGrid's answer another thread claims and builds
+   the next one, and the others record; they share the rate limit
    (in the issue's row) and one gate (`_path_failed`): a 429 or an outage heard by one thread holds
    every thread until its Retry-After has passed. A later run puts
    back rows whose claimant is dead (`claimant.is_alive`); the stable Message-ID lets receivers that
