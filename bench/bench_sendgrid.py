@@ -70,6 +70,7 @@ import sqlalchemy as sa  # noqa: E402
 
 from mailer.sending import dispatch  # noqa: E402
 from mailer.sending.prepare import prepare_send  # noqa: E402
+from mailer.sending.inflight import in_flight_bound, lanes, sending_processes  # noqa: E402
 from mailer.config import load_settings  # noqa: E402
 from mailer.store import open_store  # noqa: E402
 
@@ -295,7 +296,8 @@ def send_once(args, kind: str, root: Path, url: str, db_url: str) -> dict:
         print(f"\n=== {kind}: {args.subscribers:,} subscribers inserted in {insert_seconds:.1f} s "
               f"(bulk SQL, not part of the send)")
         print(f"python {sys.version.split()[0]}, sqlite {__import__('sqlite3').sqlite_version}, "
-              f"{os.cpu_count()} CPUs, workers={args.workers}, processes={args.processes}, "
+              f"{os.cpu_count()} CPUs, workers={args.workers}, "
+              f"processes={args.processes or 'automatic: ' + str(sending_processes(settings, args.subscribers))}, "
               f"server: separate process (--cheap); load average {os.getloadavg()[0]:.1f}")
         requests_before = server_stats(url)["requests"]
         recipients_before = server_stats(url)["recipients"]
@@ -317,7 +319,8 @@ def send_once(args, kind: str, root: Path, url: str, db_url: str) -> dict:
             profile.enable()
         report = dispatch.send_issue(settings, store, ISSUE, workers=args.workers, allow_draft=True,
                                      processes=args.processes)
-        threads, batch = dispatch.lanes(settings, args.workers)
+        processes = sending_processes(settings, args.subscribers, args.processes)
+        threads, batch = lanes(settings, args.workers, processes)
         if profile:
             profile.disable()
         helper_sent = 0
@@ -347,13 +350,14 @@ def send_once(args, kind: str, root: Path, url: str, db_url: str) -> dict:
               f"(send loop alone: {(report.sent_now + helper_sent) / send_seconds:,.0f} recipients/s, "
               f"{requests / send_seconds:,.1f} requests/s)")
         print(f"peak RSS after the send: {rss_send:.0f} MB this process"
-              + (f", {rss_children:.0f} MB the largest helper process" if args.processes > 1 or helpers else ""))
+              + (f", {rss_children:.0f} MB the largest helper process" if processes > 1 or helpers else ""))
         print(f"CPU of the sending process(es) during the send: {cpu_seconds:.2f} s "
               f"({1000 * cpu_seconds / max(1, requests):.1f} ms per request; the machine's load average "
               f"was {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
         print(f"server: {requests:,} requests accepted, {recipients:,} recipients")
         print(f"ledger: {counts}")
-        print(f"in flight: {threads} thread(s) x {batch} recipients; the server saw at most "
+        print(f"in flight: {processes} process(es) x {threads} thread(s), {batch} recipients a request, "
+              f"{in_flight_bound(settings, args.workers)[0]} requests at once for the send; the server saw at most "
               f"{stats['max_in_flight_requests']} requests / {stats['max_in_flight_recipients']:,} recipients at once")
         if breakdown:
             breakdown.print(max(1, requests))
@@ -452,8 +456,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", "--recipients", dest="subscribers", type=int, default=1_000_000,
                         help="recipients of the send (default 1,000,000: the issue-12 run)")
-    parser.add_argument("--processes", type=int, default=1,
-                        help="sending processes (`mailer send --processes N`; default 1, as `mailer send`)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="sending processes (`mailer send --processes N`; default automatic, as `mailer send`)")
     parser.add_argument("--workers", type=int, default=None, help="sender threads (default: from the in-flight bound)")
     parser.add_argument("--latency", type=float, default=0.1, help="seconds the server waits before answering")
     parser.add_argument("--floor-requests", type=int, default=30, help="requests the sequential floor posts")

@@ -70,6 +70,7 @@ GENERAL_ENV_VARS: dict[str, str] = {
     "MAILER_UNSUBSCRIBE_MAILTO": "unsubscribe_mailto",
     "MAILER_WEBHOOK_MAX_AGE": "webhook_max_age",
     "MAILER_BATCH_SIZE": "batch_size",
+    "MAILER_SEND_PROCESSES": "send_processes",
     "MAILER_PAUSE_AFTER": "pause_after",
     "MAILER_SMTP_COMMIT_EVERY": "smtp_commit_every",
     "MAILER_SMTP_COMMIT_MS": "smtp_commit_ms",
@@ -154,6 +155,7 @@ class Settings:
     unsubscribe_mailto: str = ""
     webhook_max_age: int = 600
     batch_size: int = 0  # deliveries claimed at once; 0 = the backend's own batch (SendGrid 1000)
+    send_processes: int = 0  # processes sending one issue; 0 = automatic (sending/inflight.sending_processes)
     pause_after: float = 300.0  # seconds a whole-path failure (outage, full disk) is retried before the send pauses
     # dispatch's group commit for providers that hand over message by message (`Backend.ledger_step`,
     # SMTP, hence the names): accepted messages recorded in one ledger transaction, at most…
@@ -671,6 +673,9 @@ def _validate(settings: Settings, where: Callable[[str], str]) -> Settings:
                           f"({settings.soft_bounce_limit} over {settings.soft_bounce_sends} sends)")
     if settings.batch_size < 0 or settings.batch_size > 1000:
         raise ConfigError(f"{where('batch_size')} must be between 1 and 1000 (0: the backend's own)")
+    if not 0 <= settings.send_processes <= 64:
+        raise ConfigError(f"{where('send_processes')} must be between 1 and 64 processes (0: automatic), "
+                          f"not {settings.send_processes!r}")
     if not 1 <= settings.smtp_commit_every <= 1000:
         raise ConfigError(f"{where('smtp_commit_every')} must be between 1 and 1000 (accepted messages recorded "
                           f"together), not {settings.smtp_commit_every!r}")

@@ -4,6 +4,7 @@ concurrent workers — every subscriber receives exactly one message, counted at
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 
 import dkim
 
-from mailer.sending import dispatch
+from mailer.sending import dispatch, inflight
 from mailer.sending.prepare import prepare_send
 from mailer.config import load_settings
 from mailer.dkim_signing import generate_key
@@ -543,6 +544,7 @@ def test_several_sending_processes_reach_everyone_exactly_once(store, db_url, pr
         assert done.returncode == 0, done.stderr
         assert f"sent {len(addresses)} now" in done.stdout, done.stdout
         assert server.count_by_recipient() == Counter(addresses)
+        assert server.max_in_flight_recipients <= 200  # the send's bound, for its three processes together
     assert _counts(store)["sent"] == len(addresses)
     with store.engine.connect() as conn:
         pids = {row[0].split(":")[1] for row in conn.execute(sa.select(deliveries.c.claimed_by).distinct())}
@@ -551,19 +553,21 @@ def test_several_sending_processes_reach_everyone_exactly_once(store, db_url, pr
 
 @pytest.mark.slow
 def test_sigterm_to_the_parent_stops_every_sending_process_gracefully_and_repeats_nobody(store, db_url, project):
-    """SIGTERM to `mailer send --processes 3` while requests of every process are in flight: the
+    """SIGTERM to `mailer send --processes 3` while requests of several processes are in flight: the
     parent passes the stop on, each process lets its requests finish and records them, all of them
     exit (exit 5, paused, no traceback), nothing stays `sending`; the same command resumes and nobody
-    gets a second message."""
+    gets a second message. The three processes never had more than MAILER_SENDGRID_IN_FLIGHT in
+    flight together."""
     addresses = _populate(store, project, 1500)
     with SendGridServer(latency=1.0) as server:
-        env = _sendgrid_env(db_url, server.url, MAILER_SENDGRID_IN_FLIGHT="200")
+        env = _sendgrid_env(db_url, server.url, MAILER_SENDGRID_IN_FLIGHT="600")
         victim = subprocess.Popen([*SEND, "--processes", "3"], cwd=project, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         _wait_for(lambda: len(_processes_of(victim.pid)) == 2, 60, "two helper processes")
         helpers = _processes_of(victim.pid)
-        # each process has at most 2 requests of 100 in flight: a third one is a helper's
-        _wait_for(lambda: server.in_flight_requests >= 3, 60, "requests of several processes in flight")
+        # 6 requests of 100 for the send: a process has 3 threads (its 2 slots' worth + 1), so 4 at
+        # once are of several processes
+        _wait_for(lambda: server.in_flight_requests >= 4, 60, "requests of several processes in flight")
         victim.send_signal(signal.SIGTERM)
         _, stderr = victim.communicate(timeout=40)
         assert victim.returncode == 5 and "Traceback" not in stderr, stderr
@@ -575,24 +579,26 @@ def test_sigterm_to_the_parent_stops_every_sending_process_gracefully_and_repeat
                                  timeout=180)
         assert resumed.returncode == 0, resumed.stderr
         assert server.count_by_recipient() == Counter(addresses)
+        assert server.max_in_flight_recipients <= 600  # one bound for the send, not one per process
 
 
 @pytest.mark.slow
 def test_sigkill_of_the_parent_repeats_at_most_its_own_in_flight_and_its_helpers_finish_and_stop(
         store, db_url, project):
-    """SIGKILL of `mailer send --processes 3` (the parent alone) while every process has requests in
-    flight: the helpers see their parent gone, let their requests finish, record them and stop by
-    themselves; only the parent's own in-flight recipients (≤ MAILER_SENDGRID_IN_FLIGHT = 200) stay
-    unrecorded, and the resumed send repeats exactly those, nobody skipped."""
+    """SIGKILL of `mailer send --processes 3` (the parent alone) while several processes have
+    requests in flight: the helpers see their parent gone, let their requests finish, record them and
+    stop by themselves; only the parent's own in-flight recipients (its 3 threads: ≤ 300 of the send's
+    MAILER_SENDGRID_IN_FLIGHT = 600) stay unrecorded, and the resumed send repeats exactly those,
+    nobody skipped."""
     addresses = _populate(store, project, 1500)
     with SendGridServer(latency=1.0) as server:
-        env = _sendgrid_env(db_url, server.url, MAILER_SENDGRID_IN_FLIGHT="200")
+        env = _sendgrid_env(db_url, server.url, MAILER_SENDGRID_IN_FLIGHT="600")
         victim = subprocess.Popen([*SEND, "--processes", "3"], cwd=project, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE)
         try:
             _wait_for(lambda: len(_processes_of(victim.pid)) == 2, 60, "two helper processes")
             helpers = _processes_of(victim.pid)
-            _wait_for(lambda: server.in_flight_requests >= 3, 60, "requests of several processes in flight")
+            _wait_for(lambda: server.in_flight_requests >= 4, 60, "requests of several processes in flight")
         finally:
             victim.send_signal(signal.SIGKILL)
             victim.wait(10)
@@ -609,7 +615,7 @@ def test_sigkill_of_the_parent_repeats_at_most_its_own_in_flight_and_its_helpers
         assert held_by <= {str(victim.pid)}, "a helper left claims behind"
         accepted = {p["to"][0]["email"] for r in server.accepted for p in r.personalizations}
         in_flight = accepted - sent_before
-        assert len(in_flight) <= 200
+        assert len(in_flight) <= 300 and server.max_in_flight_recipients <= 600
         resumed = subprocess.run(SEND, cwd=project, env=env, capture_output=True, text=True, timeout=180)
         assert resumed.returncode == 0, resumed.stderr
         counts = server.count_by_recipient()
@@ -645,3 +651,54 @@ def test_worker_processes_started_together_share_the_queue_and_stop_together(sto
         _, stderr = waiting.communicate(timeout=30)
         assert waiting.returncode == 0 and "Traceback" not in stderr, stderr
         assert not [pid for pid in helpers if _running(pid)], "a worker process outlived the stop"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin the send to")
+def test_a_large_sendgrid_send_uses_two_cores_by_default_within_one_in_flight_bound(store, db_url, project):
+    """`mailer send ISSUE --yes` with no flag, 100,000 recipients over SendGrid, pinned to two CPUs
+    (`taskset`): the send is spread over two processes (claimants of two pids), yet SendGrid never has
+    more than MAILER_SENDGRID_IN_FLIGHT's default 4,000 recipients in flight from both together, and
+    everyone gets exactly one message."""
+    count = inflight.AUTO_PROCESSES_FROM
+    path = project / "liste.csv"
+    path.write_text("email\n" + "".join(f"r{i}@example.org\n" for i in range(count)), encoding="utf-8")
+    assert import_csv(store, path).added == count
+    with SendGridServer(latency=0.2, cheap=True) as server:
+        env = _sendgrid_env(db_url, server.url)
+        del env["MAILER_BATCH_SIZE"]  # the defaults: requests of 1000, 4 in flight
+        done = subprocess.run(["taskset", "-c", ",".join(map(str, sorted(os.sched_getaffinity(0))[:2])), *SEND],
+                              cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert f"sent {count} now" in done.stdout, done.stdout
+        assert server.accepted_recipients == count
+        assert 3000 < server.max_in_flight_recipients <= 4000  # the pipeline kept the bound full, never past it
+    with store.engine.connect() as conn:
+        sent = conn.execute(sa.select(sa.func.count()).select_from(deliveries).where(
+            deliveries.c.status == "sent")).scalar()
+        pids = {row[0].split(":")[1] for row in conn.execute(sa.select(deliveries.c.claimed_by).distinct())}
+    assert sent == count and len(pids) == 2, pids
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [("0", 1), ("0,1", 2)])
+def test_the_automatic_number_of_sending_processes_follows_the_cpus_the_send_may_use(cpus, expected, project):
+    """The decision `mailer send` makes without --processes, in a real process pinned with `taskset`:
+    every CPU it may run on (at most 4) for a SendGrid send of 100,000 recipients or more; one process
+    below that, over SMTP, or when MAILER_SEND_PROCESSES / --processes say otherwise."""
+    if len(os.sched_getaffinity(0)) < len(cpus.split(",")):
+        pytest.skip("needs two CPUs")
+    pinned = ",".join(map(str, sorted(os.sched_getaffinity(0))[:len(cpus.split(","))]))
+    code = ("import json, sys; from mailer.config import load_settings; from mailer.sending.inflight import "
+            "sending_processes as n, AUTO_PROCESSES_FROM as big; from pathlib import Path; s = load_settings(Path('.')); "
+            "print(json.dumps([n(s, big), n(s, big - 1), n(s, big, 3)]))")
+    env = _sendgrid_env("sqlite:///unused.db", "http://127.0.0.1:9")
+    outputs = {}
+    for name, extra in {"default": {}, "setting": {"MAILER_SEND_PROCESSES": "3"},
+                        "smtp": {"MAILER_BACKEND": "smtp", "MAILER_SMTP_HOST": "127.0.0.1"}}.items():
+        done = subprocess.run(["taskset", "-c", pinned, sys.executable, "-c", code], cwd=project,
+                              env={**env, **extra}, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        outputs[name] = json.loads(done.stdout)
+    assert outputs["default"] == [expected, 1, 3]
+    assert outputs["setting"] == [3, 3, 3]
+    assert outputs["smtp"] == [1, 1, 3]

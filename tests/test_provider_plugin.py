@@ -181,7 +181,7 @@ def test_its_settings_are_named_and_checked_like_the_built_in_ones(project, regi
 
 
 def test_its_capabilities_answer_where_built_in_names_were_compared(project, registered):
-    from mailer.sending.dispatch import lanes
+    from mailer.sending.inflight import lanes
     env = {k: v for k, v in BASE_ENV.items() if k != "MAILER_SECRET_KEY"}
     settings = load_settings(project, env={**env, "MAILER_BACKEND": "postmarkish", "MAILER_BASE_URL": "http://localhost"})
     assert settings.provider is registered.PROVIDER

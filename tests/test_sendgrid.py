@@ -21,6 +21,7 @@ import sendgrid
 import sqlalchemy as sa
 
 import mailer.sending.dispatch as dispatch
+from mailer.sending.inflight import in_flight_bound
 from mailer.providers import make_backend
 from mailer.providers.base import Batch, OutgoingMessage, PermanentError, TransientError
 from mailer.providers.sendgrid import (MAX_ARGS_BYTES, RESERVED_HEADERS, SendGridBackend, api_host, category_for,
@@ -476,7 +477,7 @@ def test_bad_api_key_pauses_the_send_and_fails_nobody(sg_settings, server, store
     assert {r.status for r in rows} == {"queued"} and len(rows) == 1000  # nobody failed, nothing left in flight
     # the requests in flight together all hear it; none is sent after the send paused
     assert server.accepted == [] and set(server.statuses()) == {401}
-    assert len(server.statuses()) <= dispatch.lanes(settings)[0]
+    assert len(server.statuses()) <= in_flight_bound(settings)[0]  # no more than the requests in flight
     with store.engine.connect() as conn:
         assert store.issue_row(conn, EXAMPLE_ISSUE).status == "paused"
 

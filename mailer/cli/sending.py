@@ -27,11 +27,13 @@ log = logging.getLogger("mailer")
 @click.option("--retry-failed", is_flag=True, help="Queue failed deliveries again.")
 @click.option("--include-new", is_flag=True, help="Also send to subscribers who joined after the freeze.")
 @click.option("--workers", default=None, type=click.IntRange(1, 64),
-              help="Sender threads. Default: SMTP 1 connection; SendGrid as many requests in flight as "
-                   "MAILER_SENDGRID_IN_FLIGHT recipients allow (4000: 4 requests of 1000).")
-@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Sending processes sharing the frozen recipients (one core each builds requests); each has "
-                   "its own requests in flight, so a crash may repeat up to in-flight x processes.")
+              help="SMTP: connections (default 1). SendGrid: requests in flight at once (default: as many as "
+                   "MAILER_SENDGRID_IN_FLIGHT recipients allow, 4000 = 4 requests of 1000; more requests "
+                   "make them smaller, within that bound).")
+@click.option("--processes", default=None, type=click.IntRange(1, 64),
+              help="Sending processes sharing the frozen recipients (one core each builds requests). Default "
+                   "MAILER_SEND_PROCESSES, automatic: every core (at most 4) for a SendGrid send of 100,000 "
+                   "recipients or more, else 1. The requests in flight are bounded for all of them together.")
 @click.option("--allow-draft", is_flag=True,
               help="Send it as it is, even though it is a draft or still holds placeholders of `mailer issue new`.")
 @click.option("--rebuild", is_flag=True,
@@ -45,7 +47,7 @@ log = logging.getLogger("mailer")
                    "the later waves keep their time.")
 @handle_errors
 def send(issue_ref: str, test_addresses: str | None, yes: bool, retry_failed: bool, include_new: bool,
-         workers: int | None, processes: int, allow_draft: bool, rebuild: bool, send_now: bool,
+         workers: int | None, processes: int | None, allow_draft: bool, rebuild: bool, send_now: bool,
          release_missed: bool) -> None:
     """Send ISSUE to every active subscriber (or a test to --test addresses).
 
@@ -305,7 +307,8 @@ def _echo_figures(figures: Iterable[tuple[str, object]], *, width: int) -> None:
 @main.command()
 @click.option("--once", is_flag=True, help="Drain what is queued now, then exit.")
 @click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Worker processes started together (one core each); a stop reaches all of them.")
+              help="Worker processes started together (one core each); a stop reaches all of them, and their "
+                   "requests in flight are bounded together (MAILER_SENDGRID_IN_FLIGHT for all).")
 @handle_errors
 def worker(once: bool, processes: int) -> None:
     """Claim and send queued deliveries of any issue (run as many as you like on PostgreSQL)."""

@@ -34,10 +34,12 @@ a ledger row going from `sending` to `sent` — moves only after the provider ac
    withholds its answer to a message it accepted). A crash (SIGKILL, power loss) may repeat exactly
    what was in flight and unrecorded: over SMTP at most one commit group per connection (group
    commit: ≤ MAILER_SMTP_COMMIT_EVERY = 10 messages by default, see `_process`), over SendGrid the
-   recipients of the requests in flight (≤ MAILER_SENDGRID_IN_FLIGHT = 4,000 by default, see
-   `lanes`). Nobody is ever skipped.
-5. The pipeline: over SendGrid several threads each keep one request in flight (`lanes`), so while
-   some wait for SendGrid's answer the others claim, build and record; they share the rate limit
+   recipients of the requests in flight (≤ MAILER_SENDGRID_IN_FLIGHT = 4,000 by default for the
+   whole send, all its processes together: `inflight.py`). Nobody is ever skipped.
+5. The pipeline: over SendGrid the send's requests in flight are slots (`inflight.py`) that threads
+   take right before a request leaves and give back once it is recorded, with one thread more than
+   the slots (`lanes`): while requests wait for SendGrid's answer another thread claims and builds
+   the next one, and the others record; they share the rate limit
    (in the issue's row) and one gate (`_path_failed`): a 429 or an outage heard by one thread holds
    every thread until its Retry-After has passed. A later run puts
    back rows whose claimant is dead (`claimant.is_alive`); the stable Message-ID lets receivers that
@@ -59,6 +61,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from . import claimant
 from .prepare import by_language, live_claimants, load_edition, prepare_send, requeue_dead_claims
+from .inflight import InFlightSlots, in_flight_bound, lanes, sending_processes
 from .ratelimit import SendRateLimiter
 from .. import links, tokens
 from ..links import TEST_SUBSCRIBER_ID
@@ -188,7 +191,8 @@ class Sender:
                  backend_factory: Callable[[], Backend], *, rate_limiter: SendRateLimiter | None = None,
                  stop: threading.Event | None = None, progress: Progress | None = None,
                  on_progress: ProgressCallback | None = None, factory: MessageFactory | None = None,
-                 factories: dict[str, MessageFactory] | None = None, shared_gate: Any = None) -> None:
+                 factories: dict[str, MessageFactory] | None = None, shared_gate: Any = None,
+                 in_flight: InFlightSlots | None = None) -> None:
         self.settings = settings
         self.store = store
         self.rendered = rendered
@@ -227,6 +231,13 @@ class Sender:
         self._resume_at = 0.0
         # the same gate shared with the other processes of the send (`processes.Helpers.gate`), or None
         self._shared_gate = shared_gate
+        # the send's requests in flight (request-based providers, `inflight.py`): a slot is taken right
+        # before a request leaves and given back once its outcome is recorded; None: the backend hands
+        # over message by message (SMTP: its crash window is the commit group) or has no requests
+        if in_flight is None:
+            bound = in_flight_bound(settings)
+            in_flight = InFlightSlots(bound[0]) if bound else None
+        self.in_flight = in_flight
         self._serial = _sqlite_writer_lock(store) if store.is_sqlite else None
         # SMTP group commit: accepted messages recorded together, at most this many / this old (seconds)
         self.commit_every = max(1, settings.smtp_commit_every)
@@ -297,6 +308,7 @@ class Sender:
                 backend.abort()
                 raise
             finally:
+                self._give_back_slot()  # never left held when this thread's run ends
                 self._local.conn = None
                 claimant.release(name)
                 with self._lock:
@@ -373,10 +385,14 @@ class Sender:
 
         def flush() -> bool:
             if not pending:
+                self._give_back_slot()
                 return False
             results = pending[:]
             pending.clear()
-            return self._record(conn, worker, results, attempts)
+            try:
+                return self._record(conn, worker, results, attempts)
+            finally:
+                self._give_back_slot()  # recorded: no longer what a crash may repeat
 
         for factory, step_messages in steps:
             if pending and (self.rate_limiter.per_second > 0 or self.halted
@@ -432,6 +448,7 @@ class Sender:
             conn.rollback()
         with self._tx(conn):
             self.store.requeue(conn, self.issue_id, statuses=("sending",), claimed_by=[worker])
+        self._give_back_slot()
 
     def _drop_suppressed(self, conn: Connection, worker: str,
                          messages: list[OutgoingMessage]) -> list[OutgoingMessage]:
@@ -653,10 +670,23 @@ class Sender:
         return not self._sleep(delay)
 
     def _before_request(self) -> None:
-        """A request is built and about to leave: wait for the send's gate (the build took time, and
+        """A request is built and about to leave: take a slot of the send's requests in flight (waiting
+        while every slot is held: `inflight.py`), then wait for the send's gate (the build took time, and
         another thread may have heard a 429 meanwhile); TransientError when the send stopped."""
+        if self.in_flight is not None and not self.in_flight.take(self._waiting_for_slot):
+            raise TransientError("the send stopped before the request left")
         if self._wait_gate():
             raise TransientError("the send stopped before the request left")
+
+    def _waiting_for_slot(self) -> bool:
+        """While a built request waits for a slot: renew this worker's claims; True when halted."""
+        self._heartbeat()
+        return self.halted
+
+    def _give_back_slot(self) -> None:
+        """This thread's request is recorded or its rows went back: its slot frees for another."""
+        if self.in_flight is not None:
+            self.in_flight.give_back()
 
     def _wait_gate(self) -> bool:
         """Before anything is handed over: wait while the send's gate is closed (another worker's 429 or
@@ -741,7 +771,7 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
                retry_failed: bool = False, workers: int | None = None, stop: threading.Event | None = None,
                on_progress: ProgressCallback | None = None,
                backend_factory: Callable[[], Backend] | None = None, allow_draft: bool = False,
-               rebuild: bool = False, release: str = "due", processes: int = 1) -> SendReport:
+               rebuild: bool = False, release: str = "due", processes: int | None = None) -> SendReport:
     """Send an issue to its frozen recipient set, resuming whatever a previous run left, until every
     delivery is settled (also those another live sender of the same issue holds), a stop, or a pause.
     What goes out is the issue's stored edition (`prepare_send`; `rebuild` makes a new one first); when
@@ -754,8 +784,10 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
     the others queued (`SendReport.waves`: pending ones wait for their time, missed ones for
     `--release-missed`); a wave released while it runs is sent in the same run.
 
-    `processes` > 1 (`--processes N`) sends from N processes: this one and N - 1 helpers started once
-    the edition is frozen (`processes.py`: one gate, one stop, one pause; each its own in-flight bound)."""
+    `processes` (`--processes N`; default automatic, `inflight.sending_processes`: every core for a
+    large SendGrid send) > 1 sends from N processes: this one and N - 1 helpers started once the
+    edition is frozen (`processes.py`: one gate, one stop, one pause, and one bound on the requests in
+    flight for all of them, `inflight.py`)."""
     started = time.monotonic()
     stop = stop or threading.Event()
     prepared = prepare_send(settings, store, issue_ref, include_new=include_new, retry_failed=retry_failed,
@@ -774,16 +806,23 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
                           edition=prepared.edition.number, notice=prepared.notice)
     progress = Progress(slug, total=claimable + counts["sending"])
     backend_factory = backend_factory or (lambda: make_backend(settings))
+    count = sending_processes(settings, claimable, processes) if claimable else 1
+    bound = in_flight_bound(settings, workers)
+    in_flight = None
+    if bound is not None:  # one bound for every thread of every process of this send
+        from .processes import shared_semaphore
+        in_flight = InFlightSlots(bound[0], shared_semaphore(bound[0]) if count > 1 else None)
     sender = Sender(settings, store, prepared.edition, prepared.issue_id, backend_factory,
                     stop=stop, progress=progress, on_progress=on_progress, factory=prepared.factory,
-                    factories=prepared.factories)
+                    factories=prepared.factories, in_flight=in_flight)
     helpers = gate = None
     held: list[str] = []
     bridge_done = threading.Event()
     try:
-        if processes > 1 and claimable:
+        if count > 1:
             from .processes import Helpers
-            helpers = Helpers(settings, prepared.issue_id, slug, processes - 1, workers)
+            helpers = Helpers(settings, prepared.issue_id, slug, count, workers,
+                              in_flight.semaphore if in_flight is not None else None)
             gate = sender._shared_gate = helpers.gate
             if on_progress:
                 on_progress = sender.on_progress = _with_helpers(on_progress, helpers)
@@ -791,13 +830,14 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
                              name="mailer-helpers-bridge", daemon=True).start()
         while True:
             if claimable:
-                run_workers(sender, workers)
+                run_workers(sender, workers, processes=count)
             if sender.edition_changed and not stop.is_set() and sender.abort_reason is None:
                 edition, factories = load_edition(settings, store, prepared.issue_id, slug)
                 log.warning("%s: edition %d was made meanwhile (--rebuild): the rest goes out with it",
                             slug, edition.number)
                 sender = Sender(settings, store, edition, prepared.issue_id, backend_factory, stop=stop,
-                                progress=progress, on_progress=on_progress, factories=factories, shared_gate=gate)
+                                progress=progress, on_progress=on_progress, factories=factories, shared_gate=gate,
+                                in_flight=in_flight)
             with store.begin() as conn:
                 requeue_dead_claims(store, conn, prepared.issue_id)
                 counts = store.delivery_counts(conn, prepared.issue_id)
@@ -874,29 +914,6 @@ def _end_helpers(helpers, done: threading.Event, *, stop: bool, grace: float | N
     done.set()
 
 
-MAX_LANES = 8  # sender threads per process at most (each holds one database connection for its run)
-
-
-def lanes(settings: Settings, workers: int | None = None) -> tuple[int, int]:
-    """(threads, batch size): how one process sends. Over a provider whose requests overlap
-    (`Provider.in_flight`: SendGrid) the requests in flight at once are what hide the API's latency
-    (Little's law: 33,000 recipients/s at 100 ms need 3,300 in flight), so by default there are as
-    many threads, each with one request in flight, as its bound allows (MAILER_SENDGRID_IN_FLIGHT,
-    4000 = 4 requests of 1000; at most MAX_LANES), and threads × batch never exceeds it: that is what
-    a crash may repeat. `workers` (`--workers N`) sets the thread count instead; the batch shrinks to
-    keep the bound. Other backends: `workers` threads (default 1), batches of MAILER_BATCH_SIZE (0:
-    the backend's own)."""
-    batch = settings.batch_size
-    in_flight = settings.provider.in_flight
-    if in_flight is None:
-        return max(1, workers or 1), batch
-    cap, per_request = in_flight(settings)
-    batch = min(batch or per_request, per_request, cap)
-    threads = workers or min(MAX_LANES, -(-cap // batch))
-    threads = max(1, min(threads, cap))
-    return threads, max(1, min(batch, cap // threads))
-
-
 GC_THRESHOLD = 100_000  # allocations between two young-generation collections while a send runs (Python: 700)
 _gc_lock = threading.Lock()
 _gc_users = 0
@@ -927,17 +944,17 @@ def fewer_collections() -> Iterator[None]:
                 gc.set_threshold(*fewer_collections.saved)  # type: ignore[attr-defined]
 
 
-def run_workers(sender: Sender, workers: int | None, batch_size: int | None = None) -> None:
+def run_workers(sender: Sender, workers: int | None, batch_size: int | None = None, *, processes: int = 1) -> None:
     """Threads claiming batches of the same issue (I/O-bound: threads overlap network waits, and one
     thread claims, builds or records while the others' requests are in flight): `lanes()` decides how
-    many and how big unless given. A stop cuts what is still in flight STOP_GRACE seconds after it was
-    asked."""
+    many and how big unless given (`processes`: how many processes send this issue together). A stop
+    cuts what is still in flight STOP_GRACE seconds after it was asked."""
     with fewer_collections():
-        _run_workers(sender, workers, batch_size)
+        _run_workers(sender, workers, batch_size, processes)
 
 
-def _run_workers(sender: Sender, workers: int | None, batch_size: int | None = None) -> None:
-    threads, batch = lanes(sender.settings, workers)
+def _run_workers(sender: Sender, workers: int | None, batch_size: int | None = None, processes: int = 1) -> None:
+    threads, batch = lanes(sender.settings, workers, processes)
     workers, batch_size = threads, batch if batch_size is None else batch_size
     done = threading.Event()
     watcher = threading.Thread(target=_cut_after_grace, args=(sender, done), name="mailer-stop-watch", daemon=True)
@@ -1007,7 +1024,8 @@ def _cut_after_grace(sender: Sender, done: threading.Event) -> None:
 
 
 def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None = None, once: bool = False,
-               poll_seconds: float = 5.0, on_progress: ProgressCallback | None = None) -> int:
+               poll_seconds: float = 5.0, on_progress: ProgressCallback | None = None,
+               in_flight: InFlightSlots | None = None, processes: int = 1) -> int:
     """`mailer worker`: claim and send queued deliveries of any issue being sent, until stopped.
 
     Any number of workers on any machines can run this against PostgreSQL; SKIP LOCKED hands each
@@ -1015,9 +1033,15 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
     editions were stored whose folder is gone cannot be resumed: it is said once (which issue, which
     folder), skipped (nothing requeued), and the run ends with UnresumableSend (exit 9, `sent` set)
     unless its folder came back meanwhile.
+
+    `in_flight`: the bound on requests in flight this worker shares (`mailer worker --processes N`:
+    one for its N processes; default this worker's own), `processes`: how many share it.
     """
     require_ready(settings)  # the same checks as `send`: a worker never sends half-configured
     stop = stop or threading.Event()
+    if in_flight is None:
+        bound = in_flight_bound(settings)
+        in_flight = InFlightSlots(bound[0]) if bound else None
     sent = 0
     senders: dict[str, Sender] = {}
     unresumable: dict[str, str] = {}  # slug -> why (a send from before editions whose folder is gone)
@@ -1041,12 +1065,13 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
                     log.error("%s: cannot build its messages here (%s); leaving it to another worker", slug, exc)
                     continue
                 sender = Sender(settings, store, edition, issue_id, lambda: make_backend(settings), stop=stop,
-                                progress=Progress(slug, 0), on_progress=on_progress, factories=factories)
+                                progress=Progress(slug, 0), on_progress=on_progress, factories=factories,
+                                in_flight=in_flight)
                 senders[slug] = sender
             with store.begin() as conn:
                 requeue_dead_claims(store, conn, issue_id)
             before = sender.progress.sent
-            run_workers(sender, None)
+            run_workers(sender, None, processes=processes)
             sent += sender.progress.sent - before
             counts, paused = settle_issue(store, issue_id, sender.abort_reason)
             if sender.edition_changed:

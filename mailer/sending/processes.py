@@ -14,15 +14,19 @@ them itself. What they share besides, through shared memory, is what makes them 
   terminal's process group or a `systemctl stop` reaches each of them once, through the parent) and
   passes a graceful stop on; a helper whose parent died (SIGKILL) stops gracefully by itself;
 * a pause: a helper that pauses the send (`SendAborted`'s reasons) reports it, the parent pauses too;
+* the send's requests in flight (`inflight.py`): one semaphore of MAILER_SENDGRID_IN_FLIGHT's requests
+  for every thread of every process, so N processes have no more in flight than one;
 * the counts the parent's progress and report show.
 
 `mailer worker --processes N` (`work_in_processes`) is the same for workers: N `work_queue` loops, one
 stop for all.
 
-Crash window: each process has at most MAILER_SENDGRID_IN_FLIGHT recipients in flight, so a SIGKILL
-of every process at once may repeat at most in-flight × N recipients; a SIGKILL of the parent alone
-repeats at most its own in flight (the helpers finish and record theirs). A graceful stop repeats
-nobody: every process lets what it has in flight finish and be recorded.
+Crash window: the processes together have at most MAILER_SENDGRID_IN_FLIGHT recipients in flight, so
+a SIGKILL of every process at once may repeat at most that many (as one process); a SIGKILL of the
+parent alone repeats at most what it had in flight (the helpers finish and record theirs). A
+graceful stop repeats nobody: every process lets what it has in flight finish and be recorded.
+(A helper killed on its own while holding slots takes them with it: the send goes on with fewer
+requests in flight, never more.)
 """
 
 from __future__ import annotations
@@ -43,10 +47,19 @@ log = logging.getLogger("mailer.dispatch")
 JOIN_GRACE = 30.0  # seconds a helper may take to finish what it has in flight after a stop (then killed)
 
 
-class Helpers:
-    """The helper processes of one send, started by `start`; `stop`, `join`, and shared state."""
+def shared_semaphore(count: int) -> Any:
+    """A semaphore of `count` the send's helper processes (spawned) can share: the requests in flight."""
+    return multiprocessing.get_context("spawn").BoundedSemaphore(count)
 
-    def __init__(self, settings: Settings, issue_id: int, slug: str, count: int, workers: int | None) -> None:
+
+class Helpers:
+    """The `processes` - 1 helper processes of one send of `processes`, started at once; `stop`, `join`,
+    and shared state (`in_flight`: the send's `shared_semaphore`, or None for a provider without
+    requests in flight)."""
+
+    def __init__(self, settings: Settings, issue_id: int, slug: str, processes: int, workers: int | None,
+                 in_flight: Any = None) -> None:
+        count = processes - 1
         context = multiprocessing.get_context("spawn")
         self.stop_event = context.Event()
         self.gate = context.Value("d", 0.0)  # the send's gate: time.monotonic() before which nothing leaves
@@ -55,7 +68,7 @@ class Helpers:
         self.processes = [
             context.Process(target=_helper_main, name=f"mailer-send-{index + 1}",
                             args=(_picklable(settings), issue_id, slug, workers, index, self.stop_event, self.gate, self.counts,
-                                  self._pauses), daemon=False)
+                                  self._pauses, in_flight, processes), daemon=False)
             for index in range(count)]
         for process in self.processes:
             process.start()
@@ -115,7 +128,7 @@ def _follow_parent(stop_event: Any) -> threading.Event:
 
 
 def _helper_main(settings: Settings, issue_id: int, slug: str, workers: int | None, index: int,
-                 stop_event: Any, gate: Any, counts: Any, pauses: Any) -> None:
+                 stop_event: Any, gate: Any, counts: Any, pauses: Any, semaphore: Any, processes: int) -> None:
     """One helper process: send the issue's stored edition beside the parent until nothing is left to
     claim, a stop, or a pause."""
     stop = _follow_parent(stop_event)
@@ -123,6 +136,9 @@ def _helper_main(settings: Settings, issue_id: int, slug: str, workers: int | No
     from ..store import open_store
     from . import dispatch
     from .prepare import load_edition
+    from .inflight import InFlightSlots, in_flight_bound
+    bound = in_flight_bound(settings, workers)
+    in_flight = InFlightSlots(bound[0], semaphore) if bound and semaphore is not None else None
 
     def on_progress(progress: "dispatch.Progress") -> None:
         counts[3 * index:3 * index + 3] = [progress.sent, progress.failed, progress.skipped]
@@ -134,8 +150,8 @@ def _helper_main(settings: Settings, issue_id: int, slug: str, workers: int | No
             edition, factories = load_edition(settings, store, issue_id, slug)
             sender = dispatch.Sender(settings, store, edition, issue_id, lambda: make_backend(settings), stop=stop,
                                      progress=progress, on_progress=on_progress, factories=factories,
-                                     shared_gate=gate)
-            dispatch.run_workers(sender, workers)
+                                     shared_gate=gate, in_flight=in_flight)
+            dispatch.run_workers(sender, workers, processes=processes)
             if sender.abort_reason is not None:
                 pauses.put(sender.abort_reason)
                 break
@@ -149,15 +165,18 @@ def _helper_main(settings: Settings, issue_id: int, slug: str, workers: int | No
 def work_in_processes(settings: Settings, count: int, *, stop: threading.Event, once: bool) -> int:
     """`mailer worker --processes N`: `work_queue` in this process and in `count` - 1 helper processes
     (spawned; they ignore signals: a stop here stops them gracefully; a helper whose parent died stops
-    by itself). Returns the messages all of them sent."""
+    by itself), sharing one bound on the requests in flight. Returns the messages all of them sent."""
     from ..store import open_store
     from .dispatch import work_queue
+    from .inflight import InFlightSlots, in_flight_bound
 
     context = multiprocessing.get_context("spawn")
     stop_event = context.Event()
     sent = context.Array("q", count)
+    bound = in_flight_bound(settings)
+    semaphore = context.BoundedSemaphore(bound[0]) if bound else None
     helpers = [context.Process(target=_worker_main, name=f"mailer-worker-{index}",
-                               args=(_picklable(settings), once, stop_event, sent, index))
+                               args=(_picklable(settings), once, stop_event, sent, index, semaphore, count))
                for index in range(1, count)]
     for process in helpers:
         process.start()
@@ -171,7 +190,8 @@ def work_in_processes(settings: Settings, count: int, *, stop: threading.Event, 
     threading.Thread(target=bridge, name="mailer-workers-bridge", daemon=True).start()
     store = open_store(settings.database_url)
     try:
-        sent[0] = work_queue(settings, store, stop=stop, once=once)
+        sent[0] = work_queue(settings, store, stop=stop, once=once, processes=count,
+                             in_flight=InFlightSlots(bound[0], semaphore) if bound else None)
     finally:
         store.close()
         if stop.is_set():
@@ -183,13 +203,17 @@ def work_in_processes(settings: Settings, count: int, *, stop: threading.Event, 
     return sum(sent[:])
 
 
-def _worker_main(settings: Settings, once: bool, stop_event: Any, sent: Any, index: int) -> None:
+def _worker_main(settings: Settings, once: bool, stop_event: Any, sent: Any, index: int, semaphore: Any,
+                 processes: int) -> None:
     stop = _follow_parent(stop_event)
     from ..store import open_store
     from .dispatch import work_queue
+    from .inflight import InFlightSlots, in_flight_bound
+    bound = in_flight_bound(settings)
     store = open_store(settings.database_url)
     try:
-        sent[index] = work_queue(settings, store, stop=stop, once=once)
+        sent[index] = work_queue(settings, store, stop=stop, once=once, processes=processes,
+                                 in_flight=InFlightSlots(bound[0], semaphore) if bound else None)
     except MailerError as exc:  # the parent meets the same and says it; here only the count
         sent[index] = getattr(exc, "sent", 0)
     finally:
