@@ -152,14 +152,14 @@ class PeopleQueries:
         return found
 
     def erase_person(self, conn: Connection, subscriber_id: int, *, email_keys: Sequence[str], tombstone: str,
-                     redact: Callable[[str], str], anonymise: Callable[[dict], dict], source: str,
+                     redact: Callable[[str], str], anonymise: Callable[[str, dict], tuple[str, dict]], source: str,
                      reason: str) -> dict[str, Any]:
         """Erase a person's data in every table, keeping an anonymous tombstone row (the same id,
         `tombstone` in place of the address) and the shape of their history.
 
         `email_keys`: the normalised forms of the address (webhook events are found by these too);
-        `redact(text)`: the text with any address replaced; `anonymise(payload)`: a provider event's
-        raw payload without its personal fields. Returns counts and `paths`: the deliveries'
+        `redact(text)`: a history reason or a ledger error without the person's address and name;
+        `anonymise(reason, payload)`: what a provider event about them keeps (reason, payload). Returns counts and `paths`: the deliveries'
         provider ids as they were before redaction (for the outbox backend, the files written).
         """
         people = [subscriber_id]
@@ -191,11 +191,12 @@ class PeopleQueries:
                           # an `email` field that was not a bare address ("Name <address>") is stored as given
                           *(provider_events.c.email.contains(key.lower(), autoescape=True) for key in email_keys)))).all()
         if hooks:
+            kept = [(row.id, *anonymise(row.reason or "", row.payload if isinstance(row.payload, dict) else {}))
+                    for row in hooks]
             conn.execute(provider_events.update().where(provider_events.c.id == sa.bindparam("b_id")).values(
                 email="", subscriber_id=subscriber_id, reason=sa.bindparam("b_reason"),
                 payload=sa.bindparam("b_payload")), [
-                {"b_id": row.id, "b_reason": redact(row.reason or ""),
-                 "b_payload": anonymise(row.payload if isinstance(row.payload, dict) else {})} for row in hooks])
+                {"b_id": hook, "b_reason": reason, "b_payload": payload} for hook, reason, payload in kept])
         self.record_event(conn, subscriber_id, "erased", source=source, reason=reason)
         return {"events": len(events), "deliveries": len(sent), "provider_events": len(hooks), "paths": paths}
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from ..config import Settings
 
 from ..providers.events import ProviderEvent
-from ..statuses import MAILBOX_PROVIDER, SOFT_BOUNCE_KINDS
+from ..statuses import MAILBOX_PROVIDER, SOFT_BOUNCE_KINDS, TOMBSTONE_PREFIX
 from ..store import Connection, Row, StatusChange, Store, as_utc, utcnow
-from .service import anonymised_payload, redact_addresses, suppression_verdict, tombstone_key
+from .service import anonymised_event, erased_keys, suppression_verdict
 
 if TYPE_CHECKING:
     import ssl
@@ -36,8 +36,9 @@ def record_provider_events(store: Store, events: Sequence[ProviderEvent], *,
     for the person, with no issue. An event acts on a subscriber only when its address is that subscriber's: the subscriber named
     by the event's `subscriber_id` when present (and only if the addresses match), else the one with
     that address. Events without an address, or naming a subscriber whose address is another, are
-    stored and change no one (`ignored`). Events about an erased person are stored anonymised, on
-    their tombstone. Whether a new event suppresses is `service.suppression_verdict` (the ranking;
+    stored and change no one (`ignored`). Events about an erased person, from any path, are stored
+    as `service.anonymised_event` says (on their tombstone when they name it) and change no one: no
+    status, no line of history (`_correlate`). Whether a new event suppresses is `service.suppression_verdict` (the ranking;
     an event older than the person's last confirmation, in whole seconds, suppresses no one: they
     came back since). A new soft bounce (`statuses.SOFT_BOUNCE_KINDS`: a mailbox's `soft_bounced`, a
     webhook's `blocked`) is a `soft_bounce` line of the person's history, whichever path brought it;
@@ -130,32 +131,41 @@ def _attribute(store: Store, conn: Connection, rows: list[dict[str, Any]]) -> No
 def _correlate(store: Store, conn: Connection, rows: list[dict[str, Any]],
                events: list[ProviderEvent]) -> tuple[dict[int, Row], int]:
     """Set each row's subscriber_id (see `record_provider_events`); returns the people events may act
-    on (id -> row with status, confirmed_at) and how many suppressing events were ignored."""
+    on (id -> row with status, confirmed_at) and how many suppressing events were ignored.
+
+    An event about an erased person is stored as `service.anonymised_event` says, without an address,
+    and acts on no one: one naming a tombstone by id (a webhook's custom argument, a bounce's VERP
+    token or unsubscribe link, whatever address it carries), or carrying an address whose tombstone
+    is in the table (as given or normalised: `service.erased_keys`) and nobody's now (a person who
+    came back through the subscribe form has a new row: their events are theirs)."""
     named = store.people_by_ids(conn, [event.subscriber_id for event in events if event.subscriber_id])
     keys = {event.email_key for event in events if event.email_key}
-    by_email = store.ids_by_emails(conn, [*keys, *(tombstone_key(key) for key in keys)])
+    tombstones = {key: erased_keys(key) for key in keys if not key.startswith(TOMBSTONE_PREFIX)}
+    by_email = store.ids_by_emails(conn, [*keys, *(t for found in tombstones.values() for t in found)])
     living: dict[int, Row] = {}
-    erased: set[int] = set()
     ignored = 0
     for row, event in zip(rows, events):
         given, key = event.subscriber_id, event.email_key
+        named_row = named.get(given) if given else None
+        holder = by_email.get(key) if key else None       # whoever has this address now (a tombstone's own key too)
+        erased_as = [by_email[t] for t in tombstones.get(key, ()) if t in by_email]
         person: int | None = None
-        if key and given and given in named:
-            if named[given].email == key:
+        if named_row is not None:
+            erased = named_row.email.startswith(TOMBSTONE_PREFIX)
+            if key and (named_row.email == key or named_row.email in tombstones.get(key, ())):
                 person = given
-            elif named[given].email == tombstone_key(key):
-                person = given
-                erased.add(given)
-        elif key and not given and event.by_address:
-            person = by_email.get(key)
-            if person is None and tombstone_key(key) in by_email:
-                person = by_email[tombstone_key(key)]
-                erased.add(person)
-        if person is None and event.suppress and event.by_address:
+            elif not erased:  # someone else's address: an erased person's, unless they came back since
+                erased = holder is None and bool(erased_as)
+        else:
+            erased = key.startswith(TOMBSTONE_PREFIX) if holder is not None else bool(erased_as)
+            if key and not given and event.by_address:
+                person = holder if holder is not None else (erased_as[0] if erased_as else None)
+        if person is None and event.suppress and event.by_address and not erased:
             ignored += 1
         row["subscriber_id"] = person
-        if person in erased:  # nothing about who they were: what happened and when
-            row.update(email="", reason=redact_addresses(row["reason"]), payload=anonymised_payload(row["payload"]))
+        if erased:  # nothing about who they were: what happened and when
+            row["reason"], row["payload"] = anonymised_event(row["reason"], row["payload"])
+            row["email"] = ""
         elif person is not None:
             living[person] = named.get(person)  # type: ignore[assignment]
     missing = [pid for pid, found in living.items() if found is None]

@@ -17,11 +17,11 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..addresses import Address, parse_address
 from .importer.values import clean_text  # noqa: F401 - its home is the SQLAlchemy-free values module
-from ..errors import MailerError, NotFound
+from ..errors import InvalidAddress, MailerError, NotFound
 from ..statuses import SUBSCRIBER_STATUSES, SUPPRESSED_STATUSES, SUPPRESSION_RANK, TOMBSTONE_PREFIX
 from ..store import Connection, Row, StatusChange, Store, as_utc
 
@@ -157,21 +157,82 @@ def remove_subscriber(store: Store, email: str, *, purge: bool = False, source: 
 
 
 # ----- erasure (GDPR art. 17) ------------------------------------------------------------------------
+# This section is the one owner of what an erased person's data becomes: their history and ledger
+# rows (`person_redactor`), and every provider event about them, stored before the erasure or arriving
+# after it, from a webhook or a bounce mailbox (`anonymised_event`, applied by `Store.erase_person`
+# and by `feedback.record_provider_events`). Our own code: the rules are this product's promise
+# (README, "Privacy"), and no library knows which words of a bounce are a person's.
 ERASED = "[erased]"
-# Anything shaped like an address (SMTP replies quote them, outbox paths and errors hold them).
-_ADDRESS_LIKE = re.compile(r"""[^\s<>"'(),;:/\[\]\\]+@[^\s<>"'(),;:/\[\]\\]+""")
+# Anything shaped like an address, its local part an atom or quoted (SMTP replies quote them, outbox
+# paths and errors hold them).
+_ADDRESS_LIKE = re.compile(r"""(?:"[^"\r\n]*"|[^\s<>"'(),;:/\[\]\\]+)@[^\s<>"'(),;:/\[\]\\]+""")
 # What an erased person's provider events keep: what happened and when, nothing about who or where
 # (no address, IP, user agent, clicked URL, SMTP reply, message id).
 PROVIDER_EVENT_KEPT_FIELDS = ("event", "timestamp", "type", "sg_event_id", "mailer_issue", "mailer_subscriber",
                               "asm_group_id", "bounce_classification")
+# The words of a provider's reason an erased person's event keeps: SMTP reply codes (550) and RFC 3463
+# enhanced status codes (5.1.1), never part of an address, a number or an IP address.
+_STATUS_CODE = re.compile(r"(?<![\w.@%+-])(?:[245]\.\d{1,3}\.\d{1,3}|[245]\d\d)(?![\w@%+-]|\.\d)")
 
 
 def redact_addresses(text: str) -> str:
-    """`text` with every address-like word replaced by `[erased]`."""
+    """`text` with every address-like word (`local@domain`, `"quoted local"@domain`) replaced by `[erased]`."""
     return _ADDRESS_LIKE.sub(ERASED, text) if "@" in text else text
 
 
-def anonymised_payload(payload: dict) -> dict:
+def person_redactor(forms: Iterable[str], name: str = "") -> Callable[[str], str]:
+    """What erasing one person does to the text of their history and ledger rows (README: "every
+    address in them replaced by `[erased]`"): a function of a str returning it with
+
+    * each address of `forms` (the ways it was written), in any case, its domain in Unicode or IDNA
+      (`xn--`) form, its local part bare or quoted, `@` or `%40` between;
+    * any other address-like word (`redact_addresses`);
+    * the local part of `forms` standing alone (a sendmail-style `jane.doe... User unknown`), when
+      it has 3 characters or more;
+    * `name` (any case, any spacing), when it has 3 characters or more;
+
+    replaced by `[erased]`.
+    """
+    addresses: set[str] = set()
+    words: set[str] = set()
+    for form in forms:
+        local, at, domain = form.strip().rpartition("@")
+        if not at or not local or not domain:
+            continue
+        local = local[1:-1] if len(local) > 1 and local[0] == local[-1] == '"' else local
+        domains = {domain, *_idna_forms(domain)}
+        addresses.update(f'"?{re.escape(local)}"?(?:@|%40){re.escape(d)}' for d in domains)
+        if len(local) >= 3:
+            words.add(re.escape(local))
+    name = " ".join(name.split())
+    if len(name) >= 3:
+        words.add(r"\s+".join(re.escape(part) for part in name.split(" ")))
+    known = re.compile("|".join(sorted(addresses, key=len, reverse=True)), re.IGNORECASE) if addresses else None
+    alone = (re.compile(r"(?<![\w.+-])(?:" + "|".join(sorted(words, key=len, reverse=True)) + r")(?![\w+-]|\.\w)",
+                        re.IGNORECASE) if words else None)
+
+    def redact(text: str) -> str:
+        if known is not None:
+            text = known.sub(ERASED, text)
+        text = redact_addresses(text)
+        return alone.sub(ERASED, text) if alone is not None else text
+    return redact
+
+
+def _idna_forms(domain: str) -> set[str]:
+    """`domain` in IDNA ASCII and Unicode form (whichever it is not), when it converts."""
+    import idna
+
+    found = set()
+    for convert in (lambda d: idna.encode(d, uts46=True).decode("ascii"), lambda d: idna.decode(d)):
+        try:
+            found.add(convert(domain))
+        except (idna.IDNAError, UnicodeError, ValueError):
+            continue
+    return found
+
+
+def anonymised_payload(payload: Mapping[str, Any]) -> dict:
     """A provider event's raw payload reduced to PROVIDER_EVENT_KEPT_FIELDS (scalars only, addresses redacted)."""
     kept: dict = {"erased": True}
     for name in PROVIDER_EVENT_KEPT_FIELDS:
@@ -181,6 +242,32 @@ def anonymised_payload(payload: dict) -> dict:
         elif isinstance(value, (int, float, bool)):
             kept[name] = value
     return kept
+
+
+def anonymised_event(reason: str, payload: Mapping[str, Any] | None) -> tuple[str, dict]:
+    """What a provider event about an erased person keeps, as (reason, payload): of the reason, the
+    status codes it gives (`550 5.1.1 [erased]`; "" when it was empty), since a remote server's words
+    may hold the address in any form or the name, which are no longer known; of the payload, the
+    fields of `anonymised_payload`. Every path that stores such an event applies it: the erasure
+    (events stored before) and `feedback.record_provider_events` (webhooks and bounce mailboxes, after)."""
+    codes = list(dict.fromkeys(_STATUS_CODE.findall(reason or "")))
+    kept = " ".join([*codes, ERASED]) if (reason or "").strip() else ""
+    return kept, anonymised_payload(payload if isinstance(payload, Mapping) else {})
+
+
+def erased_keys(address: str) -> set[str]:
+    """The tombstones (`tombstone_key`) an address of a provider event may stand for: as given, and
+    normalised (`parse_address`: case, IDNA domain; a quoted dot-atom local part unquoted)."""
+    text = address.strip()
+    keys = {tombstone_key(text)}
+    local, at, domain = text.rpartition("@")
+    if at and len(local) > 1 and local[0] == local[-1] == '"':
+        text = f"{local[1:-1]}@{domain}"
+    try:
+        keys.add(tombstone_key(parse_address(text).key))
+    except InvalidAddress:
+        pass
+    return keys
 
 
 @dataclass(frozen=True)
@@ -235,9 +322,10 @@ def erase_subscriber(store: Store, email: str, *, source: str = "cli", reason: s
         if row.status not in SUPPRESSED_STATUSES:
             store.set_status(conn, row.id, "unsubscribed", source=source, reason=reason or "erased on request")
         forms = sorted({*forms, row.email, row.email_given} - {erased})
-        counts = store.erase_person(conn, row.id, email_keys=forms, tombstone=erased, redact=redact_addresses,
-                                    anonymise=anonymised_payload, source=source,
-                                    reason=redact_addresses(reason) or "erased on request")
+        redact = person_redactor(forms, row.name or "")
+        counts = store.erase_person(conn, row.id, email_keys=forms, tombstone=erased, redact=redact,
+                                    anonymise=anonymised_event, source=source,
+                                    reason=redact(reason) or "erased on request")
     files = 0
     if outbox_dir is not None:
         root = outbox_dir.resolve()
