@@ -241,3 +241,25 @@ def broken_dsn(recipient: str, envelope_to: str, rng: random.Random) -> bytes:
 
 def garbage(rng: random.Random) -> bytes:
     return bytes(rng.getrandbits(8) for _ in range(rng.randint(40, 400))).replace(b":", b"").replace(b"\n", b" ")
+
+
+def dsn(original: bytes, envelope_to: str, rng: random.Random, *, final_recipient: str, original_recipient: str,
+        diagnostic: str, status: str = "5.1.1", human: str = "") -> bytes:
+    """A Postfix-shaped DSN whose RFC 3464 fields are given as written (`final_recipient` and
+    `original_recipient` with their `rfc822;` type, `diagnostic` with its `smtp;` type), the human
+    part `human` (default: the diagnostic), the original's headers returned."""
+    boundary = _boundary(rng)
+    queue = f"{rng.getrandbits(40):010X}"
+    return (f"Return-Path: <>\nDelivered-To: {envelope_to}\nDate: {_date(rng)}\n"
+            f"From: MAILER-DAEMON@relay.example.org (Mail Delivery System)\n"
+            f"Subject: Undelivered Mail Returned to Sender\nTo: {envelope_to}\nAuto-Submitted: auto-replied\n"
+            f"MIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status;\n\tboundary=\"{boundary}\"\n"
+            f"Message-Id: <{queue}.{rng.randint(1, 9999)}@relay.example.org>\n\n"
+            f"--{boundary}\nContent-Description: Notification\nContent-Type: text/plain; charset=utf-8\n\n"
+            f"This is the mail system at host relay.example.org.\n\n{human or diagnostic}\n\n"
+            f"--{boundary}\nContent-Description: Delivery report\nContent-Type: message/delivery-status\n\n"
+            f"Reporting-MTA: dns; relay.example.org\nArrival-Date: {_date(rng)}\n\n"
+            f"Final-Recipient: {final_recipient}\nOriginal-Recipient: {original_recipient}\nAction: failed\n"
+            f"Status: {status}\nRemote-MTA: dns; mx.example.net\nDiagnostic-Code: {diagnostic}\n"
+            f"\n--{boundary}\nContent-Description: Undelivered Message Headers\nContent-Type: text/rfc822-headers\n\n"
+            f"{_headers_of(original)}\n\n--{boundary}--\n").encode("utf-8")

@@ -5,6 +5,10 @@ and `serve` never signs links with a leftover demo key."""
 from __future__ import annotations
 
 import json
+import mailbox
+import os
+import random
+import re
 import time
 import warnings
 from pathlib import Path
@@ -16,11 +20,13 @@ from mailer import tokens
 from mailer.config import secret_key_for
 from mailer.sending.dispatch import send_issue, send_test
 from mailer.errors import ConfigError, MailerError, NotFound
-from mailer.store.schema import subscriber_events, subscribers
+from mailer.addresses import parse_address
+from mailer.store.schema import deliveries, provider_events, subscriber_events, subscribers
 from mailer.subscribers import (add_subscriber, import_csv, remove_subscriber, restore_subscriber,
                                 set_subscriber_status, show_subscriber)
 from mailer.web.app import create_app
 
+from . import bounce_samples as samples
 from .conftest import EXAMPLE_ISSUE, write_issue
 from .smtp_server import start_server
 from .test_web import ec_keys, sign, sg_event  # noqa: F401 - the module-scoped key pair fixture
@@ -299,3 +305,167 @@ def run_cli(project: Path, cli):
 
     invoke.project = project
     return invoke
+
+
+# ----- reports and events about an erased person --------------------------------------------------------
+SEED = int(os.environ.get("MAILER_TEST_SEED", random.randrange(1 << 30)))
+
+
+def _other_domain(domain: str) -> str:
+    """The domain in its other IDNA form (Unicode ↔ `xn--`), or as given when it has none."""
+    import idna
+    try:
+        other = idna.decode(domain) if domain.isascii() else idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return domain
+    return other
+
+
+def spellings(address: str, name: str) -> dict[str, str]:
+    """How a remote server's words may write one person's address (and name), by kind."""
+    local, domain = address.rsplit("@", 1)
+    return {"bare": address, "angle": f"<{address}>", "quoted": f'"{local}"@{domain}', "upper": address.upper(),
+            "idn": f"{local}@{_other_domain(domain)}", "local alone": f"{local}...", "named": f"{name} <{address}>",
+            "percent-encoded": f"https://help.example.net/?rcpt={local}%40{domain}"}
+
+
+def person_needles(address: str, name: str) -> set[bytes]:
+    """What no copy may hold once the person is erased: the local part (every address form holds it)
+    and the name, in the cases and the escapes (JSON's \\u00fc) a database may store them in."""
+    local = address.rsplit("@", 1)[0]
+    found = set()
+    for text in (local, name, *name.split()):
+        for variant in {text, text.lower(), text.upper()}:
+            found |= {variant.encode("utf-8"), json.dumps(variant)[1:-1].encode("ascii")}
+    return found
+
+
+def _diagnostics(address: str, name: str, status: str = "5.1.1") -> list[tuple[str, str, str]]:
+    """(kind, Diagnostic-Code, human text) of one DSN per way of writing the address: a hard bounce
+    (5.1.1), or a soft one (4.2.2)."""
+    code, words = ("550", "Recipient address rejected: User unknown") if status == "5.1.1" else ("452", "Mailbox full")
+    return [(kind, f"smtp; {code} {status} {text}: {words}",
+             f"<{address}>: host mx.example.net said: {code} {status} {text}: {words}")
+            for kind, text in spellings(address, name).items()]
+
+
+def _recipient_field(address: str, rng: random.Random) -> str:
+    """Final-Recipient / Original-Recipient as MTAs write them: `rfc822;` then the address, spelt anyhow."""
+    local, domain = address.rsplit("@", 1)
+    spelt = rng.choice([address, address.upper(), f"<{address}>", f"{local}@{_other_domain(domain)}",
+                        f"{local.upper()}@{_other_domain(domain).upper()}"])
+    return f"rfc822;{rng.choice(['', ' ', '  '])}{spelt}"
+
+
+def test_bounces_about_an_erased_person_store_nothing_of_them(cli, project, store, db_url):
+    """A real outbox send with VERP, bounce reports generated for each person's own return path (real
+    MTA styles and DSNs whose diagnostic and RFC 3464 recipient fields write the address every way
+    servers do: bare, <angle>, quoted, upper case, IDN, the local part alone, with the name, %40),
+    `mailer bounces process` before and after `remove --purge`: once erased, the database holds none
+    of it, for a bounce matched by VERP or unmatched alike, and the person's status and history do not
+    move; the same reports about a person who stays are kept word for word (the search finds them)."""
+    rng = random.Random(SEED)
+    print(f"seed {SEED} (MAILER_TEST_SEED to replay)")
+    url = store.engine.url.render_as_string(hide_password=False)
+    env = {"MAILER_DATABASE_URL": url, "MAILER_BOUNCE_ADDRESS": "bounces@example.org"}
+    n = rng.randint(10, 99)
+    erased = {f"Ondine.Vrabec{n}@Example.ORG": "Ondine Vrabec",
+              f"jürgen.blümel{n}@bücher{n}.example.org": "Jürgen Blümelhuber"}
+    keeper = (f"Keeper.Quarlton{n}@example.net", "Keeper Quarlton")
+    for address, name in [*erased.items(), keeper]:
+        cli("subscribers", "add", address, "--name", name, extra_env=env)
+    cli("send", EXAMPLE_ISSUE, "--yes", extra_env=env)
+    sent = {}
+    with store.engine.connect() as conn:  # the outbox backend's ledger keeps each file's path
+        paths = dict(conn.execute(sa.select(subscribers.c.email_given, deliveries.c.provider_message_id)
+                                  .join(deliveries, deliveries.c.subscriber_id == subscribers.c.id)).all())
+    assert len(paths) == 3
+    for address, path in paths.items():
+        original = Path(path).read_bytes()
+        sent[next(a for a in [*erased, keeper[0]] if parse_address(a).given == address)] = (
+            original, original.split(b"\r\n", 1)[0].decode()[len("Return-Path: <"):-1])
+    assert all(verp.startswith("bounces+") for _, verp in sent.values())
+
+    def reports(address: str, name: str) -> list[bytes]:
+        original, verp = sent[address]
+        made = [samples.dsn(original, verp, rng, final_recipient=_recipient_field(address, rng),
+                            original_recipient=_recipient_field(address, rng), diagnostic=diagnostic, human=human)
+                for _, diagnostic, human in _diagnostics(address, name)]
+        spelt = rng.choice([address, address.upper(), f"{address.split('@')[0]}@{_other_domain(address.split('@')[1])}"])
+        made += [style(original, spelt, verp, "5.1.1", rng) for style in
+                 (samples.postfix, samples.gmail, samples.exchange, samples.exim)]
+        # no VERP nor our headers returned (a relay that lost them): matches no one, names the address only
+        made.append(samples.dsn(f"To: {name} <{address}>\nSubject: Le Fil\n\n".encode(), "bounces@example.org", rng, final_recipient=_recipient_field(address, rng),
+                                original_recipient=_recipient_field(address, rng),
+                                diagnostic=_diagnostics(address, name)[0][1]))
+        return made
+
+    box = mailbox.Maildir(project / "Maildir", create=True)
+    # while they are subscribers: soft bounces (a line of history each) writing the address every way,
+    # and a hard bounce; kept raw, so the erasure has work to do
+    for address, name in erased.items():
+        original, verp = sent[address]
+        for _, diagnostic, human in _diagnostics(address, name, "4.2.2"):
+            box.add(samples.dsn(original, verp, rng, final_recipient=_recipient_field(address, rng),
+                                original_recipient=_recipient_field(address, rng), diagnostic=diagnostic,
+                                human=human, status="4.2.2"))
+        box.add(samples.postfix(original, address, verp, "5.1.1", rng))
+    soft = len(spellings(*keeper))
+    assert json.loads(cli("bounces", "process", "Maildir", "--json", extra_env=env).stdout)["soft_bounces"] == 2 * soft
+    everyone = set().union(*(person_needles(a, nm) for a, nm in erased.items()))
+    assert len(found_in(database_bytes(store, db_url), everyone)) > 10
+    for address in erased:
+        cli("subscribers", "remove", address, "--purge", extra_env=env)
+    assert found_in(database_bytes(store, db_url), everyone) == []
+    with store.engine.connect() as conn:  # their history keeps its shape, the words that were theirs replaced
+        lines = conn.execute(sa.select(subscriber_events.c.reason).where(subscriber_events.c.kind == "soft_bounce")
+                             ).scalars().all()
+    assert len(lines) == 2 * soft and all(line.startswith(f"soft bounce on {EXAMPLE_ISSUE}: 4.2.2 ")
+                                          and "[erased]" in line for line in lines), lines
+    with store.engine.connect() as conn:
+        before = conn.execute(sa.select(subscribers.c.email, subscribers.c.status)
+                              .where(subscribers.c.email.startswith("erased:"))).all()
+        history = conn.execute(sa.select(sa.func.count()).select_from(subscriber_events)).scalar_one()
+    assert len(before) == 2 and {status for _, status in before} == {"bounced"}
+
+    # after the erasure: every kind of report about them, and the same ones about someone who stays
+    made = {address: reports(address, name) for address, name in [*erased.items(), keeper]}
+    for messages in made.values():
+        for raw in messages:
+            box.add(raw)
+    summary = json.loads(cli("bounces", "process", "Maildir", "--json", extra_env=env).stdout)
+    total = sum(len(m) for m in made.values())
+    assert (summary["processed"], summary["unparseable"], summary["unmatched"]) == (total, 0, 3), summary
+    blob = database_bytes(store, db_url)
+    assert found_in(blob, everyone) == []
+    # the search would have found them: the keeper's reports are kept with every spelling
+    kept = {kind: text for kind, text in spellings(*keeper).items()}
+    missing = [kind for kind, text in kept.items() if text.encode("utf-8") not in blob
+               and json.dumps(text)[1:-1].encode("ascii") not in blob]
+    assert missing == [], missing
+    with store.engine.connect() as conn:
+        after = conn.execute(sa.select(subscribers.c.email, subscribers.c.status)
+                             .where(subscribers.c.email.startswith("erased:"))).all()
+        new_lines = conn.execute(sa.select(subscriber_events.c.subscriber_id, subscriber_events.c.kind)
+                                 .order_by(subscriber_events.c.id).offset(history)).all()
+        tombstone_ids = set(conn.execute(sa.select(subscribers.c.id)
+                                         .where(subscribers.c.email.startswith("erased:"))).scalars())
+        stored = conn.execute(sa.select(provider_events.c.reason, provider_events.c.payload, provider_events.c.email,
+                                        provider_events.c.issue_id, provider_events.c.subscriber_id)).all()
+    assert sorted(after) == sorted(before)  # nobody's status moves
+    assert all(person not in tombstone_ids for person, _ in new_lines)  # and no line of history is theirs
+    theirs = [row for row in stored if row.subscriber_id in tombstone_ids or row.payload.get("erased")]
+    assert len(theirs) >= 2 + 2 * 9 and sum(row.subscriber_id is None for row in theirs) == 2  # the unmatched ones
+    for reason, payload, email, issue_id, person in theirs:
+        # of the server's words, the status codes only
+        assert re.fullmatch(r"(?:5\.1\.1 550|4\.2\.2 452) \[erased\]", reason), reason
+        assert payload == {"erased": True} and email == "" and person in tombstone_ids | {None}
+        assert (issue_id is None) == (person is None)  # matched by VERP: still counted for the issue
+    # what the command line prints about the list holds nothing of them either
+    shown = [cli(*args, extra_env=env).stdout for args in
+             (("subscribers", "list", "--format", "json"), ("subscribers", "export"),
+              ("subscribers", "show", keeper[0], "--json"), ("report", EXAMPLE_ISSUE, "--json"))]
+    assert found_in("\n".join(shown).encode("utf-8"), everyone) == []
+    assert keeper[0] in shown[0] and "Recipient address rejected" in shown[2]
+    for address in erased:
+        assert cli("subscribers", "show", address, extra_env=env, check_exit=4).stdout == ""
