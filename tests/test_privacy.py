@@ -4,6 +4,7 @@ and `serve` never signs links with a leftover demo key."""
 
 from __future__ import annotations
 
+import base64
 import json
 import mailbox
 import os
@@ -29,6 +30,7 @@ from mailer.web.app import create_app
 from . import bounce_samples as samples
 from .conftest import EXAMPLE_ISSUE, write_issue
 from .smtp_server import start_server
+from .test_provider_plugin import registered  # noqa: F401 - the plug-in provider, registered for a test
 from .test_web import ec_keys, sign, sg_event  # noqa: F401 - the module-scoped key pair fixture
 
 with warnings.catch_warnings():
@@ -469,3 +471,100 @@ def test_bounces_about_an_erased_person_store_nothing_of_them(cli, project, stor
     assert keeper[0] in shown[0] and "Recipient address rejected" in shown[2]
     for address in erased:
         assert cli("subscribers", "show", address, extra_env=env, check_exit=4).stdout == ""
+
+
+def test_webhook_events_about_an_erased_person_store_nothing_of_them(make_settings, store, db_url, ec_keys,  # noqa: F811
+                                                                      registered):
+    """SendGrid's signed webhook and a provider plug-in's (tests/plugins/mailer_postmarkish.py), after
+    `remove --purge`: events naming the person by our custom argument, by their address alone (as
+    typed, upper case, IDN, `Name <address>`, quoted) or both, their reasons and payloads writing the
+    address every way servers do and carrying IP, user agent and links: none of it is stored, and
+    nobody's status or history moves. The same events about a person who stays, or who erased
+    themselves and came back through the subscribe form, are kept raw and act on them."""
+    rng = random.Random(SEED)
+    print(f"seed {SEED} (MAILER_TEST_SEED to replay)")
+    private, public = ec_keys
+    settings = make_settings(database_url=db_url, MAILER_SENDGRID_WEBHOOK_PUBLIC_KEY=public,
+                             MAILER_POSTMARKISH_WEBHOOK_PASSWORD="hook-secret")
+    client = TestClient(create_app(settings, store=store), base_url="https://lettre.example.org")
+    n = rng.randint(10, 99)
+    erased = {f"Ondine.Vrabec{n}@Example.ORG": "Ondine Vrabec",
+              f"jürgen.blümel{n}@bücher{n}.example.org": "Jürgen Blümelhuber"}
+    keeper = (f"Keeper.Quarlton{n}@example.net", "Keeper Quarlton")
+    back = f"Revenante.Oxley{n}@example.org"
+    ids = {address: add_subscriber(store, address, name=name)[0]
+           for address, name in [*erased.items(), keeper, (back, "Revenante Oxley")]}
+    for address in [*erased, back]:
+        remove_subscriber(store, address, purge=True)
+    with client:  # the one who comes back: the subscribe form, then the confirmation link
+        client.post("/subscribe", data={"email": back, "name": "Revenante Oxley"})
+        assert client.post(_confirm_path(settings.outbox_dir, parse_address(back).given)).status_code == 200
+    assert show_subscriber(store, back).status == "active"
+
+    def events(address: str, name: str, sid: int) -> tuple[list[dict], list[dict]]:
+        """(SendGrid events, plug-in events) about one person, every spelling of them somewhere."""
+        local, domain = address.rsplit("@", 1)
+        addressed = [address, address.upper(), f"{local}@{_other_domain(domain)}", f"{name} <{address}>",
+                     f'"{local}"@{domain}']
+        spelt = list(spellings(address, name).values())
+        sendgrid, plugin = [], []
+        for i, text in enumerate(spelt):
+            email = addressed[i % len(addressed)]
+            who = rng.choice([{"mailer_subscriber": str(sid)}, {}, {"custom_args": {"mailer_subscriber": str(sid)}}])
+            sendgrid.append(sg_event("bounce", email, rng.getrandbits(40), type="bounce",
+                                     reason=f"550 5.1.1 {text}: no such user", ip="203.0.113.9", **who))
+            plugin.append({"RecordType": "Bounce", "Type": "HardBounce", "ID": rng.getrandbits(40), "Email": email,
+                           "Description": f"The server answered 550 5.1.1 {text}", "Details": f"smtp;550 {text}",
+                           "Name": name, "BouncedAt": "2026-11-26T08:00:00Z",
+                           "Metadata": rng.choice([{"mailer_subscriber": str(sid)}, {}])})
+        sendgrid += [sg_event("open", "", rng.getrandbits(40), mailer_subscriber=str(sid), ip="203.0.113.9",
+                              useragent=f"Mail/{name}"),
+                     sg_event("click", address, rng.getrandbits(40), url=f"https://example.org/?who={local}%40{domain}"),
+                     sg_event("dropped", address.upper(), rng.getrandbits(40), reason="Bounced Address",
+                              response=f"dropped {spelt[1]}")]
+        return sendgrid, plugin
+
+    def post(sendgrid: list[dict], plugin: list[dict]) -> tuple[int, int]:
+        raw, stamp = json.dumps(sendgrid).encode(), str(int(time.time()))
+        answer = client.post("/webhooks/sendgrid", content=raw, headers={
+            "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
+            "X-Twilio-Email-Event-Webhook-Signature": sign(private, raw, stamp)}).json()
+        new, suppressed = answer["new"], answer["suppressed"]
+        auth = base64.b64encode(b"postmark:hook-secret").decode()
+        for event in plugin:
+            answer = client.post("/webhooks/postmarkish", content=json.dumps(event).encode(),
+                                 headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"})
+            assert answer.status_code == 200, answer.text
+            new, suppressed = new + answer.json()["new"], suppressed + answer.json()["suppressed"]
+        return new, suppressed
+
+    everyone = set().union(*(person_needles(a, nm) for a, nm in erased.items()))
+    with store.engine.connect() as conn:
+        history = conn.execute(sa.select(sa.func.count()).select_from(subscriber_events)).scalar_one()
+        before = dict(conn.execute(sa.select(subscribers.c.id, subscribers.c.status)).all())
+    with client:
+        for address, name in erased.items():
+            sendgrid, plugin = events(address, name, ids[address])
+            assert post(sendgrid, plugin) == (len(sendgrid) + len(plugin), 0)
+    store.compact()
+    assert found_in(database_bytes(store, db_url), everyone) == []
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(subscriber_events)).scalar_one() == history
+        assert dict(conn.execute(sa.select(subscribers.c.id, subscribers.c.status)).all()) == before
+        stored = conn.execute(sa.select(provider_events.c.email, provider_events.c.subscriber_id,
+                                        provider_events.c.reason, provider_events.c.payload)).all()
+    assert all(row.email == "" and row.payload.get("erased") and "[erased]" in row.reason or not row.reason
+               for row in stored), stored
+    assert {row.subscriber_id for row in stored} <= {ids[a] for a in erased} | {None}
+
+    # the same events about people who are subscribers now: kept raw, and they act
+    with client:
+        for address, name in (keeper, (back, "Revenante Oxley")):
+            sid = show_subscriber(store, address).id
+            sendgrid, plugin = events(address, name, sid)
+            assert post(sendgrid, plugin)[1] == 1  # the first bounce suppresses them
+            assert show_subscriber(store, address).status == "bounced"
+    blob = database_bytes(store, db_url)
+    for address, name in (keeper, (back, "Revenante Oxley")):
+        assert all(text.encode("utf-8") in blob for text in spellings(address, name).values()), address
+    assert found_in(blob, everyone) == []

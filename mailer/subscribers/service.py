@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from email.utils import parseaddr
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -257,9 +258,12 @@ def anonymised_event(reason: str, payload: Mapping[str, Any] | None) -> tuple[st
 
 def erased_keys(address: str) -> set[str]:
     """The tombstones (`tombstone_key`) an address of a provider event may stand for: as given, and
-    normalised (`parse_address`: case, IDNA domain; a quoted dot-atom local part unquoted)."""
+    normalised (`parse_address`: case, IDNA domain; `Name <address>` read as the address; a quoted
+    dot-atom local part unquoted)."""
     text = address.strip()
     keys = {tombstone_key(text)}
+    if "<" in text:
+        text = parseaddr(text)[1] or text
     local, at, domain = text.rpartition("@")
     if at and len(local) > 1 and local[0] == local[-1] == '"':
         text = f"{local[1:-1]}@{domain}"
