@@ -302,8 +302,10 @@ def erase_subscriber(store: Store, email: str, *, source: str = "cli", reason: s
 
     * the subscriber row: address, name, language, attributes, lists, source;
     * their history (`subscriber_events`) and ledger rows (`deliveries`): kept for the counts, with
-      every address-like word in reasons, errors and outbox paths replaced by `[erased]`;
-    * webhook events (`provider_events`) naming them or their address: reduced to what happened and when;
+      their address (any spelling), any other address-like word and their name in reasons, errors and
+      outbox paths replaced by `[erased]` (`person_redactor`);
+    * webhook events and bounce reports (`provider_events`) naming them or their address: reduced to
+      what happened and when (`anonymised_event`; those arriving later too, `feedback`);
     * outbox files written for them (issues, test sends, confirmation and welcome emails);
     * on SQLite, the freed pages and the write-ahead log (VACUUM, checkpoint), so the address is
       not left in the database file's free space.
