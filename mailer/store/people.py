@@ -159,8 +159,9 @@ class PeopleQueries:
 
         `email_keys`: the normalised forms of the address (webhook events are found by these too);
         `redact(text)`: a history reason or a ledger error without the person's address and name;
-        `anonymise(reason, payload)`: what a provider event about them keeps (reason, payload). Returns counts and `paths`: the deliveries'
-        provider ids as they were before redaction (for the outbox backend, the files written).
+        `anonymise(reason, payload)`: what a provider event about them keeps (reason, payload).
+        Returns counts and `paths`: the deliveries' provider ids as they were before redaction (for
+        the outbox backend, the files written).
         """
         people = [subscriber_id]
         conn.execute(list_members.delete().where(list_members.c.subscriber_id == subscriber_id))

@@ -38,9 +38,9 @@ def record_provider_events(store: Store, events: Sequence[ProviderEvent], *,
     that address. Events without an address, or naming a subscriber whose address is another, are
     stored and change no one (`ignored`). Events about an erased person, from any path, are stored
     as `service.anonymised_event` says (on their tombstone when they name it) and change no one: no
-    status, no line of history (`_correlate`). Whether a new event suppresses is `service.suppression_verdict` (the ranking;
-    an event older than the person's last confirmation, in whole seconds, suppresses no one: they
-    came back since). A new soft bounce (`statuses.SOFT_BOUNCE_KINDS`: a mailbox's `soft_bounced`, a
+    status, no line of history (`_correlate`). Whether a new event suppresses is
+    `service.suppression_verdict` (the ranking; an event older than the person's last confirmation,
+    in whole seconds, suppresses no one: they came back since). A new soft bounce (`statuses.SOFT_BOUNCE_KINDS`: a mailbox's `soft_bounced`, a
     webhook's `blocked`) is a `soft_bounce` line of the person's history, whichever path brought it;
     with `soft_bounce_rule` (limit, sends: bounce mailboxes only) repeated ones make the person `bounced`.
     Status changes are recorded with source `mailbox` (bounce mailboxes) or `webhook`.

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from email.utils import parseaddr
 from dataclasses import dataclass
 from datetime import datetime
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import idna
 
 from ..addresses import Address, parse_address
 from .importer.values import clean_text  # noqa: F401 - its home is the SQLAlchemy-free values module
@@ -177,7 +179,8 @@ _STATUS_CODE = re.compile(r"(?<![\w.@%+-])(?:[245]\.\d{1,3}\.\d{1,3}|[245]\d\d)(
 
 
 def redact_addresses(text: str) -> str:
-    """`text` with every address-like word (`local@domain`, `"quoted local"@domain`) replaced by `[erased]`."""
+    """`text` with every address-like word (`local@domain`, `"quoted local"@domain`) replaced by
+    `[erased]`."""
     return _ADDRESS_LIKE.sub(ERASED, text) if "@" in text else text
 
 
@@ -222,8 +225,6 @@ def person_redactor(forms: Iterable[str], name: str = "") -> Callable[[str], str
 
 def _idna_forms(domain: str) -> set[str]:
     """`domain` in IDNA ASCII and Unicode form (whichever it is not), when it converts."""
-    import idna
-
     found = set()
     for convert in (lambda d: idna.encode(d, uts46=True).decode("ascii"), lambda d: idna.decode(d)):
         try:
@@ -247,10 +248,11 @@ def anonymised_payload(payload: Mapping[str, Any]) -> dict:
 
 def anonymised_event(reason: str, payload: Mapping[str, Any] | None) -> tuple[str, dict]:
     """What a provider event about an erased person keeps, as (reason, payload): of the reason, the
-    status codes it gives (`550 5.1.1 [erased]`; "" when it was empty), since a remote server's words
-    may hold the address in any form or the name, which are no longer known; of the payload, the
-    fields of `anonymised_payload`. Every path that stores such an event applies it: the erasure
-    (events stored before) and `feedback.record_provider_events` (webhooks and bounce mailboxes, after)."""
+    status codes it gives, in their order (`5.1.1 550 [erased]`; "" when it was empty), since a
+    remote server's words may hold the address in any form, or the name, which are no longer known;
+    of the payload, the fields of `anonymised_payload`. Every path that stores such an event applies
+    it: the erasure (events stored before) and `feedback.record_provider_events` (webhooks and bounce
+    mailboxes, after)."""
     codes = list(dict.fromkeys(_STATUS_CODE.findall(reason or "")))
     kept = " ".join([*codes, ERASED]) if (reason or "").strip() else ""
     return kept, anonymised_payload(payload if isinstance(payload, Mapping) else {})
