@@ -5,7 +5,7 @@ SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complain
 SUPPRESSED_STATUSES = ("unsubscribed", "bounced", "complained")
 # Suppressions only ever go up: a complaint outranks a bounce, which outranks an unsubscribe.
 SUPPRESSION_RANK = {"pending": 0, "active": 0, "unsubscribed": 1, "bounced": 2, "complained": 3}
-# An erased person's row keeps only this prefix and a hash of the address (see subscribers.tombstone_key):
+# An erased person's row keeps only this prefix and a hash of the address (see subscribers.erasure.tombstone_key):
 # it is nobody's address, so lists and counts leave it out.
 TOMBSTONE_PREFIX = "erased:"
 # provider_events.provider of what bounce mailboxes report (providers.bounces → subscribers.feedback)

@@ -16,7 +16,8 @@ from ..config import Settings
 from ..providers.events import ProviderEvent
 from ..statuses import MAILBOX_PROVIDER, SOFT_BOUNCE_KINDS, TOMBSTONE_PREFIX
 from ..store import Connection, Row, StatusChange, Store, as_utc, utcnow
-from .service import anonymised_event, erased_keys, suppression_verdict
+from .erasure import anonymised_event, erased_keys
+from .service import suppression_verdict
 
 if TYPE_CHECKING:
     import ssl
@@ -37,7 +38,7 @@ def record_provider_events(store: Store, events: Sequence[ProviderEvent], *,
     by the event's `subscriber_id` when present (and only if the addresses match), else the one with
     that address. Events without an address, or naming a subscriber whose address is another, are
     stored and change no one (`ignored`). Events about an erased person, from any path, are stored
-    as `service.anonymised_event` says (on their tombstone when they name it) and change no one: no
+    as `erasure.anonymised_event` says (on their tombstone when they name it) and change no one: no
     status, no line of history (`_correlate`). Whether a new event suppresses is
     `service.suppression_verdict` (the ranking; an event older than the person's last confirmation,
     in whole seconds, suppresses no one: they came back since). A new soft bounce (`statuses.SOFT_BOUNCE_KINDS`: a mailbox's `soft_bounced`, a
@@ -133,10 +134,10 @@ def _correlate(store: Store, conn: Connection, rows: list[dict[str, Any]],
     """Set each row's subscriber_id (see `record_provider_events`); returns the people events may act
     on (id -> row with status, confirmed_at) and how many suppressing events were ignored.
 
-    An event about an erased person is stored as `service.anonymised_event` says, without an address,
+    An event about an erased person is stored as `erasure.anonymised_event` says, without an address,
     and acts on no one: one naming a tombstone by id (a webhook's custom argument, a bounce's VERP
     token or unsubscribe link, whatever address it carries), or carrying an address whose tombstone
-    is in the table (as given or normalised: `service.erased_keys`) and nobody's now (a person who
+    is in the table (as given or normalised: `erasure.erased_keys`) and nobody's now (a person who
     came back through the subscribe form has a new row: their events are theirs)."""
     named = store.people_by_ids(conn, [event.subscriber_id for event in events if event.subscriber_id])
     keys = {event.email_key for event in events if event.email_key}

@@ -27,7 +27,8 @@ from ...statuses import SUPPRESSED_STATUSES
 from ...store import (IMPORT_ATTRIBUTES, IMPORT_DIGEST, IMPORT_GIVEN, IMPORT_KEY, IMPORT_LANGUAGE, IMPORT_LINE,
                       IMPORT_LISTS, IMPORT_NAME, IMPORT_STATUS, IMPORT_STATUS_AT, Connection, DatabaseError, StatusChange,
                       Store, utcnow)
-from ..service import suppression_verdict, tombstone_key
+from ..erasure import tombstone_key
+from ..service import suppression_verdict
 from .columns import merged_attributes, parse_map
 from .encoding import plan_decoding
 from . import parse
