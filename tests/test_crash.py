@@ -702,3 +702,36 @@ def test_the_automatic_number_of_sending_processes_follows_the_cpus_the_send_may
     assert outputs["default"] == [expected, 1, 3]
     assert outputs["setting"] == [3, 3, 3]
     assert outputs["smtp"] == [1, 1, 3]
+
+
+def _hold_forever(lock) -> None:  # noqa: ANN001 - a spawned process: take the turn and never give it back
+    lock.acquire()
+    time.sleep(600)
+
+
+def test_a_sending_process_killed_holding_the_sqlite_writer_turn_does_not_block_the_others():
+    """The SQLite writer turn the processes of a send share (`processes.WriterTurn`) is a scheduling
+    aid: a process SIGKILLed while it holds it (a real spawned process) costs the survivors one wait of
+    TURN_WAIT seconds, after which they write without it — they must still record what they have in
+    flight — and every later turn is immediate."""
+    import multiprocessing
+
+    from mailer.sending import processes
+
+    context = multiprocessing.get_context("spawn")
+    lock = context.Lock()
+    holder = context.Process(target=_hold_forever, args=(lock,))
+    holder.start()
+    _wait_for(lambda: not lock.acquire(False) or lock.release(), 30, "the other process to take the turn")
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(10)
+    turn = processes.WriterTurn(lock)
+    started = time.monotonic()
+    with turn:
+        first = time.monotonic() - started
+    assert processes.TURN_WAIT - 0.1 <= first < processes.TURN_WAIT + 2
+    started = time.monotonic()
+    for _ in range(100):
+        with turn:
+            pass
+    assert time.monotonic() - started < 1.0

@@ -192,7 +192,7 @@ class Sender:
                  stop: threading.Event | None = None, progress: Progress | None = None,
                  on_progress: ProgressCallback | None = None, factory: MessageFactory | None = None,
                  factories: dict[str, MessageFactory] | None = None, shared_gate: Any = None,
-                 in_flight: InFlightSlots | None = None) -> None:
+                 in_flight: InFlightSlots | None = None, writer_turn: Any = None) -> None:
         self.settings = settings
         self.store = store
         self.rendered = rendered
@@ -238,7 +238,9 @@ class Sender:
             bound = in_flight_bound(settings)
             in_flight = InFlightSlots(bound[0]) if bound else None
         self.in_flight = in_flight
-        self._serial = _sqlite_writer_lock(store) if store.is_sqlite else None
+        # SQLite: one writer at a time, in turns this process's threads take (and, for a send of
+        # several processes, `processes.WriterTurn`: all of them), instead of SQLite's busy handler
+        self._serial = writer_turn or (_sqlite_writer_lock(store) if store.is_sqlite else None)
         # SMTP group commit: accepted messages recorded together, at most this many / this old (seconds)
         self.commit_every = max(1, settings.smtp_commit_every)
         self.commit_seconds = max(0.0, settings.smtp_commit_ms / 1000.0)
@@ -255,7 +257,8 @@ class Sender:
         """One ledger transaction of a worker thread. On SQLite the threads of this process take turns
         in Python first: SQLite's own busy handler, when a writer meets another's lock, sleeps in
         steps of milliseconds even if the lock frees sooner — measured, that halved SMTP's group
-        commit throughput at 4 connections. Other processes still meet SQLite's lock (busy_timeout)."""
+        commit throughput at 4 connections. The processes of one send take the same turns
+        (`processes.WriterTurn`); other processes still meet SQLite's lock (busy_timeout)."""
         if self._serial is None:
             with conn.begin():
                 yield
@@ -808,13 +811,17 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
     backend_factory = backend_factory or (lambda: make_backend(settings))
     count = sending_processes(settings, claimable, processes) if claimable else 1
     bound = in_flight_bound(settings, workers)
-    in_flight = None
+    in_flight = writer = writer_turn = None
+    if count > 1:
+        from .processes import WriterTurn, shared_lock, shared_semaphore
+        if store.is_sqlite:
+            writer = shared_lock()
+            writer_turn = WriterTurn(writer)
     if bound is not None:  # one bound for every thread of every process of this send
-        from .processes import shared_semaphore
         in_flight = InFlightSlots(bound[0], shared_semaphore(bound[0]) if count > 1 else None)
     sender = Sender(settings, store, prepared.edition, prepared.issue_id, backend_factory,
                     stop=stop, progress=progress, on_progress=on_progress, factory=prepared.factory,
-                    factories=prepared.factories, in_flight=in_flight)
+                    factories=prepared.factories, in_flight=in_flight, writer_turn=writer_turn)
     helpers = gate = None
     held: list[str] = []
     bridge_done = threading.Event()
@@ -822,7 +829,7 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
         if count > 1:
             from .processes import Helpers
             helpers = Helpers(settings, prepared.issue_id, slug, count, workers,
-                              in_flight.semaphore if in_flight is not None else None)
+                              in_flight.semaphore if in_flight is not None else None, writer)
             gate = sender._shared_gate = helpers.gate
             if on_progress:
                 on_progress = sender.on_progress = _with_helpers(on_progress, helpers)
@@ -837,7 +844,7 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
                             slug, edition.number)
                 sender = Sender(settings, store, edition, prepared.issue_id, backend_factory, stop=stop,
                                 progress=progress, on_progress=on_progress, factories=factories, shared_gate=gate,
-                                in_flight=in_flight)
+                                in_flight=in_flight, writer_turn=writer_turn)
             with store.begin() as conn:
                 requeue_dead_claims(store, conn, prepared.issue_id)
                 counts = store.delivery_counts(conn, prepared.issue_id)
@@ -1025,7 +1032,7 @@ def _cut_after_grace(sender: Sender, done: threading.Event) -> None:
 
 def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None = None, once: bool = False,
                poll_seconds: float = 5.0, on_progress: ProgressCallback | None = None,
-               in_flight: InFlightSlots | None = None, processes: int = 1) -> int:
+               in_flight: InFlightSlots | None = None, processes: int = 1, writer_turn: Any = None) -> int:
     """`mailer worker`: claim and send queued deliveries of any issue being sent, until stopped.
 
     Any number of workers on any machines can run this against PostgreSQL; SKIP LOCKED hands each
@@ -1035,7 +1042,8 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
     unless its folder came back meanwhile.
 
     `in_flight`: the bound on requests in flight this worker shares (`mailer worker --processes N`:
-    one for its N processes; default this worker's own), `processes`: how many share it.
+    one for its N processes; default this worker's own), `processes`: how many share it;
+    `writer_turn`: their SQLite writer turn (`processes.WriterTurn`).
     """
     require_ready(settings)  # the same checks as `send`: a worker never sends half-configured
     stop = stop or threading.Event()
@@ -1066,7 +1074,7 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
                     continue
                 sender = Sender(settings, store, edition, issue_id, lambda: make_backend(settings), stop=stop,
                                 progress=Progress(slug, 0), on_progress=on_progress, factories=factories,
-                                in_flight=in_flight)
+                                in_flight=in_flight, writer_turn=writer_turn)
                 senders[slug] = sender
             with store.begin() as conn:
                 requeue_dead_claims(store, conn, issue_id)

@@ -16,6 +16,10 @@ them itself. What they share besides, through shared memory, is what makes them 
 * a pause: a helper that pauses the send (`SendAborted`'s reasons) reports it, the parent pauses too;
 * the send's requests in flight (`inflight.py`): one semaphore of MAILER_SENDGRID_IN_FLIGHT's requests
   for every thread of every process, so N processes have no more in flight than one;
+* on SQLite, the turn to write the ledger (`WriterTurn`): SQLite lets one writer at a time and makes
+  the others sleep in steps of milliseconds (its busy handler) even when the lock frees sooner; a
+  slot is held while its request is recorded, so that sleep would cost requests in flight. The
+  processes take turns on a shared lock instead, woken as soon as it frees;
 * the counts the parent's progress and report show.
 
 `mailer worker --processes N` (`work_in_processes`) is the same for workers: N `work_queue` loops, one
@@ -47,9 +51,48 @@ log = logging.getLogger("mailer.dispatch")
 JOIN_GRACE = 30.0  # seconds a helper may take to finish what it has in flight after a stop (then killed)
 
 
+TURN_WAIT = 2.0  # seconds a process waits for the SQLite writer turn before it writes without it
+
+
+class WriterTurn:
+    """The SQLite writer turn of a send's processes: a `multiprocessing` lock every ledger transaction
+    of every thread of every process takes (`Sender._tx`), instead of meeting SQLite's busy handler.
+
+    A scheduling aid only: SQLite's own locking keeps the writes correct. So a turn not had within
+    TURN_WAIT seconds — a process killed while it held it: its helpers must still record what they
+    have in flight — is gone without: this process stops using the shared lock and writes under a
+    lock of its own threads, as a single process does."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self._own = threading.Lock()  # this process's threads, once the shared lock is given up
+        self._given_up = False
+        self._local = threading.local()
+
+    def __enter__(self) -> "WriterTurn":
+        if self._given_up or not self.lock.acquire(True, TURN_WAIT):
+            if not self._given_up:
+                log.warning("the SQLite writer turn was not free for %.0f s (a sending process died holding it?): "
+                            "this process writes without it", TURN_WAIT)
+            self._given_up = True
+            self._own.acquire()
+            self._local.shared = False
+        else:
+            self._local.shared = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        (self.lock if self._local.shared else self._own).release()
+
+
 def shared_semaphore(count: int) -> Any:
     """A semaphore of `count` the send's helper processes (spawned) can share: the requests in flight."""
     return multiprocessing.get_context("spawn").BoundedSemaphore(count)
+
+
+def shared_lock() -> Any:
+    """A lock the send's helper processes (spawned) can share: the SQLite writer turn (`WriterTurn`)."""
+    return multiprocessing.get_context("spawn").Lock()
 
 
 class Helpers:
@@ -58,7 +101,7 @@ class Helpers:
     requests in flight)."""
 
     def __init__(self, settings: Settings, issue_id: int, slug: str, processes: int, workers: int | None,
-                 in_flight: Any = None) -> None:
+                 in_flight: Any = None, writer: Any = None) -> None:
         count = processes - 1
         context = multiprocessing.get_context("spawn")
         self.stop_event = context.Event()
@@ -68,7 +111,7 @@ class Helpers:
         self.processes = [
             context.Process(target=_helper_main, name=f"mailer-send-{index + 1}",
                             args=(_picklable(settings), issue_id, slug, workers, index, self.stop_event, self.gate, self.counts,
-                                  self._pauses, in_flight, processes), daemon=False)
+                                  self._pauses, in_flight, processes, writer), daemon=False)
             for index in range(count)]
         for process in self.processes:
             process.start()
@@ -128,7 +171,8 @@ def _follow_parent(stop_event: Any) -> threading.Event:
 
 
 def _helper_main(settings: Settings, issue_id: int, slug: str, workers: int | None, index: int,
-                 stop_event: Any, gate: Any, counts: Any, pauses: Any, semaphore: Any, processes: int) -> None:
+                 stop_event: Any, gate: Any, counts: Any, pauses: Any, semaphore: Any, processes: int,
+                 writer: Any) -> None:
     """One helper process: send the issue's stored edition beside the parent until nothing is left to
     claim, a stop, or a pause."""
     stop = _follow_parent(stop_event)
@@ -150,7 +194,8 @@ def _helper_main(settings: Settings, issue_id: int, slug: str, workers: int | No
             edition, factories = load_edition(settings, store, issue_id, slug)
             sender = dispatch.Sender(settings, store, edition, issue_id, lambda: make_backend(settings), stop=stop,
                                      progress=progress, on_progress=on_progress, factories=factories,
-                                     shared_gate=gate, in_flight=in_flight)
+                                     shared_gate=gate, in_flight=in_flight,
+                                     writer_turn=WriterTurn(writer) if writer is not None else None)
             dispatch.run_workers(sender, workers, processes=processes)
             if sender.abort_reason is not None:
                 pauses.put(sender.abort_reason)
@@ -175,8 +220,9 @@ def work_in_processes(settings: Settings, count: int, *, stop: threading.Event, 
     sent = context.Array("q", count)
     bound = in_flight_bound(settings)
     semaphore = context.BoundedSemaphore(bound[0]) if bound else None
+    writer = context.Lock() if settings.database_url.startswith("sqlite") else None
     helpers = [context.Process(target=_worker_main, name=f"mailer-worker-{index}",
-                               args=(_picklable(settings), once, stop_event, sent, index, semaphore, count))
+                               args=(_picklable(settings), once, stop_event, sent, index, semaphore, count, writer))
                for index in range(1, count)]
     for process in helpers:
         process.start()
@@ -191,7 +237,8 @@ def work_in_processes(settings: Settings, count: int, *, stop: threading.Event, 
     store = open_store(settings.database_url)
     try:
         sent[0] = work_queue(settings, store, stop=stop, once=once, processes=count,
-                             in_flight=InFlightSlots(bound[0], semaphore) if bound else None)
+                             in_flight=InFlightSlots(bound[0], semaphore) if bound else None,
+                             writer_turn=WriterTurn(writer) if writer is not None else None)
     finally:
         store.close()
         if stop.is_set():
@@ -204,7 +251,7 @@ def work_in_processes(settings: Settings, count: int, *, stop: threading.Event, 
 
 
 def _worker_main(settings: Settings, once: bool, stop_event: Any, sent: Any, index: int, semaphore: Any,
-                 processes: int) -> None:
+                 processes: int, writer: Any) -> None:
     stop = _follow_parent(stop_event)
     from ..store import open_store
     from .dispatch import work_queue
@@ -213,7 +260,8 @@ def _worker_main(settings: Settings, once: bool, stop_event: Any, sent: Any, ind
     store = open_store(settings.database_url)
     try:
         sent[index] = work_queue(settings, store, stop=stop, once=once, processes=processes,
-                                 in_flight=InFlightSlots(bound[0], semaphore) if bound else None)
+                                 in_flight=InFlightSlots(bound[0], semaphore) if bound else None,
+                                 writer_turn=WriterTurn(writer) if writer is not None else None)
     except MailerError as exc:  # the parent meets the same and says it; here only the count
         sent[index] = getattr(exc, "sent", 0)
     finally:
