@@ -570,6 +570,26 @@ def test_abort_cuts_a_request_in_flight_at_once(sg_settings, server):
     assert time.monotonic() - started < 1.5
 
 
+def test_a_long_lived_process_gets_its_interpreter_settings_back_after_a_send(sg_settings, server, store, tmp_path):
+    """The scheduler and `mailer worker` live on between sends: what a send tunes for itself (fewer
+    garbage collections, prompter thread switches: `dispatch.sending_mode`) is in force during the send
+    and back to the process's own values after it."""
+    import gc
+    import sys
+
+    before = (gc.get_threshold(), sys.getswitchinterval())
+    during = []
+    server.latency = 0.05
+    settings = sg_settings(MAILER_BATCH_SIZE="100")
+    _populate(store, tmp_path, 300)
+    report = dispatch.send_issue(settings, store, EXAMPLE_ISSUE,
+                                 on_progress=lambda _: during.append((gc.get_threshold(), sys.getswitchinterval())))
+    assert report.complete and during
+    assert all(threshold[0] >= dispatch.GC_THRESHOLD and interval <= dispatch.SWITCH_INTERVAL
+               for threshold, interval in during)
+    assert (gc.get_threshold(), sys.getswitchinterval()) == before
+
+
 # ----- requests in flight at once (the pipeline) -----------------------------------------------------------
 def test_requests_overlap_by_default_and_never_exceed_the_in_flight_bound(sg_settings, server, store, tmp_path):
     """With an API that takes 0.1 s to answer, several requests are in flight at once without any flag,
