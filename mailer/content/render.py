@@ -245,6 +245,8 @@ def given_name(first_name: str) -> str:
     """A `first_name` attribute as a greeting uses it: "" for what an export writes for "unknown"
     (`FILLER_NAMES`: N/A, -, ?, null, inconnu…) or an honorific alone, capitalised when written all
     in one case (`jean` → Jean, `ÉLOÏSE` → Éloïse). Shapes: str → str, never raises."""
+    if not first_name:
+        return ""
     name = clean_display_name(first_name)
     if not name or _is_filler(name) or all(_honorific(word) or word.casefold() in _COUPLE for word in name.split()):
         return ""
@@ -260,6 +262,8 @@ def first_name_of(name: str) -> str:
     is a couple ("M. et Mme Dupont"); a name opening with an initial stays whole ("J. Smith");
     fillers (N/A, inconnu…) and addresses greet nobody (""). A first name written all in one case
     is capitalised (`jean dupont` → Jean). Shapes: str → str, never raises."""
+    if not name:
+        return ""
     name = clean_display_name(name)
     if not name or "@" in name or _is_filler(name):
         return ""
@@ -268,7 +272,7 @@ def first_name_of(name: str) -> str:
         last, _, first = (part.strip() for part in name.partition(","))
         name = first or last
         given_follows = bool(first)  # "Dupont, M. Jean": after the comma, given names
-    words = [word for word in name.split(" ") if word]
+    words = name.split()  # the cleaned name: single ASCII spaces are its only whitespace
     titled = False
     while words and (_honorific(words[0]) or (titled and words[0].casefold() in _COUPLE)):
         if words[0].casefold() in _COUPLE:
