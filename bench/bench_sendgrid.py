@@ -96,7 +96,7 @@ ENV = {
 class Breakdown:
     """Wall and CPU time (this thread) spent in the send loop's steps, by wrapping them in memory."""
 
-    STEPS = (("mailer.store", "Store", ("claim_deliveries", "finish_deliveries", "requeue_ids")),
+    STEPS = (("mailer.store", "Store", ("claim_deliveries", "finish_deliveries", "record_sent", "requeue_ids")),
              ("mailer.sending.dispatch", "Sender", ("_process", "_record", "_send_with_retries")),
              ("mailer.providers.sendgrid", "SendGridBackend", ("send_batch", "_post")),
              ("python_http_client.client", "Client", ("_make_request",)))

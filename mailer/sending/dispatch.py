@@ -520,18 +520,28 @@ class Sender:
         once they are final — when something of this send was accepted in the same step or after them
         (see `_settle_held`). Until then they stay `sending`, held by this worker (`_hold`). True when a
         streak of refusals handed this worker's claims back (the rest of its batch must not be sent)."""
-        sent_rows = [{"id": r.message.delivery_id, "status": "sent", "provider_message_id": r.provider_message_id}
-                     for r in results if r.outcome == "sent"]
-        deferred = [(r.message.delivery_id, strip_credentials(r.error or "")) for r in results if r.outcome == "deferred"]
-        refusals = [(r, attempts.get(r.message.delivery_id, 0)) for r in results if r.outcome in ("transient", "permanent")]
+        sent: dict[str | None, list[int]] = {}  # delivery ids by provider message id (a SendGrid request: one)
+        deferred, refusals = [], []
+        for r in results:
+            outcome = r.outcome
+            if outcome == "sent":
+                ids = sent.get(r.provider_message_id)
+                if ids is None:
+                    ids = sent[r.provider_message_id] = []
+                ids.append(r.message.delivery_id)
+            elif outcome == "deferred":
+                deferred.append((r.message.delivery_id, strip_credentials(r.error or "")))
+            elif outcome in ("transient", "permanent"):
+                refusals.append((r, attempts.get(r.message.delivery_id, 0)))
+        accepted = sum(map(len, sent.values()))
         with self._tx(conn):
-            self.store.finish_deliveries(conn, worker, sent_rows)
+            self.store.record_sent(conn, worker, sent)
             self.store.requeue_ids(conn, worker, deferred, count_attempt=False)
-        self._count(sent=len(sent_rows))
+        self._count(sent=accepted)
         log.debug("%s: %s recorded %d sent, %d deferred, %d refused (held until the path shows it works)", self.slug,
-                  worker, len(sent_rows), len(deferred), len(refusals))
+                  worker, accepted, len(deferred), len(refusals))
         held = self._held()
-        if sent_rows:
+        if accepted:
             with self._lock:
                 self._outage_since, self._outage_tries = None, 0
                 self._accepted += 1
