@@ -108,10 +108,11 @@ _PG_CLAIM = (  # pick (SKIP LOCKED), mark `sending` and read the recipients back
     .order_by(_PG_CLAIMED.c.id))
 # a local-time send's claim (waves.released, with bound parameters): queued rows of the issue due
 # between p_since (now - grace) and p_now, or at or before the operator's `released_before`; earliest
-# wave first (index ix_deliveries_issue_status_due)
+# wave first (the partial index ix_deliveries_queued_due, whose `due_at IS NOT NULL` the WHERE says)
 _PG_WAVE_PICKED = sa.func.array(
     sa.select(deliveries.c.id)
     .where(deliveries.c.issue_id == sa.bindparam("p_issue", type_=sa.BigInteger), QUEUED_ROW,
+           deliveries.c.due_at.is_not(None),
            sa.or_(deliveries.c.due_at.between(sa.bindparam("p_since", type_=sa.DateTime(timezone=True)),
                                               sa.bindparam("p_now", type_=sa.DateTime(timezone=True))),
                   deliveries.c.due_at <= sa.select(issues.c.released_before)
