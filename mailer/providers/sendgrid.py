@@ -483,10 +483,8 @@ class SendGridBackend(Backend):
                     results.setdefault(index, RecipientResult(batch.messages[index], "deferred", error=str(failure),
                                                               retry_after=retry_after))
                 continue
-            for index, result in chunk_results.items():
-                results[index] = result
-                if result.outcome == "sent":
-                    accepted_any = True
+            results.update(chunk_results)
+            accepted_any = accepted_any or any(result.outcome == "sent" for result in chunk_results.values())
         return [results[i] for i in range(len(batch.messages))]
 
     def _send_request(self, batch: Batch, static: dict[str, Any],
@@ -526,8 +524,9 @@ class SendGridBackend(Backend):
                                                      retry_after=exc.retry_after)
                 return results
             provider_id = response.headers.get("X-Message-Id") if response.headers is not None else None
-            for index, _ in pending:
-                results[index] = RecipientResult(batch.messages[index], "sent", provider_message_id=provider_id)
+            indexes = [index for index, _ in pending]
+            messages = batch.messages
+            results.update(zip(indexes, RecipientResult.all_sent([messages[index] for index in indexes], provider_id)))
             return results
         for index, _ in pending:
             results[index] = RecipientResult(batch.messages[index], "transient",
