@@ -136,7 +136,11 @@ class Breakdown:
             setattr(owner, name, original)
 
     def print(self, batches: int) -> None:
-        print("\nwhere the time goes (wall / CPU of the calling thread, ms per 1000-recipient batch):")
+        # this process's own batches: helper processes (--processes, automatic for large sends) are not
+        # wrapped, so their requests must not dilute these figures
+        batches = self.calls.get("Sender._process") or batches
+        print(f"\nwhere the time goes in this process ({batches:,} batches; wall / CPU of the calling thread, "
+              f"ms per 1000-recipient batch):")
         for label in sorted(self.wall, key=lambda k: -self.wall[k]):
             print(f"  {1000 * self.wall[label] / batches:7.1f} / {1000 * self.cpu[label] / batches:6.1f} ms  "
                   f"{self.calls[label]:>6,} calls  {label}")
