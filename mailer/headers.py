@@ -62,6 +62,10 @@ def clean_display_name(value: str) -> str:
     """A display name as `clean_header_value`, with every Unicode space a plain one: parsers fold
     any run of whitespace in a phrase into one space (`email`'s does, after decoding), so that is
     what round-trips."""
+    if value.isprintable() and "  " not in value and value[:1] != " " and value[-1:] != " ":
+        # already clean (the usual name): every control character and every whitespace but the ASCII
+        # space is unprintable, so there is nothing to replace, fold or strip
+        return value
     return " ".join(clean_header_value(value).split())
 
 

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 import mailer.sending.dispatch as dispatch
 from mailer.sending.inflight import in_flight_bound
 from mailer.providers import make_backend
-from mailer.providers.base import Batch, OutgoingMessage, PermanentError, TransientError
+from mailer.providers.base import Batch, OutgoingMessage, PermanentError, RecipientResult, TransientError
 from mailer.providers.sendgrid import (MAX_ARGS_BYTES, RESERVED_HEADERS, SendGridBackend, api_host, category_for,
                                       recipient_name, retry_after_from)
 from mailer.config import MAX_BASE_URL
@@ -118,6 +118,11 @@ def test_batch_of_1000_is_one_request_with_the_body_once_and_per_recipient_value
     assert request.headers["Authorization"] == f"Bearer {KEY}"
     assert [r.outcome for r in results] == ["sent"] * 1000
     assert {r.provider_message_id for r in results} == {request.message_id}
+    # made in bulk (`RecipientResult.all_sent`): each equal, and hashing equal, to the constructor's
+    expected = [RecipientResult(message, "sent", provider_message_id=request.message_id) for message in messages]
+    assert results == expected and list(map(hash, results)) == list(map(hash, expected))
+    assert [r.message for r in results] == list(messages) and {(r.error, r.hard_bounce, r.retry_after) for r in results} == {
+        (None, False, None)}
 
     # the body goes once, as raw templates with their slot markers, text/plain first
     assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]

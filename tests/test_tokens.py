@@ -134,6 +134,29 @@ def test_bulk_makers_give_exactly_the_single_functions_tokens_and_message_ids():
         assert with_issue == make_token(key, "unsubscribe", subscriber_id, issue_id)
         assert read_token(key, "unsubscribe", with_issue).issue_id == issue_id
         assert ids_for(subscriber_id) == message_id(key, "2026-11-27-édition", subscriber_id, "lettre.example.org")
+    assert ids_for.many(ids) == [message_id(key, "2026-11-27-édition", i, "lettre.example.org") for i in ids]
+
+
+@pytest.mark.parametrize("key_length", (1, 32, 63, 64, 65, 200))
+def test_message_ids_are_hmac_sha256_whatever_the_key_length(key_length):
+    """`MessageIds` computes HMAC-SHA256 itself: keys below, at and above SHA-256's 64-byte block
+    (a longer key is hashed first, RFC 2104) give `message_id`'s ids (`hmac`, the oracle)."""
+    from mailer.tokens import MessageIds, message_id
+
+    rng = random.Random(key_length)
+    key = rng.randbytes(key_length)
+    ids = [0, 7, 2**63 - 1] + [rng.randrange(2**40) for _ in range(50)]
+    made = MessageIds(key, "lettre-n°12", "example.org")
+    assert [made(i) for i in ids] == made.many(ids) == [message_id(key, "lettre-n°12", i, "example.org") for i in ids]
+
+
+def test_batched_tokens_refuse_ids_out_of_range_as_single_tokens_do():
+    maker = tokens.TokenMaker(b"k" * 32, "unsubscribe", 5)
+    for bad in (-1, 2**64):
+        with pytest.raises(OverflowError):
+            maker(bad)
+        with pytest.raises(OverflowError):
+            maker.many([1, bad])
 
 
 @pytest.mark.parametrize("seed", range(4))

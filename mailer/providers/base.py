@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 from ..errors import MailerError
 from ..mime import MessageFactory
@@ -74,6 +74,24 @@ class RecipientResult:
     error: str | None = None
     hard_bounce: bool = False
     retry_after: float | None = None
+
+    @classmethod
+    def all_sent(cls, messages: Sequence[OutgoingMessage], provider_message_id: str | None) -> list["RecipientResult"]:
+        """`[RecipientResult(m, "sent", provider_message_id) for m in messages]` (a request accepted
+        whole), for about half the CPU: the constructor of a frozen dataclass sets each of its six
+        fields through `object.__setattr__` (~0.85 µs a result, 1000 a request; issue 12); these
+        copy one such result's fields and change the message. Equal, field for field, to the
+        constructor's (tests/test_sendgrid.py)."""
+        model = cls(None, "sent", provider_message_id).__dict__  # type: ignore[arg-type]
+        new, set_fields = object.__new__, object.__setattr__
+        made = []
+        for message in messages:
+            fields = model.copy()
+            fields["message"] = message
+            result = new(cls)
+            set_fields(result, "__dict__", fields)
+            made.append(result)
+        return made
 
 
 class Backend(ABC):

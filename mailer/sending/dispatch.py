@@ -340,20 +340,33 @@ class Sender:
         return False
 
     def _process(self, conn: Connection, backend: Backend, worker: str, rows: Sequence) -> None:
+        # A claim's rows are read by position, a column at a time (`claim_deliveries`: delivery_id,
+        # attempts, subscriber_id, email_given, name, subscriber_status, language, first_name): reading a
+        # database row's field by name costs ~0.3 µs, and the build read ten per recipient (issue 12).
+        columns = tuple(zip(*rows)) or ((),) * 8
+        attempts = dict(zip(columns[0], columns[1]))
         # the claim read each subscriber's status: those suppressed since the freeze are skipped for free
-        skipped = [{"id": r.delivery_id, "status": "skipped", "last_error": f"subscriber is {r.subscriber_status}"}
-                   for r in rows if r.subscriber_status != "active"]
-        groups: dict[str, list[OutgoingMessage]] = {}  # by language of fixed strings: one factory per request
-        active = [row for row in rows if row.subscriber_status == "active"] if skipped else rows
-        prefix, message_id, language_of = self._unsubscribe_prefix, self._message_id, self._language_of
-        # the same messages as `recipient_for`, the batch's tokens made at once (`TokenMaker.many`)
-        for row, token in zip(active, self._token.many([row.subscriber_id for row in active])):
-            subscriber_id = row.subscriber_id
-            groups.setdefault(language_of(row.language), []).append(OutgoingMessage(
-                Recipient(row.email_given, prefix + token, row.name, subscriber_id, str(row.first_name or "")),
-                message_id(subscriber_id), row.delivery_id))
+        skipped = [] if columns[5].count("active") == len(rows) else [
+            {"id": row[0], "status": "skipped", "last_error": f"subscriber is {row[5]}"}
+            for row in rows if row[5] != "active"]
+        if skipped:
+            columns = tuple(zip(*[row for row in rows if row[5] == "active"])) or ((),) * 8
+        delivery_ids, _, subscriber_ids, emails, names, _, languages, first_names = columns
+        # by language of fixed strings: one factory per request; the same messages as `recipient_for`,
+        # the batch's tokens and Message-IDs made at once (`TokenMaker.many`, `MessageIds.many`)
+        groups: dict[str, list[OutgoingMessage]] = {}
+        known, language_of = self._languages, self._language_of
+        keys = [known.get(language) or language_of(language) for language in languages]
+        prefix = self._unsubscribe_prefix
+        for key, delivery_id, subscriber_id, email, name, first_name, token, message_id in zip(
+                keys, delivery_ids, subscriber_ids, emails, names, first_names,
+                self._token.many(subscriber_ids), self._message_id.many(subscriber_ids)):
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = []
+            group.append(OutgoingMessage(Recipient(email, prefix + token, name, subscriber_id, str(first_name or "")),
+                                         message_id, delivery_id))
         messages = [message for group in groups.values() for message in group]
-        attempts = {r.delivery_id: r.attempts for r in rows}
         if skipped:
             with self._tx(conn):
                 self.store.finish_deliveries(conn, worker, skipped)
@@ -366,7 +379,7 @@ class Sender:
         # under a rate limit a step is at most `rate_step` messages: the limit holds message by message
         # (a whole claim handed over at the start of its slot would be a burst), and a stop is heard
         # between two steps
-        size = backend.ledger_step or len(active)
+        size = backend.ledger_step or len(messages)
         if self.rate_limiter.per_second > 0:
             size = min(size, rate_step(self.rate_limiter.per_second))
         steps = [(self.factories[language], group[start:start + size])
@@ -508,18 +521,28 @@ class Sender:
         once they are final — when something of this send was accepted in the same step or after them
         (see `_settle_held`). Until then they stay `sending`, held by this worker (`_hold`). True when a
         streak of refusals handed this worker's claims back (the rest of its batch must not be sent)."""
-        sent_rows = [{"id": r.message.delivery_id, "status": "sent", "provider_message_id": r.provider_message_id}
-                     for r in results if r.outcome == "sent"]
-        deferred = [(r.message.delivery_id, strip_credentials(r.error or "")) for r in results if r.outcome == "deferred"]
-        refusals = [(r, attempts.get(r.message.delivery_id, 0)) for r in results if r.outcome in ("transient", "permanent")]
+        sent: dict[str | None, list[int]] = {}  # delivery ids by provider message id (a SendGrid request: one)
+        deferred, refusals = [], []
+        for r in results:
+            outcome = r.outcome
+            if outcome == "sent":
+                ids = sent.get(r.provider_message_id)
+                if ids is None:
+                    ids = sent[r.provider_message_id] = []
+                ids.append(r.message.delivery_id)
+            elif outcome == "deferred":
+                deferred.append((r.message.delivery_id, strip_credentials(r.error or "")))
+            elif outcome in ("transient", "permanent"):
+                refusals.append((r, attempts.get(r.message.delivery_id, 0)))
+        accepted = sum(map(len, sent.values()))
         with self._tx(conn):
-            self.store.finish_deliveries(conn, worker, sent_rows)
+            self.store.record_sent(conn, worker, sent)
             self.store.requeue_ids(conn, worker, deferred, count_attempt=False)
-        self._count(sent=len(sent_rows))
+        self._count(sent=accepted)
         log.debug("%s: %s recorded %d sent, %d deferred, %d refused (held until the path shows it works)", self.slug,
-                  worker, len(sent_rows), len(deferred), len(refusals))
+                  worker, accepted, len(deferred), len(refusals))
         held = self._held()
-        if sent_rows:
+        if accepted:
             with self._lock:
                 self._outage_since, self._outage_tries = None, 0
                 self._accepted += 1

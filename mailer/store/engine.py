@@ -16,7 +16,7 @@ from .segments import register_sqlite_functions
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 
 _migrated: set[str] = set()
 

@@ -147,11 +147,14 @@ editions = Table(
 _QUEUED_ONLY = text("status = 'queued'")
 _SENDING_ONLY = text("status = 'sending'")
 _SENT_ONLY = text("status = 'sent'")
+# a local-time send's queued rows, by release instant (revision 0010: an ordinary send's rows, due_at
+# NULL, are not in it; `waves.released` says `due_at IS NOT NULL` so its queries can use it)
+_QUEUED_AND_DUE = text("status = 'queued' AND due_at IS NOT NULL")
 Index("ix_deliveries_queued", deliveries.c.issue_id, deliveries.c.id,
       postgresql_where=_QUEUED_ONLY, sqlite_where=_QUEUED_ONLY)
 Index("ix_deliveries_subscriber", deliveries.c.subscriber_id)
 Index("ix_deliveries_queued_due", deliveries.c.issue_id, deliveries.c.due_at, deliveries.c.id,
-      postgresql_where=_QUEUED_ONLY, sqlite_where=_QUEUED_ONLY)
+      postgresql_where=_QUEUED_AND_DUE, sqlite_where=_QUEUED_AND_DUE)
 Index("ix_deliveries_sending", deliveries.c.claimed_by, postgresql_where=_SENDING_ONLY, sqlite_where=_SENDING_ONLY)
 Index("ix_deliveries_sent", deliveries.c.issue_id, postgresql_where=_SENT_ONLY, sqlite_where=_SENT_ONLY)
 

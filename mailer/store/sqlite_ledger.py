@@ -62,13 +62,15 @@ FINISH_SOME = (
 
 def claim(conn: Connection, issue_id: int, worker: str, limit: int, now: datetime) -> list[sa.Row]:
     """`LedgerQueries.claim_deliveries` on SQLite without a release window: an UPDATE, then the read
-    of the claimed range."""
-    claimed = conn.execute(CLAIM_IDS, {"p_issue": issue_id, "p_limit": limit, "p_worker": worker,
-                                       "p_now": now}).scalars().all()
+    of the claimed range. Both as driver SQL (`_Raw`): SQLAlchemy's handling of each statement and of
+    its 1000 returned ids cost ~0.4 µs a recipient (issue 12); the rows keep their column names."""
+    stamp = _DATETIME(now)
+    claimed = [row[0] for row in _CLAIM_IDS_RAW.execute(
+        conn, {"p_issue": issue_id, "p_limit": limit, "p_worker": worker, "p_now": stamp})]
     if not claimed:
         return []
-    return conn.execute(CLAIMED_ROWS, {"p_low": min(claimed), "p_high": max(claimed), "p_worker": worker,
-                                       "p_now": now}).all()
+    return _CLAIMED_ROWS_RAW.execute(conn, {"p_low": min(claimed), "p_high": max(claimed), "p_worker": worker,
+                                            "p_now": stamp}).all()
 
 
 def finish_shared(conn: Connection, worker: str, ids: Sequence[int], values: dict) -> None:
@@ -105,20 +107,36 @@ class _Raw:
         self.statement = statement
         self._compiled: tuple[Any, str, tuple[str, ...], dict[str, Any]] | None = None
 
-    def executemany(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    def _form(self, conn: Connection) -> tuple[Any, str, tuple[str, ...], dict[str, Any]]:
+        """(dialect, SQL, bound names in order, the statement's own values, processed as SQLAlchemy
+        binds them: a literal's, a JSON path's)."""
         compiled = self._compiled
         if compiled is None or compiled[0] is not conn.dialect:
             form = self.statement.compile(dialect=conn.dialect)
-            compiled = self._compiled = (conn.dialect, form.string, tuple(form.positiontup or ()),
-                                         form.construct_params(_check=False))
-        _, sql, order, fixed = compiled
+            fixed = form.construct_params(_check=False)
+            for name, value in fixed.items():
+                process = form.binds[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+                if process is not None and value is not None:
+                    fixed[name] = process(value)
+            compiled = self._compiled = (conn.dialect, form.string, tuple(form.positiontup or ()), fixed)
+        return compiled
+
+    def executemany(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        _, sql, order, fixed = self._form(conn)
         # through the Connection (its events and logging see the statement), with tuples: no per-row
         # parameter processing
         conn.exec_driver_sql(sql, [tuple([row[name] if name in row else fixed[name] for name in order])
                                    for row in rows])
 
+    def execute(self, conn: Connection, values: dict[str, Any]) -> sa.CursorResult:
+        """One execution with `values` (datetimes already processed, as `executemany`'s)."""
+        _, sql, order, fixed = self._form(conn)
+        return conn.exec_driver_sql(sql, tuple([values[name] if name in values else fixed[name] for name in order]))
+
 
 _FINISH_ONE_RAW = _Raw(FINISH_ONE)
+_CLAIM_IDS_RAW = _Raw(CLAIM_IDS)
+_CLAIMED_ROWS_RAW = _Raw(CLAIMED_ROWS)
 _DATETIME = sa.DateTime(timezone=True).dialect_impl(sqlite.dialect()).bind_processor(sqlite.dialect())
 
 

@@ -22,9 +22,12 @@ _STATUSES = ("queued", "sending", "sent", "failed", "skipped")
 
 def released(issue_id: int, now: datetime, grace: float) -> sa.ColumnElement:
     """A local-time send's claimable rows: released by their time (due at most `grace` seconds ago),
-    or by the operator (due at or before `issues.released_before`: --release-missed, --now)."""
+    or by the operator (due at or before `issues.released_before`: --release-missed, --now). It says
+    `due_at IS NOT NULL` (implied by either) as written: the partial index `ix_deliveries_queued_due`,
+    limited to such rows (revision 0010), serves only a query whose WHERE says it."""
     operator = sa.select(issues.c.released_before).where(issues.c.id == issue_id).scalar_subquery()
-    return sa.or_(deliveries.c.due_at.between(now - timedelta(seconds=grace), now), deliveries.c.due_at <= operator)
+    return sa.and_(deliveries.c.due_at.is_not(None), sa.or_(
+        deliveries.c.due_at.between(now - timedelta(seconds=grace), now), deliveries.c.due_at <= operator))
 
 
 def _last_due() -> sa.ScalarSelect:
