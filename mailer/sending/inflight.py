@@ -73,7 +73,7 @@ def sending_processes(settings: Settings, queued: int, asked: int | None = None)
     when not 0, else automatic: a request-based provider's send of at least AUTO_PROCESSES_FROM
     queued recipients takes every core this process may run on (`os.sched_getaffinity`), at most
     MAX_AUTO_PROCESSES and at most one per request in flight (a process without a slot adds nothing);
-    otherwise 1. One process builds ≈ 30,000 SendGrid recipients a second on one core: past that a
+    otherwise 1. One process builds ≈ 40,000 SendGrid recipients a second on one core: past that a
     send is CPU-bound, whatever its requests in flight."""
     if asked:
         return asked

@@ -1,6 +1,6 @@
 """`mailer send --processes N`: N sending processes for one issue, so every core builds requests.
 
-One process spends its CPU claiming, building and recording (the SendGrid path: ~30 µs per
+One process spends its CPU claiming, building and recording (the SendGrid path: ~20–25 µs per
 recipient); past one core's worth, a send is CPU-bound whatever the requests in flight. The process
 that runs `mailer send` (the parent) freezes the edition, then starts N - 1 helper processes
 (`multiprocessing`, spawned: nothing of the parent's database connections or threads is inherited)
