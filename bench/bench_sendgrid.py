@@ -502,6 +502,8 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=None,
                         help="sending processes (`mailer send --processes N`; default automatic, as `mailer send`)")
     parser.add_argument("--workers", type=int, default=None, help="sender threads (default: from the in-flight bound)")
+    parser.add_argument("--in-flight", type=int, default=None,
+                        help="MAILER_SENDGRID_IN_FLIGHT of the send (default: the setting's default, 4000)")
     parser.add_argument("--latency", type=float, default=0.1, help="seconds the server waits before answering")
     parser.add_argument("--floor-requests", type=int, default=30, help="requests the sequential floor posts")
     parser.add_argument("--profile", action="store_true")
@@ -525,6 +527,8 @@ def main() -> int:
                         help="recipients for the click-tracking CPU figures (on vs off), 0 to skip (2000)")
     parser.add_argument("--track-clicks", action="store_true", help="send with click and open tracking on")
     args = parser.parse_args()
+    if args.in_flight:
+        ENV["MAILER_SENDGRID_IN_FLIGHT"] = str(args.in_flight)
     if args.track_clicks:
         ENV.update(MAILER_TRACK_CLICKS="1", MAILER_TRACK_OPENS="1")
 
