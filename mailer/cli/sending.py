@@ -32,7 +32,7 @@ log = logging.getLogger("mailer")
                    "make them smaller, within that bound).")
 @click.option("--processes", default=None, type=click.IntRange(1, 64),
               help="Sending processes sharing the frozen recipients (one core each builds requests). Default "
-                   "MAILER_SEND_PROCESSES, automatic: every core (at most 4) for a SendGrid send of 100,000 "
+                   "MAILER_SEND_PROCESSES, automatic: every core (at most 4) for a SendGrid send of 500,000 "
                    "recipients or more, else 1. The requests in flight are bounded for all of them together.")
 @click.option("--allow-draft", is_flag=True,
               help="Send it as it is, even though it is a draft or still holds placeholders of `mailer issue new`.")

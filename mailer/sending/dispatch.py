@@ -879,7 +879,7 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
             if not claimable:
                 # another live sender of this issue holds the rest (two sends at once): wait for it,
                 # and take over its rows if it dies
-                sender._sleep(1.0)
+                sender._sleep(0.2)
     except KeyboardInterrupt:
         _end_helpers(helpers, bridge_done, stop=True, grace=STOP_GRACE)
         settle_issue(store, prepared.issue_id, None, stopped=True)
