@@ -50,6 +50,13 @@ def _export_pages_core(store: "BulkQueries", attribute_names: Sequence[str], sta
                for row, lists in page]
 
 
+def _holds_null(rows: list[tuple], first: int, cells: int) -> bool:
+    """Whether a cell from `first` on (`cells` of them) is NULL in any of `rows`: a C-level scan."""
+    if cells == 1:
+        return None in map(itemgetter(first), rows)
+    return None in chain.from_iterable(map(itemgetter(slice(first, first + cells)), rows))
+
+
 # ----- bulk writers of the import (see Store.insert_imported) ----------------------------------------
 IMPORT_ROW_FIELDS = ("line", "key", "given", "name", "language", "attributes_json", "lists", "digest", "status",
                      "created_at", "status_at")
@@ -367,17 +374,19 @@ class BulkQueries:
 
     def export_pages(self, attribute_names: Sequence[str], status: str | None = None,
                      batch: int = 5000) -> Iterator[list[tuple]]:
-        """The cells `export` writes, in id order (tombstones excluded), as keyset pages of up to
-        `batch` tuples `(email_given, name, language, status, source, created_at, confirmed_at,
-        unsubscribed_at, lists, *attributes)`: timestamps as ISO 8601 UTC text to the second
-        (`2026-11-26T07:00:00+00:00`, "" when unset), `lists` the list names sorted by code point and
-        joined by spaces, then the value of each of `attribute_names` ("" when unset; a string as it
-        is, anything else as JSON with `json.dumps(value, ensure_ascii=False)`).
+        """The cells `export` writes, in id order (tombstones excluded), as pages of up to `batch`
+        tuples `(email_given, name, language, status, source, created_at, confirmed_at,
+        unsubscribed_at, lists, *attributes)`, all strings: timestamps as ISO 8601 UTC text to the
+        second (`2026-11-26T07:00:00+00:00`, "" when unset), `lists` the list names sorted by code
+        point and joined by spaces, then the value of each of `attribute_names` ("" when unset; a
+        string as it is, anything else as JSON with `json.dumps(value, ensure_ascii=False)`).
 
-        Each page is one query on a short connection (flat memory, no long read transaction). On
-        SQLite and PostgreSQL the driver's own cursor runs it and the database formats the cells
-        (timestamps, string attributes): no row objects, no datetime or JSON object per row; rows
-        holding a non-string attribute are completed in Python. Other engines (and attribute names
+        Each page is the people of one range of `batch` ids, read on a short connection (flat memory,
+        no long read transaction); an empty range jumps to the next id in use. On SQLite and
+        PostgreSQL the driver's own cursor runs it and the database formats the cells (timestamps,
+        string attributes): no row objects, no datetime or JSON object per row, and the rows come as
+        the driver returns them. A range holding list members, or a non-string attribute (NULL from
+        the SQL), is read again with ids and completed in Python. Other engines (and attribute names
         SQLite's JSON paths cannot quote) go through `subscriber_pages`, the reference.
         """
         dialect = self.engine.dialect.name
@@ -396,56 +405,74 @@ class BulkQueries:
             plain = [_PLAIN_JSON_KEY.fullmatch(name) is not None for name in attribute_names]
             attribute_params = [part for name, ok in zip(attribute_names, plain) if ok for part in (f'$."{name}"',) * 2]
             attribute_cells = [attribute_sql if ok else "NULL" for ok in plain]
+            with_ids = not all(plain)  # those cells are all completed in Python
         else:
             stamp = "coalesce(to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"'), '')"
             mark, prefix_sql = "%s", f"left(email, {len(TOMBSTONE_PREFIX)})"
             attribute_cells = [("CASE coalesce(json_typeof(attributes -> %s), 'null') WHEN 'string' THEN "
                                 "attributes ->> %s WHEN 'null' THEN '' END")] * len(attribute_names)
             attribute_params = [part for name in attribute_names for part in (name,) * 2]
-        query = (f"SELECT id, email_given, name, language, status, source, "
+            with_ids = False
+        cells = (f"email_given, name, language, status, source, "
                  f"{', '.join(stamp.format(column) for column in ('created_at', 'confirmed_at', 'unsubscribed_at'))}, "
-                 f"''{''.join(', ' + cell for cell in attribute_cells)} "
-                 f"FROM {subscribers.name} WHERE id > {mark} AND {prefix_sql} <> {mark}"
-                 + (f" AND status = {mark}" if status else "") + f" ORDER BY id LIMIT {int(batch)}")
+                 f"''{''.join(', ' + cell for cell in attribute_cells)}")
+        where = (f"FROM {subscribers.name} WHERE id >= {mark} AND id < {mark} AND {prefix_sql} <> {mark}"
+                 + (f" AND status = {mark}" if status else "") + " ORDER BY id")
+        query, query_with_ids = f"SELECT {cells} {where}", f"SELECT id, {cells} {where}"
         members_query = (f"SELECT subscriber_id, list_name FROM {list_members.name} "
-                         f"WHERE subscriber_id BETWEEN {mark} AND {mark}")
+                         f"WHERE subscriber_id >= {mark} AND subscriber_id < {mark}")
         attributes_query = (f"SELECT id, {'attributes' if dialect == 'sqlite' else 'attributes::text'} "
-                            f"FROM {subscribers.name} WHERE id BETWEEN {mark} AND {mark}")
-        last_id = 0
+                            f"FROM {subscribers.name} WHERE id >= {mark} AND id < {mark}")
+        next_query = f"SELECT min(id) FROM {subscribers.name} WHERE id >= {mark}"
+        low = 0
         while True:
+            high = low + batch
+            params = (*attribute_params, low, high, TOMBSTONE_PREFIX, *((status,) if status else ()))
             with self.engine.connect() as conn:
                 cursor = conn.connection.driver_connection.cursor()
                 try:
-                    cursor.execute(query, (*attribute_params, last_id, TOMBSTONE_PREFIX, *((status,) if status else ())))
-                    rows = cursor.fetchall()
+                    cursor.execute(members_query, (low, high))
                     lists: dict[int, list[str]] = {}
+                    for sid, list_name in cursor.fetchall():
+                        lists.setdefault(sid, []).append(list_name)
+                    ids = bool(lists) or with_ids
+                    cursor.execute(query_with_ids if ids else query, params)
+                    rows = cursor.fetchall()
+                    incomplete = bool(attribute_names and rows) and _holds_null(rows, 9 + ids, len(attribute_names))
+                    if incomplete and not ids:  # ids are needed to complete them
+                        cursor.execute(query_with_ids, params)
+                        rows, ids = cursor.fetchall(), True
                     completed: dict[int, dict] = {}
-                    if rows:
-                        first, last = rows[0][0], rows[-1][0]
-                        cursor.execute(members_query, (first, last))
-                        for sid, list_name in cursor.fetchall():
-                            lists.setdefault(sid, []).append(list_name)
-                        if attribute_names and None in chain.from_iterable(rows):  # C-level scan
-                            cursor.execute(attributes_query, (first, last))
-                            completed = {sid: json.loads(text) for sid, text in cursor.fetchall()}
+                    if incomplete:
+                        cursor.execute(attributes_query, (low, high))
+                        completed = {sid: json.loads(text) for sid, text in cursor.fetchall()}
+                    following = None
+                    if not rows:
+                        cursor.execute(next_query, (high,))
+                        following = cursor.fetchone()[0]
                 finally:
                     cursor.close()
                 if dialect == "postgresql":
                     conn.rollback()  # the page's read transaction ends here
             if not rows:
-                return
-            last_id = rows[-1][0]
-            if lists or completed:
+                if following is None:
+                    return
+                low = following
+                continue
+            low = high
+            if ids:
                 for index, row in enumerate(rows):
                     sid = row[0]
                     if sid in lists or None in row:
-                        row = list(row)
-                        row[9] = " ".join(sorted(lists.get(sid, ())))
-                        for position, name in enumerate(attribute_names, 10):
+                        row = list(row[1:])
+                        row[8] = " ".join(sorted(lists.get(sid, ())))
+                        for position, name in enumerate(attribute_names, 9):
                             if row[position] is None:
-                                row[position] = _attribute_cell(completed[sid].get(name))
+                                row[position] = _attribute_cell(completed.get(sid, {}).get(name))
                         rows[index] = tuple(row)
-            yield list(map(_WITHOUT_ID, rows))
+                    else:
+                        rows[index] = row[1:]
+            yield rows
             del rows
 
     def attribute_names(self, status: str | None = None) -> list[str]:
@@ -459,13 +486,17 @@ class BulkQueries:
                     names.update((row.attributes or {}).keys())
             return sorted(names)
         if dialect == "sqlite":
+            # what the import and Core write starts with "{": the JSON parse of json_type only for
+            # the others; the tombstone test by prefix is an index-free comparison, not a LIKE
             keys = sa.func.json_each(subscribers.c.attributes).table_valued("key")
             query = (sa.select(keys.c.key).select_from(subscribers).join(keys, sa.true())
-                     .where(sa.func.json_type(subscribers.c.attributes) == "object"))
+                     .where(sa.or_(sa.func.substr(subscribers.c.attributes, 1, 1) == "{",
+                                   sa.func.json_type(subscribers.c.attributes) == "object"),
+                            sa.func.substr(subscribers.c.email, 1, len(TOMBSTONE_PREFIX)) != TOMBSTONE_PREFIX))
         else:
             query = (sa.select(sa.func.json_object_keys(subscribers.c.attributes))
-                     .where(sa.func.json_typeof(subscribers.c.attributes) == "object"))
-        query = query.where(_NOT_TOMBSTONE).distinct()
+                     .where(sa.func.json_typeof(subscribers.c.attributes) == "object", _NOT_TOMBSTONE))
+        query = query.distinct()
         if status:
             query = query.where(subscribers.c.status == status)
         with self.engine.connect() as conn:
