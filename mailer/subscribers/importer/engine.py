@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import signal
+from collections import Counter
+from operator import itemgetter
 import sys
 import threading
 from pathlib import Path
@@ -67,15 +69,19 @@ def import_csv(store: Store, path: Path, *, dry_run: bool = False, resubscribe: 
             held: list = []            # the rejections among them, counted once the rows before them are committed
             uncommitted = ImportReport()  # what the open transaction wrote: joins `report` once committed
             in_transaction = last_line = 0
+            insert_first = True
 
             def flush(commit: bool) -> None:
-                nonlocal pending, held, written_through, transaction, uncommitted, in_transaction, last_line
+                nonlocal pending, held, written_through, transaction, uncommitted, in_transaction, last_line, insert_first
                 if pending:
                     batch, pending = pending, []
                     if transaction is None:
                         transaction = conn.begin()
-                    _write_batch(store, conn, batch, uncommitted, dry_run=dry_run, resubscribe=resubscribe,
-                                 source=source, reason=reason)
+                    added = _write_batch(store, conn, batch, uncommitted, dry_run=dry_run, resubscribe=resubscribe,
+                                         source=source, reason=reason, insert_first=insert_first)
+                    # mostly new people (all new where the store cannot leave some out): the next
+                    # batch tries inserting first
+                    insert_first = added * 2 >= len(batch) if store.is_sqlite else added == len(batch)
                     in_transaction += len(batch)
                     last_line = batch[-1][IMPORT_LINE]
                     del batch
@@ -100,14 +106,11 @@ def import_csv(store: Store, path: Path, *, dry_run: bool = False, resubscribe: 
             write_at = min(parse.WRITE_CHUNK, parse.IMPORT_BATCH)
             try:
                 for item in items:
-                    if type(item) is list:
-                        append, hold = pending.append, held.append
-                        for row in item:
-                            if type(row) is tuple:
-                                append(row)
-                            else:
-                                row.reason = sys.intern(row.reason)  # thousands of rejections share a few reasons
-                                hold(row)
+                    if type(item) is tuple:  # (valid rows, the rejections among them)
+                        pending.extend(item[0])
+                        for rejection in item[1]:
+                            rejection.reason = sys.intern(rejection.reason)  # thousands share a few reasons
+                        held.extend(item[1])
                         del item
                         if len(pending) >= write_at or len(held) >= write_at or stop.requested:
                             flush(stop.requested)
@@ -182,17 +185,42 @@ def _stopped(path: Path, report: ImportReport, line: int, cause: str, exit_code:
 
 
 def _write_batch(store: Store, conn: Connection, batch: list[tuple], total: ImportReport, *, dry_run: bool,
-                 resubscribe: bool, source: str, reason: str) -> None:
+                 resubscribe: bool, source: str, reason: str, insert_first: bool = False) -> int:
     """Look the batch's addresses up, then insert, update and change statuses, in the caller's open
     transaction (`dry_run`: write nothing). Its counts are added to `total`, which the caller counts
-    once the transaction is committed (so a stop mid-transaction reports what is written)."""
+    once the transaction is committed (so a stop mid-transaction reports what is written).
+
+    `insert_first` (worth it when most rows are new people): insert the rows whose address is not in
+    the table without looking them up first, where the store can (`Store.insert_new_imported`); the
+    others then take the usual way. Returns how many new people were added."""
     now = utcnow()
     report = ImportReport()
     fast = store.import_fast_path(conn, source)
+    if insert_first and not dry_run:
+        erased = _erased(store, conn, [row[IMPORT_KEY] for row in batch], fast)
+        candidates = [row for row in batch if row[IMPORT_KEY] not in erased] if erased else batch
+        left = store.insert_new_imported(conn, candidates, source=source, reason=reason, now=now) if candidates else []
+        if left is not None:
+            if len(candidates) < len(batch):
+                report.kept["erased"] += len(batch) - len(candidates)
+            if left:
+                kept = set(map(id, left))
+                candidates = [row for row in candidates if id(row) not in kept]
+            _count_added(report, candidates)
+            batch = left
+            if not batch:
+                total.add(report)
+                return report.added
     keys = [row[IMPORT_KEY] for row in batch]
     existing = store.existing_for_import(conn, keys, fast)
-    missing = [key for key in keys if key not in existing]
+    missing = [key for key in keys if key not in existing] if existing else keys
     erased = _erased(store, conn, missing, fast) if missing else set()
+    if not existing and not erased:  # all new people: no step per row
+        _count_added(report, batch)
+        if not dry_run:
+            store.insert_imported(conn, batch, source=source, reason=reason, now=now, fast=fast)
+        total.add(report)
+        return report.added
     inserts: list[tuple] = []
     updates: list[tuple[tuple, int]] = []
     changes: list[StatusChange] = []
@@ -247,7 +275,7 @@ def _write_batch(store: Store, conn: Connection, batch: list[tuple], total: Impo
             updates.append((row, current.id))
     if dry_run:
         total.add(report)
-        return
+        return report.added
     if inserts:
         store.insert_imported(conn, inserts, source=source, reason=reason, now=now, fast=fast)
     if updates:  # an empty cell keeps what is known: a file without names wipes no name
@@ -261,6 +289,15 @@ def _write_batch(store: Store, conn: Connection, batch: list[tuple], total: Impo
     if changes:
         store.apply_status_changes(conn, changes)
     total.add(report)
+    return report.added
+
+
+def _count_added(report: ImportReport, rows: list[tuple]) -> None:
+    """Count `rows` as added (and by status, when the file says one other than active)."""
+    report.added += len(rows)
+    for status, number in Counter(map(itemgetter(IMPORT_STATUS), rows)).items():
+        if status not in (None, "active"):
+            report.added_as[status] += number
 
 
 def _erased(store: Store, conn: Connection, keys: list[str], fast: str | None) -> set[str]:
