@@ -12,7 +12,7 @@ import re
 import sqlite3
 from contextlib import contextmanager
 from datetime import datetime
-from itertools import chain, count
+from itertools import chain
 from operator import itemgetter
 from typing import Iterator, NamedTuple, Sequence
 
