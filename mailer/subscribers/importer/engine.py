@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import signal
-from collections import Counter
-from operator import itemgetter
 import sys
 import threading
+from collections import Counter
+from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Sequence
 
