@@ -68,8 +68,8 @@ def csv_text(rows: Sequence[Sequence[str]]) -> str:
     writer = csv.writer(last, lineterminator=_LINE_END)
     width = len(rows[0])
     try:
-        if any(map(ne, map(len, rows), repeat(width))):
-            raise TypeError("rows of several widths")
+        if width < 2 or any(map(ne, map(len, rows), repeat(width))):  # a lone empty cell is written ""
+            raise TypeError("one cell a row, or rows of several widths")
         lines = list(map(",".join, rows))
     except TypeError:  # a cell that is not a string: the writer formats it
         parts = []
