@@ -53,9 +53,9 @@ class _SeenKeys:
 
     79-bit fingerprints — the address's `hash()` (SipHash-1-3 under this process's random key, 64
     bits) and 15 bits of its CRC-32 (a false "duplicate" among 10 million addresses has odds of
-    about one in 10^11) — in an open-addressing table of two arrays, at most 70 % full: 10 bytes a
+    about one in 10^10) — in an open-addressing table of two arrays, at most 70 % full: 10 bytes a
     slot, 20 MB for a million rows where a set of 96-bit Python ints took about 80 MB. `hash()` and
-    `zlib.crc32` cost ≈ 0.15 µs an address where the blake2b fingerprint this replaced cost ≈ 0.6 µs.
+    `zlib.crc32` cost ≈ 0.2 µs an address where the blake2b fingerprint this replaced cost ≈ 0.6 µs.
     `parse_rows` probes the table itself (`lows`, `highs`, `mask`; `grow` when it is 70 % full):
     a method call per row cost ≈ 0.1 µs more.
     """
