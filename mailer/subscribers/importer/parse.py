@@ -101,9 +101,6 @@ class _SeenKeys:
                 return False
             index = (index + 1) & mask
 
-    def add_key(self, key: str) -> bool:
-        """Record an address key; False when it was already there."""
-        return self.add(*self.fingerprint(key))
 
 
 def parse_rows(rows: Iterable[tuple[int, list[str]]], layout: Layout, extra_lists: tuple[str, ...],
@@ -140,8 +137,7 @@ def parse_rows(rows: Iterable[tuple[int, list[str]]], layout: Layout, extra_list
     unfilled = {attribute for _, attribute in attribute_columns}  # attribute columns no row has filled yet
     valid = False
     if seen is not None:
-        lows, highs, mask, limit = seen.lows, seen.highs, seen.mask, seen.limit
-    m64 = 0xFFFFFFFFFFFFFFFF
+        lows, highs, mask, limit, fingerprint = seen.lows, seen.highs, seen.mask, seen.limit, seen.fingerprint
     chunk: list[tuple] = []
     rejected: list[Rejection] = []
     keep, reject = chunk.append, rejected.append
@@ -269,7 +265,7 @@ def parse_rows(rows: Iterable[tuple[int, list[str]]], layout: Layout, extra_list
         digest = blake2b(f"[{text_json(given)}, {text_json(name)}, {language_json}, {sorted_json}, {lists_json}, "
                          f"{'null' if status is None else text_json(status)}]".encode(), digest_size=16).hexdigest()
         if seen is not None:  # the duplicate table (_SeenKeys), probed here
-            low, high = hash(key) & m64, (crc32(key.encode()) & 0xFFFF) | 1
+            low, high = fingerprint(key)
             index = low & mask
             while True:
                 stored = highs[index]
