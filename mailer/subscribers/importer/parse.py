@@ -482,7 +482,7 @@ def parsed_source(path: Path, options: ParseOptions) -> Iterator[Iterator]:
         while not stopping.is_set():
             try:
                 data: bytes | None = receiver.recv_bytes()
-            except (EOFError, OSError):
+            except Exception:  # noqa: BLE001 - the end of the pipe (EOFError, OSError) or worse: the end
                 data = None
             inbox.put(data)
             if data is None:
@@ -498,8 +498,12 @@ def parsed_source(path: Path, options: ParseOptions) -> Iterator[Iterator]:
             data = inbox.get()
             if data is None:
                 if received:
-                    raise MailerError(f"{path}: the CSV parser process stopped unexpectedly "
-                                      f"(exit code {process.wait()})") from None
+                    try:
+                        code = process.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        code = process.wait()
+                    raise MailerError(f"{path}: the CSV parser process stopped unexpectedly (exit code {code})")
                 # It could not even start (an interpreter that cannot import mailer?): nothing was
                 # written yet, so parse here instead.
                 ended = True
