@@ -339,6 +339,45 @@ def test_an_import_killed_at_any_moment_leaves_whole_transactions_and_a_rerun_fi
         store.close()
 
 
+@pytest.mark.slow  # a real helper process killed, 150,000 rows (≈ 3 s)
+def test_a_parser_helper_killed_half_way_stops_the_import_in_one_line_with_whole_transactions(store, tmp_path,
+                                                                                              monkeypatch):
+    """The importer receives the helper's chunks in a thread, several ahead: when the helper dies
+    (SIGKILL, after the first transaction), what it had sent is written, the import stops with one
+    line saying so and what was written, whole transactions only, and a rerun finishes."""
+    import os
+    import signal
+
+    from mailer.subscribers import ImportStopped, count_subscribers
+
+    monkeypatch.setattr(parse, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(parse, "IMPORT_BATCH", 1000)
+    path = tmp_path / "grande.csv"
+    path.write_text("email,name\n" + "\n".join(f"p{i}@example.org,Personne {i}" for i in range(150_000)) + "\n",
+                    encoding="utf-8")
+    killed = []
+
+    def kill_the_helper(done: int) -> None:  # the progress hook runs after each transaction
+        if not killed:
+            me = os.getpid()
+            for task in os.listdir(f"/proc/{me}/task"):
+                with open(f"/proc/{me}/task/{task}/children") as children:
+                    killed.extend(int(pid) for pid in children.read().split())
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(ImportStopped) as caught:
+        import_csv(store, path, progress=kill_the_helper)
+    message = str(caught.value)
+    assert killed and "\n" not in message
+    assert "the CSV parser process stopped unexpectedly (exit code -9)" in message
+    written = count_subscribers(store)
+    assert 0 < written < 150_000 and written % 1000 == 0
+    assert f"written before that: added {written}, " in message
+    again = import_csv(store, path)
+    assert (again.added, again.unchanged) == (150_000 - written, written)
+
+
 def _generated_people(rng: random.Random, count: int) -> list[dict]:
     """People as `Store.insert_subscriber` takes them, with every status and odd texts."""
     odd = ("", "Zoé", "O'Brien", "日本", "a,b", 'say "hi"', "tab\there", "ß" * 40)
