@@ -242,6 +242,10 @@ class Sender:
         # SQLite: one writer at a time, in turns this process's threads take (and, for a send of
         # several processes, `processes.WriterTurn`: all of them), instead of SQLite's busy handler
         self._serial = writer_turn or (_sqlite_writer_lock(store) if store.is_sqlite else None)
+        # this process's threads claim one at a time: two claims scanning the queue at once under SKIP
+        # LOCKED (PostgreSQL) each skip the rows the other has just locked, and split what would have been
+        # two full requests into smaller ones (SQLite's claims are already one at a time: `_serial`)
+        self._claiming: Any = threading.Lock() if self._serial is None else contextlib.nullcontext()
         # SMTP group commit: accepted messages recorded together, at most this many / this old (seconds)
         self.commit_every = max(1, settings.smtp_commit_every)
         self.commit_seconds = max(0.0, settings.smtp_commit_ms / 1000.0)
@@ -289,7 +293,7 @@ class Sender:
                     return
                 size = min(batch_size or backend.max_batch, backend.max_batch)
                 while not self.halted:
-                    with self._tx(conn):
+                    with self._claiming, self._tx(conn):
                         if self.store.current_edition_id(conn, self.issue_id) != self.rendered.id:
                             self.edition_changed = True  # a --rebuild made a newer edition: claim nothing
                             rows = []
