@@ -342,6 +342,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 return False
             raise ValueError(value)
         if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)  # mailer.toml's true or 2.5 is no count
             return int(value)
         if kind is float:
             return float(value)

@@ -751,3 +751,17 @@ def test_errors_from_mailer_toml_name_the_file_line_and_key(project):
     settings = load_settings(project, env=env_without("MAILER_BASE_URL"))
     assert settings.allow_private_base_url and settings.base_url_problem == "is not https"
     settings.require_for_send()  # the override, from the file
+
+
+@pytest.mark.parametrize("written", ["2.5", "0.9", "true", "\"two\"", "-1", "65"])
+def test_a_count_in_mailer_toml_that_is_no_whole_number_in_range_is_refused_with_its_line(project, written):
+    """`send_processes = 0.9` used to become 0 (automatic), `2.5` 2 and `true` 1, silently, while the
+    same values in MAILER_SEND_PROCESSES were refused: every count of mailer.toml is a whole number or
+    a one-line error naming the file, line and key."""
+    (project / "mailer.toml").write_text(f"# counts\nsend_processes = {written}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{project / 'mailer.toml'}:2: send_processes")) as caught:
+        load_settings(project, env=dict(BASE_ENV))
+    assert "\n" not in str(caught.value)
+    (project / "mailer.toml").write_text("send_processes = 2.0\nbatch_size = 500\n", encoding="utf-8")
+    settings = load_settings(project, env=dict(BASE_ENV))
+    assert (settings.send_processes, settings.batch_size) == (2, 500)

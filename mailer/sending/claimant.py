@@ -67,10 +67,14 @@ def _read(path: str) -> str:
 
 
 def process_start(pid: int | str, proc: str = "/proc") -> str:
-    """Start time of a process in clock ticks since boot ("" if unknown or gone), from /proc/<pid>/stat."""
+    """Start time of a process in clock ticks since boot ("" if unknown or gone), from /proc/<pid>/stat.
+    A zombie (state Z: it has exited and only its exit status waits for its parent) counts as gone: a
+    sending process killed while its parent has not reaped it yet must not keep its claims."""
     stat = _read(f"{proc}/{pid}/stat")
     # "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after the last ")"
     fields = stat.rpartition(")")[2].split()
+    if fields and fields[0] in ("Z", "X"):
+        return ""
     return fields[19] if len(fields) > 19 else ""  # field 22 overall; 3rd after comm is index 0
 
 

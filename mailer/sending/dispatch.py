@@ -928,6 +928,9 @@ def _bridge(helpers, stop: threading.Event, current: Callable[[], "Sender"], don
     reported by one of them pauses this process's sender."""
     while not done.wait(0.2):
         sender = current()
+        for lost in helpers.killed():
+            log.warning("%s: sending process %s was killed: what it had claimed goes back to the queue and the "
+                        "others send it (what it had in flight may be repeated)", sender.slug, lost)
         if stop.is_set() or sender.abort_reason is not None:
             helpers.stop()
         reason = helpers.pause_reason()

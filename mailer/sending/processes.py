@@ -35,13 +35,14 @@ requests in flight, never more.)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from ..config import Settings
 from ..errors import MailerError
@@ -85,6 +86,45 @@ class WriterTurn:
         (self.lock if self._local.shared else self._own).release()
 
 
+class StopFlag:
+    """A stop asked of a send's (or a worker's) processes: one shared byte without a lock, which each
+    helper reads every 0.2 s (`_follow_parent`).
+
+    Not a `multiprocessing.Event`: a process killed (SIGKILL) while it waits on an Event leaves the
+    Event's condition counting it as a sleeper to wake, and the next `set()` waits for it forever — a
+    stop that never ends, seen with a helper killed mid-send."""
+
+    def __init__(self, context: Any) -> None:
+        self._flag = context.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._flag.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._flag.value)
+
+
+@contextlib.contextmanager
+def _signals_ignored_while_starting() -> Iterator[None]:
+    """Start helper processes with SIGINT and SIGTERM ignored from their first instruction: an ignored
+    signal stays ignored across exec, and Python installs its KeyboardInterrupt handler only over the
+    default one. Otherwise a Ctrl-C to the terminal's process group during their ≈ 1 s of imports
+    (before `_follow_parent` ignores it) would print their tracebacks. This process blocks both
+    meanwhile, so a signal sent to it in that instant is delivered right after, not lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = {signal.SIGINT, signal.SIGTERM}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    saved = {number: signal.signal(number, signal.SIG_IGN) for number in wanted}
+    try:
+        yield
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def shared_semaphore(count: int) -> Any:
     """A semaphore of `count` the send's helper processes (spawned) can share: the requests in flight."""
     return multiprocessing.get_context("spawn").BoundedSemaphore(count)
@@ -104,17 +144,31 @@ class Helpers:
                  in_flight: Any = None, writer: Any = None) -> None:
         count = processes - 1
         context = multiprocessing.get_context("spawn")
-        self.stop_event = context.Event()
+        self.stop_event = StopFlag(context)
         self.gate = context.Value("d", 0.0)  # the send's gate: time.monotonic() before which nothing leaves
-        self.counts = context.Array("q", 3 * count)  # sent, failed, skipped per helper
+        # sent, failed, skipped per helper; no lock: each helper writes its own three, and a helper killed
+        # holding a lock would hang every reader
+        self.counts = context.RawArray("q", 3 * count)
         self._pauses = context.SimpleQueue()
         self.processes = [
             context.Process(target=_helper_main, name=f"mailer-send-{index + 1}",
                             args=(_picklable(settings), issue_id, slug, workers, index, self.stop_event, self.gate, self.counts,
                                   self._pauses, in_flight, processes, writer), daemon=False)
             for index in range(count)]
+        self._reported: set[str] = set()
+        with _signals_ignored_while_starting():
+            for process in self.processes:
+                process.start()
+
+    def killed(self) -> list[str]:
+        """Helpers that died of a signal since the last call (reaped here: their claims then go back to
+        the queue at the parent's next look, `requeue_dead_claims`), as "name (signal N)"."""
+        lost = []
         for process in self.processes:
-            process.start()
+            if not process.is_alive() and (process.exitcode or 0) < 0 and process.name not in self._reported:
+                self._reported.add(process.name)
+                lost.append(f"{process.name} (signal {-process.exitcode})")
+        return lost
 
     def totals(self) -> tuple[int, int, int]:
         """(sent, failed, skipped) by every helper so far."""
@@ -153,7 +207,7 @@ def _picklable(settings: Settings) -> Settings:
     return dataclasses.replace(settings)
 
 
-def _follow_parent(stop_event: Any) -> threading.Event:
+def _follow_parent(stop_event: StopFlag) -> threading.Event:
     """In a helper process: ignore SIGINT/SIGTERM (the parent takes the signals and passes a stop on
     through `stop_event`) and return an Event set when the parent asks to stop or is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -163,8 +217,10 @@ def _follow_parent(stop_event: Any) -> threading.Event:
 
     def watch() -> None:
         while not stop.is_set():
-            if stop_event.wait(0.2) or (parent is not None and not parent.is_alive()):
+            if stop_event.is_set() or (parent is not None and not parent.is_alive()):
                 stop.set()
+            else:
+                stop.wait(0.2)
 
     threading.Thread(target=watch, name="mailer-helper-watch", daemon=True).start()
     return stop
@@ -216,16 +272,17 @@ def work_in_processes(settings: Settings, count: int, *, stop: threading.Event, 
     from .inflight import InFlightSlots, in_flight_bound
 
     context = multiprocessing.get_context("spawn")
-    stop_event = context.Event()
-    sent = context.Array("q", count)
+    stop_event = StopFlag(context)
+    sent = context.RawArray("q", count)  # each process writes its own (no lock a killed one could hold)
     bound = in_flight_bound(settings)
     semaphore = context.BoundedSemaphore(bound[0]) if bound else None
     writer = context.Lock() if settings.database_url.startswith("sqlite") else None
     helpers = [context.Process(target=_worker_main, name=f"mailer-worker-{index}",
                                args=(_picklable(settings), once, stop_event, sent, index, semaphore, count, writer))
                for index in range(1, count)]
-    for process in helpers:
-        process.start()
+    with _signals_ignored_while_starting():
+        for process in helpers:
+            process.start()
     done = threading.Event()
 
     def bridge() -> None:
