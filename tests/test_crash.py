@@ -283,6 +283,14 @@ def test_a_crash_may_repeat_exactly_the_recipients_of_the_sendgrid_requests_in_f
             assert len({c.headers["Message-ID"] for c in copies}) == 1
 
 
+def _send_in_three_processes(project: Path, env: dict[str, str], **popen: object) -> tuple[subprocess.Popen, list[int]]:
+    """`mailer send ISSUE --yes --processes 3` started, once its two helper processes exist: (it, their pids)."""
+    victim = subprocess.Popen([*SEND, "--processes", "3"], cwd=project, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, **popen)
+    _wait_for(lambda: len(_processes_of(victim.pid)) == 2, 60, "two helper processes")
+    return victim, _processes_of(victim.pid)
+
+
 def _stop_within_seconds(victim: subprocess.Popen) -> None:
     """SIGTERM: the process ends a few seconds later (the stop grace, then the cut), paused, no traceback."""
     signalled = time.monotonic()
@@ -561,10 +569,7 @@ def test_sigterm_to_the_parent_stops_every_sending_process_gracefully_and_repeat
     addresses = _populate(store, project, 1500)
     with SendGridServer(latency=1.0) as server:
         env = _sendgrid_env(db_url, server.url, MAILER_SENDGRID_IN_FLIGHT="600")
-        victim = subprocess.Popen([*SEND, "--processes", "3"], cwd=project, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-        _wait_for(lambda: len(_processes_of(victim.pid)) == 2, 60, "two helper processes")
-        helpers = _processes_of(victim.pid)
+        victim, helpers = _send_in_three_processes(project, env)
         # 6 requests of 100 for the send: a process has 3 threads (its 2 slots' worth + 1), so 4 at
         # once are of several processes
         _wait_for(lambda: server.in_flight_requests >= 4, 60, "requests of several processes in flight")
@@ -744,10 +749,7 @@ def test_a_helper_killed_mid_send_leaves_the_send_to_the_others_who_finish_it(st
     addresses = _populate(store, project, 3000)
     with SendGridServer(latency=1.0) as server:
         env = _sendgrid_env(db_url, server.url, MAILER_SENDGRID_IN_FLIGHT="600")
-        victim = subprocess.Popen([*SEND, "--processes", "3"], cwd=project, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-        _wait_for(lambda: len(_processes_of(victim.pid)) == 2, 60, "two helper processes")
-        helper = _processes_of(victim.pid)[0]
+        victim, (helper, _) = _send_in_three_processes(project, env)
         _wait_for(lambda: server.in_flight_requests >= 4, 60, "requests of several processes in flight")
         os.kill(helper, signal.SIGKILL)
         out, err = victim.communicate(timeout=120)
@@ -768,10 +770,7 @@ def test_ctrl_c_while_the_helpers_start_stops_the_send_quietly_and_it_resumes(st
     addresses = _populate(store, project, 1500)
     with SendGridServer(latency=0.5) as server:
         env = _sendgrid_env(db_url, server.url, MAILER_SENDGRID_IN_FLIGHT="600")
-        victim = subprocess.Popen([*SEND, "--processes", "3"], cwd=project, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
-        # the helpers are started: their imports take ≈ 1 s
-        _wait_for(lambda: len(_processes_of(victim.pid)) == 2, 60, "two helper processes")
+        victim, _ = _send_in_three_processes(project, env, start_new_session=True)  # their imports take ≈ 1 s
         time.sleep(0.1)  # (measured: with the helpers still importing, the code before this fix printed tracebacks)
         os.killpg(victim.pid, signal.SIGINT)
         _, err = victim.communicate(timeout=60)
