@@ -62,7 +62,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from . import claimant
 from .prepare import by_language, live_claimants, load_edition, prepare_send, requeue_dead_claims
-from .inflight import InFlightSlots, in_flight_bound, lanes, sending_processes
+from .inflight import InFlightSlots, lanes, sending_processes, slots_for
 from .ratelimit import SendRateLimiter
 from .. import links, tokens
 from ..links import TEST_SUBSCRIBER_ID
@@ -235,10 +235,7 @@ class Sender:
         # the send's requests in flight (request-based providers, `inflight.py`): a slot is taken right
         # before a request leaves and given back once its outcome is recorded; None: the backend hands
         # over message by message (SMTP: its crash window is the commit group) or has no requests
-        if in_flight is None:
-            bound = in_flight_bound(settings)
-            in_flight = InFlightSlots(bound[0]) if bound else None
-        self.in_flight = in_flight
+        self.in_flight = in_flight if in_flight is not None else slots_for(settings)
         # SQLite: one writer at a time, in turns this process's threads take (and, for a send of
         # several processes, `processes.WriterTurn`: all of them), instead of SQLite's busy handler
         self._serial = writer_turn or (_sqlite_writer_lock(store) if store.is_sqlite else None)
@@ -838,15 +835,12 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
     progress = Progress(slug, total=claimable + counts["sending"])
     backend_factory = backend_factory or (lambda: make_backend(settings))
     count = sending_processes(settings, claimable, processes) if claimable else 1
-    bound = in_flight_bound(settings, workers)
-    in_flight = writer = writer_turn = None
+    in_flight = slots_for(settings, workers)  # one bound for every thread of every process of this send
+    writer_turn = None
     if count > 1:
-        from .processes import WriterTurn, shared_lock, shared_semaphore
-        if store.is_sqlite:
-            writer = shared_lock()
-            writer_turn = WriterTurn(writer)
-    if bound is not None:  # one bound for every thread of every process of this send
-        in_flight = InFlightSlots(bound[0], shared_semaphore(bound[0]) if count > 1 else None)
+        from .processes import WriterTurn
+        in_flight = in_flight.shared() if in_flight is not None else None
+        writer_turn = WriterTurn.shared() if store.is_sqlite else None
     sender = Sender(settings, store, prepared.edition, prepared.issue_id, backend_factory,
                     stop=stop, progress=progress, on_progress=on_progress, factory=prepared.factory,
                     factories=prepared.factories, in_flight=in_flight, writer_turn=writer_turn)
@@ -856,8 +850,7 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
     try:
         if count > 1:
             from .processes import Helpers
-            helpers = Helpers(settings, prepared.issue_id, slug, count, workers,
-                              in_flight.semaphore if in_flight is not None else None, writer)
+            helpers = Helpers(settings, prepared.issue_id, slug, count, workers, in_flight, writer_turn)
             gate = sender._shared_gate = helpers.gate
             if on_progress:
                 on_progress = sender.on_progress = _with_helpers(on_progress, helpers)
@@ -1090,8 +1083,7 @@ def work_queue(settings: Settings, store: Store, *, stop: threading.Event | None
     require_ready(settings)  # the same checks as `send`: a worker never sends half-configured
     stop = stop or threading.Event()
     if in_flight is None:
-        bound = in_flight_bound(settings)
-        in_flight = InFlightSlots(bound[0]) if bound else None
+        in_flight = slots_for(settings)
     sent = 0
     senders: dict[str, Sender] = {}
     unresumable: dict[str, str] = {}  # slug -> why (a send from before editions whose folder is gone)

@@ -21,6 +21,7 @@ README's crash guarantee says), a few lines over the standard library's semaphor
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 from typing import Any, Callable
@@ -54,6 +55,13 @@ def in_flight_bound(settings: Settings, workers: int | None = None) -> tuple[int
         requests = max(1, min(workers, cap))
         batch = max(1, min(batch, cap // requests))
     return requests, batch
+
+
+def slots_for(settings: Settings, workers: int | None = None, semaphore: Any = None) -> "InFlightSlots | None":
+    """The send's slots (`in_flight_bound`), or None for a provider whose requests do not overlap;
+    `semaphore`: the one a send's parent shares with its helper processes (`InFlightSlots.shared`)."""
+    bound = in_flight_bound(settings, workers)
+    return InFlightSlots(bound[0], semaphore) if bound else None
 
 
 def lanes(settings: Settings, workers: int | None = None, processes: int = 1) -> tuple[int, int]:
@@ -103,6 +111,11 @@ class InFlightSlots:
         self.count = count
         self.semaphore = semaphore if semaphore is not None else threading.BoundedSemaphore(count)
         self._local = threading.local()
+
+    def shared(self) -> "InFlightSlots":
+        """The same bound on a `multiprocessing` semaphore that the send's helper processes (spawned)
+        can share: hand them `.semaphore` (`slots_for(…, semaphore=)`)."""
+        return InFlightSlots(self.count, multiprocessing.get_context("spawn").BoundedSemaphore(self.count))
 
     @property
     def held(self) -> bool:

@@ -65,7 +65,7 @@ class WriterTurn:
     lock of its own threads, as a single process does."""
 
     def __init__(self, lock: Any) -> None:
-        self.lock = lock
+        self.lock = lock  # what helper processes are handed (`WriterTurn(lock)` there)
         self._own = threading.Lock()  # this process's threads, once the shared lock is given up
         self._given_up = False
         self._local = threading.local()
@@ -84,6 +84,16 @@ class WriterTurn:
 
     def __exit__(self, *exc: object) -> None:
         (self.lock if self._local.shared else self._own).release()
+
+    @classmethod
+    def shared(cls) -> "WriterTurn":
+        """A new turn on a lock the send's helper processes (spawned) can share."""
+        return cls(multiprocessing.get_context("spawn").Lock())
+
+    @staticmethod
+    def of(lock: Any) -> "WriterTurn | None":
+        """In a helper process: the turn on the lock it was handed (None: not SQLite)."""
+        return WriterTurn(lock) if lock is not None else None
 
 
 class StopFlag:
@@ -125,23 +135,13 @@ def _signals_ignored_while_starting() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
-def shared_semaphore(count: int) -> Any:
-    """A semaphore of `count` the send's helper processes (spawned) can share: the requests in flight."""
-    return multiprocessing.get_context("spawn").BoundedSemaphore(count)
-
-
-def shared_lock() -> Any:
-    """A lock the send's helper processes (spawned) can share: the SQLite writer turn (`WriterTurn`)."""
-    return multiprocessing.get_context("spawn").Lock()
-
-
 class Helpers:
     """The `processes` - 1 helper processes of one send of `processes`, started at once; `stop`, `join`,
-    and shared state (`in_flight`: the send's `shared_semaphore`, or None for a provider without
-    requests in flight)."""
+    and shared state (`in_flight`: the send's shared slots, `InFlightSlots.shared`, or None for a
+    provider without requests in flight; `writer`: its shared SQLite `WriterTurn`, or None)."""
 
     def __init__(self, settings: Settings, issue_id: int, slug: str, processes: int, workers: int | None,
-                 in_flight: Any = None, writer: Any = None) -> None:
+                 in_flight: Any = None, writer: WriterTurn | None = None) -> None:
         count = processes - 1
         context = multiprocessing.get_context("spawn")
         self.stop_event = StopFlag(context)
@@ -153,7 +153,8 @@ class Helpers:
         self.processes = [
             context.Process(target=_helper_main, name=f"mailer-send-{index + 1}",
                             args=(_picklable(settings), issue_id, slug, workers, index, self.stop_event, self.gate, self.counts,
-                                  self._pauses, in_flight, processes, writer), daemon=False)
+                                  self._pauses, in_flight.semaphore if in_flight is not None else None, processes,
+                                  writer.lock if writer is not None else None), daemon=False)
             for index in range(count)]
         self._reported: set[str] = set()
         with _signals_ignored_while_starting():
@@ -236,9 +237,8 @@ def _helper_main(settings: Settings, issue_id: int, slug: str, workers: int | No
     from ..store import open_store
     from . import dispatch
     from .prepare import load_edition
-    from .inflight import InFlightSlots, in_flight_bound
-    bound = in_flight_bound(settings, workers)
-    in_flight = InFlightSlots(bound[0], semaphore) if bound and semaphore is not None else None
+    from .inflight import slots_for
+    in_flight = slots_for(settings, workers, semaphore)
 
     def on_progress(progress: "dispatch.Progress") -> None:
         counts[3 * index:3 * index + 3] = [progress.sent, progress.failed, progress.skipped]
@@ -250,8 +250,7 @@ def _helper_main(settings: Settings, issue_id: int, slug: str, workers: int | No
             edition, factories = load_edition(settings, store, issue_id, slug)
             sender = dispatch.Sender(settings, store, edition, issue_id, lambda: make_backend(settings), stop=stop,
                                      progress=progress, on_progress=on_progress, factories=factories,
-                                     shared_gate=gate, in_flight=in_flight,
-                                     writer_turn=WriterTurn(writer) if writer is not None else None)
+                                     shared_gate=gate, in_flight=in_flight, writer_turn=WriterTurn.of(writer))
             dispatch.run_workers(sender, workers, processes=processes)
             if sender.abort_reason is not None:
                 pauses.put(sender.abort_reason)
@@ -269,20 +268,20 @@ def work_in_processes(settings: Settings, count: int, *, stop: threading.Event, 
     by itself), sharing one bound on the requests in flight. Returns the messages all of them sent."""
     from ..store import open_store
     from .dispatch import work_queue
-    from .inflight import InFlightSlots, in_flight_bound
+    from .inflight import slots_for
 
     context = multiprocessing.get_context("spawn")
     stop_event = StopFlag(context)
     sent = context.RawArray("q", count)  # each process writes its own (no lock a killed one could hold)
-    bound = in_flight_bound(settings)
-    semaphore = context.BoundedSemaphore(bound[0]) if bound else None
-    writer = context.Lock() if settings.database_url.startswith("sqlite") else None
+    in_flight = slots_for(settings)
+    in_flight = in_flight.shared() if in_flight is not None else None
+    store = open_store(settings.database_url)
+    writer = WriterTurn.shared() if store.is_sqlite else None
     helpers = [context.Process(target=_worker_main, name=f"mailer-worker-{index}",
-                               args=(_picklable(settings), once, stop_event, sent, index, semaphore, count, writer))
+                               args=(_picklable(settings), once, stop_event, sent, index,
+                                     in_flight.semaphore if in_flight is not None else None, count,
+                                     writer.lock if writer is not None else None))
                for index in range(1, count)]
-    with _signals_ignored_while_starting():
-        for process in helpers:
-            process.start()
     done = threading.Event()
 
     def bridge() -> None:
@@ -290,12 +289,13 @@ def work_in_processes(settings: Settings, count: int, *, stop: threading.Event, 
             if stop.is_set():
                 stop_event.set()
 
-    threading.Thread(target=bridge, name="mailer-workers-bridge", daemon=True).start()
-    store = open_store(settings.database_url)
     try:
-        sent[0] = work_queue(settings, store, stop=stop, once=once, processes=count,
-                             in_flight=InFlightSlots(bound[0], semaphore) if bound else None,
-                             writer_turn=WriterTurn(writer) if writer is not None else None)
+        with _signals_ignored_while_starting():
+            for process in helpers:
+                process.start()
+        threading.Thread(target=bridge, name="mailer-workers-bridge", daemon=True).start()
+        sent[0] = work_queue(settings, store, stop=stop, once=once, processes=count, in_flight=in_flight,
+                             writer_turn=writer)
     finally:
         store.close()
         if stop.is_set():
@@ -312,13 +312,11 @@ def _worker_main(settings: Settings, once: bool, stop_event: Any, sent: Any, ind
     stop = _follow_parent(stop_event)
     from ..store import open_store
     from .dispatch import work_queue
-    from .inflight import InFlightSlots, in_flight_bound
-    bound = in_flight_bound(settings)
+    from .inflight import slots_for
     store = open_store(settings.database_url)
     try:
         sent[index] = work_queue(settings, store, stop=stop, once=once, processes=processes,
-                                 in_flight=InFlightSlots(bound[0], semaphore) if bound else None,
-                                 writer_turn=WriterTurn(writer) if writer is not None else None)
+                                 in_flight=slots_for(settings, semaphore=semaphore), writer_turn=WriterTurn.of(writer))
     except MailerError as exc:  # the parent meets the same and says it; here only the count
         sent[index] = getattr(exc, "sent", 0)
     finally:
