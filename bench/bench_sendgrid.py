@@ -340,7 +340,7 @@ def send_once(args, kind: str, root: Path, url: str, db_url: str) -> dict:
               f"(bulk SQL, not part of the send)")
         print(f"python {sys.version.split()[0]}, sqlite {__import__('sqlite3').sqlite_version}, "
               f"{os.cpu_count()} CPUs, workers={args.workers}, "
-              f"processes={args.processes or 'automatic: ' + str(sending_processes(settings, args.subscribers))}, "
+              f"processes={args.processes or 'automatic: ' + str(sending_processes(settings, args.subscribers, workers=args.workers))}, "
               f"server: separate process (--cheap); load average {os.getloadavg()[0]:.1f}")
         requests_before = server_stats(url)["requests"]
         recipients_before = server_stats(url)["recipients"]
@@ -362,7 +362,7 @@ def send_once(args, kind: str, root: Path, url: str, db_url: str) -> dict:
             profile.enable()
         report = dispatch.send_issue(settings, store, ISSUE, workers=args.workers, allow_draft=True,
                                      processes=args.processes)
-        processes = sending_processes(settings, args.subscribers, args.processes)
+        processes = sending_processes(settings, args.subscribers, args.processes, args.workers)
         threads, batch = lanes(settings, args.workers, processes)
         if profile:
             profile.disable()

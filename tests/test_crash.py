@@ -693,7 +693,7 @@ def test_the_automatic_number_of_sending_processes_follows_the_cpus_the_send_may
     pinned = ",".join(map(str, sorted(os.sched_getaffinity(0))[:len(cpus.split(","))]))
     code = ("import json, sys; from mailer.config import load_settings; from mailer.sending.inflight import "
             "sending_processes as n, AUTO_PROCESSES_FROM as big; from pathlib import Path; s = load_settings(Path('.')); "
-            "print(json.dumps([n(s, big), n(s, big - 1), n(s, big, 3)]))")
+            "print(json.dumps([n(s, big), n(s, big - 1), n(s, big, 3), n(s, big, workers=1)]))")
     env = _sendgrid_env("sqlite:///unused.db", "http://127.0.0.1:9")
     outputs = {}
     for name, extra in {"default": {}, "setting": {"MAILER_SEND_PROCESSES": "3"},
@@ -702,9 +702,9 @@ def test_the_automatic_number_of_sending_processes_follows_the_cpus_the_send_may
                               env={**env, **extra}, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         outputs[name] = json.loads(done.stdout)
-    assert outputs["default"] == [expected, 1, 3]
-    assert outputs["setting"] == [3, 3, 3]
-    assert outputs["smtp"] == [1, 1, 3]
+    assert outputs["default"] == [expected, 1, 3, 1]  # `--workers 1`: one request in flight, one process
+    assert outputs["setting"] == [3, 3, 3, 3]
+    assert outputs["smtp"] == [1, 1, 3, 1]
 
 
 def _hold_forever(lock) -> None:  # noqa: ANN001 - a spawned process: take the turn and never give it back

@@ -834,11 +834,11 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
                           edition=prepared.edition.number, notice=prepared.notice)
     progress = Progress(slug, total=claimable + counts["sending"])
     backend_factory = backend_factory or (lambda: make_backend(settings))
-    count = sending_processes(settings, claimable, processes) if claimable else 1
+    count = sending_processes(settings, claimable, processes, workers) if claimable else 1
     in_flight = slots_for(settings, workers)  # one bound for every thread of every process of this send
     writer_turn = None
     if count > 1:
-        from .processes import WriterTurn
+        from .processes import Helpers, WriterTurn
         in_flight = in_flight.shared() if in_flight is not None else None
         writer_turn = WriterTurn.shared() if store.is_sqlite else None
     sender = Sender(settings, store, prepared.edition, prepared.issue_id, backend_factory,
@@ -849,7 +849,6 @@ def send_issue(settings: Settings, store: Store, issue_ref: str, *, include_new:
     bridge_done = threading.Event()
     try:
         if count > 1:
-            from .processes import Helpers
             helpers = Helpers(settings, prepared.issue_id, slug, count, workers, in_flight, writer_turn)
             gate = sender._shared_gate = helpers.gate
             if on_progress:

@@ -78,19 +78,19 @@ def lanes(settings: Settings, workers: int | None = None, processes: int = 1) ->
     return min(MAX_LANES, -(-requests // max(1, processes)) + 1), batch
 
 
-def sending_processes(settings: Settings, queued: int, asked: int | None = None) -> int:
+def sending_processes(settings: Settings, queued: int, asked: int | None = None, workers: int | None = None) -> int:
     """How many processes send: `asked` (`--processes N`) when given, else `MAILER_SEND_PROCESSES`
     when not 0, else automatic: a request-based provider's send of at least AUTO_PROCESSES_FROM
     queued recipients takes every core this process may run on (`os.sched_getaffinity`), at most
     MAX_AUTO_PROCESSES and at most one per request in flight (a process without a slot adds nothing);
-    otherwise 1. One process builds ≈ 40,000 SendGrid recipients a second on one core: past that a
+    otherwise 1 (`workers`: `--workers N`, the requests in flight it asks for). One process builds ≈ 40,000 SendGrid recipients a second on one core: past that a
     send is CPU-bound, whatever its requests in flight (at the default 4,000 in flight and 100 ms
     answers the bound allows ≈ 38,000 a second: one core nearly keeps up, a second one gives room)."""
     if asked:
         return asked
     if settings.send_processes:
         return settings.send_processes
-    bound = in_flight_bound(settings)
+    bound = in_flight_bound(settings, workers)
     if bound is None or queued < AUTO_PROCESSES_FROM:
         return 1
     try:
