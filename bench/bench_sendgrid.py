@@ -89,7 +89,7 @@ ENV = {
     "MAILER_TIMEZONE": "Europe/Paris",
     "MAILER_BACKEND": "sendgrid",
     "SENDGRID_API_KEY": "SG.bench",
-    "MAILER_BATCH_SIZE": "1000",
+    "MAILER_BATCH_SIZE": os.environ.get("MAILER_BATCH_SIZE", "0"),  # 0: the backend's own (default settings)
 }
 
 
@@ -189,9 +189,10 @@ def bulk_subscribers(store, count: int) -> float:
     return time.perf_counter() - started
 
 
-def start_server(latency: float) -> tuple[subprocess.Popen, str]:
+def start_server(latency: float, handshake: float = 0.0) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen([sys.executable, str(REPO / "tests" / "sendgrid_server.py"), "--cheap",
-                                "--api-key", ENV["SENDGRID_API_KEY"], "--latency", str(latency)],
+                                "--api-key", ENV["SENDGRID_API_KEY"], "--latency", str(latency),
+                                "--handshake", str(handshake)],
                                stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     if not line.startswith("PORT "):
@@ -226,6 +227,44 @@ def sequential_floor(url: str, requests: int) -> float:
         client.client.mail.send.post(request_body=body)
     FLOOR_CPU.append((time.process_time() - cpu) / (requests * 1000))  # seconds of CPU per recipient
     return (time.perf_counter() - started) / requests
+
+
+def connection_cost(root: Path, latency: float, handshake: float, requests: int) -> tuple[float, float, int]:
+    """What a new connection per request costs over a network: (seconds per request of the official
+    client, which opens one per request through urllib; seconds per request of mailer's backend, which
+    keeps its connection; connections the backend opened), `requests` one-recipient requests each,
+    one after another, against a stand-in whose new connections wait `handshake` seconds first
+    (a real HTTPS connection's TCP and TLS 1.3 handshakes: two round trips) and whose answers come
+    `latency` seconds after a request."""
+    import sendgrid
+    from mailer.providers.sendgrid import SendGridBackend
+
+    process, url = start_server(latency, handshake)
+    try:
+        body = {"personalizations": [{"to": [{"email": "reader@example.net"}]}],
+                "from": {"email": "lettre@example.org"}, "subject": "Connexions",
+                "content": [{"type": "text/plain", "value": "Une brève."}]}
+        client = sendgrid.SendGridAPIClient(api_key=ENV["SENDGRID_API_KEY"], host=url)
+        started = time.perf_counter()
+        for _ in range(requests):
+            client.client.mail.send.post(request_body=body)
+        official = (time.perf_counter() - started) / requests
+        before = server_stats(url)["connections"]
+        with database("sqlite", root, None) as db_url:
+            env = {**ENV, "MAILER_SENDGRID_API_URL": url, "MAILER_DATABASE_URL": db_url}
+            open_store(db_url).close()
+            backend = SendGridBackend.from_settings(load_settings(root, env=env))
+            backend.open()
+            encoded = json.dumps(body).encode()
+            started = time.perf_counter()
+            for _ in range(requests):
+                backend._post(encoded)  # the backend's transport step (guard, kept connection, answer)
+            kept = (time.perf_counter() - started) / requests
+            backend.close()
+        return official, kept, server_stats(url)["connections"] - before - 1  # minus this stats request's own
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def server_stats(url: str) -> dict:
@@ -506,6 +545,10 @@ def main() -> int:
                         help="MAILER_SENDGRID_IN_FLIGHT of the send (default: the setting's default, 4000)")
     parser.add_argument("--latency", type=float, default=0.1, help="seconds the server waits before answering")
     parser.add_argument("--floor-requests", type=int, default=30, help="requests the sequential floor posts")
+    parser.add_argument("--handshake", type=float, default=None,
+                        help="seconds a new connection costs in the connection measure (default 2 x --latency)")
+    parser.add_argument("--connection-requests", type=int, default=10,
+                        help="requests of the connection measure (0: skip it)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--breakdown", action="store_true", help="time each step of the send loop")
     parser.add_argument("--worker-processes", type=int, default=0,
@@ -568,6 +611,15 @@ def main() -> int:
         print(f"\nfloor: sequential plain-dict loop, same server, same latency ({args.floor_requests} requests sampled)")
         floor_per_request = sequential_floor(url, args.floor_requests)
         print(f"  {1000 * floor_per_request:.1f} ms per request")
+        handshake = 2 * args.latency if args.handshake is None else args.handshake
+        if handshake > 0 and args.connection_requests:
+            official, kept, opened = connection_cost(root, args.latency, handshake, args.connection_requests)
+            print(f"\nconnections: {args.connection_requests} requests one after another, {1000 * args.latency:.0f} ms "
+                  f"answers, each new connection {1000 * handshake:.0f} ms of handshakes (TCP + TLS over the network)")
+            print(f"  a new connection per request (the official client's urllib, the floor) {1000 * official:7.1f} ms "
+                  f"per request")
+            print(f"  mailer's kept-alive connection                                        {1000 * kept:7.1f} ms "
+                  f"per request ({kept / official:.2f} x; {opened} connection(s) opened)")
         target_seconds = TARGET_SECONDS * args.subscribers / 1_000_000  # the target scales with the list
         print("\nfigure                                          measured      target        ratio to floor")
         for run in runs:

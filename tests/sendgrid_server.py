@@ -24,8 +24,15 @@ Fault injection: `script()` queues responses consumed one per request (429 with 
 `reject_addresses()` adds a rule answering 400 with an `errors` array naming each matching
 `personalizations.N.to.0.email`.
 
+Connections: kept alive between requests (HTTP/1.1, as SendGrid's API does) unless `keep_alive=False`
+(then every answer says `Connection: close`); `handshake` seconds make each new connection wait before
+its first request is read (a real HTTPS connection's TCP and TLS handshakes, two round trips, which a
+loopback connection does not cost); `silent_close_after=N` closes a connection after its Nth answer
+without saying so (a server's idle timer firing: the client finds it closed when it reuses it).
+`connections` counts the connections opened.
+
 Run standalone (used by the benchmark, in its own process):
-    python tests/sendgrid_server.py [--port N] [--cheap] [--api-key KEY]
+    python tests/sendgrid_server.py [--port N] [--cheap] [--api-key KEY] [--latency S] [--handshake S]
 prints `PORT <n>` on stdout once listening; `--cheap` only parses the JSON and counts.
 """
 
@@ -260,6 +267,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        owner = self.server.owner
+        self._answered = 0
+        with owner._lock:
+            owner.connections += 1
+        if owner.handshake:
+            owner._stop.wait(owner.handshake)
+
     def do_POST(self) -> None:  # noqa: N802
         owner = self.server.owner
         if self.path.rstrip("/") != "/v3/mail/send":
@@ -288,7 +304,8 @@ class _Handler(BaseHTTPRequestHandler):
             with owner._lock:
                 stats = {"requests": owner.accepted_count, "recipients": owner.accepted_recipients,
                          "max_in_flight_requests": owner.max_in_flight_requests,
-                         "max_in_flight_recipients": owner.max_in_flight_recipients}
+                         "max_in_flight_recipients": owner.max_in_flight_recipients,
+                         "connections": owner.connections}
             self._reply(200, stats)
             return
         self._reply(405, {"errors": [_error("method not allowed", None)]})
@@ -312,11 +329,16 @@ class _Handler(BaseHTTPRequestHandler):
         if data:
             self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
+        owner = self.server.owner
+        if not owner.keep_alive:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         if data:
             self.wfile.write(data)
-        self.close_connection = True
+        self._answered = getattr(self, "_answered", 0) + 1
+        if owner.silent_close_after and self._answered >= owner.silent_close_after:
+            self.close_connection = True  # no header: the client learns it when it reuses the connection
 
     def _reset(self) -> None:
         """Abort the connection with a TCP RST (SO_LINGER 0), no response."""
@@ -347,8 +369,13 @@ class SendGridServer:
     """The fake SendGrid: `start()` it (or use it as a context manager), point the backend at `.url`."""
 
     def __init__(self, api_key: str = "SG.test", *, host: str = "127.0.0.1", port: int = 0, cheap: bool = False,
-                 max_body_bytes: int = MAX_BODY_BYTES, latency: float = 0.0) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, latency: float = 0.0, handshake: float = 0.0,
+                 keep_alive: bool = True, silent_close_after: int | None = None) -> None:
         self.api_key = api_key
+        self.handshake = handshake  # seconds each new connection waits before its first request is read
+        self.keep_alive = keep_alive
+        self.silent_close_after = silent_close_after
+        self.connections = 0  # connections opened by clients
         # seconds between accepting a request and answering it (a real API's latency): the window in
         # which a crash of the client leaves an accepted request unrecorded
         self.latency = latency
@@ -637,8 +664,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cheap", action="store_true", help="only parse the JSON and count (benchmarks)")
     parser.add_argument("--latency", type=float, default=0.0,
                         help="seconds between accepting a request and answering it (a real API's round trip)")
+    parser.add_argument("--handshake", type=float, default=0.0,
+                        help="seconds each new connection waits before its first request (TCP + TLS handshakes)")
     args = parser.parse_args(argv)
-    server = SendGridServer(args.api_key, port=args.port, cheap=args.cheap, latency=args.latency)
+    server = SendGridServer(args.api_key, port=args.port, cheap=args.cheap, latency=args.latency,
+                            handshake=args.handshake)
     print(f"PORT {server.port}", flush=True)
     try:
         server._httpd.serve_forever(poll_interval=0.2)

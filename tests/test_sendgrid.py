@@ -726,3 +726,95 @@ def test_every_header_sendgrid_writes_is_one_valid_line(base_length, name_length
         if base_length < MAX_BASE_URL - 100:  # room for the mailto alternative
             assert urls[1:] == [settings.unsubscribe_mailto_url]
         assert str(parsed["List-Id"]).endswith(f"<{settings.list_id_value}>")
+
+
+# ----- kept-alive connections -------------------------------------------------------------------------
+def _send_in_requests(settings, store, tmp_path, requests: int, per_request: int = 3):
+    _populate(store, tmp_path, requests * per_request)
+    return dispatch.send_issue(settings, store, EXAMPLE_ISSUE, workers=1)
+
+
+def test_a_sender_thread_keeps_one_connection_for_its_requests(sg_settings, server, store, tmp_path):
+    """Over a real network each new HTTPS connection costs two round trips (TCP and TLS handshakes)
+    before the request's own: requests reuse a kept-alive connection instead of opening one each (as
+    urllib does). With one request in flight the send has two lanes, so at most two connections."""
+    report = _send_in_requests(sg_settings(MAILER_BATCH_SIZE="3"), store, tmp_path, requests=8)
+    assert report.counts["sent"] == 24
+    assert len(server.accepted) == 8
+    assert 1 <= server.connections <= 2
+    assert sorted(server.count_by_recipient().values()) == [1] * 24
+
+
+def test_a_server_that_closes_every_connection_is_followed(sg_settings, server, store, tmp_path):
+    """`Connection: close` on every answer: each request opens a new connection, nobody is lost or
+    sent twice."""
+    server.keep_alive = False
+    report = _send_in_requests(sg_settings(MAILER_BATCH_SIZE="3"), store, tmp_path, requests=6)
+    assert report.counts["sent"] == 18
+    assert server.connections == len(server.accepted) == 6
+    assert sorted(server.count_by_recipient().values()) == [1] * 18
+
+
+@pytest.mark.parametrize("after", [1, 2])
+def test_a_connection_the_server_closed_without_a_word_is_not_reused(after, sg_settings, server, store, tmp_path,
+                                                                     fast_backoff):
+    """A server's idle timer closes a kept connection after an answer without saying so: the client
+    finds it closed before reusing it and opens a new one. Every recipient once, and no request lost
+    on the dead connection (each accepted request was answered)."""
+    server.silent_close_after = after
+    report = _send_in_requests(sg_settings(MAILER_BATCH_SIZE="3"), store, tmp_path, requests=6)
+    assert report.counts["sent"] == 18
+    assert sorted(server.count_by_recipient().values()) == [1] * 18
+    assert server.connections >= -(-6 // after)
+
+
+def test_a_request_cut_by_its_deadline_leaves_no_connection_to_reuse(sg_settings, server, store, tmp_path,
+                                                                     fast_backoff):
+    """A request that outlives MAILER_SENDGRID_TIMEOUT on a kept connection is cut (its rows go back to
+    the queue) and that connection is never used again: the next request opens a new one and
+    everyone is reached."""
+    server.script(Fault("ok"), Fault("hang", seconds=5))  # the second request (on the kept connection) hangs
+    report = _send_in_requests(sg_settings(MAILER_BATCH_SIZE="3", MAILER_SENDGRID_TIMEOUT="0.5"), store, tmp_path,
+                               requests=3)
+    assert report.counts["sent"] == 9
+    assert sorted(server.count_by_recipient().values()) == [1] * 9
+    assert server.connections >= 2
+
+
+def test_requests_go_through_the_configured_proxy(sg_settings, server, store, tmp_path, monkeypatch):
+    """With `http_proxy` set for the API's host, requests keep urllib's path through the proxy (one
+    connection each): the proxy sees the absolute URL of the Mail Send endpoint."""
+    seen: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def proxy() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                seen.append(head.split(b"\r\n")[0])
+                conn.sendall(b"HTTP/1.1 202 Accepted\r\nX-Message-Id: via-proxy\r\nContent-Length: 0\r\n"
+                             b"Connection: close\r\n\r\n")
+
+    threading.Thread(target=proxy, daemon=True).start()
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    try:
+        report = _send_in_requests(sg_settings(MAILER_BATCH_SIZE="3"), store, tmp_path, requests=2)
+    finally:
+        listener.close()
+    assert report.counts["sent"] == 6
+    assert seen == [f"POST {server.url}/v3/mail/send HTTP/1.1".encode()] * 2
+    assert server.accepted == []

@@ -300,8 +300,12 @@ class LedgerQueries:
         now = utcnow()
         candidates = sa.select(
             sa.literal(issue_id), subscribers.c.id, sa.literal("queued"), sa.literal(0), sa.literal(now), sa.literal(now),
-        ).where(subscribers.c.status == "active").where(~sa.exists().where(
-            (deliveries.c.issue_id == issue_id) & (deliveries.c.subscriber_id == subscribers.c.id)))
+        ).where(subscribers.c.status == "active")
+        if conn.execute(sa.select(deliveries.c.id).where(deliveries.c.issue_id == issue_id).limit(1)).first():
+            # a later freeze (--include-new): leave out who is already there. The first one skips the
+            # probe, one unique-index lookup per subscriber (0.35 of 1.85 s at a million on SQLite)
+            candidates = candidates.where(~sa.exists().where(
+                (deliveries.c.issue_id == issue_id) & (deliveries.c.subscriber_id == subscribers.c.id)))
         candidates = self._audience_filter(candidates, list_name, segment)
         result = conn.execute(deliveries.insert().from_select(
             ["issue_id", "subscriber_id", "status", "attempts", "created_at", "updated_at"], candidates)
