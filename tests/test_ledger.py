@@ -73,6 +73,36 @@ def test_claim_reads_back_exactly_the_claimed_rows_with_their_subscribers(store)
         assert store.claim_deliveries(conn, issue_id, "w3", 5) == []
 
 
+def test_a_claim_read_after_its_commit_gives_the_same_rows(store):
+    """The send loop claims inside a write transaction and reads the claimed rows after the commit
+    (`claim_batch`: on SQLite that read takes no write lock). The rows read then carry the same eight
+    fields, in the same order, as those `claim_deliveries` gives inside the transaction, and together
+    the two claims take each person once, in id order."""
+    issue_id = _ledger_with(store, 30, suppressed=4)
+    with store.begin() as conn:
+        inside = store.claim_deliveries(conn, issue_id, "w1", 10)
+    with store.connect() as conn:
+        with conn.begin():
+            claim = store.claim_batch(conn, issue_id, "w2", 10)
+        after = list(claim.rows(conn))
+        assert not conn.in_transaction()
+    ledger = _rows(store)
+    assert len(inside) == len(after) == 10
+    assert {ledger[row[0]]["claimed_by"] for row in after} == {"w2"}
+    numbers = sorted(int(row[3][1:6]) for row in inside + after)
+    assert numbers == list(range(20))  # id order over both claims: the first 20 people, each once
+    for row in inside:
+        assert tuple(row) == (row.delivery_id, row.attempts, row.subscriber_id, row.email_given, row.name,
+                              row.subscriber_status, row.language, row.first_name)
+    for row in after:  # the same eight fields, by position
+        number = int(row[3][1:6])
+        assert row[3] == f"P{number:05d}@Example.net"
+        assert row[4] == (f"Élodie {number}" if number % 2 else "")
+        assert row[7] == (f"Zoé{number}" if number % 3 == 0 else None)
+        assert row[5] == ("unsubscribed" if number < 4 else "active")
+        assert row[1] == 0
+
+
 def _model_finish(model: dict, worker: str, outcomes: list[dict]) -> None:
     for outcome in outcomes:
         row = model[outcome["id"]]

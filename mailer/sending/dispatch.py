@@ -290,12 +290,14 @@ class Sender:
                     return
                 size = min(batch_size or backend.max_batch, backend.max_batch)
                 while not self.halted:
+                    claim = None
                     with self._claiming, self._tx(conn):
                         if self.store.current_edition_id(conn, self.issue_id) != self.rendered.id:
                             self.edition_changed = True  # a --rebuild made a newer edition: claim nothing
-                            rows = []
                         else:
-                            rows = self.store.claim_deliveries(conn, self.issue_id, name, size, self.claim_grace)
+                            claim = self.store.claim_batch(conn, self.issue_id, name, size, self.claim_grace)
+                    # read once committed: on SQLite without holding the send's one writer (`claim_batch`)
+                    rows = claim.rows(conn) if claim is not None else []
                     if self.edition_changed:
                         if self._held():
                             self._hand_back(conn, name)

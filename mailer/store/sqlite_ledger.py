@@ -60,17 +60,37 @@ FINISH_SOME = (
             attempts=deliveries.c.attempts + sa.bindparam("p_inc")))
 
 
-def claim(conn: Connection, issue_id: int, worker: str, limit: int, now: datetime) -> list[sa.Row]:
-    """`LedgerQueries.claim_deliveries` on SQLite without a release window: an UPDATE, then the read
-    of the claimed range. Both as driver SQL (`_Raw`): SQLAlchemy's handling of each statement and of
-    its 1000 returned ids cost ~0.4 µs a recipient (issue 12); the rows keep their column names."""
+def claim_range(conn: Connection, issue_id: int, worker: str, limit: int, now: datetime) -> dict | None:
+    """`LedgerQueries.claim_batch` on SQLite without a release window, its write half: the UPDATE alone
+    (driver SQL, `_Raw`: SQLAlchemy's handling of the statement and of its 1000 returned ids cost
+    ~0.4 µs a recipient, issue 12), inside the caller's write transaction. Returns what `read_claimed`
+    needs (None when nothing was queued)."""
     stamp = _DATETIME(now)
     claimed = [row[0] for row in _CLAIM_IDS_RAW.execute(
         conn, {"p_issue": issue_id, "p_limit": limit, "p_worker": worker, "p_now": stamp})]
+    return claimed_range(claimed, worker, now, stamp)
+
+
+def claimed_range(claimed: Sequence[int], worker: str, now: datetime, stamp: str | None = None) -> dict | None:
+    """What `read_claimed` needs to read back the rows `worker` claimed at `now` (ids `claimed`)."""
     if not claimed:
-        return []
-    return _CLAIMED_ROWS_RAW.execute(conn, {"p_low": min(claimed), "p_high": max(claimed), "p_worker": worker,
-                                            "p_now": stamp}).all()
+        return None
+    return {"p_low": min(claimed), "p_high": max(claimed), "p_worker": worker,
+            "p_now": stamp if stamp is not None else _DATETIME(now)}
+
+
+def read_claimed_in_transaction(conn: Connection, claimed: dict) -> list[sa.Row]:
+    """The claimed rows (`CLAIMED_ROWS`) inside the caller's transaction, with their column names."""
+    return _CLAIMED_ROWS_RAW.execute(conn, claimed).all()
+
+
+def read_claimed(conn: Connection, claimed: dict) -> list[tuple]:
+    """The claimed rows (`CLAIMED_ROWS`) outside any transaction of `conn`, through the driver connection
+    in SQLite's own autocommit: a read transaction that takes no write lock (one begun through
+    SQLAlchemy is BEGIN IMMEDIATE, `engine.py`, and would wait for the send's writer). Plain tuples."""
+    _, sql, order, fixed = _CLAIMED_ROWS_RAW._form(conn)
+    return conn.connection.driver_connection.execute(
+        sql, tuple([claimed[name] if name in claimed else fixed[name] for name in order])).fetchall()
 
 
 def finish_shared(conn: Connection, worker: str, ids: Sequence[int], values: dict) -> None:
