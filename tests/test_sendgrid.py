@@ -904,3 +904,21 @@ def test_over_https_a_stop_cuts_a_stalled_tls_handshake(https_server, sg_setting
     finally:
         listener.close()
 
+
+@pytest.mark.parametrize("case", ["untrusted", "wrong host"])
+def test_over_https_a_certificate_refused_says_why(case, https_server, sg_settings, monkeypatch):
+    """The error names the reason (hostname mismatch, unknown issuer), not only OpenSSL's code
+    CERTIFICATE_VERIFY_FAILED (`SSLError.reason`), and nothing reaches the server."""
+    srv = https_server("127.0.0.2" if case == "wrong host" else "127.0.0.1")
+    if case == "untrusted":
+        monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent")
+        import mailer.providers.sendgrid as sendgrid_module
+        sendgrid_module._default_ssl_context.cache_clear()
+    host = "127.0.0.2" if case == "wrong host" else "localhost"
+    settings = sg_settings(MAILER_SENDGRID_API_URL=f"https://{host}:{srv.port}")
+    with SendGridBackend.from_settings(settings) as backend:
+        with pytest.raises(TransientError) as raised:
+            backend.send_batch(_https_batch(settings))
+    expected = "IP address mismatch" if case == "wrong host" else "unable to get local issuer certificate"
+    assert "certificate verify failed" in str(raised.value) and expected in str(raised.value)
+    assert srv.accepted == []

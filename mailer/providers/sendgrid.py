@@ -730,7 +730,9 @@ class SendGridBackend(Backend):
                 self.requests_sent += 1
                 if guard.interrupted():
                     raise TransientError(f"SendGrid at {self.shown_url}: {guard.why()}") from None
-                reason = getattr(exc, "reason", None) or exc
+                # URLError's reason is the underlying error; an SSLError's `reason` is only its code
+                # (CERTIFICATE_VERIFY_FAILED), not why (hostname mismatch, self-signed…): its text says that
+                reason = (exc.reason if isinstance(exc, urllib.error.URLError) else None) or exc
                 raise TransientError(strip_credentials(
                     f"SendGrid at {self.shown_url} unreachable: {type(exc).__name__}: {reason}")) from None
             finally:
