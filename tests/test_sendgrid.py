@@ -818,3 +818,107 @@ def test_requests_go_through_the_configured_proxy(sg_settings, server, store, tm
     assert report.counts["sent"] == 6
     assert seen == [f"POST {server.url}/v3/mail/send HTTP/1.1".encode()] * 2
     assert server.accepted == []
+
+
+# ----- kept-alive connections over HTTPS ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sg_certs(tmp_path_factory):
+    from .smtp_server import make_certificates
+    return make_certificates(tmp_path_factory.mktemp("sg-certs"))
+
+
+@pytest.fixture
+def https_server(sg_certs, monkeypatch):
+    """The stand-in behind TLS (a certificate for localhost and 127.0.0.1 from a throw-away CA, which the
+    process trusts through SSL_CERT_FILE, as an operator's own CA bundle would be)."""
+    import mailer.providers.sendgrid as sendgrid_module
+
+    def start(host: str = "127.0.0.1") -> SendGridServer:
+        srv = SendGridServer(KEY, host=host)
+        srv._httpd.socket = sg_certs.server_context().wrap_socket(srv._httpd.socket, server_side=True)
+        started.append(srv.start())
+        return srv
+
+    started: list[SendGridServer] = []
+    monkeypatch.setenv("SSL_CERT_FILE", str(sg_certs.ca))
+    sendgrid_module._default_ssl_context.cache_clear()
+    yield start
+    for srv in started:
+        srv.stop()
+    sendgrid_module._default_ssl_context.cache_clear()
+
+
+def _https_batch(settings, start: int = 0) -> Batch:
+    return Batch(_factory(settings), tuple(_message(start + i) for i in range(3)), issue_id=42)
+
+
+def test_over_https_requests_share_one_verified_connection(https_server, sg_settings):
+    srv = https_server()
+    settings = sg_settings(MAILER_SENDGRID_API_URL=f"https://localhost:{srv.port}")
+    with SendGridBackend.from_settings(settings) as backend:
+        for k in range(4):
+            assert [r.outcome for r in backend.send_batch(_https_batch(settings, 3 * k))] == ["sent"] * 3
+    assert len(srv.accepted) == 4 and srv.connections == 1
+
+
+@pytest.mark.parametrize("reused", [False, True])
+def test_over_https_a_stop_and_the_deadline_cut_a_request_on_a_new_connection_too(reused, https_server,
+                                                                                   sg_settings):
+    """Wrapping a socket in TLS detaches the TCP socket the guard held: the TLS socket must be guarded
+    too, or a request on a new HTTPS connection (every thread's first, every one after a failure)
+    escapes the deadline (a trickling server held it 8 s past a 1 s deadline) and a stop (20 s)."""
+    srv = https_server()
+    settings = sg_settings(MAILER_SENDGRID_API_URL=f"https://localhost:{srv.port}", MAILER_SENDGRID_TIMEOUT="1")
+    with SendGridBackend.from_settings(settings) as backend:
+        if reused:
+            backend.send_batch(_https_batch(settings))
+        srv.trickle_next(seconds=8, interval=0.3)
+        started = time.monotonic()
+        with pytest.raises(TransientError, match="no complete answer within 1 s"):
+            backend.send_batch(_https_batch(settings, 10))
+        assert time.monotonic() - started < 2.5
+    with SendGridBackend.from_settings(sg_settings(MAILER_SENDGRID_API_URL=f"https://localhost:{srv.port}")) \
+            as backend:
+        if reused:
+            backend.send_batch(_https_batch(settings, 20))
+        srv.hang_next(20)
+        threading.Timer(0.5, backend.abort).start()
+        started = time.monotonic()
+        with pytest.raises(TransientError, match="cut by a stop request"):
+            backend.send_batch(_https_batch(settings, 30))
+        assert time.monotonic() - started < 2
+
+
+def test_over_https_a_stop_cuts_a_stalled_tls_handshake(https_server, sg_settings):
+    """A server that accepts the connection and never answers the TLS handshake: a stop cuts it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        https_server()  # trusts the test CA
+        settings = sg_settings(MAILER_SENDGRID_API_URL=f"https://localhost:{listener.getsockname()[1]}")
+        with SendGridBackend.from_settings(settings) as backend:
+            threading.Timer(0.5, backend.abort).start()
+            started = time.monotonic()
+            with pytest.raises(TransientError, match="cut by a stop request"):
+                backend.send_batch(_https_batch(settings))
+            assert time.monotonic() - started < 2
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("case", ["untrusted", "wrong host"])
+def test_over_https_a_certificate_refused_says_why(case, https_server, sg_settings, monkeypatch):
+    """The error names the reason (hostname mismatch, unknown issuer), not only OpenSSL's code
+    CERTIFICATE_VERIFY_FAILED (`SSLError.reason`), and nothing reaches the server."""
+    srv = https_server("127.0.0.2" if case == "wrong host" else "127.0.0.1")
+    if case == "untrusted":
+        monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent")
+        import mailer.providers.sendgrid as sendgrid_module
+        sendgrid_module._default_ssl_context.cache_clear()
+    host = "127.0.0.2" if case == "wrong host" else "localhost"
+    settings = sg_settings(MAILER_SENDGRID_API_URL=f"https://{host}:{srv.port}")
+    with SendGridBackend.from_settings(settings) as backend:
+        with pytest.raises(TransientError) as raised:
+            backend.send_batch(_https_batch(settings))
+    expected = "IP address mismatch" if case == "wrong host" else "unable to get local issuer certificate"
+    assert "certificate verify failed" in str(raised.value) and expected in str(raised.value)
+    assert srv.accepted == []

@@ -126,10 +126,22 @@ class _GuardedHTTPConnection(http.client.HTTPConnection):
 
 
 class _GuardedHTTPSConnection(http.client.HTTPSConnection):
+    """The TLS socket is attached to the guard too: wrapping detaches the TCP socket the guard holds
+    (the same descriptor, a new object), so without it the deadline and a stop could not cut the
+    handshake nor a request on a new connection."""
+
     def __init__(self, *args: Any, owner: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._owner = owner
         self._create_connection = lambda address, timeout, source=None: owner.guard.open_connection(
             address[0], address[1], timeout if isinstance(timeout, (int, float)) else None)
+
+    def connect(self) -> None:  # http.client.HTTPSConnection.connect, with the handshake under the guard
+        http.client.HTTPConnection.connect(self)  # TCP (and a proxy's CONNECT tunnel), through the guard
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._tunnel_host or self.host,
+                                              do_handshake_on_connect=False)
+        self._owner.guard.attach(self.sock)
+        self.sock.do_handshake()
 
 
 class _FixedGuard:
@@ -718,7 +730,9 @@ class SendGridBackend(Backend):
                 self.requests_sent += 1
                 if guard.interrupted():
                     raise TransientError(f"SendGrid at {self.shown_url}: {guard.why()}") from None
-                reason = getattr(exc, "reason", None) or exc
+                # URLError's reason is the underlying error; an SSLError's `reason` is only its code
+                # (CERTIFICATE_VERIFY_FAILED), not why (hostname mismatch, self-signed…): its text says that
+                reason = (exc.reason if isinstance(exc, urllib.error.URLError) else None) or exc
                 raise TransientError(strip_credentials(
                     f"SendGrid at {self.shown_url} unreachable: {type(exc).__name__}: {reason}")) from None
             finally:
