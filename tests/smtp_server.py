@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import logging
 import shutil
 import socket
 import ssl
@@ -33,6 +34,12 @@ from typing import Callable
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+# aiosmtpd logs every protocol line at INFO on `mail.log`. The sinks run in the test process, beside
+# `mailer` commands invoked in it (cli_support.invoke), whose stderr handler takes the root logger's
+# records while it runs: a sink's lines then landed in the command's stderr, which a real `mailer`
+# process (the relay elsewhere) never shows. Warnings and errors still come through.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 SERVER_NAME = "mx.test.invalid"
 
