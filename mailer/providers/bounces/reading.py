@@ -224,9 +224,15 @@ def _dsn_failures(leaf: Message) -> list[Failure] | None:
 
 
 def _detected_failures(msg: Message) -> tuple[list[Failure], str]:
+    """Failures of a bounce that carries no delivery-status part: `flufl.bounce`'s detectors, then the
+    recipients an `X-Failed-Recipients` field names that they missed. Exim writes that field on every
+    bounce (Gmail's and others' too) listing the addresses it gave up on; flufl.bounce reads addresses
+    off the body with ASCII patterns, so for an internationalised address (RFC 6531: a UTF-8 local part
+    or domain) it found nothing, the report read as "not a bounce", and the address kept being mailed."""
     from flufl.bounce import all_failures
     temporary, permanent = all_failures(msg)
-    if not temporary and not permanent:
+    named = _failed_recipients(msg)
+    if not temporary and not permanent and not named:
         return [], ""
     body = _body_text(msg)
     failures: list[Failure] = []
@@ -238,7 +244,21 @@ def _detected_failures(msg: Message) -> tuple[list[Failure], str]:
     for address in sorted(temporary - permanent):
         recipient = address.decode("ascii", "replace").lower()
         failures.append(Failure(recipient, "delayed", _code_near(body, recipient), "", _line_near(body, recipient)))
-    return failures, "flufl.bounce"
+    found = {failure.recipient for failure in failures}
+    for recipient in named:
+        if recipient not in found:  # given up on (the field's meaning): failed, hard unless its code says soft
+            status = _code_near(body, recipient)
+            failures.append(Failure(recipient, classify("failed", status) or "hard", status, "",
+                                    _line_near(body, recipient)))
+    return failures, "flufl.bounce" if temporary or permanent else "x-failed-recipients"
+
+
+def _failed_recipients(msg: Message) -> list[str]:
+    """The addresses of every `X-Failed-Recipients` field (comma-separated; raw UTF-8 or RFC 2047
+    encoded words), lowercased, in order, once each."""
+    values = [_decoded(value) for value in msg.get_all("x-failed-recipients", [])]
+    addresses = [address.strip().lower() for _, address in getaddresses(values)]
+    return list(dict.fromkeys(address for address in addresses if "@" in address))
 
 
 def _feedback_fields(msg: Message) -> Message | None:
