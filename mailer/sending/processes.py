@@ -180,9 +180,6 @@ class Helpers:
         """Why a helper paused the send, if one did."""
         return None if self._pauses.empty() else self._pauses.get()
 
-    def alive(self) -> bool:
-        return any(process.is_alive() for process in self.processes)
-
     def stop(self) -> None:
         """A graceful stop of every helper (what is in flight finishes and is recorded)."""
         self.stop_event.set()
