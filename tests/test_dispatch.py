@@ -574,6 +574,36 @@ def test_an_unexpected_error_mid_send_pauses_the_issue_never_leaves_it_sending(s
     assert provider.received == collections.Counter(addresses)
 
 
+
+def test_an_error_reading_a_committed_claim_puts_its_rows_back_in_the_queue(store, make_settings, tmp_path, db_url,
+                                                                             monkeypatch):
+    """The send loop reads a claim's rows after the claim committed (`claim_batch`): an error in that
+    read (a locked or failing database, a second Ctrl-C) leaves no row `sending` under a worker that is
+    gone, as an error anywhere else in the loop does not; the resume reaches everyone once."""
+    from mailer.store import ledger
+    settings = make_settings(database_url=db_url, batch_size=2)
+    addresses = _populate(store, tmp_path, 6)
+    provider = ScriptedProvider()
+    original = ledger.ClaimedBatch.rows
+    reads = []
+
+    def second_read_fails(claim, conn):
+        reads.append(claim)
+        if len(reads) == 2:
+            raise sa.exc.OperationalError("SELECT", {}, Exception("disk I/O error"))
+        return original(claim, conn)
+
+    monkeypatch.setattr(ledger.ClaimedBatch, "rows", second_read_fails)
+    with pytest.raises(sa.exc.OperationalError):
+        dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory())
+    counts = _counts(store)
+    assert (counts["sent"], counts["queued"], counts["sending"]) == (2, 4, 0)
+    with store.engine.connect() as conn:
+        assert store.issue_row(conn, EXAMPLE_ISSUE).status == "paused"
+    monkeypatch.setattr(ledger.ClaimedBatch, "rows", original)
+    assert dispatch.send_issue(settings, store, EXAMPLE_ISSUE, backend_factory=provider.factory()).complete
+    assert provider.received == collections.Counter(addresses)
+
 # ----- two first sends at once (threads; processes are in test_crash) ------------------------------------------
 def test_concurrent_first_sends_freeze_once(store, make_settings, tmp_path, db_url, project):
     import shutil

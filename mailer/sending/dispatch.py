@@ -297,7 +297,11 @@ class Sender:
                         else:
                             claim = self.store.claim_batch(conn, self.issue_id, name, size, self.claim_grace)
                     # read once committed: on SQLite without holding the send's one writer (`claim_batch`)
-                    rows = claim.rows(conn) if claim is not None else []
+                    try:
+                        rows = claim.rows(conn) if claim is not None else []
+                    except BaseException:
+                        self._hand_back(conn, name)  # the claim committed: an error reading it leaves no row held
+                        raise
                     if self.edition_changed:
                         if self._held():
                             self._hand_back(conn, name)
