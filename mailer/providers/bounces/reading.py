@@ -24,6 +24,10 @@ Sources and rules:
   `bounces+TOKEN@domain` in the bounce's envelope headers, in the returned original headers
   (`message/rfc822` or `text/rfc822-headers`: Return-Path) and in the report's Original-Mail-From;
   the original Message-ID; the List-Unsubscribe URLs.
+
+Longer than ~400 lines because one message's whole reading lives here: the reports (RFC 3464, 6533,
+5965) and the plain-text path (flufl.bounce, `X-Failed-Recipients`, the text near an address) share
+their decoding helpers and the `Failure` rules; split in two, each half would import the other.
 """
 
 from __future__ import annotations
