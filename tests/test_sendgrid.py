@@ -922,3 +922,25 @@ def test_over_https_a_certificate_refused_says_why(case, https_server, sg_settin
     expected = "IP address mismatch" if case == "wrong host" else "unable to get local issuer certificate"
     assert "certificate verify failed" in str(raised.value) and expected in str(raised.value)
     assert srv.accepted == []
+
+
+def test_a_connection_idle_past_the_limit_is_not_reused(sg_settings, server, monkeypatch):
+    """A kept connection idle for longer than KEEP_ALIVE_IDLE (4 s; here 0.3 s) is closed and a new one
+    opened: servers close idle connections on timers of their own (Apache's default is 5 s), and a
+    request written into one that is being closed would be lost in the ambiguous window. Within the
+    limit the same connection serves the next request."""
+    import mailer.providers.sendgrid as sendgrid_module
+
+    monkeypatch.setattr(sendgrid_module, "KEEP_ALIVE_IDLE", 0.3)
+    settings = sg_settings()
+    backend = SendGridBackend.from_settings(settings)
+    batch = lambda i: Batch(_factory(settings), (_message(i),), issue_id=1)  # noqa: E731
+    try:
+        results = [backend.send_batch(batch(1)), backend.send_batch(batch(2))]
+        assert server.connections == 1  # back to back: one connection
+        time.sleep(0.5)
+        results.append(backend.send_batch(batch(3)))
+        assert server.connections == 2  # idle past the limit: a new one
+    finally:
+        backend.close()
+    assert [r.outcome for result in results for r in result] == ["sent"] * 3

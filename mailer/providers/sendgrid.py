@@ -95,7 +95,7 @@ from .deadline import Guard, Watchdog
 
 quiet_http_loggers()  # python_http_client logs the Authorization header and whole payloads at DEBUG
 
-KEEP_ALIVE_IDLE = 4.0          # seconds a kept connection may sit idle and still be reused (see _GuardedClient)
+KEEP_ALIVE_IDLE = 4.0          # seconds a kept connection may sit idle and still be reused (under Apache's 5 s default timer; _GuardedClient)
 DEFAULT_TIMEOUT = 30.0          # seconds per request, in total (connection, upload, answer): see deadline.py
 MAX_PERSONALIZATIONS = 1000     # per request (also the total of to + cc + bcc)
 TRACKING_OFF = {"click_tracking": {"enable": False, "enable_text": False}, "open_tracking": {"enable": False},
