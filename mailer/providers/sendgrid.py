@@ -236,7 +236,6 @@ class _GuardedClient(python_http_client.Client):
     _connection: http.client.HTTPConnection | None = None
     _idle_since = 0.0
     _proxied: bool | None = None
-    connections_opened = 0  # new connections this client made (kept-alive path)
 
     def _make_request(self, opener, request, timeout=None):  # noqa: ANN001, ANN201 - the library's signature
         if self.guard is not None:
@@ -253,11 +252,15 @@ class _GuardedClient(python_http_client.Client):
                     raise exc
             opener = self._guarded_opener
             if opener is None:
-                if self.ssl_context is None:
-                    self.ssl_context = _default_ssl_context()
                 opener = self._guarded_opener = urllib.request.build_opener(
-                    _GuardedHTTPHandler(self), _GuardedHTTPSHandler(self, self.ssl_context))
+                    _GuardedHTTPHandler(self), _GuardedHTTPSHandler(self, self._tls_context()))
         return super()._make_request(opener, request, timeout)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """This client's TLS context: the one set on it, else the process's verifying one."""
+        if self.ssl_context is None:
+            self.ssl_context = _default_ssl_context()
+        return self.ssl_context
 
     def _exchange(self, request: urllib.request.Request, timeout: float) -> _Answer:
         """One request on the kept connection (opened through the guard when there is none or it cannot
@@ -273,14 +276,11 @@ class _GuardedClient(python_http_client.Client):
             connection = self._connection = None
         if connection is None:
             if request.type == "https":
-                if self.ssl_context is None:
-                    self.ssl_context = _default_ssl_context()
                 connection = _GuardedHTTPSConnection(request.host, owner=self, timeout=timeout,
-                                                     context=self.ssl_context)
+                                                     context=self._tls_context())
             else:
                 connection = _GuardedHTTPConnection(request.host, owner=self, timeout=timeout)
             self._connection = connection
-            self.connections_opened += 1
         else:
             guard.attach(connection.sock)  # the deadline and a stop cut this request on the kept socket
             connection.sock.settimeout(guard.timeout(timeout))
