@@ -239,21 +239,17 @@ def _detected_failures(msg: Message) -> tuple[list[Failure], str]:
     if not temporary and not permanent and not named:
         return [], ""
     body = _body_text(msg)
-    failures: list[Failure] = []
-    for address in sorted(permanent):
-        recipient = address.decode("ascii", "replace").lower()
+
+    def failed(recipient: str) -> Failure:  # given up on: hard unless its code says soft
         status = _code_near(body, recipient)
-        failures.append(Failure(recipient, classify("failed", status) or "hard", status, "",
-                                _line_near(body, recipient)))
+        return Failure(recipient, classify("failed", status) or "hard", status, "", _line_near(body, recipient))
+
+    failures = [failed(address.decode("ascii", "replace").lower()) for address in sorted(permanent)]
     for address in sorted(temporary - permanent):
         recipient = address.decode("ascii", "replace").lower()
         failures.append(Failure(recipient, "delayed", _code_near(body, recipient), "", _line_near(body, recipient)))
     found = {failure.recipient for failure in failures}
-    for recipient in named:
-        if recipient not in found:  # given up on (the field's meaning): failed, hard unless its code says soft
-            status = _code_near(body, recipient)
-            failures.append(Failure(recipient, classify("failed", status) or "hard", status, "",
-                                    _line_near(body, recipient)))
+    failures += [failed(recipient) for recipient in named if recipient not in found]  # X-Failed-Recipients' meaning
     return failures, "flufl.bounce" if temporary or permanent else "x-failed-recipients"
 
 
